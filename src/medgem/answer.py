@@ -1,0 +1,136 @@
+"""What a user gets back: typed stream chunks and the final Answer.
+
+The answer stage turns an engine's raw event stream into thinking and answer pieces, and attaches
+the intended-use caveat and the demo label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+from medgem.engines.base import EngineEvent, Finished, FinishReason, ModelInfo, TextDelta, Timings, Usage
+from medgem.thinking import ThinkingSplitter
+
+INTENDED_USE_CAVEAT = (
+    "MedGemma output is for research and development only: it has not been validated for "
+    "clinical use and must not directly inform diagnosis or treatment. A qualified clinician "
+    "must review it."
+)
+DEMO_LABEL = (
+    "DEMO MODEL (not MedGemma): Gemma 3 270M base weights with an untrained vision tower. Its "
+    "output shows that the pipeline runs; it is not medical advice and does not describe the image."
+)
+TEST_MODEL_LABEL = "TEST MODEL: random weights, output is meaningless."
+
+
+@dataclass(frozen=True)
+class ThinkingChunk:
+    text: str
+
+
+@dataclass(frozen=True)
+class AnswerChunk:
+    text: str
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A finished answer.
+
+    Attributes:
+        text: the answer, thought removed.
+        thinking: the model's thought ("" when it did not think).
+        finish_reason: "stop", "length" (budget reached) or "cancelled".
+        usage: prompt and completion token counts.
+        timings: time to first token and total seconds.
+        model: which model and engine answered.
+        caveat: the intended-use caveat ("" only when the operator turned it off).
+        label: the demo/test-model label, "" for real MedGemma weights.
+    """
+
+    text: str
+    thinking: str
+    finish_reason: FinishReason
+    usage: Usage
+    timings: Timings
+    model: ModelInfo
+    caveat: str = INTENDED_USE_CAVEAT
+    label: str = ""
+    raw: str = field(default="", repr=False)
+
+    @property
+    def thought_truncated(self) -> bool:
+        """True when the budget ran out inside the thought, so there is no answer yet."""
+        return bool(self.thinking) and not self.text and self.finish_reason == "length"
+
+    def to_dict(self) -> dict[str, object]:
+        usage = asdict(self.usage) | {"total_tokens": self.usage.total_tokens}
+        timings = asdict(self.timings) | {
+            "decode_tokens_per_s": round(self.timings.decode_tokens_per_s, 3)
+        }
+        return {
+            "answer": self.text,
+            "thinking": self.thinking,
+            "finish_reason": self.finish_reason,
+            "usage": usage,
+            "timings": timings,
+            "model": asdict(self.model),
+            "caveat": self.caveat,
+            "label": self.label,
+        }
+
+
+@dataclass(frozen=True)
+class FinalChunk:
+    answer: Answer
+
+
+StreamChunk = ThinkingChunk | AnswerChunk | FinalChunk
+
+
+def label_for(model: ModelInfo) -> str:
+    """The label every surface shows next to output from a demo or test model."""
+    if not model.demo:
+        return ""
+    return TEST_MODEL_LABEL if model.id.startswith("medgem-test") else DEMO_LABEL
+
+
+def assemble(
+    events: Iterator[EngineEvent], model: ModelInfo, caveat: str = INTENDED_USE_CAVEAT
+) -> Iterator[StreamChunk]:
+    """Split an engine stream into thinking and answer chunks, ending with the final Answer."""
+    splitter = ThinkingSplitter()
+    thinking: list[str] = []
+    answer: list[str] = []
+    raw: list[str] = []
+    finished: Finished | None = None
+    for event in events:
+        if isinstance(event, TextDelta):
+            raw.append(event.text)
+            pieces = list(splitter.feed(event.text))
+        else:
+            finished = event
+            pieces = list(splitter.finish())
+        for piece in pieces:
+            if piece.kind == "thinking":
+                thinking.append(piece.text)
+                yield ThinkingChunk(piece.text)
+            else:
+                answer.append(piece.text)
+                yield AnswerChunk(piece.text)
+    if finished is None:
+        finished = Finished("cancelled", Usage(0, 0), Timings(0.0, 0.0))
+    yield FinalChunk(
+        Answer(
+            text="".join(answer).strip(),
+            thinking="".join(thinking).strip(),
+            finish_reason=finished.finish_reason,
+            usage=finished.usage,
+            timings=finished.timings,
+            model=model,
+            caveat=caveat,
+            label=label_for(model),
+            raw="".join(raw),
+        )
+    )

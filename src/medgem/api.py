@@ -1,0 +1,245 @@
+"""The Python API: ``MedGemma.load(...)``, then ``ask``, ``stream`` and ``chat``.
+
+This is the layer every surface (CLI, server, evaluation) uses. It resolves the checkpoint,
+builds the engine, builds prompts, checks the context, and assembles answers.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from medgem.answer import INTENDED_USE_CAVEAT, Answer, FinalChunk, StreamChunk, assemble
+from medgem.engines import EngineOptions, choose_engine, load_engine
+from medgem.errors import ContextLengthError, UnsupportedInputError
+from medgem.messages import request_from_openai
+from medgem.prompt import build_request, build_volume_request
+from medgem.request import Request
+from medgem.resolve import Checkpoint, resolve_checkpoint
+from medgem.variants import Variant
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from medgem.engines.base import Engine
+
+ImageLike = "Image.Image | str | os.PathLike[str]"
+
+
+class MedGemma:
+    """A loaded model behind one engine.
+
+    Build with :meth:`load`; or wrap an existing engine (tests, custom engines) directly.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        variant: Variant | None = None,
+        chat_model: bool = True,
+        caveat: str | None = INTENDED_USE_CAVEAT,
+        checkpoint: Checkpoint | None = None,
+    ) -> None:
+        self.engine = engine
+        self.variant = variant
+        self.chat_model = chat_model
+        self.caveat = caveat or ""
+        self.checkpoint = checkpoint
+
+    @classmethod
+    def load(
+        cls,
+        model: str | os.PathLike[str],
+        *,
+        engine: str = "auto",
+        device: str = "auto",
+        dtype: str = "auto",
+        quantize: str | None = None,
+        variant: str | None = None,
+        mmproj: str | os.PathLike[str] | None = None,
+        revision: str | None = None,
+        caveat: str | None = INTENDED_USE_CAVEAT,
+        progress: bool = True,
+        check_memory: bool = True,
+        base_url: str | None = None,
+        api_key: str | None = None,
+    ) -> MedGemma:
+        """Resolve a checkpoint and load it on an engine.
+
+        Args:
+            model: a folder, a .gguf, a variant key ("4b-it") or a hub id; for the remote engine,
+                the model name the server knows.
+            engine: "auto", "hf", "hf-pipeline", "llamacpp" or "remote".
+            device: "auto", "cpu", "cuda" or "cuda:N".
+            dtype: "auto" (bf16 on GPUs with bf16, float32 on CPUs without it), or a torch dtype.
+            quantize: "4bit" or "8bit" (bitsandbytes, CUDA only).
+            variant: force the MedGemma variant when it cannot be read from the files.
+            caveat: the intended-use caveat attached to answers; "" turns it off.
+            check_memory: refuse to load weights that do not fit.
+
+        Raises:
+            MedgemError subclasses with a message and what to do.
+        """
+        options = EngineOptions(
+            device=device, dtype=dtype, quantize=quantize, progress=progress,
+            check_memory=check_memory, base_url=base_url, api_key=api_key,
+        )
+        if engine == "remote":
+            from medgem.engines.remote import load_remote
+
+            remote = load_remote(str(model), options)
+            return cls(remote, variant=None, caveat=caveat)
+        checkpoint = resolve_checkpoint(model, variant=variant, mmproj=mmproj, revision=revision)
+        name = engine if engine != "auto" else choose_engine(checkpoint, _cuda_available())
+        loaded = load_engine(name, checkpoint, options)
+        return cls(
+            loaded,
+            variant=checkpoint.variant,
+            chat_model=checkpoint.instruction_tuned or checkpoint.format == "gguf",
+            caveat=caveat,
+            checkpoint=checkpoint,
+        )
+
+    # --- building requests -------------------------------------------------------------------
+
+    def request(
+        self,
+        question: str,
+        *,
+        images: Sequence[Any] = (),
+        system: str | None = None,
+        think: bool = False,
+        max_new_tokens: int | None = None,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        history: Sequence[Any] = (),
+    ) -> Request:
+        """Build the Request for a question; images may be PIL images, files, folders or zips."""
+        pil_images, sources, volume = _load_images(images)
+        if volume is not None:
+            return build_volume_request(
+                question, pil_images, modality=volume, think=think, variant=self.variant,
+                max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+            )
+        return build_request(
+            question, images=pil_images, sources=sources, system=system, think=think,
+            chat=self.chat_model, variant=self.variant, history=history,
+            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+        )
+
+    # --- running -----------------------------------------------------------------------------
+
+    def generate(self, request: Request, cancel: threading.Event | None = None) -> Iterator[StreamChunk]:
+        """Run a built Request: thinking and answer chunks, then one FinalChunk."""
+        if request.images and not self.engine.capabilities.images:
+            raise UnsupportedInputError(
+                f"'{self.engine.info.id}' is a text-only model and cannot read images",
+                "drop --image, or use an image model such as google/medgemma-4b-it",
+            )
+        self.check_context(request)
+        return assemble(self.engine.generate(request, cancel), self.engine.info, self.caveat)
+
+    def check_context(self, request: Request) -> int:
+        """Count the prompt's tokens and refuse a prompt that leaves no room for the answer."""
+        prompt_tokens = self.engine.count_prompt_tokens(request)
+        limit = self.engine.info.context_length
+        if prompt_tokens + 1 > limit:
+            raise ContextLengthError(
+                f"the prompt takes {prompt_tokens} tokens but the model's context is {limit}",
+                "shorten the question, send fewer images or slices",
+            )
+        return prompt_tokens
+
+    def stream(self, question: str, **kwargs: Any) -> Iterator[StreamChunk]:
+        """Like :meth:`ask`, yielding ThinkingChunk / AnswerChunk as they come, then FinalChunk."""
+        return self.generate(self.request(question, **kwargs))
+
+    def ask(self, question: str, **kwargs: Any) -> Answer:
+        """Ask one question (optionally about images) and wait for the whole answer.
+
+        Keyword args are those of :meth:`request`.
+        """
+        return _final(self.stream(question, **kwargs))
+
+    def chat(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        think: bool = False,
+        max_new_tokens: int | None = None,
+        temperature: float = 0.0,
+        seed: int | None = None,
+    ) -> Answer:
+        """Answer an OpenAI-style conversation (the last message must be the user's)."""
+        return _final(self.stream_chat(messages, think=think, max_new_tokens=max_new_tokens,
+                                       temperature=temperature, seed=seed))
+
+    def stream_chat(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        think: bool = False,
+        max_new_tokens: int | None = None,
+        temperature: float = 0.0,
+        seed: int | None = None,
+    ) -> Iterator[StreamChunk]:
+        request = request_from_openai(
+            messages, think=think, variant=self.variant, chat=self.chat_model,
+            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+        )
+        return self.generate(request)
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def _final(chunks: Iterator[StreamChunk]) -> Answer:
+    for chunk in chunks:
+        if isinstance(chunk, FinalChunk):
+            return chunk.answer
+    raise RuntimeError("engine stream ended without a final answer")  # engines always finish
+
+
+def _load_images(images: Sequence[Any]) -> tuple[list[Image.Image], list[str], str | None]:
+    """PIL images as they are; paths through the imaging readers (DICOM, series, NIfTI).
+
+    Returns:
+        (images, display sources, volume modality or None). A single volume input becomes a
+        slice list; volumes cannot be mixed with other images.
+    """
+    from PIL import Image
+
+    pil: list[Image.Image] = []
+    sources: list[str] = []
+    paths: list[Any] = []
+    for item in images:
+        if isinstance(item, Image.Image):
+            pil.append(item.convert("RGB"))
+            sources.append(f"image {len(pil)}")
+        else:
+            paths.append(item)
+    if not paths:
+        return pil, sources, None
+    from medgem.inputs import read_images
+
+    loaded = read_images([Path(p) for p in paths])
+    if loaded.volume_modality is not None:
+        if pil or len(paths) > 1:
+            raise UnsupportedInputError(
+                "a CT/MR volume cannot be combined with other images in one question",
+                "ask about the volume on its own",
+            )
+        return loaded.images, loaded.sources, loaded.volume_modality
+    return pil + loaded.images, sources + loaded.sources, None
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())

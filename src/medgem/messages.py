@@ -1,0 +1,156 @@
+"""OpenAI-style chat messages -> a Request (the Python ``chat`` API and the HTTP server)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from medgem.errors import ImageInputError, InputError
+from medgem.inputs import LoadedImages, decode_data_url, images_from_bytes, read_images
+from medgem.prompt import check_think, settings_for, system_text
+from medgem.request import ImagePart, Message, Part, Request, TextPart
+from medgem.variants import InputKind, Variant
+
+MAX_IMAGES = 16
+
+
+def request_from_openai(
+    messages: Sequence[dict[str, Any]],
+    *,
+    think: bool = False,
+    variant: Variant | None = None,
+    chat: bool = True,
+    max_new_tokens: int | None = None,
+    temperature: float = 0.0,
+    seed: int | None = None,
+    allowed_dirs: Sequence[Path] | None = None,
+    max_images: int = MAX_IMAGES,
+) -> Request:
+    """Convert OpenAI chat messages (text, ``image_url`` data URLs, local images) to a Request.
+
+    Args:
+        messages: [{"role": "system"|"user"|"assistant", "content": str | list of parts}].
+            Parts: {"type": "text"}, {"type": "image_url", "image_url": {"url": data URL or
+            file path}}, {"type": "image", "image": PIL image or path}.
+        think: add the thinking instruction to the system turn.
+        allowed_dirs: folders from which file paths may be read; None allows any (local use),
+            an empty list forbids all (the server's default).
+        max_images: refuse more images than this.
+
+    Raises:
+        InputError / ImageInputError: malformed messages or images.
+    """
+    if not messages:
+        raise InputError("messages is empty", "send at least one user message")
+    check_think(variant, think)
+    system_parts: list[str] = []
+    turns: list[Message] = []
+    image_count = 0
+    for index, raw in enumerate(messages):
+        if not isinstance(raw, dict):
+            raise InputError(f"messages[{index}] is not an object")
+        role = raw.get("role")
+        if role not in ("system", "developer", "user", "assistant"):
+            raise InputError(f"messages[{index}].role must be system, user or assistant, got {role!r}")
+        parts = list(_parts(raw.get("content"), index, allowed_dirs))
+        image_count += sum(isinstance(p, ImagePart) for p in parts)
+        if role in ("system", "developer"):
+            system_parts.append("".join(p.text for p in parts if isinstance(p, TextPart)))
+            continue
+        if role == "assistant" and any(isinstance(p, ImagePart) for p in parts):
+            raise InputError(f"messages[{index}]: assistant messages cannot hold images")
+        turns.append(Message(role, tuple(parts)))
+    if image_count > max_images:
+        raise ImageInputError(f"{image_count} images sent, the limit is {max_images}", "send fewer images")
+    if not turns or turns[-1].role != "user":
+        raise InputError("the last message must be the user's", "end messages with a user turn")
+    if not turns[-1].text.strip() and not turns[-1].images:
+        raise InputError("the last user message is empty", "type a question")
+    kind: InputKind = "image" if image_count else "text"
+    settings = settings_for(kind, think, max_new_tokens, temperature, seed)
+    if not chat:
+        return Request((turns[-1],), settings, template="completion")
+    out: list[Message] = []
+    sys_text = system_text("\n\n".join(s for s in system_parts if s) or None, think)
+    if sys_text:
+        out.append(Message("system", (TextPart(sys_text),)))
+    return Request((*out, *turns), settings)
+
+
+def _parts(content: Any, index: int, allowed_dirs: Sequence[Path] | None) -> Iterator[Part]:
+    if isinstance(content, str):
+        yield TextPart(content)
+        return
+    if content is None:
+        return
+    if not isinstance(content, list):
+        raise InputError(f"messages[{index}].content must be a string or a list of parts")
+    for number, part in enumerate(content):
+        where = f"messages[{index}].content[{number}]"
+        if not isinstance(part, dict):
+            raise InputError(f"{where} is not an object")
+        kind = part.get("type")
+        if kind == "text":
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise InputError(f"{where}.text must be a string")
+            yield TextPart(text)
+        elif kind == "image_url":
+            spec = part.get("image_url")
+            url = spec.get("url") if isinstance(spec, dict) else spec
+            if not isinstance(url, str):
+                raise InputError(f"{where}.image_url.url must be a string")
+            yield from _image_parts(_from_url(url, allowed_dirs), where)
+        elif kind == "image":
+            yield from _image_parts(_from_object(part.get("image"), allowed_dirs), where)
+        else:
+            raise InputError(f"{where}.type {kind!r} is not supported", "use text or image_url parts")
+
+
+def _image_parts(loaded: LoadedImages, where: str) -> Iterator[ImagePart]:
+    if loaded.volume_modality is not None:
+        raise ImageInputError(
+            f"{where} is a CT/MR volume; volumes are not accepted inside chat messages",
+            "use `medgem ask --image SERIES` or the web page for volumes",
+        )
+    for image, source in zip(loaded.images, loaded.sources):
+        yield ImagePart(image, source)
+
+
+def _from_url(url: str, allowed_dirs: Sequence[Path] | None) -> LoadedImages:
+    if url.startswith("data:"):
+        data, mime = decode_data_url(url)
+        if mime not in (None, "image/png", "image/jpeg", "image/jpg", "image/webp", "image/gif",
+                        "application/dicom", "application/zip", "application/octet-stream"):
+            raise ImageInputError(f"image type '{mime}' is not supported", "send PNG, JPEG or DICOM")
+        return images_from_bytes(data, mime)
+    if url.startswith(("http://", "https://")):
+        raise ImageInputError(
+            "remote image URLs are not fetched", "send the image inline as a base64 data URL"
+        )
+    path = url[len("file://") :] if url.startswith("file://") else url
+    return read_images([_allowed_path(Path(path), allowed_dirs)])
+
+
+def _from_object(value: Any, allowed_dirs: Sequence[Path] | None) -> LoadedImages:
+    from PIL import Image
+
+    if isinstance(value, Image.Image):
+        return LoadedImages([value.convert("RGB")], ["image"], None, [None])
+    if isinstance(value, (str, Path)):
+        return read_images([_allowed_path(Path(value), allowed_dirs)])
+    raise InputError("an image part must hold a PIL image or a file path")
+
+
+def _allowed_path(path: Path, allowed_dirs: Sequence[Path] | None) -> Path:
+    if allowed_dirs is None:
+        return path
+    resolved = path.expanduser().resolve()
+    for folder in allowed_dirs:
+        if resolved.is_relative_to(folder.resolve()):
+            return resolved
+    raise ImageInputError(
+        f"reading '{path.name}' from disk is not allowed",
+        "send the image as a data URL, or ask the operator to allow its folder",
+    )

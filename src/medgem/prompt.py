@@ -1,0 +1,171 @@
+"""Build the prompts MedGemma was trained on: system turn, thinking instruction, images, slices.
+
+Pure functions from a question (and images) to a Request; no engine or model code here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from medgem.errors import InputError, UnsupportedInputError
+from medgem.request import GenerationSettings, ImagePart, Message, Part, Request, TextPart
+from medgem.thinking import THINK_INSTRUCTION
+from medgem.variants import InputKind, Variant, default_budget
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+RADIOLOGIST_SYSTEM = "You are an expert radiologist."
+ASSISTANT_SYSTEM = "You are a helpful medical assistant."
+IMAGE_TOKEN_MARK = "<start_of_image>"
+
+# Default questions for `medgem describe`, by DICOM modality (None: a photo or unknown).
+DESCRIBE_PROMPTS: dict[str | None, str] = {
+    "CR": "Describe this X-ray",
+    "DX": "Describe this X-ray",
+    "CT": "Describe the findings in this CT scan.",
+    "MR": "Describe the findings in this MRI.",
+    "US": "Describe this ultrasound image.",
+    "SM": "Describe this pathology image.",
+    None: "Describe this medical image.",
+}
+VOLUME_INSTRUCTION = {
+    "CT": "You are an instructor teaching medical students. You are analyzing a contiguous block "
+    "of CT slices. Please review the slices provided below carefully.",
+    "MR": "You are an instructor teaching medical students. You are analyzing a contiguous block "
+    "of MRI slices. Please review the slices provided below carefully.",
+}
+
+
+def describe_prompt(modality: str | None) -> str:
+    """The default question `medgem describe` asks for a modality."""
+    return DESCRIBE_PROMPTS.get((modality or "").upper() or None, DESCRIBE_PROMPTS[None])
+
+
+def system_text(system: str | None, think: bool) -> str | None:
+    """The system turn's text, with the thinking instruction in front when asked."""
+    if not think:
+        return system or None
+    return f"{THINK_INSTRUCTION} {system}".strip() if system else THINK_INSTRUCTION
+
+
+def check_think(variant: Variant | None, think: bool) -> None:
+    """Refuse --think for a variant that was not trained to think (unknown models may try)."""
+    if think and variant is not None and not variant.thinking:
+        raise UnsupportedInputError(
+            f"medgemma-{variant.key} does not support thinking mode",
+            "drop --think, or use medgemma-27b-text-it, medgemma-27b-it or medgemma-1.5-4b-it",
+        )
+
+
+def check_question(question: str) -> str:
+    text = question.strip()
+    if not text:
+        raise InputError("the question is empty", "type a question, e.g. medgem ask \"...\"")
+    return text
+
+
+def settings_for(
+    kind: InputKind,
+    think: bool,
+    max_new_tokens: int | None = None,
+    temperature: float = 0.0,
+    seed: int | None = None,
+) -> GenerationSettings:
+    """Generation settings, with the variant family's default budget when none is given."""
+    budget = max_new_tokens if max_new_tokens is not None else default_budget(kind, think)
+    if budget < 1:
+        raise InputError(f"max_new_tokens must be at least 1, got {budget}")
+    if temperature < 0:
+        raise InputError(f"temperature must be >= 0, got {temperature}")
+    return GenerationSettings(max_new_tokens=budget, temperature=temperature, seed=seed)
+
+
+def build_request(
+    question: str,
+    *,
+    images: Sequence[Image.Image] = (),
+    sources: Sequence[str] = (),
+    system: str | None = None,
+    think: bool = False,
+    chat: bool = True,
+    variant: Variant | None = None,
+    history: Sequence[Message] = (),
+    max_new_tokens: int | None = None,
+    temperature: float = 0.0,
+    seed: int | None = None,
+) -> Request:
+    """One question, optionally with images, as the official quick start builds it.
+
+    Args:
+        question: the user's text.
+        images: RGB images, in order (longitudinal studies: oldest first).
+        sources: a display name per image (file names, never PHI).
+        system: the system prompt; None for none.
+        think: prefix the thinking instruction (thinking variants only).
+        chat: False for pre-trained checkpoints: a completion prompt, no chat template.
+        variant: the recognised variant, for checks and budgets.
+        history: earlier turns of a chat (system turn excluded).
+        max_new_tokens: answer budget; None for the variant family's default.
+
+    Returns:
+        The Request: [system], history, user(images..., question).
+    """
+    text = check_question(question)
+    check_think(variant, think)
+    image_parts: list[Part] = [
+        ImagePart(img, sources[i] if i < len(sources) else "") for i, img in enumerate(images)
+    ]
+    kind: InputKind = "text"
+    if len(images) == 2:
+        kind = "longitudinal"
+    elif images:
+        kind = "image"
+    settings = settings_for(kind, think, max_new_tokens, temperature, seed)
+    if not chat:
+        # Pre-trained models continue text; each image is marked where it stands.
+        parts: list[Part] = []
+        for part in image_parts:
+            parts += [part, TextPart(IMAGE_TOKEN_MARK)]
+        parts.append(TextPart(text))
+        return Request((Message("user", tuple(parts)),), settings, template="completion")
+    messages: list[Message] = []
+    sys_text = system_text(system, think)
+    if sys_text:
+        messages.append(Message("system", (TextPart(sys_text),)))
+    messages.extend(history)
+    messages.append(Message("user", (*image_parts, TextPart(text))))
+    return Request(tuple(messages), settings)
+
+
+def build_volume_request(
+    question: str,
+    slices: Sequence[Image.Image],
+    *,
+    modality: str | None = "CT",
+    instruction: str | None = None,
+    think: bool = False,
+    variant: Variant | None = None,
+    max_new_tokens: int | None = None,
+    temperature: float = 0.0,
+    seed: int | None = None,
+) -> Request:
+    """A CT/MR volume the way MedGemma 1.5 reads it.
+
+    One user turn, no system turn: the instruction, then each slice followed by ``SLICE n``
+    (1-based), then the question last (asked first, CT answers read like X-ray reports).
+    """
+    text = check_question(question)
+    check_think(variant, think)
+    if not slices:
+        raise InputError("the volume has no slices", "check the series with `medgem inspect`")
+    lead = instruction or VOLUME_INSTRUCTION.get((modality or "CT").upper(), VOLUME_INSTRUCTION["CT"])
+    if think:
+        lead = f"{THINK_INSTRUCTION} {lead}"
+    parts: list[Part] = [TextPart(lead)]
+    for number, image in enumerate(slices, start=1):
+        parts += [ImagePart(image, f"slice {number}"), TextPart(f"SLICE {number}")]
+    parts.append(TextPart(text))
+    settings = settings_for("volume", think, max_new_tokens, temperature, seed)
+    return Request((Message("user", tuple(parts)),), settings)
