@@ -1,0 +1,121 @@
+"""``medgem inspect FILE_OR_DIR``: show what medgem will send for a medical input, no model loaded.
+
+Prints modality, size, series, slice count, spacing and windows (or, with ``--json``, the same as
+JSON); ``--save-preprocessed DIR`` writes the exact PNGs the model would get. Nothing printed or
+written holds patient names, IDs, dates or full UIDs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from medgem.errors import ImageInputError
+from medgem.imaging.inspect import inspect_input
+from medgem.imaging.options import ImagingOptions
+from medgem.imaging.preview import save_preprocessed
+
+
+def parse_window(text: str) -> tuple[float, float]:
+    """Parse "C,W" (centre, width), e.g. "40,400"."""
+    try:
+        centre, width = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--window wants CENTRE,WIDTH like 40,400, got {text!r}") from None
+    if width <= 0:
+        raise argparse.ArgumentTypeError(f"--window width must be positive, got {width:g}")
+    return centre, width
+
+
+def add_imaging_arguments(parser: argparse.ArgumentParser) -> None:
+    """The imaging flags (shared with any subcommand that takes --image)."""
+    parser.add_argument("--series", help="series to use from a folder/zip: its UID or the short UID listed")
+    parser.add_argument(
+        "--window", type=parse_window, action="append", metavar="C,W",
+        help="window centre,width (HU for CT); once = one grey window, three times = the CT "
+             "red, green, blue windows",
+    )
+    parser.add_argument("--frame", type=int, help="use this frame (0-based) of a multi-frame file as one image")
+    parser.add_argument("--max-slices", type=int, default=85, help="most slices sent from a volume (default 85)")
+    parser.add_argument("--modality", help="modality for inputs that carry none (NIfTI, PNG): CT or MR")
+
+
+def options_from_args(args: argparse.Namespace) -> ImagingOptions:
+    """Build ``ImagingOptions`` from the imaging flags.
+
+    Raises:
+        ImageInputError: two --window values (one or three are meaningful).
+    """
+    windows: list[tuple[float, float]] = args.window or []
+    extra: dict[str, object] = {}
+    if len(windows) == 1:
+        extra["window"] = windows[0]
+    elif len(windows) == 3:
+        extra["ct_windows"] = tuple((c - w / 2.0, c + w / 2.0) for c, w in windows)
+    elif windows:
+        raise ImageInputError(f"--window was given {len(windows)} times",
+                              "give it once (a grey window) or three times (CT red, green, blue)")
+    return ImagingOptions(series=args.series, frame=args.frame, max_slices=args.max_slices,
+                          modality=args.modality, **extra)  # type: ignore[arg-type]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register ``inspect``."""
+    parser = subparsers.add_parser(
+        "inspect", help="show what medgem will send for an image, DICOM, series or NIfTI (no model)",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+    )
+    parser.add_argument("path", type=Path, metavar="FILE_OR_DIR")
+    parser.add_argument("--save-preprocessed", type=Path, metavar="DIR",
+                        help="write one PNG per image or slice, exactly what the model gets")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    add_imaging_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def _text(report: dict[str, object]) -> str:
+    lines = [f"source:      {report['source']} ({report['format']})"]
+    rows = report.get("series") or []
+    assert isinstance(rows, list)
+    for row in rows:
+        number = f"#{row['number']} " if row.get("number") is not None else ""
+        description = f" '{row['description']}'" if row.get("description") else ""
+        lines.append(f"series:      {number}{row['series']} {row['modality'] or '?'}{description}, "
+                     f"{row['slices']} slices")
+    if "choose" in report:
+        lines.append(f"next:        {report['choose']}")
+        return "\n".join(lines)
+    metadata = report.get("metadata", {})
+    assert isinstance(metadata, dict)
+    lines.append(f"modality:    {report.get('modality') or 'unknown'}")
+    lines.append(f"input:       {report['description']}")
+    for key in ("rows", "columns", "frames", "slices_total", "slices_sent", "sorted_by", "pixel_spacing_mm",
+                "slice_thickness_mm", "slice_spacing_mm", "voxel_size_mm", "photometric", "bits_stored",
+                "transfer_syntax", "window", "series", "series_count"):
+        if key in metadata:
+            lines.append(f"{key + ':':<13}{metadata[key]}")
+    lines.append(f"sends:       {report['sends']}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Inspect the input, print the report, optionally save the preprocessed PNGs.
+
+    Raises:
+        ImageInputError: unreadable input (the CLI prints it on one line).
+    """
+    options = options_from_args(args)
+    report, item = inspect_input(args.path, options)
+    if args.save_preprocessed is not None and item is not None:
+        written = save_preprocessed([item], args.save_preprocessed)
+        report["saved"] = [str(p) for p in written]
+    if args.json:
+        json.dump(report, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        print(_text(report))
+        if "saved" in report:
+            print(f"saved:       {len(written)} PNG(s) in {args.save_preprocessed}")
+    return 0

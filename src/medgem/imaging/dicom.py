@@ -1,0 +1,301 @@
+"""One DICOM file -> display pixels: safe reading, decoding, modality LUT, VOI, MONOCHROME1, colour.
+
+Reading is split in two so series can be grouped from headers alone: ``read_header`` parses up to
+the pixel data; ``decode_frames`` decodes only the frames that will be shown. Every failure becomes
+one ``ImageInputError`` saying what is wrong with which file and what to do.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from medgem.errors import ImageInputError, require
+from medgem.imaging.options import ImagingOptions
+from medgem.imaging.windows import ct_to_rgb, grey_to_rgb, minmax_to_uint8, window_to_uint8
+
+#: Which PyPI package decodes which compressed transfer syntax (by UID prefix).
+DECODER_PACKAGES: dict[str, str] = {
+    "1.2.840.10008.1.2.4.5": "pylibjpeg-libjpeg",  # JPEG baseline / extended (.50, .51)
+    "1.2.840.10008.1.2.4.57": "pylibjpeg-libjpeg",  # JPEG lossless
+    "1.2.840.10008.1.2.4.70": "pylibjpeg-libjpeg",  # JPEG lossless SV1
+    "1.2.840.10008.1.2.4.8": "pylibjpeg-libjpeg",  # JPEG-LS (.80, .81)
+    "1.2.840.10008.1.2.4.9": "pylibjpeg-openjpeg",  # JPEG 2000 (.90, .91)
+    "1.2.840.10008.1.2.4.20": "pylibjpeg-openjpeg",  # HTJ2K
+    "1.2.840.10008.1.2.5": "pylibjpeg-rle",  # RLE lossless
+}
+
+
+@dataclass(frozen=True)
+class DicomSource:
+    """Where one DICOM file's bytes live: a path on disk or bytes taken from an archive.
+
+    Attributes:
+        name: the name shown to users (file name inside a folder or zip; never a full path).
+        path: the file on disk, or None for in-memory data.
+        data: the file's bytes when it came from an archive.
+    """
+
+    name: str
+    path: Path | None = None
+    data: bytes | None = None
+
+    def open(self) -> IO[bytes]:
+        """Open the bytes for reading."""
+        if self.data is not None:
+            return io.BytesIO(self.data)
+        assert self.path is not None
+        return self.path.open("rb")
+
+
+def _pydicom() -> Any:
+    return require("pydicom", "imaging", "Reading DICOM files")
+
+
+def read_header(source: DicomSource, *, pixels: bool = False) -> Any:
+    """Parse a DICOM file, stopping before the pixel data unless ``pixels``.
+
+    Args:
+        source: the file.
+        pixels: also read the (still encoded) pixel data.
+
+    Returns:
+        The pydicom ``Dataset``.
+
+    Raises:
+        ImageInputError: not a DICOM file, or a file too damaged to parse.
+    """
+    pydicom = _pydicom()
+    try:
+        with source.open() as handle:
+            return pydicom.dcmread(handle, stop_before_pixels=not pixels)
+    except pydicom.errors.InvalidDicomError as exc:
+        raise ImageInputError(
+            f"{source.name} is not a DICOM file (no 'DICM' marker at byte 128)",
+            "check that it is the file you meant; a PNG or JPEG needs its real extension",
+        ) from exc
+    except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+        raise ImageInputError(
+            f"{source.name} is damaged or truncated and could not be parsed ({exc})",
+            "copy the file again from the archive or PACS",
+        ) from exc
+
+
+def has_pixels(ds: Any) -> bool:
+    """Whether the dataset declares an image (pixel data present or dimensions in the header)."""
+    return any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")) or (
+        "Rows" in ds and "Columns" in ds
+    )
+
+
+def frame_count(ds: Any) -> int:
+    """Number of frames the dataset declares (1 when NumberOfFrames is absent or empty)."""
+    value = ds.get("NumberOfFrames", 1)
+    try:
+        return max(1, int(value or 1))
+    except (TypeError, ValueError):
+        return 1
+
+
+def check_image_header(ds: Any, name: str, options: ImagingOptions) -> None:
+    """Refuse headers without an image, or declaring more pixels than the limits allow.
+
+    Raises:
+        ImageInputError: no pixel data, a decompression bomb, or too many frames.
+    """
+    if not has_pixels(ds):
+        sop = getattr(ds.get("SOPClassUID"), "name", None) or "non-image"
+        raise ImageInputError(
+            f"{name} holds no pixel data (a {sop} object, or a truncated file)",
+            "pass an image DICOM (CT, MR, CR, DX, ...) instead",
+        )
+    rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    if rows < 1 or cols < 1:
+        raise ImageInputError(f"{name} declares an empty image ({rows}x{cols})", "check the file")
+    if rows * cols > options.max_pixels:
+        raise ImageInputError(
+            f"{name} declares a {cols}x{rows} image ({rows * cols:,} pixels), over the "
+            f"limit of {options.max_pixels:,} (possible decompression bomb)",
+            "raise ImagingOptions.max_pixels if the image is genuine",
+        )
+    frames = frame_count(ds)
+    if frames > options.slice_limit:
+        raise ImageInputError(
+            f"{name} declares {frames} frames, over the limit of {options.slice_limit}",
+            "raise the slice limit if the file is genuine, or pick one frame with --frame",
+        )
+    if frames * rows * cols > options.max_total_pixels:
+        raise ImageInputError(
+            f"{name} declares {frames} frames of {cols}x{rows}, over the limit of "
+            f"{options.max_total_pixels:,} pixels (possible decompression bomb)",
+            "pick one frame with --frame, or raise ImagingOptions.max_total_pixels",
+        )
+
+
+def decoder_package(transfer_syntax: str) -> str | None:
+    """The PyPI package that decodes ``transfer_syntax``, or None when numpy alone suffices."""
+    for prefix, package in DECODER_PACKAGES.items():
+        if transfer_syntax.startswith(prefix):
+            return package
+    return None
+
+
+def decode_frames(ds: Any, name: str, index: int | None = None) -> NDArray[Any]:
+    """Decode pixel data: all frames (F, H, W[, 3]) or, with ``index``, one frame (H, W[, 3]).
+
+    Colour data comes back as RGB (pydicom converts YBR). Single-frame files give (H, W[, 3]).
+
+    Raises:
+        ImageInputError: a missing decoder (naming the package), truncated or corrupt pixel data.
+    """
+    pixels = require("pydicom.pixels", "imaging", "Decoding DICOM pixel data", "pydicom")
+    syntax = str(getattr(ds, "file_meta", {}).get("TransferSyntaxUID", "") or "")
+    try:
+        array = pixels.pixel_array(ds, index=index)  # type: ignore[attr-defined]
+    except (RuntimeError, NotImplementedError) as exc:
+        package = decoder_package(syntax) or "pylibjpeg"
+        syntax_name = getattr(getattr(ds, "file_meta", {}).get("TransferSyntaxUID"), "name", syntax)
+        raise ImageInputError(
+            f"{name} uses {syntax_name or 'an unknown transfer syntax'}, and no installed "
+            f"decoder can read it",
+            f"install the package {package}: pip install 'medgem[imaging]' (or pip install {package})",
+        ) from exc
+    except (ValueError, EOFError, OSError, IndexError, AttributeError) as exc:
+        raise ImageInputError(
+            f"{name} has truncated or corrupt pixel data ({exc})",
+            "copy the file again from the archive or PACS",
+        ) from exc
+    return np.asarray(array)
+
+
+def _functional_group_rescale(ds: Any, index: int) -> tuple[float, float] | None:
+    """Slope/intercept of an enhanced multi-frame image (per-frame, else shared group)."""
+    for key, item_index in (("PerFrameFunctionalGroupsSequence", index),
+                            ("SharedFunctionalGroupsSequence", 0)):
+        groups = ds.get(key)
+        if not groups or item_index >= len(groups):
+            continue
+        transform = groups[item_index].get("PixelValueTransformationSequence")
+        if transform:
+            item = transform[0]
+            return float(item.get("RescaleSlope", 1) or 1), float(item.get("RescaleIntercept", 0) or 0)
+    return None
+
+
+def modality_values(ds: Any, array: NDArray[Any], index: int = 0) -> NDArray[np.float32]:
+    """Apply the modality LUT or rescale slope/intercept (HU for CT), as float32.
+
+    Args:
+        ds: the dataset the pixels came from.
+        array: one frame (H, W) of stored values.
+        index: the frame number, for enhanced multi-frame rescale values.
+    """
+    group = _functional_group_rescale(ds, index)
+    if group is not None and "RescaleSlope" not in ds and "ModalityLUTSequence" not in ds:
+        slope, intercept = group
+        return array.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    pixels = require("pydicom.pixels", "imaging", "Decoding DICOM pixel data", "pydicom")
+    out = pixels.apply_modality_lut(array, ds)  # type: ignore[attr-defined]
+    return np.asarray(out, dtype=np.float32)
+
+
+def colour_to_rgb8(ds: Any, array: NDArray[Any]) -> NDArray[np.uint8]:
+    """Turn a colour frame (RGB after pydicom's YBR conversion, or PALETTE COLOR) into RGB uint8."""
+    if ds.get("PhotometricInterpretation") == "PALETTE COLOR":
+        pixels = require("pydicom.pixels", "imaging", "Decoding DICOM pixel data", "pydicom")
+        array = np.asarray(pixels.apply_color_lut(array, ds))  # type: ignore[attr-defined]
+        bits = 16 if array.dtype.itemsize > 1 else 8
+    else:
+        bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 8)
+    if array.dtype == np.uint8 and bits <= 8:
+        return np.ascontiguousarray(array)
+    return window_to_uint8(array, 0.0, float(2**bits - 1))
+
+
+def grey_display(
+    ds: Any, values: NDArray[np.float32], options: ImagingOptions
+) -> tuple[NDArray[np.uint8], str]:
+    """Window one grey frame of modality values for display; MONOCHROME1 comes out inverted.
+
+    Order of choice: the ``options.window`` override; for CT, MedGemma's three HU windows; the
+    file's VOI LUT or window centre/width (through pydicom, then stretched to 0..255); otherwise
+    the frame's full range.
+
+    Returns:
+        (RGB uint8 array (H, W, 3), a short name of the window used).
+    """
+    override = options.window_range
+    if override is not None:
+        grey, used = window_to_uint8(values, *override), f"window {override[0]:g}..{override[1]:g}"
+    elif str(ds.get("Modality", "")).upper() == "CT":
+        return ct_to_rgb(values, options.ct_windows), "ct 3 windows"
+    elif "VOILUTSequence" in ds or "WindowCenter" in ds:
+        pixels = require("pydicom.pixels", "imaging", "Decoding DICOM pixel data", "pydicom")
+        # A VOI LUT indexes by stored integer value; hand pydicom integers when the values are.
+        source = values.astype(np.int64) if np.array_equal(values, np.trunc(values)) else values
+        voi = np.asarray(pixels.apply_voi_lut(source, ds), dtype=np.float32)  # type: ignore[attr-defined]
+        grey, used = minmax_to_uint8(voi), "voi lut" if "VOILUTSequence" in ds else "file window"
+    else:
+        grey, used = minmax_to_uint8(values), "full range"
+    if ds.get("PhotometricInterpretation") == "MONOCHROME1":
+        grey = 255 - grey
+    return grey_to_rgb(grey), used
+
+
+def is_colour(ds: Any) -> bool:
+    """Whether the dataset holds colour pixels (RGB, YBR, palette)."""
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    return int(ds.get("SamplesPerPixel") or 1) > 1 or photometric == "PALETTE COLOR"
+
+
+def frame_to_rgb(
+    ds: Any, frame: NDArray[Any], options: ImagingOptions, index: int = 0
+) -> tuple[NDArray[np.uint8], str]:
+    """One decoded frame -> display RGB (H, W, 3) and the window used."""
+    if is_colour(ds):
+        return colour_to_rgb8(ds, frame), "colour"
+    return grey_display(ds, modality_values(ds, frame, index), options)
+
+
+def study_date(ds: Any) -> str | None:
+    """StudyDate (else SeriesDate, AcquisitionDate) as ISO YYYY-MM-DD, or None."""
+    for key in ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate"):
+        value = str(ds.get(key, "") or "").strip()
+        if len(value) == 8 and value.isdigit():
+            return f"{value[:4]}-{value[4:6]}-{value[6:]}"
+    return None
+
+
+def _floats(value: Any) -> list[float] | float | None:
+    if value in (None, ""):
+        return None
+    try:
+        if not isinstance(value, str) and hasattr(value, "__iter__"):
+            return [round(float(v), 4) for v in value]
+        return round(float(value), 4)
+    except (TypeError, ValueError):
+        return None
+
+
+def header_facts(ds: Any) -> dict[str, object]:
+    """Technical facts about an image, none of them identifying (no names, IDs, dates, UIDs)."""
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    facts: dict[str, object] = {
+        "modality": str(ds.get("Modality", "") or "") or None,
+        "rows": int(ds.get("Rows") or 0),
+        "columns": int(ds.get("Columns") or 0),
+        "frames": frame_count(ds),
+        "photometric": str(ds.get("PhotometricInterpretation", "") or "") or None,
+        "bits_stored": int(ds.get("BitsStored") or 0) or None,
+        "transfer_syntax": getattr(syntax, "name", None) or (str(syntax) if syntax else None),
+        "pixel_spacing_mm": _floats(ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")),
+        "slice_thickness_mm": _floats(ds.get("SliceThickness")),
+        "body_part": str(ds.get("BodyPartExamined", "") or "") or None,
+    }
+    return {k: v for k, v in facts.items() if v is not None}

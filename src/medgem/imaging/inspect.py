@@ -1,0 +1,75 @@
+"""What ``medgem inspect`` reports: the prepared input's PHI-free facts, or the series on offer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medgem.imaging.load import load_medical_input
+from medgem.imaging.options import ImagingOptions, MedicalInput
+from medgem.imaging.preview import MODEL_IMAGE_SIDE
+from medgem.imaging.readers import detect_format
+from medgem.imaging.series import Series, folder_sources, group_series, zip_sources
+
+
+def list_series(path: str | Path, options: ImagingOptions | None = None) -> list[Series]:
+    """The series in a folder or zip of DICOM files (headers only), or [] for other inputs."""
+    path = Path(path)
+    options = options or ImagingOptions()
+    kind = detect_format(path)
+    if kind == "dicom-folder":
+        return group_series(folder_sources(path, options), options)
+    if kind == "dicom-zip":
+        return group_series(zip_sources(path, options), options)
+    return []
+
+
+def describe_sent(item: MedicalInput) -> str:
+    """One line on what goes to the model, e.g. "85 RGB images 512x512 (resized to 896x896 by the
+    model's processor), each followed by SLICE n"."""
+    first = item.images[0]
+    count = len(item.images)
+    noun = "image" if count == 1 else "images"
+    tail = ", each followed by SLICE n" if item.kind == "volume" else ""
+    return (f"{count} RGB {noun} {first.width}x{first.height} (resized to "
+            f"{MODEL_IMAGE_SIDE}x{MODEL_IMAGE_SIDE} by the model's processor){tail}")
+
+
+def series_report(series: list[Series]) -> list[dict[str, object]]:
+    """PHI-free rows for a series listing (short UID only)."""
+    return [
+        {"series": s.short_uid, "number": s.number, "modality": s.modality or None,
+         "slices": len(s.members), "description": s.description or None}
+        for s in series
+    ]
+
+
+def inspect_input(path: str | Path, options: ImagingOptions | None = None) -> tuple[dict[str, object], MedicalInput | None]:
+    """Prepare ``path`` as the model would and report it; several series without a choice are
+    listed instead (no error).
+
+    Returns:
+        (report dict safe to print or write as JSON — no names, IDs, dates or full UIDs, the
+        prepared input or None when only series were listed).
+
+    Raises:
+        ImageInputError: for unreadable input.
+    """
+    path = Path(path)
+    options = options or ImagingOptions()
+    series = list_series(path, options)
+    report: dict[str, object] = {"source": path.name, "format": detect_format(path)}
+    if len(series) > 1:
+        report["series"] = series_report(series)
+        if options.series is None:
+            report["choose"] = "several series: pass --series UID (the short UID shown is enough)"
+            return report, None
+    item = load_medical_input(path, options)
+    report.update(
+        kind=item.kind,
+        modality=item.modality,
+        description=item.description,
+        sends=describe_sent(item),
+        metadata=item.metadata,
+        study_date_present=item.study_date is not None,
+    )
+    return report, item

@@ -1,0 +1,41 @@
+"""The imaging layer's entry points: paths in, ``MedicalInput`` out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from medgem.imaging.options import ImagingOptions, MedicalInput
+from medgem.imaging.readers import READERS, detect_format
+
+
+def load_medical_input(path: str | Path, options: ImagingOptions | None = None) -> MedicalInput:
+    """Read one image, DICOM file, DICOM folder, zip of DICOM files, or NIfTI volume.
+
+    Args:
+        path: the input.
+        options: windows, frame, series choice and safety limits; defaults when None.
+
+    Returns:
+        The RGB images the model gets plus PHI-free facts about them.
+
+    Raises:
+        ImageInputError: anything wrong with the input, with what to do about it (several series
+            and no ``options.series`` lists them).
+    """
+    path = Path(path)
+    return READERS[detect_format(path)](path, options or ImagingOptions())
+
+
+def load_medical_inputs(
+    paths: Iterable[str | Path], options: ImagingOptions | None = None
+) -> list[MedicalInput]:
+    """Read several inputs, ordered by study date (oldest first) for longitudinal comparison.
+
+    Inputs without a date keep their given order, after the dated ones.
+
+    Raises:
+        ImageInputError: from any one input.
+    """
+    loaded = [load_medical_input(p, options) for p in paths]
+    return sorted(loaded, key=lambda item: (item.study_date is None, item.study_date or ""))

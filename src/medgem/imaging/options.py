@@ -1,0 +1,96 @@
+"""What the imaging layer is asked to do (``ImagingOptions``) and what it hands on (``MedicalInput``).
+
+Both are frozen dataclasses built at the edge (CLI flags, HTTP bodies, Python callers) and passed
+inward; nothing here reads the environment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from PIL import Image
+
+#: A display window as (low, high) in the image's own units (Hounsfield units for CT).
+WindowRange = tuple[float, float]
+
+#: The CT windows MedGemma 1.5 was trained with (MEDGEMMA-FACTS.md): red = wide, green = soft
+#: tissue (W350/L40), blue = brain.
+DEFAULT_CT_WINDOWS: tuple[WindowRange, WindowRange, WindowRange] = (
+    (-1024.0, 1024.0),
+    (-135.0, 215.0),
+    (0.0, 80.0),
+)
+
+
+@dataclass(frozen=True)
+class ImagingOptions:
+    """How to turn a medical file into the images the model sees.
+
+    Attributes:
+        window: a (centre, width) override; replaces the file's VOI window and, for CT, the three
+            RGB windows with one grey window.
+        frame: for a multi-frame DICOM or multi-page image, the 0-based frame to use as one image;
+            None treats a multi-frame DICOM as a volume.
+        series: which series of a folder or zip to use: the full SeriesInstanceUID or any unique
+            part of it (the short UID that errors and ``medgem inspect`` print).
+        modality: a hint for inputs that carry none (NIfTI, PNG): "CT" or "MR".
+        max_slices: most slices sent to the model from one volume, chosen uniformly.
+        slice_limit: hard cap on the number of files or frames one input may hold.
+        ct_windows: the (low, high) HU windows for the red, green and blue channels.
+        max_pixels: most pixels one frame may declare (decompression-bomb guard).
+        max_total_pixels: most pixels a whole volume may declare.
+        max_archive_bytes: most uncompressed bytes a zip may expand to.
+    """
+
+    window: tuple[float, float] | None = None
+    frame: int | None = None
+    series: str | None = None
+    modality: str | None = None
+    max_slices: int = 85
+    slice_limit: int = 2000
+    ct_windows: tuple[WindowRange, WindowRange, WindowRange] = DEFAULT_CT_WINDOWS
+    max_pixels: int = 100_000_000
+    max_total_pixels: int = 1_200_000_000
+    max_archive_bytes: int = 4 * 1024**3
+
+    def __post_init__(self) -> None:
+        if self.max_slices < 1:
+            raise ValueError("max_slices must be at least 1")
+        if self.window is not None and self.window[1] <= 0:
+            raise ValueError("window width must be positive")
+        for low, high in self.ct_windows:
+            if high <= low:
+                raise ValueError(f"CT window {low}..{high} is empty: high must exceed low")
+
+    @property
+    def window_range(self) -> WindowRange | None:
+        """The override window as (low, high), or None."""
+        if self.window is None:
+            return None
+        centre, width = self.window
+        return (centre - width / 2.0, centre + width / 2.0)
+
+
+@dataclass(frozen=True)
+class MedicalInput:
+    """One prepared input: the RGB images the model gets plus what a user may see about them.
+
+    Attributes:
+        kind: "image" for one picture, "volume" for sampled slices of a series or 3-D file.
+        images: RGB images in order (one per sampled slice for a volume).
+        modality: DICOM modality ("CT", "MR", "CR", ...) or None when unknown.
+        study_date: ISO date (YYYY-MM-DD) of the study when known; used to order longitudinal
+            inputs, never written into previews or inspect output.
+        description: one line, no PHI, e.g. "CT volume: 85 of 120 slices, 512x512, 3 windows".
+        source: file or folder name only (no directories).
+        metadata: facts without PHI (size, spacing, slice count, window used, photometric, ...).
+    """
+
+    kind: Literal["image", "volume"]
+    images: list[Image.Image]
+    modality: str | None
+    study_date: str | None
+    description: str
+    source: str
+    metadata: dict[str, object] = field(default_factory=dict)

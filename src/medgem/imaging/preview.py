@@ -1,0 +1,69 @@
+"""Show what the model saw: PNGs of every prepared image or slice, plus encode/resize helpers."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image
+
+from medgem.imaging.options import MedicalInput
+
+#: MedGemma's vision tower input side; the model's processor resizes to this.
+MODEL_IMAGE_SIDE = 896
+
+
+def _stem(source: str) -> str:
+    name = source.rsplit("/", 1)[-1]
+    for suffix in (".nii.gz", ".nii", ".dcm", ".zip", ".png", ".jpg", ".jpeg"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "input"
+
+
+def save_preprocessed(inputs: Sequence[MedicalInput], directory: str | Path) -> list[Path]:
+    """Write one PNG per image or slice, exactly the pixels the model gets, with no metadata.
+
+    Names are ``NN_<source>.png`` for images and ``NN_<source>_slice_SSS.png`` for volume slices
+    (SSS counts from 1, as in the prompt's ``SLICE n``).
+
+    Args:
+        inputs: prepared inputs, in prompt order.
+        directory: created when missing.
+
+    Returns:
+        The files written, in order.
+    """
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for number, item in enumerate(inputs, start=1):
+        stem = f"{number:02d}_{_stem(item.source)}"
+        for index, image in enumerate(item.images, start=1):
+            name = f"{stem}_slice_{index:03d}.png" if item.kind == "volume" else f"{stem}.png"
+            target = out / name
+            # A fresh image carries no text chunks: nothing from the source header is written.
+            Image.frombytes("RGB", image.size, image.convert("RGB").tobytes()).save(target, "PNG")
+            written.append(target)
+    return written
+
+
+def to_model_size(image: Image.Image, side: int = MODEL_IMAGE_SIDE) -> Image.Image:
+    """Resize to ``side`` x ``side`` with bilinear filtering, as the model's processor does.
+
+    Only used to measure or preview; the processor does the real resize.
+    """
+    return image.resize((side, side), Image.Resampling.BILINEAR)
+
+
+def encode_image(image: Image.Image, fmt: str = "PNG", quality: int = 95) -> bytes:
+    """Encode for transport: PNG (lossless) or JPEG at ``quality`` (the serving side uses 95)."""
+    buffer = io.BytesIO()
+    if fmt.upper() in ("JPEG", "JPG"):
+        image.save(buffer, "JPEG", quality=quality)
+    else:
+        image.save(buffer, "PNG")
+    return buffer.getvalue()

@@ -1,0 +1,124 @@
+"""The visible table of readers: a name per input format, and how a path is matched to one.
+
+A reader takes (path, options) and returns one ``MedicalInput``. Detection looks at what the path
+is (folder, zip, NIfTI name) and at the file's first bytes, not only at its extension, so DICOM
+files without an extension work and a PNG misnamed ``.dcm`` gets a clear error.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+from medgem.errors import ImageInputError
+from medgem.imaging.dicom import (
+    DicomSource,
+    check_image_header,
+    decode_frames,
+    frame_count,
+    frame_to_rgb,
+    header_facts,
+    read_header,
+    study_date,
+)
+from medgem.imaging.nifti import is_nifti, read_nifti
+from medgem.imaging.options import ImagingOptions, MedicalInput
+from medgem.imaging.picture import read_picture
+from medgem.imaging.series import choose_series, folder_sources, group_series, zip_sources
+from medgem.imaging.volume import multiframe_to_input, series_to_input, to_images
+
+Reader = Callable[[Path, ImagingOptions], MedicalInput]
+
+DICOM_SUFFIXES = {".dcm", ".dicom", ".dic", ".ima"}
+
+
+def read_dicom_file(path: Path, options: ImagingOptions) -> MedicalInput:
+    """One DICOM file: one image, one chosen frame, or (multi-frame, no frame chosen) a volume."""
+    source = DicomSource(name=path.name, path=path)
+    ds = read_header(source, pixels=True)
+    check_image_header(ds, path.name, options)
+    frames = frame_count(ds)
+    if frames > 1 and options.frame is None:
+        return multiframe_to_input(ds, options, path.name)
+    index = options.frame if frames > 1 else None
+    if index is not None and not 0 <= index < frames:
+        raise ImageInputError(f"{path.name} has {frames} frames; --frame {index} does not exist",
+                              f"use 0..{frames - 1}")
+    pixels = decode_frames(ds, path.name, index)
+    rgb, used = frame_to_rgb(ds, pixels, options, index or 0)
+    facts = header_facts(ds)
+    facts["window"] = used
+    if index is not None:
+        facts["frame"] = index
+    modality = options.modality or facts.get("modality")
+    rows, cols = rgb.shape[:2]
+    return MedicalInput(
+        kind="image",
+        images=to_images(rgb[None]),
+        modality=str(modality) if modality else None,
+        study_date=study_date(ds),
+        description=f"{modality or 'unknown'} image: {cols}x{rows}, {used}",
+        source=path.name,
+        metadata=facts,
+    )
+
+
+def _read_sources(sources: list[DicomSource], options: ImagingOptions, where: str) -> MedicalInput:
+    series = group_series(sources, options)
+    chosen = choose_series(series, options.series, where)
+    if len(chosen.members) == 1:
+        source, ds = chosen.members[0]
+        if frame_count(ds) > 1 or source.path is None:
+            full = read_header(source, pixels=True)
+            if frame_count(full) > 1 and options.frame is None:
+                return multiframe_to_input(full, options, where)
+    return series_to_input(chosen, options, where, len(series))
+
+
+def read_dicom_folder(path: Path, options: ImagingOptions) -> MedicalInput:
+    """A folder of DICOM files (searched recursively): one series, sorted and sampled."""
+    return _read_sources(folder_sources(path, options), options, path.name)
+
+
+def read_dicom_zip(path: Path, options: ImagingOptions) -> MedicalInput:
+    """A zip of DICOM files: read in memory after the zip-bomb checks, then like a folder."""
+    return _read_sources(zip_sources(path, options), options, path.name)
+
+
+#: name -> reader; ``detect_format`` returns one of these names.
+READERS: dict[str, Reader] = {
+    "dicom": read_dicom_file,
+    "dicom-folder": read_dicom_folder,
+    "dicom-zip": read_dicom_zip,
+    "nifti": read_nifti,
+    "picture": read_picture,
+}
+
+
+def detect_format(path: Path) -> str:
+    """Which reader handles ``path``.
+
+    Raises:
+        ImageInputError: the path does not exist, or a ``.dcm`` file is not DICOM.
+    """
+    if not path.exists():
+        raise ImageInputError(f"{path.name} does not exist", "check the path")
+    if path.is_dir():
+        return "dicom-folder"
+    if is_nifti(path):
+        return "nifti"
+    with path.open("rb") as handle:
+        head = handle.read(132)
+    if len(head) == 132 and head[128:] == b"DICM":
+        return "dicom"
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        if not head:
+            raise ImageInputError(f"{path.name} is empty (0 bytes)", "copy the file again")
+        raise ImageInputError(
+            f"{path.name} is named like DICOM but is not a DICOM file (no 'DICM' marker at byte 128)",
+            "check the file; if it is a PNG or JPEG, give it its real extension",
+        )
+    if zipfile.is_zipfile(path):
+        return "dicom-zip"
+    return "picture"

@@ -1,0 +1,83 @@
+"""Intensity windows: pure functions from raw values to 8-bit display values.
+
+The arithmetic follows Google's MedGemma CT notebook exactly (clip, shift, divide in float32,
+multiply by 255, truncate to uint8) so the pixels match what the model was trained on.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+from medgem.imaging.options import WindowRange
+
+
+def window_to_uint8(values: NDArray[np.generic], low: float, high: float) -> NDArray[np.uint8]:
+    """Map ``low..high`` linearly onto 0..255, clipping outside, truncating like the notebook.
+
+    Args:
+        values: any-shaped numeric array (e.g. HU of one slice, (H, W)).
+        low: value shown black.
+        high: value shown white; must exceed ``low``.
+
+    Returns:
+        A uint8 array of the same shape.
+    """
+    if high <= low:
+        raise ValueError(f"window {low}..{high} is empty: high must exceed low")
+    out = np.clip(values, low, high).astype(np.float32)
+    out -= np.float32(low)
+    out /= np.float32(high - low)
+    out *= np.float32(255.0)
+    return out.astype(np.uint8)
+
+
+def centre_width_to_range(centre: float, width: float) -> WindowRange:
+    """Convert a DICOM-style (centre, width) window to (low, high)."""
+    return (centre - width / 2.0, centre + width / 2.0)
+
+
+def ct_to_rgb(hu: NDArray[np.generic], windows: Sequence[WindowRange]) -> NDArray[np.uint8]:
+    """Window Hounsfield units into three channels, one window each (MedGemma's CT encoding).
+
+    Args:
+        hu: Hounsfield units, shape (..., H, W).
+        windows: three (low, high) windows for red, green and blue.
+
+    Returns:
+        uint8 array of shape (..., H, W, 3).
+    """
+    if len(windows) != 3:
+        raise ValueError(f"CT needs three windows (red, green, blue), got {len(windows)}")
+    return np.stack([window_to_uint8(hu, low, high) for low, high in windows], axis=-1)
+
+
+def minmax_to_uint8(
+    values: NDArray[np.generic], low: float | None = None, high: float | None = None
+) -> NDArray[np.uint8]:
+    """Scale ``values`` so that ``low`` (default: their minimum) is 0 and ``high`` is 255.
+
+    A constant image (no range) becomes all zeros, with a warning, rather than dividing by zero.
+
+    Args:
+        values: any-shaped numeric array; a whole volume for MR so slices share one scale.
+        low: the value mapped to 0, default the minimum.
+        high: the value mapped to 255, default the maximum.
+
+    Returns:
+        uint8 array of the same shape.
+    """
+    lo = float(np.min(values)) if low is None else low
+    hi = float(np.max(values)) if high is None else high
+    if hi <= lo:
+        warnings.warn("image has a single intensity; it is shown black", stacklevel=2)
+        return np.zeros(values.shape, dtype=np.uint8)
+    return window_to_uint8(values, lo, hi)
+
+
+def grey_to_rgb(grey: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """Repeat a (..., H, W) grey array into (..., H, W, 3)."""
+    return np.repeat(grey[..., np.newaxis], 3, axis=-1)
