@@ -1,0 +1,429 @@
+"""transformers engines: the direct path (processor + generate) and the pipeline path.
+
+Both render the same chat template and decode greedily by default, so for the same request they
+produce the same tokens (tested). Generation runs in a worker thread feeding a token streamer, so
+both paths stream, count tokens exactly and stop when the caller cancels.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from importlib import resources
+from typing import Any, Literal
+
+from medgem.engines import EngineOptions
+from medgem.engines.base import Capabilities, EngineEvent, Finished, ModelInfo, TextDelta, Timings, Usage
+from medgem.errors import (
+    EngineUnavailableError,
+    InputError,
+    MissingDependencyError,
+    NotACheckpointError,
+)
+from medgem.request import ImagePart, Request, TextPart
+from medgem.resolve import Checkpoint
+
+Mode = Literal["direct", "pipeline"]
+
+
+def shipped_chat_template() -> str:
+    """The Gemma 3 chat template medgem ships for checkpoints without one."""
+    return resources.files("medgem.templates").joinpath("gemma3_chat_template.jinja").read_text()
+
+
+def load_direct(checkpoint: Checkpoint, options: EngineOptions) -> HFEngine:
+    return HFEngine(checkpoint, options, mode="direct")
+
+
+def load_pipeline(checkpoint: Checkpoint, options: EngineOptions) -> HFEngine:
+    return HFEngine(checkpoint, options, mode="pipeline")
+
+
+class HFEngine:
+    """MedGemma on transformers (any Gemma 3 checkpoint, multimodal or text-only, pt or it)."""
+
+    def __init__(self, checkpoint: Checkpoint, options: EngineOptions, mode: Mode = "direct") -> None:
+        if checkpoint.format != "hf":
+            raise InputError(
+                f"'{checkpoint.path.name}' is a GGUF file; transformers needs a checkpoint folder",
+                "use --engine llamacpp for GGUF files",
+            )
+        try:
+            import torch
+            import transformers
+        except ImportError as exc:
+            raise MissingDependencyError("transformers", "hf", "the transformers engine") from exc
+        self.name = "hf" if mode == "direct" else "hf-pipeline"
+        self.mode: Mode = mode
+        self.checkpoint = checkpoint
+        self._torch = torch
+        self._lock = threading.Lock()
+        self.device, self.dtype = _placement(options, checkpoint)
+        quant_config = _quantization(options.quantize, self.device)
+        if options.check_memory:
+            from medgem.hardware import detect_hardware
+            from medgem.memory import check_fits, count_parameters
+
+            precision = options.quantize or str(self.dtype).removeprefix("torch.")
+            check_fits(count_parameters(checkpoint.path), precision, self.device, detect_hardware())
+        if not options.progress:
+            transformers.utils.logging.disable_progress_bar()
+        else:
+            transformers.utils.logging.enable_progress_bar()
+        path = str(checkpoint.path)
+        self.multimodal = checkpoint.multimodal
+        try:
+            if self.multimodal:
+                self.processor: Any = transformers.AutoProcessor.from_pretrained(path)
+                self.tokenizer: Any = self.processor.tokenizer
+                model_class: Any = transformers.AutoModelForImageTextToText
+            else:
+                self.tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+                self.processor = self.tokenizer
+                model_class = transformers.AutoModelForCausalLM
+        except (OSError, ValueError) as exc:
+            raise NotACheckpointError(
+                f"'{path}' has no usable tokenizer/processor ({exc.__class__.__name__}: {exc})",
+                "the checkpoint must include the tokenizer files; re-download it",
+            ) from exc
+        if not getattr(self.processor, "chat_template", None):
+            self.processor.chat_template = shipped_chat_template()
+            self.tokenizer.chat_template = self.processor.chat_template
+        load_kwargs: dict[str, Any] = {"dtype": self.dtype}
+        if quant_config is not None:
+            load_kwargs["quantization_config"] = quant_config
+            load_kwargs["device_map"] = "auto"
+        elif self.device.startswith("cuda"):
+            load_kwargs["device_map"] = self.device
+        self.model = model_class.from_pretrained(path, **load_kwargs).eval()
+        if self.multimodal and self.device == "cpu":
+            _vision_in_float32(self.model)
+        self._pipeline: Any = None
+        if mode == "pipeline":
+            task = "image-text-to-text" if self.multimodal else "text-generation"
+            extra = {"processor": self.processor} if self.multimodal else {"tokenizer": self.tokenizer}
+            self._pipeline = transformers.pipeline(task, model=self.model, **extra)
+        config = self.model.config
+        text_config = getattr(config, "text_config", config)
+        self.info = ModelInfo(
+            id=checkpoint.model_id,
+            revision=checkpoint.revision,
+            variant=checkpoint.variant.key if checkpoint.variant else None,
+            engine=self.name,
+            dtype=str(self.dtype).removeprefix("torch."),
+            quantization=options.quantize,
+            demo=checkpoint.demo or options.demo,
+            context_length=int(getattr(text_config, "max_position_embeddings", 131072)),
+            path=path,
+        )
+        self.capabilities = Capabilities(
+            images=self.multimodal,
+            thinking=checkpoint.variant.thinking if checkpoint.variant else True,
+            streaming=True,
+            batching=False,
+            chat=checkpoint.instruction_tuned,
+        )
+
+    # --- prompt rendering ----------------------------------------------------------------------
+
+    def _hf_messages(self, request: Request) -> list[dict[str, Any]]:
+        messages = []
+        for message in request.messages:
+            content: list[dict[str, Any]] = []
+            for part in message.parts:
+                if isinstance(part, TextPart):
+                    content.append({"type": "text", "text": part.text})
+                else:
+                    content.append({"type": "image", "image": part.image})
+            messages.append({"role": message.role, "content": content})
+        return messages
+
+    def _completion_text(self, request: Request) -> tuple[str, list[Any]]:
+        text = "".join(p.text for p in request.messages[-1].parts if isinstance(p, TextPart))
+        images = [p.image for p in request.messages[-1].parts if isinstance(p, ImagePart)]
+        return self.tokenizer.bos_token + text, images
+
+    def encode(self, request: Request) -> Any:
+        """Tokenize (and preprocess images for) a request: a BatchFeature on the model's device."""
+        if request.template == "completion":
+            text, images = self._completion_text(request)
+            if self.multimodal:
+                inputs = self.processor(
+                    text=text, images=images or None, return_tensors="pt", add_special_tokens=False
+                )
+            else:
+                inputs = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        elif self.multimodal:
+            inputs = self.processor.apply_chat_template(
+                self._hf_messages(request), add_generation_prompt=True, tokenize=True,
+                return_dict=True, return_tensors="pt",
+            )
+        else:
+            inputs = self.tokenizer.apply_chat_template(
+                self._hf_messages(request), add_generation_prompt=True, tokenize=True,
+                return_dict=True, return_tensors="pt",
+            )
+        inputs = inputs.to(self.model.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self._vision_dtype())
+        return inputs
+
+    def _vision_dtype(self) -> Any:
+        tower = getattr(self.model.model, "vision_tower", None) if hasattr(self.model, "model") else None
+        if tower is not None:
+            return next(tower.parameters()).dtype
+        return self.dtype
+
+    def count_prompt_tokens(self, request: Request) -> int:
+        if request.images and not self.multimodal:
+            return sum(len(p.text) for m in request.messages for p in m.parts if isinstance(p, TextPart))
+        return int(self.encode(request)["input_ids"].shape[-1])
+
+    # --- generation ----------------------------------------------------------------------------
+
+    def _generate_kwargs(self, request: Request, streamer: Any, cancel: threading.Event | None) -> dict[str, Any]:
+        import transformers
+
+        settings = request.settings
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": settings.max_new_tokens,
+            "do_sample": not settings.greedy,
+            "streamer": streamer,
+        }
+        if not settings.greedy:
+            kwargs["temperature"] = settings.temperature
+            kwargs["top_p"] = settings.top_p
+        else:
+            # Greedy: neutralise sampling defaults from generation_config.json.
+            kwargs["top_p"] = None
+            kwargs["top_k"] = None
+        if cancel is not None:
+            kwargs["stopping_criteria"] = transformers.StoppingCriteriaList([_CancelCriteria(cancel)])
+        return kwargs
+
+    def generate(self, request: Request, cancel: threading.Event | None = None) -> Iterator[EngineEvent]:
+        started = time.perf_counter()
+        streamer = _TokenStreamer(self.tokenizer)
+        if request.settings.seed is not None:
+            self._torch.manual_seed(request.settings.seed)
+        if self.mode == "direct":
+            inputs = self.encode(request)
+            prompt_tokens = int(inputs["input_ids"].shape[-1])
+            kwargs = self._generate_kwargs(request, streamer, cancel)
+
+            def work() -> None:
+                with self._torch.inference_mode():
+                    self.model.generate(**inputs, **kwargs)
+        else:
+            prompt_tokens = self.count_prompt_tokens(request)
+            kwargs = self._generate_kwargs(request, streamer, cancel)
+
+            def work() -> None:
+                self._run_pipeline(request, kwargs)
+
+        yield from self._stream(work, streamer, request, prompt_tokens, started, cancel)
+
+    def _run_pipeline(self, request: Request, kwargs: dict[str, Any]) -> None:
+        max_new = kwargs.pop("max_new_tokens")
+        if request.template == "completion":
+            text, images = self._completion_text(request)
+            if self.multimodal:
+                self._pipeline(images=images or None, text=text, max_new_tokens=max_new,
+                               return_full_text=False, generate_kwargs=kwargs)
+            else:
+                self._pipeline(text, max_new_tokens=max_new, return_full_text=False,
+                               add_special_tokens=False, **kwargs)
+            return
+        messages = self._hf_messages(request)
+        if self.multimodal:
+            self._pipeline(text=messages, max_new_tokens=max_new, return_full_text=False,
+                           generate_kwargs=kwargs)
+        else:
+            self._pipeline(messages, max_new_tokens=max_new, return_full_text=False, **kwargs)
+
+    def _stream(
+        self,
+        work: Any,
+        streamer: _TokenStreamer,
+        request: Request,
+        prompt_tokens: int,
+        started: float,
+        cancel: threading.Event | None,
+    ) -> Iterator[EngineEvent]:
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with self._lock:
+                    work()
+            except BaseException as exc:  # handed to the caller's thread below
+                errors.append(exc)
+            finally:
+                streamer.close()
+
+        thread = threading.Thread(target=run, name="medgem-hf-generate", daemon=True)
+        thread.start()
+        first: float | None = None
+        try:
+            for text in streamer:
+                if first is None:
+                    first = time.perf_counter() - started
+                if text:
+                    yield TextDelta(text)
+        finally:
+            if cancel is not None and thread.is_alive():
+                cancel.set()
+            thread.join()
+        if errors:
+            raise errors[0]
+        total = time.perf_counter() - started
+        completion = streamer.token_count
+        if cancel is not None and cancel.is_set():
+            reason: Literal["stop", "length", "cancelled"] = "cancelled"
+        elif streamer.hit_eos(self.model.generation_config, self.tokenizer):
+            reason = "stop"
+        else:
+            reason = "length" if completion >= request.settings.max_new_tokens else "stop"
+        yield Finished(
+            reason,
+            Usage(prompt_tokens, completion),
+            Timings(first if first is not None else total, total, completion),
+        )
+
+    def close(self) -> None:
+        self._pipeline = None
+        del self.model
+        if self.device.startswith("cuda"):
+            self._torch.cuda.empty_cache()
+
+
+class _TokenStreamer:
+    """Receives token ids from generate() and hands out text deltas through a queue.
+
+    transformers calls ``put`` first with the prompt (skipped), then once per new token, and
+    ``end`` at the end. Text is decoded from all tokens so far and only the new suffix is sent,
+    holding back an incomplete UTF-8 character.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._prompt_seen = False
+        self.tokens: list[int] = []
+        self._sent = ""
+
+    def put(self, value: Any) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        self.tokens.extend(int(t) for t in value.reshape(-1).tolist())
+        text = self._tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            return
+        delta, self._sent = text[len(self._sent) :], text
+        self._queue.put(delta)
+
+    def end(self) -> None:
+        text = self._tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if len(text) > len(self._sent):
+            self._queue.put(text[len(self._sent) :])
+            self._sent = text
+
+    def close(self) -> None:
+        self._queue.put(None)
+
+    def __iter__(self) -> Iterator[str]:
+        while (item := self._queue.get()) is not None:
+            yield item
+
+    @property
+    def token_count(self) -> int:
+        return len(self.tokens)
+
+    def hit_eos(self, generation_config: Any, tokenizer: Any) -> bool:
+        if not self.tokens:
+            return False
+        eos = generation_config.eos_token_id
+        ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
+        end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
+        if isinstance(end_of_turn, int):
+            ids.add(end_of_turn)
+        return self.tokens[-1] in ids
+
+
+class _CancelCriteria:
+    def __init__(self, cancel: threading.Event) -> None:
+        self._cancel = cancel
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        return torch.full((input_ids.shape[0],), self._cancel.is_set(), dtype=torch.bool,
+                          device=input_ids.device)
+
+
+def _placement(options: EngineOptions, checkpoint: Checkpoint) -> tuple[str, Any]:
+    """(device, torch dtype): bf16 on GPUs that have it, float32 on CPUs without native bf16."""
+    import torch
+
+    from medgem.hardware import cpu_has_native_bf16
+
+    device = options.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EngineUnavailableError(
+            "--device cuda was asked for but no CUDA GPU is available",
+            "use --device cpu (or a GGUF with --engine llamacpp for speed)",
+        )
+    if options.dtype != "auto":
+        dtype = getattr(torch, options.dtype, None)
+        if not isinstance(dtype, torch.dtype):
+            raise InputError(f"unknown dtype '{options.dtype}'", "use bfloat16, float16 or float32")
+        return device, dtype
+    if device.startswith("cuda"):
+        return device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return device, torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+
+
+def _quantization(quantize: str | None, device: str) -> Any:
+    if quantize is None:
+        return None
+    if quantize not in ("4bit", "8bit"):
+        raise InputError(f"unknown quantization '{quantize}'", "use --quantize 4bit or 8bit")
+    if not device.startswith("cuda"):
+        raise EngineUnavailableError(
+            f"--quantize {quantize} uses bitsandbytes, which needs a CUDA GPU",
+            "on a CPU, convert to GGUF instead: medgem convert CHECKPOINT --quant q4_k_m, then "
+            "run the .gguf (engine llamacpp)",
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        raise MissingDependencyError("bitsandbytes", "cuda", f"--quantize {quantize}") from exc
+    import torch
+    import transformers
+
+    if quantize == "4bit":
+        return transformers.BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_quant_storage=torch.bfloat16,
+        )
+    return transformers.BitsAndBytesConfig(load_in_8bit=True)
+
+
+def _vision_in_float32(model: Any) -> None:
+    """Run the vision tower and projector in float32 on CPUs: without native bf16 they are
+    emulated and dominate time to first token (213 s of 304 s measured on a 4B shape)."""
+    import torch
+
+    inner = getattr(model, "model", model)
+    for name in ("vision_tower", "multi_modal_projector"):
+        module = getattr(inner, name, None)
+        if module is not None and next(module.parameters()).dtype != torch.float32:
+            module.to(torch.float32)

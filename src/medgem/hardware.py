@@ -1,0 +1,87 @@
+"""What this machine has: CPU features, RAM, GPUs and their memory. No model code."""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class Gpu:
+    index: int
+    name: str
+    total_bytes: int
+    free_bytes: int
+    bf16: bool
+
+
+@dataclass(frozen=True)
+class Hardware:
+    cpu: str
+    cores: int
+    cpu_bf16: bool
+    ram_total: int
+    ram_available: int
+    gpus: tuple[Gpu, ...] = field(default_factory=tuple)
+
+    @property
+    def cuda(self) -> bool:
+        return bool(self.gpus)
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_has_native_bf16() -> bool:
+    """bf16 matmuls run natively (AVX512-BF16 or AMX); elsewhere they are emulated, slowly."""
+    flags = cpu_flags()
+    return bool({"avx512_bf16", "amx_bf16"} & flags) or platform.machine() == "arm64"
+
+
+def detect_hardware() -> Hardware:
+    import psutil
+
+    memory = psutil.virtual_memory()
+    cpu_name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return Hardware(
+        cpu=cpu_name,
+        cores=os.cpu_count() or 1,
+        cpu_bf16=cpu_has_native_bf16(),
+        ram_total=memory.total,
+        ram_available=memory.available,
+        gpus=tuple(_gpus()),
+    )
+
+
+def _gpus() -> list[Gpu]:
+    try:
+        import torch
+    except ImportError:
+        return []
+    if not torch.cuda.is_available():
+        return []
+    found = []
+    for index in range(torch.cuda.device_count()):
+        free, total = torch.cuda.mem_get_info(index)
+        found.append(
+            Gpu(index, torch.cuda.get_device_name(index), total, free, torch.cuda.is_bf16_supported())
+        )
+    return found
