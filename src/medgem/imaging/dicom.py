@@ -53,6 +53,14 @@ class DicomSource:
         return self.path.open("rb")
 
 
+def looks_like_dicom(head: bytes) -> bool:
+    """Whether a file's first 132 bytes look like DICOM: the 'DICM' marker at byte 128, or (old
+    files without a preamble) a first element in group 0x0008 or 0x0002, little endian."""
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return True
+    return len(head) >= 8 and head[:2] in (b"\x08\x00", b"\x02\x00") and head[3:4] == b"\x00"
+
+
 def _pydicom() -> Any:
     return require("pydicom", "imaging", "Reading DICOM files")
 
@@ -73,7 +81,11 @@ def read_header(source: DicomSource, *, pixels: bool = False) -> Any:
     pydicom = _pydicom()
     try:
         with source.open() as handle:
-            return pydicom.dcmread(handle, stop_before_pixels=not pixels)
+            head = handle.read(132)
+            handle.seek(0)
+            # Old files without a preamble are parsed only when their first element looks DICOM.
+            force = head[128:132] != b"DICM" and looks_like_dicom(head)
+            ds = pydicom.dcmread(handle, stop_before_pixels=not pixels, force=force)
     except pydicom.errors.InvalidDicomError as exc:
         raise ImageInputError(
             f"{source.name} is not a DICOM file (no 'DICM' marker at byte 128)",
@@ -84,6 +96,16 @@ def read_header(source: DicomSource, *, pixels: bool = False) -> Any:
             f"{source.name} is damaged or truncated and could not be parsed ({exc})",
             "copy the file again from the archive or PACS",
         ) from exc
+    if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
+        # No file meta (old files): record the encoding pydicom found, so the pixels decode.
+        implicit, little = ds.original_encoding
+        uid = pydicom.uid
+        ds.file_meta = getattr(ds, "file_meta", None) or pydicom.dataset.FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = (
+            uid.ImplicitVRLittleEndian if implicit else
+            uid.ExplicitVRLittleEndian if little else uid.ExplicitVRBigEndian
+        )
+    return ds
 
 
 def has_pixels(ds: Any) -> bool:

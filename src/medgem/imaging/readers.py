@@ -19,6 +19,7 @@ from medgem.imaging.dicom import (
     frame_count,
     frame_to_rgb,
     header_facts,
+    looks_like_dicom,
     read_header,
     study_date,
 )
@@ -110,7 +111,7 @@ def detect_format(path: Path) -> str:
         return "nifti"
     with path.open("rb") as handle:
         head = handle.read(132)
-    if len(head) == 132 and head[128:] == b"DICM":
+    if looks_like_dicom(head):
         return "dicom"
     if path.suffix.lower() in DICOM_SUFFIXES:
         if not head:

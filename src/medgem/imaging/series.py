@@ -14,7 +14,13 @@ from typing import Any
 import numpy as np
 
 from medgem.errors import ImageInputError
-from medgem.imaging.dicom import DicomSource, check_image_header, frame_count, read_header
+from medgem.imaging.dicom import (
+    DicomSource,
+    check_image_header,
+    frame_count,
+    looks_like_dicom,
+    read_header,
+)
 from medgem.imaging.options import ImagingOptions
 
 #: Files that are never DICOM instances, skipped when scanning a folder or zip.
@@ -59,10 +65,6 @@ def _is_candidate(name: str) -> bool:
     return Path(base).suffix.lower() not in SKIPPED_SUFFIXES
 
 
-def _looks_like_dicom(head: bytes) -> bool:
-    return len(head) >= 132 and head[128:132] == b"DICM"
-
-
 def folder_sources(folder: Path, options: ImagingOptions) -> list[DicomSource]:
     """DICOM files under ``folder`` (recursively), recognised by the 'DICM' marker.
 
@@ -81,7 +83,7 @@ def folder_sources(folder: Path, options: ImagingOptions) -> list[DicomSource]:
     for path in files:
         with path.open("rb") as handle:
             head = handle.read(132)
-        if _looks_like_dicom(head):
+        if looks_like_dicom(head):
             sources.append(DicomSource(name=str(path.relative_to(folder)), path=path))
     if not sources:
         raise ImageInputError(
@@ -116,7 +118,7 @@ def zip_sources(archive: Path, options: ImagingOptions) -> list[DicomSource]:
             sources = []
             for info in infos:
                 data = zf.read(info)
-                if _looks_like_dicom(data[:132]):
+                if looks_like_dicom(data[:132]):
                     sources.append(DicomSource(name=info.filename, data=data))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as exc:
         raise ImageInputError(f"{archive.name} is not a readable zip ({exc})", "re-create the archive") from exc
