@@ -1,0 +1,175 @@
+"""Scores, confidence intervals and paired tests; pure functions checked against hand values.
+
+ROUGE-L comes from ``rouge-score`` and BLEU from ``sacrebleu`` (the ``eval`` extra), so report
+numbers match what others compute. Intervals: Wilson for proportions, percentile bootstrap for
+everything else. Paired comparisons: exact McNemar for right/wrong items, paired bootstrap for
+continuous per-item scores.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from medgem.errors import require
+from medgem.evaluate.extract import tokenize
+
+T = TypeVar("T")
+Z_95 = 1.959963984540054
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with its 95% confidence interval."""
+
+    value: float
+    low: float
+    high: float
+
+    def contains(self, x: float) -> bool:
+        return self.low <= x <= self.high
+
+
+def accuracy(correct: Sequence[bool]) -> float:
+    """Fraction correct; 0.0 for no items."""
+    return sum(bool(c) for c in correct) / len(correct) if correct else 0.0
+
+
+def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
+    """Wilson score interval for a proportion (well-behaved near 0 and 1, unlike Wald).
+
+    Returns:
+        (low, high); (0.0, 1.0) when n is 0.
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """Tokenized F1 (SQuAD-style bag-of-words overlap after normalisation).
+
+    Both empty gives 1.0; one empty gives 0.0.
+    """
+    pred, ref = tokenize(prediction), tokenize(reference)
+    if not pred or not ref:
+        return float(pred == ref)
+    overlap = sum((Counter(pred) & Counter(ref)).values())
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / len(pred), overlap / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def binary_f1(truth: Sequence[bool], predicted: Sequence[bool]) -> float:
+    """F1 of the positive class; 0.0 when there are no positives in either."""
+    tp = sum(t and p for t, p in zip(truth, predicted, strict=True))
+    fp = sum((not t) and p for t, p in zip(truth, predicted, strict=True))
+    fn = sum(t and (not p) for t, p in zip(truth, predicted, strict=True))
+    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+
+def macro_f1(truth: Sequence[Sequence[bool | None]], predicted: Sequence[Sequence[bool]]) -> float:
+    """Mean over labels of each label's positive-class F1 (multi-label).
+
+    Args:
+        truth: per item, per label: True / False, or None to leave that label out for the item
+            (CheXpert's uncertain or unmentioned labels under the "ignore" policy).
+        predicted: per item, per label.
+
+    Returns:
+        The unweighted mean of per-label F1.
+    """
+    if not truth:
+        return 0.0
+    per_label = []
+    for label in range(len(truth[0])):
+        pairs = [(t[label], p[label]) for t, p in zip(truth, predicted, strict=True)
+                 if t[label] is not None]
+        per_label.append(binary_f1([bool(t) for t, _ in pairs], [p for _, p in pairs]))
+    return sum(per_label) / len(per_label)
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F-measure (rouge-score, Porter stemming)."""
+    scorer = _rouge_scorer()
+    return float(scorer.score(reference, prediction)["rougeL"].fmeasure)
+
+
+_SCORER: Any = None
+
+
+def _rouge_scorer() -> Any:
+    global _SCORER  # one scorer object: building it loads the stemmer
+    if _SCORER is None:
+        module: Any = require("rouge_score.rouge_scorer", "eval", "ROUGE-L", "rouge-score")
+        _SCORER = module.RougeScorer(["rougeL"], use_stemmer=True)
+    return _SCORER
+
+
+def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus BLEU (sacrebleu defaults), on a 0-100 scale."""
+    sacrebleu: Any = require("sacrebleu", "eval", "BLEU")
+    return float(sacrebleu.corpus_bleu(list(predictions), [list(references)]).score)
+
+
+def bootstrap_interval(
+    items: Sequence[T],
+    statistic: Callable[[Sequence[T]], float],
+    *,
+    samples: int = 1000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap 95% interval of a statistic over items (resampled with replacement)."""
+    if not items:
+        return 0.0, 0.0
+    rng = random.Random(seed)
+    n = len(items)
+    values = sorted(statistic([items[rng.randrange(n)] for _ in range(n)]) for _ in range(samples))
+    return values[int(0.025 * (samples - 1))], values[math.ceil(0.975 * (samples - 1))]
+
+
+def mcnemar_exact(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> tuple[int, int, float]:
+    """Exact (binomial) McNemar test on paired right/wrong outcomes.
+
+    Returns:
+        (b, c, p): items only A got right, items only B got right, two-sided p-value.
+    """
+    b = sum(x and not y for x, y in zip(a_correct, b_correct, strict=True))
+    c = sum(y and not x for x, y in zip(a_correct, b_correct, strict=True))
+    n = b + c
+    if n == 0:
+        return b, c, 1.0
+    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2**n
+    return b, c, min(1.0, 2 * tail)
+
+
+def paired_bootstrap(
+    a_scores: Sequence[float], b_scores: Sequence[float], *, samples: int = 2000, seed: int = 0
+) -> tuple[float, float, float, float]:
+    """Paired bootstrap of the mean difference B - A.
+
+    Returns:
+        (difference, low, high, p): the observed mean difference, its 95% interval, and a
+        two-sided p-value (twice the share of resamples on the other side of zero).
+    """
+    diffs = [b - a for a, b in zip(a_scores, b_scores, strict=True)]
+    if not diffs:
+        return 0.0, 0.0, 0.0, 1.0
+    observed = sum(diffs) / len(diffs)
+    rng = random.Random(seed)
+    n = len(diffs)
+    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(samples))
+    low, high = means[int(0.025 * (samples - 1))], means[math.ceil(0.975 * (samples - 1))]
+    if observed == 0 and all(d == 0 for d in diffs):
+        return 0.0, 0.0, 0.0, 1.0
+    other_side = sum(m <= 0 for m in means) if observed > 0 else sum(m >= 0 for m in means)
+    return observed, low, high, min(1.0, 2 * other_side / samples)

@@ -1,0 +1,183 @@
+"""Reports from a run folder: report.md for people, report.json for tools, report.png for slides.
+
+Everything is recomputed from run.json and results.jsonl, so a report can be rebuilt at any time
+(and a resumed run's report covers every item exactly once).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from medgem.errors import InputError, require
+from medgem.evaluate.results import MANIFEST_FILE, RESULTS_FILE, Summary, read_results, summarize
+from medgem.evaluate.tasks import get_task
+
+# Metrics already on a 0-100 scale; the rest are fractions shown as percentages.
+HUNDRED_SCALE = frozenset({"bleu"})
+
+
+def load_run(folder: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A run folder's manifest and its results (latest line per item).
+
+    Raises:
+        InputError: not a run folder.
+    """
+    path = Path(folder)
+    manifest_path = path / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise InputError(f"{path} is not an evaluation run (no {MANIFEST_FILE})",
+                         "point at the --out folder of `medgem eval`")
+    manifest = json.loads(manifest_path.read_text())
+    return manifest, list(read_results(path / RESULTS_FILE).values())
+
+
+def summarize_run(folder: str | Path) -> tuple[dict[str, Any], Summary]:
+    """Load a run and compute its summary."""
+    manifest, results = load_run(folder)
+    task = get_task(manifest["task"])
+    summary = summarize(task, results, n_total=max(int(manifest.get("items", 0)), len(results)),
+                        variant=manifest.get("variant"), benchmark=manifest.get("benchmark"))
+    return manifest, summary
+
+
+def percent(metric: str, value: float) -> float:
+    """A metric value on the 0-100 scale used in reports and model cards."""
+    return value if metric in HUNDRED_SCALE else 100 * value
+
+
+def summary_json(manifest: dict[str, Any], summary: Summary) -> dict[str, Any]:
+    """The report as plain data (report.json)."""
+    return {
+        "task": manifest["task"],
+        "benchmark": manifest.get("benchmark"),
+        "model": manifest.get("model"),
+        "variant": manifest.get("variant"),
+        "settings": manifest.get("settings"),
+        "primary_metric": summary.primary,
+        "metrics": {k: {"value": percent(k, v.value), "ci95": [percent(k, v.low), percent(k, v.high)]}
+                    for k, v in summary.metrics.items()},
+        "categories": [{"category": c.category, "n": c.n,
+                        "value": percent(summary.primary, c.value.value),
+                        "ci95": [percent(summary.primary, c.value.low),
+                                 percent(summary.primary, c.value.high)]}
+                       for c in summary.categories],
+        "n_total": summary.n_total,
+        "n_scored": summary.n_scored,
+        "n_failed": summary.n_failed,
+        "n_unparseable": len(summary.unparseable),
+        "unparseable": summary.unparseable,
+        "failed": summary.failed,
+        "model_card": asdict(summary.card) if summary.card else None,
+        "model_card_comparable": summary.card_comparable,
+        "within_ci": summary.within_interval,
+        "scale": "percent (BLEU 0-100)",
+    }
+
+
+def _card_lines(manifest: dict[str, Any], summary: Summary) -> list[str]:
+    card = summary.card
+    if card is None:
+        return [f"- Model card: no published number for variant `{manifest.get('variant')}` on "
+                f"benchmark `{manifest.get('benchmark')}`."]
+    head = f"- Model card ({card.variant}, {card.benchmark}): {card.value:.1f} ({card.metric})"
+    if card.note:
+        head += f", {card.note}"
+    if not summary.card_comparable:
+        return [head, "- Not comparable: this task does not compute the card's metric."]
+    if summary.within_interval is None:
+        return [head]
+    own = summary.metrics[card.metric]
+    diff = percent(card.metric, own.value) - card.value
+    verdict = "within" if summary.within_interval else "outside"
+    return [head, f"- This run: {percent(card.metric, own.value):.1f} ({diff:+.1f} points); "
+            f"the card's number is **{verdict}** this run's 95% CI."]
+
+
+def markdown(manifest: dict[str, Any], summary: Summary) -> str:
+    """The human-readable report."""
+    model = manifest.get("model", {})
+    settings = manifest.get("settings", {})
+    head = summary.headline
+    lines = [
+        f"# medgem eval: {manifest['task']} on {manifest.get('benchmark') or Path(manifest['data']).name}",
+        "",
+        f"**{summary.primary}: {percent(summary.primary, head.value):.1f}** "
+        f"(95% CI {percent(summary.primary, head.low):.1f}–{percent(summary.primary, head.high):.1f}), "
+        f"{summary.n_scored} of {summary.n_total} items scored, {summary.n_failed} failed, "
+        f"{len(summary.unparseable)} unparseable (counted wrong).",
+        "",
+        *_card_lines(manifest, summary),
+        "",
+        "## Run",
+        f"- Model: `{model.get('id')}` revision `{model.get('revision')}`, engine `{model.get('engine')}`, "
+        f"dtype `{model.get('dtype')}`, quantization `{model.get('quantization')}`",
+        f"- Data: `{manifest.get('data')}` (fingerprint `{manifest.get('data_fingerprint')}`, "
+        f"{manifest.get('dataset_items')} items, limit {manifest.get('limit')}, seed {manifest.get('seed')})",
+        f"- Settings: temperature {settings.get('temperature')}, think {settings.get('think')}, "
+        f"max_new_tokens {settings.get('max_new_tokens') or 'default'}",
+    ]
+    if settings.get("think_note"):
+        lines.append(f"- Note: {settings['think_note']}")
+    if model.get("demo"):
+        lines.append("- **Demo/test model: these numbers say nothing about MedGemma.**")
+    lines += ["", "## Metrics", "", "| metric | value | 95% CI |", "|---|---:|---|"]
+    for name, value in summary.metrics.items():
+        lines.append(f"| {name} | {percent(name, value.value):.1f} | "
+                     f"{percent(name, value.low):.1f}–{percent(name, value.high):.1f} |")
+    lines += ["", f"## By category ({summary.primary})", "", "| category | n | value | 95% CI |",
+              "|---|---:|---:|---|"]
+    for c in summary.categories:
+        p = summary.primary
+        lines.append(f"| {c.category} | {c.n} | {percent(p, c.value.value):.1f} | "
+                     f"{percent(p, c.value.low):.1f}–{percent(p, c.value.high):.1f} |")
+    if summary.unparseable:
+        lines += ["", "## Unparseable replies (counted wrong)", ""]
+        lines += [f"- `{u['id']}` (row {u['row']}): {json.dumps(u['reply'])}" for u in summary.unparseable]
+    if summary.failed:
+        lines += ["", "## Failed items (not scored)", ""]
+        lines += [f"- `{f['id']}`: {f['error']}" for f in summary.failed]
+    return "\n".join(lines) + "\n"
+
+
+def chart(manifest: dict[str, Any], summary: Summary, path: Path) -> None:
+    """A bar chart of the primary metric, overall and per category, with 95% CIs and the card."""
+    matplotlib: Any = require("matplotlib", "eval", "report charts")
+    matplotlib.use("Agg")
+    pyplot: Any = require("matplotlib.pyplot", "eval", "report charts")
+    p = summary.primary
+    bars = [("overall", summary.headline)] + [(c.category, c.value) for c in summary.categories]
+    names = [name for name, _ in bars]
+    values = [percent(p, v.value) for _, v in bars]
+    errors = [[percent(p, v.value - v.low) for _, v in bars],
+              [percent(p, v.high - v.value) for _, v in bars]]
+    figure, axes = pyplot.subplots(figsize=(max(4.0, 0.8 * len(bars) + 2), 3.5))
+    axes.bar(names, values, yerr=errors, capsize=4, color=["#2b6cb0"] + ["#90cdf4"] * (len(bars) - 1))
+    if summary.card is not None and summary.card_comparable:
+        axes.axhline(summary.card.value, color="#c53030", linestyle="--",
+                     label=f"model card {summary.card.value:.1f}")
+        axes.legend(loc="lower right")
+    axes.set_ylabel(f"{p} (%)" if p not in HUNDRED_SCALE else p)
+    axes.set_ylim(0, 100 if p not in HUNDRED_SCALE else max([*values, 1.0]) * 1.2)
+    axes.set_title(f"{manifest['task']}: {manifest.get('model', {}).get('id', '')}", fontsize=9)
+    axes.tick_params(axis="x", labelrotation=30, labelsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)
+
+
+def write_report(folder: str | Path) -> dict[str, Path]:
+    """Write report.md, report.json and report.png into a run folder.
+
+    Returns:
+        kind -> written path.
+    """
+    out = Path(folder)
+    manifest, summary = summarize_run(out)
+    paths = {"json": out / "report.json", "markdown": out / "report.md", "chart": out / "report.png"}
+    paths["json"].write_text(json.dumps(summary_json(manifest, summary), indent=2, default=str) + "\n")
+    paths["markdown"].write_text(markdown(manifest, summary))
+    chart(manifest, summary, paths["chart"])
+    return paths

@@ -1,0 +1,327 @@
+"""Run a task over a dataset with a loaded model: resumable, concurrent, with a progress bar.
+
+A run lives in one folder: ``run.json`` (what was run: task, data fingerprint, model id,
+revision, engine, quantization, generation settings) and ``results.jsonl`` (one line per item,
+fsynced as it finishes). ``resume=True`` continues a killed run, skipping items already done and
+retrying failed ones; the settings must match, so a resumed run is the same experiment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from medgem.errors import InputError, MedgemError, UnsupportedInputError
+from medgem.evaluate.datasets import DatasetError, read_records
+from medgem.evaluate.results import MANIFEST_FILE, RESULTS_FILE, ResultLog
+from medgem.evaluate.tasks import EvalItem, LoadedData, Task, TaskOptions, get_task
+
+if TYPE_CHECKING:
+    from medgem.api import MedGemma
+
+MANIFEST_VERSION = 1
+# Keys of run.json that must match for a resume to continue the same experiment.
+_RESUME_KEYS = ("task", "benchmark", "data_fingerprint", "seed", "settings")
+_MODEL_KEYS = ("id", "revision", "engine", "quantization", "dtype")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """One evaluation, as the CLI (or a script) describes it.
+
+    Attributes:
+        task: task name or alias ("mcq").
+        data: the dataset file or folder.
+        split: the split, for folders holding several.
+        benchmark: the benchmark name for the model-card lookup; None to detect it from the format.
+        variant: the MedGemma variant for the card lookup when the model does not say (remote).
+        limit: evaluate only this many items (a seeded random subset when ``seed`` is given).
+        seed: subset seed, also passed to generation.
+        concurrency: requests in flight at once (useful with the remote engine).
+        max_new_tokens: answer budget; None for the variant family's default.
+        think: "auto" (the task's official prompt, thinking variants only), "on" or "off".
+        options: task options (image root, uncertain-label policy, language).
+    """
+
+    task: str
+    data: str
+    split: str | None = None
+    benchmark: str | None = None
+    variant: str | None = None
+    limit: int | None = None
+    seed: int | None = None
+    concurrency: int = 1
+    max_new_tokens: int | None = None
+    think: str = "auto"
+    options: TaskOptions = field(default_factory=TaskOptions)
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    """A task with its items loaded and checked, before any model is touched."""
+
+    config: EvalConfig
+    task: Task
+    loaded: LoadedData
+    items: list[EvalItem]
+    fingerprint: str
+
+    @property
+    def benchmark(self) -> str | None:
+        return self.config.benchmark or self.loaded.benchmark
+
+
+def prepare(config: EvalConfig) -> PreparedRun:
+    """Read and check the data, and choose the items (``limit``/``seed``).
+
+    Raises:
+        DatasetError: unreadable data, a bad row, or no items (names the file and row).
+        InputError: an unknown task or a bad setting.
+    """
+    task = get_task(config.task)
+    if config.concurrency < 1:
+        raise InputError(f"--concurrency must be at least 1, got {config.concurrency}")
+    if config.limit is not None and config.limit < 1:
+        raise InputError(f"--limit must be at least 1, got {config.limit}")
+    records = read_records(config.data, config.split)
+    loaded = task.load(records, config.options)
+    if not loaded.items:
+        skipped = ", ".join(f"{n} {why}" for why, n in loaded.skipped.items())
+        raise DatasetError(
+            f"{config.data}: no {task.name} items" + (f" (skipped: {skipped})" if skipped else ""),
+            "check that the file is in the task's format",
+        )
+    items = list(loaded.items)
+    if config.limit is not None and config.limit < len(items):
+        if config.seed is not None:
+            items = sorted(random.Random(config.seed).sample(items, config.limit),
+                           key=items.index)
+        else:
+            items = items[: config.limit]
+    return PreparedRun(config, task, loaded, items, _fingerprint(loaded.items))
+
+
+def _fingerprint(items: list[EvalItem]) -> str:
+    """A digest of the whole dataset's questions and answers (independent of --limit)."""
+    digest = hashlib.sha256()
+    for item in items:
+        digest.update(json.dumps([item.id, item.question, item.reference], sort_keys=True,
+                                 default=str).encode())
+    return digest.hexdigest()[:16]
+
+
+def choose_think(mg: MedGemma, task: Task, wanted: str) -> tuple[bool, str]:
+    """Whether to ask for thinking, and a note for the manifest when it had to be dropped.
+
+    The official MedQA prompt uses the thinking instruction; the core refuses it for variants
+    not trained to think, so those fall back to no thinking and the run records that.
+    """
+    if wanted == "off" or (wanted == "auto" and not task.think):
+        return False, ""
+    try:
+        mg.request("probe", think=True)
+    except UnsupportedInputError as exc:
+        return False, f"thinking not used: {exc.message}"
+    return True, ""
+
+
+def manifest_for(prepared: PreparedRun, mg: MedGemma, think: bool, think_note: str) -> dict[str, Any]:
+    """What run.json records: enough to reproduce the numbers."""
+    from medgem import __version__
+
+    info = mg.engine.info
+    variant = prepared.config.variant or (mg.variant.key if mg.variant else info.variant)
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "task": prepared.task.name,
+        "benchmark": prepared.benchmark,
+        "data": str(Path(prepared.config.data).resolve()),
+        "split": prepared.config.split,
+        "data_fingerprint": prepared.fingerprint,
+        "dataset_items": len(prepared.loaded.items),
+        "items": len(prepared.items),
+        "skipped": prepared.loaded.skipped,
+        "data_notes": prepared.loaded.notes,
+        "limit": prepared.config.limit,
+        "seed": prepared.config.seed,
+        "concurrency": prepared.config.concurrency,
+        "variant": variant,
+        "model": asdict(info),
+        "settings": {
+            "temperature": 0.0,
+            "max_new_tokens": prepared.config.max_new_tokens,
+            "think": think,
+            "think_requested": prepared.config.think,
+            "think_note": think_note,
+            "uncertain_labels": prepared.config.options.uncertain,
+        },
+        "medgem_version": __version__,
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def check_resumable(old: dict[str, Any], new: dict[str, Any], folder: Path) -> None:
+    """Refuse to continue a run with different data, model or settings."""
+    diffs = [k for k in _RESUME_KEYS if old.get(k) != new.get(k)]
+    diffs += [f"model.{k}" for k in _MODEL_KEYS
+              if old.get("model", {}).get(k) != new.get("model", {}).get(k)]
+    if diffs:
+        raise InputError(
+            f"{folder} holds a run with different {', '.join(diffs)}",
+            "resume with the same data, model and settings, or choose another --out",
+        )
+
+
+def run_item(mg: MedGemma, task: Task, item: EvalItem, think: bool,
+             config: EvalConfig) -> dict[str, Any]:
+    """Ask one item and score the reply; errors become a failed result with the reason."""
+    base: dict[str, Any] = {"id": item.id, "source": item.source, "row": item.row,
+                            "category": item.category, "reference": item.reference}
+    start = time.perf_counter()
+    try:
+        images = [_open_image(ref) for ref in item.images]
+        answer = mg.ask(item.question, images=images, system=item.system, think=think,
+                        max_new_tokens=config.max_new_tokens, temperature=0.0, seed=config.seed)
+    except MedgemError as exc:
+        return base | {"status": "failed", "error": f"{item.source} row {item.row}: {exc}"}
+    except Exception as exc:  # an engine crash on one item must not end a long run
+        return base | {"status": "failed",
+                       "error": f"{item.source} row {item.row}: {type(exc).__name__}: {exc}"}
+    reply = answer.text or answer.raw
+    scored = task.score(item, reply)
+    return base | {
+        "status": "ok",
+        "prediction": scored.prediction,
+        "parsed": scored.parsed,
+        "correct": scored.correct,
+        "score": scored.score,
+        "reply": reply,
+        "thinking_chars": len(answer.thinking),
+        "finish_reason": answer.finish_reason,
+        "prompt_tokens": answer.usage.prompt_tokens,
+        "completion_tokens": answer.usage.completion_tokens,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+def _open_image(ref: str | bytes) -> Any:
+    if isinstance(ref, bytes):
+        from medgem.inputs import open_photo
+
+        return open_photo(ref, "dataset image")
+    return Path(ref)
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    folder: Path
+    ran: int
+    skipped_done: int
+    failed: int
+
+
+def run_evaluation(
+    mg: MedGemma,
+    prepared: PreparedRun,
+    folder: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+) -> RunOutcome:
+    """Run the prepared items, appending each result as it finishes.
+
+    Args:
+        mg: the loaded model.
+        prepared: from :func:`prepare`.
+        folder: the run folder (created).
+        resume: continue the run already in ``folder``.
+        progress: show a progress bar with ETA on stderr.
+        on_result: called with each result after it is written (tests stop runs here).
+
+    Raises:
+        InputError: results already in ``folder`` without ``resume``, or a resume whose data,
+            model or settings differ.
+    """
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    log = ResultLog(out / RESULTS_FILE)
+    think, think_note = choose_think(mg, prepared.task, prepared.config.think)
+    manifest = manifest_for(prepared, mg, think, think_note)
+    manifest_path = out / MANIFEST_FILE
+    if (log.path.exists() and log.path.stat().st_size > 0) or manifest_path.exists():
+        if not resume:
+            raise InputError(f"{out} already holds a run",
+                             "add --resume to continue it, or choose another --out")
+        old = json.loads(manifest_path.read_text()) if manifest_path.exists() else manifest
+        check_resumable(old, manifest, out)
+        manifest["started"] = old.get("started", manifest["started"])
+        manifest["resumed"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    _write_json(manifest_path, manifest)
+    log.repair()
+    done = {i for i, r in log.read().items() if r.get("status") == "ok"}
+    todo = [item for item in prepared.items if item.id not in done]
+    failed = 0
+    bar = _progress_bar(len(prepared.items), len(prepared.items) - len(todo),
+                        prepared.task.name, progress)
+    try:
+        for result in _results(mg, prepared, todo, think):
+            log.append(result)
+            failed += result["status"] != "ok"
+            bar.update(1)
+            if failed:
+                bar.set_postfix(failed=failed)
+            if on_result is not None:
+                on_result(result)
+    finally:
+        bar.close()
+    return RunOutcome(out, len(todo), len(prepared.items) - len(todo), failed)
+
+
+def _results(mg: MedGemma, prepared: PreparedRun, todo: list[EvalItem], think: bool) -> Any:
+    """Results in completion order; one thread per request in flight, bounded by concurrency."""
+    task, config = prepared.task, prepared.config
+    if config.concurrency == 1:
+        for item in todo:
+            yield run_item(mg, task, item, think, config)
+        return
+    pending = iter(todo)
+    with ThreadPoolExecutor(max_workers=config.concurrency) as pool:
+        running: set[Future[dict[str, Any]]] = set()
+        try:
+            for item in pending:
+                running.add(pool.submit(run_item, mg, task, item, think, config))
+                if len(running) >= config.concurrency:
+                    finished, running = wait(running, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        yield future.result()
+            while running:
+                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    yield future.result()
+        finally:
+            for future in running:
+                future.cancel()
+
+
+def _progress_bar(total: int, initial: int, name: str, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=f"eval {name}", unit="item",
+                file=sys.stderr, disable=not enabled, dynamic_ncols=True)
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    """Write atomically: a crash leaves the old file or the new one, never half of one."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.replace(path)

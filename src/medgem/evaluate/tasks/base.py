@@ -1,0 +1,205 @@
+"""What an evaluation task is: items from records, a prompt per item, a score per reply.
+
+A task never runs a model; the runner does. Tasks are plain objects registered by name in
+``medgem.evaluate.tasks``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from medgem.evaluate.datasets import Record, row_error
+from medgem.evaluate.metrics import Interval, bootstrap_interval, wilson_interval
+
+ImageRef = str | bytes  # a path (relative to the image root) or encoded image bytes
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    """One question of a benchmark, ready to prompt.
+
+    Attributes:
+        id: unique within the dataset (the dataset's own id when it has one, else "row-N").
+        source: the file it came from; row: its row there (for messages).
+        question: the user turn's text.
+        reference: the expected answer, JSON-serialisable (a letter, a label, a text, a dict).
+        category: the group it is reported under (exam step, subject, closed/open...).
+        options: letter -> option text, for multiple choice.
+        images: image paths or bytes, in order.
+        system: the system prompt, if any.
+    """
+
+    id: str
+    source: str
+    row: int
+    question: str
+    reference: Any
+    category: str = "all"
+    options: dict[str, str] = field(default_factory=dict)
+    images: tuple[ImageRef, ...] = ()
+    system: str | None = None
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A reply, read and scored.
+
+    Attributes:
+        prediction: what was read from the reply (None when nothing could be read).
+        parsed: False when the reply could not be read; it then counts as wrong.
+        correct: exact right/wrong.
+        score: the item's contribution to the mean metric (1.0/0.0, or an F1, a ROUGE-L...).
+    """
+
+    prediction: Any
+    parsed: bool
+    correct: bool
+    score: float
+
+
+@dataclass(frozen=True)
+class LoadedData:
+    """Items and what the loader learned about the data.
+
+    Attributes:
+        items: the items, in file order.
+        benchmark: the benchmark the format identifies ("medqa"), None when unknown.
+        skipped: reason -> rows left out on purpose (non-English SLAKE questions...).
+        notes: settings the loader chose that affect the score.
+    """
+
+    items: list[EvalItem]
+    benchmark: str | None = None
+    skipped: dict[str, int] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """Task settings from the command line.
+
+    Attributes:
+        image_root: where relative image paths are looked up (default: the data's folder).
+        uncertain: cxr-labels policy for CheXpert's -1: "ignore", "positive" or "negative".
+        language: SLAKE question language to keep.
+    """
+
+    image_root: Path | None = None
+    uncertain: str = "ignore"
+    language: str = "en"
+
+
+class Task(Protocol):
+    """The contract every task module fulfils."""
+
+    name: str
+    description: str
+    primary_metric: str
+    think: bool  # ask thinking variants to think (the official MedQA prompt)
+    benchmarks: tuple[str, ...]
+
+    def load(self, records: Sequence[Record], options: TaskOptions) -> LoadedData:
+        """Turn dataset rows into items.
+
+        Raises:
+            DatasetError: a row lacks a field or holds a bad value (names file and row).
+        """
+        ...
+
+    def score(self, item: EvalItem, reply: str) -> Scored:
+        """Read and score one reply."""
+        ...
+
+    def metrics(self, items: Sequence[EvalItem], scored: Sequence[Scored]) -> dict[str, Interval]:
+        """The task's metrics (fractions 0-1, or BLEU 0-100) with 95% intervals."""
+        ...
+
+
+# --- helpers shared by task modules ------------------------------------------------------------
+
+
+def field_value(record: Record, *names: str, required: bool = True) -> Any:
+    """The first of ``names`` present (case-insensitive) and not blank in a record.
+
+    Raises:
+        DatasetError: none is present and ``required``.
+    """
+    lowered = {k.lower(): v for k, v in record.data.items()}
+    for name in names:
+        value = lowered.get(name.lower())
+        if value is not None and not (isinstance(value, str) and not value.strip()):
+            return value
+    if required:
+        raise row_error(
+            record,
+            f"missing field '{names[0]}'" + (f" (or {', '.join(names[1:])})" if names[1:] else ""),
+            f"fields present: {', '.join(sorted(record.data)) or 'none'}",
+        )
+    return None
+
+
+def item_id(record: Record, *names: str) -> str:
+    """The dataset's own id for a row, else "row-N" (N counted across files)."""
+    value = field_value(record, *names, required=False) if names else None
+    if value is not None:
+        return str(value)
+    stem = record.source.stem
+    return f"{stem}-row-{record.row}"
+
+
+def check_unique(items: Sequence[EvalItem]) -> None:
+    """Refuse duplicate item ids: results are keyed by id, duplicates would be counted once."""
+    from medgem.evaluate.datasets import DatasetError
+
+    seen: dict[str, EvalItem] = {}
+    for item in items:
+        first = seen.get(item.id)
+        if first is not None:
+            raise DatasetError(
+                f"{item.source} row {item.row}: id '{item.id}' already used at row {first.row}",
+                "give every row a unique id",
+            )
+        seen[item.id] = item
+
+
+def most_common(values: Sequence[str | None]) -> str | None:
+    counted = Counter(v for v in values if v)
+    return counted.most_common(1)[0][0] if counted else None
+
+
+def proportion(correct: Sequence[bool]) -> Interval:
+    """Accuracy with its Wilson interval."""
+    hits = sum(correct)
+    low, high = wilson_interval(hits, len(correct))
+    return Interval(hits / len(correct) if correct else 0.0, low, high)
+
+
+def mean_with_bootstrap(scores: Sequence[float], seed: int = 0) -> Interval:
+    """Mean with a percentile bootstrap interval."""
+    if not scores:
+        return Interval(0.0, 0.0, 0.0)
+    low, high = bootstrap_interval(scores, lambda xs: sum(xs) / len(xs), seed=seed)
+    return Interval(sum(scores) / len(scores), low, high)
+
+
+def image_ref(value: Any, record: Record, root: Path) -> ImageRef:
+    """An image field as a path (resolved against ``root``) or bytes (datasets' Image feature)."""
+    if isinstance(value, dict):
+        if value.get("bytes"):
+            return bytes(value["bytes"])
+        value = value.get("path")
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    if not isinstance(value, str) or not value.strip():
+        raise row_error(record, "the image field is empty", "give a file path or image bytes")
+    path = Path(value)
+    if path.is_absolute():
+        return str(path)
+    for base in (root, root / "images", root / "imgs"):
+        if (base / path).exists():
+            return str(base / path)
+    return str(root / path)  # missing files fail at run time: that item is marked failed

@@ -1,0 +1,161 @@
+"""Multiple-choice QA: MedQA (4/5 options), MedMCQA, MMLU medical subsets, AfriMed-QA.
+
+The official MedQA prompt: temperature 0, the system message ``SYSTEM INSTRUCTION: think silently
+if needed.`` (thinking variants), the answer read as the final option letter.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from collections.abc import Sequence
+from typing import Any
+
+from medgem.evaluate.datasets import Record, row_error
+from medgem.evaluate.extract import extract_choice
+from medgem.evaluate.metrics import Interval
+from medgem.evaluate.tasks.base import (
+    EvalItem,
+    LoadedData,
+    Scored,
+    TaskOptions,
+    check_unique,
+    field_value,
+    item_id,
+    most_common,
+    proportion,
+)
+
+LETTERS = string.ascii_uppercase
+INSTRUCTION = "Answer with the letter of the correct option."
+
+
+def format_question(question: str, options: dict[str, str]) -> str:
+    """The question, its options one per line as "(A) text", then the answer instruction."""
+    lines = "\n".join(f"({letter}) {text}" for letter, text in options.items())
+    return f"{question.strip()}\n\n{lines}\n\n{INSTRUCTION}"
+
+
+def _as_letter(answer: Any, options: dict[str, str], record: Record, base: int = 0) -> str:
+    """An answer given as a letter, an index or the option's text -> the letter."""
+    if isinstance(answer, bool):
+        raise row_error(record, f"answer {answer!r} is not a letter, index or option text")
+    if isinstance(answer, int | float) or (isinstance(answer, str) and answer.strip().isdigit()):
+        index = int(float(answer)) - base
+        letters = list(options)
+        if not 0 <= index < len(letters):
+            raise row_error(record, f"answer index {answer} is out of range for {len(letters)} options")
+        return letters[index]
+    text = str(answer).strip()
+    if text.upper() in options:
+        return text.upper()
+    for letter, option in options.items():
+        if option.strip().lower() == text.lower():
+            return letter
+    raise row_error(record, f"answer {text!r} is not one of the options {', '.join(options)}")
+
+
+def _options_from(value: Any, record: Record) -> dict[str, str]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)  # AfriMed-QA stores options as a JSON string
+        except json.JSONDecodeError as exc:
+            raise row_error(record, "the options field is not a list or an object") from exc
+    if isinstance(value, dict):
+        options = {}
+        for i, (key, text) in enumerate(value.items()):
+            letter = key.strip().upper() if len(key.strip()) == 1 else LETTERS[i]
+            options[letter] = str(text)
+        return options
+    if isinstance(value, list | tuple):
+        return {LETTERS[i]: str(text) for i, text in enumerate(value)}
+    raise row_error(record, "the options field is not a list or an object")
+
+
+def _parse(record: Record, cop_base: int) -> tuple[EvalItem | None, str | None]:
+    """One row -> (item, benchmark detected from its format)."""
+    data = {k.lower(): v for k, v in record.data.items()}
+    question = str(field_value(record, "question", "sent1"))
+    if "opa" in data:  # MedMCQA
+        options = {
+            letter: str(data[f"op{letter.lower()}"])
+            for letter in "ABCDE" if data.get(f"op{letter.lower()}") not in (None, "")
+        }
+        answer = field_value(record, "cop")
+        letter = _as_letter(answer, options, record, base=cop_base)
+        category = str(data.get("subject_name") or "all")
+        return EvalItem(item_id(record, "id"), str(record.source), record.row,
+                        format_question(question, options), letter, category, options), "medmcqa"
+    if "answer_options" in data:  # AfriMed-QA: MCQ rows only
+        if not data.get("answer_options") or str(data.get("question_type", "mcq")).lower() != "mcq":
+            return None, "afrimed-qa"
+        options = _options_from(data["answer_options"], record)
+        raw_answer = str(field_value(record, "correct_answer"))
+        keys = list(json.loads(data["answer_options"]) if isinstance(data["answer_options"], str)
+                    else data["answer_options"])
+        if raw_answer in keys:
+            letter = list(options)[keys.index(raw_answer)]
+        else:
+            letter = _as_letter(raw_answer, options, record)
+        category = str(data.get("specialty") or "all")
+        return EvalItem(item_id(record, "sample_id", "id"), str(record.source), record.row,
+                        format_question(question, options), letter, category, options), "afrimed-qa"
+    if "choices" in data and "subject" in data:  # MMLU
+        options = _options_from(data["choices"], record)
+        letter = _as_letter(field_value(record, "answer"), options, record)
+        return EvalItem(item_id(record, "id"), str(record.source), record.row,
+                        format_question(question, options), letter, str(data["subject"]),
+                        options), "mmlu-med"
+    options = _options_from(field_value(record, "options", "choices"), record)
+    if len(options) < 2:
+        raise row_error(record, "a multiple-choice question needs at least two options")
+    benchmark = "medqa" if "answer_idx" in data else None
+    answer = field_value(record, "answer_idx", "answer", "label")
+    letter = _as_letter(answer, options, record)
+    category = str(data.get("meta_info") or data.get("category") or data.get("subject") or "all")
+    return EvalItem(item_id(record, "id", "qid"), str(record.source), record.row,
+                    format_question(question, options), letter, category, options), benchmark
+
+
+def _cop_base(records: Sequence[Record]) -> int:
+    """MedMCQA's ``cop`` is 1-based in the original JSON and 0-based in the Hub copy."""
+    values = {str(r.data.get("cop", "")).strip() for r in records if "cop" in r.data}
+    return 0 if "0" in values else 1
+
+
+class MultipleChoiceTask:
+    """Accuracy on single-answer multiple-choice questions."""
+
+    name = "mcq"
+    description = "multiple-choice QA (MedQA, MedMCQA, MMLU medical, AfriMed-QA): accuracy"
+    primary_metric = "accuracy"
+    think = True
+    benchmarks = ("medqa", "medmcqa", "mmlu-med", "afrimed-qa", "pathmcqa", "ehrqa")
+
+    def load(self, records: Sequence[Record], options: TaskOptions) -> LoadedData:
+        base = _cop_base(records)
+        items: list[EvalItem] = []
+        found: list[str | None] = []
+        skipped = 0
+        for record in records:
+            item, benchmark = _parse(record, base)
+            found.append(benchmark)
+            if item is None:
+                skipped += 1
+            else:
+                items.append(item)
+        check_unique(items)
+        notes = {"medmcqa_cop_base": str(base)} if "medmcqa" in found else {}
+        return LoadedData(items, most_common(found),
+                          {"not a multiple-choice row": skipped} if skipped else {}, notes)
+
+    def score(self, item: EvalItem, reply: str) -> Scored:
+        letter = extract_choice(reply, item.options)
+        correct = letter == item.reference
+        return Scored(letter, letter is not None, correct, float(correct))
+
+    def metrics(self, items: Sequence[EvalItem], scored: Sequence[Scored]) -> dict[str, Interval]:
+        return {"accuracy": proportion([s.correct for s in scored])}
+
+
+TASK = MultipleChoiceTask()

@@ -1,0 +1,69 @@
+"""PubMedQA: a question and its abstract's contexts, answered yes, no or maybe."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from medgem.evaluate.datasets import Record, row_error
+from medgem.evaluate.extract import extract_label
+from medgem.evaluate.metrics import Interval
+from medgem.evaluate.tasks.base import (
+    EvalItem,
+    LoadedData,
+    Scored,
+    TaskOptions,
+    check_unique,
+    field_value,
+    item_id,
+    proportion,
+)
+
+LABELS = ("yes", "no", "maybe")
+INSTRUCTION = "Answer with yes, no or maybe."
+
+
+def _contexts(value: Any) -> str:
+    """CONTEXTS as a list (original JSON) or {"contexts": [...]} (the Hub copy)."""
+    if isinstance(value, dict):
+        value = value.get("contexts", [])
+    if isinstance(value, list | tuple):
+        return "\n".join(str(v) for v in value)
+    return str(value)
+
+
+class PubMedQATask:
+    """Yes/no/maybe accuracy; reported per true label."""
+
+    name = "pubmedqa"
+    description = "PubMedQA: yes/no/maybe accuracy"
+    primary_metric = "accuracy"
+    think = False
+    benchmarks = ("pubmedqa",)
+
+    def load(self, records: Sequence[Record], options: TaskOptions) -> LoadedData:
+        items = []
+        for record in records:
+            question = str(field_value(record, "question"))
+            decision = str(field_value(record, "final_decision", "answer", "label")).strip().lower()
+            if decision not in LABELS:
+                raise row_error(record, f"final_decision {decision!r} is not yes, no or maybe")
+            context = field_value(record, "contexts", "context", required=False)
+            text = f"Context:\n{_contexts(context)}\n\nQuestion: {question}" if context else question
+            items.append(EvalItem(
+                item_id(record, "id", "pubid", "pmid"), str(record.source), record.row,
+                f"{text}\n\n{INSTRUCTION}", decision, decision,
+            ))
+        check_unique(items)
+        return LoadedData(items, "pubmedqa")
+
+    def score(self, item: EvalItem, reply: str) -> Scored:
+        label = extract_label(reply, LABELS)
+        correct = label == item.reference
+        return Scored(label, label is not None, correct, float(correct))
+
+    def metrics(self, items: Sequence[EvalItem], scored: Sequence[Scored]) -> dict[str, Interval]:
+        return {"accuracy": proportion([s.correct for s in scored])}
+
+
+TASK = PubMedQATask()
