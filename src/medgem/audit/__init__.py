@@ -1,0 +1,66 @@
+"""The audit trail: every request and answer, append-only and hash-chained, with reviews.
+
+``open_store`` picks the backend from a path or URL; SQLite is built in. Records hold hashes of
+the inputs, never the prompt text or images, unless the operator opted in.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from medgem.audit.records import (
+    VERDICTS,
+    AuditRecord,
+    AuditStore,
+    VerifyReport,
+    add_review,
+    canonical_json,
+    review_body,
+    sha256_hex,
+)
+from medgem.errors import InputError
+
+__all__ = [
+    "VERDICTS",
+    "AuditRecord",
+    "AuditStore",
+    "VerifyReport",
+    "add_review",
+    "canonical_json",
+    "default_audit_path",
+    "open_store",
+    "review_body",
+    "sha256_hex",
+]
+
+
+def default_audit_path() -> Path:
+    """``$MEDGEM_AUDIT_DB`` or ``$XDG_DATA_HOME/medgem/audit.sqlite`` (~/.local/share)."""
+    env = os.environ.get("MEDGEM_AUDIT_DB")
+    if env:
+        return Path(env).expanduser()
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "medgem" / "audit.sqlite"
+
+
+def open_store(location: str | Path | None = None) -> AuditStore:
+    """Open an audit store.
+
+    Args:
+        location: a file path, ``sqlite:///path``, ":memory:", or None for the default path.
+
+    Raises:
+        InputError: a database URL whose backend is not built in.
+    """
+    from medgem.audit.sqlite import SQLiteAuditStore
+
+    text = str(location) if location is not None else str(default_audit_path())
+    if text.startswith("sqlite:///"):
+        text = text[len("sqlite:///") :]
+    elif "://" in text:
+        raise InputError(
+            f"no audit backend for '{text.split('://')[0]}://' URLs",
+            "use a SQLite file path, or implement medgem.audit.AuditStore for that database",
+        )
+    return SQLiteAuditStore(text)

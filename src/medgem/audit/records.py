@@ -1,0 +1,167 @@
+"""Audit records, their hash chain, and the store interface every backend implements.
+
+A record is one JSON body plus a little metadata. Each record's hash covers the previous
+record's hash and the canonical JSON of the record, so editing or deleting any record breaks
+every hash after it: ``verify`` finds it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from medgem.errors import InputError
+
+GENESIS_HASH = "0" * 64
+RecordKind = Literal["answer", "review", "rejected", "error"]
+Verdict = Literal["accept", "correct", "reject"]
+VERDICTS: tuple[str, ...] = ("accept", "correct", "reject")
+
+
+def canonical_json(value: Any) -> str:
+    """One spelling per value: sorted keys, no spaces, UTF-8 kept as is."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def sha256_hex(data: bytes | str) -> str:
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    return hashlib.sha256(data).hexdigest()
+
+
+def utc_now() -> str:
+    """ISO 8601 UTC with milliseconds."""
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One appended record.
+
+    Attributes:
+        seq: position in the chain, 1-based, without gaps.
+        id: the record id (for answers, the chat completion id clients saw).
+        kind: "answer", "review", "rejected" (refused request) or "error" (engine failure).
+        created: ISO 8601 UTC time of the append.
+        parent: for reviews, the answer's id.
+        body: the record's content.
+        prev_hash: the previous record's hash (zeros for the first).
+        hash: sha256 over prev_hash and the canonical record.
+    """
+
+    seq: int
+    id: str
+    kind: str
+    created: str
+    parent: str | None
+    body: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq, "id": self.id, "kind": self.kind, "created": self.created,
+            "parent": self.parent, "body": self.body, "prev_hash": self.prev_hash,
+            "hash": self.hash,
+        }
+
+
+def record_hash(
+    prev_hash: str, seq: int, record_id: str, kind: str, created: str, parent: str | None,
+    body_json: str,
+) -> str:
+    """The chain hash of one record; ``body_json`` is the body's canonical JSON."""
+    head = canonical_json(
+        {"seq": seq, "id": record_id, "kind": kind, "created": created, "parent": parent}
+    )
+    return sha256_hex(f"{prev_hash}\n{head}\n{body_json}")
+
+
+@dataclass
+class VerifyReport:
+    """What ``verify`` found: ok when ``problems`` is empty."""
+
+    records: int = 0
+    head: str = GENESIS_HASH
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class AuditStore(Protocol):
+    """Append-only storage. SQLite is built in; a shared database implements the same."""
+
+    def append(
+        self, kind: str, body: dict[str, Any], *, record_id: str | None = None,
+        parent: str | None = None,
+    ) -> AuditRecord:
+        """Append durably (on disk when this returns) and return the chained record."""
+        ...
+
+    def get(self, record_id: str) -> AuditRecord | None: ...
+
+    def records(
+        self, *, kind: str | None = None, after_seq: int = 0, limit: int | None = None,
+        newest_first: bool = False,
+    ) -> Iterator[AuditRecord]: ...
+
+    def children(self, record_id: str) -> list[AuditRecord]:
+        """Records whose parent is ``record_id`` (the reviews of an answer)."""
+        ...
+
+    def count(self, kind: str | None = None) -> int: ...
+
+    def put_blob(self, data: bytes, mime: str) -> str:
+        """Store an opted-in input by content hash; returns the sha256."""
+        ...
+
+    def get_blob(self, sha256: str) -> tuple[bytes, str] | None: ...
+
+    def verify(self) -> VerifyReport: ...
+
+    def close(self) -> None: ...
+
+
+def review_body(
+    verdict: str, *, correction: str | None = None, note: str | None = None,
+    reviewer: str | None = None, user: str | None = None,
+) -> dict[str, Any]:
+    """Check and build a review's body.
+
+    Raises:
+        InputError: an unknown verdict, or "correct" without corrected text.
+    """
+    if verdict not in VERDICTS:
+        raise InputError(f"verdict must be one of {', '.join(VERDICTS)}, got {verdict!r}")
+    if verdict == "correct" and not (correction or "").strip():
+        raise InputError("a correction needs the corrected text", "write the corrected answer")
+    return {
+        "verdict": verdict,
+        "correction": ((correction or "").strip() or None) if verdict == "correct" else None,
+        "note": (note or "").strip() or None,
+        "reviewer": (reviewer or "").strip() or None,
+        "user": user,
+    }
+
+
+def add_review(
+    store: AuditStore, answer_id: str, verdict: str, *, correction: str | None = None,
+    note: str | None = None, reviewer: str | None = None, user: str | None = None,
+) -> AuditRecord:
+    """Append a review linked to an answer record.
+
+    Raises:
+        InputError: no answer with that id, or an invalid review.
+    """
+    answer = store.get(answer_id)
+    if answer is None or answer.kind != "answer":
+        raise InputError(f"no answer record '{answer_id}'", "see `medgem audit list`")
+    body = review_body(verdict, correction=correction, note=note, reviewer=reviewer, user=user)
+    return store.append("review", body, parent=answer_id)

@@ -1,0 +1,204 @@
+"""Request and response shapes of the HTTP API (OpenAI's chat completions, plus medgem's own).
+
+Requests forbid unknown fields, so a misspelt parameter is an error rather than silently
+ignored. Responses follow OpenAI's shapes; medgem adds ``reasoning_content`` (the model's
+thought) and a ``medgem`` object (caveat, demo label, audit record id).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- chat completions: request -------------------------------------------------------------
+
+
+class TextContent(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ImageUrl(_Strict):
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImageUrlContent(_Strict):
+    type: Literal["image_url"]
+    image_url: ImageUrl
+
+
+ContentPart = Annotated[TextContent | ImageUrlContent, Field(discriminator="type")]
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    # Clients echo earlier answers back with their thought; it is not sent to the model.
+    reasoning_content: str | None = None
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(_Strict):
+    """``POST /v1/chat/completions``. ``think`` is medgem's: ask a thinking model to think."""
+
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    seed: int | None = None
+    n: int | None = Field(default=None, ge=1, le=1)
+    user: str | None = None
+    think: bool = False
+    # Accepted at their neutral values only, so OpenAI clients that always send them work.
+    presence_penalty: float | None = Field(default=None, ge=0.0, le=0.0)
+    frequency_penalty: float | None = Field(default=None, ge=0.0, le=0.0)
+    logprobs: bool | None = Field(default=None, strict=True)
+    stop: str | list[str] | None = None
+
+    def budget(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    def openai_messages(self) -> list[dict[str, Any]]:
+        """The messages as plain dicts, the shape ``request_from_openai`` reads."""
+        return [
+            m.model_dump(exclude_none=True, exclude={"name", "reasoning_content"})
+            for m in self.messages
+        ]
+
+
+# --- chat completions: response ------------------------------------------------------------
+
+
+class UsageBody(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class MedgemExtra(BaseModel):
+    """What every medgem answer carries besides OpenAI's fields."""
+
+    caveat: str
+    label: str
+    audit_id: str | None
+    queue_s: float | None = None
+    first_token_s: float | None = None
+    total_s: float | None = None
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+    reasoning_content: str | None = None
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: str
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: UsageBody
+    medgem: MedgemExtra
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    reasoning_content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: Delta
+    finish_reason: str | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: UsageBody | None = None
+    medgem: MedgemExtra | None = None
+
+
+# --- models and errors ---------------------------------------------------------------------
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "medgem"
+    max_model_len: int
+    medgem: dict[str, Any]
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+# --- the web page's own endpoints ------------------------------------------------------------
+
+
+class AskRequest(_Strict):
+    """``POST /api/ask``: one question, optionally about one upload (image, DICOM, zip)."""
+
+    question: str = Field(min_length=1, max_length=20000)
+    image: str | None = None  # a data URL
+    think: bool = False
+    max_tokens: int | None = Field(default=None, ge=1)
+    system: str | None = Field(default=None, max_length=20000)
+
+
+class PreviewRequest(_Strict):
+    """``POST /api/preview``: the images the model would see for an upload."""
+
+    image: str
+
+
+class ReviewRequest(_Strict):
+    """``POST /api/reviews``: a clinician's verdict on an answer."""
+
+    record_id: str = Field(min_length=1, max_length=200)
+    verdict: Literal["accept", "correct", "reject"]
+    correction: str | None = Field(default=None, max_length=50000)
+    note: str | None = Field(default=None, max_length=20000)
+    reviewer: str | None = Field(default=None, max_length=200)

@@ -1,0 +1,220 @@
+"""The engine queue: one worker thread runs one request at a time; a bounded line waits.
+
+The event loop submits jobs; the worker runs them on the engine and hands each chunk back to
+the loop. A full line raises :class:`QueueFullError` (429 with Retry-After). Setting a job's
+``cancel`` event (client gone) stops its generation. ``close`` drains: queued and running jobs
+finish, new ones are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from medgem.answer import Answer, FinalChunk, StreamChunk
+from medgem.errors import MedgemError
+from medgem.request import Request
+
+log = logging.getLogger("medgem.server")
+
+RunFn = Callable[[Request, threading.Event], Iterator[StreamChunk]]
+
+
+class QueueFullError(MedgemError):
+    """Too many requests are waiting for the engine."""
+
+    status = 429
+    code = "queue_full"
+
+    def __init__(self, waiting: int, retry_after: int) -> None:
+        super().__init__(
+            f"the server is busy: {waiting} requests are waiting for the model",
+            f"retry after {retry_after} s",
+        )
+        self.retry_after = retry_after
+
+
+class DrainingError(MedgemError):
+    """The server is shutting down and takes no new requests."""
+
+    status = 503
+    code = "server_shutting_down"
+
+
+class CancelledError(MedgemError):
+    """The client went away before its request ran."""
+
+    status = 499
+    code = "client_disconnected"
+
+
+@dataclass(frozen=True)
+class Started:
+    """The engine accepted the request (context checked); ``queue_s`` seconds were spent waiting."""
+
+    queue_s: float
+
+
+@dataclass(frozen=True)
+class Completed:
+    """The answer, after its audit record was made durable."""
+
+    answer: Answer
+    record_id: str | None
+
+
+@dataclass(frozen=True)
+class Failed:
+    error: BaseException
+
+
+JobItem = Started | StreamChunk | Completed | Failed
+# finalize(job, answer, error) -> audit record id. Runs on the worker thread before the
+# final item is handed back, so the record is durable before the last byte goes out.
+FinalizeFn = Callable[["Job", Answer | None, BaseException | None], str | None]
+
+
+@dataclass
+class Job:
+    """One request on its way through the engine."""
+
+    request: Request
+    finalize: FinalizeFn
+    loop: asyncio.AbstractEventLoop
+    out: asyncio.Queue[JobItem] = field(default_factory=asyncio.Queue)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    enqueued: float = field(default_factory=time.monotonic)
+    started: float | None = None
+    context: dict[str, Any] = field(default_factory=dict)
+
+    def push(self, item: JobItem) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            pass
+
+    @property
+    def queue_s(self) -> float:
+        return (self.started or time.monotonic()) - self.enqueued
+
+
+class EngineQueue:
+    """A bounded line in front of one engine worker.
+
+    Args:
+        run: starts one generation (``MedGemma.generate``).
+        max_waiting: requests allowed to wait while one runs.
+        min_retry_after: the least Retry-After, in seconds.
+    """
+
+    def __init__(self, run: RunFn, max_waiting: int, min_retry_after: int = 1) -> None:
+        self._run = run
+        self._max_waiting = max_waiting
+        self._min_retry_after = min_retry_after
+        self._jobs: queue.Queue[Job | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._waiting = 0
+        self._running = False
+        self._draining = False
+        self._mean_service_s = 1.0
+        self._thread = threading.Thread(target=self._work, name="medgem-engine", daemon=True)
+        self._thread.start()
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    @property
+    def busy(self) -> bool:
+        return self._running
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def submit(self, request: Request, finalize: FinalizeFn, **context: Any) -> Job:
+        """Queue a request (call on the event loop).
+
+        Raises:
+            QueueFullError: the line is full.
+            DrainingError: the server is shutting down.
+        """
+        job = Job(request, finalize, asyncio.get_running_loop(), context=context)
+        with self._lock:
+            if self._draining:
+                raise DrainingError("the server is shutting down", "retry on another instance")
+            if self._waiting >= self._max_waiting and (self._running or self._waiting > 0):
+                raise QueueFullError(self._waiting, self.retry_after())
+            self._waiting += 1
+        self._jobs.put(job)
+        return job
+
+    def retry_after(self) -> int:
+        """Seconds until a slot is likely free, from the mean service time."""
+        estimate = self._mean_service_s * (self._waiting + 1)
+        return max(self._min_retry_after, min(600, math.ceil(estimate)))
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Refuse new jobs, let queued and running ones finish; True when the worker ended."""
+        with self._lock:
+            self._draining = True
+        self._jobs.put(None)
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    # --- the worker --------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            with self._lock:
+                self._waiting -= 1
+                self._running = True
+            try:
+                self._serve(job)
+            finally:
+                with self._lock:
+                    self._running = False
+
+    def _serve(self, job: Job) -> None:
+        job.started = time.monotonic()
+        if job.cancel.is_set():
+            self._finish(job, None, CancelledError("the client disconnected while waiting"))
+            return
+        try:
+            chunks = self._run(job.request, job.cancel)
+            job.push(Started(job.queue_s))
+            answer: Answer | None = None
+            for chunk in chunks:
+                if isinstance(chunk, FinalChunk):
+                    answer = chunk.answer
+                else:
+                    job.push(chunk)
+            if answer is None:
+                raise RuntimeError("the engine ended without an answer")
+        except Exception as exc:
+            if not isinstance(exc, MedgemError):
+                log.exception("generation failed")
+            self._finish(job, None, exc)
+            return
+        self._finish(job, answer, None)
+        elapsed = time.monotonic() - job.started
+        self._mean_service_s = 0.8 * self._mean_service_s + 0.2 * elapsed
+
+    def _finish(self, job: Job, answer: Answer | None, error: BaseException | None) -> None:
+        try:
+            record_id = job.finalize(job, answer, error)
+        except Exception as exc:  # the audit write failed: the answer must not go out
+            log.exception("could not write the audit record")
+            job.push(Failed(exc))
+            return
+        job.push(Completed(answer, record_id) if answer is not None else Failed(error or RuntimeError()))
