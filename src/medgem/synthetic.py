@@ -106,6 +106,13 @@ MEDGEMMA_4B = Shape(
 def _text_config(shape: Shape) -> Any:
     from transformers import Gemma3TextConfig
 
+    settings: dict[str, Any] = {
+        "rope_parameters": {
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            "full_attention": {"rope_type": "default", "rope_theta": shape.rope_theta},
+        }
+    }
+    settings.update(shape.extra_text)
     return Gemma3TextConfig(
         vocab_size=VOCAB_SIZE,
         hidden_size=shape.hidden,
@@ -117,11 +124,10 @@ def _text_config(shape: Shape) -> Any:
         max_position_embeddings=shape.context,
         sliding_window=shape.sliding_window,
         query_pre_attn_scalar=shape.query_pre_attn_scalar or shape.head_dim,
-        rope_theta=shape.rope_theta,
         bos_token_id=2,
         eos_token_id=[1, 106],
         pad_token_id=0,
-        **shape.extra_text,
+        **settings,
     )
 
 
@@ -262,11 +268,16 @@ def demo_checkpoint() -> Path:
         layers=text.num_hidden_layers, heads=text.num_attention_heads,
         kv_heads=text.num_key_value_heads, head_dim=text.head_dim, context=32768,
         sliding_window=text.sliding_window,
-        query_pre_attn_scalar=text.query_pre_attn_scalar, rope_theta=text.rope_theta,
+        query_pre_attn_scalar=text.query_pre_attn_scalar,
         vision_hidden=64, vision_intermediate=128, vision_layers=2, vision_heads=2,
         image_size=896, patch_size=14, mm_tokens=256,
-        extra_text={"rope_local_base_freq": getattr(text, "rope_local_base_freq", 10000.0)}
-        if hasattr(text, "rope_local_base_freq") else {},
+        extra_text={
+            "rope_parameters": text.rope_parameters,
+            "layer_types": text.layer_types,
+            "final_logit_softcapping": text.final_logit_softcapping,
+            "attn_logit_softcapping": text.attn_logit_softcapping,
+            "rms_norm_eps": text.rms_norm_eps,
+        },
     )
     tmp = Path(tempfile.mkdtemp(dir=cache_root()))
     build_checkpoint(

@@ -1,0 +1,92 @@
+"""The `medgem` command. Each subcommand lives in its own module with add_parser() and run()."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from medgem.errors import MedgemError
+
+# subcommand -> module (each exposes add_parser(subparsers) and run(args) -> int)
+COMMANDS: dict[str, str] = {
+    "ask": "medgem.cli.ask",
+    "describe": "medgem.cli.describe",
+    "chat": "medgem.cli.chat",
+    "models": "medgem.cli.models",
+    "doctor": "medgem.cli.doctor",
+    "demo": "medgem.cli.demo",
+    "inspect": "medgem.cli.inspect",
+    "eval": "medgem.cli.eval",
+    "serve": "medgem.cli.serve",
+    "audit": "medgem.cli.audit",
+    "keys": "medgem.cli.keys",
+    "convert": "medgem.cli.convert",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medgem",
+        description="Run Google's MedGemma medical models. Output is not medical advice.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"medgem {_version()}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue  # a subcommand not built yet
+            raise
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: one line for expected errors, a traceback only with --debug."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = bool(args.debug or os.environ.get("MEDGEM_DEBUG"))
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    if not debug:
+        _quiet_libraries()
+    try:
+        return int(args.func(args) or 0)
+    except MedgemError as exc:
+        if debug:
+            raise
+        print(f"medgem: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("medgem: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an unexpected failure still gets one line without --debug
+        if debug:
+            raise
+        print(
+            f"medgem: unexpected error: {type(exc).__name__}: {exc} (run again with --debug "
+            "for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _quiet_libraries() -> None:
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+def _version() -> str:
+    from medgem import __version__
+
+    return __version__

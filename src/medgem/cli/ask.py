@@ -1,0 +1,76 @@
+"""`medgem ask QUESTION [--image ...]`: one question, streamed to the terminal."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from medgem.cli.common import add_generation_flags, add_model_flags, load_model, print_label_first, render
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "ask", help="ask a question, optionally about images, DICOM files or a CT/MR series",
+        description="Ask MedGemma a question. Use '-' to read the question from stdin.",
+    )
+    parser.add_argument("question", help="the question ('-' reads stdin)")
+    add_image_flags(parser)
+    add_model_flags(parser)
+    add_generation_flags(parser)
+    parser.set_defaults(func=run)
+
+
+def add_image_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("images")
+    group.add_argument(
+        "--image", "-i", action="append", default=[], type=Path,
+        help="image, DICOM file, DICOM folder or .zip, NIfTI; repeat for several (ordered by study date)",
+    )
+    group.add_argument("--save-preprocessed", type=Path, metavar="DIR",
+                       help="write the images exactly as the model gets them (PNG per image/slice)")
+    group.add_argument("--boxes", type=Path, metavar="PNG",
+                       help="draw box_2d localizations from the answer on the image")
+
+
+def run(args: argparse.Namespace, question: str | None = None) -> int:
+    text = question if question is not None else _question(args.question)
+    model = load_model(args)
+    request = model.request(
+        text, images=[str(p) for p in args.image], system=args.system, think=args.think,
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
+    )
+    if args.save_preprocessed:
+        _save_preprocessed(request, args.save_preprocessed)
+    if not args.json:
+        print_label_first(model)
+    answer = render(model.generate(request), as_json=args.json, show_thinking=args.show_thinking)
+    if args.boxes:
+        _draw_boxes(answer.text, args.image, args.boxes)
+    return 0
+
+
+def _question(raw: str) -> str:
+    return sys.stdin.read() if raw == "-" else raw
+
+
+def _save_preprocessed(request: Any, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for number, part in enumerate(request.images, start=1):
+        part.image.save(folder / f"image-{number:03d}.png")
+    print(f"medgem: wrote {len(request.images)} preprocessed image(s) to {folder}", file=sys.stderr)
+
+
+def _draw_boxes(answer: str, images: list[Path], target: Path) -> None:
+    from medgem.errors import InputError
+
+    if len(images) != 1:
+        raise InputError("--boxes needs exactly one --image")
+    from medgem.boxes import draw_boxes, parse_boxes
+    from medgem.inputs import read_images
+
+    image = read_images([images[0]]).images[0]
+    boxes = parse_boxes(answer, image.size)
+    draw_boxes(image, boxes, target)
+    print(f"medgem: drew {len(boxes)} box(es) on {target}", file=sys.stderr)

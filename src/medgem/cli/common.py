@@ -1,0 +1,133 @@
+"""Flags and output shared by the commands that run a model (ask, describe, chat)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable
+from typing import TextIO
+
+from medgem.answer import Answer, AnswerChunk, FinalChunk, StreamChunk, ThinkingChunk
+from medgem.api import MedGemma
+
+
+def add_model_flags(parser: argparse.ArgumentParser, *, model_required: bool = True) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--model", "-m", required=model_required,
+        help="checkpoint folder, .gguf file, variant (4b-it, 27b-text-it, ...) or hub id",
+    )
+    group.add_argument(
+        "--engine", default="auto",
+        help="auto, hf (direct transformers), hf-pipeline, llamacpp or remote (default: auto)",
+    )
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    group.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
+    group.add_argument("--quantize", choices=["4bit", "8bit"], help="bitsandbytes (CUDA only)")
+    group.add_argument("--variant", help="force the MedGemma variant (for fine-tunes)")
+    group.add_argument("--mmproj", help="GGUF vision projector (llamacpp engine)")
+    group.add_argument("--revision", help="hub revision (branch, tag or commit)")
+    group.add_argument("--base-url", help="OpenAI-compatible server URL (remote engine)")
+    group.add_argument("--api-key", help="API key for the remote server")
+    group.add_argument(
+        "--no-caveat", action="store_true", help="do not print the intended-use caveat"
+    )
+
+
+def add_generation_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("generation")
+    group.add_argument("--system", help="system prompt")
+    group.add_argument("--think", action="store_true", help="ask thinking variants to reason first")
+    group.add_argument("--show-thinking", action="store_true", help="print the reasoning (stderr)")
+    group.add_argument("--max-new-tokens", type=int, help="answer budget (default per variant)")
+    group.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    group.add_argument("--seed", type=int)
+    group.add_argument("--json", action="store_true", help="print one JSON object at the end")
+
+
+def load_model(args: argparse.Namespace) -> MedGemma:
+    from medgem.answer import INTENDED_USE_CAVEAT
+
+    return MedGemma.load(
+        args.model,
+        engine=args.engine,
+        device=args.device,
+        dtype=args.dtype,
+        quantize=args.quantize,
+        variant=args.variant,
+        mmproj=args.mmproj,
+        revision=args.revision,
+        caveat="" if args.no_caveat else INTENDED_USE_CAVEAT,
+        progress=sys.stderr.isatty() and not getattr(args, "json", False),
+        base_url=args.base_url,
+        api_key=args.api_key,
+    )
+
+
+def render(
+    chunks: Iterable[StreamChunk],
+    *,
+    as_json: bool,
+    show_thinking: bool,
+    out: TextIO = sys.stdout,
+    err: TextIO = sys.stderr,
+) -> Answer:
+    """Stream an answer to the terminal (or collect it for --json) and return it."""
+    answer: Answer | None = None
+    thinking_open = False
+    for chunk in chunks:
+        if isinstance(chunk, FinalChunk):
+            answer = chunk.answer
+            continue
+        if isinstance(chunk, ThinkingChunk):
+            if show_thinking and not as_json:
+                if not thinking_open:
+                    err.write("[thinking]\n")
+                    thinking_open = True
+                err.write(chunk.text)
+                err.flush()
+        elif isinstance(chunk, AnswerChunk) and not as_json:
+            if thinking_open:
+                err.write("\n[/thinking]\n")
+                err.flush()
+                thinking_open = False
+            out.write(chunk.text)
+            out.flush()
+    assert answer is not None  # assemble() always ends with a FinalChunk
+    if as_json:
+        out.write(json.dumps(answer.to_dict(), ensure_ascii=False, indent=2) + "\n")
+        return answer
+    out.write("\n")
+    if answer.thought_truncated:
+        err.write(
+            "medgem: the answer budget ran out while the model was thinking; raise "
+            "--max-new-tokens for an answer\n"
+        )
+    elif answer.finish_reason == "length":
+        err.write("medgem: the answer was cut at --max-new-tokens\n")
+    if answer.caveat:
+        err.write(f"\n⚠ {answer.caveat}\n")
+    if answer.label:
+        err.write(f"[{answer.label}]\n")
+    err.write(_stats(answer) + "\n")
+    return answer
+
+
+def _stats(answer: Answer) -> str:
+    t = answer.timings
+    return (
+        f"[{answer.model.id} · {answer.model.engine} · {answer.usage.prompt_tokens} prompt + "
+        f"{answer.usage.completion_tokens} answer tokens · first token {t.first_token_s:.2f} s · "
+        f"{t.decode_tokens_per_s:.1f} tok/s · {answer.finish_reason}]"
+    )
+
+
+def print_label_first(model: MedGemma, err: TextIO = sys.stderr) -> None:
+    """Demo and test models say so before any of their output appears."""
+    from medgem.answer import label_for
+
+    label = label_for(model.engine.info)
+    if label:
+        err.write(f"[{label}]\n")
+        err.flush()

@@ -1,0 +1,103 @@
+"""`medgem doctor`: this machine, the installed engines, and how each variant would run here."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from typing import Any
+
+from medgem.hardware import GIB, Hardware, detect_hardware
+from medgem.memory import budget_for, estimate
+from medgem.variants import VARIANTS, Variant
+
+ENGINE_PACKAGES = {
+    "hf (transformers)": ("transformers", "torch"),
+    "llamacpp (llama-cpp-python)": ("llama_cpp",),
+    "remote (OpenAI-compatible, e.g. vLLM)": ("httpx",),
+    "bitsandbytes 4/8-bit": ("bitsandbytes",),
+}
+# Decode speed on CPUs is bound by memory bandwidth: bytes read per token ~ weight bytes.
+ASSUMED_CPU_BANDWIDTH_GBS = 20.0
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser("doctor", help="check this machine and what will run on it")
+    parser.add_argument("--json", action="store_true")
+    parser.set_defaults(func=run)
+
+
+def installed_engines() -> dict[str, bool]:
+    return {
+        name: all(importlib.util.find_spec(module) is not None for module in modules)
+        for name, modules in ENGINE_PACKAGES.items()
+    }
+
+
+def plan(variant: Variant, hardware: Hardware, engines: dict[str, bool]) -> dict[str, Any]:
+    """The best way to run a variant here: first option that fits, in order of preference."""
+    parameters = int(variant.params_b * 1e9)
+    if hardware.cuda:
+        candidates = [("hf", "bfloat16", "cuda"), ("hf", "8bit", "cuda"), ("hf", "4bit", "cuda")]
+    else:
+        candidates = [("llamacpp", "q4_k_m", "cpu"), ("llamacpp", "q8_0", "cpu"),
+                      ("hf", "float32" if not hardware.cpu_bf16 else "bfloat16", "cpu"),
+                      ("hf", "bfloat16", "cpu")]
+    for engine, precision, device in candidates:
+        if engine == "llamacpp" and not engines["llamacpp (llama-cpp-python)"]:
+            continue
+        if precision in ("8bit", "4bit") and not engines["bitsandbytes 4/8-bit"]:
+            continue
+        need = estimate(parameters, precision)
+        _, budget = budget_for(hardware, device)
+        if need.total_bytes <= budget:
+            speed = None
+            if device == "cpu":
+                speed = ASSUMED_CPU_BANDWIDTH_GBS * 1e9 / need.weight_bytes
+            return {"fits": True, "engine": engine, "precision": precision, "device": device,
+                    "memory_gib": round(need.total_gib, 1),
+                    "decode_tok_s_ceiling": round(speed, 1) if speed else None}
+    smallest = estimate(parameters, "q4_k_m" if not hardware.cuda else "4bit")
+    return {"fits": False, "engine": None, "precision": smallest.precision,
+            "device": "cuda" if hardware.cuda else "cpu", "memory_gib": round(smallest.total_gib, 1),
+            "decode_tok_s_ceiling": None}
+
+
+def run(args: argparse.Namespace) -> int:
+    hardware = detect_hardware()
+    engines = installed_engines()
+    plans = {variant.key: plan(variant, hardware, engines) for variant in VARIANTS}
+    if args.json:
+        print(json.dumps({
+            "cpu": hardware.cpu, "cores": hardware.cores, "cpu_native_bf16": hardware.cpu_bf16,
+            "ram_total_gib": round(hardware.ram_total / GIB, 1),
+            "ram_available_gib": round(hardware.ram_available / GIB, 1),
+            "gpus": [{"name": g.name, "total_gib": round(g.total_bytes / GIB, 1),
+                      "free_gib": round(g.free_bytes / GIB, 1)} for g in hardware.gpus],
+            "engines": engines, "variants": plans,
+        }, indent=2))
+        return 0
+    print(f"CPU   {hardware.cpu} · {hardware.cores} cores · native bf16: "
+          f"{'yes' if hardware.cpu_bf16 else 'no (transformers runs float32 here)'}")
+    print(f"RAM   {hardware.ram_total / GIB:.1f} GiB total, {hardware.ram_available / GIB:.1f} GiB available")
+    if hardware.gpus:
+        for gpu in hardware.gpus:
+            print(f"GPU   {gpu.index}: {gpu.name} · {gpu.total_bytes / GIB:.1f} GiB "
+                  f"({gpu.free_bytes / GIB:.1f} free)")
+    else:
+        print("GPU   none (CUDA not available): bitsandbytes quantization is off; use GGUF")
+    print("\nEngines")
+    for name, ok in engines.items():
+        print(f"  {'✓' if ok else '✗'} {name}")
+    print("\nVariants on this machine")
+    print(f"  {'variant':<12} {'fits':<5} {'engine':<9} {'precision':<10} {'memory':>9} {'decode ceiling':>15}")
+    for key, row in plans.items():
+        ceiling = f"~{row['decode_tok_s_ceiling']} tok/s" if row["decode_tok_s_ceiling"] else "-"
+        print(f"  {key:<12} {'yes' if row['fits'] else 'no':<5} {row['engine'] or '-':<9} "
+              f"{row['precision']:<10} {row['memory_gib']:>6.1f} GiB {ceiling:>15}")
+    if not engines["llamacpp (llama-cpp-python)"] and not hardware.cuda:
+        print("\nOn a CPU, llama.cpp with a Q4_K_M GGUF is several times faster than transformers: "
+              "pip install llama-cpp-python, then `medgem convert`.")
+    print(f"\nDecode ceilings assume ~{ASSUMED_CPU_BANDWIDTH_GBS:.0f} GB/s memory bandwidth "
+          "(every weight read once per token).")
+    return 0
