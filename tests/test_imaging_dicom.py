@@ -10,10 +10,10 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from tests.imaging_fixtures import secondary_capture
 
 from medgem.errors import ImageInputError
 from medgem.imaging import ImagingOptions, load_medical_input
-from tests.imaging_fixtures import secondary_capture
 
 
 def data(name: str) -> str:
@@ -109,7 +109,7 @@ def test_multiframe_is_a_volume_or_one_chosen_frame() -> None:
     assert (volume.kind, len(volume.images), volume.metadata["slices_total"]) == ("volume", 10, 10)
     frame = load_medical_input(data("emri_small.dcm"), ImagingOptions(frame=3))
     assert frame.kind == "image" and frame.metadata["frame"] == 3
-    with pytest.raises(ImageInputError, match="frame 10 does not exist"):
+    with pytest.raises(ImageInputError, match=r"frame 10 does not exist"):
         load_medical_input(data("emri_small.dcm"), ImagingOptions(frame=10))
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom.uid import generate_uid
+from tests.imaging_fixtures import KNOWN_HU_RGB, hu_phantom, mr_slice, write_ct_series
 
 from medgem.errors import ImageInputError
 from medgem.imaging import ImagingOptions, load_medical_input, load_medical_inputs
 from medgem.imaging.series import sample_indices
-from tests.imaging_fixtures import KNOWN_HU_RGB, hu_phantom, mr_slice, write_ct_series
 
 
 def band_colours(image: np.ndarray, count: int) -> list[tuple[int, ...]]:
@@ -98,7 +98,7 @@ def two_series(root: Path) -> tuple[str, str]:
 
 
 def test_several_series_are_listed_and_one_can_be_chosen(tmp_path: Path) -> None:
-    first, second = two_series(tmp_path)
+    _, second = two_series(tmp_path)
     with pytest.raises(ImageInputError) as caught:
         load_medical_input(tmp_path)
     message = str(caught.value)
@@ -107,7 +107,7 @@ def test_several_series_are_listed_and_one_can_be_chosen(tmp_path: Path) -> None
     assert second not in message  # short UIDs only
     chosen = load_medical_input(tmp_path, ImagingOptions(series=second[-12:]))
     assert len(chosen.images) == 3 and chosen.metadata["series_count"] == 2
-    with pytest.raises(ImageInputError, match="matches no series"):
+    with pytest.raises(ImageInputError, match=r"matches no series"):
         load_medical_input(tmp_path, ImagingOptions(series="9.9.9.9.9"))
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tests.imaging_fixtures import KNOWN_HU_RGB
 
+from medgem.imaging.options import DEFAULT_CT_WINDOWS, ImagingOptions
 from medgem.imaging.windows import (
     centre_width_to_range,
     ct_to_rgb,
@@ -12,8 +14,6 @@ from medgem.imaging.windows import (
     minmax_to_uint8,
     window_to_uint8,
 )
-from medgem.imaging.options import DEFAULT_CT_WINDOWS, ImagingOptions
-from tests.imaging_fixtures import KNOWN_HU_RGB
 
 
 def test_window_maps_ends_and_truncates_like_the_notebook() -> None:
@@ -36,7 +36,7 @@ def test_default_windows_are_the_facts_file_values() -> None:
 
 def test_minmax_spans_full_range_and_warns_on_flat_image() -> None:
     assert minmax_to_uint8(np.array([100, 200, 300])).tolist() == [0, 127, 255]
-    with pytest.warns(UserWarning, match="single intensity"):
+    with pytest.warns(UserWarning, match=r"single intensity"):
         assert minmax_to_uint8(np.full((2, 2), 7)).tolist() == [[0, 0], [0, 0]]
 
 

@@ -10,6 +10,7 @@ the pixels is not touched: check BurnedInAnnotation before sharing images.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import hmac
 from typing import Any
@@ -83,7 +84,7 @@ def deidentify(dataset: Any, key: bytes) -> Any:
     """
     if not key:
         raise ValueError("deidentify needs a non-empty key")
-    clean = dataset.copy()
+    clean = copy.deepcopy(dataset)  # Dataset.copy() shares elements: edits would leak back
     clean.remove_private_tags()
     patient_id = str(clean.get("PatientID", "") or "")
     _clean(clean, key)
@@ -92,9 +93,6 @@ def deidentify(dataset: Any, key: bytes) -> Any:
     clean.PatientIdentityRemoved = "YES"
     clean.DeidentificationMethod = "medgem: basic profile subset, keyed-hash UIDs, dates removed"
     meta = getattr(clean, "file_meta", None)
-    if meta is not None:
-        meta = meta.copy()
-        if "SOPInstanceUID" in clean:
-            meta.MediaStorageSOPInstanceUID = clean.SOPInstanceUID
-        clean.file_meta = meta
+    if meta is not None and "SOPInstanceUID" in clean:
+        meta.MediaStorageSOPInstanceUID = clean.SOPInstanceUID
     return clean

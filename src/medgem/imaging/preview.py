@@ -14,6 +14,9 @@ from medgem.imaging.options import MedicalInput
 #: MedGemma's vision tower input side; the model's processor resizes to this.
 MODEL_IMAGE_SIDE = 896
 
+#: zlib level for PNGs: 1 is ~5x faster than Pillow's default 6 on CT slices, files ~20% larger.
+PNG_COMPRESS_LEVEL = 1
+
 
 def _stem(source: str) -> str:
     name = source.rsplit("/", 1)[-1]
@@ -46,7 +49,8 @@ def save_preprocessed(inputs: Sequence[MedicalInput], directory: str | Path) -> 
             name = f"{stem}_slice_{index:03d}.png" if item.kind == "volume" else f"{stem}.png"
             target = out / name
             # A fresh image carries no text chunks: nothing from the source header is written.
-            Image.frombytes("RGB", image.size, image.convert("RGB").tobytes()).save(target, "PNG")
+            Image.frombytes("RGB", image.size, image.convert("RGB").tobytes()).save(
+                target, "PNG", compress_level=PNG_COMPRESS_LEVEL)
             written.append(target)
     return written
 
@@ -59,11 +63,12 @@ def to_model_size(image: Image.Image, side: int = MODEL_IMAGE_SIDE) -> Image.Ima
     return image.resize((side, side), Image.Resampling.BILINEAR)
 
 
-def encode_image(image: Image.Image, fmt: str = "PNG", quality: int = 95) -> bytes:
-    """Encode for transport: PNG (lossless) or JPEG at ``quality`` (the serving side uses 95)."""
+def encode_image(image: Image.Image, fmt: str = "JPEG", quality: int = 95) -> bytes:
+    """Encode for transport: JPEG at ``quality`` (the serving side uses 95), or PNG (lossless,
+    fast zlib level: previews are written often and read rarely)."""
     buffer = io.BytesIO()
     if fmt.upper() in ("JPEG", "JPG"):
         image.save(buffer, "JPEG", quality=quality)
     else:
-        image.save(buffer, "PNG")
+        image.save(buffer, "PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buffer.getvalue()

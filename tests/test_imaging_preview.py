@@ -1,0 +1,31 @@
+"""save_preprocessed writes exactly what the model gets; resize and encode helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tests.imaging_fixtures import hu_phantom, write_ct_series
+
+from medgem.imaging import encode_image, load_medical_input, save_preprocessed, to_model_size
+
+
+def test_one_png_per_slice_and_per_image_with_identical_pixels(tmp_path: Path) -> None:
+    write_ct_series(tmp_path / "ct", np.stack([hu_phantom()] * 3))
+    Image.new("RGB", (5, 4), (9, 8, 7)).save(tmp_path / "photo.png")
+    items = [load_medical_input(tmp_path / "ct"), load_medical_input(tmp_path / "photo.png")]
+    written = save_preprocessed(items, tmp_path / "out")
+    assert [p.name for p in written] == [
+        "01_ct_slice_001.png", "01_ct_slice_002.png", "01_ct_slice_003.png", "02_photo.png"]
+    for path, image in zip(written, [*items[0].images, *items[1].images], strict=True):
+        with Image.open(path) as saved:
+            assert saved.mode == "RGB" and not saved.text  # no metadata chunks at all
+            assert np.array_equal(np.asarray(saved), np.asarray(image))
+
+
+def test_to_model_size_and_encode() -> None:
+    image = Image.new("RGB", (512, 300), (10, 20, 30))
+    assert to_model_size(image).size == (896, 896)
+    assert encode_image(image, "PNG").startswith(b"\x89PNG")
+    assert encode_image(image).startswith(b"\xff\xd8")  # JPEG 95 by default, as served
