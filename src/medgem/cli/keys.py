@@ -1,0 +1,41 @@
+"""`medgem keys add|list|revoke`: named API keys for `medgem serve`, stored hashed."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "keys", help="manage API keys for `medgem serve`",
+        description="API keys are stored as SHA-256 hashes; a new key is printed once.",
+    )
+    parser.add_argument("--file", type=Path, help="key file (default: $MEDGEM_API_KEYS or ~/.config/medgem/api-keys.json)")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    add = actions.add_parser("add", help="make a key and print it once")
+    add.add_argument("name", help="who or what uses the key (recorded in the audit trail)")
+    actions.add_parser("list", help="list keys (names and dates, never the keys)")
+    revoke = actions.add_parser("revoke", help="revoke a key by name (takes effect at once)")
+    revoke.add_argument("name")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from medgem.server.auth import KeyStore, default_key_file
+
+    store = KeyStore(args.file or default_key_file())
+    if args.action == "add":
+        key = store.add(args.name)
+        print(key)
+        print(f"medgem: key '{args.name}' added to {store.path}; it is shown only now", file=sys.stderr)
+    elif args.action == "list":
+        for entry in store.entries():
+            state = f"revoked {entry.revoked}" if entry.revoked else "active"
+            print(f"{entry.name}\tcreated {entry.created}\t{state}")
+    else:
+        store.revoke(args.name)
+        print(f"medgem: key '{args.name}' revoked", file=sys.stderr)
+    return 0

@@ -1,0 +1,71 @@
+"""`medgem serve --model ...`: the OpenAI-compatible API and the web page, on 127.0.0.1:8000."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from medgem.cli.common import add_model_flags, load_model
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "serve", help="serve the OpenAI chat API and the clinician web page",
+        description="Serve a model over the OpenAI chat completions API, with a web page at /. "
+        "Binds 127.0.0.1 unless told otherwise; any other address needs API keys.",
+    )
+    add_model_flags(parser)
+    group = parser.add_argument_group("server")
+    group.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    group.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    group.add_argument("--served-name", help="model id clients send (default: the model's id)")
+    group.add_argument("--max-queue", type=int, default=8, help="requests that may wait for the engine (default 8)")
+    group.add_argument("--max-body-mb", type=int, default=64, help="largest request body in MiB (default 64)")
+    group.add_argument("--max-images", type=int, default=16, help="most images per request (default 16)")
+    group.add_argument("--allow-dir", action="append", default=[], type=Path, metavar="DIR",
+                       help="a folder requests may name image files from (repeatable; default none)")
+    group.add_argument("--api-key-file", type=Path, help="key file made by `medgem keys add` (required off loopback)")
+    group.add_argument("--audit-db", help="audit store: SQLite path or sqlite:/// URL (default: $MEDGEM_AUDIT_DB "
+                       "or ~/.local/share/medgem/audit.sqlite)")
+    group.add_argument("--log-prompts", action="store_true",
+                       help="also keep prompt text and inputs in the audit store (DICOM de-identified); off by default")
+    group.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                       help="allow this browser origin cross-site (repeatable; default: CORS off)")
+    group.add_argument("--drain-timeout", type=float, default=60.0, help="seconds SIGTERM waits for requests (default 60)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from medgem.audit import default_audit_path
+    from medgem.server.app import create_app
+    from medgem.server.auth import default_key_file
+    from medgem.server.config import ServerConfig
+
+    key_file = args.api_key_file
+    if key_file is None and default_key_file().exists():
+        key_file = default_key_file()
+    config = ServerConfig(
+        host=args.host, port=args.port, model_name=args.served_name, max_queue=args.max_queue,
+        max_body_bytes=args.max_body_mb * 1024 * 1024, max_images=args.max_images,
+        allowed_dirs=tuple(p.expanduser().resolve() for p in args.allow_dir), api_key_file=key_file,
+        audit_path=Path(args.audit_db) if args.audit_db else default_audit_path(),
+        log_prompts=args.log_prompts, cors_origins=tuple(args.cors_origin),
+        drain_timeout_s=args.drain_timeout,
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    model = load_model(args)
+    try:
+        app = create_app(config, model)
+        print(f"medgem: serving {app.state.serving.served_name} on http://{config.host}:{config.port} "
+              f"(audit: {config.audit_path}{', keys required' if app.state.serving.keys else ''})", file=sys.stderr)
+        # access_log off: URLs and client addresses only, but prompts must never reach logs.
+        uvicorn.run(app, host=config.host, port=config.port, log_level="info", access_log=False,
+                    timeout_graceful_shutdown=int(config.drain_timeout_s))
+    finally:
+        model.close()
+    return 0
