@@ -76,27 +76,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
 
 
 def _text(report: dict[str, object]) -> str:
-    lines = [f"source:      {report['source']} ({report['format']})"]
+    lines = [f"source:             {report['source']} ({report['format']})"]
     rows = report.get("series") or []
     assert isinstance(rows, list)
     for row in rows:
         number = f"#{row['number']} " if row.get("number") is not None else ""
         description = f" '{row['description']}'" if row.get("description") else ""
-        lines.append(f"series:      {number}{row['series']} {row['modality'] or '?'}{description}, "
+        lines.append(f"series:             {number}{row['series']} {row['modality'] or '?'}{description}, "
                      f"{row['slices']} slices")
     if "choose" in report:
-        lines.append(f"next:        {report['choose']}")
+        lines.append(f"next:               {report['choose']}")
         return "\n".join(lines)
     metadata = report.get("metadata", {})
     assert isinstance(metadata, dict)
-    lines.append(f"modality:    {report.get('modality') or 'unknown'}")
-    lines.append(f"input:       {report['description']}")
+    lines.append(f"modality:           {report.get('modality') or 'unknown'}")
+    lines.append(f"input:              {report['description']}")
     for key in ("rows", "columns", "frames", "slices_total", "slices_sent", "sorted_by", "pixel_spacing_mm",
                 "slice_thickness_mm", "slice_spacing_mm", "voxel_size_mm", "photometric", "bits_stored",
                 "transfer_syntax", "window", "series", "series_count"):
         if key in metadata:
-            lines.append(f"{key + ':':<13}{metadata[key]}")
-    lines.append(f"sends:       {report['sends']}")
+            lines.append(f"{key + ':':<20}{metadata[key]}")
+    lines.append(f"sends:              {report['sends']}")
     return "\n".join(lines)
 
 
@@ -117,5 +117,5 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(_text(report))
         if "saved" in report:
-            print(f"saved:       {len(written)} PNG(s) in {args.save_preprocessed}")
+            print(f"saved:              {len(written)} PNG(s) in {args.save_preprocessed}")
     return 0

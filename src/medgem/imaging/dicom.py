@@ -298,8 +298,9 @@ def _floats(value: Any) -> list[float] | float | None:
         return None
     try:
         if not isinstance(value, str) and hasattr(value, "__iter__"):
-            return [round(float(v), 4) for v in value]
-        return round(float(value), 4)
+            numbers = [round(float(v), 4) for v in value]
+            return numbers if any(numbers) else None  # "0\\0" means unknown, not zero
+        return round(float(value), 4) or None
     except (TypeError, ValueError):
         return None
 
