@@ -23,10 +23,9 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.imaging_fixtures
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # imaging_fixtures
 
-from tests.imaging_fixtures import write_ct_series
-
+from imaging_fixtures import write_ct_series
 from medgem.imaging import ImagingOptions, encode_image, load_medical_input, to_model_size
 from medgem.imaging.dicom import decode_frames, modality_values, read_header
 from medgem.imaging.series import folder_sources, group_series, sample_indices, sort_slices

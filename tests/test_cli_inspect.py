@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
-from tests.imaging_fixtures import hu_phantom, write_ct_series
 
+from imaging_fixtures import hu_phantom, write_ct_series
 from medgem.cli import inspect as command
 from medgem.errors import ImageInputError
 

@@ -12,8 +12,8 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
-from tests.imaging_fixtures import hu_phantom, write_ct_series
 
+from imaging_fixtures import hu_phantom, write_ct_series
 from medgem.errors import ImageInputError
 from medgem.imaging import ImagingOptions, load_medical_input
 

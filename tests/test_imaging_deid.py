@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from tests.imaging_fixtures import PHI, hu_phantom, write_ct_series
 
+from imaging_fixtures import PHI, hu_phantom, write_ct_series
 from medgem.imaging import load_medical_input, save_preprocessed
 from medgem.imaging.deid import deidentify, pseudonym, remap_uid
 

@@ -10,8 +10,8 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from tests.imaging_fixtures import secondary_capture
 
+from imaging_fixtures import secondary_capture
 from medgem.errors import ImageInputError
 from medgem.imaging import ImagingOptions, load_medical_input
 

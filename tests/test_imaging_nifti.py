@@ -7,8 +7,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from tests.imaging_fixtures import KNOWN_HU_RGB
 
+from imaging_fixtures import KNOWN_HU_RGB
 from medgem.errors import ImageInputError
 from medgem.imaging import ImagingOptions, load_medical_input
 

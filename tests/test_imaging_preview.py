@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tests.imaging_fixtures import hu_phantom, write_ct_series
 
+from imaging_fixtures import hu_phantom, write_ct_series
 from medgem.imaging import encode_image, load_medical_input, save_preprocessed, to_model_size
 
 

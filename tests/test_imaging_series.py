@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom.uid import generate_uid
-from tests.imaging_fixtures import KNOWN_HU_RGB, hu_phantom, mr_slice, write_ct_series
 
+from imaging_fixtures import KNOWN_HU_RGB, hu_phantom, mr_slice, write_ct_series
 from medgem.errors import ImageInputError
 from medgem.imaging import ImagingOptions, load_medical_input, load_medical_inputs
 from medgem.imaging.series import sample_indices

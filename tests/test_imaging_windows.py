@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tests.imaging_fixtures import KNOWN_HU_RGB
 
+from imaging_fixtures import KNOWN_HU_RGB
 from medgem.imaging.options import DEFAULT_CT_WINDOWS, ImagingOptions
 from medgem.imaging.windows import (
     centre_width_to_range,
