@@ -151,8 +151,8 @@ def chart(manifest: dict[str, Any], summary: Summary, path: Path) -> None:
     bars = [("overall", summary.headline)] + [(c.category, c.value) for c in summary.categories]
     names = [name for name, _ in bars]
     values = [percent(p, v.value) for _, v in bars]
-    errors = [[percent(p, v.value - v.low) for _, v in bars],
-              [percent(p, v.high - v.value) for _, v in bars]]
+    errors = [[max(0.0, percent(p, v.value - v.low)) for _, v in bars],
+              [max(0.0, percent(p, v.high - v.value)) for _, v in bars]]
     figure, axes = pyplot.subplots(figsize=(max(4.0, 0.8 * len(bars) + 2), 3.5))
     axes.bar(names, values, yerr=errors, capsize=4, color=["#2b6cb0"] + ["#90cdf4"] * (len(bars) - 1))
     if summary.card is not None and summary.card_comparable:
