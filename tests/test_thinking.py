@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import pytest
+
+from medgem.thinking import ThinkingSplitter, split_thinking
+
+OUTPUT = "<unused94>thought\nThe patient has fever.\nConsider CAP.<unused95>Bacterial pneumonia is likely."
+
+
+def stream_split(text: str, size: int) -> tuple[str, str]:
+    splitter = ThinkingSplitter()
+    pieces = []
+    for start in range(0, len(text), size):
+        pieces += list(splitter.feed(text[start : start + size]))
+    pieces += list(splitter.finish())
+    thinking = "".join(p.text for p in pieces if p.kind == "thinking")
+    answer = "".join(p.text for p in pieces if p.kind == "answer")
+    return thinking.strip(), answer.strip()
+
+
+def test_split_whole_output() -> None:
+    assert split_thinking(OUTPUT) == (
+        "The patient has fever.\nConsider CAP.",
+        "Bacterial pneumonia is likely.",
+    )
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 7, 11, 64, 1000])
+def test_streaming_split_matches_whole_split_for_any_chunking(size: int) -> None:
+    assert stream_split(OUTPUT, size) == split_thinking(OUTPUT)
+
+
+def test_no_thought_is_all_answer() -> None:
+    assert split_thinking("  Normal chest X-ray.") == ("", "Normal chest X-ray.")
+    assert stream_split("Normal <unused chest", 1) == ("", "Normal <unused chest")
+
+
+def test_budget_ending_mid_thought_gives_thought_and_no_answer() -> None:
+    truncated = "<unused94>thought\nFirst, look at the lungs"
+    assert split_thinking(truncated) == ("First, look at the lungs", "")
+    assert stream_split(truncated, 3) == ("First, look at the lungs", "")
+
+
+def test_marker_split_across_deltas_never_leaks() -> None:
+    splitter = ThinkingSplitter()
+    pieces = []
+    for delta in ["<unu", "sed94>tho", "ught\nhm", "m<unus", "ed95>", "Yes."]:
+        pieces += list(splitter.feed(delta))
+    pieces += list(splitter.finish())
+    assert all("<unused" not in p.text for p in pieces)
+    assert "".join(p.text for p in pieces if p.kind == "thinking") == "hmm"
+    assert "".join(p.text for p in pieces if p.kind == "answer") == "Yes."
+
+
+def test_unprompted_thinking_after_leading_whitespace() -> None:
+    assert split_thinking("\n <unused94>thought\nx<unused95>\n\nAnswer") == ("x", "Answer")
+
+
+def test_answer_text_that_resembles_a_marker_prefix_is_kept() -> None:
+    assert split_thinking("<unused9 is not a marker") == ("", "<unused9 is not a marker")
+
+
+def test_second_thought_block_is_kept_out_of_the_answer() -> None:
+    text = "<unused94>thought\na<unused95>Part one. <unused94>thought\nb<unused95>Part two."
+    thinking, answer = split_thinking(text)
+    assert "<unused" not in answer
+    assert answer == "Part one. Part two."
+    assert thinking == "ab"
