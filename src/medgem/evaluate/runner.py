@@ -103,8 +103,8 @@ def prepare(config: EvalConfig) -> PreparedRun:
     items = list(loaded.items)
     if config.limit is not None and config.limit < len(items):
         if config.seed is not None:
-            items = sorted(random.Random(config.seed).sample(items, config.limit),
-                           key=items.index)
+            picked = sorted(random.Random(config.seed).sample(range(len(items)), config.limit))
+            items = [items[i] for i in picked]
         else:
             items = items[: config.limit]
     return PreparedRun(config, task, loaded, items, _fingerprint(loaded.items))
