@@ -136,12 +136,16 @@ def serve_in_thread(app: object) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def serve_in_process(audit: Path, *, delay: float = 0.01, max_queue: int = 64,
-                     extra: tuple[str, ...] = ()) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """This module as a server process; yields (process, base URL)."""
+def serve_in_process(audit: Path, *, delay: float = 0.01, max_queue: int = 64, words: int = 0,
+                     ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """This module as a server process; yields (process, base URL).
+
+    Args:
+        words: answer length in words (0: the short default reply).
+    """
     port = free_port()
     command = [sys.executable, __file__, "--port", str(port), "--audit", str(audit),
-               "--delay", str(delay), "--max-queue", str(max_queue), *extra]
+               "--delay", str(delay), "--max-queue", str(max_queue), "--words", str(words)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -179,9 +183,12 @@ def main() -> None:
     parser.add_argument("--audit", type=Path, required=True)
     parser.add_argument("--delay", type=float, default=0.01)
     parser.add_argument("--max-queue", type=int, default=64)
+    parser.add_argument("--words", type=int, default=0)
     args = parser.parse_args()
     config = ServerConfig(port=args.port, audit_path=args.audit, max_queue=args.max_queue, drain_timeout_s=30)
-    app = create_app(config, scripted_model(delay=args.delay))
+    reply = " ".join(f"word{i}" for i in range(args.words)) if args.words else None
+    model = scripted_model(delay=args.delay, **({"reply": reply} if reply else {}))
+    app = create_app(config, model)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", timeout_graceful_shutdown=30)
 
 
