@@ -133,7 +133,7 @@ def test_cancel_stops_generation(direct: MedGemma) -> None:
 
 
 def test_quantization_on_cpu_points_at_gguf(tiny_vlm_checkpoint: Path) -> None:
-    with pytest.raises(EngineUnavailableError, match="needs a CUDA GPU.*medgem convert"):
+    with pytest.raises(EngineUnavailableError, match=r"needs a CUDA GPU.*medgem convert"):
         MedGemma.load(tiny_vlm_checkpoint, quantize="4bit", device="cpu", progress=False)
 
 

@@ -114,7 +114,7 @@ def _image_parts(loaded: LoadedImages, where: str) -> Iterator[ImagePart]:
             f"{where} is a CT/MR volume; volumes are not accepted inside chat messages",
             "use `medgem ask --image SERIES` or the web page for volumes",
         )
-    for image, source in zip(loaded.images, loaded.sources):
+    for image, source in zip(loaded.images, loaded.sources, strict=True):
         yield ImagePart(image, source)
 
 

@@ -40,9 +40,9 @@ def plan(variant: Variant, hardware: Hardware, engines: dict[str, bool]) -> dict
     if hardware.cuda:
         candidates = [("hf", "bfloat16", "cuda"), ("hf", "8bit", "cuda"), ("hf", "4bit", "cuda")]
     else:
+        # the transformers engine takes float32 on CPUs when it fits (bf16 is slow there)
         candidates = [("llamacpp", "q4_k_m", "cpu"), ("llamacpp", "q8_0", "cpu"),
-                      ("hf", "float32" if not hardware.cpu_bf16 else "bfloat16", "cpu"),
-                      ("hf", "bfloat16", "cpu")]
+                      ("hf", "float32", "cpu"), ("hf", "bfloat16", "cpu")]
     for engine, precision, device in candidates:
         if engine == "llamacpp" and not engines["llamacpp (llama-cpp-python)"]:
             continue

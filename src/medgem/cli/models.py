@@ -48,7 +48,7 @@ def _size(folder: Path) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for variant in VARIANTS:
         copies = local_copies(variant, args.dir)
         rows.append({

@@ -15,7 +15,15 @@ from importlib import resources
 from typing import Any, Literal
 
 from medgem.engines import EngineOptions
-from medgem.engines.base import Capabilities, EngineEvent, Finished, ModelInfo, TextDelta, Timings, Usage
+from medgem.engines.base import (
+    Capabilities,
+    EngineEvent,
+    Finished,
+    ModelInfo,
+    TextDelta,
+    Timings,
+    Usage,
+)
 from medgem.errors import (
     EngineUnavailableError,
     InputError,
@@ -104,7 +112,8 @@ class HFEngine:
         if mode == "pipeline":
             task = "image-text-to-text" if self.multimodal else "text-generation"
             extra = {"processor": self.processor} if self.multimodal else {"tokenizer": self.tokenizer}
-            self._pipeline = transformers.pipeline(task, model=self.model, **extra)
+            build: Any = transformers.pipeline
+            self._pipeline = build(task, model=self.model, **extra)
         config = self.model.config
         text_config = getattr(config, "text_config", config)
         self.info = ModelInfo(
