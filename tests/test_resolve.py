@@ -75,10 +75,10 @@ def test_uncached_hub_id_offline_says_what_to_do(tmp_path: Path) -> None:
 class _GatedHub(BaseHTTPRequestHandler):
     """Answers every request the way the hub answers a gated repo without access."""
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._refuse()
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self._refuse()
 
     def _refuse(self) -> None:

@@ -9,7 +9,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
-from medgem.engines.base import EngineEvent, Finished, FinishReason, ModelInfo, TextDelta, Timings, Usage
+from medgem.engines.base import (
+    EngineEvent,
+    Finished,
+    FinishReason,
+    ModelInfo,
+    TextDelta,
+    Timings,
+    Usage,
+)
 from medgem.thinking import ThinkingSplitter
 
 INTENDED_USE_CAVEAT = (

@@ -175,7 +175,12 @@ def build_checkpoint(
         ``out``.
     """
     import torch
-    from transformers import Gemma3Config, Gemma3ForCausalLM, Gemma3ForConditionalGeneration, SiglipVisionConfig
+    from transformers import (
+        Gemma3Config,
+        Gemma3ForCausalLM,
+        Gemma3ForConditionalGeneration,
+        SiglipVisionConfig,
+    )
 
     from medgem.engines.hf import shipped_chat_template
 

@@ -7,7 +7,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from medgem.cli.common import add_generation_flags, add_model_flags, load_model, print_label_first, render
+from medgem.cli.common import (
+    add_generation_flags,
+    add_model_flags,
+    load_model,
+    print_label_first,
+    render,
+)
 
 
 def add_parser(subparsers: Any) -> None:

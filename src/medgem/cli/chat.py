@@ -11,7 +11,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from medgem.cli.common import add_generation_flags, add_model_flags, load_model, print_label_first, render
+from medgem.cli.common import (
+    add_generation_flags,
+    add_model_flags,
+    load_model,
+    print_label_first,
+    render,
+)
 from medgem.errors import MedgemError
 from medgem.request import Message, TextPart
 
