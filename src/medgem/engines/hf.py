@@ -182,7 +182,10 @@ class HFEngine:
     def _vision_dtype(self) -> Any:
         tower = getattr(self.model.model, "vision_tower", None) if hasattr(self.model, "model") else None
         if tower is not None:
-            return next(tower.parameters()).dtype
+            # the first floating parameter: 8-bit towers also hold int8 weights
+            for parameter in tower.parameters():
+                if parameter.dtype.is_floating_point:
+                    return parameter.dtype
         return self.dtype
 
     def count_prompt_tokens(self, request: Request) -> int:
