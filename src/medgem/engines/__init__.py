@@ -34,8 +34,11 @@ class EngineOptions:
 ENGINES: dict[str, str] = {
     "hf": "medgem.engines.hf:load_direct",
     "hf-pipeline": "medgem.engines.hf:load_pipeline",
+    "llamacpp": "medgem.engines.llamacpp:load_llamacpp",
 }
-ALIASES: dict[str, str] = {"transformers": "hf", "pipeline": "hf-pipeline"}
+ALIASES: dict[str, str] = {
+    "transformers": "hf", "pipeline": "hf-pipeline", "llama.cpp": "llamacpp", "gguf": "llamacpp",
+}
 
 
 def engine_names() -> list[str]:

@@ -1,0 +1,425 @@
+"""HF checkpoint -> GGUF: ``model.gguf`` (Gemma 3 text, quantized) + ``mmproj.gguf`` (vision).
+
+The vision tower and projector come from the same checkpoint as the text weights: MedGemma's
+encoder is not base Gemma 3's, and a base Gemma 3 mmproj silently loses the medical vision.
+
+Steps: read the config and the tokenizer; stream every tensor into an unquantized GGUF
+(bf16 stays bf16, so nothing is lost before quantizing); quantize it with llama.cpp's own
+quantizer (Q4_K_M, Q8_0) or keep it (f16); write the mmproj in f16; then load both back with
+the llama.cpp engine and check the tokenizer and one generation step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medgem.errors import InputError, MedgemError, MissingDependencyError, NotACheckpointError
+from medgem.gguf_writer import PlannedTensor, gguf_target, read_tokenizer, write_gguf
+
+# quant name -> (llama_ftype for the quantizer, general.file_type), None = written directly.
+QUANTS: dict[str, int | None] = {"f16": None, "q8_0": 7, "q4_k_m": 15}
+Progress = Callable[[str], None]
+
+
+class ConversionError(MedgemError):
+    """The converted files failed the check after conversion."""
+
+    code = "conversion_failed"
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    model: Path
+    mmproj: Path | None
+    quant: str
+    seconds: float
+    model_bytes: int
+    mmproj_bytes: int
+    check: str
+
+
+def convert_checkpoint(
+    spec: str | os.PathLike[str],
+    quant: str = "q4_k_m",
+    out: Path | None = None,
+    *,
+    progress: Progress | None = None,
+    verify: bool = True,
+    threads: int | None = None,
+) -> ConversionResult:
+    """Convert a MedGemma / Gemma 3 checkpoint to GGUF.
+
+    Args:
+        spec: checkpoint folder, variant key or hub id (resolved like every medgem command).
+        quant: "q4_k_m", "q8_0" or "f16".
+        out: output folder (default: ``<checkpoint name>-gguf-<quant>`` in the working folder).
+        progress: receives one-line status updates.
+        verify: load the result with llama.cpp and check it.
+        threads: quantizer threads (default: all cores).
+
+    Returns:
+        Where the files are, their sizes, and the check's summary.
+
+    Raises:
+        InputError: an unknown quantization, or a GGUF given as input.
+        NotACheckpointError: not a Gemma 3 checkpoint.
+        MissingDependencyError: gguf, safetensors or llama-cpp-python missing.
+        ConversionError: the result failed its check.
+    """
+    from medgem.resolve import resolve_checkpoint
+
+    if quant not in QUANTS:
+        raise InputError(f"unknown quantization '{quant}'", f"use one of: {', '.join(QUANTS)}")
+    for module, extra in (("gguf", "hf"), ("safetensors", "hf"), ("torch", "hf")):
+        _require(module, extra)
+    if QUANTS[quant] is not None:
+        _require("llama_cpp", "llamacpp", "llama-cpp-python")
+    say = progress or (lambda _: None)
+    started = time.perf_counter()
+    checkpoint = resolve_checkpoint(spec)
+    if checkpoint.format != "hf":
+        raise InputError(f"'{checkpoint.path.name}' is already a GGUF file",
+                         "convert takes a Hugging Face checkpoint folder or id")
+    folder = checkpoint.path
+    out = out or Path.cwd() / f"{checkpoint.model_id.replace('/', '--')}-gguf-{quant}"
+    out.mkdir(parents=True, exist_ok=True)
+    config = _config(folder)
+    tensors = _tensor_index(folder)
+    text_plan, vision_plan = _plan(tensors, quant)
+    model_path = out / "model.gguf"
+    raw_path = model_path if QUANTS[quant] is None else out / "model.unquantized.gguf"
+    say(f"writing {raw_path.name} ({len(text_plan)} tensors)")
+    write_gguf(raw_path, "gemma3", lambda w: _text_metadata(w, folder, config, checkpoint.model_id),
+               text_plan, _tensor_progress(say, raw_path.name))
+    quant_code = QUANTS[quant]
+    if quant_code is not None:
+        say(f"quantizing to {quant}")
+        n_params = sum(math.prod(t.shape) for t in text_plan)
+        _quantize(raw_path, model_path, quant_code, n_params, threads, say)
+        raw_path.unlink()
+    mmproj_path: Path | None = None
+    if vision_plan:
+        mmproj_path = out / "mmproj.gguf"
+        say(f"writing {mmproj_path.name} ({len(vision_plan)} tensors)")
+        write_gguf(mmproj_path, "clip", lambda w: _vision_metadata(w, folder, config),
+                   vision_plan, _tensor_progress(say, mmproj_path.name))
+    check = verify_conversion(folder, model_path, mmproj_path) if verify else "not checked"
+    say(f"checked: {check}")
+    return ConversionResult(
+        model=model_path, mmproj=mmproj_path, quant=quant,
+        seconds=time.perf_counter() - started, model_bytes=model_path.stat().st_size,
+        mmproj_bytes=mmproj_path.stat().st_size if mmproj_path else 0, check=check,
+    )
+
+
+def _require(module: str, extra: str, package: str | None = None) -> None:
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(package or module, extra, "medgem convert") from exc
+
+
+# --- reading the checkpoint --------------------------------------------------------------------
+
+
+def _config(folder: Path) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(folder))
+    except (OSError, ValueError, KeyError) as exc:
+        raise NotACheckpointError(f"'{folder}' has no readable config ({exc})",
+                                  "re-download the checkpoint") from exc
+
+
+def _tensor_index(folder: Path) -> dict[str, tuple[Path, tuple[int, ...], str]]:
+    """HF tensor name -> (file, shape, safetensors dtype), over all shards."""
+    from safetensors import safe_open
+
+    index: dict[str, tuple[Path, tuple[int, ...], str]] = {}
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise NotACheckpointError(f"'{folder}' has no *.safetensors weights",
+                                  "convert needs safetensors weights; re-download the checkpoint")
+    for file in files:
+        with safe_open(str(file), framework="pt") as handle:
+            for name in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
+                piece = handle.get_slice(name)
+                index[name] = (file, tuple(piece.get_shape()), str(piece.get_dtype()))
+    return index
+
+
+def _plan(index: dict[str, tuple[Path, tuple[int, ...], str]], quant: str
+          ) -> tuple[list[PlannedTensor], list[PlannedTensor]]:
+    text: list[PlannedTensor] = []
+    vision: list[PlannedTensor] = []
+    for name in sorted(index, key=_natural):
+        file, shape, dtype = index[name]
+        try:
+            target = gguf_target(name)
+        except KeyError as exc:
+            raise NotACheckpointError(
+                f"unexpected tensor '{name}': this is not a Gemma 3 checkpoint medgem can convert",
+                "convert MedGemma or Gemma 3 checkpoints (Gemma3ForConditionalGeneration or "
+                "Gemma3ForCausalLM)",
+            ) from exc
+        if target is None:
+            continue
+        kind = _ggml_type(target.name, shape, dtype, quant, target.part)
+        loader = _loader(file, name, kind, target.gemma_norm)
+        (text if target.part == "text" else vision).append(
+            PlannedTensor(target.name, shape, kind, loader))
+    if not text:
+        raise NotACheckpointError("the checkpoint holds no Gemma 3 text weights",
+                                  "convert a MedGemma / Gemma 3 checkpoint")
+    return text, vision
+
+
+def _natural(name: str) -> tuple[Any, ...]:
+    return tuple(int(part) if part.isdigit() else part for part in name.split("."))
+
+
+def _ggml_type(name: str, shape: tuple[int, ...], dtype: str, quant: str, part: str) -> str:
+    """Norms, biases and position embeddings in F32; matrices in F16, or kept in BF16 when the
+    file is only an intermediate for the quantizer (bf16 -> f16 could overflow and loses bits)."""
+    if len(shape) == 1 or name.endswith((".bias", "position_embd.weight")):
+        return "F32"
+    if part == "text" and quant != "f16":
+        return "BF16" if dtype == "BF16" else "F32" if dtype == "F32" else "F16"
+    return "F16"
+
+
+def _loader(file: Path, name: str, kind: str, gemma_norm: bool) -> Callable[[], Any]:
+    def load() -> Any:
+        import torch
+        from safetensors import safe_open
+
+        with safe_open(str(file), framework="pt") as handle:
+            tensor = handle.get_tensor(name)
+        if gemma_norm:
+            tensor = tensor.float() + 1.0  # Gemma's RMSNorm scales by (1 + w)
+        if kind == "BF16":
+            return tensor.to(torch.bfloat16).view(torch.int16).numpy()
+        return tensor.to(torch.float32 if kind == "F32" else torch.float16).numpy()
+
+    return load
+
+
+# --- metadata ----------------------------------------------------------------------------------
+
+
+def _chat_template(folder: Path) -> str | None:
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text()
+    for name, key in (("chat_template.json", "chat_template"), ("tokenizer_config.json", "chat_template")):
+        path = folder / name
+        if path.is_file():
+            value = json.loads(path.read_text()).get(key)
+            if isinstance(value, str) and value:
+                return value
+    return None
+
+
+def _text_metadata(writer: Any, folder: Path, config: Any, model_id: str) -> None:
+    text = getattr(config, "text_config", config)
+    arch = "gemma3"
+    writer.add_name(model_id)
+    writer.add_file_type(1)
+    writer.add_uint32(f"{arch}.context_length", int(text.max_position_embeddings))
+    writer.add_uint32(f"{arch}.embedding_length", int(text.hidden_size))
+    writer.add_uint32(f"{arch}.block_count", int(text.num_hidden_layers))
+    writer.add_uint32(f"{arch}.feed_forward_length", int(text.intermediate_size))
+    writer.add_uint32(f"{arch}.attention.head_count", int(text.num_attention_heads))
+    writer.add_uint32(f"{arch}.attention.head_count_kv", int(text.num_key_value_heads))
+    writer.add_uint32(f"{arch}.attention.key_length", int(text.head_dim))
+    writer.add_uint32(f"{arch}.attention.value_length", int(text.head_dim))
+    writer.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", float(text.rms_norm_eps))
+    writer.add_uint32(f"{arch}.attention.sliding_window", int(text.sliding_window))
+    layer_types = list(getattr(text, "layer_types", None) or [])
+    if layer_types:
+        writer.add_array(f"{arch}.attention.sliding_window_pattern",
+                         [kind == "sliding_attention" for kind in layer_types])
+    full, local = _rope(text)
+    writer.add_float32(f"{arch}.rope.freq_base", full["rope_theta"])
+    writer.add_float32(f"{arch}.rope.freq_base_swa", local["rope_theta"])
+    if full.get("rope_type") == "linear" and full.get("factor"):
+        writer.add_string(f"{arch}.rope.scaling.type", "linear")
+        writer.add_float32(f"{arch}.rope.scaling.factor", float(full["factor"]))
+    if getattr(text, "final_logit_softcapping", None):
+        writer.add_float32(f"{arch}.final_logit_softcapping", float(text.final_logit_softcapping))
+    if getattr(text, "attn_logit_softcapping", None):
+        writer.add_float32(f"{arch}.attn_logit_softcapping", float(text.attn_logit_softcapping))
+    if int(getattr(text, "query_pre_attn_scalar", text.head_dim)) != int(text.head_dim):
+        writer.add_float32(f"{arch}.attention.scale", 1.0 / math.sqrt(float(text.query_pre_attn_scalar)))
+    tokenizer = read_tokenizer(folder, int(text.vocab_size))
+    writer.add_string("tokenizer.ggml.model", "llama")
+    writer.add_string("tokenizer.ggml.pre", "default")
+    writer.add_array("tokenizer.ggml.tokens", tokenizer.tokens)
+    writer.add_array("tokenizer.ggml.scores", tokenizer.scores)
+    writer.add_array("tokenizer.ggml.token_type", tokenizer.types)
+    writer.add_uint32("tokenizer.ggml.bos_token_id", tokenizer.bos_id)
+    writer.add_uint32("tokenizer.ggml.eos_token_id", tokenizer.eos_id)
+    writer.add_uint32("tokenizer.ggml.unknown_token_id", tokenizer.unk_id)
+    writer.add_uint32("tokenizer.ggml.padding_token_id", tokenizer.pad_id)
+    if "<end_of_turn>" in tokenizer.tokens[:1024]:
+        writer.add_uint32("tokenizer.ggml.eot_token_id", tokenizer.tokens.index("<end_of_turn>"))
+    writer.add_bool("tokenizer.ggml.add_bos_token", True)
+    writer.add_bool("tokenizer.ggml.add_sep_token", False)
+    writer.add_bool("tokenizer.ggml.add_eos_token", False)
+    writer.add_bool("tokenizer.ggml.add_space_prefix", False)
+    template = _chat_template(folder)
+    if template:
+        writer.add_string("tokenizer.chat_template", template)
+
+
+def _rope(text: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(full-attention rope, sliding-attention rope) from either config generation."""
+    params = getattr(text, "rope_parameters", None)
+    if isinstance(params, dict) and "full_attention" in params:
+        return dict(params["full_attention"]), dict(params["sliding_attention"])
+    full: dict[str, Any] = {"rope_theta": float(getattr(text, "rope_theta", 1_000_000.0))}
+    scaling = getattr(text, "rope_scaling", None)
+    if isinstance(scaling, dict):
+        full.update(scaling)
+    return full, {"rope_theta": float(getattr(text, "rope_local_base_freq", 10_000.0))}
+
+
+def _image_normalisation(folder: Path) -> tuple[list[float], list[float]]:
+    for name in ("preprocessor_config.json", "processor_config.json"):
+        path = folder / name
+        if path.is_file():
+            data = json.loads(path.read_text())
+            data = data.get("image_processor", data)
+            if "image_mean" in data:
+                return list(data["image_mean"]), list(data["image_std"])
+    return [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
+
+
+def _vision_metadata(writer: Any, folder: Path, config: Any) -> None:
+    vision = config.vision_config
+    text = config.text_config
+    patches_per_side = int(vision.image_size) // int(vision.patch_size)
+    tokens_per_side = math.isqrt(int(config.mm_tokens_per_image))
+    mean, std = _image_normalisation(folder)
+    writer.add_file_type(1)
+    writer.add_string("clip.projector_type", "gemma3")
+    writer.add_bool("clip.has_vision_encoder", True)
+    writer.add_bool("clip.use_gelu", True)
+    writer.add_uint32("clip.vision.image_size", int(vision.image_size))
+    writer.add_uint32("clip.vision.patch_size", int(vision.patch_size))
+    writer.add_uint32("clip.vision.embedding_length", int(vision.hidden_size))
+    writer.add_uint32("clip.vision.feed_forward_length", int(vision.intermediate_size))
+    writer.add_uint32("clip.vision.block_count", int(vision.num_hidden_layers))
+    writer.add_uint32("clip.vision.projection_dim", int(text.hidden_size))
+    writer.add_uint32("clip.vision.attention.head_count", int(vision.num_attention_heads))
+    writer.add_float32("clip.vision.attention.layer_norm_epsilon", float(vision.layer_norm_eps))
+    writer.add_array("clip.vision.image_mean", [float(x) for x in mean])
+    writer.add_array("clip.vision.image_std", [float(x) for x in std])
+    writer.add_uint32("clip.vision.projector.scale_factor", patches_per_side // tokens_per_side)
+
+
+# --- quantizing and checking -------------------------------------------------------------------
+
+
+def _tensor_progress(say: Progress, label: str) -> Callable[[int, int, str], None]:
+    last = [0.0]
+
+    def report(done: int, total: int, name: str) -> None:
+        now = time.perf_counter()
+        if done == total or now - last[0] > 0.5:
+            last[0] = now
+            say(f"{label}: {done}/{total} tensors ({name})")
+
+    return report
+
+
+def _quantize(source: Path, target: Path, ftype: int, n_params: int, threads: int | None,
+              say: Progress) -> None:
+    """llama.cpp's quantizer, with the output's growth shown while it runs."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = threads or len(os.sched_getaffinity(0))
+    expected = n_params * (4.9 if ftype == 15 else 8.5) / 8  # bits per weight
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(1.0):
+            size = target.stat().st_size if target.exists() else 0
+            say(f"quantizing: {min(99, int(100 * size / max(expected, 1)))}% "
+                f"({size / 2**20:.0f} MiB written)")
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        status = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(),
+                                                llama_cpp.byref(params))
+    finally:
+        done.set()
+        watcher.join()
+    if status != 0:
+        raise ConversionError(f"llama.cpp's quantizer failed (status {status})",
+                              "check free disk space, or try --quant f16")
+
+
+def verify_conversion(folder: Path, model: Path, mmproj: Path | None) -> str:
+    """Load the GGUF pair with the llama.cpp engine; the tokenizer must tokenize like the
+    checkpoint's, and one greedy step (with an image when there is an mmproj) must run.
+
+    Raises:
+        ConversionError: any mismatch.
+    """
+    from transformers import AutoTokenizer
+
+    from medgem.engines import EngineOptions
+    from medgem.engines.llamacpp import LlamaCppEngine
+    from medgem.request import GenerationSettings, ImagePart, Message, Request, TextPart
+    from medgem.resolve import resolve_checkpoint
+
+    engine = LlamaCppEngine(resolve_checkpoint(model, mmproj=mmproj), EngineOptions(n_ctx=1024))
+    try:
+        probe = ("<start_of_turn>user\nPneumothorax? 12 mm, left apex;  café 😀\n"
+                 "<end_of_turn>\n<start_of_turn>model\n<unused94>thought\n")
+        reference = AutoTokenizer.from_pretrained(str(folder))(probe, add_special_tokens=False).input_ids
+        got = engine.tokenize(probe)
+        if got != list(reference):
+            raise ConversionError(
+                "the GGUF tokenizer does not tokenize like the checkpoint's "
+                f"({len(got)} vs {len(reference)} tokens for a probe text)",
+                "report this with the checkpoint's tokenizer files",
+            )
+        parts: list[Any] = [TextPart("Describe this.")]
+        if mmproj is not None:
+            from PIL import Image
+
+            parts.insert(0, ImagePart(Image.new("RGB", (32, 32), (90, 90, 90))))
+        request = Request((Message("user", tuple(parts)),), GenerationSettings(max_new_tokens=1))
+        events = list(engine.generate(request))
+        prompt_tokens = events[-1].usage.prompt_tokens  # type: ignore[union-attr]
+    finally:
+        engine.close()
+    image_note = " with an image" if mmproj is not None else ""
+    return f"tokenizer matches the checkpoint; one step ran{image_note} ({prompt_tokens} prompt tokens)"
+
+
+def print_progress(line: str) -> None:
+    """The default progress display: one updating line on a terminal, plain lines otherwise."""
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\033[K" + line)
+        if line.startswith("checked"):
+            sys.stderr.write("\n")
+    else:
+        sys.stderr.write(line + "\n")
+    sys.stderr.flush()

@@ -1,0 +1,489 @@
+"""llama.cpp engine: GGUF weights (Q4_K_M, Q8_0, f16) and the mmproj vision projector, on CPU.
+
+Drives llama-cpp-python's low-level API directly rather than its chat handlers, for three
+reasons: the handlers clear the KV cache on every call (a follow-up about the same image would
+run the vision tower again), they sample with repetition penalties (greedy here must equal
+transformers' greedy), and they detokenize without special tokens (MedGemma's thinking markers
+``<unused94>``/``<unused95>`` are control tokens and would vanish).
+
+The prompt is rendered with the GGUF's chat template (or medgem's shipped Gemma 3 template),
+each ``<start_of_image>`` replaced by the media marker framed by blank lines as Gemma 3's
+processor frames it, and cut by libmtmd into text and image chunks. The context is kept between
+requests: the longest common prefix of chunks (text tokens, and images by pixel digest) stays in
+the KV cache and only the rest is evaluated.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from medgem.engines import EngineOptions
+from medgem.engines.base import (
+    Capabilities,
+    EngineEvent,
+    Finished,
+    FinishReason,
+    ModelInfo,
+    TextDelta,
+    Timings,
+    Usage,
+)
+from medgem.engines.llamacpp_files import FILE_TYPES, check_mmproj, check_model, read_header
+from medgem.errors import (
+    ContextLengthError,
+    EngineUnavailableError,
+    InputError,
+    MissingDependencyError,
+    NotACheckpointError,
+    UnsupportedInputError,
+)
+from medgem.request import ImagePart, Request, TextPart
+from medgem.resolve import Checkpoint
+
+DEFAULT_N_CTX = 8192
+
+
+def load_llamacpp(checkpoint: Checkpoint, options: EngineOptions) -> LlamaCppEngine:
+    return LlamaCppEngine(checkpoint, options)
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """One reusable step of a prompt: a text token, or a whole image (by pixel digest)."""
+
+    key: int | str
+    n_pos: int
+
+
+@dataclass
+class _Prompt:
+    units: list[_Unit]
+    chunks: Any  # mtmd_input_chunks_p, or None for text-only prompts
+    chunk_of_unit: list[tuple[int, int]]  # unit -> (chunk index, token offset); text: (-1, i)
+    tokens: list[int]
+
+    @property
+    def n_pos(self) -> int:
+        return sum(unit.n_pos for unit in self.units)
+
+
+class LlamaCppEngine:
+    """MedGemma / Gemma 3 GGUF on llama.cpp, with a vision projector for images."""
+
+    name = "llamacpp"
+
+    def __init__(self, checkpoint: Checkpoint, options: EngineOptions) -> None:
+        if checkpoint.format != "gguf":
+            raise InputError(
+                f"'{checkpoint.path.name}' is not a GGUF file; llama.cpp needs one",
+                "convert the checkpoint first: medgem convert CHECKPOINT --quant q4_k_m, "
+                "or use --engine hf",
+            )
+        try:
+            import llama_cpp
+            import llama_cpp.mtmd_cpp as mtmd
+        except ImportError as exc:
+            raise MissingDependencyError("llama-cpp-python", "llamacpp", "the llama.cpp engine") from exc
+        self._llama_cpp = llama_cpp
+        self._mtmd = mtmd
+        _silence_logs(llama_cpp, mtmd)
+        header = read_header(checkpoint.path)
+        check_model(header)
+        self._embd = int(header.get("gemma3.embedding_length", 0))
+        self._window = int(header.get("gemma3.attention.sliding_window", 0) or 1 << 30)
+        self.image_size = 0
+        if checkpoint.mmproj is not None:
+            self.image_size = check_mmproj(read_header(checkpoint.mmproj, "vision projector"), self._embd)
+        self.checkpoint = checkpoint
+        self._lock = threading.Lock()
+        threads = options.threads or max(1, len(os.sched_getaffinity(0)))
+        context_length = int(header.get("gemma3.context_length", 131072))
+        self.n_ctx = min(options.n_ctx or DEFAULT_N_CTX, context_length)
+        self.n_batch = 512
+        try:
+            self._llama = llama_cpp.Llama(
+                model_path=str(checkpoint.path), n_ctx=self.n_ctx, n_batch=self.n_batch,
+                n_ubatch=self.n_batch, n_threads=threads, n_threads_batch=threads,
+                n_gpu_layers=0, swa_full=False, verbose=False,
+            )
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise NotACheckpointError(
+                f"llama.cpp could not load '{checkpoint.path.name}' ({exc})",
+                "the file is corrupt, incomplete or from a newer llama.cpp: convert or download "
+                "it again",
+            ) from exc
+        self._ctx = self._llama._ctx.ctx
+        self._vocab = llama_cpp.llama_model_get_vocab(self._llama._model.model)
+        self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
+        self._mtmd_ctx: Any = None
+        if checkpoint.mmproj is not None:
+            params = mtmd.mtmd_context_params_default()
+            params.use_gpu = False
+            params.print_timings = False
+            params.n_threads = threads
+            params.warmup = False
+            self._mtmd_ctx = mtmd.mtmd_init_from_file(
+                str(checkpoint.mmproj).encode(), self._llama._model.model, params
+            )
+            if not self._mtmd_ctx:
+                self._llama.close()
+                raise NotACheckpointError(
+                    f"llama.cpp could not load the vision projector '{checkpoint.mmproj.name}'",
+                    "the file is corrupt or does not belong to this model: convert it again",
+                )
+        self._marker = mtmd.mtmd_default_marker().decode()
+        template = header.get("tokenizer.chat_template")
+        if not isinstance(template, str) or not template:
+            from medgem.engines.hf import shipped_chat_template
+
+            template = shipped_chat_template()
+        self._template = _compile_template(template)
+        self._cached: list[_Unit] = []  # what the KV cache holds, in order
+        self.last_prompt_tokens: list[int] = []  # the last prompt (-1 for image positions)
+        self.last_tokens: list[int] = []  # the last answer's token ids (for checks and tests)
+        markers = (self._token_id("<unused94>"), self._token_id("<unused95>"))
+        self._thinking_ids = {token for token in markers if token >= 0}
+        file_type = FILE_TYPES.get(int(header.get("general.file_type", -1)), "unknown")
+        variant = checkpoint.variant
+        self.info = ModelInfo(
+            id=checkpoint.model_id,
+            revision=checkpoint.revision,
+            variant=variant.key if variant else None,
+            engine=self.name,
+            dtype=file_type,
+            quantization=None if file_type in ("f16", "bf16", "f32") else file_type,
+            demo=checkpoint.demo or options.demo,
+            context_length=context_length,
+            path=str(checkpoint.path),
+        )
+        self.capabilities = Capabilities(
+            images=self._mtmd_ctx is not None,
+            thinking=variant.thinking if variant else True,
+            streaming=True,
+            batching=False,
+            chat=variant.instruction_tuned if variant else True,
+        )
+
+    # --- tokens --------------------------------------------------------------------------------
+
+    def _token_id(self, text: str) -> int:
+        ids = self.tokenize(text)
+        return ids[0] if len(ids) == 1 else -1
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of ``text`` (special tokens parsed, no BOS added)."""
+        data = text.encode("utf-8")
+        size = len(data) + 8
+        buffer = (self._llama_cpp.llama_token * size)()
+        count = self._llama_cpp.llama_tokenize(self._vocab, data, len(data), buffer, size, False, True)
+        return list(buffer[:count])
+
+    def _piece(self, token: int) -> bytes:
+        # Control tokens render as nothing unless asked for; the thinking markers must survive.
+        special = token in self._thinking_ids
+        buffer = ctypes.create_string_buffer(64)
+        count = self._llama_cpp.llama_token_to_piece(self._vocab, token, buffer, 64, 0, special)
+        if count < 0:
+            buffer = ctypes.create_string_buffer(-count)
+            count = self._llama_cpp.llama_token_to_piece(self._vocab, token, buffer, -count, 0, special)
+        return buffer.raw[:count]
+
+    # --- prompt --------------------------------------------------------------------------------
+
+    def render(self, request: Request) -> str:
+        """The prompt text, images as ``<start_of_image>`` (chat) as the template writes them."""
+        if request.template == "completion":
+            last = request.messages[-1]
+            parts = [p.text if isinstance(p, TextPart) else "<start_of_image>" for p in last.parts]
+            return "<bos>" + "".join(parts)
+        messages = []
+        for message in request.messages:
+            content = [
+                {"type": "text", "text": p.text} if isinstance(p, TextPart) else {"type": "image"}
+                for p in message.parts
+            ]
+            messages.append({"role": message.role, "content": content})
+        return str(self._template.render(messages=messages, add_generation_prompt=True,
+                                         bos_token="<bos>", eos_token="<eos>"))
+
+    def _build_prompt(self, request: Request) -> _Prompt:
+        images = [p for m in request.messages for p in m.parts if isinstance(p, ImagePart)]
+        if request.template == "completion":
+            images = [p for p in request.messages[-1].parts if isinstance(p, ImagePart)]
+        if images and self._mtmd_ctx is None:
+            raise UnsupportedInputError(
+                f"'{self.checkpoint.path.name}' has no vision projector, so it cannot take images",
+                "pass the model's mmproj file with --mmproj (medgem convert writes mmproj.gguf "
+                "next to model.gguf), or ask without an image",
+            )
+        text = self.render(request)
+        if not images:
+            tokens = self.tokenize(text)
+            return _Prompt([_Unit(t, 1) for t in tokens], None,
+                           [(-1, i) for i in range(len(tokens))], tokens)
+        framed = text.replace("<start_of_image>", f"\n\n{self._marker}\n\n")
+        return self._mtmd_prompt(framed, [p.image for p in images])
+
+    def _mtmd_prompt(self, text: str, images: list[Any]) -> _Prompt:
+        mtmd = self._mtmd
+        bitmaps = []
+        digests = []
+        try:
+            for image in images:
+                rgb = image.convert("RGB")
+                if self.image_size and rgb.size != (self.image_size, self.image_size):
+                    # Resize as Gemma 3's processor does (PIL bilinear), so both engines see the
+                    # same pixels; llama.cpp's own resize then has nothing to do.
+                    from PIL import Image
+
+                    rgb = rgb.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
+                data = rgb.tobytes()
+                digest = hashlib.sha256(data).hexdigest()[:32]
+                buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+                bitmap = mtmd.mtmd_bitmap_init(rgb.size[0], rgb.size[1], buffer)
+                mtmd.mtmd_bitmap_set_id(bitmap, digest.encode())
+                bitmaps.append(bitmap)
+                digests.append(digest)
+            chunks = mtmd.mtmd_input_chunks_init()
+            encoded = text.encode("utf-8")
+            text_input = mtmd.mtmd_input_text()
+            text_input.text = encoded
+            text_input.text_len = len(encoded)
+            text_input.add_special = False
+            text_input.parse_special = True
+            array = (mtmd.mtmd_bitmap_p_ctypes * len(bitmaps))(*bitmaps)
+            result = mtmd.mtmd_tokenize(self._mtmd_ctx, chunks, ctypes.byref(text_input), array,
+                                        len(bitmaps))
+        finally:
+            for bitmap in bitmaps:
+                mtmd.mtmd_bitmap_free(bitmap)
+        if result != 0:
+            mtmd.mtmd_input_chunks_free(chunks)
+            raise InputError(f"llama.cpp could not prepare the images (mtmd error {result})",
+                             "check that each image opens and that the prompt has one image "
+                             "marker per image")
+        units: list[_Unit] = []
+        where: list[tuple[int, int]] = []
+        tokens: list[int] = []
+        image_index = 0
+        for index in range(mtmd.mtmd_input_chunks_size(chunks)):
+            chunk = mtmd.mtmd_input_chunks_get(chunks, index)
+            if mtmd.mtmd_input_chunk_get_type(chunk) == mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT:
+                count = ctypes.c_size_t()
+                pointer = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(count))
+                for offset in range(count.value):
+                    units.append(_Unit(int(pointer[offset]), 1))
+                    where.append((index, offset))
+                    tokens.append(int(pointer[offset]))
+            else:
+                n_pos = int(mtmd.mtmd_input_chunk_get_n_pos(chunk))
+                units.append(_Unit(f"image:{digests[image_index]}", n_pos))
+                where.append((index, 0))
+                tokens.extend([-1] * int(mtmd.mtmd_input_chunk_get_n_tokens(chunk)))
+                image_index += 1
+        return _Prompt(units, chunks, where, tokens)
+
+    def count_prompt_tokens(self, request: Request) -> int:
+        prompt = self._build_prompt(request)
+        if prompt.chunks is not None:
+            self._mtmd.mtmd_input_chunks_free(prompt.chunks)
+        return len(prompt.tokens)
+
+    # --- evaluation ----------------------------------------------------------------------------
+
+    def _reusable(self, units: list[_Unit]) -> int:
+        """How many leading units the KV cache already holds (at least one left to evaluate)."""
+        common = 0
+        for cached, new in zip(self._cached, units, strict=False):
+            if cached != new:
+                break
+            common += 1
+        return min(common, len(units) - 1)
+
+    def _truncate(self, keep_units: int) -> int:
+        """Drop the cache after ``keep_units``; returns the positions kept (0 if it had to clear)."""
+        lib = self._llama_cpp
+        memory = lib.llama_get_memory(self._ctx)
+        keep = sum(unit.n_pos for unit in self._cached[:keep_units])
+        # Sliding-window layers must still hold the window before the cut.
+        if (keep > 0 and lib.llama_memory_seq_rm(memory, 0, keep, -1)
+                and lib.llama_memory_seq_pos_min(memory, 0) <= max(0, keep - self._window)):
+            self._cached = self._cached[:keep_units]
+            return keep
+        lib.llama_memory_clear(memory, True)
+        self._cached = []
+        return 0
+
+    def _decode_tokens(self, tokens: list[int]) -> None:
+        lib = self._llama_cpp
+        for start in range(0, len(tokens), self.n_batch):
+            part = tokens[start : start + self.n_batch]
+            array = (lib.llama_token * len(part))(*part)
+            status = lib.llama_decode(self._ctx, lib.llama_batch_get_one(array, len(part)))
+            if status != 0:
+                self._cached = []
+                lib.llama_memory_clear(lib.llama_get_memory(self._ctx), True)
+                raise EngineUnavailableError(f"llama.cpp failed to evaluate the prompt (status {status})",
+                                             "retry with a shorter prompt")
+
+    def _evaluate(self, prompt: _Prompt, start_unit: int, position: int) -> float:
+        """Evaluate units from ``start_unit`` on; returns seconds spent in the vision tower."""
+        vision_s = 0.0
+        pending: list[int] = []
+        for unit_index in range(start_unit, len(prompt.units)):
+            unit = prompt.units[unit_index]
+            if isinstance(unit.key, int):
+                pending.append(unit.key)
+                continue
+            if pending:
+                self._decode_tokens(pending)
+                position += len(pending)
+                pending = []
+            chunk = self._mtmd.mtmd_input_chunks_get(prompt.chunks, prompt.chunk_of_unit[unit_index][0])
+            new_position = self._llama_cpp.llama_pos(0)
+            began = time.perf_counter()
+            status = self._mtmd.mtmd_helper_eval_chunk_single(
+                self._mtmd_ctx, self._ctx, chunk, position, 0, self.n_batch, False,
+                ctypes.byref(new_position),
+            )
+            vision_s += time.perf_counter() - began
+            if status != 0:
+                self._cached = []
+                self._llama_cpp.llama_memory_clear(self._llama_cpp.llama_get_memory(self._ctx), True)
+                raise EngineUnavailableError(f"llama.cpp failed to encode an image (status {status})",
+                                             "check the image and the mmproj file")
+            position = int(new_position.value)
+        if pending:
+            self._decode_tokens(pending)
+        self._cached = list(prompt.units)
+        return vision_s
+
+    def _logits(self) -> np.ndarray[Any, Any]:
+        pointer = self._llama_cpp.llama_get_logits_ith(self._ctx, -1)
+        return np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
+
+    # --- generation ----------------------------------------------------------------------------
+
+    def generate(self, request: Request, cancel: threading.Event | None = None) -> Iterator[EngineEvent]:
+        started = time.perf_counter()
+        with self._lock:
+            prompt = self._build_prompt(request)
+            try:
+                yield from self._generate(request, prompt, started, cancel)
+            finally:
+                if prompt.chunks is not None:
+                    self._mtmd.mtmd_input_chunks_free(prompt.chunks)
+
+    def _generate(self, request: Request, prompt: _Prompt, started: float,
+                  cancel: threading.Event | None) -> Iterator[EngineEvent]:
+        settings = request.settings
+        n_prompt = prompt.n_pos
+        if n_prompt + 1 > self.n_ctx:
+            raise ContextLengthError(
+                f"the prompt takes {n_prompt} tokens but the context holds {self.n_ctx}",
+                "shorten the prompt (fewer images or slices), or load with a larger n_ctx",
+            )
+        self.last_prompt_tokens = prompt.tokens
+        self.last_tokens = []
+        reused = self._truncate(self._reusable(prompt.units))
+        vision_s = self._evaluate(prompt, len(self._cached), reused)
+        prefill_s = time.perf_counter() - started
+        rng = np.random.default_rng(settings.seed)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        budget = min(settings.max_new_tokens, self.n_ctx - n_prompt)
+        first: float | None = None
+        generated = 0
+        reason: FinishReason = "length"
+        lib = self._llama_cpp
+        while generated < budget:
+            if cancel is not None and cancel.is_set():
+                reason = "cancelled"
+                break
+            token = _pick(self._logits(), settings.temperature, settings.top_p, rng)
+            generated += 1
+            self.last_tokens.append(token)
+            if first is None:
+                first = time.perf_counter() - started
+            if lib.llama_vocab_is_eog(self._vocab, token):
+                reason = "stop"
+                break
+            text = decoder.decode(self._piece(token))
+            if text:
+                yield TextDelta(text)
+            if generated < budget:
+                self._decode_tokens([token])
+                self._cached.append(_Unit(token, 1))
+        else:
+            reason = "length"
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            yield TextDelta(tail)
+        total = time.perf_counter() - started
+        yield Finished(
+            reason,
+            Usage(n_prompt, generated),
+            Timings(first if first is not None else total, total, generated),
+            extra={"reused_prompt_tokens": float(reused), "vision_s": vision_s,
+                   "prefill_s": prefill_s},
+        )
+
+    def close(self) -> None:
+        if self._mtmd_ctx is not None:
+            self._mtmd.mtmd_free(self._mtmd_ctx)
+            self._mtmd_ctx = None
+        self._llama.close()
+
+
+def _pick(logits: np.ndarray[Any, Any], temperature: float, top_p: float,
+          rng: np.random.Generator) -> int:
+    """Greedy (argmax, as transformers' greedy search) or temperature + top-p sampling."""
+    if temperature <= 0:
+        return int(np.argmax(logits))
+    scaled = logits.astype(np.float64) / temperature
+    probs = np.exp(scaled - scaled.max())
+    probs /= probs.sum()
+    order = np.argsort(-probs)
+    cumulative = np.cumsum(probs[order])
+    keep = order[: int(np.searchsorted(cumulative, top_p) + 1)]
+    chosen = probs[keep] / probs[keep].sum()
+    return int(rng.choice(keep, p=chosen))
+
+
+def _compile_template(source: str) -> Any:
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise InputError(f"the chat template refused the conversation: {message}")
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(source)
+
+
+_LOG_CALLBACKS: list[Any] = []  # keep the ctypes callbacks alive
+
+
+def _silence_logs(llama_cpp: Any, mtmd: Any) -> None:
+    """llama.cpp and libmtmd log every load step to stderr; medgem reports errors itself."""
+    if _LOG_CALLBACKS or os.environ.get("MEDGEM_LLAMA_LOGS"):
+        return
+
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+    def quiet(level: int, text: bytes, user_data: Any) -> None:
+        return None
+
+    _LOG_CALLBACKS.append(quiet)
+    llama_cpp.llama_log_set(quiet, ctypes.c_void_p(0))
+    for setter in ("mtmd_log_set", "mtmd_helper_log_set"):
+        if hasattr(mtmd, setter):
+            getattr(mtmd, setter)(quiet, ctypes.c_void_p(0))

@@ -1,0 +1,343 @@
+"""Pieces of the HF -> GGUF conversion that know the file format: tensor names, the tokenizer
+as GGUF metadata, and a streaming writer that never holds more than one tensor in memory.
+
+Names follow llama.cpp's conventions for the ``gemma3`` text architecture and for ``clip``
+vision projectors of type ``gemma3`` (as listed in the ``gguf`` package's constants). Gemma's
+RMSNorm multiplies by ``1 + weight``; llama.cpp multiplies by the stored weight, so every Gemma
+RMSNorm weight is stored plus one. SigLIP's LayerNorms are ordinary and stored as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# llama.cpp token types (llama_token_type): the values official Gemma GGUFs carry.
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+_TEXT_LAYER = {
+    "input_layernorm": "attn_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "self_attn.q_norm": "attn_q_norm",
+    "self_attn.k_norm": "attn_k_norm",
+    "post_attention_layernorm": "post_attention_norm",
+    "pre_feedforward_layernorm": "ffn_norm",
+    "post_feedforward_layernorm": "post_ffw_norm",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+}
+_VISION_LAYER = {
+    "layer_norm1": "ln1",
+    "layer_norm2": "ln2",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.out_proj": "attn_out",
+    "mlp.fc1": "ffn_up",
+    "mlp.fc2": "ffn_down",
+}
+_TEXT_PREFIX = re.compile(r"^(?:model\.)?(?:language_model\.)?(?:model\.)?(?=embed_tokens|layers|norm)")
+_VISION_PREFIX = re.compile(r"^(?:model\.)?vision_tower\.(?:vision_model\.)?")
+_PROJECTOR_PREFIX = re.compile(r"^(?:model\.)?multi_modal_projector\.")
+
+
+@dataclass(frozen=True)
+class TensorTarget:
+    """Where one HF tensor goes.
+
+    Attributes:
+        name: the GGUF tensor name.
+        part: "text" (model.gguf) or "vision" (mmproj.gguf).
+        gemma_norm: a Gemma RMSNorm weight (stored as 1 + weight).
+    """
+
+    name: str
+    part: str
+    gemma_norm: bool = False
+
+
+def gguf_target(hf_name: str) -> TensorTarget | None:
+    """The GGUF name for an HF Gemma 3 tensor, or None for tensors GGUF does not keep
+    (the tied ``lm_head``).
+
+    Raises:
+        KeyError: a tensor this converter does not know (a different architecture).
+    """
+    if hf_name.endswith("lm_head.weight"):
+        return None
+    if _TEXT_PREFIX.match(hf_name) and not _VISION_PREFIX.match(hf_name):
+        rest = _TEXT_PREFIX.sub("", hf_name)
+        if rest == "embed_tokens.weight":
+            return TensorTarget("token_embd.weight", "text")
+        if rest == "norm.weight":
+            return TensorTarget("output_norm.weight", "text", gemma_norm=True)
+        match = re.fullmatch(r"layers\.(\d+)\.(.+)\.(weight|bias)", rest)
+        if match and match.group(2) in _TEXT_LAYER:
+            short = _TEXT_LAYER[match.group(2)]
+            return TensorTarget(f"blk.{match.group(1)}.{short}.{match.group(3)}", "text",
+                                gemma_norm=short.endswith("norm"))
+    elif _VISION_PREFIX.match(hf_name):
+        rest = _VISION_PREFIX.sub("", hf_name)
+        fixed = {
+            "embeddings.patch_embedding.weight": "v.patch_embd.weight",
+            "embeddings.patch_embedding.bias": "v.patch_embd.bias",
+            "embeddings.position_embedding.weight": "v.position_embd.weight",
+            "post_layernorm.weight": "v.post_ln.weight",
+            "post_layernorm.bias": "v.post_ln.bias",
+        }
+        if rest in fixed:
+            return TensorTarget(fixed[rest], "vision")
+        match = re.fullmatch(r"encoder\.layers\.(\d+)\.(.+)\.(weight|bias)", rest)
+        if match and match.group(2) in _VISION_LAYER:
+            short = _VISION_LAYER[match.group(2)]
+            return TensorTarget(f"v.blk.{match.group(1)}.{short}.{match.group(3)}", "vision")
+    elif _PROJECTOR_PREFIX.match(hf_name):
+        rest = _PROJECTOR_PREFIX.sub("", hf_name)
+        if rest == "mm_input_projection_weight":
+            return TensorTarget("mm.input_projection.weight", "vision")
+        if rest == "mm_soft_emb_norm.weight":
+            return TensorTarget("mm.soft_emb_norm.weight", "vision", gemma_norm=True)
+    raise KeyError(hf_name)
+
+
+# --- tokenizer ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TokenizerData:
+    """The SentencePiece vocabulary as GGUF's ``llama`` tokenizer model stores it."""
+
+    tokens: list[str]
+    scores: list[float]
+    types: list[int]
+    bos_id: int
+    eos_id: int
+    unk_id: int
+    pad_id: int
+    source: str  # "tokenizer.model" (exact) or "tokenizer.json" (reconstructed)
+
+
+def read_tokenizer(folder: Path, vocab_size: int) -> TokenizerData:
+    """Read the checkpoint's Gemma 3 tokenizer, padded to the embedding's row count.
+
+    ``tokenizer.model`` (the SentencePiece model official checkpoints ship) is read exactly:
+    pieces, scores and types. Without it, ``tokenizer.json`` gives the pieces; types follow
+    from the added tokens (special -> control, other -> user-defined), ``<0xXX>`` pieces are
+    bytes, pieces with a literal space are user-defined (SentencePiece writes spaces as U+2581
+    in normal pieces); normal pieces get the score ``-rank``, which orders merges as the original
+    scores do. Rows past the vocabulary (the embedding is padded) become unused ``<pad_N>``
+    pieces.
+
+    Raises:
+        FileNotFoundError: neither file is present.
+    """
+    special = _special_ids(folder)
+    if (folder / "tokenizer.model").is_file():
+        tokens, scores, types = _read_sentencepiece((folder / "tokenizer.model").read_bytes())
+        _add_json_extras(folder, tokens, scores, types)
+        source = "tokenizer.model"
+    elif (folder / "tokenizer.json").is_file():
+        tokens, scores, types = _read_tokenizer_json(folder / "tokenizer.json")
+        source = "tokenizer.json"
+    else:
+        raise FileNotFoundError(f"no tokenizer.model or tokenizer.json in {folder}")
+    for index in range(len(tokens), vocab_size):
+        tokens.append(f"<pad_{index}>")
+        scores.append(-1000.0)
+        types.append(UNUSED)
+    return TokenizerData(tokens[:vocab_size], scores[:vocab_size], types[:vocab_size],
+                         source=source, **special)
+
+
+def _special_ids(folder: Path) -> dict[str, int]:
+    ids = {"bos_id": 2, "eos_id": 1, "unk_id": 3, "pad_id": 0}  # Gemma's fixed layout
+    config_path = folder / "config.json"
+    if config_path.is_file():
+        config = json.loads(config_path.read_text())
+        text = config.get("text_config", config)
+        for key, name in (("bos_token_id", "bos_id"), ("pad_token_id", "pad_id")):
+            value = text.get(key, config.get(key))
+            if isinstance(value, int):
+                ids[name] = value
+    return ids
+
+
+# Gemma 3's SentencePiece model makes the image delimiters user-defined pieces (they are written
+# as text in prompts); tokenizer.json flags them special like the control tokens.
+_USER_DEFINED_SPECIALS = frozenset({"<start_of_image>", "<end_of_image>"})
+
+
+def _read_tokenizer_json(path: Path) -> tuple[list[str], list[float], list[int]]:
+    data = json.loads(path.read_text())
+    vocab: dict[str, int] = data["model"]["vocab"]
+    added = {int(t["id"]): t for t in data.get("added_tokens", [])}
+    size = max([*vocab.values(), *added.keys()]) + 1
+    tokens = [f"<pad_{i}>" for i in range(size)]
+    types = [UNUSED] * size
+    first_byte = vocab.get("<0x00>", 0)
+    for piece, index in vocab.items():
+        tokens[index] = piece
+        if re.fullmatch(r"<0x[0-9A-F]{2}>", piece):
+            types[index] = BYTE
+        elif index < first_byte:
+            # SentencePiece keeps user-defined pieces (Gemma's runs of spaces) before the byte
+            # pieces, with literal spaces; tokenizer.json shows them escaped like normal pieces.
+            tokens[index] = piece.replace("\u2581", " ")
+            types[index] = USER_DEFINED
+        else:
+            types[index] = NORMAL
+    for index, token in added.items():
+        tokens[index] = token["content"]
+        special = token.get("special") and token["content"] not in _USER_DEFINED_SPECIALS
+        types[index] = CONTROL if special else USER_DEFINED
+    scores: list[float] = []
+    rank = 0
+    for kind in types:
+        if kind == NORMAL:
+            scores.append(float(-rank))
+            rank += 1
+        else:
+            scores.append(0.0 if kind == BYTE else -1000.0)
+    return tokens, scores, types
+
+
+def _add_json_extras(folder: Path, tokens: list[str], scores: list[float], types: list[int]) -> None:
+    """Tokens added after the SentencePiece model (the image soft token), from tokenizer.json."""
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        return
+    base = len(tokens)
+    for token in json.loads(path.read_text()).get("added_tokens", []):
+        index = int(token["id"])
+        if index < base:
+            continue
+        while len(tokens) <= index:
+            tokens.append(f"<pad_{len(tokens)}>")
+            scores.append(-1000.0)
+            types.append(UNUSED)
+        tokens[index] = token["content"]
+        types[index] = CONTROL if token.get("special") else USER_DEFINED
+        scores[index] = -1000.0
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _fields(data: bytes) -> Iterator[tuple[int, int, Any]]:
+    """(field number, wire type, value) of a protobuf message: enough for SentencePiece."""
+    pos = 0
+    while pos < len(data):
+        key, pos = _varint(data, pos)
+        number, wire = key >> 3, key & 7
+        value: Any
+        if wire == 0:
+            value, pos = _varint(data, pos)
+        elif wire == 1:
+            value, pos = data[pos : pos + 8], pos + 8
+        elif wire == 2:
+            length, pos = _varint(data, pos)
+            value, pos = data[pos : pos + length], pos + length
+        elif wire == 5:
+            value, pos = data[pos : pos + 4], pos + 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        yield number, wire, value
+
+
+def _read_sentencepiece(data: bytes) -> tuple[list[str], list[float], list[int]]:
+    """Pieces (field 1 of ModelProto), each {1: piece, 2: score, 3: type} (type default 1)."""
+    tokens: list[str] = []
+    scores: list[float] = []
+    types: list[int] = []
+    for number, wire, value in _fields(data):
+        if number != 1 or wire != 2:
+            continue
+        piece, score, kind = "", 0.0, NORMAL
+        for sub_number, _, sub_value in _fields(value):
+            if sub_number == 1:
+                piece = sub_value.decode("utf-8")
+            elif sub_number == 2:
+                score = struct.unpack("<f", sub_value)[0]
+            elif sub_number == 3:
+                kind = int(sub_value)
+        tokens.append(piece)
+        scores.append(score)
+        types.append(kind)
+    return tokens, scores, types
+
+
+# --- streaming writer --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    """One tensor to write: its name, numpy shape, GGML type name and a loader."""
+
+    name: str
+    shape: tuple[int, ...]
+    ggml_type: str  # "F32", "F16" or "BF16"
+    load: Callable[[], np.ndarray[Any, Any]]
+
+
+def write_gguf(
+    path: Path,
+    arch: str,
+    metadata: Callable[[Any], None],
+    tensors: list[PlannedTensor],
+    progress: Callable[[int, int, str], None] | None = None,
+) -> None:
+    """Write a GGUF file one tensor at a time.
+
+    Args:
+        path: output file.
+        arch: ``general.architecture``.
+        metadata: called with the ``gguf.GGUFWriter`` to add key/values.
+        tensors: in file order; each loader returns an array already in the target type
+            (uint16 bit patterns for BF16).
+        progress: called with (done, total, tensor name) after each tensor.
+    """
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), arch)
+    metadata(writer)
+    for tensor in tensors:
+        kind = gguf.GGMLQuantizationType[tensor.ggml_type]
+        itemsize = 4 if tensor.ggml_type == "F32" else 2
+        nbytes = int(np.prod(tensor.shape)) * itemsize
+        if tensor.ggml_type == "BF16":
+            byte_shape = (*tensor.shape[:-1], tensor.shape[-1] * 2)
+            writer.add_tensor_info(tensor.name, byte_shape, np.dtype(np.uint8), nbytes, raw_dtype=kind)
+        else:
+            writer.add_tensor_info(tensor.name, tensor.shape,
+                                   np.dtype(np.float32 if tensor.ggml_type == "F32" else np.float16),
+                                   nbytes)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for done, tensor in enumerate(tensors, start=1):
+        array = tensor.load()
+        if tensor.ggml_type == "BF16":
+            array = np.ascontiguousarray(array).view(np.uint8)
+        writer.write_tensor_data(np.ascontiguousarray(array))
+        if progress is not None:
+            progress(done, len(tensors), tensor.name)
+    writer.close()
