@@ -42,16 +42,15 @@ def measure(engine: str, checkpoint: Path, new_tokens: int, image_tokens: int, d
     from PIL import Image
 
     from medgem import MedGemma
-    from medgem.answer import FinalChunk
 
     started = time.perf_counter()
     model = MedGemma.load(checkpoint, engine=engine, progress=False, dtype=dtype)
     load_s = time.perf_counter() - started
     question = "How do you differentiate bacterial from viral pneumonia? " * 4
-    text = [c for c in model.stream(question, max_new_tokens=new_tokens) if isinstance(c, FinalChunk)][0].answer
+    text = model.ask(question, max_new_tokens=new_tokens)
     image = Image.linear_gradient("L").resize((896, 896)).convert("RGB")
-    pic = [c for c in model.stream("Describe this X-ray", images=[image], system="You are an expert radiologist.",
-                                   max_new_tokens=image_tokens) if isinstance(c, FinalChunk)][0].answer
+    pic = model.ask("Describe this X-ray", images=[image], system="You are an expert radiologist.",
+                    max_new_tokens=image_tokens)
     return {
         "load_s": load_s,
         "text_prompt_tokens": text.usage.prompt_tokens,

@@ -19,15 +19,6 @@ from pathlib import Path
 from typing import Any
 
 
-def final(model: Any, question: str, **kwargs: Any) -> Any:
-    from medgem.answer import FinalChunk
-
-    for chunk in model.stream(question, **kwargs):
-        if isinstance(chunk, FinalChunk):
-            return chunk.answer
-    raise RuntimeError("no final answer")
-
-
 def tiny_checks(root: Path, device: str) -> dict[str, Any]:
     from PIL import Image
 
@@ -41,9 +32,9 @@ def tiny_checks(root: Path, device: str) -> dict[str, Any]:
     for engine in ("hf", "hf-pipeline"):
         model = MedGemma.load(vlm, engine=engine, device=device, progress=False)
         answers[engine] = (
-            final(model, "Describe this X-ray", images=[image], system="You are an expert radiologist.",
+            model.ask("Describe this X-ray", images=[image], system="You are an expert radiologist.",
                   max_new_tokens=16).raw,
-            final(model, "Bacterial or viral?", max_new_tokens=16).raw,
+            model.ask("Bacterial or viral?", max_new_tokens=16).raw,
         )
         out[f"{engine}_dtype"] = model.engine.info.dtype
         model.close()
@@ -51,7 +42,7 @@ def tiny_checks(root: Path, device: str) -> dict[str, Any]:
     for quantize in ("4bit", "8bit"):
         try:
             model = MedGemma.load(vlm, device=device, quantize=quantize, progress=False)
-            answer = final(model, "Describe this X-ray", images=[image], max_new_tokens=8)
+            answer = model.ask("Describe this X-ray", images=[image], max_new_tokens=8)
             out[f"{quantize}"] = {"ok": True, "completion_tokens": answer.usage.completion_tokens,
                                   "quantization": model.engine.info.quantization}
             model.close()
@@ -85,9 +76,9 @@ def four_b(root: Path, device: str) -> dict[str, Any]:
             results[label] = {"error": f"{type(exc).__name__}: {exc}"}
             continue
         load_s = time.perf_counter() - t0
-        final(model, "warm up", max_new_tokens=2)
-        text = final(model, question, max_new_tokens=64)
-        pic = final(model, "Describe this X-ray", images=[image], max_new_tokens=8)
+        model.ask("warm up", max_new_tokens=2)
+        text = model.ask(question, max_new_tokens=64)
+        pic = model.ask("Describe this X-ray", images=[image], max_new_tokens=8)
         results[label] = {
             "load_s": round(load_s, 2),
             "text_ttft_s": round(text.timings.first_token_s, 3),
