@@ -235,6 +235,9 @@ def _text_metadata(writer: Any, folder: Path, config: Any, model_id: str) -> Non
     text = getattr(config, "text_config", config)
     arch = "gemma3"
     writer.add_name(model_id)
+    demo = _demo_id(folder)
+    if demo:
+        writer.add_string("medgem.demo", demo)  # random-weight/demo models stay labelled as such
     writer.add_file_type(1)
     writer.add_uint32(f"{arch}.context_length", int(text.max_position_embeddings))
     writer.add_uint32(f"{arch}.embedding_length", int(text.hidden_size))
@@ -281,6 +284,11 @@ def _text_metadata(writer: Any, folder: Path, config: Any, model_id: str) -> Non
     template = _chat_template(folder)
     if template:
         writer.add_string("tokenizer.chat_template", template)
+
+
+def _demo_id(folder: Path) -> str:
+    config = json.loads((folder / "config.json").read_text())
+    return str((config.get("medgem_demo") or {}).get("id", ""))
 
 
 def _rope(text: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -348,7 +356,11 @@ def _quantize(source: Path, target: Path, ftype: int, n_params: int, threads: in
               say: Progress) -> None:
     """llama.cpp's quantizer, with the output's growth shown while it runs."""
     import llama_cpp
+    import llama_cpp.mtmd_cpp
 
+    from medgem.engines.llamacpp import silence_logs
+
+    silence_logs(llama_cpp, llama_cpp.mtmd_cpp)  # the per-tensor log; progress is shown below
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = threads or len(os.sched_getaffinity(0))

@@ -96,7 +96,7 @@ class LlamaCppEngine:
             raise MissingDependencyError("llama-cpp-python", "llamacpp", "the llama.cpp engine") from exc
         self._llama_cpp = llama_cpp
         self._mtmd = mtmd
-        _silence_logs(llama_cpp, mtmd)
+        silence_logs(llama_cpp, mtmd)
         header = read_header(checkpoint.path)
         check_model(header)
         self._embd = int(header.get("gemma3.embedding_length", 0))
@@ -155,14 +155,17 @@ class LlamaCppEngine:
         self._thinking_ids = {token for token in markers if token >= 0}
         file_type = FILE_TYPES.get(int(header.get("general.file_type", -1)), "unknown")
         variant = checkpoint.variant
+        demo_id = str(header.get("medgem.demo", ""))
+        name = str(header.get("general.name", ""))
         self.info = ModelInfo(
-            id=checkpoint.model_id,
+            # `medgem convert` writes model.gguf: the model's own name says more than the file's.
+            id=demo_id or (name if checkpoint.model_id == "model" and name else checkpoint.model_id),
             revision=checkpoint.revision,
             variant=variant.key if variant else None,
             engine=self.name,
             dtype=file_type,
             quantization=None if file_type in ("f16", "bf16", "f32") else file_type,
-            demo=checkpoint.demo or options.demo,
+            demo=checkpoint.demo or options.demo or bool(demo_id),
             context_length=context_length,
             path=str(checkpoint.path),
         )
@@ -473,7 +476,7 @@ def _compile_template(source: str) -> Any:
 _LOG_CALLBACKS: list[Any] = []  # keep the ctypes callbacks alive
 
 
-def _silence_logs(llama_cpp: Any, mtmd: Any) -> None:
+def silence_logs(llama_cpp: Any, mtmd: Any) -> None:
     """llama.cpp and libmtmd log every load step to stderr; medgem reports errors itself."""
     if _LOG_CALLBACKS or os.environ.get("MEDGEM_LLAMA_LOGS"):
         return

@@ -1,0 +1,51 @@
+"""`medgem convert CHECKPOINT --quant q4_k_m`: a MedGemma checkpoint -> model.gguf + mmproj.gguf."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "convert", help="convert a MedGemma checkpoint to GGUF for the llama.cpp engine",
+        description="Write model.gguf (quantized text model) and mmproj.gguf (the checkpoint's own "
+                    "vision tower), then load them back and check them.",
+    )
+    parser.add_argument("checkpoint", metavar="CHECKPOINT",
+                        help="checkpoint folder, variant (4b-it) or hub id in the local cache")
+    parser.add_argument("--quant", default="q4_k_m", choices=["q4_k_m", "q8_0", "f16"],
+                        help="text weights: q4_k_m (smallest, fastest; default), q8_0 or f16")
+    parser.add_argument("--out", type=Path, help="output folder (default: <name>-gguf-<quant>)")
+    parser.add_argument("--threads", type=int, help="quantizer threads (default: all cores)")
+    parser.add_argument("--no-check", action="store_true", help="skip loading the result back")
+    parser.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from medgem.convert import convert_checkpoint, print_progress
+
+    result = convert_checkpoint(
+        args.checkpoint, args.quant, args.out, progress=print_progress,
+        verify=not args.no_check, threads=args.threads,
+    )
+    if args.json:
+        print(json.dumps({
+            "model": str(result.model), "mmproj": str(result.mmproj) if result.mmproj else None,
+            "quant": result.quant, "seconds": round(result.seconds, 1),
+            "model_bytes": result.model_bytes, "mmproj_bytes": result.mmproj_bytes,
+            "check": result.check,
+        }, indent=2))
+        return 0
+    sys.stdout.write(f"model:  {result.model} ({result.model_bytes / 2**20:.1f} MiB, {result.quant})\n")
+    if result.mmproj:
+        sys.stdout.write(f"mmproj: {result.mmproj} ({result.mmproj_bytes / 2**20:.1f} MiB, f16)\n")
+    sys.stdout.write(f"check:  {result.check}\n")
+    folder = result.model.parent
+    sys.stdout.write(f"run it: medgem ask --model {folder} \"your question\""
+                     + (" --image IMAGE" if result.mmproj else "") + "\n")
+    return 0

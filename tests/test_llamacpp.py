@@ -1,0 +1,300 @@
+"""The llama.cpp engine against transformers, on real weights and on converted tiny checkpoints.
+
+Nothing is mocked: llama.cpp runs the GGUF files, transformers runs the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+
+pytest.importorskip("llama_cpp")
+torch = pytest.importorskip("torch")
+
+from medgem.engines import EngineOptions, load_engine  # noqa: E402
+from medgem.engines.base import Finished, TextDelta  # noqa: E402
+from medgem.errors import NotACheckpointError, UnsupportedInputError  # noqa: E402
+from medgem.request import GenerationSettings, ImagePart, Message, Request, TextPart  # noqa: E402
+from medgem.resolve import resolve_checkpoint  # noqa: E402
+
+PROMPTS = ["The capital of France is", "def fibonacci(n):", "Pneumonia is an infection that"]
+QUESTION = "Describe this X-ray."
+
+
+def completion(text: str, tokens: int) -> Request:
+    return Request((Message("user", (TextPart(text),)),), GenerationSettings(max_new_tokens=tokens),
+                   template="completion")
+
+
+def image_question(image: Any, tokens: int, *follow_up: str) -> Request:
+    messages = [Message("user", (ImagePart(image), TextPart(QUESTION)))]
+    for text in follow_up:
+        messages += [Message("assistant", (TextPart("It is an image."),)),
+                     Message("user", (TextPart(text),))]
+    return Request(tuple(messages), GenerationSettings(max_new_tokens=tokens))
+
+
+def noise_image(size: int, seed: int = 0) -> Any:
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+@pytest.fixture(scope="module")
+def gguf_270m() -> Path:
+    from medgem.synthetic import demo_gguf_path
+
+    return demo_gguf_path()
+
+
+@pytest.fixture(scope="module")
+def engine_270m(gguf_270m: Path) -> Any:
+    engine = load_engine("llamacpp", resolve_checkpoint(gguf_270m), EngineOptions(n_ctx=2048))
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def converted_vlm(tiny_vlm_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny multimodal checkpoint through `medgem convert --quant f16`, as a user runs it."""
+    out = tmp_path_factory.mktemp("vlm-gguf")
+    result = run_cli("convert", str(tiny_vlm_checkpoint), "--quant", "f16", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+# --- real weights: Gemma 3 270M (Q4_K_M) -------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_greedy_tokens_match_transformers_on_real_270m(gguf_270m: Path, engine_270m: Any) -> None:
+    """Same GGUF, both engines, greedy: identical tokens.
+
+    The bound: of 32 greedy tokens per prompt, every prompt agrees on at least the first 8, and
+    where a prompt's tokens part, it is at a near tie (transformers'
+    logits for the two candidates within 0.5 of each other). The reason: llama.cpp rounds
+    activations to 8 bits inside quantized matmuls and picks kernels by batch size, while
+    transformers dequantizes the same weights to float32, so near-equal candidates can swap.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_270m.parent), gguf_file=gguf_270m.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf_270m.parent), gguf_file=gguf_270m.name, dtype=torch.float32).eval()
+    splits: list[int | None] = []
+    for prompt in PROMPTS:
+        ids = tokenizer("<bos>" + prompt, add_special_tokens=False, return_tensors="pt").input_ids
+        assert engine_270m.tokenize("<bos>" + prompt) == ids[0].tolist()
+        with torch.inference_mode():
+            reference = model.generate(ids, max_new_tokens=32, do_sample=False, top_k=None,
+                                       top_p=None)[0, ids.shape[1]:].tolist()
+        events = list(engine_270m.generate(completion(prompt, 32)))
+        ours = engine_270m.last_tokens
+        assert isinstance(events[-1], Finished) and len(ours) == 32
+        split = next((i for i, (a, b) in enumerate(zip(ours, reference, strict=True)) if a != b), None)
+        if split is not None:
+            context = torch.tensor([ids[0].tolist() + reference[:split]])
+            with torch.inference_mode():
+                logits = model(context).logits[0, -1]
+            gap = float(logits[reference[split]] - logits[ours[split]])
+            assert split >= 8 and 0 <= gap < 0.5, (prompt, split, gap)
+        splits.append(split)
+    assert len(splits) == len(PROMPTS)
+
+
+def test_streams_text_usage_and_timings(engine_270m: Any) -> None:
+    events = list(engine_270m.generate(completion("The capital of France is", 6)))
+    deltas = [e for e in events if isinstance(e, TextDelta)]
+    final = events[-1]
+    assert isinstance(final, Finished) and len(deltas) >= 3
+    assert final.finish_reason == "length"
+    assert final.usage.prompt_tokens == len(engine_270m.tokenize("<bos>The capital of France is"))
+    assert final.usage.completion_tokens == 6
+    assert 0 < final.timings.first_token_s <= final.timings.total_s
+    assert engine_270m.count_prompt_tokens(completion("The capital of France is", 6)) == 6
+    assert engine_270m.info.engine == "llamacpp" and engine_270m.info.quantization == "q4_k_m"
+
+
+def test_repeated_prompt_reuses_the_cache(engine_270m: Any) -> None:
+    request = completion("Pneumonia is an infection that", 4)
+    first = list(engine_270m.generate(request))
+    again = list(engine_270m.generate(request))
+    prompt_tokens = first[-1].usage.prompt_tokens
+    assert again[-1].extra["reused_prompt_tokens"] == prompt_tokens - 1
+    assert [e.text for e in first[:-1]] == [e.text for e in again[:-1]]
+    other = list(engine_270m.generate(completion("Pneumonia is an illness", 4)))
+    assert other[-1].extra["reused_prompt_tokens"] < prompt_tokens - 1
+
+
+def test_cancel_stops_generation(engine_270m: Any) -> None:
+    cancel = threading.Event()
+    events = []
+    for event in engine_270m.generate(completion("Once upon a time", 200), cancel):
+        events.append(event)
+        if len(events) == 3:
+            cancel.set()
+    final = events[-1]
+    assert isinstance(final, Finished) and final.finish_reason == "cancelled"
+    assert final.usage.completion_tokens <= 5
+
+
+def test_thinking_markers_come_out_as_text(engine_270m: Any) -> None:
+    """Gemma's <unused94>/<unused95> are control tokens; llama.cpp drops those by default."""
+    for marker in ("<unused94>", "<unused95>"):
+        (token,) = engine_270m.tokenize(marker)
+        assert engine_270m._piece(token) == marker.encode()
+    (end_of_turn,) = engine_270m.tokenize("<end_of_turn>")
+    assert engine_270m._piece(end_of_turn) == b""
+
+
+def test_chat_template_is_shipped_when_the_gguf_has_none(engine_270m: Any) -> None:
+    request = Request((Message("system", (TextPart("Be brief."),)),
+                       Message("user", (TextPart("Hi"),))), GenerationSettings(max_new_tokens=2))
+    assert engine_270m.render(request) == (
+        "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n")
+
+
+# --- converted tiny multimodal checkpoint -------------------------------------------------------
+
+
+def test_image_answer_matches_transformers_greedy(tiny_vlm_checkpoint: Path, converted_vlm: Path) -> None:
+    """Same weights (f16 GGUF from a float32 checkpoint with f16-exact... values) -> same tokens.
+
+    Prompt tokens must match exactly (image soft tokens at the same positions, framed by blank
+    lines as Gemma3Processor frames them) and all 16 greedy tokens must be equal.
+    """
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(str(tiny_vlm_checkpoint))
+    model = AutoModelForImageTextToText.from_pretrained(str(tiny_vlm_checkpoint),
+                                                        dtype=torch.float32).eval()
+    image = noise_image(processor.image_processor.size["height"])
+    messages = [{"role": "user", "content": [{"type": "image", "image": image},
+                                             {"type": "text", "text": QUESTION}]}]
+    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                           return_dict=True, return_tensors="pt")
+    with torch.inference_mode():
+        reference = model.generate(**inputs, max_new_tokens=16, do_sample=False, top_k=None,
+                                   top_p=None)[0, inputs["input_ids"].shape[1]:].tolist()
+    engine = load_engine("llamacpp", resolve_checkpoint(converted_vlm), EngineOptions())
+    try:
+        events = list(engine.generate(image_question(image, 16)))
+        image_id = processor.tokenizer.convert_tokens_to_ids("<image_soft_token>")
+        expected_prompt = [-1 if t == image_id else t for t in inputs["input_ids"][0].tolist()]
+        assert engine.last_prompt_tokens == expected_prompt
+        assert engine.last_tokens == reference
+        assert events[-1].extra["vision_s"] > 0
+        assert engine.info.demo  # the random-weight label survives conversion
+    finally:
+        engine.close()
+
+
+def test_follow_up_on_the_same_image_skips_the_vision_pass(converted_vlm: Path) -> None:
+    engine = load_engine("llamacpp", resolve_checkpoint(converted_vlm), EngineOptions())
+    try:
+        image = noise_image(64, seed=1)
+        first = list(engine.generate(image_question(image, 4)))[-1]
+        follow = list(engine.generate(image_question(image, 4, "Is it normal?")))[-1]
+        assert isinstance(first, Finished) and isinstance(follow, Finished)
+        assert first.extra["vision_s"] > 0
+        assert follow.extra["vision_s"] == 0.0
+        assert follow.extra["reused_prompt_tokens"] >= first.usage.prompt_tokens
+        other = list(engine.generate(image_question(noise_image(64, seed=2), 4, "Is it normal?")))[-1]
+        assert other.extra["vision_s"] > 0  # a different image is encoded again
+    finally:
+        engine.close()
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+
+def _write_llama_gguf(path: Path) -> Path:
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_uint32("llama.block_count", 1)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_a_gguf_that_is_not_gemma3_is_refused(tmp_path: Path) -> None:
+    path = _write_llama_gguf(tmp_path / "llama.gguf")
+    with pytest.raises(NotACheckpointError, match="'llama' GGUF, not MedGemma"):
+        load_engine("llamacpp", resolve_checkpoint(path), EngineOptions())
+
+
+def test_corrupt_and_truncated_files_are_refused(tmp_path: Path, converted_vlm: Path) -> None:
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"not a model at all" * 100)
+    with pytest.raises(NotACheckpointError, match="not a readable GGUF"):
+        load_engine("llamacpp", resolve_checkpoint(junk), EngineOptions())
+    truncated = tmp_path / "truncated.gguf"
+    data = (converted_vlm / "model.gguf").read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(NotACheckpointError, match="corrupt"):
+        load_engine("llamacpp", resolve_checkpoint(truncated), EngineOptions())
+    header_only = tmp_path / "header.gguf"
+    header_only.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 10**6, 5))
+    with pytest.raises(NotACheckpointError, match="not a readable GGUF"):
+        load_engine("llamacpp", resolve_checkpoint(header_only), EngineOptions())
+
+
+def test_an_mmproj_from_another_model_is_refused(converted_vlm: Path, tmp_path: Path) -> None:
+    from medgem.convert import convert_checkpoint
+    from medgem.synthetic import Shape, build_checkpoint
+
+    wider = build_checkpoint(tmp_path / "wider", shape=Shape(hidden=96, head_dim=48))
+    other = convert_checkpoint(wider, "f16", tmp_path / "wider-gguf", verify=False)
+    assert other.mmproj is not None
+    checkpoint = resolve_checkpoint(converted_vlm / "model.gguf", mmproj=other.mmproj)
+    with pytest.raises(NotACheckpointError, match="96-wide embeddings but the model's are 64-wide"):
+        load_engine("llamacpp", checkpoint, EngineOptions())
+    as_projector = resolve_checkpoint(converted_vlm / "model.gguf", mmproj=converted_vlm / "model.gguf")
+    with pytest.raises(NotACheckpointError, match="not a vision projector"):
+        load_engine("llamacpp", as_projector, EngineOptions())
+
+
+def test_an_image_to_a_gguf_without_mmproj_is_refused(engine_270m: Any) -> None:
+    with pytest.raises(UnsupportedInputError, match="--mmproj"):
+        list(engine_270m.generate(image_question(noise_image(64), 2)))
+    assert not engine_270m.capabilities.images
+
+
+# --- the CLI, as users run it -------------------------------------------------------------------
+
+
+def test_cli_asks_about_an_image_with_the_converted_pair(converted_vlm: Path, tmp_path: Path) -> None:
+    image = tmp_path / "xray.png"
+    noise_image(64).save(image)
+    result = run_cli("ask", "--model", str(converted_vlm), "--image", str(image),
+                     "--max-new-tokens", "5", "--json", QUESTION)
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["model"]["engine"] == "llamacpp"
+    assert answer["usage"]["completion_tokens"] == 5
+
+
+def test_cli_reports_an_image_to_a_text_only_gguf_in_one_line(gguf_270m: Path, tmp_path: Path) -> None:
+    image = tmp_path / "photo.png"
+    noise_image(64).save(image)
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(gguf_270m, alone / "model.gguf")
+    result = run_cli("ask", "--model", str(alone / "model.gguf"), "--image", str(image), "Hi")
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "image" in lines[0] and "Traceback" not in result.stderr
