@@ -23,7 +23,7 @@ def add_parser(subparsers: Any) -> None:
     listing.add_argument("--limit", type=int, default=50)
     show = actions.add_parser("show", help="one record with its reviews, as JSON")
     show.add_argument("id")
-    actions.add_parser("verify", help="check the hash chain; exit 1 if anything was edited or deleted")
+    verify = actions.add_parser("verify", help="check the hash chain; exit 1 if anything was edited or deleted")
     export = actions.add_parser("export", help="all records as JSON lines (with hashes)")
     export.add_argument("--output", "-o", type=Path, help="file to write (default stdout)")
     review = actions.add_parser("review", help="record a review of an answer")
@@ -32,6 +32,9 @@ def add_parser(subparsers: Any) -> None:
     review.add_argument("--correction", help="the corrected text (verdict 'correct')")
     review.add_argument("--note")
     review.add_argument("--reviewer", required=True)
+    for action in (listing, show, verify, export, review):
+        # `medgem audit verify --db F` reads as naturally as `medgem audit --db F verify`
+        action.add_argument("--db", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     parser.set_defaults(func=run)
 
 
