@@ -364,7 +364,7 @@ def _quantize(source: Path, target: Path, ftype: int, n_params: int, threads: in
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = threads or len(os.sched_getaffinity(0))
-    expected = n_params * (4.9 if ftype == 15 else 8.5) / 8  # bits per weight
+    expected = n_params * (5.2 if ftype == 15 else 8.5) / 8  # bits per weight
     done = threading.Event()
 
     def watch() -> None:

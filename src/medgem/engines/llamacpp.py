@@ -115,6 +115,10 @@ class LlamaCppEngine:
                 model_path=str(checkpoint.path), n_ctx=self.n_ctx, n_batch=self.n_batch,
                 n_ubatch=self.n_batch, n_threads=threads, n_threads_batch=threads,
                 n_gpu_layers=0, swa_full=False, verbose=False,
+                # Flash attention: faster prefill and decode on CPUs (measured 42 vs 32 tok/s
+                # prefill on a 4B shape). No mmap: llama.cpp repacks the weights for its CPU
+                # kernels, and with mmap both copies count (5.0 GB RSS for Q4_K_M 4B vs 3.6 GB).
+                flash_attn=True, use_mmap=False,
             )
         except (ValueError, RuntimeError, OSError) as exc:
             raise NotACheckpointError(
@@ -355,11 +359,14 @@ class LlamaCppEngine:
             chunk = self._mtmd.mtmd_input_chunks_get(prompt.chunks, prompt.chunk_of_unit[unit_index][0])
             new_position = self._llama_cpp.llama_pos(0)
             began = time.perf_counter()
-            status = self._mtmd.mtmd_helper_eval_chunk_single(
-                self._mtmd_ctx, self._ctx, chunk, position, 0, self.n_batch, False,
-                ctypes.byref(new_position),
-            )
+            status = self._mtmd.mtmd_encode_chunk(self._mtmd_ctx, chunk)  # the vision tower
             vision_s += time.perf_counter() - began
+            if status == 0:  # the image's soft tokens through the language model (non-causal)
+                status = self._mtmd.mtmd_helper_decode_image_chunk(
+                    self._mtmd_ctx, self._ctx, chunk, self._mtmd.mtmd_get_output_embd(self._mtmd_ctx),
+                    position, 0, self.n_batch, ctypes.byref(new_position),
+                    self._mtmd.mtmd_helper_post_decode_callback(), None,
+                )
             if status != 0:
                 self._cached = []
                 self._llama_cpp.llama_memory_clear(self._llama_cpp.llama_get_memory(self._ctx), True)
