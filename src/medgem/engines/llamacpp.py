@@ -170,7 +170,7 @@ class LlamaCppEngine:
             dtype=file_type,
             quantization=None if file_type in ("f16", "bf16", "f32") else file_type,
             demo=checkpoint.demo or options.demo or bool(demo_id),
-            context_length=context_length,
+            context_length=self.n_ctx,  # the window this engine holds, not the model's maximum
             path=str(checkpoint.path),
         )
         self.capabilities = Capabilities(
