@@ -168,10 +168,10 @@ def test_chat_template_is_shipped_when_the_gguf_has_none(engine_270m: Any) -> No
 
 
 def test_image_answer_matches_transformers_greedy(tiny_vlm_checkpoint: Path, converted_vlm: Path) -> None:
-    """Same weights (f16 GGUF from a float32 checkpoint with f16-exact... values) -> same tokens.
-
-    Prompt tokens must match exactly (image soft tokens at the same positions, framed by blank
-    lines as Gemma3Processor frames them) and all 16 greedy tokens must be equal.
+    """`medgem convert --quant f16` of the float32 tiny checkpoint: transformers runs the float32
+    weights, llama.cpp the same weights rounded to f16. The bound is strict: the prompt tokens
+    match exactly (image soft tokens at the same positions, framed by blank lines as
+    Gemma3Processor frames them) and all 16 greedy answer tokens are equal.
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
