@@ -67,6 +67,8 @@ class MedGemma:
         check_memory: bool = True,
         base_url: str | None = None,
         api_key: str | None = None,
+        n_ctx: int | None = None,
+        threads: int | None = None,
     ) -> MedGemma:
         """Resolve a checkpoint and load it on an engine.
 
@@ -80,13 +82,16 @@ class MedGemma:
             variant: force the MedGemma variant when it cannot be read from the files.
             caveat: the intended-use caveat attached to answers; "" turns it off.
             check_memory: refuse to load weights that do not fit.
+            n_ctx: llama.cpp context window (default 8192; CT volumes need ~23000).
+            threads: llama.cpp threads (default: all cores this process may use).
 
         Raises:
             MedgemError subclasses with a message and what to do.
         """
         options = EngineOptions(
             device=device, dtype=dtype, quantize=quantize, progress=progress,
-            check_memory=check_memory, base_url=base_url, api_key=api_key,
+            check_memory=check_memory, base_url=base_url, api_key=api_key, n_ctx=n_ctx,
+            threads=threads,
         )
         if engine == "remote":
             from medgem.engines.remote import load_remote

@@ -27,6 +27,9 @@ def add_model_flags(parser: argparse.ArgumentParser, *, model_required: bool = T
     group.add_argument("--quantize", choices=["4bit", "8bit"], help="bitsandbytes (CUDA only)")
     group.add_argument("--variant", help="force the MedGemma variant (for fine-tunes)")
     group.add_argument("--mmproj", help="GGUF vision projector (llamacpp engine)")
+    group.add_argument("--n-ctx", type=int,
+                       help="llama.cpp context window (default 8192; a CT volume needs ~23000)")
+    group.add_argument("--threads", type=int, help="llama.cpp threads (default: all cores)")
     group.add_argument("--revision", help="hub revision (branch, tag or commit)")
     group.add_argument("--base-url", help="OpenAI-compatible server URL (remote engine)")
     group.add_argument("--api-key", help="API key for the remote server")
@@ -62,6 +65,8 @@ def load_model(args: argparse.Namespace) -> MedGemma:
         progress=sys.stderr.isatty() and not getattr(args, "json", False),
         base_url=args.base_url,
         api_key=args.api_key,
+        n_ctx=args.n_ctx,
+        threads=args.threads,
     )
 
 

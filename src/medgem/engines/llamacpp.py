@@ -401,7 +401,7 @@ class LlamaCppEngine:
         if n_prompt + 1 > self.n_ctx:
             raise ContextLengthError(
                 f"the prompt takes {n_prompt} tokens but the context holds {self.n_ctx}",
-                "shorten the prompt (fewer images or slices), or load with a larger n_ctx",
+                "shorten the prompt (fewer images or slices), or raise --n-ctx",
             )
         self.last_prompt_tokens = prompt.tokens
         self.last_tokens = []
