@@ -154,3 +154,13 @@ def test_chat_takes_openai_style_messages(direct: MedGemma) -> None:
                       max_new_tokens=5)
     # image before text vs after text differ in layout; both run, token counts are exact
     assert answer.usage.completion_tokens == 5 and same.usage.completion_tokens == 5
+
+
+def test_stop_strings_cut_the_answer_and_stop_generation(direct: MedGemma) -> None:
+    full = direct.ask("Describe this X-ray", images=[XRAY], max_new_tokens=24)
+    assert len(full.raw) > 12
+    stop = full.raw[6:10]
+    cut = direct.ask("Describe this X-ray", images=[XRAY], max_new_tokens=24, stop=[stop])
+    assert cut.raw == full.raw[: full.raw.find(stop)]
+    assert cut.finish_reason == "stop"
+    assert cut.usage.completion_tokens < full.usage.completion_tokens

@@ -66,3 +66,35 @@ def test_second_thought_block_is_kept_out_of_the_answer() -> None:
     assert "<unused" not in answer
     assert answer == "Part one. Part two."
     assert thinking == "ab"
+
+
+# --- stop strings (medgem.stops), the same streaming hold-back idea ---------------------------
+
+
+def run_stops(deltas: list[str], stops: list[str]) -> tuple[str, str, bool]:
+    import threading
+
+    from medgem.engines.base import Finished, TextDelta, Timings, Usage
+    from medgem.stops import apply_stops
+
+    cancel = threading.Event()
+    events = [TextDelta(d) for d in deltas] + [Finished("cancelled", Usage(3, 9), Timings(0.1, 0.2))]
+    out = list(apply_stops(iter(events), stops, cancel))
+    text = "".join(e.text for e in out if isinstance(e, TextDelta))
+    final = out[-1]
+    assert isinstance(final, Finished)
+    return text, final.finish_reason, cancel.is_set()
+
+
+def test_stop_string_split_across_deltas_cuts_and_cancels() -> None:
+    assert run_stops(["Normal ches", "t X-r", "ay.\n\nFind", "ings: none"], ["\n\nFind"]) == (
+        "Normal chest X-ray.", "stop", True)
+
+
+def test_no_stop_string_found_passes_everything_through() -> None:
+    text, reason, cancelled = run_stops(["ab", "c\n", "\nd"], ["\n\nX"])
+    assert (text, reason, cancelled) == ("abc\n\nd", "cancelled", False)
+
+
+def test_earliest_of_several_stops_wins() -> None:
+    assert run_stops(["one END two STOP"], ["STOP", "END"])[0] == "one "

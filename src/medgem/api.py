@@ -6,6 +6,7 @@ builds the engine, builds prompts, checks the context, and assembles answers.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -19,6 +20,7 @@ from medgem.messages import request_from_openai
 from medgem.prompt import build_request, build_volume_request
 from medgem.request import Request
 from medgem.resolve import Checkpoint, resolve_checkpoint
+from medgem.stops import apply_stops
 from medgem.variants import Variant
 
 if TYPE_CHECKING:
@@ -122,8 +124,30 @@ class MedGemma:
         temperature: float = 0.0,
         seed: int | None = None,
         history: Sequence[Any] = (),
+        stop: Sequence[str] = (),
     ) -> Request:
-        """Build the Request for a question; images may be PIL images, files, folders or zips."""
+        """Build the Request for a question; images may be PIL images, files, folders or zips.
+
+        ``stop`` cuts the answer at the first of these strings (any engine).
+        """
+        request = self._request(question, images, system, think, max_new_tokens, temperature,
+                                seed, history)
+        if stop:
+            settings = dataclasses.replace(request.settings, stop=tuple(stop))
+            request = dataclasses.replace(request, settings=settings)
+        return request
+
+    def _request(
+        self,
+        question: str,
+        images: Sequence[Any],
+        system: str | None,
+        think: bool,
+        max_new_tokens: int | None,
+        temperature: float,
+        seed: int | None,
+        history: Sequence[Any],
+    ) -> Request:
         pil_images, sources, volume = _load_images(images)
         if volume is not None:
             return build_volume_request(
@@ -146,7 +170,12 @@ class MedGemma:
                 "drop --image, or use an image model such as google/medgemma-4b-it",
             )
         self.check_context(request)
-        return assemble(self.engine.generate(request, cancel), self.engine.info, self.caveat)
+        if request.settings.stop:
+            cancel = cancel or threading.Event()
+            events = apply_stops(self.engine.generate(request, cancel), request.settings.stop, cancel)
+        else:
+            events = self.engine.generate(request, cancel)
+        return assemble(events, self.engine.info, self.caveat)
 
     def check_context(self, request: Request) -> int:
         """Count the prompt's tokens and refuse a prompt that leaves no room for the answer."""

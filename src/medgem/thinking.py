@@ -122,7 +122,7 @@ class ThinkingSplitter:
             before, self._pending = buf[:index], buf[index + len(marker) :]
             self._state = next_state
             return True, self._emit(kind, before)
-        keep = _partial_suffix(buf, marker)
+        keep = partial_marker_length(buf, marker)
         emit, self._pending = buf[: len(buf) - keep], buf[len(buf) - keep :]
         return False, self._emit(kind, emit)
 
@@ -134,7 +134,7 @@ class ThinkingSplitter:
         return [Piece("thinking", text)]
 
 
-def _partial_suffix(text: str, marker: str) -> int:
+def partial_marker_length(text: str, marker: str) -> int:
     """Length of the longest suffix of ``text`` that is a proper prefix of ``marker``."""
     for size in range(min(len(marker) - 1, len(text)), 0, -1):
         if marker.startswith(text[-size:]):
