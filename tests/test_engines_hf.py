@@ -137,23 +137,36 @@ def test_quantization_on_cpu_points_at_gguf(tiny_vlm_checkpoint: Path) -> None:
         MedGemma.load(tiny_vlm_checkpoint, quantize="4bit", device="cpu", progress=False)
 
 
-def test_chat_takes_openai_style_messages(direct: MedGemma) -> None:
+def test_chat_with_openai_messages_builds_the_same_prompt_as_ask(direct: MedGemma) -> None:
     import base64
     import io
 
     buffer = io.BytesIO()
-    XRAY.save(buffer, format="PNG")
+    XRAY.save(buffer, format="PNG")  # PNG is lossless: the decoded image equals XRAY
     url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
     messages = [
         {"role": "system", "content": "You are an expert radiologist."},
-        {"role": "user", "content": [{"type": "text", "text": "Describe"},
-                                     {"type": "image_url", "image_url": {"url": url}}]},
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                     {"type": "text", "text": "Describe"}]},
     ]
-    answer = direct.chat(messages, max_new_tokens=5)
-    same = direct.ask("Describe", images=[XRAY], system="You are an expert radiologist.",
-                      max_new_tokens=5)
-    # image before text vs after text differ in layout; both run, token counts are exact
-    assert answer.usage.completion_tokens == 5 and same.usage.completion_tokens == 5
+    via_chat = direct.chat(messages, max_new_tokens=6)
+    via_ask = direct.ask("Describe", images=[XRAY], system="You are an expert radiologist.",
+                         max_new_tokens=6)
+    assert via_chat.usage == via_ask.usage
+    assert via_chat.raw == via_ask.raw
+
+
+def test_abandoning_a_stream_stops_generation(direct: MedGemma) -> None:
+    import time
+
+    request = Request((Message("user", (TextPart("Go on"),)),), GenerationSettings(max_new_tokens=2000))
+    stream = direct.generate(request)
+    next(stream)  # the first chunk arrives; then the caller walks away
+    began = time.perf_counter()
+    stream.close()  # joins the worker: without the internal cancel it would run all 2000 tokens
+    assert time.perf_counter() - began < 10
+    after = direct.ask("Next?", max_new_tokens=2)  # the engine serves the next request
+    assert after.usage.completion_tokens == 2
 
 
 def test_stop_strings_cut_the_answer_and_stop_generation(direct: MedGemma) -> None:

@@ -192,13 +192,11 @@ class HFEngine:
         return self.dtype
 
     def count_prompt_tokens(self, request: Request) -> int:
-        if request.images and not self.multimodal:
-            return sum(len(p.text) for m in request.messages for p in m.parts if isinstance(p, TextPart))
         return int(self.encode(request)["input_ids"].shape[-1])
 
     # --- generation ----------------------------------------------------------------------------
 
-    def _generate_kwargs(self, request: Request, streamer: Any, cancel: threading.Event | None) -> dict[str, Any]:
+    def _generate_kwargs(self, request: Request, streamer: Any, cancel: threading.Event) -> dict[str, Any]:
         import transformers
 
         settings = request.settings
@@ -214,12 +212,13 @@ class HFEngine:
             # Greedy: neutralise sampling defaults from generation_config.json.
             kwargs["top_p"] = None
             kwargs["top_k"] = None
-        if cancel is not None:
-            kwargs["stopping_criteria"] = transformers.StoppingCriteriaList([_CancelCriteria(cancel)])
+        kwargs["stopping_criteria"] = transformers.StoppingCriteriaList([_CancelCriteria(cancel)])
         return kwargs
 
     def generate(self, request: Request, cancel: threading.Event | None = None) -> Iterator[EngineEvent]:
         started = time.perf_counter()
+        # Always watched: a caller that stops reading must free the engine, not let it run on.
+        cancel = cancel if cancel is not None else threading.Event()
         streamer = _TokenStreamer(self.tokenizer)
         if request.settings.seed is not None:
             self._torch.manual_seed(request.settings.seed)
@@ -266,7 +265,7 @@ class HFEngine:
         request: Request,
         prompt_tokens: int,
         started: float,
-        cancel: threading.Event | None,
+        cancel: threading.Event,
     ) -> Iterator[EngineEvent]:
         errors: list[BaseException] = []
 
@@ -289,14 +288,14 @@ class HFEngine:
                 if text:
                     yield TextDelta(text)
         finally:
-            if cancel is not None and thread.is_alive():
+            if thread.is_alive():
                 cancel.set()
             thread.join()
         if errors:
             raise errors[0]
         total = time.perf_counter() - started
         completion = streamer.token_count
-        if cancel is not None and cancel.is_set():
+        if cancel.is_set():
             reason: Literal["stop", "length", "cancelled"] = "cancelled"
         elif streamer.hit_eos(self.model.generation_config, self.tokenizer):
             reason = "stop"
