@@ -28,9 +28,6 @@ if TYPE_CHECKING:
 
     from medgem.engines.base import Engine
 
-ImageLike = "Image.Image | str | os.PathLike[str]"
-
-
 class MedGemma:
     """A loaded model behind one engine.
 

@@ -119,7 +119,7 @@ def _looks_like_path(text: str) -> bool:
     return (
         text.startswith(("/", ".", "~"))
         or text.endswith(".gguf")
-        or (os.sep in text.replace("/", os.sep, 1) and not _HUB_ID.match(text))
+        or (("/" in text or os.sep in text) and not _HUB_ID.match(text))
     )
 
 
