@@ -103,14 +103,7 @@ def child_transformers(checkpoint: Path, new_tokens: int) -> dict[str, Any]:
     began = time.perf_counter()
     engine: Any = load_engine("hf", resolve_checkpoint(checkpoint),
                               EngineOptions(dtype="bfloat16", progress=False, check_memory=False))
-    load_s = time.perf_counter() - began
-    text = prompt_of(engine, PROMPT_TOKENS)
-    final = finish(engine, text_request(text, new_tokens))
-    result: dict[str, Any] = {
-        "load_s": load_s, "prompt_tokens": final.usage.prompt_tokens,
-        "prefill_tok_s": final.usage.prompt_tokens / final.timings.first_token_s,
-        "decode_tok_s": final.timings.decode_tokens_per_s,
-    }
+    result = measure_text(engine, new_tokens, time.perf_counter() - began)
     # The vision tower (27 SigLIP layers on 4096 patches): float32 in full; bf16 on its first
     # 3 layers only (the full bf16 tower takes ~4 minutes here) and scaled by the per-layer ratio.
     inner = engine.model.model
@@ -130,6 +123,16 @@ def child_transformers(checkpoint: Path, new_tokens: int) -> dict[str, Any]:
     return result
 
 
+def measure_text(engine: Any, new_tokens: int, load_s: float) -> dict[str, Any]:
+    """Prefill of a PROMPT_TOKENS-long prompt and decode speed, the same for every engine."""
+    final = finish(engine, text_request(prompt_of(engine, PROMPT_TOKENS), new_tokens))
+    return {
+        "load_s": load_s, "prompt_tokens": final.usage.prompt_tokens,
+        "prefill_tok_s": final.usage.prompt_tokens / final.timings.first_token_s,
+        "decode_tok_s": final.timings.decode_tokens_per_s,
+    }
+
+
 def _timed(work: Any) -> float:
     began = time.perf_counter()
     work()
@@ -145,14 +148,7 @@ def child_llamacpp(folder: Path, new_tokens: int) -> dict[str, Any]:
 
     began = time.perf_counter()
     engine: Any = load_engine("llamacpp", resolve_checkpoint(folder), EngineOptions())
-    load_s = time.perf_counter() - began
-    text = prompt_of(engine, PROMPT_TOKENS)
-    final = finish(engine, text_request(text, new_tokens))
-    result: dict[str, Any] = {
-        "load_s": load_s, "prompt_tokens": final.usage.prompt_tokens,
-        "prefill_tok_s": final.usage.prompt_tokens / final.timings.first_token_s,
-        "decode_tok_s": final.timings.decode_tokens_per_s,
-    }
+    result = measure_text(engine, new_tokens, time.perf_counter() - began)
     if engine.capabilities.images:
         image = Image.linear_gradient("L").resize((896, 896)).convert("RGB")
         system = Message("system", (TextPart("You are an expert radiologist."),))
