@@ -75,7 +75,7 @@ def test_describe_prompt_by_modality() -> None:
 def test_shipped_template_folds_system_into_first_user_turn() -> None:
     from jinja2 import Environment
 
-    from medgem.engines.hf import shipped_chat_template
+    from medgem.prompt import shipped_chat_template
 
     template = Environment().from_string(shipped_chat_template())
     text = template.render(

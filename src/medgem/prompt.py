@@ -38,6 +38,13 @@ VOLUME_INSTRUCTION = {
 }
 
 
+def shipped_chat_template() -> str:
+    """The Gemma 3 chat template medgem ships for checkpoints (and GGUFs) that lack one."""
+    from importlib import resources
+
+    return resources.files("medgem.templates").joinpath("gemma3_chat_template.jinja").read_text()
+
+
 def describe_prompt(modality: str | None) -> str:
     """The default question `medgem describe` asks for a modality."""
     return DESCRIBE_PROMPTS.get((modality or "").upper() or None, DESCRIBE_PROMPTS[None])

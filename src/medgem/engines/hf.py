@@ -11,7 +11,6 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from importlib import resources
 from typing import Any, Literal
 
 from medgem.engines import EngineOptions
@@ -30,15 +29,11 @@ from medgem.errors import (
     MissingDependencyError,
     NotACheckpointError,
 )
+from medgem.prompt import shipped_chat_template
 from medgem.request import ImagePart, Request, TextPart
 from medgem.resolve import Checkpoint
 
 Mode = Literal["direct", "pipeline"]
-
-
-def shipped_chat_template() -> str:
-    """The Gemma 3 chat template medgem ships for checkpoints without one."""
-    return resources.files("medgem.templates").joinpath("gemma3_chat_template.jinja").read_text()
 
 
 def load_direct(checkpoint: Checkpoint, options: EngineOptions) -> HFEngine:
