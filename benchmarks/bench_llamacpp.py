@@ -110,7 +110,11 @@ def child_transformers(checkpoint: Path, new_tokens: int) -> dict[str, Any]:
     tower = inner.vision_tower
     pixels = torch.randn(1, 3, 896, 896)
     with torch.inference_mode():
+        # get_image_features runs the projector after the tower: both in float32, or the
+        # projector's bf16 weights meet float32 activations ("expected m1 and m2 to have the
+        # same dtype").
         tower.to(torch.float32)
+        inner.multi_modal_projector.to(torch.float32)
         result["vision_f32_s"] = _timed(lambda: inner.get_image_features(pixel_values=pixels))
         layers = tower.encoder.layers
         tower.encoder.layers = layers[:3]

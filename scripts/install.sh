@@ -14,7 +14,18 @@ else
   python -m pip install --quiet "torch==2.13.0"
   extras="dev"
 fi
+# llama.cpp is built from source (PyPI has no Linux wheels) as a portable build: ggml's runtime
+# CPU dispatch puts one CPU backend per x86-64 level (SSE4.2 ... AVX-512 BF16, AMX) in the wheel
+# and loads the best one this CPU runs, so a wheel cached or copied to another machine never
+# dies with SIGILL. See README "llama.cpp on every CPU".
+export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON -DGGML_BACKEND_DIR:STRING=llama_cpp/lib}"
 python -m pip install --quiet -e ".[${extras}]"
+# pip reuses a wheel it built before, whatever CMAKE_ARGS say: replace a single-CPU build.
+if ! python -c "from medgem.engines.llamacpp_native import cpu_variants; raise SystemExit(not cpu_variants())"; then
+  version=$(python -c "import importlib.metadata as m; print(m.version('llama-cpp-python'))")
+  echo "rebuilding llama-cpp-python $version with runtime CPU dispatch (about 15 minutes on 2 cores)"
+  python -m pip install --quiet --no-cache-dir --force-reinstall --no-deps "llama-cpp-python==$version"
+fi
 # The web page is tested in a real browser: Debian's chromium (never a browser download).
 if [ ! -x /usr/bin/chromium ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -60,6 +60,24 @@ def demo_checkpoint() -> Path:
 
 
 @pytest.fixture(scope="session")
+def llamacpp_probe() -> object:
+    """llama.cpp's kernels run on this CPU, proved in a child process (never in pytest's own)."""
+    pytest.importorskip("llama_cpp")
+    from medgem.engines.llamacpp_native import probe
+
+    return probe(use_cache=False)
+
+
+@pytest.fixture(scope="session")
+def llamacpp_runs(llamacpp_probe: object) -> None:
+    """Gate for every test that runs llama.cpp in-process: a crash there would end the whole
+    run, so when the child probe failed these tests are skipped and the one test
+    `test_llama_cpp_runs_on_this_cpu` fails with the signal and the CPU features."""
+    if not llamacpp_probe.ok:  # type: ignore[attr-defined]
+        pytest.skip("llama.cpp does not run on this CPU; see test_llama_cpp_runs_on_this_cpu")
+
+
+@pytest.fixture(scope="session")
 def chest_xray_dicom() -> Path:
     from medgem.cli.demo import chest_radiograph
 

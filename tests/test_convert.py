@@ -15,6 +15,8 @@ from conftest import run_cli
 
 gguf = pytest.importorskip("gguf")
 pytest.importorskip("llama_cpp")
+# llama.cpp runs in this process below: only after a child process has shown it works here.
+pytestmark = pytest.mark.usefixtures("llamacpp_runs")
 
 from medgem.convert import convert_checkpoint  # noqa: E402
 from medgem.errors import InputError, NotACheckpointError  # noqa: E402

@@ -18,6 +18,8 @@ import pytest
 from conftest import run_cli
 
 pytest.importorskip("llama_cpp")
+# llama.cpp runs in this process below: only after a child process has shown it works here.
+pytestmark = pytest.mark.usefixtures("llamacpp_runs")
 torch = pytest.importorskip("torch")
 
 from medgem.engines import EngineOptions, load_engine  # noqa: E402

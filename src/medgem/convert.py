@@ -355,12 +355,10 @@ def _tensor_progress(say: Progress, label: str) -> Callable[[int, int, str], Non
 def _quantize(source: Path, target: Path, ftype: int, n_params: int, threads: int | None,
               say: Progress) -> None:
     """llama.cpp's quantizer, with the output's growth shown while it runs."""
-    import llama_cpp
-    import llama_cpp.mtmd_cpp
+    from medgem.engines.llamacpp_native import ensure_runs_here, import_llama_cpp
 
-    from medgem.engines.llamacpp import silence_logs
-
-    silence_logs(llama_cpp, llama_cpp.mtmd_cpp)  # the per-tensor log; progress is shown below
+    ensure_runs_here()  # the quantizer is native code too: prove it runs here in a child first
+    llama_cpp, _ = import_llama_cpp()  # its per-tensor log is silenced; progress is shown below
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = threads or len(os.sched_getaffinity(0))

@@ -53,6 +53,27 @@ def installed_engines() -> dict[str, bool]:
     }
 
 
+def llamacpp_report() -> dict[str, Any]:
+    """Whether llama.cpp runs on this CPU (proved in a child process) and with which kernels."""
+    from medgem.engines.llamacpp_native import cpu_variants, probe, use_extra_buffers
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        return {"installed": False, "runs_here": False}
+    variants = cpu_variants()
+    result = probe()
+    compiled = [name for name, value in result.kernels.items() if value == "1"]
+    return {
+        "installed": True,
+        "build": (f"runtime CPU dispatch ({len(variants)} CPU variants)" if variants
+                  else "single build for one CPU (not portable)"),
+        "variants": variants,
+        "runs_here": result.ok,
+        "detail": result.message() if not result.ok else "",
+        "kernels": compiled,
+        "weight_repacking": use_extra_buffers(),
+    }
+
+
 def plan(
     variant: Variant, hardware: Hardware, engines: dict[str, bool], bandwidth_gbs: float
 ) -> dict[str, Any]:
@@ -86,8 +107,13 @@ def plan(
 
 
 def run(args: argparse.Namespace) -> int:
+    from medgem.engines.llamacpp_native import cpu_features, describe_cpu_features
+
     hardware = detect_hardware()
     engines = installed_engines()
+    llama = llamacpp_report()
+    # llama.cpp counts as an engine here only when it has been seen to run on this CPU.
+    engines["llamacpp (llama-cpp-python)"] = bool(llama["runs_here"])
     bandwidth = measure_bandwidth_gbs()
     plans = {variant.key: plan(variant, hardware, engines, bandwidth) for variant in VARIANTS}
     if args.json:
@@ -97,11 +123,13 @@ def run(args: argparse.Namespace) -> int:
             "ram_available_gib": round(hardware.ram_available / GIB, 1),
             "gpus": [{"name": g.name, "total_gib": round(g.total_bytes / GIB, 1),
                       "free_gib": round(g.free_bytes / GIB, 1)} for g in hardware.gpus],
+            "cpu_features": cpu_features(), "llamacpp": llama,
             "memory_bandwidth_gbs": round(bandwidth, 1), "engines": engines, "variants": plans,
         }, indent=2))
         return 0
     print(f"CPU   {hardware.cpu} · {hardware.cores} cores · native bf16: "
           f"{'yes' if hardware.cpu_bf16 else 'no (transformers runs float32 here)'}")
+    print(f"      {describe_cpu_features()}")
     print(f"RAM   {hardware.ram_total / GIB:.1f} GiB total, {hardware.ram_available / GIB:.1f} GiB available, "
           f"~{bandwidth:.0f} GB/s copy bandwidth")
     if hardware.gpus:
@@ -113,6 +141,13 @@ def run(args: argparse.Namespace) -> int:
     print("\nEngines")
     for name, ok in engines.items():
         print(f"  {'✓' if ok else '✗'} {name}")
+    if llama["installed"]:
+        print(f"\nllama.cpp  {llama['build']}")
+        if llama["runs_here"]:
+            print(f"  kernels here: {' '.join(llama['kernels']) or 'baseline x86-64'}; weight "
+                  f"repacking {'on' if llama['weight_repacking'] else 'off (AMX CPU)'}")
+        else:
+            print(f"  ✗ {llama['detail']}")
     print("\nVariants on this machine")
     print(f"  {'variant':<12} {'fits':<5} {'engine':<9} {'precision':<10} {'memory':>9} {'decode estimate':>15}")
     for key, row in plans.items():
@@ -120,14 +155,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {key:<12} {'yes' if row['fits'] else 'no':<5} {row['engine'] or '-':<9} "
               f"{row['precision']:<10} {row['memory_gib']:>6.1f} GiB {ceiling:>15}")
     if not hardware.cuda:
-        if not engines["llamacpp (llama-cpp-python)"]:
+        if llama["installed"] and not llama["runs_here"]:
+            print("\nllama.cpp is installed but does not run on this CPU: reinstall it with "
+                  "scripts/install.sh (portable build); until then the transformers engine runs.")
+        elif not engines["llamacpp (llama-cpp-python)"]:
             print("\nOn a CPU, llama.cpp with a Q4_K_M GGUF is several times faster than "
                   "transformers: pip install 'medgem[llamacpp]', then `medgem convert`.")
         else:
             print("\nRecommended here: `medgem convert CHECKPOINT --quant q4_k_m`, then run the "
-                  ".gguf (engine llamacpp). Measured on 2 cores for 4B: ~12 tok/s decode, 3.8 GB "
-                  "peak RSS, ~50 s to the first token of an image question (the vision tower), "
-                  "under 1 s for a follow-up on the same image.")
+                  ".gguf (engine llamacpp). Decode speed follows the ceilings above (measured "
+                  "at 70-80% of them); an image question's first token waits on the vision "
+                  "tower (~50 s for 4B on 2 cores), a follow-up on the same image under 1 s.")
     print(f"\nDecode ceilings: measured bandwidth {bandwidth:.0f} GB/s / weight bytes "
           "(every weight is read once per token). Image variants include the 0.85 GiB mmproj.")
     return 0

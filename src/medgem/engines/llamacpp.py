@@ -39,12 +39,18 @@ from medgem.engines.base import (
     Usage,
 )
 from medgem.engines.llamacpp_files import FILE_TYPES, check_mmproj, check_model, read_header
+from medgem.engines.llamacpp_native import (
+    ensure_runs_here,
+    import_llama_cpp,
+    llama_context_params,
+    llama_model_params,
+)
 from medgem.errors import (
     ContextLengthError,
     EngineUnavailableError,
     InputError,
-    MissingDependencyError,
     NotACheckpointError,
+    ResourceError,
     UnsupportedInputError,
 )
 from medgem.request import ImagePart, Request, TextPart
@@ -89,14 +95,6 @@ class LlamaCppEngine:
                 "convert the checkpoint first: medgem convert CHECKPOINT --quant q4_k_m, "
                 "or use --engine hf",
             )
-        try:
-            import llama_cpp
-            import llama_cpp.mtmd_cpp as mtmd
-        except ImportError as exc:
-            raise MissingDependencyError("llama-cpp-python", "llamacpp", "the llama.cpp engine") from exc
-        self._llama_cpp = llama_cpp
-        self._mtmd = mtmd
-        silence_logs(llama_cpp, mtmd)
         header = read_header(checkpoint.path)
         check_model(header)
         self._embd = int(header.get("gemma3.embedding_length", 0))
@@ -104,30 +102,36 @@ class LlamaCppEngine:
         self.image_size = 0
         if checkpoint.mmproj is not None:
             self.image_size = check_mmproj(read_header(checkpoint.mmproj, "vision projector"), self._embd)
+        ensure_runs_here()  # a child process proves the kernels run on this CPU first
+        llama_cpp, mtmd = import_llama_cpp()
+        self._llama_cpp = llama_cpp
+        self._mtmd = mtmd
         self.checkpoint = checkpoint
         self._lock = threading.Lock()
         threads = options.threads or max(1, len(os.sched_getaffinity(0)))
         context_length = int(header.get("gemma3.context_length", 131072))
         self.n_ctx = min(options.n_ctx or DEFAULT_N_CTX, context_length)
         self.n_batch = 512
-        try:
-            self._llama = llama_cpp.Llama(
-                model_path=str(checkpoint.path), n_ctx=self.n_ctx, n_batch=self.n_batch,
-                n_ubatch=self.n_batch, n_threads=threads, n_threads_batch=threads,
-                n_gpu_layers=0, swa_full=False, verbose=False,
-                # Flash attention: faster prefill and decode on CPUs (measured 42 vs 32 tok/s
-                # prefill on a 4B shape). No mmap: llama.cpp repacks the weights for its CPU
-                # kernels, and with mmap both copies count (5.0 GB RSS for Q4_K_M 4B vs 3.6 GB).
-                flash_attn=True, use_mmap=False,
-            )
-        except (ValueError, RuntimeError, OSError) as exc:
+        # No mmap: llama.cpp repacks the weights for its CPU kernels, and with mmap both copies
+        # count (5.0 GB RSS for Q4_K_M 4B vs 3.6 GB). Flash attention: faster prefill and decode
+        # on CPUs (measured 42 vs 32 tok/s prefill on a 4B shape).
+        self._model = llama_cpp.llama_model_load_from_file(
+            str(checkpoint.path).encode(), llama_model_params(llama_cpp))
+        if not self._model:
             raise NotACheckpointError(
-                f"llama.cpp could not load '{checkpoint.path.name}' ({exc})",
+                f"llama.cpp could not load '{checkpoint.path.name}'",
                 "the file is corrupt, incomplete or from a newer llama.cpp: convert or download "
                 "it again",
-            ) from exc
-        self._ctx = self._llama._ctx.ctx
-        self._vocab = llama_cpp.llama_model_get_vocab(self._llama._model.model)
+            )
+        self._ctx = llama_cpp.llama_init_from_model(
+            self._model, llama_context_params(llama_cpp, self.n_ctx, self.n_batch, threads))
+        if not self._ctx:
+            llama_cpp.llama_model_free(self._model)
+            raise ResourceError(
+                f"llama.cpp could not allocate a {self.n_ctx}-token context",
+                "lower --n-ctx, or free memory",
+            )
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
         self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
         self._mtmd_ctx: Any = None
         if checkpoint.mmproj is not None:
@@ -137,10 +141,10 @@ class LlamaCppEngine:
             params.n_threads = threads
             params.warmup = False
             self._mtmd_ctx = mtmd.mtmd_init_from_file(
-                str(checkpoint.mmproj).encode(), self._llama._model.model, params
+                str(checkpoint.mmproj).encode(), self._model, params
             )
             if not self._mtmd_ctx:
-                self._llama.close()
+                self._free_model()
                 raise NotACheckpointError(
                     f"llama.cpp could not load the vision projector '{checkpoint.mmproj.name}'",
                     "the file is corrupt or does not belong to this model: convert it again",
@@ -451,7 +455,15 @@ class LlamaCppEngine:
         if self._mtmd_ctx is not None:
             self._mtmd.mtmd_free(self._mtmd_ctx)
             self._mtmd_ctx = None
-        self._llama.close()
+        self._free_model()
+
+    def _free_model(self) -> None:
+        if self._ctx:
+            self._llama_cpp.llama_free(self._ctx)
+            self._ctx = None
+        if self._model:
+            self._llama_cpp.llama_model_free(self._model)
+            self._model = None
 
 
 def _pick(logits: np.ndarray[Any, Any], temperature: float, top_p: float,
@@ -478,22 +490,3 @@ def _compile_template(source: str) -> Any:
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = raise_exception
     return env.from_string(source)
-
-
-_LOG_CALLBACKS: list[Any] = []  # keep the ctypes callbacks alive
-
-
-def silence_logs(llama_cpp: Any, mtmd: Any) -> None:
-    """llama.cpp and libmtmd log every load step to stderr; medgem reports errors itself."""
-    if _LOG_CALLBACKS or os.environ.get("MEDGEM_LLAMA_LOGS"):
-        return
-
-    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
-    def quiet(level: int, text: bytes, user_data: Any) -> None:
-        return None
-
-    _LOG_CALLBACKS.append(quiet)
-    llama_cpp.llama_log_set(quiet, ctypes.c_void_p(0))
-    for setter in ("mtmd_log_set", "mtmd_helper_log_set"):
-        if hasattr(mtmd, setter):
-            getattr(mtmd, setter)(quiet, ctypes.c_void_p(0))

@@ -1,0 +1,482 @@
+"""llama.cpp as native code: pick its CPU kernels for this processor, and prove they run here.
+
+llama.cpp is C++ compiled for a processor. A build made for one CPU (``-march=native``) dies with
+SIGILL on another, and even a matching build can fault in one kernel family: on Intel CPUs with
+AMX, ggml's AMX "extra buffer type" (weights repacked into tiles at load) faults in
+``ggml_backend_amx_mul_mat`` on the 2-core VMs this project runs on. A signal kills the whole
+Python process, so medgem never lets the serving process be the first to run these kernels:
+
+- ``scripts/install.sh`` builds llama-cpp-python with ggml's runtime CPU dispatch
+  (``GGML_BACKEND_DL`` + ``GGML_CPU_ALL_VARIANTS``): one CPU backend per x86-64 level, from SSE4.2
+  to AVX-512 BF16 and AMX, and :func:`import_llama_cpp` loads the best one this CPU runs, so a
+  wheel built on one machine runs on another;
+- ``MEDGEM_LLAMA_CPU_VARIANT=haswell`` (or any variant the build holds) forces one backend, for
+  benchmarks (AVX2-only kernels on a newer CPU) or to step around a faulty one;
+- :func:`llama_model_params` turns the extra buffer types (AMX tiles and the CPU repack) off on
+  CPUs with AMX (measured: no decode or prefill cost there) and keeps them elsewhere;
+- :func:`ensure_runs_here` runs a tiny model through the same kernels in a child process first
+  (:func:`probe`), caches a pass per build and CPU, and turns a crash into an
+  :class:`EngineUnavailableError` that names the signal and the CPU features.
+
+``python -m medgem.engines.llamacpp_native`` is that child: it prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medgem.errors import EngineUnavailableError, MissingDependencyError
+from medgem.hardware import cpu_flags
+
+PROBE_VERSION = 1  # bump when the probe exercises something new, so cached passes are redone
+PROBE_TIMEOUT_S = 180.0
+# The /proc/cpuinfo flags that decide which ggml kernels can run, in the order users know them.
+FEATURES = {"avx2": "AVX2", "fma": "FMA", "f16c": "F16C", "avx512f": "AVX512",
+            "avx512_vnni": "AVX512-VNNI", "avx512_bf16": "AVX512-BF16", "avx_vnni": "AVX-VNNI",
+            "amx_tile": "AMX", "amx_int8": "AMX-INT8", "amx_bf16": "AMX-BF16"}
+AMX_FLAGS = frozenset({"amx_tile", "amx_int8", "amx_bf16"})
+# Quantized file types the probe runs: each brings its own matmul kernels (llama_ftype numbers).
+PROBE_TYPES = {"f16": 1, "q8_0": 7, "q4_k_m": 15}
+
+
+def cpu_features(flags: set[str] | None = None) -> dict[str, bool]:
+    """The CPU features that matter to llama.cpp and transformers, by their usual names."""
+    present = cpu_flags() if flags is None else flags
+    return {name: key in present for key, name in FEATURES.items()}
+
+
+def describe_cpu_features(flags: set[str] | None = None) -> str:
+    """One line, e.g. ``AVX2 ✓ AVX512 ✓ AVX512-BF16 ✓ AMX ✗``."""
+    features = cpu_features(flags)
+    shown = ("AVX2", "AVX512", "AVX512-VNNI", "AVX512-BF16", "AMX")
+    return " ".join(f"{name} {'✓' if features[name] else '✗'}" for name in shown)
+
+
+def use_extra_buffers(flags: set[str] | None = None) -> bool:
+    """Whether llama.cpp may repack weights into its extra buffer types (AMX tiles, CPU repack).
+
+    Off on CPUs with AMX: the AMX kernels fault there, and turning them off cost nothing
+    measurable (4.54 vs 4.70 tok/s decode, 4B Q4_K_M, 2 threads). On: everywhere else, where the
+    repacked Q4 kernels are llama.cpp's fast path. ``MEDGEM_LLAMA_REPACK=on|off`` overrides.
+    """
+    override = os.environ.get("MEDGEM_LLAMA_REPACK", "").strip().lower()
+    if override in ("on", "1", "yes"):
+        return True
+    if override in ("off", "0", "no"):
+        return False
+    present = cpu_flags() if flags is None else flags
+    return not (AMX_FLAGS & present)
+
+
+# --- loading the library ---------------------------------------------------------------------
+
+_LOADED: dict[str, Any] = {}
+
+
+def library_dir() -> Path | None:
+    """Where llama-cpp-python keeps its shared libraries, without importing it."""
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent / "lib"
+
+
+def cpu_variants(lib_dir: Path | None = None) -> list[str]:
+    """The runtime-dispatched CPU backends the build holds (empty for a single native build)."""
+    folder = lib_dir or library_dir()
+    if folder is None or not folder.is_dir():
+        return []
+    names = (path.name for path in folder.glob("libggml-cpu-*.so"))
+    return sorted(name[len("libggml-cpu-"):-len(".so")] for name in names)
+
+
+def import_llama_cpp() -> tuple[Any, Any]:
+    """llama_cpp and its libmtmd bindings, with the best CPU backend for this processor loaded.
+
+    Raises:
+        MissingDependencyError: llama-cpp-python is not installed.
+        EngineUnavailableError: a runtime-dispatch build holds no backend this CPU can run.
+    """
+    try:
+        import llama_cpp
+        import llama_cpp.mtmd_cpp as mtmd
+    except ImportError as exc:
+        raise MissingDependencyError("llama-cpp-python", "llamacpp", "the llama.cpp engine") from exc
+    if "llama_cpp" not in _LOADED:
+        silence_logs(llama_cpp, mtmd)
+        lib_dir = Path(llama_cpp.__file__).parent / "lib"
+        ggml = ctypes.CDLL(str(_mapped_ggml(lib_dir)))
+        forced = os.environ.get("MEDGEM_LLAMA_CPU_VARIANT", "").strip()
+        variants = cpu_variants(lib_dir)
+        if forced:
+            if forced not in variants:
+                raise EngineUnavailableError(
+                    f"MEDGEM_LLAMA_CPU_VARIANT={forced} is not a CPU backend of this llama.cpp "
+                    "build",
+                    f"choose one of: {', '.join(variants) or 'none (a single native build)'}",
+                )
+            ggml.ggml_backend_load.restype = ctypes.c_void_p
+            ggml.ggml_backend_load.argtypes = [ctypes.c_char_p]
+            ggml.ggml_backend_load(str(lib_dir / f"libggml-cpu-{forced}.so").encode())
+        elif variants:
+            # Scores every variant against this CPU and loads the best one it can run.
+            ggml.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
+            ggml.ggml_backend_load_all_from_path(str(lib_dir).encode())
+        ggml.ggml_backend_reg_by_name.restype = ctypes.c_void_p
+        ggml.ggml_backend_reg_by_name.argtypes = [ctypes.c_char_p]
+        if not ggml.ggml_backend_reg_by_name(b"CPU"):
+            raise EngineUnavailableError(
+                "llama.cpp has no CPU backend that runs on this processor "
+                f"({describe_cpu_features()})",
+                "reinstall llama-cpp-python with scripts/install.sh, which builds every CPU variant",
+            )
+        llama_cpp.llama_backend_init()
+        _LOADED["llama_cpp"] = llama_cpp
+        _LOADED["ggml"] = ggml
+    return llama_cpp, mtmd
+
+
+def _mapped_ggml(lib_dir: Path) -> Path:
+    """The libggml that libllama was linked against and the loader already mapped.
+
+    The wheel holds libggml.so, .so.0 and .so.0.x as separate copies; opening another copy would
+    make a second ggml with its own (empty) backend registry.
+    """
+    try:
+        for line in Path("/proc/self/maps").read_text().splitlines():
+            path = line.split(maxsplit=5)[-1]
+            if path.startswith(str(lib_dir)) and Path(path).name.startswith("libggml.so"):
+                return Path(path)
+    except OSError:
+        pass
+    return lib_dir / "libggml.so.0"
+
+
+def kernel_features() -> dict[str, str]:
+    """What the loaded CPU backend was compiled with (AVX2, AVX512_BF16, AMX_INT8, REPACK, ...)."""
+    import_llama_cpp()
+    ggml = _LOADED["ggml"]
+    ggml.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
+    ggml.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    registry = ggml.ggml_backend_reg_by_name(b"CPU")
+    address = ggml.ggml_backend_reg_get_proc_address(registry, b"ggml_backend_get_features")
+    if not address:
+        return {}
+
+    class Feature(ctypes.Structure):
+        _fields_ = [("name", ctypes.c_char_p), ("value", ctypes.c_char_p)]
+
+    getter = ctypes.CFUNCTYPE(ctypes.POINTER(Feature), ctypes.c_void_p)(address)
+    features = getter(registry)
+    found: dict[str, str] = {}
+    index = 0
+    while features[index].name:
+        found[features[index].name.decode()] = (features[index].value or b"").decode()
+        index += 1
+    return found
+
+
+def llama_model_params(llama_cpp: Any, *, use_mmap: bool = False) -> Any:
+    """Model parameters for the CPU: all layers on the CPU, the extra-buffer policy applied."""
+    params = llama_cpp.llama_model_default_params()
+    params.n_gpu_layers = 0
+    params.use_extra_bufts = use_extra_buffers()
+    params.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP if use_mmap else llama_cpp.LLAMA_LOAD_MODE_NONE
+    return params
+
+
+def llama_context_params(llama_cpp: Any, n_ctx: int, n_batch: int, threads: int,
+                         n_seq_max: int = 1) -> Any:
+    """Context parameters: flash attention (faster on CPUs), sliding-window cache kept small."""
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx = n_ctx
+    params.n_batch = n_batch
+    params.n_ubatch = n_batch
+    params.n_seq_max = n_seq_max
+    params.n_threads = threads
+    params.n_threads_batch = threads
+    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+    params.swa_full = False
+    params.no_perf = True
+    return params
+
+
+_LOG_CALLBACKS: list[Any] = []  # keep the ctypes callbacks alive
+
+
+def silence_logs(llama_cpp: Any, mtmd: Any) -> None:
+    """llama.cpp and libmtmd log every load step to stderr; medgem reports errors itself."""
+    if _LOG_CALLBACKS or os.environ.get("MEDGEM_LLAMA_LOGS"):
+        return
+
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+    def quiet(level: int, text: bytes, user_data: Any) -> None:
+        return None
+
+    _LOG_CALLBACKS.append(quiet)
+    llama_cpp.llama_log_set(quiet, ctypes.c_void_p(0))
+    for setter in ("mtmd_log_set", "mtmd_helper_log_set"):
+        if hasattr(mtmd, setter):
+            getattr(mtmd, setter)(quiet, ctypes.c_void_p(0))
+
+
+# --- the probe -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """What a child process found when it ran llama.cpp's kernels on this CPU.
+
+    Attributes:
+        ok: a tiny model was quantized, loaded and decoded in every probed file type.
+        detail: on failure, what happened (the signal, or the child's last error line).
+        kernels: the features the chosen CPU backend was compiled with.
+        extra_buffers: whether weight repacking (AMX / CPU repack) was on.
+        seconds: how long the child ran (0 for a cached pass).
+    """
+
+    ok: bool
+    detail: str = ""
+    kernels: dict[str, str] = field(default_factory=dict)
+    extra_buffers: bool = True
+    seconds: float = 0.0
+    cached: bool = False
+
+    def message(self) -> str:
+        return (f"llama.cpp {self.detail} on this CPU ({_cpu_name()}; {describe_cpu_features()})")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def _cache_file() -> Path | None:
+    """One file per llama.cpp build, CPU and settings: a pass is trusted only for the same ones."""
+    lib_dir = library_dir()
+    if lib_dir is None or not lib_dir.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(lib_dir.glob("*.so")):
+        stat = path.stat()
+        digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    digest.update(" ".join(sorted(cpu_flags())).encode())
+    forced = os.environ.get("MEDGEM_LLAMA_CPU_VARIANT", "")
+    digest.update(f"{_cpu_name()}|{use_extra_buffers()}|{forced}|{PROBE_VERSION}".encode())
+    root = Path(os.environ.get("MEDGEM_CACHE", Path.home() / ".cache" / "medgem"))
+    return root / "llamacpp-probe" / f"{digest.hexdigest()[:24]}.json"
+
+
+def probe(timeout: float = PROBE_TIMEOUT_S, use_cache: bool = True) -> ProbeResult:
+    """Run a tiny model through llama.cpp's kernels in a child process.
+
+    A pass is cached per build and CPU (``MEDGEM_CACHE``); a failure is never cached, so a
+    reinstall is picked up at once. ``use_cache=False`` runs the child whatever the cache says.
+    """
+    cache = _cache_file()
+    if use_cache and cache is not None and cache.is_file():
+        try:
+            data = json.loads(cache.read_text())
+            return ProbeResult(**{**data, "cached": True, "seconds": 0.0})
+        except (OSError, ValueError, TypeError):
+            pass
+    env = {**os.environ, "MEDGEM_LLAMA_PROBE": "0"}
+    started = time.perf_counter()
+    try:
+        child = subprocess.run([sys.executable, "-m", "medgem.engines.llamacpp_native"],
+                               capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return ProbeResult(False, f"did not finish a tiny model in {timeout:.0f} s")
+    seconds = time.perf_counter() - started
+    result = _read_child(child.returncode, child.stdout, child.stderr, seconds)
+    if result.ok and cache is not None:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            fields = asdict(result)
+            fields.pop("cached")
+            cache.write_text(json.dumps(fields))
+        except OSError:
+            pass
+    return result
+
+
+def _read_child(returncode: int, stdout: str, stderr: str, seconds: float) -> ProbeResult:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        why = {"SIGILL": "an instruction this CPU lacks",
+               "SIGSEGV": "a memory fault", "SIGBUS": "a bus error"}.get(name, "a fatal signal")
+        return ProbeResult(False, f"crashed with {name} ({why}) running a tiny model", seconds=seconds)
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    if returncode != 0 or not lines:
+        last = (stderr.strip().splitlines() or ["no output"])[-1]
+        return ProbeResult(False, f"failed on a tiny model (exit {returncode}: {last})", seconds=seconds)
+    data = json.loads(lines[-1])
+    return ProbeResult(True, "", data.get("kernels", {}), bool(data.get("extra_buffers")),
+                       seconds=seconds)
+
+
+def ensure_runs_here() -> ProbeResult | None:
+    """Raise before llama.cpp runs in this process if its kernels crash on this CPU.
+
+    ``MEDGEM_LLAMA_PROBE=0`` skips the check (the probe's own child sets it).
+
+    Raises:
+        EngineUnavailableError: the probe crashed or failed; the message names the signal and
+            the CPU features, the hint what to do.
+    """
+    if os.environ.get("MEDGEM_LLAMA_PROBE", "1") == "0":
+        return None
+    result = probe()
+    if not result.ok:
+        raise EngineUnavailableError(
+            result.message(),
+            "reinstall llama-cpp-python with scripts/install.sh (a portable build with runtime "
+            "CPU dispatch), try MEDGEM_LLAMA_REPACK=off, or use --engine hf",
+        )
+    return result
+
+
+# --- the child ---------------------------------------------------------------------------------
+
+
+def write_tiny_gguf(path: Path, seed: int = 0) -> Path:
+    """A 2-layer Gemma 3 GGUF in float32 (hidden 256 so every K-quant applies), random weights."""
+    import gguf
+    import numpy as np
+
+    hidden, ffn, heads, head_dim, layers = 256, 512, 2, 128, 2
+    rng = np.random.default_rng(seed)
+    writer = gguf.GGUFWriter(str(path), "gemma3")
+    writer.add_name("medgem llama.cpp probe")
+    writer.add_context_length(256)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(1)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_sliding_window(64)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_file_type(0)
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    pieces = [f"<0x{value:02X}>" for value in range(256)]
+    words = [chr(ord("a") + i) for i in range(26)] + ["▁" + chr(ord("a") + i) for i in range(26)]
+    tokens = specials + pieces + words
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores([0.0] * len(specials) + [0.0] * 256 + [-float(i) for i in range(len(words))])
+    writer.add_token_types([3] * len(specials) + [6] * 256 + [1] * len(words))
+    writer.add_pad_token_id(0)
+    writer.add_eos_token_id(1)
+    writer.add_bos_token_id(2)
+    writer.add_unk_token_id(3)
+
+    def weight(*shape: int) -> Any:  # numpy shape = (rows, columns) = GGML (ne1, ne0)
+        return (rng.standard_normal(shape) * 0.05).astype(np.float32)
+
+    writer.add_tensor("token_embd.weight", weight(len(tokens), hidden))
+    writer.add_tensor("output_norm.weight", np.ones(hidden, dtype=np.float32))
+    for index in range(layers):
+        blk = f"blk.{index}"
+        for norm in ("attn_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm"):
+            writer.add_tensor(f"{blk}.{norm}.weight", np.ones(hidden, dtype=np.float32))
+        for norm in ("attn_q_norm", "attn_k_norm"):
+            writer.add_tensor(f"{blk}.{norm}.weight", np.ones(head_dim, dtype=np.float32))
+        writer.add_tensor(f"{blk}.attn_q.weight", weight(heads * head_dim, hidden))
+        writer.add_tensor(f"{blk}.attn_k.weight", weight(head_dim, hidden))
+        writer.add_tensor(f"{blk}.attn_v.weight", weight(head_dim, hidden))
+        writer.add_tensor(f"{blk}.attn_output.weight", weight(hidden, heads * head_dim))
+        writer.add_tensor(f"{blk}.ffn_gate.weight", weight(ffn, hidden))
+        writer.add_tensor(f"{blk}.ffn_up.weight", weight(ffn, hidden))
+        writer.add_tensor(f"{blk}.ffn_down.weight", weight(hidden, ffn))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def _decode_tiny(llama_cpp: Any, path: Path) -> list[int]:
+    """Load, prefill 8 tokens (matrix-matrix kernels), decode 4 (matrix-vector); greedy ids."""
+    import numpy as np
+
+    model = llama_cpp.llama_model_load_from_file(str(path).encode(), llama_model_params(llama_cpp))
+    if not model:
+        raise RuntimeError(f"llama.cpp could not load {path.name}")
+    threads = max(1, len(os.sched_getaffinity(0)))
+    context = llama_cpp.llama_init_from_model(model, llama_context_params(llama_cpp, 64, 16, threads))
+    if not context:
+        llama_cpp.llama_model_free(model)
+        raise RuntimeError("llama.cpp could not make a context")
+    try:
+        n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(model))
+        tokens = [2, 270, 280, 290, 300, 271, 281, 291]
+        picked: list[int] = []
+        for _ in range(5):
+            array = (llama_cpp.llama_token * len(tokens))(*tokens)
+            if llama_cpp.llama_decode(context, llama_cpp.llama_batch_get_one(array, len(tokens))):
+                raise RuntimeError("llama_decode failed")
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(context, -1), shape=(n_vocab,))
+            if not np.isfinite(logits).all():
+                raise RuntimeError("non-finite logits")
+            tokens = [int(np.argmax(logits))]
+            picked.append(tokens[0])
+        return picked
+    finally:
+        llama_cpp.llama_free(context)
+        llama_cpp.llama_model_free(model)
+
+
+def _child() -> int:
+    from medgem.errors import MedgemError
+
+    try:
+        return _run_probe()
+    except (MedgemError, RuntimeError, OSError) as exc:
+        print(str(exc), file=sys.stderr)  # the parent quotes this last line
+        return 1
+
+
+def _run_probe() -> int:
+    llama_cpp, _ = import_llama_cpp()
+    with tempfile.TemporaryDirectory(prefix="medgem-probe-") as folder:
+        source = write_tiny_gguf(Path(folder) / "f32.gguf")
+        runs: dict[str, list[int]] = {}
+        for name, ftype in PROBE_TYPES.items():
+            target = Path(folder) / f"{name}.gguf"
+            params = llama_cpp.llama_model_quantize_default_params()
+            params.ftype = ftype
+            params.nthread = 1
+            if llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(),
+                                              ctypes.byref(params)) != 0:
+                raise RuntimeError(f"llama.cpp could not quantize the probe model to {name}")
+            runs[name] = _decode_tiny(llama_cpp, target)
+    print(json.dumps({"ok": True, "kernels": kernel_features(), "runs": runs,
+                      "extra_buffers": use_extra_buffers()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child())
