@@ -150,6 +150,24 @@ def test_cancel_stops_generation(engine_270m: Any) -> None:
     assert final.usage.completion_tokens <= 5
 
 
+def test_sampling_goes_through_llama_cpp_s_sampler_chain(engine_270m: Any) -> None:
+    """Seeded draws repeat; different seeds part; top-p that keeps one token is greedy."""
+
+    def tokens(settings: GenerationSettings) -> list[int]:
+        request = Request((Message("user", (TextPart("Once upon a time"),)),), settings,
+                          template="completion")
+        list(engine_270m.generate(request))
+        return list(engine_270m.last_tokens)
+
+    greedy = tokens(GenerationSettings(max_new_tokens=12))
+    hot = [tokens(GenerationSettings(max_new_tokens=12, temperature=1.5, seed=seed))
+           for seed in (1, 1, 2, 3)]
+    assert hot[0] == hot[1]
+    assert len({tuple(run) for run in hot}) >= 2  # 3 seeds at temperature 1.5 do not all agree
+    narrow = GenerationSettings(max_new_tokens=12, temperature=1.5, top_p=1e-6, seed=4)
+    assert tokens(narrow) == greedy
+
+
 def test_thinking_markers_come_out_as_text(engine_270m: Any) -> None:
     """Gemma's <unused94>/<unused95> are control tokens; llama.cpp drops those by default."""
     for marker in ("<unused94>", "<unused95>"):

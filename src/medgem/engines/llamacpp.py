@@ -25,8 +25,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from medgem.engines import EngineOptions
 from medgem.engines.base import (
     Capabilities,
@@ -53,7 +51,7 @@ from medgem.errors import (
     ResourceError,
     UnsupportedInputError,
 )
-from medgem.request import ImagePart, Request, TextPart
+from medgem.request import GenerationSettings, ImagePart, Request, TextPart
 from medgem.resolve import Checkpoint
 
 DEFAULT_N_CTX = 8192
@@ -382,11 +380,22 @@ class LlamaCppEngine:
         self._cached = list(prompt.units)
         return vision_s
 
-    def _logits(self) -> np.ndarray[Any, Any]:
-        pointer = self._llama_cpp.llama_get_logits_ith(self._ctx, -1)
-        return np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
-
     # --- generation ----------------------------------------------------------------------------
+
+    def _sampler(self, settings: GenerationSettings) -> Any:
+        """llama.cpp's own sampler chain: greedy (argmax, as transformers' greedy search), or
+        top-p then temperature then a seeded draw."""
+        lib = self._llama_cpp
+        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        if settings.greedy:
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
+            return chain
+        if settings.top_p < 1.0:
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(settings.top_p, 1))
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(settings.temperature))
+        seed = lib.LLAMA_DEFAULT_SEED if settings.seed is None else settings.seed & 0xFFFFFFFF
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(seed))
+        return chain
 
     def generate(self, request: Request, cancel: threading.Event | None = None) -> Iterator[EngineEvent]:
         started = time.perf_counter()
@@ -412,33 +421,36 @@ class LlamaCppEngine:
         reused = self._truncate(self._reusable(prompt.units))
         vision_s = self._evaluate(prompt, len(self._cached), reused)
         prefill_s = time.perf_counter() - started
-        rng = np.random.default_rng(settings.seed)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        budget = min(settings.max_new_tokens, self.n_ctx - n_prompt)
-        first: float | None = None
-        generated = 0
-        reason: FinishReason = "length"
         lib = self._llama_cpp
-        while generated < budget:
-            if cancel is not None and cancel.is_set():
-                reason = "cancelled"
-                break
-            token = _pick(self._logits(), settings.temperature, settings.top_p, rng)
-            generated += 1
-            self.last_tokens.append(token)
-            if first is None:
-                first = time.perf_counter() - started
-            if lib.llama_vocab_is_eog(self._vocab, token):
-                reason = "stop"
-                break
-            text = decoder.decode(self._piece(token))
-            if text:
-                yield TextDelta(text)
-            if generated < budget:
-                self._decode_tokens([token])
-                self._cached.append(_Unit(token, 1))
-        else:
-            reason = "length"
+        sampler = self._sampler(settings)
+        try:
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            budget = min(settings.max_new_tokens, self.n_ctx - n_prompt)
+            first: float | None = None
+            generated = 0
+            reason: FinishReason = "length"
+            while generated < budget:
+                if cancel is not None and cancel.is_set():
+                    reason = "cancelled"
+                    break
+                token = int(lib.llama_sampler_sample(sampler, self._ctx, -1))
+                generated += 1
+                self.last_tokens.append(token)
+                if first is None:
+                    first = time.perf_counter() - started
+                if lib.llama_vocab_is_eog(self._vocab, token):
+                    reason = "stop"
+                    break
+                text = decoder.decode(self._piece(token))
+                if text:
+                    yield TextDelta(text)
+                if generated < budget:
+                    self._decode_tokens([token])
+                    self._cached.append(_Unit(token, 1))
+            else:
+                reason = "length"
+        finally:
+            lib.llama_sampler_free(sampler)
         tail = decoder.decode(b"", final=True)
         if tail:
             yield TextDelta(tail)
@@ -464,21 +476,6 @@ class LlamaCppEngine:
         if self._model:
             self._llama_cpp.llama_model_free(self._model)
             self._model = None
-
-
-def _pick(logits: np.ndarray[Any, Any], temperature: float, top_p: float,
-          rng: np.random.Generator) -> int:
-    """Greedy (argmax, as transformers' greedy search) or temperature + top-p sampling."""
-    if temperature <= 0:
-        return int(np.argmax(logits))
-    scaled = logits.astype(np.float64) / temperature
-    probs = np.exp(scaled - scaled.max())
-    probs /= probs.sum()
-    order = np.argsort(-probs)
-    cumulative = np.cumsum(probs[order])
-    keep = order[: int(np.searchsorted(cumulative, top_p) + 1)]
-    chosen = probs[keep] / probs[keep].sum()
-    return int(rng.choice(keep, p=chosen))
 
 
 def _compile_template(source: str) -> Any:
