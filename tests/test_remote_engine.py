@@ -91,6 +91,28 @@ def test_errors_say_what_to_do(scripted_server: tuple[str, ScriptedEngine], tmp_
         assert RemoteEngine(SCRIPTED_ID, base, api_key=key).info.id == SCRIPTED_ID
 
 
+def test_remote_is_a_registered_engine_and_knows_the_variant(
+        scripted_server: tuple[str, ScriptedEngine]) -> None:
+    """The registry builds it like any engine, and a served variant that cannot think refuses
+    --think here as it does locally (the server named the variant)."""
+    from medgem.engines import EngineOptions, engine_names, load_engine
+    from medgem.errors import UnsupportedInputError
+
+    assert "remote" in engine_names()
+    engine = load_engine("remote", SCRIPTED_ID, EngineOptions(base_url=scripted_server[0]))
+    assert engine.info.engine == "remote"
+    import dataclasses
+
+    served = ScriptedEngine()
+    served.info = dataclasses.replace(served.info, variant="4b-it")
+    app = create_app(ServerConfig(), MedGemma(served), store=open_store(":memory:"))  # type: ignore[arg-type]
+    with serve_in_thread(app) as base:
+        model = MedGemma.load(SCRIPTED_ID, engine="remote", base_url=base)
+        assert model.variant is not None and model.variant.key == "4b-it"
+        with pytest.raises(UnsupportedInputError, match="does not support thinking"):
+            model.ask("q", think=True, max_new_tokens=5)
+
+
 def test_remote_gives_the_local_greedy_tokens(tiny_vlm_checkpoint: Path) -> None:
     local = MedGemma.load(tiny_vlm_checkpoint, engine="hf", device="cpu", progress=False)
     try:

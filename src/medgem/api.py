@@ -21,7 +21,7 @@ from medgem.prompt import build_request, build_volume_request
 from medgem.request import Request
 from medgem.resolve import Checkpoint, resolve_checkpoint
 from medgem.stops import apply_stops
-from medgem.variants import Variant
+from medgem.variants import Variant, find_variant
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -93,12 +93,12 @@ class MedGemma:
             threads=threads,
         )
         if engine == "remote":
-            from medgem.engines.remote import load_remote
-
-            remote = load_remote(str(model), options)
-            return cls(remote, variant=None, caveat=caveat)
+            remote = load_engine("remote", str(model), options)
+            # The server names the variant; its thinking and budgets apply here too.
+            known = find_variant(variant or remote.info.variant or "")
+            return cls(remote, variant=known, caveat=caveat)
         checkpoint = resolve_checkpoint(model, variant=variant, mmproj=mmproj, revision=revision)
-        name = engine if engine != "auto" else choose_engine(checkpoint, _cuda_available())
+        name = engine if engine != "auto" else choose_engine(checkpoint)
         loaded = load_engine(name, checkpoint, options)
         return cls(
             loaded,
@@ -266,11 +266,3 @@ def _load_images(images: Sequence[Any]) -> tuple[list[Image.Image], list[str], s
             )
         return loaded.images, loaded.sources, loaded.volume_modality
     return pil + loaded.images, sources + loaded.sources, None
-
-
-def _cuda_available() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available())

@@ -14,7 +14,7 @@ from medgem.variants import VARIANTS, Variant
 ENGINE_PACKAGES = {
     "hf (transformers)": ("transformers", "torch"),
     "llamacpp (llama-cpp-python)": ("llama_cpp",),
-    "remote (OpenAI-compatible, e.g. vLLM)": ("httpx",),
+    "remote (OpenAI-compatible, e.g. vLLM)": ("openai",),
     "bitsandbytes 4/8-bit": ("bitsandbytes",),
 }
 # The GGUF vision projector (SigLIP tower in f16) that image variants load beside the model.

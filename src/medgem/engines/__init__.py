@@ -30,11 +30,14 @@ class EngineOptions:
     threads: int | None = None
 
 
-# name -> "module:factory". A factory takes (checkpoint, options) and returns an Engine.
+# name -> "module:factory". A factory takes (checkpoint, options) and returns an Engine; the
+# remote engine's "checkpoint" is the served model's name.
 ENGINES: dict[str, str] = {
     "hf": "medgem.engines.hf:load_direct",
     "hf-pipeline": "medgem.engines.hf:load_pipeline",
     "llamacpp": "medgem.engines.llamacpp:load_llamacpp",
+    # The model is the name an OpenAI-compatible server knows, not a local checkpoint.
+    "remote": "medgem.engines.remote:load_remote",
 }
 ALIASES: dict[str, str] = {
     "transformers": "hf", "pipeline": "hf-pipeline", "llama.cpp": "llamacpp", "gguf": "llamacpp",
@@ -45,8 +48,8 @@ def engine_names() -> list[str]:
     return sorted(ENGINES)
 
 
-def load_engine(name: str, checkpoint: Checkpoint, options: EngineOptions) -> Engine:
-    """Build the named engine for a resolved checkpoint.
+def load_engine(name: str, checkpoint: Checkpoint | str, options: EngineOptions) -> Engine:
+    """Build the named engine for a resolved checkpoint (for ``remote``: a served model name).
 
     Raises:
         InputError: an unknown engine name.
@@ -58,13 +61,13 @@ def load_engine(name: str, checkpoint: Checkpoint, options: EngineOptions) -> En
             f"unknown engine '{name}'", f"choose one of: {', '.join(engine_names())}, auto"
         )
     module_name, factory_name = ENGINES[key].split(":")
-    factory: Callable[[Checkpoint, EngineOptions], Engine] = getattr(
+    factory: Callable[[Checkpoint | str, EngineOptions], Engine] = getattr(
         importlib.import_module(module_name), factory_name
     )
     return factory(checkpoint, options)
 
 
-def choose_engine(checkpoint: Checkpoint, cuda_available: bool) -> str:
+def choose_engine(checkpoint: Checkpoint) -> str:
     """The auto choice: GGUF -> llama.cpp; HF checkpoints -> transformers' direct path."""
     if checkpoint.format == "gguf" and "llamacpp" in ENGINES:
         return "llamacpp"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import os
 import threading
 import time
@@ -32,12 +31,15 @@ from medgem.request import ImagePart, Request, TextPart
 from medgem.thinking import THOUGHT_CLOSE, THOUGHT_OPEN
 
 if TYPE_CHECKING:
-    import httpx
+    import openai
 
     from medgem.engines import EngineOptions
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 _TOKENS_PER_IMAGE = 256
+# The reasoning field of a streamed delta: vLLM wrote reasoning_content, and reasoning since
+# late 2025; medgem's own server sends both.
+_REASONING_FIELDS = ("reasoning_content", "reasoning")
 
 
 class RemoteError(MedgemError):
@@ -61,35 +63,34 @@ def load_remote(model: str, options: EngineOptions) -> RemoteEngine:
         EngineUnavailableError: the server cannot be reached.
         RemoteError: the server refused (wrong key, unknown model).
     """
-    base_url = options.base_url or os.environ.get("MEDGEM_BASE_URL") or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+    base_url = (options.base_url or os.environ.get("MEDGEM_BASE_URL")
+                or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL)
     api_key = options.api_key or os.environ.get("MEDGEM_API_KEY") or os.environ.get("OPENAI_API_KEY")
-    return RemoteEngine(model, base_url, api_key)
+    return RemoteEngine(str(model), base_url, api_key)
 
 
 class RemoteEngine:
-    """Streams chat completions over HTTP (server-sent events) with httpx.
+    """Streams chat completions through the official ``openai`` client.
 
     Args:
         model: the server's model id.
         base_url: the API root, e.g. ``http://host:8000/v1`` (``/v1`` is added when missing).
-        api_key: sent as a bearer token.
+        api_key: sent as a bearer token (servers without keys ignore the placeholder sent
+            when there is none).
         timeout: seconds to wait for each read (long prefills of big prompts need minutes).
-        transport: an httpx transport (tests).
     """
 
     name = "remote"
 
-    def __init__(
-        self, model: str, base_url: str, api_key: str | None = None, *, timeout: float = 600.0,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        httpx_module: Any = require("httpx", "remote", "the remote engine")
+    def __init__(self, model: str, base_url: str, api_key: str | None = None, *,
+                 timeout: float = 600.0) -> None:
+        client: Any = require("openai", "remote", "the remote engine")
         root = base_url.rstrip("/")
         self.base_url = root if root.endswith("/v1") else root + "/v1"
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http: httpx.Client = httpx_module.Client(
-            base_url=self.base_url, headers=headers, transport=transport,
-            timeout=httpx_module.Timeout(timeout, connect=10.0),
+        self._openai = client
+        self._client: openai.OpenAI = client.OpenAI(
+            base_url=self.base_url, api_key=api_key or "EMPTY", max_retries=0,
+            timeout=client.Timeout(timeout, connect=10.0),
         )
         card = self._model_card(model)
         meta = card.get("medgem") or {}
@@ -108,20 +109,11 @@ class RemoteEngine:
         )
 
     def _model_card(self, model: str) -> dict[str, Any]:
-        import httpx
-
-        try:
-            response = self._http.get("/models")
-        except httpx.HTTPError as exc:
-            raise EngineUnavailableError(
-                f"cannot reach the server at {self.base_url} ({type(exc).__name__})",
-                "start it (e.g. `medgem serve` or `vllm serve`) or fix --base-url",
-            ) from exc
-        _raise_for_error(response)
-        cards = response.json().get("data", [])
+        with self._errors("cannot reach the server at"):
+            cards = [card.model_dump() for card in self._client.models.list()]
         for card in cards:
             if card.get("id") == model:
-                return dict(card)
+                return card
         served = ", ".join(str(c.get("id")) for c in cards) or "none"
         raise RemoteError(404, f"the server at {self.base_url} does not serve '{model}'",
                           f"it serves: {served}", "model_not_found")
@@ -130,33 +122,24 @@ class RemoteEngine:
 
     def generate(self, request: Request, cancel: threading.Event | None = None) -> Iterator[EngineEvent]:
         """Stream one chat completion; stops (closing the connection) when ``cancel`` is set."""
-        import httpx
-
         started = time.monotonic()
         first: float | None = None
-        body = self._body(request)
         reason: FinishReason = "stop"
-        usage: dict[str, Any] = {}
+        usage: Any = None
         pieces = 0
         in_thought = False
-        try:
-            with self._http.stream("POST", "/chat/completions", json=body) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    _raise_for_error(response)
-                for chunk in _events(response.iter_lines()):
+        with self._errors("the connection failed to"):
+            stream = self._client.chat.completions.create(**self._body(request))
+            with stream:
+                for chunk in stream:
                     if cancel is not None and cancel.is_set():
                         reason = "cancelled"
-                        break
-                    if "error" in chunk:
-                        error = chunk["error"] or {}
-                        raise RemoteError(502, f"the server failed mid-answer: {error.get('message')}", None, error.get("code"))
-                    usage = chunk.get("usage") or usage
-                    for choice in chunk.get("choices") or []:
-                        delta = choice.get("delta") or {}
-                        thought = delta.get("reasoning_content") or delta.get("reasoning")
-                        text = delta.get("content")
-                        for piece, thinking in ((thought, True), (text, False)):
+                        break  # leaving the block closes the connection: the server stops
+                    usage = chunk.usage or usage
+                    for choice in chunk.choices:
+                        extra = choice.delta.model_extra or {}
+                        thought = next((extra[f] for f in _REASONING_FIELDS if extra.get(f)), None)
+                        for piece, thinking in ((thought, True), (choice.delta.content, False)):
                             if not piece:
                                 continue
                             if thinking and not in_thought:
@@ -167,19 +150,40 @@ class RemoteEngine:
                             first = first if first is not None else time.monotonic() - started
                             pieces += 1
                             yield TextDelta(piece)
-                        if choice.get("finish_reason"):
-                            reason = "length" if choice["finish_reason"] == "length" else "stop"
-        except httpx.HTTPError as exc:
-            raise EngineUnavailableError(
-                f"the connection to {self.base_url} failed ({type(exc).__name__})",
-                "check that the server is still running",
-            ) from exc
+                        if choice.finish_reason:
+                            reason = "length" if choice.finish_reason == "length" else "stop"
         if in_thought and reason == "stop":
             yield TextDelta(THOUGHT_CLOSE)  # a finished thought with an empty answer
         total = time.monotonic() - started
-        completion = int(usage.get("completion_tokens") or pieces)
-        prompt = int(usage.get("prompt_tokens") or self.count_prompt_tokens(request))
+        completion = int(getattr(usage, "completion_tokens", 0) or pieces)
+        prompt = int(getattr(usage, "prompt_tokens", 0) or self.count_prompt_tokens(request))
         yield Finished(reason, Usage(prompt, completion), Timings(first or total, total, completion))
+
+    def _errors(self, what: str) -> Any:
+        """The client's exceptions as medgem errors: unreachable, refused, or failed mid-answer."""
+        from contextlib import contextmanager
+
+        openai_module = self._openai
+        base_url = self.base_url
+
+        @contextmanager
+        def mapping() -> Iterator[None]:
+            try:
+                yield
+            except openai_module.APIConnectionError as exc:
+                raise EngineUnavailableError(
+                    f"{what} {base_url} ({type(exc).__name__})",
+                    "start it (e.g. `medgem serve` or `vllm serve`), fix --base-url, or check "
+                    "that it is still running",
+                ) from exc
+            except openai_module.APIStatusError as exc:
+                raise _refused(exc) from exc
+            except openai_module.APIError as exc:  # an error event inside the stream
+                body = exc.body if isinstance(exc.body, dict) else {}
+                raise RemoteError(502, f"the server failed mid-answer: {exc.message}", None,
+                                  body.get("code")) from exc
+
+        return mapping()
 
     def count_prompt_tokens(self, request: Request) -> int:
         """An estimate (the server counts exactly and refuses what does not fit)."""
@@ -187,7 +191,7 @@ class RemoteEngine:
         return chars // 4 + _TOKENS_PER_IMAGE * len(request.images)
 
     def close(self) -> None:
-        self._http.close()
+        self._client.close()
 
     # --- requests ----------------------------------------------------------------------------
 
@@ -230,29 +234,17 @@ def _png_data_url(image: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
-    """Server-sent events' JSON payloads, until ``[DONE]``."""
-    for line in lines:
-        if not line.startswith("data:"):
-            continue
-        data = line[5:].strip()
-        if data == "[DONE]":
-            return
-        if data:
-            yield json.loads(data)
-
-
-def _raise_for_error(response: httpx.Response) -> None:
-    if response.status_code < 400:
-        return
-    try:
-        error = response.json().get("error") or {}
-        message, code = str(error.get("message") or response.text), error.get("code")
-    except ValueError:
-        message, code = response.text[:300], None
+def _refused(exc: Any) -> RemoteError:
+    """An HTTP error answer as a RemoteError with the server's message and a hint."""
+    body: dict[str, Any] = exc.body if isinstance(exc.body, dict) else {}
+    inner = body.get("error")
+    error: dict[str, Any] = inner if isinstance(inner, dict) else body
+    message = str(error.get("message") or exc.message)
+    status = int(exc.status_code)
     hint = None
-    if response.status_code in (401, 403):
+    if status in (401, 403):
         hint = "pass --api-key or set MEDGEM_API_KEY"
-    elif response.status_code == 429:
-        hint = f"the server is busy; retry after {response.headers.get('retry-after', 'a few')} s"
-    raise RemoteError(response.status_code, f"the server refused: {message}", hint, code)
+    elif status == 429:
+        retry = exc.response.headers.get("retry-after", "a few")
+        hint = f"the server is busy; retry after {retry} s"
+    return RemoteError(status, f"the server refused: {message}", hint, error.get("code"))
