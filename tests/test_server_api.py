@@ -105,6 +105,14 @@ def test_models_health_and_metrics(client: openai.OpenAI, server: tuple[str, Aud
     for name in ("medgem_requests_total{", "medgem_tokens_total{kind=\"completion\"}", "medgem_queue_depth ",
                  "medgem_request_duration_seconds_bucket{", "medgem_time_to_first_token_seconds_count"):
         assert name in text
+    # Standard exposition that Prometheus' own parser reads, with process metrics beside ours.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples[("medgem_tokens_total", (("kind", "completion"),))] > 0
+    assert samples[("medgem_answers_total", (("finish_reason", "stop"),))] >= 1
+    assert samples[("process_resident_memory_bytes", ())] > 1e6
     assert "access-control-allow-origin" not in httpx.get(server[0] + "/v1/models", headers={"Origin": "http://evil"}).headers
 
 

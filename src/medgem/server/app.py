@@ -14,7 +14,7 @@ from importlib import resources
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request as HttpRequest
-from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -24,6 +24,7 @@ from medgem.errors import InputError, MedgemError
 from medgem.server.auth import KeyStore
 from medgem.server.config import ServerConfig
 from medgem.server.errors import error_response
+from medgem.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from medgem.server.metrics import Metrics
 from medgem.server.page import PageHandlers
 from medgem.server.serving import Serving
@@ -106,7 +107,7 @@ def create_app(
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return PlainTextResponse(serving.metrics.render(), media_type="text/plain; version=0.0.4")
+        return Response(serving.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     static = resources.files("medgem.server") / "static"
 
