@@ -44,6 +44,39 @@ ALIASES: dict[str, str] = {
 }
 
 
+# The options each engine honours; any other option set away from its default is refused, so
+# a flag is never silently ignored (--n-ctx under transformers, --quantize under llama.cpp).
+HONOURED: dict[str, frozenset[str]] = {
+    "hf": frozenset({"device", "dtype", "quantize"}),
+    "hf-pipeline": frozenset({"device", "dtype", "quantize"}),
+    "llamacpp": frozenset({"n_ctx", "threads"}),
+    "remote": frozenset({"base_url", "api_key"}),
+}
+_FLAGS = {"device": "--device", "dtype": "--dtype", "quantize": "--quantize", "n_ctx": "--n-ctx",
+          "threads": "--threads", "base_url": "--base-url", "api_key": "--api-key"}
+_DEFAULTS = {"device": ("auto", "cpu"), "dtype": ("auto",)}  # llama.cpp runs on the CPU anyway
+
+
+def check_options(name: str, options: EngineOptions) -> None:
+    """Refuse options the named engine cannot honour.
+
+    Raises:
+        InputError: naming the flag, the engine, and which engine takes it.
+    """
+    honoured = HONOURED.get(name)
+    if honoured is None:
+        return
+    for option, flag in _FLAGS.items():
+        value = getattr(options, option)
+        if option in honoured or value is None or value in _DEFAULTS.get(option, ()):
+            continue
+        takers = sorted(engine for engine, names in HONOURED.items() if option in names)
+        raise InputError(
+            f"{flag} does not apply to the {name} engine",
+            f"drop {flag}, or use --engine {' or '.join(takers)}",
+        )
+
+
 def engine_names() -> list[str]:
     return sorted(ENGINES)
 
@@ -60,6 +93,7 @@ def load_engine(name: str, checkpoint: Checkpoint | str, options: EngineOptions)
         raise InputError(
             f"unknown engine '{name}'", f"choose one of: {', '.join(engine_names())}, auto"
         )
+    check_options(key, options)
     module_name, factory_name = ENGINES[key].split(":")
     factory: Callable[[Checkpoint | str, EngineOptions], Engine] = getattr(
         importlib.import_module(module_name), factory_name

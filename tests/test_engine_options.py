@@ -1,0 +1,40 @@
+"""Per-engine options: a flag the chosen engine cannot honour is an error, never ignored."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from medgem.engines import HONOURED, EngineOptions, check_options
+from medgem.errors import InputError
+
+
+def test_each_engine_refuses_what_it_cannot_honour() -> None:
+    with pytest.raises(InputError, match=r"--n-ctx does not apply to the hf engine.*--engine llamacpp"):
+        check_options("hf", EngineOptions(n_ctx=4096))
+    with pytest.raises(InputError, match="--quantize does not apply to the llamacpp engine"):
+        check_options("llamacpp", EngineOptions(quantize="4bit"))
+    with pytest.raises(InputError, match="--device does not apply to the llamacpp engine"):
+        check_options("llamacpp", EngineOptions(device="cuda"))
+    with pytest.raises(InputError, match="--base-url does not apply to the hf-pipeline engine"):
+        check_options("hf-pipeline", EngineOptions(base_url="http://127.0.0.1:1/v1"))
+    with pytest.raises(InputError, match="--threads does not apply to the remote engine"):
+        check_options("remote", EngineOptions(threads=2))
+
+
+def test_defaults_and_honoured_options_pass() -> None:
+    for name in HONOURED:
+        check_options(name, EngineOptions())
+    check_options("llamacpp", EngineOptions(n_ctx=2048, threads=1, device="cpu"))
+    check_options("hf", EngineOptions(device="cpu", dtype="float32"))
+    check_options("remote", EngineOptions(base_url="http://127.0.0.1:1/v1", api_key="k"))
+
+
+def test_cli_n_ctx_under_transformers_is_one_line_before_loading(tiny_vlm_checkpoint: Path) -> None:
+    result = run_cli("ask", "--model", str(tiny_vlm_checkpoint), "--engine", "hf", "--n-ctx", "4096",
+                     "Hi")
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--n-ctx does not apply to the hf engine" in lines[0], result.stderr
