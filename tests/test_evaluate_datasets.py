@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from medgem.evaluate.datasets import DatasetError, read_records
+from medgem.errors import DatasetError
+from medgem.evaluate.datasets import read_records
 from medgem.evaluate.tasks import TaskOptions, get_task
 
 DATA = Path(__file__).parent / "data" / "eval"

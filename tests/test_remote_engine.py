@@ -13,8 +13,8 @@ from PIL import Image
 from medgem.api import MedGemma
 from medgem.audit import open_store
 from medgem.engines.base import Finished, TextDelta
-from medgem.engines.remote import RemoteEngine, RemoteError
-from medgem.errors import EngineUnavailableError
+from medgem.engines.remote import RemoteEngine
+from medgem.errors import EngineUnavailableError, RemoteError
 from medgem.server.app import create_app
 from medgem.server.auth import KeyStore
 from medgem.server.config import ServerConfig

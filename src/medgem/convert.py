@@ -22,18 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medgem.errors import InputError, MedgemError, MissingDependencyError, NotACheckpointError
+from medgem.errors import (
+    ConversionError,
+    InputError,
+    MissingDependencyError,
+    NotACheckpointError,
+)
 from medgem.gguf_writer import PlannedTensor, gguf_target, read_tokenizer, write_gguf
 
 # quant name -> (llama_ftype for the quantizer, general.file_type), None = written directly.
 QUANTS: dict[str, int | None] = {"f16": None, "q8_0": 7, "q4_k_m": 15}
 Progress = Callable[[str], None]
-
-
-class ConversionError(MedgemError):
-    """The converted files failed the check after conversion."""
-
-    code = "conversion_failed"
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,73 @@ class MissingDependencyError(EngineUnavailableError):
         self.extra = extra
 
 
+class QueueFullError(MedgemError):
+    """Too many requests are waiting for the engine."""
+
+    status = 429
+    code = "queue_full"
+
+    def __init__(self, waiting: int, retry_after: int) -> None:
+        super().__init__(
+            f"the server is busy: {waiting} requests are waiting for the model",
+            f"retry after {retry_after} s",
+        )
+        self.retry_after = retry_after
+
+
+class DrainingError(MedgemError):
+    """The server is shutting down and takes no new requests."""
+
+    status = 503
+    code = "server_shutting_down"
+
+
+class ClientDisconnectedError(MedgemError):
+    """The client went away before its request ran."""
+
+    status = 499
+    code = "client_disconnected"
+
+
+class ApiError(MedgemError):
+    """A refusal raised by the server itself, with its own status, code and parameter."""
+
+    def __init__(
+        self, status: int, message: str, hint: str | None = None, *, code: str = "invalid_request_error",
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message, hint)
+        self.status = status
+        self.code = code
+        self.param = param
+
+
+class AuthError(ApiError):
+    """A missing, unknown or revoked API key (401)."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(401, message, hint, code="invalid_api_key")
+
+
+class DatasetError(InputError):
+    """The evaluation data is missing, in the wrong format, or a row lacks a field."""
+
+
+class RemoteError(MedgemError):
+    """An OpenAI-compatible server refused a request; status and code are the server's."""
+
+    def __init__(self, status: int, message: str, hint: str | None, code: str | None) -> None:
+        super().__init__(message, hint)
+        self.status = status if 400 <= status < 600 else 502
+        self.code = code or "remote_error"
+
+
+class ConversionError(MedgemError):
+    """The converted files failed the check after conversion."""
+
+    code = "conversion_failed"
+
+
 def require(module: str, extra: str, purpose: str, package: str | None = None) -> object:
     """Import an optional dependency, or raise a MissingDependencyError naming the extra.
 

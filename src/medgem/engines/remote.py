@@ -26,7 +26,12 @@ from medgem.engines.base import (
     Timings,
     Usage,
 )
-from medgem.errors import EngineUnavailableError, MedgemError, UnsupportedInputError, require
+from medgem.errors import (
+    EngineUnavailableError,
+    RemoteError,
+    UnsupportedInputError,
+    require,
+)
 from medgem.request import ImagePart, Request, TextPart
 from medgem.thinking import THOUGHT_CLOSE, THOUGHT_OPEN
 
@@ -40,15 +45,6 @@ _TOKENS_PER_IMAGE = 256
 # The reasoning field of a streamed delta: vLLM wrote reasoning_content, and reasoning since
 # late 2025; medgem's own server sends both.
 _REASONING_FIELDS = ("reasoning_content", "reasoning")
-
-
-class RemoteError(MedgemError):
-    """The remote server refused a request; status and code are the server's."""
-
-    def __init__(self, status: int, message: str, hint: str | None, code: str | None) -> None:
-        super().__init__(message, hint)
-        self.status = status if 400 <= status < 600 else 502
-        self.code = code or "remote_error"
 
 
 def load_remote(model: str, options: EngineOptions) -> RemoteEngine:

@@ -10,8 +10,9 @@ Typical use::
 
 from __future__ import annotations
 
+from medgem.errors import DatasetError
 from medgem.evaluate.compare import compare_markdown, compare_runs
-from medgem.evaluate.datasets import DatasetError, Record, read_records
+from medgem.evaluate.datasets import Record, read_records
 from medgem.evaluate.report import summarize_run, write_report
 from medgem.evaluate.runner import EvalConfig, PreparedRun, RunOutcome, prepare, run_evaluation
 from medgem.evaluate.tasks import TaskOptions, get_task, task_names

@@ -15,11 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medgem.errors import InputError, require
-
-
-class DatasetError(InputError):
-    """The evaluation data is missing, in the wrong format, or a row lacks a field."""
+from medgem.errors import DatasetError, require
 
 
 @dataclass(frozen=True)

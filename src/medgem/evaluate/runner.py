@@ -20,8 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medgem.errors import InputError, MedgemError, UnsupportedInputError
-from medgem.evaluate.datasets import DatasetError, read_records
+from medgem.errors import DatasetError, InputError, MedgemError, UnsupportedInputError
+from medgem.evaluate.datasets import read_records
 from medgem.evaluate.results import MANIFEST_FILE, RESULTS_FILE, ResultLog
 from medgem.evaluate.tasks import EvalItem, LoadedData, Task, TaskOptions, get_task
 

@@ -8,28 +8,9 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
-from medgem.errors import MedgemError
-from medgem.server.queue import QueueFullError
+from medgem.errors import ApiError, MedgemError, QueueFullError
 
 log = logging.getLogger("medgem.server")
-
-
-class ApiError(MedgemError):
-    """A refusal raised by the server itself, with its own status, code and parameter."""
-
-    def __init__(
-        self, status: int, message: str, hint: str | None = None, *, code: str = "invalid_request_error",
-        param: str | None = None,
-    ) -> None:
-        super().__init__(message, hint)
-        self.status = status
-        self.code = code
-        self.param = param
-
-
-class AuthError(ApiError):
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(401, message, hint, code="invalid_api_key")
 
 
 def validation_error(exc: ValidationError) -> ApiError:

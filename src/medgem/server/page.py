@@ -15,12 +15,12 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response
 
 from medgem.audit import add_review
-from medgem.errors import ImageInputError, MedgemError
+from medgem.errors import ApiError, ImageInputError, MedgemError
 from medgem.inputs import LoadedImages, decode_data_url, images_from_bytes
 from medgem.prompt import build_request, build_volume_request
 from medgem.request import Request
 from medgem.server import protocol as p
-from medgem.server.errors import ApiError, error_response
+from medgem.server.errors import error_response
 from medgem.server.records import digest_inputs
 from medgem.server.serving import Serving
 

@@ -19,40 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from medgem.answer import Answer, FinalChunk, StreamChunk
-from medgem.errors import MedgemError
+from medgem.errors import ClientDisconnectedError, DrainingError, MedgemError, QueueFullError
 from medgem.request import Request
 
 log = logging.getLogger("medgem.server")
 
 RunFn = Callable[[Request, threading.Event], Iterator[StreamChunk]]
-
-
-class QueueFullError(MedgemError):
-    """Too many requests are waiting for the engine."""
-
-    status = 429
-    code = "queue_full"
-
-    def __init__(self, waiting: int, retry_after: int) -> None:
-        super().__init__(
-            f"the server is busy: {waiting} requests are waiting for the model",
-            f"retry after {retry_after} s",
-        )
-        self.retry_after = retry_after
-
-
-class DrainingError(MedgemError):
-    """The server is shutting down and takes no new requests."""
-
-    status = 503
-    code = "server_shutting_down"
-
-
-class CancelledError(MedgemError):
-    """The client went away before its request ran."""
-
-    status = 499
-    code = "client_disconnected"
 
 
 @dataclass(frozen=True)
@@ -188,7 +160,7 @@ class EngineQueue:
     def _serve(self, job: Job) -> None:
         job.started = time.monotonic()
         if job.cancel.is_set():
-            self._finish(job, None, CancelledError("the client disconnected while waiting"))
+            self._finish(job, None, ClientDisconnectedError("the client disconnected while waiting"))
             return
         try:
             chunks = self._run(job.request, job.cancel)

@@ -23,16 +23,15 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from medgem.answer import Answer, AnswerChunk, ThinkingChunk
 from medgem.api import MedGemma
 from medgem.audit import AuditStore
-from medgem.errors import MedgemError
+from medgem.errors import ApiError, AuthError, MedgemError
 from medgem.messages import request_from_openai
 from medgem.request import Request
 from medgem.server import protocol as p
 from medgem.server.auth import KeyStore, bearer_token
 from medgem.server.config import ServerConfig
-from medgem.server.errors import ApiError, AuthError, error_body, error_response, validation_error
+from medgem.server.errors import error_body, error_response, validation_error
 from medgem.server.metrics import Metrics
 from medgem.server.queue import (
-    CancelledError,
     Completed,
     EngineQueue,
     Failed,
@@ -343,4 +342,4 @@ def _too_large(limit: int) -> ApiError:
                     "send smaller or fewer images", code="request_too_large")
 
 
-__all__ = ["CancelledError", "ClientGone", "JobReader", "Serving"]
+__all__ = ["ClientGone", "JobReader", "Serving"]

@@ -153,7 +153,7 @@ def item_id(record: Record, *names: str) -> str:
 
 def check_unique(items: Sequence[EvalItem]) -> None:
     """Refuse duplicate item ids: results are keyed by id, duplicates would be counted once."""
-    from medgem.evaluate.datasets import DatasetError
+    from medgem.errors import DatasetError
 
     seen: dict[str, EvalItem] = {}
     for item in items:

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from medgem.evaluate.datasets import DatasetError, Record, row_error
+from medgem.errors import DatasetError
+from medgem.evaluate.datasets import Record, row_error
 from medgem.evaluate.extract import answer_part, extract_findings
 from medgem.evaluate.metrics import Interval, bootstrap_interval, macro_f1
 from medgem.evaluate.tasks.base import (
