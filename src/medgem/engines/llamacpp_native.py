@@ -68,8 +68,11 @@ def use_extra_buffers(flags: set[str] | None = None) -> bool:
     """Whether llama.cpp may repack weights into its extra buffer types (AMX tiles, CPU repack).
 
     Off on CPUs with AMX: the AMX kernels fault there, and turning them off cost nothing
-    measurable (4.54 vs 4.70 tok/s decode, 4B Q4_K_M, 2 threads). On: everywhere else, where the
-    repacked Q4 kernels are llama.cpp's fast path. ``MEDGEM_LLAMA_REPACK=on|off`` overrides.
+    measurable (4.54 vs 4.70 tok/s decode, 4B Q4_K_M, 2 threads). On everywhere else, for
+    decode: with the AVX2 backend 10.9 vs 9.6 tok/s, with AVX-512 12.2 vs 10.0 tok/s (4B
+    Q4_K_M, 2 cores, benchmarks/bench_llamacpp_builds.py). Repacking slows prefill there (75 vs
+    120 tok/s with AVX-512), which only wins for very long prompts (CT volumes).
+    ``MEDGEM_LLAMA_REPACK=on|off`` overrides.
     """
     override = os.environ.get("MEDGEM_LLAMA_REPACK", "").strip().lower()
     if override in ("on", "1", "yes"):
