@@ -18,9 +18,9 @@ pytest.importorskip("llama_cpp")
 # llama.cpp runs in this process below: only after a child process has shown it works here.
 pytestmark = pytest.mark.usefixtures("llamacpp_runs")
 
-from medgem.convert import convert_checkpoint  # noqa: E402
+from medgem.engines.gguf.convert import convert_checkpoint  # noqa: E402
+from medgem.engines.gguf.write import read_sentencepiece  # noqa: E402
 from medgem.errors import InputError, NotACheckpointError  # noqa: E402
-from medgem.gguf_writer import _read_sentencepiece  # noqa: E402
 
 
 def fields(path: Path) -> dict[str, Any]:
@@ -175,7 +175,7 @@ def test_sentencepiece_model_is_read_exactly() -> None:
         return b"\x0a" + bytes([len(body)]) + body
 
     proto = piece("<pad>", 0.0, 3) + piece("▁the", -1.5, None) + piece("  ", 0.0, 4) + b"\x12\x02\x08\x01"
-    tokens, scores, types = _read_sentencepiece(proto)
+    tokens, scores, types = read_sentencepiece(proto)
     assert tokens == ["<pad>", "▁the", "  "]
     assert scores == [0.0, -1.5, 0.0]
     assert types == [3, 1, 4]

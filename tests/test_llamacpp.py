@@ -274,7 +274,7 @@ def test_corrupt_and_truncated_files_are_refused(tmp_path: Path, converted_vlm: 
 
 
 def test_an_mmproj_from_another_model_is_refused(converted_vlm: Path, tmp_path: Path) -> None:
-    from medgem.convert import convert_checkpoint
+    from medgem.engines.gguf.convert import convert_checkpoint
     from medgem.synthetic import Shape, build_checkpoint
 
     wider = build_checkpoint(tmp_path / "wider", shape=Shape(hidden=96, head_dim=48))

@@ -27,7 +27,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medgem.convert import convert_checkpoint, print_progress
+    from medgem.engines.gguf.convert import convert_checkpoint, print_progress
 
     result = convert_checkpoint(
         args.checkpoint, args.quant, args.out, progress=print_progress,

@@ -36,7 +36,7 @@ from medgem.engines.base import (
     Timings,
     Usage,
 )
-from medgem.engines.llamacpp_files import FILE_TYPES, check_mmproj, check_model, read_header
+from medgem.engines.gguf.read import check_mmproj, check_model, file_type_name, read_header
 from medgem.engines.llamacpp_native import (
     ensure_runs_here,
     import_llama_cpp,
@@ -159,7 +159,7 @@ class LlamaCppEngine:
         self.last_tokens: list[int] = []  # the last answer's token ids (for checks and tests)
         markers = (self._token_id("<unused94>"), self._token_id("<unused95>"))
         self._thinking_ids = {token for token in markers if token >= 0}
-        file_type = FILE_TYPES.get(int(header.get("general.file_type", -1)), "unknown")
+        file_type = file_type_name(int(header.get("general.file_type", -1)))
         variant = checkpoint.variant
         demo_id = str(header.get("medgem.demo", ""))
         name = str(header.get("general.name", ""))

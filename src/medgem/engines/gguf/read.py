@@ -2,6 +2,10 @@
 
 llama.cpp answers a wrong file with a log line and a null pointer; reading the GGUF header
 here (without loading tensors) lets medgem say what is wrong and what to do instead.
+
+The header is read with a small reader of its own rather than ``gguf.GGUFReader``: that one
+parses every token string of the vocabulary into arrays and took 13.4 s on the 270M demo GGUF
+(262,144 tokens) against 0.18 s here, on every model load.
 """
 
 from __future__ import annotations
@@ -17,12 +21,6 @@ _MAGIC = b"GGUF"
 # GGUF value types -> struct format (scalars); 8 = string, 9 = array.
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _SMALL_ARRAY = 64  # arrays longer than this are skipped (token lists), only their length is kept
-# general.file_type -> the name users know.
-FILE_TYPES = {0: "f32", 1: "f16", 2: "q4_0", 3: "q4_1", 7: "q8_0", 8: "q5_0", 9: "q5_1",
-              10: "q2_k", 11: "q3_k_s", 12: "q3_k_m", 13: "q3_k_l", 14: "q4_k_s", 15: "q4_k_m",
-              16: "q5_k_s", 17: "q5_k_m", 18: "q6_k", 32: "bf16"}
-
-
 @dataclass(frozen=True)
 class GGUFHeader:
     """Key/values (long arrays as their length) and tensor shapes (GGML order: ne[0] first)."""
@@ -110,6 +108,17 @@ def read_header(path: Path, what: str = "model") -> GGUFHeader:
             "(medgem convert CHECKPOINT --quant q4_k_m)",
         ) from exc
     return GGUFHeader(path, fields, tensors)
+
+
+def file_type_name(code: int) -> str:
+    """``general.file_type`` as users name it: 15 -> "q4_k_m", 1 -> "f16"."""
+    from gguf import LlamaFileType
+
+    try:
+        name = LlamaFileType(code).name
+    except ValueError:
+        return "unknown"
+    return name.removeprefix("MOSTLY_").removeprefix("ALL_").lower()
 
 
 def check_model(header: GGUFHeader) -> None:

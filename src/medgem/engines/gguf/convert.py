@@ -22,13 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medgem.errors import (
-    ConversionError,
-    InputError,
-    MissingDependencyError,
-    NotACheckpointError,
-)
-from medgem.gguf_writer import PlannedTensor, gguf_target, read_tokenizer, write_gguf
+from medgem.engines.gguf.write import PlannedTensor, gguf_target, read_tokenizer, write_gguf
+from medgem.errors import ConversionError, InputError, NotACheckpointError, require
 
 # quant name -> (llama_ftype for the quantizer, general.file_type), None = written directly.
 QUANTS: dict[str, int | None] = {"f16": None, "q8_0": 7, "q4_k_m": 15}
@@ -79,9 +74,9 @@ def convert_checkpoint(
     if quant not in QUANTS:
         raise InputError(f"unknown quantization '{quant}'", f"use one of: {', '.join(QUANTS)}")
     for module, extra in (("gguf", "hf"), ("safetensors", "hf"), ("torch", "hf")):
-        _require(module, extra)
+        require(module, extra, "medgem convert")
     if QUANTS[quant] is not None:
-        _require("llama_cpp", "llamacpp", "llama-cpp-python")
+        require("llama_cpp", "llamacpp", "medgem convert", "llama-cpp-python")
     say = progress or (lambda _: None)
     started = time.perf_counter()
     checkpoint = resolve_checkpoint(spec)
@@ -118,15 +113,6 @@ def convert_checkpoint(
         seconds=time.perf_counter() - started, model_bytes=model_path.stat().st_size,
         mmproj_bytes=mmproj_path.stat().st_size if mmproj_path else 0, check=check,
     )
-
-
-def _require(module: str, extra: str, package: str | None = None) -> None:
-    import importlib
-
-    try:
-        importlib.import_module(module)
-    except ImportError as exc:
-        raise MissingDependencyError(package or module, extra, "medgem convert") from exc
 
 
 # --- reading the checkpoint --------------------------------------------------------------------

@@ -9,44 +9,23 @@ RMSNorm weight is stored plus one. SigLIP's LayerNorms are ordinary and stored a
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from gguf import TokenType
 
-# llama.cpp token types (llama_token_type): the values official Gemma GGUFs carry.
-NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+# llama.cpp token types, as official Gemma GGUFs carry them (SentencePiece uses the same numbers).
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = (
+    int(TokenType.NORMAL), int(TokenType.UNKNOWN), int(TokenType.CONTROL),
+    int(TokenType.USER_DEFINED), int(TokenType.UNUSED), int(TokenType.BYTE))
 
-_TEXT_LAYER = {
-    "input_layernorm": "attn_norm",
-    "self_attn.q_proj": "attn_q",
-    "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output",
-    "self_attn.q_norm": "attn_q_norm",
-    "self_attn.k_norm": "attn_k_norm",
-    "post_attention_layernorm": "post_attention_norm",
-    "pre_feedforward_layernorm": "ffn_norm",
-    "post_feedforward_layernorm": "post_ffw_norm",
-    "mlp.gate_proj": "ffn_gate",
-    "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down",
-}
-_VISION_LAYER = {
-    "layer_norm1": "ln1",
-    "layer_norm2": "ln2",
-    "self_attn.q_proj": "attn_q",
-    "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v",
-    "self_attn.out_proj": "attn_out",
-    "mlp.fc1": "ffn_up",
-    "mlp.fc2": "ffn_down",
-}
+_MAX_BLOCKS = 128  # enough for every Gemma 3 size (27B has 62 text and 27 vision layers)
 _TEXT_PREFIX = re.compile(r"^(?:model\.)?(?:language_model\.)?(?:model\.)?(?=embed_tokens|layers|norm)")
 _VISION_PREFIX = re.compile(r"^(?:model\.)?vision_tower\.(?:vision_model\.)?")
 _PROJECTOR_PREFIX = re.compile(r"^(?:model\.)?multi_modal_projector\.")
@@ -69,46 +48,40 @@ class TensorTarget:
 
 def gguf_target(hf_name: str) -> TensorTarget | None:
     """The GGUF name for an HF Gemma 3 tensor, or None for tensors GGUF does not keep
-    (the tied ``lm_head``).
+    (the tied ``lm_head``). Names come from the ``gguf`` package's tensor maps for ``gemma3``
+    and ``mmproj``, after the checkpoint's wrapper prefixes are normalised.
 
     Raises:
         KeyError: a tensor this converter does not know (a different architecture).
     """
     if hf_name.endswith("lm_head.weight"):
         return None
-    if _TEXT_PREFIX.match(hf_name) and not _VISION_PREFIX.match(hf_name):
-        rest = _TEXT_PREFIX.sub("", hf_name)
-        if rest == "embed_tokens.weight":
-            return TensorTarget("token_embd.weight", "text")
-        if rest == "norm.weight":
-            return TensorTarget("output_norm.weight", "text", gemma_norm=True)
-        match = re.fullmatch(r"layers\.(\d+)\.(.+)\.(weight|bias)", rest)
-        if match and match.group(2) in _TEXT_LAYER:
-            short = _TEXT_LAYER[match.group(2)]
-            return TensorTarget(f"blk.{match.group(1)}.{short}.{match.group(3)}", "text",
-                                gemma_norm=short.endswith("norm"))
-    elif _VISION_PREFIX.match(hf_name):
-        rest = _VISION_PREFIX.sub("", hf_name)
-        fixed = {
-            "embeddings.patch_embedding.weight": "v.patch_embd.weight",
-            "embeddings.patch_embedding.bias": "v.patch_embd.bias",
-            "embeddings.position_embedding.weight": "v.position_embd.weight",
-            "post_layernorm.weight": "v.post_ln.weight",
-            "post_layernorm.bias": "v.post_ln.bias",
-        }
-        if rest in fixed:
-            return TensorTarget(fixed[rest], "vision")
-        match = re.fullmatch(r"encoder\.layers\.(\d+)\.(.+)\.(weight|bias)", rest)
-        if match and match.group(2) in _VISION_LAYER:
-            short = _VISION_LAYER[match.group(2)]
-            return TensorTarget(f"v.blk.{match.group(1)}.{short}.{match.group(3)}", "vision")
+    if _VISION_PREFIX.match(hf_name):
+        key, part = "vision_tower.vision_model." + _VISION_PREFIX.sub("", hf_name), "vision"
     elif _PROJECTOR_PREFIX.match(hf_name):
         rest = _PROJECTOR_PREFIX.sub("", hf_name)
-        if rest == "mm_input_projection_weight":
+        if rest == "mm_input_projection_weight":  # a bare parameter: the maps have no entry
             return TensorTarget("mm.input_projection.weight", "vision")
-        if rest == "mm_soft_emb_norm.weight":
-            return TensorTarget("mm.soft_emb_norm.weight", "vision", gemma_norm=True)
-    raise KeyError(hf_name)
+        key, part = "multi_modal_projector." + rest, "vision"
+    elif _TEXT_PREFIX.match(hf_name):
+        key, part = "model." + _TEXT_PREFIX.sub("", hf_name), "text"
+    else:
+        raise KeyError(hf_name)
+    name = _name_map(part).get_name(key, try_suffixes=(".weight", ".bias"))
+    if name is None:
+        raise KeyError(hf_name)
+    # Gemma RMSNorms (text norms and the projector's soft-embedding norm) store 1 + weight.
+    stem = name.rsplit(".", 1)[0]
+    gemma_norm = stem.endswith("norm") and (part == "text" or stem == "mm.soft_emb_norm")
+    return TensorTarget(name, part, gemma_norm=gemma_norm)
+
+
+@functools.lru_cache(maxsize=2)
+def _name_map(part: str) -> Any:
+    import gguf
+
+    arch = gguf.MODEL_ARCH.GEMMA3 if part == "text" else gguf.MODEL_ARCH.MMPROJ
+    return gguf.get_tensor_name_map(arch, _MAX_BLOCKS)
 
 
 # --- tokenizer ---------------------------------------------------------------------------------
@@ -144,7 +117,7 @@ def read_tokenizer(folder: Path, vocab_size: int) -> TokenizerData:
     """
     special = _special_ids(folder)
     if (folder / "tokenizer.model").is_file():
-        tokens, scores, types = _read_sentencepiece((folder / "tokenizer.model").read_bytes())
+        tokens, scores, types = read_sentencepiece((folder / "tokenizer.model").read_bytes())
         _add_json_extras(folder, tokens, scores, types)
         source = "tokenizer.model"
     elif (folder / "tokenizer.json").is_file():
@@ -231,58 +204,17 @@ def _add_json_extras(folder: Path, tokens: list[str], scores: list[float], types
         scores[index] = -1000.0
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
+def read_sentencepiece(data: bytes) -> tuple[list[str], list[float], list[int]]:
+    """Pieces, scores and types of a SentencePiece ``tokenizer.model`` (its ModelProto).
 
+    The piece types use llama.cpp's token-type numbers, which are SentencePiece's own.
+    """
+    from sentencepiece import sentencepiece_model_pb2
 
-def _fields(data: bytes) -> Iterator[tuple[int, int, Any]]:
-    """(field number, wire type, value) of a protobuf message: enough for SentencePiece."""
-    pos = 0
-    while pos < len(data):
-        key, pos = _varint(data, pos)
-        number, wire = key >> 3, key & 7
-        value: Any
-        if wire == 0:
-            value, pos = _varint(data, pos)
-        elif wire == 1:
-            value, pos = data[pos : pos + 8], pos + 8
-        elif wire == 2:
-            length, pos = _varint(data, pos)
-            value, pos = data[pos : pos + length], pos + length
-        elif wire == 5:
-            value, pos = data[pos : pos + 4], pos + 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-        yield number, wire, value
-
-
-def _read_sentencepiece(data: bytes) -> tuple[list[str], list[float], list[int]]:
-    """Pieces (field 1 of ModelProto), each {1: piece, 2: score, 3: type} (type default 1)."""
-    tokens: list[str] = []
-    scores: list[float] = []
-    types: list[int] = []
-    for number, wire, value in _fields(data):
-        if number != 1 or wire != 2:
-            continue
-        piece, score, kind = "", 0.0, NORMAL
-        for sub_number, _, sub_value in _fields(value):
-            if sub_number == 1:
-                piece = sub_value.decode("utf-8")
-            elif sub_number == 2:
-                score = struct.unpack("<f", sub_value)[0]
-            elif sub_number == 3:
-                kind = int(sub_value)
-        tokens.append(piece)
-        scores.append(score)
-        types.append(kind)
-    return tokens, scores, types
+    proto = sentencepiece_model_pb2.ModelProto()  # type: ignore[attr-defined]
+    proto.ParseFromString(data)
+    return ([piece.piece for piece in proto.pieces], [piece.score for piece in proto.pieces],
+            [int(piece.type) for piece in proto.pieces])
 
 
 # --- streaming writer --------------------------------------------------------------------------
