@@ -198,9 +198,9 @@ def ensure_checkpoint(folder: Path) -> Path:
 def ensure_gguf(checkpoint: Path, quant: str) -> Path:
     out = checkpoint.parent / f"{checkpoint.name}-gguf-{quant}"
     if not (out / "model.gguf").exists():
-        from medgem.engines.gguf.convert import convert_checkpoint, print_progress
+        from medgem.engines.gguf.convert import convert_checkpoint
 
-        convert_checkpoint(checkpoint, quant, out, progress=print_progress)
+        convert_checkpoint(checkpoint, quant, out, progress=True)
     return out
 
 

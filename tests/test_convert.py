@@ -139,7 +139,8 @@ def test_cli_convert_q8_0_in_a_subprocess(tiny_text_checkpoint: Path, tmp_path: 
     out = tmp_path / "q8"
     result = run_cli("convert", str(tiny_text_checkpoint), "--quant", "q8_0", "--out", str(out))
     assert result.returncode == 0, result.stderr
-    assert "quantizing" in result.stderr and "checked:" in result.stderr
+    # Not a terminal: no progress bars, only the result on stdout.
+    assert "quantizing" not in result.stderr and "check:  tokenizer matches" in result.stdout
     assert "llama_model_loader" not in result.stderr  # llama.cpp's own log stays quiet
     assert (out / "model.gguf").is_file() and not (out / "mmproj.gguf").exists()  # text-only
     assert fields(out / "model.gguf")["general.file_type"] == 7
@@ -179,3 +180,37 @@ def test_sentencepiece_model_is_read_exactly() -> None:
     assert tokens == ["<pad>", "▁the", "  "]
     assert scores == [0.0, -1.5, 0.0]
     assert types == [3, 1, 4]
+
+
+def test_cli_convert_shows_progress_bars_on_a_terminal(tiny_text_checkpoint: Path,
+                                                       tmp_path: Path) -> None:
+    """stderr on a pseudo-terminal, as a person runs it: tqdm bars that reach 100%."""
+    import fcntl
+    import os
+    import pty
+    import subprocess
+    import sys
+    import termios
+
+    from conftest import REPO
+
+    primary, secondary = pty.openpty()
+    # A terminal 100 columns wide, as a person's is (a new pty has 0 columns: bars print nothing).
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    child = subprocess.Popen(
+        [sys.executable, "-m", "medgem", "convert", str(tiny_text_checkpoint), "--quant", "q8_0",
+         "--out", str(tmp_path / "q8")], stdout=subprocess.PIPE, stderr=secondary, cwd=REPO)
+    os.close(secondary)
+    shown = b""
+    while True:
+        try:
+            data = os.read(primary, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        shown += data
+    assert child.wait(timeout=300) == 0
+    text = shown.decode(errors="replace")
+    assert "writing model.unquantized.gguf" in text and "tensor" in text
+    assert "quantizing to q8_0" in text and "100%" in text.split("quantizing to q8_0")[-1]

@@ -27,10 +27,10 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medgem.engines.gguf.convert import convert_checkpoint, print_progress
+    from medgem.engines.gguf.convert import convert_checkpoint
 
     result = convert_checkpoint(
-        args.checkpoint, args.quant, args.out, progress=print_progress,
+        args.checkpoint, args.quant, args.out, progress=True,
         verify=not args.no_check, threads=args.threads,
     )
     if args.json:

@@ -27,7 +27,6 @@ from medgem.errors import ConversionError, InputError, NotACheckpointError, requ
 
 # quant name -> (llama_ftype for the quantizer, general.file_type), None = written directly.
 QUANTS: dict[str, int | None] = {"f16": None, "q8_0": 7, "q4_k_m": 15}
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ def convert_checkpoint(
     quant: str = "q4_k_m",
     out: Path | None = None,
     *,
-    progress: Progress | None = None,
+    progress: bool = False,
     verify: bool = True,
     threads: int | None = None,
 ) -> ConversionResult:
@@ -56,7 +55,7 @@ def convert_checkpoint(
         spec: checkpoint folder, variant key or hub id (resolved like every medgem command).
         quant: "q4_k_m", "q8_0" or "f16".
         out: output folder (default: ``<checkpoint name>-gguf-<quant>`` in the working folder).
-        progress: receives one-line status updates.
+        progress: show progress bars with ETA on stderr (only when it is a terminal).
         verify: load the result with llama.cpp and check it.
         threads: quantizer threads (default: all cores).
 
@@ -77,7 +76,6 @@ def convert_checkpoint(
         require(module, extra, "medgem convert")
     if QUANTS[quant] is not None:
         require("llama_cpp", "llamacpp", "medgem convert", "llama-cpp-python")
-    say = progress or (lambda _: None)
     started = time.perf_counter()
     checkpoint = resolve_checkpoint(spec)
     if checkpoint.format != "hf":
@@ -91,23 +89,19 @@ def convert_checkpoint(
     text_plan, vision_plan = _plan(tensors, quant)
     model_path = out / "model.gguf"
     raw_path = model_path if QUANTS[quant] is None else out / "model.unquantized.gguf"
-    say(f"writing {raw_path.name} ({len(text_plan)} tensors)")
     write_gguf(raw_path, "gemma3", lambda w: _text_metadata(w, folder, config, checkpoint.model_id),
-               text_plan, _tensor_progress(say, raw_path.name))
+               text_plan, _tensor_bar(progress, raw_path.name, len(text_plan)))
     quant_code = QUANTS[quant]
     if quant_code is not None:
-        say(f"quantizing to {quant}")
         n_params = sum(math.prod(t.shape) for t in text_plan)
-        _quantize(raw_path, model_path, quant_code, n_params, threads, say)
+        _quantize(raw_path, model_path, quant_code, n_params, threads, progress, quant)
         raw_path.unlink()
     mmproj_path: Path | None = None
     if vision_plan:
         mmproj_path = out / "mmproj.gguf"
-        say(f"writing {mmproj_path.name} ({len(vision_plan)} tensors)")
         write_gguf(mmproj_path, "clip", lambda w: _vision_metadata(w, folder, config),
-                   vision_plan, _tensor_progress(say, mmproj_path.name))
+                   vision_plan, _tensor_bar(progress, mmproj_path.name, len(vision_plan)))
     check = verify_conversion(folder, model_path, mmproj_path) if verify else "not checked"
-    say(f"checked: {check}")
     return ConversionResult(
         model=model_path, mmproj=mmproj_path, quant=quant,
         seconds=time.perf_counter() - started, model_bytes=model_path.stat().st_size,
@@ -325,45 +319,56 @@ def _vision_metadata(writer: Any, folder: Path, config: Any) -> None:
 # --- quantizing and checking -------------------------------------------------------------------
 
 
-def _tensor_progress(say: Progress, label: str) -> Callable[[int, int, str], None]:
-    last = [0.0]
+def _bar(progress: bool, **options: Any) -> Any:
+    """A tqdm bar on stderr; silent unless asked for and stderr is a terminal."""
+    from tqdm import tqdm
+
+    return tqdm(disable=None if progress else True, file=sys.stderr, dynamic_ncols=True, **options)
+
+
+def _tensor_bar(progress: bool, label: str, total: int) -> Callable[[int, int, str], None]:
+    bar = _bar(progress, total=total, unit="tensor", desc=f"writing {label}")
 
     def report(done: int, total: int, name: str) -> None:
-        now = time.perf_counter()
-        if done == total or now - last[0] > 0.5:
-            last[0] = now
-            say(f"{label}: {done}/{total} tensors ({name})")
+        bar.update(done - bar.n)
+        if done == total:
+            bar.close()
 
     return report
 
 
 def _quantize(source: Path, target: Path, ftype: int, n_params: int, threads: int | None,
-              say: Progress) -> None:
-    """llama.cpp's quantizer, with the output's growth shown while it runs."""
+              progress: bool, quant: str) -> None:
+    """llama.cpp's quantizer, its output's growth shown as a bar against the expected size."""
     from medgem.engines.llamacpp_native import ensure_runs_here, import_llama_cpp
 
     ensure_runs_here()  # the quantizer is native code too: prove it runs here in a child first
-    llama_cpp, _ = import_llama_cpp()  # its per-tensor log is silenced; progress is shown below
+    llama_cpp, _ = import_llama_cpp()  # its per-tensor log is silenced; the bar shows progress
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = threads or len(os.sched_getaffinity(0))
-    expected = n_params * (5.2 if ftype == 15 else 8.5) / 8  # bits per weight
+    expected = int(n_params * (5.2 if ftype == 15 else 8.5) / 8)  # bits per weight
+    bar = _bar(progress, total=expected, unit="B", unit_scale=True, desc=f"quantizing to {quant}")
     done = threading.Event()
 
     def watch() -> None:
-        while not done.wait(1.0):
+        while not done.wait(0.5):
             size = target.stat().st_size if target.exists() else 0
-            say(f"quantizing: {min(99, int(100 * size / max(expected, 1)))}% "
-                f"({size / 2**20:.0f} MiB written)")
+            bar.update(min(size, expected) - bar.n)
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
+    status = -1
     try:
         status = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(),
                                                 llama_cpp.byref(params))
     finally:
         done.set()
         watcher.join()
+        if status == 0:
+            bar.total = bar.n = target.stat().st_size  # the real size: the bar ends at 100%
+            bar.refresh()
+        bar.close()
     if status != 0:
         raise ConversionError(f"llama.cpp's quantizer failed (status {status})",
                               "check free disk space, or try --quant f16")
@@ -407,14 +412,3 @@ def verify_conversion(folder: Path, model: Path, mmproj: Path | None) -> str:
         engine.close()
     image_note = " with an image" if mmproj is not None else ""
     return f"tokenizer matches the checkpoint; one step ran{image_note} ({prompt_tokens} prompt tokens)"
-
-
-def print_progress(line: str) -> None:
-    """The default progress display: one updating line on a terminal, plain lines otherwise."""
-    if sys.stderr.isatty():
-        sys.stderr.write("\r\033[K" + line)
-        if line.startswith("checked"):
-            sys.stderr.write("\n")
-    else:
-        sys.stderr.write(line + "\n")
-    sys.stderr.flush()
