@@ -57,6 +57,26 @@ def test_image_prompt_carries_the_image_tokens(direct: MedGemma) -> None:
     assert direct.engine.count_prompt_tokens(with_image) - direct.engine.count_prompt_tokens(without) >= 6
 
 
+def test_each_request_is_encoded_once(direct: MedGemma, pipeline: MedGemma,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The context check and generation share one encoding (processor + image preprocessing):
+    counted by wrapping the real encoder. The pipeline path encodes once for the count; the
+    pipeline API then preprocesses its own input."""
+    for model in (direct, pipeline):
+        engine = model.engine
+        real = engine.encode  # type: ignore[attr-defined]
+        calls: list[Request] = []
+
+        def counting(request: Request, real: object = real, calls: list[Request] = calls) -> object:
+            calls.append(request)
+            return real(request)  # type: ignore[operator]
+
+        monkeypatch.setattr(engine, "encode", counting)
+        answer = model.ask("Describe this X-ray", images=[XRAY], max_new_tokens=3)
+        assert answer.usage.completion_tokens == 3
+        assert len(calls) == 1, (engine.info.engine, len(calls))
+
+
 def test_stream_yields_answer_chunks_then_a_final_answer(direct: MedGemma) -> None:
     chunks = list(direct.stream("Describe this X-ray", images=[XRAY], max_new_tokens=6))
     assert isinstance(chunks[-1], FinalChunk)

@@ -12,7 +12,16 @@ from typing import Any
 import pytest
 
 from medgem.api import MedGemma
-from medgem.engines.base import Capabilities, Finished, ModelInfo, TextDelta, Timings, Usage
+from medgem.engines.base import (
+    Capabilities,
+    Finished,
+    ModelInfo,
+    Prepared,
+    TextDelta,
+    Timings,
+    Usage,
+    as_prepared,
+)
 from medgem.errors import InputError
 from medgem.evaluate import (
     EvalConfig,
@@ -47,7 +56,9 @@ class ScriptedEngine:
         self.requests: list[Request] = []
         self._lock = threading.Lock()
 
-    def generate(self, request: Request, cancel: threading.Event | None = None) -> Iterator[Any]:
+    def generate(self, request: Request | Prepared,
+                 cancel: threading.Event | None = None) -> Iterator[Any]:
+        request = as_prepared(self, request).request
         with self._lock:
             self.requests.append(request)
         time.sleep(self.delay)
@@ -55,8 +66,8 @@ class ScriptedEngine:
         yield TextDelta(text)
         yield Finished("stop", Usage(12, 4), Timings(0.01, 0.02, 4))
 
-    def count_prompt_tokens(self, request: Request) -> int:
-        return 12
+    def prepare(self, request: Request) -> Prepared:
+        return Prepared(request, 12)
 
     def close(self) -> None:
         pass

@@ -235,6 +235,34 @@ def test_follow_up_on_the_same_image_skips_the_vision_pass(converted_vlm: Path) 
         engine.close()
 
 
+def test_each_request_is_tokenized_once_and_freed(converted_vlm: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through MedGemma: libmtmd tokenizes (and hashes the image) once for the context check
+    and generation together; a prompt refused by the context check frees its chunks."""
+    from medgem import MedGemma
+    from medgem.errors import ContextLengthError
+
+    model = MedGemma.load(converted_vlm, n_ctx=512)
+    try:
+        engine: Any = model.engine
+        built: list[Any] = []
+        real = engine._build_prompt
+
+        def counting(request: Any) -> Any:
+            built.append(real(request))
+            return built[-1]
+
+        monkeypatch.setattr(engine, "_build_prompt", counting)
+        answer = model.ask(QUESTION, images=[noise_image(64, seed=3)], max_new_tokens=3)
+        assert answer.usage.completion_tokens == 3 and len(built) == 1
+        assert built[0].chunks is None  # freed after generation
+        with pytest.raises(ContextLengthError):
+            model.ask("word " * 600, images=[noise_image(64, seed=4)], max_new_tokens=3)
+        assert len(built) == 2 and built[1].chunks is None  # refused, and still freed
+    finally:
+        model.close()
+
+
 # --- bad input ----------------------------------------------------------------------------------
 
 

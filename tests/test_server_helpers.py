@@ -27,9 +27,11 @@ from medgem.engines.base import (
     EngineEvent,
     Finished,
     ModelInfo,
+    Prepared,
     TextDelta,
     Timings,
     Usage,
+    as_prepared,
 )
 from medgem.request import Request
 from medgem.thinking import THINK_INSTRUCTION
@@ -59,12 +61,15 @@ class ScriptedEngine:
         prefix = f"<unused94>thought\n{self.thought}<unused95>" if thinks else ""
         return f"{prefix}Seen {len(request.images)} image(s). {self.reply}"
 
-    def generate(self, request: Request, cancel: threading.Event | None = None) -> Iterator[EngineEvent]:
+    def generate(self, request: Request | Prepared,
+                 cancel: threading.Event | None = None) -> Iterator[EngineEvent]:
         self.calls += 1
         start = time.monotonic()
+        prepared = as_prepared(self, request)
+        request = prepared.request
         pieces = _pieces(self._text(request))
         budget = request.settings.max_new_tokens
-        prompt = self.count_prompt_tokens(request)
+        prompt = prepared.prompt_tokens
         first = 0.0
         for count, piece in enumerate(pieces[:budget], start=1):
             if cancel is not None and cancel.is_set():
@@ -80,8 +85,9 @@ class ScriptedEngine:
         reason = "length" if len(pieces) > budget else "stop"
         yield Finished(reason, Usage(prompt, produced), Timings(first, time.monotonic() - start, produced))
 
-    def count_prompt_tokens(self, request: Request) -> int:
-        return sum(len(m.text.split()) for m in request.messages) + 256 * len(request.images)
+    def prepare(self, request: Request) -> Prepared:
+        return Prepared(request, sum(len(m.text.split()) for m in request.messages)
+                        + 256 * len(request.images))
 
     def close(self) -> None:
         pass

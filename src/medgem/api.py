@@ -160,23 +160,31 @@ class MedGemma:
     # --- running -----------------------------------------------------------------------------
 
     def generate(self, request: Request, cancel: threading.Event | None = None) -> Iterator[StreamChunk]:
-        """Run a built Request: thinking and answer chunks, then one FinalChunk."""
+        """Run a built Request: thinking and answer chunks, then one FinalChunk.
+
+        The engine encodes the prompt once: the context check reads that count and generation
+        consumes the same encoding.
+        """
         if request.images and not self.engine.capabilities.images:
             raise UnsupportedInputError(
                 f"'{self.engine.info.id}' is a text-only model and cannot read images",
                 "drop --image, or use an image model such as google/medgemma-4b-it",
             )
-        self.check_context(request)
+        prepared = self.engine.prepare(request)
+        try:
+            self.check_context(prepared.prompt_tokens)
+        except BaseException:
+            prepared.release()
+            raise
         if request.settings.stop:
             cancel = cancel or threading.Event()
-            events = apply_stops(self.engine.generate(request, cancel), request.settings.stop, cancel)
+            events = apply_stops(self.engine.generate(prepared, cancel), request.settings.stop, cancel)
         else:
-            events = self.engine.generate(request, cancel)
+            events = self.engine.generate(prepared, cancel)
         return assemble(events, self.engine.info, self.caveat)
 
-    def check_context(self, request: Request) -> int:
-        """Count the prompt's tokens and refuse a prompt that leaves no room for the answer."""
-        prompt_tokens = self.engine.count_prompt_tokens(request)
+    def check_context(self, prompt_tokens: int) -> int:
+        """Refuse a prompt of ``prompt_tokens`` that leaves no room for the answer."""
         limit = self.engine.info.context_length
         if prompt_tokens + 1 > limit:
             raise ContextLengthError(

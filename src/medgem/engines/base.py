@@ -1,15 +1,17 @@
 """The engine protocol: what every engine (transformers, llama.cpp, remote) promises.
 
-An engine turns a Request into a stream of events: raw text deltas (thinking markers included;
-the answer stage splits them) and one final Finished event with usage and timings.
+An engine prepares a Request once (render, tokenize, preprocess images: the token count the
+context check needs) and turns the prepared request into a stream of events: raw text deltas
+(thinking markers included; the answer stage splits them) and one final Finished event with
+usage and timings.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from medgem.request import Request
 
@@ -93,6 +95,30 @@ class Finished:
 EngineEvent = TextDelta | Finished
 
 
+@dataclass(frozen=True, eq=False)
+class Prepared:
+    """A request as one engine encoded it, once: the context check reads ``prompt_tokens`` and
+    ``generate`` consumes ``state`` (token tensors, libmtmd chunks, ...) without encoding again.
+
+    Attributes:
+        request: the request it was made from.
+        prompt_tokens: tokens the prompt takes in this engine (images included).
+        state: the engine's own encoding; opaque to everyone else.
+        release: frees what ``state`` holds when the request is dropped before ``generate``
+            (safe to call more than once; ``generate`` releases it itself).
+    """
+
+    request: Request
+    prompt_tokens: int
+    state: Any = None
+    release: Callable[[], None] = field(default=lambda: None)
+
+
+def as_prepared(engine: Engine, item: Request | Prepared) -> Prepared:
+    """``item`` as a Prepared of ``engine``: prepared ones pass through, requests are prepared."""
+    return item if isinstance(item, Prepared) else engine.prepare(item)
+
+
 @runtime_checkable
 class Engine(Protocol):
     """The contract. Implementations live one per module in medgem.engines."""
@@ -101,19 +127,24 @@ class Engine(Protocol):
     info: ModelInfo
     capabilities: Capabilities
 
+    def prepare(self, request: Request) -> Prepared:
+        """Render and tokenize a request once (images preprocessed), counting its tokens.
+
+        Raises:
+            UnsupportedInputError: images to a text-only model.
+        """
+        ...
+
     def generate(
-        self, request: Request, cancel: threading.Event | None = None
+        self, request: Request | Prepared, cancel: threading.Event | None = None
     ) -> Iterator[EngineEvent]:
-        """Run one request. Yields TextDelta events, then exactly one Finished.
+        """Run one request (prepared by :meth:`prepare`, or prepared here). Yields TextDelta
+        events, then exactly one Finished.
 
         Raises:
             UnsupportedInputError: images to a text-only model.
             ContextLengthError: the prompt does not fit.
         """
-        ...
-
-    def count_prompt_tokens(self, request: Request) -> int:
-        """Tokens the rendered prompt takes (images included)."""
         ...
 
     def close(self) -> None:

@@ -19,9 +19,11 @@ from medgem.engines.base import (
     EngineEvent,
     Finished,
     ModelInfo,
+    Prepared,
     TextDelta,
     Timings,
     Usage,
+    as_prepared,
 )
 from medgem.errors import (
     EngineUnavailableError,
@@ -186,8 +188,15 @@ class HFEngine:
                     return parameter.dtype
         return self.dtype
 
+    def prepare(self, request: Request) -> Prepared:
+        """Encode once. The direct path keeps the tensors for generate; the pipeline path
+        keeps only the count (the pipeline API takes the messages and encodes them itself)."""
+        inputs = self.encode(request)
+        count = int(inputs["input_ids"].shape[-1])
+        return Prepared(request, count, inputs if self.mode == "direct" else None)
+
     def count_prompt_tokens(self, request: Request) -> int:
-        return int(self.encode(request)["input_ids"].shape[-1])
+        return self.prepare(request).prompt_tokens
 
     # --- generation ----------------------------------------------------------------------------
 
@@ -210,29 +219,30 @@ class HFEngine:
         kwargs["stopping_criteria"] = transformers.StoppingCriteriaList([_CancelCriteria(cancel)])
         return kwargs
 
-    def generate(self, request: Request, cancel: threading.Event | None = None) -> Iterator[EngineEvent]:
+    def generate(self, request: Request | Prepared,
+                 cancel: threading.Event | None = None) -> Iterator[EngineEvent]:
         started = time.perf_counter()
+        prepared = as_prepared(self, request)
+        job = prepared.request
+        prompt_tokens = prepared.prompt_tokens
         # Always watched: a caller that stops reading must free the engine, not let it run on.
         cancel = cancel if cancel is not None else threading.Event()
         streamer = _TokenStreamer(self.tokenizer)
-        if request.settings.seed is not None:
-            self._torch.manual_seed(request.settings.seed)
+        if job.settings.seed is not None:
+            self._torch.manual_seed(job.settings.seed)
+        kwargs = self._generate_kwargs(job, streamer, cancel)
         if self.mode == "direct":
-            inputs = self.encode(request)
-            prompt_tokens = int(inputs["input_ids"].shape[-1])
-            kwargs = self._generate_kwargs(request, streamer, cancel)
+            inputs = prepared.state
 
             def work() -> None:
                 with self._torch.inference_mode():
                     self.model.generate(**inputs, **kwargs)
         else:
-            prompt_tokens = self.count_prompt_tokens(request)
-            kwargs = self._generate_kwargs(request, streamer, cancel)
 
             def work() -> None:
-                self._run_pipeline(request, kwargs)
+                self._run_pipeline(job, kwargs)
 
-        yield from self._stream(work, streamer, request, prompt_tokens, started, cancel)
+        yield from self._stream(work, streamer, job, prompt_tokens, started, cancel)
 
     def _run_pipeline(self, request: Request, kwargs: dict[str, Any]) -> None:
         max_new = kwargs.pop("max_new_tokens")

@@ -32,9 +32,11 @@ from medgem.engines.base import (
     Finished,
     FinishReason,
     ModelInfo,
+    Prepared,
     TextDelta,
     Timings,
     Usage,
+    as_prepared,
 )
 from medgem.engines.gguf.read import check_mmproj, check_model, file_type_name, read_header
 from medgem.engines.llamacpp_native import (
@@ -302,11 +304,20 @@ class LlamaCppEngine:
                 image_index += 1
         return _Prompt(units, chunks, where, tokens)
 
-    def count_prompt_tokens(self, request: Request) -> int:
+    def prepare(self, request: Request) -> Prepared:
+        """Render and tokenize once (libmtmd preprocesses and hashes the images here)."""
         prompt = self._build_prompt(request)
+        return Prepared(request, len(prompt.tokens), prompt, lambda: self._free_chunks(prompt))
+
+    def _free_chunks(self, prompt: _Prompt) -> None:
         if prompt.chunks is not None:
             self._mtmd.mtmd_input_chunks_free(prompt.chunks)
-        return len(prompt.tokens)
+            prompt.chunks = None
+
+    def count_prompt_tokens(self, request: Request) -> int:
+        prepared = self.prepare(request)
+        prepared.release()
+        return prepared.prompt_tokens
 
     # --- evaluation ----------------------------------------------------------------------------
 
@@ -397,15 +408,15 @@ class LlamaCppEngine:
         lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(seed))
         return chain
 
-    def generate(self, request: Request, cancel: threading.Event | None = None) -> Iterator[EngineEvent]:
+    def generate(self, request: Request | Prepared,
+                 cancel: threading.Event | None = None) -> Iterator[EngineEvent]:
         started = time.perf_counter()
-        with self._lock:
-            prompt = self._build_prompt(request)
-            try:
-                yield from self._generate(request, prompt, started, cancel)
-            finally:
-                if prompt.chunks is not None:
-                    self._mtmd.mtmd_input_chunks_free(prompt.chunks)
+        prepared = as_prepared(self, request)
+        try:
+            with self._lock:
+                yield from self._generate(prepared.request, prepared.state, started, cancel)
+        finally:
+            prepared.release()
 
     def _generate(self, request: Request, prompt: _Prompt, started: float,
                   cancel: threading.Event | None) -> Iterator[EngineEvent]:

@@ -22,9 +22,11 @@ from medgem.engines.base import (
     Finished,
     FinishReason,
     ModelInfo,
+    Prepared,
     TextDelta,
     Timings,
     Usage,
+    as_prepared,
 )
 from medgem.errors import (
     EngineUnavailableError,
@@ -116,9 +118,12 @@ class RemoteEngine:
 
     # --- the Engine protocol -------------------------------------------------------------------
 
-    def generate(self, request: Request, cancel: threading.Event | None = None) -> Iterator[EngineEvent]:
+    def generate(self, request: Request | Prepared,
+                 cancel: threading.Event | None = None) -> Iterator[EngineEvent]:
         """Stream one chat completion; stops (closing the connection) when ``cancel`` is set."""
         started = time.monotonic()
+        prepared = as_prepared(self, request)
+        request = prepared.request
         first: float | None = None
         reason: FinishReason = "stop"
         usage: Any = None
@@ -152,7 +157,7 @@ class RemoteEngine:
             yield TextDelta(THOUGHT_CLOSE)  # a finished thought with an empty answer
         total = time.monotonic() - started
         completion = int(getattr(usage, "completion_tokens", 0) or pieces)
-        prompt = int(getattr(usage, "prompt_tokens", 0) or self.count_prompt_tokens(request))
+        prompt = int(getattr(usage, "prompt_tokens", 0) or prepared.prompt_tokens)
         yield Finished(reason, Usage(prompt, completion), Timings(first or total, total, completion))
 
     def _errors(self, what: str) -> Any:
@@ -181,10 +186,11 @@ class RemoteEngine:
 
         return mapping()
 
-    def count_prompt_tokens(self, request: Request) -> int:
-        """An estimate (the server counts exactly and refuses what does not fit)."""
+    def prepare(self, request: Request) -> Prepared:
+        """An estimate of the prompt's size (the server counts exactly and refuses what does
+        not fit); the messages are encoded for the wire when sent."""
         chars = sum(len(m.text) for m in request.messages)
-        return chars // 4 + _TOKENS_PER_IMAGE * len(request.images)
+        return Prepared(request, chars // 4 + _TOKENS_PER_IMAGE * len(request.images))
 
     def close(self) -> None:
         self._client.close()
