@@ -108,6 +108,7 @@ def test_avx2_only_kernels_run_and_match_the_best_ones(llamacpp_runs: None) -> N
     for run in (best, avx2, plain):
         assert set(run["runs"]) == {"f16", "q8_0", "q4_k_m"}
         assert all(len(tokens) == 5 for tokens in run["runs"].values())
+        assert run["image_tokens"] == 4  # the tiny projector pools 16 patches to 2x2
 
 
 @llama_cpp_installed

@@ -40,7 +40,7 @@ from typing import Any
 from medgem.errors import EngineUnavailableError, MissingDependencyError
 from medgem.hardware import cpu_flags
 
-PROBE_VERSION = 1  # bump when the probe exercises something new, so cached passes are redone
+PROBE_VERSION = 2  # bump when the probe exercises something new, so cached passes are redone
 PROBE_TIMEOUT_S = 180.0
 # The /proc/cpuinfo flags that decide which ggml kernels can run, in the order users know them.
 FEATURES = {"avx2": "AVX2", "fma": "FMA", "f16c": "F16C", "avx512f": "AVX512",
@@ -243,7 +243,8 @@ class ProbeResult:
     """What a child process found when it ran llama.cpp's kernels on this CPU.
 
     Attributes:
-        ok: a tiny model was quantized, loaded and decoded in every probed file type.
+        ok: a tiny model was quantized, loaded and decoded in every probed file type, and a
+            tiny vision projector encoded an image.
         detail: on failure, what happened (the signal, or the child's last error line).
         kernels: the features the chosen CPU backend was compiled with.
         extra_buffers: whether weight repacking (AMX / CPU repack) was on.
@@ -421,6 +422,110 @@ def write_tiny_gguf(path: Path, seed: int = 0) -> Path:
     return path
 
 
+def write_tiny_mmproj(path: Path, text_hidden: int = 256, seed: int = 0) -> Path:
+    """A 1-layer Gemma 3 vision projector (64-px images, 16-px patches, 4 soft tokens) in f16,
+    random weights: enough to run libmtmd's clip kernels (conv, attention, pooling)."""
+    import gguf
+    import numpy as np
+
+    hidden, ffn, image, patch = 64, 128, 64, 16
+    n_patches = (image // patch) ** 2
+    rng = np.random.default_rng(seed)
+    writer = gguf.GGUFWriter(str(path), "clip")
+    writer.add_name("medgem llama.cpp probe projector")
+    writer.add_file_type(1)
+    writer.add_string("clip.projector_type", "gemma3")
+    writer.add_bool("clip.has_vision_encoder", True)
+    writer.add_bool("clip.use_gelu", True)
+    for key, value in (("image_size", image), ("patch_size", patch), ("embedding_length", hidden),
+                       ("feed_forward_length", ffn), ("block_count", 1),
+                       ("projection_dim", text_hidden), ("attention.head_count", 2),
+                       ("projector.scale_factor", 2)):
+        writer.add_uint32(f"clip.vision.{key}", value)
+    writer.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-6)
+    writer.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
+    writer.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
+
+    def weight(*shape: int) -> Any:
+        return (rng.standard_normal(shape) * 0.05).astype(np.float16)
+
+    def ones(size: int) -> Any:
+        return np.ones(size, dtype=np.float32)
+
+    def zeros(size: int) -> Any:
+        return np.zeros(size, dtype=np.float32)
+
+    writer.add_tensor("v.patch_embd.weight", weight(hidden, 3, patch, patch))
+    writer.add_tensor("v.patch_embd.bias", zeros(hidden))
+    writer.add_tensor("v.position_embd.weight", weight(n_patches, hidden).astype(np.float32))
+    for norm in ("ln1", "ln2"):
+        writer.add_tensor(f"v.blk.0.{norm}.weight", ones(hidden))
+        writer.add_tensor(f"v.blk.0.{norm}.bias", zeros(hidden))
+    for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
+        writer.add_tensor(f"v.blk.0.{name}.weight", weight(hidden, hidden))
+        writer.add_tensor(f"v.blk.0.{name}.bias", zeros(hidden))
+    writer.add_tensor("v.blk.0.ffn_up.weight", weight(ffn, hidden))
+    writer.add_tensor("v.blk.0.ffn_up.bias", zeros(ffn))
+    writer.add_tensor("v.blk.0.ffn_down.weight", weight(hidden, ffn))
+    writer.add_tensor("v.blk.0.ffn_down.bias", zeros(hidden))
+    writer.add_tensor("v.post_ln.weight", ones(hidden))
+    writer.add_tensor("v.post_ln.bias", zeros(hidden))
+    writer.add_tensor("mm.input_projection.weight", weight(hidden, text_hidden))
+    writer.add_tensor("mm.soft_emb_norm.weight", ones(hidden))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def _encode_tiny_image(llama_cpp: Any, mtmd: Any, model_path: Path, mmproj: Path) -> int:
+    """Run the vision projector on one 64-px image; returns the soft tokens it made."""
+    import numpy as np
+
+    model = llama_cpp.llama_model_load_from_file(str(model_path).encode(),
+                                                 llama_model_params(llama_cpp))
+    if not model:
+        raise RuntimeError(f"llama.cpp could not load {model_path.name}")
+    params = mtmd.mtmd_context_params_default()
+    params.use_gpu = False
+    params.print_timings = False
+    params.n_threads = max(1, len(os.sched_getaffinity(0)))
+    params.warmup = False
+    context = mtmd.mtmd_init_from_file(str(mmproj).encode(), model, params)
+    if not context:
+        llama_cpp.llama_model_free(model)
+        raise RuntimeError("libmtmd could not load the probe projector")
+    pixels = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8).tobytes()
+    bitmap = mtmd.mtmd_bitmap_init(64, 64, (ctypes.c_uint8 * len(pixels)).from_buffer_copy(pixels))
+    chunks = mtmd.mtmd_input_chunks_init()
+    try:
+        text = mtmd.mtmd_default_marker()
+        prompt = mtmd.mtmd_input_text()
+        prompt.text, prompt.text_len = text, len(text)
+        prompt.add_special, prompt.parse_special = False, True
+        array = (mtmd.mtmd_bitmap_p_ctypes * 1)(bitmap)
+        if mtmd.mtmd_tokenize(context, chunks, ctypes.byref(prompt), array, 1) != 0:
+            raise RuntimeError("libmtmd could not tokenize the probe image")
+        for index in range(mtmd.mtmd_input_chunks_size(chunks)):
+            chunk = mtmd.mtmd_input_chunks_get(chunks, index)
+            if mtmd.mtmd_input_chunk_get_type(chunk) == mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT:
+                continue
+            if mtmd.mtmd_encode_chunk(context, chunk) != 0:
+                raise RuntimeError("libmtmd could not encode the probe image")
+            tokens = int(mtmd.mtmd_input_chunk_get_n_tokens(chunk))
+            embd = np.ctypeslib.as_array(mtmd.mtmd_get_output_embd(context), shape=(tokens * 256,))
+            if not np.isfinite(embd).all():
+                raise RuntimeError("non-finite image embeddings")
+            return tokens
+        raise RuntimeError("libmtmd made no image chunk")
+    finally:
+        mtmd.mtmd_input_chunks_free(chunks)
+        mtmd.mtmd_bitmap_free(bitmap)
+        mtmd.mtmd_free(context)
+        llama_cpp.llama_model_free(model)
+
+
 def _decode_tiny(llama_cpp: Any, path: Path) -> list[int]:
     """Load, prefill 8 tokens (matrix-matrix kernels), decode 4 (matrix-vector); greedy ids."""
     import numpy as np
@@ -463,7 +568,7 @@ def _child() -> int:
 
 
 def _run_probe() -> int:
-    llama_cpp, _ = import_llama_cpp()
+    llama_cpp, mtmd = import_llama_cpp()
     with tempfile.TemporaryDirectory(prefix="medgem-probe-") as folder:
         source = write_tiny_gguf(Path(folder) / "f32.gguf")
         runs: dict[str, list[int]] = {}
@@ -476,8 +581,10 @@ def _run_probe() -> int:
                                               ctypes.byref(params)) != 0:
                 raise RuntimeError(f"llama.cpp could not quantize the probe model to {name}")
             runs[name] = _decode_tiny(llama_cpp, target)
+        mmproj = write_tiny_mmproj(Path(folder) / "mmproj.gguf")
+        image_tokens = _encode_tiny_image(llama_cpp, mtmd, Path(folder) / "f16.gguf", mmproj)
     print(json.dumps({"ok": True, "kernels": kernel_features(), "runs": runs,
-                      "extra_buffers": use_extra_buffers()}))
+                      "image_tokens": image_tokens, "extra_buffers": use_extra_buffers()}))
     return 0
 
 
