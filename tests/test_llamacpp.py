@@ -336,6 +336,22 @@ def test_cli_asks_about_an_image_with_the_converted_pair(converted_vlm: Path, tm
     assert answer["usage"]["completion_tokens"] == 5
 
 
+def test_cli_image_question_on_avx2_only_kernels(converted_vlm: Path, tmp_path: Path) -> None:
+    """What an AVX2-only CPU runs (the haswell backend, forced here), end to end: the same
+    greedy answer as the best backend for this CPU on the f16 tiny model."""
+    image = tmp_path / "xray.png"
+    noise_image(64, seed=5).save(image)
+    answers = []
+    for variant in ("haswell", ""):
+        result = run_cli("ask", "--model", str(converted_vlm), "--image", str(image),
+                         "--max-new-tokens", "6", "--json", QUESTION,
+                         env={"MEDGEM_LLAMA_CPU_VARIANT": variant})
+        assert result.returncode == 0, result.stderr
+        answers.append(json.loads(result.stdout))
+    assert answers[0]["usage"] == answers[1]["usage"]
+    assert answers[0]["answer"] == answers[1]["answer"]
+
+
 def test_cli_reports_an_image_to_a_text_only_gguf_in_one_line(gguf_270m: Path, tmp_path: Path) -> None:
     image = tmp_path / "photo.png"
     noise_image(64).save(image)
