@@ -83,9 +83,9 @@ def engine_tokens(engine: Any, text: str) -> list[int]:
 
 
 def text_request(text: str, new_tokens: int) -> Any:
-    from medgem.request import GenerationSettings, Message, Request, TextPart
+    from medgem.request import GenerationOptions, Message, Request, TextPart
 
-    return Request((Message("user", (TextPart(text),)),), GenerationSettings(max_new_tokens=new_tokens),
+    return Request((Message("user", (TextPart(text),)),), GenerationOptions(max_new_tokens=new_tokens),
                    template="completion")
 
 
@@ -147,7 +147,7 @@ def child_llamacpp(folder: Path, new_tokens: int) -> dict[str, Any]:
     from PIL import Image
 
     from medgem.engines import EngineOptions, load_engine
-    from medgem.request import GenerationSettings, ImagePart, Message, Request, TextPart
+    from medgem.request import GenerationOptions, ImagePart, Message, Request, TextPart
     from medgem.resolve import resolve_checkpoint
 
     began = time.perf_counter()
@@ -157,10 +157,10 @@ def child_llamacpp(folder: Path, new_tokens: int) -> dict[str, Any]:
         image = Image.linear_gradient("L").resize((896, 896)).convert("RGB")
         system = Message("system", (TextPart("You are an expert radiologist."),))
         ask = Message("user", (ImagePart(image), TextPart("Describe this X-ray")))
-        first = finish(engine, Request((system, ask), GenerationSettings(max_new_tokens=4)))
+        first = finish(engine, Request((system, ask), GenerationOptions(max_new_tokens=4)))
         follow = Request((system, ask, Message("assistant", (TextPart("The lungs are clear."),)),
                           Message("user", (TextPart("Is there a pneumothorax?"),))),
-                         GenerationSettings(max_new_tokens=4))
+                         GenerationOptions(max_new_tokens=4))
         second = finish(engine, follow)
         result.update({
             "image_prompt_tokens": first.usage.prompt_tokens,

@@ -11,7 +11,7 @@ from PIL import Image
 from medgem import AnswerChunk, FinalChunk, MedGemma
 from medgem.engines.base import Engine
 from medgem.errors import ContextLengthError, EngineUnavailableError, UnsupportedInputError
-from medgem.request import GenerationSettings, Message, Request, TextPart
+from medgem.request import GenerationOptions, Message, Request, TextPart
 
 XRAY = Image.linear_gradient("L").resize((96, 80)).convert("RGB")
 
@@ -138,7 +138,7 @@ def test_prompt_longer_than_the_context_is_refused(direct: MedGemma) -> None:
 def test_cancel_stops_generation(direct: MedGemma) -> None:
     cancel = threading.Event()
     request = Request(
-        (Message("user", (TextPart("Go on"),)),), GenerationSettings(max_new_tokens=200)
+        (Message("user", (TextPart("Go on"),)),), GenerationOptions(max_new_tokens=200)
     )
     seen = 0
     final = None
@@ -179,7 +179,7 @@ def test_chat_with_openai_messages_builds_the_same_prompt_as_ask(direct: MedGemm
 def test_abandoning_a_stream_stops_generation(direct: MedGemma) -> None:
     import time
 
-    request = Request((Message("user", (TextPart("Go on"),)),), GenerationSettings(max_new_tokens=2000))
+    request = Request((Message("user", (TextPart("Go on"),)),), GenerationOptions(max_new_tokens=2000))
     stream = direct.generate(request)
     next(stream)  # the first chunk arrives; then the caller walks away
     began = time.perf_counter()

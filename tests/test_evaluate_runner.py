@@ -112,7 +112,7 @@ def test_mcq_run_on_a_thinking_variant(tmp_path: Path) -> None:
     # The official MedQA prompt: the thinking instruction as the system turn, temperature 0.
     first = engine.requests[0]
     assert first.messages[0].role == "system" and first.messages[0].text == THINK_INSTRUCTION
-    assert first.settings.temperature == 0.0
+    assert first.options.temperature == 0.0
     results = {r["id"]: r for r in lines(tmp_path / "run")}
     assert results["medqa-row-1"]["thinking_chars"] > 0
     assert results["medqa-row-1"]["reply"] == "The answer is (B)."

@@ -25,7 +25,7 @@ torch = pytest.importorskip("torch")
 from medgem.engines import EngineOptions, load_engine  # noqa: E402
 from medgem.engines.base import Finished, TextDelta  # noqa: E402
 from medgem.errors import NotACheckpointError, UnsupportedInputError  # noqa: E402
-from medgem.request import GenerationSettings, ImagePart, Message, Request, TextPart  # noqa: E402
+from medgem.request import GenerationOptions, ImagePart, Message, Request, TextPart  # noqa: E402
 from medgem.resolve import resolve_checkpoint  # noqa: E402
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Pneumonia is an infection that"]
@@ -33,7 +33,7 @@ QUESTION = "Describe this X-ray."
 
 
 def completion(text: str, tokens: int) -> Request:
-    return Request((Message("user", (TextPart(text),)),), GenerationSettings(max_new_tokens=tokens),
+    return Request((Message("user", (TextPart(text),)),), GenerationOptions(max_new_tokens=tokens),
                    template="completion")
 
 
@@ -42,7 +42,7 @@ def image_question(image: Any, tokens: int, *follow_up: str) -> Request:
     for text in follow_up:
         messages += [Message("assistant", (TextPart("It is an image."),)),
                      Message("user", (TextPart(text),))]
-    return Request(tuple(messages), GenerationSettings(max_new_tokens=tokens))
+    return Request(tuple(messages), GenerationOptions(max_new_tokens=tokens))
 
 
 def noise_image(size: int, seed: int = 0) -> Any:
@@ -153,18 +153,18 @@ def test_cancel_stops_generation(engine_270m: Any) -> None:
 def test_sampling_goes_through_llama_cpp_s_sampler_chain(engine_270m: Any) -> None:
     """Seeded draws repeat; different seeds part; top-p that keeps one token is greedy."""
 
-    def tokens(settings: GenerationSettings) -> list[int]:
+    def tokens(settings: GenerationOptions) -> list[int]:
         request = Request((Message("user", (TextPart("Once upon a time"),)),), settings,
                           template="completion")
         list(engine_270m.generate(request))
         return list(engine_270m.last_tokens)
 
-    greedy = tokens(GenerationSettings(max_new_tokens=12))
-    hot = [tokens(GenerationSettings(max_new_tokens=12, temperature=1.5, seed=seed))
+    greedy = tokens(GenerationOptions(max_new_tokens=12))
+    hot = [tokens(GenerationOptions(max_new_tokens=12, temperature=1.5, seed=seed))
            for seed in (1, 1, 2, 3)]
     assert hot[0] == hot[1]
     assert len({tuple(run) for run in hot}) >= 2  # 3 seeds at temperature 1.5 do not all agree
-    narrow = GenerationSettings(max_new_tokens=12, temperature=1.5, top_p=1e-6, seed=4)
+    narrow = GenerationOptions(max_new_tokens=12, temperature=1.5, top_p=1e-6, seed=4)
     assert tokens(narrow) == greedy
 
 
@@ -179,7 +179,7 @@ def test_thinking_markers_come_out_as_text(engine_270m: Any) -> None:
 
 def test_chat_template_is_shipped_when_the_gguf_has_none(engine_270m: Any) -> None:
     request = Request((Message("system", (TextPart("Be brief."),)),
-                       Message("user", (TextPart("Hi"),))), GenerationSettings(max_new_tokens=2))
+                       Message("user", (TextPart("Hi"),))), GenerationOptions(max_new_tokens=2))
     assert engine_270m.render(request) == (
         "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n")
 

@@ -5,7 +5,7 @@ from PIL import Image
 
 from medgem.errors import InputError, UnsupportedInputError
 from medgem.prompt import build_request, build_volume_request, describe_prompt
-from medgem.request import ImagePart, TextPart
+from medgem.request import GenerationOptions, ImagePart, TextPart
 from medgem.thinking import THINK_INSTRUCTION
 from medgem.variants import default_budget, find_variant
 
@@ -18,20 +18,21 @@ def test_system_turn_then_image_then_question_as_in_the_quick_start() -> None:
     assert system.role == "system" and system.text == "You are an expert radiologist."
     assert isinstance(user.parts[0], ImagePart)
     assert user.parts[1] == TextPart("Describe this X-ray")
-    assert request.settings.max_new_tokens == 300 and request.settings.greedy
+    assert request.options.max_new_tokens == 300 and request.options.greedy
 
 
 def test_thinking_prefixes_the_system_prompt_and_raises_the_budget() -> None:
     variant = find_variant("27b-text-it")
-    request = build_request("Q?", system="You are a helpful medical assistant.", think=True, variant=variant)
+    request = build_request("Q?", system="You are a helpful medical assistant.", variant=variant,
+                            options=GenerationOptions(think=True))
     assert request.messages[0].text == f"{THINK_INSTRUCTION} You are a helpful medical assistant."
-    assert request.settings.max_new_tokens == 1500
-    assert build_request("Q?", think=True, variant=variant).messages[0].text == THINK_INSTRUCTION
+    assert request.options.max_new_tokens == 1500
+    assert build_request("Q?", variant=variant, options=GenerationOptions(think=True)).messages[0].text == THINK_INSTRUCTION
 
 
 def test_think_refused_for_a_variant_without_thinking() -> None:
     with pytest.raises(UnsupportedInputError, match="does not support thinking"):
-        build_request("Q?", think=True, variant=find_variant("4b-it"))
+        build_request("Q?", variant=find_variant("4b-it"), options=GenerationOptions(think=True))
 
 
 def test_empty_question_is_an_input_error() -> None:
@@ -55,7 +56,7 @@ def test_volume_layout_instruction_slices_then_question_last_no_system() -> None
     assert texts[1:4] == ["SLICE 1", "SLICE 2", "SLICE 3"]
     assert texts[-1] == "Any hemorrhage?"
     assert isinstance(user.parts[1], ImagePart) and isinstance(user.parts[3], ImagePart)
-    assert request.settings.max_new_tokens == 2000
+    assert request.options.max_new_tokens == 2000
 
 
 def test_budgets_from_the_facts_file() -> None:
@@ -63,7 +64,7 @@ def test_budgets_from_the_facts_file() -> None:
     assert default_budget("image", True) == 1300
     assert default_budget("text", False) == 500
     assert default_budget("text", True) == 1500
-    assert build_request("compare", images=[IMG, IMG]).settings.max_new_tokens == 600
+    assert build_request("compare", images=[IMG, IMG]).options.max_new_tokens == 600
 
 
 def test_describe_prompt_by_modality() -> None:

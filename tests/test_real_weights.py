@@ -8,7 +8,7 @@ import pytest
 
 from conftest import run_cli
 from medgem import MedGemma
-from medgem.request import GenerationSettings, Message, Request, TextPart
+from medgem.request import GenerationOptions, Message, Request, TextPart
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ def test_demo_model_carries_the_real_270m_weights(demo_checkpoint: Path) -> None
 
     prompt = "The capital of France is"
     model = MedGemma.load(demo_checkpoint, progress=False)
-    request = Request((Message("user", (TextPart(prompt),)),), GenerationSettings(max_new_tokens=12),
+    request = Request((Message("user", (TextPart(prompt),)),), GenerationOptions(max_new_tokens=12),
                       template="completion")
     answer = list(model.generate(request))[-1].answer  # type: ignore[union-attr]
     assert "France" in answer.raw or "Paris" in answer.raw  # real weights write real language

@@ -68,7 +68,7 @@ class ScriptedEngine:
         prepared = as_prepared(self, request)
         request = prepared.request
         pieces = _pieces(self._text(request))
-        budget = request.settings.max_new_tokens
+        budget = request.options.budget
         prompt = prepared.prompt_tokens
         first = 0.0
         for count, piece in enumerate(pieces[:budget], start=1):

@@ -126,3 +126,14 @@ def test_ask_about_a_dicom_without_an_image_and_bad_reviews(server: tuple[str, A
     assert httpx.post(base + "/api/ask", json={"question": ""}).status_code == 400
     assert httpx.get(base + "/api/records/nope").status_code == 404
     assert httpx.get(base + "/no/such/route").json()["error"]["code"] == "not_found"
+
+
+def test_ask_takes_stop_strings(server: tuple[str, AuditStore]) -> None:
+    """/api/ask builds the same options object as the OpenAI endpoint, stop strings included."""
+    chunks, _ = _ask(server[0], question="Anything?", stop=["abnormality"])
+    content = _content(chunks)
+    assert content.startswith("Seen 0 image(s). No acute") and "abnormality" not in content
+    reasons = [c["choices"][0].get("finish_reason") for c in chunks if c["choices"]]  # type: ignore[index]
+    assert "stop" in reasons
+    empty = httpx.post(server[0] + "/api/ask", json={"question": "q", "stop": [""]})
+    assert empty.status_code == 400 and "stop" in empty.json()["error"]["message"]

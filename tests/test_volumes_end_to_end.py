@@ -34,7 +34,7 @@ def test_ct_series_becomes_85_slices_with_the_volume_prompt_layout(
     assert texts[-1] == "Is there a fracture?"  # question last
     assert texts[1] == "SLICE 1" and texts[85] == "SLICE 85"
     assert isinstance(user.parts[1], ImagePart) and user.parts[2] == TextPart("SLICE 1")
-    assert request.settings.max_new_tokens == 2000
+    assert request.options.max_new_tokens == 2000
     # windowed RGB: bone (1000 HU) is near-white in all three windows
     pixel = request.images[0].image.getpixel((8, 8))
     assert pixel == (252, 255, 255)

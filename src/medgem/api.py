@@ -6,7 +6,6 @@ builds the engine, builds prompts, checks the context, and assembles answers.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -18,7 +17,7 @@ from medgem.engines import EngineOptions, choose_engine, load_engine
 from medgem.errors import ContextLengthError, UnsupportedInputError
 from medgem.messages import request_from_openai
 from medgem.prompt import build_request, build_volume_request
-from medgem.request import Request
+from medgem.request import GenerationOptions, Request
 from medgem.resolve import Checkpoint, resolve_checkpoint
 from medgem.stops import apply_stops
 from medgem.variants import Variant, find_variant
@@ -108,6 +107,13 @@ class MedGemma:
             checkpoint=checkpoint,
         )
 
+    @property
+    def can_think(self) -> bool:
+        """Whether this model was trained to think (the variant's word, else the engine's)."""
+        if self.variant is not None:
+            return self.variant.thinking
+        return self.engine.capabilities.thinking
+
     # --- building requests -------------------------------------------------------------------
 
     def request(
@@ -116,45 +122,33 @@ class MedGemma:
         *,
         images: Sequence[Any] = (),
         system: str | None = None,
-        think: bool = False,
-        max_new_tokens: int | None = None,
-        temperature: float = 0.0,
-        seed: int | None = None,
         history: Sequence[Any] = (),
-        stop: Sequence[str] = (),
+        options: GenerationOptions | None = None,
+        **generation: Any,
     ) -> Request:
         """Build the Request for a question; images may be PIL images, files, folders or zips.
 
-        ``stop`` cuts the answer at the first of these strings (any engine).
-        """
-        request = self._request(question, images, system, think, max_new_tokens, temperature,
-                                seed, history)
-        if stop:
-            settings = dataclasses.replace(request.settings, stop=tuple(stop))
-            request = dataclasses.replace(request, settings=settings)
-        return request
+        Args:
+            question: the user's text.
+            images: PIL images, or paths to pictures, DICOM files/folders/zips, NIfTI.
+            system: the system prompt.
+            history: earlier turns (Messages) of a chat.
+            options: how to generate (:class:`GenerationOptions`).
+            **generation: GenerationOptions fields set on top of ``options`` (max_new_tokens,
+                temperature, top_p, seed, stop, think); None leaves a field as it is.
 
-    def _request(
-        self,
-        question: str,
-        images: Sequence[Any],
-        system: str | None,
-        think: bool,
-        max_new_tokens: int | None,
-        temperature: float,
-        seed: int | None,
-        history: Sequence[Any],
-    ) -> Request:
+        Raises:
+            TypeError: an unknown generation field.
+            MedgemError subclasses: bad input, with what to do.
+        """
+        options = GenerationOptions.of(options, **generation)
         pil_images, sources, volume = _load_images(images)
         if volume is not None:
-            return build_volume_request(
-                question, pil_images, modality=volume, think=think, variant=self.variant,
-                max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-            )
+            return build_volume_request(question, pil_images, modality=volume,
+                                        variant=self.variant, options=options)
         return build_request(
-            question, images=pil_images, sources=sources, system=system, think=think,
-            chat=self.chat_model, variant=self.variant, history=history,
-            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+            question, images=pil_images, sources=sources, system=system,
+            chat=self.chat_model, variant=self.variant, history=history, options=options,
         )
 
     # --- running -----------------------------------------------------------------------------
@@ -176,9 +170,9 @@ class MedGemma:
         except BaseException:
             prepared.release()
             raise
-        if request.settings.stop:
+        if request.options.stop:
             cancel = cancel or threading.Event()
-            events = apply_stops(self.engine.generate(prepared, cancel), request.settings.stop, cancel)
+            events = apply_stops(self.engine.generate(prepared, cancel), request.options.stop, cancel)
         else:
             events = self.engine.generate(prepared, cancel)
         return assemble(events, self.engine.info, self.caveat)
@@ -204,32 +198,20 @@ class MedGemma:
         """
         return _final(self.stream(question, **kwargs))
 
-    def chat(
-        self,
-        messages: Sequence[dict[str, Any]],
-        *,
-        think: bool = False,
-        max_new_tokens: int | None = None,
-        temperature: float = 0.0,
-        seed: int | None = None,
-    ) -> Answer:
-        """Answer an OpenAI-style conversation (the last message must be the user's)."""
-        return _final(self.stream_chat(messages, think=think, max_new_tokens=max_new_tokens,
-                                       temperature=temperature, seed=seed))
+    def chat(self, messages: Sequence[dict[str, Any]], *,
+             options: GenerationOptions | None = None, **generation: Any) -> Answer:
+        """Answer an OpenAI-style conversation (the last message must be the user's).
 
-    def stream_chat(
-        self,
-        messages: Sequence[dict[str, Any]],
-        *,
-        think: bool = False,
-        max_new_tokens: int | None = None,
-        temperature: float = 0.0,
-        seed: int | None = None,
-    ) -> Iterator[StreamChunk]:
-        request = request_from_openai(
-            messages, think=think, variant=self.variant, chat=self.chat_model,
-            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-        )
+        ``options`` and ``**generation`` as in :meth:`request`.
+        """
+        return _final(self.stream_chat(messages, options=options, **generation))
+
+    def stream_chat(self, messages: Sequence[dict[str, Any]], *,
+                    options: GenerationOptions | None = None,
+                    **generation: Any) -> Iterator[StreamChunk]:
+        """Like :meth:`chat`, yielding chunks as they come, then FinalChunk."""
+        request = request_from_openai(messages, variant=self.variant, chat=self.chat_model,
+                                      options=GenerationOptions.of(options, **generation))
         return self.generate(request)
 
     def close(self) -> None:

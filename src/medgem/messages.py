@@ -8,8 +8,8 @@ from typing import Any
 
 from medgem.errors import ImageInputError, InputError
 from medgem.inputs import LoadedImages, decode_data_url, images_from_bytes, read_images
-from medgem.prompt import check_think, settings_for, system_text
-from medgem.request import ImagePart, Message, Part, Request, TextPart
+from medgem.prompt import check_think, resolve_options, system_text
+from medgem.request import GenerationOptions, ImagePart, Message, Part, Request, TextPart
 from medgem.variants import InputKind, Variant
 
 MAX_IMAGES = 16
@@ -18,12 +18,9 @@ MAX_IMAGES = 16
 def request_from_openai(
     messages: Sequence[dict[str, Any]],
     *,
-    think: bool = False,
     variant: Variant | None = None,
     chat: bool = True,
-    max_new_tokens: int | None = None,
-    temperature: float = 0.0,
-    seed: int | None = None,
+    options: GenerationOptions | None = None,
     allowed_dirs: Sequence[Path] | None = None,
     max_images: int = MAX_IMAGES,
 ) -> Request:
@@ -33,7 +30,7 @@ def request_from_openai(
         messages: [{"role": "system"|"user"|"assistant", "content": str | list of parts}].
             Parts: {"type": "text"}, {"type": "image_url", "image_url": {"url": data URL or
             file path}}, {"type": "image", "image": PIL image or path}.
-        think: add the thinking instruction to the system turn.
+        options: how to generate; ``think`` adds the thinking instruction to the system turn.
         allowed_dirs: folders from which file paths may be read; None allows any (local use),
             an empty list forbids all (the server's default).
         max_images: refuse more images than this.
@@ -43,7 +40,8 @@ def request_from_openai(
     """
     if not messages:
         raise InputError("messages is empty", "send at least one user message")
-    check_think(variant, think)
+    options = options or GenerationOptions()
+    check_think(variant, options.think)
     system_parts: list[str] = []
     turns: list[Message] = []
     image_count = 0
@@ -68,14 +66,14 @@ def request_from_openai(
     if not turns[-1].text.strip() and not turns[-1].images:
         raise InputError("the last user message is empty", "type a question")
     kind: InputKind = "image" if image_count else "text"
-    settings = settings_for(kind, think, max_new_tokens, temperature, seed)
+    options = resolve_options(kind, options, variant)
     if not chat:
-        return Request((turns[-1],), settings, template="completion")
+        return Request((turns[-1],), options, template="completion")
     out: list[Message] = []
-    sys_text = system_text("\n\n".join(s for s in system_parts if s) or None, think)
+    sys_text = system_text("\n\n".join(s for s in system_parts if s) or None, options.think)
     if sys_text:
         out.append(Message("system", (TextPart(sys_text),)))
-    return Request((*out, *turns), settings)
+    return Request((*out, *turns), options)
 
 
 def _parts(content: Any, index: int, allowed_dirs: Sequence[Path] | None) -> Iterator[Part]:

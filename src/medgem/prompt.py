@@ -6,10 +6,11 @@ Pure functions from a question (and images) to a Request; no engine or model cod
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from medgem.errors import InputError, UnsupportedInputError
-from medgem.request import GenerationSettings, ImagePart, Message, Part, Request, TextPart
+from medgem.request import GenerationOptions, ImagePart, Message, Part, Request, TextPart
 from medgem.thinking import THINK_INSTRUCTION
 from medgem.variants import InputKind, Variant, default_budget
 
@@ -73,20 +74,18 @@ def check_question(question: str) -> str:
     return text
 
 
-def settings_for(
-    kind: InputKind,
-    think: bool,
-    max_new_tokens: int | None = None,
-    temperature: float = 0.0,
-    seed: int | None = None,
-) -> GenerationSettings:
-    """Generation settings, with the variant family's default budget when none is given."""
-    budget = max_new_tokens if max_new_tokens is not None else default_budget(kind, think)
-    if budget < 1:
-        raise InputError(f"max_new_tokens must be at least 1, got {budget}")
-    if temperature < 0:
-        raise InputError(f"temperature must be >= 0, got {temperature}")
-    return GenerationSettings(max_new_tokens=budget, temperature=temperature, seed=seed)
+def resolve_options(kind: InputKind, options: GenerationOptions | None,
+                    variant: Variant | None) -> GenerationOptions:
+    """The options with the variant family's default budget for this input kind filled in.
+
+    Raises:
+        UnsupportedInputError: thinking asked of a variant that was not trained to think.
+    """
+    options = options or GenerationOptions()
+    check_think(variant, options.think)
+    if options.max_new_tokens is not None:
+        return options
+    return replace(options, max_new_tokens=default_budget(kind, options.think))
 
 
 def build_request(
@@ -95,13 +94,10 @@ def build_request(
     images: Sequence[Image.Image] = (),
     sources: Sequence[str] = (),
     system: str | None = None,
-    think: bool = False,
     chat: bool = True,
     variant: Variant | None = None,
     history: Sequence[Message] = (),
-    max_new_tokens: int | None = None,
-    temperature: float = 0.0,
-    seed: int | None = None,
+    options: GenerationOptions | None = None,
 ) -> Request:
     """One question, optionally with images, as the official quick start builds it.
 
@@ -110,17 +106,16 @@ def build_request(
         images: RGB images, in order (longitudinal studies: oldest first).
         sources: a display name per image (file names, never PHI).
         system: the system prompt; None for none.
-        think: prefix the thinking instruction (thinking variants only).
         chat: False for pre-trained checkpoints: a completion prompt, no chat template.
         variant: the recognised variant, for checks and budgets.
         history: earlier turns of a chat (system turn excluded).
-        max_new_tokens: answer budget; None for the variant family's default.
+        options: how to generate; ``think`` prefixes the thinking instruction (thinking
+            variants only); a missing budget becomes the variant family's default.
 
     Returns:
         The Request: [system], history, user(images..., question).
     """
     text = check_question(question)
-    check_think(variant, think)
     image_parts: list[Part] = [
         ImagePart(img, sources[i] if i < len(sources) else "") for i, img in enumerate(images)
     ]
@@ -129,21 +124,21 @@ def build_request(
         kind = "longitudinal"
     elif images:
         kind = "image"
-    settings = settings_for(kind, think, max_new_tokens, temperature, seed)
+    options = resolve_options(kind, options, variant)
     if not chat:
         # Pre-trained models continue text; each image is marked where it stands.
         parts: list[Part] = []
         for part in image_parts:
             parts += [part, TextPart(IMAGE_TOKEN_MARK)]
         parts.append(TextPart(text))
-        return Request((Message("user", tuple(parts)),), settings, template="completion")
+        return Request((Message("user", tuple(parts)),), options, template="completion")
     messages: list[Message] = []
-    sys_text = system_text(system, think)
+    sys_text = system_text(system, options.think)
     if sys_text:
         messages.append(Message("system", (TextPart(sys_text),)))
     messages.extend(history)
     messages.append(Message("user", (*image_parts, TextPart(text))))
-    return Request(tuple(messages), settings)
+    return Request(tuple(messages), options)
 
 
 def build_volume_request(
@@ -152,11 +147,8 @@ def build_volume_request(
     *,
     modality: str | None = "CT",
     instruction: str | None = None,
-    think: bool = False,
     variant: Variant | None = None,
-    max_new_tokens: int | None = None,
-    temperature: float = 0.0,
-    seed: int | None = None,
+    options: GenerationOptions | None = None,
 ) -> Request:
     """A CT/MR volume the way MedGemma 1.5 reads it.
 
@@ -164,15 +156,14 @@ def build_volume_request(
     (1-based), then the question last (asked first, CT answers read like X-ray reports).
     """
     text = check_question(question)
-    check_think(variant, think)
+    options = resolve_options("volume", options, variant)
     if not slices:
         raise InputError("the volume has no slices", "check the series with `medgem inspect`")
     lead = instruction or VOLUME_INSTRUCTION.get((modality or "CT").upper(), VOLUME_INSTRUCTION["CT"])
-    if think:
+    if options.think:
         lead = f"{THINK_INSTRUCTION} {lead}"
     parts: list[Part] = [TextPart(lead)]
     for number, image in enumerate(slices, start=1):
         parts += [ImagePart(image, f"slice {number}"), TextPart(f"SLICE {number}")]
     parts.append(TextPart(text))
-    settings = settings_for("volume", think, max_new_tokens, temperature, seed)
-    return Request((Message("user", tuple(parts)),), settings)
+    return Request((Message("user", tuple(parts)),), options)

@@ -1,12 +1,13 @@
-"""What an engine is asked to do: chat messages (text and image parts) and generation settings.
+"""What an engine is asked to do: chat messages (text and image parts) and generation options.
 
 The prompt stage builds these; engines consume them. Nothing here knows about any engine.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+import dataclasses
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -45,18 +46,67 @@ class Message:
 
 
 @dataclass(frozen=True)
-class GenerationSettings:
-    """Sampling settings. temperature 0 means greedy, the MedGemma default."""
+class GenerationOptions:
+    """How to generate: built once at each edge (CLI flags, HTTP body, eval config, Python API
+    call), carried on the Request, and read, never re-declared, by every later stage.
 
-    max_new_tokens: int
+    Attributes:
+        max_new_tokens: the answer budget; None until the prompt stage fills in the variant
+            family's default for the input kind (with or without thinking).
+        temperature: 0 means greedy, the MedGemma default.
+        top_p: nucleus sampling (temperature > 0 only).
+        seed: makes sampling repeatable.
+        stop: strings that end the answer (cut in the answer stage, for every engine).
+        think: ask for MedGemma's silent thinking (thinking variants only).
+
+    Raises:
+        InputError: a value out of range.
+    """
+
+    max_new_tokens: int | None = None
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    think: bool = False
+
+    def __post_init__(self) -> None:
+        from medgem.errors import InputError
+
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise InputError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        if any(not isinstance(s, str) or not s for s in stop):
+            raise InputError("stop strings must be non-empty text")
+        object.__setattr__(self, "stop", stop)
 
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
+
+    @property
+    def budget(self) -> int:
+        """max_new_tokens once the prompt stage has filled it in."""
+        if self.max_new_tokens is None:
+            raise ValueError("max_new_tokens was never resolved (build requests with medgem.prompt)")
+        return self.max_new_tokens
+
+    @classmethod
+    def of(cls, options: GenerationOptions | None = None, **fields: Any) -> GenerationOptions:
+        """``options`` (or the defaults) with the given fields set; None values are ignored.
+
+        Raises:
+            TypeError: a name that is not a generation option.
+        """
+        unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise TypeError(f"unknown generation option(s): {', '.join(unknown)}")
+        given = {name: value for name, value in fields.items() if value is not None}
+        return replace(options or cls(), **given)
 
 
 @dataclass(frozen=True)
@@ -66,15 +116,14 @@ class Request:
     Attributes:
         messages: the conversation; for ``template == "completion"`` a single user message whose
             text is continued as is (pre-trained checkpoints have no chat format).
-        settings: generation settings.
+        options: how to generate (max_new_tokens filled in).
         template: "chat" renders with the checkpoint's (or the shipped Gemma 3) chat template;
             "completion" feeds the raw text, images marked with ``<start_of_image>``.
     """
 
     messages: tuple[Message, ...]
-    settings: GenerationSettings
+    options: GenerationOptions
     template: Literal["chat", "completion"] = "chat"
-    metadata: dict[str, str] = field(default_factory=dict)
 
     @property
     def images(self) -> tuple[ImagePart, ...]:

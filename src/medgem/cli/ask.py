@@ -10,6 +10,7 @@ from typing import Any
 from medgem.cli.common import (
     add_generation_flags,
     add_model_flags,
+    generation_options,
     load_model,
     print_label_first,
     render,
@@ -43,10 +44,8 @@ def add_image_flags(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, question: str | None = None) -> int:
     text = question if question is not None else _question(args.question)
     model = load_model(args)
-    request = model.request(
-        text, images=[str(p) for p in args.image], system=args.system, think=args.think,
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
-    )
+    request = model.request(text, images=[str(p) for p in args.image], system=args.system,
+                            options=generation_options(args))
     if args.save_preprocessed:
         _save_preprocessed(request, args.save_preprocessed)
     if not args.json:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from medgem.cli.common import (
     add_generation_flags,
     add_model_flags,
+    generation_options,
     load_model,
     print_label_first,
     render,
@@ -37,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"medgem chat with {model.engine.info.id} — {HELP}", file=sys.stderr)
     history: list[Message] = []
     pending: list[Path] = []
-    think = bool(args.think)
+    options = generation_options(args)
+    think = options.think
     while True:
         try:
             line = input("you> ")
@@ -69,11 +72,8 @@ def run(args: argparse.Namespace) -> int:
                 print(HELP, file=sys.stderr)
             continue
         try:
-            request = model.request(
-                line, images=[str(p) for p in pending], system=args.system, think=think,
-                max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                seed=args.seed, history=history,
-            )
+            request = model.request(line, images=[str(p) for p in pending], system=args.system,
+                                    history=history, options=replace(options, think=think))
             print("medgemma> ", end="", flush=True)
             answer = render(model.generate(request), as_json=False, show_thinking=args.show_thinking)
         except MedgemError as exc:

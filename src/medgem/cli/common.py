@@ -10,6 +10,7 @@ from typing import TextIO
 
 from medgem.answer import Answer, AnswerChunk, FinalChunk, StreamChunk, ThinkingChunk
 from medgem.api import MedGemma
+from medgem.request import GenerationOptions
 
 
 def add_model_flags(parser: argparse.ArgumentParser, *, model_required: bool = True) -> None:
@@ -45,8 +46,18 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--show-thinking", action="store_true", help="print the reasoning (stderr)")
     group.add_argument("--max-new-tokens", type=int, help="answer budget (default per variant)")
     group.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    group.add_argument("--seed", type=int)
+    group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (with --temperature)")
+    group.add_argument("--seed", type=int, help="makes sampling repeatable")
+    group.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                       help="end the answer at this text (repeatable)")
     group.add_argument("--json", action="store_true", help="print one JSON object at the end")
+
+
+def generation_options(args: argparse.Namespace) -> GenerationOptions:
+    """The generation flags as the one options object every later stage reads."""
+    return GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                             top_p=args.top_p, seed=args.seed, stop=tuple(args.stop),
+                             think=args.think)
 
 
 def load_model(args: argparse.Namespace) -> MedGemma:

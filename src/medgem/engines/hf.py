@@ -203,15 +203,15 @@ class HFEngine:
     def _generate_kwargs(self, request: Request, streamer: Any, cancel: threading.Event) -> dict[str, Any]:
         import transformers
 
-        settings = request.settings
+        options = request.options
         kwargs: dict[str, Any] = {
-            "max_new_tokens": settings.max_new_tokens,
-            "do_sample": not settings.greedy,
+            "max_new_tokens": options.budget,
+            "do_sample": not options.greedy,
             "streamer": streamer,
         }
-        if not settings.greedy:
-            kwargs["temperature"] = settings.temperature
-            kwargs["top_p"] = settings.top_p
+        if not options.greedy:
+            kwargs["temperature"] = options.temperature
+            kwargs["top_p"] = options.top_p
         else:
             # Greedy: neutralise sampling defaults from generation_config.json.
             kwargs["top_p"] = None
@@ -228,8 +228,8 @@ class HFEngine:
         # Always watched: a caller that stops reading must free the engine, not let it run on.
         cancel = cancel if cancel is not None else threading.Event()
         streamer = _TokenStreamer(self.tokenizer)
-        if job.settings.seed is not None:
-            self._torch.manual_seed(job.settings.seed)
+        if job.options.seed is not None:
+            self._torch.manual_seed(job.options.seed)
         kwargs = self._generate_kwargs(job, streamer, cancel)
         if self.mode == "direct":
             inputs = prepared.state
@@ -305,7 +305,7 @@ class HFEngine:
         elif streamer.hit_eos(self.model.generation_config, self.tokenizer):
             reason = "stop"
         else:
-            reason = "length" if completion >= request.settings.max_new_tokens else "stop"
+            reason = "length" if completion >= request.options.budget else "stop"
         yield Finished(
             reason,
             Usage(prompt_tokens, completion),

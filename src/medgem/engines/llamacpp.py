@@ -53,7 +53,7 @@ from medgem.errors import (
     ResourceError,
     UnsupportedInputError,
 )
-from medgem.request import GenerationSettings, ImagePart, Request, TextPart
+from medgem.request import GenerationOptions, ImagePart, Request, TextPart
 from medgem.resolve import Checkpoint
 
 DEFAULT_N_CTX = 8192
@@ -393,18 +393,18 @@ class LlamaCppEngine:
 
     # --- generation ----------------------------------------------------------------------------
 
-    def _sampler(self, settings: GenerationSettings) -> Any:
+    def _sampler(self, options: GenerationOptions) -> Any:
         """llama.cpp's own sampler chain: greedy (argmax, as transformers' greedy search), or
         top-p then temperature then a seeded draw."""
         lib = self._llama_cpp
         chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
-        if settings.greedy:
+        if options.greedy:
             lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
             return chain
-        if settings.top_p < 1.0:
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(settings.top_p, 1))
-        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(settings.temperature))
-        seed = lib.LLAMA_DEFAULT_SEED if settings.seed is None else settings.seed & 0xFFFFFFFF
+        if options.top_p < 1.0:
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(options.top_p, 1))
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(options.temperature))
+        seed = lib.LLAMA_DEFAULT_SEED if options.seed is None else options.seed & 0xFFFFFFFF
         lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(seed))
         return chain
 
@@ -420,7 +420,7 @@ class LlamaCppEngine:
 
     def _generate(self, request: Request, prompt: _Prompt, started: float,
                   cancel: threading.Event | None) -> Iterator[EngineEvent]:
-        settings = request.settings
+        options = request.options
         n_prompt = prompt.n_pos
         if n_prompt + 1 > self.n_ctx:
             raise ContextLengthError(
@@ -433,10 +433,10 @@ class LlamaCppEngine:
         vision_s = self._evaluate(prompt, len(self._cached), reused)
         prefill_s = time.perf_counter() - started
         lib = self._llama_cpp
-        sampler = self._sampler(settings)
+        sampler = self._sampler(options)
         try:
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-            budget = min(settings.max_new_tokens, self.n_ctx - n_prompt)
+            budget = min(options.budget, self.n_ctx - n_prompt)
             first: float | None = None
             generated = 0
             reason: FinishReason = "length"

@@ -203,18 +203,18 @@ class RemoteEngine:
                 "the remote engine speaks the chat API; pre-trained (completion) models are not supported",
                 "use an instruction-tuned model (-it) or run the pt model locally",
             )
-        settings = request.settings
+        options = request.options
         body: dict[str, Any] = {
             "model": self.info.id, "messages": [_message(m.role, m.parts) for m in request.messages],
             "stream": True, "stream_options": {"include_usage": True},
-            "max_tokens": settings.max_new_tokens, "temperature": settings.temperature,
+            "max_tokens": options.budget, "temperature": options.temperature,
         }
-        if settings.top_p != 1.0:
-            body["top_p"] = settings.top_p
-        if settings.seed is not None:
-            body["seed"] = settings.seed
-        if settings.stop:
-            body["stop"] = list(settings.stop)
+        if options.top_p != 1.0:
+            body["top_p"] = options.top_p
+        if options.seed is not None:
+            body["seed"] = options.seed
+        if options.stop:
+            body["stop"] = list(options.stop)
         return body
 
 

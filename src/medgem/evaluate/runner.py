@@ -20,10 +20,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medgem.errors import DatasetError, InputError, MedgemError, UnsupportedInputError
+from medgem.errors import DatasetError, InputError, MedgemError
 from medgem.evaluate.datasets import read_records
 from medgem.evaluate.results import MANIFEST_FILE, RESULTS_FILE, ResultLog
 from medgem.evaluate.tasks import EvalItem, LoadedData, Task, TaskOptions, get_task
+from medgem.request import GenerationOptions
 
 if TYPE_CHECKING:
     from medgem.api import MedGemma
@@ -63,6 +64,12 @@ class EvalConfig:
     max_new_tokens: int | None = None
     think: str = "auto"
     options: TaskOptions = field(default_factory=TaskOptions)
+
+    def generation_options(self, think: bool) -> GenerationOptions:
+        """The run's generation options: greedy (temperature 0, as the model card evaluates),
+        this budget and seed, and thinking as :func:`choose_think` decided."""
+        return GenerationOptions(max_new_tokens=self.max_new_tokens, temperature=0.0,
+                                 seed=self.seed, think=think)
 
 
 @dataclass(frozen=True)
@@ -122,15 +129,13 @@ def _fingerprint(items: list[EvalItem]) -> str:
 def choose_think(mg: MedGemma, task: Task, wanted: str) -> tuple[bool, str]:
     """Whether to ask for thinking, and a note for the manifest when it had to be dropped.
 
-    The official MedQA prompt uses the thinking instruction; the core refuses it for variants
-    not trained to think, so those fall back to no thinking and the run records that.
+    The official MedQA prompt uses the thinking instruction; models not trained to think fall
+    back to no thinking and the run records that.
     """
     if wanted == "off" or (wanted == "auto" and not task.think):
         return False, ""
-    try:
-        mg.request("probe", think=True)
-    except UnsupportedInputError as exc:
-        return False, f"thinking not used: {exc.message}"
+    if not mg.can_think:
+        return False, f"thinking not used: {mg.engine.info.id} was not trained to think"
     return True, ""
 
 
@@ -189,8 +194,8 @@ def run_item(mg: MedGemma, task: Task, item: EvalItem, think: bool,
     start = time.perf_counter()
     try:
         images = [_open_image(ref) for ref in item.images]
-        answer = mg.ask(item.question, images=images, system=item.system, think=think,
-                        max_new_tokens=config.max_new_tokens, temperature=0.0, seed=config.seed)
+        answer = mg.ask(item.question, images=images, system=item.system,
+                        options=config.generation_options(think))
     except MedgemError as exc:
         return base | {"status": "failed", "error": f"{item.source} row {item.row}: {exc}"}
     except Exception as exc:  # an engine crash on one item must not end a long run

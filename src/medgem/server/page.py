@@ -67,23 +67,23 @@ class PageHandlers:
         except MedgemError as exc:
             return await s.reject(user, endpoint, exc, inputs)
         return await s.run(http, request, user=user, endpoint=endpoint, inputs=inputs, messages=messages,
-                           think=body.think, stream=True, include_usage=True)
+                           stream=True, include_usage=True)
 
     def _request(self, body: p.AskRequest) -> Request:
         s = self.serving
         model = s.model
+        options = body.generation_options()
         if body.image is None:
-            return build_request(body.question, system=body.system, think=body.think, chat=model.chat_model,
-                                 variant=model.variant, max_new_tokens=body.max_tokens)
+            return build_request(body.question, system=body.system, chat=model.chat_model,
+                                 variant=model.variant, options=options)
         loaded = _load(body.image)
         if loaded.volume_modality is not None:
             return build_volume_request(body.question, loaded.images, modality=loaded.volume_modality,
-                                        think=body.think, variant=model.variant, max_new_tokens=body.max_tokens)
+                                        variant=model.variant, options=options)
         if len(loaded.images) > s.config.max_images:
             raise ImageInputError(f"{len(loaded.images)} images sent, the limit is {s.config.max_images}")
         return build_request(body.question, images=loaded.images, sources=loaded.sources, system=body.system,
-                             think=body.think, chat=model.chat_model, variant=model.variant,
-                             max_new_tokens=body.max_tokens)
+                             chat=model.chat_model, variant=model.variant, options=options)
 
     async def preview(self, http: HttpRequest) -> Response:
         """The preprocessed images (as PNG data URLs) the model will see for an upload."""

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from medgem.request import GenerationOptions
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -72,6 +74,12 @@ class ChatCompletionRequest(_Strict):
 
     def budget(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    def generation_options(self) -> GenerationOptions:
+        """The body's generation fields as the one options object the request carries."""
+        return GenerationOptions(
+            max_new_tokens=self.budget(), temperature=self.temperature or 0.0,
+            top_p=self.top_p or 1.0, seed=self.seed, stop=_stops(self.stop), think=self.think)
 
     def openai_messages(self) -> list[dict[str, Any]]:
         """The messages as plain dicts, the shape ``request_from_openai`` reads."""
@@ -186,6 +194,15 @@ class AskRequest(_Strict):
     think: bool = False
     max_tokens: int | None = Field(default=None, ge=1)
     system: str | None = Field(default=None, max_length=20000)
+    stop: str | list[str] | None = None
+
+    def generation_options(self) -> GenerationOptions:
+        return GenerationOptions(max_new_tokens=self.max_tokens, stop=_stops(self.stop),
+                                 think=self.think)
+
+
+def _stops(stop: str | list[str] | None) -> tuple[str, ...]:
+    return (stop,) if isinstance(stop, str) else tuple(stop or ())
 
 
 class PreviewRequest(_Strict):

@@ -30,15 +30,15 @@ def model_fields(info: ModelInfo) -> dict[str, Any]:
     return data
 
 
-def settings_fields(request: Request, think: bool) -> dict[str, Any]:
-    settings = request.settings
+def settings_fields(request: Request) -> dict[str, Any]:
+    options = request.options
     return {
-        "max_new_tokens": settings.max_new_tokens,
-        "temperature": settings.temperature,
-        "top_p": settings.top_p,
-        "seed": settings.seed,
-        "stop": list(settings.stop),
-        "think": think,
+        "max_new_tokens": options.max_new_tokens,
+        "temperature": options.temperature,
+        "top_p": options.top_p,
+        "seed": options.seed,
+        "stop": list(options.stop),
+        "think": options.think,
         "template": request.template,
         "images": len(request.images),
     }

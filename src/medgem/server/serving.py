@@ -7,7 +7,6 @@ engine is reached only through :class:`~medgem.api.MedGemma` behind the :class:`
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import os
@@ -140,7 +139,7 @@ class Serving:
         ctx = job.context
         body: dict[str, Any] = {
             "user": ctx["user"], "endpoint": ctx["endpoint"], "model": model_fields(self.info),
-            "served_as": self.served_name, "settings": settings_fields(job.request, ctx["think"]),
+            "served_as": self.served_name, "settings": settings_fields(job.request),
             "inputs": ctx["inputs"],
         }
         if self.config.log_prompts:
@@ -183,28 +182,25 @@ class Serving:
             return await self.reject(user, endpoint, exc, inputs)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return await self.run(http, request, user=user, endpoint=endpoint, inputs=inputs, messages=messages,
-                              think=body.think, stream=body.stream, include_usage=include_usage)
+                              stream=body.stream, include_usage=include_usage)
 
     def _chat_request(self, body: p.ChatCompletionRequest, messages: list[dict[str, Any]]) -> Request:
-        request = request_from_openai(
-            messages, think=body.think, variant=self.model.variant, chat=self.model.chat_model,
-            max_new_tokens=body.budget(), temperature=body.temperature or 0.0, seed=body.seed,
+        return request_from_openai(
+            messages, variant=self.model.variant, chat=self.model.chat_model,
+            options=body.generation_options(),
             allowed_dirs=list(self.config.allowed_dirs), max_images=self.config.max_images,
         )
-        stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
-        settings = dataclasses.replace(request.settings, stop=stop, top_p=body.top_p or 1.0)
-        return dataclasses.replace(request, settings=settings)
 
     async def run(
         self, http: HttpRequest, request: Request, *, user: str, endpoint: str,
-        inputs: list[dict[str, Any]], messages: list[dict[str, Any]], think: bool, stream: bool,
+        inputs: list[dict[str, Any]], messages: list[dict[str, Any]], stream: bool,
         include_usage: bool,
     ) -> Response:
         """Queue a built request and answer as a stream or as one JSON body."""
         record_id = f"chatcmpl-{uuid.uuid4().hex}"
         try:
             job = self.queue.submit(request, self.finalize, record_id=record_id, user=user, endpoint=endpoint,
-                                    inputs=inputs, messages=messages if self.config.log_prompts else [], think=think)
+                                    inputs=inputs, messages=messages if self.config.log_prompts else [])
         except MedgemError as exc:
             return await self.reject(user, endpoint, exc, inputs)
         reader = JobReader(job, http)

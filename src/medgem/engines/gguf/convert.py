@@ -385,7 +385,7 @@ def verify_conversion(folder: Path, model: Path, mmproj: Path | None) -> str:
 
     from medgem.engines import EngineOptions
     from medgem.engines.llamacpp import LlamaCppEngine
-    from medgem.request import GenerationSettings, ImagePart, Message, Request, TextPart
+    from medgem.request import GenerationOptions, ImagePart, Message, Request, TextPart
     from medgem.resolve import resolve_checkpoint
 
     engine = LlamaCppEngine(resolve_checkpoint(model, mmproj=mmproj), EngineOptions(n_ctx=1024))
@@ -405,7 +405,7 @@ def verify_conversion(folder: Path, model: Path, mmproj: Path | None) -> str:
             from PIL import Image
 
             parts.insert(0, ImagePart(Image.new("RGB", (32, 32), (90, 90, 90))))
-        request = Request((Message("user", tuple(parts)),), GenerationSettings(max_new_tokens=1))
+        request = Request((Message("user", tuple(parts)),), GenerationOptions(max_new_tokens=1))
         events = list(engine.generate(request))
         prompt_tokens = events[-1].usage.prompt_tokens  # type: ignore[union-attr]
     finally:
