@@ -16,6 +16,13 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests reaches a hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Every answer writes an audit record; tests (and the CLI runs they start) write to this run's
+# own store, never to the user's ~/.local/share/medgem.
+if "MEDGEM_AUDIT_DB" not in os.environ:
+    import tempfile
+
+    os.environ["MEDGEM_AUDIT_DB"] = str(Path(tempfile.mkdtemp(prefix="medgem-test-audit-"))
+                                        / "audit.sqlite")
 
 REPO = Path(__file__).resolve().parents[1]
 

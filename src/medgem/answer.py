@@ -55,6 +55,7 @@ class Answer:
         model: which model and engine answered.
         caveat: the intended-use caveat ("" only when the operator turned it off).
         label: the demo/test-model label, "" for real MedGemma weights.
+        audit_id: the audit record written for this answer (None when audit is off).
     """
 
     text: str
@@ -66,6 +67,7 @@ class Answer:
     caveat: str = INTENDED_USE_CAVEAT
     label: str = ""
     raw: str = field(default="", repr=False)
+    audit_id: str | None = None
 
     @property
     def thought_truncated(self) -> bool:
@@ -86,6 +88,7 @@ class Answer:
             "model": asdict(self.model),
             "caveat": self.caveat,
             "label": self.label,
+            "audit_id": self.audit_id,
         }
 
 

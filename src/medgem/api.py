@@ -1,18 +1,23 @@
 """The Python API: ``MedGemma.load(...)``, then ``ask``, ``stream`` and ``chat``.
 
 This is the layer every surface (CLI, server, evaluation) uses. It resolves the checkpoint,
-builds the engine, builds prompts, checks the context, and assembles answers.
+builds the engine, builds prompts, checks the context, assembles answers and writes each
+answer's audit record.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medgem.answer import INTENDED_USE_CAVEAT, Answer, FinalChunk, StreamChunk, assemble
+from medgem.audit import AuditStore, open_store
+from medgem.audit.trail import AuditTrail
 from medgem.engines import EngineOptions, choose_engine, load_engine
 from medgem.errors import ContextLengthError, UnsupportedInputError
 from medgem.messages import request_from_openai
@@ -26,6 +31,9 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from medgem.engines.base import Engine
+
+log = logging.getLogger("medgem")
+
 
 class MedGemma:
     """A loaded model behind one engine.
@@ -41,12 +49,14 @@ class MedGemma:
         chat_model: bool = True,
         caveat: str | None = INTENDED_USE_CAVEAT,
         checkpoint: Checkpoint | None = None,
+        audit: AuditTrail | None = None,
     ) -> None:
         self.engine = engine
         self.variant = variant
         self.chat_model = chat_model
         self.caveat = caveat or ""
         self.checkpoint = checkpoint
+        self.audit = audit
 
     @classmethod
     def load(
@@ -67,6 +77,8 @@ class MedGemma:
         api_key: str | None = None,
         n_ctx: int | None = None,
         threads: int | None = None,
+        audit: AuditStore | str | os.PathLike[str] | bool = True,
+        surface: str = "python",
     ) -> MedGemma:
         """Resolve a checkpoint and load it on an engine.
 
@@ -82,6 +94,10 @@ class MedGemma:
             check_memory: refuse to load weights that do not fit.
             n_ctx: llama.cpp context window (default 8192; CT volumes need ~23000).
             threads: llama.cpp threads (default: all cores this process may use).
+            audit: where every answer's record goes: True for the local default store
+                ($MEDGEM_AUDIT_DB or ~/.local/share/medgem/audit.sqlite), a path or an open
+                store; False turns the audit trail off (an explicit choice).
+            surface: the name records give for where the question came from.
 
         Raises:
             MedgemError subclasses with a message and what to do.
@@ -95,7 +111,7 @@ class MedGemma:
             remote = load_engine("remote", str(model), options)
             # The server names the variant; its thinking and budgets apply here too.
             known = find_variant(variant or remote.info.variant or "")
-            return cls(remote, variant=known, caveat=caveat)
+            return cls(remote, variant=known, caveat=caveat, audit=_trail(audit, surface))
         checkpoint = resolve_checkpoint(model, variant=variant, mmproj=mmproj, revision=revision)
         name = engine if engine != "auto" else choose_engine(checkpoint)
         loaded = load_engine(name, checkpoint, options)
@@ -105,6 +121,7 @@ class MedGemma:
             chat_model=checkpoint.instruction_tuned or checkpoint.format == "gguf",
             caveat=caveat,
             checkpoint=checkpoint,
+            audit=_trail(audit, surface),
         )
 
     @property
@@ -153,29 +170,65 @@ class MedGemma:
 
     # --- running -----------------------------------------------------------------------------
 
-    def generate(self, request: Request, cancel: threading.Event | None = None) -> Iterator[StreamChunk]:
+    def generate(self, request: Request, cancel: threading.Event | None = None, *,
+                 audit_context: Mapping[str, Any] | None = None) -> Iterator[StreamChunk]:
         """Run a built Request: thinking and answer chunks, then one FinalChunk.
 
         The engine encodes the prompt once: the context check reads that count and generation
-        consumes the same encoding.
+        consumes the same encoding. With an audit trail, the answer's record is durable before
+        the FinalChunk (which carries its id) is yielded, and a failure is recorded before it
+        is raised.
+
+        Args:
+            audit_context: what the surface adds to the record (``user``, ``endpoint``,
+                ``inputs``, ``record_id``, ...; see :mod:`medgem.audit.trail`).
         """
-        if request.images and not self.engine.capabilities.images:
-            raise UnsupportedInputError(
-                f"'{self.engine.info.id}' is a text-only model and cannot read images",
-                "drop --image, or use an image model such as google/medgemma-4b-it",
-            )
-        prepared = self.engine.prepare(request)
+        context = audit_context or {}
         try:
-            self.check_context(prepared.prompt_tokens)
-        except BaseException:
-            prepared.release()
+            if request.images and not self.engine.capabilities.images:
+                raise UnsupportedInputError(
+                    f"'{self.engine.info.id}' is a text-only model and cannot read images",
+                    "drop --image, or use an image model such as google/medgemma-4b-it",
+                )
+            prepared = self.engine.prepare(request)
+            try:
+                self.check_context(prepared.prompt_tokens)
+            except BaseException:
+                prepared.release()
+                raise
+        except Exception as exc:
+            self._record_failure(request, exc, context)
             raise
         if request.options.stop:
             cancel = cancel or threading.Event()
             events = apply_stops(self.engine.generate(prepared, cancel), request.options.stop, cancel)
         else:
             events = self.engine.generate(prepared, cancel)
-        return assemble(events, self.engine.info, self.caveat)
+        chunks = assemble(events, self.engine.info, self.caveat)
+        return chunks if self.audit is None else self._audited(request, chunks, context)
+
+    def _audited(self, request: Request, chunks: Iterator[StreamChunk],
+                 context: Mapping[str, Any]) -> Iterator[StreamChunk]:
+        assert self.audit is not None
+        try:
+            for chunk in chunks:
+                if isinstance(chunk, FinalChunk):
+                    record_id = self.audit.answer(request, chunk.answer, self.engine.info, context)
+                    chunk = FinalChunk(dataclasses.replace(chunk.answer, audit_id=record_id))
+                yield chunk
+        except Exception as exc:
+            self._record_failure(request, exc, context)
+            raise
+
+    def _record_failure(self, request: Request, error: Exception,
+                        context: Mapping[str, Any]) -> None:
+        """Record a failure once; its id rides on the exception for the surface to report."""
+        if self.audit is None or getattr(error, "audit_id", None) is not None:
+            return
+        try:
+            error.audit_id = self.audit.failure(request, error, self.engine.info, context)  # type: ignore[attr-defined]
+        except Exception:
+            log.exception("could not write the audit record of a failed request")
 
     def check_context(self, prompt_tokens: int) -> int:
         """Refuse a prompt of ``prompt_tokens`` that leaves no room for the answer."""
@@ -216,6 +269,17 @@ class MedGemma:
 
     def close(self) -> None:
         self.engine.close()
+
+
+def _trail(audit: AuditStore | str | os.PathLike[str] | bool, surface: str) -> AuditTrail | None:
+    """The audit trail ``load`` was asked for (see its ``audit`` argument)."""
+    if audit is False:
+        return None
+    if audit is True:
+        return AuditTrail(open_store(None), surface)
+    if isinstance(audit, (str, os.PathLike)):
+        return AuditTrail(open_store(Path(audit)), surface)
+    return AuditTrail(audit, surface)
 
 
 def _final(chunks: Iterator[StreamChunk]) -> Answer:

@@ -6,6 +6,9 @@ prints ``str(error)`` on one line; the server maps ``status`` and ``code`` to an
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 
 class MedgemError(Exception):
     """Base class: a failure the user can act on.
@@ -159,6 +162,36 @@ class ConversionError(MedgemError):
     """The converted files failed the check after conversion."""
 
     code = "conversion_failed"
+
+
+def error_type(status: int) -> str:
+    """The OpenAI error ``type`` for an HTTP status."""
+    if status == 401:
+        return "authentication_error"
+    if status == 404:
+        return "not_found_error"
+    if status == 429:
+        return "rate_limit_error"
+    return "invalid_request_error" if status < 500 else "server_error"
+
+
+def error_body(exc: BaseException) -> tuple[int, dict[str, Any]]:
+    """(status, OpenAI-style error body) for any exception: what the server answers and the
+    audit trail records. Unexpected exceptions hide their details (they may hold paths or PHI)."""
+    if isinstance(exc, MedgemError):
+        status = exc.status
+        detail = {
+            "message": exc.one_line(), "type": error_type(status),
+            "param": getattr(exc, "param", None), "code": exc.code,
+        }
+    else:
+        logging.getLogger("medgem").error("internal error: %s: %s", type(exc).__name__, exc)
+        status = 500
+        detail = {
+            "message": "internal error — see the log",
+            "type": "server_error", "param": None, "code": "internal_error",
+        }
+    return status, {"error": detail}
 
 
 def require(module: str, extra: str, purpose: str, package: str | None = None) -> object:

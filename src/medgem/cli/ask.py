@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from medgem.cli.common import (
+    add_audit_flags,
     add_generation_flags,
     add_model_flags,
     generation_options,
@@ -25,6 +26,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("question", help="the question ('-' reads stdin)")
     add_image_flags(parser)
     add_model_flags(parser)
+    add_audit_flags(parser)
     add_generation_flags(parser)
     parser.set_defaults(func=run)
 

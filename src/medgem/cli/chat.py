@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from medgem.cli.common import (
+    add_audit_flags,
     add_generation_flags,
     add_model_flags,
     generation_options,
@@ -29,6 +30,7 @@ HELP = "commands: /image PATH, /think on|off, /reset, /quit"
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("chat", help="a multi-turn conversation in the terminal")
     add_model_flags(parser)
+    add_audit_flags(parser)
     add_generation_flags(parser)
     parser.set_defaults(func=run)
 

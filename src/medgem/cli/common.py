@@ -60,11 +60,29 @@ def generation_options(args: argparse.Namespace) -> GenerationOptions:
                              think=args.think)
 
 
-def load_model(args: argparse.Namespace) -> MedGemma:
+def add_audit_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("audit")
+    group.add_argument("--audit-db", help="where the audit record of each answer goes: SQLite path "
+                       "(default: $MEDGEM_AUDIT_DB or ~/.local/share/medgem/audit.sqlite)")
+    group.add_argument("--no-audit", action="store_true",
+                       help="write no audit record (says so on stderr)")
+
+
+def load_model(args: argparse.Namespace, *, audit: bool = True) -> MedGemma:
+    """The model the flags name, writing each answer's audit record unless ``--no-audit``
+    (``audit=False``: the caller writes records itself, as the server does)."""
     from medgem.answer import INTENDED_USE_CAVEAT
 
+    store: str | bool = audit
+    if audit and getattr(args, "no_audit", False):
+        sys.stderr.write("medgem: audit off (--no-audit): these answers leave no audit record\n")
+        store = False
+    elif audit and getattr(args, "audit_db", None):
+        store = args.audit_db
     return MedGemma.load(
         args.model,
+        audit=store,
+        surface=f"cli:{getattr(args, 'command', None) or 'medgem'}",
         engine=args.engine,
         device=args.device,
         dtype=args.dtype,
@@ -135,7 +153,8 @@ def _stats(answer: Answer) -> str:
     return (
         f"[{answer.model.id} · {answer.model.engine} · {answer.usage.prompt_tokens} prompt + "
         f"{answer.usage.completion_tokens} answer tokens · first token {t.first_token_s:.2f} s · "
-        f"{t.decode_tokens_per_s:.1f} tok/s · {answer.finish_reason}]"
+        f"{t.decode_tokens_per_s:.1f} tok/s · {answer.finish_reason}"
+        + (f" · audit {answer.audit_id}" if answer.audit_id else "") + "]"
     )
 
 

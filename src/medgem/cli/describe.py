@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from medgem.cli import ask
-from medgem.cli.common import add_generation_flags, add_model_flags
+from medgem.cli.common import add_audit_flags, add_generation_flags, add_model_flags
 from medgem.prompt import RADIOLOGIST_SYSTEM, describe_prompt
 
 
@@ -21,6 +21,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--prompt", help="override the default question for the modality")
     ask.add_image_flags(parser)
     add_model_flags(parser)
+    add_audit_flags(parser)
     add_generation_flags(parser)
     parser.set_defaults(func=run)
 

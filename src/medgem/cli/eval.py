@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from medgem.cli.common import add_model_flags
+from medgem.cli.common import add_audit_flags, add_model_flags
 
 
 def add_parser(subparsers: Any) -> None:
@@ -29,6 +29,7 @@ def add_parser(subparsers: Any) -> None:
         sub = tasks.add_parser(name, help=task.description, description=task.description)
         sub.add_argument("data", type=Path, help="dataset file (.jsonl/.json/.csv/.parquet) or folder")
         add_model_flags(sub)
+        add_audit_flags(sub)
         _add_eval_flags(sub)
         sub.set_defaults(func=run)
     compare = tasks.add_parser("compare", help="paired test between two runs of the same task")

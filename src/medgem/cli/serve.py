@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         drain_timeout_s=args.drain_timeout,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    model = load_model(args)
+    model = load_model(args, audit=False)  # the server's own store: see Serving
     try:
         app = create_app(config, model)
         print(f"medgem: serving {app.state.serving.served_name} on http://{config.host}:{config.port} "

@@ -135,7 +135,8 @@ def choose_think(mg: MedGemma, task: Task, wanted: str) -> tuple[bool, str]:
     if wanted == "off" or (wanted == "auto" and not task.think):
         return False, ""
     if not mg.can_think:
-        return False, f"thinking not used: {mg.engine.info.id} was not trained to think"
+        who = f"medgemma-{mg.variant.key}" if mg.variant else "this model"
+        return False, f"thinking not used: {who} does not support thinking mode"
     return True, ""
 
 

@@ -24,7 +24,7 @@ from medgem.request import Request
 
 log = logging.getLogger("medgem.server")
 
-RunFn = Callable[[Request, threading.Event], Iterator[StreamChunk]]
+RunFn = Callable[["Job"], Iterator[StreamChunk]]
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class EngineQueue:
     """A bounded line in front of one engine worker.
 
     Args:
-        run: starts one generation (``MedGemma.generate``).
+        run: starts one generation for a job (``MedGemma.generate`` with its audit context).
         max_waiting: requests allowed to wait while one runs.
         min_retry_after: the least Retry-After, in seconds.
     """
@@ -163,7 +163,7 @@ class EngineQueue:
             self._finish(job, None, ClientDisconnectedError("the client disconnected while waiting"))
             return
         try:
-            chunks = self._run(job.request, job.cancel)
+            chunks = self._run(job)
             job.push(Started(job.queue_s))
             answer: Answer | None = None
             for chunk in chunks:

@@ -12,55 +12,11 @@ import binascii
 import io
 import logging
 import zipfile
-from dataclasses import asdict
 from typing import Any
 
-from medgem.answer import Answer
 from medgem.audit import AuditStore, sha256_hex
-from medgem.engines.base import ModelInfo
-from medgem.request import Request
 
 log = logging.getLogger("medgem.server")
-
-
-def model_fields(info: ModelInfo) -> dict[str, Any]:
-    """The model facts a record keeps (enough to reproduce the run)."""
-    data = asdict(info)
-    data.pop("path", None)
-    return data
-
-
-def settings_fields(request: Request) -> dict[str, Any]:
-    options = request.options
-    return {
-        "max_new_tokens": options.max_new_tokens,
-        "temperature": options.temperature,
-        "top_p": options.top_p,
-        "seed": options.seed,
-        "stop": list(options.stop),
-        "think": options.think,
-        "template": request.template,
-        "images": len(request.images),
-    }
-
-
-def answer_fields(answer: Answer, queue_s: float) -> dict[str, Any]:
-    return {
-        "output": answer.text,
-        "thinking": answer.thinking,
-        "finish_reason": answer.finish_reason,
-        "usage": {
-            "prompt_tokens": answer.usage.prompt_tokens,
-            "completion_tokens": answer.usage.completion_tokens,
-        },
-        "timings": {
-            "queue_s": round(queue_s, 4),
-            "first_token_s": round(answer.timings.first_token_s, 4),
-            "total_s": round(answer.timings.total_s, 4),
-        },
-        "caveat": answer.caveat,
-        "label": answer.label,
-    }
 
 
 def split_data_url(url: str) -> tuple[bytes, str] | None:

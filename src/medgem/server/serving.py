@@ -22,13 +22,14 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from medgem.answer import Answer, AnswerChunk, ThinkingChunk
 from medgem.api import MedGemma
 from medgem.audit import AuditStore
-from medgem.errors import ApiError, AuthError, MedgemError
+from medgem.audit.trail import AuditTrail, model_fields, settings_fields
+from medgem.errors import ApiError, AuthError, MedgemError, error_body
 from medgem.messages import request_from_openai
 from medgem.request import Request
 from medgem.server import protocol as p
 from medgem.server.auth import KeyStore, bearer_token
 from medgem.server.config import ServerConfig
-from medgem.server.errors import error_body, error_response, validation_error
+from medgem.server.errors import error_response, validation_error
 from medgem.server.metrics import Metrics
 from medgem.server.queue import (
     Completed,
@@ -38,13 +39,7 @@ from medgem.server.queue import (
     JobItem,
     Started,
 )
-from medgem.server.records import (
-    answer_fields,
-    capture_inputs,
-    digest_inputs,
-    model_fields,
-    settings_fields,
-)
+from medgem.server.records import capture_inputs, digest_inputs
 
 log = logging.getLogger("medgem.server")
 M = TypeVar("M", bound=BaseModel)
@@ -71,8 +66,11 @@ class Serving:
         self.served_name = config.model_name or self.info.id
         self.created = int(time.time())
         self.deid_key = config.deid_key or os.urandom(32)
+        # The model writes each answer's audit record (one writer for every surface); the
+        # server adds who asked, through which endpoint, and the inputs as sent.
+        model.audit = AuditTrail(store, surface="server")
         self.queue = EngineQueue(
-            lambda request, cancel: model.generate(request, cancel),
+            lambda job: model.generate(job.request, job.cancel, audit_context=self._audit_context(job)),
             max_waiting=config.max_queue, min_retry_after=config.retry_after_s,
         )
         metrics.add_gauge("medgem_queue_depth", "Requests waiting for the engine.", lambda: self.queue.waiting)
@@ -134,28 +132,38 @@ class Serving:
         self.metrics.count_request(endpoint, status)
         return error_response(exc)
 
-    def finalize(self, job: Job, answer: Answer | None, error: BaseException | None) -> str | None:
-        """Write the audit record (worker thread, before the last byte goes out)."""
+    def _audit_context(self, job: Job) -> dict[str, Any]:
         ctx = job.context
-        body: dict[str, Any] = {
-            "user": ctx["user"], "endpoint": ctx["endpoint"], "model": model_fields(self.info),
-            "served_as": self.served_name, "settings": settings_fields(job.request),
-            "inputs": ctx["inputs"],
+        context: dict[str, Any] = {
+            "record_id": ctx["record_id"], "user": ctx["user"], "endpoint": ctx["endpoint"],
+            "inputs": ctx["inputs"], "served_as": self.served_name, "queue_s": job.queue_s,
         }
         if self.config.log_prompts:
-            body["prompt"] = capture_inputs(self.store, ctx["messages"], self.deid_key)
+            context["prompt"] = capture_inputs(self.store, ctx["messages"], self.deid_key)
+        return context
+
+    def finalize(self, job: Job, answer: Answer | None, error: BaseException | None) -> str | None:
+        """After the model wrote the record of an answer or of a failure inside generation
+        (worker thread, before the last byte goes out): metrics, and the record of a failure
+        outside it (a client gone while waiting)."""
         if answer is not None:
-            kind = "answer"
-            body |= answer_fields(answer, job.queue_s)
             self.metrics.record_answer(
                 prompt_tokens=answer.usage.prompt_tokens, completion_tokens=answer.usage.completion_tokens,
                 finish_reason=answer.finish_reason, queue_s=job.queue_s,
                 first_token_s=answer.timings.first_token_s, total_s=answer.timings.total_s,
             )
-        else:
-            status, error_json = error_body(error or RuntimeError())
-            kind = "rejected" if status < 500 else "error"
-            body |= {"status": status, "error": error_json["error"]}
+            return answer.audit_id
+        recorded = getattr(error, "audit_id", None)
+        if recorded is not None:
+            return str(recorded)
+        ctx = job.context
+        status, error_json = error_body(error or RuntimeError())
+        body: dict[str, Any] = {
+            "user": ctx["user"], "endpoint": ctx["endpoint"], "model": model_fields(self.info),
+            "served_as": self.served_name, "settings": settings_fields(job.request),
+            "inputs": ctx["inputs"], "status": status, "error": error_json["error"],
+        }
+        kind = "rejected" if status < 500 else "error"
         self.store.append(kind, body, record_id=ctx["record_id"])
         return str(ctx["record_id"])
 

@@ -1,0 +1,141 @@
+"""One writer of audit records for every surface: the Python API, the CLI, the server, eval.
+
+``MedGemma`` holds an :class:`AuditTrail` and writes the record of each answer before the
+answer is handed back (the server before its last byte), and of each failure inside
+generation. A surface adds what only it knows (who asked, through which endpoint, the
+digests of the inputs as sent) as ``context``. Records hold hashes of the inputs, never the
+prompt text or the pixels, unless a surface opts in (the server's ``--log-prompts``).
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from medgem.audit.records import AuditStore, sha256_hex
+
+if TYPE_CHECKING:
+    from medgem.answer import Answer
+    from medgem.engines.base import ModelInfo
+    from medgem.request import Request
+
+log = logging.getLogger("medgem.audit")
+# Context keys a surface may give; others are refused so a typo cannot hide a field.
+CONTEXT_KEYS = frozenset({"record_id", "user", "endpoint", "inputs", "served_as", "prompt",
+                          "queue_s"})
+
+
+def model_fields(info: ModelInfo) -> dict[str, Any]:
+    """The model facts a record keeps (enough to reproduce the run; no local paths)."""
+    data = asdict(info)
+    data.pop("path", None)
+    return data
+
+
+def settings_fields(request: Request) -> dict[str, Any]:
+    """The generation options the request carried, and its shape."""
+    options = request.options
+    return {
+        "max_new_tokens": options.max_new_tokens,
+        "temperature": options.temperature,
+        "top_p": options.top_p,
+        "seed": options.seed,
+        "stop": list(options.stop),
+        "think": options.think,
+        "template": request.template,
+        "images": len(request.images),
+    }
+
+
+def answer_fields(answer: Answer, queue_s: float) -> dict[str, Any]:
+    return {
+        "output": answer.text,
+        "thinking": answer.thinking,
+        "finish_reason": answer.finish_reason,
+        "usage": {
+            "prompt_tokens": answer.usage.prompt_tokens,
+            "completion_tokens": answer.usage.completion_tokens,
+        },
+        "timings": {
+            "queue_s": round(queue_s, 4),
+            "first_token_s": round(answer.timings.first_token_s, 4),
+            "total_s": round(answer.timings.total_s, 4),
+        },
+        "caveat": answer.caveat,
+        "label": answer.label,
+    }
+
+
+def request_digests(request: Request) -> list[dict[str, Any]]:
+    """sha256 of each text part and of each image's pixels, turn by turn (no content kept)."""
+    digests: list[dict[str, Any]] = []
+    for message in request.messages:
+        parts: list[dict[str, Any]] = []
+        for part in message.parts:
+            image = getattr(part, "image", None)
+            if image is not None:
+                pixels = hashlib.sha256(image.tobytes()).hexdigest()
+                parts.append({"type": "image", "sha256": pixels, "size": list(image.size)})
+            else:
+                parts.append({"type": "text", "sha256": sha256_hex(part.text.encode("utf-8"))})  # type: ignore[union-attr]
+        digests.append({"role": message.role, "parts": parts})
+    return digests
+
+
+class AuditTrail:
+    """Appends answer and failure records to one store.
+
+    Args:
+        store: where records go (append-only, hash-chained).
+        surface: the default endpoint name ("python", "cli:ask", ...), when the context has none.
+    """
+
+    def __init__(self, store: AuditStore, surface: str = "python") -> None:
+        self.store = store
+        self.surface = surface
+
+    def _body(self, request: Request, info: ModelInfo, context: Mapping[str, Any]) -> dict[str, Any]:
+        unknown = set(context) - CONTEXT_KEYS
+        if unknown:
+            raise ValueError(f"unknown audit context keys: {sorted(unknown)}")
+        body: dict[str, Any] = {
+            "user": context.get("user") or _local_user(),
+            "endpoint": context.get("endpoint") or self.surface,
+            "model": model_fields(info),
+            "settings": settings_fields(request),
+            "inputs": context["inputs"] if "inputs" in context else request_digests(request),
+        }
+        if "served_as" in context:
+            body["served_as"] = context["served_as"]
+        if "prompt" in context:
+            body["prompt"] = context["prompt"]
+        return body
+
+    def answer(self, request: Request, answer: Answer, info: ModelInfo,
+               context: Mapping[str, Any]) -> str:
+        """Record an answer durably; returns the record id."""
+        body = self._body(request, info, context) | answer_fields(
+            answer, float(context.get("queue_s", 0.0)))
+        return self.store.append("answer", body, record_id=context.get("record_id")).id
+
+    def failure(self, request: Request, error: BaseException, info: ModelInfo,
+                context: Mapping[str, Any]) -> str:
+        """Record a request that failed inside generation: "rejected" for 4xx-kind errors
+        (bad input, context too long), "error" otherwise; the error as the server answers it."""
+        from medgem.errors import error_body
+
+        status, detail = error_body(error)
+        body = self._body(request, info, context) | {"status": status, "error": detail["error"]}
+        kind = "rejected" if status < 500 else "error"
+        return self.store.append(kind, body, record_id=context.get("record_id")).id
+
+
+def _local_user() -> str:
+    try:
+        return f"local:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "local"
