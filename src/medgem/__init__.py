@@ -5,8 +5,10 @@ from __future__ import annotations
 from medgem.answer import Answer, AnswerChunk, FinalChunk, ThinkingChunk
 from medgem.api import MedGemma
 from medgem.errors import MedgemError
+from medgem.request import GenerationOptions, Request
 
-__all__ = ["Answer", "AnswerChunk", "FinalChunk", "MedGemma", "MedgemError", "ThinkingChunk", "load"]
+__all__ = ["Answer", "AnswerChunk", "FinalChunk", "GenerationOptions", "MedGemma", "MedgemError",
+           "Request", "ThinkingChunk", "load"]
 __version__ = "0.1.0"
 
 
