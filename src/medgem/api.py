@@ -20,15 +20,15 @@ from medgem.audit import AuditStore, open_store
 from medgem.audit.trail import AuditTrail
 from medgem.engines import EngineOptions, choose_engine, load_engine
 from medgem.errors import ContextLengthError, UnsupportedInputError
+from medgem.inputs import load_inputs
 from medgem.messages import request_from_openai
-from medgem.prompt import build_request, build_volume_request
+from medgem.prompt import request_for_inputs
 from medgem.request import GenerationOptions, Request
 from medgem.resolve import Checkpoint, resolve_checkpoint
 from medgem.stops import apply_stops
 from medgem.variants import Variant, find_variant
 
 if TYPE_CHECKING:
-    from PIL import Image
 
     from medgem.engines.base import Engine
 
@@ -159,13 +159,9 @@ class MedGemma:
             MedgemError subclasses: bad input, with what to do.
         """
         options = GenerationOptions.of(options, **generation)
-        pil_images, sources, volume = _load_images(images)
-        if volume is not None:
-            return build_volume_request(question, pil_images, modality=volume,
-                                        variant=self.variant, options=options)
-        return build_request(
-            question, images=pil_images, sources=sources, system=system,
-            chat=self.chat_model, variant=self.variant, history=history, options=options,
+        return request_for_inputs(
+            question, load_inputs(images), system=system, chat=self.chat_model,
+            variant=self.variant, history=history, options=options,
         )
 
     # --- running -----------------------------------------------------------------------------
@@ -287,36 +283,3 @@ def _final(chunks: Iterator[StreamChunk]) -> Answer:
         if isinstance(chunk, FinalChunk):
             return chunk.answer
     raise RuntimeError("engine stream ended without a final answer")  # engines always finish
-
-
-def _load_images(images: Sequence[Any]) -> tuple[list[Image.Image], list[str], str | None]:
-    """PIL images as they are; paths through the imaging readers (DICOM, series, NIfTI).
-
-    Returns:
-        (images, display sources, volume modality or None). A single volume input becomes a
-        slice list; volumes cannot be mixed with other images.
-    """
-    from PIL import Image
-
-    pil: list[Image.Image] = []
-    sources: list[str] = []
-    paths: list[Any] = []
-    for item in images:
-        if isinstance(item, Image.Image):
-            pil.append(item.convert("RGB"))
-            sources.append(f"image {len(pil)}")
-        else:
-            paths.append(item)
-    if not paths:
-        return pil, sources, None
-    from medgem.inputs import read_images
-
-    loaded = read_images([Path(p) for p in paths])
-    if loaded.volume_modality is not None:
-        if pil or len(paths) > 1:
-            raise UnsupportedInputError(
-                "a CT/MR volume cannot be combined with other images in one question",
-                "ask about the volume on its own",
-            )
-        return loaded.images, loaded.sources, loaded.volume_modality
-    return pil + loaded.images, sources + loaded.sources, None

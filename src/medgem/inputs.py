@@ -1,6 +1,10 @@
-"""Turn what a user hands over (files, folders, bytes, data URLs) into model-ready images.
+"""The one front door for inputs: paths, uploaded bytes, data URLs and PIL images become the RGB
+images the model gets, through the imaging readers (the same pixels whichever surface they came
+in by), with DICOM de-identified before anything is kept.
 
-Photos go through PIL; DICOM, series, zips and NIfTI go through medgem.imaging (optional extra).
+Every surface uses these functions: the Python API and the CLI (paths, PIL images), the OpenAI
+endpoint (data URLs and allowed local paths), the web page (uploads), the evaluation harness
+(dataset images) and the audit trail (what may be stored).
 """
 
 from __future__ import annotations
@@ -8,23 +12,28 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import logging
+import re
+import tempfile
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from medgem.errors import ImageInputError
+from medgem.errors import ImageInputError, UnsupportedInputError
 
 if TYPE_CHECKING:
     from PIL import Image
 
-MAX_IMAGE_PIXELS = 64_000_000  # guards against decompression bombs in photos
-_DICOM_MAGIC_OFFSET = 128
-_PHOTO_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+log = logging.getLogger("medgem")
 
 
 @dataclass
 class LoadedImages:
+    """What an input became: RGB images in order, a display name per image (never PHI), the
+    volume modality when the input was a CT/MR volume, and each image's modality."""
+
     images: list[Image.Image] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     volume_modality: str | None = None
@@ -32,28 +41,20 @@ class LoadedImages:
 
 
 def read_images(paths: Sequence[Path]) -> LoadedImages:
-    """Read image files, DICOM files, DICOM folders/zips and NIfTI volumes.
+    """Read pictures, DICOM files, DICOM folders/zips and NIfTI volumes.
 
     Several inputs are ordered by study date when the files carry one (longitudinal studies).
 
     Raises:
         ImageInputError: a missing or unreadable file, with what to do.
     """
+    from medgem.imaging import load_medical_inputs
+
     for path in paths:
         if not path.exists():
             raise ImageInputError(f"no image at '{path}'", "check the path")
-    if all(path.is_file() and path.suffix.lower() in _PHOTO_SUFFIXES for path in paths):
-        loaded = LoadedImages()
-        for path in paths:
-            loaded.images.append(open_photo(path.read_bytes(), path.name))
-            loaded.sources.append(path.name)
-            loaded.modalities.append(None)
-        return loaded
-    from medgem.imaging import load_medical_inputs
-
-    inputs = load_medical_inputs(list(paths))
     loaded = LoadedImages()
-    for item in inputs:
+    for item in load_medical_inputs(list(paths)):
         if item.kind == "volume":
             loaded.volume_modality = item.modality or "CT"
         loaded.images.extend(item.images)
@@ -62,48 +63,48 @@ def read_images(paths: Sequence[Path]) -> LoadedImages:
     return loaded
 
 
-def open_photo(data: bytes, name: str = "image") -> Image.Image:
-    """Decode PNG/JPEG/... bytes to RGB, refusing non-images and decompression bombs."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as probe:
-            width, height = probe.size
-            if width * height > MAX_IMAGE_PIXELS:
-                raise ImageInputError(
-                    f"'{name}' is {width}x{height} pixels, over the {MAX_IMAGE_PIXELS:,} limit",
-                    "downscale the image before sending it",
-                )
-            probe.load()
-            return probe.convert("RGB")
-    except ImageInputError:
-        raise
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as exc:
-        raise ImageInputError(
-            f"'{name}' is not a readable image ({type(exc).__name__})",
-            "send a PNG, JPEG or DICOM file",
-        ) from exc
-
-
-def is_dicom_bytes(data: bytes) -> bool:
-    return data[_DICOM_MAGIC_OFFSET : _DICOM_MAGIC_OFFSET + 4] == b"DICM"
-
-
 def images_from_bytes(data: bytes, mime: str | None = None, name: str = "upload") -> LoadedImages:
-    """Decode uploaded bytes: a photo, a DICOM file, or a zipped DICOM series."""
-    loaded = LoadedImages()
-    if mime == "application/dicom" or is_dicom_bytes(data) or mime == "application/zip" or data[:4] == b"PK\x03\x04":
-        import tempfile
+    """Decode uploaded bytes (a picture, a DICOM file or a zipped DICOM series) through the same
+    readers as files: the format is found from the content, the upload keeps its own name."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).name) or "upload"
+    with tempfile.TemporaryDirectory(prefix="medgem-upload-") as folder:
+        path = Path(folder) / safe
+        path.write_bytes(data)
+        return read_images([path])
 
-        suffix = ".zip" if data[:4] == b"PK\x03\x04" else ".dcm"
-        with tempfile.TemporaryDirectory(prefix="medgem-upload-") as tmp:
-            path = Path(tmp) / f"{Path(name).stem or 'upload'}{suffix}"
-            path.write_bytes(data)
-            return read_images([path])
-    loaded.images.append(open_photo(data, name))
-    loaded.sources.append(name)
-    loaded.modalities.append(None)
-    return loaded
+
+def from_pil(image: Image.Image) -> Image.Image:
+    """A PIL image as the readers would give it (16-bit grey stretched, alpha on black)."""
+    from medgem.imaging.picture import picture_to_rgb
+
+    return picture_to_rgb(image)
+
+
+def load_inputs(items: Sequence[Any]) -> LoadedImages:
+    """PIL images and paths together, in order: what ``MedGemma.ask(images=...)`` takes.
+
+    Raises:
+        UnsupportedInputError: a CT/MR volume mixed with other images.
+        ImageInputError: an unreadable input.
+    """
+    from PIL import Image
+
+    pictures = [from_pil(item) for item in items if isinstance(item, Image.Image)]
+    paths = [Path(item) for item in items if not isinstance(item, Image.Image)]
+    loaded = LoadedImages(pictures, [f"image {i + 1}" for i in range(len(pictures))], None,
+                          [None] * len(pictures))
+    if not paths:
+        return loaded
+    read = read_images(paths)
+    if read.volume_modality is not None and (pictures or len(paths) > 1):
+        raise UnsupportedInputError(
+            "a CT/MR volume cannot be combined with other images in one question",
+            "ask about the volume on its own",
+        )
+    if read.volume_modality is not None:
+        return read
+    return LoadedImages(loaded.images + read.images, loaded.sources + read.sources, None,
+                        loaded.modalities + read.modalities)
 
 
 def decode_data_url(url: str) -> tuple[bytes, str | None]:
@@ -125,3 +126,54 @@ def decode_data_url(url: str) -> tuple[bytes, str | None]:
         return base64.b64decode(payload, validate=True), mime
     except (binascii.Error, ValueError) as exc:
         raise ImageInputError("the image data URL holds invalid base64", "re-encode the image") from exc
+
+
+def try_data_url(url: str) -> tuple[bytes, str] | None:
+    """(bytes, mime) of a valid base64 data URL, else None (for digests of what was sent)."""
+    try:
+        data, mime = decode_data_url(url)
+    except ImageInputError:
+        return None
+    return data, mime or "application/octet-stream"
+
+
+def deidentify_upload(data: bytes, mime: str, key: bytes) -> tuple[bytes | None, str]:
+    """What may be stored of an upload: pictures as they are; a DICOM file, or each DICOM file
+    of a zip (renumbered: export names may carry patient names), de-identified.
+
+    Returns (None, mime) when a DICOM input cannot be de-identified: it is then not kept.
+    """
+    from medgem.imaging.dicom import looks_like_dicom
+
+    is_zip = zipfile.is_zipfile(io.BytesIO(data))
+    if not (is_zip or looks_like_dicom(data[:132]) or mime == "application/dicom"):
+        return data, mime
+    try:
+        if is_zip:
+            return _deidentify_zip(data, key), "application/zip"
+        return _deidentify_dicom(data, key), "application/dicom"
+    except Exception:  # never store what could not be cleaned
+        log.warning("a DICOM input could not be de-identified; it is not kept")
+        return None, mime
+
+
+def _deidentify_dicom(data: bytes, key: bytes) -> bytes:
+    import pydicom
+
+    from medgem.imaging.deid import deidentify
+
+    dataset = pydicom.dcmread(io.BytesIO(data), force=True)
+    cleaned = deidentify(dataset, key) or dataset
+    out = io.BytesIO()
+    cleaned.save_as(out)
+    return out.getvalue()
+
+
+def _deidentify_zip(data: bytes, key: bytes) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as source, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as target:
+        for number, info in enumerate(source.infolist()):
+            if info.is_dir():
+                continue
+            target.writestr(f"{number:05d}.dcm", _deidentify_dicom(source.read(info), key))
+    return out.getvalue()

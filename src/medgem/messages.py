@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from medgem.errors import ImageInputError, InputError
-from medgem.inputs import LoadedImages, decode_data_url, images_from_bytes, read_images
+from medgem.inputs import LoadedImages, decode_data_url, from_pil, images_from_bytes, read_images
 from medgem.prompt import check_think, resolve_options, system_text
 from medgem.request import GenerationOptions, ImagePart, Message, Part, Request, TextPart
 from medgem.variants import InputKind, Variant
@@ -135,7 +135,7 @@ def _from_object(value: Any, allowed_dirs: Sequence[Path] | None) -> LoadedImage
     from PIL import Image
 
     if isinstance(value, Image.Image):
-        return LoadedImages([value.convert("RGB")], ["image"], None, [None])
+        return LoadedImages([from_pil(value)], ["image"], None, [None])
     if isinstance(value, (str, Path)):
         return read_images([_allowed_path(Path(value), allowed_dirs)])
     raise InputError("an image part must hold a PIL image or a file path")

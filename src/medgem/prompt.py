@@ -17,6 +17,8 @@ from medgem.variants import InputKind, Variant, default_budget
 if TYPE_CHECKING:
     from PIL import Image
 
+    from medgem.inputs import LoadedImages
+
 RADIOLOGIST_SYSTEM = "You are an expert radiologist."
 ASSISTANT_SYSTEM = "You are a helpful medical assistant."
 IMAGE_TOKEN_MARK = "<start_of_image>"
@@ -167,3 +169,22 @@ def build_volume_request(
         parts += [ImagePart(image, f"slice {number}"), TextPart(f"SLICE {number}")]
     parts.append(TextPart(text))
     return Request((Message("user", tuple(parts)),), options)
+
+
+def request_for_inputs(
+    question: str,
+    loaded: LoadedImages,
+    *,
+    system: str | None = None,
+    chat: bool = True,
+    variant: Variant | None = None,
+    history: Sequence[Message] = (),
+    options: GenerationOptions | None = None,
+) -> Request:
+    """The Request for a question about what the inputs front door read: the volume layout
+    for a CT/MR volume, the image layout otherwise (one place for every surface)."""
+    if loaded.volume_modality is not None:
+        return build_volume_request(question, loaded.images, modality=loaded.volume_modality,
+                                    variant=variant, options=options)
+    return build_request(question, images=loaded.images, sources=loaded.sources, system=system,
+                         chat=chat, variant=variant, history=history, options=options)

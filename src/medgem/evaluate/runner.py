@@ -221,9 +221,9 @@ def run_item(mg: MedGemma, task: Task, item: EvalItem, think: bool,
 
 def _open_image(ref: str | bytes) -> Any:
     if isinstance(ref, bytes):
-        from medgem.inputs import open_photo
+        from medgem.inputs import images_from_bytes
 
-        return open_photo(ref, "dataset image")
+        return images_from_bytes(ref, name="dataset-image").images[0]
     return Path(ref)
 
 

@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from medgem.audit import add_review
 from medgem.errors import ApiError, ImageInputError, MedgemError
 from medgem.inputs import LoadedImages, decode_data_url, images_from_bytes
-from medgem.prompt import build_request, build_volume_request
+from medgem.prompt import request_for_inputs
 from medgem.request import Request
 from medgem.server import protocol as p
 from medgem.server.errors import error_response
@@ -73,17 +73,11 @@ class PageHandlers:
         s = self.serving
         model = s.model
         options = body.generation_options()
-        if body.image is None:
-            return build_request(body.question, system=body.system, chat=model.chat_model,
-                                 variant=model.variant, options=options)
-        loaded = _load(body.image)
-        if loaded.volume_modality is not None:
-            return build_volume_request(body.question, loaded.images, modality=loaded.volume_modality,
-                                        variant=model.variant, options=options)
-        if len(loaded.images) > s.config.max_images:
+        loaded = _load(body.image) if body.image is not None else LoadedImages()
+        if loaded.volume_modality is None and len(loaded.images) > s.config.max_images:
             raise ImageInputError(f"{len(loaded.images)} images sent, the limit is {s.config.max_images}")
-        return build_request(body.question, images=loaded.images, sources=loaded.sources, system=body.system,
-                             chat=model.chat_model, variant=model.variant, options=options)
+        return request_for_inputs(body.question, loaded, system=body.system, chat=model.chat_model,
+                                  variant=model.variant, options=options)
 
     async def preview(self, http: HttpRequest) -> Response:
         """The preprocessed images (as PNG data URLs) the model will see for an upload."""

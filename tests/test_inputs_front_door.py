@@ -1,0 +1,92 @@
+"""One front door for inputs: a file gives the model the same pixels through every surface.
+
+The two pictures that used to differ between paths: a 16-bit grayscale PNG (stretched to the
+full range, not saturated) and a half-transparent RGBA PNG (alpha composited on black).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from medgem.audit import open_store
+from medgem.imaging.picture import picture_to_rgb
+from medgem.inputs import images_from_bytes, load_inputs, read_images
+from medgem.messages import request_from_openai
+from medgem.server.app import create_app
+from medgem.server.config import ServerConfig
+from test_server_helpers import scripted_model, serve_in_thread
+
+
+def _pictures(folder: Path) -> dict[str, Path]:
+    ramp = (np.arange(32 * 48, dtype=np.uint32).reshape(32, 48) * 40 + 1000).astype(np.uint16)
+    grey16 = folder / "grey16.png"
+    Image.fromarray(ramp).save(grey16)  # mode I;16: values 1000..62400
+    rgba = np.zeros((32, 48, 4), dtype=np.uint8)
+    rgba[..., 0], rgba[..., 1], rgba[..., 2] = 200, 120, 40
+    rgba[..., 3] = np.linspace(0, 255, 48, dtype=np.uint8)[None, :]
+    transparent = folder / "rgba.png"
+    Image.fromarray(rgba, mode="RGBA").save(transparent)
+    return {"grey16": grey16, "rgba": transparent}
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return _pictures(tmp_path_factory.mktemp("pictures"))
+
+
+def _pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"))
+
+
+def _beside_a_dicom(path: Path) -> Image.Image:
+    """The picture asked about together with a DICOM image (the old photo-only shortcut)."""
+    from pydicom.data import get_testdata_file
+
+    dicom = Path(str(get_testdata_file("CT_small.dcm")))
+    loaded = load_inputs([path, dicom])
+    assert len(loaded.images) == 2
+    return loaded.images[loaded.sources.index(path.name)]
+
+
+def _data_url(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def test_the_expected_pixels_are_stretched_and_composited(pictures: dict[str, Path]) -> None:
+    grey = _pixels(picture_to_rgb(Image.open(pictures["grey16"])))
+    assert grey.min() == 0 and grey.max() == 255  # full range, not 94% white
+    rgba = _pixels(picture_to_rgb(Image.open(pictures["rgba"])))
+    assert tuple(rgba[0, 0]) == (0, 0, 0) and tuple(rgba[0, -1]) == (200, 120, 40)
+
+
+def test_every_surface_gives_the_same_pixels(pictures: dict[str, Path]) -> None:
+    with serve_in_thread(create_app(ServerConfig(), scripted_model(), store=open_store(":memory:"))) as base:
+        for name, path in pictures.items():
+            expected = _pixels(picture_to_rgb(Image.open(path)))
+            data_url = _data_url(path)
+            seen = {
+                "file": read_images([path]).images[0],
+                "bytes": images_from_bytes(path.read_bytes(), "image/png").images[0],
+                "PIL image": load_inputs([Image.open(path)]).images[0],
+                "path with a DICOM beside it": _beside_a_dicom(path),
+                "OpenAI data URL": request_from_openai(
+                    [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url}},
+                                                  {"type": "text", "text": "q"}]}]).images[0].image,
+            }
+            preview = httpx.post(base + "/api/preview", json={"image": data_url}, timeout=30).json()
+            png = base64.b64decode(preview["images"][0]["url"].split(",", 1)[1])
+            seen["web page preview"] = Image.open(io.BytesIO(png))
+            for surface, image in seen.items():
+                got = _pixels(image)
+                if got.shape != expected.shape:  # the preview shows the model-size copy
+                    got = _pixels(Image.fromarray(expected).resize(image.size, Image.Resampling.BILINEAR))
+                    assert np.abs(_pixels(image).astype(int) - got.astype(int)).max() <= 1, (name, surface)
+                else:
+                    assert np.array_equal(got, expected), (name, surface)
