@@ -26,11 +26,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # imaging_fixtures
 
 from imaging_fixtures import write_ct_series
-from medgem.imaging import ImagingOptions, encode_image, load_medical_input, to_model_size
-from medgem.imaging.dicom import decode_frames, modality_values, read_header
-from medgem.imaging.series import folder_sources, group_series, sample_indices, sort_slices
-from medgem.imaging.volume import to_images
-from medgem.imaging.windows import ct_to_rgb
+from medgem.inputs import ImagingOptions, encode_image, load_medical_input, to_model_size
+from medgem.inputs.dicom import decode_frames, modality_values, read_header
+from medgem.inputs.series import folder_sources, group_series, sample_indices, sort_slices
+from medgem.inputs.volume import to_images
+from medgem.inputs.windows import ct_to_rgb
 
 SLICES, SIDE = 85, 512
 

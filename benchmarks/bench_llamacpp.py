@@ -185,7 +185,7 @@ def ensure_checkpoint(folder: Path) -> Path:
         return folder
     import torch
 
-    from medgem.synthetic import MEDGEMMA_4B, build_checkpoint
+    from medgem.demo.build import MEDGEMMA_4B, build_checkpoint
 
     torch.set_default_dtype(torch.bfloat16)
     try:

@@ -72,7 +72,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="medgem-bench-"))
     model = args.model
     if model is None:
-        from medgem.synthetic import build_checkpoint
+        from medgem.demo.build import build_checkpoint
 
         model = str(build_checkpoint(work / "tiny-vlm", multimodal=True, model_id="medgem-test-vlm"))
     port = _free_port()

@@ -24,7 +24,7 @@ from pathlib import Path
 def build(shape_name: str, folder: Path) -> Path:
     import torch
 
-    from medgem.synthetic import MEDGEMMA_4B, TINY, build_checkpoint
+    from medgem.demo.build import MEDGEMMA_4B, TINY, build_checkpoint
 
     if (folder / "config.json").exists():
         return folder

@@ -23,7 +23,7 @@ def tiny_checks(root: Path, device: str) -> dict[str, Any]:
     from PIL import Image
 
     from medgem import MedGemma
-    from medgem.synthetic import build_checkpoint
+    from medgem.demo.build import build_checkpoint
 
     vlm = build_checkpoint(root / "tiny-vlm", multimodal=True, model_id="medgem-test-vlm")
     image = Image.linear_gradient("L").resize((96, 80)).convert("RGB")
@@ -56,7 +56,7 @@ def four_b(root: Path, device: str) -> dict[str, Any]:
     from PIL import Image
 
     from medgem import MedGemma
-    from medgem.synthetic import MEDGEMMA_4B, build_checkpoint
+    from medgem.demo.build import MEDGEMMA_4B, build_checkpoint
 
     started = time.perf_counter()
     torch.set_default_dtype(torch.bfloat16)

@@ -35,7 +35,7 @@ def checkpoints_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_vlm_checkpoint(checkpoints_dir: Path) -> Path:
     """Gemma3ForConditionalGeneration (2 text layers, 1-layer SigLIP, 64-px images, 4 tokens)."""
-    from medgem.synthetic import build_checkpoint
+    from medgem.demo.build import build_checkpoint
 
     return build_checkpoint(checkpoints_dir / "tiny-vlm", multimodal=True, model_id="medgem-test-vlm")
 
@@ -43,7 +43,7 @@ def tiny_vlm_checkpoint(checkpoints_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_text_checkpoint(checkpoints_dir: Path) -> Path:
     """Gemma3ForCausalLM, chat template included (like 27b-text-it)."""
-    from medgem.synthetic import build_checkpoint
+    from medgem.demo.build import build_checkpoint
 
     return build_checkpoint(checkpoints_dir / "tiny-text", multimodal=False, model_id="medgem-test-text")
 
@@ -51,7 +51,7 @@ def tiny_text_checkpoint(checkpoints_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_pt_checkpoint(checkpoints_dir: Path) -> Path:
     """A pre-trained-style multimodal checkpoint: no chat template."""
-    from medgem.synthetic import build_checkpoint
+    from medgem.demo.build import build_checkpoint
 
     return build_checkpoint(
         checkpoints_dir / "tiny-pt", multimodal=True, chat_template=False, model_id="medgem-test-pt"
@@ -61,7 +61,7 @@ def tiny_pt_checkpoint(checkpoints_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def demo_checkpoint() -> Path:
     """The demo model: real Gemma 3 270M weights (built once into the medgem cache)."""
-    from medgem.synthetic import demo_checkpoint as build
+    from medgem.demo.build import demo_checkpoint as build
 
     return build()
 

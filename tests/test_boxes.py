@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medgem.boxes import Box, draw_boxes, pad_to_square, parse_boxes, square_padding
+from medgem.answer.boxes import Box, draw_boxes, pad_to_square, parse_boxes, square_padding
 
 ANSWER = """Here are the structures:
 ```json

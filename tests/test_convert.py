@@ -34,7 +34,7 @@ def tensor_types(path: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def official() -> dict[str, Any]:
-    from medgem.synthetic import demo_gguf_path
+    from medgem.demo.build import demo_gguf_path
 
     return fields(demo_gguf_path())
 
@@ -79,7 +79,7 @@ def test_tokenizer_is_carried_as_official_gemma_ggufs_carry_it(
 def test_tensor_names_and_hyperparameters_follow_llama_cpp(
     official: dict[str, Any], converted: Any, converted_fields: dict[str, Any]
 ) -> None:
-    from medgem.synthetic import demo_gguf_path
+    from medgem.demo.build import demo_gguf_path
 
     def per_block(names: Any) -> set[str]:
         return {re.sub(r"^blk\.\d+\.", "blk.N.", name) for name in names}
@@ -121,7 +121,7 @@ def test_gemma_norms_are_stored_plus_one(tiny_vlm_checkpoint: Path, converted: A
 
 def test_q4_k_m_really_quantizes_with_llama_cpp(tmp_path: Path) -> None:
     """Rows of 256 (the k-quant block) so llama.cpp's Q4_K_M mix applies."""
-    from medgem.synthetic import Shape, build_checkpoint
+    from medgem.demo.build import Shape, build_checkpoint
 
     shape = Shape(hidden=256, intermediate=512, heads=2, kv_heads=1, head_dim=128,
                   vision_hidden=64, vision_intermediate=128)
@@ -150,7 +150,7 @@ def test_cli_convert_q8_0_in_a_subprocess(tiny_text_checkpoint: Path, tmp_path: 
 
 
 def test_bad_inputs_get_one_actionable_error(tmp_path: Path, tiny_vlm_checkpoint: Path) -> None:
-    from medgem.synthetic import demo_gguf_path
+    from medgem.demo.build import demo_gguf_path
 
     with pytest.raises(InputError, match="already a GGUF"):
         convert_checkpoint(demo_gguf_path(), "f16", tmp_path / "x")

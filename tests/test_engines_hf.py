@@ -123,7 +123,7 @@ def test_pretrained_checkpoint_gets_a_completion_prompt(tiny_pt_checkpoint: Path
 
 
 def test_checkpoint_without_template_gets_the_shipped_one(tiny_pt_checkpoint: Path) -> None:
-    from medgem.prompt import shipped_chat_template
+    from medgem.request.compose import shipped_chat_template
 
     model = MedGemma.load(tiny_pt_checkpoint, progress=False)
     assert model.engine.processor.chat_template == shipped_chat_template()  # type: ignore[attr-defined]

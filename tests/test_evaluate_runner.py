@@ -35,8 +35,8 @@ from medgem.evaluate import (
 )
 from medgem.evaluate.metrics import corpus_bleu, rouge_l
 from medgem.request import Request
-from medgem.thinking import THINK_INSTRUCTION
-from medgem.variants import find_variant
+from medgem.request.thinking import THINK_INSTRUCTION
+from medgem.request.variants import find_variant
 
 DATA = Path(__file__).parent / "data" / "eval"
 

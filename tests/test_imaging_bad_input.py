@@ -15,7 +15,7 @@ from pydicom.data import get_testdata_file
 
 from imaging_fixtures import hu_phantom, write_ct_series
 from medgem.errors import ImageInputError
-from medgem.imaging import ImagingOptions, load_medical_input
+from medgem.inputs import ImagingOptions, load_medical_input
 
 
 def test_png_named_dcm(tmp_path: Path) -> None:

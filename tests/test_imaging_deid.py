@@ -12,8 +12,8 @@ import pydicom
 import pytest
 
 from imaging_fixtures import PHI, hu_phantom, write_ct_series
-from medgem.imaging import load_medical_input, save_preprocessed
-from medgem.imaging.deid import deidentify, pseudonym, remap_uid
+from medgem.inputs import load_medical_input, save_preprocessed
+from medgem.inputs.deid import deidentify, pseudonym, remap_uid
 
 KEY = b"test-secret-key"
 

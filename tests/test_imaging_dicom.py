@@ -13,7 +13,7 @@ from pydicom.data import get_testdata_file
 
 from imaging_fixtures import secondary_capture
 from medgem.errors import ImageInputError
-from medgem.imaging import ImagingOptions, load_medical_input
+from medgem.inputs import ImagingOptions, load_medical_input
 
 
 def data(name: str) -> str:
@@ -130,7 +130,7 @@ def test_monochrome1_synthetic_inverts_exactly(tmp_path: Path) -> None:
 def test_missing_decoder_names_the_package() -> None:
     script = (
         "import sys; sys.modules['pylibjpeg'] = None\n"
-        "from medgem.imaging import load_medical_input\n"
+        "from medgem.inputs import load_medical_input\n"
         f"load_medical_input({data('JPEG-LL.dcm')!r})\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

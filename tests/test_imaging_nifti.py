@@ -10,7 +10,7 @@ import pytest
 
 from imaging_fixtures import KNOWN_HU_RGB
 from medgem.errors import ImageInputError
-from medgem.imaging import ImagingOptions, load_medical_input
+from medgem.inputs import ImagingOptions, load_medical_input
 
 
 def write_nifti(path: Path, data: np.ndarray, zooms: tuple[float, float, float] = (0.8, 0.8, 3.0)) -> Path:

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from medgem.errors import ImageInputError
-from medgem.imaging import ImagingOptions, load_medical_input
+from medgem.inputs import ImagingOptions, load_medical_input
 
 
 def test_png_becomes_one_rgb_image(tmp_path: Path) -> None:

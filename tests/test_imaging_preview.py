@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from imaging_fixtures import hu_phantom, write_ct_series
-from medgem.imaging import encode_image, load_medical_input, save_preprocessed, to_model_size
+from medgem.inputs import encode_image, load_medical_input, save_preprocessed, to_model_size
 
 
 def test_one_png_per_slice_and_per_image_with_identical_pixels(tmp_path: Path) -> None:

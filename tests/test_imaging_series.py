@@ -11,8 +11,8 @@ from pydicom.uid import generate_uid
 
 from imaging_fixtures import KNOWN_HU_RGB, hu_phantom, mr_slice, write_ct_series
 from medgem.errors import ImageInputError
-from medgem.imaging import ImagingOptions, load_medical_input, load_medical_inputs
-from medgem.imaging.series import sample_indices
+from medgem.inputs import ImagingOptions, load_medical_input, load_medical_inputs
+from medgem.inputs.series import sample_indices
 
 
 def band_colours(image: np.ndarray, count: int) -> list[tuple[int, ...]]:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from imaging_fixtures import KNOWN_HU_RGB
-from medgem.imaging.options import DEFAULT_CT_WINDOWS, ImagingOptions
-from medgem.imaging.windows import (
+from medgem.inputs.options import DEFAULT_CT_WINDOWS, ImagingOptions
+from medgem.inputs.windows import (
     centre_width_to_range,
     ct_to_rgb,
     grey_to_rgb,

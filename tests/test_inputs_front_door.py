@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from medgem.audit import open_store
-from medgem.imaging.picture import picture_to_rgb
 from medgem.inputs import images_from_bytes, load_inputs, read_images
-from medgem.messages import request_from_openai
+from medgem.inputs.picture import picture_to_rgb
+from medgem.request.openai_messages import request_from_openai
 from medgem.server.app import create_app
 from medgem.server.config import ServerConfig
 from test_server_helpers import scripted_model, serve_in_thread

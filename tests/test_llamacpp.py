@@ -54,7 +54,7 @@ def noise_image(size: int, seed: int = 0) -> Any:
 
 @pytest.fixture(scope="module")
 def gguf_270m() -> Path:
-    from medgem.synthetic import demo_gguf_path
+    from medgem.demo.build import demo_gguf_path
 
     return demo_gguf_path()
 
@@ -302,8 +302,8 @@ def test_corrupt_and_truncated_files_are_refused(tmp_path: Path, converted_vlm: 
 
 
 def test_an_mmproj_from_another_model_is_refused(converted_vlm: Path, tmp_path: Path) -> None:
+    from medgem.demo.build import Shape, build_checkpoint
     from medgem.engines.gguf.convert import convert_checkpoint
-    from medgem.synthetic import Shape, build_checkpoint
 
     wider = build_checkpoint(tmp_path / "wider", shape=Shape(hidden=96, head_dim=48))
     other = convert_checkpoint(wider, "f16", tmp_path / "wider-gguf", verify=False)

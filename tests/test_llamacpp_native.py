@@ -114,7 +114,7 @@ def test_avx2_only_kernels_run_and_match_the_best_ones(llamacpp_runs: None) -> N
 @llama_cpp_installed
 def test_an_unknown_cpu_variant_is_one_clear_error(tmp_path: Path) -> None:
     """Forcing a backend the build lacks: one line naming the choices, exit 1, no crash."""
-    from medgem.synthetic import demo_gguf_path
+    from medgem.demo.build import demo_gguf_path
 
     result = run_cli("ask", "--model", str(demo_gguf_path()), "--max-new-tokens", "2", "Hi",
                      env={"MEDGEM_LLAMA_CPU_VARIANT": "pentium3", "MEDGEM_CACHE": str(tmp_path)})

@@ -4,10 +4,10 @@ import pytest
 from PIL import Image
 
 from medgem.errors import InputError, UnsupportedInputError
-from medgem.prompt import build_request, build_volume_request, describe_prompt
 from medgem.request import GenerationOptions, ImagePart, TextPart
-from medgem.thinking import THINK_INSTRUCTION
-from medgem.variants import default_budget, find_variant
+from medgem.request.compose import build_request, build_volume_request, describe_prompt
+from medgem.request.thinking import THINK_INSTRUCTION
+from medgem.request.variants import default_budget, find_variant
 
 IMG = Image.new("RGB", (8, 8))
 
@@ -76,7 +76,7 @@ def test_describe_prompt_by_modality() -> None:
 def test_shipped_template_folds_system_into_first_user_turn() -> None:
     from jinja2 import Environment
 
-    from medgem.prompt import shipped_chat_template
+    from medgem.request.compose import shipped_chat_template
 
     template = Environment().from_string(shipped_chat_template())
     text = template.render(

@@ -24,7 +24,7 @@ def test_demo_model_carries_the_real_270m_weights(demo_checkpoint: Path) -> None
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from medgem.synthetic import demo_gguf_path, gemma3_tokenizer_dir
+    from medgem.demo.build import demo_gguf_path, gemma3_tokenizer_dir
 
     prompt = "The capital of France is"
     model = MedGemma.load(demo_checkpoint, progress=False)

@@ -34,7 +34,7 @@ from medgem.engines.base import (
     as_prepared,
 )
 from medgem.request import Request
-from medgem.thinking import THINK_INSTRUCTION
+from medgem.request.thinking import THINK_INSTRUCTION
 
 SCRIPTED_ID = "medgem-test-scripted"
 

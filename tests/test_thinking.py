@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from medgem.thinking import ThinkingSplitter, split_thinking
+from medgem.request.thinking import ThinkingSplitter, split_thinking
 
 OUTPUT = "<unused94>thought\nThe patient has fever.\nConsider CAP.<unused95>Bacterial pneumonia is likely."
 
@@ -68,14 +68,14 @@ def test_second_thought_block_is_kept_out_of_the_answer() -> None:
     assert thinking == "ab"
 
 
-# --- stop strings (medgem.stops), the same streaming hold-back idea ---------------------------
+# --- stop strings (medgem.answer.stops), the same streaming hold-back idea ---------------------------
 
 
 def run_stops(deltas: list[str], stops: list[str]) -> tuple[str, str, bool]:
     import threading
 
+    from medgem.answer.stops import apply_stops
     from medgem.engines.base import Finished, TextDelta, Timings, Usage
-    from medgem.stops import apply_stops
 
     cancel = threading.Event()
     events = [TextDelta(d) for d in deltas] + [Finished("cancelled", Usage(3, 9), Timings(0.1, 0.2))]

@@ -16,17 +16,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medgem.answer import INTENDED_USE_CAVEAT, Answer, FinalChunk, StreamChunk, assemble
+from medgem.answer.stops import apply_stops
 from medgem.audit import AuditStore, open_store
 from medgem.audit.trail import AuditTrail
 from medgem.engines import EngineOptions, choose_engine, load_engine
 from medgem.errors import ContextLengthError, UnsupportedInputError
 from medgem.inputs import load_inputs
-from medgem.messages import request_from_openai
-from medgem.prompt import request_for_inputs
 from medgem.request import GenerationOptions, Request
+from medgem.request.compose import request_for_inputs
+from medgem.request.openai_messages import request_from_openai
+from medgem.request.variants import Variant, find_variant
 from medgem.resolve import Checkpoint, resolve_checkpoint
-from medgem.stops import apply_stops
-from medgem.variants import Variant, find_variant
 
 if TYPE_CHECKING:
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from medgem.errors import GatedModelError, ModelNotFoundError, NotACheckpointError
-from medgem.variants import Variant, find_variant
+from medgem.request.variants import Variant, find_variant
 
 MULTIMODAL_TYPES = {"gemma3"}
 TEXT_TYPES = {"gemma3_text"}

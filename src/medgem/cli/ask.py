@@ -74,7 +74,7 @@ def _draw_boxes(answer: str, images: list[Path], target: Path) -> None:
 
     if len(images) != 1:
         raise InputError("--boxes needs exactly one --image")
-    from medgem.boxes import draw_boxes, parse_boxes
+    from medgem.answer.boxes import draw_boxes, parse_boxes
     from medgem.inputs import read_images
 
     image = read_images([images[0]]).images[0]

@@ -14,7 +14,7 @@ from typing import Any
 
 from medgem.cli.common import print_label_first, render
 from medgem.errors import MissingDependencyError
-from medgem.prompt import ASSISTANT_SYSTEM, RADIOLOGIST_SYSTEM
+from medgem.request.compose import ASSISTANT_SYSTEM, RADIOLOGIST_SYSTEM
 
 
 def add_parser(subparsers: Any) -> None:
@@ -40,7 +40,7 @@ def chest_radiograph() -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from medgem.api import MedGemma
-    from medgem.synthetic import demo_checkpoint
+    from medgem.demo.build import demo_checkpoint
 
     err = sys.stderr
     err.write("medgem demo: preparing the demo model (first run builds it, about a minute)\n")

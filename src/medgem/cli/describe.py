@@ -8,7 +8,7 @@ from typing import Any
 
 from medgem.cli import ask
 from medgem.cli.common import add_audit_flags, add_generation_flags, add_model_flags
-from medgem.prompt import RADIOLOGIST_SYSTEM, describe_prompt
+from medgem.request.compose import RADIOLOGIST_SYSTEM, describe_prompt
 
 
 def add_parser(subparsers: Any) -> None:

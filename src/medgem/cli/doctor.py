@@ -9,7 +9,7 @@ from typing import Any
 
 from medgem.hardware import GIB, Hardware, detect_hardware
 from medgem.memory import budget_for, estimate
-from medgem.variants import VARIANTS, Variant
+from medgem.request.variants import VARIANTS, Variant
 
 ENGINE_PACKAGES = {
     "hf (transformers)": ("transformers", "torch"),

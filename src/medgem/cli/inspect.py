@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 from medgem.errors import ImageInputError
-from medgem.imaging.inspect import inspect_input
-from medgem.imaging.options import ImagingOptions
-from medgem.imaging.preview import save_preprocessed
+from medgem.inputs.inspect import inspect_input
+from medgem.inputs.options import ImagingOptions
+from medgem.inputs.preview import save_preprocessed
 
 
 def parse_window(text: str) -> tuple[float, float]:

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from medgem.variants import VARIANTS, Variant
+from medgem.request.variants import VARIANTS, Variant
 
 
 def add_parser(subparsers: Any) -> None:

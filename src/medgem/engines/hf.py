@@ -31,8 +31,8 @@ from medgem.errors import (
     MissingDependencyError,
     NotACheckpointError,
 )
-from medgem.prompt import shipped_chat_template
 from medgem.request import ImagePart, Request, TextPart
+from medgem.request.compose import shipped_chat_template
 from medgem.resolve import Checkpoint
 
 Mode = Literal["direct", "pipeline"]

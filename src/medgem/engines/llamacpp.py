@@ -152,7 +152,7 @@ class LlamaCppEngine:
         self._marker = mtmd.mtmd_default_marker().decode()
         template = header.get("tokenizer.chat_template")
         if not isinstance(template, str) or not template:
-            from medgem.prompt import shipped_chat_template
+            from medgem.request.compose import shipped_chat_template
 
             template = shipped_chat_template()
         self._template = _compile_template(template)

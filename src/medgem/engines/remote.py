@@ -35,7 +35,7 @@ from medgem.errors import (
     require,
 )
 from medgem.request import ImagePart, Request, TextPart
-from medgem.thinking import THOUGHT_CLOSE, THOUGHT_OPEN
+from medgem.request.thinking import THOUGHT_CLOSE, THOUGHT_OPEN
 
 if TYPE_CHECKING:
     import openai
@@ -92,7 +92,7 @@ class RemoteEngine:
         )
         card = self._model_card(model)
         meta = card.get("medgem") or {}
-        from medgem.variants import find_variant
+        from medgem.request.variants import find_variant
 
         variant = meta.get("variant") or (v.key if (v := find_variant(model)) else None)
         self.info = ModelInfo(

@@ -11,7 +11,7 @@ import re
 import string
 from collections.abc import Mapping, Sequence
 
-from medgem.thinking import THOUGHT_CLOSE, THOUGHT_OPEN, split_thinking
+from medgem.request.thinking import THOUGHT_CLOSE, THOUGHT_OPEN, split_thinking
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans(dict.fromkeys(string.punctuation, " "))

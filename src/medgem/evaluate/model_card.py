@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from medgem.variants import find_variant
+from medgem.request.variants import find_variant
 
 
 @dataclass(frozen=True)

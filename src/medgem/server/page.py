@@ -17,8 +17,8 @@ from starlette.responses import JSONResponse, Response
 from medgem.audit import add_review
 from medgem.errors import ApiError, ImageInputError, MedgemError
 from medgem.inputs import LoadedImages, decode_data_url, images_from_bytes
-from medgem.prompt import request_for_inputs
 from medgem.request import Request
+from medgem.request.compose import request_for_inputs
 from medgem.server import protocol as p
 from medgem.server.errors import error_response
 from medgem.server.records import digest_inputs

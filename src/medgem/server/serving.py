@@ -24,8 +24,8 @@ from medgem.api import MedGemma
 from medgem.audit import AuditStore
 from medgem.audit.trail import AuditTrail, model_fields, settings_fields
 from medgem.errors import ApiError, AuthError, MedgemError, error_body
-from medgem.messages import request_from_openai
 from medgem.request import Request
+from medgem.request.openai_messages import request_from_openai
 from medgem.server import protocol as p
 from medgem.server.auth import KeyStore, bearer_token
 from medgem.server.config import ServerConfig

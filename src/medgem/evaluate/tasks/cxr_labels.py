@@ -25,7 +25,7 @@ from medgem.evaluate.tasks.base import (
     image_ref,
     item_id,
 )
-from medgem.prompt import RADIOLOGIST_SYSTEM
+from medgem.request.compose import RADIOLOGIST_SYSTEM
 
 FINDINGS: dict[str, tuple[str, ...]] = {
     "Atelectasis": ("atelectasis", "atelectatic"),

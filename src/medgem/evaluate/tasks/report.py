@@ -23,7 +23,7 @@ from medgem.evaluate.tasks.base import (
     item_id,
     mean_with_bootstrap,
 )
-from medgem.prompt import RADIOLOGIST_SYSTEM
+from medgem.request.compose import RADIOLOGIST_SYSTEM
 
 PROMPT = "Write the findings section of a radiology report for this chest X-ray."
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from medgem.imaging.options import WindowRange
+from medgem.inputs.options import WindowRange
 
 
 def window_to_uint8(values: NDArray[np.generic], low: float, high: float) -> NDArray[np.uint8]:

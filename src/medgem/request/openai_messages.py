@@ -8,9 +8,9 @@ from typing import Any
 
 from medgem.errors import ImageInputError, InputError
 from medgem.inputs import LoadedImages, decode_data_url, from_pil, images_from_bytes, read_images
-from medgem.prompt import check_think, resolve_options, system_text
 from medgem.request import GenerationOptions, ImagePart, Message, Part, Request, TextPart
-from medgem.variants import InputKind, Variant
+from medgem.request.compose import check_think, resolve_options, system_text
+from medgem.request.variants import InputKind, Variant
 
 MAX_IMAGES = 16
 

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 from medgem.errors import InputError, UnsupportedInputError
 from medgem.request import GenerationOptions, ImagePart, Message, Part, Request, TextPart
-from medgem.thinking import THINK_INSTRUCTION
-from medgem.variants import InputKind, Variant, default_budget
+from medgem.request.thinking import THINK_INSTRUCTION
+from medgem.request.variants import InputKind, Variant, default_budget
 
 if TYPE_CHECKING:
     from PIL import Image

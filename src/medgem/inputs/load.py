@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from medgem.imaging.options import ImagingOptions, MedicalInput
-from medgem.imaging.readers import READERS, detect_format
+from medgem.inputs.options import ImagingOptions, MedicalInput
+from medgem.inputs.readers import READERS, detect_format
 
 
 def load_medical_input(path: str | Path, options: ImagingOptions | None = None) -> MedicalInput:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from medgem.errors import ImageInputError
-from medgem.imaging.dicom import (
+from medgem.inputs.dicom import (
     DicomSource,
     check_image_header,
     decode_frames,
@@ -23,11 +23,11 @@ from medgem.imaging.dicom import (
     read_header,
     study_date,
 )
-from medgem.imaging.nifti import is_nifti, read_nifti
-from medgem.imaging.options import ImagingOptions, MedicalInput
-from medgem.imaging.picture import read_picture
-from medgem.imaging.series import choose_series, folder_sources, group_series, zip_sources
-from medgem.imaging.volume import multiframe_to_input, series_to_input, to_images
+from medgem.inputs.nifti import is_nifti, read_nifti
+from medgem.inputs.options import ImagingOptions, MedicalInput
+from medgem.inputs.picture import read_picture
+from medgem.inputs.series import choose_series, folder_sources, group_series, zip_sources
+from medgem.inputs.volume import multiframe_to_input, series_to_input, to_images
 
 Reader = Callable[[Path, ImagingOptions], MedicalInput]
 

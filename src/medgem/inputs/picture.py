@@ -9,8 +9,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from medgem.errors import ImageInputError
-from medgem.imaging.options import ImagingOptions, MedicalInput
-from medgem.imaging.windows import grey_to_rgb, minmax_to_uint8
+from medgem.inputs.options import ImagingOptions, MedicalInput
+from medgem.inputs.windows import grey_to_rgb, minmax_to_uint8
 
 
 def picture_to_rgb(image: Image.Image) -> Image.Image:

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterator, Sequence
 
 from medgem.engines.base import EngineEvent, Finished, TextDelta
-from medgem.thinking import partial_marker_length
+from medgem.request.thinking import partial_marker_length
 
 
 def apply_stops(

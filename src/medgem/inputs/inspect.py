@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medgem.imaging.load import load_medical_input
-from medgem.imaging.options import ImagingOptions, MedicalInput
-from medgem.imaging.preview import MODEL_IMAGE_SIDE
-from medgem.imaging.readers import detect_format
-from medgem.imaging.series import Series, folder_sources, group_series, zip_sources
+from medgem.inputs.load import load_medical_input
+from medgem.inputs.options import ImagingOptions, MedicalInput
+from medgem.inputs.preview import MODEL_IMAGE_SIDE
+from medgem.inputs.readers import detect_format
+from medgem.inputs.series import Series, folder_sources, group_series, zip_sources
 
 
 def list_series(path: str | Path, options: ImagingOptions | None = None) -> list[Series]:

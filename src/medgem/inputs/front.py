@@ -48,7 +48,7 @@ def read_images(paths: Sequence[Path]) -> LoadedImages:
     Raises:
         ImageInputError: a missing or unreadable file, with what to do.
     """
-    from medgem.imaging import load_medical_inputs
+    from medgem.inputs.load import load_medical_inputs
 
     for path in paths:
         if not path.exists():
@@ -75,7 +75,7 @@ def images_from_bytes(data: bytes, mime: str | None = None, name: str = "upload"
 
 def from_pil(image: Image.Image) -> Image.Image:
     """A PIL image as the readers would give it (16-bit grey stretched, alpha on black)."""
-    from medgem.imaging.picture import picture_to_rgb
+    from medgem.inputs.picture import picture_to_rgb
 
     return picture_to_rgb(image)
 
@@ -143,7 +143,7 @@ def deidentify_upload(data: bytes, mime: str, key: bytes) -> tuple[bytes | None,
 
     Returns (None, mime) when a DICOM input cannot be de-identified: it is then not kept.
     """
-    from medgem.imaging.dicom import looks_like_dicom
+    from medgem.inputs.dicom import looks_like_dicom
 
     is_zip = zipfile.is_zipfile(io.BytesIO(data))
     if not (is_zip or looks_like_dicom(data[:132]) or mime == "application/dicom"):
@@ -160,7 +160,7 @@ def deidentify_upload(data: bytes, mime: str, key: bytes) -> tuple[bytes | None,
 def _deidentify_dicom(data: bytes, key: bytes) -> bytes:
     import pydicom
 
-    from medgem.imaging.deid import deidentify
+    from medgem.inputs.deid import deidentify
 
     dataset = pydicom.dcmread(io.BytesIO(data), force=True)
     cleaned = deidentify(dataset, key) or dataset

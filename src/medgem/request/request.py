@@ -92,7 +92,7 @@ class GenerationOptions:
     def budget(self) -> int:
         """max_new_tokens once the prompt stage has filled it in."""
         if self.max_new_tokens is None:
-            raise ValueError("max_new_tokens was never resolved (build requests with medgem.prompt)")
+            raise ValueError("max_new_tokens was never resolved (build requests with medgem.request.compose)")
         return self.max_new_tokens
 
     @classmethod

@@ -182,7 +182,7 @@ def build_checkpoint(
         SiglipVisionConfig,
     )
 
-    from medgem.prompt import shipped_chat_template
+    from medgem.request.compose import shipped_chat_template
 
     torch.manual_seed(seed)
     template = shipped_chat_template() if chat_template else None

@@ -13,8 +13,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from medgem.errors import ImageInputError, require
-from medgem.imaging.options import ImagingOptions, MedicalInput
-from medgem.imaging.volume import array_to_input
+from medgem.inputs.options import ImagingOptions, MedicalInput
+from medgem.inputs.volume import array_to_input
 
 #: Values this low only occur in HU data (air is -1000 HU); MR intensities are non-negative.
 CT_GUESS_THRESHOLD = -500.0

@@ -18,7 +18,7 @@ from medgem.engines.base import (
     Timings,
     Usage,
 )
-from medgem.thinking import ThinkingSplitter
+from medgem.request.thinking import ThinkingSplitter
 
 INTENDED_USE_CAVEAT = (
     "MedGemma output is for research and development only: it has not been validated for "

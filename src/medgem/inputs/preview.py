@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from medgem.imaging.options import MedicalInput
+from medgem.inputs.options import MedicalInput
 
 #: MedGemma's vision tower input side; the model's processor resizes to this.
 MODEL_IMAGE_SIDE = 896

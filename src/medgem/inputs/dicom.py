@@ -16,8 +16,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from medgem.errors import ImageInputError, require
-from medgem.imaging.options import ImagingOptions
-from medgem.imaging.windows import ct_to_rgb, grey_to_rgb, minmax_to_uint8, window_to_uint8
+from medgem.inputs.options import ImagingOptions
+from medgem.inputs.windows import ct_to_rgb, grey_to_rgb, minmax_to_uint8, window_to_uint8
 
 #: Which PyPI package decodes which compressed transfer syntax (by UID prefix).
 DECODER_PACKAGES: dict[str, str] = {

@@ -14,14 +14,14 @@ from typing import Any
 import numpy as np
 
 from medgem.errors import ImageInputError
-from medgem.imaging.dicom import (
+from medgem.inputs.dicom import (
     DicomSource,
     check_image_header,
     frame_count,
     looks_like_dicom,
     read_header,
 )
-from medgem.imaging.options import ImagingOptions
+from medgem.inputs.options import ImagingOptions
 
 #: Files that are never DICOM instances, skipped when scanning a folder or zip.
 SKIPPED_NAMES = {"DICOMDIR", ".DS_Store", "Thumbs.db"}

@@ -13,7 +13,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from medgem.errors import ImageInputError
-from medgem.imaging.dicom import (
+from medgem.inputs.dicom import (
     colour_to_rgb8,
     decode_frames,
     frame_count,
@@ -23,9 +23,9 @@ from medgem.imaging.dicom import (
     read_header,
     study_date,
 )
-from medgem.imaging.options import ImagingOptions, MedicalInput
-from medgem.imaging.series import Series, check_uniform, sample_indices, sort_slices
-from medgem.imaging.windows import ct_to_rgb, grey_to_rgb, minmax_to_uint8, window_to_uint8
+from medgem.inputs.options import ImagingOptions, MedicalInput
+from medgem.inputs.series import Series, check_uniform, sample_indices, sort_slices
+from medgem.inputs.windows import ct_to_rgb, grey_to_rgb, minmax_to_uint8, window_to_uint8
 
 
 def stack_to_rgb(
