@@ -70,7 +70,7 @@ def demo_checkpoint() -> Path:
 def llamacpp_probe() -> object:
     """llama.cpp's kernels run on this CPU, proved in a child process (never in pytest's own)."""
     pytest.importorskip("llama_cpp")
-    from medgem.engines.llamacpp_native import probe
+    from medgem.engines.llamacpp_probe import probe
 
     return probe(use_cache=False)
 

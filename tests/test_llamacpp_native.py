@@ -16,12 +16,8 @@ from typing import Any
 import pytest
 
 from conftest import run_cli
-from medgem.engines.llamacpp_native import (
-    _read_child,
-    cpu_features,
-    describe_cpu_features,
-    use_extra_buffers,
-)
+from medgem.engines.llamacpp_native import cpu_features, describe_cpu_features, use_extra_buffers
+from medgem.engines.llamacpp_probe import _read_child
 from medgem.hardware import cpu_flags
 
 SAPPHIRE_RAPIDS = {"avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile",
@@ -85,7 +81,7 @@ def test_the_installed_build_dispatches_at_run_time() -> None:
 
 
 def _probe_in_child(env: dict[str, str]) -> dict[str, Any]:
-    child = subprocess.run([sys.executable, "-m", "medgem.engines.llamacpp_native"],
+    child = subprocess.run([sys.executable, "-m", "medgem.engines.llamacpp_probe"],
                            capture_output=True, text=True, timeout=300, check=False,
                            env={**os.environ, **env})
     assert child.returncode == 0, (child.returncode, child.stderr[-2000:])

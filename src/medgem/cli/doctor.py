@@ -55,7 +55,8 @@ def installed_engines() -> dict[str, bool]:
 
 def llamacpp_report() -> dict[str, Any]:
     """Whether llama.cpp runs on this CPU (proved in a child process) and with which kernels."""
-    from medgem.engines.llamacpp_native import cpu_variants, probe, use_extra_buffers
+    from medgem.engines.llamacpp_native import cpu_variants, use_extra_buffers
+    from medgem.engines.llamacpp_probe import probe
 
     if importlib.util.find_spec("llama_cpp") is None:
         return {"installed": False, "runs_here": False}

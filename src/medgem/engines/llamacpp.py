@@ -40,11 +40,11 @@ from medgem.engines.base import (
 )
 from medgem.engines.gguf.read import check_mmproj, check_model, file_type_name, read_header
 from medgem.engines.llamacpp_native import (
-    ensure_runs_here,
     import_llama_cpp,
     llama_context_params,
     llama_model_params,
 )
+from medgem.engines.llamacpp_probe import ensure_runs_here
 from medgem.errors import (
     ContextLengthError,
     EngineUnavailableError,

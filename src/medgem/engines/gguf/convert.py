@@ -340,7 +340,8 @@ def _tensor_bar(progress: bool, label: str, total: int) -> Callable[[int, int, s
 def _quantize(source: Path, target: Path, ftype: int, n_params: int, threads: int | None,
               progress: bool, quant: str) -> None:
     """llama.cpp's quantizer, its output's growth shown as a bar against the expected size."""
-    from medgem.engines.llamacpp_native import ensure_runs_here, import_llama_cpp
+    from medgem.engines.llamacpp_native import import_llama_cpp
+    from medgem.engines.llamacpp_probe import ensure_runs_here
 
     ensure_runs_here()  # the quantizer is native code too: prove it runs here in a child first
     llama_cpp, _ = import_llama_cpp()  # its per-tensor log is silenced; the bar shows progress

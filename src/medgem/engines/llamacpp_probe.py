@@ -1,0 +1,398 @@
+"""Prove llama.cpp's kernels run on this CPU, in a child process, before any medgem process
+runs them itself.
+
+A signal (SIGILL from an instruction this CPU lacks, SIGSEGV, a GGML_ABORT) kills the whole
+Python process, so the engine and the converter first call :func:`ensure_runs_here`: a child
+writes a tiny Gemma 3 GGUF, quantizes it to f16, Q8_0 and Q4_K_M, decodes it (batch and
+single-token paths), and encodes an image through a tiny Gemma 3 vision projector, with the
+same backend and settings as the engine. A pass is cached per build, CPU and settings; a failure
+becomes one :class:`EngineUnavailableError` naming the signal and the CPU features.
+
+``python -m medgem.engines.llamacpp_probe`` is that child: it prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medgem.engines.llamacpp_native import (
+    describe_cpu_features,
+    import_llama_cpp,
+    kernel_features,
+    library_dir,
+    llama_context_params,
+    llama_model_params,
+    use_extra_buffers,
+)
+from medgem.errors import EngineUnavailableError
+from medgem.hardware import cpu_flags
+
+PROBE_VERSION = 2  # bump when the probe exercises something new, so cached passes are redone
+PROBE_TIMEOUT_S = 180.0
+# Quantized file types the probe runs: each brings its own matmul kernels (llama_ftype numbers).
+PROBE_TYPES = {"f16": 1, "q8_0": 7, "q4_k_m": 15}
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """What a child process found when it ran llama.cpp's kernels on this CPU.
+
+    Attributes:
+        ok: a tiny model was quantized, loaded and decoded in every probed file type, and a
+            tiny vision projector encoded an image.
+        detail: on failure, what happened (the signal, or the child's last error line).
+        kernels: the features the chosen CPU backend was compiled with.
+        extra_buffers: whether weight repacking (AMX / CPU repack) was on.
+        seconds: how long the child ran (0 for a cached pass).
+    """
+
+    ok: bool
+    detail: str = ""
+    kernels: dict[str, str] = field(default_factory=dict)
+    extra_buffers: bool = True
+    seconds: float = 0.0
+    cached: bool = False
+
+    def message(self) -> str:
+        return (f"llama.cpp {self.detail} on this CPU ({_cpu_name()}; {describe_cpu_features()})")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def _cache_file() -> Path | None:
+    """One file per llama.cpp build, CPU and settings: a pass is trusted only for the same ones."""
+    lib_dir = library_dir()
+    if lib_dir is None or not lib_dir.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(lib_dir.glob("*.so")):
+        stat = path.stat()
+        digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    digest.update(" ".join(sorted(cpu_flags())).encode())
+    forced = os.environ.get("MEDGEM_LLAMA_CPU_VARIANT", "")
+    digest.update(f"{_cpu_name()}|{use_extra_buffers()}|{forced}|{PROBE_VERSION}".encode())
+    root = Path(os.environ.get("MEDGEM_CACHE", Path.home() / ".cache" / "medgem"))
+    return root / "llamacpp-probe" / f"{digest.hexdigest()[:24]}.json"
+
+
+def probe(timeout: float = PROBE_TIMEOUT_S, use_cache: bool = True) -> ProbeResult:
+    """Run a tiny model through llama.cpp's kernels in a child process.
+
+    A pass is cached per build and CPU (``MEDGEM_CACHE``); a failure is never cached, so a
+    reinstall is picked up at once. ``use_cache=False`` runs the child whatever the cache says.
+    """
+    cache = _cache_file()
+    if use_cache and cache is not None and cache.is_file():
+        try:
+            data = json.loads(cache.read_text())
+            return ProbeResult(**{**data, "cached": True, "seconds": 0.0})
+        except (OSError, ValueError, TypeError):
+            pass
+    env = {**os.environ, "MEDGEM_LLAMA_PROBE": "0"}
+    started = time.perf_counter()
+    try:
+        child = subprocess.run([sys.executable, "-m", "medgem.engines.llamacpp_probe"],
+                               capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return ProbeResult(False, f"did not finish a tiny model in {timeout:.0f} s")
+    seconds = time.perf_counter() - started
+    result = _read_child(child.returncode, child.stdout, child.stderr, seconds)
+    if result.ok and cache is not None:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            fields = asdict(result)
+            fields.pop("cached")
+            cache.write_text(json.dumps(fields))
+        except OSError:
+            pass
+    return result
+
+
+def _read_child(returncode: int, stdout: str, stderr: str, seconds: float) -> ProbeResult:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        why = {"SIGILL": "an instruction this CPU lacks",
+               "SIGSEGV": "a memory fault", "SIGBUS": "a bus error"}.get(name, "a fatal signal")
+        return ProbeResult(False, f"crashed with {name} ({why}) running a tiny model", seconds=seconds)
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    if returncode != 0 or not lines:
+        last = (stderr.strip().splitlines() or ["no output"])[-1]
+        return ProbeResult(False, f"failed on a tiny model (exit {returncode}: {last})", seconds=seconds)
+    data = json.loads(lines[-1])
+    return ProbeResult(True, "", data.get("kernels", {}), bool(data.get("extra_buffers")),
+                       seconds=seconds)
+
+
+def ensure_runs_here() -> ProbeResult | None:
+    """Raise before llama.cpp runs in this process if its kernels crash on this CPU.
+
+    ``MEDGEM_LLAMA_PROBE=0`` skips the check (the probe's own child sets it).
+
+    Raises:
+        EngineUnavailableError: the probe crashed or failed; the message names the signal and
+            the CPU features, the hint what to do.
+    """
+    if os.environ.get("MEDGEM_LLAMA_PROBE", "1") == "0":
+        return None
+    result = probe()
+    if not result.ok:
+        raise EngineUnavailableError(
+            result.message(),
+            "reinstall llama-cpp-python with scripts/install.sh (a portable build with runtime "
+            "CPU dispatch), try MEDGEM_LLAMA_REPACK=off, or use --engine hf",
+        )
+    return result
+
+
+# --- the child ---------------------------------------------------------------------------------
+
+
+def write_tiny_gguf(path: Path, seed: int = 0) -> Path:
+    """A 2-layer Gemma 3 GGUF in float32 (hidden 256 so every K-quant applies), random weights."""
+    import gguf
+    import numpy as np
+
+    hidden, ffn, heads, head_dim, layers = 256, 512, 2, 128, 2
+    rng = np.random.default_rng(seed)
+    writer = gguf.GGUFWriter(str(path), "gemma3")
+    writer.add_name("medgem llama.cpp probe")
+    writer.add_context_length(256)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(1)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_sliding_window(64)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_file_type(0)
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    pieces = [f"<0x{value:02X}>" for value in range(256)]
+    words = [chr(ord("a") + i) for i in range(26)] + ["▁" + chr(ord("a") + i) for i in range(26)]
+    tokens = specials + pieces + words
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores([0.0] * len(specials) + [0.0] * 256 + [-float(i) for i in range(len(words))])
+    writer.add_token_types([3] * len(specials) + [6] * 256 + [1] * len(words))
+    writer.add_pad_token_id(0)
+    writer.add_eos_token_id(1)
+    writer.add_bos_token_id(2)
+    writer.add_unk_token_id(3)
+
+    def weight(*shape: int) -> Any:  # numpy shape = (rows, columns) = GGML (ne1, ne0)
+        return (rng.standard_normal(shape) * 0.05).astype(np.float32)
+
+    writer.add_tensor("token_embd.weight", weight(len(tokens), hidden))
+    writer.add_tensor("output_norm.weight", np.ones(hidden, dtype=np.float32))
+    for index in range(layers):
+        blk = f"blk.{index}"
+        for norm in ("attn_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm"):
+            writer.add_tensor(f"{blk}.{norm}.weight", np.ones(hidden, dtype=np.float32))
+        for norm in ("attn_q_norm", "attn_k_norm"):
+            writer.add_tensor(f"{blk}.{norm}.weight", np.ones(head_dim, dtype=np.float32))
+        writer.add_tensor(f"{blk}.attn_q.weight", weight(heads * head_dim, hidden))
+        writer.add_tensor(f"{blk}.attn_k.weight", weight(head_dim, hidden))
+        writer.add_tensor(f"{blk}.attn_v.weight", weight(head_dim, hidden))
+        writer.add_tensor(f"{blk}.attn_output.weight", weight(hidden, heads * head_dim))
+        writer.add_tensor(f"{blk}.ffn_gate.weight", weight(ffn, hidden))
+        writer.add_tensor(f"{blk}.ffn_up.weight", weight(ffn, hidden))
+        writer.add_tensor(f"{blk}.ffn_down.weight", weight(hidden, ffn))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def write_tiny_mmproj(path: Path, text_hidden: int = 256, seed: int = 0) -> Path:
+    """A 1-layer Gemma 3 vision projector (64-px images, 16-px patches, 4 soft tokens) in f16,
+    random weights: enough to run libmtmd's clip kernels (conv, attention, pooling)."""
+    import gguf
+    import numpy as np
+
+    hidden, ffn, image, patch = 64, 128, 64, 16
+    n_patches = (image // patch) ** 2
+    rng = np.random.default_rng(seed)
+    writer = gguf.GGUFWriter(str(path), "clip")
+    writer.add_name("medgem llama.cpp probe projector")
+    writer.add_file_type(1)
+    writer.add_string("clip.projector_type", "gemma3")
+    writer.add_bool("clip.has_vision_encoder", True)
+    writer.add_bool("clip.use_gelu", True)
+    for key, value in (("image_size", image), ("patch_size", patch), ("embedding_length", hidden),
+                       ("feed_forward_length", ffn), ("block_count", 1),
+                       ("projection_dim", text_hidden), ("attention.head_count", 2),
+                       ("projector.scale_factor", 2)):
+        writer.add_uint32(f"clip.vision.{key}", value)
+    writer.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-6)
+    writer.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
+    writer.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
+
+    def weight(*shape: int) -> Any:
+        return (rng.standard_normal(shape) * 0.05).astype(np.float16)
+
+    def ones(size: int) -> Any:
+        return np.ones(size, dtype=np.float32)
+
+    def zeros(size: int) -> Any:
+        return np.zeros(size, dtype=np.float32)
+
+    writer.add_tensor("v.patch_embd.weight", weight(hidden, 3, patch, patch))
+    writer.add_tensor("v.patch_embd.bias", zeros(hidden))
+    writer.add_tensor("v.position_embd.weight", weight(n_patches, hidden).astype(np.float32))
+    for norm in ("ln1", "ln2"):
+        writer.add_tensor(f"v.blk.0.{norm}.weight", ones(hidden))
+        writer.add_tensor(f"v.blk.0.{norm}.bias", zeros(hidden))
+    for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
+        writer.add_tensor(f"v.blk.0.{name}.weight", weight(hidden, hidden))
+        writer.add_tensor(f"v.blk.0.{name}.bias", zeros(hidden))
+    writer.add_tensor("v.blk.0.ffn_up.weight", weight(ffn, hidden))
+    writer.add_tensor("v.blk.0.ffn_up.bias", zeros(ffn))
+    writer.add_tensor("v.blk.0.ffn_down.weight", weight(hidden, ffn))
+    writer.add_tensor("v.blk.0.ffn_down.bias", zeros(hidden))
+    writer.add_tensor("v.post_ln.weight", ones(hidden))
+    writer.add_tensor("v.post_ln.bias", zeros(hidden))
+    writer.add_tensor("mm.input_projection.weight", weight(hidden, text_hidden))
+    writer.add_tensor("mm.soft_emb_norm.weight", ones(hidden))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def _encode_tiny_image(llama_cpp: Any, mtmd: Any, model_path: Path, mmproj: Path) -> int:
+    """Run the vision projector on one 64-px image; returns the soft tokens it made."""
+    import numpy as np
+
+    model = llama_cpp.llama_model_load_from_file(str(model_path).encode(),
+                                                 llama_model_params(llama_cpp))
+    if not model:
+        raise RuntimeError(f"llama.cpp could not load {model_path.name}")
+    params = mtmd.mtmd_context_params_default()
+    params.use_gpu = False
+    params.print_timings = False
+    params.n_threads = max(1, len(os.sched_getaffinity(0)))
+    params.warmup = False
+    context = mtmd.mtmd_init_from_file(str(mmproj).encode(), model, params)
+    if not context:
+        llama_cpp.llama_model_free(model)
+        raise RuntimeError("libmtmd could not load the probe projector")
+    pixels = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8).tobytes()
+    bitmap = mtmd.mtmd_bitmap_init(64, 64, (ctypes.c_uint8 * len(pixels)).from_buffer_copy(pixels))
+    chunks = mtmd.mtmd_input_chunks_init()
+    try:
+        text = mtmd.mtmd_default_marker()
+        prompt = mtmd.mtmd_input_text()
+        prompt.text, prompt.text_len = text, len(text)
+        prompt.add_special, prompt.parse_special = False, True
+        array = (mtmd.mtmd_bitmap_p_ctypes * 1)(bitmap)
+        if mtmd.mtmd_tokenize(context, chunks, ctypes.byref(prompt), array, 1) != 0:
+            raise RuntimeError("libmtmd could not tokenize the probe image")
+        for index in range(mtmd.mtmd_input_chunks_size(chunks)):
+            chunk = mtmd.mtmd_input_chunks_get(chunks, index)
+            if mtmd.mtmd_input_chunk_get_type(chunk) == mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT:
+                continue
+            if mtmd.mtmd_encode_chunk(context, chunk) != 0:
+                raise RuntimeError("libmtmd could not encode the probe image")
+            tokens = int(mtmd.mtmd_input_chunk_get_n_tokens(chunk))
+            embd = np.ctypeslib.as_array(mtmd.mtmd_get_output_embd(context), shape=(tokens * 256,))
+            if not np.isfinite(embd).all():
+                raise RuntimeError("non-finite image embeddings")
+            return tokens
+        raise RuntimeError("libmtmd made no image chunk")
+    finally:
+        mtmd.mtmd_input_chunks_free(chunks)
+        mtmd.mtmd_bitmap_free(bitmap)
+        mtmd.mtmd_free(context)
+        llama_cpp.llama_model_free(model)
+
+
+def _decode_tiny(llama_cpp: Any, path: Path) -> list[int]:
+    """Load, prefill 8 tokens (matrix-matrix kernels), decode 4 (matrix-vector); greedy ids."""
+    import numpy as np
+
+    model = llama_cpp.llama_model_load_from_file(str(path).encode(), llama_model_params(llama_cpp))
+    if not model:
+        raise RuntimeError(f"llama.cpp could not load {path.name}")
+    threads = max(1, len(os.sched_getaffinity(0)))
+    context = llama_cpp.llama_init_from_model(model, llama_context_params(llama_cpp, 64, 16, threads))
+    if not context:
+        llama_cpp.llama_model_free(model)
+        raise RuntimeError("llama.cpp could not make a context")
+    try:
+        n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(model))
+        tokens = [2, 270, 280, 290, 300, 271, 281, 291]
+        picked: list[int] = []
+        for _ in range(5):
+            array = (llama_cpp.llama_token * len(tokens))(*tokens)
+            if llama_cpp.llama_decode(context, llama_cpp.llama_batch_get_one(array, len(tokens))):
+                raise RuntimeError("llama_decode failed")
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(context, -1), shape=(n_vocab,))
+            if not np.isfinite(logits).all():
+                raise RuntimeError("non-finite logits")
+            tokens = [int(np.argmax(logits))]
+            picked.append(tokens[0])
+        return picked
+    finally:
+        llama_cpp.llama_free(context)
+        llama_cpp.llama_model_free(model)
+
+
+def _child() -> int:
+    from medgem.errors import MedgemError
+
+    try:
+        return _run_probe()
+    except (MedgemError, RuntimeError, OSError) as exc:
+        print(str(exc), file=sys.stderr)  # the parent quotes this last line
+        return 1
+
+
+def _run_probe() -> int:
+    llama_cpp, mtmd = import_llama_cpp()
+    with tempfile.TemporaryDirectory(prefix="medgem-probe-") as folder:
+        source = write_tiny_gguf(Path(folder) / "f32.gguf")
+        runs: dict[str, list[int]] = {}
+        for name, ftype in PROBE_TYPES.items():
+            target = Path(folder) / f"{name}.gguf"
+            params = llama_cpp.llama_model_quantize_default_params()
+            params.ftype = ftype
+            params.nthread = 1
+            if llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(),
+                                              ctypes.byref(params)) != 0:
+                raise RuntimeError(f"llama.cpp could not quantize the probe model to {name}")
+            runs[name] = _decode_tiny(llama_cpp, target)
+        mmproj = write_tiny_mmproj(Path(folder) / "mmproj.gguf")
+        image_tokens = _encode_tiny_image(llama_cpp, mtmd, Path(folder) / "f16.gguf", mmproj)
+    print(json.dumps({"ok": True, "kernels": kernel_features(), "runs": runs,
+                      "image_tokens": image_tokens, "extra_buffers": use_extra_buffers()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child())
