@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from medgem.engines.base import (
@@ -160,31 +161,24 @@ class RemoteEngine:
         prompt = int(getattr(usage, "prompt_tokens", 0) or prepared.prompt_tokens)
         yield Finished(reason, Usage(prompt, completion), Timings(first or total, total, completion))
 
-    def _errors(self, what: str) -> Any:
+    @contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
         """The client's exceptions as medgem errors: unreachable, refused, or failed mid-answer."""
-        from contextlib import contextmanager
-
-        openai_module = self._openai
-        base_url = self.base_url
-
-        @contextmanager
-        def mapping() -> Iterator[None]:
-            try:
-                yield
-            except openai_module.APIConnectionError as exc:
-                raise EngineUnavailableError(
-                    f"{what} {base_url} ({type(exc).__name__})",
-                    "start it (e.g. `medgem serve` or `vllm serve`), fix --base-url, or check "
-                    "that it is still running",
-                ) from exc
-            except openai_module.APIStatusError as exc:
-                raise _refused(exc) from exc
-            except openai_module.APIError as exc:  # an error event inside the stream
-                body = exc.body if isinstance(exc.body, dict) else {}
-                raise RemoteError(502, f"the server failed mid-answer: {exc.message}", None,
-                                  body.get("code")) from exc
-
-        return mapping()
+        client = self._openai
+        try:
+            yield
+        except client.APIConnectionError as exc:
+            raise EngineUnavailableError(
+                f"{what} {self.base_url} ({type(exc).__name__})",
+                "start it (e.g. `medgem serve` or `vllm serve`), fix --base-url, or check that "
+                "it is still running",
+            ) from exc
+        except client.APIStatusError as exc:
+            raise _refused(exc) from exc
+        except client.APIError as exc:  # an error event inside the stream
+            body = exc.body if isinstance(exc.body, dict) else {}
+            raise RemoteError(502, f"the server failed mid-answer: {exc.message}", None,
+                              body.get("code")) from exc
 
     def prepare(self, request: Request) -> Prepared:
         """An estimate of the prompt's size (the server counts exactly and refuses what does
