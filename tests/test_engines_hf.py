@@ -54,7 +54,8 @@ def test_image_prompt_carries_the_image_tokens(direct: MedGemma) -> None:
     with_image = direct.request("Describe", images=[XRAY])
     without = direct.request("Describe")
     # 4 soft tokens + start/end-of-image + the blank lines around them
-    assert direct.engine.count_prompt_tokens(with_image) - direct.engine.count_prompt_tokens(without) >= 6
+    engine = direct.engine
+    assert engine.prepare(with_image).prompt_tokens - engine.prepare(without).prompt_tokens >= 6
 
 
 def test_each_request_is_encoded_once(direct: MedGemma, pipeline: MedGemma,

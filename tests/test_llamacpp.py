@@ -123,7 +123,9 @@ def test_streams_text_usage_and_timings(engine_270m: Any) -> None:
     assert final.usage.prompt_tokens == len(engine_270m.tokenize("<bos>The capital of France is"))
     assert final.usage.completion_tokens == 6
     assert 0 < final.timings.first_token_s <= final.timings.total_s
-    assert engine_270m.count_prompt_tokens(completion("The capital of France is", 6)) == 6
+    prepared = engine_270m.prepare(completion("The capital of France is", 6))
+    prepared.release()
+    assert prepared.prompt_tokens == 6
     assert engine_270m.info.engine == "llamacpp" and engine_270m.info.quantization == "q4_k_m"
 
 

@@ -195,8 +195,6 @@ class HFEngine:
         count = int(inputs["input_ids"].shape[-1])
         return Prepared(request, count, inputs if self.mode == "direct" else None)
 
-    def count_prompt_tokens(self, request: Request) -> int:
-        return self.prepare(request).prompt_tokens
 
     # --- generation ----------------------------------------------------------------------------
 

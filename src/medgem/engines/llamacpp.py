@@ -314,10 +314,6 @@ class LlamaCppEngine:
             self._mtmd.mtmd_input_chunks_free(prompt.chunks)
             prompt.chunks = None
 
-    def count_prompt_tokens(self, request: Request) -> int:
-        prepared = self.prepare(request)
-        prepared.release()
-        return prepared.prompt_tokens
 
     # --- evaluation ----------------------------------------------------------------------------
 
