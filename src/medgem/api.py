@@ -22,7 +22,7 @@ from medgem.audit.trail import AuditTrail
 from medgem.engines import EngineOptions, choose_engine, load_engine
 from medgem.errors import ContextLengthError, UnsupportedInputError
 from medgem.inputs import load_inputs
-from medgem.request import GenerationOptions, Request
+from medgem.request import GenerationOptions, ImagePart, Message, Request
 from medgem.request.compose import request_for_inputs
 from medgem.request.openai_messages import request_from_openai
 from medgem.request.variants import Variant, find_variant
@@ -141,16 +141,29 @@ class MedGemma:
         system: str | None = None,
         history: Sequence[Any] = (),
         options: GenerationOptions | None = None,
+        max_patches: int | None = None,
+        magnification: float | None = None,
+        mpp: float | None = None,
+        max_pages: int | None = None,
+        pdf_text: bool = False,
         **generation: Any,
     ) -> Request:
         """Build the Request for a question; images may be PIL images, files, folders or zips.
 
         Args:
             question: the user's text.
-            images: PIL images, or paths to pictures, DICOM files/folders/zips, NIfTI.
+            images: PIL images, or paths to pictures, DICOM files/folders/zips, NIfTI,
+                whole-slide images (.svs, .ndpi, .mrxs, .scn, pyramidal/OME TIFF, DICOM WSI
+                folder or zip) or PDFs.
             system: the system prompt.
             history: earlier turns (Messages) of a chat.
             options: how to generate (:class:`GenerationOptions`).
+            max_patches: most tissue patches from a slide (default 125); ``seed`` (default 0)
+                also draws them.
+            magnification: objective magnification of slide patches (default 10, ~1 um/px).
+            mpp: a slide's level-0 microns per pixel, for files that lack it.
+            max_pages: most pages of a PDF (default 20; longer ones are refused).
+            pdf_text: also send a PDF's text layer (before the question).
             **generation: GenerationOptions fields set on top of ``options`` (max_new_tokens,
                 temperature, top_p, seed, stop, think); None leaves a field as it is.
 
@@ -158,9 +171,15 @@ class MedGemma:
             TypeError: an unknown generation field.
             MedgemError subclasses: bad input, with what to do.
         """
+        from medgem.inputs import ImagingOptions
+
         options = GenerationOptions.of(options, **generation)
+        imaging = ImagingOptions(
+            max_patches=max_patches or 125, patch_seed=options.seed or 0,
+            magnification=magnification, mpp=mpp, max_pages=max_pages or 20, pdf_text=pdf_text,
+        )
         return request_for_inputs(
-            question, load_inputs(images), system=system, chat=self.chat_model,
+            question, load_inputs(images, imaging), system=system, chat=self.chat_model,
             variant=self.variant, history=history, options=options,
         )
 
@@ -188,7 +207,7 @@ class MedGemma:
                 )
             prepared = self.engine.prepare(request)
             try:
-                self.check_context(prepared.prompt_tokens)
+                self.check_context(prepared.prompt_tokens, request)
             except BaseException:
                 prepared.release()
                 raise
@@ -226,15 +245,46 @@ class MedGemma:
         except Exception:
             log.exception("could not write the audit record of a failed request")
 
-    def check_context(self, prompt_tokens: int) -> int:
-        """Refuse a prompt of ``prompt_tokens`` that leaves no room for the answer."""
+    def check_context(self, prompt_tokens: int, request: Request | None = None) -> int:
+        """Refuse a prompt of ``prompt_tokens`` that leaves no room for the answer; with the
+        request, a prompt of several images says how many of them fit."""
         limit = self.engine.info.context_length
+        if prompt_tokens + 1 > limit and request is not None and len(request.images) > 1:
+            images = request.images
+            fit = self._images_that_fit(request, prompt_tokens, limit)
+            patches = images[0].source.startswith("patch")
+            noun = "patches" if patches else "images"
+            raise ContextLengthError(
+                f"the prompt takes {prompt_tokens} tokens but the model's context is {limit}: "
+                f"{fit} of {len(images)} {noun} fit",
+                f"use --max-patches {fit}" if patches else "send fewer images or slices",
+            )
         if prompt_tokens + 1 > limit:
             raise ContextLengthError(
                 f"the prompt takes {prompt_tokens} tokens but the model's context is {limit}",
                 "shorten the question, send fewer images or slices",
             )
         return prompt_tokens
+
+    def _images_that_fit(self, request: Request, full: int, limit: int) -> int:
+        """How many of the request's images fit the context, measured with one image kept."""
+        kept = False
+        messages = []
+        for message in request.messages:
+            parts = []
+            for part in message.parts:
+                if isinstance(part, ImagePart):
+                    if kept:
+                        continue
+                    kept = True
+                parts.append(part)
+            messages.append(Message(message.role, tuple(parts)))
+        prepared = self.engine.prepare(dataclasses.replace(request, messages=tuple(messages)))
+        one = prepared.prompt_tokens
+        prepared.release()
+        per_image = (full - one) / (len(request.images) - 1)
+        base = one - per_image
+        return max(0, int((limit - 1 - base) // per_image)) if per_image > 0 else 0
 
     def stream(self, question: str, **kwargs: Any) -> Iterator[StreamChunk]:
         """Like :meth:`ask`, yielding ThinkingChunk / AnswerChunk as they come, then FinalChunk."""

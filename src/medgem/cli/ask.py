@@ -11,10 +11,12 @@ from medgem.cli.common import (
     add_audit_flags,
     add_generation_flags,
     add_model_flags,
+    add_slide_flags,
     generation_options,
     load_model,
     print_label_first,
     render,
+    slide_kwargs,
 )
 
 
@@ -41,13 +43,15 @@ def add_image_flags(parser: argparse.ArgumentParser) -> None:
                        help="write the images exactly as the model gets them (PNG per image/slice)")
     group.add_argument("--boxes", type=Path, metavar="PNG",
                        help="draw box_2d localizations from the answer on the image")
+    add_slide_flags(parser)
 
 
 def run(args: argparse.Namespace, question: str | None = None) -> int:
     text = question if question is not None else _question(args.question)
     model = load_model(args)
     request = model.request(text, images=[str(p) for p in args.image], system=args.system,
-                            options=generation_options(args))
+                            options=generation_options(args),
+                            **slide_kwargs(args))  # type: ignore[arg-type]
     if args.save_preprocessed:
         _save_preprocessed(request, args.save_preprocessed)
     if not args.json:

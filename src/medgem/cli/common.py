@@ -60,6 +60,32 @@ def generation_options(args: argparse.Namespace) -> GenerationOptions:
                              think=args.think)
 
 
+def add_slide_flags(parser: argparse.ArgumentParser, *, with_seed: bool = False) -> None:
+    """Flags for whole-slide images and PDFs (ask, describe and inspect).
+
+    ``--seed`` (the generation flag, or added here with ``with_seed``) also draws the patches.
+    """
+    group = parser.add_argument_group("slides and documents")
+    group.add_argument("--max-patches", type=int, default=125,
+                       help="most 896-px tissue patches sent from a slide (default 125)")
+    group.add_argument("--magnification", type=float,
+                       help="objective magnification of the patches (default 10, about 1 um/px)")
+    group.add_argument("--mpp", type=float,
+                       help="microns per pixel of the slide's full resolution, when the file lacks it")
+    group.add_argument("--max-pages", type=int, default=20,
+                       help="most pages of a PDF (longer ones are refused; default 20)")
+    group.add_argument("--pdf-text", action="store_true",
+                       help="also send a PDF's text layer with the page images")
+    if with_seed:
+        group.add_argument("--seed", type=int, help="seed of the patch sample (default 0)")
+
+
+def slide_kwargs(args: argparse.Namespace) -> dict[str, object]:
+    """The slide/PDF flags as keyword arguments of ``MedGemma.request``."""
+    return {"max_patches": args.max_patches, "magnification": args.magnification,
+            "mpp": args.mpp, "max_pages": args.max_pages, "pdf_text": args.pdf_text}
+
+
 def add_audit_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("audit")
     group.add_argument("--audit-db", help="where the audit record of each answer goes: SQLite path "

@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from medgem.cli.common import add_slide_flags
 from medgem.errors import ImageInputError
 from medgem.inputs.inspect import inspect_input
 from medgem.inputs.options import ImagingOptions
@@ -57,8 +58,11 @@ def options_from_args(args: argparse.Namespace) -> ImagingOptions:
     elif windows:
         raise ImageInputError(f"--window was given {len(windows)} times",
                               "give it once (a grey window) or three times (CT red, green, blue)")
+    slide = {"max_patches": args.max_patches, "patch_seed": args.seed or 0,
+             "magnification": args.magnification, "mpp": args.mpp, "max_pages": args.max_pages,
+             "pdf_text": args.pdf_text} if hasattr(args, "max_patches") else {}
     return ImagingOptions(series=args.series, frame=args.frame, max_slices=args.max_slices,
-                          modality=args.modality, **extra)  # type: ignore[arg-type]
+                          modality=args.modality, **extra, **slide)  # type: ignore[arg-type]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -72,6 +76,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
                         help="write one PNG per image or slice, exactly what the model gets")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     add_imaging_arguments(parser)
+    add_slide_flags(parser, with_seed=True)
     parser.set_defaults(func=run)
 
 
@@ -96,8 +101,35 @@ def _text(report: dict[str, object]) -> str:
                 "transfer_syntax", "window", "series", "series_count"):
         if key in metadata:
             lines.append(f"{key + ':':<20}{metadata[key]}")
+    lines += _slide_lines(metadata)
     lines.append(f"sends:              {report['sends']}")
     return "\n".join(lines)
+
+
+def _slide_lines(metadata: dict[str, object]) -> list[str]:
+    """Vendor, levels, chosen levels, tissue and patches of a slide; pages of a PDF."""
+    if metadata.get("format") == "pdf":
+        return [f"pages:              {metadata['pages']}",
+                f"text layer:         {metadata['text_chars']} characters"
+                + (" (sent)" if metadata.get("text_sent") else " (not sent; --pdf-text sends it)")]
+    if metadata.get("format") != "slide":
+        return []
+    lines = [f"vendor:             {metadata['vendor']}"]
+    levels = metadata["levels"]
+    assert isinstance(levels, list)
+    for row in levels:
+        lines.append(f"level {row['level']}:{'':<12}{row['width']}x{row['height']}, "
+                     f"{row['mpp']} um/px (downsample {row['downsample']})")
+    lines += [
+        f"resolution from:    {metadata['mpp_source']}",
+        f"tissue level:       {metadata['mask_level']}",
+        f"patch level:        {metadata['patch_level']} ({metadata['patch_region_px']}-px regions "
+        f"-> 896x896 at {metadata['magnification']:g}x)",
+        f"tissue fraction:    {float(metadata['tissue_fraction']):.1%}",  # type: ignore[arg-type]
+        f"patches:            {metadata['patches']} of {metadata['tissue_cells']} tissue cells "
+        f"(seed {metadata['patch_seed']})",
+    ]
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:

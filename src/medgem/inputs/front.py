@@ -26,6 +26,8 @@ from medgem.errors import ImageInputError, UnsupportedInputError
 if TYPE_CHECKING:
     from PIL import Image
 
+    from medgem.inputs.options import ImagingOptions
+
 log = logging.getLogger("medgem")
 
 
@@ -38,12 +40,17 @@ class LoadedImages:
     sources: list[str] = field(default_factory=list)
     volume_modality: str | None = None
     modalities: list[str | None] = field(default_factory=list)
+    #: "slide" when the images are a whole-slide image's patches (pathology prompt layout).
+    layout: str | None = None
+    #: text that goes with the images (a PDF's text layer when asked for).
+    text: str | None = None
 
 
-def read_images(paths: Sequence[Path]) -> LoadedImages:
-    """Read pictures, DICOM files, DICOM folders/zips and NIfTI volumes.
+def read_images(paths: Sequence[Path], options: ImagingOptions | None = None) -> LoadedImages:
+    """Read pictures, DICOM files, DICOM folders/zips, NIfTI volumes, slides and PDFs.
 
     Several inputs are ordered by study date when the files carry one (longitudinal studies).
+    ``options`` carries the imaging choices (patches, seed, magnification, page limit).
 
     Raises:
         ImageInputError: a missing or unreadable file, with what to do.
@@ -54,23 +61,28 @@ def read_images(paths: Sequence[Path]) -> LoadedImages:
         if not path.exists():
             raise ImageInputError(f"no image at '{path}'", "check the path")
     loaded = LoadedImages()
-    for item in load_medical_inputs(list(paths)):
+    for item in load_medical_inputs(list(paths), options):
         if item.kind == "volume":
             loaded.volume_modality = item.modality or "CT"
+        if item.kind == "slide":
+            loaded.layout = "slide"
+        if item.text:
+            loaded.text = item.text if loaded.text is None else f"{loaded.text}\n\n{item.text}"
         loaded.images.extend(item.images)
         loaded.sources.extend([item.source] * len(item.images))
         loaded.modalities.extend([item.modality] * len(item.images))
     return loaded
 
 
-def images_from_bytes(data: bytes, mime: str | None = None, name: str = "upload") -> LoadedImages:
+def images_from_bytes(data: bytes, mime: str | None = None, name: str = "upload",
+                      options: ImagingOptions | None = None) -> LoadedImages:
     """Decode uploaded bytes (a picture, a DICOM file or a zipped DICOM series) through the same
     readers as files: the format is found from the content, the upload keeps its own name."""
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).name) or "upload"
     with tempfile.TemporaryDirectory(prefix="medgem-upload-") as folder:
         path = Path(folder) / safe
         path.write_bytes(data)
-        return read_images([path])
+        return read_images([path], options)
 
 
 def from_pil(image: Image.Image) -> Image.Image:
@@ -80,11 +92,11 @@ def from_pil(image: Image.Image) -> Image.Image:
     return picture_to_rgb(image)
 
 
-def load_inputs(items: Sequence[Any]) -> LoadedImages:
+def load_inputs(items: Sequence[Any], options: ImagingOptions | None = None) -> LoadedImages:
     """PIL images and paths together, in order: what ``MedGemma.ask(images=...)`` takes.
 
     Raises:
-        UnsupportedInputError: a CT/MR volume mixed with other images.
+        UnsupportedInputError: a CT/MR volume or a whole-slide image mixed with other images.
         ImageInputError: an unreadable input.
     """
     from PIL import Image
@@ -95,16 +107,18 @@ def load_inputs(items: Sequence[Any]) -> LoadedImages:
                           [None] * len(pictures))
     if not paths:
         return loaded
-    read = read_images(paths)
-    if read.volume_modality is not None and (pictures or len(paths) > 1):
+    read = read_images(paths, options)
+    alone = read.volume_modality is not None or read.layout is not None
+    if alone and (pictures or len(paths) > 1):
+        what = "a whole-slide image" if read.layout else "a CT/MR volume"
         raise UnsupportedInputError(
-            "a CT/MR volume cannot be combined with other images in one question",
-            "ask about the volume on its own",
+            f"{what} cannot be combined with other images in one question",
+            "ask about it on its own",
         )
-    if read.volume_modality is not None:
+    if alone:
         return read
     return LoadedImages(loaded.images + read.images, loaded.sources + read.sources, None,
-                        loaded.modalities + read.modalities)
+                        loaded.modalities + read.modalities, text=read.text)
 
 
 def decode_data_url(url: str) -> tuple[bytes, str | None]:
@@ -141,9 +155,15 @@ def deidentify_upload(data: bytes, mime: str, key: bytes) -> tuple[bytes | None,
     """What may be stored of an upload: pictures as they are; a DICOM file, or each DICOM file
     of a zip (renumbered: export names may carry patient names), de-identified.
 
-    Returns (None, mime) when a DICOM input cannot be de-identified: it is then not kept.
+    Returns (None, mime) when a DICOM input cannot be de-identified: it is then not kept. Slides
+    (TIFF, DICOM WSI) and PDFs are never kept: their labels, macro images and metadata carry
+    names; the record keeps their hashes only.
     """
     from medgem.inputs.dicom import looks_like_dicom
+    from medgem.inputs.slide_detect import is_slide_or_document_upload
+
+    if is_slide_or_document_upload(data):
+        return None, mime
 
     is_zip = zipfile.is_zipfile(io.BytesIO(data))
     if not (is_zip or looks_like_dicom(data[:132]) or mime == "application/dicom"):

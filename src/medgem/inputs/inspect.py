@@ -29,7 +29,11 @@ def describe_sent(item: MedicalInput) -> str:
     first = item.images[0]
     count = len(item.images)
     noun = "image" if count == 1 else "images"
-    tail = ", each followed by SLICE n" if item.kind == "volume" else ""
+    tail = {"volume": ", each followed by SLICE n",
+            "slide": " after the pathology instruction, in reading order",
+            "document": ", one per page in order"}.get(item.kind, "")
+    if item.text:
+        tail += f", plus {len(item.text)} characters of the PDF's text"
     return (f"{count} RGB {noun} {first.width}x{first.height} (resized to "
             f"{MODEL_IMAGE_SIDE}x{MODEL_IMAGE_SIDE} by the model's processor){tail}")
 

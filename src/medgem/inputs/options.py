@@ -41,6 +41,12 @@ class ImagingOptions:
         max_pixels: most pixels one frame may declare (decompression-bomb guard).
         max_total_pixels: most pixels a whole volume may declare.
         max_archive_bytes: most uncompressed bytes a zip may expand to.
+        max_patches: most 896-px patches sent from one whole-slide image (sampled by seed).
+        patch_seed: the seed of that sample (same seed, same patches).
+        magnification: objective magnification of the patches (10 = about 1 um/px); None = 10x.
+        mpp: microns per pixel of a slide's full-resolution level, for files that lack it.
+        max_pages: most pages one PDF may have (longer documents are refused).
+        pdf_text: also send a PDF's text layer (after the page images).
     """
 
     window: tuple[float, float] | None = None
@@ -53,10 +59,21 @@ class ImagingOptions:
     max_pixels: int = 100_000_000
     max_total_pixels: int = 1_200_000_000
     max_archive_bytes: int = 4 * 1024**3
+    max_patches: int = 125
+    patch_seed: int = 0
+    magnification: float | None = None
+    mpp: float | None = None
+    max_pages: int = 20
+    pdf_text: bool = False
 
     def __post_init__(self) -> None:
         if self.max_slices < 1:
             raise ValueError("max_slices must be at least 1")
+        if self.max_patches < 1 or self.max_pages < 1:
+            raise ValueError("max_patches and max_pages must be at least 1")
+        if (self.magnification is not None and self.magnification <= 0) or (
+                self.mpp is not None and self.mpp <= 0):
+            raise ValueError("magnification and mpp must be positive")
         if self.window is not None and self.window[1] <= 0:
             raise ValueError("window width must be positive")
         for low, high in self.ct_windows:
@@ -77,7 +94,8 @@ class MedicalInput:
     """One prepared input: the RGB images the model gets plus what a user may see about them.
 
     Attributes:
-        kind: "image" for one picture, "volume" for sampled slices of a series or 3-D file.
+        kind: "image" for one picture, "volume" for sampled slices of a series or 3-D file,
+            "slide" for the tissue patches of a whole-slide image, "document" for PDF pages.
         images: RGB images in order (one per sampled slice for a volume).
         modality: DICOM modality ("CT", "MR", "CR", ...) or None when unknown.
         study_date: ISO date (YYYY-MM-DD) of the study when known; used to order longitudinal
@@ -85,12 +103,16 @@ class MedicalInput:
         description: one line, no PHI, e.g. "CT volume: 85 of 120 slices, 512x512, 3 windows".
         source: file or folder name only (no directories).
         metadata: facts without PHI (size, spacing, slice count, window used, photometric, ...).
+        text: text that goes to the model with the images (a PDF's text layer when asked).
+        overview: for a slide, its low-resolution view with tissue and patches drawn on.
     """
 
-    kind: Literal["image", "volume"]
+    kind: Literal["image", "volume", "slide", "document"]
     images: list[Image.Image]
     modality: str | None
     study_date: str | None
     description: str
     source: str
     metadata: dict[str, object] = field(default_factory=dict)
+    text: str | None = None
+    overview: Image.Image | None = None

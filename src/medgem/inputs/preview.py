@@ -20,7 +20,8 @@ PNG_COMPRESS_LEVEL = 1
 
 def _stem(source: str) -> str:
     name = source.rsplit("/", 1)[-1]
-    for suffix in (".nii.gz", ".nii", ".dcm", ".zip", ".png", ".jpg", ".jpeg"):
+    for suffix in (".nii.gz", ".nii", ".dcm", ".zip", ".png", ".jpg", ".jpeg", ".svs", ".tiff",
+                   ".tif", ".ndpi", ".mrxs", ".scn", ".pdf"):
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
             break
@@ -30,8 +31,10 @@ def _stem(source: str) -> str:
 def save_preprocessed(inputs: Sequence[MedicalInput], directory: str | Path) -> list[Path]:
     """Write one PNG per image or slice, exactly the pixels the model gets, with no metadata.
 
-    Names are ``NN_<source>.png`` for images and ``NN_<source>_slice_SSS.png`` for volume slices
-    (SSS counts from 1, as in the prompt's ``SLICE n``).
+    Names are ``NN_<source>.png`` for images, ``NN_<source>_slice_SSS.png`` for volume slices
+    (SSS counts from 1, as in the prompt's ``SLICE n``), ``NN_<source>_patch_PPP.png`` for slide
+    patches (plus ``NN_<source>_overview.png``: tissue and patch grid drawn on the slide) and
+    ``NN_<source>_page_PPP.png`` for PDF pages.
 
     Args:
         inputs: prepared inputs, in prompt order.
@@ -45,14 +48,25 @@ def save_preprocessed(inputs: Sequence[MedicalInput], directory: str | Path) -> 
     written: list[Path] = []
     for number, item in enumerate(inputs, start=1):
         stem = f"{number:02d}_{_stem(item.source)}"
-        for index, image in enumerate(item.images, start=1):
-            name = f"{stem}_slice_{index:03d}.png" if item.kind == "volume" else f"{stem}.png"
-            target = out / name
+        pictures = list(enumerate(item.images, start=1))
+        if item.overview is not None:
+            pictures.insert(0, (0, item.overview))
+        for index, image in pictures:
+            target = out / _name(stem, item.kind, index)
             # A fresh image carries no text chunks: nothing from the source header is written.
             Image.frombytes("RGB", image.size, image.convert("RGB").tobytes()).save(
                 target, "PNG", compress_level=PNG_COMPRESS_LEVEL)
             written.append(target)
     return written
+
+
+def _name(stem: str, kind: str, index: int) -> str:
+    if kind == "image":
+        return f"{stem}.png"
+    if index == 0:
+        return f"{stem}_overview.png"
+    word = {"volume": "slice", "slide": "patch", "document": "page"}[kind]
+    return f"{stem}_{word}_{index:03d}.png"
 
 
 def to_model_size(image: Image.Image, side: int = MODEL_IMAGE_SIDE) -> Image.Image:

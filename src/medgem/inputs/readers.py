@@ -25,6 +25,7 @@ from medgem.inputs.dicom import (
 )
 from medgem.inputs.nifti import is_nifti, read_nifti
 from medgem.inputs.options import ImagingOptions, MedicalInput
+from medgem.inputs.pdf import looks_like_pdf, read_pdf
 from medgem.inputs.picture import read_picture
 from medgem.inputs.series import choose_series, folder_sources, group_series, zip_sources
 from medgem.inputs.volume import multiframe_to_input, series_to_input, to_images
@@ -87,6 +88,13 @@ def read_dicom_zip(path: Path, options: ImagingOptions) -> MedicalInput:
     return _read_sources(zip_sources(path, options), options, path.name)
 
 
+def read_slide_lazily(path: Path, options: ImagingOptions) -> MedicalInput:
+    """A whole-slide image (file, DICOM WSI folder or zip); see ``medgem.inputs.wsi``."""
+    from medgem.inputs.wsi import read_slide
+
+    return read_slide(path, options)
+
+
 #: name -> reader; ``detect_format`` returns one of these names.
 READERS: dict[str, Reader] = {
     "dicom": read_dicom_file,
@@ -94,6 +102,8 @@ READERS: dict[str, Reader] = {
     "dicom-zip": read_dicom_zip,
     "nifti": read_nifti,
     "picture": read_picture,
+    "slide": read_slide_lazily,
+    "pdf": read_pdf,
 }
 
 
@@ -105,14 +115,20 @@ def detect_format(path: Path) -> str:
     """
     if not path.exists():
         raise ImageInputError(f"{path.name} does not exist", "check the path")
+    from medgem.inputs.slide_detect import is_dicom_wsi, is_slide_file
+
     if path.is_dir():
-        return "dicom-folder"
+        return "slide" if is_dicom_wsi(path) else "dicom-folder"
     if is_nifti(path):
         return "nifti"
     with path.open("rb") as handle:
         head = handle.read(132)
     if looks_like_dicom(head):
         return "dicom"
+    if looks_like_pdf(head):
+        return "pdf"
+    if is_slide_file(path, head):
+        return "slide"
     if path.suffix.lower() in DICOM_SUFFIXES:
         if not head:
             raise ImageInputError(f"{path.name} is empty (0 bytes)", "copy the file again")
@@ -121,5 +137,5 @@ def detect_format(path: Path) -> str:
             "check the file; if it is a PNG or JPEG, give it its real extension",
         )
     if zipfile.is_zipfile(path):
-        return "dicom-zip"
+        return "slide" if is_dicom_wsi(path) else "dicom-zip"
     return "picture"

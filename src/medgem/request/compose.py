@@ -31,6 +31,7 @@ DESCRIBE_PROMPTS: dict[str | None, str] = {
     "MR": "Describe the findings in this MRI.",
     "US": "Describe this ultrasound image.",
     "SM": "Describe this pathology image.",
+    "DOC": "Summarise this document, listing any lab values with their units.",
     None: "Describe this medical image.",
 }
 VOLUME_INSTRUCTION = {
@@ -182,9 +183,48 @@ def request_for_inputs(
     options: GenerationOptions | None = None,
 ) -> Request:
     """The Request for a question about what the inputs front door read: the volume layout
-    for a CT/MR volume, the image layout otherwise (one place for every surface)."""
+    for a CT/MR volume, the pathology layout for a slide's patches, the image layout otherwise
+    (one place for every surface). Text the inputs carry (a PDF's text layer) goes before the
+    question."""
+    if loaded.layout == "slide":
+        return build_slide_request(question, loaded.images, variant=variant, options=options)
+    if loaded.text:
+        question = f"{loaded.text}\n\n{question}"
     if loaded.volume_modality is not None:
         return build_volume_request(question, loaded.images, modality=loaded.volume_modality,
                                     variant=variant, options=options)
     return build_request(question, images=loaded.images, sources=loaded.sources, system=system,
                          chat=chat, variant=variant, history=history, options=options)
+
+
+#: The pathology notebook's framing: an instructor describing patches taken from one slide.
+PATHOLOGY_INSTRUCTION = (
+    "You are an instructor teaching medical students. You are analyzing a set of pathology "
+    "patches extracted from a pathology slide. Please review the patches provided below carefully."
+)
+
+
+def build_slide_request(
+    question: str,
+    patches: Sequence[Image.Image],
+    *,
+    instruction: str | None = None,
+    variant: Variant | None = None,
+    options: GenerationOptions | None = None,
+) -> Request:
+    """A whole-slide image the way the official pathology notebook lays it out.
+
+    One user turn, no system turn: the text first (the instructor framing, then the question),
+    then every patch in reading order (``patch n`` as its display name, no text between them).
+    The answer budget is the volume one (many images, a long description).
+    """
+    text = check_question(question)
+    options = resolve_options("volume", options, variant)
+    if not patches:
+        raise InputError("the slide has no patches", "check it with `medgem inspect`")
+    lead = instruction or PATHOLOGY_INSTRUCTION
+    if options.think:
+        lead = f"{THINK_INSTRUCTION} {lead}"
+    parts: list[Part] = [TextPart(f"{lead}\n\n{text}")]
+    parts += [ImagePart(image, f"patch {n}") for n, image in enumerate(patches, start=1)]
+    return Request((Message("user", tuple(parts)),), options)

@@ -120,7 +120,8 @@ def _from_url(url: str, allowed_dirs: Sequence[Path] | None) -> LoadedImages:
     if url.startswith("data:"):
         data, mime = decode_data_url(url)
         if mime not in (None, "image/png", "image/jpeg", "image/jpg", "image/webp", "image/gif",
-                        "application/dicom", "application/zip", "application/octet-stream"):
+                        "application/dicom", "application/zip", "application/octet-stream",
+                        "application/pdf", "image/tiff"):
             raise ImageInputError(f"image type '{mime}' is not supported", "send PNG, JPEG or DICOM")
         return images_from_bytes(data, mime)
     if url.startswith(("http://", "https://")):

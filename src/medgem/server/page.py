@@ -74,7 +74,8 @@ class PageHandlers:
         model = s.model
         options = body.generation_options()
         loaded = _load(body.image) if body.image is not None else LoadedImages()
-        if loaded.volume_modality is None and len(loaded.images) > s.config.max_images:
+        alone = loaded.volume_modality is not None or loaded.layout is not None
+        if not alone and len(loaded.images) > s.config.max_images:
             raise ImageInputError(f"{len(loaded.images)} images sent, the limit is {s.config.max_images}")
         return request_for_inputs(body.question, loaded, system=body.system, chat=model.chat_model,
                                   variant=model.variant, options=options)
@@ -129,7 +130,8 @@ class PageHandlers:
 def _load(url: str) -> LoadedImages:
     data, mime = decode_data_url(url)
     if mime and not (mime.startswith("image/") or mime in ("application/dicom", "application/zip",
-                                                           "application/x-zip-compressed", "application/octet-stream")):
+                                                           "application/x-zip-compressed", "application/octet-stream",
+                                                           "application/pdf")):
         raise ImageInputError(f"file type '{mime}' is not supported", "attach a PNG, JPEG, DICOM or a zipped DICOM series")
     loaded = images_from_bytes(data, mime)
     if not loaded.images:

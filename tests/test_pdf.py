@@ -1,0 +1,114 @@
+"""PDF documents: real PDFs written offline, rendered through pdfium."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from medgem.errors import ImageInputError
+from medgem.inputs import ImagingOptions, load_medical_input
+from medgem.inputs.readers import detect_format
+
+pytest.importorskip("pypdfium2")
+wsi_fixtures = pytest.importorskip("wsi_fixtures")
+
+PAGES = ["Haemoglobin 13.2 g/dL", "Sodium 140 mmol/L", "Potassium 4.1 mmol/L"]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return wsi_fixtures.write_pdf(tmp_path_factory.mktemp("pdf") / "labs.pdf", PAGES)
+
+
+def _ink_rows(image: object) -> np.ndarray:
+    grey = np.asarray(image.convert("L"))  # type: ignore[attr-defined]
+    return np.where((grey < 128).any(axis=1))[0]
+
+
+def test_pages_become_square_model_sized_images_in_order(report: Path) -> None:
+    assert detect_format(report) == "pdf"
+    item = load_medical_input(report)
+    assert item.kind == "document" and len(item.images) == 3
+    assert {im.size for im in item.images} == {(896, 896)}
+    # A4 portrait: 842 pt tall -> 896 px; 595 pt wide -> 633 px, centred on white
+    first = np.asarray(item.images[0])
+    assert (first[:, :130] == 255).all() and (first[:, -130:] == 255).all()
+    rows = _ink_rows(item.images[0])
+    assert len(rows) and rows.max() < 200  # the text sits at the top of the page
+    assert item.text is None and item.metadata["text_chars"] == sum(len(p) for p in PAGES)
+
+
+def test_text_layer_is_sent_only_when_asked_in_page_order(report: Path) -> None:
+    item = load_medical_input(report, ImagingOptions(pdf_text=True))
+    assert item.text is not None
+    positions = [item.text.index(page) for page in PAGES]
+    assert positions == sorted(positions)
+    assert "[page 3]" in item.text
+
+
+def test_document_title_and_author_never_reach_output(report: Path) -> None:
+    result = run_cli("inspect", str(report), "--json", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert wsi_fixtures.PLANTED_NAME not in result.stdout
+    assert json.loads(result.stdout)["metadata"]["pages"] == 3
+
+
+def test_inspect_shows_pages_and_what_is_sent(report: Path) -> None:
+    result = run_cli("inspect", str(report), "--pdf-text", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "pages:              3" in result.stdout
+    assert "(sent)" in result.stdout and "one per page in order" in result.stdout
+
+
+def test_encrypted_pdf_is_one_clear_error(tmp_path: Path) -> None:
+    path = wsi_fixtures.write_encrypted_pdf(tmp_path / "locked.pdf")
+    with pytest.raises(ImageInputError, match="password-protected"):
+        load_medical_input(path)
+    result = run_cli("inspect", str(path), timeout=120)
+    assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_thousand_page_pdf_is_refused_before_rendering(tmp_path: Path) -> None:
+    path = wsi_fixtures.write_pdf(tmp_path / "long.pdf", [f"page {n}" for n in range(1000)])
+    with pytest.raises(ImageInputError, match=r"1000 pages, over the limit of 20.*--max-pages"):
+        load_medical_input(path)
+    out = tmp_path / "seen"
+    result = run_cli("inspect", str(path), "--save-preprocessed", str(out), timeout=120)
+    assert result.returncode != 0 and not out.exists()
+
+
+def test_page_limit_can_be_raised(tmp_path: Path) -> None:
+    path = wsi_fixtures.write_pdf(tmp_path / "five.pdf", [f"page {n}" for n in range(5)])
+    with pytest.raises(ImageInputError):
+        load_medical_input(path, ImagingOptions(max_pages=4))
+    assert len(load_medical_input(path, ImagingOptions(max_pages=5)).images) == 5
+
+
+def test_pdf_upload_bytes_go_through_the_reader_table(report: Path) -> None:
+    from medgem.inputs import images_from_bytes
+
+    loaded = images_from_bytes(report.read_bytes(), "application/pdf", "labs.pdf")
+    assert len(loaded.images) == 3
+
+
+def test_slide_pdf_and_dicom_wsi_uploads_are_never_stored_raw(report: Path, tmp_path: Path) -> None:
+    import io
+    import zipfile
+
+    from medgem.inputs import deidentify_upload as deidentify_bytes
+
+    slide = wsi_fixtures.write_aperio(tmp_path / "s.svs", wsi_fixtures.slide_pixels((2, 1), 256, [(0, 0)]))
+    assert deidentify_bytes(report.read_bytes(), "application/pdf", b"k") == (None, "application/pdf")
+    assert deidentify_bytes(slide.read_bytes(), "image/tiff", b"k")[0] is None
+    folder = wsi_fixtures.write_dicom_wsi(tmp_path / "dwsi", wsi_fixtures.slide_pixels((2, 1), 256, [(0, 0)]))
+    label = (folder / "label.dcm").read_bytes()
+    assert deidentify_bytes(label, "application/dicom", b"k")[0] is None
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for file in sorted(folder.iterdir()):
+            archive.write(file, file.name)
+    assert deidentify_bytes(buffer.getvalue(), "application/zip", b"k")[0] is None

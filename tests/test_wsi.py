@@ -1,0 +1,254 @@
+"""Whole-slide images: real pyramidal TIFFs written with tifffile, read back through OpenSlide."""
+
+from __future__ import annotations
+
+import json
+import resource
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from medgem.errors import ImageInputError
+from medgem.inputs import ImagingOptions, load_medical_input, save_preprocessed
+from medgem.inputs.readers import detect_format
+from medgem.inputs.tissue import otsu_threshold, sample_cells, tissue_mask
+from medgem.inputs.wsi import Level, mask_level, patch_level
+
+pytest.importorskip("openslide")
+wsi_fixtures = pytest.importorskip("wsi_fixtures")
+
+#: Tissue planted in these (col, row) cells of a 4 x 3 grid of 896-px cells at 1 um/px (10x).
+PLANTED = [(1, 0), (2, 1), (3, 2), (0, 2)]
+
+
+@pytest.fixture(scope="module")
+def slides(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("slides")
+    image = wsi_fixtures.slide_pixels((4, 3), 896, PLANTED)
+    return {
+        "aperio": wsi_fixtures.write_aperio(folder / "case.svs", image),
+        "generic": wsi_fixtures.write_generic(folder / "case.tif", image),
+        "no_mpp": wsi_fixtures.write_aperio(folder / "nompp.svs", image, mpp=None),
+        "blank": wsi_fixtures.write_aperio(folder / "blank.svs",
+                                           wsi_fixtures.slide_pixels((4, 3), 896, [])),
+    }
+
+
+def _cells(item: object) -> list[tuple[int, int]]:
+    origins = item.metadata["patch_origins"]  # type: ignore[attr-defined]
+    return [(x // 896, y // 896) for x, y in origins]
+
+
+def _reading_order(cells: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    return sorted(cells, key=lambda c: (c[1], c[0]))
+
+
+def test_aperio_slide_reads_back_through_openslide_with_its_mpp(slides: dict[str, Path]) -> None:
+    assert detect_format(slides["aperio"]) == "slide"
+    item = load_medical_input(slides["aperio"])
+    facts = item.metadata
+    assert facts["vendor"] == "aperio" and facts["mpp"] == 1.0 and facts["mpp_source"] == "file"
+    assert [(lv["width"], lv["height"]) for lv in facts["levels"]] == [(3584, 2688), (896, 672), (224, 168)]
+    assert facts["patch_level"] == 0 and facts["mask_level"] == 2
+    assert item.kind == "slide" and item.modality == "SM"
+
+
+@pytest.mark.parametrize("name", ["aperio", "generic"])
+def test_patches_lie_exactly_on_the_planted_tissue_in_reading_order(
+    slides: dict[str, Path], name: str
+) -> None:
+    item = load_medical_input(slides[name])
+    assert _cells(item) == _reading_order(PLANTED)
+    for patch in item.images:
+        assert patch.size == (896, 896)
+        mean = np.asarray(patch).reshape(-1, 3).mean(axis=0)
+        assert np.allclose(mean, wsi_fixtures.TISSUE_RGB, atol=6)  # stained, not glass
+    assert item.metadata["tissue_fraction"] == pytest.approx(4 / 12, abs=0.02)
+
+
+def test_generic_tiff_takes_its_resolution_from_the_tiff_tags(slides: dict[str, Path]) -> None:
+    item = load_medical_input(slides["generic"])
+    assert item.metadata["vendor"] == "generic-tiff" and item.metadata["mpp"] == 1.0
+
+
+def test_sampling_is_seeded_capped_and_keeps_reading_order(slides: dict[str, Path]) -> None:
+    first = load_medical_input(slides["aperio"], ImagingOptions(max_patches=2, patch_seed=3))
+    again = load_medical_input(slides["aperio"], ImagingOptions(max_patches=2, patch_seed=3))
+    cells = _cells(first)
+    assert len(cells) == 2 and cells == _cells(again) and set(cells) <= set(PLANTED)
+    assert cells == _reading_order(cells)
+    draws = {tuple(_cells(load_medical_input(slides["aperio"], ImagingOptions(max_patches=2, patch_seed=s))))
+             for s in range(6)}
+    assert len(draws) > 1  # other seeds, other patches
+
+
+def test_magnification_override_reads_bigger_regions(slides: dict[str, Path]) -> None:
+    item = load_medical_input(slides["aperio"], ImagingOptions(magnification=5))
+    assert item.metadata["patch_region_px"] == 1792  # 2 um/px from a 1 um/px level 0
+    assert [p.size for p in item.images] == [(896, 896)] * len(item.images)
+
+
+def test_level_choice_follows_microns_per_pixel() -> None:
+    levels = [Level(40000, 30000, 1, 0.25), Level(10000, 7500, 4, 1.0), Level(2500, 1875, 16, 4.0)]
+    assert patch_level(levels, 0.25, 1.0) == 1  # 10x at 0.25 um/px lives on the 4x downsample
+    assert patch_level(levels, 0.25, 0.5) == 0  # 20x needs level 0
+    assert patch_level(levels, 0.25, 4.0) == 2
+    # cell = 3584 level-0 px: level 2 has 224-px cells and 4.7 M pixels -> detect tissue there
+    assert mask_level(levels, 3584, "s") == 2
+    with pytest.raises(ImageInputError, match="no low-resolution level"):
+        mask_level([Level(50000, 50000, 1, 0.25)], 3584, "s")
+
+
+def test_tissue_mask_keeps_stain_and_drops_glass_and_pen() -> None:
+    from PIL import Image
+
+    rgb = np.empty((60, 90, 3), np.uint8)
+    rgb[:] = wsi_fixtures.GLASS_RGB
+    rgb[:, 30:60] = wsi_fixtures.TISSUE_RGB
+    rgb[:, 60:] = (10, 10, 30)  # black pen: saturated but dark
+    mask = tissue_mask(Image.fromarray(rgb))
+    assert mask[:, 32:58].all() and not mask[:, :28].any() and not mask[:, 62:].any()
+    assert otsu_threshold(np.array([10] * 50 + [200] * 50, np.uint8)) in range(10, 200)
+
+
+def test_a_slide_covered_edge_to_edge_is_all_tissue() -> None:
+    from PIL import Image
+
+    rgb = np.empty((40, 80, 3), np.uint8)
+    rgb[:, :40] = (190, 60, 160)  # two stain shades, no glass: Otsu alone would split them
+    rgb[:, 40:] = (200, 150, 190)
+    assert tissue_mask(Image.fromarray(rgb)).all()
+
+
+def test_sample_of_fewer_cells_than_the_cap_is_all_of_them() -> None:
+    from medgem.inputs.tissue import Cell
+
+    cells = [Cell(i, 0, 1.0) for i in range(5)]
+    assert sample_cells(cells, 125, 0) == cells
+
+
+def test_missing_resolution_is_one_clear_error(slides: dict[str, Path]) -> None:
+    with pytest.raises(ImageInputError, match=r"carries no resolution.*--mpp"):
+        load_medical_input(slides["no_mpp"])
+    item = load_medical_input(slides["no_mpp"], ImagingOptions(mpp=1.0))
+    assert _cells(item) == _reading_order(PLANTED)
+
+
+def test_blank_glass_says_no_tissue_found(slides: dict[str, Path]) -> None:
+    with pytest.raises(ImageInputError, match="no tissue found"):
+        load_medical_input(slides["blank"])
+
+
+def test_flat_50k_tiff_is_refused_without_decoding(tmp_path: Path) -> None:
+    path = wsi_fixtures.write_flat_tiff_header(tmp_path / "flat.tif")
+    assert path.stat().st_size < 1024  # only a header: decoding would have nothing to read
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ImageInputError, match="50000x50000 TIFF without a usable pyramid"):
+        load_medical_input(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB
+
+
+def test_corrupt_tile_is_one_error_line_and_nothing_is_written(tmp_path: Path) -> None:
+    image = wsi_fixtures.slide_pixels((4, 3), 896, PLANTED)
+    path = wsi_fixtures.write_aperio(tmp_path / "bad.svs", image)
+    wsi_fixtures.corrupt_tile(path, 4 * 14 + 8)  # tile row 4, col 8: inside planted cell (2, 1)
+    out = tmp_path / "seen"
+    result = run_cli("inspect", str(path), "--save-preprocessed", str(out), timeout=120)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "corrupt" in lines[0], result.stderr
+    assert not out.exists()
+
+
+def test_label_and_vendor_text_never_reach_any_output(slides: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "seen"
+    result = run_cli("inspect", str(slides["aperio"]), "--json", "--save-preprocessed", str(out),
+                     timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["metadata"]["patches"] == 4 and len(report["saved"]) == 5
+    assert wsi_fixtures.PLANTED_NAME not in result.stdout + result.stderr
+    for png in out.glob("*.png"):
+        assert wsi_fixtures.PLANTED_NAME.encode() not in png.read_bytes()
+        pixels = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(png).convert("RGB"))
+        label_pixels = np.all(pixels == wsi_fixtures.LABEL_RGB, axis=-1).sum()
+        assert label_pixels == 0, f"{png.name} shows the label"
+    item = load_medical_input(slides["aperio"])
+    assert wsi_fixtures.PLANTED_NAME not in json.dumps(item.metadata) + item.description
+
+
+def test_saved_overview_and_patches_are_what_the_model_gets(slides: dict[str, Path], tmp_path: Path) -> None:
+    from PIL import Image
+
+    item = load_medical_input(slides["aperio"])
+    written = save_preprocessed([item], tmp_path)
+    names = [p.name for p in written]
+    assert names[0] == "01_case_overview.png" and names[1:] == [f"01_case_patch_{i:03d}.png" for i in range(1, 5)]
+    assert np.array_equal(np.asarray(Image.open(written[1])), np.asarray(item.images[0]))
+    overview = np.asarray(Image.open(written[0]).convert("RGB"))
+    assert np.all(overview == (255, 0, 0), axis=-1).any()  # the chosen grid is drawn in red
+
+
+def test_inspect_text_lists_vendor_levels_tissue_and_patches(slides: dict[str, Path]) -> None:
+    result = run_cli("inspect", str(slides["aperio"]), "--max-patches", "3", "--seed", "1",
+                     timeout=120)
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert "vendor:             aperio" in text
+    assert "level 2:            224x168, 16.0 um/px" in text
+    assert "tissue fraction:    33.3%" in text
+    assert "patches:            3 of 4 tissue cells (seed 1)" in text
+
+
+@pytest.fixture(scope="module")
+def dicom_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("wsidicom")
+    image = wsi_fixtures.slide_pixels((4, 3), 224, PLANTED)
+    return wsi_fixtures.write_dicom_wsi(tmp_path_factory.mktemp("dicom-wsi") / "slide", image)
+
+
+def test_dicom_wsi_folder_is_read_through_wsidicom(dicom_slide: Path) -> None:
+    assert detect_format(dicom_slide) == "slide"
+    item = load_medical_input(dicom_slide)
+    assert item.metadata["vendor"] == "dicom" and item.metadata["mpp"] == 4.0
+    assert [(x // 224, y // 224) for x, y in item.metadata["patch_origins"]] == _reading_order(PLANTED)
+    for patch in item.images:
+        mean = np.asarray(patch).reshape(-1, 3).mean(axis=0)
+        assert np.allclose(mean, wsi_fixtures.TISSUE_RGB, atol=6)
+
+
+def test_dicom_wsi_zip_reads_like_its_folder_and_hides_the_label(dicom_slide: Path, tmp_path: Path) -> None:
+    import zipfile
+
+    archive = tmp_path / "slide.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for file in sorted(dicom_slide.iterdir()):
+            zf.write(file, file.name)
+    assert detect_format(archive) == "slide"
+    out = tmp_path / "seen"
+    result = run_cli("inspect", str(archive), "--json", "--save-preprocessed", str(out), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["metadata"]["patches"] == len(PLANTED)
+    assert wsi_fixtures.PLANTED_NAME not in result.stdout + result.stderr
+    from PIL import Image
+
+    for png in out.glob("*.png"):
+        pixels = np.asarray(Image.open(png).convert("RGB"))
+        assert not np.all(pixels == wsi_fixtures.LABEL_RGB, axis=-1).any(), png.name
+
+
+def test_ome_tiff_pyramid_in_subifds_is_read_through_tifffile(tmp_path: Path) -> None:
+    image = wsi_fixtures.slide_pixels((4, 3), 896, PLANTED)
+    path = wsi_fixtures.write_ome(tmp_path / "case.ome.tif", image)
+    assert detect_format(path) == "slide"
+    item = load_medical_input(path)
+    facts = item.metadata
+    assert facts["vendor"] == "ome-tiff" and facts["mpp"] == 1.0 and len(facts["levels"]) == 3
+    assert facts["mask_level"] == 2  # the SubIFD level, not level 0
+    assert _cells(item) == _reading_order(PLANTED)
+    for patch, (col, row) in zip(item.images, _reading_order(PLANTED), strict=True):
+        expected = image[row * 896:(row + 1) * 896, col * 896:(col + 1) * 896]
+        assert np.array_equal(np.asarray(patch), expected)  # lossless tiles: exact pixels
+    assert wsi_fixtures.PLANTED_NAME not in json.dumps(facts) + item.description
