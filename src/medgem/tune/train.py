@@ -162,14 +162,18 @@ def _arguments(plan: TunePlan) -> Any:
 
     config = plan.config
     on_gpu = plan.device.startswith("cuda")
+    # transformers 5 renamed gradient checkpointing; pass it only when asked, under either name
+    checkpointing: dict[str, Any] = {}
+    if config.gradient_checkpointing:
+        checkpointing = {"gradient_checkpointing": True,
+                         "gradient_checkpointing_kwargs": {"use_reentrant": False}}
     return transformers.TrainingArguments(
+        **checkpointing,
         output_dir=str(config.out / CHECKPOINTS),
         max_steps=plan.steps,
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size,
         gradient_accumulation_steps=config.grad_accum,
-        gradient_checkpointing=config.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
         learning_rate=config.learning_rate,
         lr_scheduler_type="linear",
         warmup_steps=config.warmup,
