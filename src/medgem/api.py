@@ -79,6 +79,7 @@ class MedGemma:
         threads: int | None = None,
         audit: AuditStore | str | os.PathLike[str] | bool = True,
         surface: str = "python",
+        adapter: str | os.PathLike[str] | None = None,
     ) -> MedGemma:
         """Resolve a checkpoint and load it on an engine.
 
@@ -98,6 +99,9 @@ class MedGemma:
                 ($MEDGEM_AUDIT_DB or ~/.local/share/medgem/audit.sqlite), a path or an open
                 store; False turns the audit trail off (an explicit choice).
             surface: the name records give for where the question came from.
+            adapter: a LoRA adapter to apply: a `medgem tune` folder or PEFT adapter (hf), or a
+                GGUF LoRA from `medgem convert --adapter` (llamacpp). Answers carry its name
+                and content hash.
 
         Raises:
             MedgemError subclasses with a message and what to do.
@@ -105,7 +109,7 @@ class MedGemma:
         options = EngineOptions(
             device=device, dtype=dtype, quantize=quantize, progress=progress,
             check_memory=check_memory, base_url=base_url, api_key=api_key, n_ctx=n_ctx,
-            threads=threads,
+            threads=threads, adapter=str(adapter) if adapter is not None else None,
         )
         if engine == "remote":
             remote = load_engine("remote", str(model), options)

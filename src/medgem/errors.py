@@ -158,6 +158,10 @@ class RemoteError(MedgemError):
         self.code = code or "remote_error"
 
 
+class AdapterError(InputError):
+    """A LoRA adapter is missing, unfinished, changed since training, or for another model."""
+
+
 class ConversionError(MedgemError):
     """The converted files failed the check after conversion."""
 

@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "audit": "medgem.cli.audit",
     "keys": "medgem.cli.keys",
     "convert": "medgem.cli.convert",
+    "tune": "medgem.cli.tune",
 }
 
 

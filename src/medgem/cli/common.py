@@ -27,6 +27,9 @@ def add_model_flags(parser: argparse.ArgumentParser, *, model_required: bool = T
     group.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
     group.add_argument("--quantize", choices=["4bit", "8bit"], help="bitsandbytes (CUDA only)")
     group.add_argument("--variant", help="force the MedGemma variant (for fine-tunes)")
+    group.add_argument("--adapter", metavar="DIR",
+                       help="LoRA adapter: a `medgem tune` folder (hf engine) or a GGUF LoRA "
+                            "from `medgem convert --adapter` (llamacpp)")
     group.add_argument("--mmproj", help="GGUF vision projector (llamacpp engine)")
     group.add_argument("--n-ctx", type=int,
                        help="llama.cpp context window (default 8192; a CT volume needs ~23000)")
@@ -122,6 +125,7 @@ def load_model(args: argparse.Namespace, *, audit: bool = True) -> MedGemma:
         api_key=args.api_key,
         n_ctx=args.n_ctx,
         threads=args.threads,
+        adapter=args.adapter,
     )
 
 
@@ -177,7 +181,10 @@ def render(
 def _stats(answer: Answer) -> str:
     t = answer.timings
     return (
-        f"[{answer.model.id} · {answer.model.engine} · {answer.usage.prompt_tokens} prompt + "
+        f"[{answer.model.id}"
+        + (f" + adapter {answer.model.adapter}@{answer.model.adapter_sha256[:12]}"
+           if answer.model.adapter and answer.model.adapter_sha256 else "")
+        + f" · {answer.model.engine} · {answer.usage.prompt_tokens} prompt + "
         f"{answer.usage.completion_tokens} answer tokens · first token {t.first_token_s:.2f} s · "
         f"{t.decode_tokens_per_s:.1f} tok/s · {answer.finish_reason}"
         + (f" · audit {answer.audit_id}" if answer.audit_id else "") + "]"

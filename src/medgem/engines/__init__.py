@@ -28,6 +28,7 @@ class EngineOptions:
     api_key: str | None = None  # remote engine
     n_ctx: int | None = None  # llama.cpp context size
     threads: int | None = None
+    adapter: str | None = None  # LoRA adapter: a PEFT folder (hf) or a GGUF LoRA (llamacpp)
 
 
 # name -> "module:factory". A factory takes (checkpoint, options) and returns an Engine; the
@@ -47,13 +48,14 @@ ALIASES: dict[str, str] = {
 # The options each engine honours; any other option set away from its default is refused, so
 # a flag is never silently ignored (--n-ctx under transformers, --quantize under llama.cpp).
 HONOURED: dict[str, frozenset[str]] = {
-    "hf": frozenset({"device", "dtype", "quantize"}),
-    "hf-pipeline": frozenset({"device", "dtype", "quantize"}),
+    "hf": frozenset({"device", "dtype", "quantize", "adapter"}),
+    "hf-pipeline": frozenset({"device", "dtype", "quantize", "adapter"}),
     "llamacpp": frozenset({"n_ctx", "threads"}),
     "remote": frozenset({"base_url", "api_key"}),
 }
 _FLAGS = {"device": "--device", "dtype": "--dtype", "quantize": "--quantize", "n_ctx": "--n-ctx",
-          "threads": "--threads", "base_url": "--base-url", "api_key": "--api-key"}
+          "threads": "--threads", "base_url": "--base-url", "api_key": "--api-key",
+          "adapter": "--adapter"}
 _DEFAULTS = {"device": ("auto", "cpu"), "dtype": ("auto",)}  # llama.cpp runs on the CPU anyway
 
 

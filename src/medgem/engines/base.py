@@ -40,6 +40,8 @@ class ModelInfo:
         quantization: "4bit", "8bit", "q4_k_m"..., or None.
         demo: True for demo/test models: their output must be labelled as such everywhere.
         context_length: the maximum prompt + answer tokens.
+        adapter: the LoRA adapter's name when one is applied (see medgem.adapters).
+        adapter_sha256: the adapter's content hash: the exact weights that answered.
     """
 
     id: str
@@ -51,6 +53,8 @@ class ModelInfo:
     demo: bool = False
     context_length: int = 131072
     path: str | None = None
+    adapter: str | None = None
+    adapter_sha256: str | None = None
 
 
 @dataclass(frozen=True)

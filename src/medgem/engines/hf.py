@@ -108,6 +108,12 @@ class HFEngine:
 
             if not cpu_has_native_bf16():
                 _vision_in_float32(self.model)
+        self.adapter = None
+        if options.adapter:
+            from medgem.adapters import attach_adapter, find_adapter
+
+            self.adapter = find_adapter(options.adapter)
+            self.model = attach_adapter(self.model, self.adapter)
         self._pipeline: Any = None
         if mode == "pipeline":
             task = "image-text-to-text" if self.multimodal else "text-generation"
@@ -126,6 +132,8 @@ class HFEngine:
             demo=checkpoint.demo or options.demo,
             context_length=int(getattr(text_config, "max_position_embeddings", 131072)),
             path=path,
+            adapter=self.adapter.name if self.adapter else None,
+            adapter_sha256=self.adapter.sha256 if self.adapter else None,
         )
         self.capabilities = Capabilities(
             images=self.multimodal,
@@ -180,7 +188,8 @@ class HFEngine:
         return inputs
 
     def _vision_dtype(self) -> Any:
-        tower = getattr(self.model.model, "vision_tower", None) if hasattr(self.model, "model") else None
+        model = self.model.get_base_model() if self.adapter else self.model  # PEFT wraps it
+        tower = getattr(model.model, "vision_tower", None) if hasattr(model, "model") else None
         if tower is not None:
             # the first floating parameter: 8-bit towers also hold int8 weights
             for parameter in tower.parameters():

@@ -72,7 +72,9 @@ def compare_markdown(result: dict[str, Any]) -> str:
     """The comparison as a short Markdown table and verdict."""
     def label(side: dict[str, Any]) -> str:
         model = side.get("model") or {}
-        return f"{model.get('id')} ({model.get('engine')}, {model.get('quantization') or model.get('dtype')})"
+        adapter = f" + {model['adapter']}" if model.get("adapter") else ""
+        return (f"{model.get('id')}{adapter} ({model.get('engine')}, "
+                f"{model.get('quantization') or model.get('dtype')})")
 
     lines = [
         f"# medgem eval compare: {result['task']}",

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 MANIFEST_VERSION = 1
 # Keys of run.json that must match for a resume to continue the same experiment.
 _RESUME_KEYS = ("task", "benchmark", "data_fingerprint", "seed", "settings")
-_MODEL_KEYS = ("id", "revision", "engine", "quantization", "dtype")
+_MODEL_KEYS = ("id", "revision", "engine", "quantization", "dtype", "adapter_sha256")
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,8 @@ class MedgemExtra(BaseModel):
     queue_s: float | None = None
     first_token_s: float | None = None
     total_s: float | None = None
+    adapter: str | None = None  # the LoRA adapter that answered, and its content hash
+    adapter_sha256: str | None = None
 
 
 class AssistantMessage(BaseModel):

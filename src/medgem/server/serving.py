@@ -285,7 +285,8 @@ class Serving:
         answer = item.answer
         return p.MedgemExtra(caveat=answer.caveat, label=answer.label, audit_id=item.record_id,
                              queue_s=round(job.queue_s, 4), first_token_s=round(answer.timings.first_token_s, 4),
-                             total_s=round(answer.timings.total_s, 4))
+                             total_s=round(answer.timings.total_s, 4),
+                             adapter=answer.model.adapter, adapter_sha256=answer.model.adapter_sha256)
 
     # --- models ------------------------------------------------------------------------------
 

@@ -1,0 +1,84 @@
+"""`medgem tune`, `medgem ask --adapter` and `medgem convert --adapter` as a user runs them: the
+notebook's default LoRA settings on image + text data, and one line per bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from test_tune_data import header_only_checkpoint
+from tune_fixtures import write_colour_vqa, write_cue_mcq
+
+pytest.importorskip("peft")
+
+
+@pytest.fixture(scope="module")
+def vqa_run(tmp_path_factory: pytest.TempPathFactory, tiny_vlm_checkpoint: Path) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("cli-tune")
+    data = write_colour_vqa(root / "vqa", rows=6)
+    out = root / "run"
+    result = run_cli("tune", str(data), "--model", str(tiny_vlm_checkpoint), "--out", str(out),
+                     "--max-steps", "2", "--batch-size", "2", "--grad-accum", "1",
+                     "--validation", "0.34", "--save-steps", "1", "--eval-max-new-tokens", "3",
+                     "--name", "colours", "--json")
+    assert result.returncode == 0, result.stderr
+    return out, json.loads(result.stdout)
+
+
+def test_tune_trains_images_with_the_notebook_settings_and_compares(vqa_run: tuple[Path, dict]) -> None:
+    out, report = vqa_run
+    assert report["steps"] == 2 and report["name"] == "colours"
+    assert report["adapter"] == str(out / "adapter") and len(report["sha256"]) == 64
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert (config["r"], config["lora_alpha"], config["lora_dropout"]) == (16, 16, 0.05)
+    assert set(config["modules_to_save"]) >= {"embed_tokens"}  # kept tied to lm_head
+    assert report["comparison"]["test"].startswith("paired bootstrap")
+    assert report["comparison"]["paired_items"] == 2
+    assert (out / "eval" / "base" / "results.jsonl").is_file()
+    assert (out / "eval" / "tuned" / "results.jsonl").is_file()
+
+
+def test_ask_with_the_adapter_names_it_in_the_answer(vqa_run: tuple[Path, dict],
+                                                      tiny_vlm_checkpoint: Path) -> None:
+    out, report = vqa_run
+    image = out.parent / "vqa" / "img0.png"
+    result = run_cli("ask", "What colour is this picture?", "--model", str(tiny_vlm_checkpoint),
+                     "--adapter", str(out), "--image", str(image), "--max-new-tokens", "3", "--json")
+    assert result.returncode == 0, result.stderr
+    model = json.loads(result.stdout)["model"]
+    assert (model["adapter"], model["adapter_sha256"]) == ("colours", report["sha256"])
+
+
+def test_convert_explains_that_whole_embeddings_need_merging(vqa_run: tuple[Path, dict]) -> None:
+    out, _ = vqa_run
+    result = run_cli("convert", "--adapter", str(out), "--out", str(out.parent / "gguf"))
+    assert result.returncode == 1
+    assert "llama.cpp's LoRA format cannot hold" in result.stderr and "--merge" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_bad_inputs_give_one_line_each(tmp_path: Path, tiny_text_checkpoint: Path,
+                                        tiny_vlm_checkpoint: Path) -> None:
+    mcq = write_cue_mcq(tmp_path / "mcq.jsonl", rows=10)
+    vqa = write_colour_vqa(tmp_path / "vqa", rows=3)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", '
+                   '"content": "a"}]}\n{"messages": "not a list"}\n')
+    huge = header_only_checkpoint(tiny_text_checkpoint, tmp_path / "huge", 262208, 400_000)
+    cases = [
+        ([str(bad), "--model", str(tiny_text_checkpoint)], r"bad.jsonl row 2: 'messages' must be"),
+        ([str(vqa), "--model", str(tiny_text_checkpoint)], "is a text-only model but"),
+        ([str(mcq), "--model", str(tiny_text_checkpoint), "--quantize", "4bit", "--device", "cpu"],
+         "needs a CUDA GPU"),
+        ([str(mcq), "--model", str(huge)], r"needs about \d+"),
+    ]
+    for args, message in cases:
+        result = run_cli("tune", *args, "--out", str(tmp_path / "out"))
+        assert result.returncode == 1, (args, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("medgem: error:"), result.stderr
+        assert pytest.importorskip("re").search(message, lines[0]), lines[0]
+    assert not (tmp_path / "out").exists()

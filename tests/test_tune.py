@@ -1,0 +1,215 @@
+"""medgem tune on the tiny real-architecture text model: a LoRA learns a task the base model
+cannot do, the harness's paired comparison reports it, the adapter answers through the hf engine
+(name and hash in every answer and audit record), training resumes without redoing steps, the
+merged checkpoint answers the same, and the GGUF LoRA gives llama.cpp PEFT's greedy tokens."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tune_fixtures import write_cue_mcq
+
+pytest.importorskip("peft")
+
+from medgem.api import MedGemma  # noqa: E402
+from medgem.tune import (  # noqa: E402
+    LoraSettings,
+    TrainOutcome,
+    TuneConfig,
+    TunePlan,
+    compare_base_and_tuned,
+    merge_adapter,
+    plan_tuning,
+    train,
+)
+
+# Pure LoRA (llama.cpp can apply it) and a learning rate for a 2-layer random model; the
+# notebook's 2e-4 and whole embeddings are the CLI's defaults, exercised in test_cli_tune.
+TINY = LoraSettings(save_embeddings=False)
+QUESTION = ("green green green green green green green green\n\n(A) alpha\n(B) bravo\n"
+            "(C) charlie\n(D) delta\n\nAnswer with the letter of the correct option.")
+
+
+def config(data: Path, model: Path, out: Path, **overrides: Any) -> TuneConfig:
+    settings: dict[str, Any] = {
+        "validation": 0.2, "batch_size": 4, "grad_accum": 1, "max_steps": 40,
+        "learning_rate": 1e-2, "lora": TINY, "save_steps": 20, "progress": False,
+        "device": "cpu", "audit": False,
+    }
+    return TuneConfig(data=str(data), model=str(model), out=out, **(settings | overrides))
+
+
+@pytest.fixture(scope="module")
+def cue_run(tmp_path_factory: pytest.TempPathFactory, tiny_text_checkpoint: Path
+            ) -> tuple[TunePlan, TrainOutcome, dict[str, Any]]:
+    root = tmp_path_factory.mktemp("cue")
+    plan = plan_tuning(config(write_cue_mcq(root / "mcq.jsonl"), tiny_text_checkpoint, root / "run"))
+    outcome = train(plan)
+    comparison = compare_base_and_tuned(plan, outcome.adapter, progress=False)
+    assert comparison is not None
+    return plan, outcome, comparison
+
+
+def test_training_lowers_validation_loss_and_learns_the_task(cue_run: Any) -> None:
+    plan, outcome, comparison = cue_run
+    assert outcome.steps == 40 and outcome.resumed_from == 0
+    assert outcome.loss_after < outcome.loss_before - 0.5
+    assert comparison["paired_items"] == len(plan.data.validation) == 20
+    assert comparison["a"]["value"] <= 40  # chance is 25; a random model mostly says nothing
+    assert comparison["b"]["value"] >= 90
+    assert comparison["test"] == "exact McNemar" and comparison["p_value"] < 0.05
+    assert comparison["only_b_correct"] > comparison["only_a_correct"]
+    report = (plan.config.out / "comparison.md").read_text()
+    assert "exact McNemar" in report and "significant" in report
+
+
+def test_the_sealed_adapter_records_its_training(cue_run: Any) -> None:
+    plan, outcome, _ = cue_run
+    marker = outcome.adapter.marker
+    assert marker["steps"] == 40 and marker["task"] == "mcq"
+    assert marker["validation_loss"]["tuned"] == pytest.approx(outcome.loss_after)
+    assert marker["base_model"]["id"] == "medgem-test-text"
+    assert {"adapter_config.json", "adapter_model.safetensors", "medgem-adapter.json"} <= {
+        p.name for p in outcome.adapter.path.iterdir()}
+    assert not (plan.config.out / "adapter.partial").exists()
+
+
+def test_answers_from_the_tuned_model_carry_adapter_name_and_hash(
+        cue_run: Any, tiny_text_checkpoint: Path, tmp_path: Path) -> None:
+    from medgem.audit import open_store
+
+    _, outcome, _ = cue_run
+    adapter = outcome.adapter
+    db = tmp_path / "audit.sqlite"
+    mg = MedGemma.load(tiny_text_checkpoint, engine="hf", device="cpu", progress=False,
+                       adapter=adapter.path.parent, audit=str(db))
+    try:
+        answer = mg.ask(QUESTION, max_new_tokens=6)
+    finally:
+        mg.close()
+    assert answer.text.startswith("(B)")
+    assert (answer.model.adapter, answer.model.adapter_sha256) == (adapter.name, adapter.sha256)
+    assert answer.to_dict()["model"]["adapter_sha256"] == adapter.sha256
+    assert answer.audit_id is not None
+    record = open_store(db).get(answer.audit_id)
+    assert record is not None
+    assert record.body["model"]["adapter"] == adapter.name
+    assert record.body["model"]["adapter_sha256"] == adapter.sha256
+
+
+def test_the_merged_checkpoint_answers_as_the_adapter_does(cue_run: Any, tmp_path: Path) -> None:
+    plan, outcome, _ = cue_run
+    merged = merge_adapter(plan, outcome.adapter, tmp_path / "merged")
+    assert json.loads((merged / "config.json").read_text())["medgem_adapter"]["sha256"] == \
+        outcome.adapter.sha256
+    answers = []
+    for spec, adapter in ((plan.config.model, outcome.adapter.path), (merged, None)):
+        mg = MedGemma.load(spec, engine="hf", device="cpu", progress=False, adapter=adapter,
+                           audit=False)
+        try:
+            answers.append([mg.ask(e.item.question, max_new_tokens=6).text
+                            for e in plan.data.validation[:4]])
+        finally:
+            mg.close()
+    assert answers[0] == answers[1]
+
+
+def test_resume_continues_from_the_checkpoint_without_redoing_steps(
+        tmp_path: Path, tiny_text_checkpoint: Path) -> None:
+    data = write_cue_mcq(tmp_path / "mcq.jsonl", rows=40)
+    short = {"max_steps": 6, "save_steps": 2}
+    straight = train(plan_tuning(config(data, tiny_text_checkpoint, tmp_path / "straight", **short)))
+
+    plan = plan_tuning(config(data, tiny_text_checkpoint, tmp_path / "resumed", **short))
+
+    def stop_at_3(step: int) -> None:
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(plan, on_step=stop_at_3)
+    assert not (tmp_path / "resumed" / "adapter").exists()
+    from medgem.adapters import find_adapter
+    from medgem.errors import AdapterError, InputError
+
+    with pytest.raises(AdapterError, match="unfinished training run"):
+        find_adapter(tmp_path / "resumed")
+    with pytest.raises(InputError, match="add --resume"):
+        train(plan)
+    other = dataclasses.replace(plan.config, learning_rate=5e-3)
+    with pytest.raises(InputError, match="different settings"):
+        train(dataclasses.replace(plan, config=other), resume=True)
+    steps: list[int] = []
+    resumed = train(plan, resume=True, on_step=steps.append)
+    assert resumed.resumed_from == 2 and steps == [3, 4, 5, 6] and resumed.steps == 6
+    # the same run as one without the interruption: data order, dropout and optimizer restored
+    assert resumed.loss_after == pytest.approx(straight.loss_after, rel=1e-4)
+    with pytest.raises(InputError, match="already holds a finished adapter"):
+        train(plan, resume=True)
+
+
+def test_gguf_lora_gives_llama_cpp_the_greedy_tokens_of_peft(
+        cue_run: Any, tiny_text_checkpoint: Path, tmp_path: Path) -> None:
+    """Through the llama.cpp engine's own model and context, with llamacpp_lora's two calls."""
+    pytest.importorskip("llama_cpp")
+    from medgem.engines import EngineOptions
+    from medgem.engines.gguf.convert import convert_checkpoint
+    from medgem.engines.gguf.lora import convert_adapter
+    from medgem.engines.gguf.read import read_header
+    from medgem.engines.llamacpp import LlamaCppEngine
+    from medgem.engines.llamacpp_lora import apply_lora, load_lora, lora_identity
+    from medgem.request import GenerationOptions, Message, Request, TextPart
+    from medgem.resolve import resolve_checkpoint
+
+    _, outcome, _ = cue_run
+    base = convert_checkpoint(tiny_text_checkpoint, "f16", tmp_path / "base", verify=False)
+    converted = convert_adapter(outcome.adapter.path.parent, tmp_path / "lora")
+    assert converted.lora is not None and converted.mmproj is None and converted.tensors == 14
+    header = read_header(converted.lora)
+    assert header.get("general.type") == "adapter" and header.get("adapter.type") == "lora"
+    assert header.get("adapter.lora.alpha") == 16.0
+    model_names = set(read_header(base.model).tensors)
+    lora_names = set(header.tensors)
+    assert {n.rsplit(".", 1)[0] for n in lora_names} <= model_names
+    assert "blk.0.attn_q.weight.lora_a" in lora_names and "blk.1.ffn_down.weight.lora_b" in lora_names
+    assert lora_identity(converted.lora)[0] == outcome.adapter.name
+
+    mg = MedGemma.load(tiny_text_checkpoint, engine="hf", device="cpu", progress=False,
+                       adapter=outcome.adapter.path, audit=False)
+    try:
+        peft_tokens = mg.engine.tokenizer(mg.ask(QUESTION, max_new_tokens=6).text,
+                                          add_special_tokens=False).input_ids
+    finally:
+        mg.close()
+    request = Request((Message("user", (TextPart(QUESTION),)),), GenerationOptions(max_new_tokens=6))
+    tokens = {}
+    for with_lora in (False, True):
+        engine = LlamaCppEngine(resolve_checkpoint(base.model), EngineOptions(n_ctx=512, threads=1))
+        try:
+            if with_lora:
+                apply_lora(engine._ctx, load_lora(engine._model, converted.lora))
+            list(engine.generate(engine.prepare(request)))
+            tokens[with_lora] = [t for t in engine.last_tokens if t not in (1, 106)]
+        finally:
+            engine.close()
+    assert tokens[True] == peft_tokens  # "(B) bravo"
+    assert tokens[False] != peft_tokens  # the base model alone does not know the task
+
+
+def test_llama_cpp_refuses_a_gguf_that_is_not_a_lora(cue_run: Any, tmp_path: Path,
+                                                     tiny_text_checkpoint: Path) -> None:
+    pytest.importorskip("llama_cpp")
+    from medgem.engines.gguf.convert import convert_checkpoint
+    from medgem.engines.llamacpp_lora import read_lora_header
+    from medgem.errors import AdapterError
+
+    base = convert_checkpoint(tiny_text_checkpoint, "f16", tmp_path / "base", verify=False)
+    with pytest.raises(AdapterError, match="not a LoRA adapter"):
+        read_lora_header(base.model)
+    with pytest.raises(AdapterError, match="no GGUF adapter"):
+        read_lora_header(tmp_path / "missing.gguf")
