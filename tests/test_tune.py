@@ -16,8 +16,8 @@ from tune_fixtures import write_cue_mcq
 
 pytest.importorskip("peft")
 
-from medgem.api import MedGemma  # noqa: E402
-from medgem.tune import (  # noqa: E402
+from medgem.api import MedGemma
+from medgem.tune import (
     LoraSettings,
     TrainOutcome,
     TuneConfig,

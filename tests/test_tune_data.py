@@ -15,15 +15,15 @@ from tune_fixtures import OPTIONS, write_colour_vqa, write_cue_mcq
 
 pytest.importorskip("transformers")
 
-from medgem.errors import (  # noqa: E402
+from medgem.errors import (
     DatasetError,
     EngineUnavailableError,
     ResourceError,
     UnsupportedInputError,
 )
-from medgem.tune import TuneConfig, plan_tuning  # noqa: E402
-from medgem.tune.collate import IGNORE_INDEX, ChatCollator  # noqa: E402
-from medgem.tune.data import load_examples, split_examples  # noqa: E402
+from medgem.tune import TuneConfig, plan_tuning
+from medgem.tune.collate import IGNORE_INDEX, ChatCollator
+from medgem.tune.data import load_examples, split_examples
 
 
 def test_mcq_rows_become_the_harness_question_and_the_option_as_answer(tmp_path: Path) -> None:
@@ -84,7 +84,7 @@ def test_image_data_for_a_text_only_model_is_refused(tmp_path: Path,
                                                       tiny_text_checkpoint: Path) -> None:
     data = write_colour_vqa(tmp_path / "vqa", rows=4)
     config = TuneConfig(data=str(data), model=str(tiny_text_checkpoint), out=tmp_path / "out")
-    with pytest.raises(UnsupportedInputError, match="text-only model but .*vqa.jsonl row"):
+    with pytest.raises(UnsupportedInputError, match=r"text-only model but .*vqa\.jsonl row"):
         plan_tuning(config)
 
 

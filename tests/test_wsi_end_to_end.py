@@ -37,7 +37,7 @@ def slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def short_context_vlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny VLM with a 160-token context: a 20-patch slide cannot fit."""
-    from medgem.synthetic import TINY, build_checkpoint
+    from medgem.demo.build import TINY, build_checkpoint
 
     shape = TINY.__class__(**{**TINY.__dict__, "context": 160})
     return build_checkpoint(tmp_path_factory.mktemp("short") / "vlm", shape=shape,
