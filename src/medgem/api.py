@@ -11,7 +11,8 @@ import dataclasses
 import logging
 import os
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,8 @@ from medgem.answer.stops import apply_stops
 from medgem.audit import AuditStore, open_store
 from medgem.audit.trail import AuditTrail
 from medgem.engines import EngineOptions, choose_engine, load_engine
-from medgem.errors import ContextLengthError, UnsupportedInputError
+from medgem.engines.batching import Batcher
+from medgem.errors import ContextLengthError, InputError, UnsupportedInputError
 from medgem.inputs import load_inputs
 from medgem.request import GenerationOptions, ImagePart, Message, Request
 from medgem.request.compose import request_for_inputs
@@ -50,6 +52,7 @@ class MedGemma:
         caveat: str | None = INTENDED_USE_CAVEAT,
         checkpoint: Checkpoint | None = None,
         audit: AuditTrail | None = None,
+        parallel: int = 1,
     ) -> None:
         self.engine = engine
         self.variant = variant
@@ -57,6 +60,7 @@ class MedGemma:
         self.caveat = caveat or ""
         self.checkpoint = checkpoint
         self.audit = audit
+        self.batcher = Batcher(engine, parallel)
 
     @classmethod
     def load(
@@ -80,6 +84,7 @@ class MedGemma:
         audit: AuditStore | str | os.PathLike[str] | bool = True,
         surface: str = "python",
         adapter: str | os.PathLike[str] | None = None,
+        parallel: int = 1,
     ) -> MedGemma:
         """Resolve a checkpoint and load it on an engine.
 
@@ -102,6 +107,10 @@ class MedGemma:
             adapter: a LoRA adapter to apply: a `medgem tune` folder or PEFT adapter (hf), or a
                 GGUF LoRA from `medgem convert --adapter` (llamacpp). Answers carry its name
                 and content hash.
+            parallel: requests decoded together (llama.cpp: one KV-cache slot of ``n_ctx``
+                each, a new request joins the running batch; transformers: batches of waiting
+                requests; remote: requests in flight to the server). Refused before loading
+                when the machine cannot hold it.
 
         Raises:
             MedgemError subclasses with a message and what to do.
@@ -110,12 +119,16 @@ class MedGemma:
             device=device, dtype=dtype, quantize=quantize, progress=progress,
             check_memory=check_memory, base_url=base_url, api_key=api_key, n_ctx=n_ctx,
             threads=threads, adapter=str(adapter) if adapter is not None else None,
+            parallel=parallel,
         )
+        if parallel < 1:
+            raise InputError(f"--parallel must be at least 1, got {parallel}")
         if engine == "remote":
             remote = load_engine("remote", str(model), options)
             # The server names the variant; its thinking and budgets apply here too.
             known = find_variant(variant or remote.info.variant or "")
-            return cls(remote, variant=known, caveat=caveat, audit=_trail(audit, surface))
+            return cls(remote, variant=known, caveat=caveat, audit=_trail(audit, surface),
+                       parallel=parallel)
         checkpoint = resolve_checkpoint(model, variant=variant, mmproj=mmproj, revision=revision)
         name = engine if engine != "auto" else choose_engine(checkpoint)
         loaded = load_engine(name, checkpoint, options)
@@ -126,6 +139,7 @@ class MedGemma:
             caveat=caveat,
             checkpoint=checkpoint,
             audit=_trail(audit, surface),
+            parallel=parallel,
         )
 
     @property
@@ -220,9 +234,10 @@ class MedGemma:
             raise
         if request.options.stop:
             cancel = cancel or threading.Event()
-            events = apply_stops(self.engine.generate(prepared, cancel), request.options.stop, cancel)
+            events = apply_stops(self.batcher.generate(prepared, cancel), request.options.stop,
+                                 cancel)
         else:
-            events = self.engine.generate(prepared, cancel)
+            events = self.batcher.generate(prepared, cancel)
         chunks = assemble(events, self.engine.info, self.caveat)
         return chunks if self.audit is None else self._audited(request, chunks, context)
 
@@ -317,7 +332,38 @@ class MedGemma:
                                       options=GenerationOptions.of(options, **generation))
         return self.generate(request)
 
+    def ask_many(self, requests: Iterable[Request], *, concurrency: int | None = None,
+                 audit_context: Mapping[str, Any] | None = None,
+                 ) -> Iterator[tuple[int, Answer | Exception]]:
+        """Run many requests, ``concurrency`` (default: ``parallel`` of :meth:`load`) in flight
+        together; the engine decodes them in one batch.
+
+        Yields (index in ``requests``, the Answer or the error it raised) as each finishes, so
+        a caller can record results as they come; one failed request does not stop the others.
+        """
+        limit = max(1, concurrency or self.batcher.parallel)
+        with ThreadPoolExecutor(max_workers=limit, thread_name_prefix="medgem-ask") as pool:
+            running: dict[Future[Answer], int] = {}
+            for index, request in enumerate(requests):
+                running[pool.submit(self._answer, request, audit_context)] = index
+                if len(running) >= limit:
+                    yield from self._collect(running)
+            while running:
+                yield from self._collect(running)
+
+    def _answer(self, request: Request, audit_context: Mapping[str, Any] | None) -> Answer:
+        return _final(self.generate(request, audit_context=audit_context))
+
+    @staticmethod
+    def _collect(running: dict[Future[Answer], int]) -> Iterator[tuple[int, Answer | Exception]]:
+        finished, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in finished:
+            index = running.pop(future)
+            error = future.exception()
+            yield (index, error if isinstance(error, Exception) else future.result())
+
     def close(self) -> None:
+        self.batcher.close()
         self.engine.close()
 
 

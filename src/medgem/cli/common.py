@@ -126,6 +126,7 @@ def load_model(args: argparse.Namespace, *, audit: bool = True) -> MedGemma:
         n_ctx=args.n_ctx,
         threads=args.threads,
         adapter=args.adapter,
+        parallel=getattr(args, "parallel", None) or getattr(args, "concurrency", None) or 1,
     )
 
 

@@ -46,7 +46,7 @@ def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--resume", action="store_true", help="continue the run in --out")
     group.add_argument("--limit", type=int, help="evaluate this many items")
     group.add_argument("--seed", type=int, help="random subset for --limit; generation seed")
-    group.add_argument("--concurrency", type=int, default=1, help="requests in flight (remote engine)")
+    group.add_argument("--concurrency", type=int, default=1, help="questions in flight, decoded together by the engine (default 1)")
     group.add_argument("--max-new-tokens", type=int, help="answer budget (default per variant)")
     group.add_argument("--think", choices=["auto", "on", "off"], default="auto",
                        help="thinking instruction: auto = the official prompt on thinking variants")

@@ -22,6 +22,9 @@ def add_parser(subparsers: Any) -> None:
     group.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     group.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     group.add_argument("--served-name", help="model id clients send (default: the model's id)")
+    group.add_argument("--parallel", type=int, default=1,
+                       help="requests decoded together (llama.cpp: one KV-cache slot of --n-ctx each; "
+                       "default 1)")
     group.add_argument("--max-queue", type=int, default=8, help="requests that may wait for the engine (default 8)")
     group.add_argument("--max-body-mb", type=int, default=64, help="largest request body in MiB (default 64)")
     group.add_argument("--max-images", type=int, default=16, help="most images per request (default 16)")

@@ -29,6 +29,7 @@ class EngineOptions:
     n_ctx: int | None = None  # llama.cpp context size
     threads: int | None = None
     adapter: str | None = None  # LoRA adapter: a PEFT folder (hf) or a GGUF LoRA (llamacpp)
+    parallel: int = 1  # requests decoded together (see medgem.engines.batching)
 
 
 # name -> "module:factory". A factory takes (checkpoint, options) and returns an Engine; the
@@ -48,15 +49,16 @@ ALIASES: dict[str, str] = {
 # The options each engine honours; any other option set away from its default is refused, so
 # a flag is never silently ignored (--n-ctx under transformers, --quantize under llama.cpp).
 HONOURED: dict[str, frozenset[str]] = {
-    "hf": frozenset({"device", "dtype", "quantize", "adapter"}),
+    "hf": frozenset({"device", "dtype", "quantize", "adapter", "parallel"}),
     "hf-pipeline": frozenset({"device", "dtype", "quantize", "adapter"}),
-    "llamacpp": frozenset({"n_ctx", "threads"}),
-    "remote": frozenset({"base_url", "api_key"}),
+    "llamacpp": frozenset({"n_ctx", "threads", "parallel"}),
+    "remote": frozenset({"base_url", "api_key", "parallel"}),
 }
 _FLAGS = {"device": "--device", "dtype": "--dtype", "quantize": "--quantize", "n_ctx": "--n-ctx",
           "threads": "--threads", "base_url": "--base-url", "api_key": "--api-key",
-          "adapter": "--adapter"}
-_DEFAULTS = {"device": ("auto", "cpu"), "dtype": ("auto",)}  # llama.cpp runs on the CPU anyway
+          "adapter": "--adapter", "parallel": "--parallel"}
+# llama.cpp runs on the CPU anyway; one request at a time needs no batching.
+_DEFAULTS = {"device": ("auto", "cpu"), "dtype": ("auto",), "parallel": (1,)}
 
 
 def check_options(name: str, options: EngineOptions) -> None:

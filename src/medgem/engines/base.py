@@ -16,6 +16,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from medgem.request import Request
 
 FinishReason = Literal["stop", "length", "cancelled"]
+Batching = Literal["continuous", "static", "concurrent"]
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,11 @@ class Capabilities:
     images: bool
     thinking: bool
     streaming: bool = True
-    batching: bool = False
+    #: how the engine runs several requests at once (medgem.engines.batching reads it):
+    #: "continuous" (start/step: a request joins the running batch), "static" (generate_batch:
+    #: a batch runs to its end), "concurrent" (generate is thread-safe: a remote server batches),
+    #: or None (one at a time).
+    batching: Batching | None = None
     chat: bool = True
 
 

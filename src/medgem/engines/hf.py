@@ -139,7 +139,7 @@ class HFEngine:
             images=self.multimodal,
             thinking=checkpoint.variant.thinking if checkpoint.variant else True,
             streaming=True,
-            batching=False,
+            batching="static" if self.mode == "direct" else None,
             chat=checkpoint.instruction_tuned,
         )
 
@@ -207,14 +207,16 @@ class HFEngine:
 
     # --- generation ----------------------------------------------------------------------------
 
-    def _generate_kwargs(self, request: Request, streamer: Any, cancel: threading.Event) -> dict[str, Any]:
+    def _generate_kwargs(self, request: Request, streamer: _TokenStreamer) -> dict[str, Any]:
         import transformers
 
         options = request.options
         kwargs: dict[str, Any] = {
-            "max_new_tokens": options.budget,
+            "max_new_tokens": max(streamer.budgets),
             "do_sample": not options.greedy,
             "streamer": streamer,
+            # Rows end at their own end of turn, budget or cancel; the others go on.
+            "stopping_criteria": transformers.StoppingCriteriaList([streamer.rows_done]),
         }
         if not options.greedy:
             kwargs["temperature"] = options.temperature
@@ -223,33 +225,68 @@ class HFEngine:
             # Greedy: neutralise sampling defaults from generation_config.json.
             kwargs["top_p"] = None
             kwargs["top_k"] = None
-        kwargs["stopping_criteria"] = transformers.StoppingCriteriaList([_CancelCriteria(cancel)])
         return kwargs
 
     def generate(self, request: Request | Prepared,
                  cancel: threading.Event | None = None) -> Iterator[EngineEvent]:
-        started = time.perf_counter()
         prepared = as_prepared(self, request)
-        job = prepared.request
-        prompt_tokens = prepared.prompt_tokens
         # Always watched: a caller that stops reading must free the engine, not let it run on.
-        cancel = cancel if cancel is not None else threading.Event()
-        streamer = _TokenStreamer(self.tokenizer)
-        if job.options.seed is not None:
-            self._torch.manual_seed(job.options.seed)
-        kwargs = self._generate_kwargs(job, streamer, cancel)
+        for _, event in self.generate_batch([prepared], [cancel or threading.Event()]):
+            yield event
+
+    def generate_batch(self, items: list[Prepared],
+                       cancels: list[threading.Event]) -> Iterator[tuple[int, EngineEvent]]:
+        """Requests that sample alike as one left-padded ``generate`` (direct path), each row
+        with its own budget, end of turn and cancel: (row, event) pairs, rows interleaved."""
+        started = time.perf_counter()
+        first = items[0].request
+        streamer = _TokenStreamer(self.tokenizer, self._end_ids(),
+                                  [item.request.options.budget for item in items], cancels)
+        if first.options.seed is not None:
+            self._torch.manual_seed(first.options.seed)
+        kwargs = self._generate_kwargs(first, streamer)
         if self.mode == "direct":
-            inputs = prepared.state
+            inputs = items[0].state if len(items) == 1 else self._pad_left([i.state for i in items])
 
             def work() -> None:
                 with self._torch.inference_mode():
                     self.model.generate(**inputs, **kwargs)
         else:
+            if len(items) > 1:
+                raise InputError("the pipeline path runs one request at a time",
+                                 "use --engine hf for --parallel")
 
             def work() -> None:
-                self._run_pipeline(job, kwargs)
+                self._run_pipeline(first, kwargs)
 
-        yield from self._stream(work, streamer, job, prompt_tokens, started, cancel)
+        yield from self._stream(work, streamer, items, started)
+
+    def _pad_left(self, states: list[Any]) -> dict[str, Any]:
+        """One batch of encoded prompts: token rows padded on the left, images in row order."""
+        torch = self._torch
+        longest = max(int(state["input_ids"].shape[-1]) for state in states)
+        pad_id = self.tokenizer.pad_token_id or 0
+        batch: dict[str, Any] = {}
+        for key in ("input_ids", "attention_mask", "token_type_ids"):
+            if key not in states[0]:
+                continue
+            fill = pad_id if key == "input_ids" else 0
+            batch[key] = torch.cat([
+                torch.nn.functional.pad(state[key], (longest - state[key].shape[-1], 0), value=fill)
+                for state in states
+            ])
+        images = [state["pixel_values"] for state in states if "pixel_values" in state]
+        if images:
+            batch["pixel_values"] = torch.cat(images)
+        return batch
+
+    def _end_ids(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
+        end_of_turn = self.tokenizer.convert_tokens_to_ids("<end_of_turn>")
+        if isinstance(end_of_turn, int):
+            ids.add(end_of_turn)
+        return {i for i in ids if i is not None}
 
     def _run_pipeline(self, request: Request, kwargs: dict[str, Any]) -> None:
         max_new = kwargs.pop("max_new_tokens")
@@ -270,15 +307,8 @@ class HFEngine:
         else:
             self._pipeline(messages, max_new_tokens=max_new, return_full_text=False, **kwargs)
 
-    def _stream(
-        self,
-        work: Any,
-        streamer: _TokenStreamer,
-        request: Request,
-        prompt_tokens: int,
-        started: float,
-        cancel: threading.Event,
-    ) -> Iterator[EngineEvent]:
+    def _stream(self, work: Any, streamer: _TokenStreamer, items: list[Prepared],
+                started: float) -> Iterator[tuple[int, EngineEvent]]:
         errors: list[BaseException] = []
 
         def run() -> None:
@@ -292,32 +322,35 @@ class HFEngine:
 
         thread = threading.Thread(target=run, name="medgem-hf-generate", daemon=True)
         thread.start()
-        first: float | None = None
+        first: dict[int, float] = {}
         try:
-            for text in streamer:
-                if first is None:
-                    first = time.perf_counter() - started
+            for row, text in streamer:
+                if text is None:  # the row ended
+                    total = time.perf_counter() - started
+                    yield row, self._finished(streamer, row, items[row], first.get(row, total), total)
+                    continue
+                first.setdefault(row, time.perf_counter() - started)
                 if text:
-                    yield TextDelta(text)
+                    yield row, TextDelta(text)
         finally:
             if thread.is_alive():
-                cancel.set()
+                for cancel in streamer.cancels:
+                    cancel.set()
             thread.join()
         if errors:
             raise errors[0]
-        total = time.perf_counter() - started
-        completion = streamer.token_count
-        if cancel.is_set():
+
+    def _finished(self, streamer: _TokenStreamer, row: int, item: Prepared, first: float,
+                  total: float) -> Finished:
+        tokens = streamer.tokens[row]
+        if streamer.cancels[row].is_set():
             reason: Literal["stop", "length", "cancelled"] = "cancelled"
-        elif streamer.hit_eos(self.model.generation_config, self.tokenizer):
+        elif tokens and tokens[-1] in streamer.end_ids:
             reason = "stop"
         else:
-            reason = "length" if completion >= request.options.budget else "stop"
-        yield Finished(
-            reason,
-            Usage(prompt_tokens, completion),
-            Timings(first if first is not None else total, total, completion),
-        )
+            reason = "length" if len(tokens) >= item.request.options.budget else "stop"
+        return Finished(reason, Usage(item.prompt_tokens, len(tokens)),
+                        Timings(first, total, len(tokens)))
 
     def close(self) -> None:
         self._pipeline = None
@@ -327,68 +360,70 @@ class HFEngine:
 
 
 class _TokenStreamer:
-    """Receives token ids from generate() and hands out text deltas through a queue.
+    """Receives token ids from generate() and hands out (row, text delta) through a queue, then
+    (row, None) when a row ends (end of turn, its budget, or its cancel).
 
-    transformers calls ``put`` first with the prompt (skipped), then once per new token, and
-    ``end`` at the end. Text is decoded from all tokens so far and only the new suffix is sent,
-    holding back an incomplete UTF-8 character.
+    transformers calls ``put`` first with the prompt (skipped), then once per step with one token
+    per row, and ``end`` at the end. Text is decoded from all of a row's tokens so far and only
+    the new suffix is sent, holding back an incomplete UTF-8 character. Tokens generate() adds to
+    rows already ended (padding) are dropped.
     """
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, end_ids: set[int], budgets: list[int],
+                 cancels: list[threading.Event]) -> None:
         self._tokenizer = tokenizer
-        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[int, str | None] | None] = queue.Queue()
         self._prompt_seen = False
-        self.tokens: list[int] = []
-        self._sent = ""
+        self.end_ids = end_ids
+        self.budgets = budgets
+        self.cancels = cancels
+        self.tokens: list[list[int]] = [[] for _ in budgets]
+        self._sent = ["" for _ in budgets]
+        self._done = [False for _ in budgets]
 
     def put(self, value: Any) -> None:
         if not self._prompt_seen:
             self._prompt_seen = True
             return
-        self.tokens.extend(int(t) for t in value.reshape(-1).tolist())
-        text = self._tokenizer.decode(self.tokens, skip_special_tokens=True)
-        if text.endswith("\ufffd"):
-            return
-        delta, self._sent = text[len(self._sent) :], text
-        self._queue.put(delta)
+        for row, token in enumerate(value.reshape(-1).tolist()):
+            if self._done[row]:
+                continue
+            self.tokens[row].append(int(token))
+            text = self._tokenizer.decode(self.tokens[row], skip_special_tokens=True)
+            if not text.endswith("\ufffd"):
+                delta, self._sent[row] = text[len(self._sent[row]) :], text
+                self._queue.put((row, delta))
+            if int(token) in self.end_ids or len(self.tokens[row]) >= self.budgets[row]:
+                self._end(row)
 
-    def end(self) -> None:
-        text = self._tokenizer.decode(self.tokens, skip_special_tokens=True)
-        if len(text) > len(self._sent):
-            self._queue.put(text[len(self._sent) :])
-            self._sent = text
+    def _end(self, row: int) -> None:
+        text = self._tokenizer.decode(self.tokens[row], skip_special_tokens=True)
+        if len(text) > len(self._sent[row]):
+            self._queue.put((row, text[len(self._sent[row]) :]))
+            self._sent[row] = text
+        self._done[row] = True
+        self._queue.put((row, None))
 
-    def close(self) -> None:
-        self._queue.put(None)
-
-    def __iter__(self) -> Iterator[str]:
-        while (item := self._queue.get()) is not None:
-            yield item
-
-    @property
-    def token_count(self) -> int:
-        return len(self.tokens)
-
-    def hit_eos(self, generation_config: Any, tokenizer: Any) -> bool:
-        if not self.tokens:
-            return False
-        eos = generation_config.eos_token_id
-        ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
-        end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
-        if isinstance(end_of_turn, int):
-            ids.add(end_of_turn)
-        return self.tokens[-1] in ids
-
-
-class _CancelCriteria:
-    def __init__(self, cancel: threading.Event) -> None:
-        self._cancel = cancel
-
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+    def rows_done(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        """The stopping criterion: a row stops once ended or cancelled."""
         import torch
 
-        return torch.full((input_ids.shape[0],), self._cancel.is_set(), dtype=torch.bool,
-                          device=input_ids.device)
+        done = [d or c.is_set() for d, c in zip(self._done, self.cancels, strict=True)]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    def end(self) -> None:
+        for row, done in enumerate(self._done):
+            if not done:
+                self._end(row)
+
+    def close(self) -> None:
+        """No more items (after ``end``, or after generate() failed: rows left open get no
+        Finished, so the caller sees the error, not a short answer)."""
+        self._queue.put(None)
+
+    def __iter__(self) -> Iterator[tuple[int, str | None]]:
+        while (item := self._queue.get()) is not None:
+            yield item
 
 
 def _placement(options: EngineOptions, checkpoint: Checkpoint) -> tuple[str, Any]:

@@ -22,7 +22,8 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from medgem.engines import EngineOptions
@@ -38,7 +39,13 @@ from medgem.engines.base import (
     Usage,
     as_prepared,
 )
-from medgem.engines.gguf.read import check_mmproj, check_model, file_type_name, read_header
+from medgem.engines.gguf.read import (
+    GGUFHeader,
+    check_mmproj,
+    check_model,
+    file_type_name,
+    read_header,
+)
 from medgem.engines.llamacpp_native import (
     import_llama_cpp,
     llama_context_params,
@@ -83,6 +90,51 @@ class _Prompt:
         return sum(unit.n_pos for unit in self.units)
 
 
+@dataclass(eq=False)
+class _Slot:
+    """One sequence of the llama.cpp context; its cache outlives a request (prefix reuse)."""
+
+    seq_id: int
+    cached: list[_Unit] = field(default_factory=list)  # what its KV cells hold, in order
+    sequence: Sequence | None = None  # the request running in it
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One request in a slot, from prefill to its Finished event (see LlamaCppEngine.step)."""
+
+    prepared: Prepared
+    prompt: _Prompt
+    slot: _Slot
+    cancel: threading.Event | None
+    started: float
+    sampler: Any
+    budget: int
+    reused: int
+    position: int  # the next KV position
+    next_unit: int  # prefill progress
+    decoder: Any
+    tokens: list[int] = field(default_factory=list)
+    events: list[EngineEvent | BaseException] = field(default_factory=list)
+    pending: int | None = None  # sampled and sent, decoded in the next step
+    first: float | None = None
+    vision_s: float = 0.0
+    prefill_s: float = 0.0
+    done: bool = False
+
+    @property
+    def prefilling(self) -> bool:
+        return self.next_unit < len(self.prompt.units)
+
+    def take(self) -> Iterator[EngineEvent]:
+        """The events so far (an error is raised in the caller's thread)."""
+        events, self.events = self.events, []
+        for event in events:
+            if isinstance(event, BaseException):
+                raise event
+            yield event
+
+
 class LlamaCppEngine:
     """MedGemma / Gemma 3 GGUF on llama.cpp, with a vision projector for images."""
 
@@ -107,11 +159,15 @@ class LlamaCppEngine:
         self._llama_cpp = llama_cpp
         self._mtmd = mtmd
         self.checkpoint = checkpoint
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one generate() at a time (the batcher runs several)
+        self._mtmd_lock = threading.Lock()
         threads = options.threads or max(1, len(os.sched_getaffinity(0)))
         context_length = int(header.get("gemma3.context_length", 131072))
-        self.n_ctx = min(options.n_ctx or DEFAULT_N_CTX, context_length)
+        self.n_ctx = min(options.n_ctx or DEFAULT_N_CTX, context_length)  # per sequence
         self.n_batch = 512
+        parallel = max(1, options.parallel)
+        if options.check_memory:
+            check_kv_memory(header, checkpoint.path, self.n_ctx, parallel, self.n_batch)
         # No mmap: llama.cpp repacks the weights for its CPU kernels, and with mmap both copies
         # count (5.0 GB RSS for Q4_K_M 4B vs 3.6 GB). Flash attention: faster prefill and decode
         # on CPUs (measured 42 vs 32 tok/s prefill on a 4B shape).
@@ -124,13 +180,17 @@ class LlamaCppEngine:
                 "it again",
             )
         self._ctx = llama_cpp.llama_init_from_model(
-            self._model, llama_context_params(llama_cpp, self.n_ctx, self.n_batch, threads))
+            self._model,
+            llama_context_params(llama_cpp, self.n_ctx * parallel, self.n_batch, threads, parallel))
         if not self._ctx:
             llama_cpp.llama_model_free(self._model)
             raise ResourceError(
                 f"llama.cpp could not allocate a {self.n_ctx}-token context",
                 "lower --n-ctx, or free memory",
             )
+        # One KV sequence per request in flight; each slot gets n_ctx of its own.
+        self._slots = [_Slot(seq_id) for seq_id in range(parallel)]
+        self._llama_batch = llama_cpp.llama_batch_init(max(self.n_batch, parallel), 0, 1)
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
         self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
         self._mtmd_ctx: Any = None
@@ -156,7 +216,6 @@ class LlamaCppEngine:
 
             template = shipped_chat_template()
         self._template = _compile_template(template)
-        self._cached: list[_Unit] = []  # what the KV cache holds, in order
         self.last_prompt_tokens: list[int] = []  # the last prompt (-1 for image positions)
         self.last_tokens: list[int] = []  # the last answer's token ids (for checks and tests)
         markers = (self._token_id("<unused94>"), self._token_id("<unused95>"))
@@ -181,7 +240,7 @@ class LlamaCppEngine:
             images=self._mtmd_ctx is not None,
             thinking=variant.thinking if variant else True,
             streaming=True,
-            batching=False,
+            batching="continuous",
             chat=variant.instruction_tuned if variant else True,
         )
 
@@ -243,7 +302,8 @@ class LlamaCppEngine:
             return _Prompt([_Unit(t, 1) for t in tokens], None,
                            [(-1, i) for i in range(len(tokens))], tokens)
         framed = text.replace("<start_of_image>", f"\n\n{self._marker}\n\n")
-        return self._mtmd_prompt(framed, [p.image for p in images])
+        with self._mtmd_lock:
+            return self._mtmd_prompt(framed, [p.image for p in images])
 
     def _mtmd_prompt(self, text: str, images: list[Any]) -> _Prompt:
         mtmd = self._mtmd
@@ -314,78 +374,221 @@ class LlamaCppEngine:
             self._mtmd.mtmd_input_chunks_free(prompt.chunks)
             prompt.chunks = None
 
+    # --- slots: one KV-cache sequence per request in flight -----------------------------------
 
-    # --- evaluation ----------------------------------------------------------------------------
-
-    def _reusable(self, units: list[_Unit]) -> int:
-        """How many leading units the KV cache already holds (at least one left to evaluate)."""
+    def _reusable(self, slot: _Slot, units: list[_Unit]) -> int:
+        """How many leading units ``slot`` already holds (at least one left to evaluate)."""
         common = 0
-        for cached, new in zip(self._cached, units, strict=False):
+        for cached, new in zip(slot.cached, units, strict=False):
             if cached != new:
                 break
             common += 1
         return min(common, len(units) - 1)
 
-    def _truncate(self, keep_units: int) -> int:
-        """Drop the cache after ``keep_units``; returns the positions kept (0 if it had to clear)."""
+    def _truncate(self, slot: _Slot, keep_units: int) -> int:
+        """Drop the slot's cache after ``keep_units``; returns the positions kept (0: cleared)."""
         lib = self._llama_cpp
         memory = lib.llama_get_memory(self._ctx)
-        keep = sum(unit.n_pos for unit in self._cached[:keep_units])
+        keep = sum(unit.n_pos for unit in slot.cached[:keep_units])
         # Sliding-window layers must still hold the window before the cut.
-        if (keep > 0 and lib.llama_memory_seq_rm(memory, 0, keep, -1)
-                and lib.llama_memory_seq_pos_min(memory, 0) <= max(0, keep - self._window)):
-            self._cached = self._cached[:keep_units]
+        if (keep > 0 and lib.llama_memory_seq_rm(memory, slot.seq_id, keep, -1)
+                and lib.llama_memory_seq_pos_min(memory, slot.seq_id) <= max(0, keep - self._window)):
+            slot.cached = slot.cached[:keep_units]
             return keep
-        lib.llama_memory_clear(memory, True)
-        self._cached = []
+        self._clear(slot)
         return 0
 
-    def _decode_tokens(self, tokens: list[int]) -> None:
+    def _clear(self, slot: _Slot) -> None:
         lib = self._llama_cpp
-        for start in range(0, len(tokens), self.n_batch):
-            part = tokens[start : start + self.n_batch]
-            array = (lib.llama_token * len(part))(*part)
-            status = lib.llama_decode(self._ctx, lib.llama_batch_get_one(array, len(part)))
-            if status != 0:
-                self._cached = []
-                lib.llama_memory_clear(lib.llama_get_memory(self._ctx), True)
-                raise EngineUnavailableError(f"llama.cpp failed to evaluate the prompt (status {status})",
-                                             "retry with a shorter prompt")
+        lib.llama_memory_seq_rm(lib.llama_get_memory(self._ctx), slot.seq_id, -1, -1)
+        slot.cached = []
 
-    def _evaluate(self, prompt: _Prompt, start_unit: int, position: int) -> float:
-        """Evaluate units from ``start_unit`` on; returns seconds spent in the vision tower."""
-        vision_s = 0.0
-        pending: list[int] = []
-        for unit_index in range(start_unit, len(prompt.units)):
-            unit = prompt.units[unit_index]
-            if isinstance(unit.key, int):
-                pending.append(unit.key)
-                continue
-            if pending:
-                self._decode_tokens(pending)
-                position += len(pending)
-                pending = []
-            chunk = self._mtmd.mtmd_input_chunks_get(prompt.chunks, prompt.chunk_of_unit[unit_index][0])
-            new_position = self._llama_cpp.llama_pos(0)
-            began = time.perf_counter()
-            status = self._mtmd.mtmd_encode_chunk(self._mtmd_ctx, chunk)  # the vision tower
-            vision_s += time.perf_counter() - began
-            if status == 0:  # the image's soft tokens through the language model (non-causal)
-                status = self._mtmd.mtmd_helper_decode_image_chunk(
-                    self._mtmd_ctx, self._ctx, chunk, self._mtmd.mtmd_get_output_embd(self._mtmd_ctx),
-                    position, 0, self.n_batch, ctypes.byref(new_position),
-                    self._mtmd.mtmd_helper_post_decode_callback(), None,
-                )
-            if status != 0:
-                self._cached = []
-                self._llama_cpp.llama_memory_clear(self._llama_cpp.llama_get_memory(self._ctx), True)
-                raise EngineUnavailableError(f"llama.cpp failed to encode an image (status {status})",
-                                             "check the image and the mmproj file")
-            position = int(new_position.value)
-        if pending:
-            self._decode_tokens(pending)
-        self._cached = list(prompt.units)
-        return vision_s
+    def start(self, prepared: Prepared, cancel: threading.Event | None = None,
+              started: float | None = None) -> Sequence:
+        """Put a prepared request in a free slot: the one whose cache shares the longest prefix
+        with it (a follow-up about the same image skips the vision tower). Nothing runs yet:
+        :meth:`step` prefills and decodes.
+
+        Raises:
+            ContextLengthError: the prompt does not fit a slot's context.
+            ResourceError: every slot is taken.
+        """
+        prompt: _Prompt = prepared.state
+        n_prompt = prompt.n_pos
+        if n_prompt + 1 > self.n_ctx:
+            raise ContextLengthError(
+                f"the prompt takes {n_prompt} tokens but the context holds {self.n_ctx}",
+                "shorten the prompt (fewer images or slices), or raise --n-ctx",
+            )
+        free = [slot for slot in self._slots if slot.sequence is None]
+        if not free:
+            raise ResourceError(f"all {len(self._slots)} llama.cpp slots are taken",
+                                "wait for a request to finish, or raise --parallel")
+        slot = max(free, key=lambda s: self._reusable(s, prompt.units))
+        reused = self._truncate(slot, self._reusable(slot, prompt.units))
+        options = prepared.request.options
+        sequence = Sequence(
+            prepared=prepared, prompt=prompt, slot=slot, cancel=cancel,
+            started=time.perf_counter() if started is None else started,
+            sampler=self._sampler(options), budget=min(options.budget, self.n_ctx - n_prompt),
+            reused=reused, position=reused, next_unit=len(slot.cached),
+            decoder=codecs.getincrementaldecoder("utf-8")(errors="replace"),
+        )
+        slot.sequence = sequence
+        self.last_prompt_tokens = prompt.tokens
+        self.last_tokens = sequence.tokens
+        return sequence
+
+    def step(self, sequences: list[Sequence]) -> None:
+        """One step for the running sequences: one batch with the next token of every decoding
+        sequence, then one prefill piece (a text chunk or an image) of the oldest prefilling
+        one, so a long prompt does not stall the others' answers. Events (and errors) collect
+        on each sequence; ``done`` marks the finished ones."""
+        for sequence in sequences:
+            if not sequence.done and sequence.cancel is not None and sequence.cancel.is_set():
+                self._finish(sequence, "cancelled")
+        decoding = [s for s in sequences if not s.done and s.pending is not None]
+        if decoding:
+            self._decode_next(decoding)
+        prefilling = [s for s in sequences if not s.done and s.prefilling]
+        if prefilling:
+            self._prefill_piece(prefilling[0])
+
+    def _batch(self, entries: list[tuple[int, int, int, bool]]) -> None:
+        """llama_decode one batch of (token, position, sequence id, wants logits)."""
+        lib = self._llama_cpp
+        batch = self._llama_batch
+        for index, (token, position, seq_id, logits) in enumerate(entries):
+            batch.token[index] = token
+            batch.pos[index] = position
+            batch.n_seq_id[index] = 1
+            batch.seq_id[index][0] = seq_id
+            batch.logits[index] = logits
+        batch.n_tokens = len(entries)
+        status = lib.llama_decode(self._ctx, batch)
+        if status != 0:
+            raise EngineUnavailableError(f"llama.cpp failed to evaluate the prompt (status {status})",
+                                         "retry with a shorter prompt")
+
+    def _decode_next(self, sequences: list[Sequence]) -> None:
+        try:
+            self._batch([(s.pending, s.position, s.slot.seq_id, True) for s in sequences])  # type: ignore[misc]
+        except EngineUnavailableError as exc:
+            for sequence in sequences:
+                self._fail(sequence, exc)
+            return
+        for index, sequence in enumerate(sequences):
+            assert sequence.pending is not None
+            sequence.slot.cached.append(_Unit(sequence.pending, 1))
+            sequence.position += 1
+            sequence.pending = None
+            self._accept(sequence, int(self._llama_cpp.llama_sampler_sample(
+                sequence.sampler, self._ctx, index)))
+
+    def _prefill_piece(self, sequence: Sequence) -> None:
+        """Evaluate the next text chunk (up to n_batch tokens) or image of a prompt."""
+        units = sequence.prompt.units
+        first = sequence.next_unit
+        try:
+            if isinstance(units[first].key, int):
+                last = first
+                while (last < len(units) and isinstance(units[last].key, int)
+                       and last - first < self.n_batch):
+                    last += 1
+                ends = last == len(units)
+                self._batch([(int(units[i].key), sequence.position + i - first,
+                              sequence.slot.seq_id, ends and i == last - 1)
+                             for i in range(first, last)])
+                sequence.position += last - first
+            else:
+                last = first + 1
+                self._image(sequence, first)
+        except EngineUnavailableError as exc:
+            self._fail(sequence, exc)
+            return
+        sequence.slot.cached.extend(units[first:last])
+        sequence.next_unit = last
+        if sequence.prefilling:
+            return
+        sequence.prefill_s = time.perf_counter() - sequence.started
+        if sequence.budget <= 0:
+            self._finish(sequence, "length")
+        elif sequence.cancel is not None and sequence.cancel.is_set():
+            self._finish(sequence, "cancelled")
+        else:
+            self._accept(sequence, int(self._llama_cpp.llama_sampler_sample(
+                sequence.sampler, self._ctx, -1)))
+
+    def _image(self, sequence: Sequence, unit_index: int) -> None:
+        mtmd = self._mtmd
+        prompt = sequence.prompt
+        chunk = mtmd.mtmd_input_chunks_get(prompt.chunks, prompt.chunk_of_unit[unit_index][0])
+        new_position = self._llama_cpp.llama_pos(0)
+        began = time.perf_counter()
+        with self._mtmd_lock:  # prepare() on another thread uses the same libmtmd context
+            status = mtmd.mtmd_encode_chunk(self._mtmd_ctx, chunk)  # the vision tower
+        sequence.vision_s += time.perf_counter() - began
+        if status == 0:  # the image's soft tokens through the language model (non-causal)
+            status = mtmd.mtmd_helper_decode_image_chunk(
+                self._mtmd_ctx, self._ctx, chunk, mtmd.mtmd_get_output_embd(self._mtmd_ctx),
+                sequence.position, sequence.slot.seq_id, self.n_batch, ctypes.byref(new_position),
+                mtmd.mtmd_helper_post_decode_callback(), None,
+            )
+        if status != 0:
+            raise EngineUnavailableError(f"llama.cpp failed to encode an image (status {status})",
+                                         "check the image and the mmproj file")
+        sequence.position = int(new_position.value)
+
+    def _accept(self, sequence: Sequence, token: int) -> None:
+        """A sampled token: end of turn, or text out and the token decoded in the next step."""
+        sequence.tokens.append(token)
+        if sequence.first is None:
+            sequence.first = time.perf_counter() - sequence.started
+        if self._llama_cpp.llama_vocab_is_eog(self._vocab, token):
+            self._finish(sequence, "stop")
+            return
+        text = sequence.decoder.decode(self._piece(token))
+        if text:
+            sequence.events.append(TextDelta(text))
+        if len(sequence.tokens) >= sequence.budget:
+            self._finish(sequence, "length")
+        else:
+            sequence.pending = token
+
+    def _finish(self, sequence: Sequence, reason: FinishReason) -> None:
+        tail = sequence.decoder.decode(b"", final=True)
+        if tail:
+            sequence.events.append(TextDelta(tail))
+        total = time.perf_counter() - sequence.started
+        generated = len(sequence.tokens)
+        sequence.events.append(Finished(
+            reason,
+            Usage(sequence.prompt.n_pos, generated),
+            Timings(sequence.first if sequence.first is not None else total, total, generated),
+            extra={"reused_prompt_tokens": float(sequence.reused), "vision_s": sequence.vision_s,
+                   "prefill_s": sequence.prefill_s or total},
+        ))
+        self._release(sequence)
+
+    def abandon(self, sequence: Sequence) -> None:
+        """Drop a sequence after an engine fault: its cache cleared, its slot freed."""
+        if not sequence.done:
+            self._clear(sequence.slot)
+            self._release(sequence)
+
+    def _fail(self, sequence: Sequence, error: BaseException) -> None:
+        self._clear(sequence.slot)
+        sequence.events.append(error)
+        self._release(sequence)
+
+    def _release(self, sequence: Sequence) -> None:
+        sequence.done = True
+        sequence.pending = None
+        if sequence.sampler is not None:
+            self._llama_cpp.llama_sampler_free(sequence.sampler)
+            sequence.sampler = None
+        sequence.slot.sequence = None
+        sequence.prepared.release()
 
     # --- generation ----------------------------------------------------------------------------
 
@@ -406,69 +609,22 @@ class LlamaCppEngine:
 
     def generate(self, request: Request | Prepared,
                  cancel: threading.Event | None = None) -> Iterator[EngineEvent]:
+        """One request on its own: the step loop of :meth:`start`/:meth:`step` for a single
+        sequence (``medgem.engines.batching`` runs several)."""
         started = time.perf_counter()
         prepared = as_prepared(self, request)
         try:
             with self._lock:
-                yield from self._generate(prepared.request, prepared.state, started, cancel)
+                sequence = self.start(prepared, cancel, started)
+                try:
+                    while not sequence.done:
+                        self.step([sequence])
+                        yield from sequence.take()
+                finally:
+                    if not sequence.done:  # the caller stopped reading
+                        self._finish(sequence, "cancelled")
         finally:
             prepared.release()
-
-    def _generate(self, request: Request, prompt: _Prompt, started: float,
-                  cancel: threading.Event | None) -> Iterator[EngineEvent]:
-        options = request.options
-        n_prompt = prompt.n_pos
-        if n_prompt + 1 > self.n_ctx:
-            raise ContextLengthError(
-                f"the prompt takes {n_prompt} tokens but the context holds {self.n_ctx}",
-                "shorten the prompt (fewer images or slices), or raise --n-ctx",
-            )
-        self.last_prompt_tokens = prompt.tokens
-        self.last_tokens = []
-        reused = self._truncate(self._reusable(prompt.units))
-        vision_s = self._evaluate(prompt, len(self._cached), reused)
-        prefill_s = time.perf_counter() - started
-        lib = self._llama_cpp
-        sampler = self._sampler(options)
-        try:
-            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-            budget = min(options.budget, self.n_ctx - n_prompt)
-            first: float | None = None
-            generated = 0
-            reason: FinishReason = "length"
-            while generated < budget:
-                if cancel is not None and cancel.is_set():
-                    reason = "cancelled"
-                    break
-                token = int(lib.llama_sampler_sample(sampler, self._ctx, -1))
-                generated += 1
-                self.last_tokens.append(token)
-                if first is None:
-                    first = time.perf_counter() - started
-                if lib.llama_vocab_is_eog(self._vocab, token):
-                    reason = "stop"
-                    break
-                text = decoder.decode(self._piece(token))
-                if text:
-                    yield TextDelta(text)
-                if generated < budget:
-                    self._decode_tokens([token])
-                    self._cached.append(_Unit(token, 1))
-            else:
-                reason = "length"
-        finally:
-            lib.llama_sampler_free(sampler)
-        tail = decoder.decode(b"", final=True)
-        if tail:
-            yield TextDelta(tail)
-        total = time.perf_counter() - started
-        yield Finished(
-            reason,
-            Usage(n_prompt, generated),
-            Timings(first if first is not None else total, total, generated),
-            extra={"reused_prompt_tokens": float(reused), "vision_s": vision_s,
-                   "prefill_s": prefill_s},
-        )
 
     def close(self) -> None:
         if self._mtmd_ctx is not None:
@@ -477,6 +633,9 @@ class LlamaCppEngine:
         self._free_model()
 
     def _free_model(self) -> None:
+        if getattr(self, "_llama_batch", None) is not None:
+            self._llama_cpp.llama_batch_free(self._llama_batch)
+            self._llama_batch = None
         if self._ctx:
             self._llama_cpp.llama_free(self._ctx)
             self._ctx = None
@@ -494,3 +653,41 @@ def _compile_template(source: str) -> Any:
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = raise_exception
     return env.from_string(source)
+
+
+def kv_bytes_per_sequence(header: GGUFHeader, n_ctx: int, n_batch: int) -> int:
+    """KV-cache bytes one sequence of ``n_ctx`` takes (f16 keys and values). Gemma 3 keeps the
+    full context on every sixth layer only; the others hold the sliding window (and a batch)."""
+    layers = int(header.get("gemma3.block_count", 0))
+    heads = int(header.get("gemma3.attention.head_count_kv", 0) or 0)
+    width = heads * (int(header.get("gemma3.attention.key_length", 0) or 0)
+                     + int(header.get("gemma3.attention.value_length", 0) or 0))
+    window = int(header.get("gemma3.attention.sliding_window", 0) or n_ctx)
+    full_layers = (layers + 5) // 6
+    cells = full_layers * n_ctx + (layers - full_layers) * min(n_ctx, window + n_batch)
+    return cells * width * 2
+
+
+def check_kv_memory(header: GGUFHeader, path: Path, n_ctx: int, parallel: int,
+                    n_batch: int) -> None:
+    """Refuse, before loading, weights plus ``parallel`` KV caches that exceed available RAM.
+
+    Raises:
+        ResourceError: naming what it needs and the --parallel / --n-ctx that would fit.
+    """
+    from medgem.hardware import detect_hardware
+
+    per_sequence = kv_bytes_per_sequence(header, n_ctx, n_batch)
+    weights = path.stat().st_size
+    available = detect_hardware().ram_available
+    need = weights + parallel * per_sequence
+    if need <= available:
+        return
+    fits = max(0, (available - weights) // per_sequence) if per_sequence else 0
+    gib = 1 << 30
+    raise ResourceError(
+        f"--parallel {parallel} at --n-ctx {n_ctx} needs {need / gib:.1f} GiB "
+        f"({weights / gib:.1f} GiB weights + {parallel} x {per_sequence / gib:.2f} GiB KV cache) "
+        f"but {available / gib:.1f} GiB is available",
+        f"use --parallel {fits}" if fits else "lower --n-ctx, or free memory",
+    )

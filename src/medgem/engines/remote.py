@@ -105,6 +105,7 @@ class RemoteEngine:
         )
         self.capabilities = Capabilities(
             images=bool(meta.get("images", True)), thinking=bool(meta.get("thinking", True)),
+            batching="concurrent",  # the server batches what it is sent at once
         )
 
     def _model_card(self, model: str) -> dict[str, Any]:

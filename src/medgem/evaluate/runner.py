@@ -13,8 +13,7 @@ import json
 import random
 import sys
 import time
-from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,9 +23,10 @@ from medgem.errors import DatasetError, InputError, MedgemError
 from medgem.evaluate.datasets import read_records
 from medgem.evaluate.results import MANIFEST_FILE, RESULTS_FILE, ResultLog
 from medgem.evaluate.tasks import EvalItem, LoadedData, Task, TaskOptions, get_task
-from medgem.request import GenerationOptions
+from medgem.request import GenerationOptions, Request
 
 if TYPE_CHECKING:
+    from medgem.answer import Answer
     from medgem.api import MedGemma
 
 MANIFEST_VERSION = 1
@@ -47,7 +47,7 @@ class EvalConfig:
         variant: the MedGemma variant for the card lookup when the model does not say (remote).
         limit: evaluate only this many items (a seeded random subset when ``seed`` is given).
         seed: subset seed, also passed to generation.
-        concurrency: requests in flight at once (useful with the remote engine).
+        concurrency: questions in flight at once (batched on the engine; see ``--parallel``).
         max_new_tokens: answer budget; None for the variant family's default.
         think: "auto" (the task's official prompt, thinking variants only), "on" or "off".
         options: task options (image root, uncertain-label policy, language).
@@ -187,24 +187,26 @@ def check_resumable(old: dict[str, Any], new: dict[str, Any], folder: Path) -> N
         )
 
 
-def run_item(mg: MedGemma, task: Task, item: EvalItem, think: bool,
-             config: EvalConfig) -> dict[str, Any]:
-    """Ask one item and score the reply; errors become a failed result with the reason."""
-    base: dict[str, Any] = {"id": item.id, "source": item.source, "row": item.row,
-                            "category": item.category, "reference": item.reference}
-    start = time.perf_counter()
-    try:
-        images = [_open_image(ref) for ref in item.images]
-        answer = mg.ask(item.question, images=images, system=item.system,
-                        options=config.generation_options(think))
-    except MedgemError as exc:
-        return base | {"status": "failed", "error": f"{item.source} row {item.row}: {exc}"}
-    except Exception as exc:  # an engine crash on one item must not end a long run
-        return base | {"status": "failed",
-                       "error": f"{item.source} row {item.row}: {type(exc).__name__}: {exc}"}
+def _ask(mg: MedGemma, item: EvalItem, think: bool, config: EvalConfig) -> Request:
+    images = [_open_image(ref) for ref in item.images]
+    return mg.request(item.question, images=images, system=item.system,
+                      options=config.generation_options(think))
+
+
+def _failed(item: EvalItem, error: BaseException) -> dict[str, Any]:
+    what = str(error) if isinstance(error, MedgemError) else f"{type(error).__name__}: {error}"
+    return _base(item) | {"status": "failed", "error": f"{item.source} row {item.row}: {what}"}
+
+
+def _base(item: EvalItem) -> dict[str, Any]:
+    return {"id": item.id, "source": item.source, "row": item.row, "category": item.category,
+            "reference": item.reference}
+
+
+def _scored(task: Task, item: EvalItem, answer: Answer, seconds: float) -> dict[str, Any]:
     reply = answer.text or answer.raw
     scored = task.score(item, reply)
-    return base | {
+    return _base(item) | {
         "status": "ok",
         "prediction": scored.prediction,
         "parsed": scored.parsed,
@@ -215,7 +217,7 @@ def run_item(mg: MedGemma, task: Task, item: EvalItem, think: bool,
         "finish_reason": answer.finish_reason,
         "prompt_tokens": answer.usage.prompt_tokens,
         "completion_tokens": answer.usage.completion_tokens,
-        "seconds": round(time.perf_counter() - start, 3),
+        "seconds": round(seconds, 3),
     }
 
 
@@ -294,29 +296,36 @@ def run_evaluation(
 
 
 def _results(mg: MedGemma, prepared: PreparedRun, todo: list[EvalItem], think: bool) -> Any:
-    """Results in completion order; one thread per request in flight, bounded by concurrency."""
+    """Results in completion order, ``concurrency`` questions in flight through
+    ``MedGemma.ask_many`` (batched on the engine); an item that fails is a failed result with
+    the reason, and the run goes on."""
     task, config = prepared.task, prepared.config
-    if config.concurrency == 1:
+    asked: list[tuple[EvalItem, float]] = []
+    unreadable: list[dict[str, Any]] = []
+
+    def requests() -> Iterator[Request]:
         for item in todo:
-            yield run_item(mg, task, item, think, config)
-        return
-    pending = iter(todo)
-    with ThreadPoolExecutor(max_workers=config.concurrency) as pool:
-        running: set[Future[dict[str, Any]]] = set()
-        try:
-            for item in pending:
-                running.add(pool.submit(run_item, mg, task, item, think, config))
-                if len(running) >= config.concurrency:
-                    finished, running = wait(running, return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        yield future.result()
-            while running:
-                finished, running = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    yield future.result()
-        finally:
-            for future in running:
-                future.cancel()
+            try:
+                request = _ask(mg, item, think, config)
+            except Exception as exc:  # a bad image on one item must not end a long run
+                unreadable.append(_failed(item, exc))
+                continue
+            asked.append((item, time.perf_counter()))
+            yield request
+
+    for index, outcome in mg.ask_many(requests(), concurrency=config.concurrency):
+        yield from _drain(unreadable)
+        item, start = asked[index]
+        if isinstance(outcome, Exception):
+            yield _failed(item, outcome)
+        else:
+            yield _scored(task, item, outcome, time.perf_counter() - start)
+    yield from _drain(unreadable)
+
+
+def _drain(items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    while items:
+        yield items.pop(0)
 
 
 def _progress_bar(total: int, initial: int, name: str, enabled: bool) -> Any:

@@ -103,7 +103,7 @@ def create_app(
         queue = serving.queue
         status = "draining" if queue.draining else "ok"
         return JSONResponse({"status": status, "model": serving.served_name, "waiting": queue.waiting,
-                             "busy": queue.busy}, status_code=503 if queue.draining else 200)
+                             "busy": queue.running > 0, "running": queue.running}, status_code=503 if queue.draining else 200)
 
     @app.get("/metrics")
     async def metrics() -> Response:

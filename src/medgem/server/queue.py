@@ -1,6 +1,7 @@
-"""The engine queue: one worker thread runs one request at a time; a bounded line waits.
+"""The engine queue: ``workers`` threads each run one request (the model's batcher decodes
+the running ones together: ``--parallel``); a bounded line waits.
 
-The event loop submits jobs; the worker runs them on the engine and hands each chunk back to
+The event loop submits jobs; a worker runs each on the engine and hands each chunk back to
 the loop. A full line raises :class:`QueueFullError` (429 with Retry-After). Setting a job's
 ``cancel`` event (client gone) stops its generation. ``close`` drains: queued and running jobs
 finish, new ones are refused.
@@ -78,33 +79,38 @@ class Job:
 
 
 class EngineQueue:
-    """A bounded line in front of one engine worker.
+    """A bounded line in front of the engine workers.
 
     Args:
         run: starts one generation for a job (``MedGemma.generate`` with its audit context).
-        max_waiting: requests allowed to wait while one runs.
+        max_waiting: requests allowed to wait while the workers are busy.
         min_retry_after: the least Retry-After, in seconds.
+        workers: requests running at once (the model's ``parallel``).
     """
 
-    def __init__(self, run: RunFn, max_waiting: int, min_retry_after: int = 1) -> None:
+    def __init__(self, run: RunFn, max_waiting: int, min_retry_after: int = 1,
+                 workers: int = 1) -> None:
         self._run = run
         self._max_waiting = max_waiting
         self._min_retry_after = min_retry_after
+        self._workers = max(1, workers)
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._lock = threading.Lock()
         self._waiting = 0
-        self._running = False
+        self._running = 0
         self._draining = False
         self._mean_service_s = 1.0
-        self._thread = threading.Thread(target=self._work, name="medgem-engine", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._work, name=f"medgem-engine-{n}", daemon=True)
+                         for n in range(self._workers)]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def waiting(self) -> int:
         return self._waiting
 
     @property
-    def busy(self) -> bool:
+    def running(self) -> int:
         return self._running
 
     @property
@@ -122,7 +128,8 @@ class EngineQueue:
         with self._lock:
             if self._draining:
                 raise DrainingError("the server is shutting down", "retry on another instance")
-            if self._waiting >= self._max_waiting and (self._running or self._waiting > 0):
+            if (self._waiting >= self._max_waiting
+                    and self._running + self._waiting >= self._workers):
                 raise QueueFullError(self._waiting, self.retry_after())
             self._waiting += 1
         self._jobs.put(job)
@@ -130,16 +137,19 @@ class EngineQueue:
 
     def retry_after(self) -> int:
         """Seconds until a slot is likely free, from the mean service time."""
-        estimate = self._mean_service_s * (self._waiting + 1)
+        estimate = self._mean_service_s * (self._waiting + 1) / self._workers
         return max(self._min_retry_after, min(600, math.ceil(estimate)))
 
     def close(self, timeout: float | None = None) -> bool:
-        """Refuse new jobs, let queued and running ones finish; True when the worker ended."""
+        """Refuse new jobs, let queued and running ones finish; True when the workers ended."""
         with self._lock:
             self._draining = True
-        self._jobs.put(None)
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        for _ in self._threads:
+            self._jobs.put(None)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in self._threads)
 
     # --- the worker --------------------------------------------------------------------------
 
@@ -150,12 +160,12 @@ class EngineQueue:
                 return
             with self._lock:
                 self._waiting -= 1
-                self._running = True
+                self._running += 1
             try:
                 self._serve(job)
             finally:
                 with self._lock:
-                    self._running = False
+                    self._running -= 1
 
     def _serve(self, job: Job) -> None:
         job.started = time.monotonic()

@@ -72,9 +72,10 @@ class Serving:
         self.queue = EngineQueue(
             lambda job: model.generate(job.request, job.cancel, audit_context=self._audit_context(job)),
             max_waiting=config.max_queue, min_retry_after=config.retry_after_s,
+            workers=model.batcher.parallel,
         )
         metrics.add_gauge("medgem_queue_depth", "Requests waiting for the engine.", lambda: self.queue.waiting)
-        metrics.add_gauge("medgem_engine_busy", "1 while the engine runs a request.", lambda: float(self.queue.busy))
+        metrics.add_gauge("medgem_engine_busy", "Requests the engine runs now.", lambda: float(self.queue.running))
 
     # --- shared steps ------------------------------------------------------------------------
 
