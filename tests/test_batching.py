@@ -288,3 +288,43 @@ def test_server_with_parallel_answers_concurrent_clients(gguf_270m: Path, tmp_pa
         model.close()
     assert [status for status, _ in replies] == [200] * 8, replies
     assert store.count("answer") == 8
+
+
+def test_a_remote_front_sends_its_parallel_requests_at_once(gguf_270m: Path, tmp_path: Path,
+                                                              llamacpp_runs: None) -> None:
+    """A medgem front (remote engine, --parallel 4) before a llama.cpp back end (--parallel 4):
+    the back end decodes the front's concurrent requests together."""
+    import httpx
+
+    from medgem.audit import open_store
+    from medgem.server.app import create_app
+    from medgem.server.config import ServerConfig
+    from test_server_helpers import serve_in_thread
+
+    backend = MedGemma.load(gguf_270m, n_ctx=512, parallel=4, audit=False)
+    statuses: list[int] = []
+    try:
+        with serve_in_thread(create_app(ServerConfig(), backend,
+                                        store=open_store(tmp_path / "back.sqlite"))) as back:
+            front = MedGemma.load(backend.engine.info.id, engine="remote", base_url=back + "/v1",
+                                  parallel=4, audit=False)
+            with serve_in_thread(create_app(ServerConfig(), front,
+                                            store=open_store(tmp_path / "front.sqlite"))) as base:
+                def ask(text: str) -> None:
+                    body = {"model": front.engine.info.id, "max_tokens": 24,
+                            "messages": [{"role": "user", "content": text}]}
+                    statuses.append(httpx.post(base + "/v1/chat/completions", json=body,
+                                               timeout=120).status_code)
+
+                threads = [threading.Thread(target=ask, args=(p,)) for p in PROMPTS]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+                metrics = httpx.get(base + "/metrics").text
+            front.close()
+    finally:
+        backend.close()
+    assert statuses == [200] * 4
+    assert backend.batcher.peak >= 2  # the back end had several of them in one batch
+    assert "medgem_batch_size" in metrics

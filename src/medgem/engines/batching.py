@@ -56,6 +56,8 @@ class Batcher:
         self._waiting: deque[_Ticket] = deque()
         self._wake = threading.Condition()
         self._closed = False
+        self.running = 0  # requests the worker runs now (the server's metrics read it)
+        self.peak = 0  # the most it ran together
         self._thread: threading.Thread | None = None
         if self.mode in ("continuous", "static"):
             self._thread = threading.Thread(target=self._work, name="medgem-batcher", daemon=True)
@@ -134,6 +136,7 @@ class Batcher:
                 except Exception as exc:
                     ticket.prepared.release()
                     ticket.out.put(exc)
+            self._count(len(running))
             if not running:
                 continue
             try:
@@ -149,6 +152,7 @@ class Batcher:
                     ticket.out.put(event)
                 sequence.events.clear()
             running = [(t, s) for t, s in running if not s.done]
+            self._count(len(running))
 
     def _static(self) -> bool:
         tickets = self._next(0)
@@ -160,6 +164,7 @@ class Batcher:
         with self._wake:
             self._waiting.extendleft(reversed([t for t in tickets if _sampling(t) != key]))
         engine: Any = self.engine
+        self._count(len(batch))
         try:
             for index, event in engine.generate_batch([t.prepared for t in batch],
                                                       [t.cancel for t in batch]):
@@ -167,7 +172,12 @@ class Batcher:
         except Exception as exc:
             for ticket in batch:
                 ticket.out.put(exc)
+        self._count(0)
         return True
+
+    def _count(self, running: int) -> None:
+        self.running = running
+        self.peak = max(self.peak, running)
 
 
 def _sampling(ticket: _Ticket) -> tuple[Any, ...]:

@@ -76,6 +76,8 @@ class Serving:
         )
         metrics.add_gauge("medgem_queue_depth", "Requests waiting for the engine.", lambda: self.queue.waiting)
         metrics.add_gauge("medgem_engine_busy", "Requests the engine runs now.", lambda: float(self.queue.running))
+        metrics.add_gauge("medgem_batch_size", "Sequences the engine decodes together now.",
+                          lambda: float(model.batcher.running))
 
     # --- shared steps ------------------------------------------------------------------------
 
