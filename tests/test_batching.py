@@ -328,3 +328,59 @@ def test_a_remote_front_sends_its_parallel_requests_at_once(gguf_270m: Path, tmp
     assert statuses == [200] * 4
     assert backend.batcher.peak >= 2  # the back end had several of them in one batch
     assert "medgem_batch_size" in metrics
+
+
+def test_serve_parallel_drains_every_running_sequence_on_sigterm(gguf_270m: Path, tmp_path: Path,
+                                                                  llamacpp_runs: None) -> None:
+    """`medgem serve --parallel 4` as a user runs it: SIGTERM while four answers stream; all
+    four finish, and the audit store holds exactly their four records."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    from medgem.audit import open_store
+    from test_server_helpers import free_port, wait_healthy
+
+    port = free_port()
+    audit = tmp_path / "audit.sqlite"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "medgem", "serve", "--model", str(gguf_270m), "--parallel", "4",
+         "--n-ctx", "512", "--port", str(port), "--audit-db", str(audit)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env={**os.environ, "MEDGEM_API_KEYS": str(tmp_path / "none.json")})
+    base = f"http://127.0.0.1:{port}"
+    done: list[bool] = []
+    streaming = threading.Semaphore(0)
+
+    def stream(text: str) -> None:
+        body = {"model": "gemma-3-270m-q4_k_m", "stream": True, "max_tokens": 120,
+                "messages": [{"role": "user", "content": text}]}
+        with httpx.stream("POST", base + "/v1/chat/completions", json=body, timeout=120) as response:
+            lines = response.iter_lines()
+            for line in lines:
+                if line.startswith("data: {"):
+                    streaming.release()
+                    break
+            done.append(any(line == "data: [DONE]" for line in lines))
+
+    try:
+        wait_healthy(base, process, timeout=120)
+        threads = [threading.Thread(target=stream, args=(p,)) for p in PROMPTS]
+        for thread in threads:
+            thread.start()
+        for _ in PROMPTS:
+            assert streaming.acquire(timeout=120)
+        process.send_signal(signal.SIGTERM)
+        for thread in threads:
+            thread.join()
+        assert process.wait(120) in (0, -signal.SIGTERM)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert done == [True] * 4
+    store = open_store(audit)
+    assert store.count("answer") == 4 and store.verify().ok
