@@ -127,8 +127,9 @@ class MedGemma:
             remote = load_engine("remote", str(model), options)
             # The server names the variant; its thinking and budgets apply here too.
             known = find_variant(variant or remote.info.variant or "")
+            # ``parallel`` is per backend: the front runs that many for each server it has.
             return cls(remote, variant=known, caveat=caveat, audit=_trail(audit, surface),
-                       parallel=parallel)
+                       parallel=parallel * len(getattr(remote, "backends", [None])))
         checkpoint = resolve_checkpoint(model, variant=variant, mmproj=mmproj, revision=revision)
         name = engine if engine != "auto" else choose_engine(checkpoint)
         loaded = load_engine(name, checkpoint, options)

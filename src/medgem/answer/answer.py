@@ -56,6 +56,7 @@ class Answer:
         caveat: the intended-use caveat ("" only when the operator turned it off).
         label: the demo/test-model label, "" for real MedGemma weights.
         audit_id: the audit record written for this answer (None when audit is off).
+        served_by: the backend server that answered (remote engine), else None.
     """
 
     text: str
@@ -68,6 +69,7 @@ class Answer:
     label: str = ""
     raw: str = field(default="", repr=False)
     audit_id: str | None = None
+    served_by: str | None = None
 
     @property
     def thought_truncated(self) -> bool:
@@ -89,6 +91,7 @@ class Answer:
             "caveat": self.caveat,
             "label": self.label,
             "audit_id": self.audit_id,
+            "served_by": self.served_by,
         }
 
 
@@ -143,5 +146,6 @@ def assemble(
             caveat=caveat,
             label=label_for(model),
             raw="".join(raw),
+            served_by=finished.served_by,
         )
     )

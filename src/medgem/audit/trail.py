@@ -67,7 +67,7 @@ def answer_fields(answer: Answer, queue_s: float) -> dict[str, Any]:
         },
         "caveat": answer.caveat,
         "label": answer.label,
-    }
+    } | ({"served_by": answer.served_by} if answer.served_by else {})
 
 
 def request_digests(request: Request) -> list[dict[str, Any]]:

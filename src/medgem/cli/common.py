@@ -36,6 +36,9 @@ def add_model_flags(parser: argparse.ArgumentParser, *, model_required: bool = T
     group.add_argument("--threads", type=int, help="llama.cpp threads (default: all cores)")
     group.add_argument("--revision", help="hub revision (branch, tag or commit)")
     group.add_argument("--base-url", help="OpenAI-compatible server URL (remote engine)")
+    group.add_argument("--backend", action="append", default=[], metavar="URL",
+                       help="an OpenAI-compatible server serving --model (remote engine); give it "
+                       "once per server: requests go to the least-loaded one that answers")
     group.add_argument("--api-key", help="API key for the remote server")
     group.add_argument(
         "--no-caveat", action="store_true", help="do not print the intended-use caveat"
@@ -112,7 +115,7 @@ def load_model(args: argparse.Namespace, *, audit: bool = True) -> MedGemma:
         args.model,
         audit=store,
         surface=f"cli:{getattr(args, 'command', None) or 'medgem'}",
-        engine=args.engine,
+        engine="remote" if getattr(args, "backend", []) and args.engine == "auto" else args.engine,
         device=args.device,
         dtype=args.dtype,
         quantize=args.quantize,
@@ -121,7 +124,8 @@ def load_model(args: argparse.Namespace, *, audit: bool = True) -> MedGemma:
         revision=args.revision,
         caveat="" if args.no_caveat else INTENDED_USE_CAVEAT,
         progress=sys.stderr.isatty() and not getattr(args, "json", False),
-        base_url=args.base_url,
+        base_url=",".join([*getattr(args, "backend", []), *([args.base_url] if args.base_url else [])])
+        or None,
         api_key=args.api_key,
         n_ctx=args.n_ctx,
         threads=args.threads,

@@ -95,10 +95,13 @@ class TextDelta:
 
 @dataclass(frozen=True)
 class Finished:
+    """The end of a request. ``served_by``: the server that answered (remote engine)."""
+
     finish_reason: FinishReason
     usage: Usage
     timings: Timings
     extra: dict[str, float] = field(default_factory=dict)
+    served_by: str | None = None
 
 
 EngineEvent = TextDelta | Finished

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import os
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from medgem.engines.base import (
@@ -30,6 +32,7 @@ from medgem.engines.base import (
     as_prepared,
 )
 from medgem.errors import (
+    ContextLengthError,
     EngineUnavailableError,
     RemoteError,
     UnsupportedInputError,
@@ -39,9 +42,9 @@ from medgem.request import ImagePart, Request, TextPart
 from medgem.request.thinking import THOUGHT_CLOSE, THOUGHT_OPEN
 
 if TYPE_CHECKING:
-    import openai
-
     from medgem.engines import EngineOptions
+
+log = logging.getLogger("medgem")
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 _TOKENS_PER_IMAGE = 256
@@ -51,88 +54,215 @@ _REASONING_FIELDS = ("reasoning_content", "reasoning")
 
 
 def load_remote(model: str, options: EngineOptions) -> RemoteEngine:
-    """Connect to an OpenAI-compatible server and check that it serves ``model``.
+    """Connect to one or more OpenAI-compatible servers and check that they serve ``model``.
 
     Args:
-        model: the model id the server knows.
-        options: ``base_url`` (default $MEDGEM_BASE_URL, $OPENAI_BASE_URL or 127.0.0.1:8000/v1)
-            and ``api_key`` (default $MEDGEM_API_KEY or $OPENAI_API_KEY).
+        model: the model id the servers know.
+        options: ``base_url``: one URL, or several separated by commas (``--backend`` given more
+            than once; default $MEDGEM_BASE_URL, $OPENAI_BASE_URL or 127.0.0.1:8000/v1);
+            ``api_key`` (default $MEDGEM_API_KEY or $OPENAI_API_KEY); ``parallel``: requests in
+            flight to each backend.
 
     Raises:
-        EngineUnavailableError: the server cannot be reached.
-        RemoteError: the server refused (wrong key, unknown model).
+        EngineUnavailableError: no server can be reached.
+        RemoteError: a server refused (wrong key, unknown model).
     """
     base_url = (options.base_url or os.environ.get("MEDGEM_BASE_URL")
                 or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL)
     api_key = options.api_key or os.environ.get("MEDGEM_API_KEY") or os.environ.get("OPENAI_API_KEY")
-    return RemoteEngine(str(model), base_url, api_key)
+    urls = [url.strip() for url in base_url.split(",") if url.strip()]
+    return RemoteEngine(str(model), urls, api_key, per_backend=max(1, options.parallel))
+
+
+@dataclass(eq=False)
+class _Backend:
+    """One server: its client, what it runs now, and whether it answers."""
+
+    url: str
+    client: Any
+    in_flight: int = 0
+    healthy: bool = True
+    answered: int = 0
 
 
 class RemoteEngine:
-    """Streams chat completions through the official ``openai`` client.
+    """Streams chat completions through the official ``openai`` client, from one server or
+    several serving the same model.
+
+    With several, each request goes to the least-loaded healthy backend (at most
+    ``per_backend`` in flight to each); a backend that fails to connect is taken out and the
+    request is retried on another as long as nothing was streamed yet; a health check every
+    ``health_interval`` seconds puts a recovered backend back. Each answer names the backend
+    that gave it (``Finished.served_by``, kept in the audit record).
 
     Args:
-        model: the server's model id.
-        base_url: the API root, e.g. ``http://host:8000/v1`` (``/v1`` is added when missing).
+        model: the servers' model id.
+        base_urls: API roots, e.g. ``http://host:8000/v1`` (``/v1`` is added when missing).
         api_key: sent as a bearer token (servers without keys ignore the placeholder sent
             when there is none).
         timeout: seconds to wait for each read (long prefills of big prompts need minutes).
+        per_backend: requests in flight to one backend at once.
+        health_interval: seconds between health checks (0: no checks).
     """
 
     name = "remote"
 
-    def __init__(self, model: str, base_url: str, api_key: str | None = None, *,
-                 timeout: float = 600.0) -> None:
+    def __init__(self, model: str, base_urls: str | list[str], api_key: str | None = None, *,
+                 timeout: float = 600.0, per_backend: int = 1,
+                 health_interval: float = 2.0) -> None:
         client: Any = require("openai", "remote", "the remote engine")
-        root = base_url.rstrip("/")
-        self.base_url = root if root.endswith("/v1") else root + "/v1"
         self._openai = client
-        self._client: openai.OpenAI = client.OpenAI(
-            base_url=self.base_url, api_key=api_key or "EMPTY", max_retries=0,
-            timeout=client.Timeout(timeout, connect=10.0),
-        )
-        card = self._model_card(model)
+        urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
+        self._backends = []
+        for url in urls:
+            root = url.rstrip("/")
+            root = root if root.endswith("/v1") else root + "/v1"
+            self._backends.append(_Backend(root, client.OpenAI(
+                base_url=root, api_key=api_key or "EMPTY", max_retries=0,
+                timeout=client.Timeout(timeout, connect=10.0))))
+        self.base_url = self._backends[0].url
+        self.per_backend = per_backend
+        self._free = threading.Condition()
+        card: dict[str, Any] | None = None
+        unreachable: EngineUnavailableError | None = None
+        for backend in self._backends:
+            try:
+                card = card or self._model_card(backend, model)
+                if len(self._backends) > 1 and card is not None:
+                    self._model_card(backend, model)  # every backend must serve the model
+            except EngineUnavailableError as exc:
+                backend.healthy, unreachable = False, exc
+        if card is None:
+            assert unreachable is not None
+            raise unreachable
         meta = card.get("medgem") or {}
         from medgem.request.variants import find_variant
 
         variant = meta.get("variant") or (v.key if (v := find_variant(model)) else None)
+        # vLLM's card has max_model_len; other servers (llama.cpp's) say nothing: the server
+        # then refuses what does not fit, and that refusal comes back as a context error.
+        context = card.get("max_model_len") or meta.get("context_length")
         self.info = ModelInfo(
             id=model, revision=meta.get("revision"), variant=variant, engine="remote",
             dtype=str(meta.get("dtype") or "remote"), quantization=meta.get("quantization"),
             demo=bool(meta.get("demo", False)),
-            context_length=int(card.get("max_model_len") or meta.get("context_length") or 131072),
-            path=self.base_url,
+            context_length=int(context or 131072),
+            path=",".join(b.url for b in self._backends),
         )
         self.capabilities = Capabilities(
             images=bool(meta.get("images", True)), thinking=bool(meta.get("thinking", True)),
-            batching="concurrent",  # the server batches what it is sent at once
+            batching="concurrent",  # the servers batch what they are sent at once
         )
+        self._stop = threading.Event()
+        if health_interval > 0 and len(self._backends) > 1:
+            threading.Thread(target=self._check_health, args=(health_interval,),
+                             name="medgem-backend-health", daemon=True).start()
 
-    def _model_card(self, model: str) -> dict[str, Any]:
-        with self._errors("cannot reach the server at"):
-            cards = [card.model_dump() for card in self._client.models.list()]
+    def _model_card(self, backend: _Backend, model: str) -> dict[str, Any]:
+        with self._errors(backend, "cannot reach the server at"):
+            cards = [card.model_dump() for card in backend.client.models.list()]
         for card in cards:
             if card.get("id") == model:
                 return card
         served = ", ".join(str(c.get("id")) for c in cards) or "none"
-        raise RemoteError(404, f"the server at {self.base_url} does not serve '{model}'",
+        raise RemoteError(404, f"the server at {backend.url} does not serve '{model}'",
                           f"it serves: {served}", "model_not_found")
+
+    # --- backends ------------------------------------------------------------------------------
+
+    @property
+    def backends(self) -> list[dict[str, Any]]:
+        """Each backend's URL, health and load (for /healthz and tests)."""
+        return [{"url": b.url, "healthy": b.healthy, "in_flight": b.in_flight,
+                 "answered": b.answered} for b in self._backends]
+
+    def _check_health(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            for backend in self._backends:
+                healthy = self._answers(backend)
+                if healthy != backend.healthy:
+                    log.warning("backend %s is %s", backend.url, "back" if healthy else "not answering")
+                with self._free:
+                    backend.healthy = healthy
+                    self._free.notify_all()
+
+    def _answers(self, backend: _Backend) -> bool:
+        """Whether the backend takes connections (a busy one that is slow to list counts).
+        Asked twice: the first try may meet a pooled connection the server has closed."""
+        for _ in range(2):
+            try:
+                backend.client.with_options(timeout=2.0).models.list()
+                return True
+            except self._openai.APITimeoutError:
+                return True
+            except Exception:
+                continue
+        return False
+
+    def _acquire(self, tried: set[int]) -> _Backend:
+        """The least-loaded healthy backend not tried yet (waits while all are at their limit).
+
+        Raises:
+            EngineUnavailableError: no backend left that answers.
+        """
+        with self._free:
+            while True:
+                usable = [b for b in self._backends if b.healthy and id(b) not in tried]
+                if not usable:
+                    names = ", ".join(b.url for b in self._backends)
+                    raise EngineUnavailableError(
+                        f"no backend is answering ({names})",
+                        "start them (e.g. `vllm serve` or `medgem serve`), or check --backend")
+                ready = [b for b in usable if b.in_flight < self.per_backend]
+                if ready:
+                    backend = min(ready, key=lambda b: b.in_flight)
+                    backend.in_flight += 1
+                    return backend
+                self._free.wait(1.0)
+
+    def _release(self, backend: _Backend) -> None:
+        with self._free:
+            backend.in_flight -= 1
+            self._free.notify_all()
 
     # --- the Engine protocol -------------------------------------------------------------------
 
     def generate(self, request: Request | Prepared,
                  cancel: threading.Event | None = None) -> Iterator[EngineEvent]:
-        """Stream one chat completion; stops (closing the connection) when ``cancel`` is set."""
-        started = time.monotonic()
+        """Stream one chat completion; stops (closing the connection) when ``cancel`` is set.
+        A backend that cannot be reached before anything streamed is left for another."""
         prepared = as_prepared(self, request)
+        tried: set[int] = set()
+        while True:
+            backend = self._acquire(tried)
+            streamed = False
+            try:
+                for event in self._stream(backend, prepared, cancel):
+                    streamed = True
+                    yield event
+                backend.answered += 1
+                return
+            except EngineUnavailableError:
+                with self._free:
+                    backend.healthy = len(self._backends) == 1  # one backend: nothing to route around
+                if streamed or len(self._backends) == 1:
+                    raise
+                tried.add(id(backend))
+                log.warning("backend %s failed before answering; trying another", backend.url)
+            finally:
+                self._release(backend)
+
+    def _stream(self, backend: _Backend, prepared: Prepared,
+                cancel: threading.Event | None) -> Iterator[EngineEvent]:
+        started = time.monotonic()
         request = prepared.request
         first: float | None = None
-        reason: FinishReason = "stop"
+        reason: FinishReason | None = None
         usage: Any = None
         pieces = 0
         in_thought = False
-        with self._errors("the connection failed to"):
-            stream = self._client.chat.completions.create(**self._body(request))
+        with self._errors(backend, "the connection failed to"):
+            stream = backend.client.chat.completions.create(**self._body(request))
             with stream:
                 for chunk in stream:
                     if cancel is not None and cancel.is_set():
@@ -155,22 +285,34 @@ class RemoteEngine:
                             yield TextDelta(piece)
                         if choice.finish_reason:
                             reason = "length" if choice.finish_reason == "length" else "stop"
+        if reason is None and not self._answers(backend):
+            raise EngineUnavailableError(f"the server at {backend.url} stopped mid-answer",
+                                         "retry: another backend takes it, or restart this one")
+        if reason is None:  # e.g. llama.cpp's server ends a refused stream with no error event
+            raise RemoteError(
+                502, f"the server at {backend.url} ended the answer without a finish reason "
+                "(it may have refused the prompt, e.g. one longer than its context)",
+                "check the server's log; shorten the prompt or serve a longer context",
+                "incomplete_answer")
         if in_thought and reason == "stop":
             yield TextDelta(THOUGHT_CLOSE)  # a finished thought with an empty answer
         total = time.monotonic() - started
         completion = int(getattr(usage, "completion_tokens", 0) or pieces)
         prompt = int(getattr(usage, "prompt_tokens", 0) or prepared.prompt_tokens)
-        yield Finished(reason, Usage(prompt, completion), Timings(first or total, total, completion))
+        yield Finished(reason, Usage(prompt, completion), Timings(first or total, total, completion),
+                       served_by=backend.url)
 
     @contextmanager
-    def _errors(self, what: str) -> Iterator[None]:
+    def _errors(self, backend: _Backend, what: str) -> Iterator[None]:
         """The client's exceptions as medgem errors: unreachable, refused, or failed mid-answer."""
+        import httpx
+
         client = self._openai
         try:
             yield
-        except client.APIConnectionError as exc:
+        except (client.APIConnectionError, httpx.TransportError) as exc:
             raise EngineUnavailableError(
-                f"{what} {self.base_url} ({type(exc).__name__})",
+                f"{what} {backend.url} ({type(exc).__name__})",
                 "start it (e.g. `medgem serve` or `vllm serve`), fix --base-url, or check that "
                 "it is still running",
             ) from exc
@@ -188,7 +330,9 @@ class RemoteEngine:
         return Prepared(request, chars // 4 + _TOKENS_PER_IMAGE * len(request.images))
 
     def close(self) -> None:
-        self._client.close()
+        self._stop.set()
+        for backend in self._backends:
+            backend.client.close()
 
     # --- requests ----------------------------------------------------------------------------
 
@@ -231,13 +375,17 @@ def _png_data_url(image: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _refused(exc: Any) -> RemoteError:
+def _refused(exc: Any) -> RemoteError | ContextLengthError:
     """An HTTP error answer as a RemoteError with the server's message and a hint."""
     body: dict[str, Any] = exc.body if isinstance(exc.body, dict) else {}
     inner = body.get("error")
     error: dict[str, Any] = inner if isinstance(inner, dict) else body
     message = str(error.get("message") or exc.message)
     status = int(exc.status_code)
+    if error.get("code") == "context_length_exceeded" or "context length" in message:
+        return ContextLengthError(f"the server refused: {message}",
+                                  "shorten the prompt (fewer images or slices), or serve the "
+                                  "model with a longer context (vllm serve --max-model-len)")
     hint = None
     if status in (401, 403):
         hint = "pass --api-key or set MEDGEM_API_KEY"

@@ -102,8 +102,12 @@ def create_app(
     async def healthz() -> Response:
         queue = serving.queue
         status = "draining" if queue.draining else "ok"
-        return JSONResponse({"status": status, "model": serving.served_name, "waiting": queue.waiting,
-                             "busy": queue.running > 0, "running": queue.running}, status_code=503 if queue.draining else 200)
+        body = {"status": status, "model": serving.served_name, "waiting": queue.waiting,
+                "busy": queue.running > 0, "running": queue.running}
+        backends = getattr(serving.model.engine, "backends", None)  # a remote front's servers
+        if backends is not None:
+            body["backends"] = backends
+        return JSONResponse(body, status_code=503 if queue.draining else 200)
 
     @app.get("/metrics")
     async def metrics() -> Response:

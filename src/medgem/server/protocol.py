@@ -45,6 +45,7 @@ class ChatMessage(_Strict):
     name: str | None = None
     # Clients echo earlier answers back with their thought; it is not sent to the model.
     reasoning_content: str | None = None
+    reasoning: str | None = None
 
 
 class StreamOptions(_Strict):
@@ -84,7 +85,7 @@ class ChatCompletionRequest(_Strict):
     def openai_messages(self) -> list[dict[str, Any]]:
         """The messages as plain dicts, the shape ``request_from_openai`` reads."""
         return [
-            m.model_dump(exclude_none=True, exclude={"name", "reasoning_content"})
+            m.model_dump(exclude_none=True, exclude={"name", "reasoning_content", "reasoning"})
             for m in self.messages
         ]
 
@@ -112,9 +113,13 @@ class MedgemExtra(BaseModel):
 
 
 class AssistantMessage(BaseModel):
+    """The thought goes under both names vLLM has used: ``reasoning_content`` and (since late
+    2025) ``reasoning``, so clients of either convention get it."""
+
     role: Literal["assistant"] = "assistant"
     content: str
     reasoning_content: str | None = None
+    reasoning: str | None = None
 
 
 class Choice(BaseModel):
@@ -137,7 +142,8 @@ class ChatCompletion(BaseModel):
 class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
-    reasoning_content: str | None = None
+    reasoning_content: str | None = None  # and ``reasoning``: see AssistantMessage
+    reasoning: str | None = None
 
 
 class ChunkChoice(BaseModel):

@@ -242,7 +242,8 @@ class Serving:
                     answer = item.answer
                     completion = p.ChatCompletion(
                         id=record_id, created=created, model=self.served_name,
-                        choices=[p.Choice(message=p.AssistantMessage(content=answer.text, reasoning_content=answer.thinking or None),
+                        choices=[p.Choice(message=p.AssistantMessage(content=answer.text, reasoning_content=answer.thinking or None,
+                                                                 reasoning=answer.thinking or None),
                                           finish_reason=_finish(answer))],
                         usage=_usage(answer), medgem=self._extra(item, reader.job),
                     )
@@ -265,7 +266,7 @@ class Serving:
             while True:
                 item = await reader.next()
                 if isinstance(item, ThinkingChunk):
-                    yield chunk(p.Delta(reasoning_content=item.text))
+                    yield chunk(p.Delta(reasoning_content=item.text, reasoning=item.text))
                 elif isinstance(item, AnswerChunk):
                     yield chunk(p.Delta(content=item.text))
                 elif isinstance(item, Completed):
