@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "keys": "medgem.cli.keys",
     "convert": "medgem.cli.convert",
     "tune": "medgem.cli.tune",
+    "backend-command": "medgem.cli.backend_command",
 }
 
 
