@@ -237,6 +237,30 @@ def test_follow_up_on_the_same_image_skips_the_vision_pass(converted_vlm: Path) 
         engine.close()
 
 
+def test_an_image_seen_before_is_not_encoded_again_in_another_conversation(converted_vlm: Path) -> None:
+    """The embedding cache: a new question about the same pixels (a fresh conversation, its
+    cache prefix gone) skips the vision tower and gives the answer a fresh engine gives."""
+    engine = load_engine("llamacpp", resolve_checkpoint(converted_vlm), EngineOptions())
+    fresh = load_engine("llamacpp", resolve_checkpoint(converted_vlm), EngineOptions())
+    try:
+        image = noise_image(64, seed=3)
+        first = list(engine.generate(image_question(image, 4)))[-1]
+        list(engine.generate(image_question(noise_image(64, seed=4), 4)))  # the KV prefix moves on
+        system = Request((Message("system", (TextPart("You are a radiologist."),)),
+                          *image_question(image, 6).messages), GenerationOptions(max_new_tokens=6))
+        again = list(engine.generate(system))
+        assert isinstance(first, Finished) and first.extra["images_cached"] == 0
+        final = again[-1]
+        assert isinstance(final, Finished) and final.extra["images_cached"] == 1
+        assert final.extra["vision_s"] == 0.0 and final.extra["reused_prompt_tokens"] < 5
+        reference = list(fresh.generate(system))
+        assert [e for e in again if isinstance(e, TextDelta)] == [
+            e for e in reference if isinstance(e, TextDelta)]
+    finally:
+        engine.close()
+        fresh.close()
+
+
 def test_each_request_is_tokenized_once_and_freed(converted_vlm: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Through MedGemma: libmtmd tokenizes (and hashes the image) once for the context check

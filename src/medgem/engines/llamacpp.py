@@ -21,6 +21,7 @@ import hashlib
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,6 +120,7 @@ class Sequence:
     pending: int | None = None  # sampled and sent, decoded in the next step
     first: float | None = None
     vision_s: float = 0.0
+    images_cached: int = 0  # images whose embeddings came from the cache
     prefill_s: float = 0.0
     done: bool = False
 
@@ -210,6 +212,10 @@ class LlamaCppEngine:
                     "the file is corrupt or does not belong to this model: convert it again",
                 )
         self._marker = mtmd.mtmd_default_marker().decode()
+        # Image embeddings by pixel digest: a second question about the same study (another
+        # conversation, another slot) skips the vision tower. Bounded; MEDGEM_EMBED_CACHE_MB.
+        self._embeddings = EmbeddingCache(
+            int(os.environ.get("MEDGEM_EMBED_CACHE_MB", "512")) << 20)
         template = header.get("tokenizer.chat_template")
         if not isinstance(template, str) or not template:
             from medgem.request.compose import shipped_chat_template
@@ -520,17 +526,31 @@ class LlamaCppEngine:
                 sequence.sampler, self._ctx, -1)))
 
     def _image(self, sequence: Sequence, unit_index: int) -> None:
+        """An image's soft tokens into the sequence: from the embedding cache when these pixels
+        were encoded before (any slot, any conversation), else through the vision tower."""
         mtmd = self._mtmd
         prompt = sequence.prompt
         chunk = mtmd.mtmd_input_chunks_get(prompt.chunks, prompt.chunk_of_unit[unit_index][0])
-        new_position = self._llama_cpp.llama_pos(0)
-        began = time.perf_counter()
-        with self._mtmd_lock:  # prepare() on another thread uses the same libmtmd context
-            status = mtmd.mtmd_encode_chunk(self._mtmd_ctx, chunk)  # the vision tower
-        sequence.vision_s += time.perf_counter() - began
+        key = str(prompt.units[unit_index].key)
+        embeddings = self._embeddings.get(key)
+        status = 0
+        if embeddings is None:
+            began = time.perf_counter()
+            with self._mtmd_lock:  # prepare() on another thread uses the same libmtmd context
+                status = mtmd.mtmd_encode_chunk(self._mtmd_ctx, chunk)  # the vision tower
+                if status == 0:
+                    size = int(mtmd.mtmd_input_chunk_get_n_tokens(chunk)) * self._embd
+                    embeddings = (ctypes.c_float * size)()
+                    ctypes.memmove(embeddings, mtmd.mtmd_get_output_embd(self._mtmd_ctx),
+                                   ctypes.sizeof(embeddings))
+                    self._embeddings.put(key, embeddings)
+            sequence.vision_s += time.perf_counter() - began
+        else:
+            sequence.images_cached += 1
         if status == 0:  # the image's soft tokens through the language model (non-causal)
+            new_position = self._llama_cpp.llama_pos(0)
             status = mtmd.mtmd_helper_decode_image_chunk(
-                self._mtmd_ctx, self._ctx, chunk, mtmd.mtmd_get_output_embd(self._mtmd_ctx),
+                self._mtmd_ctx, self._ctx, chunk, embeddings,
                 sequence.position, sequence.slot.seq_id, self.n_batch, ctypes.byref(new_position),
                 mtmd.mtmd_helper_post_decode_callback(), None,
             )
@@ -566,6 +586,7 @@ class LlamaCppEngine:
             Usage(sequence.prompt.n_pos, generated),
             Timings(sequence.first if sequence.first is not None else total, total, generated),
             extra={"reused_prompt_tokens": float(sequence.reused), "vision_s": sequence.vision_s,
+                   "images_cached": float(sequence.images_cached),
                    "prefill_s": sequence.prefill_s or total},
         ))
         self._release(sequence)
@@ -691,3 +712,33 @@ def check_kv_memory(header: GGUFHeader, path: Path, n_ctx: int, parallel: int,
         f"but {available / gib:.1f} GiB is available",
         f"use --parallel {fits}" if fits else "lower --n-ctx, or free memory",
     )
+
+
+class EmbeddingCache:
+    """Least-recently-used image embeddings (ctypes float arrays), bounded in bytes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, Any] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Any:
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+            return item
+
+    def put(self, key: str, embeddings: Any) -> None:
+        size = ctypes.sizeof(embeddings)
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = embeddings
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, dropped = self._items.popitem(last=False)
+                self._bytes -= ctypes.sizeof(dropped)
