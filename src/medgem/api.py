@@ -85,6 +85,7 @@ class MedGemma:
         surface: str = "python",
         adapter: str | os.PathLike[str] | None = None,
         parallel: int = 1,
+        vision: str | None = None,
     ) -> MedGemma:
         """Resolve a checkpoint and load it on an engine.
 
@@ -111,6 +112,8 @@ class MedGemma:
                 each, a new request joins the running batch; transformers: batches of waiting
                 requests; remote: requests in flight to the server). Refused before loading
                 when the machine cannot hold it.
+            vision: llama.cpp: where the image encoder runs: "llamacpp" (its clip, f16),
+                "torch" (PyTorch, bf16 on CPUs with native bf16) or "auto" (by the CPU).
 
         Raises:
             MedgemError subclasses with a message and what to do.
@@ -119,7 +122,7 @@ class MedGemma:
             device=device, dtype=dtype, quantize=quantize, progress=progress,
             check_memory=check_memory, base_url=base_url, api_key=api_key, n_ctx=n_ctx,
             threads=threads, adapter=str(adapter) if adapter is not None else None,
-            parallel=parallel,
+            parallel=parallel, vision=vision,
         )
         if parallel < 1:
             raise InputError(f"--parallel must be at least 1, got {parallel}")

@@ -34,6 +34,9 @@ def add_model_flags(parser: argparse.ArgumentParser, *, model_required: bool = T
     group.add_argument("--n-ctx", type=int,
                        help="llama.cpp context window (default 8192; a CT volume needs ~23000)")
     group.add_argument("--threads", type=int, help="llama.cpp threads (default: all cores)")
+    group.add_argument("--vision", choices=["auto", "llamacpp", "torch"],
+                       help="where llama.cpp's image encoder runs: its own clip (f16), or PyTorch "
+                       "(bf16 on CPUs with AVX512-BF16/AMX); default auto ($MEDGEM_VISION)")
     group.add_argument("--revision", help="hub revision (branch, tag or commit)")
     group.add_argument("--base-url", help="OpenAI-compatible server URL (remote engine)")
     group.add_argument("--backend", action="append", default=[], metavar="URL",
@@ -131,6 +134,7 @@ def load_model(args: argparse.Namespace, *, audit: bool = True) -> MedGemma:
         threads=args.threads,
         adapter=args.adapter,
         parallel=getattr(args, "parallel", None) or getattr(args, "concurrency", None) or 1,
+        vision=args.vision,
     )
 
 

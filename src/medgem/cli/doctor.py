@@ -57,6 +57,7 @@ def llamacpp_report() -> dict[str, Any]:
     """Whether llama.cpp runs on this CPU (proved in a child process) and with which kernels."""
     from medgem.engines.llamacpp_native import cpu_variants, use_extra_buffers
     from medgem.engines.llamacpp_probe import probe
+    from medgem.engines.vision_torch import choose_vision
 
     if importlib.util.find_spec("llama_cpp") is None:
         return {"installed": False, "runs_here": False}
@@ -72,6 +73,7 @@ def llamacpp_report() -> dict[str, Any]:
         "detail": result.message() if not result.ok else "",
         "kernels": compiled,
         "weight_repacking": use_extra_buffers(),
+        "vision": dict(zip(("path", "why"), choose_vision(), strict=True)),
     }
 
 
@@ -147,6 +149,8 @@ def run(args: argparse.Namespace) -> int:
         if llama["runs_here"]:
             print(f"  kernels here: {' '.join(llama['kernels']) or 'baseline x86-64'}; weight "
                   f"repacking {'on' if llama['weight_repacking'] else 'off (AMX CPU)'}")
+            vision = llama["vision"]
+            print(f"  image encoder: {vision['path']} ({vision['why']}; --vision to choose)")
         else:
             print(f"  ✗ {llama['detail']}")
     print("\nVariants on this machine")

@@ -208,6 +208,12 @@ def build_checkpoint(
         )
         with torch.device("cpu"):
             model = Gemma3ForConditionalGeneration(config)
+        # transformers starts the projection at zero: every image would give the same (null)
+        # soft tokens and no test could tell one image, or one vision path, from another.
+        projector = model.model.multi_modal_projector
+        with torch.no_grad():
+            projector.mm_input_projection_weight.normal_(0.0, 0.5)
+            projector.mm_soft_emb_norm.weight.normal_(0.0, 0.1)
         language = model.model.language_model
     else:
         with torch.device("cpu"):

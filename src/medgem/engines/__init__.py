@@ -30,6 +30,7 @@ class EngineOptions:
     threads: int | None = None
     adapter: str | None = None  # LoRA adapter: a PEFT folder (hf) or a GGUF LoRA (llamacpp)
     parallel: int = 1  # requests decoded together (see medgem.engines.batching)
+    vision: str | None = None  # llama.cpp: where the vision tower runs ("auto", "llamacpp", "torch")
 
 
 # name -> "module:factory". A factory takes (checkpoint, options) and returns an Engine; the
@@ -51,14 +52,14 @@ ALIASES: dict[str, str] = {
 HONOURED: dict[str, frozenset[str]] = {
     "hf": frozenset({"device", "dtype", "quantize", "adapter", "parallel"}),
     "hf-pipeline": frozenset({"device", "dtype", "quantize", "adapter"}),
-    "llamacpp": frozenset({"n_ctx", "threads", "parallel"}),
+    "llamacpp": frozenset({"n_ctx", "threads", "parallel", "vision"}),
     "remote": frozenset({"base_url", "api_key", "parallel"}),
 }
 _FLAGS = {"device": "--device", "dtype": "--dtype", "quantize": "--quantize", "n_ctx": "--n-ctx",
           "threads": "--threads", "base_url": "--base-url", "api_key": "--api-key",
-          "adapter": "--adapter", "parallel": "--parallel"}
+          "adapter": "--adapter", "parallel": "--parallel", "vision": "--vision"}
 # llama.cpp runs on the CPU anyway; one request at a time needs no batching.
-_DEFAULTS = {"device": ("auto", "cpu"), "dtype": ("auto",), "parallel": (1,)}
+_DEFAULTS = {"device": ("auto", "cpu"), "dtype": ("auto",), "parallel": (1,), "vision": ("auto",)}
 
 
 def check_options(name: str, options: EngineOptions) -> None:

@@ -85,6 +85,7 @@ class _Prompt:
     chunks: Any  # mtmd_input_chunks_p, or None for text-only prompts
     chunk_of_unit: list[tuple[int, int]]  # unit -> (chunk index, token offset); text: (-1, i)
     tokens: list[int]
+    pixels: dict[str, Any] = field(default_factory=dict)  # image unit key -> the RGB image
 
     @property
     def n_pos(self) -> int:
@@ -211,6 +212,14 @@ class LlamaCppEngine:
                     f"llama.cpp could not load the vision projector '{checkpoint.mmproj.name}'",
                     "the file is corrupt or does not belong to this model: convert it again",
                 )
+        self._tower: Any = None
+        self.vision = ("none", "no vision projector")
+        if self._mtmd_ctx is not None:
+            from medgem.engines.vision_torch import TorchTower, choose_vision
+
+            self.vision = choose_vision(options.vision)
+            if self.vision[0] == "torch":
+                self._tower = TorchTower(checkpoint.mmproj, threads=threads)  # type: ignore[arg-type]
         self._marker = mtmd.mtmd_default_marker().decode()
         # Image embeddings by pixel digest: a second question about the same study (another
         # conversation, another slot) skips the vision tower. Bounded; MEDGEM_EMBED_CACHE_MB.
@@ -315,6 +324,7 @@ class LlamaCppEngine:
         mtmd = self._mtmd
         bitmaps = []
         digests = []
+        resized = []
         try:
             for image in images:
                 rgb = image.convert("RGB")
@@ -325,6 +335,7 @@ class LlamaCppEngine:
 
                     rgb = rgb.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
                 data = rgb.tobytes()
+                resized.append(rgb)
                 digest = hashlib.sha256(data).hexdigest()[:32]
                 buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
                 bitmap = mtmd.mtmd_bitmap_init(rgb.size[0], rgb.size[1], buffer)
@@ -352,6 +363,7 @@ class LlamaCppEngine:
         units: list[_Unit] = []
         where: list[tuple[int, int]] = []
         tokens: list[int] = []
+        pixels: dict[str, Any] = {}
         image_index = 0
         for index in range(mtmd.mtmd_input_chunks_size(chunks)):
             chunk = mtmd.mtmd_input_chunks_get(chunks, index)
@@ -365,10 +377,11 @@ class LlamaCppEngine:
             else:
                 n_pos = int(mtmd.mtmd_input_chunk_get_n_pos(chunk))
                 units.append(_Unit(f"image:{digests[image_index]}", n_pos))
+                pixels[f"image:{digests[image_index]}"] = resized[image_index]
                 where.append((index, 0))
                 tokens.extend([-1] * int(mtmd.mtmd_input_chunk_get_n_tokens(chunk)))
                 image_index += 1
-        return _Prompt(units, chunks, where, tokens)
+        return _Prompt(units, chunks, where, tokens, pixels)
 
     def prepare(self, request: Request) -> Prepared:
         """Render and tokenize once (libmtmd preprocesses and hashes the images here)."""
@@ -534,7 +547,18 @@ class LlamaCppEngine:
         key = str(prompt.units[unit_index].key)
         embeddings = self._embeddings.get(key)
         status = 0
-        if embeddings is None:
+        if embeddings is None and self._tower is not None:
+            began = time.perf_counter()
+            array = self._tower.embed(prompt.pixels[key])
+            if array.shape != (int(mtmd.mtmd_input_chunk_get_n_tokens(chunk)), self._embd):
+                raise EngineUnavailableError(
+                    f"the PyTorch vision tower gave {array.shape} soft tokens, llama.cpp expects "
+                    f"{int(mtmd.mtmd_input_chunk_get_n_tokens(chunk))} x {self._embd}",
+                    "use --vision llamacpp")
+            embeddings = (ctypes.c_float * array.size).from_buffer_copy(array.tobytes())
+            self._embeddings.put(key, embeddings)
+            sequence.vision_s += time.perf_counter() - began
+        elif embeddings is None:
             began = time.perf_counter()
             with self._mtmd_lock:  # prepare() on another thread uses the same libmtmd context
                 status = mtmd.mtmd_encode_chunk(self._mtmd_ctx, chunk)  # the vision tower
