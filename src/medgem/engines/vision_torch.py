@@ -64,7 +64,8 @@ class TorchTower:
 
     Args:
         mmproj: the vision projector GGUF.
-        dtype: "bfloat16" or "float32" (default: bf16 where the CPU has it natively).
+        dtype: "bfloat16" or "float32" (default: $MEDGEM_VISION_DTYPE, else bf16 where the CPU
+            has it natively).
         threads: torch threads (default: torch's own).
     """
 
@@ -119,7 +120,8 @@ class TorchTower:
                 state[name] = value - 1.0 if target.gemma_norm else value
             module.load_state_dict(state)
         native = cpu_has_native_bf16()
-        self.dtype = dtype or ("bfloat16" if native else "float32")
+        self.dtype = dtype or os.environ.get("MEDGEM_VISION_DTYPE") or (
+            "bfloat16" if native else "float32")
         torch_dtype = getattr(torch, self.dtype)
         self.tower.to(torch_dtype)
         self.projector.to(torch_dtype)
