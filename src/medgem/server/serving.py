@@ -112,6 +112,11 @@ class Serving:
             raise ApiError(400, f"the body is not valid JSON ({exc})", "send a JSON object", code="invalid_json") from exc
         if not isinstance(data, dict):
             raise ApiError(400, "the body must be a JSON object", code="invalid_json")
+        where = _lone_surrogate(data, "")
+        if where is not None:  # JSON allows "\ud800"; nothing downstream can encode it
+            raise ApiError(400, f"{where or 'the body'} holds a lone UTF-16 surrogate, which is not text",
+                           "send valid Unicode (surrogates only in pairs)", code="invalid_unicode",
+                           param=where or None)
         try:
             return model.model_validate(data)
         except ValidationError as exc:
@@ -352,3 +357,26 @@ def _too_large(limit: int) -> ApiError:
 
 
 __all__ = ["ClientGone", "JobReader", "Serving"]
+
+
+def _lone_surrogate(value: Any, path: str) -> str | None:
+    """The JSON path of the first string (key or value) that is not encodable text, or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if _lone_surrogate(key, path) is not None:
+                return path
+            found = _lone_surrogate(item, f"{path}.{key}" if path else str(key))
+            if found is not None:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _lone_surrogate(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None

@@ -1,0 +1,49 @@
+"""Hostile-but-valid JSON against the real server on 127.0.0.1 (issue: hardening)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from medgem.audit import open_store
+from medgem.server.app import create_app
+from medgem.server.config import ServerConfig
+from test_server_helpers import SCRIPTED_ID, scripted_model, serve_in_thread
+
+HI = [{"role": "user", "content": "hi"}]
+IMAGE = [{"role": "user", "content": [{"type": "image_url",
+                                       "image_url": {"url": "data:image/png;base64,<S>"}}]}]
+# JSON text where <S> becomes a lone high surrogate escape (json.dumps would refuse to write one)
+BODIES = {
+    "messages[0].content": {"model": SCRIPTED_ID, "messages": [{"role": "user", "content": "a<S>b"}]},
+    "model": {"model": "x<S>", "messages": HI},
+    "stop[0]": {"model": SCRIPTED_ID, "stop": ["<S>"], "messages": HI},
+    "messages[0].content[0].image_url.url": {"model": SCRIPTED_ID, "messages": IMAGE},
+}
+
+
+def _raw(body: dict[str, object]) -> bytes:
+    return json.dumps(body).replace("<S>", "\\ud800").encode()
+
+
+@pytest.mark.parametrize("where", list(BODIES))
+def test_a_lone_surrogate_is_a_400_that_is_audited(where: str, tmp_path: Path) -> None:
+    store = open_store(tmp_path / "audit.sqlite")
+    with serve_in_thread(create_app(ServerConfig(), scripted_model(), store=store)) as base:
+        response = httpx.post(base + "/v1/chat/completions", content=_raw(BODIES[where]),
+                              headers={"content-type": "application/json"})
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error["code"] == "invalid_unicode" and error["param"] == where
+        assert "surrogate" in error["message"]
+        page = httpx.post(base + "/api/ask", content=b'{"question":"a\\udc00"}',
+                          headers={"content-type": "application/json"})
+        assert page.status_code == 400 and page.json()["error"]["code"] == "invalid_unicode"
+        ok = httpx.post(base + "/v1/chat/completions", json={
+            "model": SCRIPTED_ID, "messages": [{"role": "user", "content": "still there?"}]})
+        assert ok.status_code == 200  # the server keeps serving
+    assert store.count("rejected") == 2 and store.count("answer") == 1
+    assert store.verify().ok
