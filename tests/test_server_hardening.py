@@ -47,3 +47,16 @@ def test_a_lone_surrogate_is_a_400_that_is_audited(where: str, tmp_path: Path) -
         assert ok.status_code == 200  # the server keeps serving
     assert store.count("rejected") == 2 and store.count("answer") == 1
     assert store.verify().ok
+
+
+def test_logprobs_is_refused_not_silently_null(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "audit.sqlite")
+    with serve_in_thread(create_app(ServerConfig(), scripted_model(), store=store)) as base:
+        response = httpx.post(base + "/v1/chat/completions", json={
+            "model": SCRIPTED_ID, "messages": HI, "logprobs": True})
+        assert response.status_code == 400
+        assert response.json()["error"]["param"] == "logprobs"
+        plain = httpx.post(base + "/v1/chat/completions", json={
+            "model": SCRIPTED_ID, "messages": HI, "logprobs": False})
+        assert plain.status_code == 200
+    assert store.count("rejected") == 1

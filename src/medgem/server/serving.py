@@ -192,6 +192,9 @@ class Serving:
             if body.model not in (self.served_name, self.info.id):
                 raise ApiError(404, f"model '{body.model}' is not served here", f"use '{self.served_name}' (see /v1/models)",
                                code="model_not_found", param="model")
+            if body.logprobs:  # an OpenAI field medgem cannot fill: refused, not silently null
+                raise ApiError(400, "logprobs are not available from medgem", "drop logprobs",
+                               code="unsupported_parameter", param="logprobs")
             self.check_budget(body.budget())
             request = await asyncio.to_thread(self._chat_request, body, messages)
         except MedgemError as exc:
