@@ -51,8 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: one line for expected errors, a traceback only with --debug."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    debug = bool(args.debug or os.environ.get("MEDGEM_DEBUG"))
+    words = list(sys.argv[1:] if argv is None else argv)
+    anywhere = "--debug" in words  # accepted after the subcommand too
+    args = parser.parse_args([word for word in words if word != "--debug"])
+    debug = bool(args.debug or anywhere or os.environ.get("MEDGEM_DEBUG"))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -68,6 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("medgem: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `medgem ... | head` closed the pipe: nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:  # an unexpected failure still gets one line without --debug
         if debug:
             raise

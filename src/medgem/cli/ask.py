@@ -12,6 +12,7 @@ from medgem.cli.common import (
     add_generation_flags,
     add_model_flags,
     add_slide_flags,
+    check_paths_exist,
     generation_options,
     load_model,
     print_label_first,
@@ -48,6 +49,7 @@ def add_image_flags(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, question: str | None = None) -> int:
     text = question if question is not None else _question(args.question)
+    check_paths_exist(args.image)  # before the model loads
     model = load_model(args)
     request = model.request(text, images=[str(p) for p in args.image], system=args.system,
                             options=generation_options(args),

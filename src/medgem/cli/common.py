@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterable
 from typing import TextIO
@@ -15,9 +16,11 @@ from medgem.request import GenerationOptions
 
 def add_model_flags(parser: argparse.ArgumentParser, *, model_required: bool = True) -> None:
     group = parser.add_argument_group("model")
+    default = os.environ.get("MEDGEM_MODEL") or None
     group.add_argument(
-        "--model", "-m", required=model_required,
-        help="checkpoint folder, .gguf file, variant (4b-it, 27b-text-it, ...) or hub id",
+        "--model", "-m", required=model_required and default is None, default=default,
+        help="checkpoint folder, .gguf file, variant (4b-it, 27b-text-it, ...) or hub id "
+        "(default: $MEDGEM_MODEL)",
     )
     group.add_argument(
         "--engine", default="auto",
@@ -208,3 +211,18 @@ def print_label_first(model: MedGemma, err: TextIO = sys.stderr) -> None:
     if label:
         err.write(f"[{label}]\n")
         err.flush()
+
+
+def check_paths_exist(paths: Iterable[object]) -> None:
+    """Refuse a missing input before any model loads (a 4B model takes minutes to load on a CPU).
+
+    Raises:
+        ImageInputError: naming the first missing path.
+    """
+    from pathlib import Path
+
+    from medgem.errors import ImageInputError
+
+    for path in paths:
+        if not Path(str(path)).exists():
+            raise ImageInputError(f"no image at '{path}'", "check the path")
