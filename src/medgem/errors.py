@@ -85,6 +85,13 @@ class EngineUnavailableError(MedgemError):
     code = "engine_unavailable"
 
 
+class BackendUnavailableError(EngineUnavailableError):
+    """A remote server did not answer, or stopped mid-answer (retrying may reach another)."""
+
+    status = 503
+    code = "backend_unavailable"
+
+
 class MissingDependencyError(EngineUnavailableError):
     """An optional package is missing; the hint names the extra to install."""
 

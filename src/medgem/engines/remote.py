@@ -32,6 +32,7 @@ from medgem.engines.base import (
     as_prepared,
 )
 from medgem.errors import (
+    BackendUnavailableError,
     ContextLengthError,
     EngineUnavailableError,
     RemoteError,
@@ -210,7 +211,7 @@ class RemoteEngine:
                 usable = [b for b in self._backends if b.healthy and id(b) not in tried]
                 if not usable:
                     names = ", ".join(b.url for b in self._backends)
-                    raise EngineUnavailableError(
+                    raise BackendUnavailableError(
                         f"no backend is answering ({names})",
                         "start them (e.g. `vllm serve` or `medgem serve`), or check --backend")
                 ready = [b for b in usable if b.in_flight < self.per_backend]
@@ -286,7 +287,7 @@ class RemoteEngine:
                         if choice.finish_reason:
                             reason = "length" if choice.finish_reason == "length" else "stop"
         if reason is None and not self._answers(backend):
-            raise EngineUnavailableError(f"the server at {backend.url} stopped mid-answer",
+            raise BackendUnavailableError(f"the server at {backend.url} stopped mid-answer",
                                          "retry: another backend takes it, or restart this one")
         if reason is None:  # e.g. llama.cpp's server ends a refused stream with no error event
             raise RemoteError(
@@ -311,7 +312,7 @@ class RemoteEngine:
         try:
             yield
         except (client.APIConnectionError, httpx.TransportError) as exc:
-            raise EngineUnavailableError(
+            raise BackendUnavailableError(
                 f"{what} {backend.url} ({type(exc).__name__})",
                 "start it (e.g. `medgem serve` or `vllm serve`), fix --base-url, or check that "
                 "it is still running",
