@@ -112,3 +112,10 @@ def test_slide_pdf_and_dicom_wsi_uploads_are_never_stored_raw(report: Path, tmp_
         for file in sorted(folder.iterdir()):
             archive.write(file, file.name)
     assert deidentify_bytes(buffer.getvalue(), "application/zip", b"k")[0] is None
+    # a DICOM file whose 128-byte preamble is a TIFF header (dual-format files exist) is still
+    # an ordinary DICOM: kept, de-identified
+    from pydicom.data import get_testdata_file
+
+    dual = Path(str(get_testdata_file("CT_small.dcm"))).read_bytes()
+    assert dual[:4] == b"II*\x00"
+    assert deidentify_bytes(dual, "application/dicom", b"k")[0] is not None

@@ -72,10 +72,10 @@ def is_slide_or_document_upload(data: bytes) -> bool:
     """Uploaded bytes that must never be stored raw: a TIFF (slide files hold label and macro
     images), a PDF (metadata), or DICOM whole-slide instances (a LABEL instance is a photo of the
     glass label), alone or in a zip."""
+    if data[128:132] == b"DICM":  # first: a DICOM preamble may itself look like a TIFF header
+        return _sop_class(data) == WSI_SOP_CLASS
     if data[:4] in TIFF_MAGIC or b"%PDF-" in data[:1024]:
         return True
-    if data[128:132] == b"DICM":
-        return _sop_class(data) == WSI_SOP_CLASS
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             for member in [m for m in archive.infolist() if not m.is_dir()][:_PEEK_FILES]:
