@@ -68,17 +68,12 @@ def test_encrypted_pdf_is_one_clear_error(tmp_path: Path) -> None:
     path = wsi_fixtures.write_encrypted_pdf(tmp_path / "locked.pdf")
     with pytest.raises(ImageInputError, match="password-protected"):
         load_medical_input(path)
-    result = run_cli("inspect", str(path), timeout=120)
-    assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_thousand_page_pdf_is_refused_before_rendering(tmp_path: Path) -> None:
     path = wsi_fixtures.write_pdf(tmp_path / "long.pdf", [f"page {n}" for n in range(1000)])
     with pytest.raises(ImageInputError, match=r"1000 pages, over the limit of 20.*--max-pages"):
         load_medical_input(path)
-    out = tmp_path / "seen"
-    result = run_cli("inspect", str(path), "--save-preprocessed", str(out), timeout=120)
-    assert result.returncode != 0 and not out.exists()
 
 
 def test_page_limit_can_be_raised(tmp_path: Path) -> None:
