@@ -93,13 +93,24 @@ def test_context_check_says_how_many_patches_fit(short_context_vlm: Path, slide:
 
 def test_cli_ask_about_a_slide_with_patch_flags(tiny_vlm_checkpoint: Path, slide: Path,
                                                 tmp_path: Path) -> None:
-    out = tmp_path / "seen"
+    import sqlite3
+
+    out, db = tmp_path / "seen", tmp_path / "audit.sqlite"
     result = run_cli("ask", QUESTION, "--image", str(slide), "--model", str(tiny_vlm_checkpoint),
                      "--max-new-tokens", "2", "--json", "--max-patches", "5", "--seed", "4",
-                     "--save-preprocessed", str(out))
+                     "--save-preprocessed", str(out), "--audit-db", str(db))
     assert result.returncode == 0, result.stderr
     assert len(list(out.glob("*.png"))) == 5
     assert json.loads(result.stdout)["usage"]["completion_tokens"] == 2
+    # the label's planted name: not printed, not in the audit record (the file carries it)
+    assert wsi_fixtures.PLANTED_NAME.encode() in slide.read_bytes()
+    dump = "\n".join(sqlite3.connect(db).iterdump())
+    from medgem.audit import open_store
+
+    assert open_store(db).count("answer") == 1
+    for text in (result.stdout, result.stderr, dump):
+        assert wsi_fixtures.PLANTED_NAME not in text
+        assert wsi_fixtures.PLANTED_NAME.encode().hex() not in text
 
 
 def test_cli_describe_a_slide_sends_the_chosen_patches(tiny_vlm_checkpoint: Path, slide: Path,
@@ -113,8 +124,7 @@ def test_cli_describe_a_slide_sends_the_chosen_patches(tiny_vlm_checkpoint: Path
 
 
 def test_llamacpp_prompt_carries_every_patch(tiny_vlm_checkpoint: Path, slide: Path,
-                                             tmp_path: Path) -> None:
-    pytest.importorskip("llama_cpp")
+                                             tmp_path: Path, llamacpp_runs: None) -> None:
     out = tmp_path / "gguf"
     converted = run_cli("convert", str(tiny_vlm_checkpoint), "--quant", "f16", "--out", str(out))
     assert converted.returncode == 0, converted.stderr
