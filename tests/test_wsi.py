@@ -216,6 +216,10 @@ def test_saved_overview_and_patches_are_what_the_model_gets(slides: dict[str, Pa
     assert np.array_equal(np.asarray(Image.open(written[1])), np.asarray(item.images[0]))
     overview = np.asarray(Image.open(written[0]).convert("RGB"))
     assert np.all(overview == (255, 0, 0), axis=-1).any()  # the chosen grid is drawn in red
+    # the tissue mask is tinted green (level 2: 56-px cells); glass is left as it is
+    red, green, blue = (int(v) for v in overview[28, 56 + 28])  # inside planted cell (1, 0)
+    assert green > red and green > blue
+    assert np.allclose(overview[28, 28], wsi_fixtures.GLASS_RGB, atol=4)  # glass cell (0, 0)
 
 
 def test_inspect_text_lists_vendor_levels_tissue_and_patches(slides: dict[str, Path]) -> None:
