@@ -191,8 +191,8 @@ def test_mpp_flag_supplies_a_missing_resolution(slides: dict[str, Path]) -> None
 
 def test_label_and_vendor_text_never_reach_any_output(slides: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "seen"
-    result = run_cli("inspect", str(slides["aperio"]), "--json", "--save-preprocessed", str(out),
-                     timeout=120)
+    result = run_cli("--debug", "inspect", str(slides["aperio"]), "--json", "--save-preprocessed",
+                     str(out), timeout=120)  # --debug: the most the logs ever say
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["metadata"]["patches"] == 4 and len(report["saved"]) == 5
