@@ -82,6 +82,27 @@ def test_uploaded_slide_becomes_its_patches_and_no_label_is_stored(
     assert wsi_fixtures.PLANTED_NAME.encode().hex() not in dump  # not even inside a stored blob
 
 
+def test_uploaded_dicom_wsi_zip_becomes_its_patches_and_no_label_is_stored(
+    server: tuple[str, AuditStore, Path], tmp_path: Path
+) -> None:
+    import io
+    import zipfile
+
+    pytest.importorskip("wsidicom")
+    base, _store, db = server
+    image = wsi_fixtures.slide_pixels((4, 3), 224, [(0, 0), (1, 1), (3, 2)])
+    folder = wsi_fixtures.write_dicom_wsi(tmp_path / "slide", image)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for file in sorted(folder.iterdir()):
+            archive.write(file, file.name)
+    answer = _ask(base, question="Describe the tissue", image=_data_url(buffer.getvalue(), "application/zip"))
+    assert answer.startswith("Seen 3 image(s).")
+    dump = _dump(db)
+    assert wsi_fixtures.PLANTED_NAME.lower() not in dump
+    assert wsi_fixtures.PLANTED_NAME.encode().hex() not in dump
+
+
 def test_uploaded_pdf_pages_reach_the_model_and_its_metadata_does_not_reach_the_store(
     server: tuple[str, AuditStore, Path], tmp_path: Path
 ) -> None:
