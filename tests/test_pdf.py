@@ -114,3 +114,23 @@ def test_slide_pdf_and_dicom_wsi_uploads_are_never_stored_raw(report: Path, tmp_
     dual = Path(str(get_testdata_file("CT_small.dcm"))).read_bytes()
     assert dual[:4] == b"II*\x00"
     assert deidentify_bytes(dual, "application/dicom", b"k")[0] is not None
+
+
+def test_a_pdf_question_sends_pages_in_order_and_the_text_before_the_question(
+    tiny_vlm_checkpoint: Path, report: Path
+) -> None:
+    from medgem import MedGemma
+
+    model = MedGemma.load(tiny_vlm_checkpoint, progress=False)
+    question = "List the lab values as JSON"
+    request = model.request(question, images=[str(report)], pdf_text=True)
+    pages = load_medical_input(report).images
+    assert len(request.images) == 3
+    for part, page in zip(request.images, pages, strict=True):
+        assert np.array_equal(np.asarray(part.image), np.asarray(page))
+    text = request.messages[-1].text
+    assert [text.index(p) for p in PAGES] == sorted(text.index(p) for p in PAGES)
+    assert text.index(PAGES[-1]) < text.index(question)
+    plain = model.request(question, images=[str(report)])
+    assert PAGES[0] not in plain.messages[-1].text  # the text layer only when asked
+    assert model.ask(question, images=[str(report)], max_new_tokens=2).usage.completion_tokens == 2
