@@ -5,7 +5,10 @@ tifffile, so the writer never holds the image either, then prepares it in a fres
 way ``medgem ask --image slide.svs`` does and reports wall seconds, the share spent on tissue
 detection and on reading patches, and the peak resident memory (must stay under 1 GB).
 
-    python benchmarks/bench_wsi.py [--keep DIR]
+    python benchmarks/bench_wsi.py [--keep DIR] [--scale 0.25]
+
+``--scale`` shrinks the slide (same layout of tissue) for a quick smoke run; the issue's number
+is the full-size one.
 """
 
 from __future__ import annotations
@@ -29,10 +32,10 @@ DISCS = [(9_000, 8_000, 7_000), (24_000, 12_000, 9_000), (33_000, 23_000, 6_000)
 RSS_LIMIT_MB = 1024
 
 
-def tile_pixels(factor: int, ty: int, tx: int, width: int, height: int) -> np.ndarray:
+def tile_pixels(factor: int, ty: int, tx: int, scale: float = 1.0) -> np.ndarray:
     """One tile of the level with downsample ``factor``: glass, with stained discs."""
-    ys = (np.arange(ty, ty + TILE) * factor)[:, None]
-    xs = (np.arange(tx, tx + TILE) * factor)[None, :]
+    ys = (np.arange(ty, ty + TILE) * factor / scale)[:, None]  # full-size slide coordinates
+    xs = (np.arange(tx, tx + TILE) * factor / scale)[None, :]
     inside = np.zeros((TILE, TILE), dtype=bool)
     for cx, cy, radius in DISCS:
         inside |= (xs - cx) ** 2 + (ys - cy) ** 2 < radius**2
@@ -44,23 +47,22 @@ def tile_pixels(factor: int, ty: int, tx: int, width: int, height: int) -> np.nd
     return tile
 
 
-def tiles(factor: int) -> Iterator[np.ndarray]:
-    width, height = -(-WIDTH // factor), -(-HEIGHT // factor)
-    for ty in range(0, height, TILE):
-        for tx in range(0, width, TILE):
-            yield tile_pixels(factor, ty, tx, width, height)
+def tiles(factor: int, width: int, height: int, scale: float) -> Iterator[np.ndarray]:
+    for ty in range(0, -(-height // factor), TILE):
+        for tx in range(0, -(-width // factor), TILE):
+            yield tile_pixels(factor, ty, tx, scale)
 
 
-def write_slide(path: Path) -> None:
+def write_slide(path: Path, width: int, height: int, scale: float) -> None:
     """The slide, tile by tile (tifffile consumes the iterator as it writes)."""
     import tifffile
 
-    description = (f"Aperio Image Library v12.0.15\r\n{WIDTH}x{HEIGHT} [0,0 {WIDTH}x{HEIGHT}] "
+    description = (f"Aperio Image Library v12.0.15\r\n{width}x{height} [0,0 {width}x{height}] "
                    f"({TILE}x{TILE}) JPEG/RGB Q=80|AppMag = 20|MPP = {MPP}")
     with tifffile.TiffWriter(path, bigtiff=True) as tif:
         for number, factor in enumerate(FACTORS):
-            shape = (-(-HEIGHT // factor), -(-WIDTH // factor), 3)
-            tif.write(tiles(factor), shape=shape, dtype=np.uint8, tile=(TILE, TILE),
+            shape = (-(-height // factor), -(-width // factor), 3)
+            tif.write(tiles(factor, width, height, scale), shape=shape, dtype=np.uint8, tile=(TILE, TILE),
                       compression="jpeg", photometric="rgb", metadata=None,
                       description=description if number == 0 else "Aperio\r\nlevel")
 
@@ -88,6 +90,8 @@ def measure(path: Path) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--keep", type=Path, help="write the slide here and keep it")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="shrink the slide by this factor for a smoke run (default 1: full size)")
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
@@ -96,11 +100,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-wsi-") as tmp:
         folder = args.keep or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "bench-40000x30000.svs"
+        width, height = round(WIDTH * args.scale), round(HEIGHT * args.scale)
+        path = folder / f"bench-{width}x{height}.svs"
         started = time.perf_counter()
         reused = path.exists()
         if not reused:
-            write_slide(path)
+            write_slide(path, width, height, args.scale)
         written = "reused from --keep" if reused else f"written in {time.perf_counter() - started:.1f} s"
         result = subprocess.run([sys.executable, __file__, "--measure", str(path)],
                                 capture_output=True, text=True, check=True)
@@ -108,11 +113,11 @@ def main() -> int:
         size_mb = path.stat().st_size / 1e6
     total = row["seconds"]
     other = total - row["seconds_tissue"] - row["seconds_patches"]
-    print(f"slide: {WIDTH}x{HEIGHT} px at {MPP} um/px, {size_mb:.0f} MB JPEG tiles "
+    print(f"slide: {width}x{height} px at {MPP} um/px, {size_mb:.0f} MB JPEG tiles "
           f"({written})")
     print(f"{'step':<28}{'seconds':>9}{'share':>8}")
     for name, seconds in (("tissue detection (mask)", row["seconds_tissue"]),
-                          ("reading 125 patches", row["seconds_patches"]),
+                          (f"reading {row['patches']:.0f} patches", row["seconds_patches"]),
                           ("open, grid, overview", other)):
         print(f"{name:<28}{seconds:>9.2f}{seconds / total:>8.0%}")
     print(f"{'total':<28}{total:>9.2f}")

@@ -31,8 +31,6 @@ def slides(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "aperio": wsi_fixtures.write_aperio(folder / "case.svs", image),
         "generic": wsi_fixtures.write_generic(folder / "case.tif", image),
         "no_mpp": wsi_fixtures.write_aperio(folder / "nompp.svs", image, mpp=None),
-        "blank": wsi_fixtures.write_aperio(folder / "blank.svs",
-                                           wsi_fixtures.slide_pixels((4, 3), 896, [])),
     }
 
 
@@ -136,11 +134,6 @@ def test_missing_resolution_is_one_clear_error(slides: dict[str, Path]) -> None:
     assert _cells(item) == _reading_order(PLANTED)
 
 
-def test_blank_glass_says_no_tissue_found(slides: dict[str, Path]) -> None:
-    with pytest.raises(ImageInputError, match="no tissue found"):
-        load_medical_input(slides["blank"])
-
-
 def test_flat_50k_tiff_is_refused_without_decoding(tmp_path: Path) -> None:
     path = wsi_fixtures.write_flat_tiff_header(tmp_path / "flat.tif")
     assert path.stat().st_size < 1024  # only a header: decoding would have nothing to read
@@ -150,22 +143,56 @@ def test_flat_50k_tiff_is_refused_without_decoding(tmp_path: Path) -> None:
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB
 
 
-def test_corrupt_tile_is_one_error_line_and_nothing_is_written(tmp_path: Path) -> None:
+def _bad_input(kind: str, folder: Path) -> Path:
+    """One file of each kind of bad input the issue names."""
     image = wsi_fixtures.slide_pixels((4, 3), 896, PLANTED)
-    path = wsi_fixtures.write_aperio(tmp_path / "bad.svs", image)
-    wsi_fixtures.corrupt_tile(path, 4 * 14 + 8)  # tile row 4, col 8: inside planted cell (2, 1)
+    if kind == "flat 50k TIFF":
+        return wsi_fixtures.write_flat_tiff_header(folder / "flat.tif")
+    if kind == "no resolution":
+        return wsi_fixtures.write_aperio(folder / "nompp.svs", image, mpp=None)
+    if kind == "corrupt tile":
+        path = wsi_fixtures.write_aperio(folder / "bad.svs", image)
+        return wsi_fixtures.corrupt_tile(path, 4 * 14 + 8)  # tile row 4, col 8: in planted cell (2, 1)
+    if kind == "blank glass":
+        return wsi_fixtures.write_aperio(folder / "blank.svs", wsi_fixtures.slide_pixels((4, 3), 896, []))
+    if kind == "encrypted PDF":
+        return wsi_fixtures.write_encrypted_pdf(folder / "locked.pdf")
+    return wsi_fixtures.write_pdf(folder / "long.pdf", [f"page {n}" for n in range(1000)])
+
+
+@pytest.mark.parametrize(("kind", "says"), [
+    ("flat 50k TIFF", "50000x50000 TIFF without a usable pyramid"),
+    ("no resolution", "carries no resolution"),
+    ("corrupt tile", "is corrupt"),
+    ("blank glass", "no tissue found"),
+    ("encrypted PDF", "password-protected"),
+    ("1,000-page PDF", "1000 pages, over the limit of 20"),
+])
+def test_bad_input_is_one_error_line_a_failing_exit_and_nothing_written(
+    kind: str, says: str, tmp_path: Path
+) -> None:
+    pytest.importorskip("pypdfium2")
+    path = _bad_input(kind, tmp_path)
     out = tmp_path / "seen"
     result = run_cli("inspect", str(path), "--save-preprocessed", str(out), timeout=120)
-    assert result.returncode != 0
+    assert result.returncode == 1 and result.stdout == ""
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "corrupt" in lines[0], result.stderr
+    assert len(lines) == 1 and lines[0].startswith("medgem: error: ") and says in lines[0], result.stderr
+    assert " — " in lines[0]  # and what to do next
     assert not out.exists()
+
+
+def test_mpp_flag_supplies_a_missing_resolution(slides: dict[str, Path]) -> None:
+    result = run_cli("inspect", str(slides["no_mpp"]), "--mpp", "1.0", "--json", timeout=120)
+    assert result.returncode == 0, result.stderr
+    facts = json.loads(result.stdout)["metadata"]
+    assert facts["mpp_source"] == "given (--mpp)" and facts["patches"] == len(PLANTED)
 
 
 def test_label_and_vendor_text_never_reach_any_output(slides: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "seen"
-    result = run_cli("inspect", str(slides["aperio"]), "--json", "--save-preprocessed", str(out),
-                     timeout=120)
+    result = run_cli("--debug", "inspect", str(slides["aperio"]), "--json", "--save-preprocessed",
+                     str(out), timeout=120)  # --debug: the most the logs ever say
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["metadata"]["patches"] == 4 and len(report["saved"]) == 5
@@ -189,6 +216,10 @@ def test_saved_overview_and_patches_are_what_the_model_gets(slides: dict[str, Pa
     assert np.array_equal(np.asarray(Image.open(written[1])), np.asarray(item.images[0]))
     overview = np.asarray(Image.open(written[0]).convert("RGB"))
     assert np.all(overview == (255, 0, 0), axis=-1).any()  # the chosen grid is drawn in red
+    # the tissue mask is tinted green (level 2: 56-px cells); glass is left as it is
+    red, green, blue = (int(v) for v in overview[28, 56 + 28])  # inside planted cell (1, 0)
+    assert green > red and green > blue
+    assert np.allclose(overview[28, 28], wsi_fixtures.GLASS_RGB, atol=4)  # glass cell (0, 0)
 
 
 def test_inspect_text_lists_vendor_levels_tissue_and_patches(slides: dict[str, Path]) -> None:
@@ -217,6 +248,22 @@ def test_dicom_wsi_folder_is_read_through_wsidicom(dicom_slide: Path) -> None:
     for patch in item.images:
         mean = np.asarray(patch).reshape(-1, 3).mean(axis=0)
         assert np.allclose(mean, wsi_fixtures.TISSUE_RGB, atol=6)
+
+
+def test_dicom_wsi_written_by_wsidicom_reads_the_same(dicom_slide: Path, tmp_path: Path) -> None:
+    """wsidicom's own writer: the slide saved again, with the pyramid level it adds (2x)."""
+    from wsidicom import WsiDicom
+
+    saved_to = tmp_path / "saved"
+    saved_to.mkdir()
+    with WsiDicom.open([p for p in dicom_slide.iterdir() if p.name != "label.dcm"]) as wsi:
+        wsi.save(saved_to, add_missing_levels=True)
+    item = load_medical_input(saved_to)
+    assert [lv["downsample"] for lv in item.metadata["levels"]] == [1.0, 2.0, 4.0]
+    original = load_medical_input(dicom_slide)
+    assert item.metadata["patch_origins"] == original.metadata["patch_origins"]
+    for saved, read in zip(item.images, original.images, strict=True):
+        assert np.array_equal(np.asarray(saved), np.asarray(read))  # lossless both ways
 
 
 def test_dicom_wsi_zip_reads_like_its_folder_and_hides_the_label(dicom_slide: Path, tmp_path: Path) -> None:

@@ -93,13 +93,24 @@ def test_context_check_says_how_many_patches_fit(short_context_vlm: Path, slide:
 
 def test_cli_ask_about_a_slide_with_patch_flags(tiny_vlm_checkpoint: Path, slide: Path,
                                                 tmp_path: Path) -> None:
-    out = tmp_path / "seen"
+    import sqlite3
+
+    out, db = tmp_path / "seen", tmp_path / "audit.sqlite"
     result = run_cli("ask", QUESTION, "--image", str(slide), "--model", str(tiny_vlm_checkpoint),
                      "--max-new-tokens", "2", "--json", "--max-patches", "5", "--seed", "4",
-                     "--save-preprocessed", str(out))
+                     "--save-preprocessed", str(out), "--audit-db", str(db))
     assert result.returncode == 0, result.stderr
     assert len(list(out.glob("*.png"))) == 5
     assert json.loads(result.stdout)["usage"]["completion_tokens"] == 2
+    # the label's planted name: not printed, not in the audit record (the file carries it)
+    assert wsi_fixtures.PLANTED_NAME.encode() in slide.read_bytes()
+    dump = "\n".join(sqlite3.connect(db).iterdump())
+    from medgem.audit import open_store
+
+    assert open_store(db).count("answer") == 1
+    for text in (result.stdout, result.stderr, dump):
+        assert wsi_fixtures.PLANTED_NAME not in text
+        assert wsi_fixtures.PLANTED_NAME.encode().hex() not in text
 
 
 def test_cli_describe_a_slide_sends_the_chosen_patches(tiny_vlm_checkpoint: Path, slide: Path,
@@ -112,18 +123,36 @@ def test_cli_describe_a_slide_sends_the_chosen_patches(tiny_vlm_checkpoint: Path
     assert json.loads(result.stdout)["usage"]["prompt_tokens"] > 3 * 4  # three patches' soft tokens
 
 
-def test_llamacpp_prompt_carries_every_patch(tiny_vlm_checkpoint: Path, slide: Path,
-                                             tmp_path: Path) -> None:
-    pytest.importorskip("llama_cpp")
-    out = tmp_path / "gguf"
+@pytest.fixture(scope="module")
+def vlm_gguf(tiny_vlm_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny VLM through `medgem convert --quant f16`, as a user runs it."""
+    out = tmp_path_factory.mktemp("gguf")
     converted = run_cli("convert", str(tiny_vlm_checkpoint), "--quant", "f16", "--out", str(out))
     assert converted.returncode == 0, converted.stderr
-    model = MedGemma.load(out / "model.gguf", engine="llamacpp", progress=False)
+    return out / "model.gguf"
+
+
+def test_llamacpp_prompt_carries_every_patch(vlm_gguf: Path, slide: Path, llamacpp_runs: None) -> None:
+    model = MedGemma.load(vlm_gguf, engine="llamacpp", progress=False)
     try:
         request = model.request(QUESTION, images=[str(slide)], max_patches=6, seed=2)
         list(model.generate(request))
         tokens = model.engine.last_prompt_tokens  # type: ignore[attr-defined]
         runs = sum(1 for i, t in enumerate(tokens) if t == -1 and (i == 0 or tokens[i - 1] != -1))
         assert runs == 6  # one block of image embeddings per patch
+    finally:
+        model.close()
+
+
+def test_llamacpp_context_check_says_how_many_patches_fit(vlm_gguf: Path, slide: Path,
+                                                           llamacpp_runs: None) -> None:
+    model = MedGemma.load(vlm_gguf, engine="llamacpp", n_ctx=160, progress=False)
+    try:
+        request = model.request(QUESTION, images=[str(slide)])
+        with pytest.raises(ContextLengthError, match=r"(\d+) of 20 patches fit") as caught:
+            _check(model, request)
+        fit = int(str(caught.value).split(" of 20 patches fit")[0].rsplit(" ", 1)[-1])
+        assert 0 < fit < 20
+        _check(model, model.request(QUESTION, images=[str(slide)], max_patches=fit))
     finally:
         model.close()

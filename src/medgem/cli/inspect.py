@@ -1,8 +1,10 @@
 """``medgem inspect FILE_OR_DIR``: show what medgem will send for a medical input, no model loaded.
 
-Prints modality, size, series, slice count, spacing and windows (or, with ``--json``, the same as
-JSON); ``--save-preprocessed DIR`` writes the exact PNGs the model would get. Nothing printed or
-written holds patient names, IDs, dates or full UIDs.
+Prints modality, size, series, slice count, spacing and windows; for a slide its vendor, levels,
+chosen levels, tissue fraction and patches; for a PDF its pages (or, with ``--json``, the same as
+JSON). ``--save-preprocessed DIR`` writes the exact PNGs the model would get (and a slide's
+overview with its tissue mask and patch grid). Nothing printed or written holds patient names,
+IDs, dates or full UIDs.
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ def options_from_args(args: argparse.Namespace) -> ImagingOptions:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register ``inspect``."""
     parser = subparsers.add_parser(
-        "inspect", help="show what medgem will send for an image, DICOM, series or NIfTI (no model)",
+        "inspect", help="show what medgem will send for an image, DICOM, series, NIfTI, slide or PDF "
+                        "(no model)",
         description=__doc__.splitlines()[0] if __doc__ else None,
     )
     parser.add_argument("path", type=Path, metavar="FILE_OR_DIR")

@@ -72,8 +72,7 @@ def is_slide_or_document_upload(data: bytes) -> bool:
     """Uploaded bytes that must never be stored raw: a TIFF (slide files hold label and macro
     images), a PDF (metadata), or DICOM whole-slide instances (a LABEL instance is a photo of the
     glass label), alone or in a zip."""
-    # DICOM first: a DICOM preamble may itself be a TIFF header (dual-personality files).
-    if data[128:132] == b"DICM":
+    if data[128:132] == b"DICM":  # first: a DICOM preamble may itself look like a TIFF header
         return _sop_class(data) == WSI_SOP_CLASS
     if data[:4] in TIFF_MAGIC or b"%PDF-" in data[:1024]:
         return True

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from PIL import Image
 
 from medgem.errors import ImageInputError, require
 from medgem.inputs.options import ImagingOptions, MedicalInput
+from medgem.inputs.slide_overview import draw_overview
 from medgem.inputs.tissue import sample_cells, tissue_cells, tissue_mask
 
 #: The patch side MedGemma's encoder takes.
@@ -33,7 +35,6 @@ MASK_MAX_PIXELS = 4096 * 4096
 MASK_MIN_CELL_PX = 16
 #: Strip height when reading the mask level.
 STRIP_ROWS = 512
-
 
 
 @dataclass(frozen=True)
@@ -110,10 +111,9 @@ def _unsupported(path: Path) -> ImageInputError:
         return ImageInputError(f"{path.name} is a tiled TIFF OpenSlide cannot read (damaged, or an "
                                "unsupported layout)",
                                "copy the file again, or re-export it as a pyramidal TIFF or SVS")
-    shape = "stored in strips"
     return ImageInputError(
-        f"{path.name} is a {width}x{height} TIFF without a usable pyramid ({shape}); medgem will "
-        "not decode a slide whole",
+        f"{path.name} is a {width}x{height} TIFF without a usable pyramid (stored in strips); "
+        "medgem will not decode a slide whole",
         "convert it to a tiled pyramidal TIFF (e.g. vips tiffsave in.tif out.tif --tile --pyramid)")
 
 
@@ -269,8 +269,6 @@ def read_slide(path: Path, options: ImagingOptions) -> MedicalInput:
     Raises:
         ImageInputError: no resolution, no pyramid, a corrupt tile, or no tissue found.
     """
-    import time
-
     with open_slide(path, options) as slide:
         mpp0, mpp_from = base_mpp(slide, options, path.name)
         magnification = options.magnification or 10.0
@@ -306,8 +304,6 @@ def read_slide(path: Path, options: ImagingOptions) -> MedicalInput:
                 region = region.resize((PATCH_SIDE, PATCH_SIDE), Image.Resampling.BOX)
             patches.append(region)
         read_s = time.perf_counter() - started
-        from medgem.inputs.slide_overview import draw_overview
-
         drawn = draw_overview(overview, mask, m_level.downsample, cell0, cells, chosen)
         facts: dict[str, object] = {
             "format": "slide",

@@ -9,7 +9,7 @@ from typing import Any
 from medgem.errors import ImageInputError, InputError
 from medgem.inputs import LoadedImages, decode_data_url, from_pil, images_from_bytes, read_images
 from medgem.request import GenerationOptions, ImagePart, Message, Part, Request, TextPart
-from medgem.request.compose import check_think, resolve_options, system_text
+from medgem.request.compose import build_slide_request, check_think, resolve_options, system_text
 from medgem.request.variants import InputKind, Variant
 
 MAX_IMAGES = 16
@@ -33,7 +33,9 @@ def request_from_openai(
         options: how to generate; ``think`` adds the thinking instruction to the system turn.
         allowed_dirs: folders from which file paths may be read; None allows any (local use),
             an empty list forbids all (the server's default).
-        max_images: refuse more images than this.
+        max_images: refuse more images than this. A whole-slide image counts as one: it must be
+            the only image, in a single user turn, and is laid out as the pathology notebook does
+            (a system message, if any, replaces the instructor framing).
 
     Raises:
         InputError / ImageInputError: malformed messages or images.
@@ -45,13 +47,14 @@ def request_from_openai(
     system_parts: list[str] = []
     turns: list[Message] = []
     image_count = 0
+    slides: list[LoadedImages] = []
     for index, raw in enumerate(messages):
         if not isinstance(raw, dict):
             raise InputError(f"messages[{index}] is not an object")
         role = raw.get("role")
         if role not in ("system", "developer", "user", "assistant"):
             raise InputError(f"messages[{index}].role must be system, user or assistant, got {role!r}")
-        parts = list(_parts(raw.get("content"), index, allowed_dirs))
+        parts = list(_parts(raw.get("content"), index, allowed_dirs, slides))
         image_count += sum(isinstance(p, ImagePart) for p in parts)
         if role in ("system", "developer"):
             system_parts.append("".join(p.text for p in parts if isinstance(p, TextPart)))
@@ -59,6 +62,13 @@ def request_from_openai(
         if role == "assistant" and any(isinstance(p, ImagePart) for p in parts):
             raise InputError(f"messages[{index}]: assistant messages cannot hold images")
         turns.append(Message(role, tuple(parts)))
+    if slides:
+        if len(slides) > 1 or image_count or len(turns) != 1:
+            raise ImageInputError("a whole-slide image must be the only image, in one user message",
+                                  "ask about the slide on its own, in a new conversation")
+        return build_slide_request(turns[0].text, slides[0].images,
+                                   instruction="\n\n".join(s for s in system_parts if s) or None,
+                                   variant=variant, options=options)
     if image_count > max_images:
         raise ImageInputError(f"{image_count} images sent, the limit is {max_images}", "send fewer images")
     if not turns or turns[-1].role != "user":
@@ -76,7 +86,8 @@ def request_from_openai(
     return Request((*out, *turns), options)
 
 
-def _parts(content: Any, index: int, allowed_dirs: Sequence[Path] | None) -> Iterator[Part]:
+def _parts(content: Any, index: int, allowed_dirs: Sequence[Path] | None,
+           slides: list[LoadedImages]) -> Iterator[Part]:
     if isinstance(content, str):
         yield TextPart(content)
         return
@@ -99,14 +110,17 @@ def _parts(content: Any, index: int, allowed_dirs: Sequence[Path] | None) -> Ite
             url = spec.get("url") if isinstance(spec, dict) else spec
             if not isinstance(url, str):
                 raise InputError(f"{where}.image_url.url must be a string")
-            yield from _image_parts(_from_url(url, allowed_dirs), where)
+            yield from _image_parts(_from_url(url, allowed_dirs), where, slides)
         elif kind == "image":
-            yield from _image_parts(_from_object(part.get("image"), allowed_dirs), where)
+            yield from _image_parts(_from_object(part.get("image"), allowed_dirs), where, slides)
         else:
             raise InputError(f"{where}.type {kind!r} is not supported", "use text or image_url parts")
 
 
-def _image_parts(loaded: LoadedImages, where: str) -> Iterator[ImagePart]:
+def _image_parts(loaded: LoadedImages, where: str, slides: list[LoadedImages]) -> Iterator[ImagePart]:
+    if loaded.layout == "slide":  # its patches are laid out once the whole request is read
+        slides.append(loaded)
+        return
     if loaded.volume_modality is not None:
         raise ImageInputError(
             f"{where} is a CT/MR volume; volumes are not accepted inside chat messages",
