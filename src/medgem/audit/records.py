@@ -11,14 +11,12 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
 
 from medgem.errors import InputError
 
 GENESIS_HASH = "0" * 64
-RecordKind = Literal["answer", "review", "rejected", "error"]
-Verdict = Literal["accept", "correct", "reject"]
 VERDICTS: tuple[str, ...] = ("accept", "correct", "reject")
 
 
@@ -64,21 +62,14 @@ class AuditRecord:
     hash: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "seq": self.seq, "id": self.id, "kind": self.kind, "created": self.created,
-            "parent": self.parent, "body": self.body, "prev_hash": self.prev_hash,
-            "hash": self.hash,
-        }
+        return asdict(self)
 
 
-def record_hash(
-    prev_hash: str, seq: int, record_id: str, kind: str, created: str, parent: str | None,
-    body_json: str,
-) -> str:
+def record_hash(prev_hash: str, seq: int, record_id: str, kind: str, created: str,
+                parent: str | None, body_json: str) -> str:
     """The chain hash of one record; ``body_json`` is the body's canonical JSON."""
-    head = canonical_json(
-        {"seq": seq, "id": record_id, "kind": kind, "created": created, "parent": parent}
-    )
+    head = canonical_json({"seq": seq, "id": record_id, "kind": kind, "created": created,
+                           "parent": parent})
     return sha256_hex(f"{prev_hash}\n{head}\n{body_json}")
 
 
@@ -142,13 +133,10 @@ def review_body(
         raise InputError(f"verdict must be one of {', '.join(VERDICTS)}, got {verdict!r}")
     if verdict == "correct" and not (correction or "").strip():
         raise InputError("a correction needs the corrected text", "write the corrected answer")
-    return {
-        "verdict": verdict,
-        "correction": ((correction or "").strip() or None) if verdict == "correct" else None,
-        "note": (note or "").strip() or None,
-        "reviewer": (reviewer or "").strip() or None,
-        "user": user,
-    }
+    return {"verdict": verdict,
+            "correction": ((correction or "").strip() or None) if verdict == "correct" else None,
+            "note": (note or "").strip() or None, "reviewer": (reviewer or "").strip() or None,
+            "user": user}
 
 
 def add_review(

@@ -39,34 +39,20 @@ def model_fields(info: ModelInfo) -> dict[str, Any]:
 def settings_fields(request: Request) -> dict[str, Any]:
     """The generation options the request carried, and its shape."""
     options = request.options
-    return {
-        "max_new_tokens": options.max_new_tokens,
-        "temperature": options.temperature,
-        "top_p": options.top_p,
-        "seed": options.seed,
-        "stop": list(options.stop),
-        "think": options.think,
-        "template": request.template,
-        "images": len(request.images),
-    }
+    return {"max_new_tokens": options.max_new_tokens, "temperature": options.temperature,
+            "top_p": options.top_p, "seed": options.seed, "stop": list(options.stop),
+            "think": options.think, "template": request.template, "images": len(request.images)}
 
 
 def answer_fields(answer: Answer, queue_s: float) -> dict[str, Any]:
     return {
-        "output": answer.text,
-        "thinking": answer.thinking,
-        "finish_reason": answer.finish_reason,
-        "usage": {
-            "prompt_tokens": answer.usage.prompt_tokens,
-            "completion_tokens": answer.usage.completion_tokens,
-        },
-        "timings": {
-            "queue_s": round(queue_s, 4),
-            "first_token_s": round(answer.timings.first_token_s, 4),
-            "total_s": round(answer.timings.total_s, 4),
-        },
-        "caveat": answer.caveat,
-        "label": answer.label,
+        "output": answer.text, "thinking": answer.thinking, "finish_reason": answer.finish_reason,
+        "usage": {"prompt_tokens": answer.usage.prompt_tokens,
+                  "completion_tokens": answer.usage.completion_tokens},
+        "timings": {"queue_s": round(queue_s, 4),
+                    "first_token_s": round(answer.timings.first_token_s, 4),
+                    "total_s": round(answer.timings.total_s, 4)},
+        "caveat": answer.caveat, "label": answer.label,
     }
 
 
@@ -109,11 +95,7 @@ class AuditTrail:
             "settings": settings_fields(request),
             "inputs": context["inputs"] if "inputs" in context else request_digests(request),
         }
-        if "served_as" in context:
-            body["served_as"] = context["served_as"]
-        if "prompt" in context:
-            body["prompt"] = context["prompt"]
-        return body
+        return body | {key: context[key] for key in ("served_as", "prompt") if key in context}
 
     def answer(self, request: Request, answer: Answer, info: ModelInfo,
                context: Mapping[str, Any]) -> str:
