@@ -80,15 +80,9 @@ class Answer:
             "decode_tokens_per_s": round(self.timings.decode_tokens_per_s, 3)
         }
         return {
-            "answer": self.text,
-            "thinking": self.thinking,
-            "finish_reason": self.finish_reason,
-            "usage": usage,
-            "timings": timings,
-            "model": asdict(self.model),
-            "caveat": self.caveat,
-            "label": self.label,
-            "audit_id": self.audit_id,
+            "answer": self.text, "thinking": self.thinking, "finish_reason": self.finish_reason,
+            "usage": usage, "timings": timings, "model": asdict(self.model), "caveat": self.caveat,
+            "label": self.label, "audit_id": self.audit_id,
         }
 
 
@@ -134,14 +128,8 @@ def assemble(
         finished = Finished("cancelled", Usage(0, 0), Timings(0.0, 0.0))
     yield FinalChunk(
         Answer(
-            text="".join(answer).strip(),
-            thinking="".join(thinking).strip(),
-            finish_reason=finished.finish_reason,
-            usage=finished.usage,
-            timings=finished.timings,
-            model=model,
-            caveat=caveat,
-            label=label_for(model),
-            raw="".join(raw),
+            text="".join(answer).strip(), thinking="".join(thinking).strip(),
+            finish_reason=finished.finish_reason, usage=finished.usage, timings=finished.timings,
+            model=model, caveat=caveat, label=label_for(model), raw="".join(raw),
         )
     )

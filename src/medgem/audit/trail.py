@@ -90,8 +90,7 @@ class AuditTrail:
             raise ValueError(f"unknown audit context keys: {sorted(unknown)}")
         body: dict[str, Any] = {
             "user": context.get("user") or _local_user(),
-            "endpoint": context.get("endpoint") or self.surface,
-            "model": model_fields(info),
+            "endpoint": context.get("endpoint") or self.surface, "model": model_fields(info),
             "settings": settings_fields(request),
             "inputs": context["inputs"] if "inputs" in context else request_digests(request),
         }

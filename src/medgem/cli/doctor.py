@@ -12,10 +12,8 @@ from medgem.memory import budget_for, estimate
 from medgem.request.variants import VARIANTS, Variant
 
 ENGINE_PACKAGES = {
-    "hf (transformers)": ("transformers", "torch"),
-    "llamacpp (llama-cpp-python)": ("llama_cpp",),
-    "remote (OpenAI-compatible, e.g. vLLM)": ("openai",),
-    "bitsandbytes 4/8-bit": ("bitsandbytes",),
+    "hf (transformers)": ("transformers", "torch"), "llamacpp (llama-cpp-python)": ("llama_cpp",),
+    "remote (OpenAI-compatible, e.g. vLLM)": ("openai",), "bitsandbytes 4/8-bit": ("bitsandbytes",),
 }
 # The GGUF vision projector (SigLIP tower in f16) that image variants load beside the model.
 MMPROJ_BYTES = int(0.85 * GIB)

@@ -240,8 +240,7 @@ def demo_checkpoint() -> Path:
         vision_hidden=64, vision_intermediate=128, vision_layers=2, vision_heads=2,
         image_size=896, patch_size=14, mm_tokens=256,
         extra_text={
-            "rope_parameters": text.rope_parameters,
-            "layer_types": text.layer_types,
+            "rope_parameters": text.rope_parameters, "layer_types": text.layer_types,
             "final_logit_softcapping": text.final_logit_softcapping,
             "attn_logit_softcapping": text.attn_logit_softcapping,
             "rms_norm_eps": text.rms_norm_eps,

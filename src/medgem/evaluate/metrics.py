@@ -124,10 +124,7 @@ def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
 
 
 def bootstrap_interval(
-    items: Sequence[T],
-    statistic: Callable[[Sequence[T]], float],
-    *,
-    samples: int = 1000,
+    items: Sequence[T], statistic: Callable[[Sequence[T]], float], *, samples: int = 1000,
     seed: int = 0,
 ) -> tuple[float, float]:
     """Percentile bootstrap 95% interval of a statistic over items (resampled with replacement)."""

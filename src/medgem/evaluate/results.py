@@ -127,11 +127,7 @@ def scored_pairs(results: Sequence[dict[str, Any]]) -> tuple[list[EvalItem], lis
 
 
 def summarize(
-    task: Task,
-    results: Sequence[dict[str, Any]],
-    *,
-    n_total: int,
-    variant: str | None,
+    task: Task, results: Sequence[dict[str, Any]], *, n_total: int, variant: str | None,
     benchmark: str | None,
 ) -> Summary:
     """Compute a run's metrics, breakdown and model-card comparison from its result lines."""

@@ -310,10 +310,8 @@ def header_facts(ds: Any) -> dict[str, object]:
     meta = getattr(ds, "file_meta", None)
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     facts: dict[str, object] = {
-        "modality": str(ds.get("Modality", "") or "") or None,
-        "rows": int(ds.get("Rows") or 0),
-        "columns": int(ds.get("Columns") or 0),
-        "frames": frame_count(ds),
+        "modality": str(ds.get("Modality", "") or "") or None, "rows": int(ds.get("Rows") or 0),
+        "columns": int(ds.get("Columns") or 0), "frames": frame_count(ds),
         "photometric": str(ds.get("PhotometricInterpretation", "") or "") or None,
         "bits_stored": int(ds.get("BitsStored") or 0) or None,
         "transfer_syntax": getattr(syntax, "name", None) or (str(syntax) if syntax else None),

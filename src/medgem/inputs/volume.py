@@ -114,13 +114,8 @@ def series_to_input(
         rgb, used = stack_to_rgb(np.stack(grey), modality, options, inverted=inverted)
     facts = header_facts(first_full)
     facts.update(
-        slices_total=len(series.members),
-        slices_sent=len(picked),
-        sampled_indices=picked,
-        sorted_by=sorted_by,
-        window=used,
-        series=series.short_uid,
-        series_count=series_count,
+        slices_total=len(series.members), slices_sent=len(picked), sampled_indices=picked,
+        sorted_by=sorted_by, window=used, series=series.short_uid, series_count=series_count,
     )
     spacing = _slice_spacing(series)
     if spacing is not None:
@@ -128,12 +123,8 @@ def series_to_input(
     kind: Literal["image", "volume"] = "volume" if len(picked) > 1 else "image"
     what = f"{len(picked)} of {len(series.members)} slices, " if kind == "volume" else ""
     return MedicalInput(
-        kind=kind,
-        images=to_images(rgb),
-        modality=modality,
-        study_date=study_date(first_full),
-        description=f"{modality or 'unknown'} {kind}: {what}{cols}x{rows}, {used}",
-        source=source,
+        kind=kind, images=to_images(rgb), modality=modality, study_date=study_date(first_full),
+        description=f"{modality or 'unknown'} {kind}: {what}{cols}x{rows}, {used}", source=source,
         metadata=facts,
     )
 
@@ -159,13 +150,9 @@ def multiframe_to_input(ds: Any, options: ImagingOptions, source: str) -> Medica
     facts.update(slices_total=count, slices_sent=len(picked), sampled_indices=picked, window=used)
     rows, cols = rgb.shape[1:3]
     return MedicalInput(
-        kind="volume",
-        images=to_images(rgb),
-        modality=modality,
-        study_date=study_date(ds),
+        kind="volume", images=to_images(rgb), modality=modality, study_date=study_date(ds),
         description=f"{modality or 'unknown'} volume: {len(picked)} of {count} frames, {cols}x{rows}, {used}",
-        source=source,
-        metadata=facts,
+        source=source, metadata=facts,
     )
 
 
@@ -183,11 +170,7 @@ def array_to_input(
                  sampled_indices=picked, window=used)
     kind: Literal["image", "volume"] = "volume" if len(picked) > 1 else "image"
     return MedicalInput(
-        kind=kind,
-        images=to_images(rgb),
-        modality=modality,
-        study_date=None,
+        kind=kind, images=to_images(rgb), modality=modality, study_date=None,
         description=f"{modality or 'unknown'} {kind}: {len(picked)} of {count} slices, {cols}x{rows}, {used}",
-        source=source,
-        metadata=facts,
+        source=source, metadata=facts,
     )

@@ -25,12 +25,9 @@ IMAGE_TOKEN_MARK = "<start_of_image>"
 
 # Default questions for `medgem describe`, by DICOM modality (None: a photo or unknown).
 DESCRIBE_PROMPTS: dict[str | None, str] = {
-    "CR": "Describe this X-ray",
-    "DX": "Describe this X-ray",
-    "CT": "Describe the findings in this CT scan.",
-    "MR": "Describe the findings in this MRI.",
-    "US": "Describe this ultrasound image.",
-    "SM": "Describe this pathology image.",
+    "CR": "Describe this X-ray", "DX": "Describe this X-ray",
+    "CT": "Describe the findings in this CT scan.", "MR": "Describe the findings in this MRI.",
+    "US": "Describe this ultrasound image.", "SM": "Describe this pathology image.",
     "DOC": "Summarise this document, listing any lab values with their units.",
     None: "Describe this medical image.",
 }
@@ -92,15 +89,9 @@ def resolve_options(kind: InputKind, options: GenerationOptions | None,
 
 
 def build_request(
-    question: str,
-    *,
-    images: Sequence[Image.Image] = (),
-    sources: Sequence[str] = (),
-    system: str | None = None,
-    chat: bool = True,
-    variant: Variant | None = None,
-    history: Sequence[Message] = (),
-    options: GenerationOptions | None = None,
+    question: str, *, images: Sequence[Image.Image] = (), sources: Sequence[str] = (),
+    system: str | None = None, chat: bool = True, variant: Variant | None = None,
+    history: Sequence[Message] = (), options: GenerationOptions | None = None,
 ) -> Request:
     """One question, optionally with images, as the official quick start builds it.
 
@@ -145,12 +136,8 @@ def build_request(
 
 
 def build_volume_request(
-    question: str,
-    slices: Sequence[Image.Image],
-    *,
-    modality: str | None = "CT",
-    instruction: str | None = None,
-    variant: Variant | None = None,
+    question: str, slices: Sequence[Image.Image], *, modality: str | None = "CT",
+    instruction: str | None = None, variant: Variant | None = None,
     options: GenerationOptions | None = None,
 ) -> Request:
     """A CT/MR volume the way MedGemma 1.5 reads it.
@@ -173,13 +160,8 @@ def build_volume_request(
 
 
 def request_for_inputs(
-    question: str,
-    loaded: LoadedImages,
-    *,
-    system: str | None = None,
-    chat: bool = True,
-    variant: Variant | None = None,
-    history: Sequence[Message] = (),
+    question: str, loaded: LoadedImages, *, system: str | None = None, chat: bool = True,
+    variant: Variant | None = None, history: Sequence[Message] = (),
     options: GenerationOptions | None = None,
 ) -> Request:
     """The Request for a question about what the inputs front door read: the volume layout
@@ -205,12 +187,8 @@ PATHOLOGY_INSTRUCTION = (
 
 
 def build_slide_request(
-    question: str,
-    patches: Sequence[Image.Image],
-    *,
-    instruction: str | None = None,
-    variant: Variant | None = None,
-    options: GenerationOptions | None = None,
+    question: str, patches: Sequence[Image.Image], *, instruction: str | None = None,
+    variant: Variant | None = None, options: GenerationOptions | None = None,
 ) -> Request:
     """A whole-slide image the way the official pathology notebook lays it out.
 

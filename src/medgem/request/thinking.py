@@ -111,10 +111,7 @@ class ThinkingSplitter:
         return self._scan(buf, THOUGHT_OPEN, "answer", next_state="label")
 
     def _scan(
-        self,
-        buf: str,
-        marker: str,
-        kind: Literal["thinking", "answer"],
+        self, buf: str, marker: str, kind: Literal["thinking", "answer"],
         next_state: Literal["answer", "label"],
     ) -> tuple[bool, list[Piece]]:
         index = buf.find(marker)

@@ -50,10 +50,7 @@ VARIANTS: tuple[Variant, ...] = (
         "27b-text-it", "google/medgemma-27b-text-it", False, True, True, 27.0,
         "text only (clinical reasoning)",
     ),
-    Variant(
-        "27b-it", "google/medgemma-27b-it", True, True, True, 27.4,
-        "image + text, EHR/FHIR",
-    ),
+    Variant("27b-it", "google/medgemma-27b-it", True, True, True, 27.4, "image + text, EHR/FHIR"),
     Variant(
         "1.5-4b-it", "google/medgemma-1.5-4b-it", True, True, True, 4.3,
         "image + text, CT/MR volumes, WSI, longitudinal CXR, boxes, documents",
@@ -62,23 +59,15 @@ VARIANTS: tuple[Variant, ...] = (
 )
 
 ALIASES: dict[str, str] = {
-    "4b": "4b-it",
-    "27b": "27b-text-it",
-    "27b-text": "27b-text-it",
-    "1.5": "1.5-4b-it",
+    "4b": "4b-it", "27b": "27b-text-it", "27b-text": "27b-text-it", "1.5": "1.5-4b-it",
     "1.5-4b": "1.5-4b-it",
 }
 
 # max_new_tokens defaults, from the official quick start (image 300/1300, text 500/1500) and
 # the volume and longitudinal notebooks (2000, ~600).
 _BUDGETS: dict[tuple[InputKind, bool], int] = {
-    ("text", False): 500,
-    ("text", True): 1500,
-    ("image", False): 300,
-    ("image", True): 1300,
-    ("volume", False): 2000,
-    ("volume", True): 2000,
-    ("longitudinal", False): 600,
+    ("text", False): 500, ("text", True): 1500, ("image", False): 300, ("image", True): 1300,
+    ("volume", False): 2000, ("volume", True): 2000, ("longitudinal", False): 600,
     ("longitudinal", True): 1600,
 }
 

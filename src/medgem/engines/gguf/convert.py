@@ -41,13 +41,8 @@ class ConversionResult:
 
 
 def convert_checkpoint(
-    spec: str | os.PathLike[str],
-    quant: str = "q4_k_m",
-    out: Path | None = None,
-    *,
-    progress: bool = False,
-    verify: bool = True,
-    threads: int | None = None,
+    spec: str | os.PathLike[str], quant: str = "q4_k_m", out: Path | None = None, *,
+    progress: bool = False, verify: bool = True, threads: int | None = None,
 ) -> ConversionResult:
     """Convert a MedGemma / Gemma 3 checkpoint to GGUF.
 

@@ -231,10 +231,7 @@ class PlannedTensor:
 
 
 def write_gguf(
-    path: Path,
-    arch: str,
-    metadata: Callable[[Any], None],
-    tensors: list[PlannedTensor],
+    path: Path, arch: str, metadata: Callable[[Any], None], tensors: list[PlannedTensor],
     progress: Callable[[int, int, str], None] | None = None,
 ) -> None:
     """Write a GGUF file one tensor at a time.

@@ -30,8 +30,7 @@ from medgem.request.compose import RADIOLOGIST_SYSTEM
 FINDINGS: dict[str, tuple[str, ...]] = {
     "Atelectasis": ("atelectasis", "atelectatic"),
     "Cardiomegaly": ("cardiomegaly", "enlarged heart", "cardiac enlargement", "heart is enlarged"),
-    "Consolidation": ("consolidation",),
-    "Edema": ("edema", "oedema"),
+    "Consolidation": ("consolidation",), "Edema": ("edema", "oedema"),
     "Pleural Effusion": ("pleural effusion", "effusion"),
 }
 QUESTION = (
