@@ -208,7 +208,8 @@ class SQLiteAuditStore:
 
 
 def _record(row: tuple[Any, ...]) -> AuditRecord:
-    return AuditRecord(*row[:5], json.loads(row[5]), *row[6:])
+    seq, record_id, kind, created, parent, body_json, prev_hash, digest = row
+    return AuditRecord(seq, record_id, kind, created, parent, json.loads(body_json), prev_hash, digest)
 
 
 def _statements(script: str) -> list[str]:

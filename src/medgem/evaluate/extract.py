@@ -78,8 +78,7 @@ def extract_choice(text: str, options: Mapping[str, str]) -> str | None:
         return None
     letters = "".join(sorted(k.upper() for k in options))
     for pattern in _letter_patterns(letters):
-        matches = pattern.findall(reply)
-        if matches:
+        if matches := pattern.findall(reply):
             return str(matches[-1]).upper()
     return _match_option_text(reply, options)
 
@@ -123,16 +122,12 @@ def extract_label(text: str, labels: Sequence[str]) -> str | None:
     by_norm = {normalize_text(label): label for label in labels}
     alternatives = "|".join(re.escape(n) for n in sorted(by_norm, key=len, reverse=True) if n)
     flat = normalize_text(_MARKUP.sub(" ", reply))
-    explicit = re.findall(rf"\banswer(?: is|)\s+({alternatives})\b", flat)
-    if explicit:
+    if explicit := re.findall(rf"\banswer(?: is|)\s+({alternatives})\b", flat):
         return by_norm[explicit[-1]]
-    leading = re.match(rf"({alternatives})\b", flat)
-    if leading:
+    if leading := re.match(rf"({alternatives})\b", flat):
         return by_norm[leading.group(1)]
-    found = {m for m in re.findall(rf"\b({alternatives})\b", flat)}
-    if len(found) == 1:
-        return by_norm[found.pop()]
-    return None
+    found = set(re.findall(rf"\b({alternatives})\b", flat))
+    return by_norm[found.pop()] if len(found) == 1 else None
 
 
 _NEGATION = re.compile(

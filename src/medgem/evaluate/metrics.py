@@ -8,6 +8,7 @@ continuous per-item scores.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections import Counter
@@ -102,19 +103,13 @@ def macro_f1(truth: Sequence[Sequence[bool | None]], predicted: Sequence[Sequenc
 
 def rouge_l(prediction: str, reference: str) -> float:
     """ROUGE-L F-measure (rouge-score, Porter stemming)."""
-    scorer = _rouge_scorer()
-    return float(scorer.score(reference, prediction)["rougeL"].fmeasure)
+    return float(_rouge_scorer().score(reference, prediction)["rougeL"].fmeasure)
 
 
-_SCORER: Any = None
-
-
+@functools.cache  # one scorer object: building it loads the stemmer
 def _rouge_scorer() -> Any:
-    global _SCORER  # one scorer object: building it loads the stemmer
-    if _SCORER is None:
-        module: Any = require("rouge_score.rouge_scorer", "eval", "ROUGE-L", "rouge-score")
-        _SCORER = module.RougeScorer(["rougeL"], use_stemmer=True)
-    return _SCORER
+    module: Any = require("rouge_score.rouge_scorer", "eval", "ROUGE-L", "rouge-score")
+    return module.RougeScorer(["rougeL"], use_stemmer=True)
 
 
 def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:

@@ -31,19 +31,12 @@ from medgem.inputs.windows import ct_to_rgb, grey_to_rgb, minmax_to_uint8, windo
 def stack_to_rgb(
     values: NDArray[np.float32], modality: str | None, options: ImagingOptions, *, inverted: bool = False
 ) -> tuple[NDArray[np.uint8], str]:
-    """Display a grey stack (S, H, W) of modality values as RGB (S, H, W, 3).
+    """Display a grey stack (S, H, W) of modality values as RGB (S, H, W, 3); returns it with
+    the name of the window used.
 
     CT gets the three HU windows unless ``options.window`` overrides them; everything else is
-    min-max scaled over the whole stack, so slices keep their relative brightness.
-
-    Args:
-        values: modality values (HU for CT), shape (S, H, W).
-        modality: "CT", "MR", ... or None.
-        options: windows and overrides.
-        inverted: MONOCHROME1 data, shown inverted (not for CT windows, which are defined in HU).
-
-    Returns:
-        (uint8 array (S, H, W, 3), the name of the window used).
+    min-max scaled over the whole stack, so slices keep their relative brightness. ``inverted``
+    (MONOCHROME1) data is shown inverted, except under CT windows, which are defined in HU.
     """
     override = options.window_range
     if override is not None:

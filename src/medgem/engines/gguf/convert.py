@@ -213,14 +213,14 @@ def _text_metadata(writer: Any, folder: Path, config: Any, model_id: str) -> Non
     if demo:
         writer.add_string("medgem.demo", demo)  # random-weight/demo models stay labelled as such
     writer.add_file_type(1)
-    writer.add_uint32(f"{arch}.context_length", int(text.max_position_embeddings))
-    writer.add_uint32(f"{arch}.embedding_length", int(text.hidden_size))
-    writer.add_uint32(f"{arch}.block_count", int(text.num_hidden_layers))
-    writer.add_uint32(f"{arch}.feed_forward_length", int(text.intermediate_size))
-    writer.add_uint32(f"{arch}.attention.head_count", int(text.num_attention_heads))
-    writer.add_uint32(f"{arch}.attention.head_count_kv", int(text.num_key_value_heads))
-    writer.add_uint32(f"{arch}.attention.key_length", int(text.head_dim))
-    writer.add_uint32(f"{arch}.attention.value_length", int(text.head_dim))
+    for key, value in (
+        ("context_length", text.max_position_embeddings), ("embedding_length", text.hidden_size),
+        ("block_count", text.num_hidden_layers), ("feed_forward_length", text.intermediate_size),
+        ("attention.head_count", text.num_attention_heads),
+        ("attention.head_count_kv", text.num_key_value_heads),
+        ("attention.key_length", text.head_dim), ("attention.value_length", text.head_dim),
+    ):
+        writer.add_uint32(f"{arch}.{key}", int(value))
     writer.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", float(text.rms_norm_eps))
     writer.add_uint32(f"{arch}.attention.sliding_window", int(text.sliding_window))
     layer_types = list(getattr(text, "layer_types", None) or [])
@@ -245,16 +245,14 @@ def _text_metadata(writer: Any, folder: Path, config: Any, model_id: str) -> Non
     writer.add_array("tokenizer.ggml.tokens", tokenizer.tokens)
     writer.add_array("tokenizer.ggml.scores", tokenizer.scores)
     writer.add_array("tokenizer.ggml.token_type", tokenizer.types)
-    writer.add_uint32("tokenizer.ggml.bos_token_id", tokenizer.bos_id)
-    writer.add_uint32("tokenizer.ggml.eos_token_id", tokenizer.eos_id)
-    writer.add_uint32("tokenizer.ggml.unknown_token_id", tokenizer.unk_id)
-    writer.add_uint32("tokenizer.ggml.padding_token_id", tokenizer.pad_id)
+    for key, value in (("bos", tokenizer.bos_id), ("eos", tokenizer.eos_id),
+                       ("unknown", tokenizer.unk_id), ("padding", tokenizer.pad_id)):
+        writer.add_uint32(f"tokenizer.ggml.{key}_token_id", value)
     if "<end_of_turn>" in tokenizer.tokens[:1024]:
         writer.add_uint32("tokenizer.ggml.eot_token_id", tokenizer.tokens.index("<end_of_turn>"))
-    writer.add_bool("tokenizer.ggml.add_bos_token", True)
-    writer.add_bool("tokenizer.ggml.add_sep_token", False)
-    writer.add_bool("tokenizer.ggml.add_eos_token", False)
-    writer.add_bool("tokenizer.ggml.add_space_prefix", False)
+    for key, flag in (("bos_token", True), ("sep_token", False), ("eos_token", False),
+                      ("space_prefix", False)):
+        writer.add_bool(f"tokenizer.ggml.add_{key}", flag)
     template = _chat_template(folder)
     if template:
         writer.add_string("tokenizer.chat_template", template)
@@ -298,13 +296,13 @@ def _vision_metadata(writer: Any, folder: Path, config: Any) -> None:
     writer.add_string("clip.projector_type", "gemma3")
     writer.add_bool("clip.has_vision_encoder", True)
     writer.add_bool("clip.use_gelu", True)
-    writer.add_uint32("clip.vision.image_size", int(vision.image_size))
-    writer.add_uint32("clip.vision.patch_size", int(vision.patch_size))
-    writer.add_uint32("clip.vision.embedding_length", int(vision.hidden_size))
-    writer.add_uint32("clip.vision.feed_forward_length", int(vision.intermediate_size))
-    writer.add_uint32("clip.vision.block_count", int(vision.num_hidden_layers))
-    writer.add_uint32("clip.vision.projection_dim", int(text.hidden_size))
-    writer.add_uint32("clip.vision.attention.head_count", int(vision.num_attention_heads))
+    for key, value in (
+        ("image_size", vision.image_size), ("patch_size", vision.patch_size),
+        ("embedding_length", vision.hidden_size), ("feed_forward_length", vision.intermediate_size),
+        ("block_count", vision.num_hidden_layers), ("projection_dim", text.hidden_size),
+        ("attention.head_count", vision.num_attention_heads),
+    ):
+        writer.add_uint32(f"clip.vision.{key}", int(value))
     writer.add_float32("clip.vision.attention.layer_norm_epsilon", float(vision.layer_norm_eps))
     writer.add_array("clip.vision.image_mean", [float(x) for x in mean])
     writer.add_array("clip.vision.image_std", [float(x) for x in std])
