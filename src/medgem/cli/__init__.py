@@ -30,20 +30,12 @@ COMMANDS: dict[str, str] = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="medgem",
-        description="Run Google's MedGemma medical models. Output is not medical advice.",
-    )
+        prog="medgem", description="Run Google's MedGemma medical models. Output is not medical advice.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.add_argument("--version", action="version", version=f"medgem {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMANDS.values():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue  # a subcommand not built yet
-            raise
-        module.add_parser(subparsers)
+        importlib.import_module(module_name).add_parser(subparsers)
     return parser
 
 
@@ -70,11 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # an unexpected failure still gets one line without --debug
         if debug:
             raise
-        print(
-            f"medgem: unexpected error: {type(exc).__name__}: {exc} (run again with --debug "
-            "for the traceback)",
-            file=sys.stderr,
-        )
+        print(f"medgem: unexpected error: {type(exc).__name__}: {exc} (run again with --debug "
+              "for the traceback)", file=sys.stderr)
         return 1
 
 

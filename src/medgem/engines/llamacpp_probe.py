@@ -46,16 +46,10 @@ PROBE_TYPES = {"f16": 1, "q8_0": 7, "q4_k_m": 15}
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """What a child process found when it ran llama.cpp's kernels on this CPU.
-
-    Attributes:
-        ok: a tiny model was quantized, loaded and decoded in every probed file type, and a
-            tiny vision projector encoded an image.
-        detail: on failure, what happened (the signal, or the child's last error line).
-        kernels: the features the chosen CPU backend was compiled with.
-        extra_buffers: whether weight repacking (AMX / CPU repack) was on.
-        seconds: how long the child ran (0 for a cached pass).
-    """
+    """What a child process found when it ran llama.cpp's kernels on this CPU: ``ok`` when a
+    tiny model was quantized, loaded and decoded in every probed file type and a tiny vision
+    projector encoded an image, else ``detail`` says what happened (the signal, or the child's
+    last error line); ``kernels`` are the features the chosen CPU backend was compiled with."""
 
     ok: bool
     detail: str = ""
@@ -65,7 +59,7 @@ class ProbeResult:
     cached: bool = False
 
     def message(self) -> str:
-        return (f"llama.cpp {self.detail} on this CPU ({_cpu_name()}; {describe_cpu_features()})")
+        return f"llama.cpp {self.detail} on this CPU ({_cpu_name()}; {describe_cpu_features()})"
 
 
 def _cpu_name() -> str:
@@ -285,19 +279,25 @@ def write_tiny_mmproj(path: Path, text_hidden: int = 256, seed: int = 0) -> Path
     return path
 
 
+def _threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def _load_model(llama_cpp: Any, path: Path) -> Any:
+    model = llama_cpp.llama_model_load_from_file(str(path).encode(), llama_model_params(llama_cpp))
+    if not model:
+        raise RuntimeError(f"llama.cpp could not load {path.name}")
+    return model
+
+
 def _encode_tiny_image(llama_cpp: Any, mtmd: Any, model_path: Path, mmproj: Path) -> int:
     """Run the vision projector on one 64-px image; returns the soft tokens it made."""
     import numpy as np
 
-    model = llama_cpp.llama_model_load_from_file(str(model_path).encode(),
-                                                 llama_model_params(llama_cpp))
-    if not model:
-        raise RuntimeError(f"llama.cpp could not load {model_path.name}")
+    model = _load_model(llama_cpp, model_path)
     params = mtmd.mtmd_context_params_default()
-    params.use_gpu = False
-    params.print_timings = False
-    params.n_threads = max(1, len(os.sched_getaffinity(0)))
-    params.warmup = False
+    params.use_gpu = params.print_timings = params.warmup = False
+    params.n_threads = _threads()
     context = mtmd.mtmd_init_from_file(str(mmproj).encode(), model, params)
     if not context:
         llama_cpp.llama_model_free(model)
@@ -336,11 +336,8 @@ def _decode_tiny(llama_cpp: Any, path: Path) -> list[int]:
     """Load, prefill 8 tokens (matrix-matrix kernels), decode 4 (matrix-vector); greedy ids."""
     import numpy as np
 
-    model = llama_cpp.llama_model_load_from_file(str(path).encode(), llama_model_params(llama_cpp))
-    if not model:
-        raise RuntimeError(f"llama.cpp could not load {path.name}")
-    threads = max(1, len(os.sched_getaffinity(0)))
-    context = llama_cpp.llama_init_from_model(model, llama_context_params(llama_cpp, 64, 16, threads))
+    model = _load_model(llama_cpp, path)
+    context = llama_cpp.llama_init_from_model(model, llama_context_params(llama_cpp, 64, 16, _threads()))
     if not context:
         llama_cpp.llama_model_free(model)
         raise RuntimeError("llama.cpp could not make a context")

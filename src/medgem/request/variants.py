@@ -31,31 +31,19 @@ class Variant:
     params_b: float
     inputs: str
     thinks_unprompted: bool = False
-    context_length: int = 131072
-    max_output_tokens: int = 8192
-    notes: str = ""
 
 
 VARIANTS: tuple[Variant, ...] = (
-    Variant(
-        "4b-it", "google/medgemma-4b-it", True, True, False, 4.3,
-        "image + text (CXR, dermatology, ophthalmology, pathology)",
-        notes="card v1.0.1 fixed a missing end-of-image token",
-    ),
-    Variant(
-        "4b-pt", "google/medgemma-4b-pt", True, False, False, 4.3,
-        "image + text (completion prompts, no chat)",
-    ),
-    Variant(
-        "27b-text-it", "google/medgemma-27b-text-it", False, True, True, 27.0,
-        "text only (clinical reasoning)",
-    ),
+    Variant("4b-it", "google/medgemma-4b-it", True, True, False, 4.3,  # card v1.0.1 fixed its
+            "image + text (CXR, dermatology, ophthalmology, pathology)"),  # end-of-image token
+    Variant("4b-pt", "google/medgemma-4b-pt", True, False, False, 4.3,
+            "image + text (completion prompts, no chat)"),
+    Variant("27b-text-it", "google/medgemma-27b-text-it", False, True, True, 27.0,
+            "text only (clinical reasoning)"),
     Variant("27b-it", "google/medgemma-27b-it", True, True, True, 27.4, "image + text, EHR/FHIR"),
-    Variant(
-        "1.5-4b-it", "google/medgemma-1.5-4b-it", True, True, True, 4.3,
-        "image + text, CT/MR volumes, WSI, longitudinal CXR, boxes, documents",
-        thinks_unprompted=True,
-    ),
+    Variant("1.5-4b-it", "google/medgemma-1.5-4b-it", True, True, True, 4.3,
+            "image + text, CT/MR volumes, WSI, longitudinal CXR, boxes, documents",
+            thinks_unprompted=True),
 )
 
 ALIASES: dict[str, str] = {

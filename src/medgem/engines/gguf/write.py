@@ -125,10 +125,7 @@ def read_tokenizer(folder: Path, vocab_size: int) -> TokenizerData:
         source = "tokenizer.json"
     else:
         raise FileNotFoundError(f"no tokenizer.model or tokenizer.json in {folder}")
-    for index in range(len(tokens), vocab_size):
-        tokens.append(f"<pad_{index}>")
-        scores.append(-1000.0)
-        types.append(UNUSED)
+    _pad_to(vocab_size, tokens, scores, types)
     return TokenizerData(tokens[:vocab_size], scores[:vocab_size], types[:vocab_size],
                          source=source, **special)
 
@@ -195,13 +192,18 @@ def _add_json_extras(folder: Path, tokens: list[str], scores: list[float], types
         index = int(token["id"])
         if index < base:
             continue
-        while len(tokens) <= index:
-            tokens.append(f"<pad_{len(tokens)}>")
-            scores.append(-1000.0)
-            types.append(UNUSED)
+        _pad_to(index + 1, tokens, scores, types)
         tokens[index] = token["content"]
         types[index] = CONTROL if token.get("special") else USER_DEFINED
         scores[index] = -1000.0
+
+
+def _pad_to(size: int, tokens: list[str], scores: list[float], types: list[int]) -> None:
+    """Fill rows up to ``size`` with unused ``<pad_N>`` pieces."""
+    for index in range(len(tokens), size):
+        tokens.append(f"<pad_{index}>")
+        scores.append(-1000.0)
+        types.append(UNUSED)
 
 
 def read_sentencepiece(data: bytes) -> tuple[list[str], list[float], list[int]]:

@@ -100,7 +100,6 @@ class Task(Protocol):
     description: str
     primary_metric: str
     think: bool  # ask thinking variants to think (the official MedQA prompt)
-    benchmarks: tuple[str, ...]
 
     def load(self, records: Sequence[Record], options: TaskOptions) -> LoadedData:
         """Turn dataset rows into items.

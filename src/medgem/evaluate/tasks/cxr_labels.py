@@ -64,7 +64,6 @@ class ChestXrayLabelsTask:
     description = "chest X-ray findings vs CheXpert/MIMIC-CXR labels: macro F1 over 5 findings"
     primary_metric = "macro_f1"
     think = False
-    benchmarks = ("mimic-cxr", "chexpert", "cxr14")
 
     def load(self, records: Sequence[Record], options: TaskOptions) -> LoadedData:
         if options.uncertain not in POLICIES:

@@ -130,7 +130,6 @@ class MultipleChoiceTask:
     description = "multiple-choice QA (MedQA, MedMCQA, MMLU medical, AfriMed-QA): accuracy"
     primary_metric = "accuracy"
     think = True
-    benchmarks = ("medqa", "medmcqa", "mmlu-med", "afrimed-qa", "pathmcqa", "ehrqa")
 
     def load(self, records: Sequence[Record], options: TaskOptions) -> LoadedData:
         base = _cop_base(records)

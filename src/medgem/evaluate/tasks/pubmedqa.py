@@ -39,7 +39,6 @@ class PubMedQATask:
     description = "PubMedQA: yes/no/maybe accuracy"
     primary_metric = "accuracy"
     think = False
-    benchmarks = ("pubmedqa",)
 
     def load(self, records: Sequence[Record], options: TaskOptions) -> LoadedData:
         items = []

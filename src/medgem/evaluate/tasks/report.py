@@ -35,7 +35,6 @@ class ReportTask:
     description = "report generation vs reference reports: ROUGE-L and BLEU"
     primary_metric = "rouge_l"
     think = False
-    benchmarks = ("mimic-cxr-report",)
 
     def load(self, records: Sequence[Record], options: TaskOptions) -> LoadedData:
         items = []

@@ -38,7 +38,6 @@ class VQATask:
     description = "medical VQA (VQA-RAD, SLAKE): closed accuracy, open tokenized F1"
     primary_metric = "tokenized_f1"
     think = False
-    benchmarks = ("vqa-rad", "slake")
 
     def load(self, records: Sequence[Record], options: TaskOptions) -> LoadedData:
         items = []
