@@ -58,11 +58,10 @@ class Checkpoint:
         return self.chat_template
 
 
-def resolve_checkpoint(
-    spec: str | os.PathLike[str], *, variant: str | None = None,
-    mmproj: str | os.PathLike[str] | None = None, revision: str | None = None,
-    token: str | None = None, offline: bool | None = None, cache_dir: str | None = None,
-) -> Checkpoint:
+def resolve_checkpoint(spec: str | os.PathLike[str], *, variant: str | None = None,
+                       mmproj: str | os.PathLike[str] | None = None, revision: str | None = None,
+                       token: str | None = None, offline: bool | None = None,
+                       cache_dir: str | None = None) -> Checkpoint:
     """Find a checkpoint: a local path, a variant key ("4b-it"), or a hub id.
 
     Args:

@@ -89,10 +89,8 @@ class VerifyReport:
 class AuditStore(Protocol):
     """Append-only storage. SQLite is built in; a shared database implements the same."""
 
-    def append(
-        self, kind: str, body: dict[str, Any], *, record_id: str | None = None,
-        parent: str | None = None,
-    ) -> AuditRecord:
+    def append(self, kind: str, body: dict[str, Any], *, record_id: str | None = None,
+               parent: str | None = None) -> AuditRecord:
         """Append durably (on disk when this returns) and return the chained record."""
         ...
 
@@ -120,10 +118,8 @@ class AuditStore(Protocol):
     def close(self) -> None: ...
 
 
-def review_body(
-    verdict: str, *, correction: str | None = None, note: str | None = None,
-    reviewer: str | None = None, user: str | None = None,
-) -> dict[str, Any]:
+def review_body(verdict: str, *, correction: str | None = None, note: str | None = None,
+                reviewer: str | None = None, user: str | None = None) -> dict[str, Any]:
     """Check and build a review's body.
 
     Raises:
@@ -139,10 +135,9 @@ def review_body(
             "user": user}
 
 
-def add_review(
-    store: AuditStore, answer_id: str, verdict: str, *, correction: str | None = None,
-    note: str | None = None, reviewer: str | None = None, user: str | None = None,
-) -> AuditRecord:
+def add_review(store: AuditStore, answer_id: str, verdict: str, *, correction: str | None = None,
+               note: str | None = None, reviewer: str | None = None,
+               user: str | None = None) -> AuditRecord:
     """Append a review linked to an answer record.
 
     Raises:

@@ -106,10 +106,8 @@ class SQLiteAuditStore:
 
     # --- writing -----------------------------------------------------------------------------
 
-    def append(
-        self, kind: str, body: dict[str, Any], *, record_id: str | None = None,
-        parent: str | None = None,
-    ) -> AuditRecord:
+    def append(self, kind: str, body: dict[str, Any], *, record_id: str | None = None,
+               parent: str | None = None) -> AuditRecord:
         """Append one record to the chain; durable when this returns."""
         record_id = record_id or f"{kind}-{uuid.uuid4().hex}"
         body_json = canonical_json(body)
@@ -135,10 +133,8 @@ class SQLiteAuditStore:
         rows = self._query(f"SELECT {_COLUMNS} FROM records WHERE id = ?", (record_id,))
         return _record(rows[0]) if rows else None
 
-    def records(
-        self, *, kind: str | None = None, after_seq: int = 0, limit: int | None = None,
-        newest_first: bool = False,
-    ) -> Iterator[AuditRecord]:
+    def records(self, *, kind: str | None = None, after_seq: int = 0, limit: int | None = None,
+                newest_first: bool = False) -> Iterator[AuditRecord]:
         sql = f"SELECT {_COLUMNS} FROM records WHERE seq > ?"
         params: list[Any] = [after_seq]
         if kind:

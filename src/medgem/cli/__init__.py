@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from medgem import __version__
 from medgem.errors import MedgemError
 
 # subcommand -> module (each exposes add_parser(subparsers) and run(args) -> int)
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medgem", description="Run Google's MedGemma medical models. Output is not medical advice.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    parser.add_argument("--version", action="version", version=f"medgem {_version()}")
+    parser.add_argument("--version", action="version", version=f"medgem {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMANDS.values():
         importlib.import_module(module_name).add_parser(subparsers)
@@ -75,8 +76,3 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     logging.getLogger("transformers").setLevel(logging.ERROR)
 
-
-def _version() -> str:
-    from medgem import __version__
-
-    return __version__

@@ -129,11 +129,10 @@ def _processor(shape: Shape, chat_template: str | None) -> Any:
                            chat_template=chat_template, image_seq_length=shape.mm_tokens)
 
 
-def build_checkpoint(
-    out: Path, *, shape: Shape = TINY, multimodal: bool = True, chat_template: bool = True,
-    model_id: str = "medgem-test-tiny", seed: int = 0, dtype: str = "float32",
-    language_weights: dict[str, Any] | None = None,
-) -> Path:
+def build_checkpoint(out: Path, *, shape: Shape = TINY, multimodal: bool = True,
+                     chat_template: bool = True, model_id: str = "medgem-test-tiny", seed: int = 0,
+                     dtype: str = "float32", language_weights: dict[str,
+                     Any] | None = None) -> Path:
     """Save a random-weight Gemma 3 checkpoint (processor included) to ``out``.
 
     Args:
@@ -143,9 +142,6 @@ def build_checkpoint(
         chat_template: ship the Gemma 3 chat template (instruction-tuned) or not (pre-trained).
         model_id: recorded in config.json under ``medgem_demo`` so every surface labels its output.
         language_weights: a Gemma3TextModel state dict to put in place of random text weights.
-
-    Returns:
-        ``out``.
     """
     import torch
     from transformers import (

@@ -138,7 +138,7 @@ _CLAUSE_SPLIT = re.compile(r"[.;\n]|\bbut\b|\bhowever\b|\bwhile\b")
 
 
 def extract_findings(text: str, findings: Mapping[str, Sequence[str]]) -> dict[str, bool]:
-    """Which findings a free-text reply says are present.
+    """Which findings a free-text reply says are present (finding -> present).
 
     A finding counts as present when one of its names appears in a clause that does not negate
     it ("no pleural effusion", "without edema" are absent). A reply of "none" marks all absent.
@@ -146,9 +146,6 @@ def extract_findings(text: str, findings: Mapping[str, Sequence[str]]) -> dict[s
     Args:
         text: the model's reply.
         findings: finding -> names it may go by (lower case), e.g. {"Edema": ["edema", "oedema"]}.
-
-    Returns:
-        finding -> present.
     """
     reply = answer_part(text).lower()
     present = dict.fromkeys(findings, False)

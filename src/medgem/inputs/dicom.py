@@ -56,10 +56,6 @@ def looks_like_dicom(head: bytes) -> bool:
     return len(head) >= 8 and head[:2] in (b"\x08\x00", b"\x02\x00") and head[3:4] == b"\x00"
 
 
-def _pydicom() -> Any:
-    return require("pydicom", "imaging", "Reading DICOM files")
-
-
 def _pixels() -> Any:
     return require("pydicom.pixels", "imaging", "Decoding DICOM pixel data", "pydicom")
 
@@ -71,7 +67,7 @@ def read_header(source: DicomSource, *, pixels: bool = False) -> Any:
     Raises:
         ImageInputError: not a DICOM file, or a file too damaged to parse.
     """
-    pydicom = _pydicom()
+    pydicom: Any = require("pydicom", "imaging", "Reading DICOM files")
     try:
         with source.open() as handle:
             head = handle.read(132)
@@ -225,9 +221,8 @@ def colour_to_rgb8(ds: Any, array: NDArray[Any]) -> NDArray[np.uint8]:
     return window_to_uint8(array, 0.0, float(2**bits - 1))
 
 
-def grey_display(
-    ds: Any, values: NDArray[np.float32], options: ImagingOptions
-) -> tuple[NDArray[np.uint8], str]:
+def grey_display(ds: Any, values: NDArray[np.float32], options: ImagingOptions
+                 ) -> tuple[NDArray[np.uint8], str]:
     """Window one grey frame of modality values into RGB (H, W, 3), with a short name of the
     window used; MONOCHROME1 comes out inverted.
 
@@ -258,9 +253,8 @@ def is_colour(ds: Any) -> bool:
     return int(ds.get("SamplesPerPixel") or 1) > 1 or photometric == "PALETTE COLOR"
 
 
-def frame_to_rgb(
-    ds: Any, frame: NDArray[Any], options: ImagingOptions, index: int = 0
-) -> tuple[NDArray[np.uint8], str]:
+def frame_to_rgb(ds: Any, frame: NDArray[Any], options: ImagingOptions, index: int = 0
+                 ) -> tuple[NDArray[np.uint8], str]:
     """One decoded frame -> display RGB (H, W, 3) and the window used."""
     if is_colour(ds):
         return colour_to_rgb8(ds, frame), "colour"

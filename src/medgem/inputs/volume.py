@@ -28,9 +28,8 @@ from medgem.inputs.series import Series, check_uniform, sample_indices, sort_sli
 from medgem.inputs.windows import ct_to_rgb, grey_to_rgb, minmax_to_uint8, window_to_uint8
 
 
-def stack_to_rgb(
-    values: NDArray[np.float32], modality: str | None, options: ImagingOptions, *, inverted: bool = False
-) -> tuple[NDArray[np.uint8], str]:
+def stack_to_rgb(values: NDArray[np.float32], modality: str | None, options: ImagingOptions, *,
+                 inverted: bool = False) -> tuple[NDArray[np.uint8], str]:
     """Display a grey stack (S, H, W) of modality values as RGB (S, H, W, 3); returns it with
     the name of the window used.
 
@@ -56,14 +55,6 @@ def to_images(rgb: NDArray[np.uint8]) -> list[Image.Image]:
     return [Image.fromarray(np.ascontiguousarray(frame), mode="RGB") for frame in rgb]
 
 
-def _check_total(count: int, rows: int, cols: int, options: ImagingOptions, where: str) -> None:
-    if count * rows * cols > options.max_total_pixels:
-        raise ImageInputError(
-            f"{where}: {count} slices of {cols}x{rows} exceed {options.max_total_pixels:,} pixels",
-            "lower --max-slices, or raise ImagingOptions.max_total_pixels",
-        )
-
-
 def _slice_spacing(series: Series) -> float | None:
     positions = [ds.get("ImagePositionPatient") for _, ds in series.members]
     if len(positions) < 2 or any(not p or len(p) != 3 for p in positions):
@@ -72,9 +63,8 @@ def _slice_spacing(series: Series) -> float | None:
     return round(float(np.median(steps)), 4)
 
 
-def series_to_input(
-    series: Series, options: ImagingOptions, source: str, series_count: int
-) -> MedicalInput:
+def series_to_input(series: Series, options: ImagingOptions, source: str, series_count: int
+                    ) -> MedicalInput:
     """Sort, sample and display one DICOM series (one slice per file).
 
     Raises:
@@ -83,7 +73,10 @@ def series_to_input(
     rows, cols = check_uniform(series, source)
     sorted_by = sort_slices(series)
     picked = sample_indices(len(series.members), options.max_slices)
-    _check_total(len(picked), rows, cols, options, source)
+    if len(picked) * rows * cols > options.max_total_pixels:
+        raise ImageInputError(
+            f"{source}: {len(picked)} slices of {cols}x{rows} exceed {options.max_total_pixels:,} pixels",
+            "lower --max-slices, or raise ImagingOptions.max_total_pixels")
     modality = options.modality or series.modality or None
     first_full: Any = None
     colour: list[NDArray[np.uint8]] = []
@@ -149,10 +142,8 @@ def multiframe_to_input(ds: Any, options: ImagingOptions, source: str) -> Medica
     )
 
 
-def array_to_input(
-    volume: NDArray[Any], modality: str | None, options: ImagingOptions, source: str,
-    facts: dict[str, object],
-) -> MedicalInput:
+def array_to_input(volume: NDArray[Any], modality: str | None, options: ImagingOptions, source: str,
+                   facts: dict[str, object]) -> MedicalInput:
     """A 3-D array (S, H, W) of modality values (e.g. NIfTI) -> sampled, displayed volume."""
     count = volume.shape[0]
     picked = sample_indices(count, options.max_slices)

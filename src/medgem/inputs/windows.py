@@ -40,9 +40,8 @@ def ct_to_rgb(hu: NDArray[np.generic], windows: Sequence[WindowRange]) -> NDArra
     return np.stack([window_to_uint8(hu, low, high) for low, high in windows], axis=-1)
 
 
-def minmax_to_uint8(
-    values: NDArray[np.generic], low: float | None = None, high: float | None = None
-) -> NDArray[np.uint8]:
+def minmax_to_uint8(values: NDArray[np.generic], low: float | None = None,
+                    high: float | None = None) -> NDArray[np.uint8]:
     """Scale ``values`` so that ``low`` (default: their minimum) is 0 and ``high`` (default: their
     maximum) is 255; pass a whole MR volume so its slices share one scale.
 

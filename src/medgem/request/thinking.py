@@ -110,10 +110,8 @@ class ThinkingSplitter:
         # answer: a later opening marker (model thinking again) is kept out of the answer.
         return self._scan(buf, THOUGHT_OPEN, "answer", next_state="label")
 
-    def _scan(
-        self, buf: str, marker: str, kind: Literal["thinking", "answer"],
-        next_state: Literal["answer", "label"],
-    ) -> tuple[bool, list[Piece]]:
+    def _scan(self, buf: str, marker: str, kind: Literal["thinking", "answer"],
+              next_state: Literal["answer", "label"]) -> tuple[bool, list[Piece]]:
         index = buf.find(marker)
         if index >= 0:
             before, self._pending = buf[:index], buf[index + len(marker) :]

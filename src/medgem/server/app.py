@@ -36,10 +36,8 @@ _PAGE_HEADERS = {  # SecurityHeaders adds nosniff and no-referrer
 }
 
 
-def create_app(
-    config: ServerConfig, model: MedGemma, *, store: AuditStore | None = None,
-    keys: KeyStore | None = None,
-) -> FastAPI:
+def create_app(config: ServerConfig, model: MedGemma, *, store: AuditStore | None = None,
+               keys: KeyStore | None = None) -> FastAPI:
     """Build the app.
 
     Args:

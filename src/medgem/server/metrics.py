@@ -50,10 +50,8 @@ class Metrics:
     def count_request(self, endpoint: str, status: int) -> None:
         self._requests.labels(endpoint, str(status)).inc()
 
-    def record_answer(
-        self, *, prompt_tokens: int, completion_tokens: int, finish_reason: str,
-        queue_s: float, first_token_s: float, total_s: float,
-    ) -> None:
+    def record_answer(self, *, prompt_tokens: int, completion_tokens: int, finish_reason: str,
+                      queue_s: float, first_token_s: float, total_s: float) -> None:
         self._tokens.labels("prompt").inc(prompt_tokens)
         self._tokens.labels("completion").inc(completion_tokens)
         self._answers.labels(finish_reason).inc()

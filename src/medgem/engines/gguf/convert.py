@@ -25,7 +25,7 @@ from typing import Any
 from medgem.engines.gguf.write import PlannedTensor, gguf_target, read_tokenizer, write_gguf
 from medgem.errors import ConversionError, InputError, NotACheckpointError, require
 
-# quant name -> (llama_ftype for the quantizer, general.file_type), None = written directly.
+# quant name -> llama_ftype for llama.cpp's quantizer; None = written directly.
 QUANTS: dict[str, int | None] = {"f16": None, "q8_0": 7, "q4_k_m": 15}
 
 
@@ -40,10 +40,9 @@ class ConversionResult:
     check: str
 
 
-def convert_checkpoint(
-    spec: str | os.PathLike[str], quant: str = "q4_k_m", out: Path | None = None, *,
-    progress: bool = False, verify: bool = True, threads: int | None = None,
-) -> ConversionResult:
+def convert_checkpoint(spec: str | os.PathLike[str], quant: str = "q4_k_m", out: Path | None = None,
+                       *, progress: bool = False, verify: bool = True,
+                       threads: int | None = None) -> ConversionResult:
     """Convert a MedGemma / Gemma 3 checkpoint to GGUF.
 
     Args:
@@ -67,8 +66,8 @@ def convert_checkpoint(
 
     if quant not in QUANTS:
         raise InputError(f"unknown quantization '{quant}'", f"use one of: {', '.join(QUANTS)}")
-    for module, extra in (("gguf", "hf"), ("safetensors", "hf"), ("torch", "hf")):
-        require(module, extra, "medgem convert")
+    for module in ("gguf", "safetensors", "torch"):
+        require(module, "hf", "medgem convert")
     if QUANTS[quant] is not None:
         require("llama_cpp", "llamacpp", "medgem convert", "llama-cpp-python")
     started = time.perf_counter()
@@ -86,8 +85,7 @@ def convert_checkpoint(
     raw_path = model_path if QUANTS[quant] is None else out / "model.unquantized.gguf"
     write_gguf(raw_path, "gemma3", lambda w: _text_metadata(w, folder, config, checkpoint.model_id),
                text_plan, _tensor_bar(progress, raw_path.name, len(text_plan)))
-    quant_code = QUANTS[quant]
-    if quant_code is not None:
+    if (quant_code := QUANTS[quant]) is not None:
         n_params = sum(math.prod(t.shape) for t in text_plan)
         _quantize(raw_path, model_path, quant_code, n_params, threads, progress, quant)
         raw_path.unlink()
@@ -138,7 +136,7 @@ def _plan(index: dict[str, tuple[Path, tuple[int, ...], str]], quant: str
           ) -> tuple[list[PlannedTensor], list[PlannedTensor]]:
     text: list[PlannedTensor] = []
     vision: list[PlannedTensor] = []
-    for name in sorted(index, key=_natural):
+    for name in sorted(index, key=lambda n: [int(p) if p.isdigit() else p for p in n.split(".")]):
         file, shape, dtype = index[name]
         try:
             target = gguf_target(name)
@@ -158,10 +156,6 @@ def _plan(index: dict[str, tuple[Path, tuple[int, ...], str]], quant: str
         raise NotACheckpointError("the checkpoint holds no Gemma 3 text weights",
                                   "convert a MedGemma / Gemma 3 checkpoint")
     return text, vision
-
-
-def _natural(name: str) -> tuple[Any, ...]:
-    return tuple(int(part) if part.isdigit() else part for part in name.split("."))
 
 
 def _ggml_type(name: str, shape: tuple[int, ...], dtype: str, quant: str, part: str) -> str:
@@ -196,10 +190,9 @@ def _loader(file: Path, name: str, kind: str, gemma_norm: bool) -> Callable[[], 
 def _chat_template(folder: Path) -> str | None:
     if (folder / "chat_template.jinja").is_file():
         return (folder / "chat_template.jinja").read_text()
-    for name, key in (("chat_template.json", "chat_template"), ("tokenizer_config.json", "chat_template")):
-        path = folder / name
-        if path.is_file():
-            value = json.loads(path.read_text()).get(key)
+    for name in ("chat_template.json", "tokenizer_config.json"):
+        if (folder / name).is_file():
+            value = json.loads((folder / name).read_text()).get("chat_template")
             if isinstance(value, str) and value:
                 return value
     return None
@@ -209,8 +202,8 @@ def _text_metadata(writer: Any, folder: Path, config: Any, model_id: str) -> Non
     text = getattr(config, "text_config", config)
     arch = "gemma3"
     writer.add_name(model_id)
-    demo = _demo_id(folder)
-    if demo:
+    if demo := str((json.loads((folder / "config.json").read_text()).get("medgem_demo") or {})
+                   .get("id", "")):
         writer.add_string("medgem.demo", demo)  # random-weight/demo models stay labelled as such
     writer.add_file_type(1)
     for key, value in (
@@ -256,11 +249,6 @@ def _text_metadata(writer: Any, folder: Path, config: Any, model_id: str) -> Non
     template = _chat_template(folder)
     if template:
         writer.add_string("tokenizer.chat_template", template)
-
-
-def _demo_id(folder: Path) -> str:
-    config = json.loads((folder / "config.json").read_text())
-    return str((config.get("medgem_demo") or {}).get("id", ""))
 
 
 def _rope(text: Any) -> tuple[dict[str, Any], dict[str, Any]]:

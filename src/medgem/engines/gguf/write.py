@@ -232,10 +232,8 @@ class PlannedTensor:
     load: Callable[[], np.ndarray[Any, Any]]
 
 
-def write_gguf(
-    path: Path, arch: str, metadata: Callable[[Any], None], tensors: list[PlannedTensor],
-    progress: Callable[[int, int, str], None] | None = None,
-) -> None:
+def write_gguf(path: Path, arch: str, metadata: Callable[[Any], None], tensors: list[PlannedTensor],
+               progress: Callable[[int, int, str], None] | None = None) -> None:
     """Write a GGUF file one tensor at a time.
 
     Args:
