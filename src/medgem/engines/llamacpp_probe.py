@@ -249,29 +249,22 @@ def write_tiny_mmproj(path: Path, text_hidden: int = 256, seed: int = 0) -> Path
     def weight(*shape: int) -> Any:
         return (rng.standard_normal(shape) * 0.05).astype(np.float16)
 
-    def ones(size: int) -> Any:
-        return np.ones(size, dtype=np.float32)
-
-    def zeros(size: int) -> Any:
-        return np.zeros(size, dtype=np.float32)
-
+    ones, zeros = np.ones(hidden, dtype=np.float32), np.zeros(hidden, dtype=np.float32)
     writer.add_tensor("v.patch_embd.weight", weight(hidden, 3, patch, patch))
-    writer.add_tensor("v.patch_embd.bias", zeros(hidden))
+    writer.add_tensor("v.patch_embd.bias", zeros)
     writer.add_tensor("v.position_embd.weight", weight(n_patches, hidden).astype(np.float32))
-    for norm in ("ln1", "ln2"):
-        writer.add_tensor(f"v.blk.0.{norm}.weight", ones(hidden))
-        writer.add_tensor(f"v.blk.0.{norm}.bias", zeros(hidden))
-    for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
-        writer.add_tensor(f"v.blk.0.{name}.weight", weight(hidden, hidden))
-        writer.add_tensor(f"v.blk.0.{name}.bias", zeros(hidden))
+    for name in ("ln1", "ln2", "attn_q", "attn_k", "attn_v", "attn_out"):
+        norm = name.startswith("ln")
+        writer.add_tensor(f"v.blk.0.{name}.weight", ones if norm else weight(hidden, hidden))
+        writer.add_tensor(f"v.blk.0.{name}.bias", zeros)
     writer.add_tensor("v.blk.0.ffn_up.weight", weight(ffn, hidden))
-    writer.add_tensor("v.blk.0.ffn_up.bias", zeros(ffn))
+    writer.add_tensor("v.blk.0.ffn_up.bias", np.zeros(ffn, dtype=np.float32))
     writer.add_tensor("v.blk.0.ffn_down.weight", weight(hidden, ffn))
-    writer.add_tensor("v.blk.0.ffn_down.bias", zeros(hidden))
-    writer.add_tensor("v.post_ln.weight", ones(hidden))
-    writer.add_tensor("v.post_ln.bias", zeros(hidden))
+    writer.add_tensor("v.blk.0.ffn_down.bias", zeros)
+    writer.add_tensor("v.post_ln.weight", ones)
+    writer.add_tensor("v.post_ln.bias", zeros)
     writer.add_tensor("mm.input_projection.weight", weight(hidden, text_hidden))
-    writer.add_tensor("mm.soft_emb_norm.weight", ones(hidden))
+    writer.add_tensor("mm.soft_emb_norm.weight", ones)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -165,9 +165,6 @@ def read_records(path: str | Path, split: str | None = None) -> list[Record]:
             (a DatasetDict folder needs ``split``).
         split: for folders, the split to read ("test", "validation").
 
-    Returns:
-        The rows, in file order, each with its file and row number.
-
     Raises:
         DatasetError: a missing path, an unknown file type, a malformed row, or no rows at all.
     """

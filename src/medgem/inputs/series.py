@@ -189,11 +189,8 @@ def _position_along_normal(ds: Any) -> float | None:
 
 
 def sort_slices(series: Series) -> str:
-    """Sort members by InstanceNumber, else by position along the slice normal, else file name.
-
-    Returns:
-        What the order was based on ("instance number", "position", "file name").
-    """
+    """Sort members by InstanceNumber, else by position along the slice normal, else file name;
+    returns which ("instance number", "position", "file name")."""
     def number(ds: Any) -> int | None:
         value = ds.get("InstanceNumber")
         return int(value) if value not in (None, "") else None

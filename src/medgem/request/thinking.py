@@ -66,9 +66,8 @@ class ThinkingSplitter:
         rest, self._pending = self._pending, ""
         if not rest:
             return
-        if self._state == "thought" or self._state == "label":
-            label = _THOUGHT_LABEL
-            if self._state == "label" and label.startswith(rest.strip()):
+        if self._state in ("thought", "label"):
+            if self._state == "label" and _THOUGHT_LABEL.startswith(rest.strip()):
                 return
             yield Piece("thinking", rest)
         else:

@@ -53,9 +53,6 @@ def convert_checkpoint(spec: str | os.PathLike[str], quant: str = "q4_k_m", out:
         verify: load the result with llama.cpp and check it.
         threads: quantizer threads (default: all cores).
 
-    Returns:
-        Where the files are, their sizes, and the check's summary.
-
     Raises:
         InputError: an unknown quantization, or a GGUF given as input.
         NotACheckpointError: not a Gemma 3 checkpoint.

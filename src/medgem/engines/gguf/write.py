@@ -21,9 +21,8 @@ import numpy as np
 from gguf import TokenType
 
 # llama.cpp token types, as official Gemma GGUFs carry them (SentencePiece uses the same numbers).
-NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = (
-    int(TokenType.NORMAL), int(TokenType.UNKNOWN), int(TokenType.CONTROL),
-    int(TokenType.USER_DEFINED), int(TokenType.UNUSED), int(TokenType.BYTE))
+NORMAL, CONTROL, USER_DEFINED, UNUSED, BYTE = (int(t) for t in (
+    TokenType.NORMAL, TokenType.CONTROL, TokenType.USER_DEFINED, TokenType.UNUSED, TokenType.BYTE))
 
 _MAX_BLOCKS = 128  # enough for every Gemma 3 size (27B has 62 text and 27 vision layers)
 _TEXT_PREFIX = re.compile(r"^(?:model\.)?(?:language_model\.)?(?:model\.)?(?=embed_tokens|layers|norm)")
