@@ -13,16 +13,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from medgem.errors import ImageInputError
-from medgem.inputs.dicom import (
-    colour_to_rgb8,
-    decode_frames,
-    frame_count,
-    header_facts,
-    is_colour,
-    modality_values,
-    read_header,
-    study_date,
-)
+from medgem.inputs import dicom
 from medgem.inputs.options import ImagingOptions, MedicalInput
 from medgem.inputs.series import Series, check_uniform, sample_indices, sort_slices
 from medgem.inputs.windows import ct_to_rgb, grey_to_rgb, minmax_to_uint8, window_to_uint8
@@ -83,13 +74,13 @@ def series_to_input(series: Series, options: ImagingOptions, source: str, series
     grey: list[NDArray[np.float32]] = []
     for i in picked:
         member, _ = series.members[i]
-        ds = read_header(member, pixels=True)
+        ds = dicom.read_header(member, pixels=True)
         first_full = first_full if first_full is not None else ds
-        frame = decode_frames(ds, member.name, 0 if frame_count(ds) > 1 else None)
-        if is_colour(ds):
-            colour.append(colour_to_rgb8(ds, frame))
+        frame = dicom.decode_frames(ds, member.name, 0 if dicom.frame_count(ds) > 1 else None)
+        if dicom.is_colour(ds):
+            colour.append(dicom.colour_to_rgb8(ds, frame))
         else:
-            grey.append(modality_values(ds, frame))
+            grey.append(dicom.modality_values(ds, frame))
     if colour and grey:
         raise ImageInputError(f"series {series.short_uid} in {source} mixes colour and grey slices",
                               "pass the slices of one kind")
@@ -98,7 +89,7 @@ def series_to_input(series: Series, options: ImagingOptions, source: str, series
     else:
         inverted = first_full.get("PhotometricInterpretation") == "MONOCHROME1"
         rgb, used = stack_to_rgb(np.stack(grey), modality, options, inverted=inverted)
-    facts = header_facts(first_full)
+    facts = dicom.header_facts(first_full)
     facts.update(
         slices_total=len(series.members), slices_sent=len(picked), sampled_indices=picked,
         sorted_by=sorted_by, window=used, series=series.short_uid, series_count=series_count,
@@ -109,34 +100,34 @@ def series_to_input(series: Series, options: ImagingOptions, source: str, series
     kind: Literal["image", "volume"] = "volume" if len(picked) > 1 else "image"
     what = f"{len(picked)} of {len(series.members)} slices, " if kind == "volume" else ""
     return MedicalInput(
-        kind=kind, images=to_images(rgb), modality=modality, study_date=study_date(first_full),
-        description=f"{modality or 'unknown'} {kind}: {what}{cols}x{rows}, {used}", source=source,
-        metadata=facts,
+        kind=kind, images=to_images(rgb), modality=modality,
+        study_date=dicom.study_date(first_full), source=source, metadata=facts,
+        description=f"{modality or 'unknown'} {kind}: {what}{cols}x{rows}, {used}",
     )
 
 
 def multiframe_to_input(ds: Any, options: ImagingOptions, source: str) -> MedicalInput:
     """Treat every frame of a multi-frame DICOM as a slice: sample, then display as a volume."""
-    count = frame_count(ds)
+    count = dicom.frame_count(ds)
     picked = sample_indices(count, options.max_slices)
     frames: dict[int, NDArray[Any]]
     if len(picked) == count:
-        everything = decode_frames(ds, source)  # (F, H, W[, 3])
+        everything = dicom.decode_frames(ds, source)  # (F, H, W[, 3])
         frames = {i: everything[i] for i in picked}
     else:  # decode only the sampled frames: compressed cine loops are slow to decode whole
-        frames = {i: decode_frames(ds, source, i) for i in picked}
+        frames = {i: dicom.decode_frames(ds, source, i) for i in picked}
     modality = options.modality or str(ds.get("Modality", "") or "") or None
-    if is_colour(ds):
-        rgb, used = np.stack([colour_to_rgb8(ds, frames[i]) for i in picked]), "colour"
+    if dicom.is_colour(ds):
+        rgb, used = np.stack([dicom.colour_to_rgb8(ds, frames[i]) for i in picked]), "colour"
     else:
-        values = np.stack([modality_values(ds, frames[i], i) for i in picked])
+        values = np.stack([dicom.modality_values(ds, frames[i], i) for i in picked])
         inverted = ds.get("PhotometricInterpretation") == "MONOCHROME1"
         rgb, used = stack_to_rgb(values, modality, options, inverted=inverted)
-    facts = header_facts(ds)
+    facts = dicom.header_facts(ds)
     facts.update(slices_total=count, slices_sent=len(picked), sampled_indices=picked, window=used)
     rows, cols = rgb.shape[1:3]
     return MedicalInput(
-        kind="volume", images=to_images(rgb), modality=modality, study_date=study_date(ds),
+        kind="volume", images=to_images(rgb), modality=modality, study_date=dicom.study_date(ds),
         description=f"{modality or 'unknown'} volume: {len(picked)} of {count} frames, {cols}x{rows}, {used}",
         source=source, metadata=facts,
     )
