@@ -31,9 +31,7 @@ CONTEXT_KEYS = frozenset({"record_id", "user", "endpoint", "inputs", "served_as"
 
 def model_fields(info: ModelInfo) -> dict[str, Any]:
     """The model facts a record keeps (enough to reproduce the run; no local paths)."""
-    data = asdict(info)
-    data.pop("path", None)
-    return data
+    return {key: value for key, value in asdict(info).items() if key != "path"}
 
 
 def settings_fields(request: Request) -> dict[str, Any]:
