@@ -135,10 +135,8 @@ class ClientDisconnectedError(MedgemError):
 class ApiError(MedgemError):
     """A refusal raised by the server itself, with its own status, code and parameter."""
 
-    def __init__(
-        self, status: int, message: str, hint: str | None = None, *, code: str = "invalid_request_error",
-        param: str | None = None,
-    ) -> None:
+    def __init__(self, status: int, message: str, hint: str | None = None, *,
+                 code: str = "invalid_request_error", param: str | None = None) -> None:
         super().__init__(message, hint)
         self.status = status
         self.code = code
@@ -177,13 +175,8 @@ class ConversionError(MedgemError):
 
 def error_type(status: int) -> str:
     """The OpenAI error ``type`` for an HTTP status."""
-    if status == 401:
-        return "authentication_error"
-    if status == 404:
-        return "not_found_error"
-    if status == 429:
-        return "rate_limit_error"
-    return "invalid_request_error" if status < 500 else "server_error"
+    named = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}
+    return named.get(status, "invalid_request_error" if status < 500 else "server_error")
 
 
 def error_body(exc: BaseException) -> tuple[int, dict[str, Any]]:
@@ -191,35 +184,20 @@ def error_body(exc: BaseException) -> tuple[int, dict[str, Any]]:
     audit trail records. Unexpected exceptions hide their details (they may hold paths or PHI)."""
     if isinstance(exc, MedgemError):
         status = exc.status
-        detail = {
-            "message": exc.one_line(), "type": error_type(status),
-            "param": getattr(exc, "param", None), "code": exc.code,
-        }
+        detail = {"message": exc.one_line(), "type": error_type(status),
+                  "param": getattr(exc, "param", None), "code": exc.code}
     else:
         logging.getLogger("medgem").error("internal error: %s: %s", type(exc).__name__, exc)
         status = 500
-        detail = {
-            "message": "internal error — see the log",
-            "type": "server_error", "param": None, "code": "internal_error",
-        }
+        detail = {"message": "internal error — see the log", "type": "server_error", "param": None,
+                  "code": "internal_error"}
     return status, {"error": detail}
 
 
 def require(module: str, extra: str, purpose: str, package: str | None = None) -> object:
-    """Import an optional dependency, or raise a MissingDependencyError naming the extra.
-
-    Args:
-        module: the module to import.
-        extra: the medgem extra that installs it.
-        purpose: what it is needed for, for the message.
-        package: the PyPI name when it differs from the module name.
-
-    Returns:
-        The imported module.
-
-    Raises:
-        MissingDependencyError: when the import fails.
-    """
+    """Import ``module``, or raise a MissingDependencyError naming the medgem ``extra`` that
+    installs it, what it is needed for (``purpose``) and its PyPI name (``package``, when not the
+    module's)."""
     import importlib
 
     try:

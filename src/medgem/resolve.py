@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -50,7 +50,6 @@ class Checkpoint:
     mmproj: Path | None = None
     weight_bytes: int = 0
     demo: bool = False
-    demo_name: str = ""
 
     @property
     def instruction_tuned(self) -> bool:
@@ -59,16 +58,10 @@ class Checkpoint:
         return self.chat_template
 
 
-def resolve_checkpoint(
-    spec: str | os.PathLike[str],
-    *,
-    variant: str | None = None,
-    mmproj: str | os.PathLike[str] | None = None,
-    revision: str | None = None,
-    token: str | None = None,
-    offline: bool | None = None,
-    cache_dir: str | None = None,
-) -> Checkpoint:
+def resolve_checkpoint(spec: str | os.PathLike[str], *, variant: str | None = None,
+                       mmproj: str | os.PathLike[str] | None = None, revision: str | None = None,
+                       token: str | None = None, offline: bool | None = None,
+                       cache_dir: str | None = None) -> Checkpoint:
     """Find a checkpoint: a local path, a variant key ("4b-it"), or a hub id.
 
     Args:
@@ -103,7 +96,7 @@ def resolve_checkpoint(
         )
     folder = _from_hub(repo_id, revision, token, offline, cache_dir)
     checkpoint = _local(folder, forced or known, mmproj)
-    return _with(checkpoint, model_id=repo_id, revision=folder.name)
+    return replace(checkpoint, model_id=repo_id, revision=folder.name)
 
 
 def _forced_variant(name: str | None) -> Variant | None:
@@ -121,12 +114,6 @@ def _looks_like_path(text: str) -> bool:
         or text.endswith(".gguf")
         or (("/" in text or os.sep in text) and not _HUB_ID.match(text))
     )
-
-
-def _with(checkpoint: Checkpoint, **changes: object) -> Checkpoint:
-    from dataclasses import replace
-
-    return replace(checkpoint, **changes)  # type: ignore[arg-type]
 
 
 def _local(path: Path, variant: Variant | None, mmproj: str | os.PathLike[str] | None) -> Checkpoint:
@@ -168,18 +155,11 @@ def _hf_folder(path: Path, variant: Variant | None) -> Checkpoint:
             "the download may be incomplete: download it again",
         )
     demo_meta = config.get("medgem_demo") or {}
-    found = variant or _variant_from_card(path)
     return Checkpoint(
-        path=path,
-        format="hf",
-        model_id=str(demo_meta.get("id") or path.name),
-        revision=_local_revision(path, weights),
-        multimodal=model_type in MULTIMODAL_TYPES,
-        chat_template=_has_chat_template(path),
-        variant=found,
-        weight_bytes=sum(p.stat().st_size for p in weights),
-        demo=bool(demo_meta),
-        demo_name=str(demo_meta.get("id", "")),
+        path=path, format="hf", model_id=str(demo_meta.get("id") or path.name),
+        revision=_local_revision(path, weights), multimodal=model_type in MULTIMODAL_TYPES,
+        chat_template=_has_chat_template(path), variant=variant or _variant_from_card(path),
+        weight_bytes=sum(p.stat().st_size for p in weights), demo=bool(demo_meta),
     )
 
 
@@ -190,14 +170,10 @@ def _gguf(path: Path, variant: Variant | None, mmproj: Path | None) -> Checkpoin
     elif not mmproj.is_file():
         raise ModelNotFoundError(f"no mmproj file at '{mmproj}'", "check the --mmproj path")
     return Checkpoint(
-        path=path,
-        format="gguf",
-        model_id=path.stem,
-        revision=_file_digest(path),
+        path=path, format="gguf", model_id=path.stem, revision=_file_digest(path),
         multimodal=mmproj is not None,
         chat_template=False,  # read from the GGUF by the llama.cpp engine
-        variant=variant,
-        mmproj=mmproj,
+        variant=variant, mmproj=mmproj,
         weight_bytes=path.stat().st_size + (mmproj.stat().st_size if mmproj else 0),
     )
 
@@ -205,13 +181,10 @@ def _gguf(path: Path, variant: Variant | None, mmproj: Path | None) -> Checkpoin
 def _has_chat_template(path: Path) -> bool:
     if (path / "chat_template.jinja").is_file() or (path / "chat_template.json").is_file():
         return True
-    tokenizer_config = path / "tokenizer_config.json"
-    if tokenizer_config.is_file():
-        try:
-            return bool(json.loads(tokenizer_config.read_text()).get("chat_template"))
-        except ValueError:
-            return False
-    return False
+    try:
+        return bool(json.loads((path / "tokenizer_config.json").read_text()).get("chat_template"))
+    except (OSError, ValueError):
+        return False
 
 
 def _variant_from_card(path: Path) -> Variant | None:
@@ -245,30 +218,16 @@ def _file_digest(path: Path) -> str:
 _ALLOW = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt", "README.md"]
 
 
-def _from_hub(
-    repo_id: str,
-    revision: str | None,
-    token: str | None,
-    offline: bool | None,
-    cache_dir: str | None,
-) -> Path:
+def _from_hub(repo_id: str, revision: str | None, token: str | None, offline: bool | None,
+              cache_dir: str | None) -> Path:
     """The snapshot folder from the local cache, or downloaded when allowed."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-    )
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
     try:
-        return Path(
-            snapshot_download(
-                repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True,
-                allow_patterns=_ALLOW,
-            )
-        )
-    except (LocalEntryNotFoundError, FileNotFoundError, OSError):
+        return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir,
+                                      local_files_only=True, allow_patterns=_ALLOW))
+    except OSError:  # not cached (LocalEntryNotFoundError is an OSError)
         pass
     if offline is None:
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
@@ -283,12 +242,8 @@ def _from_hub(
         "and set HF_TOKEN to a read token of that account"
     )
     try:
-        return Path(
-            snapshot_download(
-                repo_id, revision=revision, cache_dir=cache_dir, token=token,
-                allow_patterns=_ALLOW,
-            )
-        )
+        return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, token=token,
+                                      allow_patterns=_ALLOW))
     except GatedRepoError as exc:
         raise GatedModelError(f"'{repo_id}' is gated and this account has no access", gated_hint) from exc
     except RepositoryNotFoundError as exc:

@@ -78,20 +78,11 @@ class Answer:
 
     def to_dict(self) -> dict[str, object]:
         usage = asdict(self.usage) | {"total_tokens": self.usage.total_tokens}
-        timings = asdict(self.timings) | {
-            "decode_tokens_per_s": round(self.timings.decode_tokens_per_s, 3)
-        }
+        timings = asdict(self.timings) | {"decode_tokens_per_s": round(self.timings.decode_tokens_per_s, 3)}
         return {
-            "answer": self.text,
-            "thinking": self.thinking,
-            "finish_reason": self.finish_reason,
-            "usage": usage,
-            "timings": timings,
-            "model": asdict(self.model),
-            "caveat": self.caveat,
-            "label": self.label,
-            "audit_id": self.audit_id,
-            "served_by": self.served_by,
+            "answer": self.text, "thinking": self.thinking, "finish_reason": self.finish_reason,
+            "usage": usage, "timings": timings, "model": asdict(self.model), "caveat": self.caveat,
+            "label": self.label, "audit_id": self.audit_id, "served_by": self.served_by,
         }
 
 
@@ -110,9 +101,8 @@ def label_for(model: ModelInfo) -> str:
     return TEST_MODEL_LABEL if model.id.startswith("medgem-test") else DEMO_LABEL
 
 
-def assemble(
-    events: Iterator[EngineEvent], model: ModelInfo, caveat: str = INTENDED_USE_CAVEAT
-) -> Iterator[StreamChunk]:
+def assemble(events: Iterator[EngineEvent], model: ModelInfo, caveat: str = INTENDED_USE_CAVEAT
+             ) -> Iterator[StreamChunk]:
     """Split an engine stream into thinking and answer chunks, ending with the final Answer."""
     splitter = ThinkingSplitter()
     thinking: list[str] = []
@@ -135,17 +125,8 @@ def assemble(
                 yield AnswerChunk(piece.text)
     if finished is None:
         finished = Finished("cancelled", Usage(0, 0), Timings(0.0, 0.0))
-    yield FinalChunk(
-        Answer(
-            text="".join(answer).strip(),
-            thinking="".join(thinking).strip(),
-            finish_reason=finished.finish_reason,
-            usage=finished.usage,
-            timings=finished.timings,
-            model=model,
-            caveat=caveat,
-            label=label_for(model),
-            raw="".join(raw),
-            served_by=finished.served_by,
-        )
-    )
+    yield FinalChunk(Answer(
+        text="".join(answer).strip(), thinking="".join(thinking).strip(),
+        finish_reason=finished.finish_reason, usage=finished.usage, timings=finished.timings,
+        model=model, caveat=caveat, label=label_for(model), raw="".join(raw),
+        served_by=finished.served_by))

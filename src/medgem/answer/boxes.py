@@ -115,17 +115,8 @@ def parse_boxes(text: str, image_size: tuple[int, int], *, padded: bool = True) 
 
 
 def draw_boxes(image: Image.Image, boxes: list[Box], path: str | Path, width: int | None = None) -> Path:
-    """Draw labelled boxes on a copy of ``image`` and save it as PNG.
-
-    Args:
-        image: the original image (any mode).
-        boxes: from ``parse_boxes`` for this image.
-        path: the PNG to write.
-        width: line width in pixels, default about 0.3% of the larger side.
-
-    Returns:
-        The written path.
-    """
+    """Draw ``parse_boxes``'s boxes on a copy of ``image`` (any mode) and save it as a PNG at
+    ``path`` (returned); ``width`` is the line width, default about 0.3% of the larger side."""
     canvas = image.convert("RGB")
     draw = ImageDraw.Draw(canvas)
     line = width or max(2, round(max(canvas.size) * 0.003))

@@ -15,9 +15,8 @@ from medgem.engines.base import EngineEvent, Finished, TextDelta
 from medgem.request.thinking import partial_marker_length
 
 
-def apply_stops(
-    events: Iterator[EngineEvent], stops: Sequence[str], cancel: threading.Event
-) -> Iterator[EngineEvent]:
+def apply_stops(events: Iterator[EngineEvent], stops: Sequence[str], cancel: threading.Event
+                ) -> Iterator[EngineEvent]:
     """Cut an engine stream at the first of ``stops``.
 
     Args:

@@ -21,18 +21,8 @@ from medgem.audit.records import (
 )
 from medgem.errors import InputError
 
-__all__ = [
-    "VERDICTS",
-    "AuditRecord",
-    "AuditStore",
-    "VerifyReport",
-    "add_review",
-    "canonical_json",
-    "default_audit_path",
-    "open_store",
-    "review_body",
-    "sha256_hex",
-]
+__all__ = ["VERDICTS", "AuditRecord", "AuditStore", "VerifyReport", "add_review", "canonical_json",
+           "default_audit_path", "open_store", "review_body", "sha256_hex"]
 
 
 def default_audit_path() -> Path:

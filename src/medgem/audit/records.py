@@ -11,14 +11,12 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
 
 from medgem.errors import InputError
 
 GENESIS_HASH = "0" * 64
-RecordKind = Literal["answer", "review", "rejected", "error"]
-Verdict = Literal["accept", "correct", "reject"]
 VERDICTS: tuple[str, ...] = ("accept", "correct", "reject")
 
 
@@ -28,9 +26,7 @@ def canonical_json(value: Any) -> str:
 
 
 def sha256_hex(data: bytes | str) -> str:
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    return hashlib.sha256(data).hexdigest()
+    return hashlib.sha256(data.encode("utf-8") if isinstance(data, str) else data).hexdigest()
 
 
 def utc_now() -> str:
@@ -64,21 +60,14 @@ class AuditRecord:
     hash: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "seq": self.seq, "id": self.id, "kind": self.kind, "created": self.created,
-            "parent": self.parent, "body": self.body, "prev_hash": self.prev_hash,
-            "hash": self.hash,
-        }
+        return asdict(self)
 
 
-def record_hash(
-    prev_hash: str, seq: int, record_id: str, kind: str, created: str, parent: str | None,
-    body_json: str,
-) -> str:
+def record_hash(prev_hash: str, seq: int, record_id: str, kind: str, created: str,
+                parent: str | None, body_json: str) -> str:
     """The chain hash of one record; ``body_json`` is the body's canonical JSON."""
-    head = canonical_json(
-        {"seq": seq, "id": record_id, "kind": kind, "created": created, "parent": parent}
-    )
+    head = canonical_json({"seq": seq, "id": record_id, "kind": kind, "created": created,
+                           "parent": parent})
     return sha256_hex(f"{prev_hash}\n{head}\n{body_json}")
 
 
@@ -98,10 +87,8 @@ class VerifyReport:
 class AuditStore(Protocol):
     """Append-only storage. SQLite is built in; a shared database implements the same."""
 
-    def append(
-        self, kind: str, body: dict[str, Any], *, record_id: str | None = None,
-        parent: str | None = None,
-    ) -> AuditRecord:
+    def append(self, kind: str, body: dict[str, Any], *, record_id: str | None = None,
+               parent: str | None = None) -> AuditRecord:
         """Append durably (on disk when this returns) and return the chained record."""
         ...
 
@@ -129,10 +116,8 @@ class AuditStore(Protocol):
     def close(self) -> None: ...
 
 
-def review_body(
-    verdict: str, *, correction: str | None = None, note: str | None = None,
-    reviewer: str | None = None, user: str | None = None,
-) -> dict[str, Any]:
+def review_body(verdict: str, *, correction: str | None = None, note: str | None = None,
+                reviewer: str | None = None, user: str | None = None) -> dict[str, Any]:
     """Check and build a review's body.
 
     Raises:
@@ -142,19 +127,15 @@ def review_body(
         raise InputError(f"verdict must be one of {', '.join(VERDICTS)}, got {verdict!r}")
     if verdict == "correct" and not (correction or "").strip():
         raise InputError("a correction needs the corrected text", "write the corrected answer")
-    return {
-        "verdict": verdict,
-        "correction": ((correction or "").strip() or None) if verdict == "correct" else None,
-        "note": (note or "").strip() or None,
-        "reviewer": (reviewer or "").strip() or None,
-        "user": user,
-    }
+    return {"verdict": verdict,
+            "correction": ((correction or "").strip() or None) if verdict == "correct" else None,
+            "note": (note or "").strip() or None, "reviewer": (reviewer or "").strip() or None,
+            "user": user}
 
 
-def add_review(
-    store: AuditStore, answer_id: str, verdict: str, *, correction: str | None = None,
-    note: str | None = None, reviewer: str | None = None, user: str | None = None,
-) -> AuditRecord:
+def add_review(store: AuditStore, answer_id: str, verdict: str, *, correction: str | None = None,
+               note: str | None = None, reviewer: str | None = None,
+               user: str | None = None) -> AuditRecord:
     """Append a review linked to an answer record.
 
     Raises:

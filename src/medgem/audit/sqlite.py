@@ -12,6 +12,7 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -78,62 +79,52 @@ class SQLiteAuditStore:
         if self.path != ":memory:":
             Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(
-            self.path, timeout=30.0, isolation_level=None, check_same_thread=False
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=30000")
+        self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
+                                   check_same_thread=False)
+        for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=30000"):
+            self._db.execute(f"PRAGMA {pragma}")
         self._migrate()
 
-    def _migrate(self) -> None:
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                version = self._db.execute("PRAGMA user_version").fetchone()[0]
-                for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                    for statement in _statements(script):
-                        self._db.execute(statement)
-                    self._db.execute(f"PRAGMA user_version = {number}")
+                yield self._db
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    def _migrate(self) -> None:
+        with self._transaction() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in _statements(script):
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {number}")
 
     # --- writing -----------------------------------------------------------------------------
 
-    def append(
-        self, kind: str, body: dict[str, Any], *, record_id: str | None = None,
-        parent: str | None = None,
-    ) -> AuditRecord:
+    def append(self, kind: str, body: dict[str, Any], *, record_id: str | None = None,
+               parent: str | None = None) -> AuditRecord:
         """Append one record to the chain; durable when this returns."""
         record_id = record_id or f"{kind}-{uuid.uuid4().hex}"
         body_json = canonical_json(body)
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                head_seq, prev = self._db.execute("SELECT seq, hash FROM chain_head").fetchone()
-                seq = head_seq + 1
-                created = utc_now()
-                digest = record_hash(prev, seq, record_id, kind, created, parent, body_json)
-                self._db.execute(
-                    f"INSERT INTO records ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (seq, record_id, kind, created, parent, body_json, prev, digest),
-                )
-                self._db.execute("UPDATE chain_head SET seq = ?, hash = ?", (seq, digest))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction() as db:
+            head_seq, prev = db.execute("SELECT seq, hash FROM chain_head").fetchone()
+            seq, created = head_seq + 1, utc_now()
+            digest = record_hash(prev, seq, record_id, kind, created, parent, body_json)
+            db.execute(f"INSERT INTO records ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (seq, record_id, kind, created, parent, body_json, prev, digest))
+            db.execute("UPDATE chain_head SET seq = ?, hash = ?", (seq, digest))
         return AuditRecord(seq, record_id, kind, created, parent, json.loads(body_json), prev, digest)
 
     def put_blob(self, data: bytes, mime: str) -> str:
         digest = sha256_hex(data)
         with self._lock:
-            self._db.execute(
-                "INSERT OR IGNORE INTO blobs (sha256, mime, data) VALUES (?, ?, ?)",
-                (digest, mime, data),
-            )
+            self._db.execute("INSERT OR IGNORE INTO blobs (sha256, mime, data) VALUES (?, ?, ?)",
+                             (digest, mime, data))
         return digest
 
     # --- reading -----------------------------------------------------------------------------
@@ -142,10 +133,8 @@ class SQLiteAuditStore:
         rows = self._query(f"SELECT {_COLUMNS} FROM records WHERE id = ?", (record_id,))
         return _record(rows[0]) if rows else None
 
-    def records(
-        self, *, kind: str | None = None, after_seq: int = 0, limit: int | None = None,
-        newest_first: bool = False,
-    ) -> Iterator[AuditRecord]:
+    def records(self, *, kind: str | None = None, after_seq: int = 0, limit: int | None = None,
+                newest_first: bool = False) -> Iterator[AuditRecord]:
         sql = f"SELECT {_COLUMNS} FROM records WHERE seq > ?"
         params: list[Any] = [after_seq]
         if kind:
@@ -163,11 +152,8 @@ class SQLiteAuditStore:
         return [_record(row) for row in rows]
 
     def count(self, kind: str | None = None) -> int:
-        if kind:
-            rows = self._query("SELECT COUNT(*) FROM records WHERE kind = ?", (kind,))
-        else:
-            rows = self._query("SELECT COUNT(*) FROM records", ())
-        return int(rows[0][0])
+        where, params = (" WHERE kind = ?", (kind,)) if kind else ("", ())
+        return int(self._query("SELECT COUNT(*) FROM records" + where, params)[0][0])
 
     def get_blob(self, sha256: str) -> tuple[bytes, str] | None:
         rows = self._query("SELECT data, mime FROM blobs WHERE sha256 = ?", (sha256,))

@@ -31,42 +31,26 @@ CONTEXT_KEYS = frozenset({"record_id", "user", "endpoint", "inputs", "served_as"
 
 def model_fields(info: ModelInfo) -> dict[str, Any]:
     """The model facts a record keeps (enough to reproduce the run; no local paths)."""
-    data = asdict(info)
-    data.pop("path", None)
-    return data
+    return {key: value for key, value in asdict(info).items() if key != "path"}
 
 
 def settings_fields(request: Request) -> dict[str, Any]:
     """The generation options the request carried, and its shape."""
     options = request.options
-    return {
-        "max_new_tokens": options.max_new_tokens,
-        "temperature": options.temperature,
-        "top_p": options.top_p,
-        "seed": options.seed,
-        "stop": list(options.stop),
-        "think": options.think,
-        "template": request.template,
-        "images": len(request.images),
-    }
+    return {"max_new_tokens": options.max_new_tokens, "temperature": options.temperature,
+            "top_p": options.top_p, "seed": options.seed, "stop": list(options.stop),
+            "think": options.think, "template": request.template, "images": len(request.images)}
 
 
 def answer_fields(answer: Answer, queue_s: float) -> dict[str, Any]:
     return {
-        "output": answer.text,
-        "thinking": answer.thinking,
-        "finish_reason": answer.finish_reason,
-        "usage": {
-            "prompt_tokens": answer.usage.prompt_tokens,
-            "completion_tokens": answer.usage.completion_tokens,
-        },
-        "timings": {
-            "queue_s": round(queue_s, 4),
-            "first_token_s": round(answer.timings.first_token_s, 4),
-            "total_s": round(answer.timings.total_s, 4),
-        },
-        "caveat": answer.caveat,
-        "label": answer.label,
+        "output": answer.text, "thinking": answer.thinking, "finish_reason": answer.finish_reason,
+        "usage": {"prompt_tokens": answer.usage.prompt_tokens,
+                  "completion_tokens": answer.usage.completion_tokens},
+        "timings": {"queue_s": round(queue_s, 4),
+                    "first_token_s": round(answer.timings.first_token_s, 4),
+                    "total_s": round(answer.timings.total_s, 4)},
+        "caveat": answer.caveat, "label": answer.label,
     } | ({"served_by": answer.served_by} if answer.served_by else {})
 
 
@@ -104,16 +88,11 @@ class AuditTrail:
             raise ValueError(f"unknown audit context keys: {sorted(unknown)}")
         body: dict[str, Any] = {
             "user": context.get("user") or _local_user(),
-            "endpoint": context.get("endpoint") or self.surface,
-            "model": model_fields(info),
+            "endpoint": context.get("endpoint") or self.surface, "model": model_fields(info),
             "settings": settings_fields(request),
             "inputs": context["inputs"] if "inputs" in context else request_digests(request),
         }
-        if "served_as" in context:
-            body["served_as"] = context["served_as"]
-        if "prompt" in context:
-            body["prompt"] = context["prompt"]
-        return body
+        return body | {key: context[key] for key in ("served_as", "prompt") if key in context}
 
     def answer(self, request: Request, answer: Answer, info: ModelInfo,
                context: Mapping[str, Any]) -> str:

@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from medgem import __version__
 from medgem.errors import MedgemError
 
 # subcommand -> module (each exposes add_parser(subparsers) and run(args) -> int)
@@ -31,20 +32,12 @@ COMMANDS: dict[str, str] = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="medgem",
-        description="Run Google's MedGemma medical models. Output is not medical advice.",
-    )
+        prog="medgem", description="Run Google's MedGemma medical models. Output is not medical advice.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    parser.add_argument("--version", action="version", version=f"medgem {_version()}")
+    parser.add_argument("--version", action="version", version=f"medgem {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMANDS.values():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue  # a subcommand not built yet
-            raise
-        module.add_parser(subparsers)
+        importlib.import_module(module_name).add_parser(subparsers)
     return parser
 
 
@@ -76,11 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # an unexpected failure still gets one line without --debug
         if debug:
             raise
-        print(
-            f"medgem: unexpected error: {type(exc).__name__}: {exc} (run again with --debug "
-            "for the traceback)",
-            file=sys.stderr,
-        )
+        print(f"medgem: unexpected error: {type(exc).__name__}: {exc} (run again with --debug "
+              "for the traceback)", file=sys.stderr)
         return 1
 
 
@@ -92,8 +82,3 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     logging.getLogger("transformers").setLevel(logging.ERROR)
 
-
-def _version() -> str:
-    from medgem import __version__
-
-    return __version__

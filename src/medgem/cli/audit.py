@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -87,13 +88,9 @@ def _verify(store: AuditStore, args: argparse.Namespace) -> int:
 
 
 def _export(store: AuditStore, args: argparse.Namespace) -> int:
-    out = args.output.open("w", encoding="utf-8") if args.output else sys.stdout
-    try:
+    with args.output.open("w", encoding="utf-8") if args.output else nullcontext(sys.stdout) as out:
         for record in store.records():
             out.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
-    finally:
-        if args.output:
-            out.close()
     return 0
 
 

@@ -12,15 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from medgem.cli.common import (
-    add_audit_flags,
-    add_generation_flags,
-    add_model_flags,
-    generation_options,
-    load_model,
-    print_label_first,
-    render,
-)
+from medgem.cli import common
 from medgem.errors import MedgemError
 from medgem.request import Message, TextPart
 
@@ -29,19 +21,19 @@ HELP = "commands: /image PATH, /think on|off, /reset, /quit"
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("chat", help="a multi-turn conversation in the terminal")
-    add_model_flags(parser)
-    add_audit_flags(parser)
-    add_generation_flags(parser)
+    common.add_model_flags(parser)
+    common.add_audit_flags(parser)
+    common.add_generation_flags(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    model = load_model(args)
-    print_label_first(model)
+    model = common.load_model(args)
+    common.print_label_first(model)
     print(f"medgem chat with {model.engine.info.id} — {HELP}", file=sys.stderr)
     history: list[Message] = []
     pending: list[Path] = []
-    options = generation_options(args)
+    options = common.generation_options(args)
     think = options.think
     while True:
         try:
@@ -77,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
             request = model.request(line, images=[str(p) for p in pending], system=args.system,
                                     history=history, options=replace(options, think=think))
             print("medgemma> ", end="", flush=True)
-            answer = render(model.generate(request), as_json=False, show_thinking=args.show_thinking)
+            answer = common.render(model.generate(request), as_json=False, show_thinking=args.show_thinking)
         except MedgemError as exc:
             print(f"medgem: error: {exc}", file=sys.stderr)
             continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -43,17 +44,10 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint is None:
         raise InputError("name the checkpoint to convert", "medgem convert CHECKPOINT --quant q4_k_m")
 
-    result = convert_checkpoint(
-        args.checkpoint, args.quant, args.out, progress=True,
-        verify=not args.no_check, threads=args.threads,
-    )
+    result = convert_checkpoint(args.checkpoint, args.quant, args.out, progress=True,
+                                verify=not args.no_check, threads=args.threads)
     if args.json:
-        print(json.dumps({
-            "model": str(result.model), "mmproj": str(result.mmproj) if result.mmproj else None,
-            "quant": result.quant, "seconds": round(result.seconds, 1),
-            "model_bytes": result.model_bytes, "mmproj_bytes": result.mmproj_bytes,
-            "check": result.check,
-        }, indent=2))
+        print(json.dumps(asdict(result) | {"seconds": round(result.seconds, 1)}, indent=2, default=str))
         return 0
     sys.stdout.write(f"model:  {result.model} ({result.model_bytes / 2**20:.1f} MiB, {result.quant})\n")
     if result.mmproj:

@@ -48,22 +48,16 @@ def run(args: argparse.Namespace) -> int:
     radiograph = chest_radiograph()
     print_label_first(model)
     err.write(f"\n1) Image question: {radiograph.name} (CR chest radiograph, DICOM)\n")
-    request = model.request(
-        "Describe this X-ray", images=[str(radiograph)], system=RADIOLOGIST_SYSTEM,
-        max_new_tokens=args.max_new_tokens,
-    )
+    request = model.request("Describe this X-ray", images=[str(radiograph)],
+                            system=RADIOLOGIST_SYSTEM, max_new_tokens=args.max_new_tokens)
     if args.save_preprocessed:
         args.save_preprocessed.mkdir(parents=True, exist_ok=True)
         request.images[0].image.save(args.save_preprocessed / "image-001.png")
     first = render(model.generate(request), as_json=args.json, show_thinking=False)
     err.write("\n2) Text question\n")
-    second = render(
-        model.stream(
-            "How do you differentiate bacterial from viral pneumonia?", system=ASSISTANT_SYSTEM,
-            max_new_tokens=args.max_new_tokens,
-        ),
-        as_json=args.json, show_thinking=False,
-    )
+    second = render(model.stream("How do you differentiate bacterial from viral pneumonia?",
+                                 system=ASSISTANT_SYSTEM, max_new_tokens=args.max_new_tokens),
+                    as_json=args.json, show_thinking=False)
     err.write(
         f"\nmedgem demo: done — image prompt {first.usage.prompt_tokens} tokens "
         f"(256 image tokens), text prompt {second.usage.prompt_tokens} tokens. For real answers, "

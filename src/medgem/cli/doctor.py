@@ -12,10 +12,8 @@ from medgem.memory import budget_for, estimate
 from medgem.request.variants import VARIANTS, Variant
 
 ENGINE_PACKAGES = {
-    "hf (transformers)": ("transformers", "torch"),
-    "llamacpp (llama-cpp-python)": ("llama_cpp",),
-    "remote (OpenAI-compatible, e.g. vLLM)": ("openai",),
-    "bitsandbytes 4/8-bit": ("bitsandbytes",),
+    "hf (transformers)": ("transformers", "torch"), "llamacpp (llama-cpp-python)": ("llama_cpp",),
+    "remote (OpenAI-compatible, e.g. vLLM)": ("openai",), "bitsandbytes 4/8-bit": ("bitsandbytes",),
 }
 # The GGUF vision projector (SigLIP tower in f16) that image variants load beside the model.
 MMPROJ_BYTES = int(0.85 * GIB)
@@ -46,13 +44,6 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def installed_engines() -> dict[str, bool]:
-    return {
-        name: all(importlib.util.find_spec(module) is not None for module in modules)
-        for name, modules in ENGINE_PACKAGES.items()
-    }
-
-
 def llamacpp_report() -> dict[str, Any]:
     """Whether llama.cpp runs on this CPU (proved in a child process) and with which kernels."""
     from medgem.engines.llamacpp_native import cpu_variants, use_extra_buffers
@@ -64,22 +55,17 @@ def llamacpp_report() -> dict[str, Any]:
     variants = cpu_variants()
     result = probe()
     compiled = [name for name, value in result.kernels.items() if value == "1"]
-    return {
-        "installed": True,
-        "build": (f"runtime CPU dispatch ({len(variants)} CPU variants)" if variants
-                  else "single build for one CPU (not portable)"),
-        "variants": variants,
-        "runs_here": result.ok,
-        "detail": result.message() if not result.ok else "",
-        "kernels": compiled,
-        "weight_repacking": use_extra_buffers(),
-        "vision": dict(zip(("path", "why"), choose_vision(), strict=True)),
-    }
+    return {"installed": True,
+            "build": (f"runtime CPU dispatch ({len(variants)} CPU variants)" if variants
+                      else "single build for one CPU (not portable)"),
+            "variants": variants, "runs_here": result.ok,
+            "detail": result.message() if not result.ok else "", "kernels": compiled,
+            "weight_repacking": use_extra_buffers(),
+            "vision": dict(zip(("path", "why"), choose_vision(), strict=True))}
 
 
-def plan(
-    variant: Variant, hardware: Hardware, engines: dict[str, bool], bandwidth_gbs: float
-) -> dict[str, Any]:
+def plan(variant: Variant, hardware: Hardware, engines: dict[str, bool], bandwidth_gbs: float
+         ) -> dict[str, Any]:
     """The best way to run a variant here: first option that fits, in order of preference."""
     parameters = int(variant.params_b * 1e9)
     if hardware.cuda:
@@ -97,12 +83,9 @@ def plan(
         total = need.total_bytes + (MMPROJ_BYTES if engine == "llamacpp" and variant.multimodal else 0)
         _, budget = budget_for(hardware, device)
         if total <= budget:
-            speed = None
-            if device == "cpu":
-                speed = bandwidth_gbs * 1e9 / need.weight_bytes
+            speed = round(bandwidth_gbs * 1e9 / need.weight_bytes, 1) if device == "cpu" else None
             return {"fits": True, "engine": engine, "precision": precision, "device": device,
-                    "memory_gib": round(total / GIB, 1),
-                    "decode_tok_s_ceiling": round(speed, 1) if speed else None}
+                    "memory_gib": round(total / GIB, 1), "decode_tok_s_ceiling": speed}
     smallest = estimate(parameters, "q4_k_m" if not hardware.cuda else "4bit")
     return {"fits": False, "engine": None, "precision": smallest.precision,
             "device": "cuda" if hardware.cuda else "cpu", "memory_gib": round(smallest.total_gib, 1),
@@ -113,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     from medgem.engines.llamacpp_native import cpu_features, describe_cpu_features
 
     hardware = detect_hardware()
-    engines = installed_engines()
+    engines = {name: all(importlib.util.find_spec(module) is not None for module in modules)
+               for name, modules in ENGINE_PACKAGES.items()}
     llama = llamacpp_report()
     # llama.cpp counts as an engine here only when it has been seen to run on this CPU.
     engines["llamacpp (llama-cpp-python)"] = bool(llama["runs_here"])

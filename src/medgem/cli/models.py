@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,21 +18,15 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def hf_cache_dir() -> Path:
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
-    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
-    return home / "hub"
-
-
 def local_copies(variant: Variant, extra_dirs: list[Path]) -> list[tuple[str, int]]:
     """(location, bytes) of each copy: the HF cache snapshots and folders named like the repo."""
+    from huggingface_hub.constants import HF_HUB_CACHE
+
     found: list[tuple[str, int]] = []
-    repo = hf_cache_dir() / ("models--" + variant.hf_id.replace("/", "--")) / "snapshots"
+    repo = Path(HF_HUB_CACHE) / ("models--" + variant.hf_id.replace("/", "--")) / "snapshots"
     if repo.is_dir():
         for snapshot in sorted(repo.iterdir()):
-            size = _size(snapshot)
-            if size:
+            if size := _size(snapshot):
                 found.append((f"HF cache {snapshot.name[:12]}", size))
     name = variant.hf_id.split("/")[1]
     for folder in extra_dirs:

@@ -59,11 +59,8 @@ def gemma3_tokenizer_dir() -> Path:
     # Gemma3Processor finds the image tokens by name, as in the official tokenizer_config.json.
     config_path = tmp / "tokenizer_config.json"
     config = json.loads(config_path.read_text())
-    config["extra_special_tokens"] = {
-        "boi_token": "<start_of_image>",
-        "eoi_token": "<end_of_image>",
-        "image_token": IMAGE_TOKEN,
-    }
+    config["extra_special_tokens"] = {"boi_token": "<start_of_image>",
+                                      "eoi_token": "<end_of_image>", "image_token": IMAGE_TOKEN}
     config_path.write_text(json.dumps(config, indent=2))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
@@ -106,28 +103,17 @@ MEDGEMMA_4B = Shape(
 def _text_config(shape: Shape) -> Any:
     from transformers import Gemma3TextConfig
 
-    settings: dict[str, Any] = {
-        "rope_parameters": {
-            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
-            "full_attention": {"rope_type": "default", "rope_theta": shape.rope_theta},
-        }
-    }
-    settings.update(shape.extra_text)
+    settings: dict[str, Any] = {"rope_parameters": {
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+        "full_attention": {"rope_type": "default", "rope_theta": shape.rope_theta},
+    }, **shape.extra_text}
     return Gemma3TextConfig(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=shape.hidden,
-        intermediate_size=shape.intermediate,
-        num_hidden_layers=shape.layers,
-        num_attention_heads=shape.heads,
-        num_key_value_heads=shape.kv_heads,
-        head_dim=shape.head_dim,
-        max_position_embeddings=shape.context,
-        sliding_window=shape.sliding_window,
+        vocab_size=VOCAB_SIZE, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
+        num_key_value_heads=shape.kv_heads, head_dim=shape.head_dim,
+        max_position_embeddings=shape.context, sliding_window=shape.sliding_window,
         query_pre_attn_scalar=shape.query_pre_attn_scalar or shape.head_dim,
-        bos_token_id=2,
-        eos_token_id=[1, 106],
-        pad_token_id=0,
-        **settings,
+        bos_token_id=2, eos_token_id=[1, 106], pad_token_id=0, **settings,
     )
 
 
@@ -138,29 +124,15 @@ def _processor(shape: Shape, chat_template: str | None) -> Any:
     tokenizer = AutoTokenizer.from_pretrained(str(gemma3_tokenizer_dir()))
     image_processor = Gemma3ImageProcessorPil(
         size={"height": shape.image_size, "width": shape.image_size},
-        image_mean=[0.5, 0.5, 0.5],
-        image_std=[0.5, 0.5, 0.5],
-        do_pan_and_scan=False,
-    )
-    return Gemma3Processor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        chat_template=chat_template,
-        image_seq_length=shape.mm_tokens,
-    )
+        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5], do_pan_and_scan=False)
+    return Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer,
+                           chat_template=chat_template, image_seq_length=shape.mm_tokens)
 
 
-def build_checkpoint(
-    out: Path,
-    *,
-    shape: Shape = TINY,
-    multimodal: bool = True,
-    chat_template: bool = True,
-    model_id: str = "medgem-test-tiny",
-    seed: int = 0,
-    dtype: str = "float32",
-    language_weights: dict[str, Any] | None = None,
-) -> Path:
+def build_checkpoint(out: Path, *, shape: Shape = TINY, multimodal: bool = True,
+                     chat_template: bool = True, model_id: str = "medgem-test-tiny", seed: int = 0,
+                     dtype: str = "float32", language_weights: dict[str,
+                     Any] | None = None) -> Path:
     """Save a random-weight Gemma 3 checkpoint (processor included) to ``out``.
 
     Args:
@@ -170,9 +142,6 @@ def build_checkpoint(
         chat_template: ship the Gemma 3 chat template (instruction-tuned) or not (pre-trained).
         model_id: recorded in config.json under ``medgem_demo`` so every surface labels its output.
         language_weights: a Gemma3TextModel state dict to put in place of random text weights.
-
-    Returns:
-        ``out``.
     """
     import torch
     from transformers import (
@@ -190,22 +159,12 @@ def build_checkpoint(
     model: Any
     if multimodal:
         vision = SiglipVisionConfig(
-            hidden_size=shape.vision_hidden,
-            intermediate_size=shape.vision_intermediate,
-            num_hidden_layers=shape.vision_layers,
-            num_attention_heads=shape.vision_heads,
-            image_size=shape.image_size,
-            patch_size=shape.patch_size,
-            vision_use_head=False,
-        )
+            hidden_size=shape.vision_hidden, intermediate_size=shape.vision_intermediate,
+            num_hidden_layers=shape.vision_layers, num_attention_heads=shape.vision_heads,
+            image_size=shape.image_size, patch_size=shape.patch_size, vision_use_head=False)
         config = Gemma3Config(
-            text_config=text_config,
-            vision_config=vision,
-            mm_tokens_per_image=shape.mm_tokens,
-            boi_token_index=BOI_ID,
-            eoi_token_index=EOI_ID,
-            image_token_index=IMAGE_ID,
-        )
+            text_config=text_config, vision_config=vision, mm_tokens_per_image=shape.mm_tokens,
+            boi_token_index=BOI_ID, eoi_token_index=EOI_ID, image_token_index=IMAGE_ID)
         with torch.device("cpu"):
             model = Gemma3ForConditionalGeneration(config)
         # transformers starts the projection at zero: every image would give the same (null)
@@ -283,8 +242,7 @@ def demo_checkpoint() -> Path:
         vision_hidden=64, vision_intermediate=128, vision_layers=2, vision_heads=2,
         image_size=896, patch_size=14, mm_tokens=256,
         extra_text={
-            "rope_parameters": text.rope_parameters,
-            "layer_types": text.layer_types,
+            "rope_parameters": text.rope_parameters, "layer_types": text.layer_types,
             "final_logit_softcapping": text.final_logit_softcapping,
             "attn_logit_softcapping": text.attn_logit_softcapping,
             "rms_norm_eps": text.rms_norm_eps,

@@ -1,22 +1,12 @@
 """llama.cpp as native code: pick its CPU kernels for this processor, and prove they run here.
 
-llama.cpp is C++ compiled for a processor. A build made for one CPU (``-march=native``) dies with
-SIGILL on another, and even a matching build can fault in one kernel family: on Intel CPUs with
-AMX, ggml's AMX "extra buffer type" (weights repacked into tiles at load) faults in
-``ggml_backend_amx_mul_mat`` on the 2-core VMs this project runs on. A signal kills the whole
-Python process, so medgem never lets the serving process be the first to run these kernels:
-
-- ``scripts/install.sh`` builds llama-cpp-python with ggml's runtime CPU dispatch
-  (``GGML_BACKEND_DL`` + ``GGML_CPU_ALL_VARIANTS``): one CPU backend per x86-64 level, from SSE4.2
-  to AVX-512 BF16 and AMX, and :func:`import_llama_cpp` loads the best one this CPU runs, so a
-  wheel built on one machine runs on another;
-- ``MEDGEM_LLAMA_CPU_VARIANT=haswell`` (or any variant the build holds) forces one backend, for
-  benchmarks (AVX2-only kernels on a newer CPU) or to step around a faulty one;
-- :func:`llama_model_params` turns the extra buffer types (AMX tiles and the CPU repack) off on
-  CPUs with AMX (measured: no decode or prefill cost there) and keeps them elsewhere;
-- ``llamacpp_probe.ensure_runs_here`` runs a tiny model and a tiny vision projector through the
-  same kernels in a child process first, and turns a crash into an error that names the signal
-  and the CPU features.
+A llama.cpp build made for one CPU dies with SIGILL on another, and even a matching build can
+fault in one kernel family (ggml's AMX extra buffer type faults in ``ggml_backend_amx_mul_mat``
+on this project's 2-core VMs). A signal kills the whole Python process, so: ``scripts/install.sh``
+builds every x86-64 CPU backend (``GGML_BACKEND_DL`` + ``GGML_CPU_ALL_VARIANTS``) and
+:func:`import_llama_cpp` loads the best one this CPU runs (``MEDGEM_LLAMA_CPU_VARIANT`` forces
+one); :func:`llama_model_params` turns the extra buffer types off on AMX CPUs; and
+``llamacpp_probe.ensure_runs_here`` runs the same kernels in a child process first.
 """
 
 from __future__ import annotations
@@ -103,7 +93,7 @@ def import_llama_cpp() -> tuple[Any, Any]:
         import llama_cpp.mtmd_cpp as mtmd
     except ImportError as exc:
         raise MissingDependencyError("llama-cpp-python", "llamacpp", "the llama.cpp engine") from exc
-    if "llama_cpp" not in _LOADED:
+    if "ggml" not in _LOADED:
         silence_logs(llama_cpp, mtmd)
         lib_dir = Path(llama_cpp.__file__).parent / "lib"
         ggml = ctypes.CDLL(str(_mapped_ggml(lib_dir)))
@@ -132,7 +122,6 @@ def import_llama_cpp() -> tuple[Any, Any]:
                 "reinstall llama-cpp-python with scripts/install.sh, which builds every CPU variant",
             )
         llama_cpp.llama_backend_init()
-        _LOADED["llama_cpp"] = llama_cpp
         _LOADED["ggml"] = ggml
     return llama_cpp, mtmd
 
@@ -190,15 +179,10 @@ def llama_context_params(llama_cpp: Any, n_ctx: int, n_batch: int, threads: int,
                          n_seq_max: int = 1) -> Any:
     """Context parameters: flash attention (faster on CPUs), sliding-window cache kept small."""
     params = llama_cpp.llama_context_default_params()
-    params.n_ctx = n_ctx
-    params.n_batch = n_batch
-    params.n_ubatch = n_batch
-    params.n_seq_max = n_seq_max
-    params.n_threads = threads
-    params.n_threads_batch = threads
+    params.n_ctx, params.n_batch, params.n_ubatch, params.n_seq_max = n_ctx, n_batch, n_batch, n_seq_max
+    params.n_threads = params.n_threads_batch = threads
     params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
-    params.swa_full = False
-    params.no_perf = True
+    params.swa_full, params.no_perf = False, True
     return params
 
 

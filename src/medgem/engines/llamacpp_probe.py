@@ -46,16 +46,10 @@ PROBE_TYPES = {"f16": 1, "q8_0": 7, "q4_k_m": 15}
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """What a child process found when it ran llama.cpp's kernels on this CPU.
-
-    Attributes:
-        ok: a tiny model was quantized, loaded and decoded in every probed file type, and a
-            tiny vision projector encoded an image.
-        detail: on failure, what happened (the signal, or the child's last error line).
-        kernels: the features the chosen CPU backend was compiled with.
-        extra_buffers: whether weight repacking (AMX / CPU repack) was on.
-        seconds: how long the child ran (0 for a cached pass).
-    """
+    """What a child process found when it ran llama.cpp's kernels on this CPU: ``ok`` when a
+    tiny model was quantized, loaded and decoded in every probed file type and a tiny vision
+    projector encoded an image, else ``detail`` says what happened (the signal, or the child's
+    last error line); ``kernels`` are the features the chosen CPU backend was compiled with."""
 
     ok: bool
     detail: str = ""
@@ -65,7 +59,7 @@ class ProbeResult:
     cached: bool = False
 
     def message(self) -> str:
-        return (f"llama.cpp {self.detail} on this CPU ({_cpu_name()}; {describe_cpu_features()})")
+        return f"llama.cpp {self.detail} on this CPU ({_cpu_name()}; {describe_cpu_features()})"
 
 
 def _cpu_name() -> str:
@@ -255,29 +249,22 @@ def write_tiny_mmproj(path: Path, text_hidden: int = 256, seed: int = 0) -> Path
     def weight(*shape: int) -> Any:
         return (rng.standard_normal(shape) * 0.05).astype(np.float16)
 
-    def ones(size: int) -> Any:
-        return np.ones(size, dtype=np.float32)
-
-    def zeros(size: int) -> Any:
-        return np.zeros(size, dtype=np.float32)
-
+    ones, zeros = np.ones(hidden, dtype=np.float32), np.zeros(hidden, dtype=np.float32)
     writer.add_tensor("v.patch_embd.weight", weight(hidden, 3, patch, patch))
-    writer.add_tensor("v.patch_embd.bias", zeros(hidden))
+    writer.add_tensor("v.patch_embd.bias", zeros)
     writer.add_tensor("v.position_embd.weight", weight(n_patches, hidden).astype(np.float32))
-    for norm in ("ln1", "ln2"):
-        writer.add_tensor(f"v.blk.0.{norm}.weight", ones(hidden))
-        writer.add_tensor(f"v.blk.0.{norm}.bias", zeros(hidden))
-    for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
-        writer.add_tensor(f"v.blk.0.{name}.weight", weight(hidden, hidden))
-        writer.add_tensor(f"v.blk.0.{name}.bias", zeros(hidden))
+    for name in ("ln1", "ln2", "attn_q", "attn_k", "attn_v", "attn_out"):
+        norm = name.startswith("ln")
+        writer.add_tensor(f"v.blk.0.{name}.weight", ones if norm else weight(hidden, hidden))
+        writer.add_tensor(f"v.blk.0.{name}.bias", zeros)
     writer.add_tensor("v.blk.0.ffn_up.weight", weight(ffn, hidden))
-    writer.add_tensor("v.blk.0.ffn_up.bias", zeros(ffn))
+    writer.add_tensor("v.blk.0.ffn_up.bias", np.zeros(ffn, dtype=np.float32))
     writer.add_tensor("v.blk.0.ffn_down.weight", weight(hidden, ffn))
-    writer.add_tensor("v.blk.0.ffn_down.bias", zeros(hidden))
-    writer.add_tensor("v.post_ln.weight", ones(hidden))
-    writer.add_tensor("v.post_ln.bias", zeros(hidden))
+    writer.add_tensor("v.blk.0.ffn_down.bias", zeros)
+    writer.add_tensor("v.post_ln.weight", ones)
+    writer.add_tensor("v.post_ln.bias", zeros)
     writer.add_tensor("mm.input_projection.weight", weight(hidden, text_hidden))
-    writer.add_tensor("mm.soft_emb_norm.weight", ones(hidden))
+    writer.add_tensor("mm.soft_emb_norm.weight", ones)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -285,19 +272,25 @@ def write_tiny_mmproj(path: Path, text_hidden: int = 256, seed: int = 0) -> Path
     return path
 
 
+def _threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def _load_model(llama_cpp: Any, path: Path) -> Any:
+    model = llama_cpp.llama_model_load_from_file(str(path).encode(), llama_model_params(llama_cpp))
+    if not model:
+        raise RuntimeError(f"llama.cpp could not load {path.name}")
+    return model
+
+
 def _encode_tiny_image(llama_cpp: Any, mtmd: Any, model_path: Path, mmproj: Path) -> int:
     """Run the vision projector on one 64-px image; returns the soft tokens it made."""
     import numpy as np
 
-    model = llama_cpp.llama_model_load_from_file(str(model_path).encode(),
-                                                 llama_model_params(llama_cpp))
-    if not model:
-        raise RuntimeError(f"llama.cpp could not load {model_path.name}")
+    model = _load_model(llama_cpp, model_path)
     params = mtmd.mtmd_context_params_default()
-    params.use_gpu = False
-    params.print_timings = False
-    params.n_threads = max(1, len(os.sched_getaffinity(0)))
-    params.warmup = False
+    params.use_gpu = params.print_timings = params.warmup = False
+    params.n_threads = _threads()
     context = mtmd.mtmd_init_from_file(str(mmproj).encode(), model, params)
     if not context:
         llama_cpp.llama_model_free(model)
@@ -336,11 +329,8 @@ def _decode_tiny(llama_cpp: Any, path: Path) -> list[int]:
     """Load, prefill 8 tokens (matrix-matrix kernels), decode 4 (matrix-vector); greedy ids."""
     import numpy as np
 
-    model = llama_cpp.llama_model_load_from_file(str(path).encode(), llama_model_params(llama_cpp))
-    if not model:
-        raise RuntimeError(f"llama.cpp could not load {path.name}")
-    threads = max(1, len(os.sched_getaffinity(0)))
-    context = llama_cpp.llama_init_from_model(model, llama_context_params(llama_cpp, 64, 16, threads))
+    model = _load_model(llama_cpp, path)
+    context = llama_cpp.llama_init_from_model(model, llama_context_params(llama_cpp, 64, 16, _threads()))
     if not context:
         llama_cpp.llama_model_free(model)
         raise RuntimeError("llama.cpp could not make a context")

@@ -17,20 +17,6 @@ from medgem.evaluate.report import summarize_run, write_report
 from medgem.evaluate.runner import EvalConfig, PreparedRun, RunOutcome, prepare, run_evaluation
 from medgem.evaluate.tasks import TaskOptions, get_task, task_names
 
-__all__ = [
-    "DatasetError",
-    "EvalConfig",
-    "PreparedRun",
-    "Record",
-    "RunOutcome",
-    "TaskOptions",
-    "compare_markdown",
-    "compare_runs",
-    "get_task",
-    "prepare",
-    "read_records",
-    "run_evaluation",
-    "summarize_run",
-    "task_names",
-    "write_report",
-]
+__all__ = ["DatasetError", "EvalConfig", "PreparedRun", "Record", "RunOutcome", "TaskOptions",
+           "compare_markdown", "compare_runs", "get_task", "prepare", "read_records",
+           "run_evaluation", "summarize_run", "task_names", "write_report"]

@@ -18,11 +18,8 @@ BINARY_TASKS = frozenset({"mcq", "pubmedqa"})
 
 
 def compare_runs(run_a: str | Path, run_b: str | Path) -> dict[str, Any]:
-    """Paired comparison of two run folders.
-
-    Returns:
-        A dict with both runs' headline metrics, the paired item count, the test used, the
-        difference B - A (points) and its p-value.
+    """Paired comparison of two run folders: both runs' headline metrics, the paired item count,
+    the test used, the difference B - A (points) and its p-value.
 
     Raises:
         InputError: different tasks or datasets, or no items in common.

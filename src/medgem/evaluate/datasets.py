@@ -141,10 +141,7 @@ def _read_saved_dataset(folder: Path) -> Iterator[Record]:
 
 
 READERS: dict[str, Callable[[Path], Iterator[Record]]] = {
-    ".jsonl": _read_jsonl,
-    ".ndjson": _read_jsonl,
-    ".json": _read_json,
-    ".csv": _read_csv,
+    ".jsonl": _read_jsonl, ".ndjson": _read_jsonl, ".json": _read_json, ".csv": _read_csv,
     ".parquet": _read_parquet,
 }
 
@@ -167,9 +164,6 @@ def read_records(path: str | Path, split: str | None = None) -> list[Record]:
         path: a .jsonl/.json/.csv/.parquet file, a folder of them, or a ``save_to_disk`` folder
             (a DatasetDict folder needs ``split``).
         split: for folders, the split to read ("test", "validation").
-
-    Returns:
-        The rows, in file order, each with its file and row number.
 
     Raises:
         DatasetError: a missing path, an unknown file type, a malformed row, or no rows at all.

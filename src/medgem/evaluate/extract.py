@@ -78,8 +78,7 @@ def extract_choice(text: str, options: Mapping[str, str]) -> str | None:
         return None
     letters = "".join(sorted(k.upper() for k in options))
     for pattern in _letter_patterns(letters):
-        matches = pattern.findall(reply)
-        if matches:
+        if matches := pattern.findall(reply):
             return str(matches[-1]).upper()
     return _match_option_text(reply, options)
 
@@ -123,16 +122,12 @@ def extract_label(text: str, labels: Sequence[str]) -> str | None:
     by_norm = {normalize_text(label): label for label in labels}
     alternatives = "|".join(re.escape(n) for n in sorted(by_norm, key=len, reverse=True) if n)
     flat = normalize_text(_MARKUP.sub(" ", reply))
-    explicit = re.findall(rf"\banswer(?: is|)\s+({alternatives})\b", flat)
-    if explicit:
+    if explicit := re.findall(rf"\banswer(?: is|)\s+({alternatives})\b", flat):
         return by_norm[explicit[-1]]
-    leading = re.match(rf"({alternatives})\b", flat)
-    if leading:
+    if leading := re.match(rf"({alternatives})\b", flat):
         return by_norm[leading.group(1)]
-    found = {m for m in re.findall(rf"\b({alternatives})\b", flat)}
-    if len(found) == 1:
-        return by_norm[found.pop()]
-    return None
+    found = set(re.findall(rf"\b({alternatives})\b", flat))
+    return by_norm[found.pop()] if len(found) == 1 else None
 
 
 _NEGATION = re.compile(
@@ -143,7 +138,7 @@ _CLAUSE_SPLIT = re.compile(r"[.;\n]|\bbut\b|\bhowever\b|\bwhile\b")
 
 
 def extract_findings(text: str, findings: Mapping[str, Sequence[str]]) -> dict[str, bool]:
-    """Which findings a free-text reply says are present.
+    """Which findings a free-text reply says are present (finding -> present).
 
     A finding counts as present when one of its names appears in a clause that does not negate
     it ("no pleural effusion", "without edema" are absent). A reply of "none" marks all absent.
@@ -151,9 +146,6 @@ def extract_findings(text: str, findings: Mapping[str, Sequence[str]]) -> dict[s
     Args:
         text: the model's reply.
         findings: finding -> names it may go by (lower case), e.g. {"Edema": ["edema", "oedema"]}.
-
-    Returns:
-        finding -> present.
     """
     reply = answer_part(text).lower()
     present = dict.fromkeys(findings, False)

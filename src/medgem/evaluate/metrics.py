@@ -8,6 +8,7 @@ continuous per-item scores.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections import Counter
@@ -80,15 +81,12 @@ def binary_f1(truth: Sequence[bool], predicted: Sequence[bool]) -> float:
 
 
 def macro_f1(truth: Sequence[Sequence[bool | None]], predicted: Sequence[Sequence[bool]]) -> float:
-    """Mean over labels of each label's positive-class F1 (multi-label).
+    """Unweighted mean over labels of each label's positive-class F1 (multi-label).
 
     Args:
         truth: per item, per label: True / False, or None to leave that label out for the item
             (CheXpert's uncertain or unmentioned labels under the "ignore" policy).
         predicted: per item, per label.
-
-    Returns:
-        The unweighted mean of per-label F1.
     """
     if not truth:
         return 0.0
@@ -102,19 +100,13 @@ def macro_f1(truth: Sequence[Sequence[bool | None]], predicted: Sequence[Sequenc
 
 def rouge_l(prediction: str, reference: str) -> float:
     """ROUGE-L F-measure (rouge-score, Porter stemming)."""
-    scorer = _rouge_scorer()
-    return float(scorer.score(reference, prediction)["rougeL"].fmeasure)
+    return float(_rouge_scorer().score(reference, prediction)["rougeL"].fmeasure)
 
 
-_SCORER: Any = None
-
-
+@functools.cache  # one scorer object: building it loads the stemmer
 def _rouge_scorer() -> Any:
-    global _SCORER  # one scorer object: building it loads the stemmer
-    if _SCORER is None:
-        module: Any = require("rouge_score.rouge_scorer", "eval", "ROUGE-L", "rouge-score")
-        _SCORER = module.RougeScorer(["rougeL"], use_stemmer=True)
-    return _SCORER
+    module: Any = require("rouge_score.rouge_scorer", "eval", "ROUGE-L", "rouge-score")
+    return module.RougeScorer(["rougeL"], use_stemmer=True)
 
 
 def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
@@ -123,13 +115,8 @@ def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
     return float(sacrebleu.corpus_bleu(list(predictions), [list(references)]).score)
 
 
-def bootstrap_interval(
-    items: Sequence[T],
-    statistic: Callable[[Sequence[T]], float],
-    *,
-    samples: int = 1000,
-    seed: int = 0,
-) -> tuple[float, float]:
+def bootstrap_interval(items: Sequence[T], statistic: Callable[[Sequence[T]], float], *,
+                       samples: int = 1000, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap 95% interval of a statistic over items (resampled with replacement)."""
     if not items:
         return 0.0, 0.0
@@ -154,9 +141,8 @@ def mcnemar_exact(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> tuple
     return b, c, min(1.0, 2 * tail)
 
 
-def paired_bootstrap(
-    a_scores: Sequence[float], b_scores: Sequence[float], *, samples: int = 2000, seed: int = 0
-) -> tuple[float, float, float, float]:
+def paired_bootstrap(a_scores: Sequence[float], b_scores: Sequence[float], *, samples: int = 2000,
+                     seed: int = 0) -> tuple[float, float, float, float]:
     """Paired bootstrap of the mean difference B - A.
 
     Returns:

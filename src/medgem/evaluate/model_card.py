@@ -72,13 +72,8 @@ PUBLISHED: dict[tuple[str, str], CardResult] = {
 }
 
 BENCHMARK_ALIASES: dict[str, str] = {
-    "mmlu": "mmlu-med",
-    "afrimedqa": "afrimed-qa",
-    "vqarad": "vqa-rad",
-    "vqa_rad": "vqa-rad",
-    "mimic": "mimic-cxr",
-    "mimic-cxr-jpg": "mimic-cxr",
-    "chestx-ray14": "cxr14",
+    "mmlu": "mmlu-med", "afrimedqa": "afrimed-qa", "vqarad": "vqa-rad", "vqa_rad": "vqa-rad",
+    "mimic": "mimic-cxr", "mimic-cxr-jpg": "mimic-cxr", "chestx-ray14": "cxr14",
 }
 
 

@@ -51,12 +51,9 @@ def percent(metric: str, value: float) -> float:
 def summary_json(manifest: dict[str, Any], summary: Summary) -> dict[str, Any]:
     """The report as plain data (report.json)."""
     return {
-        "task": manifest["task"],
-        "benchmark": manifest.get("benchmark"),
-        "model": manifest.get("model"),
-        "variant": manifest.get("variant"),
-        "settings": manifest.get("settings"),
-        "primary_metric": summary.primary,
+        "task": manifest["task"], "benchmark": manifest.get("benchmark"),
+        "model": manifest.get("model"), "variant": manifest.get("variant"),
+        "settings": manifest.get("settings"), "primary_metric": summary.primary,
         "metrics": {k: {"value": percent(k, v.value), "ci95": [percent(k, v.low), percent(k, v.high)]}
                     for k, v in summary.metrics.items()},
         "categories": [{"category": c.category, "n": c.n,
@@ -64,15 +61,10 @@ def summary_json(manifest: dict[str, Any], summary: Summary) -> dict[str, Any]:
                         "ci95": [percent(summary.primary, c.value.low),
                                  percent(summary.primary, c.value.high)]}
                        for c in summary.categories],
-        "n_total": summary.n_total,
-        "n_scored": summary.n_scored,
-        "n_failed": summary.n_failed,
-        "n_unparseable": len(summary.unparseable),
-        "unparseable": summary.unparseable,
-        "failed": summary.failed,
-        "model_card": asdict(summary.card) if summary.card else None,
-        "model_card_comparable": summary.card_comparable,
-        "within_ci": summary.within_interval,
+        "n_total": summary.n_total, "n_scored": summary.n_scored, "n_failed": summary.n_failed,
+        "n_unparseable": len(summary.unparseable), "unparseable": summary.unparseable,
+        "failed": summary.failed, "model_card": asdict(summary.card) if summary.card else None,
+        "model_card_comparable": summary.card_comparable, "within_ci": summary.within_interval,
         "scale": "percent (BLEU 0-100)",
     }
 
@@ -169,11 +161,7 @@ def chart(manifest: dict[str, Any], summary: Summary, path: Path) -> None:
 
 
 def write_report(folder: str | Path) -> dict[str, Path]:
-    """Write report.md, report.json and report.png into a run folder.
-
-    Returns:
-        kind -> written path.
-    """
+    """Write report.md, report.json and report.png into a run folder; returns kind -> path."""
     out = Path(folder)
     manifest, summary = summarize_run(out)
     paths = {"json": out / "report.json", "markdown": out / "report.md", "chart": out / "report.png"}

@@ -126,14 +126,8 @@ def scored_pairs(results: Sequence[dict[str, Any]]) -> tuple[list[EvalItem], lis
     return items, scored
 
 
-def summarize(
-    task: Task,
-    results: Sequence[dict[str, Any]],
-    *,
-    n_total: int,
-    variant: str | None,
-    benchmark: str | None,
-) -> Summary:
+def summarize(task: Task, results: Sequence[dict[str, Any]], *, n_total: int, variant: str | None,
+              benchmark: str | None) -> Summary:
     """Compute a run's metrics, breakdown and model-card comparison from its result lines."""
     items, scored = scored_pairs(results)
     metrics = task.metrics(items, scored) if items else {task.primary_metric: Interval(0.0, 0.0, 0.0)}

@@ -27,21 +27,7 @@ from medgem.inputs.load import load_medical_input, load_medical_inputs
 from medgem.inputs.options import DEFAULT_CT_WINDOWS, ImagingOptions, MedicalInput
 from medgem.inputs.preview import encode_image, save_preprocessed, to_model_size
 
-__all__ = [
-    "DEFAULT_CT_WINDOWS",
-    "ImagingOptions",
-    "LoadedImages",
-    "MedicalInput",
-    "decode_data_url",
-    "deidentify_upload",
-    "encode_image",
-    "from_pil",
-    "images_from_bytes",
-    "load_inputs",
-    "load_medical_input",
-    "load_medical_inputs",
-    "read_images",
-    "save_preprocessed",
-    "to_model_size",
-    "try_data_url",
-]
+__all__ = ["DEFAULT_CT_WINDOWS", "ImagingOptions", "LoadedImages", "MedicalInput",
+           "decode_data_url", "deidentify_upload", "encode_image", "from_pil", "images_from_bytes",
+           "load_inputs", "load_medical_input", "load_medical_inputs", "read_images",
+           "save_preprocessed", "to_model_size", "try_data_url"]

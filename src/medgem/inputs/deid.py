@@ -71,16 +71,12 @@ def _clean(dataset: Any, key: bytes) -> None:
 
 
 def deidentify(dataset: Any, key: bytes) -> Any:
-    """Return a de-identified copy of a pydicom ``Dataset`` (the input is left unchanged).
+    """A de-identified copy of a pydicom ``Dataset`` (pixel data kept, the input unchanged):
+    names, dates and identifying attributes gone, PatientID pseudonymised, UIDs remapped (file
+    meta included), private tags removed, PatientIdentityRemoved = YES.
 
-    Args:
-        dataset: the dataset as read (pixel data is kept).
-        key: secret bytes for the keyed hashes; keep it to map the same patient/UIDs consistently
-            across uploads, rotate it to unlink them.
-
-    Returns:
-        A new ``Dataset``: names, dates and identifying attributes gone, PatientID pseudonymised,
-        UIDs remapped (file meta included), private tags removed, PatientIdentityRemoved = YES.
+    ``key`` is the secret for the keyed hashes: keep it to map the same patient/UIDs consistently
+    across uploads, rotate it to unlink them.
     """
     if not key:
         raise ValueError("deidentify needs a non-empty key")

@@ -33,13 +33,8 @@ DECODER_PACKAGES: dict[str, str] = {
 
 @dataclass(frozen=True)
 class DicomSource:
-    """Where one DICOM file's bytes live: a path on disk or bytes taken from an archive.
-
-    Attributes:
-        name: the name shown to users (file name inside a folder or zip; never a full path).
-        path: the file on disk, or None for in-memory data.
-        data: the file's bytes when it came from an archive.
-    """
+    """Where one DICOM file's bytes live: ``path`` on disk, or ``data`` taken from an archive.
+    ``name`` is what users see (the file name inside a folder or zip; never a full path)."""
 
     name: str
     path: Path | None = None
@@ -61,24 +56,18 @@ def looks_like_dicom(head: bytes) -> bool:
     return len(head) >= 8 and head[:2] in (b"\x08\x00", b"\x02\x00") and head[3:4] == b"\x00"
 
 
-def _pydicom() -> Any:
-    return require("pydicom", "imaging", "Reading DICOM files")
+def _pixels() -> Any:
+    return require("pydicom.pixels", "imaging", "Decoding DICOM pixel data", "pydicom")
 
 
 def read_header(source: DicomSource, *, pixels: bool = False) -> Any:
-    """Parse a DICOM file, stopping before the pixel data unless ``pixels``.
-
-    Args:
-        source: the file.
-        pixels: also read the (still encoded) pixel data.
-
-    Returns:
-        The pydicom ``Dataset``.
+    """Parse a DICOM file into a pydicom ``Dataset``, stopping before the pixel data unless
+    ``pixels`` (then the still-encoded pixel data is read too).
 
     Raises:
         ImageInputError: not a DICOM file, or a file too damaged to parse.
     """
-    pydicom = _pydicom()
+    pydicom: Any = require("pydicom", "imaging", "Reading DICOM files")
     try:
         with source.open() as handle:
             head = handle.read(132)
@@ -175,7 +164,7 @@ def decode_frames(ds: Any, name: str, index: int | None = None) -> NDArray[Any]:
     Raises:
         ImageInputError: a missing decoder (naming the package), truncated or corrupt pixel data.
     """
-    pixels = require("pydicom.pixels", "imaging", "Decoding DICOM pixel data", "pydicom")
+    pixels = _pixels()
     syntax = str(getattr(ds, "file_meta", {}).get("TransferSyntaxUID", "") or "")
     try:
         array = pixels.pixel_array(ds, index=index)  # type: ignore[attr-defined]
@@ -210,27 +199,20 @@ def _functional_group_rescale(ds: Any, index: int) -> tuple[float, float] | None
 
 
 def modality_values(ds: Any, array: NDArray[Any], index: int = 0) -> NDArray[np.float32]:
-    """Apply the modality LUT or rescale slope/intercept (HU for CT), as float32.
-
-    Args:
-        ds: the dataset the pixels came from.
-        array: one frame (H, W) of stored values.
-        index: the frame number, for enhanced multi-frame rescale values.
-    """
+    """Apply the modality LUT or rescale slope/intercept (HU for CT) to one frame (H, W) of
+    stored values, as float32; ``index`` picks an enhanced multi-frame file's per-frame values."""
     group = _functional_group_rescale(ds, index)
     if group is not None and "RescaleSlope" not in ds and "ModalityLUTSequence" not in ds:
         slope, intercept = group
         return array.astype(np.float32) * np.float32(slope) + np.float32(intercept)
-    pixels = require("pydicom.pixels", "imaging", "Decoding DICOM pixel data", "pydicom")
-    out = pixels.apply_modality_lut(array, ds)  # type: ignore[attr-defined]
+    out = _pixels().apply_modality_lut(array, ds)  # type: ignore[attr-defined]
     return np.asarray(out, dtype=np.float32)
 
 
 def colour_to_rgb8(ds: Any, array: NDArray[Any]) -> NDArray[np.uint8]:
     """Turn a colour frame (RGB after pydicom's YBR conversion, or PALETTE COLOR) into RGB uint8."""
     if ds.get("PhotometricInterpretation") == "PALETTE COLOR":
-        pixels = require("pydicom.pixels", "imaging", "Decoding DICOM pixel data", "pydicom")
-        array = np.asarray(pixels.apply_color_lut(array, ds))  # type: ignore[attr-defined]
+        array = np.asarray(_pixels().apply_color_lut(array, ds))  # type: ignore[attr-defined]
         bits = 16 if array.dtype.itemsize > 1 else 8
     else:
         bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 8)
@@ -239,17 +221,14 @@ def colour_to_rgb8(ds: Any, array: NDArray[Any]) -> NDArray[np.uint8]:
     return window_to_uint8(array, 0.0, float(2**bits - 1))
 
 
-def grey_display(
-    ds: Any, values: NDArray[np.float32], options: ImagingOptions
-) -> tuple[NDArray[np.uint8], str]:
-    """Window one grey frame of modality values for display; MONOCHROME1 comes out inverted.
+def grey_display(ds: Any, values: NDArray[np.float32], options: ImagingOptions
+                 ) -> tuple[NDArray[np.uint8], str]:
+    """Window one grey frame of modality values into RGB (H, W, 3), with a short name of the
+    window used; MONOCHROME1 comes out inverted.
 
     Order of choice: the ``options.window`` override; for CT, MedGemma's three HU windows; the
     file's VOI LUT or window centre/width (through pydicom, then stretched to 0..255); otherwise
     the frame's full range.
-
-    Returns:
-        (RGB uint8 array (H, W, 3), a short name of the window used).
     """
     override = options.window_range
     if override is not None:
@@ -257,10 +236,9 @@ def grey_display(
     elif str(ds.get("Modality", "")).upper() == "CT":
         return ct_to_rgb(values, options.ct_windows), "ct 3 windows"
     elif "VOILUTSequence" in ds or "WindowCenter" in ds:
-        pixels = require("pydicom.pixels", "imaging", "Decoding DICOM pixel data", "pydicom")
         # A VOI LUT indexes by stored integer value; hand pydicom integers when the values are.
         source = values.astype(np.int64) if np.array_equal(values, np.trunc(values)) else values
-        voi = np.asarray(pixels.apply_voi_lut(source, ds), dtype=np.float32)  # type: ignore[attr-defined]
+        voi = np.asarray(_pixels().apply_voi_lut(source, ds), dtype=np.float32)  # type: ignore[attr-defined]
         grey, used = minmax_to_uint8(voi), "voi lut" if "VOILUTSequence" in ds else "file window"
     else:
         grey, used = minmax_to_uint8(values), "full range"
@@ -275,9 +253,8 @@ def is_colour(ds: Any) -> bool:
     return int(ds.get("SamplesPerPixel") or 1) > 1 or photometric == "PALETTE COLOR"
 
 
-def frame_to_rgb(
-    ds: Any, frame: NDArray[Any], options: ImagingOptions, index: int = 0
-) -> tuple[NDArray[np.uint8], str]:
+def frame_to_rgb(ds: Any, frame: NDArray[Any], options: ImagingOptions, index: int = 0
+                 ) -> tuple[NDArray[np.uint8], str]:
     """One decoded frame -> display RGB (H, W, 3) and the window used."""
     if is_colour(ds):
         return colour_to_rgb8(ds, frame), "colour"
@@ -310,10 +287,8 @@ def header_facts(ds: Any) -> dict[str, object]:
     meta = getattr(ds, "file_meta", None)
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     facts: dict[str, object] = {
-        "modality": str(ds.get("Modality", "") or "") or None,
-        "rows": int(ds.get("Rows") or 0),
-        "columns": int(ds.get("Columns") or 0),
-        "frames": frame_count(ds),
+        "modality": str(ds.get("Modality", "") or "") or None, "rows": int(ds.get("Rows") or 0),
+        "columns": int(ds.get("Columns") or 0), "frames": frame_count(ds),
         "photometric": str(ds.get("PhotometricInterpretation", "") or "") or None,
         "bits_stored": int(ds.get("BitsStored") or 0) or None,
         "transfer_syntax": getattr(syntax, "name", None) or (str(syntax) if syntax else None),

@@ -70,8 +70,6 @@ def read_nifti(path: Path, options: ImagingOptions) -> MedicalInput:
     modality = (options.modality or "").upper() or guess_modality(volume)
     zooms = [round(float(v), 4) for v in img.header.get_zooms()[:3]]
     facts: dict[str, object] = {
-        "format": "NIfTI",
-        "voxel_size_mm": zooms,
-        "modality_guessed": options.modality is None,
+        "format": "NIfTI", "voxel_size_mm": zooms, "modality_guessed": options.modality is None,
     }
     return array_to_input(volume, modality, options, path.name, facts)

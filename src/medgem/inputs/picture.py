@@ -61,12 +61,8 @@ def read_picture(path: Path, options: ImagingOptions) -> MedicalInput:
                               "copy the file again") from exc
     modality = options.modality.upper() if options.modality else None
     return MedicalInput(
-        kind="image",
-        images=[rgb],
-        modality=modality,
-        study_date=None,
-        description=f"{modality or 'picture'} image: {rgb.width}x{rgb.height}",
-        source=path.name,
+        kind="image", images=[rgb], modality=modality, study_date=None,
+        description=f"{modality or 'picture'} image: {rgb.width}x{rgb.height}", source=path.name,
         metadata={"format": "picture", "rows": rgb.height, "columns": rgb.width,
                   "mode": original_mode, "frames": frames},
     )

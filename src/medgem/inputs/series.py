@@ -7,6 +7,7 @@ Only headers are read here; the caller decodes the pixels of the sampled slices 
 from __future__ import annotations
 
 import zipfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,13 +15,7 @@ from typing import Any
 import numpy as np
 
 from medgem.errors import ImageInputError
-from medgem.inputs.dicom import (
-    DicomSource,
-    check_image_header,
-    frame_count,
-    looks_like_dicom,
-    read_header,
-)
+from medgem.inputs.dicom import DicomSource, check_image_header, looks_like_dicom, read_header
 from medgem.inputs.options import ImagingOptions
 
 #: Files that are never DICOM instances, skipped when scanning a folder or zip.
@@ -147,12 +142,9 @@ def group_series(sources: list[DicomSource], options: ImagingOptions) -> list[Se
         uid = str(ds.get("SeriesInstanceUID", "") or "")
         if uid not in groups:
             number = ds.get("SeriesNumber")
-            groups[uid] = Series(
-                uid=uid,
-                modality=str(ds.get("Modality", "") or ""),
-                description=str(ds.get("SeriesDescription", "") or ""),
-                number=int(number) if number not in (None, "") else None,
-            )
+            groups[uid] = Series(uid, str(ds.get("Modality", "") or ""),
+                                 str(ds.get("SeriesDescription", "") or ""),
+                                 int(number) if number not in (None, "") else None)
         groups[uid].members.append((source, ds))
     if not groups:
         assert first_error is not None
@@ -197,11 +189,8 @@ def _position_along_normal(ds: Any) -> float | None:
 
 
 def sort_slices(series: Series) -> str:
-    """Sort members by InstanceNumber, else by position along the slice normal, else file name.
-
-    Returns:
-        What the order was based on ("instance number", "position", "file name").
-    """
+    """Sort members by InstanceNumber, else by position along the slice normal, else file name;
+    returns which ("instance number", "position", "file name")."""
     def number(ds: Any) -> int | None:
         value = ds.get("InstanceNumber")
         return int(value) if value not in (None, "") else None
@@ -225,10 +214,7 @@ def check_uniform(series: Series, where: str) -> tuple[int, int]:
     Raises:
         ImageInputError: mixed sizes, naming them and how many slices have each.
     """
-    sizes: dict[tuple[int, int], int] = {}
-    for _, ds in series.members:
-        key = (int(ds.Rows), int(ds.Columns))
-        sizes[key] = sizes.get(key, 0) + 1
+    sizes = Counter((int(ds.Rows), int(ds.Columns)) for _, ds in series.members)
     if len(sizes) > 1:
         found = ", ".join(f"{c}x{r} ({n} slices)" for (r, c), n in sorted(sizes.items()))
         raise ImageInputError(
@@ -244,8 +230,3 @@ def sample_indices(count: int, limit: int) -> list[int]:
     if count <= limit:
         return list(range(count))
     return [int(i) for i in np.round(np.linspace(0, count - 1, limit)).astype(int)]
-
-
-def total_frames(series: Series) -> int:
-    """Frames across all members (a member may itself be multi-frame)."""
-    return sum(frame_count(ds) for _, ds in series.members)

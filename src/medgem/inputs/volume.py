@@ -13,37 +13,20 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from medgem.errors import ImageInputError
-from medgem.inputs.dicom import (
-    colour_to_rgb8,
-    decode_frames,
-    frame_count,
-    header_facts,
-    is_colour,
-    modality_values,
-    read_header,
-    study_date,
-)
+from medgem.inputs import dicom
 from medgem.inputs.options import ImagingOptions, MedicalInput
 from medgem.inputs.series import Series, check_uniform, sample_indices, sort_slices
 from medgem.inputs.windows import ct_to_rgb, grey_to_rgb, minmax_to_uint8, window_to_uint8
 
 
-def stack_to_rgb(
-    values: NDArray[np.float32], modality: str | None, options: ImagingOptions, *, inverted: bool = False
-) -> tuple[NDArray[np.uint8], str]:
-    """Display a grey stack (S, H, W) of modality values as RGB (S, H, W, 3).
+def stack_to_rgb(values: NDArray[np.float32], modality: str | None, options: ImagingOptions, *,
+                 inverted: bool = False) -> tuple[NDArray[np.uint8], str]:
+    """Display a grey stack (S, H, W) of modality values as RGB (S, H, W, 3); returns it with
+    the name of the window used.
 
     CT gets the three HU windows unless ``options.window`` overrides them; everything else is
-    min-max scaled over the whole stack, so slices keep their relative brightness.
-
-    Args:
-        values: modality values (HU for CT), shape (S, H, W).
-        modality: "CT", "MR", ... or None.
-        options: windows and overrides.
-        inverted: MONOCHROME1 data, shown inverted (not for CT windows, which are defined in HU).
-
-    Returns:
-        (uint8 array (S, H, W, 3), the name of the window used).
+    min-max scaled over the whole stack, so slices keep their relative brightness. ``inverted``
+    (MONOCHROME1) data is shown inverted, except under CT windows, which are defined in HU.
     """
     override = options.window_range
     if override is not None:
@@ -63,14 +46,6 @@ def to_images(rgb: NDArray[np.uint8]) -> list[Image.Image]:
     return [Image.fromarray(np.ascontiguousarray(frame), mode="RGB") for frame in rgb]
 
 
-def _check_total(count: int, rows: int, cols: int, options: ImagingOptions, where: str) -> None:
-    if count * rows * cols > options.max_total_pixels:
-        raise ImageInputError(
-            f"{where}: {count} slices of {cols}x{rows} exceed {options.max_total_pixels:,} pixels",
-            "lower --max-slices, or raise ImagingOptions.max_total_pixels",
-        )
-
-
 def _slice_spacing(series: Series) -> float | None:
     positions = [ds.get("ImagePositionPatient") for _, ds in series.members]
     if len(positions) < 2 or any(not p or len(p) != 3 for p in positions):
@@ -79,9 +54,8 @@ def _slice_spacing(series: Series) -> float | None:
     return round(float(np.median(steps)), 4)
 
 
-def series_to_input(
-    series: Series, options: ImagingOptions, source: str, series_count: int
-) -> MedicalInput:
+def series_to_input(series: Series, options: ImagingOptions, source: str, series_count: int
+                    ) -> MedicalInput:
     """Sort, sample and display one DICOM series (one slice per file).
 
     Raises:
@@ -90,20 +64,23 @@ def series_to_input(
     rows, cols = check_uniform(series, source)
     sorted_by = sort_slices(series)
     picked = sample_indices(len(series.members), options.max_slices)
-    _check_total(len(picked), rows, cols, options, source)
+    if len(picked) * rows * cols > options.max_total_pixels:
+        raise ImageInputError(
+            f"{source}: {len(picked)} slices of {cols}x{rows} exceed {options.max_total_pixels:,} pixels",
+            "lower --max-slices, or raise ImagingOptions.max_total_pixels")
     modality = options.modality or series.modality or None
     first_full: Any = None
     colour: list[NDArray[np.uint8]] = []
     grey: list[NDArray[np.float32]] = []
     for i in picked:
         member, _ = series.members[i]
-        ds = read_header(member, pixels=True)
+        ds = dicom.read_header(member, pixels=True)
         first_full = first_full if first_full is not None else ds
-        frame = decode_frames(ds, member.name, 0 if frame_count(ds) > 1 else None)
-        if is_colour(ds):
-            colour.append(colour_to_rgb8(ds, frame))
+        frame = dicom.decode_frames(ds, member.name, 0 if dicom.frame_count(ds) > 1 else None)
+        if dicom.is_colour(ds):
+            colour.append(dicom.colour_to_rgb8(ds, frame))
         else:
-            grey.append(modality_values(ds, frame))
+            grey.append(dicom.modality_values(ds, frame))
     if colour and grey:
         raise ImageInputError(f"series {series.short_uid} in {source} mixes colour and grey slices",
                               "pass the slices of one kind")
@@ -112,15 +89,10 @@ def series_to_input(
     else:
         inverted = first_full.get("PhotometricInterpretation") == "MONOCHROME1"
         rgb, used = stack_to_rgb(np.stack(grey), modality, options, inverted=inverted)
-    facts = header_facts(first_full)
+    facts = dicom.header_facts(first_full)
     facts.update(
-        slices_total=len(series.members),
-        slices_sent=len(picked),
-        sampled_indices=picked,
-        sorted_by=sorted_by,
-        window=used,
-        series=series.short_uid,
-        series_count=series_count,
+        slices_total=len(series.members), slices_sent=len(picked), sampled_indices=picked,
+        sorted_by=sorted_by, window=used, series=series.short_uid, series_count=series_count,
     )
     spacing = _slice_spacing(series)
     if spacing is not None:
@@ -128,51 +100,41 @@ def series_to_input(
     kind: Literal["image", "volume"] = "volume" if len(picked) > 1 else "image"
     what = f"{len(picked)} of {len(series.members)} slices, " if kind == "volume" else ""
     return MedicalInput(
-        kind=kind,
-        images=to_images(rgb),
-        modality=modality,
-        study_date=study_date(first_full),
+        kind=kind, images=to_images(rgb), modality=modality,
+        study_date=dicom.study_date(first_full), source=source, metadata=facts,
         description=f"{modality or 'unknown'} {kind}: {what}{cols}x{rows}, {used}",
-        source=source,
-        metadata=facts,
     )
 
 
 def multiframe_to_input(ds: Any, options: ImagingOptions, source: str) -> MedicalInput:
     """Treat every frame of a multi-frame DICOM as a slice: sample, then display as a volume."""
-    count = frame_count(ds)
+    count = dicom.frame_count(ds)
     picked = sample_indices(count, options.max_slices)
     frames: dict[int, NDArray[Any]]
     if len(picked) == count:
-        everything = decode_frames(ds, source)  # (F, H, W[, 3])
+        everything = dicom.decode_frames(ds, source)  # (F, H, W[, 3])
         frames = {i: everything[i] for i in picked}
     else:  # decode only the sampled frames: compressed cine loops are slow to decode whole
-        frames = {i: decode_frames(ds, source, i) for i in picked}
+        frames = {i: dicom.decode_frames(ds, source, i) for i in picked}
     modality = options.modality or str(ds.get("Modality", "") or "") or None
-    if is_colour(ds):
-        rgb, used = np.stack([colour_to_rgb8(ds, frames[i]) for i in picked]), "colour"
+    if dicom.is_colour(ds):
+        rgb, used = np.stack([dicom.colour_to_rgb8(ds, frames[i]) for i in picked]), "colour"
     else:
-        values = np.stack([modality_values(ds, frames[i], i) for i in picked])
+        values = np.stack([dicom.modality_values(ds, frames[i], i) for i in picked])
         inverted = ds.get("PhotometricInterpretation") == "MONOCHROME1"
         rgb, used = stack_to_rgb(values, modality, options, inverted=inverted)
-    facts = header_facts(ds)
+    facts = dicom.header_facts(ds)
     facts.update(slices_total=count, slices_sent=len(picked), sampled_indices=picked, window=used)
     rows, cols = rgb.shape[1:3]
     return MedicalInput(
-        kind="volume",
-        images=to_images(rgb),
-        modality=modality,
-        study_date=study_date(ds),
+        kind="volume", images=to_images(rgb), modality=modality, study_date=dicom.study_date(ds),
         description=f"{modality or 'unknown'} volume: {len(picked)} of {count} frames, {cols}x{rows}, {used}",
-        source=source,
-        metadata=facts,
+        source=source, metadata=facts,
     )
 
 
-def array_to_input(
-    volume: NDArray[Any], modality: str | None, options: ImagingOptions, source: str,
-    facts: dict[str, object],
-) -> MedicalInput:
+def array_to_input(volume: NDArray[Any], modality: str | None, options: ImagingOptions, source: str,
+                   facts: dict[str, object]) -> MedicalInput:
     """A 3-D array (S, H, W) of modality values (e.g. NIfTI) -> sampled, displayed volume."""
     count = volume.shape[0]
     picked = sample_indices(count, options.max_slices)
@@ -183,11 +145,7 @@ def array_to_input(
                  sampled_indices=picked, window=used)
     kind: Literal["image", "volume"] = "volume" if len(picked) > 1 else "image"
     return MedicalInput(
-        kind=kind,
-        images=to_images(rgb),
-        modality=modality,
-        study_date=None,
+        kind=kind, images=to_images(rgb), modality=modality, study_date=None,
         description=f"{modality or 'unknown'} {kind}: {len(picked)} of {count} slices, {cols}x{rows}, {used}",
-        source=source,
-        metadata=facts,
+        source=source, metadata=facts,
     )

@@ -16,16 +16,8 @@ from medgem.inputs.options import WindowRange
 
 
 def window_to_uint8(values: NDArray[np.generic], low: float, high: float) -> NDArray[np.uint8]:
-    """Map ``low..high`` linearly onto 0..255, clipping outside, truncating like the notebook.
-
-    Args:
-        values: any-shaped numeric array (e.g. HU of one slice, (H, W)).
-        low: value shown black.
-        high: value shown white; must exceed ``low``.
-
-    Returns:
-        A uint8 array of the same shape.
-    """
+    """Map ``low..high`` (black..white, ``high > low``) linearly onto 0..255, clipping outside
+    and truncating like the notebook; the result has the shape of ``values``."""
     if high <= low:
         raise ValueError(f"window {low}..{high} is empty: high must exceed low")
     out = np.clip(values, low, high).astype(np.float32)
@@ -41,34 +33,19 @@ def centre_width_to_range(centre: float, width: float) -> WindowRange:
 
 
 def ct_to_rgb(hu: NDArray[np.generic], windows: Sequence[WindowRange]) -> NDArray[np.uint8]:
-    """Window Hounsfield units into three channels, one window each (MedGemma's CT encoding).
-
-    Args:
-        hu: Hounsfield units, shape (..., H, W).
-        windows: three (low, high) windows for red, green and blue.
-
-    Returns:
-        uint8 array of shape (..., H, W, 3).
-    """
+    """Window Hounsfield units (..., H, W) into three channels (..., H, W, 3), one (low, high)
+    window each for red, green and blue (MedGemma's CT encoding)."""
     if len(windows) != 3:
         raise ValueError(f"CT needs three windows (red, green, blue), got {len(windows)}")
     return np.stack([window_to_uint8(hu, low, high) for low, high in windows], axis=-1)
 
 
-def minmax_to_uint8(
-    values: NDArray[np.generic], low: float | None = None, high: float | None = None
-) -> NDArray[np.uint8]:
-    """Scale ``values`` so that ``low`` (default: their minimum) is 0 and ``high`` is 255.
+def minmax_to_uint8(values: NDArray[np.generic], low: float | None = None,
+                    high: float | None = None) -> NDArray[np.uint8]:
+    """Scale ``values`` so that ``low`` (default: their minimum) is 0 and ``high`` (default: their
+    maximum) is 255; pass a whole MR volume so its slices share one scale.
 
     A constant image (no range) becomes all zeros, with a warning, rather than dividing by zero.
-
-    Args:
-        values: any-shaped numeric array; a whole volume for MR so slices share one scale.
-        low: the value mapped to 0, default the minimum.
-        high: the value mapped to 255, default the maximum.
-
-    Returns:
-        uint8 array of the same shape.
     """
     lo = float(np.min(values)) if low is None else low
     hi = float(np.max(values)) if high is None else high

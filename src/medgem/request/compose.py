@@ -25,12 +25,9 @@ IMAGE_TOKEN_MARK = "<start_of_image>"
 
 # Default questions for `medgem describe`, by DICOM modality (None: a photo or unknown).
 DESCRIBE_PROMPTS: dict[str | None, str] = {
-    "CR": "Describe this X-ray",
-    "DX": "Describe this X-ray",
-    "CT": "Describe the findings in this CT scan.",
-    "MR": "Describe the findings in this MRI.",
-    "US": "Describe this ultrasound image.",
-    "SM": "Describe this pathology image.",
+    "CR": "Describe this X-ray", "DX": "Describe this X-ray",
+    "CT": "Describe the findings in this CT scan.", "MR": "Describe the findings in this MRI.",
+    "US": "Describe this ultrasound image.", "SM": "Describe this pathology image.",
     "DOC": "Summarise this document, listing any lab values with their units.",
     None: "Describe this medical image.",
 }
@@ -91,17 +88,10 @@ def resolve_options(kind: InputKind, options: GenerationOptions | None,
     return replace(options, max_new_tokens=default_budget(kind, options.think))
 
 
-def build_request(
-    question: str,
-    *,
-    images: Sequence[Image.Image] = (),
-    sources: Sequence[str] = (),
-    system: str | None = None,
-    chat: bool = True,
-    variant: Variant | None = None,
-    history: Sequence[Message] = (),
-    options: GenerationOptions | None = None,
-) -> Request:
+def build_request(question: str, *, images: Sequence[Image.Image] = (), sources: Sequence[str] = (),
+                  system: str | None = None, chat: bool = True, variant: Variant | None = None,
+                  history: Sequence[Message] = (),
+                  options: GenerationOptions | None = None) -> Request:
     """One question, optionally with images, as the official quick start builds it.
 
     Args:
@@ -144,15 +134,10 @@ def build_request(
     return Request(tuple(messages), options)
 
 
-def build_volume_request(
-    question: str,
-    slices: Sequence[Image.Image],
-    *,
-    modality: str | None = "CT",
-    instruction: str | None = None,
-    variant: Variant | None = None,
-    options: GenerationOptions | None = None,
-) -> Request:
+def build_volume_request(question: str, slices: Sequence[Image.Image], *,
+                         modality: str | None = "CT", instruction: str | None = None,
+                         variant: Variant | None = None,
+                         options: GenerationOptions | None = None) -> Request:
     """A CT/MR volume the way MedGemma 1.5 reads it.
 
     One user turn, no system turn: the instruction, then each slice followed by ``SLICE n``
@@ -172,16 +157,10 @@ def build_volume_request(
     return Request((Message("user", tuple(parts)),), options)
 
 
-def request_for_inputs(
-    question: str,
-    loaded: LoadedImages,
-    *,
-    system: str | None = None,
-    chat: bool = True,
-    variant: Variant | None = None,
-    history: Sequence[Message] = (),
-    options: GenerationOptions | None = None,
-) -> Request:
+def request_for_inputs(question: str, loaded: LoadedImages, *, system: str | None = None,
+                       chat: bool = True, variant: Variant | None = None,
+                       history: Sequence[Message] = (),
+                       options: GenerationOptions | None = None) -> Request:
     """The Request for a question about what the inputs front door read: the volume layout
     for a CT/MR volume, the pathology layout for a slide's patches, the image layout otherwise
     (one place for every surface). Text the inputs carry (a PDF's text layer) goes before the
@@ -204,14 +183,9 @@ PATHOLOGY_INSTRUCTION = (
 )
 
 
-def build_slide_request(
-    question: str,
-    patches: Sequence[Image.Image],
-    *,
-    instruction: str | None = None,
-    variant: Variant | None = None,
-    options: GenerationOptions | None = None,
-) -> Request:
+def build_slide_request(question: str, patches: Sequence[Image.Image], *,
+                        instruction: str | None = None, variant: Variant | None = None,
+                        options: GenerationOptions | None = None) -> Request:
     """A whole-slide image the way the official pathology notebook lays it out.
 
     One user turn, no system turn: the text first (the instructor framing, then the question),

@@ -15,15 +15,10 @@ from medgem.request.variants import InputKind, Variant
 MAX_IMAGES = 16
 
 
-def request_from_openai(
-    messages: Sequence[dict[str, Any]],
-    *,
-    variant: Variant | None = None,
-    chat: bool = True,
-    options: GenerationOptions | None = None,
-    allowed_dirs: Sequence[Path] | None = None,
-    max_images: int = MAX_IMAGES,
-) -> Request:
+def request_from_openai(messages: Sequence[dict[str, Any]], *, variant: Variant | None = None,
+                        chat: bool = True, options: GenerationOptions | None = None,
+                        allowed_dirs: Sequence[Path] | None = None,
+                        max_images: int = MAX_IMAGES) -> Request:
     """Convert OpenAI chat messages (text, ``image_url`` data URLs, local images) to a Request.
 
     Args:

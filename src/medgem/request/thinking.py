@@ -66,9 +66,8 @@ class ThinkingSplitter:
         rest, self._pending = self._pending, ""
         if not rest:
             return
-        if self._state == "thought" or self._state == "label":
-            label = _THOUGHT_LABEL
-            if self._state == "label" and label.startswith(rest.strip()):
+        if self._state in ("thought", "label"):
+            if self._state == "label" and _THOUGHT_LABEL.startswith(rest.strip()):
                 return
             yield Piece("thinking", rest)
         else:
@@ -110,13 +109,8 @@ class ThinkingSplitter:
         # answer: a later opening marker (model thinking again) is kept out of the answer.
         return self._scan(buf, THOUGHT_OPEN, "answer", next_state="label")
 
-    def _scan(
-        self,
-        buf: str,
-        marker: str,
-        kind: Literal["thinking", "answer"],
-        next_state: Literal["answer", "label"],
-    ) -> tuple[bool, list[Piece]]:
+    def _scan(self, buf: str, marker: str, kind: Literal["thinking", "answer"],
+              next_state: Literal["answer", "label"]) -> tuple[bool, list[Piece]]:
         index = buf.find(marker)
         if index >= 0:
             before, self._pending = buf[:index], buf[index + len(marker) :]

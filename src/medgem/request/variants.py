@@ -21,6 +21,8 @@ class Variant:
         thinks_unprompted: may emit a thought without being asked.
         params_b: parameters in billions (text + vision), for memory estimates.
         inputs: what it reads, for `medgem models`.
+        context_length: the model's context window (Gemma 3: 128k tokens).
+        max_output_tokens: the longest answer a backend should be sized for.
     """
 
     key: str
@@ -33,52 +35,31 @@ class Variant:
     thinks_unprompted: bool = False
     context_length: int = 131072
     max_output_tokens: int = 8192
-    notes: str = ""
 
 
 VARIANTS: tuple[Variant, ...] = (
-    Variant(
-        "4b-it", "google/medgemma-4b-it", True, True, False, 4.3,
-        "image + text (CXR, dermatology, ophthalmology, pathology)",
-        notes="card v1.0.1 fixed a missing end-of-image token",
-    ),
-    Variant(
-        "4b-pt", "google/medgemma-4b-pt", True, False, False, 4.3,
-        "image + text (completion prompts, no chat)",
-    ),
-    Variant(
-        "27b-text-it", "google/medgemma-27b-text-it", False, True, True, 27.0,
-        "text only (clinical reasoning)",
-    ),
-    Variant(
-        "27b-it", "google/medgemma-27b-it", True, True, True, 27.4,
-        "image + text, EHR/FHIR",
-    ),
-    Variant(
-        "1.5-4b-it", "google/medgemma-1.5-4b-it", True, True, True, 4.3,
-        "image + text, CT/MR volumes, WSI, longitudinal CXR, boxes, documents",
-        thinks_unprompted=True,
-    ),
+    Variant("4b-it", "google/medgemma-4b-it", True, True, False, 4.3,  # card v1.0.1 fixed its
+            "image + text (CXR, dermatology, ophthalmology, pathology)"),  # end-of-image token
+    Variant("4b-pt", "google/medgemma-4b-pt", True, False, False, 4.3,
+            "image + text (completion prompts, no chat)"),
+    Variant("27b-text-it", "google/medgemma-27b-text-it", False, True, True, 27.0,
+            "text only (clinical reasoning)"),
+    Variant("27b-it", "google/medgemma-27b-it", True, True, True, 27.4, "image + text, EHR/FHIR"),
+    Variant("1.5-4b-it", "google/medgemma-1.5-4b-it", True, True, True, 4.3,
+            "image + text, CT/MR volumes, WSI, longitudinal CXR, boxes, documents",
+            thinks_unprompted=True),
 )
 
 ALIASES: dict[str, str] = {
-    "4b": "4b-it",
-    "27b": "27b-text-it",
-    "27b-text": "27b-text-it",
-    "1.5": "1.5-4b-it",
+    "4b": "4b-it", "27b": "27b-text-it", "27b-text": "27b-text-it", "1.5": "1.5-4b-it",
     "1.5-4b": "1.5-4b-it",
 }
 
 # max_new_tokens defaults, from the official quick start (image 300/1300, text 500/1500) and
 # the volume and longitudinal notebooks (2000, ~600).
 _BUDGETS: dict[tuple[InputKind, bool], int] = {
-    ("text", False): 500,
-    ("text", True): 1500,
-    ("image", False): 300,
-    ("image", True): 1300,
-    ("volume", False): 2000,
-    ("volume", True): 2000,
-    ("longitudinal", False): 600,
+    ("text", False): 500, ("text", True): 1500, ("image", False): 300, ("image", True): 1300,
+    ("volume", False): 2000, ("volume", True): 2000, ("longitudinal", False): 600,
     ("longitudinal", True): 1600,
 }
 

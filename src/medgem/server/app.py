@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from importlib import resources
 
 from fastapi import FastAPI
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request as HttpRequest
 from starlette.responses import FileResponse, JSONResponse, Response
@@ -24,24 +25,19 @@ from medgem.errors import InputError, MedgemError
 from medgem.server.auth import KeyStore
 from medgem.server.config import ServerConfig
 from medgem.server.errors import error_response
-from medgem.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from medgem.server.metrics import Metrics
 from medgem.server.page import PageHandlers
 from medgem.server.serving import Serving
 
 log = logging.getLogger("medgem.server")
-_PAGE_HEADERS = {
+_PAGE_HEADERS = {  # SecurityHeaders adds nosniff and no-referrer
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; "
     "script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
 }
 
 
-def create_app(
-    config: ServerConfig, model: MedGemma, *, store: AuditStore | None = None,
-    keys: KeyStore | None = None,
-) -> FastAPI:
+def create_app(config: ServerConfig, model: MedGemma, *, store: AuditStore | None = None,
+               keys: KeyStore | None = None) -> FastAPI:
     """Build the app.
 
     Args:
@@ -74,13 +70,11 @@ def create_app(
     app = FastAPI(title="medgem", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.serving = serving
 
-    @app.exception_handler(MedgemError)
-    async def _medgem_error(request: HttpRequest, exc: MedgemError) -> Response:
+    async def on_error(request: HttpRequest, exc: Exception) -> Response:
         return error_response(exc)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: HttpRequest, exc: Exception) -> Response:
-        return error_response(exc)
+    app.add_exception_handler(MedgemError, on_error)
+    app.add_exception_handler(Exception, on_error)  # Starlette routes this one to its 500 layer
 
     app.add_api_route("/v1/chat/completions", serving.chat_completions, methods=["POST"])
     app.add_api_route("/api/ask", page.ask, methods=["POST"])
@@ -111,7 +105,7 @@ def create_app(
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(serving.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+        return Response(serving.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     static = resources.files("medgem.server") / "static"
 

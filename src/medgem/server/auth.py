@@ -15,7 +15,7 @@ import re
 import secrets
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from medgem.errors import InputError
@@ -100,9 +100,7 @@ class KeyStore:
             InputError: a bad name, or an active key with that name already exists.
         """
         if not _NAME.match(name):
-            raise InputError(
-                f"key name {name!r} is not allowed", "use letters, digits and . _ @ - (max 64)"
-            )
+            raise InputError(f"key name {name!r} is not allowed", "use letters, digits and . _ @ - (max 64)")
         with self._lock:
             self._reload()
             if any(e.name == name and e.revoked is None for e in self._entries):
@@ -120,11 +118,8 @@ class KeyStore:
         """
         with self._lock:
             self._reload()
-            found = False
-            for index, entry in enumerate(self._entries):
-                if entry.name == name and entry.revoked is None:
-                    self._entries[index] = KeyEntry(entry.name, entry.sha256, entry.created, _now())
-                    found = True
+            found = [e for e in self._entries if e.name == name and e.revoked is None]
+            self._entries = [replace(e, revoked=_now()) if e in found else e for e in self._entries]
             if not found:
                 raise InputError(f"no active key named '{name}'", "see `medgem keys list`")
             self._write()
@@ -144,12 +139,8 @@ class KeyStore:
 
 def bearer_token(header: str | None) -> str | None:
     """The token of an ``Authorization: Bearer ...`` header."""
-    if not header:
-        return None
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
+    scheme, _, token = (header or "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
 
 
 def _now() -> str:

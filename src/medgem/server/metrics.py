@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -20,17 +19,12 @@ from prometheus_client import (
 )
 
 LATENCY_BUCKETS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
-CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 class Metrics:
-    """What /metrics reports.
+    """What /metrics reports; gauges read at scrape time are added with :meth:`add_gauge`."""
 
-    Args:
-        gauges: name -> (help, callable) read at scrape time (queue depth, busy engine).
-    """
-
-    def __init__(self, gauges: dict[str, tuple[str, Callable[[], float]]] | None = None) -> None:
+    def __init__(self) -> None:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         self._requests = Counter("medgem_requests", "HTTP requests by endpoint and status.",
@@ -49,8 +43,6 @@ class Metrics:
                                       buckets=LATENCY_BUCKETS, registry=self.registry)
         for kind in ("prompt", "completion"):
             self._tokens.labels(kind)  # exported as 0 before the first answer
-        for name, (help_text, read) in (gauges or {}).items():
-            self.add_gauge(name, help_text, read)
 
     def add_gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         Gauge(name, help_text, registry=self.registry).set_function(read)
@@ -58,10 +50,8 @@ class Metrics:
     def count_request(self, endpoint: str, status: int) -> None:
         self._requests.labels(endpoint, str(status)).inc()
 
-    def record_answer(
-        self, *, prompt_tokens: int, completion_tokens: int, finish_reason: str,
-        queue_s: float, first_token_s: float, total_s: float,
-    ) -> None:
+    def record_answer(self, *, prompt_tokens: int, completion_tokens: int, finish_reason: str,
+                      queue_s: float, first_token_s: float, total_s: float) -> None:
         self._tokens.labels("prompt").inc(prompt_tokens)
         self._tokens.labels("completion").inc(completion_tokens)
         self._answers.labels(finish_reason).inc()
@@ -70,5 +60,5 @@ class Metrics:
         self._duration.observe(queue_s + total_s)
 
     def render(self) -> bytes:
-        """The exposition text (Prometheus text format, CONTENT_TYPE)."""
+        """The exposition text (Prometheus text format, CONTENT_TYPE_LATEST)."""
         return bytes(generate_latest(self.registry))

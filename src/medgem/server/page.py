@@ -26,6 +26,8 @@ from medgem.server.serving import Serving
 
 PREVIEW_SIDE = 448  # px; the model sees 896, the page shows half
 PREVIEW_MAX = 6  # images shown for a series
+_UPLOAD_TYPES = frozenset({"application/dicom", "application/zip", "application/x-zip-compressed",
+                           "application/octet-stream", "application/pdf"})
 
 
 class PageHandlers:
@@ -104,8 +106,7 @@ class PageHandlers:
                 raise ApiError(404, f"no answer record '{body.record_id}'", code="record_not_found", param="record_id")
             record = await asyncio.to_thread(
                 add_review, s.store, body.record_id, body.verdict, correction=body.correction,
-                note=body.note, reviewer=body.reviewer or user, user=user,
-            )
+                note=body.note, reviewer=body.reviewer or user, user=user)
         except MedgemError as exc:
             s.metrics.count_request("/api/reviews", exc.status)
             return error_response(exc)
@@ -129,9 +130,7 @@ class PageHandlers:
 
 def _load(url: str) -> LoadedImages:
     data, mime = decode_data_url(url)
-    if mime and not (mime.startswith("image/") or mime in ("application/dicom", "application/zip",
-                                                           "application/x-zip-compressed", "application/octet-stream",
-                                                           "application/pdf")):
+    if mime and not (mime.startswith("image/") or mime in _UPLOAD_TYPES):
         raise ImageInputError(f"file type '{mime}' is not supported", "attach a PNG, JPEG, DICOM or a zipped DICOM series")
     loaded = images_from_bytes(data, mime)
     if not loaded.images:
@@ -150,9 +149,8 @@ def _preview(url: str) -> dict[str, Any]:
         image.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
-        images.append({
-            "url": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"),
-            "index": index + 1, "width": loaded.images[index].width, "height": loaded.images[index].height,
-        })
+        images.append({"url": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"),
+                       "index": index + 1, "width": loaded.images[index].width,
+                       "height": loaded.images[index].height})
     modalities = sorted({m for m in loaded.modalities if m})
     return {"images": images, "count": count, "volume": loaded.volume_modality, "modalities": modalities}

@@ -84,10 +84,8 @@ class ChatCompletionRequest(_Strict):
 
     def openai_messages(self) -> list[dict[str, Any]]:
         """The messages as plain dicts, the shape ``request_from_openai`` reads."""
-        return [
-            m.model_dump(exclude_none=True, exclude={"name", "reasoning_content", "reasoning"})
-            for m in self.messages
-        ]
+        return [m.model_dump(exclude_none=True, exclude={"name", "reasoning_content", "reasoning"})
+                for m in self.messages]
 
 
 # --- chat completions: response ------------------------------------------------------------
@@ -163,7 +161,7 @@ class ChatCompletionChunk(BaseModel):
     medgem: MedgemExtra | None = None
 
 
-# --- models and errors ---------------------------------------------------------------------
+# --- models ----------------------------------------------------------------------------
 
 
 class ModelCard(BaseModel):
@@ -173,22 +171,6 @@ class ModelCard(BaseModel):
     owned_by: str = "medgem"
     max_model_len: int
     medgem: dict[str, Any]
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
-
-
-class ErrorDetail(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorBody(BaseModel):
-    error: ErrorDetail
 
 
 # --- the web page's own endpoints ------------------------------------------------------------

@@ -21,8 +21,7 @@ def digest_inputs(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     entries: list[dict[str, Any]] = []
     for message in messages:
         role = message.get("role")
-        content = message.get("content")
-        for part in _parts(content):
+        for part in _parts(message.get("content")):
             if part.get("type") == "text":
                 text = part.get("text") or ""
                 entries.append({"role": role, "kind": "text", "sha256": sha256_hex(text), "chars": len(text)})
@@ -33,10 +32,8 @@ def digest_inputs(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     entries.append({"role": role, "kind": "image_ref", "sha256": sha256_hex(url)})
                 else:
                     data, mime = decoded
-                    entries.append({
-                        "role": role, "kind": "image", "mime": mime,
-                        "sha256": sha256_hex(data), "bytes": len(data),
-                    })
+                    entries.append({"role": role, "kind": "image", "mime": mime,
+                                    "sha256": sha256_hex(data), "bytes": len(data)})
     return entries
 
 
@@ -46,15 +43,13 @@ def _parts(content: Any) -> list[dict[str, Any]]:
     return [part for part in content or [] if isinstance(part, dict)]
 
 
-def capture_inputs(
-    store: AuditStore, messages: list[dict[str, Any]], deid_key: bytes
-) -> list[dict[str, Any]]:
+def capture_inputs(store: AuditStore, messages: list[dict[str, Any]], deid_key: bytes
+                   ) -> list[dict[str, Any]]:
     """The opted-in copy: texts as they are, images as blobs (DICOM de-identified first)."""
     captured: list[dict[str, Any]] = []
     for message in messages:
-        content = message.get("content")
         kept: list[dict[str, Any]] = []
-        for part in _parts(content):
+        for part in _parts(message.get("content")):
             if part.get("type") == "text":
                 kept.append({"type": "text", "text": part.get("text") or ""})
                 continue

@@ -25,7 +25,7 @@ from typing import Any
 from medgem.engines.gguf.write import PlannedTensor, gguf_target, read_tokenizer, write_gguf
 from medgem.errors import ConversionError, InputError, NotACheckpointError, require
 
-# quant name -> (llama_ftype for the quantizer, general.file_type), None = written directly.
+# quant name -> llama_ftype for llama.cpp's quantizer; None = written directly.
 QUANTS: dict[str, int | None] = {"f16": None, "q8_0": 7, "q4_k_m": 15}
 
 
@@ -40,15 +40,9 @@ class ConversionResult:
     check: str
 
 
-def convert_checkpoint(
-    spec: str | os.PathLike[str],
-    quant: str = "q4_k_m",
-    out: Path | None = None,
-    *,
-    progress: bool = False,
-    verify: bool = True,
-    threads: int | None = None,
-) -> ConversionResult:
+def convert_checkpoint(spec: str | os.PathLike[str], quant: str = "q4_k_m", out: Path | None = None,
+                       *, progress: bool = False, verify: bool = True,
+                       threads: int | None = None) -> ConversionResult:
     """Convert a MedGemma / Gemma 3 checkpoint to GGUF.
 
     Args:
@@ -58,9 +52,6 @@ def convert_checkpoint(
         progress: show progress bars with ETA on stderr (only when it is a terminal).
         verify: load the result with llama.cpp and check it.
         threads: quantizer threads (default: all cores).
-
-    Returns:
-        Where the files are, their sizes, and the check's summary.
 
     Raises:
         InputError: an unknown quantization, or a GGUF given as input.
@@ -72,8 +63,8 @@ def convert_checkpoint(
 
     if quant not in QUANTS:
         raise InputError(f"unknown quantization '{quant}'", f"use one of: {', '.join(QUANTS)}")
-    for module, extra in (("gguf", "hf"), ("safetensors", "hf"), ("torch", "hf")):
-        require(module, extra, "medgem convert")
+    for module in ("gguf", "safetensors", "torch"):
+        require(module, "hf", "medgem convert")
     if QUANTS[quant] is not None:
         require("llama_cpp", "llamacpp", "medgem convert", "llama-cpp-python")
     started = time.perf_counter()
@@ -91,8 +82,7 @@ def convert_checkpoint(
     raw_path = model_path if QUANTS[quant] is None else out / "model.unquantized.gguf"
     write_gguf(raw_path, "gemma3", lambda w: _text_metadata(w, folder, config, checkpoint.model_id),
                text_plan, _tensor_bar(progress, raw_path.name, len(text_plan)))
-    quant_code = QUANTS[quant]
-    if quant_code is not None:
+    if (quant_code := QUANTS[quant]) is not None:
         n_params = sum(math.prod(t.shape) for t in text_plan)
         _quantize(raw_path, model_path, quant_code, n_params, threads, progress, quant)
         raw_path.unlink()
@@ -143,7 +133,7 @@ def _plan(index: dict[str, tuple[Path, tuple[int, ...], str]], quant: str
           ) -> tuple[list[PlannedTensor], list[PlannedTensor]]:
     text: list[PlannedTensor] = []
     vision: list[PlannedTensor] = []
-    for name in sorted(index, key=_natural):
+    for name in sorted(index, key=lambda n: [int(p) if p.isdigit() else p for p in n.split(".")]):
         file, shape, dtype = index[name]
         try:
             target = gguf_target(name)
@@ -163,10 +153,6 @@ def _plan(index: dict[str, tuple[Path, tuple[int, ...], str]], quant: str
         raise NotACheckpointError("the checkpoint holds no Gemma 3 text weights",
                                   "convert a MedGemma / Gemma 3 checkpoint")
     return text, vision
-
-
-def _natural(name: str) -> tuple[Any, ...]:
-    return tuple(int(part) if part.isdigit() else part for part in name.split("."))
 
 
 def _ggml_type(name: str, shape: tuple[int, ...], dtype: str, quant: str, part: str) -> str:
@@ -201,10 +187,9 @@ def _loader(file: Path, name: str, kind: str, gemma_norm: bool) -> Callable[[], 
 def _chat_template(folder: Path) -> str | None:
     if (folder / "chat_template.jinja").is_file():
         return (folder / "chat_template.jinja").read_text()
-    for name, key in (("chat_template.json", "chat_template"), ("tokenizer_config.json", "chat_template")):
-        path = folder / name
-        if path.is_file():
-            value = json.loads(path.read_text()).get(key)
+    for name in ("chat_template.json", "tokenizer_config.json"):
+        if (folder / name).is_file():
+            value = json.loads((folder / name).read_text()).get("chat_template")
             if isinstance(value, str) and value:
                 return value
     return None
@@ -214,18 +199,18 @@ def _text_metadata(writer: Any, folder: Path, config: Any, model_id: str) -> Non
     text = getattr(config, "text_config", config)
     arch = "gemma3"
     writer.add_name(model_id)
-    demo = _demo_id(folder)
-    if demo:
+    if demo := str((json.loads((folder / "config.json").read_text()).get("medgem_demo") or {})
+                   .get("id", "")):
         writer.add_string("medgem.demo", demo)  # random-weight/demo models stay labelled as such
     writer.add_file_type(1)
-    writer.add_uint32(f"{arch}.context_length", int(text.max_position_embeddings))
-    writer.add_uint32(f"{arch}.embedding_length", int(text.hidden_size))
-    writer.add_uint32(f"{arch}.block_count", int(text.num_hidden_layers))
-    writer.add_uint32(f"{arch}.feed_forward_length", int(text.intermediate_size))
-    writer.add_uint32(f"{arch}.attention.head_count", int(text.num_attention_heads))
-    writer.add_uint32(f"{arch}.attention.head_count_kv", int(text.num_key_value_heads))
-    writer.add_uint32(f"{arch}.attention.key_length", int(text.head_dim))
-    writer.add_uint32(f"{arch}.attention.value_length", int(text.head_dim))
+    for key, value in (
+        ("context_length", text.max_position_embeddings), ("embedding_length", text.hidden_size),
+        ("block_count", text.num_hidden_layers), ("feed_forward_length", text.intermediate_size),
+        ("attention.head_count", text.num_attention_heads),
+        ("attention.head_count_kv", text.num_key_value_heads),
+        ("attention.key_length", text.head_dim), ("attention.value_length", text.head_dim),
+    ):
+        writer.add_uint32(f"{arch}.{key}", int(value))
     writer.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", float(text.rms_norm_eps))
     writer.add_uint32(f"{arch}.attention.sliding_window", int(text.sliding_window))
     layer_types = list(getattr(text, "layer_types", None) or [])
@@ -250,24 +235,17 @@ def _text_metadata(writer: Any, folder: Path, config: Any, model_id: str) -> Non
     writer.add_array("tokenizer.ggml.tokens", tokenizer.tokens)
     writer.add_array("tokenizer.ggml.scores", tokenizer.scores)
     writer.add_array("tokenizer.ggml.token_type", tokenizer.types)
-    writer.add_uint32("tokenizer.ggml.bos_token_id", tokenizer.bos_id)
-    writer.add_uint32("tokenizer.ggml.eos_token_id", tokenizer.eos_id)
-    writer.add_uint32("tokenizer.ggml.unknown_token_id", tokenizer.unk_id)
-    writer.add_uint32("tokenizer.ggml.padding_token_id", tokenizer.pad_id)
+    for key, value in (("bos", tokenizer.bos_id), ("eos", tokenizer.eos_id),
+                       ("unknown", tokenizer.unk_id), ("padding", tokenizer.pad_id)):
+        writer.add_uint32(f"tokenizer.ggml.{key}_token_id", value)
     if "<end_of_turn>" in tokenizer.tokens[:1024]:
         writer.add_uint32("tokenizer.ggml.eot_token_id", tokenizer.tokens.index("<end_of_turn>"))
-    writer.add_bool("tokenizer.ggml.add_bos_token", True)
-    writer.add_bool("tokenizer.ggml.add_sep_token", False)
-    writer.add_bool("tokenizer.ggml.add_eos_token", False)
-    writer.add_bool("tokenizer.ggml.add_space_prefix", False)
+    for key, flag in (("bos_token", True), ("sep_token", False), ("eos_token", False),
+                      ("space_prefix", False)):
+        writer.add_bool(f"tokenizer.ggml.add_{key}", flag)
     template = _chat_template(folder)
     if template:
         writer.add_string("tokenizer.chat_template", template)
-
-
-def _demo_id(folder: Path) -> str:
-    config = json.loads((folder / "config.json").read_text())
-    return str((config.get("medgem_demo") or {}).get("id", ""))
 
 
 def _rope(text: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -303,13 +281,13 @@ def _vision_metadata(writer: Any, folder: Path, config: Any) -> None:
     writer.add_string("clip.projector_type", "gemma3")
     writer.add_bool("clip.has_vision_encoder", True)
     writer.add_bool("clip.use_gelu", True)
-    writer.add_uint32("clip.vision.image_size", int(vision.image_size))
-    writer.add_uint32("clip.vision.patch_size", int(vision.patch_size))
-    writer.add_uint32("clip.vision.embedding_length", int(vision.hidden_size))
-    writer.add_uint32("clip.vision.feed_forward_length", int(vision.intermediate_size))
-    writer.add_uint32("clip.vision.block_count", int(vision.num_hidden_layers))
-    writer.add_uint32("clip.vision.projection_dim", int(text.hidden_size))
-    writer.add_uint32("clip.vision.attention.head_count", int(vision.num_attention_heads))
+    for key, value in (
+        ("image_size", vision.image_size), ("patch_size", vision.patch_size),
+        ("embedding_length", vision.hidden_size), ("feed_forward_length", vision.intermediate_size),
+        ("block_count", vision.num_hidden_layers), ("projection_dim", text.hidden_size),
+        ("attention.head_count", vision.num_attention_heads),
+    ):
+        writer.add_uint32(f"clip.vision.{key}", int(value))
     writer.add_float32("clip.vision.attention.layer_norm_epsilon", float(vision.layer_norm_eps))
     writer.add_array("clip.vision.image_mean", [float(x) for x in mean])
     writer.add_array("clip.vision.image_std", [float(x) for x in std])

@@ -21,9 +21,8 @@ import numpy as np
 from gguf import TokenType
 
 # llama.cpp token types, as official Gemma GGUFs carry them (SentencePiece uses the same numbers).
-NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = (
-    int(TokenType.NORMAL), int(TokenType.UNKNOWN), int(TokenType.CONTROL),
-    int(TokenType.USER_DEFINED), int(TokenType.UNUSED), int(TokenType.BYTE))
+NORMAL, CONTROL, USER_DEFINED, UNUSED, BYTE = (int(t) for t in (
+    TokenType.NORMAL, TokenType.CONTROL, TokenType.USER_DEFINED, TokenType.UNUSED, TokenType.BYTE))
 
 _MAX_BLOCKS = 128  # enough for every Gemma 3 size (27B has 62 text and 27 vision layers)
 _TEXT_PREFIX = re.compile(r"^(?:model\.)?(?:language_model\.)?(?:model\.)?(?=embed_tokens|layers|norm)")
@@ -125,10 +124,7 @@ def read_tokenizer(folder: Path, vocab_size: int) -> TokenizerData:
         source = "tokenizer.json"
     else:
         raise FileNotFoundError(f"no tokenizer.model or tokenizer.json in {folder}")
-    for index in range(len(tokens), vocab_size):
-        tokens.append(f"<pad_{index}>")
-        scores.append(-1000.0)
-        types.append(UNUSED)
+    _pad_to(vocab_size, tokens, scores, types)
     return TokenizerData(tokens[:vocab_size], scores[:vocab_size], types[:vocab_size],
                          source=source, **special)
 
@@ -195,13 +191,18 @@ def _add_json_extras(folder: Path, tokens: list[str], scores: list[float], types
         index = int(token["id"])
         if index < base:
             continue
-        while len(tokens) <= index:
-            tokens.append(f"<pad_{len(tokens)}>")
-            scores.append(-1000.0)
-            types.append(UNUSED)
+        _pad_to(index + 1, tokens, scores, types)
         tokens[index] = token["content"]
         types[index] = CONTROL if token.get("special") else USER_DEFINED
         scores[index] = -1000.0
+
+
+def _pad_to(size: int, tokens: list[str], scores: list[float], types: list[int]) -> None:
+    """Fill rows up to ``size`` with unused ``<pad_N>`` pieces."""
+    for index in range(len(tokens), size):
+        tokens.append(f"<pad_{index}>")
+        scores.append(-1000.0)
+        types.append(UNUSED)
 
 
 def read_sentencepiece(data: bytes) -> tuple[list[str], list[float], list[int]]:
@@ -230,13 +231,8 @@ class PlannedTensor:
     load: Callable[[], np.ndarray[Any, Any]]
 
 
-def write_gguf(
-    path: Path,
-    arch: str,
-    metadata: Callable[[Any], None],
-    tensors: list[PlannedTensor],
-    progress: Callable[[int, int, str], None] | None = None,
-) -> None:
+def write_gguf(path: Path, arch: str, metadata: Callable[[Any], None], tensors: list[PlannedTensor],
+               progress: Callable[[int, int, str], None] | None = None) -> None:
     """Write a GGUF file one tensor at a time.
 
     Args:

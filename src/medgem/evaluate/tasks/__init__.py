@@ -15,14 +15,8 @@ TASKS: dict[str, str] = {
     "report": "medgem.evaluate.tasks.report",
 }
 ALIASES: dict[str, str] = {
-    "medqa": "mcq",
-    "medmcqa": "mcq",
-    "mmlu": "mcq",
-    "afrimed-qa": "mcq",
-    "cxr": "cxr-labels",
-    "chexpert": "cxr-labels",
-    "vqa-rad": "vqa",
-    "slake": "vqa",
+    "medqa": "mcq", "medmcqa": "mcq", "mmlu": "mcq", "afrimed-qa": "mcq", "cxr": "cxr-labels",
+    "chexpert": "cxr-labels", "vqa-rad": "vqa", "slake": "vqa",
 }
 
 

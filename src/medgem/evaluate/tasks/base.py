@@ -100,7 +100,6 @@ class Task(Protocol):
     description: str
     primary_metric: str
     think: bool  # ask thinking variants to think (the official MedQA prompt)
-    benchmarks: tuple[str, ...]
 
     def load(self, records: Sequence[Record], options: TaskOptions) -> LoadedData:
         """Turn dataset rows into items.
@@ -145,10 +144,7 @@ def field_value(record: Record, *names: str, required: bool = True) -> Any:
 def item_id(record: Record, *names: str) -> str:
     """The dataset's own id for a row, else "row-N" (N counted across files)."""
     value = field_value(record, *names, required=False) if names else None
-    if value is not None:
-        return str(value)
-    stem = record.source.stem
-    return f"{stem}-row-{record.row}"
+    return str(value) if value is not None else f"{record.source.stem}-row-{record.row}"
 
 
 def check_unique(items: Sequence[EvalItem]) -> None:

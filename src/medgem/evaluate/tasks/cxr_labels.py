@@ -15,23 +15,13 @@ from medgem.errors import DatasetError
 from medgem.evaluate.datasets import Record, row_error
 from medgem.evaluate.extract import answer_part, extract_findings
 from medgem.evaluate.metrics import Interval, bootstrap_interval, macro_f1
-from medgem.evaluate.tasks.base import (
-    EvalItem,
-    LoadedData,
-    Scored,
-    TaskOptions,
-    check_unique,
-    field_value,
-    image_ref,
-    item_id,
-)
+from medgem.evaluate.tasks import base
 from medgem.request.compose import RADIOLOGIST_SYSTEM
 
 FINDINGS: dict[str, tuple[str, ...]] = {
     "Atelectasis": ("atelectasis", "atelectatic"),
     "Cardiomegaly": ("cardiomegaly", "enlarged heart", "cardiac enlargement", "heart is enlarged"),
-    "Consolidation": ("consolidation",),
-    "Edema": ("edema", "oedema"),
+    "Consolidation": ("consolidation",), "Edema": ("edema", "oedema"),
     "Pleural Effusion": ("pleural effusion", "effusion"),
 }
 QUESTION = (
@@ -65,9 +55,8 @@ class ChestXrayLabelsTask:
     description = "chest X-ray findings vs CheXpert/MIMIC-CXR labels: macro F1 over 5 findings"
     primary_metric = "macro_f1"
     think = False
-    benchmarks = ("mimic-cxr", "chexpert", "cxr14")
 
-    def load(self, records: Sequence[Record], options: TaskOptions) -> LoadedData:
+    def load(self, records: Sequence[Record], options: base.TaskOptions) -> base.LoadedData:
         if options.uncertain not in POLICIES:
             raise DatasetError(f"unknown uncertain-label policy '{options.uncertain}'",
                                f"choose one of: {', '.join(POLICIES)}")
@@ -84,31 +73,31 @@ class ChestXrayLabelsTask:
             labels = {f: _label(lowered.get(f.lower()), record, f, options.uncertain)
                       for f in FINDINGS}
             root = options.image_root or record.source.parent
-            image = image_ref(field_value(record, "path", "image", "image_path", "dicom_path"),
-                              record, Path(root))
+            image = base.image_ref(base.field_value(record, "path", "image", "image_path", "dicom_path"),
+                                   record, Path(root))
             category = str(lowered.get("frontal/lateral") or lowered.get("view") or "all")
-            items.append(EvalItem(
-                item_id(record, "id", "study_id", "path"), str(record.source), record.row,
+            items.append(base.EvalItem(
+                base.item_id(record, "id", "study_id", "path"), str(record.source), record.row,
                 QUESTION, labels, category, images=(image,), system=RADIOLOGIST_SYSTEM,
             ))
-        check_unique(items)
+        base.check_unique(items)
         benchmark = "mimic-cxr" if {"subject_id", "study_id"} <= columns else "chexpert"
-        return LoadedData(items, benchmark, notes={"uncertain_labels": options.uncertain})
+        return base.LoadedData(items, benchmark, notes={"uncertain_labels": options.uncertain})
 
-    def score(self, item: EvalItem, reply: str) -> Scored:
+    def score(self, item: base.EvalItem, reply: str) -> base.Scored:
         text = answer_part(reply)
         if not text:
-            return Scored(None, False, False, 0.0)
+            return base.Scored(None, False, False, 0.0)
         predicted = extract_findings(text, FINDINGS)
         labelled = [f for f, v in item.reference.items() if v is not None]
         agree = sum(predicted[f] == item.reference[f] for f in labelled)
         score = agree / len(labelled) if labelled else 1.0
-        return Scored(predicted, True, agree == len(labelled), score)
+        return base.Scored(predicted, True, agree == len(labelled), score)
 
-    def metrics(self, items: Sequence[EvalItem], scored: Sequence[Scored]) -> dict[str, Interval]:
+    def metrics(self, items: Sequence[base.EvalItem], scored: Sequence[base.Scored]) -> dict[str, Interval]:
         pairs = list(zip(items, scored, strict=True))
 
-        def statistic(sample: Sequence[tuple[EvalItem, Scored]]) -> float:
+        def statistic(sample: Sequence[tuple[base.EvalItem, base.Scored]]) -> float:
             truth = [[i.reference[f] for f in FINDINGS] for i, _ in sample]
             predicted = [[bool((s.prediction or {}).get(f, False)) for f in FINDINGS]
                          for _, s in sample]

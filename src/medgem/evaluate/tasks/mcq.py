@@ -14,17 +14,7 @@ from typing import Any
 from medgem.evaluate.datasets import Record, row_error
 from medgem.evaluate.extract import extract_choice
 from medgem.evaluate.metrics import Interval
-from medgem.evaluate.tasks.base import (
-    EvalItem,
-    LoadedData,
-    Scored,
-    TaskOptions,
-    check_unique,
-    field_value,
-    item_id,
-    most_common,
-    proportion,
-)
+from medgem.evaluate.tasks import base
 
 LETTERS = string.ascii_uppercase
 INSTRUCTION = "Answer with the letter of the correct option."
@@ -72,25 +62,25 @@ def _options_from(value: Any, record: Record) -> dict[str, str]:
     raise row_error(record, "the options field is not a list or an object")
 
 
-def _parse(record: Record, cop_base: int) -> tuple[EvalItem | None, str | None]:
+def _parse(record: Record, cop_base: int) -> tuple[base.EvalItem | None, str | None]:
     """One row -> (item, benchmark detected from its format)."""
     data = {k.lower(): v for k, v in record.data.items()}
-    question = str(field_value(record, "question", "sent1"))
+    question = str(base.field_value(record, "question", "sent1"))
     if "opa" in data:  # MedMCQA
         options = {
             letter: str(data[f"op{letter.lower()}"])
             for letter in "ABCDE" if data.get(f"op{letter.lower()}") not in (None, "")
         }
-        answer = field_value(record, "cop")
+        answer = base.field_value(record, "cop")
         letter = _as_letter(answer, options, record, base=cop_base)
         category = str(data.get("subject_name") or "all")
-        return EvalItem(item_id(record, "id"), str(record.source), record.row,
-                        format_question(question, options), letter, category, options), "medmcqa"
+        return base.EvalItem(base.item_id(record, "id"), str(record.source), record.row,
+                             format_question(question, options), letter, category, options), "medmcqa"
     if "answer_options" in data:  # AfriMed-QA: MCQ rows only
         if not data.get("answer_options") or str(data.get("question_type", "mcq")).lower() != "mcq":
             return None, "afrimed-qa"
         options = _options_from(data["answer_options"], record)
-        raw_answer = str(field_value(record, "correct_answer"))
+        raw_answer = str(base.field_value(record, "correct_answer"))
         keys = list(json.loads(data["answer_options"]) if isinstance(data["answer_options"], str)
                     else data["answer_options"])
         if raw_answer in keys:
@@ -98,23 +88,23 @@ def _parse(record: Record, cop_base: int) -> tuple[EvalItem | None, str | None]:
         else:
             letter = _as_letter(raw_answer, options, record)
         category = str(data.get("specialty") or "all")
-        return EvalItem(item_id(record, "sample_id", "id"), str(record.source), record.row,
-                        format_question(question, options), letter, category, options), "afrimed-qa"
+        return base.EvalItem(base.item_id(record, "sample_id", "id"), str(record.source), record.row,
+                             format_question(question, options), letter, category, options), "afrimed-qa"
     if "choices" in data and "subject" in data:  # MMLU
         options = _options_from(data["choices"], record)
-        letter = _as_letter(field_value(record, "answer"), options, record)
-        return EvalItem(item_id(record, "id"), str(record.source), record.row,
-                        format_question(question, options), letter, str(data["subject"]),
-                        options), "mmlu-med"
-    options = _options_from(field_value(record, "options", "choices"), record)
+        letter = _as_letter(base.field_value(record, "answer"), options, record)
+        return base.EvalItem(base.item_id(record, "id"), str(record.source), record.row,
+                             format_question(question, options), letter, str(data["subject"]),
+                             options), "mmlu-med"
+    options = _options_from(base.field_value(record, "options", "choices"), record)
     if len(options) < 2:
         raise row_error(record, "a multiple-choice question needs at least two options")
     benchmark = "medqa" if "answer_idx" in data else None
-    answer = field_value(record, "answer_idx", "answer", "label")
+    answer = base.field_value(record, "answer_idx", "answer", "label")
     letter = _as_letter(answer, options, record)
     category = str(data.get("meta_info") or data.get("category") or data.get("subject") or "all")
-    return EvalItem(item_id(record, "id", "qid"), str(record.source), record.row,
-                    format_question(question, options), letter, category, options), benchmark
+    return base.EvalItem(base.item_id(record, "id", "qid"), str(record.source), record.row,
+                         format_question(question, options), letter, category, options), benchmark
 
 
 def _cop_base(records: Sequence[Record]) -> int:
@@ -130,32 +120,31 @@ class MultipleChoiceTask:
     description = "multiple-choice QA (MedQA, MedMCQA, MMLU medical, AfriMed-QA): accuracy"
     primary_metric = "accuracy"
     think = True
-    benchmarks = ("medqa", "medmcqa", "mmlu-med", "afrimed-qa", "pathmcqa", "ehrqa")
 
-    def load(self, records: Sequence[Record], options: TaskOptions) -> LoadedData:
-        base = _cop_base(records)
-        items: list[EvalItem] = []
+    def load(self, records: Sequence[Record], options: base.TaskOptions) -> base.LoadedData:
+        cop_base = _cop_base(records)
+        items: list[base.EvalItem] = []
         found: list[str | None] = []
         skipped = 0
         for record in records:
-            item, benchmark = _parse(record, base)
+            item, benchmark = _parse(record, cop_base)
             found.append(benchmark)
             if item is None:
                 skipped += 1
             else:
                 items.append(item)
-        check_unique(items)
-        notes = {"medmcqa_cop_base": str(base)} if "medmcqa" in found else {}
-        return LoadedData(items, most_common(found),
-                          {"not a multiple-choice row": skipped} if skipped else {}, notes)
+        base.check_unique(items)
+        notes = {"medmcqa_cop_base": str(cop_base)} if "medmcqa" in found else {}
+        return base.LoadedData(items, base.most_common(found),
+                               {"not a multiple-choice row": skipped} if skipped else {}, notes)
 
-    def score(self, item: EvalItem, reply: str) -> Scored:
+    def score(self, item: base.EvalItem, reply: str) -> base.Scored:
         letter = extract_choice(reply, item.options)
         correct = letter == item.reference
-        return Scored(letter, letter is not None, correct, float(correct))
+        return base.Scored(letter, letter is not None, correct, float(correct))
 
-    def metrics(self, items: Sequence[EvalItem], scored: Sequence[Scored]) -> dict[str, Interval]:
-        return {"accuracy": proportion([s.correct for s in scored])}
+    def metrics(self, items: Sequence[base.EvalItem], scored: Sequence[base.Scored]) -> dict[str, Interval]:
+        return {"accuracy": base.proportion([s.correct for s in scored])}
 
 
 TASK = MultipleChoiceTask()

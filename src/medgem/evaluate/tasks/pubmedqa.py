@@ -8,16 +8,7 @@ from typing import Any
 from medgem.evaluate.datasets import Record, row_error
 from medgem.evaluate.extract import extract_label
 from medgem.evaluate.metrics import Interval
-from medgem.evaluate.tasks.base import (
-    EvalItem,
-    LoadedData,
-    Scored,
-    TaskOptions,
-    check_unique,
-    field_value,
-    item_id,
-    proportion,
-)
+from medgem.evaluate.tasks import base
 
 LABELS = ("yes", "no", "maybe")
 INSTRUCTION = "Answer with yes, no or maybe."
@@ -39,31 +30,30 @@ class PubMedQATask:
     description = "PubMedQA: yes/no/maybe accuracy"
     primary_metric = "accuracy"
     think = False
-    benchmarks = ("pubmedqa",)
 
-    def load(self, records: Sequence[Record], options: TaskOptions) -> LoadedData:
+    def load(self, records: Sequence[Record], options: base.TaskOptions) -> base.LoadedData:
         items = []
         for record in records:
-            question = str(field_value(record, "question"))
-            decision = str(field_value(record, "final_decision", "answer", "label")).strip().lower()
+            question = str(base.field_value(record, "question"))
+            decision = str(base.field_value(record, "final_decision", "answer", "label")).strip().lower()
             if decision not in LABELS:
                 raise row_error(record, f"final_decision {decision!r} is not yes, no or maybe")
-            context = field_value(record, "contexts", "context", required=False)
+            context = base.field_value(record, "contexts", "context", required=False)
             text = f"Context:\n{_contexts(context)}\n\nQuestion: {question}" if context else question
-            items.append(EvalItem(
-                item_id(record, "id", "pubid", "pmid"), str(record.source), record.row,
+            items.append(base.EvalItem(
+                base.item_id(record, "id", "pubid", "pmid"), str(record.source), record.row,
                 f"{text}\n\n{INSTRUCTION}", decision, decision,
             ))
-        check_unique(items)
-        return LoadedData(items, "pubmedqa")
+        base.check_unique(items)
+        return base.LoadedData(items, "pubmedqa")
 
-    def score(self, item: EvalItem, reply: str) -> Scored:
+    def score(self, item: base.EvalItem, reply: str) -> base.Scored:
         label = extract_label(reply, LABELS)
         correct = label == item.reference
-        return Scored(label, label is not None, correct, float(correct))
+        return base.Scored(label, label is not None, correct, float(correct))
 
-    def metrics(self, items: Sequence[EvalItem], scored: Sequence[Scored]) -> dict[str, Interval]:
-        return {"accuracy": proportion([s.correct for s in scored])}
+    def metrics(self, items: Sequence[base.EvalItem], scored: Sequence[base.Scored]) -> dict[str, Interval]:
+        return {"accuracy": base.proportion([s.correct for s in scored])}
 
 
 TASK = PubMedQATask()

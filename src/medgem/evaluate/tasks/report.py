@@ -12,17 +12,7 @@ from pathlib import Path
 from medgem.evaluate.datasets import Record
 from medgem.evaluate.extract import answer_part
 from medgem.evaluate.metrics import Interval, bootstrap_interval, corpus_bleu, rouge_l
-from medgem.evaluate.tasks.base import (
-    EvalItem,
-    LoadedData,
-    Scored,
-    TaskOptions,
-    check_unique,
-    field_value,
-    image_ref,
-    item_id,
-    mean_with_bootstrap,
-)
+from medgem.evaluate.tasks import base
 from medgem.request.compose import RADIOLOGIST_SYSTEM
 
 PROMPT = "Write the findings section of a radiology report for this chest X-ray."
@@ -35,30 +25,29 @@ class ReportTask:
     description = "report generation vs reference reports: ROUGE-L and BLEU"
     primary_metric = "rouge_l"
     think = False
-    benchmarks = ("mimic-cxr-report",)
 
-    def load(self, records: Sequence[Record], options: TaskOptions) -> LoadedData:
+    def load(self, records: Sequence[Record], options: base.TaskOptions) -> base.LoadedData:
         items = []
         for record in records:
-            reference = str(field_value(record, "findings", "report", "reference", "impression"))
-            prompt = field_value(record, "prompt", "instruction", required=False)
-            image = field_value(record, "path", "image", "image_path", "dicom_path", required=False)
+            reference = str(base.field_value(record, "findings", "report", "reference", "impression"))
+            prompt = base.field_value(record, "prompt", "instruction", required=False)
+            image = base.field_value(record, "path", "image", "image_path", "dicom_path", required=False)
             root = Path(options.image_root or record.source.parent)
-            images = (image_ref(image, record, root),) if image is not None else ()
-            items.append(EvalItem(
-                item_id(record, "id", "study_id"), str(record.source), record.row,
+            images = (base.image_ref(image, record, root),) if image is not None else ()
+            items.append(base.EvalItem(
+                base.item_id(record, "id", "study_id"), str(record.source), record.row,
                 str(prompt or PROMPT), reference, str(record.data.get("view") or "all"),
                 images=images, system=RADIOLOGIST_SYSTEM,
             ))
-        check_unique(items)
-        return LoadedData(items, None)
+        base.check_unique(items)
+        return base.LoadedData(items, None)
 
-    def score(self, item: EvalItem, reply: str) -> Scored:
+    def score(self, item: base.EvalItem, reply: str) -> base.Scored:
         text = answer_part(reply)
         value = rouge_l(text, str(item.reference)) if text else 0.0
-        return Scored(text, bool(text), False, value)
+        return base.Scored(text, bool(text), False, value)
 
-    def metrics(self, items: Sequence[EvalItem], scored: Sequence[Scored]) -> dict[str, Interval]:
+    def metrics(self, items: Sequence[base.EvalItem], scored: Sequence[base.Scored]) -> dict[str, Interval]:
         replies = [str(s.prediction or "") for s in scored]
         references = [str(i.reference) for i in items]
         pairs = list(zip(replies, references, strict=True))
@@ -67,7 +56,7 @@ class ReportTask:
             pairs, lambda xs: corpus_bleu([p for p, _ in xs], [r for _, r in xs]), samples=200
         )
         return {
-            "rouge_l": mean_with_bootstrap([s.score for s in scored]),
+            "rouge_l": base.mean_with_bootstrap([s.score for s in scored]),
             "bleu": Interval(bleu, low, high),
         }
 

@@ -8,19 +8,7 @@ from pathlib import Path
 from medgem.evaluate.datasets import Record, row_error
 from medgem.evaluate.extract import answer_part, extract_label, normalize_text
 from medgem.evaluate.metrics import Interval, token_f1
-from medgem.evaluate.tasks.base import (
-    EvalItem,
-    LoadedData,
-    Scored,
-    TaskOptions,
-    check_unique,
-    field_value,
-    image_ref,
-    item_id,
-    mean_with_bootstrap,
-    most_common,
-    proportion,
-)
+from medgem.evaluate.tasks import base
 
 YES_NO = ("yes", "no")
 
@@ -38,9 +26,8 @@ class VQATask:
     description = "medical VQA (VQA-RAD, SLAKE): closed accuracy, open tokenized F1"
     primary_metric = "tokenized_f1"
     think = False
-    benchmarks = ("vqa-rad", "slake")
 
-    def load(self, records: Sequence[Record], options: TaskOptions) -> LoadedData:
+    def load(self, records: Sequence[Record], options: base.TaskOptions) -> base.LoadedData:
         items = []
         found: list[str | None] = []
         other_language = 0
@@ -52,25 +39,25 @@ class VQATask:
                 continue
             found.append("slake" if "img_name" in data or "q_lang" in data
                          else "vqa-rad" if "image_name" in data else None)
-            question = str(field_value(record, "question"))
-            answer = str(field_value(record, "answer"))
+            question = str(base.field_value(record, "question"))
+            answer = str(base.field_value(record, "answer"))
             root = options.image_root or record.source.parent
-            image = image_ref(field_value(record, "img_name", "image_name", "image", "image_path"),
-                              record, Path(root))
+            image = base.image_ref(base.field_value(record, "img_name", "image_name", "image", "image_path"),
+                                   record, Path(root))
             closed = _is_closed(answer, data.get("answer_type"))
             if data.get("answer_type") and str(data["answer_type"]).upper() not in ("OPEN", "CLOSED"):
                 raise row_error(record, f"answer_type {data['answer_type']!r} is not OPEN or CLOSED")
             hint = "Answer yes or no." if normalize_text(answer) in YES_NO else "Answer in a few words."
-            items.append(EvalItem(
-                item_id(record, "qid", "id"), str(record.source), record.row,
+            items.append(base.EvalItem(
+                base.item_id(record, "qid", "id"), str(record.source), record.row,
                 f"{question.strip()}\n{hint}", answer, "closed" if closed else "open",
                 images=(image,),
             ))
-        check_unique(items)
+        base.check_unique(items)
         skipped = {f"question language not '{options.language}'": other_language} if other_language else {}
-        return LoadedData(items, most_common(found), skipped)
+        return base.LoadedData(items, base.most_common(found), skipped)
 
-    def score(self, item: EvalItem, reply: str) -> Scored:
+    def score(self, item: base.EvalItem, reply: str) -> base.Scored:
         reference = str(item.reference)
         text = answer_part(reply)
         if normalize_text(reference) in YES_NO:
@@ -80,19 +67,19 @@ class VQATask:
         else:
             prediction, parsed = text, bool(normalize_text(text))
         correct = normalize_text(prediction) == normalize_text(reference)
-        return Scored(prediction, parsed, correct, token_f1(prediction, reference))
+        return base.Scored(prediction, parsed, correct, token_f1(prediction, reference))
 
-    def metrics(self, items: Sequence[EvalItem], scored: Sequence[Scored]) -> dict[str, Interval]:
+    def metrics(self, items: Sequence[base.EvalItem], scored: Sequence[base.Scored]) -> dict[str, Interval]:
         result = {
-            "tokenized_f1": mean_with_bootstrap([s.score for s in scored]),
-            "accuracy": proportion([s.correct for s in scored]),
+            "tokenized_f1": base.mean_with_bootstrap([s.score for s in scored]),
+            "accuracy": base.proportion([s.correct for s in scored]),
         }
         closed = [s.correct for i, s in zip(items, scored, strict=True) if i.category == "closed"]
         open_ = [s.score for i, s in zip(items, scored, strict=True) if i.category == "open"]
         if closed:
-            result["closed_accuracy"] = proportion(closed)
+            result["closed_accuracy"] = base.proportion(closed)
         if open_:
-            result["open_tokenized_f1"] = mean_with_bootstrap(open_)
+            result["open_tokenized_f1"] = base.mean_with_bootstrap(open_)
         return result
 
 
