@@ -1,13 +1,17 @@
 """`medgem chat`: a multi-turn conversation in the terminal; images attach per turn.
 
-Commands inside the chat: /image PATH (attach to the next question), /think on|off, /reset,
-/quit. The history is sent back each turn, as the model has no memory of its own.
+Commands inside the chat: /image PATH (attach to the next question, read at once), /system TEXT,
+/think on|off, /save FILE, /reset, /help, /quit. The history is sent back each turn, as the model
+has no memory of its own. Ctrl-C stops the answer being written and keeps the chat; a line ending
+in a backslash continues on the next; arrow keys edit and recall lines (readline).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,7 +20,8 @@ from medgem.cli import common
 from medgem.errors import MedgemError
 from medgem.request import Message, TextPart
 
-HELP = "commands: /image PATH, /think on|off, /reset, /quit"
+HELP = ("commands: /image PATH, /system TEXT, /think on|off, /save FILE, /reset, /help, /quit; "
+        "end a line with \\ to go on; Ctrl-C stops an answer")
 
 
 def add_parser(subparsers: Any) -> None:
@@ -28,52 +33,120 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    _line_editing()
     model = common.load_model(args)
     common.print_label_first(model)
     print(f"medgem chat with {model.engine.info.id} — {HELP}", file=sys.stderr)
-    history: list[Message] = []
-    pending: list[Path] = []
-    options = common.generation_options(args)
-    think = options.think
+    chat = _Chat(model, args)
     while True:
         try:
-            line = input("you> ")
+            line = _read_turn()
         except EOFError:
             print(file=sys.stderr)
             return 0
-        line = line.strip()
+        except KeyboardInterrupt:  # Ctrl-C at the prompt drops the line, not the chat
+            print("\n(Ctrl-D or /quit leaves)", file=sys.stderr)
+            continue
         if not line:
             continue
         if line.startswith("/"):
-            command, _, rest = line.partition(" ")
-            if command in ("/quit", "/exit"):
+            if not chat.command(line):
                 return 0
-            if command == "/reset":
-                history.clear()
-                pending.clear()
-                print("(history cleared)", file=sys.stderr)
-            elif command == "/think":
-                think = rest.strip() != "off"
-                print(f"(thinking {'on' if think else 'off'})", file=sys.stderr)
-            elif command == "/image":
-                path = Path(rest.strip()).expanduser()
-                if not path.exists():
-                    print(f"medgem: error: no image at '{path}'", file=sys.stderr)
-                else:
-                    pending.append(path)
-                    print(f"(attached {path.name} to the next question)", file=sys.stderr)
-            else:
-                print(HELP, file=sys.stderr)
             continue
+        chat.ask(line)
+
+
+def _line_editing() -> None:
+    """Arrow keys, line editing and history for input() where the terminal has readline."""
+    try:
+        import readline  # noqa: F401  (importing it is what turns it on)
+    except ImportError:
+        pass
+
+
+def _read_turn() -> str:
+    """One question; a line ending in a backslash continues on the next."""
+    lines = [input("you> ")]
+    while lines[-1].endswith("\\"):
+        lines[-1] = lines[-1][:-1]
+        lines.append(input("...> "))
+    return "\n".join(lines).strip()
+
+
+class _Chat:
+    """The conversation: history, attached images, settings, and the slash commands."""
+
+    def __init__(self, model: Any, args: argparse.Namespace) -> None:
+        self.model = model
+        self.args = args
+        self.history: list[Message] = []
+        self.pending: list[Path] = []
+        self.options = common.generation_options(args)
+        self.system: str | None = args.system
+
+    def command(self, line: str) -> bool:
+        """Run a slash command; False means leave."""
+        command, _, rest = line.partition(" ")
+        rest = rest.strip()
+        if command in ("/quit", "/exit"):
+            return False
+        if command == "/reset":
+            self.history.clear()
+            self.pending.clear()
+            print("(history cleared)", file=sys.stderr)
+        elif command == "/think":
+            self.options = replace(self.options, think=rest != "off")
+            print(f"(thinking {'on' if self.options.think else 'off'})", file=sys.stderr)
+        elif command == "/image":
+            self.attach(Path(rest).expanduser())
+        elif command == "/system":
+            self.system = rest or None
+            print(f"(system prompt {'set' if rest else 'cleared'})", file=sys.stderr)
+        elif command == "/save":
+            self.save(Path(rest or "medgem-chat.json").expanduser())
+        else:
+            print(HELP, file=sys.stderr)
+        return True
+
+    def attach(self, path: Path) -> None:
+        """Read the image now, so a bad file is refused here and not at every later turn."""
+        from medgem.inputs import read_images
+
         try:
-            request = model.request(line, images=[str(p) for p in pending], system=args.system,
-                                    history=history, options=replace(options, think=think))
+            read_images([path])
+        except MedgemError as exc:
+            print(f"medgem: error: {exc} (not attached)", file=sys.stderr)
+            return
+        self.pending.append(path)
+        print(f"(attached {path.name} to the next question)", file=sys.stderr)
+
+    def ask(self, line: str) -> None:
+        cancel = threading.Event()
+        try:
+            request = self.model.request(line, images=[str(p) for p in self.pending],
+                                         system=self.system, history=self.history,
+                                         options=self.options)
             print("medgemma> ", end="", flush=True)
-            answer = common.render(model.generate(request), as_json=False, show_thinking=args.show_thinking)
+            chunks = self.model.generate(request, cancel)
+            try:
+                answer = common.render(chunks, as_json=False, show_thinking=self.args.show_thinking)
+            except KeyboardInterrupt:  # Ctrl-C stops this answer; the chat goes on
+                cancel.set()
+                chunks.close()
+                print("\n(answer stopped; it is not kept in the conversation)", file=sys.stderr)
+                return
         except MedgemError as exc:
             print(f"medgem: error: {exc}", file=sys.stderr)
-            continue
+            return
         # The user turn as sent (images included) and the answer without its thought.
-        history.append(request.messages[-1])
-        history.append(Message("assistant", (TextPart(answer.text),)))
-        pending.clear()
+        self.history.append(request.messages[-1])
+        self.history.append(Message("assistant", (TextPart(answer.text),)))
+        self.pending.clear()
+
+    def save(self, path: Path) -> None:
+        turns = [{"role": m.role, "content": m.text,
+                  "images": sum(1 for p in m.parts if not isinstance(p, TextPart))}
+                 for m in self.history]
+        path.write_text(json.dumps({"model": self.model.engine.info.id, "system": self.system,
+                                    "turns": turns}, indent=2) + "\n")
+        print(f"(saved {len(turns)} turns to {path})", file=sys.stderr)
