@@ -17,6 +17,8 @@ def add_parser(subparsers: Any) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     add = actions.add_parser("add", help="make a key and print it once")
     add.add_argument("name", help="who or what uses the key (recorded in the audit trail)")
+    add.add_argument("--role", choices=["user", "auditor"], default="user",
+                     help="user: sees its own audit records; auditor: sees every record")
     actions.add_parser("list", help="list keys (names and dates, never the keys)")
     revoke = actions.add_parser("revoke", help="revoke a key by name (takes effect at once)")
     revoke.add_argument("name")
@@ -28,13 +30,13 @@ def run(args: argparse.Namespace) -> int:
 
     store = KeyStore(args.file or default_key_file())
     if args.action == "add":
-        key = store.add(args.name)
+        key = store.add(args.name, args.role)
         print(key)
         print(f"medgem: key '{args.name}' added to {store.path}; it is shown only now", file=sys.stderr)
     elif args.action == "list":
         for entry in store.entries():
             state = f"revoked {entry.revoked}" if entry.revoked else "active"
-            print(f"{entry.name}\tcreated {entry.created}\t{state}")
+            print(f"{entry.name}\t{entry.role}\tcreated {entry.created}\t{state}")
     else:
         store.revoke(args.name)
         print(f"medgem: key '{args.name}' revoked", file=sys.stderr)

@@ -37,12 +37,16 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
+ROLES = ("user", "auditor")  # a user sees its own records; an auditor sees every record
+
+
 @dataclass(frozen=True)
 class KeyEntry:
     name: str
     sha256: str
     created: str
     revoked: str | None = None
+    role: str = "user"
 
 
 class KeyStore:
@@ -67,10 +71,15 @@ class KeyStore:
 
     def check(self, key: str) -> str | None:
         """The name of the active key matching ``key``, or None."""
+        entry = self.entry(key)
+        return entry.name if entry else None
+
+    def entry(self, key: str) -> KeyEntry | None:
+        """The active key matching ``key``, or None."""
         digest = hash_key(key)
         for entry in self.active():
             if hmac.compare_digest(entry.sha256, digest):
-                return entry.name
+                return entry
         return None
 
     def _reload(self) -> None:
@@ -93,20 +102,22 @@ class KeyStore:
 
     # --- writing -----------------------------------------------------------------------------
 
-    def add(self, name: str) -> str:
+    def add(self, name: str, role: str = "user") -> str:
         """Make a key named ``name``; returns the plaintext, which is not stored anywhere.
 
         Raises:
-            InputError: a bad name, or an active key with that name already exists.
+            InputError: a bad name or role, or an active key with that name already exists.
         """
         if not _NAME.match(name):
             raise InputError(f"key name {name!r} is not allowed", "use letters, digits and . _ @ - (max 64)")
+        if role not in ROLES:
+            raise InputError(f"unknown role '{role}'", f"use one of: {', '.join(ROLES)}")
         with self._lock:
             self._reload()
             if any(e.name == name and e.revoked is None for e in self._entries):
                 raise InputError(f"an active key named '{name}' exists", "revoke it first")
             key = KEY_PREFIX + secrets.token_urlsafe(32)
-            self._entries.append(KeyEntry(name, hash_key(key), _now()))
+            self._entries.append(KeyEntry(name, hash_key(key), _now(), role=role))
             self._write()
         return key
 

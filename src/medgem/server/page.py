@@ -39,6 +39,10 @@ class PageHandlers:
     async def info(self, http: HttpRequest) -> Response:
         """What the page shows before any question: model, label, caveat, limits."""
         s = self.serving
+        try:
+            s.authenticate(http)
+        except MedgemError:  # with keys on, the page learns only that it must ask for one
+            return JSONResponse({"auth_required": True}, status_code=401)
         card = s.model_card()
         return JSONResponse({
             "model": s.served_name, "label": card.medgem["label"], "caveat": card.medgem["caveat"],
@@ -102,11 +106,13 @@ class PageHandlers:
             user = s.authenticate(http)
             body = await s.read_body(http, p.ReviewRequest)
             answer = await asyncio.to_thread(s.store.get, body.record_id)
-            if answer is None or answer.kind != "answer":
+            if answer is None or answer.kind != "answer" or not s.may_read(user, answer):
                 raise ApiError(404, f"no answer record '{body.record_id}'", code="record_not_found", param="record_id")
+            # With keys, the reviewer is the key: a name typed in the form cannot stand for another.
+            reviewer = user if s.keys is not None else (body.reviewer or user)
             record = await asyncio.to_thread(
                 add_review, s.store, body.record_id, body.verdict, correction=body.correction,
-                note=body.note, reviewer=body.reviewer or user, user=user)
+                note=body.note, reviewer=reviewer, user=user)
         except MedgemError as exc:
             s.metrics.count_request("/api/reviews", exc.status)
             return error_response(exc)
@@ -117,10 +123,10 @@ class PageHandlers:
         """One audit record with its reviews."""
         s = self.serving
         try:
-            s.authenticate(http)
+            user = s.authenticate(http)
             record_id = http.path_params["record_id"]
             record = await asyncio.to_thread(s.store.get, record_id)
-            if record is None:
+            if record is None or not s.may_read(user, record):  # 404 either way: ids leak nothing
                 raise ApiError(404, f"no audit record '{record_id}'", code="record_not_found")
             reviews = await asyncio.to_thread(s.store.children, record_id)
         except MedgemError as exc:

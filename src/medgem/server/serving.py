@@ -88,10 +88,22 @@ class Serving:
         token = bearer_token(http.headers.get("authorization")) or http.headers.get("x-api-key")
         if not token:
             raise AuthError("an API key is required", "send 'Authorization: Bearer <key>'; make one with `medgem keys add NAME`")
-        name = self.keys.check(token)
-        if name is None:
+        try:
+            entry = self.keys.entry(token)
+        except MedgemError:  # the operator's key file is broken: say so without its path
+            log.exception("the API key file cannot be read")
+            raise ApiError(503, "the server cannot check API keys right now",
+                           "the operator must fix the key file (see the server log)",
+                           code="auth_unavailable") from None
+        if entry is None:
             raise AuthError("the API key is not valid or was revoked", "ask the operator for a key")
-        return name
+        return entry.name
+
+    def may_read(self, user: str, record: Any) -> bool:
+        """A key reads the records it made; an auditor key (or a server without keys) reads all."""
+        if self.keys is None or record.body.get("user") == user:
+            return True
+        return any(e.name == user and e.role == "auditor" for e in self.keys.active())
 
     async def read_body(self, http: HttpRequest, model: type[M]) -> M:
         """Read, size-check, parse and validate a JSON body."""

@@ -32,7 +32,14 @@ function setStatus(text, kind) {
 }
 
 async function loadInfo() {
-  const response = await fetch("/api/info");
+  const key = sessionStorage.getItem("medgem-key") || "";
+  const response = await fetch("/api/info", key ? { headers: { Authorization: "Bearer " + key } } : {});
+  if (response.status === 401) {  // keys are on: the model's details come once a key is given
+    state.authRequired = true;
+    $("apikey-box").hidden = false;
+    $("apikey").value = key;
+    return;
+  }
   if (!response.ok) return;
   const info = await response.json();
   $("model-name").textContent = info.model;
@@ -245,7 +252,10 @@ function wire() {
     button.addEventListener("click", () => selectVerdict(button.dataset.verdict));
   }
   $("review").addEventListener("submit", saveReview);
-  $("apikey").addEventListener("change", () => sessionStorage.setItem("medgem-key", $("apikey").value.trim()));
+  $("apikey").addEventListener("change", () => {
+    sessionStorage.setItem("medgem-key", $("apikey").value.trim());
+    loadInfo();
+  });
   $("reviewer").value = localStorage.getItem("medgem-reviewer") || "";
   loadInfo();
 }
