@@ -50,7 +50,7 @@ ALIASES: dict[str, str] = {
 HONOURED: dict[str, frozenset[str]] = {
     "hf": frozenset({"device", "dtype", "quantize", "adapter"}),
     "hf-pipeline": frozenset({"device", "dtype", "quantize", "adapter"}),
-    "llamacpp": frozenset({"n_ctx", "threads"}),
+    "llamacpp": frozenset({"n_ctx", "threads", "adapter"}),
     "remote": frozenset({"base_url", "api_key"}),
 }
 _FLAGS = {"device": "--device", "dtype": "--dtype", "quantize": "--quantize", "n_ctx": "--n-ctx",

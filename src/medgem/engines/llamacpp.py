@@ -131,6 +131,16 @@ class LlamaCppEngine:
                 f"llama.cpp could not allocate a {self.n_ctx}-token context",
                 "lower --n-ctx, or free memory",
             )
+        adapter: tuple[str, str] | None = None
+        if options.adapter:  # a GGUF LoRA from `medgem convert --adapter`, before any decode
+            from medgem.engines.llamacpp_lora import apply_lora, load_lora, lora_identity
+
+            try:
+                adapter = lora_identity(options.adapter)
+                apply_lora(self._ctx, load_lora(self._model, options.adapter))
+            except Exception:
+                self._free_model()
+                raise
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
         self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
         self._mtmd_ctx: Any = None
@@ -176,6 +186,8 @@ class LlamaCppEngine:
             demo=checkpoint.demo or options.demo or bool(demo_id),
             context_length=self.n_ctx,  # the window this engine holds, not the model's maximum
             path=str(checkpoint.path),
+            adapter=adapter[0] if adapter else None,
+            adapter_sha256=adapter[1] if adapter else None,
         )
         self.capabilities = Capabilities(
             images=self._mtmd_ctx is not None,
