@@ -113,10 +113,13 @@ def test_the_merged_checkpoint_answers_as_the_adapter_does(cue_run: Any, tmp_pat
         mg = MedGemma.load(spec, engine="hf", device="cpu", progress=False, adapter=adapter,
                            audit=False)
         try:
-            answers.append([mg.ask(e.item.question, max_new_tokens=6).text
-                            for e in plan.data.validation[:4]])
+            replies = [mg.ask(e.item.question, max_new_tokens=6) for e in plan.data.validation[:4]]
         finally:
             mg.close()
+        answers.append([r.text for r in replies])
+        # the merged weights still name the adapter they hold
+        assert {(r.model.adapter, r.model.adapter_sha256) for r in replies} == {
+            (outcome.adapter.name, outcome.adapter.sha256)}
     assert answers[0] == answers[1]
 
 
