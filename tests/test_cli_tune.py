@@ -129,10 +129,13 @@ def test_bad_inputs_give_one_line_each(tmp_path: Path, tiny_text_checkpoint: Pat
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", '
                    '"content": "a"}]}\n{"messages": "not a list"}\n')
+    holes = write_colour_vqa(tmp_path / "holes", rows=3)
+    (holes.parent / "img1.png").unlink()
     huge = header_only_checkpoint(tiny_text_checkpoint, tmp_path / "huge", 262208, 400_000)
     cases = [
         ([str(bad), "--model", str(tiny_text_checkpoint)], r"bad.jsonl row 2: 'messages' must be"),
         ([str(vqa), "--model", str(tiny_text_checkpoint)], "is a text-only model but"),
+        ([str(holes), "--model", str(tiny_vlm_checkpoint)], r"vqa.jsonl row 2: image .* not found"),
         ([str(mcq), "--model", str(tiny_text_checkpoint), "--quantize", "4bit", "--device", "cpu"],
          "needs a CUDA GPU"),
         ([str(mcq), "--model", str(huge)], r"needs about \d+"),
