@@ -147,3 +147,18 @@ def test_bad_inputs_give_one_line_each(tmp_path: Path, tiny_text_checkpoint: Pat
         assert len(lines) == 1 and lines[0].startswith("medgem: error:"), result.stderr
         assert pytest.importorskip("re").search(message, lines[0]), lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_tune_prints_the_paired_comparison_at_the_end(tmp_path: Path,
+                                                      tiny_text_checkpoint: Path) -> None:
+    data = write_cue_mcq(tmp_path / "mcq.jsonl", rows=8)
+    out = tmp_path / "run"
+    result = run_cli("tune", str(data), "--model", str(tiny_text_checkpoint), "--out", str(out),
+                     "--max-steps", "1", "--batch-size", "2", "--grad-accum", "1",
+                     "--validation", "0.25", "--no-save-embeddings", "--eval-max-new-tokens", "3",
+                     "--no-audit")
+    assert result.returncode == 0, result.stderr
+    assert "trained 1 steps" in result.stdout and "validation loss" in result.stdout
+    assert "exact McNemar" in result.stdout  # the harness's paired comparison, as eval compare
+    assert f"--adapter {out}" in result.stdout
+    assert "6 training and 2 held-out mcq examples" in result.stderr
