@@ -162,3 +162,21 @@ def test_tune_prints_the_paired_comparison_at_the_end(tmp_path: Path,
     assert "exact McNemar" in result.stdout  # the harness's paired comparison, as eval compare
     assert f"--adapter {out}" in result.stdout
     assert "6 training and 2 held-out mcq examples" in result.stderr
+
+
+def test_convert_merge_gives_llama_cpp_a_model_that_names_the_adapter(
+        vqa_run: tuple[Path, dict]) -> None:
+    pytest.importorskip("llama_cpp")
+    out, report = vqa_run
+    result = run_cli("convert", "--adapter", str(out), "--merge", "--quant", "f16",
+                     "--out", str(out.parent / "merged-gguf"), "--json")
+    assert result.returncode == 0, result.stderr
+    written = json.loads(result.stdout)
+    assert written["lora"] is None and written["model"] and written["mmproj"]
+    image = out.parent / "vqa" / "img0.png"
+    asked = run_cli("ask", "What colour is this picture?", "--model", written["model"],
+                    "--mmproj", written["mmproj"], "--engine", "llamacpp", "--image", str(image),
+                    "--max-new-tokens", "3", "--n-ctx", "512", "--no-audit", "--json")
+    assert asked.returncode == 0, asked.stderr
+    model = json.loads(asked.stdout)["model"]
+    assert (model["adapter"], model["adapter_sha256"]) == ("colours", report["sha256"])

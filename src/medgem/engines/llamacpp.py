@@ -132,6 +132,8 @@ class LlamaCppEngine:
                 "lower --n-ctx, or free memory",
             )
         adapter: tuple[str, str] | None = None
+        if header.get("medgem.adapter.sha256"):  # a model GGUF with an adapter merged in
+            adapter = (str(header.get("medgem.adapter.name")), str(header.get("medgem.adapter.sha256")))
         if options.adapter:  # a GGUF LoRA from `medgem convert --adapter`, before any decode
             from medgem.engines.llamacpp_lora import apply_lora, load_lora, lora_identity
 

@@ -217,6 +217,10 @@ def _text_metadata(writer: Any, folder: Path, config: Any, model_id: str) -> Non
     demo = _demo_id(folder)
     if demo:
         writer.add_string("medgem.demo", demo)  # random-weight/demo models stay labelled as such
+    adapter = json.loads((folder / "config.json").read_text()).get("medgem_adapter") or {}
+    if adapter:  # a merged fine-tune keeps naming the adapter it holds (see medgem.adapters)
+        writer.add_string("medgem.adapter.name", str(adapter["name"]))
+        writer.add_string("medgem.adapter.sha256", str(adapter["sha256"]))
     writer.add_file_type(1)
     writer.add_uint32(f"{arch}.context_length", int(text.max_position_embeddings))
     writer.add_uint32(f"{arch}.embedding_length", int(text.hidden_size))
