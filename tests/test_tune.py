@@ -6,6 +6,7 @@ merged checkpoint answers the same, and the GGUF LoRA gives llama.cpp PEFT's gre
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -112,18 +113,28 @@ def test_the_merged_checkpoint_answers_as_the_adapter_does(cue_run: Any, tmp_pat
         mg = MedGemma.load(spec, engine="hf", device="cpu", progress=False, adapter=adapter,
                            audit=False)
         try:
-            answers.append([mg.ask(e.item.question, max_new_tokens=6).text
-                            for e in plan.data.validation[:4]])
+            replies = [mg.ask(e.item.question, max_new_tokens=6) for e in plan.data.validation[:4]]
         finally:
             mg.close()
+        answers.append([r.text for r in replies])
+        # the merged weights still name the adapter they hold
+        assert {(r.model.adapter, r.model.adapter_sha256) for r in replies} == {
+            (outcome.adapter.name, outcome.adapter.sha256)}
     assert answers[0] == answers[1]
 
 
 def test_resume_continues_from_the_checkpoint_without_redoing_steps(
-        tmp_path: Path, tiny_text_checkpoint: Path) -> None:
+        tmp_path: Path, tiny_text_checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = write_cue_mcq(tmp_path / "mcq.jsonl", rows=40)
     short = {"max_steps": 6, "save_steps": 2}
-    straight = train(plan_tuning(config(data, tiny_text_checkpoint, tmp_path / "straight", **short)))
+    straight = train(plan_tuning(config(data, tiny_text_checkpoint, tmp_path / "straight",
+                                        progress=True, **short)))
+    bar = capsys.readouterr().err  # the progress bar: steps, training loss and tokens/s
+    assert "6/6" in bar and "loss=" in bar and "tok/s=" in bar
+    assert straight.tokens_per_s > 0
+    # seeded: the same settings give the same run
+    again = train(plan_tuning(config(data, tiny_text_checkpoint, tmp_path / "again", **short)))
+    assert again.loss_after == straight.loss_after and again.adapter.sha256 == straight.adapter.sha256
 
     plan = plan_tuning(config(data, tiny_text_checkpoint, tmp_path / "resumed", **short))
 
@@ -155,29 +166,27 @@ def test_resume_continues_from_the_checkpoint_without_redoing_steps(
 
 def test_gguf_lora_gives_llama_cpp_the_greedy_tokens_of_peft(
         cue_run: Any, tiny_text_checkpoint: Path, tmp_path: Path) -> None:
-    """Through the llama.cpp engine's own model and context, with llamacpp_lora's two calls."""
+    """`medgem convert --adapter` as a user runs it, then the llama.cpp engine with --adapter."""
     pytest.importorskip("llama_cpp")
-    from medgem.engines import EngineOptions
+    from conftest import run_cli
     from medgem.engines.gguf.convert import convert_checkpoint
-    from medgem.engines.gguf.lora import convert_adapter
     from medgem.engines.gguf.read import read_header
-    from medgem.engines.llamacpp import LlamaCppEngine
-    from medgem.engines.llamacpp_lora import apply_lora, load_lora, lora_identity
-    from medgem.request import GenerationOptions, Message, Request, TextPart
-    from medgem.resolve import resolve_checkpoint
 
     _, outcome, _ = cue_run
     base = convert_checkpoint(tiny_text_checkpoint, "f16", tmp_path / "base", verify=False)
-    converted = convert_adapter(outcome.adapter.path.parent, tmp_path / "lora")
-    assert converted.lora is not None and converted.mmproj is None and converted.tensors == 14
-    header = read_header(converted.lora)
+    result = run_cli("convert", "--adapter", str(outcome.adapter.path.parent),
+                     "--out", str(tmp_path / "lora"), "--json")
+    assert result.returncode == 0, result.stderr
+    written = json.loads(result.stdout)
+    assert written["mmproj"] is None and written["model"] is None and written["tensors"] == 14
+    lora = Path(written["lora"])
+    header = read_header(lora)
     assert header.get("general.type") == "adapter" and header.get("adapter.type") == "lora"
     assert header.get("adapter.lora.alpha") == 16.0
     model_names = set(read_header(base.model).tensors)
     lora_names = set(header.tensors)
     assert {n.rsplit(".", 1)[0] for n in lora_names} <= model_names
     assert "blk.0.attn_q.weight.lora_a" in lora_names and "blk.1.ffn_down.weight.lora_b" in lora_names
-    assert lora_identity(converted.lora)[0] == outcome.adapter.name
 
     mg = MedGemma.load(tiny_text_checkpoint, engine="hf", device="cpu", progress=False,
                        adapter=outcome.adapter.path, audit=False)
@@ -186,19 +195,19 @@ def test_gguf_lora_gives_llama_cpp_the_greedy_tokens_of_peft(
                                           add_special_tokens=False).input_ids
     finally:
         mg.close()
-    request = Request((Message("user", (TextPart(QUESTION),)),), GenerationOptions(max_new_tokens=6))
-    tokens = {}
-    for with_lora in (False, True):
-        engine = LlamaCppEngine(resolve_checkpoint(base.model), EngineOptions(n_ctx=512, threads=1))
+    tokens, models = {}, {}
+    for adapter in (None, lora):
+        mg = MedGemma.load(base.model, engine="llamacpp", adapter=adapter, n_ctx=512, threads=1,
+                           progress=False, audit=False)
         try:
-            if with_lora:
-                apply_lora(engine._ctx, load_lora(engine._model, converted.lora))
-            list(engine.generate(engine.prepare(request)))
-            tokens[with_lora] = [t for t in engine.last_tokens if t not in (1, 106)]
+            models[adapter] = mg.ask(QUESTION, max_new_tokens=6).model
+            tokens[adapter] = [t for t in mg.engine.last_tokens if t not in (1, 106)]
         finally:
-            engine.close()
-    assert tokens[True] == peft_tokens  # "(B) bravo"
-    assert tokens[False] != peft_tokens  # the base model alone does not know the task
+            mg.close()
+    assert tokens[lora] == peft_tokens  # "(B) bravo"
+    assert tokens[None] != peft_tokens  # the base model alone does not know the task
+    assert models[lora].adapter == outcome.adapter.name and models[None].adapter is None
+    assert models[lora].adapter_sha256 == hashlib.sha256(lora.read_bytes()).hexdigest()
 
 
 def test_llama_cpp_refuses_a_gguf_that_is_not_a_lora(cue_run: Any, tmp_path: Path,

@@ -52,7 +52,7 @@ ALIASES: dict[str, str] = {
 HONOURED: dict[str, frozenset[str]] = {
     "hf": frozenset({"device", "dtype", "quantize", "adapter", "parallel"}),
     "hf-pipeline": frozenset({"device", "dtype", "quantize", "adapter"}),
-    "llamacpp": frozenset({"n_ctx", "threads", "parallel", "vision"}),
+    "llamacpp": frozenset({"n_ctx", "threads", "parallel", "vision", "adapter"}),
     "remote": frozenset({"base_url", "api_key", "parallel"}),
 }
 _FLAGS = {"device": "--device", "dtype": "--dtype", "quantize": "--quantize", "n_ctx": "--n-ctx",

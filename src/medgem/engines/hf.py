@@ -122,6 +122,7 @@ class HFEngine:
             self._pipeline = build(task, model=self.model, **extra)
         config = self.model.config
         text_config = getattr(config, "text_config", config)
+        merged = getattr(config, "medgem_adapter", None) or {}  # written by `medgem tune --merge`
         self.info = ModelInfo(
             id=checkpoint.model_id,
             revision=checkpoint.revision,
@@ -132,8 +133,8 @@ class HFEngine:
             demo=checkpoint.demo or options.demo,
             context_length=int(getattr(text_config, "max_position_embeddings", 131072)),
             path=path,
-            adapter=self.adapter.name if self.adapter else None,
-            adapter_sha256=self.adapter.sha256 if self.adapter else None,
+            adapter=self.adapter.name if self.adapter else merged.get("name"),
+            adapter_sha256=self.adapter.sha256 if self.adapter else merged.get("sha256"),
         )
         self.capabilities = Capabilities(
             images=self.multimodal,

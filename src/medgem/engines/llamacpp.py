@@ -194,6 +194,18 @@ class LlamaCppEngine:
         # One KV sequence per request in flight; each slot gets n_ctx of its own.
         self._slots = [_Slot(seq_id) for seq_id in range(parallel)]
         self._llama_batch = llama_cpp.llama_batch_init(max(self.n_batch, parallel), 0, 1)
+        adapter: tuple[str, str] | None = None
+        if header.get("medgem.adapter.sha256"):  # a model GGUF with an adapter merged in
+            adapter = (str(header.get("medgem.adapter.name")), str(header.get("medgem.adapter.sha256")))
+        if options.adapter:  # a GGUF LoRA from `medgem convert --adapter`, before any decode
+            from medgem.engines.llamacpp_lora import apply_lora, load_lora, lora_identity
+
+            try:
+                adapter = lora_identity(options.adapter)
+                apply_lora(self._ctx, load_lora(self._model, options.adapter))
+            except Exception:
+                self._free_model()
+                raise
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
         self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
         self._mtmd_ctx: Any = None
@@ -250,6 +262,8 @@ class LlamaCppEngine:
             demo=checkpoint.demo or options.demo or bool(demo_id),
             context_length=self.n_ctx,  # the window this engine holds, not the model's maximum
             path=str(checkpoint.path),
+            adapter=adapter[0] if adapter else None,
+            adapter_sha256=adapter[1] if adapter else None,
         )
         self.capabilities = Capabilities(
             images=self._mtmd_ctx is not None,

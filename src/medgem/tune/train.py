@@ -1,9 +1,15 @@
 """LoRA / QLoRA training with PEFT and transformers' Trainer, resumable and sealed when done.
 
-transformers' Trainer rather than TRL's SFTTrainer: with the notebook's own collate function
-SFTTrainer has to be told to skip all of its dataset preparation, which leaves Trainer's loop.
-Trainer brings seeding, gradient accumulation, checkpoints that hold the optimizer, scheduler
-and RNG state, and a resume that skips the batches already trained on.
+No hand-written loop: transformers' Trainer runs it. Trainer rather than TRL's SFTTrainer (trl
+1.x): with the notebook's own collate function the notebook itself has to switch SFTTrainer's
+dataset preparation off (``dataset_kwargs={"skip_prepare_dataset": True}``,
+``remove_unused_columns=False``), and what is left of SFTTrainer is Trainer's loop plus a
+dependency. Trainer brings seeding, gradient accumulation, checkpoints that hold the optimizer,
+scheduler and RNG state, and a resume that skips the batches already trained on; the one
+addition here is a callback for the progress bar (loss and tokens/s). The rows are not a
+``datasets.Dataset``: they are read by the evaluation harness's own reader (the same formats,
+errors naming file and row, images through medgem's inputs door), and Trainer takes any sized
+sequence, so converting them would add a copy and nothing else.
 
 The run folder: ``tune.json`` (what is being trained, so a resume continues the same run),
 ``checkpoints/checkpoint-N`` (every ``save_steps``), and, only when training has finished,

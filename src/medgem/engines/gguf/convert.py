@@ -202,6 +202,10 @@ def _text_metadata(writer: Any, folder: Path, config: Any, model_id: str) -> Non
     if demo := str((json.loads((folder / "config.json").read_text()).get("medgem_demo") or {})
                    .get("id", "")):
         writer.add_string("medgem.demo", demo)  # random-weight/demo models stay labelled as such
+    adapter = json.loads((folder / "config.json").read_text()).get("medgem_adapter") or {}
+    if adapter:  # a merged fine-tune keeps naming the adapter it holds (see medgem.adapters)
+        writer.add_string("medgem.adapter.name", str(adapter["name"]))
+        writer.add_string("medgem.adapter.sha256", str(adapter["sha256"]))
     writer.add_file_type(1)
     for key, value in (
         ("context_length", text.max_position_embeddings), ("embedding_length", text.hidden_size),

@@ -14,6 +14,7 @@ merged into a full checkpoint and converted as a model instead (``merge=True``).
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shutil
@@ -238,6 +239,10 @@ def _merge_and_convert(adapter: AdapterInfo, base: str, out: Path, quant: str, p
         merged_dir = Path(tmp) / f"{checkpoint.model_id.replace('/', '--')}+{adapter.name}"
         model = model_class.from_pretrained(str(checkpoint.path), dtype="auto")
         attach_adapter(model, adapter).merge_and_unload().save_pretrained(str(merged_dir))
+        config_path = merged_dir / "config.json"  # the GGUF keeps naming the adapter it holds
+        config = json.loads(config_path.read_text())
+        config["medgem_adapter"] = {"name": adapter.name, "sha256": adapter.sha256}
+        config_path.write_text(json.dumps(config, indent=2) + "\n")
         processor_class.from_pretrained(str(checkpoint.path)).save_pretrained(str(merged_dir))
         for name in ("chat_template.jinja", "generation_config.json"):
             if (checkpoint.path / name).is_file() and not (merged_dir / name).exists():
