@@ -49,6 +49,16 @@ def tiny_text_checkpoint(checkpoints_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def converted_vlm(tiny_vlm_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny multimodal checkpoint through `medgem convert --quant f16`, as a user runs it:
+    model.gguf + mmproj.gguf (the llama.cpp tests that use it gate on ``llamacpp_runs``)."""
+    out = tmp_path_factory.mktemp("vlm-gguf")
+    result = run_cli("convert", str(tiny_vlm_checkpoint), "--quant", "f16", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_pt_checkpoint(checkpoints_dir: Path) -> Path:
     """A pre-trained-style multimodal checkpoint: no chat template."""
     from medgem.demo.build import build_checkpoint

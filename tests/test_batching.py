@@ -201,12 +201,8 @@ def test_parallel_is_refused_where_the_engine_cannot_batch(tiny_text_checkpoint:
         MedGemma.load(tiny_text_checkpoint, parallel=0, audit=False)
 
 
-def test_images_in_a_batch_match_serial(tiny_vlm_checkpoint: Path, tmp_path: Path,
-                                        llamacpp_runs: None) -> None:
-    out = tmp_path / "gguf"
-    converted = run_cli("convert", str(tiny_vlm_checkpoint), "--quant", "f16", "--out", str(out))
-    assert converted.returncode == 0, converted.stderr
-    checkpoint = resolve_checkpoint(out)
+def test_images_in_a_batch_match_serial(converted_vlm: Path, llamacpp_runs: None) -> None:
+    checkpoint = resolve_checkpoint(converted_vlm)
     requests = [image_question(1, 12), image_question(2, 12), image_question(1, 6)]
     one = MedGemma(load_engine("llamacpp", checkpoint, EngineOptions(n_ctx=1024)))
     three = MedGemma(load_engine("llamacpp", checkpoint, EngineOptions(n_ctx=1024, parallel=3)),

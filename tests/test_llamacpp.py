@@ -66,15 +66,6 @@ def engine_270m(gguf_270m: Path) -> Any:
     engine.close()
 
 
-@pytest.fixture(scope="module")
-def converted_vlm(tiny_vlm_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny multimodal checkpoint through `medgem convert --quant f16`, as a user runs it."""
-    out = tmp_path_factory.mktemp("vlm-gguf")
-    result = run_cli("convert", str(tiny_vlm_checkpoint), "--quant", "f16", "--out", str(out))
-    assert result.returncode == 0, result.stderr
-    return out
-
-
 # --- real weights: Gemma 3 270M (Q4_K_M) -------------------------------------------------------
 
 

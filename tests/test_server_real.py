@@ -146,7 +146,7 @@ def test_keys_command_adds_lists_and_revokes(tmp_path: Path) -> None:
     added = _cli("keys", "--file", str(keys), "add", "radiology")
     assert added.returncode == 0 and added.stdout.startswith("mg-")
     assert added.stdout.strip() not in keys.read_text()
-    assert "radiology\tcreated" in _cli("keys", "--file", str(keys), "list").stdout
+    assert "radiology\tuser\tcreated" in _cli("keys", "--file", str(keys), "list").stdout
     assert _cli("keys", "--file", str(keys), "revoke", "radiology").returncode == 0
     assert "revoked" in _cli("keys", "--file", str(keys), "list").stdout
     again = _cli("keys", "--file", str(keys), "revoke", "radiology")

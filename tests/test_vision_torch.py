@@ -37,14 +37,6 @@ def question(image: Any, tokens: int = 8) -> Request:
                    GenerationOptions(max_new_tokens=tokens))
 
 
-@pytest.fixture(scope="module")
-def converted(tiny_vlm_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("vision-gguf")
-    result = run_cli("convert", str(tiny_vlm_checkpoint), "--quant", "f16", "--out", str(out))
-    assert result.returncode == 0, result.stderr
-    return out
-
-
 def clip_embeddings(engine: Any, image: Any) -> Any:
     """What llama.cpp's clip gives for ``image`` (read from the engine's embedding cache)."""
     prepared = engine.prepare(question(image, 1))
@@ -54,10 +46,10 @@ def clip_embeddings(engine: Any, image: Any) -> Any:
     return np.ctypeslib.as_array(cached).reshape(-1, engine._embd).copy()
 
 
-def test_torch_tower_gives_llama_cpp_s_embeddings(converted: Path) -> None:
+def test_torch_tower_gives_llama_cpp_s_embeddings(converted_vlm: Path) -> None:
     """float32 PyTorch against llama.cpp's f16 clip: within 1e-3 relative (f16 weights)."""
-    tower = TorchTower(converted / "mmproj.gguf", dtype="float32")
-    engine = load_engine("llamacpp", resolve_checkpoint(converted), EngineOptions(vision="llamacpp"))
+    tower = TorchTower(converted_vlm / "mmproj.gguf", dtype="float32")
+    engine = load_engine("llamacpp", resolve_checkpoint(converted_vlm), EngineOptions(vision="llamacpp"))
     try:
         for seed in (1, 2):
             ours = tower.embed(picture(seed))
@@ -70,8 +62,8 @@ def test_torch_tower_gives_llama_cpp_s_embeddings(converted: Path) -> None:
         engine.close()
 
 
-def test_greedy_answers_agree_between_the_two_vision_paths(converted: Path) -> None:
-    checkpoint = resolve_checkpoint(converted)
+def test_greedy_answers_agree_between_the_two_vision_paths(converted_vlm: Path) -> None:
+    checkpoint = resolve_checkpoint(converted_vlm)
     answers = {}
     for path in ("llamacpp", "torch"):
         engine = load_engine("llamacpp", checkpoint, EngineOptions(vision=path))
@@ -104,10 +96,10 @@ def test_vision_flag_is_refused_under_transformers(tiny_vlm_checkpoint: Path) ->
     assert result.returncode == 1 and "--vision does not apply to the hf engine" in result.stderr
 
 
-def test_cli_answers_with_the_torch_tower(converted: Path, tmp_path: Path) -> None:
+def test_cli_answers_with_the_torch_tower(converted_vlm: Path, tmp_path: Path) -> None:
     image = tmp_path / "x.png"
     picture(5).save(image)
-    outs = [run_cli("ask", "Describe this X-ray.", "--model", str(converted), "--image", str(image),
+    outs = [run_cli("ask", "Describe this X-ray.", "--model", str(converted_vlm), "--image", str(image),
                     "--vision", path, "--max-new-tokens", "6", "--no-audit", "--json")
             for path in ("llamacpp", "torch")]
     assert all(out.returncode == 0 for out in outs), [o.stderr for o in outs]

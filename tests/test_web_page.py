@@ -168,3 +168,17 @@ def test_page_shows_errors_and_asks_for_a_key(browser: object, tmp_path: Path) -
         page.wait_for_selector("#error:not([hidden])")  # type: ignore[attr-defined]
         assert "API key is required" in page.inner_text("#error")  # type: ignore[attr-defined]
         page.close()  # type: ignore[attr-defined]
+
+
+def test_with_keys_the_page_shows_the_model_only_after_a_key(browser: object, tmp_path: Path) -> None:
+    from medgem.server.auth import KeyStore
+
+    key = KeyStore(tmp_path / "keys.json").add("ward")
+    config = ServerConfig(api_key_file=tmp_path / "keys.json")
+    with serve_in_thread(create_app(config, MedGemma(ScriptedEngine()), store=open_store(":memory:"))) as base:  # type: ignore[arg-type]
+        page = _page(browser, base)
+        assert page.inner_text("#model-name") == "enter an API key"  # type: ignore[attr-defined]
+        page.fill("#apikey", key)  # type: ignore[attr-defined]
+        page.dispatch_event("#apikey", "change")  # type: ignore[attr-defined]
+        page.wait_for_selector("#model-name:has-text('medgem-test-scripted')")  # type: ignore[attr-defined]
+        page.close()  # type: ignore[attr-defined]

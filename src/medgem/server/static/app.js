@@ -36,6 +36,7 @@ async function loadInfo() {
   const response = await fetch("/api/info", key ? { headers: { Authorization: "Bearer " + key } } : {});
   if (response.status === 401) {  // keys are on: the model's details come once a key is given
     state.authRequired = true;
+    $("model-name").textContent = "enter an API key";
     $("apikey-box").hidden = false;
     $("apikey").value = key;
     return;
