@@ -80,12 +80,10 @@ def test_greedy_answers_agree_between_the_two_vision_paths(converted_vlm: Path) 
 
 
 def test_choosing_the_vision_path() -> None:
-    from medgem.hardware import cpu_has_native_bf16
-
     assert choose_vision("llamacpp") == ("llamacpp", "asked for")
     assert choose_vision("torch") == ("torch", "asked for")
     path, why = choose_vision("auto")
-    assert path == ("torch" if cpu_has_native_bf16() else "llamacpp") and why
+    assert path == "llamacpp" and "clip" in why  # what bench_vision.py measured as fastest
     with pytest.raises(InputError, match="unknown vision path 'gpu'"):
         choose_vision("gpu")
 
