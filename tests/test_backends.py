@@ -173,3 +173,21 @@ def test_one_front_two_backends_survives_one_killed_mid_load(gguf: Path, tmp_pat
             front.close()
     served = {r.body.get("served_by") for r in store.records() if r.kind == "answer"}
     assert served == {url_a, url_b}
+
+
+def test_eval_spreads_its_questions_over_two_backends(gguf: Path, tmp_path: Path) -> None:
+    """`medgem eval --engine remote` with two backends and --concurrency 2: both answer."""
+    from medgem.evaluate import EvalConfig, TaskOptions, prepare, run_evaluation
+
+    data = Path(__file__).parent / "data" / "eval" / "medqa.jsonl"
+    with llama_server(gguf) as (_, url_a), llama_server(gguf) as (_, url_b):
+        model = MedGemma.load(MODEL, engine="remote", base_url=f"{url_a},{url_b}", audit=False)
+        try:
+            config = EvalConfig(task="mcq", data=str(data), concurrency=2, max_new_tokens=6,
+                                options=TaskOptions())
+            outcome = run_evaluation(model, prepare(config), tmp_path / "run", progress=False)
+            answered = [b["answered"] for b in model.engine.backends]  # type: ignore[attr-defined]
+        finally:
+            model.close()
+    assert outcome.ran == 6 and outcome.failed == 0
+    assert all(count > 0 for count in answered) and sum(answered) == 6, answered

@@ -76,6 +76,8 @@ def test_openai_client_image_streaming_with_thinking(client: openai.OpenAI, serv
             delta = chunk.choices[0].delta
             content += delta.content or ""
             reasoning += getattr(delta, "reasoning_content", None) or ""
+            # the same thought under vLLM's newer name, for clients of either convention
+            assert getattr(delta, "reasoning", None) == getattr(delta, "reasoning_content", None)
             finish = chunk.choices[0].finish_reason or finish
     assert content == "Seen 1 image(s). No acute cardiopulmonary abnormality is seen."
     assert reasoning == "The lungs look clear on both sides."
@@ -94,6 +96,7 @@ def test_non_streaming_thinking_and_length(client: openai.OpenAI) -> None:
     message = completion.choices[0].message
     assert completion.choices[0].finish_reason == "length"
     assert message.content == "" and getattr(message, "reasoning_content", None)
+    assert getattr(message, "reasoning", None) == getattr(message, "reasoning_content", None)
 
 
 def test_models_health_and_metrics(client: openai.OpenAI, server: tuple[str, AuditStore]) -> None:
