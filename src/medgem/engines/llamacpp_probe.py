@@ -38,7 +38,7 @@ from medgem.engines.llamacpp_native import (
 from medgem.errors import EngineUnavailableError
 from medgem.hardware import cpu_flags
 
-PROBE_VERSION = 2  # bump when the probe exercises something new, so cached passes are redone
+PROBE_VERSION = 3  # bump when the probe exercises something new, so cached passes are redone
 PROBE_TIMEOUT_S = 180.0
 # Quantized file types the probe runs: each brings its own matmul kernels (llama_ftype numbers).
 PROBE_TYPES = {"f16": 1, "q8_0": 7, "q4_k_m": 15}
@@ -59,10 +59,10 @@ class ProbeResult:
     cached: bool = False
 
     def message(self) -> str:
-        return f"llama.cpp {self.detail} on this CPU ({_cpu_name()}; {describe_cpu_features()})"
+        return f"llama.cpp {self.detail} on this CPU ({cpu_name()}; {describe_cpu_features()})"
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -83,7 +83,7 @@ def _cache_file() -> Path | None:
         digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
     digest.update(" ".join(sorted(cpu_flags())).encode())
     forced = os.environ.get("MEDGEM_LLAMA_CPU_VARIANT", "")
-    digest.update(f"{_cpu_name()}|{use_extra_buffers()}|{forced}|{PROBE_VERSION}".encode())
+    digest.update(f"{cpu_name()}|{use_extra_buffers()}|{forced}|{PROBE_VERSION}".encode())
     root = Path(os.environ.get("MEDGEM_CACHE", Path.home() / ".cache" / "medgem"))
     return root / "llamacpp-probe" / f"{digest.hexdigest()[:24]}.json"
 
@@ -291,6 +291,7 @@ def _encode_tiny_image(llama_cpp: Any, mtmd: Any, model_path: Path, mmproj: Path
     params = mtmd.mtmd_context_params_default()
     params.use_gpu = params.print_timings = params.warmup = False
     params.n_threads = _threads()
+    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED  # as the engine runs it
     context = mtmd.mtmd_init_from_file(str(mmproj).encode(), model, params)
     if not context:
         llama_cpp.llama_model_free(model)

@@ -1,0 +1,73 @@
+"""Speeds measured on this machine, recorded by the llama.cpp engine and read back to estimate a
+volume's time to first token before anything runs (`medgem inspect --model`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from medgem.engines import speeds
+
+
+def test_figures_are_the_median_of_the_last_runs(tmp_path: Path) -> None:
+    store = tmp_path / "speeds.json"
+    for value in (10.0, 1.0, 2.0, 3.0, 4.0, 5.0):  # the first falls out (five kept)
+        speeds.record("k", vision_s_per_image=value, path=store)
+    speeds.record("k", prefill_tokens_per_s=80.0, path=store)
+    measured = speeds.lookup("k", store)
+    assert measured is not None
+    assert measured.vision_s_per_image == 3.0
+    assert measured.prefill_tokens_per_s == 80.0
+    assert speeds.lookup("other", store) is None
+    # 85 slices of 256 soft tokens and 64 text tokens: 85 x 3 s in the tower, 21,824 tokens at 80/s
+    assert measured.first_token_s(85, 256, 64) == pytest.approx(85 * 3.0 + (85 * 256 + 64) / 80.0)
+
+
+def test_without_a_prefill_rate_there_is_no_estimate(tmp_path: Path) -> None:
+    store = tmp_path / "speeds.json"
+    speeds.record("k", vision_s_per_image=2.0, path=store)
+    measured = speeds.lookup("k", store)
+    assert measured is not None and measured.first_token_s(3, 256, 64) is None
+
+
+def test_a_broken_store_reads_as_empty_and_is_rewritten(tmp_path: Path) -> None:
+    store = tmp_path / "speeds.json"
+    store.write_text("{not json")
+    assert speeds.lookup("k", store) is None
+    speeds.record("k", prefill_tokens_per_s=50.0, path=store)
+    assert speeds.lookup("k", store) is not None
+
+
+@pytest.mark.usefixtures("llamacpp_runs")
+def test_an_image_question_records_what_inspect_estimates_from(
+        converted_vlm: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    from medgem.engines import EngineOptions, load_engine
+    from medgem.request import GenerationOptions, ImagePart, Message, Request, TextPart
+    from medgem.resolve import resolve_checkpoint
+
+    monkeypatch.setenv("MEDGEM_CACHE", str(tmp_path))
+    checkpoint = resolve_checkpoint(converted_vlm)
+    assert speeds.estimate_first_token(checkpoint.path, checkpoint.mmproj, 85) == (None, None)
+    engine: Any = load_engine("llamacpp", checkpoint, EngineOptions(vision="llamacpp", threads=2))
+    try:
+        image = Image.fromarray(np.random.default_rng(3).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+        text = "Describe this X-ray in detail, " * 12  # a text batch long enough to time
+        request = Request((Message("user", (ImagePart(image), TextPart(text))),),
+                          GenerationOptions(max_new_tokens=2))
+        list(engine.generate(request))
+    finally:
+        engine.close()
+    estimate, measured = speeds.estimate_first_token(checkpoint.path, checkpoint.mmproj, 85, threads=2,
+                                                     vision="llamacpp")
+    assert measured is not None and measured.runs == 1
+    assert measured.vision_s_per_image is not None and measured.vision_s_per_image > 0
+    assert measured.prefill_tokens_per_s is not None and measured.prefill_tokens_per_s > 0
+    assert estimate is not None and estimate > 85 * measured.vision_s_per_image
+    # another thread count, another vision path: not the same measurement
+    assert speeds.estimate_first_token(checkpoint.path, checkpoint.mmproj, 85, threads=1,
+                                       vision="llamacpp") == (None, None)
