@@ -263,13 +263,13 @@ def test_each_request_is_tokenized_once_and_freed(converted_vlm: Path,
     try:
         engine: Any = model.engine
         built: list[Any] = []
-        real = engine._build_prompt
+        real = engine._prompts.build
 
         def counting(request: Any) -> Any:
             built.append(real(request))
             return built[-1]
 
-        monkeypatch.setattr(engine, "_build_prompt", counting)
+        monkeypatch.setattr(engine._prompts, "build", counting)
         answer = model.ask(QUESTION, images=[noise_image(64, seed=3)], max_new_tokens=3)
         assert answer.usage.completion_tokens == 3 and len(built) == 1
         assert built[0].chunks is None  # freed after generation

@@ -6,18 +6,15 @@ run the vision tower again), they sample with repetition penalties (greedy here 
 transformers' greedy), and they detokenize without special tokens (MedGemma's thinking markers
 ``<unused94>``/``<unused95>`` are control tokens and would vanish).
 
-The prompt is rendered with the GGUF's chat template (or medgem's shipped Gemma 3 template),
-each ``<start_of_image>`` replaced by the media marker framed by blank lines as Gemma 3's
-processor frames it, and cut by libmtmd into text and image chunks. The context is kept between
-requests: the longest common prefix of chunks (text tokens, and images by pixel digest) stays in
-the KV cache and only the rest is evaluated.
+The prompt side (chat template, libmtmd chunks) is in ``llamacpp_prompt``. The context is kept
+between requests: the longest common prefix of units (text tokens, and images by pixel digest)
+stays in each slot's KV cache and only the rest is evaluated.
 """
 
 from __future__ import annotations
 
 import codecs
 import ctypes
-import hashlib
 import os
 import threading
 import time
@@ -51,15 +48,15 @@ from medgem.engines.llamacpp_native import (
     llama_model_params,
 )
 from medgem.engines.llamacpp_probe import ensure_runs_here
+from medgem.engines.llamacpp_prompt import Prompt, PromptBuilder, Unit
 from medgem.errors import (
     ContextLengthError,
     EngineUnavailableError,
     InputError,
     NotACheckpointError,
     ResourceError,
-    UnsupportedInputError,
 )
-from medgem.request import GenerationOptions, ImagePart, Request, TextPart
+from medgem.request import GenerationOptions, Request
 from medgem.resolve import Checkpoint
 
 DEFAULT_N_CTX = 8192
@@ -69,33 +66,12 @@ def load_llamacpp(checkpoint: Checkpoint, options: EngineOptions) -> LlamaCppEng
     return LlamaCppEngine(checkpoint, options)
 
 
-@dataclass(frozen=True)
-class _Unit:
-    """One reusable step of a prompt: a text token, or a whole image (by pixel digest)."""
-
-    key: int | str
-    n_pos: int
-
-
-@dataclass
-class _Prompt:
-    units: list[_Unit]
-    chunks: Any  # mtmd_input_chunks_p, or None for text-only prompts
-    chunk_of_unit: list[tuple[int, int]]  # unit -> (chunk index, token offset); text: (-1, i)
-    tokens: list[int]
-    pixels: dict[str, Any] = field(default_factory=dict)  # image unit key -> the RGB image
-
-    @property
-    def n_pos(self) -> int:
-        return sum(unit.n_pos for unit in self.units)
-
-
 @dataclass(eq=False)
 class _Slot:
     """One sequence of the llama.cpp context; its cache outlives a request (prefix reuse)."""
 
     seq_id: int
-    cached: list[_Unit] = field(default_factory=list)  # what its KV cells hold, in order
+    cached: list[Unit] = field(default_factory=list)  # what its KV cells hold, in order
     sequence: Sequence | None = None  # the request running in it
 
 
@@ -104,7 +80,7 @@ class Sequence:
     """One request in a slot, from prefill to its Finished event (see LlamaCppEngine.step)."""
 
     prepared: Prepared
-    prompt: _Prompt
+    prompt: Prompt
     slot: _Slot
     cancel: threading.Event | None
     started: float
@@ -236,7 +212,6 @@ class LlamaCppEngine:
             self.vision = choose_vision(options.vision)
             if self.vision[0] == "torch":
                 self._tower = TorchTower(checkpoint.mmproj, threads=threads)  # type: ignore[arg-type]
-        self._marker = mtmd.mtmd_default_marker().decode()
         self._speed_key = speeds.speed_key(checkpoint.path, checkpoint.mmproj, self.vision[0], threads)
         # Image embeddings by pixel digest: a second question about the same study (another
         # conversation, another slot) skips the vision tower. Bounded; MEDGEM_EMBED_CACHE_MB.
@@ -247,7 +222,10 @@ class LlamaCppEngine:
             from medgem.request.compose import shipped_chat_template
 
             template = shipped_chat_template()
-        self._template = _compile_template(template)
+        self._prompts = PromptBuilder(llama_cpp, mtmd, self._vocab, self._mtmd_ctx, template,
+                                      self.image_size, checkpoint.path.name, self._mtmd_lock)
+        self.tokenize = self._prompts.tokenize
+        self.render = self._prompts.render
         self.last_prompt_tokens: list[int] = []  # the last prompt (-1 for image positions)
         self.last_tokens: list[int] = []  # the last answer's token ids (for checks and tests)
         markers = (self._token_id("<unused94>"), self._token_id("<unused95>"))
@@ -284,14 +262,6 @@ class LlamaCppEngine:
         ids = self.tokenize(text)
         return ids[0] if len(ids) == 1 else -1
 
-    def tokenize(self, text: str) -> list[int]:
-        """Token ids of ``text`` (special tokens parsed, no BOS added)."""
-        data = text.encode("utf-8")
-        size = len(data) + 8
-        buffer = (self._llama_cpp.llama_token * size)()
-        count = self._llama_cpp.llama_tokenize(self._vocab, data, len(data), buffer, size, False, True)
-        return list(buffer[:count])
-
     def _piece(self, token: int) -> bytes:
         # Control tokens render as nothing unless asked for; the thinking markers must survive.
         special = token in self._thinking_ids
@@ -302,119 +272,14 @@ class LlamaCppEngine:
             count = self._llama_cpp.llama_token_to_piece(self._vocab, token, buffer, -count, 0, special)
         return buffer.raw[:count]
 
-    # --- prompt --------------------------------------------------------------------------------
-
-    def render(self, request: Request) -> str:
-        """The prompt text, images as ``<start_of_image>`` (chat) as the template writes them."""
-        if request.template == "completion":
-            last = request.messages[-1]
-            parts = [p.text if isinstance(p, TextPart) else "<start_of_image>" for p in last.parts]
-            return "<bos>" + "".join(parts)
-        messages = []
-        for message in request.messages:
-            content = [
-                {"type": "text", "text": p.text} if isinstance(p, TextPart) else {"type": "image"}
-                for p in message.parts
-            ]
-            messages.append({"role": message.role, "content": content})
-        return str(self._template.render(messages=messages, add_generation_prompt=True,
-                                         bos_token="<bos>", eos_token="<eos>"))
-
-    def _build_prompt(self, request: Request) -> _Prompt:
-        images = [p for m in request.messages for p in m.parts if isinstance(p, ImagePart)]
-        if request.template == "completion":
-            images = [p for p in request.messages[-1].parts if isinstance(p, ImagePart)]
-        if images and self._mtmd_ctx is None:
-            raise UnsupportedInputError(
-                f"'{self.checkpoint.path.name}' has no vision projector, so it cannot take images",
-                "pass the model's mmproj file with --mmproj (medgem convert writes mmproj.gguf "
-                "next to model.gguf), or ask without an image",
-            )
-        text = self.render(request)
-        if not images:
-            tokens = self.tokenize(text)
-            return _Prompt([_Unit(t, 1) for t in tokens], None,
-                           [(-1, i) for i in range(len(tokens))], tokens)
-        framed = text.replace("<start_of_image>", f"\n\n{self._marker}\n\n")
-        with self._mtmd_lock:
-            return self._mtmd_prompt(framed, [p.image for p in images])
-
-    def _mtmd_prompt(self, text: str, images: list[Any]) -> _Prompt:
-        mtmd = self._mtmd
-        bitmaps = []
-        digests = []
-        resized = []
-        try:
-            for image in images:
-                rgb = image.convert("RGB")
-                if self.image_size and rgb.size != (self.image_size, self.image_size):
-                    # Resize as Gemma 3's processor does (PIL bilinear), so both engines see the
-                    # same pixels; llama.cpp's own resize then has nothing to do.
-                    from PIL import Image
-
-                    rgb = rgb.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
-                data = rgb.tobytes()
-                resized.append(rgb)
-                digest = hashlib.sha256(data).hexdigest()[:32]
-                buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
-                bitmap = mtmd.mtmd_bitmap_init(rgb.size[0], rgb.size[1], buffer)
-                mtmd.mtmd_bitmap_set_id(bitmap, digest.encode())
-                bitmaps.append(bitmap)
-                digests.append(digest)
-            chunks = mtmd.mtmd_input_chunks_init()
-            encoded = text.encode("utf-8")
-            text_input = mtmd.mtmd_input_text()
-            text_input.text = encoded
-            text_input.text_len = len(encoded)
-            text_input.add_special = False
-            text_input.parse_special = True
-            array = (mtmd.mtmd_bitmap_p_ctypes * len(bitmaps))(*bitmaps)
-            result = mtmd.mtmd_tokenize(self._mtmd_ctx, chunks, ctypes.byref(text_input), array,
-                                        len(bitmaps))
-        finally:
-            for bitmap in bitmaps:
-                mtmd.mtmd_bitmap_free(bitmap)
-        if result != 0:
-            mtmd.mtmd_input_chunks_free(chunks)
-            raise InputError(f"llama.cpp could not prepare the images (mtmd error {result})",
-                             "check that each image opens and that the prompt has one image "
-                             "marker per image")
-        units: list[_Unit] = []
-        where: list[tuple[int, int]] = []
-        tokens: list[int] = []
-        pixels: dict[str, Any] = {}
-        image_index = 0
-        for index in range(mtmd.mtmd_input_chunks_size(chunks)):
-            chunk = mtmd.mtmd_input_chunks_get(chunks, index)
-            if mtmd.mtmd_input_chunk_get_type(chunk) == mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT:
-                count = ctypes.c_size_t()
-                pointer = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(count))
-                for offset in range(count.value):
-                    units.append(_Unit(int(pointer[offset]), 1))
-                    where.append((index, offset))
-                    tokens.append(int(pointer[offset]))
-            else:
-                n_pos = int(mtmd.mtmd_input_chunk_get_n_pos(chunk))
-                units.append(_Unit(f"image:{digests[image_index]}", n_pos))
-                pixels[f"image:{digests[image_index]}"] = resized[image_index]
-                where.append((index, 0))
-                tokens.extend([-1] * int(mtmd.mtmd_input_chunk_get_n_tokens(chunk)))
-                image_index += 1
-        return _Prompt(units, chunks, where, tokens, pixels)
-
     def prepare(self, request: Request) -> Prepared:
         """Render and tokenize once (libmtmd preprocesses and hashes the images here)."""
-        prompt = self._build_prompt(request)
-        return Prepared(request, len(prompt.tokens), prompt, lambda: self._free_chunks(prompt))
-
-    def _free_chunks(self, prompt: _Prompt) -> None:
-        if prompt.chunks is not None:
-            self._mtmd.mtmd_input_chunks_free(prompt.chunks)
-            prompt.chunks = None
+        prompt = self._prompts.build(request)
+        return Prepared(request, len(prompt.tokens), prompt, lambda: self._prompts.free(prompt))
 
     # --- slots: one KV-cache sequence per request in flight -----------------------------------
 
-    def _reusable(self, slot: _Slot, units: list[_Unit]) -> int:
+    def _reusable(self, slot: _Slot, units: list[Unit]) -> int:
         """How many leading units ``slot`` already holds (at least one left to evaluate)."""
         common = 0
         for cached, new in zip(slot.cached, units, strict=False):
@@ -451,7 +316,7 @@ class LlamaCppEngine:
             ContextLengthError: the prompt does not fit a slot's context.
             ResourceError: every slot is taken.
         """
-        prompt: _Prompt = prepared.state
+        prompt: Prompt = prepared.state
         n_prompt = prompt.n_pos
         if n_prompt + 1 > self.n_ctx:
             raise ContextLengthError(
@@ -517,7 +382,7 @@ class LlamaCppEngine:
             return
         for index, sequence in enumerate(sequences):
             assert sequence.pending is not None
-            sequence.slot.cached.append(_Unit(sequence.pending, 1))
+            sequence.slot.cached.append(Unit(sequence.pending, 1))
             sequence.position += 1
             sequence.pending = None
             self._accept(sequence, int(self._llama_cpp.llama_sampler_sample(
@@ -719,14 +584,3 @@ class LlamaCppEngine:
         if self._model:
             self._llama_cpp.llama_model_free(self._model)
             self._model = None
-
-
-def _compile_template(source: str) -> Any:
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message: str) -> None:
-        raise InputError(f"the chat template refused the conversation: {message}")
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.globals["raise_exception"] = raise_exception
-    return env.from_string(source)
