@@ -252,6 +252,39 @@ def test_an_image_seen_before_is_not_encoded_again_in_another_conversation(conve
         fresh.close()
 
 
+def test_the_embedding_cache_on_disk_serves_the_next_process(converted_vlm: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """MEDGEM_EMBED_CACHE_DIR: an engine loaded later (as the next `medgem ask` would be) skips
+    the tower for pixels an earlier one encoded and answers the same; another tower (PyTorch)
+    keeps its own files."""
+    monkeypatch.setenv("MEDGEM_EMBED_CACHE_DIR", str(tmp_path / "embeddings"))
+    image = noise_image(64, seed=5)
+    answers = []
+    for _ in range(2):
+        engine = load_engine("llamacpp", resolve_checkpoint(converted_vlm), EngineOptions())
+        try:
+            events = list(engine.generate(image_question(image, 5)))
+        finally:
+            engine.close()
+        answers.append(events)
+    first, second = answers[0][-1], answers[1][-1]
+    assert isinstance(first, Finished) and first.extra["images_cached"] == 0
+    assert isinstance(second, Finished) and second.extra["images_cached"] == 1
+    assert second.extra["vision_s"] == 0.0
+    assert [e for e in answers[0] if isinstance(e, TextDelta)] == [
+        e for e in answers[1] if isinstance(e, TextDelta)]
+    stored = list((tmp_path / "embeddings").rglob("*.f32"))
+    assert len(stored) == 1 and stored[0].stat().st_size > 0
+    pytest.importorskip("torch")
+    torch_engine = load_engine("llamacpp", resolve_checkpoint(converted_vlm), EngineOptions(vision="torch"))
+    try:
+        final = list(torch_engine.generate(image_question(image, 5)))[-1]
+    finally:
+        torch_engine.close()
+    assert isinstance(final, Finished) and final.extra["images_cached"] == 0
+    assert len(list((tmp_path / "embeddings").rglob("*.f32"))) == 2
+
+
 def test_each_request_is_tokenized_once_and_freed(converted_vlm: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Through MedGemma: libmtmd tokenizes (and hashes the image) once for the context check

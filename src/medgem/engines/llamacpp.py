@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import hashlib
 import os
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from medgem.engines import EngineOptions, speeds
@@ -215,8 +217,13 @@ class LlamaCppEngine:
         self._speed_key = speeds.speed_key(checkpoint.path, checkpoint.mmproj, self.vision[0], threads)
         # Image embeddings by pixel digest: a second question about the same study (another
         # conversation, another slot) skips the vision tower. Bounded; MEDGEM_EMBED_CACHE_MB.
+        # On disk too with MEDGEM_EMBED_CACHE_DIR (per projector and tower, so embeddings from
+        # another model or path are never mixed in).
+        folder = os.environ.get("MEDGEM_EMBED_CACHE_DIR")
         self._embeddings = EmbeddingCache(
-            int(os.environ.get("MEDGEM_EMBED_CACHE_MB", "512")) << 20)
+            int(os.environ.get("MEDGEM_EMBED_CACHE_MB", "512")) << 20,
+            Path(folder) / self._embedding_namespace() if folder and checkpoint.mmproj else None,
+            int(os.environ.get("MEDGEM_EMBED_CACHE_DISK_MB", "4096")) << 20)
         template = header.get("tokenizer.chat_template")
         if not isinstance(template, str) or not template:
             from medgem.request.compose import shipped_chat_template
@@ -255,6 +262,15 @@ class LlamaCppEngine:
             batching="continuous",
             chat=variant.instruction_tuned if variant else True,
         )
+
+    def _embedding_namespace(self) -> str:
+        """The projector file (name, size, modification time) and the tower that ran it."""
+        mmproj = self.checkpoint.mmproj
+        assert mmproj is not None
+        stat = mmproj.stat()
+        dtype = self._tower.dtype if self._tower is not None else ""
+        ident = f"{mmproj.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{self.vision[0]}|{dtype}"
+        return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
     # --- tokens --------------------------------------------------------------------------------
 

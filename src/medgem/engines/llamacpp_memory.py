@@ -4,6 +4,7 @@ and the cache of image embeddings kept across conversations."""
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -52,10 +53,15 @@ def check_kv_memory(header: GGUFHeader, path: Path, n_ctx: int, parallel: int,
 
 
 class EmbeddingCache:
-    """Least-recently-used image embeddings (ctypes float arrays), bounded in bytes."""
+    """Least-recently-used image embeddings (ctypes float arrays), bounded in bytes; with
+    ``folder``, also kept on disk (raw float32, one file per image, oldest removed past
+    ``disk_bytes``) so that another process -- the next `medgem ask` -- skips the tower too.
+    The folder holds data derived from patient images: it belongs where PHI may be kept."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, folder: Path | None = None, disk_bytes: int = 4 << 30) -> None:
         self.max_bytes = max_bytes
+        self.folder = folder
+        self.disk_bytes = disk_bytes
         self._items: OrderedDict[str, Any] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
@@ -65,9 +71,34 @@ class EmbeddingCache:
             item = self._items.get(key)
             if item is not None:
                 self._items.move_to_end(key)
-            return item
+                return item
+        path = self._file(key)
+        if path is None or not path.is_file():
+            return None
+        try:
+            data = path.read_bytes()
+            os.utime(path)  # recently used: the last to be removed
+        except OSError:
+            return None
+        item = (ctypes.c_float * (len(data) // 4)).from_buffer_copy(data)
+        self._remember(key, item)
+        return item
 
     def put(self, key: str, embeddings: Any) -> None:
+        self._remember(key, embeddings)
+        path = self._file(key)
+        if path is None or path.exists():
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(f".{os.getpid()}.tmp")
+            partial.write_bytes(bytes(embeddings))
+            os.replace(partial, path)
+            self._trim_disk()
+        except OSError:
+            pass  # a full or read-only disk costs the next process a tower run, nothing more
+
+    def _remember(self, key: str, embeddings: Any) -> None:
         size = ctypes.sizeof(embeddings)
         if size > self.max_bytes:
             return
@@ -79,3 +110,18 @@ class EmbeddingCache:
             while self._bytes > self.max_bytes:
                 _, dropped = self._items.popitem(last=False)
                 self._bytes -= ctypes.sizeof(dropped)
+
+    def _file(self, key: str) -> Path | None:
+        if self.folder is None:
+            return None
+        return self.folder / (key.replace(":", "-") + ".f32")
+
+    def _trim_disk(self) -> None:
+        assert self.folder is not None
+        files = sorted(self.folder.glob("*.f32"), key=lambda f: f.stat().st_mtime)
+        total = sum(f.stat().st_size for f in files)
+        for old in files:
+            if total <= self.disk_bytes:
+                break
+            total -= old.stat().st_size
+            old.unlink(missing_ok=True)
