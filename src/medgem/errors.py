@@ -41,6 +41,14 @@ class ImageInputError(InputError):
     """An image, DICOM file or series could not be read or prepared."""
 
 
+class InputCancelled(ImageInputError):
+    """Reading an input stopped because its caller cancelled (the client left)."""
+
+
+class NotAnImageError(ImageInputError):
+    """A DICOM object that holds no image to show (a report, a dose grid, a mask)."""
+
+
 class UnsupportedInputError(InputError):
     """The input is valid but this model or engine cannot take it (an image to a text model)."""
 

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from medgem.cli.common import add_slide_flags
 from medgem.errors import ImageInputError
 from medgem.inputs.inspect import inspect_input
-from medgem.inputs.options import ImagingOptions
+from medgem.inputs.options import LIMITS, ImagingOptions, MedicalInput
 from medgem.inputs.preview import save_preprocessed
 
 
@@ -45,6 +47,56 @@ def add_imaging_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--modality", help="modality for inputs that carry none (NIfTI, PNG): CT or MR")
 
 
+def _env_int(environ: Mapping[str, str], name: str, default: int) -> int:
+    text = environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ImageInputError(f"{name}={text!r} is not a whole number", f"set {name} to a number") from None
+
+
+def add_limit_flags(parser: argparse.ArgumentParser, environ: Mapping[str, str] | None = None) -> None:
+    """The reading limits as flags (defaults from MEDGEM_* environment variables, else
+    ``ImagingOptions``'s), plus the policies that refuse non-image objects and burned-in text.
+    Any subcommand that reads inputs may add them and pass ``limit_options(args)`` on."""
+    environ = os.environ if environ is None else environ
+    base = ImagingOptions()
+    group = parser.add_argument_group("reading limits (checked while reading, before decoding)")
+    group.add_argument("--slice-limit", type=int, metavar="N",
+                       default=_env_int(environ, LIMITS["slice_limit"][1], base.slice_limit),
+                       help=f"most files in a folder or zip, and frames in one file "
+                            f"(default {base.slice_limit}; ${LIMITS['slice_limit'][1]})")
+    group.add_argument("--max-total-pixels", type=int, metavar="N",
+                       default=_env_int(environ, LIMITS["max_total_pixels"][1], base.max_total_pixels),
+                       help=f"most pixels (rows x columns x frames) one input may declare "
+                            f"(default {base.max_total_pixels:,}; ${LIMITS['max_total_pixels'][1]})")
+    group.add_argument("--max-archive-mb", type=int, metavar="MB",
+                       default=_env_int(environ, LIMITS["max_archive_bytes"][1],
+                                        base.max_archive_bytes // 2**20),
+                       help=f"most MiB a zip may expand to (default {base.max_archive_bytes // 2**20}; "
+                            f"${LIMITS['max_archive_bytes'][1]})")
+    group.add_argument("--max-pixels", type=int, metavar="N",
+                       default=_env_int(environ, LIMITS["max_pixels"][1], base.max_pixels),
+                       help=f"most pixels of one frame (default {base.max_pixels:,}; "
+                            f"${LIMITS['max_pixels'][1]})")
+    group.add_argument("--allow-non-image", action="store_true",
+                       help="send DICOM objects that are not images (RT dose grids, segmentation "
+                            "masks) as grey images anyway")
+    group.add_argument("--allow-burned-in", action="store_true",
+                       help="read DICOM images that declare Burned In Annotation = YES")
+
+
+def limit_options(args: argparse.Namespace) -> dict[str, object]:
+    """The limit flags as ``ImagingOptions`` keyword arguments ({} when they were not added)."""
+    if not hasattr(args, "slice_limit"):
+        return {}
+    return {"slice_limit": args.slice_limit, "max_total_pixels": args.max_total_pixels,
+            "max_archive_bytes": args.max_archive_mb * 2**20, "max_pixels": args.max_pixels,
+            "allow_non_image": args.allow_non_image, "allow_burned_in": args.allow_burned_in}
+
+
 def options_from_args(args: argparse.Namespace) -> ImagingOptions:
     """Build ``ImagingOptions`` from the imaging flags.
 
@@ -63,8 +115,12 @@ def options_from_args(args: argparse.Namespace) -> ImagingOptions:
     slide = {"max_patches": args.max_patches, "patch_seed": args.seed or 0,
              "magnification": args.magnification, "mpp": args.mpp, "max_pages": args.max_pages,
              "pdf_text": args.pdf_text} if hasattr(args, "max_patches") else {}
-    return ImagingOptions(series=args.series, frame=args.frame, max_slices=args.max_slices,
-                          modality=args.modality, **extra, **slide)  # type: ignore[arg-type]
+    extra.update(limit_options(args))
+    try:
+        return ImagingOptions(series=args.series, frame=args.frame, max_slices=args.max_slices,
+                              modality=args.modality, **extra, **slide)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ImageInputError(str(exc), "check the imaging flags") from None
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -79,6 +135,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
                         help="write one PNG per image or slice, exactly what the model gets")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     add_imaging_arguments(parser)
+    add_limit_flags(parser)
     add_slide_flags(parser, with_seed=True)
     parser.set_defaults(func=run)
 
@@ -106,6 +163,11 @@ def _text(report: dict[str, object]) -> str:
             lines.append(f"{key + ':':<20}{metadata[key]}")
     lines += _slide_lines(metadata)
     lines.append(f"sends:              {report['sends']}")
+    if report.get("instruction"):
+        lines.append(f"instruction:        {report['instruction']}")
+    warnings = report.get("warnings") or []
+    assert isinstance(warnings, list)
+    lines += [f"warning:            {warning}" for warning in warnings]
     return "\n".join(lines)
 
 
@@ -135,6 +197,19 @@ def _slide_lines(metadata: dict[str, object]) -> list[str]:
     return lines
 
 
+def model_instruction(item: MedicalInput) -> str | None:
+    """The text the model is told before the images of this input (None: none, the question
+    goes with the images as they are)."""
+    from medgem.request.compose import PATHOLOGY_INSTRUCTION, sequence_marker, volume_instruction
+
+    if item.kind == "slide":
+        return PATHOLOGY_INSTRUCTION
+    if item.kind == "volume":
+        marker = sequence_marker(item.modality)
+        return f"{volume_instruction(item.modality)} (each image followed by {marker} n)"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     """Inspect the input, print the report, optionally save the preprocessed PNGs.
 
@@ -143,6 +218,8 @@ def run(args: argparse.Namespace) -> int:
     """
     options = options_from_args(args)
     report, item = inspect_input(args.path, options)
+    if item is not None:
+        report["instruction"] = model_instruction(item)
     if args.save_preprocessed is not None and item is not None:
         written = save_preprocessed([item], args.save_preprocessed)
         report["saved"] = [str(p) for p in written]

@@ -15,8 +15,8 @@ from typing import IO, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from medgem.errors import ImageInputError, require
-from medgem.inputs.options import ImagingOptions
+from medgem.errors import ImageInputError, NotAnImageError, require
+from medgem.inputs.options import ImagingOptions, raise_hint
 from medgem.inputs.windows import ct_to_rgb, grey_to_rgb, minmax_to_uint8, window_to_uint8
 
 #: Which PyPI package decodes which compressed transfer syntax (by UID prefix).
@@ -31,20 +31,45 @@ DECODER_PACKAGES: dict[str, str] = {
 }
 
 
+#: PyPI package of each pydicom pixel-decoder plugin (pylibjpeg's depends on the syntax).
+PLUGIN_PACKAGES: dict[str, str] = {"gdcm": "python-gdcm", "pillow": "pillow", "pyjpegls": "pyjpegls"}
+
+#: DICOM objects that carry pixel data but are not pictures of a patient: refused unless forced.
+NON_IMAGE_SOP_CLASSES: dict[str, str] = {
+    "1.2.840.10008.5.1.4.1.1.481.2": "an RT dose grid (RTDOSE)",
+    "1.2.840.10008.5.1.4.1.1.66.4": "a segmentation mask (SEG)",
+    "1.2.840.10008.5.1.4.1.1.66.7": "a label-map segmentation (SEG)",
+    "1.2.840.10008.5.1.4.1.1.30": "a parametric map",
+    "1.2.840.10008.5.1.4.1.1.66": "raw data",
+    "1.2.840.10008.5.1.4.1.1.481.3": "an RT structure set",
+}
+NON_IMAGE_MODALITIES: dict[str, str] = {
+    "RTDOSE": "an RT dose grid (RTDOSE)", "SEG": "a segmentation mask (SEG)",
+    "RTSTRUCT": "an RT structure set", "REG": "a registration", "RWV": "real-world value maps",
+}
+
+
 @dataclass(frozen=True)
 class DicomSource:
-    """Where one DICOM file's bytes live: ``path`` on disk, or ``data`` taken from an archive.
-    ``name`` is what users see (the file name inside a folder or zip; never a full path)."""
+    """Where one DICOM file's bytes live: ``path`` on disk, ``member`` of the zip at ``path``,
+    or ``data`` in memory. ``name`` is what users see (the file name inside a folder or zip;
+    never a full path)."""
 
     name: str
     path: Path | None = None
     data: bytes | None = None
+    member: str | None = None
 
     def open(self) -> IO[bytes]:
-        """Open the bytes for reading."""
+        """Open the bytes for reading (a zip member is inflated into memory: one file)."""
         if self.data is not None:
             return io.BytesIO(self.data)
         assert self.path is not None
+        if self.member is not None:
+            import zipfile
+
+            with zipfile.ZipFile(self.path) as archive:
+                return io.BytesIO(archive.read(self.member))
         return self.path.open("rb")
 
 
@@ -60,21 +85,23 @@ def _pixels() -> Any:
     return require("pydicom.pixels", "imaging", "Decoding DICOM pixel data", "pydicom")
 
 
-def read_header(source: DicomSource, *, pixels: bool = False) -> Any:
+def read_header(source: DicomSource, *, pixels: bool = False, handle: IO[bytes] | None = None
+                ) -> Any:
     """Parse a DICOM file into a pydicom ``Dataset``, stopping before the pixel data unless
-    ``pixels`` (then the still-encoded pixel data is read too).
+    ``pixels`` (then the still-encoded pixel data is read too). ``handle``: an already open
+    stream of the source's bytes (a zip member being scanned), read instead of opening it.
 
     Raises:
         ImageInputError: not a DICOM file, or a file too damaged to parse.
     """
     pydicom: Any = require("pydicom", "imaging", "Reading DICOM files")
     try:
-        with source.open() as handle:
-            head = handle.read(132)
-            handle.seek(0)
+        with handle if handle is not None else source.open() as stream:
+            head = stream.read(132)
+            stream.seek(0)
             # Old files without a preamble are parsed only when their first element looks DICOM.
             force = head[128:132] != b"DICM" and looks_like_dicom(head)
-            ds = pydicom.dcmread(handle, stop_before_pixels=not pixels, force=force)
+            ds = pydicom.dcmread(stream, stop_before_pixels=not pixels, force=force)
     except pydicom.errors.InvalidDicomError as exc:
         raise ImageInputError(
             f"{source.name} is not a DICOM file (no 'DICM' marker at byte 128)",
@@ -113,17 +140,47 @@ def frame_count(ds: Any) -> int:
         return 1
 
 
+def non_image_kind(ds: Any) -> str | None:
+    """What a DICOM object with pixel data but no picture is ("an RT dose grid (RTDOSE)",
+    "a segmentation mask (SEG)", ...), or None for images."""
+    sop = str(ds.get("SOPClassUID", "") or "")
+    modality = str(ds.get("Modality", "") or "").upper()
+    return NON_IMAGE_SOP_CLASSES.get(sop) or NON_IMAGE_MODALITIES.get(modality)
+
+
+def burned_in(ds: Any) -> bool:
+    """Whether the header declares text burned into the pixels (Burned In Annotation = YES)."""
+    return str(ds.get("BurnedInAnnotation", "") or "").strip().upper() == "YES"
+
+
 def check_image_header(ds: Any, name: str, options: ImagingOptions) -> None:
-    """Refuse headers without an image, or declaring more pixels than the limits allow.
+    """Refuse headers without an image, non-image objects (dose grids, masks) unless forced,
+    burned-in annotation unless allowed, and more pixels than the limits allow.
 
     Raises:
-        ImageInputError: no pixel data, a decompression bomb, or too many frames.
+        NotAnImageError: no pixel data, or a non-image object not forced.
+        ImageInputError: burned-in annotation, a decompression bomb, or too many frames.
     """
     if not has_pixels(ds):
         sop = getattr(ds.get("SOPClassUID"), "name", None) or "non-image"
-        raise ImageInputError(
+        raise NotAnImageError(
             f"{name} holds no pixel data (a {sop} object, or a truncated file)",
             "pass an image DICOM (CT, MR, CR, DX, ...) instead",
+        )
+    kind = non_image_kind(ds)
+    if kind is not None and not options.allow_non_image:
+        raise NotAnImageError(
+            f"{name} is {kind}, not an image of the patient; MedGemma was trained on images "
+            f"(CT, MR, X-ray, ultrasound, photographs)",
+            "pass an image instead, or force it with --allow-non-image "
+            "(ImagingOptions.allow_non_image) to send its frames as grey images",
+        )
+    if burned_in(ds) and not options.allow_burned_in:
+        raise ImageInputError(
+            f"{name} declares Burned In Annotation = YES: text such as the patient's name may be "
+            f"burned into its pixels, which de-identification cannot remove",
+            "mask the text first, or allow it with --allow-burned-in "
+            "(ImagingOptions.allow_burned_in) when the images may carry it",
         )
     rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
     if rows < 1 or cols < 1:
@@ -132,19 +189,19 @@ def check_image_header(ds: Any, name: str, options: ImagingOptions) -> None:
         raise ImageInputError(
             f"{name} declares a {cols}x{rows} image ({rows * cols:,} pixels), over the "
             f"limit of {options.max_pixels:,} (possible decompression bomb)",
-            "raise ImagingOptions.max_pixels if the image is genuine",
+            raise_hint("max_pixels"),
         )
     frames = frame_count(ds)
     if frames > options.slice_limit:
         raise ImageInputError(
             f"{name} declares {frames} frames, over the limit of {options.slice_limit}",
-            "raise the slice limit if the file is genuine, or pick one frame with --frame",
+            f"pick one frame with --frame, or {raise_hint('slice_limit')}",
         )
     if frames * rows * cols > options.max_total_pixels:
         raise ImageInputError(
             f"{name} declares {frames} frames of {cols}x{rows}, over the limit of "
             f"{options.max_total_pixels:,} pixels (possible decompression bomb)",
-            "pick one frame with --frame, or raise ImagingOptions.max_total_pixels",
+            f"pick one frame with --frame, or {raise_hint('max_total_pixels')}",
         )
 
 
@@ -154,6 +211,42 @@ def decoder_package(transfer_syntax: str) -> str | None:
         if transfer_syntax.startswith(prefix):
             return package
     return None
+
+
+def missing_decoder(syntax: str, failure: str = "") -> tuple[str, str]:
+    """Which decoder is really missing for ``syntax``: pydicom's view of the plugins that are
+    installed (and failed) and those whose package is absent. Returns (problem, hint).
+
+    The installed plugins are named with their own reasons (a 12-bit JPEG Extended file that
+    pylibjpeg-libjpeg rejects and Pillow cannot read at 12 bits needs GDCM, not libjpeg again).
+    """
+    try:
+        from pydicom.pixels.decoders.base import get_decoder
+
+        decoder = get_decoder(syntax)
+        tried = list(decoder.available_plugins)
+        absent = [entry.split(" - ")[0].strip() for entry in decoder.missing_dependencies]
+    except (ImportError, NotImplementedError, ValueError):
+        tried, absent = [], []
+    packages = []
+    for plugin in absent:
+        package = PLUGIN_PACKAGES.get(plugin)
+        if plugin == "pylibjpeg":
+            package = f"pylibjpeg {decoder_package(syntax) or ''}".strip()
+        if package:
+            packages.append(package)
+    reasons = [line.strip() for line in failure.splitlines()[1:] if ":" in line]
+    if tried:
+        problem = (f"the installed decoders ({', '.join(tried)}) could not read it: "
+                   f"{'; '.join(reasons) or failure.strip()}")
+    else:
+        problem = "no installed decoder can read it"
+    if packages:
+        hint = (f"install a decoder that is missing: pip install {packages[0]}"
+                + (f" (or {', '.join(packages[1:])})" if len(packages) > 1 else ""))
+    else:
+        hint = "convert the file to an uncompressed transfer syntax (e.g. with gdcmconv --raw)"
+    return problem, hint
 
 
 def decode_frames(ds: Any, name: str, index: int | None = None) -> NDArray[Any]:
@@ -169,12 +262,11 @@ def decode_frames(ds: Any, name: str, index: int | None = None) -> NDArray[Any]:
     try:
         array = pixels.pixel_array(ds, index=index)  # type: ignore[attr-defined]
     except (RuntimeError, NotImplementedError) as exc:
-        package = decoder_package(syntax) or "pylibjpeg"
         syntax_name = getattr(getattr(ds, "file_meta", {}).get("TransferSyntaxUID"), "name", syntax)
+        problem, hint = missing_decoder(syntax, str(exc))
         raise ImageInputError(
-            f"{name} uses {syntax_name or 'an unknown transfer syntax'}, and no installed "
-            f"decoder can read it",
-            f"install the package {package}: pip install 'medgem[imaging]' (or pip install {package})",
+            f"{name} uses {syntax_name or 'an unknown transfer syntax'} "
+            f"(bits stored {ds.get('BitsStored', '?')}), and {problem}", hint,
         ) from exc
     except (ValueError, EOFError, OSError, IndexError, AttributeError) as exc:
         raise ImageInputError(

@@ -151,13 +151,17 @@ def try_data_url(url: str) -> tuple[bytes, str] | None:
     return data, mime or "application/octet-stream"
 
 
-def deidentify_upload(data: bytes, mime: str, key: bytes) -> tuple[bytes | None, str]:
+def deidentify_upload(data: bytes, mime: str, key: bytes, *, profile_options: Sequence[str] = (),
+                      allow_burned_in: bool = False,
+                      limits: ImagingOptions | None = None) -> tuple[bytes | None, str]:
     """What may be stored of an upload: pictures as they are; a DICOM file, or each DICOM file
-    of a zip (renumbered: export names may carry patient names), de-identified.
+    of a zip (renumbered: export names may carry patient names), de-identified by the PS3.15
+    basic profile with ``profile_options`` (see ``medgem.inputs.deid``).
 
-    Returns (None, mime) when a DICOM input cannot be de-identified: it is then not kept. Slides
-    (TIFF, DICOM WSI) and PDFs are never kept: their labels, macro images and metadata carry
-    names; the record keeps their hashes only.
+    Returns (None, mime) when a DICOM input cannot be de-identified (damaged, burned-in
+    annotation not allowed, a zip over the reading limits in ``limits``): it is then not kept.
+    Slides (TIFF, DICOM WSI) and PDFs are never kept: their labels, macro images and metadata
+    carry names; the record keeps their hashes only.
     """
     from medgem.inputs.dicom import looks_like_dicom
     from medgem.inputs.slide_detect import is_slide_or_document_upload
@@ -168,32 +172,47 @@ def deidentify_upload(data: bytes, mime: str, key: bytes) -> tuple[bytes | None,
     is_zip = zipfile.is_zipfile(io.BytesIO(data))
     if not (is_zip or looks_like_dicom(data[:132]) or mime == "application/dicom"):
         return data, mime
+    policy = (key, tuple(profile_options), allow_burned_in)
     try:
         if is_zip:
-            return _deidentify_zip(data, key), "application/zip"
-        return _deidentify_dicom(data, key), "application/dicom"
+            return _deidentify_zip(data, policy, limits), "application/zip"
+        return _deidentify_dicom(data, policy), "application/dicom"
     except Exception:  # never store what could not be cleaned
         log.warning("a DICOM input could not be de-identified; it is not kept")
         return None, mime
 
 
-def _deidentify_dicom(data: bytes, key: bytes) -> bytes:
+_Policy = tuple[bytes, tuple[str, ...], bool]
+
+
+def _deidentify_dicom(data: bytes, policy: _Policy) -> bytes:
     import pydicom
 
     from medgem.inputs.deid import deidentify
 
+    key, options, allow_burned_in = policy
     dataset = pydicom.dcmread(io.BytesIO(data), force=True)
-    cleaned = deidentify(dataset, key) or dataset
+    cleaned = deidentify(dataset, key, options, allow_burned_in=allow_burned_in)
     out = io.BytesIO()
     cleaned.save_as(out)
     return out.getvalue()
 
 
-def _deidentify_zip(data: bytes, key: bytes) -> bytes:
+def _deidentify_zip(data: bytes, policy: _Policy, limits: ImagingOptions | None) -> bytes:
+    """Each member de-identified, under the same limits as reading (count, declared and
+    inflated bytes), so a zip bomb costs nothing here either."""
+    from medgem.inputs.limits import CountingReader, ReadBudget
+    from medgem.inputs.options import ImagingOptions
+
+    budget = ReadBudget(limits or ImagingOptions(), "the upload")
     out = io.BytesIO()
     with zipfile.ZipFile(io.BytesIO(data)) as source, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as target:
-        for number, info in enumerate(source.infolist()):
-            if info.is_dir():
-                continue
-            target.writestr(f"{number:05d}.dcm", _deidentify_dicom(source.read(info), key))
+        members = [info for info in source.infolist() if not info.is_dir()]
+        budget.files(len(members))
+        budget.declared_bytes(sum(info.file_size for info in members))
+        for number, info in enumerate(members):
+            budget.options.check_cancelled()
+            with CountingReader(source.open(info), budget) as stream:
+                member = stream.read()
+            target.writestr(f"{number:05d}.dcm", _deidentify_dicom(member, policy))
     return out.getvalue()

@@ -8,7 +8,7 @@ from medgem.inputs.load import load_medical_input
 from medgem.inputs.options import ImagingOptions, MedicalInput
 from medgem.inputs.preview import MODEL_IMAGE_SIDE
 from medgem.inputs.readers import detect_format
-from medgem.inputs.series import Series, folder_sources, group_series, zip_sources
+from medgem.inputs.series import Series, folder_headers, group_series, zip_headers
 
 
 def list_series(path: str | Path, options: ImagingOptions | None = None) -> list[Series]:
@@ -17,9 +17,9 @@ def list_series(path: str | Path, options: ImagingOptions | None = None) -> list
     options = options or ImagingOptions()
     kind = detect_format(path)
     if kind == "dicom-folder":
-        return group_series(folder_sources(path, options), options)
+        return group_series(folder_headers(path, options))
     if kind == "dicom-zip":
-        return group_series(zip_sources(path, options), options)
+        return group_series(zip_headers(path, options))
     return []
 
 
@@ -29,7 +29,8 @@ def describe_sent(item: MedicalInput) -> str:
     first = item.images[0]
     count = len(item.images)
     noun = "image" if count == 1 else "images"
-    tail = {"volume": ", each followed by SLICE n",
+    marker = "FRAME" if item.metadata.get("sequence") == "frames" else "SLICE"
+    tail = {"volume": f", each followed by {marker} n",
             "slide": " after the pathology instruction, in reading order",
             "document": ", one per page in order"}.get(item.kind, "")
     if item.text:
@@ -75,5 +76,6 @@ def inspect_input(path: str | Path, options: ImagingOptions | None = None) -> tu
         sends=describe_sent(item),
         metadata=item.metadata,
         study_date_present=item.study_date is not None,
+        warnings=list(item.warnings),
     )
     return report, item

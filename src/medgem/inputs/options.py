@@ -6,10 +6,29 @@ inward; nothing here reads the environment.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 from PIL import Image
+
+from medgem.errors import InputCancelled
+
+#: Each reading limit: (ImagingOptions field, CLI flag, environment variable the CLI reads).
+LIMITS: dict[str, tuple[str, str]] = {
+    "slice_limit": ("--slice-limit", "MEDGEM_SLICE_LIMIT"),
+    "max_total_pixels": ("--max-total-pixels", "MEDGEM_MAX_TOTAL_PIXELS"),
+    "max_archive_bytes": ("--max-archive-mb", "MEDGEM_MAX_ARCHIVE_MB"),
+    "max_pixels": ("--max-pixels", "MEDGEM_MAX_PIXELS"),
+    "max_slices": ("--max-slices", "MEDGEM_MAX_SLICES"),
+}
+
+
+def raise_hint(limit: str) -> str:
+    """How to raise one reading limit, e.g. "raise it with --slice-limit (MEDGEM_SLICE_LIMIT,
+    ImagingOptions.slice_limit)"."""
+    flag, env = LIMITS[limit]
+    return f"raise it with {flag} ({env}, ImagingOptions.{limit}) if the input is genuine"
 
 #: A display window as (low, high) in the image's own units (Hounsfield units for CT).
 WindowRange = tuple[float, float]
@@ -35,12 +54,22 @@ class ImagingOptions:
         series: which series of a folder or zip to use: the full SeriesInstanceUID or any unique
             part of it (the short UID that errors and ``medgem inspect`` print).
         modality: a hint for inputs that carry none (NIfTI, PNG): "CT" or "MR".
-        max_slices: most slices sent to the model from one volume, chosen uniformly.
-        slice_limit: hard cap on the number of files or frames one input may hold.
+        max_slices: most slices (or frames) sent to the model from one volume or cine loop,
+            chosen uniformly: the number of images one input costs the model.
+        slice_limit: most files one folder or zip may hold, and most frames one file may
+            declare; counted before any file is read.
         ct_windows: the (low, high) HU windows for the red, green and blue channels.
         max_pixels: most pixels one frame may declare (decompression-bomb guard).
-        max_total_pixels: most pixels a whole volume may declare.
-        max_archive_bytes: most uncompressed bytes a zip may expand to.
+        max_total_pixels: most pixels (rows x columns x frames, summed over every header) one
+            input may declare; checked as each header is read, before any pixel is decoded.
+        max_archive_bytes: most bytes a zip may expand to: its members' declared sizes are
+            summed before anything is inflated, and the bytes really inflated are counted too.
+        allow_non_image: send DICOM objects that are not images (RT dose grids, segmentation
+            masks, parametric maps) as images anyway; refused by default.
+        allow_burned_in: read DICOM images that declare Burned In Annotation = YES (text such
+            as names burned into the pixels); refused by default.
+        cancelled: called between files, members and frames; when it returns True reading
+            stops with ``InputCancelled`` (the server passes "has the client left?").
         max_patches: most 896-px patches sent from one whole-slide image (sampled by seed).
         patch_seed: the seed of that sample (same seed, same patches).
         magnification: objective magnification of the patches (10 = about 1 um/px); None = 10x.
@@ -54,21 +83,26 @@ class ImagingOptions:
     series: str | None = None
     modality: str | None = None
     max_slices: int = 85
-    slice_limit: int = 2000
+    slice_limit: int = 1000
     ct_windows: tuple[WindowRange, WindowRange, WindowRange] = DEFAULT_CT_WINDOWS
     max_pixels: int = 100_000_000
-    max_total_pixels: int = 1_200_000_000
-    max_archive_bytes: int = 4 * 1024**3
+    max_total_pixels: int = 600_000_000
+    max_archive_bytes: int = 512 * 1024**2
     max_patches: int = 125
     patch_seed: int = 0
     magnification: float | None = None
     mpp: float | None = None
     max_pages: int = 20
     pdf_text: bool = False
+    allow_non_image: bool = False
+    allow_burned_in: bool = False
+    cancelled: Callable[[], bool] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.max_slices < 1:
             raise ValueError("max_slices must be at least 1")
+        if min(self.slice_limit, self.max_pixels, self.max_total_pixels, self.max_archive_bytes) < 1:
+            raise ValueError("the reading limits must be at least 1")
         if self.max_patches < 1 or self.max_pages < 1:
             raise ValueError("max_patches and max_pages must be at least 1")
         if (self.magnification is not None and self.magnification <= 0) or (
@@ -79,6 +113,15 @@ class ImagingOptions:
         for low, high in self.ct_windows:
             if high <= low:
                 raise ValueError(f"CT window {low}..{high} is empty: high must exceed low")
+
+    def check_cancelled(self) -> None:
+        """Stop reading when the caller's ``cancelled`` says so.
+
+        Raises:
+            InputCancelled: the caller cancelled (e.g. the client left).
+        """
+        if self.cancelled is not None and self.cancelled():
+            raise InputCancelled("reading the input was cancelled", "send it again")
 
     @property
     def window_range(self) -> WindowRange | None:
@@ -105,6 +148,8 @@ class MedicalInput:
         metadata: facts without PHI (size, spacing, slice count, window used, photometric, ...).
         text: text that goes to the model with the images (a PDF's text layer when asked).
         overview: for a slide, its low-resolution view with tissue and patches drawn on.
+        warnings: what the user should know before sending it (a cine loop sent as frames, a
+            forced non-image object); ``medgem inspect`` prints them.
     """
 
     kind: Literal["image", "volume", "slide", "document"]
@@ -116,3 +161,4 @@ class MedicalInput:
     metadata: dict[str, object] = field(default_factory=dict)
     text: str | None = None
     overview: Image.Image | None = None
+    warnings: list[str] = field(default_factory=list)

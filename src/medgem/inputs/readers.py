@@ -27,7 +27,7 @@ from medgem.inputs.nifti import is_nifti, read_nifti
 from medgem.inputs.options import ImagingOptions, MedicalInput
 from medgem.inputs.pdf import looks_like_pdf, read_pdf
 from medgem.inputs.picture import read_picture
-from medgem.inputs.series import choose_series, folder_sources, group_series, zip_sources
+from medgem.inputs.series import Header, choose_series, folder_headers, group_series, zip_headers
 from medgem.inputs.volume import multiframe_to_input, series_to_input, to_images
 
 Reader = Callable[[Path, ImagingOptions], MedicalInput]
@@ -66,26 +66,25 @@ def read_dicom_file(path: Path, options: ImagingOptions) -> MedicalInput:
     )
 
 
-def _read_sources(sources: list[DicomSource], options: ImagingOptions, where: str) -> MedicalInput:
-    series = group_series(sources, options)
+def _read_headers(headers: list[Header], options: ImagingOptions, where: str) -> MedicalInput:
+    series = group_series(headers)
     chosen = choose_series(series, options.series, where)
     if len(chosen.members) == 1:
         source, ds = chosen.members[0]
-        if frame_count(ds) > 1 or source.path is None:
-            full = read_header(source, pixels=True)
-            if frame_count(full) > 1 and options.frame is None:
-                return multiframe_to_input(full, options, where)
+        if frame_count(ds) > 1 and options.frame is None:
+            return multiframe_to_input(read_header(source, pixels=True), options, where)
     return series_to_input(chosen, options, where, len(series))
 
 
 def read_dicom_folder(path: Path, options: ImagingOptions) -> MedicalInput:
     """A folder of DICOM files (searched recursively): one series, sorted and sampled."""
-    return _read_sources(folder_sources(path, options), options, path.name)
+    return _read_headers(folder_headers(path, options), options, path.name)
 
 
 def read_dicom_zip(path: Path, options: ImagingOptions) -> MedicalInput:
-    """A zip of DICOM files: read in memory after the zip-bomb checks, then like a folder."""
-    return _read_sources(zip_sources(path, options), options, path.name)
+    """A zip of DICOM files, streamed: headers first under the limits, then like a folder
+    (only the sampled slices are inflated again to be decoded)."""
+    return _read_headers(zip_headers(path, options), options, path.name)
 
 
 def read_slide_lazily(path: Path, options: ImagingOptions) -> MedicalInput:

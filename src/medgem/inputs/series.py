@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from medgem.errors import ImageInputError
+from medgem.errors import ImageInputError, NotAnImageError
 from medgem.inputs.dicom import DicomSource, check_image_header, looks_like_dicom, read_header
+from medgem.inputs.limits import CountingReader, ReadBudget, describe_files
 from medgem.inputs.options import ImagingOptions
 
 #: Files that are never DICOM instances, skipped when scanning a folder or zip.
@@ -47,10 +48,11 @@ class Series:
         return ("…" + self.uid[-12:]) if len(self.uid) > 12 else self.uid
 
     def summary(self) -> str:
-        """One line for listings: short UID, modality, description, slice count."""
+        """One line for listings that travel (errors go back to clients and into the audit
+        trail): short UID, modality and slice count; never the free-text description, which
+        can hold names."""
         number = f"#{self.number} " if self.number is not None else ""
-        description = f" '{self.description}'" if self.description else ""
-        return f"{number}{self.short_uid} {self.modality or '?'}{description}: {len(self.members)} slices"
+        return f"{number}{self.short_uid} {self.modality or '?'}: {len(self.members)} slices"
 
 
 def _is_candidate(name: str) -> bool:
@@ -60,85 +62,107 @@ def _is_candidate(name: str) -> bool:
     return Path(base).suffix.lower() not in SKIPPED_SUFFIXES
 
 
-def folder_sources(folder: Path, options: ImagingOptions) -> list[DicomSource]:
-    """DICOM files under ``folder`` (recursively), recognised by the 'DICM' marker.
+#: One DICOM instance found while scanning: where its bytes are and its header (no pixels).
+Header = tuple[DicomSource, Any]
+
+
+def _no_images(where: str, names: list[str], what: str) -> ImageInputError:
+    if not names:
+        return ImageInputError(f"{what} {where} is empty", f"pass a {what} holding DICOM files")
+    return ImageInputError(
+        f"{what} {where} holds no images ({describe_files(names)}; none is DICOM)",
+        "pass a folder or zip of DICOM files (with the 'DICM' marker), or pictures one by one",
+    )
+
+
+def _accept(ds: Any, source: DicomSource, options: ImagingOptions, budget: ReadBudget,
+            refused: list[ImageInputError]) -> bool:
+    """Check one header; non-image objects are set aside (their error kept), others counted."""
+    try:
+        check_image_header(ds, source.name, options)
+    except NotAnImageError as exc:
+        refused.append(exc)
+        return False
+    budget.add_header(ds, source.name)
+    return True
+
+
+def folder_headers(folder: Path, options: ImagingOptions) -> list[Header]:
+    """The headers of the DICOM image files under ``folder`` (recursively), recognised by the
+    'DICM' marker. Files are counted before any is opened; each header's pixels are counted
+    against the budget as it is read; ``options.cancelled`` is asked between files.
 
     Raises:
-        ImageInputError: an empty folder, no DICOM files, or more files than the slice limit.
+        ImageInputError: an empty folder, no DICOM images (naming what it holds), more files
+            than the slice limit, more pixels than the pixel limit, or only non-image objects.
+        InputCancelled: the caller cancelled.
     """
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and _is_candidate(p.name))
-    if not files:
-        raise ImageInputError(f"folder {folder.name} is empty", "pass a folder holding DICOM files")
-    if len(files) > options.slice_limit:
-        raise ImageInputError(
-            f"folder {folder.name} holds {len(files)} files, over the limit of {options.slice_limit}",
-            "pass one series' folder, or raise the slice limit",
-        )
-    sources = []
+    budget = ReadBudget(options, f"folder {folder.name}")
+    every = sorted(p for p in folder.rglob("*") if p.is_file())
+    files = [p for p in every if _is_candidate(p.name)]
+    budget.files(len(files))
+    found: list[Header] = []
+    refused: list[ImageInputError] = []
     for path in files:
+        options.check_cancelled()
         with path.open("rb") as handle:
             head = handle.read(132)
-        if looks_like_dicom(head):
-            sources.append(DicomSource(name=str(path.relative_to(folder)), path=path))
-    if not sources:
-        raise ImageInputError(
-            f"folder {folder.name} holds {len(files)} files but none is DICOM",
-            "pass a folder of DICOM files (with the 'DICM' marker), or the images one by one",
-        )
-    return sources
+        if not looks_like_dicom(head):
+            continue
+        source = DicomSource(name=str(path.relative_to(folder)), path=path)
+        ds = read_header(source)
+        if _accept(ds, source, options, budget, refused):
+            found.append((source, ds))
+    if not found:
+        if refused:
+            raise refused[0]
+        raise _no_images(folder.name, [str(p.relative_to(folder)) for p in every], "folder")
+    return found
 
 
-def zip_sources(archive: Path, options: ImagingOptions) -> list[DicomSource]:
-    """DICOM files inside a zip, read into memory after checking the archive's declared sizes.
+def zip_headers(archive: Path, options: ImagingOptions) -> list[Header]:
+    """The headers of the DICOM image files inside a zip, streamed member by member: the
+    member count and declared sizes are checked before anything is inflated, the bytes really
+    inflated are counted, only each member's header is read (its pixels stay in the zip until
+    decoded), and ``options.cancelled`` is asked between members.
 
     Raises:
-        ImageInputError: not a zip, an archive expanding past the byte limit (zip bomb), too many
-            files, or no DICOM files inside.
+        ImageInputError: not a zip, too many files, an archive expanding past the byte limit
+            (zip bomb), more pixels than the limit, or no DICOM images inside.
+        InputCancelled: the caller cancelled.
     """
+    budget = ReadBudget(options, archive.name)
+    found: list[Header] = []
+    refused: list[ImageInputError] = []
     try:
         with zipfile.ZipFile(archive) as zf:
-            infos = [i for i in zf.infolist() if not i.is_dir() and _is_candidate(i.filename)]
-            if len(infos) > options.slice_limit:
-                raise ImageInputError(
-                    f"{archive.name} holds {len(infos)} files, over the limit of {options.slice_limit}",
-                    "zip one series only, or raise the slice limit",
-                )
-            total = sum(i.file_size for i in infos)
-            if total > options.max_archive_bytes:
-                raise ImageInputError(
-                    f"{archive.name} expands to {total:,} bytes, over the limit of "
-                    f"{options.max_archive_bytes:,} (possible zip bomb)",
-                    "unpack it yourself and pass the folder, or raise max_archive_bytes",
-                )
-            sources = []
+            every = [i for i in zf.infolist() if not i.is_dir()]
+            infos = [i for i in every if _is_candidate(i.filename)]
+            budget.files(len(infos))
+            budget.declared_bytes(sum(i.file_size for i in infos))
             for info in infos:
-                data = zf.read(info)
-                if looks_like_dicom(data[:132]):
-                    sources.append(DicomSource(name=info.filename, data=data))
+                options.check_cancelled()
+                with CountingReader(zf.open(info), budget) as stream:
+                    if not looks_like_dicom(stream.read(132)):
+                        continue
+                    stream.seek(0)
+                    source = DicomSource(name=info.filename, path=archive, member=info.filename)
+                    ds = read_header(source, handle=stream)  # type: ignore[arg-type]
+                if _accept(ds, source, options, budget, refused):
+                    found.append((source, ds))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as exc:
         raise ImageInputError(f"{archive.name} is not a readable zip ({exc})", "re-create the archive") from exc
-    if not sources:
-        raise ImageInputError(f"{archive.name} holds no DICOM files", "zip the DICOM files of one study")
-    return sources
+    if not found:
+        if refused:
+            raise refused[0]
+        raise _no_images(archive.name, [i.filename for i in every], "zip")
+    return found
 
 
-def group_series(sources: list[DicomSource], options: ImagingOptions) -> list[Series]:
-    """Read each source's header and group image instances by SeriesInstanceUID.
-
-    Non-image objects (reports, presentation states) are dropped; when nothing is left, the first
-    one's error is raised.
-    """
+def group_series(headers: list[Header]) -> list[Series]:
+    """Group scanned image headers by SeriesInstanceUID, ordered by series number then UID."""
     groups: dict[str, Series] = {}
-    first_error: ImageInputError | None = None
-    for source in sources:
-        ds = read_header(source)
-        try:
-            check_image_header(ds, source.name, options)
-        except ImageInputError as exc:
-            if "no pixel data" not in exc.message:
-                raise
-            first_error = first_error or exc
-            continue
+    for source, ds in headers:
         uid = str(ds.get("SeriesInstanceUID", "") or "")
         if uid not in groups:
             number = ds.get("SeriesNumber")
@@ -146,9 +170,6 @@ def group_series(sources: list[DicomSource], options: ImagingOptions) -> list[Se
                                  str(ds.get("SeriesDescription", "") or ""),
                                  int(number) if number not in (None, "") else None)
         groups[uid].members.append((source, ds))
-    if not groups:
-        assert first_error is not None
-        raise first_error
     return sorted(groups.values(), key=lambda s: (s.number is None, s.number or 0, s.uid))
 
 

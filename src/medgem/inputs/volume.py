@@ -14,7 +14,7 @@ from PIL import Image
 
 from medgem.errors import ImageInputError
 from medgem.inputs import dicom
-from medgem.inputs.options import ImagingOptions, MedicalInput
+from medgem.inputs.options import ImagingOptions, MedicalInput, raise_hint
 from medgem.inputs.series import Series, check_uniform, sample_indices, sort_slices
 from medgem.inputs.windows import ct_to_rgb, grey_to_rgb, minmax_to_uint8, window_to_uint8
 
@@ -67,12 +67,13 @@ def series_to_input(series: Series, options: ImagingOptions, source: str, series
     if len(picked) * rows * cols > options.max_total_pixels:
         raise ImageInputError(
             f"{source}: {len(picked)} slices of {cols}x{rows} exceed {options.max_total_pixels:,} pixels",
-            "lower --max-slices, or raise ImagingOptions.max_total_pixels")
+            f"lower --max-slices, or {raise_hint('max_total_pixels')}")
     modality = options.modality or series.modality or None
     first_full: Any = None
     colour: list[NDArray[np.uint8]] = []
     grey: list[NDArray[np.float32]] = []
     for i in picked:
+        options.check_cancelled()
         member, _ = series.members[i]
         ds = dicom.read_header(member, pixels=True)
         first_full = first_full if first_full is not None else ds
@@ -106,16 +107,28 @@ def series_to_input(series: Series, options: ImagingOptions, source: str, series
     )
 
 
+#: Modalities whose multi-frame files are frames in time (or mask frames), not slices through
+#: the body; the prompt follows each with FRAME n (``request.compose.FRAME_MODALITIES``).
+CINE_NAMES = {"US": "ultrasound cine loop", "XA": "angiography run", "RF": "fluoroscopy run",
+              "IVUS": "intravascular ultrasound pullback", "ES": "endoscopy video",
+              "SEG": "segmentation mask"}
+
+
 def multiframe_to_input(ds: Any, options: ImagingOptions, source: str) -> MedicalInput:
-    """Treat every frame of a multi-frame DICOM as a slice: sample, then display as a volume."""
+    """Every frame of a multi-frame DICOM, sampled: CT/MR frames as the slices of a volume,
+    other modalities' frames as a sequence in time (an ultrasound cine loop), told apart in
+    ``metadata["sequence"]`` ("slices" or "frames") so the prompt can say which."""
     count = dicom.frame_count(ds)
     picked = sample_indices(count, options.max_slices)
-    frames: dict[int, NDArray[Any]]
+    frames: dict[int, NDArray[Any]] = {}
     if len(picked) == count:
+        options.check_cancelled()
         everything = dicom.decode_frames(ds, source)  # (F, H, W[, 3])
         frames = {i: everything[i] for i in picked}
     else:  # decode only the sampled frames: compressed cine loops are slow to decode whole
-        frames = {i: dicom.decode_frames(ds, source, i) for i in picked}
+        for i in picked:
+            options.check_cancelled()
+            frames[i] = dicom.decode_frames(ds, source, i)
     modality = options.modality or str(ds.get("Modality", "") or "") or None
     if dicom.is_colour(ds):
         rgb, used = np.stack([dicom.colour_to_rgb8(ds, frames[i]) for i in picked]), "colour"
@@ -124,12 +137,30 @@ def multiframe_to_input(ds: Any, options: ImagingOptions, source: str) -> Medica
         inverted = ds.get("PhotometricInterpretation") == "MONOCHROME1"
         rgb, used = stack_to_rgb(values, modality, options, inverted=inverted)
     facts = dicom.header_facts(ds)
-    facts.update(slices_total=count, slices_sent=len(picked), sampled_indices=picked, window=used)
+    sequence = "frames" if (modality or "").upper() in CINE_NAMES else "slices"
+    facts.update(slices_total=count, slices_sent=len(picked), sampled_indices=picked, window=used,
+                 sequence=sequence)
     rows, cols = rgb.shape[1:3]
+    warnings: list[str] = []
+    non_image = dicom.non_image_kind(ds)
+    if non_image is not None:
+        what = f"{modality or 'unknown'} {non_image.split(' (')[0].removeprefix('an ').removeprefix('a ')}"
+        warnings.append(f"{non_image} is not an image; forced with --allow-non-image, its "
+                        f"{count} planes go to the model as grey images")
+    elif sequence == "frames":
+        name = CINE_NAMES.get((modality or "").upper(), "frame sequence")
+        what = f"{modality or 'unknown'} {name}"
+        warnings.append(f"a multi-frame {modality or 'unknown'} file: its frames go to the model "
+                        f"as a {name} in order (FRAME n), not as CT/MR slices; MedGemma was "
+                        f"trained on CT/MR volumes and single images, not on frame sequences")
+    else:
+        what = f"{modality or 'unknown'} volume"
+    if dicom.burned_in(ds):
+        warnings.append("Burned In Annotation = YES: text may be burned into the pixels")
     return MedicalInput(
         kind="volume", images=to_images(rgb), modality=modality, study_date=dicom.study_date(ds),
-        description=f"{modality or 'unknown'} volume: {len(picked)} of {count} frames, {cols}x{rows}, {used}",
-        source=source, metadata=facts,
+        description=f"{what}: {len(picked)} of {count} frames, {cols}x{rows}, {used}",
+        source=source, metadata=facts, warnings=warnings,
     )
 
 

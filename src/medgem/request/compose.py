@@ -31,12 +31,47 @@ DESCRIBE_PROMPTS: dict[str | None, str] = {
     "DOC": "Summarise this document, listing any lab values with their units.",
     None: "Describe this medical image.",
 }
+_INSTRUCTOR = "You are an instructor teaching medical students."
+#: What the model is told a sequence of images is, by modality: CT and MR as MedGemma 1.5 was
+#: trained; the others say truthfully what the images are (a cine loop is frames in time, not
+#: slices through the body).
 VOLUME_INSTRUCTION = {
-    "CT": "You are an instructor teaching medical students. You are analyzing a contiguous block "
+    "CT": f"{_INSTRUCTOR} You are analyzing a contiguous block "
     "of CT slices. Please review the slices provided below carefully.",
-    "MR": "You are an instructor teaching medical students. You are analyzing a contiguous block "
+    "MR": f"{_INSTRUCTOR} You are analyzing a contiguous block "
     "of MRI slices. Please review the slices provided below carefully.",
+    "US": f"{_INSTRUCTOR} You are analyzing frames of an ultrasound cine loop, in time order. "
+    "Please review the frames provided below carefully.",
+    "XA": f"{_INSTRUCTOR} You are analyzing frames of an X-ray angiography run, in time order. "
+    "Please review the frames provided below carefully.",
+    "RF": f"{_INSTRUCTOR} You are analyzing frames of a fluoroscopy run, in time order. "
+    "Please review the frames provided below carefully.",
+    "RTDOSE": f"{_INSTRUCTOR} You are analyzing planes of a radiotherapy dose grid, shown as "
+    "grey images (brighter means a higher dose); they are not images of the patient. Please "
+    "review the planes provided below carefully.",
+    "SEG": f"{_INSTRUCTOR} You are analyzing frames of a segmentation mask (bright pixels are "
+    "labelled regions); they are not images of the patient. Please review the frames provided "
+    "below carefully.",
 }
+#: Modalities whose images are frames in time (or mask frames): each is followed by FRAME n.
+FRAME_MODALITIES = frozenset({"US", "XA", "RF", "IVUS", "ES", "SEG"})
+
+
+def volume_instruction(modality: str | None) -> str:
+    """What the model is told before a sequence of images of ``modality`` (None: CT)."""
+    key = (modality or "CT").upper()
+    if key in VOLUME_INSTRUCTION:
+        return VOLUME_INSTRUCTION[key]
+    if key in FRAME_MODALITIES:
+        return (f"{_INSTRUCTOR} You are analyzing a sequence of {key} frames, in order. Please "
+                "review the frames provided below carefully.")
+    return (f"{_INSTRUCTOR} You are analyzing a contiguous block of {key} slices. Please review "
+            "the slices provided below carefully.")
+
+
+def sequence_marker(modality: str | None) -> str:
+    """The word after each image of a sequence: SLICE (CT, MR, other volumes) or FRAME."""
+    return "FRAME" if (modality or "").upper() in FRAME_MODALITIES else "SLICE"
 
 
 def shipped_chat_template() -> str:
@@ -138,21 +173,24 @@ def build_volume_request(question: str, slices: Sequence[Image.Image], *,
                          modality: str | None = "CT", instruction: str | None = None,
                          variant: Variant | None = None,
                          options: GenerationOptions | None = None) -> Request:
-    """A CT/MR volume the way MedGemma 1.5 reads it.
+    """A CT/MR volume the way MedGemma 1.5 reads it (and other sequences in the same layout).
 
     One user turn, no system turn: the instruction, then each slice followed by ``SLICE n``
-    (1-based), then the question last (asked first, CT answers read like X-ray reports).
+    (1-based), then the question last (asked first, CT answers read like X-ray reports). Other
+    modalities get their own truthful instruction (``volume_instruction``); frames in time (an
+    ultrasound cine loop) are followed by ``FRAME n`` instead.
     """
     text = check_question(question)
     options = resolve_options("volume", options, variant)
     if not slices:
         raise InputError("the volume has no slices", "check the series with `medgem inspect`")
-    lead = instruction or VOLUME_INSTRUCTION.get((modality or "CT").upper(), VOLUME_INSTRUCTION["CT"])
+    lead = instruction or volume_instruction(modality)
     if options.think:
         lead = f"{THINK_INSTRUCTION} {lead}"
     parts: list[Part] = [TextPart(lead)]
+    marker = sequence_marker(modality)
     for number, image in enumerate(slices, start=1):
-        parts += [ImagePart(image, f"slice {number}"), TextPart(f"SLICE {number}")]
+        parts += [ImagePart(image, f"{marker.lower()} {number}"), TextPart(f"{marker} {number}")]
     parts.append(TextPart(text))
     return Request((Message("user", tuple(parts)),), options)
 
