@@ -71,3 +71,31 @@ def test_an_image_question_records_what_inspect_estimates_from(
     # another thread count, another vision path: not the same measurement
     assert speeds.estimate_first_token(checkpoint.path, checkpoint.mmproj, 85, threads=1,
                                        vision="llamacpp") == (None, None)
+
+
+@pytest.mark.usefixtures("llamacpp_runs")
+def test_inspect_estimates_a_volume_s_first_token_from_what_was_measured_here(
+        converted_vlm: Path, tmp_path: Path) -> None:
+    from conftest import run_cli
+    from imaging_fixtures import hu_phantom, write_ct_series
+
+    env = {"MEDGEM_CACHE": str(tmp_path / "cache")}
+    series = tmp_path / "ct"
+    write_ct_series(series, np.stack([hu_phantom()] * 6))
+    before = run_cli("inspect", str(series), "--model", str(converted_vlm), env=env)
+    assert before.returncode == 0, before.stderr
+    assert "first token:        not measured with model.gguf on this machine yet" in before.stdout
+    photo = tmp_path / "photo.png"
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(7).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(photo)
+    asked = run_cli("ask", "Describe this image in detail, please, " * 8, "--model", str(converted_vlm),
+                    "--image", str(photo), "--max-new-tokens", "2", env=env)
+    assert asked.returncode == 0, asked.stderr
+    after = run_cli("inspect", str(series), "--model", str(converted_vlm), "--json", env=env)
+    assert after.returncode == 0, after.stderr
+    import json
+
+    estimate = json.loads(after.stdout)["first_token"]
+    assert estimate["seconds"] > 6 * estimate["vision_s_per_image"] > 0  # six slices, then prefill
+    assert "6 image(s) x" in estimate["text"] and "measured here with model.gguf, 1 run(s)" in estimate["text"]

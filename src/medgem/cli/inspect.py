@@ -134,6 +134,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     parser.add_argument("--save-preprocessed", type=Path, metavar="DIR",
                         help="write one PNG per image or slice, exactly what the model gets")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument("--model", metavar="MODEL",
+                        help="a llama.cpp model (GGUF) to estimate the time to first token with, "
+                             "from the speeds measured with it on this machine (default "
+                             "$MEDGEM_MODEL; the model is not loaded)")
     add_imaging_arguments(parser)
     add_limit_flags(parser)
     add_slide_flags(parser, with_seed=True)
@@ -165,6 +169,9 @@ def _text(report: dict[str, object]) -> str:
     lines.append(f"sends:              {report['sends']}")
     if report.get("instruction"):
         lines.append(f"instruction:        {report['instruction']}")
+    estimate = report.get("first_token")
+    if isinstance(estimate, dict):
+        lines.append(f"first token:        {estimate['text']}")
     warnings = report.get("warnings") or []
     assert isinstance(warnings, list)
     lines += [f"warning:            {warning}" for warning in warnings]
@@ -210,6 +217,39 @@ def model_instruction(item: MedicalInput) -> str | None:
     return None
 
 
+def first_token_estimate(model: str, item: MedicalInput, instruction: object) -> dict[str, object]:
+    """How long this input would take to its first token with ``model`` here, from the speeds
+    the llama.cpp engine measured with the same files, tower and thread count on this CPU."""
+    from medgem.engines.speeds import estimate_first_token
+    from medgem.resolve import resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(model, offline=True)
+    if checkpoint.format != "gguf":
+        return {"seconds": None, "text": "estimated for llama.cpp models (GGUF) only"}
+    images = len(item.images)
+    # the question and template, the instruction, and a marker after each image of a sequence
+    text_tokens = 48 + len(str(instruction or "")) // 4 + (4 * images if item.kind == "volume" else 0)
+    seconds, measured = estimate_first_token(checkpoint.path, checkpoint.mmproj, images, text_tokens)
+    if seconds is None or measured is None:
+        return {"seconds": None, "text": f"not measured with {checkpoint.path.name} on this machine "
+                "yet: ask it one question with an image and medgem records its speeds"}
+    tower = (f"{images} image(s) x {measured.vision_s_per_image:.1f} s in the vision tower + "
+             if images and measured.vision_s_per_image is not None else "")
+    text = (f"~{_duration(seconds)} ({tower}prefill at {measured.prefill_tokens_per_s:.0f} "
+            f"tokens/s; measured here with {checkpoint.path.name}, {measured.runs} run(s), "
+            f"{measured.measured_on})")
+    return {"seconds": round(seconds, 1), "vision_s_per_image": measured.vision_s_per_image,
+            "prefill_tokens_per_s": measured.prefill_tokens_per_s, "text": text}
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def run(args: argparse.Namespace) -> int:
     """Inspect the input, print the report, optionally save the preprocessed PNGs.
 
@@ -220,6 +260,9 @@ def run(args: argparse.Namespace) -> int:
     report, item = inspect_input(args.path, options)
     if item is not None:
         report["instruction"] = model_instruction(item)
+        model = args.model or os.environ.get("MEDGEM_MODEL")
+        if model:
+            report["first_token"] = first_token_estimate(model, item, report["instruction"])
     if args.save_preprocessed is not None and item is not None:
         written = save_preprocessed([item], args.save_preprocessed)
         report["saved"] = [str(p) for p in written]
