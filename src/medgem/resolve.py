@@ -248,7 +248,7 @@ def _file_digest(path: Path) -> str:
     return "local-" + digest.hexdigest()[:12]
 
 
-_ALLOW = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt", "README.md"]
+ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt", "README.md"]
 
 
 def _from_hub(repo_id: str, revision: str | None, token: str | None, offline: bool | None,
@@ -259,7 +259,7 @@ def _from_hub(repo_id: str, revision: str | None, token: str | None, offline: bo
 
     try:
         return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir,
-                                      local_files_only=True, allow_patterns=_ALLOW))
+                                      local_files_only=True, allow_patterns=ALLOW_PATTERNS))
     except OSError:  # not cached (LocalEntryNotFoundError is an OSError)
         pass
     if offline is None:
@@ -276,7 +276,7 @@ def _from_hub(repo_id: str, revision: str | None, token: str | None, offline: bo
     )
     try:
         return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, token=token,
-                                      allow_patterns=_ALLOW))
+                                      allow_patterns=ALLOW_PATTERNS))
     except GatedRepoError as exc:
         raise GatedModelError(f"'{repo_id}' is gated and this account has no access", gated_hint) from exc
     except RepositoryNotFoundError as exc:
