@@ -88,7 +88,9 @@ def record_converted(files: Sequence[Path]) -> None:
     paths = [Path(f).resolve() for f in files if f]
     folder = paths[0].parent
     data = _read_record()
-    data["converted"] = [e for e in data["converted"] if e.get("folder") != str(folder)]
+    # entries whose folder is gone (deleted by hand, a temporary folder) are dropped here
+    data["converted"] = [e for e in data["converted"] if e.get("folder") != str(folder)
+                         and Path(str(e.get("folder"))).is_dir()]
     data["converted"].append({"folder": str(folder), "files": [str(p) for p in paths]})
     _write_record(data)
 
