@@ -106,7 +106,7 @@ def test_models_lists_the_family_and_finds_cached_copies(tiny_text_checkpoint: P
     make_hf_cache(tmp_path / "hub", tiny_text_checkpoint, "google/medgemma-27b-text-it")
     result = run_cli("models", "--json", env={"HF_HUB_CACHE": str(tmp_path / "hub")})
     assert result.returncode == 0, result.stderr
-    rows = {row["variant"]: row for row in json.loads(result.stdout)}
+    rows = {row["variant"]: row for row in json.loads(result.stdout) if "variant" in row}
     assert set(rows) == {"4b-it", "4b-pt", "27b-text-it", "27b-it", "1.5-4b-it"}
     assert rows["27b-text-it"]["local"] and rows["27b-text-it"]["local"][0]["bytes"] > 0
     assert rows["4b-it"]["local"] == []

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -61,17 +62,22 @@ class Checkpoint:
 def resolve_checkpoint(spec: str | os.PathLike[str], *, variant: str | None = None,
                        mmproj: str | os.PathLike[str] | None = None, revision: str | None = None,
                        token: str | None = None, offline: bool | None = None,
-                       cache_dir: str | None = None) -> Checkpoint:
-    """Find a checkpoint: a local path, a variant key ("4b-it"), or a hub id.
+                       cache_dir: str | None = None,
+                       model_dirs: Sequence[Path] | None = None) -> Checkpoint:
+    """Find a checkpoint: a local path, a name `medgem models` lists, a variant key ("4b-it"),
+    or a hub id.
 
     Args:
-        spec: a folder, a .gguf file, a variant key or alias, or a Hugging Face id.
+        spec: a folder, a .gguf file, the demo model ("demo"), a converted GGUF's or a local
+            checkpoint's name, a variant key or alias, or a Hugging Face id.
         variant: force the variant (for fine-tunes whose origin cannot be read from the files).
         mmproj: the GGUF vision projector, when not next to the model.
         revision: hub revision (branch, tag or commit).
         token: hub token; defaults to HF_TOKEN.
         offline: never contact the hub; defaults to HF_HUB_OFFLINE.
         cache_dir: the Hugging Face cache; defaults to HF_HOME / HF_HUB_CACHE.
+        model_dirs: folders of local checkpoints searched by name; defaults to the user's
+            settings (MEDGEM_MODEL_DIRS or the config file).
 
     Raises:
         ModelNotFoundError: nothing at that path, or not cached and downloads are off.
@@ -88,15 +94,42 @@ def resolve_checkpoint(spec: str | os.PathLike[str], *, variant: str | None = No
             f"no model at '{text}'", "check the path, or pass a hub id such as google/medgemma-4b-it"
         )
     known = find_variant(text)
+    if known is None:
+        named = _named(text, model_dirs)
+        if named is not None:
+            return _local(named, forced, mmproj)
     repo_id = known.hf_id if known else text
     if not _HUB_ID.match(repo_id):
-        raise ModelNotFoundError(
-            f"'{text}' is neither a path, a MedGemma variant nor a Hugging Face id",
-            "run `medgem models` for the variant names",
-        )
+        from medgem.catalog import refuse_unknown
+
+        raise refuse_unknown(text, _dirs(model_dirs))
     folder = _from_hub(repo_id, revision, token, offline, cache_dir)
     checkpoint = _local(folder, forced or known, mmproj)
     return replace(checkpoint, model_id=repo_id, revision=folder.name)
+
+
+def _dirs(model_dirs: Sequence[Path] | None) -> Sequence[Path]:
+    if model_dirs is not None:
+        return model_dirs
+    from medgem.config import load_settings
+
+    return load_settings().model_dirs
+
+
+def _named(name: str, model_dirs: Sequence[Path] | None) -> Path | None:
+    """The folder or file of the demo model, a converted GGUF or a local checkpoint by name;
+    the demo model is built on first use (from an installed package, no download)."""
+    from medgem.catalog import find_named
+
+    found = find_named(name, _dirs(model_dirs))
+    if found is None:
+        return None
+    if found.kind == "demo":
+        from medgem.demo.build import demo_checkpoint
+
+        return demo_checkpoint()
+    assert found.path is not None
+    return found.path
 
 
 def _forced_variant(name: str | None) -> Variant | None:
@@ -215,7 +248,7 @@ def _file_digest(path: Path) -> str:
     return "local-" + digest.hexdigest()[:12]
 
 
-_ALLOW = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt", "README.md"]
+ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt", "README.md"]
 
 
 def _from_hub(repo_id: str, revision: str | None, token: str | None, offline: bool | None,
@@ -226,7 +259,7 @@ def _from_hub(repo_id: str, revision: str | None, token: str | None, offline: bo
 
     try:
         return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir,
-                                      local_files_only=True, allow_patterns=_ALLOW))
+                                      local_files_only=True, allow_patterns=ALLOW_PATTERNS))
     except OSError:  # not cached (LocalEntryNotFoundError is an OSError)
         pass
     if offline is None:
@@ -243,7 +276,7 @@ def _from_hub(repo_id: str, revision: str | None, token: str | None, offline: bo
     )
     try:
         return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, token=token,
-                                      allow_patterns=_ALLOW))
+                                      allow_patterns=ALLOW_PATTERNS))
     except GatedRepoError as exc:
         raise GatedModelError(f"'{repo_id}' is gated and this account has no access", gated_hint) from exc
     except RepositoryNotFoundError as exc:

@@ -17,6 +17,8 @@ COMMANDS: dict[str, str] = {
     "describe": "medgem.cli.describe",
     "chat": "medgem.cli.chat",
     "models": "medgem.cli.models",
+    "pull": "medgem.cli.pull",
+    "rm": "medgem.cli.rm",
     "doctor": "medgem.cli.doctor",
     "demo": "medgem.cli.demo",
     "inspect": "medgem.cli.inspect",

@@ -29,9 +29,16 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("question", help="the question ('-' reads stdin)")
     add_image_flags(parser)
     add_model_flags(parser)
+    add_server_flag(parser)
     add_audit_flags(parser)
     add_generation_flags(parser)
     parser.set_defaults(func=run)
+
+
+def add_server_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-server", action="store_true",
+                        help="load the model here even when a `medgem serve` of it is running "
+                        "(by default the question goes to that server)")
 
 
 def add_image_flags(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +57,7 @@ def add_image_flags(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, question: str | None = None) -> int:
     text = question if question is not None else _question(args.question)
     check_paths_exist(args.image)  # before the model loads
-    model = load_model(args)
+    model = _from_running_server(args) or load_model(args)
     request = model.request(text, images=[str(p) for p in args.image], system=args.system,
                             options=generation_options(args),
                             **slide_kwargs(args))  # type: ignore[arg-type]
@@ -62,6 +69,40 @@ def run(args: argparse.Namespace, question: str | None = None) -> int:
     if args.boxes:
         _draw_boxes(answer.text, args.image, args.boxes)
     return 0
+
+
+def _from_running_server(args: argparse.Namespace) -> Any:
+    """The model through a running `medgem serve` of the same checkpoint, or None.
+
+    Only when nothing asks for a load of its own: no remote flags, no engine settings the
+    server may not share (dtype, quantization, context, threads, vision path).
+    """
+    import os
+
+    from medgem.cli.running import find_server, identity
+    from medgem.errors import MedgemError
+    from medgem.resolve import resolve_checkpoint
+
+    own_load = (args.quantize, args.n_ctx, args.threads, args.vision, args.base_url)
+    if (args.no_server or args.backend or any(v is not None for v in own_load)
+            or args.engine == "remote" or args.dtype != "auto" or args.device != "auto"):
+        return None
+    try:
+        checkpoint = resolve_checkpoint(args.model, variant=args.variant, mmproj=args.mmproj,
+                                        revision=args.revision)
+    except MedgemError:
+        return None  # the load reports it, as without a server
+    server = find_server(identity(checkpoint.path, checkpoint.revision, args.adapter),
+                         engine=args.engine,
+                         have_key=bool(args.api_key or os.environ.get("MEDGEM_API_KEY")))
+    if server is None:
+        return None
+    sys.stderr.write(f"medgem: using the running server at {server.url} (pid {server.pid})\n")
+    remote = argparse.Namespace(**vars(args))
+    remote.engine, remote.base_url, remote.model = "remote", server.url, server.served_name
+    remote.variant = args.variant or server.variant
+    remote.adapter = None  # the server applies its own
+    return load_model(remote)
 
 
 def _question(raw: str) -> str:

@@ -16,11 +16,12 @@ from medgem.request import GenerationOptions
 
 def add_model_flags(parser: argparse.ArgumentParser, *, model_required: bool = True) -> None:
     group = parser.add_argument_group("model")
-    default = os.environ.get("MEDGEM_MODEL") or None
+    default = default_model()
     group.add_argument(
         "--model", "-m", required=model_required and default is None, default=default,
-        help="checkpoint folder, .gguf file, variant (4b-it, 27b-text-it, ...) or hub id "
-        "(default: $MEDGEM_MODEL)",
+        help="a name from `medgem models` (demo, 4b-it, a converted GGUF, a checkpoint in a model "
+        "folder), a checkpoint folder, a .gguf file or a hub id (default: $MEDGEM_MODEL, else "
+        f"`model` in the config file{'; now ' + repr(default) if default else ''})",
     )
     group.add_argument(
         "--engine", default="auto",
@@ -49,6 +50,21 @@ def add_model_flags(parser: argparse.ArgumentParser, *, model_required: bool = T
     group.add_argument(
         "--no-caveat", action="store_true", help="do not print the intended-use caveat"
     )
+
+
+def default_model() -> str | None:
+    """The model used when --model is not given: $MEDGEM_MODEL, else the config file's.
+
+    A broken config file gives no default here; it is reported when a command reads the
+    settings for itself (resolving a name, `medgem models`).
+    """
+    from medgem.config import load_settings
+    from medgem.errors import MedgemError
+
+    try:
+        return load_settings().model
+    except MedgemError:
+        return os.environ.get("MEDGEM_MODEL") or None
 
 
 def add_generation_flags(parser: argparse.ArgumentParser) -> None:

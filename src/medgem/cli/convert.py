@@ -46,6 +46,9 @@ def run(args: argparse.Namespace) -> int:
 
     result = convert_checkpoint(args.checkpoint, args.quant, args.out, progress=True,
                                 verify=not args.no_check, threads=args.threads)
+    from medgem.catalog import record_converted
+
+    record_converted([p for p in (result.model, result.mmproj) if p])  # its name, and `medgem rm`
     if args.json:
         print(json.dumps(asdict(result) | {"seconds": round(result.seconds, 1)}, indent=2, default=str))
         return 0

@@ -21,6 +21,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--prompt", help="override the default question for the modality")
     ask.add_image_flags(parser)
     add_model_flags(parser)
+    ask.add_server_flag(parser)
     add_audit_flags(parser)
     add_generation_flags(parser)
     parser.set_defaults(func=run)

@@ -1,4 +1,4 @@
-"""`medgem models`: the MedGemma family, what each takes, and which are on this machine."""
+"""`medgem models`: every model medgem can run by name, and the MedGemma family."""
 
 from __future__ import annotations
 
@@ -11,23 +11,25 @@ from medgem.request.variants import VARIANTS, Variant
 
 
 def add_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser("models", help="list the MedGemma variants and local copies")
+    parser = subparsers.add_parser(
+        "models", help="list the models --model accepts by name, and where they are",
+        description="List the MedGemma variants (and whether they are downloaded), the demo "
+        "model, GGUFs made by `medgem convert`, models fetched by `medgem pull`, and local "
+        "checkpoints in the model folders (--dir, $MEDGEM_MODEL_DIRS, the config file).")
     parser.add_argument("--dir", action="append", default=[], type=Path,
                         help="also look for checkpoints in this folder (repeatable)")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print one JSON list of models")
     parser.set_defaults(func=run)
 
 
 def local_copies(variant: Variant, extra_dirs: list[Path]) -> list[tuple[str, int]]:
     """(location, bytes) of each copy: the HF cache snapshots and folders named like the repo."""
-    from huggingface_hub.constants import HF_HUB_CACHE
+    from medgem.catalog import hf_snapshots
 
     found: list[tuple[str, int]] = []
-    repo = Path(HF_HUB_CACHE) / ("models--" + variant.hf_id.replace("/", "--")) / "snapshots"
-    if repo.is_dir():
-        for snapshot in sorted(repo.iterdir()):
-            if size := _size(snapshot):
-                found.append((f"HF cache {snapshot.name[:12]}", size))
+    for snapshot in hf_snapshots(variant.hf_id):
+        if size := _size(snapshot):
+            found.append((f"HF cache {snapshot.name[:12]}", size))
     name = variant.hf_id.split("/")[1]
     for folder in extra_dirs:
         for candidate in (folder / name, folder):
@@ -40,28 +42,48 @@ def _size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
+def _thinking(variant: Variant) -> str:
+    if variant.thinks_unprompted:
+        return "yes (may think unprompted)"
+    return "yes" if variant.thinking else "no"
+
+
 def run(args: argparse.Namespace) -> int:
+    from medgem.catalog import human_size, list_models
+    from medgem.config import load_settings
+
+    dirs = [*args.dir, *load_settings().model_dirs]
+    variants = {v.key: v for v in VARIANTS}
     rows: list[dict[str, Any]] = []
-    for variant in VARIANTS:
-        copies = local_copies(variant, args.dir)
-        rows.append({
-            "variant": variant.key,
-            "hf_id": variant.hf_id,
-            "inputs": variant.inputs,
-            "kind": "it" if variant.instruction_tuned else "pt",
-            "thinking": "yes (may think unprompted)" if variant.thinks_unprompted
-            else ("yes" if variant.thinking else "no"),
-            "params_b": variant.params_b,
-            "local": [{"where": w, "bytes": b} for w, b in copies],
-        })
+    for model in list_models(dirs):
+        row: dict[str, Any] = {
+            "name": model.name, "source": model.kind, "aliases": list(model.aliases),
+            "downloaded": model.here, "path": str(model.path) if model.path else None,
+            "format": model.format or None, "size_bytes": model.size_bytes,
+        }
+        variant = variants.get(model.name) if model.kind == "variant" else None
+        if variant is not None:
+            row |= {
+                "variant": variant.key, "hf_id": variant.hf_id, "inputs": variant.inputs,
+                "kind": "it" if variant.instruction_tuned else "pt",
+                "thinking": _thinking(variant), "params_b": variant.params_b,
+                "local": [{"where": w, "bytes": b} for w, b in local_copies(variant, args.dir)],
+            }
+        rows.append(row)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'variant':<12} {'hub id':<30} {'kind':<4} {'thinking':<28} {'local copies'}")
+    print(f"{'NAME':<27} {'SOURCE':<9} {'FORMAT':<18} {'SIZE':>8}  WHERE")
     for row in rows:
-        local = ", ".join(f"{c['where']} ({c['bytes'] / 1e9:.1f} GB)" for c in row["local"]) or "-"
-        print(f"{row['variant']:<12} {row['hf_id']:<30} {row['kind']:<4} {row['thinking']:<28} {local}")
-        print(f"{'':<12} inputs: {row['inputs']}")
-    print("\nAll are gated: accept the Health AI Developer Foundations terms on the model page and "
-          "set HF_TOKEN to download. `medgem demo` runs without any of them.")
+        where = row["path"] or (f"not downloaded: medgem pull {row['name']}"
+                                if row["source"] == "variant" else "built on first use")
+        print(f"{row['name']:<27} {row['source']:<9} {row['format'] or '-':<18} "
+              f"{human_size(row['size_bytes']):>8}  {where}")
+    print(f"\n{'variant':<12} {'hub id':<30} {'kind':<4} {'thinking':<27} inputs")
+    for variant in VARIANTS:
+        print(f"{variant.key:<12} {variant.hf_id:<30} "
+              f"{'it' if variant.instruction_tuned else 'pt':<4} {_thinking(variant):<27} "
+              f"{variant.inputs}")
+    print("\nThe variants are gated: accept the Health AI Developer Foundations terms on the model "
+          "page and set HF_TOKEN, then `medgem pull NAME`. `--model demo` runs without any of them.")
     return 0

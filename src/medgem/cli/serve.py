@@ -62,13 +62,31 @@ def run(args: argparse.Namespace) -> int:
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model = load_model(args, audit=False)  # the server's own store: see Serving
+    state: Path | None = None
     try:
         app = create_app(config, model)
+        state = _announce(args, config.host, config.port, app.state.serving, model)
         print(f"medgem: serving {app.state.serving.served_name} on http://{config.host}:{config.port} "
               f"(audit: {config.audit_path}{', keys required' if app.state.serving.keys else ''})", file=sys.stderr)
         # access_log off: URLs and client addresses only, but prompts must never reach logs.
         uvicorn.run(app, host=config.host, port=config.port, log_level="info", access_log=False,
                     timeout_graceful_shutdown=int(config.drain_timeout_s))
     finally:
+        if state is not None:
+            state.unlink(missing_ok=True)
         model.close()
     return 0
+
+
+def _announce(args: argparse.Namespace, host: str, port: int, serving: Any, model: Any) -> Path | None:
+    """The state file `ask` and `describe` read to reuse this loaded model (see cli/running.py)."""
+    from medgem.cli.running import identity, write_state
+
+    checkpoint = model.checkpoint
+    if checkpoint is None:  # a remote front: it has no checkpoint of its own to share
+        return None
+    return write_state(
+        host=host, port=port, served_name=serving.served_name,
+        model_identity=identity(checkpoint.path, checkpoint.revision, args.adapter),
+        engine=str(getattr(model.engine, "name", args.engine)), keys_required=bool(serving.keys),
+        variant=checkpoint.variant.key if checkpoint.variant else None)
