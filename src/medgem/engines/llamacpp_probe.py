@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medgem.config import cache_dir
 from medgem.engines.llamacpp_native import (
     describe_cpu_features,
     import_llama_cpp,
@@ -84,8 +85,7 @@ def _cache_file() -> Path | None:
     digest.update(" ".join(sorted(cpu_flags())).encode())
     forced = os.environ.get("MEDGEM_LLAMA_CPU_VARIANT", "")
     digest.update(f"{cpu_name()}|{use_extra_buffers()}|{forced}|{PROBE_VERSION}".encode())
-    root = Path(os.environ.get("MEDGEM_CACHE", Path.home() / ".cache" / "medgem"))
-    return root / "llamacpp-probe" / f"{digest.hexdigest()[:24]}.json"
+    return cache_dir() / "llamacpp-probe" / f"{digest.hexdigest()[:24]}.json"
 
 
 def probe(timeout: float = PROBE_TIMEOUT_S, use_cache: bool = True) -> ProbeResult:

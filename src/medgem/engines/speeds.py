@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+from medgem.config import cache_dir
+
 KEEP = 5  # runs kept per figure; the median of them is reported
 _lock = threading.Lock()
 
 
 def store_path() -> Path:
-    root = Path(os.environ.get("MEDGEM_CACHE", Path.home() / ".cache" / "medgem"))
-    return root / "speeds.json"
+    return cache_dir() / "speeds.json"
 
 
 def speed_key(model: Path, mmproj: Path | None, vision: str, threads: int) -> str:
