@@ -15,6 +15,7 @@ import pytest
 
 from medgem.api import MedGemma
 from medgem.audit import AuditStore, open_store
+from medgem.request.variants import find_variant
 from medgem.server.app import create_app
 from medgem.server.config import ServerConfig
 from test_server_helpers import ScriptedEngine, serve_in_thread
@@ -122,7 +123,8 @@ def test_page_with_the_real_tiny_model(browser: object, tiny_vlm_checkpoint: Pat
 def test_page_streams_shows_reasoning_and_keeps_the_caveat_visible(browser: object, xray_png: Path) -> None:
     store = open_store(":memory:")
     engine = ScriptedEngine(REPLY, thought=THOUGHT, delay=0.08)
-    with serve_in_thread(create_app(ServerConfig(), MedGemma(engine), store=store)) as base:  # type: ignore[arg-type]
+    model = MedGemma(engine, variant=find_variant("1.5-4b-it"))  # type: ignore[arg-type]  # a thinking variant
+    with serve_in_thread(create_app(ServerConfig(), model, store=store)) as base:
         page = _page(browser, base)
         caveat = page.locator("#caveat")  # type: ignore[attr-defined]
         assert caveat.is_visible() and "must not directly inform diagnosis" in caveat.inner_text()

@@ -16,13 +16,25 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medgem.answer import INTENDED_USE_CAVEAT, Answer, FinalChunk, StreamChunk, assemble
+from medgem.answer import (
+    INTENDED_USE_CAVEAT,
+    OTHER_MODEL_CAVEAT,
+    Answer,
+    FinalChunk,
+    StreamChunk,
+    assemble,
+)
 from medgem.answer.stops import apply_stops
 from medgem.audit import AuditStore, open_store
 from medgem.audit.trail import AuditTrail
 from medgem.engines import EngineOptions, choose_engine, load_engine
 from medgem.engines.batching import Batcher
-from medgem.errors import ContextLengthError, InputError, UnsupportedInputError
+from medgem.errors import (
+    ClientDisconnectedError,
+    ContextLengthError,
+    InputError,
+    UnsupportedInputError,
+)
 from medgem.inputs import load_inputs
 from medgem.request import GenerationOptions, ImagePart, Message, Request
 from medgem.request.compose import request_for_inputs
@@ -57,7 +69,9 @@ class MedGemma:
         self.engine = engine
         self.variant = variant
         self.chat_model = chat_model
-        self.caveat = caveat or ""
+        # MedGemma's intended-use text speaks of MedGemma: other checkpoints get the same limits
+        # without that claim.
+        self.caveat = OTHER_MODEL_CAVEAT if caveat == INTENDED_USE_CAVEAT and variant is None else caveat or ""
         self.checkpoint = checkpoint
         self.audit = audit
         self.batcher = Batcher(engine, parallel)
@@ -148,10 +162,9 @@ class MedGemma:
 
     @property
     def can_think(self) -> bool:
-        """Whether this model was trained to think (the variant's word, else the engine's)."""
-        if self.variant is not None:
-            return self.variant.thinking
-        return self.engine.capabilities.thinking
+        """Whether this model was trained to think: the variant's word. A checkpoint that is not
+        a recognised MedGemma is not claimed to think (it may still be asked to)."""
+        return self.variant is not None and self.variant.thinking
 
     # --- building requests -------------------------------------------------------------------
 
@@ -230,6 +243,8 @@ class MedGemma:
             prepared = self.engine.prepare(request)
             try:
                 self.check_context(prepared.prompt_tokens, request)
+                if cancel is not None and cancel.is_set():  # the caller left while it was encoded
+                    raise ClientDisconnectedError("the client disconnected before prefill")
             except BaseException:
                 prepared.release()
                 raise

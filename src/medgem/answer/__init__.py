@@ -7,6 +7,8 @@ from __future__ import annotations
 from medgem.answer.answer import (
     DEMO_LABEL,
     INTENDED_USE_CAVEAT,
+    NOT_MEDGEMMA_LABEL,
+    OTHER_MODEL_CAVEAT,
     TEST_MODEL_LABEL,
     Answer,
     AnswerChunk,
@@ -17,5 +19,5 @@ from medgem.answer.answer import (
     label_for,
 )
 
-__all__ = ["DEMO_LABEL", "INTENDED_USE_CAVEAT", "TEST_MODEL_LABEL", "Answer", "AnswerChunk",
+__all__ = ["DEMO_LABEL", "INTENDED_USE_CAVEAT", "NOT_MEDGEMMA_LABEL", "OTHER_MODEL_CAVEAT", "TEST_MODEL_LABEL", "Answer", "AnswerChunk",
            "FinalChunk", "StreamChunk", "ThinkingChunk", "assemble", "label_for"]

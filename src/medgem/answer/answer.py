@@ -25,6 +25,17 @@ INTENDED_USE_CAVEAT = (
     "clinical use and must not directly inform diagnosis or treatment. A qualified clinician "
     "must review it."
 )
+# For checkpoints medgem does not recognise as a MedGemma variant (a base Gemma GGUF, a test
+# model): the same limits, without claiming the output is MedGemma's.
+OTHER_MODEL_CAVEAT = (
+    "This model is not a recognised MedGemma. Its output is for research and development only: "
+    "it has not been validated for clinical use and must not directly inform diagnosis or "
+    "treatment. A qualified clinician must review it."
+)
+NOT_MEDGEMMA_LABEL = (
+    "NOT MEDGEMMA: medgem does not recognise this checkpoint as a MedGemma variant (name it with "
+    "--variant if it is one); MedGemma's prompts, budgets and thinking are not assumed."
+)
 DEMO_LABEL = (
     "DEMO MODEL (not MedGemma): Gemma 3 270M base weights with an untrained vision tower. Its "
     "output shows that the pipeline runs; it is not medical advice and does not describe the image."
@@ -95,9 +106,10 @@ StreamChunk = ThinkingChunk | AnswerChunk | FinalChunk
 
 
 def label_for(model: ModelInfo) -> str:
-    """The label every surface shows next to output from a demo or test model."""
+    """The label every surface shows next to output from a demo or test model, or from a
+    checkpoint that is not a recognised MedGemma variant."""
     if not model.demo:
-        return ""
+        return "" if model.variant else NOT_MEDGEMMA_LABEL
     return TEST_MODEL_LABEL if model.id.startswith("medgem-test") else DEMO_LABEL
 
 

@@ -19,6 +19,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from medgem import __version__
 from medgem.api import MedGemma
 from medgem.audit import AuditStore, open_store
 from medgem.errors import InputError, MedgemError
@@ -26,6 +27,7 @@ from medgem.server.auth import KeyStore
 from medgem.server.config import ServerConfig
 from medgem.server.errors import error_response
 from medgem.server.metrics import Metrics
+from medgem.server.openapi import openapi_document
 from medgem.server.page import PageHandlers
 from medgem.server.serving import Serving
 
@@ -78,7 +80,17 @@ def create_app(config: ServerConfig, model: MedGemma, *, store: AuditStore | Non
 
     app.add_api_route("/v1/chat/completions", serving.chat_completions, methods=["POST"])
     app.add_api_route("/api/ask", page.ask, methods=["POST"])
-    app.add_api_route("/api/preview", page.preview, methods=["POST"])
+    async def preview(request: HttpRequest) -> Response:
+        # Previews decode whole uploads beside the engine: a bounded pool, 429 beyond it.
+        try:
+            serving.authenticate(request)
+            with serving.previews.admit():
+                return await page.preview(request)
+        except MedgemError as exc:
+            serving.metrics.count_request("/api/preview", exc.status)
+            return error_response(exc)
+
+    app.add_api_route("/api/preview", preview, methods=["POST"])
     app.add_api_route("/api/reviews", page.review, methods=["POST"])
     app.add_api_route("/api/records/{record_id}", page.record, methods=["GET"])
     app.add_api_route("/api/info", page.info, methods=["GET"])
@@ -91,6 +103,12 @@ def create_app(config: ServerConfig, model: MedGemma, *, store: AuditStore | Non
             return error_response(exc)
         card = serving.model_card()
         return JSONResponse({"object": "list", "data": [card.model_dump()]})
+
+    document = openapi_document("medgem", __version__)
+
+    @app.get("/openapi.json")
+    async def openapi() -> Response:
+        return JSONResponse(document)
 
     @app.get("/healthz")
     async def healthz() -> Response:

@@ -26,6 +26,7 @@ class ServerConfig:
         audit_path: the SQLite audit database; None keeps an in-memory store (tests only).
         log_prompts: also store prompt text and (de-identified) inputs in the audit store.
         cors_origins: origins allowed cross-site; empty turns CORS off.
+        max_previews: /api/preview requests decoding uploads at once; one more is a 429.
         retry_after_s: the least Retry-After sent with a 429.
         drain_timeout_s: how long SIGTERM waits for in-flight requests.
         deid_key: key for DICOM pseudonyms when prompts are logged; None draws a random one.
@@ -43,6 +44,7 @@ class ServerConfig:
     audit_path: Path | None = None
     log_prompts: bool = False
     cors_origins: tuple[str, ...] = ()
+    max_previews: int = 2
     retry_after_s: int = 1
     drain_timeout_s: float = 60.0
     deid_key: bytes | None = None

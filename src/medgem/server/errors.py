@@ -12,6 +12,14 @@ from medgem.errors import ApiError, QueueFullError, error_body
 log = logging.getLogger("medgem.server")
 
 
+class BusyError(ApiError):
+    """A 429 with a Retry-After: a bounded pool (such as the previews') is full."""
+
+    def __init__(self, message: str, retry_after: int, *, code: str) -> None:
+        super().__init__(429, message, f"retry after {retry_after} s", code=code)
+        self.retry_after = retry_after
+
+
 def validation_error(exc: ValidationError) -> ApiError:
     """The first pydantic problem, named by its JSON path."""
     first = exc.errors()[0]
@@ -26,6 +34,6 @@ def validation_error(exc: ValidationError) -> ApiError:
 def error_response(exc: BaseException) -> JSONResponse:
     status, body = error_body(exc)
     headers = {}
-    if isinstance(exc, QueueFullError):
+    if isinstance(exc, (QueueFullError, BusyError)):
         headers["Retry-After"] = str(exc.retry_after)
     return JSONResponse(body, status_code=status, headers=headers)

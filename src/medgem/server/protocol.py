@@ -63,7 +63,7 @@ class ChatCompletionRequest(_Strict):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)  # what torch and llama.cpp take
     n: int | None = Field(default=None, ge=1, le=1)
     user: str | None = None
     think: bool = False
@@ -165,12 +165,50 @@ class ChatCompletionChunk(BaseModel):
 
 
 class ModelCard(BaseModel):
+    """One served model. ``medgem`` holds its facts: id, revision, variant, engine, dtype,
+    ``label`` and ``caveat``, ``images``, ``thinking`` (trained to think) and ``medgemma`` (a
+    recognised MedGemma variant)."""
+
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "medgem"
     max_model_len: int
     medgem: dict[str, Any]
+
+
+class ModelList(BaseModel):
+    """``GET /v1/models``."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+# --- errors and the server's own responses ------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(BaseModel):
+    """Every refusal: OpenAI's ``{"error": {message, type, param, code}}``."""
+
+    error: ErrorDetail
+
+
+class Health(BaseModel):
+    """``GET /healthz``: 200 while serving, 503 while draining."""
+
+    status: Literal["ok", "draining"]
+    model: str
+    waiting: int
+    busy: bool
+    running: int
+    backends: list[Any] | None = None
 
 
 # --- the web page's own endpoints ------------------------------------------------------------
@@ -199,6 +237,48 @@ class PreviewRequest(_Strict):
     """``POST /api/preview``: the images the model would see for an upload."""
 
     image: str
+
+
+class PreviewImage(BaseModel):
+    url: str  # a PNG data URL
+    index: int
+    width: int
+    height: int
+
+
+class Preview(BaseModel):
+    images: list[PreviewImage]
+    count: int
+    volume: str | None
+    modalities: list[str]
+
+
+class Info(BaseModel):
+    """``GET /api/info``: what the page shows first (only ``auth_required`` without a key)."""
+
+    auth_required: bool
+    model: str | None = None
+    label: str | None = None
+    caveat: str | None = None
+    images: bool | None = None
+    thinking: bool | None = None
+    engine: str | None = None
+    revision: str | None = None
+    limits: dict[str, int] | None = None
+
+
+class Record(BaseModel):
+    """An audit record (``GET /api/records/{id}`` adds its ``reviews``)."""
+
+    seq: int
+    id: str
+    kind: str
+    created: str
+    parent: str | None
+    body: dict[str, Any]
+    prev_hash: str
+    hash: str
+    reviews: list[Record] | None = None
 
 
 class ReviewRequest(_Strict):

@@ -2,9 +2,10 @@
 the running ones together: ``--parallel``); a bounded line waits.
 
 The event loop submits jobs; a worker runs each on the engine and hands each chunk back to
-the loop. A full line raises :class:`QueueFullError` (429 with Retry-After). Setting a job's
-``cancel`` event (client gone) stops its generation. ``close`` drains: queued and running jobs
-finish, new ones are refused.
+the loop. A full line raises :class:`QueueFullError` (429 with Retry-After, estimated from the
+service times measured on this server). Setting a job's ``cancel`` event (client gone) stops
+its work at the next check: before the engine prepares it, before prefill, or during decode.
+``close`` drains: queued and running jobs finish, new ones are refused.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import math
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +28,8 @@ from medgem.request import Request
 log = logging.getLogger("medgem.server")
 
 RunFn = Callable[["Job"], Iterator[StreamChunk]]
+RECENT_SERVICES = 16  # service times the Retry-After estimate averages
+MAX_RETRY_AFTER_S = 600
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,9 @@ class EngineQueue:
         self._waiting = 0
         self._running = 0
         self._draining = False
-        self._mean_service_s = 1.0
+        # Seconds from a worker taking a job to its answer, for the last few answered jobs.
+        self._services: deque[float] = deque(maxlen=RECENT_SERVICES)
+        self._running_since: dict[int, float] = {}  # id(job) -> when a worker took it
         self._threads = [threading.Thread(target=self._work, name=f"medgem-engine-{n}", daemon=True)
                          for n in range(self._workers)]
         for thread in self._threads:
@@ -117,14 +123,21 @@ class EngineQueue:
     def draining(self) -> bool:
         return self._draining
 
-    def submit(self, request: Request, finalize: FinalizeFn, **context: Any) -> Job:
+    def submit(self, request: Request, finalize: FinalizeFn, *,
+               cancel: threading.Event | None = None, **context: Any) -> Job:
         """Queue a request (call on the event loop).
+
+        Args:
+            cancel: the job's cancel event (set when its client leaves); a new one if None.
+            **context: what ``finalize`` and the audit record need (kept on the job).
 
         Raises:
             QueueFullError: the line is full.
             DrainingError: the server is shutting down.
         """
         job = Job(request, finalize, asyncio.get_running_loop(), context=context)
+        if cancel is not None:
+            job.cancel = cancel
         with self._lock:
             if self._draining:
                 raise DrainingError("the server is shutting down", "retry on another instance")
@@ -136,9 +149,15 @@ class EngineQueue:
         return job
 
     def retry_after(self) -> int:
-        """Seconds until a slot is likely free, from the mean service time."""
-        estimate = self._mean_service_s * (self._waiting + 1) / self._workers
-        return max(self._min_retry_after, min(600, math.ceil(estimate)))
+        """Whole seconds until this server likely has room: the typical service time (the mean
+        of the last answered jobs, and no less than the oldest running job has taken so far)
+        times the place a new request would take in line, shared by the workers. Bounded to
+        ``[min_retry_after, 600]``."""
+        now = time.monotonic()
+        mean = sum(self._services) / len(self._services) if self._services else 0.0
+        oldest = max((now - since for since in list(self._running_since.values())), default=0.0)
+        estimate = max(mean, oldest) * (self._waiting + 1) / self._workers
+        return max(self._min_retry_after, min(MAX_RETRY_AFTER_S, math.ceil(estimate)))
 
     def close(self, timeout: float | None = None) -> bool:
         """Refuse new jobs, let queued and running ones finish; True when the workers ended."""
@@ -161,16 +180,19 @@ class EngineQueue:
             with self._lock:
                 self._waiting -= 1
                 self._running += 1
+                self._running_since[id(job)] = time.monotonic()
             try:
                 self._serve(job)
             finally:
                 with self._lock:
                     self._running -= 1
+                    self._running_since.pop(id(job), None)
 
     def _serve(self, job: Job) -> None:
         job.started = time.monotonic()
         if job.cancel.is_set():
-            self._finish(job, None, ClientDisconnectedError("the client disconnected while waiting"))
+            self._finish(job, None, ClientDisconnectedError("the client disconnected while waiting",
+                                                            "nothing ran on the model"))
             return
         try:
             chunks = self._run(job)
@@ -189,8 +211,8 @@ class EngineQueue:
             self._finish(job, None, exc)
             return
         self._finish(job, answer, None)
-        elapsed = time.monotonic() - job.started
-        self._mean_service_s = 0.8 * self._mean_service_s + 0.2 * elapsed
+        if answer.finish_reason != "cancelled":  # a cut-short job says nothing of service time
+            self._services.append(time.monotonic() - job.started)
 
     def _finish(self, job: Job, answer: Answer | None, error: BaseException | None) -> None:
         try:

@@ -7,15 +7,18 @@ engine is reached only through :class:`~medgem.api.MedGemma` behind the :class:`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
@@ -23,10 +26,11 @@ from medgem.answer import Answer, AnswerChunk, ThinkingChunk
 from medgem.api import MedGemma
 from medgem.audit import AuditStore
 from medgem.audit.trail import AuditTrail, model_fields, settings_fields
-from medgem.errors import ApiError, AuthError, MedgemError, error_body
+from medgem.errors import ApiError, AuthError, ClientDisconnectedError, MedgemError, error_body
 from medgem.request import Request
 from medgem.request.openai_messages import request_from_openai
 from medgem.server import protocol as p
+from medgem.server.admission import Slots
 from medgem.server.auth import KeyStore, bearer_token
 from medgem.server.config import ServerConfig
 from medgem.server.errors import error_response, validation_error
@@ -43,7 +47,7 @@ from medgem.server.records import capture_inputs, digest_inputs
 
 log = logging.getLogger("medgem.server")
 M = TypeVar("M", bound=BaseModel)
-_POLL_S = 0.5  # how often a waiting handler checks that its client is still there
+_POLL_S = 0.2  # how often a waiting handler checks that its client is still there
 
 
 class ClientGone(Exception):
@@ -74,6 +78,9 @@ class Serving:
             max_waiting=config.max_queue, min_retry_after=config.retry_after_s,
             workers=model.batcher.parallel,
         )
+        self.previews = Slots(config.max_previews, "previews", config.retry_after_s)
+        metrics.add_gauge("medgem_previews_running", "Previews decoding uploads now.",
+                          lambda: float(self.previews.held))
         metrics.add_gauge("medgem_queue_depth", "Requests waiting for the engine.", lambda: self.queue.waiting)
         metrics.add_gauge("medgem_engine_busy", "Requests the engine runs now.", lambda: float(self.queue.running))
         metrics.add_gauge("medgem_batch_size", "Sequences the engine decodes together now.",
@@ -113,11 +120,14 @@ class Serving:
             raise _too_large(limit)
         chunks: list[bytes] = []
         size = 0
-        async for chunk in http.stream():
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(limit)
-            chunks.append(chunk)
+        try:
+            async for chunk in http.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                chunks.append(chunk)
+        except ClientDisconnect:
+            raise ClientDisconnectedError("the client disconnected while sending its body") from None
         try:
             data = json.loads(b"".join(chunks))
         except (ValueError, UnicodeDecodeError) as exc:
@@ -208,30 +218,49 @@ class Serving:
                 raise ApiError(400, "logprobs are not available from medgem", "drop logprobs",
                                code="unsupported_parameter", param="logprobs")
             self.check_budget(body.budget())
-            request = await asyncio.to_thread(self._chat_request, body, messages)
         except MedgemError as exc:
             return await self.reject(user, endpoint, exc, inputs)
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await self.run(http, request, user=user, endpoint=endpoint, inputs=inputs, messages=messages,
-                              stream=body.stream, include_usage=include_usage)
+        # From here the client may leave while its inputs are read (seconds for a big upload):
+        # the watcher sets ``gone``, checked before and after reading and again before prefill.
+        async with watch_client(http) as gone:
+            try:
+                request = await asyncio.to_thread(self._chat_request, body, messages, gone)
+            except MedgemError as exc:
+                return await self.reject(user, endpoint, exc, inputs)
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return await self.run(http, request, user=user, endpoint=endpoint, inputs=inputs, messages=messages,
+                                  stream=body.stream, include_usage=include_usage, cancel=gone)
 
-    def _chat_request(self, body: p.ChatCompletionRequest, messages: list[dict[str, Any]]) -> Request:
-        return request_from_openai(
+    def _chat_request(self, body: p.ChatCompletionRequest, messages: list[dict[str, Any]],
+                      gone: threading.Event) -> Request:
+        check_present(gone, "before its inputs were read")
+        request = request_from_openai(
             messages, variant=self.model.variant, chat=self.model.chat_model,
             options=body.generation_options(),
             allowed_dirs=list(self.config.allowed_dirs), max_images=self.config.max_images,
         )
+        check_present(gone, "while its inputs were read")
+        return request
 
     async def run(
         self, http: HttpRequest, request: Request, *, user: str, endpoint: str,
         inputs: list[dict[str, Any]], messages: list[dict[str, Any]], stream: bool,
-        include_usage: bool,
+        include_usage: bool, cancel: threading.Event | None = None,
     ) -> Response:
-        """Queue a built request and answer as a stream or as one JSON body."""
+        """Queue a built request and answer as a stream or as one JSON body.
+
+        Args:
+            cancel: set when the client left (a watcher's); the job stops at its next check.
+        """
         record_id = f"chatcmpl-{uuid.uuid4().hex}"
+        cancel = cancel if cancel is not None else threading.Event()
         try:
-            job = self.queue.submit(request, self.finalize, record_id=record_id, user=user, endpoint=endpoint,
-                                    inputs=inputs, messages=messages if self.config.log_prompts else [])
+            if not cancel.is_set() and await http.is_disconnected():
+                cancel.set()
+            check_present(cancel, "while its inputs were read")  # the engine is never reached
+            job = self.queue.submit(request, self.finalize, cancel=cancel, record_id=record_id, user=user,
+                                    endpoint=endpoint, inputs=inputs,
+                                    messages=messages if self.config.log_prompts else [])
         except MedgemError as exc:
             return await self.reject(user, endpoint, exc, inputs)
         reader = JobReader(job, http)
@@ -322,9 +351,38 @@ class Serving:
             id=self.served_name, created=self.created, max_model_len=self.info.context_length,
             medgem=model_fields(self.info) | {
                 "label": label_for(self.info), "caveat": self.model.caveat,
-                "images": caps.images, "thinking": caps.thinking,
+                "images": caps.images, "thinking": self.model.can_think,
+                "medgemma": self.model.variant is not None,
             },
         )
+
+
+@contextlib.asynccontextmanager
+async def watch_client(http: HttpRequest) -> AsyncIterator[threading.Event]:
+    """An event set once the client disconnects, watched while the block runs.
+
+    Start it only after the body was read: the watcher's polls would swallow body messages.
+    """
+    gone = threading.Event()
+
+    async def watch() -> None:
+        while not gone.is_set():
+            if await http.is_disconnected():
+                gone.set()
+                return
+            await asyncio.sleep(_POLL_S)
+
+    task = asyncio.ensure_future(watch())
+    try:
+        yield gone
+    finally:
+        task.cancel()
+
+
+def check_present(gone: threading.Event, when: str) -> None:
+    """Raises ClientDisconnectedError once the client left ("... disconnected {when}")."""
+    if gone.is_set():
+        raise ClientDisconnectedError(f"the client disconnected {when}", "nothing ran on the model")
 
 
 class JobReader:
