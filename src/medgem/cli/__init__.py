@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "convert": "medgem.cli.convert",
     "tune": "medgem.cli.tune",
     "backend-command": "medgem.cli.backend_command",
+    "completion": "medgem.cli.completion",
 }
 
 
@@ -46,6 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     words = list(sys.argv[1:] if argv is None else argv)
     anywhere = "--debug" in words  # accepted after the subcommand too
+    unknown = _unknown_command(words)
+    if unknown:
+        print(f"medgem: error: {unknown}", file=sys.stderr)
+        return 2
     args = parser.parse_args([word for word in words if word != "--debug"])
     debug = bool(args.debug or anywhere or os.environ.get("MEDGEM_DEBUG"))
     if not getattr(args, "func", None):
@@ -72,6 +77,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"medgem: unexpected error: {type(exc).__name__}: {exc} (run again with --debug "
               "for the traceback)", file=sys.stderr)
         return 1
+
+
+def _unknown_command(words: list[str]) -> str | None:
+    """The one-line complaint for a mistyped subcommand (`medgem aks`), or None.
+
+    The top level takes only flags, so its first word that is not one names the command.
+    """
+    import difflib
+
+    command = next((word for word in words if not word.startswith("-")), None)
+    if command is None or command in COMMANDS:
+        return None
+    close = difflib.get_close_matches(command, list(COMMANDS), n=1, cutoff=0.6)
+    if close:
+        return f"unknown command '{command}' — did you mean '{close[0]}'?"
+    return f"unknown command '{command}'; the commands are: {', '.join(COMMANDS)} (medgem --help)"
 
 
 def _quiet_libraries() -> None:

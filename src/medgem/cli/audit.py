@@ -20,19 +20,21 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--db", help="audit store (default: $MEDGEM_AUDIT_DB or ~/.local/share/medgem/audit.sqlite)")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     listing = actions.add_parser("list", help="newest records first")
-    listing.add_argument("--kind", choices=["answer", "review", "rejected", "error"])
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--kind", choices=["answer", "review", "rejected", "error"],
+                         help="only records of this kind")
+    listing.add_argument("--limit", type=int, default=50, help="most records shown (default 50)")
     show = actions.add_parser("show", help="one record with its reviews, as JSON")
-    show.add_argument("id")
+    show.add_argument("id", help="the record id (from `medgem audit list` or an answer's stats line)")
     verify = actions.add_parser("verify", help="check the hash chain; exit 1 if anything was edited or deleted")
     export = actions.add_parser("export", help="all records as JSON lines (with hashes)")
     export.add_argument("--output", "-o", type=Path, help="file to write (default stdout)")
     review = actions.add_parser("review", help="record a review of an answer")
     review.add_argument("id", help="the answer's record id")
-    review.add_argument("verdict", choices=["accept", "correct", "reject"])
+    review.add_argument("verdict", choices=["accept", "correct", "reject"],
+                        help="accept the answer, correct it (--correction) or reject it")
     review.add_argument("--correction", help="the corrected text (verdict 'correct')")
-    review.add_argument("--note")
-    review.add_argument("--reviewer", required=True)
+    review.add_argument("--note", help="free text kept with the review")
+    review.add_argument("--reviewer", required=True, help="who reviews (recorded)")
     for action in (listing, show, verify, export, review):
         # `medgem audit verify --db F` reads as naturally as `medgem audit --db F verify`
         action.add_argument("--db", default=argparse.SUPPRESS, help=argparse.SUPPRESS)

@@ -40,7 +40,7 @@ def measure_bandwidth_gbs(size_mb: int = 256, repeats: int = 3) -> float:
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("doctor", help="check this machine and what will run on it")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print the same facts as JSON")
     parser.set_defaults(func=run)
 
 

@@ -14,7 +14,7 @@ def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("models", help="list the MedGemma variants and local copies")
     parser.add_argument("--dir", action="append", default=[], type=Path,
                         help="also look for checkpoints in this folder (repeatable)")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(func=run)
 
 
