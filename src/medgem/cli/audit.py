@@ -44,11 +44,38 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from medgem.audit import open_store
 
+    args.store_path = _existing_store(args.db)
     store = open_store(args.db)
     try:
         return _ACTIONS[args.action](store, args)
     finally:
         store.close()
+
+
+def _existing_store(db: str | None) -> str:
+    """The store's file, refused when it does not exist: reading must not create an empty
+    store and then report on it (a mistyped --db once verified "OK: 0 records").
+
+    Raises:
+        InputError: no store at that path.
+    """
+    from medgem.audit import default_audit_path
+    from medgem.errors import InputError
+
+    text = str(db) if db is not None else str(default_audit_path())
+    if text == ":memory:" or ("://" in text and not text.startswith("sqlite:///")):
+        return text  # open_store names what it cannot open
+    path = Path(text.removeprefix("sqlite:///")).expanduser()
+    if not path.exists():
+        raise InputError(
+            f"no audit store at {path}",
+            "nothing was recorded there; `medgem serve`, `ask`, `chat` and `eval` write to "
+            "$MEDGEM_AUDIT_DB or ~/.local/share/medgem/audit.sqlite unless given --audit-db: "
+            "name that file with --db" if db is not None else
+            "nothing has been recorded on this machine yet (or $MEDGEM_AUDIT_DB named another "
+            "file when it was)",
+        )
+    return str(path)
 
 
 def _list(store: AuditStore, args: argparse.Namespace) -> int:
@@ -81,11 +108,17 @@ def _show(store: AuditStore, args: argparse.Namespace) -> int:
 
 
 def _verify(store: AuditStore, args: argparse.Namespace) -> int:
+    from medgem.errors import InputError
+
     report = store.verify()
+    if report.ok and report.records == 0:
+        raise InputError(f"the audit store {args.store_path} holds no records, so there is "
+                         "nothing to verify", "is it the store the answers went to? name that "
+                         "one with --db")
     for problem in report.problems:
         print(f"medgem: {problem}", file=sys.stderr)
     state = "OK" if report.ok else f"FAILED ({len(report.problems)} problems)"
-    print(f"{state}: {report.records} records, head {report.head}")
+    print(f"{state}: {report.records} records, head {report.head} ({args.store_path})")
     return 0 if report.ok else 1
 
 
