@@ -54,6 +54,13 @@ def test_a_mistyped_command_gets_did_you_mean(typed: str, meant: str) -> None:
     assert result.stderr == f"medgem: error: unknown command '{typed}' — did you mean '{meant}'?\n"
 
 
+def test_a_mistyped_choice_further_in_gets_did_you_mean_too() -> None:
+    action = run_cli("audit", "verfy")
+    assert action.returncode == 2 and "— did you mean 'verify'?" in action.stderr
+    quant = run_cli("convert", "ckpt", "--quant", "q4km")
+    assert quant.returncode == 2 and "— did you mean 'q4_k_m'?" in quant.stderr
+
+
 def test_an_unknown_command_lists_the_commands() -> None:
     result = run_cli("frobnicate")
     assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
