@@ -7,6 +7,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from medgem import __version__
 from medgem.errors import MedgemError
@@ -29,11 +30,29 @@ COMMANDS: dict[str, str] = {
     "convert": "medgem.cli.convert",
     "tune": "medgem.cli.tune",
     "backend-command": "medgem.cli.backend_command",
+    "completion": "medgem.cli.completion",
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with "did you mean" for a mistyped choice (`medgem audit verfy`); every
+    subcommand's parser is one of these too (argparse makes subparsers of the parent's class)."""
+
+    def error(self, message: str) -> NoReturn:
+        import difflib
+        import re
+
+        wrong = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if wrong:
+            choices = re.findall(r"'([^']*)'", wrong.group(2))
+            close = difflib.get_close_matches(wrong.group(1), choices, n=1, cutoff=0.6)
+            if close:
+                message += f" — did you mean '{close[0]}'?"
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="medgem", description="Run Google's MedGemma medical models. Output is not medical advice.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.add_argument("--version", action="version", version=f"medgem {__version__}")
@@ -48,6 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     words = list(sys.argv[1:] if argv is None else argv)
     anywhere = "--debug" in words  # accepted after the subcommand too
+    unknown = _unknown_command(words)
+    if unknown:
+        print(f"medgem: error: {unknown}", file=sys.stderr)
+        return 2
     args = parser.parse_args([word for word in words if word != "--debug"])
     debug = bool(args.debug or anywhere or os.environ.get("MEDGEM_DEBUG"))
     if not getattr(args, "func", None):
@@ -74,6 +97,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"medgem: unexpected error: {type(exc).__name__}: {exc} (run again with --debug "
               "for the traceback)", file=sys.stderr)
         return 1
+
+
+def _unknown_command(words: list[str]) -> str | None:
+    """The one-line complaint for a mistyped subcommand (`medgem aks`), or None.
+
+    The top level takes only flags, so its first word that is not one names the command.
+    """
+    import difflib
+
+    command = next((word for word in words if not word.startswith("-")), None)
+    if command is None or command in COMMANDS:
+        return None
+    close = difflib.get_close_matches(command, list(COMMANDS), n=1, cutoff=0.6)
+    if close:
+        return f"unknown command '{command}' — did you mean '{close[0]}'?"
+    return f"unknown command '{command}'; the commands are: {', '.join(COMMANDS)} (medgem --help)"
 
 
 def _quiet_libraries() -> None:

@@ -57,12 +57,12 @@ def add_image_flags(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, question: str | None = None) -> int:
     text = question if question is not None else _question(args.question)
     check_paths_exist(args.image)  # before the model loads
+    if args.save_preprocessed:
+        _save_preprocessed(args, args.save_preprocessed)
     model = _from_running_server(args) or load_model(args)
     request = model.request(text, images=[str(p) for p in args.image], system=args.system,
                             options=generation_options(args),
                             **slide_kwargs(args))  # type: ignore[arg-type]
-    if args.save_preprocessed:
-        _save_preprocessed(request, args.save_preprocessed)
     if not args.json:
         print_label_first(model)
     answer = render(model.generate(request), as_json=args.json, show_thinking=args.show_thinking)
@@ -109,11 +109,18 @@ def _question(raw: str) -> str:
     return sys.stdin.read() if raw == "-" else raw
 
 
-def _save_preprocessed(request: Any, folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for number, part in enumerate(request.images, start=1):
-        part.image.save(folder / f"image-{number:03d}.png")
-    print(f"medgem: wrote {len(request.images)} preprocessed image(s) to {folder}", file=sys.stderr)
+def _save_preprocessed(args: argparse.Namespace, folder: Path) -> None:
+    """The images as the model gets them, named as `medgem inspect --save-preprocessed` names
+    them (``01_chest.png``, ``01_ct_slice_001.png``), written before the model loads."""
+    from medgem.inputs import ImagingOptions
+    from medgem.inputs.load import load_medical_inputs
+    from medgem.inputs.preview import save_preprocessed
+
+    options = ImagingOptions(max_patches=args.max_patches or 125, patch_seed=args.seed or 0,
+                             magnification=args.magnification, mpp=args.mpp,
+                             max_pages=args.max_pages or 20, pdf_text=args.pdf_text)
+    written = save_preprocessed(load_medical_inputs(list(args.image), options), folder)
+    print(f"medgem: wrote {len(written)} preprocessed image(s) to {folder}", file=sys.stderr)
 
 
 def _draw_boxes(answer: str, images: list[Path], target: Path) -> None:

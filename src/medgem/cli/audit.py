@@ -20,19 +20,21 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--db", help="audit store (default: $MEDGEM_AUDIT_DB or ~/.local/share/medgem/audit.sqlite)")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     listing = actions.add_parser("list", help="newest records first")
-    listing.add_argument("--kind", choices=["answer", "review", "rejected", "error"])
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--kind", choices=["answer", "review", "rejected", "error"],
+                         help="only records of this kind")
+    listing.add_argument("--limit", type=int, default=50, help="most records shown (default 50)")
     show = actions.add_parser("show", help="one record with its reviews, as JSON")
-    show.add_argument("id")
+    show.add_argument("id", help="the record id (from `medgem audit list` or an answer's stats line)")
     verify = actions.add_parser("verify", help="check the hash chain; exit 1 if anything was edited or deleted")
     export = actions.add_parser("export", help="all records as JSON lines (with hashes)")
     export.add_argument("--output", "-o", type=Path, help="file to write (default stdout)")
     review = actions.add_parser("review", help="record a review of an answer")
     review.add_argument("id", help="the answer's record id")
-    review.add_argument("verdict", choices=["accept", "correct", "reject"])
+    review.add_argument("verdict", choices=["accept", "correct", "reject"],
+                        help="accept the answer, correct it (--correction) or reject it")
     review.add_argument("--correction", help="the corrected text (verdict 'correct')")
-    review.add_argument("--note")
-    review.add_argument("--reviewer", required=True)
+    review.add_argument("--note", help="free text kept with the review")
+    review.add_argument("--reviewer", required=True, help="who reviews (recorded)")
     for action in (listing, show, verify, export, review):
         # `medgem audit verify --db F` reads as naturally as `medgem audit --db F verify`
         action.add_argument("--db", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -42,11 +44,38 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from medgem.audit import open_store
 
+    args.store_path = _existing_store(args.db)
     store = open_store(args.db)
     try:
         return _ACTIONS[args.action](store, args)
     finally:
         store.close()
+
+
+def _existing_store(db: str | None) -> str:
+    """The store's file, refused when it does not exist: reading must not create an empty
+    store and then report on it (a mistyped --db once verified "OK: 0 records").
+
+    Raises:
+        InputError: no store at that path.
+    """
+    from medgem.audit import default_audit_path
+    from medgem.errors import InputError
+
+    text = str(db) if db is not None else str(default_audit_path())
+    if text == ":memory:" or ("://" in text and not text.startswith("sqlite:///")):
+        return text  # open_store names what it cannot open
+    path = Path(text.removeprefix("sqlite:///")).expanduser()
+    if not path.exists():
+        raise InputError(
+            f"no audit store at {path}",
+            "nothing was recorded there; `medgem serve`, `ask`, `chat` and `eval` write to "
+            "$MEDGEM_AUDIT_DB or ~/.local/share/medgem/audit.sqlite unless given --audit-db: "
+            "name that file with --db" if db is not None else
+            "nothing has been recorded on this machine yet (or $MEDGEM_AUDIT_DB named another "
+            "file when it was)",
+        )
+    return str(path)
 
 
 def _list(store: AuditStore, args: argparse.Namespace) -> int:
@@ -79,11 +108,17 @@ def _show(store: AuditStore, args: argparse.Namespace) -> int:
 
 
 def _verify(store: AuditStore, args: argparse.Namespace) -> int:
+    from medgem.errors import InputError
+
     report = store.verify()
+    if report.ok and report.records == 0:
+        raise InputError(f"the audit store {args.store_path} holds no records, so there is "
+                         "nothing to verify", "is it the store the answers went to? name that "
+                         "one with --db")
     for problem in report.problems:
         print(f"medgem: {problem}", file=sys.stderr)
     state = "OK" if report.ok else f"FAILED ({len(report.problems)} problems)"
-    print(f"{state}: {report.records} records, head {report.head}")
+    print(f"{state}: {report.records} records, head {report.head} ({args.store_path})")
     return 0 if report.ok else 1
 
 

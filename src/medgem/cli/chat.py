@@ -29,6 +29,9 @@ def add_parser(subparsers: Any) -> None:
     common.add_model_flags(parser)
     common.add_audit_flags(parser)
     common.add_generation_flags(parser)
+    for action in parser._actions:
+        if action.dest == "json":  # the shared flag's words are for one answer; a chat has many
+            action.help = "print each answer as one JSON object (text, thinking, usage, audit id)"
     parser.set_defaults(func=run)
 
 
@@ -126,10 +129,11 @@ class _Chat:
             request = self.model.request(line, images=[str(p) for p in self.pending],
                                          system=self.system, history=self.history,
                                          options=self.options)
-            print("medgemma> ", end="", flush=True)
             chunks = self.model.generate(request, cancel)
             try:
-                answer = common.render(chunks, as_json=False, show_thinking=self.args.show_thinking)
+                # The stage line ("reading the prompt … 3 s") waits where the answer will start.
+                answer = common.render(chunks, as_json=self.args.json,
+                                       show_thinking=self.args.show_thinking, prefix="medgemma> ")
             except KeyboardInterrupt:  # Ctrl-C stops this answer; the chat goes on
                 cancel.set()
                 chunks.close()

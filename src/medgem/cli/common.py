@@ -7,10 +7,12 @@ import json
 import os
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TextIO
 
 from medgem.answer import Answer, AnswerChunk, FinalChunk, StreamChunk, ThinkingChunk
 from medgem.api import MedGemma
+from medgem.cli.progress import Waiting, until_first
 from medgem.request import GenerationOptions
 
 
@@ -124,15 +126,21 @@ def add_audit_flags(parser: argparse.ArgumentParser) -> None:
 
 def load_model(args: argparse.Namespace, *, audit: bool = True) -> MedGemma:
     """The model the flags name, writing each answer's audit record unless ``--no-audit``
-    (``audit=False``: the caller writes records itself, as the server does)."""
-    from medgem.answer import INTENDED_USE_CAVEAT
-
+    (``audit=False``: the caller writes records itself, as the server does). A stage line
+    ("loading NAME … 3 s") shows on a terminal while it loads."""
     store: str | bool = audit
     if audit and getattr(args, "no_audit", False):
         sys.stderr.write("medgem: audit off (--no-audit): these answers leave no audit record\n")
         store = False
     elif audit and getattr(args, "audit_db", None):
         store = args.audit_db
+    with Waiting(f"loading {Path(str(args.model)).name or args.model}"):
+        return _load(args, store)
+
+
+def _load(args: argparse.Namespace, store: str | bool) -> MedGemma:
+    from medgem.answer import INTENDED_USE_CAVEAT
+
     return MedGemma.load(
         args.model,
         audit=store,
@@ -164,11 +172,21 @@ def render(
     show_thinking: bool,
     out: TextIO = sys.stdout,
     err: TextIO = sys.stderr,
+    prefix: str = "",
 ) -> Answer:
-    """Stream an answer to the terminal (or collect it for --json) and return it."""
+    """Stream an answer to the terminal (or collect it for --json) and return it.
+
+    Until the first chunk comes (the prompt and its images being read) a stage line waits on
+    ``err`` when it is a terminal; ``prefix`` (chat's ``medgemma> ``) is written to ``out``
+    once that line is gone.
+    """
     answer: Answer | None = None
     thinking_open = False
-    for chunk in chunks:
+    for chunk in until_first(iter(chunks), "reading the prompt", err):
+        if prefix and not as_json:
+            out.write(prefix)
+            out.flush()
+            prefix = ""
         if isinstance(chunk, FinalChunk):
             answer = chunk.answer
             continue

@@ -34,6 +34,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from medgem.cli.progress import Waiting
     from medgem.engines.gguf.convert import convert_checkpoint
     from medgem.errors import InputError
 
@@ -44,8 +45,10 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint is None:
         raise InputError("name the checkpoint to convert", "medgem convert CHECKPOINT --quant q4_k_m")
 
-    result = convert_checkpoint(args.checkpoint, args.quant, args.out, progress=True,
-                                verify=not args.no_check, threads=args.threads)
+    # Bars with ETA for writing and quantizing; a stage line for the steps between them.
+    with Waiting(f"converting {Path(args.checkpoint).name or args.checkpoint}"):
+        result = convert_checkpoint(args.checkpoint, args.quant, args.out, progress=True,
+                                    verify=not args.no_check, threads=args.threads)
     from medgem.catalog import record_converted
 
     record_converted([p for p in (result.model, result.mmproj) if p])  # its name, and `medgem rm`

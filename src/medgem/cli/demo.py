@@ -20,9 +20,11 @@ from medgem.request.compose import ASSISTANT_SYSTEM, RADIOLOGIST_SYSTEM
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("demo", help="run the pipeline end to end on the demo model")
     parser.add_argument("--engine", default="hf", help="hf or hf-pipeline (default hf)")
-    parser.add_argument("--max-new-tokens", type=int, default=24)
-    parser.add_argument("--save-preprocessed", type=Path, metavar="DIR")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--max-new-tokens", type=int, default=24,
+                        help="answer budget of each demo question (default 24)")
+    parser.add_argument("--save-preprocessed", type=Path, metavar="DIR",
+                        help="write the radiograph exactly as the model gets it (PNG)")
+    parser.add_argument("--json", action="store_true", help="print the answers as JSON")
     parser.set_defaults(func=run)
 
 
@@ -50,9 +52,11 @@ def run(args: argparse.Namespace) -> int:
     err.write(f"\n1) Image question: {radiograph.name} (CR chest radiograph, DICOM)\n")
     request = model.request("Describe this X-ray", images=[str(radiograph)],
                             system=RADIOLOGIST_SYSTEM, max_new_tokens=args.max_new_tokens)
-    if args.save_preprocessed:
-        args.save_preprocessed.mkdir(parents=True, exist_ok=True)
-        request.images[0].image.save(args.save_preprocessed / "image-001.png")
+    if args.save_preprocessed:  # named as `inspect` and `ask` name it: 01_RG1_UNCR.png
+        from medgem.inputs.load import load_medical_inputs
+        from medgem.inputs.preview import save_preprocessed
+
+        save_preprocessed(load_medical_inputs([radiograph]), args.save_preprocessed)
     first = render(model.generate(request), as_json=args.json, show_thinking=False)
     err.write("\n2) Text question\n")
     second = render(model.stream("How do you differentiate bacterial from viral pneumonia?",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from medgem.hardware import GIB, Hardware, detect_hardware
@@ -17,6 +18,46 @@ ENGINE_PACKAGES = {
 }
 # The GGUF vision projector (SigLIP tower in f16) that image variants load beside the model.
 MMPROJ_BYTES = int(0.85 * GIB)
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A figure a benchmark measured: what, how much, and the results file that holds it."""
+
+    what: str
+    value: float
+    unit: str
+    source: str
+
+
+#: The machine the figures below were measured on, and its copy bandwidth as this command
+#: measures it (`measure_bandwidth_gbs`), so a decode figure becomes a share of that machine's
+#: ceiling and the share is applied to this machine's ceiling.
+REFERENCE_MACHINE = "AMD EPYC Zen 5 (AVX-512 BF16, no AMX), 2 cores"
+REFERENCE_BANDWIDTH_GBS = 42.0
+REFERENCE_PARAMS = 4_300_000_000  # MedGemma-4B-shaped weights (text + vision)
+#: (engine, precision) -> decode of one stream on the reference machine.
+DECODE_MEASURED: dict[tuple[str, str], Measured] = {
+    ("llamacpp", "q4_k_m"): Measured("4B-shaped Q4_K_M decode, one stream", 13.75, "tok/s",
+                                     "benchmarks/results/cpu-zen5-batching.txt"),
+    ("hf", "bfloat16"): Measured("4B-shaped bf16 decode, transformers direct", 1.17, "tok/s",
+                                 "benchmarks/results/cpu-4b-bf16-transformers-paths.txt"),
+}
+VISION_MEASURED = Measured("one 896-px image through llama.cpp's clip (4B vision tower)", 19.2,
+                           "s", "benchmarks/results/cpu-zen5-vision.txt")
+SAME_IMAGE_MEASURED = Measured("first token of a follow-up on the same image", 3.92, "s",
+                               "benchmarks/results/cpu-zen5-vision.txt")
+
+
+def measured_share(engine: str, precision: str) -> tuple[float, Measured] | None:
+    """The share of the bandwidth ceiling a benchmark reached for this engine and precision on
+    the reference machine, with the measurement; None when it was not measured."""
+    measured = DECODE_MEASURED.get((engine, precision))
+    if measured is None:
+        return None
+    weight_bytes = estimate(REFERENCE_PARAMS, precision).weight_bytes
+    ceiling = REFERENCE_BANDWIDTH_GBS * 1e9 / weight_bytes
+    return measured.value / ceiling, measured
 
 
 def measure_bandwidth_gbs(size_mb: int = 256, repeats: int = 3) -> float:
@@ -40,7 +81,7 @@ def measure_bandwidth_gbs(size_mb: int = 256, repeats: int = 3) -> float:
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("doctor", help="check this machine and what will run on it")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print the same facts as JSON")
     parser.set_defaults(func=run)
 
 
@@ -83,13 +124,42 @@ def plan(variant: Variant, hardware: Hardware, engines: dict[str, bool], bandwid
         total = need.total_bytes + (MMPROJ_BYTES if engine == "llamacpp" and variant.multimodal else 0)
         _, budget = budget_for(hardware, device)
         if total <= budget:
-            speed = round(bandwidth_gbs * 1e9 / need.weight_bytes, 1) if device == "cpu" else None
+            ceiling = bandwidth_gbs * 1e9 / need.weight_bytes if device == "cpu" else None
+            share = measured_share(engine, precision) if ceiling is not None else None
             return {"fits": True, "engine": engine, "precision": precision, "device": device,
-                    "memory_gib": round(total / GIB, 1), "decode_tok_s_ceiling": speed}
+                    "memory_gib": round(total / GIB, 1),
+                    "decode_tok_s_ceiling": round(ceiling, 1) if ceiling is not None else None,
+                    "decode_tok_s_expected": round(ceiling * share[0], 1) if share and ceiling
+                    else None,
+                    "decode_share_measured": round(share[0], 2) if share else None,
+                    "decode_source": share[1].source if share else None}
     smallest = estimate(parameters, "q4_k_m" if not hardware.cuda else "4bit")
     return {"fits": False, "engine": None, "precision": smallest.precision,
             "device": "cuda" if hardware.cuda else "cpu", "memory_gib": round(smallest.total_gib, 1),
-            "decode_tok_s_ceiling": None}
+            "decode_tok_s_ceiling": None, "decode_tok_s_expected": None,
+            "decode_share_measured": None, "decode_source": None}
+
+
+def _measured_lines(plans: dict[str, dict[str, Any]]) -> list[str]:
+    """Where 'expected' comes from, in the table's own numbers, and the image wait."""
+    lines = [f"Expected: the ceiling times the share a benchmark reached on {REFERENCE_MACHINE} "
+             f"(~{REFERENCE_BANDWIDTH_GBS:.0f} GB/s):"]
+    shown: set[str] = set()
+    for key, row in plans.items():
+        if row["decode_tok_s_expected"] is None or row["decode_source"] in shown:
+            continue
+        shown.add(row["decode_source"])
+        lines.append(f"  {key} on {row['engine']} {row['precision']}: {row['decode_tok_s_ceiling']} "
+                     f"tok/s x {row['decode_share_measured']:.0%} = ~{row['decode_tok_s_expected']} "
+                     f"tok/s ({row['decode_source']})")
+    if len(lines) == 1:
+        lines.append("  nothing measured for the engines and precisions chosen here")
+    if any(row["engine"] == "llamacpp" for row in plans.values()):
+        lines.append(f"An image question's first token waits on the vision tower: "
+                     f"{VISION_MEASURED.value:.1f} s for the 4B image encoder there, fewer cores "
+                     f"take longer; a follow-up on the same image {SAME_IMAGE_MEASURED.value:.1f} s "
+                     f"({VISION_MEASURED.source}).")
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:
@@ -112,6 +182,9 @@ def run(args: argparse.Namespace) -> int:
                       "free_gib": round(g.free_bytes / GIB, 1)} for g in hardware.gpus],
             "cpu_features": cpu_features(), "llamacpp": llama,
             "memory_bandwidth_gbs": round(bandwidth, 1), "engines": engines, "variants": plans,
+            "measured_on": {"machine": REFERENCE_MACHINE, "bandwidth_gbs": REFERENCE_BANDWIDTH_GBS,
+                            "figures": [asdict(m) for m in (*DECODE_MEASURED.values(),
+                                                            VISION_MEASURED, SAME_IMAGE_MEASURED)]},
         }, indent=2))
         return 0
     print(f"CPU   {hardware.cpu} · {hardware.cores} cores · native bf16: "
@@ -138,11 +211,17 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"  ✗ {llama['detail']}")
     print("\nVariants on this machine")
-    print(f"  {'variant':<12} {'fits':<5} {'engine':<9} {'precision':<10} {'memory':>9} {'decode estimate':>15}")
+    print(f"  {'variant':<12} {'fits':<5} {'engine':<9} {'precision':<10} {'memory':>9} "
+          f"{'decode ceiling':>15} {'expected':>13}")
     for key, row in plans.items():
-        ceiling = f"~{row['decode_tok_s_ceiling']} tok/s" if row["decode_tok_s_ceiling"] else "-"
+        ceiling = f"{row['decode_tok_s_ceiling']} tok/s" if row["decode_tok_s_ceiling"] else "-"
+        expected = f"~{row['decode_tok_s_expected']} tok/s" if row["decode_tok_s_expected"] else "-"
         print(f"  {key:<12} {'yes' if row['fits'] else 'no':<5} {row['engine'] or '-':<9} "
-              f"{row['precision']:<10} {row['memory_gib']:>6.1f} GiB {ceiling:>15}")
+              f"{row['precision']:<10} {row['memory_gib']:>6.1f} GiB {ceiling:>15} {expected:>13}")
+    print(f"\nDecode ceiling: this machine's copy bandwidth ({bandwidth:.0f} GB/s) / weight bytes "
+          "(every weight is read once per token). Image variants include the 0.85 GiB mmproj.")
+    for line in _measured_lines(plans):
+        print(line)
     if not hardware.cuda:
         if llama["installed"] and not llama["runs_here"]:
             print("\nllama.cpp is installed but does not run on this CPU: reinstall it with "
@@ -152,9 +231,5 @@ def run(args: argparse.Namespace) -> int:
                   "transformers: pip install 'medgem[llamacpp]', then `medgem convert`.")
         else:
             print("\nRecommended here: `medgem convert CHECKPOINT --quant q4_k_m`, then run the "
-                  ".gguf (engine llamacpp). Decode speed follows the ceilings above (measured "
-                  "at 70-80% of them); an image question's first token waits on the vision "
-                  "tower (~50 s for 4B on 2 cores), a follow-up on the same image under 1 s.")
-    print(f"\nDecode ceilings: measured bandwidth {bandwidth:.0f} GB/s / weight bytes "
-          "(every weight is read once per token). Image variants include the 0.85 GiB mmproj.")
+                  ".gguf (engine llamacpp).")
     return 0

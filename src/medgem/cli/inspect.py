@@ -128,9 +128,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     parser = subparsers.add_parser(
         "inspect", help="show what medgem will send for an image, DICOM, series, NIfTI, slide or PDF "
                         "(no model)",
-        description=__doc__.splitlines()[0] if __doc__ else None,
+        description="Show what medgem will send for a medical input, without loading a model: "
+                    "modality, size, series, slices, spacing and windows; a slide's levels, "
+                    "tissue and patches; a PDF's pages. Nothing shown holds patient names, IDs, "
+                    "dates or full UIDs.",
     )
-    parser.add_argument("path", type=Path, metavar="FILE_OR_DIR")
+    parser.add_argument("path", type=Path, metavar="FILE_OR_DIR",
+                        help="image, DICOM file, DICOM folder or .zip, NIfTI, slide or PDF")
     parser.add_argument("--save-preprocessed", type=Path, metavar="DIR",
                         help="write one PNG per image or slice, exactly what the model gets")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")

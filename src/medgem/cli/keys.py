@@ -21,7 +21,7 @@ def add_parser(subparsers: Any) -> None:
                      help="user: sees its own audit records; auditor: sees every record")
     actions.add_parser("list", help="list keys (names and dates, never the keys)")
     revoke = actions.add_parser("revoke", help="revoke a key by name (takes effect at once)")
-    revoke.add_argument("name")
+    revoke.add_argument("name", help="the key's name as `medgem keys list` shows it")
     parser.set_defaults(func=run)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import ctypes
 import hashlib
+import logging
 import os
 import threading
 import time
@@ -60,6 +61,8 @@ from medgem.errors import (
 )
 from medgem.request import GenerationOptions, Request
 from medgem.resolve import Checkpoint
+
+stages = logging.getLogger("medgem.progress")  # a terminal's stage line shows these
 
 DEFAULT_N_CTX = 8192
 
@@ -408,6 +411,10 @@ class LlamaCppEngine:
         """Evaluate the next text chunk (up to n_batch tokens) or image of a prompt."""
         units = sequence.prompt.units
         first = sequence.next_unit
+        if stages.isEnabledFor(logging.DEBUG):
+            images = [i for i, unit in enumerate(units) if not isinstance(unit.key, int)]
+            stages.debug(f"encoding image {images.index(first) + 1}/{len(images)}" if first in images
+                         else f"reading the prompt ({len(units) - len(images)} tokens)")
         try:
             if isinstance(units[first].key, int):
                 last = first

@@ -69,11 +69,30 @@ def summary_json(manifest: dict[str, Any], summary: Summary) -> dict[str, Any]:
     }
 
 
+def model_label(manifest: dict[str, Any]) -> str:
+    """The demo/test-model label the run's answers carried ("" for a real model)."""
+    from dataclasses import fields
+
+    from medgem.answer import label_for
+    from medgem.engines.base import ModelInfo
+
+    model = manifest.get("model") or {}
+    if not model.get("demo"):
+        return ""
+    known = {f.name for f in fields(ModelInfo)}
+    return label_for(ModelInfo(**{k: v for k, v in model.items() if k in known}))
+
+
 def _card_lines(manifest: dict[str, Any], summary: Summary) -> list[str]:
     card = summary.card
     if card is None:
-        return [f"- Model card: no published number for variant `{manifest.get('variant')}` on "
-                f"benchmark `{manifest.get('benchmark')}`."]
+        variant = manifest.get("variant")
+        benchmark = manifest.get("benchmark")
+        if variant is None:
+            return ["- Model card: none to compare with (this model is not a MedGemma variant; "
+                    "--variant names one for a fine-tune)."]
+        on = f" on benchmark `{benchmark}`" if benchmark else " on this data"
+        return [f"- Model card: no published number for variant `{variant}`{on}."]
     head = f"- Model card ({card.variant}, {card.benchmark}): {card.value:.1f} ({card.metric})"
     if card.note:
         head += f", {card.note}"
@@ -104,17 +123,22 @@ def markdown(manifest: dict[str, Any], summary: Summary) -> str:
         *_card_lines(manifest, summary),
         "",
         "## Run",
-        f"- Model: `{model.get('id')}` revision `{model.get('revision')}`, engine `{model.get('engine')}`, "
-        f"dtype `{model.get('dtype')}`, quantization `{model.get('quantization')}`",
+        f"- Model: `{model.get('id')}`"
+        + (f" revision `{model['revision']}`" if model.get("revision") else "")
+        + f", engine `{model.get('engine')}`, dtype `{model.get('dtype')}`, "
+        + (f"quantization `{model['quantization']}`" if model.get("quantization")
+           else "unquantized"),
         f"- Data: `{manifest.get('data')}` (fingerprint `{manifest.get('data_fingerprint')}`, "
-        f"{manifest.get('dataset_items')} items, limit {manifest.get('limit')}, seed {manifest.get('seed')})",
+        f"{manifest.get('dataset_items')} items, limit {manifest.get('limit') or 'none'}, "
+        f"seed {manifest.get('seed') if manifest.get('seed') is not None else 'none'})",
         f"- Settings: temperature {settings.get('temperature')}, think {settings.get('think')}, "
         f"max_new_tokens {settings.get('max_new_tokens') or 'default'}",
     ]
     if settings.get("think_note"):
         lines.append(f"- Note: {settings['think_note']}")
     if model.get("demo"):
-        lines.append("- **Demo/test model: these numbers say nothing about MedGemma.**")
+        lines.append("- **Demo/test model: these numbers say nothing about MedGemma.** "
+                     f"({model_label(manifest)})")
     lines += ["", "## Metrics", "", "| metric | value | 95% CI |", "|---|---:|---|"]
     for name, value in summary.metrics.items():
         lines.append(f"| {name} | {percent(name, value.value):.1f} | "
@@ -155,8 +179,19 @@ def chart(manifest: dict[str, Any], summary: Summary, path: Path) -> None:
     axes.set_ylim(0, 100 if p not in HUNDRED_SCALE else max([*values, 1.0]) * 1.2)
     axes.set_title(f"{manifest['task']}: {manifest.get('model', {}).get('id', '')}", fontsize=9)
     axes.tick_params(axis="x", labelrotation=30, labelsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    label = model_label(manifest)
+    if label:  # the chart travels into slides without report.md: it says what it is itself
+        import textwrap
+
+        lines = textwrap.wrap(f"{label} These numbers say nothing about MedGemma.",
+                              int(figure.get_figwidth() * 12))
+        figure.set_figheight(figure.get_figheight() + 0.22 * len(lines))
+        figure.text(0.5, 0.01, "\n".join(lines), ha="center", va="bottom", fontsize=7,
+                    color="#c53030", weight="bold")
+        figure.tight_layout(rect=(0, 0.05 * len(lines), 1, 1))
+    else:
+        figure.tight_layout()
+    figure.savefig(path, dpi=100, metadata={"Description": label or "medgem eval report"})
     pyplot.close(figure)
 
 

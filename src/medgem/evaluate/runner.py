@@ -134,6 +134,11 @@ def choose_think(mg: MedGemma, task: Task, wanted: str) -> tuple[bool, str]:
     """
     if wanted == "off" or (wanted == "auto" and not task.think):
         return False, ""
+    if wanted == "auto" and mg.variant is None:
+        # "auto" is the official prompt of thinking variants: a model not known as one (the
+        # demo model, a fine-tune without --variant) gets the prompt without the instruction.
+        return False, ("thinking not used: this model is not a MedGemma thinking variant "
+                       "(--think on sends the instruction anyway)")
     if not mg.can_think:
         who = f"medgemma-{mg.variant.key}" if mg.variant else "this model"
         return False, f"thinking not used: {who} does not support thinking mode"

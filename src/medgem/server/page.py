@@ -79,7 +79,7 @@ class PageHandlers:
         s = self.serving
         model = s.model
         options = body.generation_options()
-        loaded = _load(body.image) if body.image is not None else LoadedImages()
+        loaded = _load(body.image, body.name) if body.image is not None else LoadedImages()
         alone = loaded.volume_modality is not None or loaded.layout is not None
         if not alone and len(loaded.images) > s.config.max_images:
             raise ImageInputError(f"{len(loaded.images)} images sent, the limit is {s.config.max_images}")
@@ -92,7 +92,7 @@ class PageHandlers:
         try:
             s.authenticate(http)
             body = await s.read_body(http, p.PreviewRequest)
-            result = await asyncio.to_thread(_preview, body.image)
+            result = await asyncio.to_thread(_preview, body.image, body.name)
         except MedgemError as exc:
             s.metrics.count_request("/api/preview", exc.status)
             return error_response(exc)
@@ -134,18 +134,21 @@ class PageHandlers:
         return JSONResponse(record.to_dict() | {"reviews": [r.to_dict() for r in reviews]})
 
 
-def _load(url: str) -> LoadedImages:
+def _load(url: str, name: str | None = None) -> LoadedImages:
+    """The upload's images; messages name the file as the user knows it (``name``)."""
     data, mime = decode_data_url(url)
+    shown = name or "the upload"
     if mime and not (mime.startswith("image/") or mime in _UPLOAD_TYPES):
-        raise ImageInputError(f"file type '{mime}' is not supported", "attach a PNG, JPEG, DICOM or a zipped DICOM series")
-    loaded = images_from_bytes(data, mime)
+        raise ImageInputError(f"{shown} is a '{mime}' file: that type is not supported",
+                              "attach a PNG, JPEG, DICOM or a zipped DICOM series")
+    loaded = images_from_bytes(data, mime, name=name or "upload")
     if not loaded.images:
-        raise ImageInputError("the upload holds no image", "attach a PNG, JPEG, DICOM or a zipped DICOM series")
+        raise ImageInputError(f"{shown} holds no image", "attach a PNG, JPEG, DICOM or a zipped DICOM series")
     return loaded
 
 
-def _preview(url: str) -> dict[str, Any]:
-    loaded = _load(url)
+def _preview(url: str, name: str | None = None) -> dict[str, Any]:
+    loaded = _load(url, name)
     count = len(loaded.images)
     step = max(1, count / PREVIEW_MAX)
     picked = sorted({min(count - 1, int(i * step + step / 2)) for i in range(min(count, PREVIEW_MAX))}) if count > 1 else [0]

@@ -219,6 +219,7 @@ class AskRequest(_Strict):
 
     question: str = Field(min_length=1, max_length=20000)
     image: str | None = None  # a data URL
+    name: str | None = Field(default=None, max_length=255)  # the upload's file name, for messages
     think: bool = False
     max_tokens: int | None = Field(default=None, ge=1)
     system: str | None = Field(default=None, max_length=20000)
@@ -237,6 +238,7 @@ class PreviewRequest(_Strict):
     """``POST /api/preview``: the images the model would see for an upload."""
 
     image: str
+    name: str | None = Field(default=None, max_length=255)  # the upload's file name, for messages
 
 
 class PreviewImage(BaseModel):

@@ -12,6 +12,7 @@ the llama.cpp engine and check the tokenizer and one generation step.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
@@ -24,6 +25,8 @@ from typing import Any
 
 from medgem.engines.gguf.write import PlannedTensor, gguf_target, read_tokenizer, write_gguf
 from medgem.errors import ConversionError, InputError, NotACheckpointError, require
+
+stages = logging.getLogger("medgem.progress")  # a terminal's stage line shows these
 
 # quant name -> llama_ftype for llama.cpp's quantizer; None = written directly.
 QUANTS: dict[str, int | None] = {"f16": None, "q8_0": 7, "q4_k_m": 15}
@@ -73,6 +76,7 @@ def convert_checkpoint(spec: str | os.PathLike[str], quant: str = "q4_k_m", out:
         raise InputError(f"'{checkpoint.path.name}' is already a GGUF file",
                          "convert takes a Hugging Face checkpoint folder or id")
     folder = checkpoint.path
+    stages.debug(f"reading {folder.name}")
     out = out or Path.cwd() / f"{checkpoint.model_id.replace('/', '--')}-gguf-{quant}"
     out.mkdir(parents=True, exist_ok=True)
     config = _config(folder)
@@ -91,6 +95,8 @@ def convert_checkpoint(spec: str | os.PathLike[str], quant: str = "q4_k_m", out:
         mmproj_path = out / "mmproj.gguf"
         write_gguf(mmproj_path, "clip", lambda w: _vision_metadata(w, folder, config),
                    vision_plan, _tensor_bar(progress, mmproj_path.name, len(vision_plan)))
+    if verify:
+        stages.debug("checking the result: the tokenizer and one step on llama.cpp")
     check = verify_conversion(folder, model_path, mmproj_path) if verify else "not checked"
     return ConversionResult(
         model=model_path, mmproj=mmproj_path, quant=quant,

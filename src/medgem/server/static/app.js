@@ -58,7 +58,9 @@ function mimeFor(file) {
   const name = file.name.toLowerCase();
   if (name.endsWith(".dcm") || name.endsWith(".dicom")) return "application/dicom";
   if (name.endsWith(".zip")) return "application/zip";
-  return file.type || "application/dicom";
+  // Anything else keeps the browser's type, or none: the server reads the content (and says
+  // what the file is not), the file's own name going with it.
+  return file.type || "application/octet-stream";
 }
 
 function readAsDataUrl(file) {
@@ -75,14 +77,20 @@ function readAsDataUrl(file) {
 }
 
 async function attach(file) {
-  showError("");
+  resetAnswer();  // an answer about the previous file does not belong beside this one
+  setStatus("", "");
   state.upload = await readAsDataUrl(file);
   state.uploadName = file.name;
   $("file-name").textContent = file.name + " (" + Math.round(file.size / 1024) + " KB)";
   $("file-line").hidden = false;
   $("preview").hidden = true;
-  const response = await fetch("/api/preview", { method: "POST", headers: headers(), body: JSON.stringify({ image: state.upload }) });
-  if (!response.ok) { showError("Could not read the file: " + await errorMessage(response)); return; }
+  const response = await fetch("/api/preview", { method: "POST", headers: headers(), body: JSON.stringify({ image: state.upload, name: state.uploadName }) });
+  if (!response.ok) {
+    const message = await errorMessage(response);
+    clearFile();  // not sent with the next question
+    showError(message.includes(file.name) ? message : "Could not read " + file.name + ": " + message);
+    return;
+  }
   const preview = await response.json();
   const box = $("preview-images");
   box.replaceChildren();
@@ -103,6 +111,7 @@ async function attach(file) {
 
 function clearFile() {
   state.upload = null;
+  state.uploadName = "";
   $("file").value = "";
   $("file-line").hidden = true;
   $("preview").hidden = true;
@@ -154,7 +163,7 @@ async function ask() {
   $("stop").disabled = false;
   state.controller = new AbortController();
   const body = { question, think: $("think").checked };
-  if (state.upload) body.image = state.upload;
+  if (state.upload) { body.image = state.upload; body.name = state.uploadName; }
   const budget = parseInt($("max-tokens").value, 10);
   if (budget > 0) body.max_tokens = budget;
   let final = null, usage = null;

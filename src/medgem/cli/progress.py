@@ -1,0 +1,144 @@
+"""What a person waits for, shown while they wait: one stage line on stderr with the time spent.
+
+``with Waiting("loading 4b-it"):`` draws ``⠋ loading 4b-it … 3 s`` and rubs it out when the
+block ends; :func:`until_first` does the same while a stream has not yielded yet (the prompt
+and images are being read). Engines name finer stages ("encoding image 1/2") by logging at
+DEBUG to the ``medgem.progress`` logger, the one seam they share with no surface in
+particular; a Waiting line shows the latest. Nothing is drawn unless the stream is a terminal,
+so pipes, files and tests that read stderr see none of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from types import TracebackType
+from typing import TextIO, TypeVar
+
+#: Engines log their stages here at DEBUG ("encoding image 1/2", "reading the prompt").
+STAGES = logging.getLogger("medgem.progress")
+FRAMES = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+T = TypeVar("T")
+_END = object()
+
+
+class Waiting:
+    """A stage line with a spinner and the elapsed seconds, redrawn on a terminal until closed.
+
+    Args:
+        label: what is happening ("loading medgem-demo-gemma3-270m").
+        stream: where to draw (default stderr); nothing is drawn unless it is a terminal.
+        interval: seconds between redraws.
+    """
+
+    def __init__(self, label: str, stream: TextIO | None = None, *, interval: float = 0.1) -> None:
+        self.label = label
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = _is_terminal(self.stream)
+        self.interval = interval
+        self._started = time.monotonic()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._frame = 0
+        self._drawn = False
+        self._thread: threading.Thread | None = None
+        self._saved = (logging.NOTSET, True)
+        self._handler = _StageHandler(self)
+
+    def __enter__(self) -> Waiting:
+        self.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self.close()
+
+    def start(self) -> None:
+        if not self.enabled or self._thread is not None:
+            return
+        self._started = time.monotonic()
+        self._saved = (STAGES.level, STAGES.propagate)
+        STAGES.addHandler(self._handler)
+        STAGES.setLevel(logging.DEBUG)
+        STAGES.propagate = False  # stages are for this line, not for anyone's log file
+        self._draw()
+        self._thread = threading.Thread(target=self._spin, name="medgem-progress", daemon=True)
+        self._thread.start()
+
+    def stage(self, label: str) -> None:
+        """Show a new stage now (the time keeps counting from the start)."""
+        self.label = label
+        self._draw()
+
+    def close(self) -> None:
+        """Stop and rub the line out; safe to call twice."""
+        if self._thread is None:
+            return
+        STAGES.removeHandler(self._handler)
+        STAGES.setLevel(self._saved[0])
+        STAGES.propagate = self._saved[1]
+        self._stop.set()
+        self._thread.join()
+        self._thread = None
+        with self._lock:
+            if self._drawn:
+                self.stream.write("\r\x1b[K")
+                self.stream.flush()
+                self._drawn = False
+
+    def _spin(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._draw()
+
+    def _draw(self) -> None:
+        if not self.enabled or self._stop.is_set() or _bars_running():
+            return
+        with self._lock:
+            elapsed = time.monotonic() - self._started
+            frame = FRAMES[self._frame % len(FRAMES)]
+            self._frame += 1
+            self.stream.write(f"\r\x1b[K{frame} {self.label} … {elapsed:.0f} s")
+            self.stream.flush()
+            self._drawn = True
+
+
+def until_first(items: Iterator[T], label: str, stream: TextIO | None = None) -> Iterator[T]:
+    """Yield ``items`` unchanged, with a :class:`Waiting` line until the first one arrives."""
+    waiting = Waiting(label, stream)
+    waiting.start()
+    try:
+        first = next(items, _END)
+    finally:
+        waiting.close()
+    if first is _END:
+        return
+    yield first  # type: ignore[misc]
+    yield from items
+
+
+class _StageHandler(logging.Handler):
+    def __init__(self, waiting: Waiting) -> None:
+        super().__init__(logging.DEBUG)
+        self.waiting = waiting
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.waiting.stage(record.getMessage())
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a closed or fake stream
+        return False
+
+
+def _bars_running() -> bool:
+    """A tqdm bar (a download, transformers' shard loading) has the line: let it draw."""
+    tqdm_module = sys.modules.get("tqdm")
+    if tqdm_module is None:
+        return False
+    instances = list(getattr(tqdm_module.tqdm, "_instances", None) or ())
+    return any(not getattr(bar, "disable", False) for bar in instances)
