@@ -7,10 +7,11 @@ both paths stream, count tokens exactly and stop when the caller cancels.
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 from medgem.engines import EngineOptions
@@ -18,6 +19,7 @@ from medgem.engines.base import (
     Capabilities,
     EngineEvent,
     Finished,
+    FinishReason,
     ModelInfo,
     Prepared,
     TextDelta,
@@ -28,10 +30,10 @@ from medgem.engines.base import (
 from medgem.errors import (
     EngineUnavailableError,
     InputError,
-    MissingDependencyError,
     NotACheckpointError,
+    require,
 )
-from medgem.request import ImagePart, Request, TextPart
+from medgem.request import Request, TextPart
 from medgem.request.compose import shipped_chat_template
 from medgem.resolve import Checkpoint
 
@@ -55,11 +57,8 @@ class HFEngine:
                 f"'{checkpoint.path.name}' is a GGUF file; transformers needs a checkpoint folder",
                 "use --engine llamacpp for GGUF files",
             )
-        try:
-            import torch
-            import transformers
-        except ImportError as exc:
-            raise MissingDependencyError("transformers", "hf", "the transformers engine") from exc
+        torch: Any = require("torch", "hf", "the transformers engine")
+        transformers: Any = require("transformers", "hf", "the transformers engine")
         self.name = "hf" if mode == "direct" else "hf-pipeline"
         self.mode: Mode = mode
         self.checkpoint = checkpoint
@@ -139,7 +138,6 @@ class HFEngine:
         self.capabilities = Capabilities(
             images=self.multimodal,
             thinking=checkpoint.variant.thinking if checkpoint.variant else True,
-            streaming=True,
             batching="static" if self.mode == "direct" else None,
             chat=checkpoint.instruction_tuned,
         )
@@ -147,39 +145,25 @@ class HFEngine:
     # --- prompt rendering ----------------------------------------------------------------------
 
     def _hf_messages(self, request: Request) -> list[dict[str, Any]]:
-        messages = []
-        for message in request.messages:
-            content: list[dict[str, Any]] = []
-            for part in message.parts:
-                if isinstance(part, TextPart):
-                    content.append({"type": "text", "text": part.text})
-                else:
-                    content.append({"type": "image", "image": part.image})
-            messages.append({"role": message.role, "content": content})
-        return messages
+        return [{"role": message.role, "content": [
+            {"type": "text", "text": part.text} if isinstance(part, TextPart)
+            else {"type": "image", "image": part.image} for part in message.parts
+        ]} for message in request.messages]
 
     def _completion_text(self, request: Request) -> tuple[str, list[Any]]:
-        text = "".join(p.text for p in request.messages[-1].parts if isinstance(p, TextPart))
-        images = [p.image for p in request.messages[-1].parts if isinstance(p, ImagePart)]
-        return self.tokenizer.bos_token + text, images
+        last = request.messages[-1]
+        return self.tokenizer.bos_token + last.text, [part.image for part in last.images]
 
     def encode(self, request: Request) -> Any:
         """Tokenize (and preprocess images for) a request: a BatchFeature on the model's device."""
+        # self.processor is the tokenizer itself for text-only checkpoints.
         if request.template == "completion":
             text, images = self._completion_text(request)
-            if self.multimodal:
-                inputs = self.processor(
-                    text=text, images=images or None, return_tensors="pt", add_special_tokens=False
-                )
-            else:
-                inputs = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
-        elif self.multimodal:
-            inputs = self.processor.apply_chat_template(
-                self._hf_messages(request), add_generation_prompt=True, tokenize=True,
-                return_dict=True, return_tensors="pt",
-            )
+            image_kwargs = {"images": images or None} if self.multimodal else {}
+            inputs = self.processor(text=text, return_tensors="pt", add_special_tokens=False,
+                                    **image_kwargs)
         else:
-            inputs = self.tokenizer.apply_chat_template(
+            inputs = self.processor.apply_chat_template(
                 self._hf_messages(request), add_generation_prompt=True, tokenize=True,
                 return_dict=True, return_tensors="pt",
             )
@@ -205,7 +189,6 @@ class HFEngine:
         count = int(inputs["input_ids"].shape[-1])
         return Prepared(request, count, inputs if self.mode == "direct" else None)
 
-
     # --- generation ----------------------------------------------------------------------------
 
     def _generate_kwargs(self, request: Request, streamer: _TokenStreamer) -> dict[str, Any]:
@@ -219,14 +202,9 @@ class HFEngine:
             # Rows end at their own end of turn, budget or cancel; the others go on.
             "stopping_criteria": transformers.StoppingCriteriaList([streamer.rows_done]),
         }
-        if not options.greedy:
-            kwargs["temperature"] = options.temperature
-            kwargs["top_p"] = options.top_p
-        else:
-            # Greedy: neutralise sampling defaults from generation_config.json.
-            kwargs["top_p"] = None
-            kwargs["top_k"] = None
-        return kwargs
+        if options.greedy:  # neutralise sampling defaults from generation_config.json
+            return kwargs | {"top_p": None, "top_k": None}
+        return kwargs | {"temperature": options.temperature, "top_p": options.top_p}
 
     def generate(self, request: Request | Prepared,
                  cancel: threading.Event | None = None) -> Iterator[EngineEvent]:
@@ -252,14 +230,11 @@ class HFEngine:
             def work() -> None:
                 with self._torch.inference_mode():
                     self.model.generate(**inputs, **kwargs)
+        elif len(items) > 1:
+            raise InputError("the pipeline path runs one request at a time",
+                             "use --engine hf for --parallel")
         else:
-            if len(items) > 1:
-                raise InputError("the pipeline path runs one request at a time",
-                                 "use --engine hf for --parallel")
-
-            def work() -> None:
-                self._run_pipeline(first, kwargs)
-
+            work = functools.partial(self._run_pipeline, first, kwargs)
         yield from self._stream(work, streamer, items, started)
 
     def _pad_left(self, states: list[Any]) -> dict[str, Any]:
@@ -290,25 +265,20 @@ class HFEngine:
         return {i for i in ids if i is not None}
 
     def _run_pipeline(self, request: Request, kwargs: dict[str, Any]) -> None:
-        max_new = kwargs.pop("max_new_tokens")
+        call = {"max_new_tokens": kwargs.pop("max_new_tokens"), "return_full_text": False}
+        prompt: Any
         if request.template == "completion":
-            text, images = self._completion_text(request)
-            if self.multimodal:
-                self._pipeline(images=images or None, text=text, max_new_tokens=max_new,
-                               return_full_text=False, generate_kwargs=kwargs,
-                               processor_kwargs={"add_special_tokens": False})
-            else:
-                self._pipeline(text, max_new_tokens=max_new, return_full_text=False,
-                               add_special_tokens=False, **kwargs)
-            return
-        messages = self._hf_messages(request)
-        if self.multimodal:
-            self._pipeline(text=messages, max_new_tokens=max_new, return_full_text=False,
-                           generate_kwargs=kwargs)
+            prompt, images = self._completion_text(request)
+            call |= ({"images": images or None, "processor_kwargs": {"add_special_tokens": False}}
+                     if self.multimodal else {"add_special_tokens": False})
         else:
-            self._pipeline(messages, max_new_tokens=max_new, return_full_text=False, **kwargs)
+            prompt = self._hf_messages(request)
+        if self.multimodal:  # image-text-to-text takes generate's options apart
+            self._pipeline(text=prompt, generate_kwargs=kwargs, **call)
+        else:
+            self._pipeline(prompt, **call, **kwargs)
 
-    def _stream(self, work: Any, streamer: _TokenStreamer, items: list[Prepared],
+    def _stream(self, work: Callable[[], None], streamer: _TokenStreamer, items: list[Prepared],
                 started: float) -> Iterator[tuple[int, EngineEvent]]:
         errors: list[BaseException] = []
 
@@ -345,7 +315,7 @@ class HFEngine:
                   total: float) -> Finished:
         tokens = streamer.tokens[row]
         if streamer.cancels[row].is_set():
-            reason: Literal["stop", "length", "cancelled"] = "cancelled"
+            reason: FinishReason = "cancelled"
         elif tokens and tokens[-1] in streamer.end_ids:
             reason = "stop"
         else:
@@ -468,10 +438,7 @@ def _quantization(quantize: str | None, device: str) -> Any:
             "on a CPU, convert to GGUF instead: medgem convert CHECKPOINT --quant q4_k_m, then "
             "run the .gguf (engine llamacpp)",
         )
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError as exc:
-        raise MissingDependencyError("bitsandbytes", "cuda", f"--quantize {quantize}") from exc
+    require("bitsandbytes", "cuda", f"--quantize {quantize}")
     import torch
     import transformers
 

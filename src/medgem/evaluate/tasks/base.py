@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from medgem.errors import DatasetError
 from medgem.evaluate.datasets import Record, row_error
 from medgem.evaluate.metrics import Interval, bootstrap_interval, wilson_interval
 
@@ -77,6 +78,21 @@ class LoadedData:
     skipped: dict[str, int] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        """Refuse duplicate item ids: results are keyed by id, duplicates would be counted once.
+
+        Raises:
+            DatasetError: naming both rows.
+        """
+        seen: dict[str, EvalItem] = {}
+        for item in self.items:
+            first = seen.setdefault(item.id, item)
+            if first is not item:
+                raise DatasetError(
+                    f"{item.source} row {item.row}: id '{item.id}' already used at row {first.row}",
+                    "give every row a unique id",
+                )
+
 
 @dataclass(frozen=True)
 class TaskOptions:
@@ -118,6 +134,16 @@ class Task(Protocol):
         ...
 
 
+class TaskBase:
+    """What most tasks share: accuracy as the headline metric, and no thinking."""
+
+    primary_metric = "accuracy"
+    think = False
+
+    def metrics(self, items: Sequence[EvalItem], scored: Sequence[Scored]) -> dict[str, Interval]:
+        return {"accuracy": proportion([s.correct for s in scored])}
+
+
 # --- helpers shared by task modules ------------------------------------------------------------
 
 
@@ -145,21 +171,6 @@ def item_id(record: Record, *names: str) -> str:
     """The dataset's own id for a row, else "row-N" (N counted across files)."""
     value = field_value(record, *names, required=False) if names else None
     return str(value) if value is not None else f"{record.source.stem}-row-{record.row}"
-
-
-def check_unique(items: Sequence[EvalItem]) -> None:
-    """Refuse duplicate item ids: results are keyed by id, duplicates would be counted once."""
-    from medgem.errors import DatasetError
-
-    seen: dict[str, EvalItem] = {}
-    for item in items:
-        first = seen.get(item.id)
-        if first is not None:
-            raise DatasetError(
-                f"{item.source} row {item.row}: id '{item.id}' already used at row {first.row}",
-                "give every row a unique id",
-            )
-        seen[item.id] = item
 
 
 def most_common(values: Sequence[str | None]) -> str | None:

@@ -48,13 +48,12 @@ def _label(value: Any, record: Record, finding: str, policy: str) -> bool | None
     raise row_error(record, f"{finding} is {text!r}, expected 1, 0, -1 or blank")
 
 
-class ChestXrayLabelsTask:
+class ChestXrayLabelsTask(base.TaskBase):
     """Macro F1 over the five findings (Atelectasis, Cardiomegaly, Consolidation, Edema, Effusion)."""
 
     name = "cxr-labels"
     description = "chest X-ray findings vs CheXpert/MIMIC-CXR labels: macro F1 over 5 findings"
     primary_metric = "macro_f1"
-    think = False
 
     def load(self, records: Sequence[Record], options: base.TaskOptions) -> base.LoadedData:
         if options.uncertain not in POLICIES:
@@ -80,7 +79,6 @@ class ChestXrayLabelsTask:
                 base.item_id(record, "id", "study_id", "path"), str(record.source), record.row,
                 QUESTION, labels, category, images=(image,), system=RADIOLOGIST_SYSTEM,
             ))
-        base.check_unique(items)
         benchmark = "mimic-cxr" if {"subject_id", "study_id"} <= columns else "chexpert"
         return base.LoadedData(items, benchmark, notes={"uncertain_labels": options.uncertain})
 

@@ -13,7 +13,6 @@ from typing import Any
 
 from medgem.evaluate.datasets import Record, row_error
 from medgem.evaluate.extract import extract_choice
-from medgem.evaluate.metrics import Interval
 from medgem.evaluate.tasks import base
 
 LETTERS = string.ascii_uppercase
@@ -113,12 +112,11 @@ def _cop_base(records: Sequence[Record]) -> int:
     return 0 if "0" in values else 1
 
 
-class MultipleChoiceTask:
+class MultipleChoiceTask(base.TaskBase):
     """Accuracy on single-answer multiple-choice questions."""
 
     name = "mcq"
     description = "multiple-choice QA (MedQA, MedMCQA, MMLU medical, AfriMed-QA): accuracy"
-    primary_metric = "accuracy"
     think = True
 
     def load(self, records: Sequence[Record], options: base.TaskOptions) -> base.LoadedData:
@@ -133,7 +131,6 @@ class MultipleChoiceTask:
                 skipped += 1
             else:
                 items.append(item)
-        base.check_unique(items)
         notes = {"medmcqa_cop_base": str(cop_base)} if "medmcqa" in found else {}
         return base.LoadedData(items, base.most_common(found),
                                {"not a multiple-choice row": skipped} if skipped else {}, notes)
@@ -142,9 +139,6 @@ class MultipleChoiceTask:
         letter = extract_choice(reply, item.options)
         correct = letter == item.reference
         return base.Scored(letter, letter is not None, correct, float(correct))
-
-    def metrics(self, items: Sequence[base.EvalItem], scored: Sequence[base.Scored]) -> dict[str, Interval]:
-        return {"accuracy": base.proportion([s.correct for s in scored])}
 
 
 TASK = MultipleChoiceTask()
