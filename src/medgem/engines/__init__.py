@@ -108,6 +108,4 @@ def load_engine(name: str, checkpoint: Checkpoint | str, options: EngineOptions)
 
 def choose_engine(checkpoint: Checkpoint) -> str:
     """The auto choice: GGUF -> llama.cpp; HF checkpoints -> transformers' direct path."""
-    if checkpoint.format == "gguf" and "llamacpp" in ENGINES:
-        return "llamacpp"
-    return "hf"
+    return "llamacpp" if checkpoint.format == "gguf" else "hf"

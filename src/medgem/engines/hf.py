@@ -14,25 +14,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
-from medgem.engines import EngineOptions
-from medgem.engines.base import (
-    Capabilities,
-    EngineEvent,
-    Finished,
-    FinishReason,
-    ModelInfo,
-    Prepared,
-    TextDelta,
-    Timings,
-    Usage,
-    as_prepared,
-)
-from medgem.errors import (
-    EngineUnavailableError,
-    InputError,
-    NotACheckpointError,
-    require,
-)
+from medgem.engines import EngineOptions, base
+from medgem.errors import EngineUnavailableError, InputError, NotACheckpointError, require
 from medgem.request import Request, TextPart
 from medgem.request.compose import shipped_chat_template
 from medgem.resolve import Checkpoint
@@ -122,7 +105,7 @@ class HFEngine:
         config = self.model.config
         text_config = getattr(config, "text_config", config)
         merged = getattr(config, "medgem_adapter", None) or {}  # written by `medgem tune --merge`
-        self.info = ModelInfo(
+        self.info = base.ModelInfo(
             id=checkpoint.model_id,
             revision=checkpoint.revision,
             variant=checkpoint.variant.key if checkpoint.variant else None,
@@ -135,7 +118,7 @@ class HFEngine:
             adapter=self.adapter.name if self.adapter else merged.get("name"),
             adapter_sha256=self.adapter.sha256 if self.adapter else merged.get("sha256"),
         )
-        self.capabilities = Capabilities(
+        self.capabilities = base.Capabilities(
             images=self.multimodal,
             thinking=checkpoint.variant.thinking if checkpoint.variant else True,
             batching="static" if self.mode == "direct" else None,
@@ -182,12 +165,12 @@ class HFEngine:
                     return parameter.dtype
         return self.dtype
 
-    def prepare(self, request: Request) -> Prepared:
+    def prepare(self, request: Request) -> base.Prepared:
         """Encode once. The direct path keeps the tensors for generate; the pipeline path
         keeps only the count (the pipeline API takes the messages and encodes them itself)."""
         inputs = self.encode(request)
         count = int(inputs["input_ids"].shape[-1])
-        return Prepared(request, count, inputs if self.mode == "direct" else None)
+        return base.Prepared(request, count, inputs if self.mode == "direct" else None)
 
     # --- generation ----------------------------------------------------------------------------
 
@@ -206,15 +189,15 @@ class HFEngine:
             return kwargs | {"top_p": None, "top_k": None}
         return kwargs | {"temperature": options.temperature, "top_p": options.top_p}
 
-    def generate(self, request: Request | Prepared,
-                 cancel: threading.Event | None = None) -> Iterator[EngineEvent]:
-        prepared = as_prepared(self, request)
+    def generate(self, request: Request | base.Prepared,
+                 cancel: threading.Event | None = None) -> Iterator[base.EngineEvent]:
+        prepared = base.as_prepared(self, request)
         # Always watched: a caller that stops reading must free the engine, not let it run on.
         for _, event in self.generate_batch([prepared], [cancel or threading.Event()]):
             yield event
 
-    def generate_batch(self, items: list[Prepared],
-                       cancels: list[threading.Event]) -> Iterator[tuple[int, EngineEvent]]:
+    def generate_batch(self, items: list[base.Prepared],
+                       cancels: list[threading.Event]) -> Iterator[tuple[int, base.EngineEvent]]:
         """Requests that sample alike as one left-padded ``generate`` (direct path), each row
         with its own budget, end of turn and cancel: (row, event) pairs, rows interleaved."""
         started = time.perf_counter()
@@ -278,8 +261,8 @@ class HFEngine:
         else:
             self._pipeline(prompt, **call, **kwargs)
 
-    def _stream(self, work: Callable[[], None], streamer: _TokenStreamer, items: list[Prepared],
-                started: float) -> Iterator[tuple[int, EngineEvent]]:
+    def _stream(self, work: Callable[[], None], streamer: _TokenStreamer,
+                items: list[base.Prepared], started: float) -> Iterator[tuple[int, base.EngineEvent]]:
         errors: list[BaseException] = []
 
         def run() -> None:
@@ -302,7 +285,7 @@ class HFEngine:
                     continue
                 first.setdefault(row, time.perf_counter() - started)
                 if text:
-                    yield row, TextDelta(text)
+                    yield row, base.TextDelta(text)
         finally:
             if thread.is_alive():
                 for cancel in streamer.cancels:
@@ -311,17 +294,17 @@ class HFEngine:
         if errors:
             raise errors[0]
 
-    def _finished(self, streamer: _TokenStreamer, row: int, item: Prepared, first: float,
-                  total: float) -> Finished:
+    def _finished(self, streamer: _TokenStreamer, row: int, item: base.Prepared, first: float,
+                  total: float) -> base.Finished:
         tokens = streamer.tokens[row]
         if streamer.cancels[row].is_set():
-            reason: FinishReason = "cancelled"
+            reason: base.FinishReason = "cancelled"
         elif tokens and tokens[-1] in streamer.end_ids:
             reason = "stop"
         else:
             reason = "length" if len(tokens) >= item.request.options.budget else "stop"
-        return Finished(reason, Usage(item.prompt_tokens, len(tokens)),
-                        Timings(first, total, len(tokens)))
+        return base.Finished(reason, base.Usage(item.prompt_tokens, len(tokens)),
+                             base.Timings(first, total, len(tokens)))
 
     def close(self) -> None:
         self._pipeline = None

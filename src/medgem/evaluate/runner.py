@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from medgem.errors import DatasetError, InputError, MedgemError
 from medgem.evaluate.datasets import read_records
-from medgem.evaluate.results import MANIFEST_FILE, RESULTS_FILE, ResultLog
+from medgem.evaluate.results import MANIFEST_FILE, RESULTS_FILE, ResultLog, read_results
 from medgem.evaluate.tasks import EvalItem, LoadedData, Task, TaskOptions, get_task
 from medgem.request import GenerationOptions, Request
 
@@ -276,7 +276,7 @@ def run_evaluation(
         manifest["resumed"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     _write_json(manifest_path, manifest)
     log.repair()
-    done = {i for i, r in log.read().items() if r.get("status") == "ok"}
+    done = {i for i, r in read_results(log.path).items() if r.get("status") == "ok"}
     todo = [item for item in prepared.items if item.id not in done]
     failed = 0
     bar = _progress_bar(len(prepared.items), len(prepared.items) - len(todo),
