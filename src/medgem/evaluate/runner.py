@@ -260,6 +260,8 @@ def run_evaluation(
         InputError: results already in ``folder`` without ``resume``, or a resume whose data,
             model or settings differ.
     """
+    from tqdm import tqdm
+
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     log = ResultLog(out / RESULTS_FILE)
@@ -279,8 +281,9 @@ def run_evaluation(
     done = {i for i, r in read_results(log.path).items() if r.get("status") == "ok"}
     todo = [item for item in prepared.items if item.id not in done]
     failed = 0
-    bar = _progress_bar(len(prepared.items), len(prepared.items) - len(todo),
-                        prepared.task.name, progress)
+    bar = tqdm(total=len(prepared.items), initial=len(prepared.items) - len(todo),
+               desc=f"eval {prepared.task.name}", unit="item", file=sys.stderr,
+               disable=not progress, dynamic_ncols=True)
     try:
         for result in _results(mg, prepared, todo, think):
             log.append(result)
@@ -326,13 +329,6 @@ def _results(mg: MedGemma, prepared: PreparedRun, todo: list[EvalItem], think: b
 def _drain(items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     while items:
         yield items.pop(0)
-
-
-def _progress_bar(total: int, initial: int, name: str, enabled: bool) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, desc=f"eval {name}", unit="item",
-                file=sys.stderr, disable=not enabled, dynamic_ncols=True)
 
 
 def _write_json(path: Path, value: dict[str, Any]) -> None:

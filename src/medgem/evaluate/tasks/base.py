@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from medgem.errors import DatasetError
 from medgem.evaluate.datasets import Record, row_error
@@ -109,13 +109,14 @@ class TaskOptions:
     language: str = "en"
 
 
-class Task(Protocol):
-    """The contract every task module fulfils."""
+class Task:
+    """The contract every task module fulfils; by default accuracy is the headline metric and
+    thinking variants are not asked to think."""
 
     name: str
     description: str
-    primary_metric: str
-    think: bool  # ask thinking variants to think (the official MedQA prompt)
+    primary_metric = "accuracy"
+    think = False  # ask thinking variants to think (the official MedQA prompt)
 
     def load(self, records: Sequence[Record], options: TaskOptions) -> LoadedData:
         """Turn dataset rows into items.
@@ -123,24 +124,14 @@ class Task(Protocol):
         Raises:
             DatasetError: a row lacks a field or holds a bad value (names file and row).
         """
-        ...
+        raise NotImplementedError
 
     def score(self, item: EvalItem, reply: str) -> Scored:
         """Read and score one reply."""
-        ...
+        raise NotImplementedError
 
     def metrics(self, items: Sequence[EvalItem], scored: Sequence[Scored]) -> dict[str, Interval]:
         """The task's metrics (fractions 0-1, or BLEU 0-100) with 95% intervals."""
-        ...
-
-
-class TaskBase:
-    """What most tasks share: accuracy as the headline metric, and no thinking."""
-
-    primary_metric = "accuracy"
-    think = False
-
-    def metrics(self, items: Sequence[EvalItem], scored: Sequence[Scored]) -> dict[str, Interval]:
         return {"accuracy": proportion([s.correct for s in scored])}
 
 

@@ -48,7 +48,7 @@ def _label(value: Any, record: Record, finding: str, policy: str) -> bool | None
     raise row_error(record, f"{finding} is {text!r}, expected 1, 0, -1 or blank")
 
 
-class ChestXrayLabelsTask(base.TaskBase):
+class ChestXrayLabelsTask(base.Task):
     """Macro F1 over the five findings (Atelectasis, Cardiomegaly, Consolidation, Edema, Effusion)."""
 
     name = "cxr-labels"

@@ -112,7 +112,7 @@ def _cop_base(records: Sequence[Record]) -> int:
     return 0 if "0" in values else 1
 
 
-class MultipleChoiceTask(base.TaskBase):
+class MultipleChoiceTask(base.Task):
     """Accuracy on single-answer multiple-choice questions."""
 
     name = "mcq"

@@ -22,7 +22,7 @@ def _contexts(value: Any) -> str:
     return str(value)
 
 
-class PubMedQATask(base.TaskBase):
+class PubMedQATask(base.Task):
     """Yes/no/maybe accuracy; reported per true label."""
 
     name = "pubmedqa"

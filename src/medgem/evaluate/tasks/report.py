@@ -18,7 +18,7 @@ from medgem.request.compose import RADIOLOGIST_SYSTEM
 PROMPT = "Write the findings section of a radiology report for this chest X-ray."
 
 
-class ReportTask(base.TaskBase):
+class ReportTask(base.Task):
     """ROUGE-L (mean over reports, bootstrap interval) and corpus BLEU."""
 
     name = "report"

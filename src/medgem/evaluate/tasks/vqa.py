@@ -19,7 +19,7 @@ def _is_closed(answer: str, answer_type: str | None) -> bool:
     return normalize_text(answer) in YES_NO  # Hub copies drop answer_type
 
 
-class VQATask(base.TaskBase):
+class VQATask(base.Task):
     """Tokenized F1 over all questions (the 4B card's metric), accuracy, closed/open split."""
 
     name = "vqa"
