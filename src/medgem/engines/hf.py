@@ -55,10 +55,8 @@ class HFEngine:
 
             precision = options.quantize or str(self.dtype).removeprefix("torch.")
             check_fits(count_parameters(checkpoint.path), precision, self.device, detect_hardware())
-        if not options.progress:
-            transformers.utils.logging.disable_progress_bar()
-        else:
-            transformers.utils.logging.enable_progress_bar()
+        logging = transformers.utils.logging
+        (logging.enable_progress_bar if options.progress else logging.disable_progress_bar)()
         path = str(checkpoint.path)
         self.multimodal = checkpoint.multimodal
         try:
@@ -80,8 +78,7 @@ class HFEngine:
             self.tokenizer.chat_template = self.processor.chat_template
         load_kwargs: dict[str, Any] = {"dtype": self.dtype}
         if quant_config is not None:
-            load_kwargs["quantization_config"] = quant_config
-            load_kwargs["device_map"] = "auto"
+            load_kwargs |= {"quantization_config": quant_config, "device_map": "auto"}
         elif self.device.startswith("cuda"):
             load_kwargs["device_map"] = self.device
         self.model = model_class.from_pretrained(path, **load_kwargs).eval()
@@ -100,8 +97,7 @@ class HFEngine:
         if mode == "pipeline":
             task = "image-text-to-text" if self.multimodal else "text-generation"
             extra = {"processor": self.processor} if self.multimodal else {"tokenizer": self.tokenizer}
-            build: Any = transformers.pipeline
-            self._pipeline = build(task, model=self.model, **extra)
+            self._pipeline = transformers.pipeline(task, model=self.model, **extra)
         config = self.model.config
         text_config = getattr(config, "text_config", config)
         merged = getattr(config, "medgem_adapter", None) or {}  # written by `medgem tune --merge`
