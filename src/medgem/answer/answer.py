@@ -1,8 +1,4 @@
-"""What a user gets back: typed stream chunks and the final Answer.
-
-The answer stage turns an engine's raw event stream into thinking and answer pieces, and attaches
-the intended-use caveat and the demo label.
-"""
+"""What a user gets back: typed stream chunks and the final Answer."""
 
 from __future__ import annotations
 

@@ -68,9 +68,7 @@ def check_options(name: str, options: EngineOptions) -> None:
     Raises:
         InputError: naming the flag, the engine, and which engine takes it.
     """
-    honoured = HONOURED.get(name)
-    if honoured is None:
-        return
+    honoured = HONOURED[name]
     for option, flag in _FLAGS.items():
         value = getattr(options, option)
         if option in honoured or value is None or value in _DEFAULTS.get(option, ()):

@@ -205,13 +205,7 @@ def _base(item: EvalItem) -> dict[str, Any]:
 
 def _scored(task: Task, item: EvalItem, answer: Answer, seconds: float) -> dict[str, Any]:
     reply = answer.text or answer.raw
-    scored = task.score(item, reply)
-    return _base(item) | {
-        "status": "ok",
-        "prediction": scored.prediction,
-        "parsed": scored.parsed,
-        "correct": scored.correct,
-        "score": scored.score,
+    return _base(item) | {"status": "ok"} | asdict(task.score(item, reply)) | {
         "reply": reply,
         "thinking_chars": len(answer.thinking),
         "finish_reason": answer.finish_reason,

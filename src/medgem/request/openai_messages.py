@@ -57,12 +57,12 @@ def request_from_openai(messages: Sequence[dict[str, Any]], *, variant: Variant 
         if role == "assistant" and any(isinstance(p, ImagePart) for p in parts):
             raise InputError(f"messages[{index}]: assistant messages cannot hold images")
         turns.append(Message(role, tuple(parts)))
+    system = "\n\n".join(s for s in system_parts if s) or None
     if slides:
         if len(slides) > 1 or image_count or len(turns) != 1:
             raise ImageInputError("a whole-slide image must be the only image, in one user message",
                                   "ask about the slide on its own, in a new conversation")
-        return build_slide_request(turns[0].text, slides[0].images,
-                                   instruction="\n\n".join(s for s in system_parts if s) or None,
+        return build_slide_request(turns[0].text, slides[0].images, instruction=system,
                                    variant=variant, options=options)
     if image_count > max_images:
         raise ImageInputError(f"{image_count} images sent, the limit is {max_images}", "send fewer images")
@@ -74,11 +74,9 @@ def request_from_openai(messages: Sequence[dict[str, Any]], *, variant: Variant 
     options = resolve_options(kind, options, variant)
     if not chat:
         return Request((turns[-1],), options, template="completion")
-    out: list[Message] = []
-    sys_text = system_text("\n\n".join(s for s in system_parts if s) or None, options.think)
-    if sys_text:
-        out.append(Message("system", (TextPart(sys_text),)))
-    return Request((*out, *turns), options)
+    sys_text = system_text(system, options.think)
+    head = (Message("system", (TextPart(sys_text),)),) if sys_text else ()
+    return Request((*head, *turns), options)
 
 
 def _parts(content: Any, index: int, allowed_dirs: Sequence[Path] | None,
