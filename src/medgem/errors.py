@@ -33,9 +33,7 @@ class MedgemError(Exception):
         super().__init__(self.one_line())
 
     def one_line(self) -> str:
-        text = self.message
-        if self.hint:
-            text = f"{text} — {self.hint}"
+        text = f"{self.message} — {self.hint}" if self.hint else self.message
         return " ".join(text.split())
 
 

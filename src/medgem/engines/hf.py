@@ -23,10 +23,6 @@ from medgem.resolve import Checkpoint
 Mode = Literal["direct", "pipeline"]
 
 
-def load_direct(checkpoint: Checkpoint, options: EngineOptions) -> HFEngine:
-    return HFEngine(checkpoint, options, mode="direct")
-
-
 def load_pipeline(checkpoint: Checkpoint, options: EngineOptions) -> HFEngine:
     return HFEngine(checkpoint, options, mode="pipeline")
 

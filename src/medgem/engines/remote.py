@@ -349,13 +349,10 @@ class RemoteEngine:
 def _message(role: str, parts: tuple[Any, ...]) -> dict[str, Any]:
     if all(isinstance(p, TextPart) for p in parts):
         return {"role": role, "content": "".join(p.text for p in parts)}
-    content: list[dict[str, Any]] = []
-    for part in parts:
-        if isinstance(part, ImagePart):
-            content.append({"type": "image_url", "image_url": {"url": _png_data_url(part.image)}})
-        else:
-            content.append({"type": "text", "text": part.text})
-    return {"role": role, "content": content}
+    return {"role": role, "content": [
+        {"type": "image_url", "image_url": {"url": _png_data_url(p.image)}}
+        if isinstance(p, ImagePart) else {"type": "text", "text": p.text} for p in parts
+    ]}
 
 
 def _png_data_url(image: Any) -> str:
