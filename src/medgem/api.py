@@ -31,7 +31,6 @@ from medgem.request.variants import Variant, find_variant
 from medgem.resolve import Checkpoint, resolve_checkpoint
 
 if TYPE_CHECKING:
-
     from medgem.engines.base import Engine
 
 log = logging.getLogger("medgem")

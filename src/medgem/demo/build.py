@@ -134,8 +134,6 @@ def build_checkpoint(out: Path, *, shape: Shape = TINY, multimodal: bool = True,
     """Save a random-weight Gemma 3 checkpoint (processor included) to ``out``.
 
     Args:
-        out: folder to write.
-        shape: sizes.
         multimodal: Gemma3ForConditionalGeneration (SigLIP tower) or Gemma3ForCausalLM.
         chat_template: ship the Gemma 3 chat template (instruction-tuned) or not (pre-trained).
         model_id: recorded in config.json under ``medgem_demo`` so every surface labels its output.

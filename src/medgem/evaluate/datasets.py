@@ -23,9 +23,7 @@ class Record:
     """One row of a dataset file.
 
     Attributes:
-        data: the row's fields.
-        source: the file it came from.
-        row: its 1-based position in that file (for CSV: the data row, header excluded).
+        row: its 1-based position in ``source`` (for CSV: the data row, header excluded).
     """
 
     data: dict[str, Any]
