@@ -235,12 +235,8 @@ class MedGemma:
         except Exception as exc:
             self._record_failure(request, exc, context)
             raise
-        if request.options.stop:
-            cancel = cancel or threading.Event()
-            events = apply_stops(self.batcher.generate(prepared, cancel), request.options.stop,
-                                 cancel)
-        else:
-            events = self.batcher.generate(prepared, cancel)
+        cancel = cancel or threading.Event()  # set by a stop string, or by the caller
+        events = apply_stops(self.batcher.generate(prepared, cancel), request.options.stop, cancel)
         chunks = assemble(events, self.engine.info, self.caveat)
         return chunks if self.audit is None else self._audited(request, chunks, context)
 
