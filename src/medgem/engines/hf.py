@@ -149,13 +149,10 @@ class HFEngine:
 
     def _vision_dtype(self) -> Any:
         model = self.model.get_base_model() if self.adapter else self.model  # PEFT wraps it
-        tower = getattr(model.model, "vision_tower", None) if hasattr(model, "model") else None
-        if tower is not None:
-            # the first floating parameter: 8-bit towers also hold int8 weights
-            for parameter in tower.parameters():
-                if parameter.dtype.is_floating_point:
-                    return parameter.dtype
-        return self.dtype
+        tower = getattr(getattr(model, "model", None), "vision_tower", None)
+        # the first floating parameter: 8-bit towers also hold int8 weights
+        parameters = tower.parameters() if tower is not None else ()
+        return next((p.dtype for p in parameters if p.dtype.is_floating_point), self.dtype)
 
     def prepare(self, request: Request) -> base.Prepared:
         """Encode once. The direct path keeps the tensors for generate; the pipeline path

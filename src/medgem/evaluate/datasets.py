@@ -119,7 +119,6 @@ def _read_parquet(path: Path) -> Iterator[Record]:
 def _read_saved_dataset(folder: Path) -> Iterator[Record]:
     """A ``datasets`` save_to_disk folder: Arrow IPC stream files, in state.json's order."""
     ipc: Any = require("pyarrow.ipc", "eval", "reading datasets folders", "pyarrow")
-    files: list[Path] = []
     state = folder / "state.json"
     if state.is_file():
         try:
