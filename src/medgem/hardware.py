@@ -50,8 +50,7 @@ def cpu_flags() -> set[str]:
 
 def cpu_has_native_bf16() -> bool:
     """bf16 matmuls run natively (AVX512-BF16 or AMX); elsewhere they are emulated, slowly."""
-    flags = cpu_flags()
-    return bool({"avx512_bf16", "amx_bf16"} & flags) or platform.machine() == "arm64"
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags()) or platform.machine() == "arm64"
 
 
 def detect_hardware() -> Hardware:

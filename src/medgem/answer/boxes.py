@@ -94,9 +94,7 @@ def parse_boxes(text: str, image_size: tuple[int, int], *, padded: bool = True) 
         scale_x, scale_y = width / BOX_SCALE, height / BOX_SCALE
     boxes: list[Box] = []
     for item in _items(text):
-        if not isinstance(item, dict):
-            continue
-        coords = item.get("box_2d")
+        coords = item.get("box_2d") if isinstance(item, dict) else None
         if not isinstance(coords, list) or len(coords) != 4:
             continue
         try:
