@@ -23,7 +23,7 @@ from medgem.audit.trail import AuditTrail
 from medgem.engines import EngineOptions, choose_engine, load_engine
 from medgem.engines.batching import Batcher
 from medgem.errors import ContextLengthError, InputError, UnsupportedInputError
-from medgem.inputs import load_inputs
+from medgem.inputs import ImagingOptions, load_inputs
 from medgem.request import GenerationOptions, ImagePart, Message, Request
 from medgem.request.compose import request_for_inputs
 from medgem.request.openai_messages import request_from_openai
@@ -192,8 +192,6 @@ class MedGemma:
             TypeError: an unknown generation field.
             MedgemError subclasses: bad input, with what to do.
         """
-        from medgem.inputs import ImagingOptions
-
         options = GenerationOptions.of(options, **generation)
         imaging = ImagingOptions(
             max_patches=max_patches or 125, patch_seed=options.seed or 0,

@@ -6,6 +6,7 @@ prints ``str(error)`` on one line; the server maps ``status`` and ``code`` to an
 
 from __future__ import annotations
 
+import importlib
 import logging
 from typing import Any
 
@@ -166,8 +167,6 @@ def require(module: str, extra: str, purpose: str, package: str | None = None) -
     """Import ``module``, or raise a MissingDependencyError naming the medgem ``extra`` that
     installs it, what it is needed for (``purpose``) and its PyPI name (``package``, when not the
     module's)."""
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError as exc:

@@ -15,6 +15,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from medgem.audit.records import AuditStore, sha256_hex
+from medgem.errors import error_body
 from medgem.request import ImagePart, Part, Request
 
 if TYPE_CHECKING:
@@ -97,8 +98,6 @@ class AuditTrail:
                 context: Mapping[str, Any]) -> str:
         """Record a request that failed inside generation: "rejected" for 4xx-kind errors
         (bad input, context too long), "error" otherwise; the error as the server answers it."""
-        from medgem.errors import error_body
-
         status, detail = error_body(error)
         body = self._body(request, info, context) | {"status": status, "error": detail["error"]}
         kind = "rejected" if status < 500 else "error"

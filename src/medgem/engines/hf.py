@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from medgem.engines import EngineOptions, base
 from medgem.errors import EngineUnavailableError, InputError, NotACheckpointError, require
+from medgem.hardware import cpu_has_native_bf16, detect_hardware
+from medgem.memory import check_fits, count_parameters, estimate
 from medgem.request import Request, TextPart
 from medgem.request.compose import shipped_chat_template
 from medgem.resolve import Checkpoint
@@ -46,9 +48,6 @@ class HFEngine:
         self.device, self.dtype = _placement(options, checkpoint)
         quant_config = _quantization(options.quantize, self.device)
         if options.check_memory:
-            from medgem.hardware import detect_hardware
-            from medgem.memory import check_fits, count_parameters
-
             precision = options.quantize or str(self.dtype).removeprefix("torch.")
             check_fits(count_parameters(checkpoint.path), precision, self.device, detect_hardware())
         logging = transformers.utils.logging
@@ -78,11 +77,9 @@ class HFEngine:
         elif self.device.startswith("cuda"):
             load_kwargs["device_map"] = self.device
         self.model = model_class.from_pretrained(path, **load_kwargs).eval()
-        if self.multimodal and self.device == "cpu" and self.dtype != torch.float32:
-            from medgem.hardware import cpu_has_native_bf16
-
-            if not cpu_has_native_bf16():
-                _vision_in_float32(self.model)
+        if (self.multimodal and self.device == "cpu" and self.dtype != torch.float32
+                and not cpu_has_native_bf16()):
+            _vision_in_float32(self.model)
         self.adapter = None
         if options.adapter:
             from medgem.adapters import attach_adapter, find_adapter
@@ -390,9 +387,6 @@ def _placement(options: EngineOptions, checkpoint: Checkpoint) -> tuple[str, Any
         return device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     # CPUs: float32 when it fits. bf16 matmuls are emulated on most CPUs (measured 213 s for the
     # 4B vision tower alone) and even with AVX512-BF16 PyTorch falls back for many ops.
-    from medgem.hardware import detect_hardware
-    from medgem.memory import count_parameters, estimate
-
     need = estimate(count_parameters(checkpoint.path), "float32").total_bytes
     if need <= detect_hardware().ram_available:
         return device, torch.float32

@@ -30,6 +30,7 @@ from medgem.errors import (
 )
 from medgem.request import ImagePart, Request, TextPart
 from medgem.request.thinking import THOUGHT_CLOSE, THOUGHT_OPEN
+from medgem.request.variants import find_variant
 
 if TYPE_CHECKING:
     from medgem.engines import EngineOptions
@@ -125,8 +126,6 @@ class RemoteEngine:
             assert unreachable is not None
             raise unreachable
         meta = card.get("medgem") or {}
-        from medgem.request.variants import find_variant
-
         variant = meta.get("variant") or (v.key if (v := find_variant(model)) else None)
         # vLLM's card has max_model_len; other servers (llama.cpp's) say nothing: the server
         # then refuses what does not fit, and that refusal comes back as a context error.
