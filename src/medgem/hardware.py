@@ -7,6 +7,8 @@ import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 GIB = 1024**3
 
 
@@ -54,8 +56,6 @@ def cpu_has_native_bf16() -> bool:
 
 
 def detect_hardware() -> Hardware:
-    import psutil
-
     memory = psutil.virtual_memory()
     return Hardware(
         cpu=_cpuinfo("model name") or platform.processor() or platform.machine(),

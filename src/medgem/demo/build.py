@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from medgem.errors import require
+from medgem.request.compose import shipped_chat_template
 
 IMAGE_TOKEN = "<image_soft_token>"
 BOI_ID, EOI_ID, IMAGE_ID = 255999, 256000, 262144
@@ -146,8 +147,6 @@ def build_checkpoint(out: Path, *, shape: Shape = TINY, multimodal: bool = True,
         Gemma3ForConditionalGeneration,
         SiglipVisionConfig,
     )
-
-    from medgem.request.compose import shipped_chat_template
 
     torch.manual_seed(seed)
     template = shipped_chat_template() if chat_template else None

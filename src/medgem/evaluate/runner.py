@@ -19,10 +19,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medgem import __version__
 from medgem.errors import DatasetError, InputError, MedgemError
 from medgem.evaluate.datasets import read_records
 from medgem.evaluate.results import MANIFEST_FILE, RESULTS_FILE, ResultLog, read_results
 from medgem.evaluate.tasks import EvalItem, LoadedData, Task, TaskOptions, get_task
+from medgem.inputs import images_from_bytes
 from medgem.request import GenerationOptions, Request
 
 if TYPE_CHECKING:
@@ -142,8 +144,6 @@ def choose_think(mg: MedGemma, task: Task, wanted: str) -> tuple[bool, str]:
 
 def manifest_for(prepared: PreparedRun, mg: MedGemma, think: bool, think_note: str) -> dict[str, Any]:
     """What run.json records: enough to reproduce the numbers."""
-    from medgem import __version__
-
     info = mg.engine.info
     variant = prepared.config.variant or (mg.variant.key if mg.variant else info.variant)
     return {
@@ -217,8 +217,6 @@ def _scored(task: Task, item: EvalItem, answer: Answer, seconds: float) -> dict[
 
 def _open_image(ref: str | bytes) -> Any:
     if isinstance(ref, bytes):
-        from medgem.inputs import images_from_bytes
-
         return images_from_bytes(ref, name="dataset-image").images[0]
     return Path(ref)
 
