@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
+from medgem.adapters import attach_adapter, find_adapter
 from medgem.engines import EngineOptions, base
 from medgem.errors import EngineUnavailableError, InputError, NotACheckpointError, require
 from medgem.hardware import cpu_has_native_bf16, detect_hardware
@@ -82,8 +83,6 @@ class HFEngine:
             _vision_in_float32(self.model)
         self.adapter = None
         if options.adapter:
-            from medgem.adapters import attach_adapter, find_adapter
-
             self.adapter = find_adapter(options.adapter)
             self.model = attach_adapter(self.model, self.adapter)
         self._pipeline: Any = None

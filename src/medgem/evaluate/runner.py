@@ -19,6 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tqdm import tqdm
+
 from medgem import __version__
 from medgem.errors import DatasetError, InputError, MedgemError
 from medgem.evaluate.datasets import read_records
@@ -252,8 +254,6 @@ def run_evaluation(
         InputError: results already in ``folder`` without ``resume``, or a resume whose data,
             model or settings differ.
     """
-    from tqdm import tqdm
-
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     log = ResultLog(out / RESULTS_FILE)

@@ -6,6 +6,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from medgem.errors import ImageInputError, InputError
 from medgem.inputs import LoadedImages, decode_data_url, from_pil, images_from_bytes, read_images
 from medgem.request import GenerationOptions, ImagePart, Message, Part, Request, TextPart
@@ -140,8 +142,6 @@ def _from_url(url: str, allowed_dirs: Sequence[Path] | None) -> LoadedImages:
 
 
 def _from_object(value: Any, allowed_dirs: Sequence[Path] | None) -> LoadedImages:
-    from PIL import Image
-
     if isinstance(value, Image.Image):
         return LoadedImages([from_pil(value)], ["image"], None, [None])
     if isinstance(value, (str, Path)):
