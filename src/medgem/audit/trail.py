@@ -43,8 +43,7 @@ def settings_fields(request: Request) -> dict[str, Any]:
 def answer_fields(answer: Answer, queue_s: float) -> dict[str, Any]:
     return {
         "output": answer.text, "thinking": answer.thinking, "finish_reason": answer.finish_reason,
-        "usage": {"prompt_tokens": answer.usage.prompt_tokens,
-                  "completion_tokens": answer.usage.completion_tokens},
+        "usage": asdict(answer.usage),
         "timings": {"queue_s": round(queue_s, 4),
                     "first_token_s": round(answer.timings.first_token_s, 4),
                     "total_s": round(answer.timings.total_s, 4)},
