@@ -35,7 +35,7 @@ from medgem.errors import (
     InputError,
     UnsupportedInputError,
 )
-from medgem.inputs import load_inputs
+from medgem.inputs import ImagingOptions, load_inputs
 from medgem.request import GenerationOptions, ImagePart, Message, Request
 from medgem.request.compose import request_for_inputs
 from medgem.request.openai_messages import request_from_openai
@@ -43,7 +43,6 @@ from medgem.request.variants import Variant, find_variant
 from medgem.resolve import Checkpoint, resolve_checkpoint
 
 if TYPE_CHECKING:
-
     from medgem.engines.base import Engine
 
 log = logging.getLogger("medgem")
@@ -206,8 +205,6 @@ class MedGemma:
             TypeError: an unknown generation field.
             MedgemError subclasses: bad input, with what to do.
         """
-        from medgem.inputs import ImagingOptions
-
         options = GenerationOptions.of(options, **generation)
         imaging = ImagingOptions(
             max_patches=max_patches or 125, patch_seed=options.seed or 0,
@@ -251,12 +248,8 @@ class MedGemma:
         except Exception as exc:
             self._record_failure(request, exc, context)
             raise
-        if request.options.stop:
-            cancel = cancel or threading.Event()
-            events = apply_stops(self.batcher.generate(prepared, cancel), request.options.stop,
-                                 cancel)
-        else:
-            events = self.batcher.generate(prepared, cancel)
+        cancel = cancel or threading.Event()  # set by a stop string, or by the caller
+        events = apply_stops(self.batcher.generate(prepared, cancel), request.options.stop, cancel)
         chunks = assemble(events, self.engine.info, self.caveat)
         return chunks if self.audit is None else self._audited(request, chunks, context)
 
@@ -283,41 +276,35 @@ class MedGemma:
         except Exception:
             log.exception("could not write the audit record of a failed request")
 
-    def check_context(self, prompt_tokens: int, request: Request | None = None) -> int:
-        """Refuse a prompt of ``prompt_tokens`` that leaves no room for the answer; with the
-        request, a prompt of several images says how many of them fit."""
+    def check_context(self, prompt_tokens: int, request: Request) -> None:
+        """Refuse a prompt of ``prompt_tokens`` that leaves no room for the answer; a prompt of
+        several images says how many of them fit.
+
+        Raises:
+            ContextLengthError: the prompt does not fit.
+        """
         limit = self.engine.info.context_length
-        if prompt_tokens + 1 > limit and request is not None and len(request.images) > 1:
-            images = request.images
-            fit = self._images_that_fit(request, prompt_tokens, limit)
-            patches = images[0].source.startswith("patch")
-            noun = "patches" if patches else "images"
-            raise ContextLengthError(
-                f"the prompt takes {prompt_tokens} tokens but the model's context is {limit}: "
-                f"{fit} of {len(images)} {noun} fit",
-                f"use --max-patches {fit}" if patches else "send fewer images or slices",
-            )
-        if prompt_tokens + 1 > limit:
-            raise ContextLengthError(
-                f"the prompt takes {prompt_tokens} tokens but the model's context is {limit}",
-                "shorten the question, send fewer images or slices",
-            )
-        return prompt_tokens
+        if prompt_tokens + 1 <= limit:
+            return
+        message = f"the prompt takes {prompt_tokens} tokens but the model's context is {limit}"
+        images = request.images
+        if len(images) <= 1:
+            raise ContextLengthError(message, "shorten the question, send fewer images or slices")
+        fit = self._images_that_fit(request, prompt_tokens, limit)
+        patches = images[0].source.startswith("patch")
+        raise ContextLengthError(
+            f"{message}: {fit} of {len(images)} {'patches' if patches else 'images'} fit",
+            f"use --max-patches {fit}" if patches else "send fewer images or slices",
+        )
 
     def _images_that_fit(self, request: Request, full: int, limit: int) -> int:
         """How many of the request's images fit the context, measured with one image kept."""
-        kept = False
-        messages = []
-        for message in request.messages:
-            parts = []
-            for part in message.parts:
-                if isinstance(part, ImagePart):
-                    if kept:
-                        continue
-                    kept = True
-                parts.append(part)
-            messages.append(Message(message.role, tuple(parts)))
-        prepared = self.engine.prepare(dataclasses.replace(request, messages=tuple(messages)))
+        first = request.images[0]
+        messages = tuple(
+            Message(m.role, tuple(p for p in m.parts if not isinstance(p, ImagePart) or p is first))
+            for m in request.messages
+        )
+        prepared = self.engine.prepare(dataclasses.replace(request, messages=messages))
         one = prepared.prompt_tokens
         prepared.release()
         per_image = (full - one) / (len(request.images) - 1)
@@ -390,10 +377,8 @@ def _trail(audit: AuditStore | str | os.PathLike[str] | bool, surface: str) -> A
     """The audit trail ``load`` was asked for (see its ``audit`` argument)."""
     if audit is False:
         return None
-    if audit is True:
-        return AuditTrail(open_store(None), surface)
-    if isinstance(audit, (str, os.PathLike)):
-        return AuditTrail(open_store(Path(audit)), surface)
+    if audit is True or isinstance(audit, (str, os.PathLike)):
+        return AuditTrail(open_store(None if audit is True else Path(audit)), surface)
     return AuditTrail(audit, surface)
 
 

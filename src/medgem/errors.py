@@ -6,6 +6,7 @@ prints ``str(error)`` on one line; the server maps ``status`` and ``code`` to an
 
 from __future__ import annotations
 
+import importlib
 import logging
 from typing import Any
 
@@ -21,15 +22,19 @@ class MedgemError(Exception):
     status: int = 400
     code: str = "invalid_request_error"
 
+    def __init_subclass__(cls, status: int | None = None, code: str | None = None) -> None:
+        """Subclasses set their HTTP status and error code as class keywords."""
+        super().__init_subclass__()
+        cls.status = status or cls.status
+        cls.code = code or cls.code
+
     def __init__(self, message: str, hint: str | None = None) -> None:
         self.message = message.rstrip(".")
         self.hint = hint
         super().__init__(self.one_line())
 
     def one_line(self) -> str:
-        text = self.message
-        if self.hint:
-            text = f"{text} — {self.hint}"
+        text = f"{self.message} — {self.hint}" if self.hint else self.message
         return " ".join(text.split())
 
 
@@ -53,51 +58,32 @@ class UnsupportedInputError(InputError):
     """The input is valid but this model or engine cannot take it (an image to a text model)."""
 
 
-class ContextLengthError(InputError):
+class ContextLengthError(InputError, code="context_length_exceeded"):
     """The prompt does not fit the model's context window."""
 
-    code = "context_length_exceeded"
 
-
-class ModelNotFoundError(MedgemError):
+class ModelNotFoundError(MedgemError, status=404, code="model_not_found"):
     """No checkpoint at the given path, or not in the local cache and no download allowed."""
 
-    status = 404
-    code = "model_not_found"
 
-
-class NotACheckpointError(MedgemError):
+class NotACheckpointError(MedgemError, code="invalid_model"):
     """A path exists but does not hold a MedGemma / Gemma 3 checkpoint."""
 
-    code = "invalid_model"
 
-
-class GatedModelError(MedgemError):
+class GatedModelError(MedgemError, status=403, code="gated_model"):
     """The hub refused the download (401/403): the terms were not accepted or no token is set."""
 
-    status = 403
-    code = "gated_model"
 
-
-class ResourceError(MedgemError):
+class ResourceError(MedgemError, status=507, code="insufficient_memory"):
     """The model will not fit in the memory this machine has."""
 
-    status = 507
-    code = "insufficient_memory"
 
-
-class EngineUnavailableError(MedgemError):
+class EngineUnavailableError(MedgemError, status=501, code="engine_unavailable"):
     """The engine or an optional dependency is not installed, or does not run on this device."""
 
-    status = 501
-    code = "engine_unavailable"
 
-
-class BackendUnavailableError(EngineUnavailableError):
+class BackendUnavailableError(EngineUnavailableError, status=503, code="backend_unavailable"):
     """A remote server did not answer, or stopped mid-answer (retrying may reach another)."""
-
-    status = 503
-    code = "backend_unavailable"
 
 
 class MissingDependencyError(EngineUnavailableError):
@@ -108,15 +94,10 @@ class MissingDependencyError(EngineUnavailableError):
             f"{purpose} needs the Python package '{package}', which is not installed",
             f"install it with: pip install 'medgem[{extra}]'",
         )
-        self.package = package
-        self.extra = extra
 
 
-class QueueFullError(MedgemError):
+class QueueFullError(MedgemError, status=429, code="queue_full"):
     """Too many requests are waiting for the engine."""
-
-    status = 429
-    code = "queue_full"
 
     def __init__(self, waiting: int, retry_after: int) -> None:
         super().__init__(
@@ -126,18 +107,12 @@ class QueueFullError(MedgemError):
         self.retry_after = retry_after
 
 
-class DrainingError(MedgemError):
+class DrainingError(MedgemError, status=503, code="server_shutting_down"):
     """The server is shutting down and takes no new requests."""
 
-    status = 503
-    code = "server_shutting_down"
 
-
-class ClientDisconnectedError(MedgemError):
+class ClientDisconnectedError(MedgemError, status=499, code="client_disconnected"):
     """The client went away before its request ran."""
-
-    status = 499
-    code = "client_disconnected"
 
 
 class ApiError(MedgemError):
@@ -175,16 +150,8 @@ class AdapterError(InputError):
     """A LoRA adapter is missing, unfinished, changed since training, or for another model."""
 
 
-class ConversionError(MedgemError):
+class ConversionError(MedgemError, code="conversion_failed"):
     """The converted files failed the check after conversion."""
-
-    code = "conversion_failed"
-
-
-def error_type(status: int) -> str:
-    """The OpenAI error ``type`` for an HTTP status."""
-    named = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}
-    return named.get(status, "invalid_request_error" if status < 500 else "server_error")
 
 
 def error_body(exc: BaseException) -> tuple[int, dict[str, Any]]:
@@ -192,7 +159,9 @@ def error_body(exc: BaseException) -> tuple[int, dict[str, Any]]:
     audit trail records. Unexpected exceptions hide their details (they may hold paths or PHI)."""
     if isinstance(exc, MedgemError):
         status = exc.status
-        detail = {"message": exc.one_line(), "type": error_type(status),
+        named = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}
+        kind = named.get(status, "invalid_request_error" if status < 500 else "server_error")
+        detail = {"message": exc.one_line(), "type": kind,
                   "param": getattr(exc, "param", None), "code": exc.code}
     else:
         logging.getLogger("medgem").error("internal error: %s: %s", type(exc).__name__, exc)
@@ -206,8 +175,6 @@ def require(module: str, extra: str, purpose: str, package: str | None = None) -
     """Import ``module``, or raise a MissingDependencyError naming the medgem ``extra`` that
     installs it, what it is needed for (``purpose``) and its PyPI name (``package``, when not the
     module's)."""
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError as exc:

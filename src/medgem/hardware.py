@@ -7,6 +7,8 @@ import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 GIB = 1024**3
 
 
@@ -33,36 +35,30 @@ class Hardware:
         return bool(self.gpus)
 
 
-def cpu_flags() -> set[str]:
+def _cpuinfo(key: str) -> str | None:
+    """The first ``key`` line's value in /proc/cpuinfo; None where there is none (not Linux)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
+            if line.startswith(key):
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return set()
+    return None
+
+
+def cpu_flags() -> set[str]:
+    return set((_cpuinfo("flags") or "").split())
 
 
 def cpu_has_native_bf16() -> bool:
     """bf16 matmuls run natively (AVX512-BF16 or AMX); elsewhere they are emulated, slowly."""
-    flags = cpu_flags()
-    return bool({"avx512_bf16", "amx_bf16"} & flags) or platform.machine() == "arm64"
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags()) or platform.machine() == "arm64"
 
 
 def detect_hardware() -> Hardware:
-    import psutil
-
     memory = psutil.virtual_memory()
-    cpu_name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return Hardware(
-        cpu=cpu_name,
+        cpu=_cpuinfo("model name") or platform.processor() or platform.machine(),
         cores=os.cpu_count() or 1,
         cpu_bf16=cpu_has_native_bf16(),
         ram_total=memory.total,

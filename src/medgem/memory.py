@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,13 +45,8 @@ def count_parameters(folder: Path) -> int:
         with path.open("rb") as handle:
             (size,) = struct.unpack("<Q", handle.read(8))
             header = json.loads(handle.read(size))
-        for name, entry in header.items():
-            if name == "__metadata__":
-                continue
-            count = 1
-            for dim in entry["shape"]:
-                count *= dim
-            total += count
+        total += sum(math.prod(entry["shape"]) for name, entry in header.items()
+                     if name != "__metadata__")
     return total
 
 

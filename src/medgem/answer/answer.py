@@ -1,23 +1,11 @@
-"""What a user gets back: typed stream chunks and the final Answer.
-
-The answer stage turns an engine's raw event stream into thinking and answer pieces, and attaches
-the intended-use caveat and the demo label.
-"""
+"""What a user gets back: typed stream chunks and the final Answer."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
-from medgem.engines.base import (
-    EngineEvent,
-    Finished,
-    FinishReason,
-    ModelInfo,
-    TextDelta,
-    Timings,
-    Usage,
-)
+from medgem.engines import base
 from medgem.request.thinking import ThinkingSplitter
 
 INTENDED_USE_CAVEAT = (
@@ -72,10 +60,10 @@ class Answer:
 
     text: str
     thinking: str
-    finish_reason: FinishReason
-    usage: Usage
-    timings: Timings
-    model: ModelInfo
+    finish_reason: base.FinishReason
+    usage: base.Usage
+    timings: base.Timings
+    model: base.ModelInfo
     caveat: str = INTENDED_USE_CAVEAT
     label: str = ""
     raw: str = field(default="", repr=False)
@@ -105,7 +93,7 @@ class FinalChunk:
 StreamChunk = ThinkingChunk | AnswerChunk | FinalChunk
 
 
-def label_for(model: ModelInfo) -> str:
+def label_for(model: base.ModelInfo) -> str:
     """The label every surface shows next to output from a demo or test model, or from a
     checkpoint that is not a recognised MedGemma variant."""
     if not model.demo:
@@ -113,16 +101,16 @@ def label_for(model: ModelInfo) -> str:
     return TEST_MODEL_LABEL if model.id.startswith("medgem-test") else DEMO_LABEL
 
 
-def assemble(events: Iterator[EngineEvent], model: ModelInfo, caveat: str = INTENDED_USE_CAVEAT
-             ) -> Iterator[StreamChunk]:
+def assemble(events: Iterator[base.EngineEvent], model: base.ModelInfo,
+             caveat: str = INTENDED_USE_CAVEAT) -> Iterator[StreamChunk]:
     """Split an engine stream into thinking and answer chunks, ending with the final Answer."""
     splitter = ThinkingSplitter()
     thinking: list[str] = []
     answer: list[str] = []
     raw: list[str] = []
-    finished: Finished | None = None
+    finished: base.Finished | None = None
     for event in events:
-        if isinstance(event, TextDelta):
+        if isinstance(event, base.TextDelta):
             raw.append(event.text)
             pieces = list(splitter.feed(event.text))
         else:
@@ -136,7 +124,7 @@ def assemble(events: Iterator[EngineEvent], model: ModelInfo, caveat: str = INTE
                 answer.append(piece.text)
                 yield AnswerChunk(piece.text)
     if finished is None:
-        finished = Finished("cancelled", Usage(0, 0), Timings(0.0, 0.0))
+        finished = base.Finished("cancelled", base.Usage(0, 0), base.Timings(0.0, 0.0))
     yield FinalChunk(Answer(
         text="".join(answer).strip(), thinking="".join(thinking).strip(),
         finish_reason=finished.finish_reason, usage=finished.usage, timings=finished.timings,

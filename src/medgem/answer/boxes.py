@@ -52,17 +52,12 @@ def pad_to_square(image: Image.Image, fill: tuple[int, int, int] = (0, 0, 0)) ->
     return canvas
 
 
-def _json_candidates(text: str) -> list[str]:
-    fenced = _FENCED.findall(text)
-    if fenced:
-        return fenced
-    start, end = text.find("["), text.rfind("]")
-    return [text[start : end + 1]] if 0 <= start < end else []
-
-
 def _items(text: str) -> list[Any]:
+    """The JSON values in ```json fences, else the bare list from the first [ to the last ]."""
+    start, end = text.find("["), text.rfind("]")
+    candidates = _FENCED.findall(text) or ([text[start : end + 1]] if 0 <= start < end else [])
     found: list[Any] = []
-    for candidate in _json_candidates(text):
+    for candidate in candidates:
         try:
             data = json.loads(candidate.strip())
         except json.JSONDecodeError:
@@ -99,9 +94,7 @@ def parse_boxes(text: str, image_size: tuple[int, int], *, padded: bool = True) 
         scale_x, scale_y = width / BOX_SCALE, height / BOX_SCALE
     boxes: list[Box] = []
     for item in _items(text):
-        if not isinstance(item, dict):
-            continue
-        coords = item.get("box_2d")
+        coords = item.get("box_2d") if isinstance(item, dict) else None
         if not isinstance(coords, list) or len(coords) != 4:
             continue
         try:

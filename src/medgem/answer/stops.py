@@ -32,11 +32,9 @@ def apply_stops(events: Iterator[EngineEvent], stops: Sequence[str], cancel: thr
     stopped = False
     for event in events:
         if isinstance(event, Finished):
-            if held and not stopped:
+            if held:  # never after a stop: it empties what was held
                 yield TextDelta(held)
-            if stopped:
-                event = dataclasses.replace(event, finish_reason="stop")
-            yield event
+            yield dataclasses.replace(event, finish_reason="stop") if stopped else event
             return
         if stopped:
             continue  # the engine is winding down after the cancel

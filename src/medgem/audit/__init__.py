@@ -19,6 +19,7 @@ from medgem.audit.records import (
     review_body,
     sha256_hex,
 )
+from medgem.audit.sqlite import SQLiteAuditStore
 from medgem.errors import InputError
 
 __all__ = ["VERDICTS", "AuditRecord", "AuditStore", "VerifyReport", "add_review", "canonical_json",
@@ -43,14 +44,10 @@ def open_store(location: str | Path | None = None) -> AuditStore:
     Raises:
         InputError: a database URL whose backend is not built in.
     """
-    from medgem.audit.sqlite import SQLiteAuditStore
-
-    text = str(location) if location is not None else str(default_audit_path())
-    if text.startswith("sqlite:///"):
-        text = text[len("sqlite:///") :]
-    elif "://" in text:
+    text = str(location if location is not None else default_audit_path())
+    if "://" in text and not text.startswith("sqlite:///"):
         raise InputError(
             f"no audit backend for '{text.split('://')[0]}://' URLs",
             "use a SQLite file path, or implement medgem.audit.AuditStore for that database",
         )
-    return SQLiteAuditStore(text)
+    return SQLiteAuditStore(text.removeprefix("sqlite:///"))

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from medgem.errors import InputError
@@ -31,8 +31,7 @@ def sha256_hex(data: bytes | str) -> str:
 
 def utc_now() -> str:
     """ISO 8601 UTC with milliseconds."""
-    now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)

@@ -144,8 +144,7 @@ class SQLiteAuditStore:
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
-        for row in self._query(sql, tuple(params)):
-            yield _record(row)
+        yield from map(_record, self._query(sql, tuple(params)))
 
     def children(self, record_id: str) -> list[AuditRecord]:
         rows = self._query(f"SELECT {_COLUMNS} FROM records WHERE parent = ? ORDER BY seq", (record_id,))

@@ -10,20 +10,18 @@ prompt text or the pixels, unless a surface opts in (the server's ``--log-prompt
 from __future__ import annotations
 
 import getpass
-import hashlib
-import logging
 from collections.abc import Mapping
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from medgem.audit.records import AuditStore, sha256_hex
+from medgem.errors import error_body
+from medgem.request import ImagePart, Part, Request
 
 if TYPE_CHECKING:
     from medgem.answer import Answer
     from medgem.engines.base import ModelInfo
-    from medgem.request import Request
 
-log = logging.getLogger("medgem.audit")
 # Context keys a surface may give; others are refused so a typo cannot hide a field.
 CONTEXT_KEYS = frozenset({"record_id", "user", "endpoint", "inputs", "served_as", "prompt",
                           "queue_s"})
@@ -45,8 +43,7 @@ def settings_fields(request: Request) -> dict[str, Any]:
 def answer_fields(answer: Answer, queue_s: float) -> dict[str, Any]:
     return {
         "output": answer.text, "thinking": answer.thinking, "finish_reason": answer.finish_reason,
-        "usage": {"prompt_tokens": answer.usage.prompt_tokens,
-                  "completion_tokens": answer.usage.completion_tokens},
+        "usage": asdict(answer.usage),
         "timings": {"queue_s": round(queue_s, 4),
                     "first_token_s": round(answer.timings.first_token_s, 4),
                     "total_s": round(answer.timings.total_s, 4)},
@@ -56,18 +53,13 @@ def answer_fields(answer: Answer, queue_s: float) -> dict[str, Any]:
 
 def request_digests(request: Request) -> list[dict[str, Any]]:
     """sha256 of each text part and of each image's pixels, turn by turn (no content kept)."""
-    digests: list[dict[str, Any]] = []
-    for message in request.messages:
-        parts: list[dict[str, Any]] = []
-        for part in message.parts:
-            image = getattr(part, "image", None)
-            if image is not None:
-                pixels = hashlib.sha256(image.tobytes()).hexdigest()
-                parts.append({"type": "image", "sha256": pixels, "size": list(image.size)})
-            else:
-                parts.append({"type": "text", "sha256": sha256_hex(part.text.encode("utf-8"))})  # type: ignore[union-attr]
-        digests.append({"role": message.role, "parts": parts})
-    return digests
+    def digest(part: Part) -> dict[str, Any]:
+        if isinstance(part, ImagePart):
+            return {"type": "image", "sha256": sha256_hex(part.image.tobytes()),
+                    "size": list(part.image.size)}
+        return {"type": "text", "sha256": sha256_hex(part.text)}
+
+    return [{"role": m.role, "parts": [digest(p) for p in m.parts]} for m in request.messages]
 
 
 class AuditTrail:
@@ -105,8 +97,6 @@ class AuditTrail:
                 context: Mapping[str, Any]) -> str:
         """Record a request that failed inside generation: "rejected" for 4xx-kind errors
         (bad input, context too long), "error" otherwise; the error as the server answers it."""
-        from medgem.errors import error_body
-
         status, detail = error_body(error)
         body = self._body(request, info, context) | {"status": status, "error": detail["error"]}
         kind = "rejected" if status < 500 else "error"

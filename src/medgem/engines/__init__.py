@@ -36,7 +36,7 @@ class EngineOptions:
 # name -> "module:factory". A factory takes (checkpoint, options) and returns an Engine; the
 # remote engine's "checkpoint" is the served model's name.
 ENGINES: dict[str, str] = {
-    "hf": "medgem.engines.hf:load_direct",
+    "hf": "medgem.engines.hf:HFEngine",  # the direct path is the default mode
     "hf-pipeline": "medgem.engines.hf:load_pipeline",
     "llamacpp": "medgem.engines.llamacpp:load_llamacpp",
     # The model is the name an OpenAI-compatible server knows, not a local checkpoint.
@@ -55,9 +55,9 @@ HONOURED: dict[str, frozenset[str]] = {
     "llamacpp": frozenset({"n_ctx", "threads", "parallel", "vision", "adapter"}),
     "remote": frozenset({"base_url", "api_key", "parallel"}),
 }
-_FLAGS = {"device": "--device", "dtype": "--dtype", "quantize": "--quantize", "n_ctx": "--n-ctx",
-          "threads": "--threads", "base_url": "--base-url", "api_key": "--api-key",
-          "adapter": "--adapter", "parallel": "--parallel", "vision": "--vision"}
+_FLAGS = {option: "--" + option.replace("_", "-") for option in (
+    "device", "dtype", "quantize", "n_ctx", "threads", "base_url", "api_key", "adapter", "parallel",
+    "vision")}
 # llama.cpp runs on the CPU anyway; one request at a time needs no batching.
 _DEFAULTS = {"device": ("auto", "cpu"), "dtype": ("auto",), "parallel": (1,), "vision": ("auto",)}
 
@@ -68,9 +68,7 @@ def check_options(name: str, options: EngineOptions) -> None:
     Raises:
         InputError: naming the flag, the engine, and which engine takes it.
     """
-    honoured = HONOURED.get(name)
-    if honoured is None:
-        return
+    honoured = HONOURED[name]
     for option, flag in _FLAGS.items():
         value = getattr(options, option)
         if option in honoured or value is None or value in _DEFAULTS.get(option, ()):
@@ -108,6 +106,4 @@ def load_engine(name: str, checkpoint: Checkpoint | str, options: EngineOptions)
 
 def choose_engine(checkpoint: Checkpoint) -> str:
     """The auto choice: GGUF -> llama.cpp; HF checkpoints -> transformers' direct path."""
-    if checkpoint.format == "gguf" and "llamacpp" in ENGINES:
-        return "llamacpp"
-    return "hf"
+    return "llamacpp" if checkpoint.format == "gguf" else "hf"

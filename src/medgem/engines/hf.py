@@ -7,39 +7,23 @@ both paths stream, count tokens exactly and stop when the caller cancels.
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
-from medgem.engines import EngineOptions
-from medgem.engines.base import (
-    Capabilities,
-    EngineEvent,
-    Finished,
-    ModelInfo,
-    Prepared,
-    TextDelta,
-    Timings,
-    Usage,
-    as_prepared,
-)
-from medgem.errors import (
-    EngineUnavailableError,
-    InputError,
-    MissingDependencyError,
-    NotACheckpointError,
-)
-from medgem.request import ImagePart, Request, TextPart
+from medgem.adapters import attach_adapter, find_adapter
+from medgem.engines import EngineOptions, base
+from medgem.errors import EngineUnavailableError, InputError, NotACheckpointError, require
+from medgem.hardware import cpu_has_native_bf16, detect_hardware
+from medgem.memory import check_fits, count_parameters, estimate
+from medgem.request import Request, TextPart
 from medgem.request.compose import shipped_chat_template
 from medgem.resolve import Checkpoint
 
 Mode = Literal["direct", "pipeline"]
-
-
-def load_direct(checkpoint: Checkpoint, options: EngineOptions) -> HFEngine:
-    return HFEngine(checkpoint, options, mode="direct")
 
 
 def load_pipeline(checkpoint: Checkpoint, options: EngineOptions) -> HFEngine:
@@ -55,11 +39,8 @@ class HFEngine:
                 f"'{checkpoint.path.name}' is a GGUF file; transformers needs a checkpoint folder",
                 "use --engine llamacpp for GGUF files",
             )
-        try:
-            import torch
-            import transformers
-        except ImportError as exc:
-            raise MissingDependencyError("transformers", "hf", "the transformers engine") from exc
+        torch: Any = require("torch", "hf", "the transformers engine")
+        transformers: Any = require("transformers", "hf", "the transformers engine")
         self.name = "hf" if mode == "direct" else "hf-pipeline"
         self.mode: Mode = mode
         self.checkpoint = checkpoint
@@ -68,15 +49,10 @@ class HFEngine:
         self.device, self.dtype = _placement(options, checkpoint)
         quant_config = _quantization(options.quantize, self.device)
         if options.check_memory:
-            from medgem.hardware import detect_hardware
-            from medgem.memory import check_fits, count_parameters
-
             precision = options.quantize or str(self.dtype).removeprefix("torch.")
             check_fits(count_parameters(checkpoint.path), precision, self.device, detect_hardware())
-        if not options.progress:
-            transformers.utils.logging.disable_progress_bar()
-        else:
-            transformers.utils.logging.enable_progress_bar()
+        logging = transformers.utils.logging
+        (logging.enable_progress_bar if options.progress else logging.disable_progress_bar)()
         path = str(checkpoint.path)
         self.multimodal = checkpoint.multimodal
         try:
@@ -98,32 +74,26 @@ class HFEngine:
             self.tokenizer.chat_template = self.processor.chat_template
         load_kwargs: dict[str, Any] = {"dtype": self.dtype}
         if quant_config is not None:
-            load_kwargs["quantization_config"] = quant_config
-            load_kwargs["device_map"] = "auto"
+            load_kwargs |= {"quantization_config": quant_config, "device_map": "auto"}
         elif self.device.startswith("cuda"):
             load_kwargs["device_map"] = self.device
         self.model = model_class.from_pretrained(path, **load_kwargs).eval()
-        if self.multimodal and self.device == "cpu" and self.dtype != torch.float32:
-            from medgem.hardware import cpu_has_native_bf16
-
-            if not cpu_has_native_bf16():
-                _vision_in_float32(self.model)
+        if (self.multimodal and self.device == "cpu" and self.dtype != torch.float32
+                and not cpu_has_native_bf16()):
+            _vision_in_float32(self.model)
         self.adapter = None
         if options.adapter:
-            from medgem.adapters import attach_adapter, find_adapter
-
             self.adapter = find_adapter(options.adapter)
             self.model = attach_adapter(self.model, self.adapter)
         self._pipeline: Any = None
         if mode == "pipeline":
             task = "image-text-to-text" if self.multimodal else "text-generation"
             extra = {"processor": self.processor} if self.multimodal else {"tokenizer": self.tokenizer}
-            build: Any = transformers.pipeline
-            self._pipeline = build(task, model=self.model, **extra)
+            self._pipeline = transformers.pipeline(task, model=self.model, **extra)
         config = self.model.config
         text_config = getattr(config, "text_config", config)
         merged = getattr(config, "medgem_adapter", None) or {}  # written by `medgem tune --merge`
-        self.info = ModelInfo(
+        self.info = base.ModelInfo(
             id=checkpoint.model_id,
             revision=checkpoint.revision,
             variant=checkpoint.variant.key if checkpoint.variant else None,
@@ -136,10 +106,9 @@ class HFEngine:
             adapter=self.adapter.name if self.adapter else merged.get("name"),
             adapter_sha256=self.adapter.sha256 if self.adapter else merged.get("sha256"),
         )
-        self.capabilities = Capabilities(
+        self.capabilities = base.Capabilities(
             images=self.multimodal,
             thinking=checkpoint.variant.thinking if checkpoint.variant else True,
-            streaming=True,
             batching="static" if self.mode == "direct" else None,
             chat=checkpoint.instruction_tuned,
         )
@@ -147,39 +116,25 @@ class HFEngine:
     # --- prompt rendering ----------------------------------------------------------------------
 
     def _hf_messages(self, request: Request) -> list[dict[str, Any]]:
-        messages = []
-        for message in request.messages:
-            content: list[dict[str, Any]] = []
-            for part in message.parts:
-                if isinstance(part, TextPart):
-                    content.append({"type": "text", "text": part.text})
-                else:
-                    content.append({"type": "image", "image": part.image})
-            messages.append({"role": message.role, "content": content})
-        return messages
+        return [{"role": message.role, "content": [
+            {"type": "text", "text": part.text} if isinstance(part, TextPart)
+            else {"type": "image", "image": part.image} for part in message.parts
+        ]} for message in request.messages]
 
     def _completion_text(self, request: Request) -> tuple[str, list[Any]]:
-        text = "".join(p.text for p in request.messages[-1].parts if isinstance(p, TextPart))
-        images = [p.image for p in request.messages[-1].parts if isinstance(p, ImagePart)]
-        return self.tokenizer.bos_token + text, images
+        last = request.messages[-1]
+        return self.tokenizer.bos_token + last.text, [part.image for part in last.images]
 
     def encode(self, request: Request) -> Any:
         """Tokenize (and preprocess images for) a request: a BatchFeature on the model's device."""
+        # self.processor is the tokenizer itself for text-only checkpoints.
         if request.template == "completion":
             text, images = self._completion_text(request)
-            if self.multimodal:
-                inputs = self.processor(
-                    text=text, images=images or None, return_tensors="pt", add_special_tokens=False
-                )
-            else:
-                inputs = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
-        elif self.multimodal:
-            inputs = self.processor.apply_chat_template(
-                self._hf_messages(request), add_generation_prompt=True, tokenize=True,
-                return_dict=True, return_tensors="pt",
-            )
+            image_kwargs = {"images": images or None} if self.multimodal else {}
+            inputs = self.processor(text=text, return_tensors="pt", add_special_tokens=False,
+                                    **image_kwargs)
         else:
-            inputs = self.tokenizer.apply_chat_template(
+            inputs = self.processor.apply_chat_template(
                 self._hf_messages(request), add_generation_prompt=True, tokenize=True,
                 return_dict=True, return_tensors="pt",
             )
@@ -190,21 +145,17 @@ class HFEngine:
 
     def _vision_dtype(self) -> Any:
         model = self.model.get_base_model() if self.adapter else self.model  # PEFT wraps it
-        tower = getattr(model.model, "vision_tower", None) if hasattr(model, "model") else None
-        if tower is not None:
-            # the first floating parameter: 8-bit towers also hold int8 weights
-            for parameter in tower.parameters():
-                if parameter.dtype.is_floating_point:
-                    return parameter.dtype
-        return self.dtype
+        tower = getattr(getattr(model, "model", None), "vision_tower", None)
+        # the first floating parameter: 8-bit towers also hold int8 weights
+        parameters = tower.parameters() if tower is not None else ()
+        return next((p.dtype for p in parameters if p.dtype.is_floating_point), self.dtype)
 
-    def prepare(self, request: Request) -> Prepared:
+    def prepare(self, request: Request) -> base.Prepared:
         """Encode once. The direct path keeps the tensors for generate; the pipeline path
         keeps only the count (the pipeline API takes the messages and encodes them itself)."""
         inputs = self.encode(request)
         count = int(inputs["input_ids"].shape[-1])
-        return Prepared(request, count, inputs if self.mode == "direct" else None)
-
+        return base.Prepared(request, count, inputs if self.mode == "direct" else None)
 
     # --- generation ----------------------------------------------------------------------------
 
@@ -219,24 +170,19 @@ class HFEngine:
             # Rows end at their own end of turn, budget or cancel; the others go on.
             "stopping_criteria": transformers.StoppingCriteriaList([streamer.rows_done]),
         }
-        if not options.greedy:
-            kwargs["temperature"] = options.temperature
-            kwargs["top_p"] = options.top_p
-        else:
-            # Greedy: neutralise sampling defaults from generation_config.json.
-            kwargs["top_p"] = None
-            kwargs["top_k"] = None
-        return kwargs
+        if options.greedy:  # neutralise sampling defaults from generation_config.json
+            return kwargs | {"top_p": None, "top_k": None}
+        return kwargs | {"temperature": options.temperature, "top_p": options.top_p}
 
-    def generate(self, request: Request | Prepared,
-                 cancel: threading.Event | None = None) -> Iterator[EngineEvent]:
-        prepared = as_prepared(self, request)
+    def generate(self, request: Request | base.Prepared,
+                 cancel: threading.Event | None = None) -> Iterator[base.EngineEvent]:
+        prepared = base.as_prepared(self, request)
         # Always watched: a caller that stops reading must free the engine, not let it run on.
         for _, event in self.generate_batch([prepared], [cancel or threading.Event()]):
             yield event
 
-    def generate_batch(self, items: list[Prepared],
-                       cancels: list[threading.Event]) -> Iterator[tuple[int, EngineEvent]]:
+    def generate_batch(self, items: list[base.Prepared],
+                       cancels: list[threading.Event]) -> Iterator[tuple[int, base.EngineEvent]]:
         """Requests that sample alike as one left-padded ``generate`` (direct path), each row
         with its own budget, end of turn and cancel: (row, event) pairs, rows interleaved."""
         started = time.perf_counter()
@@ -252,14 +198,11 @@ class HFEngine:
             def work() -> None:
                 with self._torch.inference_mode():
                     self.model.generate(**inputs, **kwargs)
+        elif len(items) > 1:
+            raise InputError("the pipeline path runs one request at a time",
+                             "use --engine hf for --parallel")
         else:
-            if len(items) > 1:
-                raise InputError("the pipeline path runs one request at a time",
-                                 "use --engine hf for --parallel")
-
-            def work() -> None:
-                self._run_pipeline(first, kwargs)
-
+            work = functools.partial(self._run_pipeline, first, kwargs)
         yield from self._stream(work, streamer, items, started)
 
     def _pad_left(self, states: list[Any]) -> dict[str, Any]:
@@ -290,26 +233,21 @@ class HFEngine:
         return {i for i in ids if i is not None}
 
     def _run_pipeline(self, request: Request, kwargs: dict[str, Any]) -> None:
-        max_new = kwargs.pop("max_new_tokens")
+        call = {"max_new_tokens": kwargs.pop("max_new_tokens"), "return_full_text": False}
+        prompt: Any
         if request.template == "completion":
-            text, images = self._completion_text(request)
-            if self.multimodal:
-                self._pipeline(images=images or None, text=text, max_new_tokens=max_new,
-                               return_full_text=False, generate_kwargs=kwargs,
-                               processor_kwargs={"add_special_tokens": False})
-            else:
-                self._pipeline(text, max_new_tokens=max_new, return_full_text=False,
-                               add_special_tokens=False, **kwargs)
-            return
-        messages = self._hf_messages(request)
-        if self.multimodal:
-            self._pipeline(text=messages, max_new_tokens=max_new, return_full_text=False,
-                           generate_kwargs=kwargs)
+            prompt, images = self._completion_text(request)
+            call |= ({"images": images or None, "processor_kwargs": {"add_special_tokens": False}}
+                     if self.multimodal else {"add_special_tokens": False})
         else:
-            self._pipeline(messages, max_new_tokens=max_new, return_full_text=False, **kwargs)
+            prompt = self._hf_messages(request)
+        if self.multimodal:  # image-text-to-text takes generate's options apart
+            self._pipeline(text=prompt, generate_kwargs=kwargs, **call)
+        else:
+            self._pipeline(prompt, **call, **kwargs)
 
-    def _stream(self, work: Any, streamer: _TokenStreamer, items: list[Prepared],
-                started: float) -> Iterator[tuple[int, EngineEvent]]:
+    def _stream(self, work: Callable[[], None], streamer: _TokenStreamer,
+                items: list[base.Prepared], started: float) -> Iterator[tuple[int, base.EngineEvent]]:
         errors: list[BaseException] = []
 
         def run() -> None:
@@ -332,7 +270,7 @@ class HFEngine:
                     continue
                 first.setdefault(row, time.perf_counter() - started)
                 if text:
-                    yield row, TextDelta(text)
+                    yield row, base.TextDelta(text)
         finally:
             if thread.is_alive():
                 for cancel in streamer.cancels:
@@ -341,17 +279,17 @@ class HFEngine:
         if errors:
             raise errors[0]
 
-    def _finished(self, streamer: _TokenStreamer, row: int, item: Prepared, first: float,
-                  total: float) -> Finished:
+    def _finished(self, streamer: _TokenStreamer, row: int, item: base.Prepared, first: float,
+                  total: float) -> base.Finished:
         tokens = streamer.tokens[row]
         if streamer.cancels[row].is_set():
-            reason: Literal["stop", "length", "cancelled"] = "cancelled"
+            reason: base.FinishReason = "cancelled"
         elif tokens and tokens[-1] in streamer.end_ids:
             reason = "stop"
         else:
             reason = "length" if len(tokens) >= item.request.options.budget else "stop"
-        return Finished(reason, Usage(item.prompt_tokens, len(tokens)),
-                        Timings(first, total, len(tokens)))
+        return base.Finished(reason, base.Usage(item.prompt_tokens, len(tokens)),
+                             base.Timings(first, total, len(tokens)))
 
     def close(self) -> None:
         self._pipeline = None
@@ -448,9 +386,6 @@ def _placement(options: EngineOptions, checkpoint: Checkpoint) -> tuple[str, Any
         return device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     # CPUs: float32 when it fits. bf16 matmuls are emulated on most CPUs (measured 213 s for the
     # 4B vision tower alone) and even with AVX512-BF16 PyTorch falls back for many ops.
-    from medgem.hardware import detect_hardware
-    from medgem.memory import count_parameters, estimate
-
     need = estimate(count_parameters(checkpoint.path), "float32").total_bytes
     if need <= detect_hardware().ram_available:
         return device, torch.float32
@@ -468,10 +403,7 @@ def _quantization(quantize: str | None, device: str) -> Any:
             "on a CPU, convert to GGUF instead: medgem convert CHECKPOINT --quant q4_k_m, then "
             "run the .gguf (engine llamacpp)",
         )
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError as exc:
-        raise MissingDependencyError("bitsandbytes", "cuda", f"--quantize {quantize}") from exc
+    require("bitsandbytes", "cuda", f"--quantize {quantize}")
     import torch
     import transformers
 

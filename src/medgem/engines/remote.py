@@ -19,18 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from medgem.engines.base import (
-    Capabilities,
-    EngineEvent,
-    Finished,
-    FinishReason,
-    ModelInfo,
-    Prepared,
-    TextDelta,
-    Timings,
-    Usage,
-    as_prepared,
-)
+from medgem.engines import base
 from medgem.errors import (
     BackendUnavailableError,
     ContextLengthError,
@@ -41,6 +30,7 @@ from medgem.errors import (
 )
 from medgem.request import ImagePart, Request, TextPart
 from medgem.request.thinking import THOUGHT_CLOSE, THOUGHT_OPEN
+from medgem.request.variants import find_variant
 
 if TYPE_CHECKING:
     from medgem.engines import EngineOptions
@@ -128,29 +118,26 @@ class RemoteEngine:
         unreachable: EngineUnavailableError | None = None
         for backend in self._backends:
             try:
-                card = card or self._model_card(backend, model)
-                if len(self._backends) > 1 and card is not None:
-                    self._model_card(backend, model)  # every backend must serve the model
+                found = self._model_card(backend, model)  # every backend must serve the model
+                card = card or found
             except EngineUnavailableError as exc:
                 backend.healthy, unreachable = False, exc
         if card is None:
             assert unreachable is not None
             raise unreachable
         meta = card.get("medgem") or {}
-        from medgem.request.variants import find_variant
-
         variant = meta.get("variant") or (v.key if (v := find_variant(model)) else None)
         # vLLM's card has max_model_len; other servers (llama.cpp's) say nothing: the server
         # then refuses what does not fit, and that refusal comes back as a context error.
         context = card.get("max_model_len") or meta.get("context_length")
-        self.info = ModelInfo(
+        self.info = base.ModelInfo(
             id=model, revision=meta.get("revision"), variant=variant, engine="remote",
             dtype=str(meta.get("dtype") or "remote"), quantization=meta.get("quantization"),
             demo=bool(meta.get("demo", False)),
             context_length=int(context or 131072),
             path=",".join(b.url for b in self._backends),
         )
-        self.capabilities = Capabilities(
+        self.capabilities = base.Capabilities(
             images=bool(meta.get("images", True)), thinking=bool(meta.get("thinking", True)),
             batching="concurrent",  # the servers batch what they are sent at once
         )
@@ -228,11 +215,11 @@ class RemoteEngine:
 
     # --- the Engine protocol -------------------------------------------------------------------
 
-    def generate(self, request: Request | Prepared,
-                 cancel: threading.Event | None = None) -> Iterator[EngineEvent]:
+    def generate(self, request: Request | base.Prepared,
+                 cancel: threading.Event | None = None) -> Iterator[base.EngineEvent]:
         """Stream one chat completion; stops (closing the connection) when ``cancel`` is set.
         A backend that cannot be reached before anything streamed is left for another."""
-        prepared = as_prepared(self, request)
+        prepared = base.as_prepared(self, request)
         tried: set[int] = set()
         while True:
             backend = self._acquire(tried)
@@ -253,12 +240,12 @@ class RemoteEngine:
             finally:
                 self._release(backend)
 
-    def _stream(self, backend: _Backend, prepared: Prepared,
-                cancel: threading.Event | None) -> Iterator[EngineEvent]:
+    def _stream(self, backend: _Backend, prepared: base.Prepared,
+                cancel: threading.Event | None) -> Iterator[base.EngineEvent]:
         started = time.monotonic()
         request = prepared.request
         first: float | None = None
-        reason: FinishReason | None = None
+        reason: base.FinishReason | None = None
         usage: Any = None
         pieces = 0
         in_thought = False
@@ -277,13 +264,13 @@ class RemoteEngine:
                             if not piece:
                                 continue
                             if thinking and not in_thought:
-                                yield TextDelta(f"{THOUGHT_OPEN}thought\n")
+                                yield base.TextDelta(f"{THOUGHT_OPEN}thought\n")
                             elif not thinking and in_thought:
-                                yield TextDelta(THOUGHT_CLOSE)
+                                yield base.TextDelta(THOUGHT_CLOSE)
                             in_thought = thinking
                             first = first if first is not None else time.monotonic() - started
                             pieces += 1
-                            yield TextDelta(piece)
+                            yield base.TextDelta(piece)
                         if choice.finish_reason:
                             reason = "length" if choice.finish_reason == "length" else "stop"
         if reason is None and not self._answers(backend):
@@ -296,12 +283,12 @@ class RemoteEngine:
                 "check the server's log; shorten the prompt or serve a longer context",
                 "incomplete_answer")
         if in_thought and reason == "stop":
-            yield TextDelta(THOUGHT_CLOSE)  # a finished thought with an empty answer
+            yield base.TextDelta(THOUGHT_CLOSE)  # a finished thought with an empty answer
         total = time.monotonic() - started
         completion = int(getattr(usage, "completion_tokens", 0) or pieces)
         prompt = int(getattr(usage, "prompt_tokens", 0) or prepared.prompt_tokens)
-        yield Finished(reason, Usage(prompt, completion), Timings(first or total, total, completion),
-                       served_by=backend.url)
+        yield base.Finished(reason, base.Usage(prompt, completion),
+                            base.Timings(first or total, total, completion), served_by=backend.url)
 
     @contextmanager
     def _errors(self, backend: _Backend, what: str) -> Iterator[None]:
@@ -324,11 +311,11 @@ class RemoteEngine:
             raise RemoteError(502, f"the server failed mid-answer: {exc.message}", None,
                               body.get("code")) from exc
 
-    def prepare(self, request: Request) -> Prepared:
+    def prepare(self, request: Request) -> base.Prepared:
         """An estimate of the prompt's size (the server counts exactly and refuses what does
         not fit); the messages are encoded for the wire when sent."""
         chars = sum(len(m.text) for m in request.messages)
-        return Prepared(request, chars // 4 + _TOKENS_PER_IMAGE * len(request.images))
+        return base.Prepared(request, chars // 4 + _TOKENS_PER_IMAGE * len(request.images))
 
     def close(self) -> None:
         self._stop.set()
@@ -361,13 +348,10 @@ class RemoteEngine:
 def _message(role: str, parts: tuple[Any, ...]) -> dict[str, Any]:
     if all(isinstance(p, TextPart) for p in parts):
         return {"role": role, "content": "".join(p.text for p in parts)}
-    content: list[dict[str, Any]] = []
-    for part in parts:
-        if isinstance(part, ImagePart):
-            content.append({"type": "image_url", "image_url": {"url": _png_data_url(part.image)}})
-        else:
-            content.append({"type": "text", "text": part.text})
-    return {"role": role, "content": content}
+    return {"role": role, "content": [
+        {"type": "image_url", "image_url": {"url": _png_data_url(p.image)}}
+        if isinstance(p, ImagePart) else {"type": "text", "text": p.text} for p in parts
+    ]}
 
 
 def _png_data_url(image: Any) -> str:

@@ -23,9 +23,7 @@ class Record:
     """One row of a dataset file.
 
     Attributes:
-        data: the row's fields.
-        source: the file it came from.
-        row: its 1-based position in that file (for CSV: the data row, header excluded).
+        row: its 1-based position in ``source`` (for CSV: the data row, header excluded).
     """
 
     data: dict[str, Any]
@@ -121,7 +119,6 @@ def _read_parquet(path: Path) -> Iterator[Record]:
 def _read_saved_dataset(folder: Path) -> Iterator[Record]:
     """A ``datasets`` save_to_disk folder: Arrow IPC stream files, in state.json's order."""
     ipc: Any = require("pyarrow.ipc", "eval", "reading datasets folders", "pyarrow")
-    files: list[Path] = []
     state = folder / "state.json"
     if state.is_file():
         try:

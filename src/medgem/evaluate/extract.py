@@ -88,23 +88,16 @@ def _match_option_text(reply: str, options: Mapping[str, str]) -> str | None:
     flat = normalize_text(_MARKUP.sub(" ", reply))
     if not flat:
         return None
-    padded = f" {flat} "
-    exact = [k for k, v in options.items() if normalize_text(v) and normalize_text(v) == flat]
+    needles = [(letter.upper(), normalize_text(option)) for letter, option in options.items()]
+    exact = [letter for letter, needle in needles if needle and needle == flat]
     if exact:
-        return exact[0].upper()
-    best: tuple[int, int, str] | None = None  # (position, length, letter)
-    for letter, option in options.items():
-        needle = normalize_text(option)
-        if not needle:
-            continue
-        position = padded.rfind(f" {needle} ")
-        if position < 0:
-            continue
-        # Latest mention wins; at the same place, the longer (more specific) option.
-        key = (position, len(needle), letter.upper())
-        if best is None or key[:2] > best[:2]:
-            best = key
-    return best[2] if best else None
+        return exact[0]
+    # (position, length, letter): the latest mention wins; at the same place, the longer (more
+    # specific) option; on a full tie, the first option.
+    found = [(f" {flat} ".rfind(f" {needle} "), len(needle), letter)
+             for letter, needle in needles if needle]
+    found = [mention for mention in found if mention[0] >= 0]
+    return max(found, key=lambda mention: mention[:2])[2] if found else None
 
 
 def extract_label(text: str, labels: Sequence[str]) -> str | None:

@@ -150,14 +150,12 @@ def paired_bootstrap(a_scores: Sequence[float], b_scores: Sequence[float], *, sa
         two-sided p-value (twice the share of resamples on the other side of zero).
     """
     diffs = [b - a for a, b in zip(a_scores, b_scores, strict=True)]
-    if not diffs:
+    if not any(diffs):  # no items, or no item differs
         return 0.0, 0.0, 0.0, 1.0
     observed = sum(diffs) / len(diffs)
     rng = random.Random(seed)
     n = len(diffs)
     means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(samples))
     low, high = means[int(0.025 * (samples - 1))], means[math.ceil(0.975 * (samples - 1))]
-    if observed == 0 and all(d == 0 for d in diffs):
-        return 0.0, 0.0, 0.0, 1.0
     other_side = sum(m <= 0 for m in means) if observed > 0 else sum(m >= 0 for m in means)
     return observed, low, high, min(1.0, 2 * other_side / samples)

@@ -51,10 +51,6 @@ class ResultLog:
             handle.flush()
             os.fsync(handle.fileno())
 
-    def read(self) -> dict[str, dict[str, Any]]:
-        """id -> the latest result line for it (a torn last line is ignored)."""
-        return read_results(self.path)
-
 
 def read_results(path: Path) -> dict[str, dict[str, Any]]:
     """id -> latest result for that id, in first-seen order; unreadable lines are skipped."""

@@ -19,10 +19,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tqdm import tqdm
+
+from medgem import __version__
 from medgem.errors import DatasetError, InputError, MedgemError
 from medgem.evaluate.datasets import read_records
-from medgem.evaluate.results import MANIFEST_FILE, RESULTS_FILE, ResultLog
+from medgem.evaluate.results import MANIFEST_FILE, RESULTS_FILE, ResultLog, read_results
 from medgem.evaluate.tasks import EvalItem, LoadedData, Task, TaskOptions, get_task
+from medgem.inputs import images_from_bytes
 from medgem.request import GenerationOptions, Request
 
 if TYPE_CHECKING:
@@ -147,8 +151,6 @@ def choose_think(mg: MedGemma, task: Task, wanted: str) -> tuple[bool, str]:
 
 def manifest_for(prepared: PreparedRun, mg: MedGemma, think: bool, think_note: str) -> dict[str, Any]:
     """What run.json records: enough to reproduce the numbers."""
-    from medgem import __version__
-
     info = mg.engine.info
     variant = prepared.config.variant or (mg.variant.key if mg.variant else info.variant)
     return {
@@ -210,13 +212,7 @@ def _base(item: EvalItem) -> dict[str, Any]:
 
 def _scored(task: Task, item: EvalItem, answer: Answer, seconds: float) -> dict[str, Any]:
     reply = answer.text or answer.raw
-    scored = task.score(item, reply)
-    return _base(item) | {
-        "status": "ok",
-        "prediction": scored.prediction,
-        "parsed": scored.parsed,
-        "correct": scored.correct,
-        "score": scored.score,
+    return _base(item) | {"status": "ok"} | asdict(task.score(item, reply)) | {
         "reply": reply,
         "thinking_chars": len(answer.thinking),
         "finish_reason": answer.finish_reason,
@@ -228,8 +224,6 @@ def _scored(task: Task, item: EvalItem, answer: Answer, seconds: float) -> dict[
 
 def _open_image(ref: str | bytes) -> Any:
     if isinstance(ref, bytes):
-        from medgem.inputs import images_from_bytes
-
         return images_from_bytes(ref, name="dataset-image").images[0]
     return Path(ref)
 
@@ -281,11 +275,12 @@ def run_evaluation(
         manifest["resumed"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     _write_json(manifest_path, manifest)
     log.repair()
-    done = {i for i, r in log.read().items() if r.get("status") == "ok"}
+    done = {i for i, r in read_results(log.path).items() if r.get("status") == "ok"}
     todo = [item for item in prepared.items if item.id not in done]
     failed = 0
-    bar = _progress_bar(len(prepared.items), len(prepared.items) - len(todo),
-                        prepared.task.name, progress)
+    bar = tqdm(total=len(prepared.items), initial=len(prepared.items) - len(todo),
+               desc=f"eval {prepared.task.name}", unit="item", file=sys.stderr,
+               disable=not progress, dynamic_ncols=True)
     try:
         for result in _results(mg, prepared, todo, think):
             log.append(result)
@@ -331,13 +326,6 @@ def _results(mg: MedGemma, prepared: PreparedRun, todo: list[EvalItem], think: b
 def _drain(items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     while items:
         yield items.pop(0)
-
-
-def _progress_bar(total: int, initial: int, name: str, enabled: bool) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, desc=f"eval {name}", unit="item",
-                file=sys.stderr, disable=not enabled, dynamic_ncols=True)
 
 
 def _write_json(path: Path, value: dict[str, Any]) -> None:

@@ -6,6 +6,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from medgem.errors import ImageInputError, InputError
 from medgem.inputs import LoadedImages, decode_data_url, from_pil, images_from_bytes, read_images
 from medgem.request import GenerationOptions, ImagePart, Message, Part, Request, TextPart
@@ -57,12 +59,12 @@ def request_from_openai(messages: Sequence[dict[str, Any]], *, variant: Variant 
         if role == "assistant" and any(isinstance(p, ImagePart) for p in parts):
             raise InputError(f"messages[{index}]: assistant messages cannot hold images")
         turns.append(Message(role, tuple(parts)))
+    system = "\n\n".join(s for s in system_parts if s) or None
     if slides:
         if len(slides) > 1 or image_count or len(turns) != 1:
             raise ImageInputError("a whole-slide image must be the only image, in one user message",
                                   "ask about the slide on its own, in a new conversation")
-        return build_slide_request(turns[0].text, slides[0].images,
-                                   instruction="\n\n".join(s for s in system_parts if s) or None,
+        return build_slide_request(turns[0].text, slides[0].images, instruction=system,
                                    variant=variant, options=options)
     if image_count > max_images:
         raise ImageInputError(f"{image_count} images sent, the limit is {max_images}", "send fewer images")
@@ -74,11 +76,9 @@ def request_from_openai(messages: Sequence[dict[str, Any]], *, variant: Variant 
     options = resolve_options(kind, options, variant)
     if not chat:
         return Request((turns[-1],), options, template="completion")
-    out: list[Message] = []
-    sys_text = system_text("\n\n".join(s for s in system_parts if s) or None, options.think)
-    if sys_text:
-        out.append(Message("system", (TextPart(sys_text),)))
-    return Request((*out, *turns), options)
+    sys_text = system_text(system, options.think)
+    head = (Message("system", (TextPart(sys_text),)),) if sys_text else ()
+    return Request((*head, *turns), options)
 
 
 def _parts(content: Any, index: int, allowed_dirs: Sequence[Path] | None,
@@ -142,8 +142,6 @@ def _from_url(url: str, allowed_dirs: Sequence[Path] | None) -> LoadedImages:
 
 
 def _from_object(value: Any, allowed_dirs: Sequence[Path] | None) -> LoadedImages:
-    from PIL import Image
-
     if isinstance(value, Image.Image):
         return LoadedImages([from_pil(value)], ["image"], None, [None])
     if isinstance(value, (str, Path)):

@@ -9,6 +9,8 @@ import dataclasses
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
+from medgem.errors import InputError
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -71,8 +73,6 @@ class GenerationOptions:
     think: bool = False
 
     def __post_init__(self) -> None:
-        from medgem.errors import InputError
-
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
         if self.temperature < 0:

@@ -7,7 +7,7 @@ parsed. A budget that ends mid-thought leaves an unterminated thought and an emp
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -15,11 +15,13 @@ THOUGHT_OPEN = "<unused94>"
 THOUGHT_CLOSE = "<unused95>"
 _THOUGHT_LABEL = "thought"
 THINK_INSTRUCTION = "SYSTEM INSTRUCTION: think silently if needed."
+Kind = Literal["thinking", "answer"]
+State = Literal["before", "label", "thought", "answer"]
 
 
 @dataclass(frozen=True)
 class Piece:
-    kind: Literal["thinking", "answer"]
+    kind: Kind
     text: str
 
 
@@ -43,89 +45,68 @@ def split_thinking(text: str) -> tuple[str, str]:
 class ThinkingSplitter:
     """Incremental splitter: feed text deltas, get typed pieces, never emitting half a marker.
 
-    The state machine: ``before`` (nothing decided yet, leading whitespace held back),
-    ``thought`` (inside the thought), ``answer``. Text that could be the start of a marker is held
-    until the next delta decides it.
+    The state machine: ``before`` (nothing decided yet, leading whitespace held back), ``label``
+    (after the opening marker, where the ``thought`` label may follow), ``thought`` (inside the
+    thought), ``answer``. Text that could be the start of a marker is held until the next delta
+    decides it.
     """
 
     def __init__(self) -> None:
-        self._state: Literal["before", "label", "thought", "answer"] = "before"
+        self._state: State = "before"
         self._pending = ""
         self._answer_started = False
 
     def feed(self, delta: str) -> Iterator[Piece]:
         self._pending += delta
-        while True:
-            progressed, pieces = self._step()
-            yield from pieces
-            if not progressed:
-                return
+        progressed = True
+        while progressed:
+            progressed = yield from self._step()
 
     def finish(self) -> Iterator[Piece]:
         """Flush what is held back at the end of the stream."""
         rest, self._pending = self._pending, ""
-        if not rest:
+        if self._state == "label" and _THOUGHT_LABEL.startswith(rest.strip()):
             return
-        if self._state in ("thought", "label"):
-            if self._state == "label" and _THOUGHT_LABEL.startswith(rest.strip()):
-                return
-            yield Piece("thinking", rest)
-        else:
-            yield from self._answer(rest)
+        yield from self._pieces("thinking" if self._state in ("thought", "label") else "answer", rest)
 
-    def _answer(self, text: str) -> Iterator[Piece]:
-        if not self._answer_started:
+    def _pieces(self, kind: Kind, text: str) -> Iterator[Piece]:
+        if kind == "answer" and not self._answer_started:
             text = text.lstrip()
-            if not text:
-                return
-            self._answer_started = True
-        yield Piece("answer", text)
+            self._answer_started = bool(text)
+        if text:
+            yield Piece(kind, text)
 
-    def _step(self) -> tuple[bool, list[Piece]]:
+    def _step(self) -> Generator[Piece, None, bool]:
+        """Yield what the held text decides; returns whether the state moved on."""
         buf = self._pending
         if self._state == "before":
             stripped = buf.lstrip()
-            if not stripped:
-                return False, []
             if stripped.startswith(THOUGHT_OPEN):
-                self._pending = stripped[len(THOUGHT_OPEN) :]
-                self._state = "label"
-                return True, []
-            if THOUGHT_OPEN.startswith(stripped):
-                return False, []  # could still become the opening marker
-            self._state = "answer"
-            return True, []
+                self._pending, self._state = stripped[len(THOUGHT_OPEN) :], "label"
+            elif THOUGHT_OPEN.startswith(stripped):
+                return False  # could still become the opening marker
+            else:
+                self._state = "answer"
+            return True
         if self._state == "label":
             if buf.startswith(_THOUGHT_LABEL):
                 self._pending = buf[len(_THOUGHT_LABEL) :].lstrip("\n")
-                self._state = "thought"
-                return True, []
-            if _THOUGHT_LABEL.startswith(buf):
-                return False, []
+            elif _THOUGHT_LABEL.startswith(buf):
+                return False
             self._state = "thought"
-            return True, []
-        if self._state == "thought":
-            return self._scan(buf, THOUGHT_CLOSE, "thinking", next_state="answer")
-        # answer: a later opening marker (model thinking again) is kept out of the answer.
-        return self._scan(buf, THOUGHT_OPEN, "answer", next_state="label")
-
-    def _scan(self, buf: str, marker: str, kind: Literal["thinking", "answer"],
-              next_state: Literal["answer", "label"]) -> tuple[bool, list[Piece]]:
+            return True
+        # In the answer, a later opening marker (the model thinking again) is kept out of it.
+        scan: tuple[str, Kind, State] = ((THOUGHT_CLOSE, "thinking", "answer")
+                                         if self._state == "thought" else (THOUGHT_OPEN, "answer", "label"))
+        marker, kind, then = scan
         index = buf.find(marker)
         if index >= 0:
-            before, self._pending = buf[:index], buf[index + len(marker) :]
-            self._state = next_state
-            return True, self._emit(kind, before)
-        keep = partial_marker_length(buf, marker)
-        emit, self._pending = buf[: len(buf) - keep], buf[len(buf) - keep :]
-        return False, self._emit(kind, emit)
-
-    def _emit(self, kind: Literal["thinking", "answer"], text: str) -> list[Piece]:
-        if not text:
-            return []
-        if kind == "answer":
-            return list(self._answer(text))
-        return [Piece("thinking", text)]
+            text, self._pending, self._state = buf[:index], buf[index + len(marker) :], then
+        else:
+            keep = partial_marker_length(buf, marker)
+            text, self._pending = buf[: len(buf) - keep], buf[len(buf) - keep :]
+        yield from self._pieces(kind, text)
+        return index >= 0
 
 
 def partial_marker_length(text: str, marker: str) -> int:

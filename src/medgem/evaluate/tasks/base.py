@@ -10,8 +10,9 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from medgem.errors import DatasetError
 from medgem.evaluate.datasets import Record, row_error
 from medgem.evaluate.metrics import Interval, bootstrap_interval, wilson_interval
 
@@ -77,6 +78,21 @@ class LoadedData:
     skipped: dict[str, int] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        """Refuse duplicate item ids: results are keyed by id, duplicates would be counted once.
+
+        Raises:
+            DatasetError: naming both rows.
+        """
+        seen: dict[str, EvalItem] = {}
+        for item in self.items:
+            first = seen.setdefault(item.id, item)
+            if first is not item:
+                raise DatasetError(
+                    f"{item.source} row {item.row}: id '{item.id}' already used at row {first.row}",
+                    "give every row a unique id",
+                )
+
 
 @dataclass(frozen=True)
 class TaskOptions:
@@ -93,13 +109,14 @@ class TaskOptions:
     language: str = "en"
 
 
-class Task(Protocol):
-    """The contract every task module fulfils."""
+class Task:
+    """The contract every task module fulfils; by default accuracy is the headline metric and
+    thinking variants are not asked to think."""
 
     name: str
     description: str
-    primary_metric: str
-    think: bool  # ask thinking variants to think (the official MedQA prompt)
+    primary_metric = "accuracy"
+    think = False  # ask thinking variants to think (the official MedQA prompt)
 
     def load(self, records: Sequence[Record], options: TaskOptions) -> LoadedData:
         """Turn dataset rows into items.
@@ -107,15 +124,15 @@ class Task(Protocol):
         Raises:
             DatasetError: a row lacks a field or holds a bad value (names file and row).
         """
-        ...
+        raise NotImplementedError
 
     def score(self, item: EvalItem, reply: str) -> Scored:
         """Read and score one reply."""
-        ...
+        raise NotImplementedError
 
     def metrics(self, items: Sequence[EvalItem], scored: Sequence[Scored]) -> dict[str, Interval]:
         """The task's metrics (fractions 0-1, or BLEU 0-100) with 95% intervals."""
-        ...
+        return {"accuracy": proportion([s.correct for s in scored])}
 
 
 # --- helpers shared by task modules ------------------------------------------------------------
@@ -145,21 +162,6 @@ def item_id(record: Record, *names: str) -> str:
     """The dataset's own id for a row, else "row-N" (N counted across files)."""
     value = field_value(record, *names, required=False) if names else None
     return str(value) if value is not None else f"{record.source.stem}-row-{record.row}"
-
-
-def check_unique(items: Sequence[EvalItem]) -> None:
-    """Refuse duplicate item ids: results are keyed by id, duplicates would be counted once."""
-    from medgem.errors import DatasetError
-
-    seen: dict[str, EvalItem] = {}
-    for item in items:
-        first = seen.get(item.id)
-        if first is not None:
-            raise DatasetError(
-                f"{item.source} row {item.row}: id '{item.id}' already used at row {first.row}",
-                "give every row a unique id",
-            )
-        seen[item.id] = item
 
 
 def most_common(values: Sequence[str | None]) -> str | None:

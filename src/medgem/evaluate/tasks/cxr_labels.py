@@ -48,13 +48,12 @@ def _label(value: Any, record: Record, finding: str, policy: str) -> bool | None
     raise row_error(record, f"{finding} is {text!r}, expected 1, 0, -1 or blank")
 
 
-class ChestXrayLabelsTask:
+class ChestXrayLabelsTask(base.Task):
     """Macro F1 over the five findings (Atelectasis, Cardiomegaly, Consolidation, Edema, Effusion)."""
 
     name = "cxr-labels"
     description = "chest X-ray findings vs CheXpert/MIMIC-CXR labels: macro F1 over 5 findings"
     primary_metric = "macro_f1"
-    think = False
 
     def load(self, records: Sequence[Record], options: base.TaskOptions) -> base.LoadedData:
         if options.uncertain not in POLICIES:
@@ -80,7 +79,6 @@ class ChestXrayLabelsTask:
                 base.item_id(record, "id", "study_id", "path"), str(record.source), record.row,
                 QUESTION, labels, category, images=(image,), system=RADIOLOGIST_SYSTEM,
             ))
-        base.check_unique(items)
         benchmark = "mimic-cxr" if {"subject_id", "study_id"} <= columns else "chexpert"
         return base.LoadedData(items, benchmark, notes={"uncertain_labels": options.uncertain})
 
@@ -97,20 +95,18 @@ class ChestXrayLabelsTask:
     def metrics(self, items: Sequence[base.EvalItem], scored: Sequence[base.Scored]) -> dict[str, Interval]:
         pairs = list(zip(items, scored, strict=True))
 
-        def statistic(sample: Sequence[tuple[base.EvalItem, base.Scored]]) -> float:
-            truth = [[i.reference[f] for f in FINDINGS] for i, _ in sample]
-            predicted = [[bool((s.prediction or {}).get(f, False)) for f in FINDINGS]
+        def statistic(sample: Sequence[tuple[base.EvalItem, base.Scored]],
+                      findings: Sequence[str] = tuple(FINDINGS)) -> float:
+            """Macro F1 over ``findings``; labels left out (None) do not count."""
+            truth = [[i.reference[f] for f in findings] for i, _ in sample]
+            predicted = [[bool((s.prediction or {}).get(f, False)) for f in findings]
                          for _, s in sample]
             return macro_f1(truth, predicted)
 
-        value = statistic(pairs)
         low, high = bootstrap_interval(pairs, statistic, samples=500)
-        result = {"macro_f1": Interval(value, low, high)}
+        result = {"macro_f1": Interval(statistic(pairs), low, high)}
         for finding in FINDINGS:
-            kept = [(i, s) for i, s in pairs if i.reference[finding] is not None]
-            truth = [[i.reference[finding]] for i, _ in kept]
-            predicted = [[bool((s.prediction or {}).get(finding, False))] for _, s in kept]
-            f1 = macro_f1(truth, predicted) if kept else 0.0
+            f1 = statistic(pairs, (finding,))
             result[f"f1_{finding.lower().replace(' ', '_')}"] = Interval(f1, f1, f1)
         return result
 

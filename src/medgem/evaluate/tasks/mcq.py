@@ -13,7 +13,6 @@ from typing import Any
 
 from medgem.evaluate.datasets import Record, row_error
 from medgem.evaluate.extract import extract_choice
-from medgem.evaluate.metrics import Interval
 from medgem.evaluate.tasks import base
 
 LETTERS = string.ascii_uppercase
@@ -66,45 +65,43 @@ def _parse(record: Record, cop_base: int) -> tuple[base.EvalItem | None, str | N
     """One row -> (item, benchmark detected from its format)."""
     data = {k.lower(): v for k, v in record.data.items()}
     question = str(base.field_value(record, "question", "sent1"))
+    benchmark: str | None
+    ids: tuple[str, ...] = ("id",)
     if "opa" in data:  # MedMCQA
+        benchmark = "medmcqa"
         options = {
             letter: str(data[f"op{letter.lower()}"])
             for letter in "ABCDE" if data.get(f"op{letter.lower()}") not in (None, "")
         }
-        answer = base.field_value(record, "cop")
-        letter = _as_letter(answer, options, record, base=cop_base)
+        letter = _as_letter(base.field_value(record, "cop"), options, record, base=cop_base)
         category = str(data.get("subject_name") or "all")
-        return base.EvalItem(base.item_id(record, "id"), str(record.source), record.row,
-                             format_question(question, options), letter, category, options), "medmcqa"
-    if "answer_options" in data:  # AfriMed-QA: MCQ rows only
+    elif "answer_options" in data:  # AfriMed-QA: MCQ rows only
         if not data.get("answer_options") or str(data.get("question_type", "mcq")).lower() != "mcq":
             return None, "afrimed-qa"
+        benchmark, ids = "afrimed-qa", ("sample_id", "id")
         options = _options_from(data["answer_options"], record)
         raw_answer = str(base.field_value(record, "correct_answer"))
         keys = list(json.loads(data["answer_options"]) if isinstance(data["answer_options"], str)
                     else data["answer_options"])
-        if raw_answer in keys:
-            letter = list(options)[keys.index(raw_answer)]
-        else:
-            letter = _as_letter(raw_answer, options, record)
+        letter = (list(options)[keys.index(raw_answer)] if raw_answer in keys
+                  else _as_letter(raw_answer, options, record))
         category = str(data.get("specialty") or "all")
-        return base.EvalItem(base.item_id(record, "sample_id", "id"), str(record.source), record.row,
-                             format_question(question, options), letter, category, options), "afrimed-qa"
-    if "choices" in data and "subject" in data:  # MMLU
+    elif "choices" in data and "subject" in data:  # MMLU
+        benchmark = "mmlu-med"
         options = _options_from(data["choices"], record)
         letter = _as_letter(base.field_value(record, "answer"), options, record)
-        return base.EvalItem(base.item_id(record, "id"), str(record.source), record.row,
-                             format_question(question, options), letter, str(data["subject"]),
-                             options), "mmlu-med"
-    options = _options_from(base.field_value(record, "options", "choices"), record)
-    if len(options) < 2:
-        raise row_error(record, "a multiple-choice question needs at least two options")
-    benchmark = "medqa" if "answer_idx" in data else None
-    answer = base.field_value(record, "answer_idx", "answer", "label")
-    letter = _as_letter(answer, options, record)
-    category = str(data.get("meta_info") or data.get("category") or data.get("subject") or "all")
-    return base.EvalItem(base.item_id(record, "id", "qid"), str(record.source), record.row,
-                         format_question(question, options), letter, category, options), benchmark
+        category = str(data["subject"])
+    else:
+        options = _options_from(base.field_value(record, "options", "choices"), record)
+        if len(options) < 2:
+            raise row_error(record, "a multiple-choice question needs at least two options")
+        benchmark, ids = ("medqa" if "answer_idx" in data else None), ("id", "qid")
+        answer = base.field_value(record, "answer_idx", "answer", "label")
+        letter = _as_letter(answer, options, record)
+        category = str(data.get("meta_info") or data.get("category") or data.get("subject") or "all")
+    item = base.EvalItem(base.item_id(record, *ids), str(record.source), record.row,
+                         format_question(question, options), letter, category, options)
+    return item, benchmark
 
 
 def _cop_base(records: Sequence[Record]) -> int:
@@ -113,12 +110,11 @@ def _cop_base(records: Sequence[Record]) -> int:
     return 0 if "0" in values else 1
 
 
-class MultipleChoiceTask:
+class MultipleChoiceTask(base.Task):
     """Accuracy on single-answer multiple-choice questions."""
 
     name = "mcq"
     description = "multiple-choice QA (MedQA, MedMCQA, MMLU medical, AfriMed-QA): accuracy"
-    primary_metric = "accuracy"
     think = True
 
     def load(self, records: Sequence[Record], options: base.TaskOptions) -> base.LoadedData:
@@ -133,7 +129,6 @@ class MultipleChoiceTask:
                 skipped += 1
             else:
                 items.append(item)
-        base.check_unique(items)
         notes = {"medmcqa_cop_base": str(cop_base)} if "medmcqa" in found else {}
         return base.LoadedData(items, base.most_common(found),
                                {"not a multiple-choice row": skipped} if skipped else {}, notes)
@@ -142,9 +137,6 @@ class MultipleChoiceTask:
         letter = extract_choice(reply, item.options)
         correct = letter == item.reference
         return base.Scored(letter, letter is not None, correct, float(correct))
-
-    def metrics(self, items: Sequence[base.EvalItem], scored: Sequence[base.Scored]) -> dict[str, Interval]:
-        return {"accuracy": base.proportion([s.correct for s in scored])}
 
 
 TASK = MultipleChoiceTask()

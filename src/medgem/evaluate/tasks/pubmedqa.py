@@ -7,7 +7,6 @@ from typing import Any
 
 from medgem.evaluate.datasets import Record, row_error
 from medgem.evaluate.extract import extract_label
-from medgem.evaluate.metrics import Interval
 from medgem.evaluate.tasks import base
 
 LABELS = ("yes", "no", "maybe")
@@ -23,13 +22,11 @@ def _contexts(value: Any) -> str:
     return str(value)
 
 
-class PubMedQATask:
+class PubMedQATask(base.Task):
     """Yes/no/maybe accuracy; reported per true label."""
 
     name = "pubmedqa"
     description = "PubMedQA: yes/no/maybe accuracy"
-    primary_metric = "accuracy"
-    think = False
 
     def load(self, records: Sequence[Record], options: base.TaskOptions) -> base.LoadedData:
         items = []
@@ -44,16 +41,12 @@ class PubMedQATask:
                 base.item_id(record, "id", "pubid", "pmid"), str(record.source), record.row,
                 f"{text}\n\n{INSTRUCTION}", decision, decision,
             ))
-        base.check_unique(items)
         return base.LoadedData(items, "pubmedqa")
 
     def score(self, item: base.EvalItem, reply: str) -> base.Scored:
         label = extract_label(reply, LABELS)
         correct = label == item.reference
         return base.Scored(label, label is not None, correct, float(correct))
-
-    def metrics(self, items: Sequence[base.EvalItem], scored: Sequence[base.Scored]) -> dict[str, Interval]:
-        return {"accuracy": base.proportion([s.correct for s in scored])}
 
 
 TASK = PubMedQATask()

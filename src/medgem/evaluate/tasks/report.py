@@ -18,13 +18,12 @@ from medgem.request.compose import RADIOLOGIST_SYSTEM
 PROMPT = "Write the findings section of a radiology report for this chest X-ray."
 
 
-class ReportTask:
+class ReportTask(base.Task):
     """ROUGE-L (mean over reports, bootstrap interval) and corpus BLEU."""
 
     name = "report"
     description = "report generation vs reference reports: ROUGE-L and BLEU"
     primary_metric = "rouge_l"
-    think = False
 
     def load(self, records: Sequence[Record], options: base.TaskOptions) -> base.LoadedData:
         items = []
@@ -39,7 +38,6 @@ class ReportTask:
                 str(prompt or PROMPT), reference, str(record.data.get("view") or "all"),
                 images=images, system=RADIOLOGIST_SYSTEM,
             ))
-        base.check_unique(items)
         return base.LoadedData(items, None)
 
     def score(self, item: base.EvalItem, reply: str) -> base.Scored:

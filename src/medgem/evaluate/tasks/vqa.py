@@ -19,13 +19,12 @@ def _is_closed(answer: str, answer_type: str | None) -> bool:
     return normalize_text(answer) in YES_NO  # Hub copies drop answer_type
 
 
-class VQATask:
+class VQATask(base.Task):
     """Tokenized F1 over all questions (the 4B card's metric), accuracy, closed/open split."""
 
     name = "vqa"
     description = "medical VQA (VQA-RAD, SLAKE): closed accuracy, open tokenized F1"
     primary_metric = "tokenized_f1"
-    think = False
 
     def load(self, records: Sequence[Record], options: base.TaskOptions) -> base.LoadedData:
         items = []
@@ -53,7 +52,6 @@ class VQATask:
                 f"{question.strip()}\n{hint}", answer, "closed" if closed else "open",
                 images=(image,),
             ))
-        base.check_unique(items)
         skipped = {f"question language not '{options.language}'": other_language} if other_language else {}
         return base.LoadedData(items, base.most_common(found), skipped)
 
