@@ -179,3 +179,39 @@ def test_cli_names_the_flag_and_the_flag_raises_the_limit(tmp_path: Path) -> Non
     raised = run_cli("inspect", str(tmp_path / "ct"), "--slice-limit", "6",
                      env={"MEDGEM_SLICE_LIMIT": "5"})
     assert raised.returncode == 0, raised.stderr
+
+
+def test_the_openai_path_passes_the_cancel_hook_to_the_readers() -> None:
+    """What the server hands in when a client leaves: reading a chat message's zip stops at the
+    first check that says so, through request_from_openai (the server's door)."""
+    import base64
+
+    from medgem.errors import InputCancelled
+    from medgem.request.openai_messages import request_from_openai
+
+    url = "data:application/zip;base64," + base64.b64encode(tiny_dicoms_zip(30)).decode()
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                             {"type": "text", "text": "Describe."}]}]
+    asked: list[int] = []
+
+    def cancelled() -> bool:
+        asked.append(1)
+        return len(asked) > 3
+
+    with pytest.raises(InputCancelled):
+        request_from_openai(messages, imaging=ImagingOptions(cancelled=cancelled))
+    assert len(asked) == 4
+
+
+def test_ask_and_describe_take_the_limit_flags_too(tmp_path: Path, tiny_vlm_checkpoint: Path) -> None:
+    """The limits are not inspect's alone: ask and describe refuse by them and the flag raises them."""
+    write_ct_series(tmp_path / "ct", np.stack([hu_phantom()] * 6))
+    for command in (["ask", "What is shown?"], ["describe"]):
+        target = ["--image", str(tmp_path / "ct")] if command[0] == "ask" else [str(tmp_path / "ct")]
+        refused = run_cli(*command, *target, "--model", str(tiny_vlm_checkpoint), "--no-server",
+                          "--slice-limit", "5", "--max-new-tokens", "2")
+        assert refused.returncode == 1, refused.stdout
+        assert "holds 6 files" in refused.stderr and "--slice-limit" in refused.stderr
+    raised = run_cli("ask", "What is shown?", "--image", str(tmp_path / "ct"), "--model",
+                     str(tiny_vlm_checkpoint), "--no-server", "--slice-limit", "6", "--max-new-tokens", "2")
+    assert raised.returncode == 0, raised.stderr

@@ -13,6 +13,7 @@ import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -180,6 +181,7 @@ class MedGemma:
         mpp: float | None = None,
         max_pages: int | None = None,
         pdf_text: bool = False,
+        imaging: ImagingOptions | None = None,
         **generation: Any,
     ) -> Request:
         """Build the Request for a question; images may be PIL images, files, folders or zips.
@@ -198,6 +200,8 @@ class MedGemma:
             mpp: a slide's level-0 microns per pixel, for files that lack it.
             max_pages: most pages of a PDF (default 20; longer ones are refused).
             pdf_text: also send a PDF's text layer (before the question).
+            imaging: reading limits and policies (:class:`ImagingOptions`); the slide and PDF
+                arguments above are set on top of it.
             **generation: GenerationOptions fields set on top of ``options`` (max_new_tokens,
                 temperature, top_p, seed, stop, think); None leaves a field as it is.
 
@@ -206,8 +210,8 @@ class MedGemma:
             MedgemError subclasses: bad input, with what to do.
         """
         options = GenerationOptions.of(options, **generation)
-        imaging = ImagingOptions(
-            max_patches=max_patches or 125, patch_seed=options.seed or 0,
+        imaging = replace(
+            imaging or ImagingOptions(), max_patches=max_patches or 125, patch_seed=options.seed or 0,
             magnification=magnification, mpp=mpp, max_pages=max_pages or 20, pdf_text=pdf_text,
         )
         return request_for_inputs(

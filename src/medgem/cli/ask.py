@@ -10,15 +10,18 @@ from typing import Any
 from medgem.cli.common import (
     add_audit_flags,
     add_generation_flags,
+    add_limit_flags,
     add_model_flags,
     add_slide_flags,
     check_paths_exist,
     generation_options,
+    limit_options,
     load_model,
     print_label_first,
     render,
     slide_kwargs,
 )
+from medgem.inputs import ImagingOptions
 
 
 def add_parser(subparsers: Any) -> None:
@@ -52,6 +55,7 @@ def add_image_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--boxes", type=Path, metavar="PNG",
                        help="draw box_2d localizations from the answer on the image")
     add_slide_flags(parser)
+    add_limit_flags(parser)
 
 
 def run(args: argparse.Namespace, question: str | None = None) -> int:
@@ -62,6 +66,7 @@ def run(args: argparse.Namespace, question: str | None = None) -> int:
     model = _from_running_server(args) or load_model(args)
     request = model.request(text, images=[str(p) for p in args.image], system=args.system,
                             options=generation_options(args),
+                            imaging=ImagingOptions(**limit_options(args)),  # type: ignore[arg-type]
                             **slide_kwargs(args))  # type: ignore[arg-type]
     if not args.json:
         print_label_first(model)
@@ -112,13 +117,13 @@ def _question(raw: str) -> str:
 def _save_preprocessed(args: argparse.Namespace, folder: Path) -> None:
     """The images as the model gets them, named as `medgem inspect --save-preprocessed` names
     them (``01_chest.png``, ``01_ct_slice_001.png``), written before the model loads."""
-    from medgem.inputs import ImagingOptions
     from medgem.inputs.load import load_medical_inputs
     from medgem.inputs.preview import save_preprocessed
 
     options = ImagingOptions(max_patches=args.max_patches or 125, patch_seed=args.seed or 0,
                              magnification=args.magnification, mpp=args.mpp,
-                             max_pages=args.max_pages or 20, pdf_text=args.pdf_text)
+                             max_pages=args.max_pages or 20, pdf_text=args.pdf_text,
+                             **limit_options(args))  # type: ignore[arg-type]
     written = save_preprocessed(load_medical_inputs(list(args.image), options), folder)
     print(f"medgem: wrote {len(written)} preprocessed image(s) to {folder}", file=sys.stderr)
 

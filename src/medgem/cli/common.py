@@ -6,13 +6,15 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TextIO
 
 from medgem.answer import Answer, AnswerChunk, FinalChunk, StreamChunk, ThinkingChunk
 from medgem.api import MedGemma
 from medgem.cli.progress import Waiting, until_first
+from medgem.errors import ImageInputError
+from medgem.inputs.options import LIMITS, ImagingOptions
 from medgem.request import GenerationOptions
 
 
@@ -108,6 +110,56 @@ def add_slide_flags(parser: argparse.ArgumentParser, *, with_seed: bool = False)
                        help="also send a PDF's text layer with the page images")
     if with_seed:
         group.add_argument("--seed", type=int, help="seed of the patch sample (default 0)")
+
+
+def _env_int(environ: Mapping[str, str], name: str, default: int) -> int:
+    text = environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ImageInputError(f"{name}={text!r} is not a whole number", f"set {name} to a number") from None
+
+
+def add_limit_flags(parser: argparse.ArgumentParser, environ: Mapping[str, str] | None = None) -> None:
+    """The reading limits as flags (defaults from MEDGEM_* environment variables, else
+    ``ImagingOptions``'s), plus the policies that refuse non-image objects and burned-in text.
+    Any subcommand that reads inputs may add them and pass ``limit_options(args)`` on."""
+    environ = os.environ if environ is None else environ
+    base = ImagingOptions()
+    group = parser.add_argument_group("reading limits (checked while reading, before decoding)")
+    group.add_argument("--slice-limit", type=int, metavar="N",
+                       default=_env_int(environ, LIMITS["slice_limit"][1], base.slice_limit),
+                       help=f"most files in a folder or zip, and frames in one file "
+                            f"(default {base.slice_limit}; ${LIMITS['slice_limit'][1]})")
+    group.add_argument("--max-total-pixels", type=int, metavar="N",
+                       default=_env_int(environ, LIMITS["max_total_pixels"][1], base.max_total_pixels),
+                       help=f"most pixels (rows x columns x frames) one input may declare "
+                            f"(default {base.max_total_pixels:,}; ${LIMITS['max_total_pixels'][1]})")
+    group.add_argument("--max-archive-mb", type=int, metavar="MB",
+                       default=_env_int(environ, LIMITS["max_archive_bytes"][1],
+                                        base.max_archive_bytes // 2**20),
+                       help=f"most MiB a zip may expand to (default {base.max_archive_bytes // 2**20}; "
+                            f"${LIMITS['max_archive_bytes'][1]})")
+    group.add_argument("--max-pixels", type=int, metavar="N",
+                       default=_env_int(environ, LIMITS["max_pixels"][1], base.max_pixels),
+                       help=f"most pixels of one frame (default {base.max_pixels:,}; "
+                            f"${LIMITS['max_pixels'][1]})")
+    group.add_argument("--allow-non-image", action="store_true",
+                       help="send DICOM objects that are not images (RT dose grids, segmentation "
+                            "masks) as grey images anyway")
+    group.add_argument("--allow-burned-in", action="store_true",
+                       help="read DICOM images that declare Burned In Annotation = YES")
+
+
+def limit_options(args: argparse.Namespace) -> dict[str, object]:
+    """The limit flags as ``ImagingOptions`` keyword arguments ({} when they were not added)."""
+    if not hasattr(args, "slice_limit"):
+        return {}
+    return {"slice_limit": args.slice_limit, "max_total_pixels": args.max_total_pixels,
+            "max_archive_bytes": args.max_archive_mb * 2**20, "max_pixels": args.max_pixels,
+            "allow_non_image": args.allow_non_image, "allow_burned_in": args.allow_burned_in}
 
 
 def slide_kwargs(args: argparse.Namespace) -> dict[str, object]:

@@ -28,9 +28,11 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from medgem.cli.common import limit_options
     from medgem.inputs import ImagingOptions, read_images
 
-    loaded = read_images([args.target], ImagingOptions(max_patches=1, max_pages=args.max_pages))
+    loaded = read_images([args.target], ImagingOptions(max_patches=1, max_pages=args.max_pages,
+                                                       **limit_options(args)))  # type: ignore[arg-type]
     modality = loaded.volume_modality or next((m for m in loaded.modalities if m), None)
     args.image = [args.target, *args.image]  # --image adds priors for a comparison
     if args.system is None and loaded.volume_modality is None:

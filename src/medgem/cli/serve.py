@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from medgem.cli.common import add_model_flags, load_model
+from medgem.cli.common import add_limit_flags, add_model_flags, limit_options, load_model
 
 
 def add_parser(subparsers: Any) -> None:
@@ -38,6 +38,9 @@ def add_parser(subparsers: Any) -> None:
     group.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                        help="allow this browser origin cross-site (repeatable; default: CORS off)")
     group.add_argument("--drain-timeout", type=float, default=60.0, help="seconds SIGTERM waits for requests (default 60)")
+    group.add_argument("--max-previews", type=int, default=2,
+                       help="/api/preview requests decoding uploads at once; one more is a 429 (default 2)")
+    add_limit_flags(parser)
     parser.set_defaults(func=run)
 
 
@@ -45,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from medgem.audit import default_audit_path
+    from medgem.inputs import ImagingOptions
     from medgem.server.app import create_app
     from medgem.server.auth import default_key_file
     from medgem.server.config import ServerConfig
@@ -58,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         allowed_dirs=tuple(p.expanduser().resolve() for p in args.allow_dir), api_key_file=key_file,
         audit_path=Path(args.audit_db) if args.audit_db else default_audit_path(),
         log_prompts=args.log_prompts, cors_origins=tuple(args.cors_origin),
-        drain_timeout_s=args.drain_timeout,
+        drain_timeout_s=args.drain_timeout, max_previews=args.max_previews,
+        imaging=ImagingOptions(**limit_options(args)),  # type: ignore[arg-type]
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model = load_model(args, audit=False)  # the server's own store: see Serving

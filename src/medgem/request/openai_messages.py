@@ -9,7 +9,14 @@ from typing import Any
 from PIL import Image
 
 from medgem.errors import ImageInputError, InputError
-from medgem.inputs import LoadedImages, decode_data_url, from_pil, images_from_bytes, read_images
+from medgem.inputs import (
+    ImagingOptions,
+    LoadedImages,
+    decode_data_url,
+    from_pil,
+    images_from_bytes,
+    read_images,
+)
 from medgem.request import GenerationOptions, ImagePart, Message, Part, Request, TextPart
 from medgem.request.compose import build_slide_request, check_think, resolve_options, system_text
 from medgem.request.variants import InputKind, Variant
@@ -20,7 +27,7 @@ MAX_IMAGES = 16
 def request_from_openai(messages: Sequence[dict[str, Any]], *, variant: Variant | None = None,
                         chat: bool = True, options: GenerationOptions | None = None,
                         allowed_dirs: Sequence[Path] | None = None,
-                        max_images: int = MAX_IMAGES) -> Request:
+                        max_images: int = MAX_IMAGES, imaging: ImagingOptions | None = None) -> Request:
     """Convert OpenAI chat messages (text, ``image_url`` data URLs, local images) to a Request.
 
     Args:
@@ -33,6 +40,7 @@ def request_from_openai(messages: Sequence[dict[str, Any]], *, variant: Variant 
         max_images: refuse more images than this. A whole-slide image counts as one: it must be
             the only image, in a single user turn, and is laid out as the pathology notebook does
             (a system message, if any, replaces the instructor framing).
+        imaging: how images are read (limits; ``cancelled`` stops reading when the client left).
 
     Raises:
         InputError / ImageInputError: malformed messages or images.
@@ -51,7 +59,7 @@ def request_from_openai(messages: Sequence[dict[str, Any]], *, variant: Variant 
         role = raw.get("role")
         if role not in ("system", "developer", "user", "assistant"):
             raise InputError(f"messages[{index}].role must be system, user or assistant, got {role!r}")
-        parts = list(_parts(raw.get("content"), index, allowed_dirs, slides))
+        parts = list(_parts(raw.get("content"), index, allowed_dirs, slides, imaging))
         image_count += sum(isinstance(p, ImagePart) for p in parts)
         if role in ("system", "developer"):
             system_parts.append("".join(p.text for p in parts if isinstance(p, TextPart)))
@@ -82,7 +90,7 @@ def request_from_openai(messages: Sequence[dict[str, Any]], *, variant: Variant 
 
 
 def _parts(content: Any, index: int, allowed_dirs: Sequence[Path] | None,
-           slides: list[LoadedImages]) -> Iterator[Part]:
+           slides: list[LoadedImages], imaging: ImagingOptions | None) -> Iterator[Part]:
     if isinstance(content, str):
         yield TextPart(content)
         return
@@ -105,9 +113,9 @@ def _parts(content: Any, index: int, allowed_dirs: Sequence[Path] | None,
             url = spec.get("url") if isinstance(spec, dict) else spec
             if not isinstance(url, str):
                 raise InputError(f"{where}.image_url.url must be a string")
-            yield from _image_parts(_from_url(url, allowed_dirs), where, slides)
+            yield from _image_parts(_from_url(url, allowed_dirs, imaging), where, slides)
         elif kind == "image":
-            yield from _image_parts(_from_object(part.get("image"), allowed_dirs), where, slides)
+            yield from _image_parts(_from_object(part.get("image"), allowed_dirs, imaging), where, slides)
         else:
             raise InputError(f"{where}.type {kind!r} is not supported", "use text or image_url parts")
 
@@ -125,27 +133,29 @@ def _image_parts(loaded: LoadedImages, where: str, slides: list[LoadedImages]) -
         yield ImagePart(image, source)
 
 
-def _from_url(url: str, allowed_dirs: Sequence[Path] | None) -> LoadedImages:
+def _from_url(url: str, allowed_dirs: Sequence[Path] | None,
+              imaging: ImagingOptions | None = None) -> LoadedImages:
     if url.startswith("data:"):
         data, mime = decode_data_url(url)
         if mime not in (None, "image/png", "image/jpeg", "image/jpg", "image/webp", "image/gif",
                         "application/dicom", "application/zip", "application/octet-stream",
                         "application/pdf", "image/tiff"):
             raise ImageInputError(f"image type '{mime}' is not supported", "send PNG, JPEG or DICOM")
-        return images_from_bytes(data, mime)
+        return images_from_bytes(data, mime, options=imaging)
     if url.startswith(("http://", "https://")):
         raise ImageInputError(
             "remote image URLs are not fetched", "send the image inline as a base64 data URL"
         )
     path = url[len("file://") :] if url.startswith("file://") else url
-    return read_images([_allowed_path(Path(path), allowed_dirs)])
+    return read_images([_allowed_path(Path(path), allowed_dirs)], imaging)
 
 
-def _from_object(value: Any, allowed_dirs: Sequence[Path] | None) -> LoadedImages:
+def _from_object(value: Any, allowed_dirs: Sequence[Path] | None,
+                 imaging: ImagingOptions | None = None) -> LoadedImages:
     if isinstance(value, Image.Image):
         return LoadedImages([from_pil(value)], ["image"], None, [None])
     if isinstance(value, (str, Path)):
-        return read_images([_allowed_path(Path(value), allowed_dirs)])
+        return read_images([_allowed_path(Path(value), allowed_dirs)], imaging)
     raise InputError("an image part must hold a PIL image or a file path")
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from medgem.inputs.options import ImagingOptions
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 MAX_OUTPUT_TOKENS = 8192  # MedGemma's output limit (model cards)
@@ -30,6 +32,7 @@ class ServerConfig:
         retry_after_s: the least Retry-After sent with a 429.
         drain_timeout_s: how long SIGTERM waits for in-flight requests.
         deid_key: key for DICOM pseudonyms when prompts are logged; None draws a random one.
+        imaging: reading limits and policies for uploads (checked while reading).
     """
 
     host: str = "127.0.0.1"
@@ -48,6 +51,7 @@ class ServerConfig:
     retry_after_s: int = 1
     drain_timeout_s: float = 60.0
     deid_key: bytes | None = None
+    imaging: ImagingOptions = field(default_factory=ImagingOptions)
 
     @property
     def loopback(self) -> bool:

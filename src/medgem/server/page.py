@@ -9,20 +9,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import threading
+from dataclasses import replace
 from typing import Any
 
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response
 
 from medgem.audit import add_review
-from medgem.errors import ApiError, ImageInputError, MedgemError
-from medgem.inputs import LoadedImages, decode_data_url, images_from_bytes
+from medgem.errors import ApiError, ImageInputError, InputCancelled, MedgemError
+from medgem.inputs import ImagingOptions, LoadedImages, decode_data_url, images_from_bytes
 from medgem.request import Request
 from medgem.request.compose import request_for_inputs
 from medgem.server import protocol as p
 from medgem.server.errors import error_response
 from medgem.server.records import digest_inputs
-from medgem.server.serving import Serving
+from medgem.server.serving import Serving, check_present, watch_client
 
 PREVIEW_SIDE = 448  # px; the model sees 896, the page shows half
 PREVIEW_MAX = 6  # images shown for a series
@@ -69,17 +71,27 @@ class PageHandlers:
             messages = [{"role": "user", "content": content}]
             inputs = digest_inputs(messages)
             s.check_budget(body.max_tokens)
-            request = await asyncio.to_thread(self._request, body)
         except MedgemError as exc:
             return await s.reject(user, endpoint, exc, inputs)
-        return await s.run(http, request, user=user, endpoint=endpoint, inputs=inputs, messages=messages,
-                           stream=True, include_usage=True)
+        # A client that leaves while its upload is decoded stops the reading (and is a 499).
+        async with watch_client(http) as gone:
+            try:
+                request = await asyncio.to_thread(self._request, body, gone)
+            except MedgemError as exc:
+                return await s.reject(user, endpoint, exc, inputs)
+            return await s.run(http, request, user=user, endpoint=endpoint, inputs=inputs,
+                               messages=messages, stream=True, include_usage=True, cancel=gone)
 
-    def _request(self, body: p.AskRequest) -> Request:
+    def _request(self, body: p.AskRequest, gone: threading.Event) -> Request:
         s = self.serving
         model = s.model
         options = body.generation_options()
-        loaded = _load(body.image, body.name) if body.image is not None else LoadedImages()
+        try:
+            loaded = (_load(body.image, body.name, replace(s.config.imaging, cancelled=gone.is_set))
+                      if body.image is not None else LoadedImages())
+        except InputCancelled:
+            check_present(gone, "while its inputs were read")
+            raise
         alone = loaded.volume_modality is not None or loaded.layout is not None
         if not alone and len(loaded.images) > s.config.max_images:
             raise ImageInputError(f"{len(loaded.images)} images sent, the limit is {s.config.max_images}")
@@ -92,7 +104,7 @@ class PageHandlers:
         try:
             s.authenticate(http)
             body = await s.read_body(http, p.PreviewRequest)
-            result = await asyncio.to_thread(_preview, body.image, body.name)
+            result = await asyncio.to_thread(_preview, body.image, body.name, s.config.imaging)
         except MedgemError as exc:
             s.metrics.count_request("/api/preview", exc.status)
             return error_response(exc)
@@ -134,21 +146,21 @@ class PageHandlers:
         return JSONResponse(record.to_dict() | {"reviews": [r.to_dict() for r in reviews]})
 
 
-def _load(url: str, name: str | None = None) -> LoadedImages:
+def _load(url: str, name: str | None = None, options: ImagingOptions | None = None) -> LoadedImages:
     """The upload's images; messages name the file as the user knows it (``name``)."""
     data, mime = decode_data_url(url)
     shown = name or "the upload"
     if mime and not (mime.startswith("image/") or mime in _UPLOAD_TYPES):
         raise ImageInputError(f"{shown} is a '{mime}' file: that type is not supported",
                               "attach a PNG, JPEG, DICOM or a zipped DICOM series")
-    loaded = images_from_bytes(data, mime, name=name or "upload")
+    loaded = images_from_bytes(data, mime, name=name or "upload", options=options)
     if not loaded.images:
         raise ImageInputError(f"{shown} holds no image", "attach a PNG, JPEG, DICOM or a zipped DICOM series")
     return loaded
 
 
-def _preview(url: str, name: str | None = None) -> dict[str, Any]:
-    loaded = _load(url, name)
+def _preview(url: str, name: str | None = None, options: ImagingOptions | None = None) -> dict[str, Any]:
+    loaded = _load(url, name, options)
     count = len(loaded.images)
     step = max(1, count / PREVIEW_MAX)
     picked = sorted({min(count - 1, int(i * step + step / 2)) for i in range(min(count, PREVIEW_MAX))}) if count > 1 else [0]

@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -26,7 +27,14 @@ from medgem.answer import Answer, AnswerChunk, ThinkingChunk
 from medgem.api import MedGemma
 from medgem.audit import AuditStore
 from medgem.audit.trail import AuditTrail, model_fields, settings_fields
-from medgem.errors import ApiError, AuthError, ClientDisconnectedError, MedgemError, error_body
+from medgem.errors import (
+    ApiError,
+    AuthError,
+    ClientDisconnectedError,
+    InputCancelled,
+    MedgemError,
+    error_body,
+)
 from medgem.request import Request
 from medgem.request.openai_messages import request_from_openai
 from medgem.server import protocol as p
@@ -234,11 +242,16 @@ class Serving:
     def _chat_request(self, body: p.ChatCompletionRequest, messages: list[dict[str, Any]],
                       gone: threading.Event) -> Request:
         check_present(gone, "before its inputs were read")
-        request = request_from_openai(
-            messages, variant=self.model.variant, chat=self.model.chat_model,
-            options=body.generation_options(),
-            allowed_dirs=list(self.config.allowed_dirs), max_images=self.config.max_images,
-        )
+        try:
+            request = request_from_openai(
+                messages, variant=self.model.variant, chat=self.model.chat_model,
+                options=body.generation_options(),
+                allowed_dirs=list(self.config.allowed_dirs), max_images=self.config.max_images,
+                imaging=replace(self.config.imaging, cancelled=gone.is_set),  # a client that leaves stops it
+            )
+        except InputCancelled:
+            check_present(gone, "while its inputs were read")  # a 499, audited as the client leaving
+            raise
         check_present(gone, "while its inputs were read")
         return request
 
