@@ -4,8 +4,11 @@ the MedGemma-4B-shaped Q4_K_M (random weights), for each vision path, each in it
     python benchmarks/bench_vision.py          # ~5 min on 2 cores; needs bench_llamacpp.py's GGUF
 
 Rows: llama.cpp's clip (f16, today's path: the baseline), the tower in PyTorch bf16 (oneDNN;
-AVX512-BF16/AMX where the CPU has them) and in float32; then a second question about the same
-image (the embedding cache: no tower at all). Prints the CPU flags that matter.
+AVX512-BF16/AMX where the CPU has them) and in float32, and the clip again in a second process
+with the on-disk embedding cache filled by a first. Columns: the first question, a follow-up
+about the same image, the same image in a new conversation. Prints the CPU flags that matter.
+An AVX2-only CPU can be imitated: MEDGEM_LLAMA_CPU_VARIANT=haswell ONEDNN_MAX_CPU_ISA=AVX2
+ATEN_CPU_CAPABILITY=avx2 python benchmarks/bench_vision.py
 """
 
 from __future__ import annotations
@@ -34,13 +37,16 @@ def child(vision: str) -> None:
     load_s = time.perf_counter() - began
     image = Image.linear_gradient("L").resize((896, 896)).convert("RGB")
     rows = []
-    for system in ("", "You are a radiologist."):  # the second: same image, a new conversation
-        request = model.request("Describe this chest X-ray.", images=[image], system=system or None,
-                                max_new_tokens=1)
+    # 1: the first question; 2: another question about the same image (the KV prefix up to the
+    # image is reused); 3: the same image in a new conversation (a system turn before it: only
+    # the embedding cache helps)
+    for system, question in (("", "Describe this chest X-ray."), ("", "Is there a pneumothorax?"),
+                             ("You are a radiologist.", "Describe this chest X-ray.")):
+        request = model.request(question, images=[image], system=system or None, max_new_tokens=1)
         final = list(model.engine.generate(request))[-1]
         rows.append((final.timings.first_token_s, final.extra["vision_s"]))
     print(json.dumps({"load_s": load_s, "ttft_s": rows[0][0], "vision_s": rows[0][1],
-                      "again_s": rows[1][0],
+                      "follow_up_s": rows[1][0], "again_s": rows[2][0],
                       "rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
 
 
@@ -57,22 +63,35 @@ def main() -> int:
     print(f"CPU flags: {' '.join(flags)}; cores: {len(os.sched_getaffinity(0))}")
     print(f"auto picks: {choose_vision('auto')}")
     results = {}
-    for name, vision, dtype in OPTIONS:
+    import tempfile
+
+    disk = tempfile.mkdtemp(prefix="medgem-bench-embeddings-")
+    options = [*OPTIONS, ("clip, next process", "llamacpp", "")]  # the disk cache, filled first
+    for index, (name, vision, dtype) in enumerate(options):
         env = {**os.environ, "MEDGEM_VISION_DTYPE": dtype} if dtype else dict(os.environ)
-        done = subprocess.run([sys.executable, __file__, "--child", vision], capture_output=True,
-                              text=True, env=env, check=False)
+        runs = 1
+        if index == len(OPTIONS):
+            env["MEDGEM_EMBED_CACHE_DIR"] = disk
+            runs = 2  # the first fills the cache, the second is the next `medgem ask`
+        for _ in range(runs):
+            done = subprocess.run([sys.executable, __file__, "--child", vision], capture_output=True,
+                                  text=True, env=env, check=False)
         if done.returncode != 0:
             print(f"{name}: failed: {done.stderr.strip().splitlines()[-1:]}")
             continue
         results[name] = json.loads(done.stdout.strip().splitlines()[-1])
     base = results.get(OPTIONS[0][0])
     print(f"{'vision path':<20} | {'TTFT s':>7} | {'vision s':>8} | {'x clip':>6} | "
-          f"{'same image again s':>18} | {'load s':>6} | {'peak RSS GiB':>12}")
-    print("-" * 95)
+          f"{'follow-up s':>11} | {'new conversation s':>18} | {'load s':>6} | {'peak RSS GiB':>12}")
+    print("-" * 109)
     for name, row in results.items():
         ratio = base["ttft_s"] / row["ttft_s"] if base else float("nan")
         print(f"{name:<20} | {row['ttft_s']:>7.2f} | {row['vision_s']:>8.2f} | {ratio:>6.2f} | "
-              f"{row['again_s']:>18.2f} | {row['load_s']:>6.1f} | {row['rss_gib']:>12.2f}")
+              f"{row['follow_up_s']:>11.2f} | {row['again_s']:>18.2f} | {row['load_s']:>6.1f} | "
+              f"{row['rss_gib']:>12.2f}")
+    print("follow-up: another question about the same image (KV prefix reused); new conversation: "
+          "a system turn before the same image (embedding cache only); 'clip, next process': a "
+          "second process with MEDGEM_EMBED_CACHE_DIR filled by the first")
     return 0
 
 
