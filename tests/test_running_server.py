@@ -1,4 +1,4 @@
-"""Keep a model loaded between commands: `ask` and `describe` send the question to a running
+"""Keep a model loaded between commands: `ask`, `describe` and `chat` send the question to a running
 `medgem serve` of the same checkpoint (a real server process on 127.0.0.1) instead of loading it."""
 
 from __future__ import annotations
@@ -71,6 +71,11 @@ def test_ask_and_describe_use_the_running_server_for_the_same_model(
                         "--max-new-tokens", "3", env=env)
     assert described.returncode == 0, described.stderr
     assert line in described.stderr.splitlines() and "· remote ·" in described.stderr
+
+    chatted = run_cli("chat", "--model", str(tiny_vlm_checkpoint), "--max-new-tokens", "3",
+                      stdin="What is sepsis?\nAnd its first treatment?\n/quit\n", env=env)
+    assert chatted.returncode == 0, chatted.stderr
+    assert line in chatted.stderr.splitlines() and "· remote ·" in chatted.stderr
 
     local = run_cli("ask", "What is sepsis?", "--model", str(tiny_vlm_checkpoint), "--no-server",
                     "--max-new-tokens", "3", env=env)

@@ -63,7 +63,7 @@ def run(args: argparse.Namespace, question: str | None = None) -> int:
     check_paths_exist(args.image)  # before the model loads
     if args.save_preprocessed:
         _save_preprocessed(args, args.save_preprocessed)
-    model = _from_running_server(args) or load_model(args)
+    model = from_running_server(args) or load_model(args)
     request = model.request(text, images=[str(p) for p in args.image], system=args.system,
                             options=generation_options(args),
                             imaging=ImagingOptions(**limit_options(args)),  # type: ignore[arg-type]
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace, question: str | None = None) -> int:
     return 0
 
 
-def _from_running_server(args: argparse.Namespace) -> Any:
+def from_running_server(args: argparse.Namespace) -> Any:
     """The model through a running `medgem serve` of the same checkpoint, or None.
 
     Only when nothing asks for a load of its own: no remote flags, no engine settings the

@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from medgem.cli import common
+from medgem.cli import ask, common
 from medgem.errors import MedgemError
 from medgem.request import Message, TextPart
 
@@ -27,6 +27,7 @@ HELP = ("commands: /image PATH, /system TEXT, /think on|off, /save FILE, /reset,
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("chat", help="a multi-turn conversation in the terminal")
     common.add_model_flags(parser)
+    ask.add_server_flag(parser)
     common.add_audit_flags(parser)
     common.add_generation_flags(parser)
     for action in parser._actions:
@@ -37,7 +38,7 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _line_editing()
-    model = common.load_model(args)
+    model = ask.from_running_server(args) or common.load_model(args)
     common.print_label_first(model)
     print(f"medgem chat with {model.engine.info.id} — {HELP}", file=sys.stderr)
     chat = _Chat(model, args)
