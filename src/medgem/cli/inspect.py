@@ -191,7 +191,7 @@ def first_token_estimate(model: str, item: MedicalInput, instruction: object) ->
     text = (f"~{_duration(seconds)} ({tower}prefill at {measured.prefill_tokens_per_s:.0f} "
             f"tokens/s; measured here with {checkpoint.path.name}, {measured.runs} run(s), "
             f"{measured.measured_on})")
-    return {"seconds": round(seconds, 1), "vision_s_per_image": measured.vision_s_per_image,
+    return {"seconds": seconds, "vision_s_per_image": measured.vision_s_per_image,
             "prefill_tokens_per_s": measured.prefill_tokens_per_s, "text": text}
 
 
