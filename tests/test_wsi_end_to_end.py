@@ -100,7 +100,8 @@ def test_cli_ask_about_a_slide_with_patch_flags(tiny_vlm_checkpoint: Path, slide
                      "--max-new-tokens", "2", "--json", "--max-patches", "5", "--seed", "4",
                      "--save-preprocessed", str(out), "--audit-db", str(db))
     assert result.returncode == 0, result.stderr
-    assert len(list(out.glob("*.png"))) == 5
+    # the patches sent, named as `medgem inspect` names them, and the overview (tissue and grid)
+    assert len(list(out.glob("01_slide_patch_*.png"))) == 5 and (out / "01_slide_overview.png").is_file()
     assert json.loads(result.stdout)["usage"]["completion_tokens"] == 2
     # the label's planted name: not printed, not in the audit record (the file carries it)
     assert wsi_fixtures.PLANTED_NAME.encode() in slide.read_bytes()
@@ -119,7 +120,7 @@ def test_cli_describe_a_slide_sends_the_chosen_patches(tiny_vlm_checkpoint: Path
     result = run_cli("describe", str(slide), "--model", str(tiny_vlm_checkpoint), "--json",
                      "--max-new-tokens", "1", "--max-patches", "3", "--save-preprocessed", str(out))
     assert result.returncode == 0, result.stderr
-    assert len(list(out.glob("*.png"))) == 3
+    assert len(list(out.glob("01_slide_patch_*.png"))) == 3 and (out / "01_slide_overview.png").is_file()
     assert json.loads(result.stdout)["usage"]["prompt_tokens"] > 3 * 4  # three patches' soft tokens
 
 
