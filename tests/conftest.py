@@ -24,6 +24,20 @@ if "MEDGEM_AUDIT_DB" not in os.environ:
     os.environ["MEDGEM_AUDIT_DB"] = str(Path(tempfile.mkdtemp(prefix="medgem-test-audit-"))
                                         / "audit.sqlite")
 
+# The medgem cache too: records of measured speeds, converted models and running servers go to
+# this run's own folder; the costly things already built in the user's cache (the demo model,
+# the tokenizer, llama.cpp probe passes) are linked in rather than built again.
+if "MEDGEM_CACHE" not in os.environ:
+    import tempfile
+
+    _user_cache = Path.home() / ".cache" / "medgem"
+    _run_cache = Path(tempfile.mkdtemp(prefix="medgem-test-cache-"))
+    if _user_cache.is_dir():
+        for _entry in _user_cache.iterdir():
+            if _entry.name not in ("speeds.json", "models.json", "servers"):
+                (_run_cache / _entry.name).symlink_to(_entry)
+    os.environ["MEDGEM_CACHE"] = str(_run_cache)
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -43,10 +43,13 @@ DECODE_MEASURED: dict[tuple[str, str], Measured] = {
     ("hf", "bfloat16"): Measured("4B-shaped bf16 decode, transformers direct", 1.17, "tok/s",
                                  "benchmarks/results/cpu-4b-bf16-transformers-paths.txt"),
 }
-VISION_MEASURED = Measured("one 896-px image through llama.cpp's clip (4B vision tower)", 19.2,
+VISION_MEASURED = Measured("one 896-px image through llama.cpp's clip (4B vision tower)", 19.36,
                            "s", "benchmarks/results/cpu-zen5-vision.txt")
-SAME_IMAGE_MEASURED = Measured("first token of a follow-up on the same image", 3.92, "s",
+SAME_IMAGE_MEASURED = Measured("first token of a follow-up on the same image", 0.32, "s",
                                "benchmarks/results/cpu-zen5-vision.txt")
+NEW_CONVERSATION_MEASURED = Measured("first token of the same image in a new conversation "
+                                     "(embedding cache)", 4.05, "s",
+                                     "benchmarks/results/cpu-zen5-vision.txt")
 
 
 def measured_share(engine: str, precision: str) -> tuple[float, Measured] | None:
@@ -157,9 +160,29 @@ def _measured_lines(plans: dict[str, dict[str, Any]]) -> list[str]:
     if any(row["engine"] == "llamacpp" for row in plans.values()):
         lines.append(f"An image question's first token waits on the vision tower: "
                      f"{VISION_MEASURED.value:.1f} s for the 4B image encoder there, fewer cores "
-                     f"take longer; a follow-up on the same image {SAME_IMAGE_MEASURED.value:.1f} s "
+                     f"take longer; a follow-up on the same image {SAME_IMAGE_MEASURED.value:.1f} s, "
+                     f"the same image in a new conversation {NEW_CONVERSATION_MEASURED.value:.1f} s "
                      f"({VISION_MEASURED.source}).")
     return lines
+
+
+def measured_here() -> list[dict[str, object]]:
+    """What the llama.cpp engine measured on this CPU (the speeds store): per model file,
+    projector, vision path and thread count."""
+    from medgem.engines import speeds
+    from medgem.engines.llamacpp_probe import cpu_name
+
+    rows: list[dict[str, object]] = []
+    for key in speeds.measured_keys():
+        model, mmproj, vision, threads, cpu = (key.split("|") + [""] * 5)[:5]
+        found = speeds.lookup(key)
+        if cpu != cpu_name() or found is None:
+            continue
+        rows.append({"model": model.split(":")[0], "projector": mmproj.split(":")[0], "vision": vision,
+                     "threads": threads.rstrip("t"), "vision_s_per_image": found.vision_s_per_image,
+                     "prefill_tokens_per_s": found.prefill_tokens_per_s, "runs": found.runs,
+                     "date": found.measured_on})
+    return rows
 
 
 def run(args: argparse.Namespace) -> int:
@@ -184,7 +207,9 @@ def run(args: argparse.Namespace) -> int:
             "memory_bandwidth_gbs": round(bandwidth, 1), "engines": engines, "variants": plans,
             "measured_on": {"machine": REFERENCE_MACHINE, "bandwidth_gbs": REFERENCE_BANDWIDTH_GBS,
                             "figures": [asdict(m) for m in (*DECODE_MEASURED.values(),
-                                                            VISION_MEASURED, SAME_IMAGE_MEASURED)]},
+                                                            VISION_MEASURED, SAME_IMAGE_MEASURED,
+                                                            NEW_CONVERSATION_MEASURED)]},
+            "measured_here": measured_here(),
         }, indent=2))
         return 0
     print(f"CPU   {hardware.cpu} · {hardware.cores} cores · native bf16: "
@@ -222,6 +247,17 @@ def run(args: argparse.Namespace) -> int:
           "(every weight is read once per token). Image variants include the 0.85 GiB mmproj.")
     for line in _measured_lines(plans):
         print(line)
+    here = measured_here()
+    if here:
+        print("\nMeasured on this machine by medgem's own runs (what `medgem inspect --model` "
+              "estimates from)")
+        for row in here:
+            tower = (f"{row['vision_s_per_image']:.1f} s/image ({row['vision']})"
+                     if row["vision_s_per_image"] is not None else "no image yet")
+            prefill = (f"prefill {row['prefill_tokens_per_s']:.0f} tok/s"
+                       if row["prefill_tokens_per_s"] is not None else "prefill not timed yet")
+            print(f"  {row['model']}: {tower}, {prefill}, {row['threads']} threads "
+                  f"({row['runs']} run(s), {row['date']})")
     if not hardware.cuda:
         if llama["installed"] and not llama["runs_here"]:
             print("\nllama.cpp is installed but does not run on this CPU: reinstall it with "

@@ -89,6 +89,11 @@ def lookup(key: str, path: Path | None = None) -> Speeds | None:
                   max(len(vision), len(prefill)), str(entry.get("date", "")))
 
 
+def measured_keys(path: Path | None = None) -> list[str]:
+    """Every key with figures in the store."""
+    return sorted(_read(path or store_path()))
+
+
 def _read(path: Path) -> dict[str, dict]:  # type: ignore[type-arg]
     try:
         data = json.loads(path.read_text())
