@@ -282,14 +282,17 @@ def _weight_bytes(folder: Path) -> int:
 
 
 def _gguf_format(path: Path) -> str:
-    from medgem.engines.gguf.read import file_type_name, read_header
-    from medgem.errors import MedgemError
+    """"gguf": its quantization is read from the header by the surface that shows it
+    (``cli/models``), since GGUF format code lives in ``engines.gguf`` above this module."""
+    return "gguf"
 
-    try:
-        code = read_header(path).get("general.file_type")
-    except MedgemError:
-        return "gguf (unreadable)"
-    return f"gguf {file_type_name(int(code))}" if code is not None else "gguf"
+
+def gguf_file(path: Path) -> Path | None:
+    """The model GGUF a listed path stands for (a .gguf, or a folder holding one), or None."""
+    if path.is_file():
+        return path if path.suffix.lower() == ".gguf" else None
+    ggufs = _ggufs(path) if path.is_dir() else []
+    return ggufs[0] if ggufs else None
 
 
 def _folder_format(folder: Path) -> str:

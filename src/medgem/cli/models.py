@@ -48,6 +48,22 @@ def _thinking(variant: Variant) -> str:
     return "yes" if variant.thinking else "no"
 
 
+def _format(listed: str, path: Path | None) -> str | None:
+    """The catalog's format, with a GGUF's quantization read from its header."""
+    from medgem.catalog import gguf_file
+    from medgem.engines.gguf.read import file_type_name, read_header
+    from medgem.errors import MedgemError
+
+    model = gguf_file(path) if listed == "gguf" and path is not None else None
+    if model is None:
+        return listed or None
+    try:
+        code = read_header(model).get("general.file_type")
+    except MedgemError:
+        return "gguf (unreadable)"
+    return f"gguf {file_type_name(int(code))}" if code is not None else "gguf"
+
+
 def run(args: argparse.Namespace) -> int:
     from medgem.catalog import human_size, list_models
     from medgem.config import load_settings
@@ -59,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         row: dict[str, Any] = {
             "name": model.name, "source": model.kind, "aliases": list(model.aliases),
             "downloaded": model.here, "path": str(model.path) if model.path else None,
-            "format": model.format or None, "size_bytes": model.size_bytes,
+            "format": _format(model.format, model.path), "size_bytes": model.size_bytes,
         }
         variant = variants.get(model.name) if model.kind == "variant" else None
         if variant is not None:
