@@ -122,6 +122,15 @@ def _env_int(environ: Mapping[str, str], name: str, default: int) -> int:
         raise ImageInputError(f"{name}={text!r} is not a whole number", f"set {name} to a number") from None
 
 
+# field -> (what it bounds, metavar, scale from the flag's unit to the field's)
+_LIMIT_FLAGS: dict[str, tuple[str, str, int]] = {
+    "slice_limit": ("most files in a folder or zip, and frames in one file", "N", 1),
+    "max_total_pixels": ("most pixels (rows x columns x frames) one input may declare", "N", 1),
+    "max_archive_bytes": ("most MiB a zip may expand to", "MB", 2**20),
+    "max_pixels": ("most pixels of one frame", "N", 1),
+}
+
+
 def add_limit_flags(parser: argparse.ArgumentParser, environ: Mapping[str, str] | None = None) -> None:
     """The reading limits as flags (defaults from MEDGEM_* environment variables, else
     ``ImagingOptions``'s), plus the policies that refuse non-image objects and burned-in text.
@@ -129,23 +138,12 @@ def add_limit_flags(parser: argparse.ArgumentParser, environ: Mapping[str, str] 
     environ = os.environ if environ is None else environ
     base = ImagingOptions()
     group = parser.add_argument_group("reading limits (checked while reading, before decoding)")
-    group.add_argument("--slice-limit", type=int, metavar="N",
-                       default=_env_int(environ, LIMITS["slice_limit"][1], base.slice_limit),
-                       help=f"most files in a folder or zip, and frames in one file "
-                            f"(default {base.slice_limit}; ${LIMITS['slice_limit'][1]})")
-    group.add_argument("--max-total-pixels", type=int, metavar="N",
-                       default=_env_int(environ, LIMITS["max_total_pixels"][1], base.max_total_pixels),
-                       help=f"most pixels (rows x columns x frames) one input may declare "
-                            f"(default {base.max_total_pixels:,}; ${LIMITS['max_total_pixels'][1]})")
-    group.add_argument("--max-archive-mb", type=int, metavar="MB",
-                       default=_env_int(environ, LIMITS["max_archive_bytes"][1],
-                                        base.max_archive_bytes // 2**20),
-                       help=f"most MiB a zip may expand to (default {base.max_archive_bytes // 2**20}; "
-                            f"${LIMITS['max_archive_bytes'][1]})")
-    group.add_argument("--max-pixels", type=int, metavar="N",
-                       default=_env_int(environ, LIMITS["max_pixels"][1], base.max_pixels),
-                       help=f"most pixels of one frame (default {base.max_pixels:,}; "
-                            f"${LIMITS['max_pixels'][1]})")
+    for name, (what, metavar, scale) in _LIMIT_FLAGS.items():
+        flag, env = LIMITS[name]
+        default = getattr(base, name) // scale
+        group.add_argument(flag, type=int, metavar=metavar, dest=name,
+                           default=_env_int(environ, env, default),
+                           help=f"{what} (default {default:,}; ${env})")
     group.add_argument("--allow-non-image", action="store_true",
                        help="send DICOM objects that are not images (RT dose grids, segmentation "
                             "masks) as grey images anyway")
@@ -157,9 +155,8 @@ def limit_options(args: argparse.Namespace) -> dict[str, object]:
     """The limit flags as ``ImagingOptions`` keyword arguments ({} when they were not added)."""
     if not hasattr(args, "slice_limit"):
         return {}
-    return {"slice_limit": args.slice_limit, "max_total_pixels": args.max_total_pixels,
-            "max_archive_bytes": args.max_archive_mb * 2**20, "max_pixels": args.max_pixels,
-            "allow_non_image": args.allow_non_image, "allow_burned_in": args.allow_burned_in}
+    limits = {name: getattr(args, name) * scale for name, (_, _, scale) in _LIMIT_FLAGS.items()}
+    return {**limits, "allow_non_image": args.allow_non_image, "allow_burned_in": args.allow_burned_in}
 
 
 def slide_kwargs(args: argparse.Namespace) -> dict[str, object]:
