@@ -19,12 +19,29 @@ fi
 # and loads the best one this CPU runs, so a wheel cached or copied to another machine never
 # dies with SIGILL. See README "llama.cpp on every CPU".
 export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON -DGGML_BACKEND_DIR:STRING=llama_cpp/lib}"
+# The build is most of the install, so medgem keeps the wheel it built, keyed by the version and
+# the build flags, and installs that one again instead of rebuilding (a second venv, a fresh clone,
+# CI on a machine that installed before). Another version or other CMAKE_ARGS build anew.
+llama_version="${MEDGEM_LLAMA_CPP_VERSION:-0.3.36}"
+flags_key=$(printf '%s' "$CMAKE_ARGS" | sha256sum | cut -c1-12)
+wheels="${MEDGEM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/medgem}/wheels/llama-cpp-python-$llama_version-$flags_key"
+wheel=$(ls "$wheels"/llama_cpp_python-*.whl 2>/dev/null | head -n 1 || true)
+if [ -z "$wheel" ]; then
+  echo "building llama-cpp-python $llama_version from source with runtime CPU dispatch: about 11 minutes on 2 cores of a recent CPU, up to 20 on an older AVX2-only one (kept in $wheels for the next install)"
+  started=$SECONDS
+  rm -rf "$wheels.partial" && mkdir -p "$wheels.partial"
+  python -m pip wheel --quiet --no-deps --no-binary llama-cpp-python -w "$wheels.partial" "llama-cpp-python==$llama_version"
+  rm -rf "$wheels" && mv "$wheels.partial" "$wheels"
+  wheel=$(ls "$wheels"/llama_cpp_python-*.whl | head -n 1)
+  echo "built in $(( (SECONDS - started) / 60 )) min $(( (SECONDS - started) % 60 )) s"
+else
+  echo "reusing the llama-cpp-python $llama_version wheel built before ($wheel)"
+fi
+python -m pip install --quiet "$wheel"
 python -m pip install --quiet -e ".[${extras}]"
-# pip reuses a wheel it built before, whatever CMAKE_ARGS say: replace a single-CPU build.
 if ! python -c "from medgem.engines.llamacpp_native import cpu_variants; raise SystemExit(not cpu_variants())"; then
-  version=$(python -c "import importlib.metadata as m; print(m.version('llama-cpp-python'))")
-  echo "rebuilding llama-cpp-python $version with runtime CPU dispatch (about 15 minutes on 2 cores)"
-  python -m pip install --quiet --no-cache-dir --force-reinstall --no-deps "llama-cpp-python==$version"
+  echo "error: llama-cpp-python has no runtime CPU dispatch (one CPU backend only); remove $wheels and run this script again" >&2
+  exit 1
 fi
 # The web page is tested in a real browser: Debian's chromium (never a browser download).
 if [ ! -x /usr/bin/chromium ]; then
