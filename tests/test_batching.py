@@ -86,7 +86,7 @@ def llama_pair(gguf_270m: Path, llamacpp_runs: None) -> Iterator[tuple[MedGemma,
 
 
 def test_llamacpp_batch_agrees_with_serial_greedy_up_to_near_ties(
-        llama_pair: tuple[MedGemma, MedGemma], gguf_270m: Path) -> None:
+        llama_pair: tuple[MedGemma, MedGemma], reference_270m: Path) -> None:
     """Four sequences decoded in one batch against each alone, on the real Q4_K_M weights.
 
     Not bit-identical, and llama.cpp does not promise it: a batch of four runs the quantized
@@ -109,8 +109,8 @@ def test_llamacpp_batch_agrees_with_serial_greedy_up_to_near_ties(
     for request in requests:
         list(one.engine.generate(request))
         reference.append(list(one.engine.last_tokens))  # type: ignore[attr-defined]
-    model = AutoModelForCausalLM.from_pretrained(str(gguf_270m.parent), gguf_file=gguf_270m.name,
-                                                 dtype=torch.float32).eval()
+    # The same GGUF as transformers reads it (dequantized to float32), saved once by conftest.
+    model = AutoModelForCausalLM.from_pretrained(str(reference_270m), dtype=torch.float32).eval()
     for prompt, ours, theirs in zip(PROMPTS, batched, reference, strict=True):
         assert len(ours) == len(theirs) == 24
         split = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b), None)

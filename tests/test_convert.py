@@ -3,6 +3,7 @@ tensor names, Gemma's norm convention, real quantization, and one error per bad 
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
 from pathlib import Path
@@ -23,13 +24,27 @@ from medgem.engines.gguf.write import read_sentencepiece  # noqa: E402
 from medgem.errors import InputError, NotACheckpointError  # noqa: E402
 
 
+@functools.cache
+def reader(path: Path, _written: float) -> Any:
+    """One GGUFReader per file (and write time): parsing a 262k-token vocabulary takes ~15 s."""
+    return gguf.GGUFReader(str(path))
+
+
+@functools.cache
+def _fields(path: Path, written: float) -> dict[str, Any]:
+    return {name: field.contents() for name, field in reader(path, written).fields.items()}
+
+
 def fields(path: Path) -> dict[str, Any]:
-    reader = gguf.GGUFReader(str(path))
-    return {name: field.contents() for name, field in reader.fields.items()}
+    return _fields(path, path.stat().st_mtime)
 
 
 def tensor_types(path: Path) -> dict[str, str]:
-    return {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(path)).tensors}
+    return {t.name: t.tensor_type.name for t in reader(path, path.stat().st_mtime).tensors}
+
+
+def tensors(path: Path) -> dict[str, np.ndarray]:
+    return {t.name: np.array(t.data) for t in reader(path, path.stat().st_mtime).tensors}
 
 
 @pytest.fixture(scope="module")
@@ -105,13 +120,12 @@ def test_gemma_norms_are_stored_plus_one(tiny_vlm_checkpoint: Path, converted: A
     from safetensors.numpy import load_file
 
     source = load_file(str(tiny_vlm_checkpoint / "model.safetensors"))
-    reader = gguf.GGUFReader(str(converted.model))
-    stored = {t.name: np.array(t.data) for t in reader.tensors}
+    stored = tensors(converted.model)
     text = "language_model.model."
     assert np.allclose(stored["blk.0.attn_norm.weight"], source[text + "layers.0.input_layernorm.weight"] + 1)
     assert np.allclose(stored["blk.1.attn_k_norm.weight"], source[text + "layers.1.self_attn.k_norm.weight"] + 1)
     assert np.allclose(stored["output_norm.weight"], source[text + "norm.weight"] + 1)
-    projector = {t.name: np.array(t.data) for t in gguf.GGUFReader(str(converted.mmproj)).tensors}
+    projector = tensors(converted.mmproj)
     assert np.allclose(projector["mm.soft_emb_norm.weight"],
                        source["multi_modal_projector.mm_soft_emb_norm.weight"] + 1)
     # SigLIP LayerNorms are ordinary: stored as they are.

@@ -13,7 +13,8 @@ from medgem.request import GenerationOptions, Message, Request, TextPart
 pytestmark = pytest.mark.slow
 
 
-def test_demo_model_carries_the_real_270m_weights(demo_checkpoint: Path) -> None:
+def test_demo_model_carries_the_real_270m_weights(demo_checkpoint: Path,
+                                                  reference_270m: Path) -> None:
     """The demo checkpoint computes what the original GGUF weights compute, and writes language.
 
     Exact greedy equality over many tokens is not a fair bar here: the demo stores bfloat16
@@ -24,7 +25,7 @@ def test_demo_model_carries_the_real_270m_weights(demo_checkpoint: Path) -> None
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from medgem.demo.build import demo_gguf_path, gemma3_tokenizer_dir
+    from medgem.demo.build import gemma3_tokenizer_dir
 
     prompt = "The capital of France is"
     model = MedGemma.load(demo_checkpoint, progress=False)
@@ -35,9 +36,8 @@ def test_demo_model_carries_the_real_270m_weights(demo_checkpoint: Path) -> None
     assert answer.model.demo and answer.label.startswith("DEMO MODEL")
     assert answer.usage.completion_tokens == 12
 
-    gguf = demo_gguf_path()
-    reference = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                     dtype=torch.float32)
+    # The original GGUF's weights as transformers reads them (saved once by conftest).
+    reference = AutoModelForCausalLM.from_pretrained(str(reference_270m), dtype=torch.float32)
     with torch.no_grad():  # the demo stores bfloat16 weights (buffers such as embed_scale stay)
         for parameter in reference.parameters():
             parameter.copy_(parameter.to(torch.bfloat16).to(torch.float32))
