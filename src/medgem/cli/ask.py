@@ -61,6 +61,7 @@ def add_image_flags(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, question: str | None = None) -> int:
     text = question if question is not None else _question(args.question)
     check_paths_exist(args.image)  # before the model loads
+    check_before_load(args, text)
     if args.save_preprocessed:
         _save_preprocessed(args, args.save_preprocessed)
     model = from_running_server(args) or load_model(args)
@@ -74,6 +75,29 @@ def run(args: argparse.Namespace, question: str | None = None) -> int:
     if args.boxes:
         _draw_boxes(answer.text, args.image, args.boxes)
     return 0
+
+
+def check_before_load(args: argparse.Namespace, text: str) -> None:
+    """What the flags and the checkpoint's own files can refuse, refused before any weight loads:
+    an empty question, images for a text-only model, --think for a variant that cannot think.
+    A model medgem cannot resolve here (remote, not downloaded) is left to the load to report."""
+    from medgem.errors import MedgemError, UnsupportedInputError
+    from medgem.request.compose import check_question, check_think
+    from medgem.resolve import resolve_checkpoint
+
+    check_question(text)
+    if args.engine == "remote" or args.backend or args.base_url or args.model is None:
+        return
+    try:
+        checkpoint = resolve_checkpoint(args.model, variant=args.variant, mmproj=args.mmproj,
+                                        revision=args.revision)
+    except MedgemError:
+        return
+    if args.image and not checkpoint.multimodal:
+        raise UnsupportedInputError(
+            f"'{checkpoint.model_id}' is a text-only model and cannot read images",
+            "drop --image, or use an image model such as google/medgemma-4b-it")
+    check_think(checkpoint.variant, args.think)
 
 
 def from_running_server(args: argparse.Namespace) -> Any:
