@@ -1,21 +1,36 @@
-"""The user's settings: a default model and folders of local checkpoints, from a TOML file.
+"""The user's settings and medgem's folders: read once at the edge, passed inward frozen.
 
-The file is ``$MEDGEM_CONFIG`` or ``~/.config/medgem/config.toml``::
+The settings file is ``$MEDGEM_CONFIG`` or ``<config dir>/medgem/config.toml``::
 
     model = "demo"                       # the default --model
     model_dirs = ["~/models", "/data/checkpoints"]   # searched by name, listed by `medgem models`
 
-Precedence, for each setting: a flag, then the environment (``MEDGEM_MODEL``,
-``MEDGEM_MODEL_DIRS`` separated by ``:``), then this file. The settings are read once at the
-edge (the CLI) and passed inward as a frozen :class:`Settings`.
+Precedence, for each setting: a flag (applied by the caller), then the environment
+(``MEDGEM_MODEL``, ``MEDGEM_MODEL_DIRS`` separated by ``:``), then the file. One
+pydantic-settings model, :class:`Settings`, holds the result.
+
+The folders follow the platform's conventions (platformdirs: ``XDG_*`` on Linux), each with a
+``MEDGEM_*`` override: the config folder, the cache (``MEDGEM_CACHE``: the demo model, records of
+converted and pulled models, running servers' state), the audit store (``MEDGEM_AUDIT_DB``) and the
+server's key file (``MEDGEM_API_KEYS``).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any
+
+import platformdirs
+from pydantic import ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from medgem.errors import InputError
 
@@ -24,12 +39,66 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-_KNOWN_KEYS = {"model", "model_dirs"}
+_APP = "medgem"
 
 
-@dataclass(frozen=True)
-class Settings:
-    """What the config file and the environment say.
+def _override(variable: str) -> Path | None:
+    value = os.environ.get(variable)
+    return Path(value).expanduser() if value else None
+
+
+def config_dir() -> Path:
+    """``$XDG_CONFIG_HOME/medgem`` (``~/.config/medgem``) or the platform's equivalent."""
+    return platformdirs.user_config_path(_APP, appauthor=False)
+
+
+def cache_dir() -> Path:
+    """medgem's own cache: ``$MEDGEM_CACHE``, else ``$XDG_CACHE_HOME/medgem`` (``~/.cache/medgem``)."""
+    return _override("MEDGEM_CACHE") or platformdirs.user_cache_path(_APP, appauthor=False)
+
+
+def config_path() -> Path:
+    """Where the settings file is (it need not exist): ``$MEDGEM_CONFIG`` or config_dir()/config.toml."""
+    return _override("MEDGEM_CONFIG") or config_dir() / "config.toml"
+
+
+def audit_path() -> Path:
+    """The default audit store: ``$MEDGEM_AUDIT_DB`` or ``$XDG_DATA_HOME/medgem/audit.sqlite``."""
+    return _override("MEDGEM_AUDIT_DB") or platformdirs.user_data_path(_APP, appauthor=False) / "audit.sqlite"
+
+
+def key_file_path() -> Path:
+    """The server's API-key file: ``$MEDGEM_API_KEYS`` or config_dir()/api-keys.json."""
+    return _override("MEDGEM_API_KEYS") or config_dir() / "api-keys.json"
+
+
+class _SettingsFile(PydanticBaseSettingsSource):
+    """The TOML file as a settings source, checked with messages that say how to fix it."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
+        super().__init__(settings_cls)
+        self.path = path
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ returns the whole table
+
+    def __call__(self) -> dict[str, Any]:
+        return read_file(self.path)
+
+
+class _Environment(EnvSettingsSource):
+    """MEDGEM_* variables; an empty MEDGEM_MODEL means "not set" (the file may still name one),
+    while an empty MEDGEM_MODEL_DIRS means "no folders"."""
+
+    def __call__(self) -> dict[str, Any]:
+        values = super().__call__()
+        if not values.get("model"):
+            values.pop("model", None)
+        return values
+
+
+class Settings(BaseSettings):
+    """What the environment and the settings file say.
 
     Attributes:
         model: the default model name or path; None when neither says.
@@ -37,28 +106,39 @@ class Settings:
         source: where ``model`` came from ("MEDGEM_MODEL", the file's path, or None).
     """
 
+    model_config = SettingsConfigDict(env_prefix="MEDGEM_", frozen=True, extra="ignore",
+                                      protected_namespaces=())
+
     model: str | None = None
-    model_dirs: tuple[Path, ...] = ()
+    model_dirs: Annotated[tuple[Path, ...], NoDecode] = ()
     source: str | None = None
 
+    @field_validator("model", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return value or None
 
-def config_path() -> Path:
-    """Where the config file is (it need not exist)."""
-    explicit = os.environ.get("MEDGEM_CONFIG")
-    if explicit:
-        return Path(explicit).expanduser()
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base).expanduser() / "medgem" / "config.toml"
+    @field_validator("model_dirs", mode="before")
+    @classmethod
+    def _folders(cls, value: object) -> object:
+        if isinstance(value, str):  # the environment: folders separated like PATH
+            value = [part for part in value.split(os.pathsep) if part]
+        if isinstance(value, (list, tuple)):
+            return tuple(Path(str(folder)).expanduser() for folder in value)
+        return value
 
-
-def cache_dir() -> Path:
-    """medgem's own cache: the demo model, the record of converted and pulled models, the state
-    of running servers (``$MEDGEM_CACHE``, default ``~/.cache/medgem``)."""
-    return Path(os.environ.get("MEDGEM_CACHE") or Path.home() / ".cache" / "medgem").expanduser()
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
+                                   init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _Environment(settings_cls), _SettingsFile(settings_cls, config_path())
 
 
 def read_file(path: Path | None = None) -> dict[str, object]:
-    """The config file's table, checked; {} when there is no file.
+    """The settings file's table, checked; {} when there is no file.
 
     Raises:
         InputError: unreadable TOML, an unknown key or a value of the wrong type.
@@ -74,36 +154,34 @@ def read_file(path: Path | None = None) -> dict[str, object]:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise InputError(f"the config file '{path}' is not valid TOML ({exc})",
                          "fix it, or move it away") from exc
-    unknown = sorted(set(data) - _KNOWN_KEYS)
+    known = set(Settings.model_fields) - {"source"}
+    unknown = sorted(set(data) - known)
     if unknown:
         raise InputError(f"the config file '{path}' has unknown setting(s) {', '.join(unknown)}",
-                         f"the settings are: {', '.join(sorted(_KNOWN_KEYS))}")
+                         f"the settings are: {', '.join(sorted(known))}")
     if "model" in data and not isinstance(data["model"], str):
         raise InputError(f"'model' in '{path}' must be a string", 'write model = "4b-it"')
     dirs = data.get("model_dirs", [])
     if not isinstance(dirs, list) or not all(isinstance(d, str) for d in dirs):
         raise InputError(f"'model_dirs' in '{path}' must be a list of folders",
                          'write model_dirs = ["~/models"]')
+    if data.get("model"):
+        data["source"] = str(path)
     return data
 
 
 def load_settings() -> Settings:
-    """The environment over the config file (flags are applied by the caller, over both).
+    """The environment over the settings file (flags are applied by the caller, over both).
 
     Raises:
-        InputError: a broken config file.
+        InputError: a broken settings file or environment value.
     """
-    path = config_path()
-    data = read_file(path)
-    model = os.environ.get("MEDGEM_MODEL") or None
-    source = "MEDGEM_MODEL" if model else None
-    if model is None and isinstance(data.get("model"), str) and data["model"]:
-        model, source = str(data["model"]), str(path)
-    env_dirs = os.environ.get("MEDGEM_MODEL_DIRS")
-    if env_dirs is not None:
-        dirs = [d for d in env_dirs.split(os.pathsep) if d]
-    else:
-        raw = data.get("model_dirs", [])
-        dirs = [str(d) for d in raw] if isinstance(raw, list) else []
-    return Settings(model=model, model_dirs=tuple(Path(d).expanduser() for d in dirs),
-                    source=source)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InputError(f"the setting '{'.'.join(map(str, first['loc']))}' is invalid "
+                         f"({first['msg']})", "fix MEDGEM_* or the config file") from exc
+    if os.environ.get("MEDGEM_MODEL"):
+        return settings.model_copy(update={"source": "MEDGEM_MODEL"})
+    return settings

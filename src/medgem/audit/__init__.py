@@ -6,7 +6,6 @@ the inputs, never the prompt text or images, unless the operator opted in.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from medgem.audit.records import (
@@ -20,6 +19,7 @@ from medgem.audit.records import (
     sha256_hex,
 )
 from medgem.audit.sqlite import SQLiteAuditStore
+from medgem.config import audit_path
 from medgem.errors import InputError
 
 __all__ = ["VERDICTS", "AuditRecord", "AuditStore", "VerifyReport", "add_review", "canonical_json",
@@ -28,11 +28,7 @@ __all__ = ["VERDICTS", "AuditRecord", "AuditStore", "VerifyReport", "add_review"
 
 def default_audit_path() -> Path:
     """``$MEDGEM_AUDIT_DB`` or ``$XDG_DATA_HOME/medgem/audit.sqlite`` (~/.local/share)."""
-    env = os.environ.get("MEDGEM_AUDIT_DB")
-    if env:
-        return Path(env).expanduser()
-    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    return base / "medgem" / "audit.sqlite"
+    return audit_path()
 
 
 def open_store(location: str | Path | None = None) -> AuditStore:

@@ -8,13 +8,13 @@ exactly the code users run. Random-weight checkpoints test plumbing and speed, n
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medgem.config import cache_dir
 from medgem.errors import require
 from medgem.request.compose import shipped_chat_template
 
@@ -24,7 +24,7 @@ VOCAB_SIZE = 262208  # Gemma 3 multimodal vocabulary (image token included)
 
 
 def cache_root() -> Path:
-    root = Path(os.environ.get("MEDGEM_CACHE", Path.home() / ".cache" / "medgem"))
+    root = cache_dir()
     root.mkdir(parents=True, exist_ok=True)
     return root
 
