@@ -4,6 +4,7 @@ bars show; through a pipe nothing of them does."""
 from __future__ import annotations
 
 import fcntl
+import io
 import os
 import pty
 import select
@@ -73,6 +74,7 @@ def test_transformers_load_and_prompt_stages(tiny_text_checkpoint: Path) -> None
     code, drawn = run_in_terminal(*args)
     assert code == 0, drawn
     assert f"loading {tiny_text_checkpoint.name} … " in drawn and "reading the prompt … " in drawn
+    assert "Loading weights" not in drawn  # one line says it: transformers' own bar is off
 
     piped = run_cli(*args)
     assert piped.returncode == 0 and "loading" not in piped.stderr and "\x1b[K" not in piped.stderr
@@ -95,3 +97,30 @@ def test_convert_bars_reach_100_and_the_check_prints_once(tiny_vlm_checkpoint: P
     assert piped.returncode == 0, piped.stderr
     assert "%|" not in piped.stderr and "checking" not in piped.stderr
     assert piped.stdout.count("check:") == 1
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_line_steps_aside_for_a_bar_and_library_bars_come_back_after() -> None:
+    import logging
+
+    import huggingface_hub.utils as hub
+
+    from medgem.cli.progress import STAGES, Waiting
+
+    screen = _Terminal()
+    with Waiting("converting x", screen, interval=0.01) as waiting:
+        assert hub.are_progress_bars_disabled()  # the hub's own bars are off while it shows
+        STAGES.debug("writing model.gguf", extra={"bar": True})
+        aside = len(screen.getvalue())
+        assert screen.getvalue().endswith("\r\x1b[K")  # rubbed out for the bar
+        time.sleep(0.1)
+        assert len(screen.getvalue()) == aside  # nothing drawn over the bar
+        STAGES.debug("checking the result")
+        assert waiting.label == "checking the result"
+        assert "checking the result" in screen.getvalue()[aside:]  # drawn again from the next stage
+    assert not hub.are_progress_bars_disabled()
+    assert STAGES.level == logging.NOTSET

@@ -202,7 +202,7 @@ def _load(args: argparse.Namespace, store: str | bool) -> MedGemma:
         mmproj=args.mmproj,
         revision=args.revision,
         caveat="" if args.no_caveat else INTENDED_USE_CAVEAT,
-        progress=sys.stderr.isatty() and not getattr(args, "json", False),
+        progress=False,  # the stage line (Waiting) says what loads; no library bars under it
         base_url=",".join([*getattr(args, "backend", []), *([args.base_url] if args.base_url else [])])
         or None,
         api_key=args.api_key,

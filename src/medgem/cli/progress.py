@@ -4,8 +4,12 @@
 block ends; :func:`until_first` does the same while a stream has not yielded yet (the prompt
 and images are being read). Engines name finer stages ("encoding image 1/2") by logging at
 DEBUG to the ``medgem.progress`` logger, the one seam they share with no surface in
-particular; a Waiting line shows the latest. Nothing is drawn unless the stream is a terminal,
-so pipes, files and tests that read stderr see none of it.
+particular; a Waiting line shows the latest. A record logged with ``extra={"bar": True}`` says
+a bar of its own draws now: the line steps aside until the next stage. Nothing is drawn unless the stream is a terminal,
+so pipes, files and tests that read stderr see none of it. While the line is shown, the
+libraries' own bars (transformers' weight loading, the hub's per-file downloads) are switched
+off through their public switches, so one line says what is happening; downloads report their
+files to the line through the ``medgem.progress`` logger (see medgem.resolve).
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ class Waiting:
         self._drawn = False
         self._thread: threading.Thread | None = None
         self._saved = (logging.NOTSET, True)
+        self._bars_were_on = False
+        self._aside = False
         self._handler = _StageHandler(self)
 
     def __enter__(self) -> Waiting:
@@ -61,6 +67,7 @@ class Waiting:
             return
         self._started = time.monotonic()
         self._saved = (STAGES.level, STAGES.propagate)
+        self._bars_were_on = _library_bars(False)
         STAGES.addHandler(self._handler)
         STAGES.setLevel(logging.DEBUG)
         STAGES.propagate = False  # stages are for this line, not for anyone's log file
@@ -71,7 +78,17 @@ class Waiting:
     def stage(self, label: str) -> None:
         """Show a new stage now (the time keeps counting from the start)."""
         self.label = label
+        self._aside = False
         self._draw()
+
+    def step_aside(self) -> None:
+        """Rub the line out and draw nothing until the next stage: a bar has the line."""
+        with self._lock:
+            self._aside = True
+            if self._drawn:
+                self.stream.write("\r\x1b[K")
+                self.stream.flush()
+                self._drawn = False
 
     def close(self) -> None:
         """Stop and rub the line out; safe to call twice."""
@@ -83,6 +100,8 @@ class Waiting:
         self._stop.set()
         self._thread.join()
         self._thread = None
+        if self._bars_were_on:
+            _library_bars(True)
         with self._lock:
             if self._drawn:
                 self.stream.write("\r\x1b[K")
@@ -94,9 +113,11 @@ class Waiting:
             self._draw()
 
     def _draw(self) -> None:
-        if not self.enabled or self._stop.is_set() or _bars_running():
+        if not self.enabled:
             return
         with self._lock:
+            if self._stop.is_set() or self._aside:
+                return
             elapsed = time.monotonic() - self._started
             frame = FRAMES[self._frame % len(FRAMES)]
             self._frame += 1
@@ -125,7 +146,10 @@ class _StageHandler(logging.Handler):
         self.waiting = waiting
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.waiting.stage(record.getMessage())
+        if getattr(record, "bar", False):
+            self.waiting.step_aside()
+        else:
+            self.waiting.stage(record.getMessage())
 
 
 def _is_terminal(stream: TextIO) -> bool:
@@ -135,10 +159,20 @@ def _is_terminal(stream: TextIO) -> bool:
         return False
 
 
-def _bars_running() -> bool:
-    """A tqdm bar (a download, transformers' shard loading) has the line: let it draw."""
-    tqdm_module = sys.modules.get("tqdm")
-    if tqdm_module is None:
-        return False
-    instances = list(getattr(tqdm_module.tqdm, "_instances", None) or ())
-    return any(not getattr(bar, "disable", False) for bar in instances)
+def _library_bars(on: bool) -> bool:
+    """Switch the hub's and transformers' progress bars on or off; True if they were on.
+
+    transformers reads the hub's switch when it is first imported, so switching the hub off
+    before a load that imports transformers covers both; a transformers already imported is
+    switched itself."""
+    import huggingface_hub.utils as hub
+
+    were_on = not hub.are_progress_bars_disabled()
+    if on:
+        hub.enable_progress_bars()
+    else:
+        hub.disable_progress_bars()
+    loaded = sys.modules.get("transformers.utils.logging")
+    if loaded is not None:
+        loaded.enable_progress_bar() if on else loaded.disable_progress_bar()
+    return were_on

@@ -311,6 +311,8 @@ def _bar(progress: bool, **options: Any) -> Any:
     """A tqdm bar on stderr; silent unless asked for and stderr is a terminal."""
     from tqdm import tqdm
 
+    if progress:  # the stage line steps aside while a bar draws (medgem.cli.progress)
+        stages.debug(str(options.get("desc", "")), extra={"bar": True})
     return tqdm(disable=None if progress else True, file=sys.stderr, dynamic_ncols=True, **options)
 
 
