@@ -1,6 +1,7 @@
 """The DICOM PS3.15 Basic Application Level Confidentiality Profile as data: every attribute
 Table E.1-1 names, by pydicom keyword, with its basic-profile action and what each profile
-option changes. Generated from the standard's table (2025 edition); ``deid.py`` applies it.
+option changes. Generated from the standard's table (2025 edition) by
+scripts/generate_deid_profile.py; ``deid.py`` applies it.
 
 Actions (PS3.15 E.3): X remove, Z empty (or a dummy), D a dummy value, U a new UID consistent
 within the key, K keep, C clean (keep after removing identifying content); "X/Z", "X/D",
