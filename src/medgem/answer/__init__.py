@@ -1,10 +1,10 @@
 """The answer stage: an engine's stream -> thinking and answer chunks and the final Answer, with
-stop strings cut, the intended-use caveat and demo labels attached (``answer.py``), and box
+stop strings cut, the intended-use caveat and demo labels attached (``chunks.py``), and box
 localizations drawn (``boxes.py``)."""
 
 from __future__ import annotations
 
-from medgem.answer.answer import (
+from medgem.answer.chunks import (
     DEMO_LABEL,
     INTENDED_USE_CAVEAT,
     NOT_MEDGEMMA_LABEL,
