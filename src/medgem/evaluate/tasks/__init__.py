@@ -12,7 +12,7 @@ TASKS: dict[str, str] = {
     "pubmedqa": "medgem.evaluate.tasks.pubmedqa",
     "vqa": "medgem.evaluate.tasks.vqa",
     "cxr-labels": "medgem.evaluate.tasks.cxr_labels",
-    "report": "medgem.evaluate.tasks.report",
+    "report": "medgem.evaluate.tasks.report_generation",
 }
 ALIASES: dict[str, str] = {
     "medqa": "mcq", "medmcqa": "mcq", "mmlu": "mcq", "afrimed-qa": "mcq", "cxr": "cxr-labels",
