@@ -14,7 +14,7 @@ from medgem.evaluate.metrics import mcnemar_exact, paired_bootstrap
 from medgem.evaluate.report import load_run, percent, summarize_run
 
 # Tasks whose per-item score is exactly right (1) or wrong (0).
-BINARY_TASKS = frozenset({"mcq", "pubmedqa"})
+BINARY_TASKS = frozenset({"mcq", "pubmedqa", "volume-classification", "longitudinal", "ehrqa"})
 
 
 def compare_runs(run_a: str | Path, run_b: str | Path) -> dict[str, Any]:
