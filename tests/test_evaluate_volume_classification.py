@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from eval_card_fixtures import check_run_report, eval_cli, question_of, results, write_ct, write_jsonl, write_mr
+from eval_card_fixtures import (
+    check_run_report,
+    eval_cli,
+    question_of,
+    results,
+    write_ct,
+    write_jsonl,
+    write_mr,
+)
 from medgem.errors import DatasetError
 from medgem.evaluate import EvalConfig, prepare, run_evaluation, write_report
 from medgem.evaluate.metrics import macro_accuracy
