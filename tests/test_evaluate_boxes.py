@@ -17,7 +17,7 @@ from eval_card_fixtures import (
     write_png,
 )
 from medgem.errors import DatasetError
-from medgem.evaluate import EvalConfig, prepare, run_evaluation, write_report
+from medgem.evaluate import EvalConfig, compare_runs, prepare, run_evaluation, write_report
 from medgem.evaluate.metrics import box_iou
 from medgem.evaluate.tasks.boxes import predicted_box
 from medgem.request import Request
@@ -90,3 +90,13 @@ def test_cli_end_to_end_on_the_tiny_vlm(dataset: Path, tiny_vlm_checkpoint: Path
     report = check_run_report(out, 3)
     scores = [r["score"] for r in results(out).values()]
     assert report["metrics"]["iou"]["value"] == pytest.approx(100 * sum(scores) / 3)
+
+
+def test_compare_two_runs_pairs_the_ious(dataset: Path, tmp_path: Path) -> None:
+    prepared = prepare(EvalConfig(task="boxes", data=str(dataset)))
+    for name, answer in (("a", reply), ("b", lambda request: "no box")):
+        mg, _ = model(answer, variant="1.5-4b-it")
+        run_evaluation(mg, prepared, tmp_path / name, progress=False)
+    compared = compare_runs(tmp_path / "a", tmp_path / "b")
+    assert compared["test"] == "paired bootstrap (mean per-item score)" and compared["paired_items"] == 3
+    assert compared["difference"] == pytest.approx(-100 * 8 / 21)  # B - A: IoUs (0, 0, 0) - (1, 1/7, 0)

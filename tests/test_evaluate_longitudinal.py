@@ -16,7 +16,7 @@ from eval_card_fixtures import (
     write_jsonl,
     write_png,
 )
-from medgem.evaluate import EvalConfig, prepare, run_evaluation, write_report
+from medgem.evaluate import EvalConfig, compare_runs, prepare, run_evaluation, write_report
 from medgem.evaluate.tasks.longitudinal import read_change
 from medgem.request import Request
 from test_evaluate_runner import model
@@ -83,3 +83,15 @@ def test_cli_end_to_end_on_the_tiny_vlm(dataset: Path, tiny_vlm_checkpoint: Path
         by_class.setdefault(row["reference"], []).append(row["correct"])
     expected = sum(sum(v) / len(v) for v in by_class.values()) / len(by_class)
     assert report["metrics"]["macro_accuracy"]["value"] == pytest.approx(100 * expected)
+
+
+def test_compare_two_runs_is_mcnemar(dataset: Path, tmp_path: Path) -> None:
+    prepared = prepare(EvalConfig(task="longitudinal", data=str(dataset)))
+    for name, answer in (("a", reply), ("b", lambda request: "Stable.")):
+        mg, _ = model(answer, variant="1.5-4b-it")
+        run_evaluation(mg, prepared, tmp_path / name, progress=False)
+    compared = compare_runs(tmp_path / "a", tmp_path / "b")
+    # A right on effusion, edema, pneumothorax; B ("stable" always) on pneumonia, pneumothorax
+    assert compared["test"] == "exact McNemar"
+    assert (compared["only_a_correct"], compared["only_b_correct"]) == (2, 1)
+    assert compared["difference"] == pytest.approx(-25.0)

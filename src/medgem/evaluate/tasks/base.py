@@ -118,6 +118,7 @@ class Task:
     primary_metric = "accuracy"
     think = False  # ask thinking variants to think (the official MedQA prompt)
     constraint = "none"  # how decoding is constrained to a schema; no task constrains it yet
+    right_or_wrong = True  # each item scores exactly 1 or 0 (compare: McNemar, else bootstrap)
 
     def load(self, records: Sequence[Record], options: TaskOptions) -> LoadedData:
         """Turn dataset rows into items.

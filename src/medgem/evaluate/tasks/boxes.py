@@ -59,6 +59,7 @@ class BoxesTask(base.Task):
     description = ("image + label + reference box: mean IoU, IoU>0.5 rate "
                    "(--benchmark chest-imagenome for the card)")
     primary_metric = "iou"
+    right_or_wrong = False
 
     def load(self, records: Sequence[Record], options: base.TaskOptions) -> base.LoadedData:
         items = []

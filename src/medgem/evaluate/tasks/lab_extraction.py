@@ -113,6 +113,7 @@ class LabExtractionTask(base.Task):
     description = ("lab report PDF or image -> JSON vs expected values: field-level macro/micro F1 "
                    "(--benchmark lab-report-pdf or lab-report-png for the card)")
     primary_metric = "macro_f1"
+    right_or_wrong = False
 
     def load(self, records: Sequence[Record], options: base.TaskOptions) -> base.LoadedData:
         items = []

@@ -27,6 +27,7 @@ class ReportTask(base.Task):
     name = "report"
     description = "report generation vs reference reports: ROUGE-L and BLEU"
     primary_metric = "rouge_l"
+    right_or_wrong = False
 
     def load(self, records: Sequence[Record], options: base.TaskOptions) -> base.LoadedData:
         items = []

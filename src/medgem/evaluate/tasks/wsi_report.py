@@ -27,6 +27,7 @@ class WsiReportTask(base.Task):
     description = ("whole-slide image vs reference pathology report: ROUGE-L "
                    "(--benchmark wsi-path for the card)")
     primary_metric = "rouge_l"
+    right_or_wrong = False
 
     def load(self, records: Sequence[Record], options: base.TaskOptions) -> base.LoadedData:
         items = []
