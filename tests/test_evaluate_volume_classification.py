@@ -92,3 +92,19 @@ def test_cli_end_to_end_on_the_tiny_vlm(dataset: Path, tiny_vlm_checkpoint: Path
     expected = sum(sum(v) / len(v) for v in by_condition.values()) / len(by_condition)
     assert report["metrics"]["macro_accuracy"]["value"] == pytest.approx(100 * expected)
     assert all(r["prompt_tokens"] > 4 for r in rows.values())  # the slices reached the model
+
+
+def test_ct_rate_label_csv_is_read_as_it_ships(dataset: Path, tmp_path: Path) -> None:
+    csv = tmp_path / "valid_predicted_labels.csv"
+    csv.write_text(f"VolumeName,Cardiomegaly,Lung nodule\n{dataset.parent / 'ct'},1,0\n")
+    prepared = prepare(EvalConfig(task="volume-classification", data=str(csv), variant="1.5-4b-it"))
+    assert prepared.benchmark == "ct-rate"
+    assert [i.question for i in prepared.items] == [
+        "Does this CT scan show Cardiomegaly? Answer yes or no.",
+        "Does this CT scan show Lung nodule? Answer yes or no."]
+    mg, _ = model(lambda request: "Yes.", variant="1.5-4b-it")
+    run_evaluation(mg, prepared, tmp_path / "run", progress=False)
+    report = json.loads(write_report(tmp_path / "run")["json"].read_text())
+    # always "yes": Cardiomegaly tp -> F1 1; Lung nodule fp -> F1 0; the card's CT-RATE metric
+    assert report["metrics"]["macro_f1"]["value"] == 50.0
+    assert report["model_card"]["metric"] == "macro_f1" and report["model_card"]["value"] == 27.0

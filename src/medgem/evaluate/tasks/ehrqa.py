@@ -42,7 +42,7 @@ class EhrQATask(base.Task):
     """Accuracy with its Wilson interval (the base task's metric)."""
 
     name = "ehrqa"
-    description = "patient record (text or FHIR bundle) + question: accuracy (--benchmark ehrqa)"
+    description = "patient record (text or FHIR bundle) + question: accuracy (--benchmark ehrqa for the card)"
 
     def load(self, records: Sequence[Record], options: base.TaskOptions) -> base.LoadedData:
         items = []

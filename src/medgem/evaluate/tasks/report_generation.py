@@ -25,7 +25,7 @@ class ReportTask(base.Task):
     reports) when the radgraph package can run."""
 
     name = "report"
-    description = "report generation vs reference reports: ROUGE-L and BLEU"
+    description = "report generation vs reference reports: ROUGE-L, BLEU, RadGraph F1 (radgraph package)"
     primary_metric = "rouge_l"
     right_or_wrong = False
 

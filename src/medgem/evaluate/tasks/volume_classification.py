@@ -3,7 +3,8 @@ CT dataset 1, 7 conditions; MRI dataset 1, 10 conditions; CT-RATE, 18 conditions
 
 One row is a series (a DICOM folder or zip, a NIfTI file) with either one ``condition`` and its
 ``label`` (yes/no, 1/0, true/false), or ``labels``: condition -> label, expanded into one item per
-condition (the model is asked about each condition in turn, the series read each time). The
+condition (the model is asked about each condition in turn, the series read each time). CT-RATE's
+label CSV (``VolumeName`` and one 0/1 column per abnormality) is read as it ships. The
 series reaches the model as the volume prompt (instruction, each slice then ``SLICE n``, the
 question last). Macro accuracy is the mean over conditions of each condition's accuracy; macro
 F1 the mean over conditions of the F1 of "present" (CT-RATE's metric).
@@ -56,13 +57,16 @@ class VolumeClassificationTask(base.Task):
 
     def load(self, records: Sequence[Record], options: base.TaskOptions) -> base.LoadedData:
         items = []
+        ct_rate = "VolumeName" in records[0].data
         for record in records:
             root = Path(options.image_root or record.source.parent)
-            series = base.image_ref(base.field_value(record, "series", "volume", "path", "image"),
-                                    record, root)
-            modality = base.field_value(record, "modality", required=False)
+            series = base.image_ref(base.field_value(record, "series", "volume", "path", "image",
+                                                     "VolumeName"), record, root)
+            modality = "CT" if ct_rate else base.field_value(record, "modality", required=False)
             labels = base.field_value(record, "labels", required=False)
-            if labels is None:
+            if ct_rate:
+                labels = {k: v for k, v in record.data.items() if k != "VolumeName"}
+            elif labels is None:
                 condition = str(base.field_value(record, "condition", "finding"))
                 labels = {condition: base.field_value(record, "label", "present", "answer")}
             if not isinstance(labels, dict) or not labels:
@@ -75,7 +79,7 @@ class VolumeClassificationTask(base.Task):
                     record.row, question(str(condition), str(modality) if modality else None),
                     "yes" if present else "no", str(condition), images=(series,),
                 ))
-        return base.LoadedData(items, None)
+        return base.LoadedData(items, "ct-rate" if ct_rate else None)
 
     def score(self, item: base.EvalItem, reply: str) -> base.Scored:
         label = extract_label(answer_part(reply), YES_NO)
