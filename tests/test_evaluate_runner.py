@@ -333,3 +333,21 @@ def test_compare_two_runs(tmp_path: Path) -> None:
     run_evaluation(model(lambda r: "yes")[0], other, tmp_path / "c", progress=False)
     with pytest.raises(InputError, match="different tasks"):
         compare_runs(tmp_path / "a", tmp_path / "c")
+
+
+def test_run_stats_add_up_over_a_resumed_run(tmp_path: Path) -> None:
+    mg, _ = model(medqa_reply, variant="27b-text-it", delay=0.05)
+    out = tmp_path / "run"
+    run_evaluation(mg, prepare(EvalConfig(task="mcq", data=str(DATA / "medqa.jsonl"), limit=2)), out,
+                   progress=False)
+    first = json.loads((out / "run.json").read_text())
+    assert first["items_timed"] == 2 and first["wall_seconds"] >= 0.1
+    assert first["constraint"] == "none" and first["concurrency"] == 1
+    run_evaluation(mg, prepare(EvalConfig(task="mcq", data=str(DATA / "medqa.jsonl"))), out,
+                   resume=True, progress=False)
+    second = json.loads((out / "run.json").read_text())
+    assert second["items_timed"] == 6 and second["wall_seconds"] >= first["wall_seconds"] + 0.2
+    stats = json.loads(write_report(out)["json"].read_text())["run"]
+    assert stats == {"wall_seconds": second["wall_seconds"], "engine": "scripted", "concurrency": 1,
+                     "constraint": "none",
+                     "items_per_minute": round(60 * 6 / second["wall_seconds"], 2)}

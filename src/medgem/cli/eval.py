@@ -104,6 +104,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         verdict = "within" if report["within_ci"] else "outside"
         print(f"model card ({card['variant']}, {card['benchmark']}): {card['value']:.1f}, "
               f"{verdict} the 95% CI")
+    for note in report["notes"]:
+        print(f"note: {note}")
     print(f"report: {paths['markdown']}")
     if outcome.failed:
         print(f"medgem: {outcome.failed} item(s) failed; see {paths['markdown']} "

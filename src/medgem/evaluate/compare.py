@@ -12,9 +12,7 @@ from typing import Any
 from medgem.errors import InputError
 from medgem.evaluate.metrics import mcnemar_exact, paired_bootstrap
 from medgem.evaluate.report import load_run, percent, summarize_run
-
-# Tasks whose per-item score is exactly right (1) or wrong (0).
-BINARY_TASKS = frozenset({"mcq", "pubmedqa"})
+from medgem.evaluate.tasks import get_task
 
 
 def compare_runs(run_a: str | Path, run_b: str | Path) -> dict[str, Any]:
@@ -49,7 +47,7 @@ def compare_runs(run_a: str | Path, run_b: str | Path) -> dict[str, Any]:
               "value": percent(summary_b.primary, summary_b.headline.value)},
         "paired_items": len(common),
     }
-    if task in BINARY_TASKS:
+    if get_task(task).right_or_wrong:
         a = [bool(ok_a[i]["correct"]) for i in common]
         b = [bool(ok_b[i]["correct"]) for i in common]
         only_a, only_b, p = mcnemar_exact(a, b)

@@ -7,6 +7,7 @@ Each extractor returns None when nothing can be read; the caller counts that as 
 
 from __future__ import annotations
 
+import json
 import re
 import string
 from collections.abc import Mapping, Sequence
@@ -152,3 +153,25 @@ def extract_findings(text: str, findings: Mapping[str, Sequence[str]]) -> dict[s
                 if not _NEGATION.search(before) and not _NEGATION.search(clause[index + len(name):][:12]):
                     present[finding] = True
     return present
+
+
+_TRAILING_COMMA = re.compile(r",\s*([\]}])")
+
+
+def first_json_value(text: str) -> object | None:
+    """The first JSON object or array in a reply: inside a ```json fence or bare in prose,
+    forgiving trailing commas; None when there is none (or it was cut off before it closed).
+
+    No decoding constraint is applied yet, so free text is read as it comes.
+    """
+    reply = answer_part(text)
+    decoder = json.JSONDecoder()
+    for start in (m.start() for m in re.finditer(r"[\[{]", reply)):
+        for candidate in (reply[start:], _TRAILING_COMMA.sub(r"\1", reply[start:])):
+            try:
+                value, _ = decoder.raw_decode(candidate)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(value, dict | list):
+                return value
+    return None

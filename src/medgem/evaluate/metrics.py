@@ -98,6 +98,36 @@ def macro_f1(truth: Sequence[Sequence[bool | None]], predicted: Sequence[Sequenc
     return sum(per_label) / len(per_label)
 
 
+def macro_accuracy(groups: Sequence[str], correct: Sequence[bool]) -> float:
+    """Unweighted mean over groups of each group's accuracy (per condition, or per true class:
+    balanced accuracy); 0.0 for no items."""
+    by_group: dict[str, list[bool]] = {}
+    for group, right in zip(groups, correct, strict=True):
+        by_group.setdefault(group, []).append(bool(right))
+    return sum(accuracy(v) for v in by_group.values()) / len(by_group) if by_group else 0.0
+
+
+def f1_counts(tp: int, fp: int, fn: int) -> float:
+    """F1 from true/false positive and false negative counts; 1.0 when all three are 0 (nothing
+    expected, nothing found)."""
+    return 1.0 if tp == fp == fn == 0 else 2 * tp / (2 * tp + fp + fn)
+
+
+def match_counts(predicted: Sequence[Any], reference: Sequence[Any]) -> tuple[int, int, int]:
+    """(tp, fp, fn) of two multisets of hashable facts (entities, relations, lab fields)."""
+    tp = sum((Counter(predicted) & Counter(reference)).values())
+    return tp, len(predicted) - tp, len(reference) - tp
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two boxes given as (y0, x0, y1, x1); 0.0 when both are empty."""
+    ay0, ax0, ay1, ax1 = a
+    by0, bx0, by1, bx1 = b
+    inter = max(0.0, min(ay1, by1) - max(ay0, by0)) * max(0.0, min(ax1, bx1) - max(ax0, bx0))
+    union = (ay1 - ay0) * (ax1 - ax0) + (by1 - by0) * (bx1 - bx0) - inter
+    return inter / union if union > 0 else 0.0
+
+
 def rouge_l(prediction: str, reference: str) -> float:
     """ROUGE-L F-measure (rouge-score, Porter stemming)."""
     return float(_rouge_scorer().score(reference, prediction)["rougeL"].fmeasure)

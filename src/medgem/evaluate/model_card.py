@@ -52,7 +52,7 @@ PUBLISHED: dict[tuple[str, str], CardResult] = {
         ("cxr14", 50.1, "macro_f1", 32.0, "macro F1 over 3 conditions"),
         ("slake", 72.3, "tokenized_f1", 40.2, ""),
         ("vqa-rad", 49.9, "tokenized_f1", 33.6, ""),
-        ("mimic-cxr-report", 21.9, "radgraph_f1", None, "RadGraph F1 (not computed by medgem)"),
+        ("mimic-cxr-report", 21.9, "radgraph_f1", None, "RadGraph F1 (needs the radgraph package)"),
     ]),
     **_card("27b-text-it", [
         ("medqa", 87.7, "accuracy", None, "0-shot"),
@@ -68,12 +68,25 @@ PUBLISHED: dict[tuple[str, str], CardResult] = {
         ("mimic-cxr", 89.5, "macro_f1", None, "macro F1 over the top 5 conditions"),
         ("slake", 82.8, "accuracy", None, ""),
         ("vqa-rad", 70.2, "accuracy", None, ""),
+        ("ct-dataset-1", 61.1, "macro_accuracy", None, "CT dataset 1, 7 conditions"),
+        ("mri-dataset-1", 64.7, "macro_accuracy", None, "MRI dataset 1, 10 conditions"),
+        ("ct-rate", 27.0, "macro_f1", None, "CT-RATE validation, 18 conditions (P 34.2, R 42.0)"),
+        ("ms-cxr-t", 65.7, "macro_accuracy", None, "MS-CXR-T longitudinal"),
+        ("chest-imagenome", 38.0, "iou", None, "Chest ImaGenome anatomy boxes"),
+        ("lab-report-pdf", 91.0, "macro_f1", None,
+         "EHR dataset 2; micro F1 88 (EHR dataset 3: 71 / 70)"),
+        ("lab-report-png", 85.0, "macro_f1", None, "Mendeley; micro F1 83"),
+        ("wsi-path", 49.4, "rouge_l", None, "WSI-Path report ROUGE"),
+        ("mimic-cxr-report", 27.2, "radgraph_f1", None, "RadGraph F1 (needs the radgraph package)"),
     ]),
 }
 
 BENCHMARK_ALIASES: dict[str, str] = {
     "mmlu": "mmlu-med", "afrimedqa": "afrimed-qa", "vqarad": "vqa-rad", "vqa_rad": "vqa-rad",
     "mimic": "mimic-cxr", "mimic-cxr-jpg": "mimic-cxr", "chestx-ray14": "cxr14",
+    "ct": "ct-dataset-1", "mri": "mri-dataset-1", "mr": "mri-dataset-1", "ctrate": "ct-rate",
+    "mscxrt": "ms-cxr-t", "imagenome": "chest-imagenome", "lab-pdf": "lab-report-pdf",
+    "lab-png": "lab-report-png", "ehr-qa": "ehrqa",
 }
 
 

@@ -65,8 +65,19 @@ def summary_json(manifest: dict[str, Any], summary: Summary) -> dict[str, Any]:
         "n_unparseable": len(summary.unparseable), "unparseable": summary.unparseable,
         "failed": summary.failed, "model_card": asdict(summary.card) if summary.card else None,
         "model_card_comparable": summary.card_comparable, "within_ci": summary.within_interval,
-        "scale": "percent (BLEU 0-100)",
+        "scale": "percent (BLEU 0-100)", "run": run_stats(manifest), "notes": list(summary.notes),
     }
+
+
+def run_stats(manifest: dict[str, Any]) -> dict[str, Any]:
+    """How the run went: wall time (summed over resumed sessions), items per minute, engine,
+    concurrency and the decoding constraint."""
+    seconds = manifest.get("wall_seconds")
+    timed = manifest.get("items_timed", 0)
+    rate = round(60 * timed / seconds, 2) if seconds and timed else None
+    return {"wall_seconds": seconds, "items_per_minute": rate,
+            "engine": (manifest.get("model") or {}).get("engine"),
+            "concurrency": manifest.get("concurrency"), "constraint": manifest.get("constraint", "none")}
 
 
 def model_label(manifest: dict[str, Any]) -> str:
@@ -134,8 +145,14 @@ def markdown(manifest: dict[str, Any], summary: Summary) -> str:
         f"- Settings: temperature {settings.get('temperature')}, think {settings.get('think')}, "
         f"max_new_tokens {settings.get('max_new_tokens') or 'default'}",
     ]
+    stats = run_stats(manifest)
+    wall = f"{stats['wall_seconds']:.1f} s" if stats["wall_seconds"] is not None else "not recorded"
+    rate = f"{stats['items_per_minute']:.1f}" if stats["items_per_minute"] is not None else "n/a"
+    lines.append(f"- How it ran: wall time {wall}, {rate} items/min, engine `{stats['engine']}`, "
+                 f"concurrency {stats['concurrency']}, constraint `{stats['constraint']}`")
     if settings.get("think_note"):
         lines.append(f"- Note: {settings['think_note']}")
+    lines += [f"- Note: {note}" for note in summary.notes]
     if model.get("demo"):
         lines.append("- **Demo/test model: these numbers say nothing about MedGemma.** "
                      f"({model_label(manifest)})")

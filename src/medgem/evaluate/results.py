@@ -89,6 +89,7 @@ class Summary:
         card: the model card's number for this model and benchmark, if any.
         card_comparable: the card's metric is one this task computes.
         within_interval: the card's number lies inside this run's 95% interval.
+        notes: the task's one-line notes (a metric it could not compute, and why).
     """
 
     metrics: dict[str, Interval]
@@ -102,6 +103,7 @@ class Summary:
     card: CardResult | None
     card_comparable: bool
     within_interval: bool | None
+    notes: tuple[str, ...] = ()
 
     @property
     def headline(self) -> Interval:
@@ -144,4 +146,4 @@ def summarize(task: Task, results: Sequence[dict[str, Any]], *, n_total: int, va
     if card is not None and comparable and items:
         within = metrics[card.metric].contains(card.value / 100)
     return Summary(metrics, task.primary_metric, categories, n_total, len(items), len(failed),
-                   unparseable, failed, card, comparable, within)
+                   unparseable, failed, card, comparable, within, tuple(task.notes()))

@@ -167,6 +167,7 @@ def manifest_for(prepared: PreparedRun, mg: MedGemma, think: bool, think_note: s
         "limit": prepared.config.limit,
         "seed": prepared.config.seed,
         "concurrency": prepared.config.concurrency,
+        "constraint": prepared.task.constraint,
         "variant": variant,
         "model": asdict(info),
         "settings": {
@@ -272,6 +273,8 @@ def run_evaluation(
         old = json.loads(manifest_path.read_text()) if manifest_path.exists() else manifest
         check_resumable(old, manifest, out)
         manifest["started"] = old.get("started", manifest["started"])
+        manifest["wall_seconds"] = old.get("wall_seconds", 0.0)
+        manifest["items_timed"] = old.get("items_timed", 0)
         manifest["resumed"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     _write_json(manifest_path, manifest)
     log.repair()
@@ -281,9 +284,11 @@ def run_evaluation(
     bar = tqdm(total=len(prepared.items), initial=len(prepared.items) - len(todo),
                desc=f"eval {prepared.task.name}", unit="item", file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
+    started, finished = time.perf_counter(), 0
     try:
         for result in _results(mg, prepared, todo, think):
             log.append(result)
+            finished += 1
             failed += result["status"] != "ok"
             bar.update(1)
             if failed:
@@ -292,6 +297,11 @@ def run_evaluation(
                 on_result(result)
     finally:
         bar.close()
+        # How the run went, summed over its sessions (a resumed run adds its own time).
+        manifest["wall_seconds"] = round(manifest.get("wall_seconds", 0.0)
+                                         + time.perf_counter() - started, 3)
+        manifest["items_timed"] = manifest.get("items_timed", 0) + finished
+        _write_json(manifest_path, manifest)
     return RunOutcome(out, len(todo), len(prepared.items) - len(todo), failed)
 
 

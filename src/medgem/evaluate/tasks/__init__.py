@@ -12,11 +12,20 @@ TASKS: dict[str, str] = {
     "pubmedqa": "medgem.evaluate.tasks.pubmedqa",
     "vqa": "medgem.evaluate.tasks.vqa",
     "cxr-labels": "medgem.evaluate.tasks.cxr_labels",
-    "report": "medgem.evaluate.tasks.report",
+    "report": "medgem.evaluate.tasks.report_generation",
+    "volume-classification": "medgem.evaluate.tasks.volume_classification",
+    "longitudinal": "medgem.evaluate.tasks.longitudinal",
+    "boxes": "medgem.evaluate.tasks.boxes",
+    "lab-extraction": "medgem.evaluate.tasks.lab_extraction",
+    "wsi-report": "medgem.evaluate.tasks.wsi_report",
+    "ehrqa": "medgem.evaluate.tasks.ehrqa",
 }
 ALIASES: dict[str, str] = {
     "medqa": "mcq", "medmcqa": "mcq", "mmlu": "mcq", "afrimed-qa": "mcq", "cxr": "cxr-labels",
-    "chexpert": "cxr-labels", "vqa-rad": "vqa", "slake": "vqa",
+    "chexpert": "cxr-labels", "vqa-rad": "vqa", "slake": "vqa", "ct": "volume-classification",
+    "mri": "volume-classification", "ct-rate": "volume-classification", "ms-cxr-t": "longitudinal",
+    "chest-imagenome": "boxes", "anatomy-boxes": "boxes", "lab-report": "lab-extraction",
+    "wsi-path": "wsi-report", "ehr-qa": "ehrqa",
 }
 
 

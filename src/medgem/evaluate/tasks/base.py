@@ -117,6 +117,8 @@ class Task:
     description: str
     primary_metric = "accuracy"
     think = False  # ask thinking variants to think (the official MedQA prompt)
+    constraint = "none"  # how decoding is constrained to a schema; no task constrains it yet
+    right_or_wrong = True  # each item scores exactly 1 or 0 (compare: McNemar, else bootstrap)
 
     def load(self, records: Sequence[Record], options: TaskOptions) -> LoadedData:
         """Turn dataset rows into items.
@@ -133,6 +135,10 @@ class Task:
     def metrics(self, items: Sequence[EvalItem], scored: Sequence[Scored]) -> dict[str, Interval]:
         """The task's metrics (fractions 0-1, or BLEU 0-100) with 95% intervals."""
         return {"accuracy": proportion([s.correct for s in scored])}
+
+    def notes(self) -> list[str]:
+        """One-line notes for the report (a metric left out, and what to install for it)."""
+        return []
 
 
 # --- helpers shared by task modules ------------------------------------------------------------

@@ -54,6 +54,7 @@ class ChestXrayLabelsTask(base.Task):
     name = "cxr-labels"
     description = "chest X-ray findings vs CheXpert/MIMIC-CXR labels: macro F1 over 5 findings"
     primary_metric = "macro_f1"
+    right_or_wrong = False
 
     def load(self, records: Sequence[Record], options: base.TaskOptions) -> base.LoadedData:
         if options.uncertain not in POLICIES:

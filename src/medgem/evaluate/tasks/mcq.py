@@ -25,7 +25,7 @@ def format_question(question: str, options: dict[str, str]) -> str:
     return f"{question.strip()}\n\n{lines}\n\n{INSTRUCTION}"
 
 
-def _as_letter(answer: Any, options: dict[str, str], record: Record, base: int = 0) -> str:
+def as_letter(answer: Any, options: dict[str, str], record: Record, base: int = 0) -> str:
     """An answer given as a letter, an index or the option's text -> the letter."""
     if isinstance(answer, bool):
         raise row_error(record, f"answer {answer!r} is not a letter, index or option text")
@@ -44,7 +44,7 @@ def _as_letter(answer: Any, options: dict[str, str], record: Record, base: int =
     raise row_error(record, f"answer {text!r} is not one of the options {', '.join(options)}")
 
 
-def _options_from(value: Any, record: Record) -> dict[str, str]:
+def options_from(value: Any, record: Record) -> dict[str, str]:
     if isinstance(value, str):
         try:
             value = json.loads(value)  # AfriMed-QA stores options as a JSON string
@@ -73,31 +73,31 @@ def _parse(record: Record, cop_base: int) -> tuple[base.EvalItem | None, str | N
             letter: str(data[f"op{letter.lower()}"])
             for letter in "ABCDE" if data.get(f"op{letter.lower()}") not in (None, "")
         }
-        letter = _as_letter(base.field_value(record, "cop"), options, record, base=cop_base)
+        letter = as_letter(base.field_value(record, "cop"), options, record, base=cop_base)
         category = str(data.get("subject_name") or "all")
     elif "answer_options" in data:  # AfriMed-QA: MCQ rows only
         if not data.get("answer_options") or str(data.get("question_type", "mcq")).lower() != "mcq":
             return None, "afrimed-qa"
         benchmark, ids = "afrimed-qa", ("sample_id", "id")
-        options = _options_from(data["answer_options"], record)
+        options = options_from(data["answer_options"], record)
         raw_answer = str(base.field_value(record, "correct_answer"))
         keys = list(json.loads(data["answer_options"]) if isinstance(data["answer_options"], str)
                     else data["answer_options"])
         letter = (list(options)[keys.index(raw_answer)] if raw_answer in keys
-                  else _as_letter(raw_answer, options, record))
+                  else as_letter(raw_answer, options, record))
         category = str(data.get("specialty") or "all")
     elif "choices" in data and "subject" in data:  # MMLU
         benchmark = "mmlu-med"
-        options = _options_from(data["choices"], record)
-        letter = _as_letter(base.field_value(record, "answer"), options, record)
+        options = options_from(data["choices"], record)
+        letter = as_letter(base.field_value(record, "answer"), options, record)
         category = str(data["subject"])
     else:
-        options = _options_from(base.field_value(record, "options", "choices"), record)
+        options = options_from(base.field_value(record, "options", "choices"), record)
         if len(options) < 2:
             raise row_error(record, "a multiple-choice question needs at least two options")
         benchmark, ids = ("medqa" if "answer_idx" in data else None), ("id", "qid")
         answer = base.field_value(record, "answer_idx", "answer", "label")
-        letter = _as_letter(answer, options, record)
+        letter = as_letter(answer, options, record)
         category = str(data.get("meta_info") or data.get("category") or data.get("subject") or "all")
     item = base.EvalItem(base.item_id(record, *ids), str(record.source), record.row,
                          format_question(question, options), letter, category, options)

@@ -25,6 +25,7 @@ class VQATask(base.Task):
     name = "vqa"
     description = "medical VQA (VQA-RAD, SLAKE): closed accuracy, open tokenized F1"
     primary_metric = "tokenized_f1"
+    right_or_wrong = False
 
     def load(self, records: Sequence[Record], options: base.TaskOptions) -> base.LoadedData:
         items = []

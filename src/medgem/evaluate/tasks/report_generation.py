@@ -1,7 +1,8 @@
 """Report generation: the model writes a report for an image; ROUGE-L and BLEU against the reference.
 
-The model cards report RadGraph F1, which needs a clinical NER model; medgem computes ROUGE-L
-(rouge-score) and BLEU (sacrebleu), so its numbers are not comparable with the card's.
+The model cards report RadGraph F1, which needs RadGraph's clinical NER model: computed through
+the optional `radgraph` package when it and its model files are present (otherwise the report
+says what to install); ROUGE-L (rouge-score) and BLEU (sacrebleu) always.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from medgem.evaluate.datasets import Record
 from medgem.evaluate.extract import answer_part
 from medgem.evaluate.metrics import Interval, bootstrap_interval, corpus_bleu, rouge_l
+from medgem.evaluate.radgraph_f1 import radgraph_scores, unavailable
 from medgem.evaluate.tasks import base
 from medgem.request.compose import RADIOLOGIST_SYSTEM
 
@@ -19,11 +21,13 @@ PROMPT = "Write the findings section of a radiology report for this chest X-ray.
 
 
 class ReportTask(base.Task):
-    """ROUGE-L (mean over reports, bootstrap interval) and corpus BLEU."""
+    """ROUGE-L (mean over reports, bootstrap interval), corpus BLEU, and RadGraph F1 (mean over
+    reports) when the radgraph package can run."""
 
     name = "report"
-    description = "report generation vs reference reports: ROUGE-L and BLEU"
+    description = "report generation vs reference reports: ROUGE-L, BLEU, RadGraph F1 (radgraph package)"
     primary_metric = "rouge_l"
+    right_or_wrong = False
 
     def load(self, records: Sequence[Record], options: base.TaskOptions) -> base.LoadedData:
         items = []
@@ -53,10 +57,17 @@ class ReportTask(base.Task):
         low, high = bootstrap_interval(
             pairs, lambda xs: corpus_bleu([p for p, _ in xs], [r for _, r in xs]), samples=200
         )
-        return {
+        result = {
             "rouge_l": base.mean_with_bootstrap([s.score for s in scored]),
             "bleu": Interval(bleu, low, high),
         }
+        radgraph = radgraph_scores(replies, references)
+        if radgraph is not None:
+            result["radgraph_f1"] = base.mean_with_bootstrap(radgraph)
+        return result
+
+    def notes(self) -> list[str]:
+        return [why] if (why := unavailable()) else []
 
 
 TASK = ReportTask()
