@@ -107,13 +107,11 @@ READERS: dict[str, Reader] = {
 
 
 def detect_format(path: Path) -> str:
-    """Which reader handles ``path``.
+    """Which reader handles ``path`` (which the caller has found to exist).
 
     Raises:
-        ImageInputError: the path does not exist, or a ``.dcm`` file is not DICOM.
+        ImageInputError: a ``.dcm`` file is not DICOM.
     """
-    if not path.exists():
-        raise ImageInputError(f"{path.name} does not exist", "check the path")
     from medgem.inputs.slide_detect import is_dicom_wsi, is_slide_file
 
     if path.is_dir():
