@@ -196,9 +196,8 @@ class MedGemma:
             system: the system prompt.
             history: earlier turns (Messages) of a chat.
             options: how to generate (:class:`GenerationOptions`).
-            imaging: how inputs are read (:class:`ImagingOptions`); the keyword arguments from
-                ``max_patches`` to ``pdf_text`` are set on top of it (see
-                :func:`imaging_options`).
+            imaging: how inputs are read (:class:`ImagingOptions`); ``max_patches`` ..
+                ``pdf_text`` are set on top of it (:func:`imaging_options`).
             **generation: GenerationOptions fields set on top of ``options`` (max_new_tokens,
                 temperature, top_p, seed, stop, think); None leaves a field as it is.
 
@@ -380,16 +379,9 @@ def imaging_options(base: ImagingOptions | None = None, *, max_patches: int | No
                     pdf_text: bool | None = None,
                     cancelled: Callable[[], bool] | None = None) -> ImagingOptions:
     """``ImagingOptions`` from keyword arguments (the Python API, HTTP bodies): ``base`` (or
-    ``ImagingOptions()``'s defaults) with each argument given set on top; None keeps ``base``'s.
-
-    Args:
-        max_patches: most tissue patches from a slide.
-        patch_seed: the seed of the patch sample (its own seed, not the generation one).
-        magnification: objective magnification of slide patches (default 10, ~1 um/px).
-        mpp: a slide's level-0 microns per pixel, for files that lack it.
-        max_pages: most pages of a PDF (longer ones are refused).
-        pdf_text: also send a PDF's text layer (before the question).
-        cancelled: stops reading when it returns True (the server: "has the client left?").
+    ``ImagingOptions()``'s defaults) with each field given set on top; None keeps ``base``'s.
+    ``patch_seed`` draws a slide's patches (not the generation seed); ``cancelled`` stops
+    reading when it returns True (the server: "has the client left?").
 
     Raises:
         ImageInputError: a value out of range.

@@ -73,7 +73,6 @@ class Inputs:
 
     @property
     def images(self) -> list[Image.Image]:
-        """The RGB images in prompt order."""
         return [image for item in self.items for image in item.images]
 
     @property
@@ -83,7 +82,6 @@ class Inputs:
 
     @property
     def modalities(self) -> list[str | None]:
-        """Each image's modality."""
         return [item.modality for item in self.items for _ in item.images]
 
     @property
@@ -147,7 +145,7 @@ def _from_pil(image: Image.Image, number: int) -> MedicalInput:
                         description=f"picture: {rgb.width}x{rgb.height}", source=f"image {number}")
 
 
-def _source(item: InputItem, allowed_dirs: Sequence[Path] | None) -> Path | Upload:
+def _source(item: str | os.PathLike[str] | Upload, allowed_dirs: Sequence[Path] | None) -> Path | Upload:
     """A path (checked against ``allowed_dirs``) or the bytes of an upload or data URL."""
     if isinstance(item, Upload):
         return item
@@ -159,9 +157,6 @@ def _source(item: InputItem, allowed_dirs: Sequence[Path] | None) -> Path | Uplo
     if isinstance(item, str) and item.startswith(("http://", "https://")):
         raise ImageInputError("remote image URLs are not fetched",
                               "send the image inline as a base64 data URL")
-    if not isinstance(item, (str, os.PathLike)):
-        raise ImageInputError(f"an input must be a path, a data URL, an Upload or a PIL image, "
-                              f"not {type(item).__name__}")
     text = os.fspath(item)
     return _allowed_path(Path(text[len("file://"):] if text.startswith("file://") else text),
                          allowed_dirs)
