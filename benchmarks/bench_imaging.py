@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # imaging_fixtures
 
 from imaging_fixtures import write_ct_series
-from medgem.inputs import ImagingOptions, encode_image, load_medical_input, to_model_size
+from medgem.inputs import ImagingOptions, encode_image, read_inputs, to_model_size
 from medgem.inputs.dicom import decode_frames, modality_values, read_header
 from medgem.inputs.series import folder_sources, group_series, sample_indices, sort_slices
 from medgem.inputs.volume import to_images
@@ -84,7 +84,7 @@ def stages(folder: Path) -> dict[str, float]:
     times["encode JPEG 95"], _ = timed(lambda: [encode_image(im) for im in rgb])
     times["encode PNG"], _ = timed(lambda: [encode_image(im, "PNG") for im in rgb])
     times["read..JPEG total"] = sum(v for k, v in times.items() if k != "encode PNG")
-    times["load_medical_input"], _ = timed(lambda: load_medical_input(folder))
+    times["load_medical_input"], _ = timed(lambda: read_inputs([folder]).items[0])
     return times
 
 

@@ -71,10 +71,10 @@ def measure(path: Path) -> dict[str, float]:
     """Prepare the slide once; runs in a fresh process so its peak RSS is the reader's own."""
     import resource
 
-    from medgem.inputs import load_medical_input
+    from medgem.inputs import read_inputs
 
     started = time.perf_counter()
-    item = load_medical_input(path)
+    item = read_inputs([path]).items[0]
     total = time.perf_counter() - started
     facts = item.metadata
     return {

@@ -16,6 +16,7 @@ from pydicom.uid import generate_uid
 
 from imaging_fixtures import hu_phantom, write_ct_series
 from medgem.cli import inspect as command
+from medgem.cli.common import imaging_from_args
 from medgem.errors import ImageInputError
 
 # The subcommand module registered on a bare parser, as medgem's CLI registers it.
@@ -69,10 +70,10 @@ def test_three_windows_set_the_ct_channels_and_two_are_refused() -> None:
     parser = argparse.ArgumentParser()
     command.add_parser(parser.add_subparsers())
     args = parser.parse_args(["inspect", "x", "--window", "0,2048", "--window", "40,400", "--window", "40,80"])
-    assert command.options_from_args(args).ct_windows == ((-1024, 1024), (-160, 240), (0, 80))
+    assert imaging_from_args(args).ct_windows == ((-1024, 1024), (-160, 240), (0, 80))
     args = parser.parse_args(["inspect", "x", "--window", "0,2048", "--window", "40,400"])
     with pytest.raises(ImageInputError, match=r"once .* or three times"):
-        command.options_from_args(args)
+        imaging_from_args(args)
     with pytest.raises(SystemExit):
         parser.parse_args(["inspect", "x", "--window", "40"])
 

@@ -18,7 +18,7 @@ from pydicom.uid import generate_uid
 
 from imaging_fixtures import PHI, ct_slice, hu_phantom, write_ct_series
 from medgem.errors import ImageInputError
-from medgem.inputs import deidentify_upload, read_images
+from medgem.inputs import deidentify_upload, read_inputs
 from medgem.request import TextPart
 from medgem.request.compose import request_for_inputs
 
@@ -130,10 +130,10 @@ def test_the_model_sees_no_free_text(tmp_path: Path) -> None:
             ds.save_as(path, enforce_file_format=True)
     # Two series: the error that lists them travels back to clients and into the audit trail.
     with pytest.raises(ImageInputError) as listed:
-        read_images([study])
+        read_inputs([study])
     assert "2 series" in str(listed.value)
     assert not any(s.decode() in str(listed.value) for s in SECRETS)
-    loaded = read_images([study / "s0"])
+    loaded = read_inputs([study / "s0"])
     request = request_for_inputs("Findings?", loaded)
     said = " ".join(part.text if isinstance(part, TextPart) else part.source  # type: ignore[union-attr]
                     for message in request.messages for part in message.parts)

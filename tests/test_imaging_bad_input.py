@@ -15,39 +15,39 @@ from pydicom.data import get_testdata_file
 
 from imaging_fixtures import hu_phantom, write_ct_series
 from medgem.errors import ImageInputError
-from medgem.inputs import ImagingOptions, load_medical_input
+from medgem.inputs import ImagingOptions, read_inputs
 
 
 def test_png_named_dcm(tmp_path: Path) -> None:
     Image.new("RGB", (8, 8)).save(tmp_path / "scan.png")
     (tmp_path / "scan.dcm").write_bytes((tmp_path / "scan.png").read_bytes())
     with pytest.raises(ImageInputError, match=r"scan.dcm is named like DICOM but is not a DICOM file"):
-        load_medical_input(tmp_path / "scan.dcm")
+        read_inputs([tmp_path / "scan.dcm"])
 
 
 def test_empty_file(tmp_path: Path) -> None:
     (tmp_path / "x.dcm").write_bytes(b"")
     with pytest.raises(ImageInputError, match=r"empty"):
-        load_medical_input(tmp_path / "x.dcm")
+        read_inputs([tmp_path / "x.dcm"])
 
 
 def test_truncated_pixel_data(tmp_path: Path) -> None:
     raw = Path(get_testdata_file("CT_small.dcm", download=False)).read_bytes()
     (tmp_path / "cut.dcm").write_bytes(raw[:-5000])
     with pytest.raises(ImageInputError, match=r"cut.dcm has truncated or corrupt pixel data"):
-        load_medical_input(tmp_path / "cut.dcm")
+        read_inputs([tmp_path / "cut.dcm"])
 
 
 def test_truncated_header(tmp_path: Path) -> None:
     raw = Path(get_testdata_file("CT_small.dcm", download=False)).read_bytes()
     (tmp_path / "head.dcm").write_bytes(raw[:600])
     with pytest.raises(ImageInputError, match=r"no pixel data|truncated"):
-        load_medical_input(tmp_path / "head.dcm")
+        read_inputs([tmp_path / "head.dcm"])
 
 
 def test_no_pixel_data() -> None:
     with pytest.raises(ImageInputError, match=r"holds no pixel data .*RT Plan"):
-        load_medical_input(get_testdata_file("rtplan.dcm", download=False))
+        read_inputs([get_testdata_file("rtplan.dcm", download=False)])
 
 
 def test_dicom_decompression_bomb(tmp_path: Path) -> None:
@@ -55,7 +55,7 @@ def test_dicom_decompression_bomb(tmp_path: Path) -> None:
     ds.Rows = ds.Columns = 60000  # 3.6 gigapixels declared, a few KB stored
     ds.save_as(tmp_path / "bomb.dcm")
     with pytest.raises(ImageInputError, match=r"decompression bomb"):
-        load_medical_input(tmp_path / "bomb.dcm")
+        read_inputs([tmp_path / "bomb.dcm"])
 
 
 def png_declaring(width: int, height: int) -> bytes:
@@ -69,10 +69,10 @@ def png_declaring(width: int, height: int) -> bytes:
 def test_png_decompression_bomb(tmp_path: Path) -> None:
     (tmp_path / "bomb.png").write_bytes(png_declaring(100_000, 100_000))
     with pytest.raises(ImageInputError, match=r"bomb|too large"):
-        load_medical_input(tmp_path / "bomb.png")
+        read_inputs([tmp_path / "bomb.png"])
     (tmp_path / "big.png").write_bytes(png_declaring(20_000, 20_000))
     with pytest.raises(ImageInputError, match=r"decompression bomb"):
-        load_medical_input(tmp_path / "big.png", ImagingOptions(max_pixels=10_000_000))
+        read_inputs([tmp_path / "big.png"], ImagingOptions(max_pixels=10_000_000))
 
 
 def test_zip_bomb_is_refused_before_expanding(tmp_path: Path) -> None:
@@ -80,7 +80,7 @@ def test_zip_bomb_is_refused_before_expanding(tmp_path: Path) -> None:
     with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("a.dcm", b"\0" * 5_000_000)
     with pytest.raises(ImageInputError, match=r"zip bomb"):
-        load_medical_input(archive, ImagingOptions(max_archive_bytes=1_000_000))
+        read_inputs([archive], ImagingOptions(max_archive_bytes=1_000_000))
 
 
 def test_mixed_image_sizes_in_one_series(tmp_path: Path) -> None:
@@ -90,37 +90,36 @@ def test_mixed_image_sizes_in_one_series(tmp_path: Path) -> None:
     write_ct_series(tmp_path / "s", np.stack([hu_phantom(16, 20)] * 2), series_uid=uid)
     write_ct_series(tmp_path / "s" / "loc", np.stack([hu_phantom(8, 10)]), series_uid=uid)
     with pytest.raises(ImageInputError, match=r"mixes image sizes: 10x8 \(1 slices\), 20x16 \(2 slices\)"):
-        load_medical_input(tmp_path / "s")
+        read_inputs([tmp_path / "s"])
 
 
 def test_empty_folder(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ImageInputError, match=r"folder empty is empty"):
-        load_medical_input(tmp_path / "empty")
+        read_inputs([tmp_path / "empty"])
 
 
 def test_folder_without_dicom(tmp_path: Path) -> None:
     (tmp_path / "f").mkdir()
     (tmp_path / "f" / "scan.bin").write_bytes(b"hello" * 100)
     with pytest.raises(ImageInputError, match=r"none is DICOM"):
-        load_medical_input(tmp_path / "f")
+        read_inputs([tmp_path / "f"])
 
 
 def test_more_slices_than_the_limit(tmp_path: Path) -> None:
     write_ct_series(tmp_path / "s", np.stack([hu_phantom(4, 5)] * 6))
     with pytest.raises(ImageInputError, match=r"6 files, over the limit of 5"):
-        load_medical_input(tmp_path / "s", ImagingOptions(slice_limit=5))
+        read_inputs([tmp_path / "s"], ImagingOptions(slice_limit=5))
     with pytest.raises(ImageInputError, match=r"120 frames, over the limit of 50"):
-        load_medical_input(get_testdata_file("color3d_jpeg_baseline.dcm", download=False),
-                           ImagingOptions(slice_limit=50))
+        read_inputs([get_testdata_file("color3d_jpeg_baseline.dcm", download=False)], ImagingOptions(slice_limit=50))
 
 
 def test_missing_path(tmp_path: Path) -> None:
     with pytest.raises(ImageInputError, match=r"does not exist"):
-        load_medical_input(tmp_path / "nope.dcm")
+        read_inputs([tmp_path / "nope.dcm"])
 
 
 def test_not_an_image(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("just text")
     with pytest.raises(ImageInputError, match=r"not an image"):
-        load_medical_input(tmp_path / "notes.txt")
+        read_inputs([tmp_path / "notes.txt"])

@@ -12,7 +12,7 @@ import pydicom
 import pytest
 
 from imaging_fixtures import PHI, hu_phantom, write_ct_series
-from medgem.inputs import load_medical_input, save_preprocessed
+from medgem.inputs import read_inputs, save_preprocessed
 from medgem.inputs.deid import deidentify, pseudonym, remap_uid
 
 KEY = b"test-secret-key"
@@ -53,7 +53,7 @@ def test_deidentified_dicom_holds_no_identifiers(series: list[Path], tmp_path: P
         written.append(target)
     assert_clean(written, secrets)
     # Still a loadable series with the same pixels.
-    before, after = load_medical_input(series[0].parent), load_medical_input(out)
+    before, after = read_inputs([series[0].parent]).items[0], read_inputs([out]).items[0]
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(before.images, after.images, strict=True))
 
 
@@ -76,7 +76,7 @@ def test_uids_are_remapped_consistently_with_the_key(series: list[Path]) -> None
 
 def test_previews_and_inspect_json_hold_no_identifiers(series: list[Path], tmp_path: Path) -> None:
     secrets = identifying_values(series)
-    pngs = save_preprocessed([load_medical_input(series[0].parent)], tmp_path / "png")
+    pngs = save_preprocessed([read_inputs([series[0].parent]).items[0]], tmp_path / "png")
     assert_clean(pngs, secrets)
     driver = (
         "import argparse, sys\n"

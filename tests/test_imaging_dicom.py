@@ -13,7 +13,7 @@ from pydicom.data import get_testdata_file
 
 from imaging_fixtures import secondary_capture
 from medgem.errors import ImageInputError
-from medgem.inputs import ImagingOptions, load_medical_input
+from medgem.inputs import ImagingOptions, read_inputs
 
 
 def data(name: str) -> str:
@@ -24,11 +24,11 @@ def data(name: str) -> str:
 
 
 def pixels(path: str | Path, options: ImagingOptions | None = None, index: int = 0) -> np.ndarray:
-    return np.asarray(load_medical_input(path, options).images[index])
+    return np.asarray(read_inputs([path], options).items[0].images[index])
 
 
 def test_cr_chest_radiograph_monochrome1_is_inverted(tmp_path: Path) -> None:
-    item = load_medical_input(data("RG1_UNCR.dcm"))
+    item = read_inputs([data("RG1_UNCR.dcm")]).items[0]
     assert (item.kind, item.modality, item.images[0].size) == ("image", "CR", (1841, 1955))
     assert item.metadata["photometric"] == "MONOCHROME1"
     shown = np.asarray(item.images[0])
@@ -41,7 +41,7 @@ def test_cr_chest_radiograph_monochrome1_is_inverted(tmp_path: Path) -> None:
 
 
 def test_jpeg2000_radiograph_matches_uncompressed() -> None:
-    lossless = load_medical_input(data("RG1_J2KR.dcm"))
+    lossless = read_inputs([data("RG1_J2KR.dcm")]).items[0]
     assert "JPEG 2000" in str(lossless.metadata["transfer_syntax"])
     assert np.array_equal(np.asarray(lossless.images[0]), pixels(data("RG1_UNCR.dcm")))
 
@@ -61,12 +61,12 @@ def test_ct_slice_gets_the_three_hu_windows_by_hand() -> None:
 def test_window_override_replaces_ct_windows() -> None:
     shown = pixels(data("CT_small.dcm"), ImagingOptions(window=(40, 400)))
     assert np.array_equal(shown[..., 0], shown[..., 1])  # one grey window
-    item = load_medical_input(data("CT_small.dcm"), ImagingOptions(window=(40, 400)))
+    item = read_inputs([data("CT_small.dcm")], ImagingOptions(window=(40, 400))).items[0]
     assert item.metadata["window"] == "window -160..240"
 
 
 def test_mr_uses_file_window_and_compressed_variants_match() -> None:
-    item = load_medical_input(data("MR_small.dcm"))
+    item = read_inputs([data("MR_small.dcm")]).items[0]
     assert (item.modality, item.images[0].size, item.metadata["window"]) == ("MR", (64, 64), "file window")
     reference = np.asarray(item.images[0])
     for variant in ("MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm"):
@@ -87,13 +87,13 @@ def test_colour_photometrics_and_syntaxes_give_the_same_rgb(name: str, tolerance
 
 def test_16_bit_rgb_and_palette_colour() -> None:
     assert pixels(data("SC_rgb_16bit.dcm")).shape == (100, 100, 3)
-    palette = load_medical_input(data("OT-PAL-8-face.dcm"))
+    palette = read_inputs([data("OT-PAL-8-face.dcm")]).items[0]
     assert palette.metadata["photometric"] == "PALETTE COLOR"
     assert np.asarray(palette.images[0]).std(axis=-1).max() > 0  # really colour
 
 
 def test_8_bit_grey_with_voi_lut_sequence() -> None:
-    item = load_medical_input(data("vlut_04.dcm"))
+    item = read_inputs([data("vlut_04.dcm")]).items[0]
     assert item.metadata["bits_stored"] == 8 and item.metadata["window"] == "voi lut"
 
 
@@ -105,16 +105,16 @@ def test_modality_lut_sequence_is_applied() -> None:
 
 
 def test_multiframe_is_a_volume_or_one_chosen_frame() -> None:
-    volume = load_medical_input(data("emri_small.dcm"))
+    volume = read_inputs([data("emri_small.dcm")]).items[0]
     assert (volume.kind, len(volume.images), volume.metadata["slices_total"]) == ("volume", 10, 10)
-    frame = load_medical_input(data("emri_small.dcm"), ImagingOptions(frame=3))
+    frame = read_inputs([data("emri_small.dcm")], ImagingOptions(frame=3)).items[0]
     assert frame.kind == "image" and frame.metadata["frame"] == 3
     with pytest.raises(ImageInputError, match=r"frame 10 does not exist"):
-        load_medical_input(data("emri_small.dcm"), ImagingOptions(frame=10))
+        read_inputs([data("emri_small.dcm")], ImagingOptions(frame=10))
 
 
 def test_multiframe_sampling_decodes_only_sampled_frames() -> None:
-    item = load_medical_input(data("color3d_jpeg_baseline.dcm"), ImagingOptions(max_slices=4))
+    item = read_inputs([data("color3d_jpeg_baseline.dcm")], ImagingOptions(max_slices=4)).items[0]
     assert item.metadata["sampled_indices"] == [0, 40, 79, 119]
     assert len(item.images) == 4 and item.images[0].mode == "RGB"
 
@@ -130,8 +130,8 @@ def test_monochrome1_synthetic_inverts_exactly(tmp_path: Path) -> None:
 def test_missing_decoder_names_the_package() -> None:
     script = (
         "import sys; sys.modules['pylibjpeg'] = None\n"
-        "from medgem.inputs import load_medical_input\n"
-        f"load_medical_input({data('JPEG-LL.dcm')!r})\n"
+        "from medgem.inputs import read_inputs\n"
+        f"read_inputs([{data('JPEG-LL.dcm')!r}]).items[0]\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0

@@ -10,7 +10,7 @@ import pytest
 
 from imaging_fixtures import KNOWN_HU_RGB
 from medgem.errors import ImageInputError
-from medgem.inputs import ImagingOptions, load_medical_input
+from medgem.inputs import ImagingOptions, read_inputs
 
 
 def write_nifti(path: Path, data: np.ndarray, zooms: tuple[float, float, float] = (0.8, 0.8, 3.0)) -> Path:
@@ -23,7 +23,7 @@ def test_ct_nifti_gets_hu_windows_and_radiological_orientation(tmp_path: Path) -
     data = np.zeros((6, 5, 4), dtype=np.int16)  # (x, y, z) in RAS
     data[:] = -1000
     data[5, 4, :] = 1000  # patient right (high x), anterior (high y)
-    item = load_medical_input(write_nifti(tmp_path / "ct.nii.gz", data))
+    item = read_inputs([write_nifti(tmp_path / "ct.nii.gz", data)]).items[0]
     assert (item.kind, item.modality, len(item.images)) == ("volume", "CT", 4)
     assert item.metadata["modality_guessed"] is True and item.metadata["voxel_size_mm"] == [0.8, 0.8, 3.0]
     first = np.asarray(item.images[0])
@@ -34,24 +34,24 @@ def test_ct_nifti_gets_hu_windows_and_radiological_orientation(tmp_path: Path) -
 
 def test_mr_nifti_is_min_max_scaled(tmp_path: Path) -> None:
     data = np.stack([np.full((3, 3), v, dtype=np.float32) for v in (10, 20, 30)], axis=-1)
-    item = load_medical_input(write_nifti(tmp_path / "mr.nii", data))
+    item = read_inputs([write_nifti(tmp_path / "mr.nii", data)]).items[0]
     assert item.modality == "MR"
     assert [int(np.asarray(i)[0, 0, 0]) for i in item.images] == [0, 127, 255]
 
 
 def test_modality_hint_overrides_the_guess(tmp_path: Path) -> None:
     data = np.zeros((2, 2, 2), dtype=np.int16)
-    item = load_medical_input(write_nifti(tmp_path / "w.nii", data), ImagingOptions(modality="CT"))
+    item = read_inputs([write_nifti(tmp_path / "w.nii", data)], ImagingOptions(modality="CT")).items[0]
     assert item.modality == "CT" and tuple(np.asarray(item.images[0])[0, 0]) == KNOWN_HU_RGB[0]
 
 
 def test_damaged_nifti(tmp_path: Path) -> None:
     (tmp_path / "bad.nii").write_bytes(b"not a nifti file" * 30)
     with pytest.raises(ImageInputError, match=r"not a readable NIfTI"):
-        load_medical_input(tmp_path / "bad.nii")
+        read_inputs([tmp_path / "bad.nii"])
 
 
 def test_nifti_too_many_slices(tmp_path: Path) -> None:
     path = write_nifti(tmp_path / "tall.nii", np.zeros((2, 2, 30), dtype=np.int16))
     with pytest.raises(ImageInputError, match=r"over the size or slice limits"):
-        load_medical_input(path, ImagingOptions(slice_limit=10))
+        read_inputs([path], ImagingOptions(slice_limit=10))

@@ -8,13 +8,13 @@ import numpy as np
 from PIL import Image
 
 from imaging_fixtures import hu_phantom, write_ct_series
-from medgem.inputs import encode_image, load_medical_input, save_preprocessed, to_model_size
+from medgem.inputs import encode_image, read_inputs, save_preprocessed, to_model_size
 
 
 def test_one_png_per_slice_and_per_image_with_identical_pixels(tmp_path: Path) -> None:
     write_ct_series(tmp_path / "ct", np.stack([hu_phantom()] * 3))
     Image.new("RGB", (5, 4), (9, 8, 7)).save(tmp_path / "photo.png")
-    items = [load_medical_input(tmp_path / "ct"), load_medical_input(tmp_path / "photo.png")]
+    items = [read_inputs([tmp_path / "ct"]).items[0], read_inputs([tmp_path / "photo.png"]).items[0]]
     written = save_preprocessed(items, tmp_path / "out")
     assert [p.name for p in written] == [
         "01_ct_slice_001.png", "01_ct_slice_002.png", "01_ct_slice_003.png", "02_photo.png"]

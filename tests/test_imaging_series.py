@@ -11,7 +11,7 @@ from pydicom.uid import generate_uid
 
 from imaging_fixtures import KNOWN_HU_RGB, hu_phantom, mr_slice, write_ct_series
 from medgem.errors import ImageInputError
-from medgem.inputs import ImagingOptions, load_medical_input, load_medical_inputs
+from medgem.inputs import ImagingOptions, read_inputs
 from medgem.inputs.series import sample_indices
 
 
@@ -25,7 +25,7 @@ def band_colours(image: np.ndarray, count: int) -> list[tuple[int, ...]]:
 def test_known_hu_give_hand_computed_rgb_exactly(tmp_path: Path, slope: float, intercept: float) -> None:
     volume = np.stack([hu_phantom()] * 3)
     write_ct_series(tmp_path / "ct", volume, slope=slope, intercept=intercept)
-    item = load_medical_input(tmp_path / "ct")
+    item = read_inputs([tmp_path / "ct"]).items[0]
     assert (item.kind, item.modality, len(item.images)) == ("volume", "CT", 3)
     for image in item.images:
         pixels = np.asarray(image)
@@ -48,7 +48,7 @@ def test_slices_sorted_by_instance_number_not_file_name(tmp_path: Path) -> None:
     values = [-1000, -500, 0, 500, 1000]
     volume = np.stack([np.full((4, 4), v) for v in values])
     write_ct_series(tmp_path / "ct", volume, scramble=True)
-    item = load_medical_input(tmp_path / "ct")
+    item = read_inputs([tmp_path / "ct"]).items[0]
     assert item.metadata["sorted_by"] == "instance number"
     assert slice_order(item.images, values) == values
 
@@ -57,7 +57,7 @@ def test_slices_sorted_by_position_without_instance_numbers(tmp_path: Path) -> N
     values = [-800, -400, 0, 400]
     volume = np.stack([np.full((4, 4), v) for v in values])
     write_ct_series(tmp_path / "ct", volume, scramble=True, instance_numbers=False)
-    item = load_medical_input(tmp_path / "ct")
+    item = read_inputs([tmp_path / "ct"]).items[0]
     assert item.metadata["sorted_by"] == "position"
     assert item.metadata["slice_spacing_mm"] == 2.5
     assert slice_order(item.images, values) == values
@@ -71,7 +71,7 @@ def test_uniform_sampling_keeps_ends_and_limits_count(tmp_path: Path) -> None:
     assert picked == sorted(set(picked))
     volume = np.stack([np.full((2, 2), -1000 + 10 * i) for i in range(20)])
     write_ct_series(tmp_path / "ct", volume)
-    item = load_medical_input(tmp_path / "ct", ImagingOptions(max_slices=5))
+    item = read_inputs([tmp_path / "ct"], ImagingOptions(max_slices=5)).items[0]
     assert item.metadata["slices_total"] == 20 and item.metadata["slices_sent"] == 5
     assert item.metadata["sampled_indices"] == sample_indices(20, 5)
     reds = [int(np.asarray(img)[0, 0, 0]) for img in item.images]
@@ -85,7 +85,7 @@ def test_mr_series_is_min_max_scaled_over_the_whole_volume(tmp_path: Path) -> No
     for number, value in enumerate((100, 200, 300), start=1):
         mr_slice(np.full((3, 3), value), instance=number, series_uid=series, study_uid=study).save_as(
             folder / f"{number}", enforce_file_format=True)  # no extension, as PACS exports
-    item = load_medical_input(folder)
+    item = read_inputs([folder]).items[0]
     assert item.modality == "MR" and item.metadata["window"] == "volume min-max"
     assert [int(np.asarray(i)[0, 0, 0]) for i in item.images] == [0, 127, 255]
 
@@ -100,15 +100,15 @@ def two_series(root: Path) -> tuple[str, str]:
 def test_several_series_are_listed_and_one_can_be_chosen(tmp_path: Path) -> None:
     _, second = two_series(tmp_path)
     with pytest.raises(ImageInputError) as caught:
-        load_medical_input(tmp_path)
+        read_inputs([tmp_path])
     message = str(caught.value)
     assert "2 series" in message and "--series" in message
     assert second[-12:] in message and "3 slices" in message and "CT" in message
     assert second not in message  # short UIDs only
-    chosen = load_medical_input(tmp_path, ImagingOptions(series=second[-12:]))
+    chosen = read_inputs([tmp_path], ImagingOptions(series=second[-12:])).items[0]
     assert len(chosen.images) == 3 and chosen.metadata["series_count"] == 2
     with pytest.raises(ImageInputError, match=r"matches no series"):
-        load_medical_input(tmp_path, ImagingOptions(series="9.9.9.9.9"))
+        read_inputs([tmp_path], ImagingOptions(series="9.9.9.9.9"))
 
 
 def test_zip_of_a_series_reads_like_the_folder(tmp_path: Path) -> None:
@@ -118,7 +118,7 @@ def test_zip_of_a_series_reads_like_the_folder(tmp_path: Path) -> None:
         for path in paths:
             zf.write(path, f"DICOM/{path.name}")
         zf.writestr("README.txt", "not dicom")
-    from_zip, from_folder = load_medical_input(archive), load_medical_input(tmp_path / "ct")
+    from_zip, from_folder = read_inputs([archive]).items[0], read_inputs([tmp_path / "ct"]).items[0]
     assert from_zip.source == "study.zip"
     assert all(np.array_equal(np.asarray(a), np.asarray(b))
                for a, b in zip(from_zip.images, from_folder.images, strict=True))
@@ -134,6 +134,6 @@ def test_longitudinal_inputs_are_ordered_by_study_date(tmp_path: Path) -> None:
         ds.StudyDate = date
         ds.save_as(tmp_path / f"{name}.dcm")
         paths.append(tmp_path / f"{name}.dcm")
-    items = load_medical_inputs(paths)
+    items = list(read_inputs(paths).items)
     assert [i.source for i in items] == ["prior.dcm", "current.dcm"]
     assert [i.study_date for i in items] == ["2021-07-20", "2024-01-05"]

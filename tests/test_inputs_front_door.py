@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from medgem.audit import open_store
-from medgem.inputs import images_from_bytes, load_inputs, read_images
+from medgem.inputs import Upload, read_inputs
 from medgem.inputs.picture import picture_to_rgb
 from medgem.request.openai_messages import request_from_openai
 from medgem.server.app import create_app
@@ -50,7 +50,7 @@ def _beside_a_dicom(path: Path) -> Image.Image:
     from pydicom.data import get_testdata_file
 
     dicom = Path(str(get_testdata_file("CT_small.dcm")))
-    loaded = load_inputs([path, dicom])
+    loaded = read_inputs([path, dicom])
     assert len(loaded.images) == 2
     return loaded.images[loaded.sources.index(path.name)]
 
@@ -72,9 +72,9 @@ def test_every_surface_gives_the_same_pixels(pictures: dict[str, Path]) -> None:
             expected = _pixels(picture_to_rgb(Image.open(path)))
             data_url = _data_url(path)
             seen = {
-                "file": read_images([path]).images[0],
-                "bytes": images_from_bytes(path.read_bytes(), "image/png").images[0],
-                "PIL image": load_inputs([Image.open(path)]).images[0],
+                "file": read_inputs([path]).images[0],
+                "bytes": read_inputs([Upload(path.read_bytes(), "image/png")]).images[0],
+                "PIL image": read_inputs([Image.open(path)]).images[0],
                 "path with a DICOM beside it": _beside_a_dicom(path),
                 "OpenAI data URL": request_from_openai(
                     [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url}},
@@ -90,3 +90,48 @@ def test_every_surface_gives_the_same_pixels(pictures: dict[str, Path]) -> None:
                     assert np.abs(_pixels(image).astype(int) - got.astype(int)).max() <= 1, (name, surface)
                 else:
                     assert np.array_equal(got, expected), (name, surface)
+
+
+def test_describe_with_previews_and_boxes_reads_the_file_once(
+    tiny_vlm_checkpoint: Path, chest_xray_dicom: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`describe --save-preprocessed --boxes`: the path is checked, sniffed and read once (it
+    was checked three times and read up to three times: modality, previews, prompt, boxes)."""
+    import builtins
+
+    from medgem.cli import main
+    from medgem.inputs import readers
+
+    target = str(chest_xray_dicom)
+    counts = {"exists": 0, "sniffed": 0, "read": 0, "opened": 0}
+    exists, detect, real_open = Path.exists, readers.detect_format, builtins.open
+
+    def counted_exists(path: Path, *args: object, **kwargs: object) -> bool:
+        counts["exists"] += str(path) == target
+        return exists(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    def counted_detect(path: Path) -> str:
+        counts["sniffed"] += str(path) == target
+        return detect(path)
+
+    def counted_open(file: object, *args: object, **kwargs: object) -> object:
+        counts["opened"] += str(file) == target
+        return real_open(file, *args, **kwargs)  # type: ignore[call-overload]
+
+    for name, reader in list(readers.READERS.items()):
+        def counted_reader(path: Path, options: object, reader: object = reader) -> object:
+            counts["read"] += str(path) == target
+            return reader(path, options)  # type: ignore[operator]
+        monkeypatch.setitem(readers.READERS, name, counted_reader)
+    monkeypatch.setattr(Path, "exists", counted_exists)
+    monkeypatch.setattr(readers, "detect_format", counted_detect)
+    monkeypatch.setattr(builtins, "open", counted_open)
+    monkeypatch.setattr(io, "open", counted_open)
+    code = main(["describe", target, "--model", str(tiny_vlm_checkpoint), "--max-new-tokens", "2",
+                 "--json", "--no-audit", "--no-server", "--debug",
+                 "--save-preprocessed", str(tmp_path / "seen"), "--boxes", str(tmp_path / "boxes.png")])
+    assert code == 0, capsys.readouterr().err
+    assert len(list((tmp_path / "seen").glob("*.png"))) == 1 and (tmp_path / "boxes.png").is_file()
+    # one existence check, one sniff of the first bytes, one read of the whole file
+    assert counts == {"exists": 1, "sniffed": 1, "read": 1, "opened": 2}, counts

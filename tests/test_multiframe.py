@@ -17,7 +17,7 @@ from pydicom.uid import generate_uid
 
 from imaging_fixtures import base_dataset
 from medgem.errors import ImageInputError
-from medgem.inputs import ImagingOptions, load_medical_input, read_images
+from medgem.inputs import ImagingOptions, read_inputs
 from medgem.request import TextPart
 from medgem.request.compose import request_for_inputs
 
@@ -56,7 +56,7 @@ def multiframe(path: Path, *, sop_class: str, modality: str, frames: int, colour
 
 
 def prompt_text(path: Path, options: ImagingOptions | None = None) -> str:
-    loaded = read_images([path], options)
+    loaded = read_inputs([path], options)
     request = request_for_inputs("What do you see?", loaded)
     return " | ".join(part.text for message in request.messages for part in message.parts
                       if isinstance(part, TextPart))
@@ -65,7 +65,7 @@ def prompt_text(path: Path, options: ImagingOptions | None = None) -> str:
 def test_ultrasound_cine_is_sent_as_frames_with_a_truthful_instruction(tmp_path: Path) -> None:
     cine = multiframe(tmp_path / "cine.dcm", sop_class=US_MULTIFRAME, modality="US", frames=120,
                       colour=True)
-    item = load_medical_input(cine)
+    item = read_inputs([cine]).items[0]
     assert item.metadata["sequence"] == "frames" and len(item.images) == 85
     assert item.description.startswith("US ultrasound cine loop: 85 of 120 frames")
     text = prompt_text(cine)
@@ -80,8 +80,8 @@ def test_non_image_objects_are_refused_unless_forced(tmp_path: Path, sop_class: 
                                                      what: str) -> None:
     path = multiframe(tmp_path / f"{modality}.dcm", sop_class=sop_class, modality=modality, frames=10)
     with pytest.raises(ImageInputError, match=rf"is {what} .*not an image.*--allow-non-image"):
-        load_medical_input(path)
-    forced = load_medical_input(path, ImagingOptions(allow_non_image=True))
+        read_inputs([path])
+    forced = read_inputs([path], ImagingOptions(allow_non_image=True)).items[0]
     assert len(forced.images) == 10 and forced.warnings
     assert "not an image" in forced.warnings[0]
     text = prompt_text(path, ImagingOptions(allow_non_image=True))
@@ -93,7 +93,7 @@ def test_a_non_image_object_beside_a_series_is_left_out(tmp_path: Path) -> None:
     study.mkdir()
     multiframe(study / "dose.dcm", sop_class=RT_DOSE, modality="RTDOSE", frames=4)
     multiframe(study / "cine.dcm", sop_class=US_MULTIFRAME, modality="US", frames=5)
-    item = load_medical_input(study)
+    item = read_inputs([study]).items[0]
     assert item.modality == "US" and len(item.images) == 5
 
 
@@ -101,8 +101,8 @@ def test_burned_in_annotation_is_refused_by_default(tmp_path: Path) -> None:
     path = multiframe(tmp_path / "us.dcm", sop_class=US_MULTIFRAME, modality="US", frames=3,
                       burned_in="YES")
     with pytest.raises(ImageInputError, match=r"Burned In Annotation = YES.*--allow-burned-in"):
-        load_medical_input(path)
-    allowed = load_medical_input(path, ImagingOptions(allow_burned_in=True))
+        read_inputs([path])
+    allowed = read_inputs([path], ImagingOptions(allow_burned_in=True)).items[0]
     assert any("Burned In Annotation" in w for w in allowed.warnings)
 
 
@@ -144,7 +144,7 @@ def test_12_bit_jpeg_extended_names_the_decoder_really_missing() -> None:
         pytest.skip("pydicom's test file JPEG-lossy.dcm is not installed")
     decoder = get_decoder("1.2.840.10008.1.2.4.51")
     try:
-        item = load_medical_input(path)
+        item = read_inputs([path]).items[0]
     except ImageInputError as exc:
         message = str(exc)
         assert "bits stored 12" in message

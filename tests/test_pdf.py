@@ -10,7 +10,7 @@ import pytest
 
 from conftest import run_cli
 from medgem.errors import ImageInputError
-from medgem.inputs import ImagingOptions, load_medical_input
+from medgem.inputs import ImagingOptions, read_inputs
 from medgem.inputs.readers import detect_format
 
 pytest.importorskip("pypdfium2")
@@ -31,7 +31,7 @@ def _ink_rows(image: object) -> np.ndarray:
 
 def test_pages_become_square_model_sized_images_in_order(report: Path) -> None:
     assert detect_format(report) == "pdf"
-    item = load_medical_input(report)
+    item = read_inputs([report]).items[0]
     assert item.kind == "document" and len(item.images) == 3
     assert {im.size for im in item.images} == {(896, 896)}
     # A4 portrait: 842 pt tall -> 896 px; 595 pt wide -> 633 px, centred on white
@@ -43,7 +43,7 @@ def test_pages_become_square_model_sized_images_in_order(report: Path) -> None:
 
 
 def test_text_layer_is_sent_only_when_asked_in_page_order(report: Path) -> None:
-    item = load_medical_input(report, ImagingOptions(pdf_text=True))
+    item = read_inputs([report], ImagingOptions(pdf_text=True)).items[0]
     assert item.text is not None
     positions = [item.text.index(page) for page in PAGES]
     assert positions == sorted(positions)
@@ -67,26 +67,26 @@ def test_inspect_shows_pages_and_what_is_sent(report: Path) -> None:
 def test_encrypted_pdf_is_one_clear_error(tmp_path: Path) -> None:
     path = wsi_fixtures.write_encrypted_pdf(tmp_path / "locked.pdf")
     with pytest.raises(ImageInputError, match="password-protected"):
-        load_medical_input(path)
+        read_inputs([path])
 
 
 def test_thousand_page_pdf_is_refused_before_rendering(tmp_path: Path) -> None:
     path = wsi_fixtures.write_pdf(tmp_path / "long.pdf", [f"page {n}" for n in range(1000)])
     with pytest.raises(ImageInputError, match=r"1000 pages, over the limit of 20.*--max-pages"):
-        load_medical_input(path)
+        read_inputs([path])
 
 
 def test_page_limit_can_be_raised(tmp_path: Path) -> None:
     path = wsi_fixtures.write_pdf(tmp_path / "five.pdf", [f"page {n}" for n in range(5)])
     with pytest.raises(ImageInputError):
-        load_medical_input(path, ImagingOptions(max_pages=4))
-    assert len(load_medical_input(path, ImagingOptions(max_pages=5)).images) == 5
+        read_inputs([path], ImagingOptions(max_pages=4))
+    assert len(read_inputs([path], ImagingOptions(max_pages=5)).items[0].images) == 5
 
 
 def test_pdf_upload_bytes_go_through_the_reader_table(report: Path) -> None:
-    from medgem.inputs import images_from_bytes
+    from medgem.inputs import Upload, read_inputs
 
-    loaded = images_from_bytes(report.read_bytes(), "application/pdf", "labs.pdf")
+    loaded = read_inputs([Upload(report.read_bytes(), "application/pdf", "labs.pdf")])
     assert len(loaded.images) == 3
 
 
@@ -124,7 +124,7 @@ def test_a_pdf_question_sends_pages_in_order_and_the_text_before_the_question(
     model = MedGemma.load(tiny_vlm_checkpoint, progress=False)
     question = "List the lab values as JSON"
     request = model.request(question, images=[str(report)], pdf_text=True)
-    pages = load_medical_input(report).images
+    pages = read_inputs([report]).items[0].images
     assert len(request.images) == 3
     for part, page in zip(request.images, pages, strict=True):
         assert np.array_equal(np.asarray(part.image), np.asarray(page))

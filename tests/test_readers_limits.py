@@ -21,7 +21,7 @@ from pydicom.uid import generate_uid
 
 from imaging_fixtures import ct_slice, hu_phantom, write_ct_series
 from medgem.errors import ImageInputError
-from medgem.inputs import ImagingOptions, deidentify_upload, images_from_bytes, load_medical_input
+from medgem.inputs import ImagingOptions, Upload, deidentify_upload, read_inputs
 
 MIB = 1024 * 1024
 
@@ -86,7 +86,7 @@ def bomb(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_1999_tiny_dicoms_are_refused_by_the_file_limit(many_tiny: Path) -> None:
-    error, peak = peak_bytes(lambda: load_medical_input(many_tiny))
+    error, peak = peak_bytes(lambda: read_inputs([many_tiny]).items[0])
     assert isinstance(error, ImageInputError), error
     assert "upload.zip holds 1999 files, over the limit of 1000" in str(error)
     assert "--slice-limit" in str(error) and "MEDGEM_SLICE_LIMIT" in str(error)
@@ -95,14 +95,14 @@ def test_1999_tiny_dicoms_are_refused_by_the_file_limit(many_tiny: Path) -> None
 
 def test_the_upload_path_refuses_them_too(many_tiny: Path) -> None:
     data = many_tiny.read_bytes()
-    error, peak = peak_bytes(lambda: images_from_bytes(data, "application/zip", "upload.zip"))
+    error, peak = peak_bytes(lambda: read_inputs([Upload(data, "application/zip", "upload.zip")]))
     assert isinstance(error, ImageInputError) and "over the limit of 1000" in str(error)
     assert peak < 50 * MIB
 
 
 def test_a_small_zip_expanding_to_512_mib_is_refused_before_inflating(bomb: Path) -> None:
     assert bomb.stat().st_size < 2 * MIB
-    error, peak = peak_bytes(lambda: load_medical_input(bomb))
+    error, peak = peak_bytes(lambda: read_inputs([bomb]).items[0])
     assert isinstance(error, ImageInputError), error
     assert "possible zip bomb" in str(error) and "--max-archive-mb" in str(error)
     assert peak < 50 * MIB, f"{peak / MIB:.0f} MiB to refuse a zip bomb"
@@ -118,7 +118,7 @@ def test_storing_the_bomb_does_not_inflate_it(bomb: Path) -> None:
 
 def test_a_raised_byte_limit_still_refuses_by_pixels_before_decoding(bomb: Path) -> None:
     options = ImagingOptions(max_archive_bytes=600 * MIB)
-    error, peak = peak_bytes(lambda: load_medical_input(bomb, options))
+    error, peak = peak_bytes(lambda: read_inputs([bomb], options).items[0])
     assert isinstance(error, ImageInputError) and "possible decompression bomb" in str(error)
     assert peak < 50 * MIB  # only the header was inflated
 
@@ -126,7 +126,7 @@ def test_a_raised_byte_limit_still_refuses_by_pixels_before_decoding(bomb: Path)
 def test_pixels_are_counted_as_headers_are_read(tmp_path: Path) -> None:
     write_ct_series(tmp_path / "ct", np.stack([hu_phantom(32, 32)] * 20))
     with pytest.raises(ImageInputError, match=r"declares more than 10,000 pixels .*--max-total-pixels"):
-        load_medical_input(tmp_path / "ct", ImagingOptions(max_total_pixels=10_000))
+        read_inputs([tmp_path / "ct"], ImagingOptions(max_total_pixels=10_000))
 
 
 def test_cancel_stops_reading_between_members(tmp_path: Path) -> None:
@@ -141,7 +141,7 @@ def test_cancel_stops_reading_between_members(tmp_path: Path) -> None:
         return len(asked) > 5
 
     with pytest.raises(InputCancelled):
-        load_medical_input(archive, ImagingOptions(cancelled=cancelled))
+        read_inputs([archive], ImagingOptions(cancelled=cancelled))
     assert len(asked) == 6  # it stopped at the first "yes", not after reading all 30
 
 
@@ -151,7 +151,7 @@ def test_folder_of_text_files_says_what_it_holds(tmp_path: Path) -> None:
     for name in ("a.txt", "b.txt", "c.json"):
         (notes / name).write_text("{}")
     with pytest.raises(ImageInputError, match=r"folder notes holds no images \(3 files: \.txt ×2, \.json ×1"):
-        load_medical_input(notes)
+        read_inputs([notes])
 
 
 def test_the_file_count_counts_every_file(tmp_path: Path) -> None:
@@ -161,7 +161,7 @@ def test_the_file_count_counts_every_file(tmp_path: Path) -> None:
     (mixed / "b.txt").write_text("x")
     (mixed / "scan.bin").write_bytes(b"hello" * 100)
     with pytest.raises(ImageInputError, match=r"holds no images \(3 files: \.txt ×2, \.bin ×1; none is DICOM\)"):
-        load_medical_input(mixed)
+        read_inputs([mixed])
 
 
 def run_cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

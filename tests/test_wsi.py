@@ -11,7 +11,7 @@ import pytest
 
 from conftest import run_cli
 from medgem.errors import ImageInputError
-from medgem.inputs import ImagingOptions, load_medical_input, save_preprocessed
+from medgem.inputs import ImagingOptions, read_inputs, save_preprocessed
 from medgem.inputs.readers import detect_format
 from medgem.inputs.tissue import otsu_threshold, sample_cells, tissue_mask
 from medgem.inputs.wsi import Level, mask_level, patch_level
@@ -45,7 +45,7 @@ def _reading_order(cells: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 def test_aperio_slide_reads_back_through_openslide_with_its_mpp(slides: dict[str, Path]) -> None:
     assert detect_format(slides["aperio"]) == "slide"
-    item = load_medical_input(slides["aperio"])
+    item = read_inputs([slides["aperio"]]).items[0]
     facts = item.metadata
     assert facts["vendor"] == "aperio" and facts["mpp"] == 1.0 and facts["mpp_source"] == "file"
     assert [(lv["width"], lv["height"]) for lv in facts["levels"]] == [(3584, 2688), (896, 672), (224, 168)]
@@ -57,7 +57,7 @@ def test_aperio_slide_reads_back_through_openslide_with_its_mpp(slides: dict[str
 def test_patches_lie_exactly_on_the_planted_tissue_in_reading_order(
     slides: dict[str, Path], name: str
 ) -> None:
-    item = load_medical_input(slides[name])
+    item = read_inputs([slides[name]]).items[0]
     assert _cells(item) == _reading_order(PLANTED)
     for patch in item.images:
         assert patch.size == (896, 896)
@@ -67,23 +67,23 @@ def test_patches_lie_exactly_on_the_planted_tissue_in_reading_order(
 
 
 def test_generic_tiff_takes_its_resolution_from_the_tiff_tags(slides: dict[str, Path]) -> None:
-    item = load_medical_input(slides["generic"])
+    item = read_inputs([slides["generic"]]).items[0]
     assert item.metadata["vendor"] == "generic-tiff" and item.metadata["mpp"] == 1.0
 
 
 def test_sampling_is_seeded_capped_and_keeps_reading_order(slides: dict[str, Path]) -> None:
-    first = load_medical_input(slides["aperio"], ImagingOptions(max_patches=2, patch_seed=3))
-    again = load_medical_input(slides["aperio"], ImagingOptions(max_patches=2, patch_seed=3))
+    first = read_inputs([slides["aperio"]], ImagingOptions(max_patches=2, patch_seed=3)).items[0]
+    again = read_inputs([slides["aperio"]], ImagingOptions(max_patches=2, patch_seed=3)).items[0]
     cells = _cells(first)
     assert len(cells) == 2 and cells == _cells(again) and set(cells) <= set(PLANTED)
     assert cells == _reading_order(cells)
-    draws = {tuple(_cells(load_medical_input(slides["aperio"], ImagingOptions(max_patches=2, patch_seed=s))))
+    draws = {tuple(_cells(read_inputs([slides["aperio"]], ImagingOptions(max_patches=2, patch_seed=s)).items[0]))
              for s in range(6)}
     assert len(draws) > 1  # other seeds, other patches
 
 
 def test_magnification_override_reads_bigger_regions(slides: dict[str, Path]) -> None:
-    item = load_medical_input(slides["aperio"], ImagingOptions(magnification=5))
+    item = read_inputs([slides["aperio"]], ImagingOptions(magnification=5)).items[0]
     assert item.metadata["patch_region_px"] == 1792  # 2 um/px from a 1 um/px level 0
     assert [p.size for p in item.images] == [(896, 896)] * len(item.images)
 
@@ -129,8 +129,8 @@ def test_sample_of_fewer_cells_than_the_cap_is_all_of_them() -> None:
 
 def test_missing_resolution_is_one_clear_error(slides: dict[str, Path]) -> None:
     with pytest.raises(ImageInputError, match=r"carries no resolution.*--mpp"):
-        load_medical_input(slides["no_mpp"])
-    item = load_medical_input(slides["no_mpp"], ImagingOptions(mpp=1.0))
+        read_inputs([slides["no_mpp"]])
+    item = read_inputs([slides["no_mpp"]], ImagingOptions(mpp=1.0)).items[0]
     assert _cells(item) == _reading_order(PLANTED)
 
 
@@ -139,7 +139,7 @@ def test_flat_50k_tiff_is_refused_without_decoding(tmp_path: Path) -> None:
     assert path.stat().st_size < 1024  # only a header: decoding would have nothing to read
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with pytest.raises(ImageInputError, match="50000x50000 TIFF without a usable pyramid"):
-        load_medical_input(path)
+        read_inputs([path])
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB
 
 
@@ -202,14 +202,14 @@ def test_label_and_vendor_text_never_reach_any_output(slides: dict[str, Path], t
         pixels = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(png).convert("RGB"))
         label_pixels = np.all(pixels == wsi_fixtures.LABEL_RGB, axis=-1).sum()
         assert label_pixels == 0, f"{png.name} shows the label"
-    item = load_medical_input(slides["aperio"])
+    item = read_inputs([slides["aperio"]]).items[0]
     assert wsi_fixtures.PLANTED_NAME not in json.dumps(item.metadata) + item.description
 
 
 def test_saved_overview_and_patches_are_what_the_model_gets(slides: dict[str, Path], tmp_path: Path) -> None:
     from PIL import Image
 
-    item = load_medical_input(slides["aperio"])
+    item = read_inputs([slides["aperio"]]).items[0]
     written = save_preprocessed([item], tmp_path)
     names = [p.name for p in written]
     assert names[0] == "01_case_overview.png" and names[1:] == [f"01_case_patch_{i:03d}.png" for i in range(1, 5)]
@@ -223,7 +223,7 @@ def test_saved_overview_and_patches_are_what_the_model_gets(slides: dict[str, Pa
 
 
 def test_inspect_text_lists_vendor_levels_tissue_and_patches(slides: dict[str, Path]) -> None:
-    result = run_cli("inspect", str(slides["aperio"]), "--max-patches", "3", "--seed", "1",
+    result = run_cli("inspect", str(slides["aperio"]), "--max-patches", "3", "--patch-seed", "1",
                      timeout=120)
     assert result.returncode == 0, result.stderr
     text = result.stdout
@@ -242,7 +242,7 @@ def dicom_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_dicom_wsi_folder_is_read_through_wsidicom(dicom_slide: Path) -> None:
     assert detect_format(dicom_slide) == "slide"
-    item = load_medical_input(dicom_slide)
+    item = read_inputs([dicom_slide]).items[0]
     assert item.metadata["vendor"] == "dicom" and item.metadata["mpp"] == 4.0
     assert [(x // 224, y // 224) for x, y in item.metadata["patch_origins"]] == _reading_order(PLANTED)
     for patch in item.images:
@@ -258,9 +258,9 @@ def test_dicom_wsi_written_by_wsidicom_reads_the_same(dicom_slide: Path, tmp_pat
     saved_to.mkdir()
     with WsiDicom.open([p for p in dicom_slide.iterdir() if p.name != "label.dcm"]) as wsi:
         wsi.save(saved_to, add_missing_levels=True)
-    item = load_medical_input(saved_to)
+    item = read_inputs([saved_to]).items[0]
     assert [lv["downsample"] for lv in item.metadata["levels"]] == [1.0, 2.0, 4.0]
-    original = load_medical_input(dicom_slide)
+    original = read_inputs([dicom_slide]).items[0]
     assert item.metadata["patch_origins"] == original.metadata["patch_origins"]
     for saved, read in zip(item.images, original.images, strict=True):
         assert np.array_equal(np.asarray(saved), np.asarray(read))  # lossless both ways
@@ -290,7 +290,7 @@ def test_ome_tiff_pyramid_in_subifds_is_read_through_tifffile(tmp_path: Path) ->
     image = wsi_fixtures.slide_pixels((4, 3), 896, PLANTED)
     path = wsi_fixtures.write_ome(tmp_path / "case.ome.tif", image)
     assert detect_format(path) == "slide"
-    item = load_medical_input(path)
+    item = read_inputs([path]).items[0]
     facts = item.metadata
     assert facts["vendor"] == "ome-tiff" and facts["mpp"] == 1.0 and len(facts["levels"]) == 3
     assert facts["mask_level"] == 2  # the SubIFD level, not level 0

@@ -11,7 +11,7 @@ import pytest
 from conftest import run_cli
 from medgem import MedGemma
 from medgem.errors import ContextLengthError
-from medgem.inputs import ImagingOptions, load_medical_input
+from medgem.inputs import ImagingOptions, read_inputs
 from medgem.request import ImagePart, Request, TextPart
 from medgem.request.compose import PATHOLOGY_INSTRUCTION
 
@@ -48,11 +48,11 @@ def test_prompt_is_instruction_then_one_image_per_patch_in_reading_order(
     tiny_vlm_checkpoint: Path, slide: Path
 ) -> None:
     model = MedGemma.load(tiny_vlm_checkpoint, progress=False)
-    request = model.request(QUESTION, images=[str(slide)], max_patches=6, seed=2)
+    request = model.request(QUESTION, images=[str(slide)], max_patches=6, patch_seed=2)
     (user,) = request.messages  # no system turn, as in the pathology notebook
     assert user.parts[0] == TextPart(f"{PATHOLOGY_INSTRUCTION}\n\n{QUESTION}")
     assert all(isinstance(p, ImagePart) for p in user.parts[1:]) and len(user.parts) == 7
-    expected = load_medical_input(slide, ImagingOptions(max_patches=6, patch_seed=2))
+    expected = read_inputs([slide], ImagingOptions(max_patches=6, patch_seed=2)).items[0]
     for part, patch, number in zip(user.parts[1:], expected.images, range(1, 7), strict=True):
         assert isinstance(part, ImagePart) and part.source == f"patch {number}"
         assert np.array_equal(np.asarray(part.image), np.asarray(patch))
@@ -66,7 +66,7 @@ def test_prompt_is_instruction_then_one_image_per_patch_in_reading_order(
     assert len(positions) == 6
     instruction_ids = engine.processor.tokenizer(PATHOLOGY_INSTRUCTION, add_special_tokens=False)["input_ids"]
     assert ids.index(instruction_ids[0]) < positions[0]
-    answer = model.ask(QUESTION, images=[str(slide)], max_patches=6, seed=2, max_new_tokens=2)
+    answer = model.ask(QUESTION, images=[str(slide)], max_patches=6, patch_seed=2, max_new_tokens=2)
     assert answer.usage.completion_tokens == 2
 
 
@@ -136,7 +136,7 @@ def vlm_gguf(tiny_vlm_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
 def test_llamacpp_prompt_carries_every_patch(vlm_gguf: Path, slide: Path, llamacpp_runs: None) -> None:
     model = MedGemma.load(vlm_gguf, engine="llamacpp", progress=False)
     try:
-        request = model.request(QUESTION, images=[str(slide)], max_patches=6, seed=2)
+        request = model.request(QUESTION, images=[str(slide)], max_patches=6, patch_seed=2)
         list(model.generate(request))
         tokens = model.engine.last_prompt_tokens  # type: ignore[attr-defined]
         runs = sum(1 for i, t in enumerate(tokens) if t == -1 and (i == 0 or tokens[i - 1] != -1))

@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from pathlib import Path
@@ -33,10 +33,11 @@ from medgem.engines.batching import Batcher
 from medgem.errors import (
     ClientDisconnectedError,
     ContextLengthError,
+    ImageInputError,
     InputError,
     UnsupportedInputError,
 )
-from medgem.inputs import ImagingOptions, load_inputs
+from medgem.inputs import ImagingOptions, Inputs, read_inputs
 from medgem.request import GenerationOptions, ImagePart, Message, Request
 from medgem.request.compose import request_for_inputs
 from medgem.request.openai_messages import request_from_openai
@@ -172,16 +173,17 @@ class MedGemma:
         self,
         question: str,
         *,
-        images: Sequence[Any] = (),
+        images: Sequence[Any] | Inputs = (),
         system: str | None = None,
         history: Sequence[Any] = (),
         options: GenerationOptions | None = None,
+        imaging: ImagingOptions | None = None,
         max_patches: int | None = None,
+        patch_seed: int | None = None,
         magnification: float | None = None,
         mpp: float | None = None,
         max_pages: int | None = None,
-        pdf_text: bool = False,
-        imaging: ImagingOptions | None = None,
+        pdf_text: bool | None = None,
         **generation: Any,
     ) -> Request:
         """Build the Request for a question; images may be PIL images, files, folders or zips.
@@ -190,18 +192,12 @@ class MedGemma:
             question: the user's text.
             images: PIL images, or paths to pictures, DICOM files/folders/zips, NIfTI,
                 whole-slide images (.svs, .ndpi, .mrxs, .scn, pyramidal/OME TIFF, DICOM WSI
-                folder or zip) or PDFs.
+                folder or zip) or PDFs; or what ``medgem.inputs.read_inputs`` already read.
             system: the system prompt.
             history: earlier turns (Messages) of a chat.
             options: how to generate (:class:`GenerationOptions`).
-            max_patches: most tissue patches from a slide (default 125); ``seed`` (default 0)
-                also draws them.
-            magnification: objective magnification of slide patches (default 10, ~1 um/px).
-            mpp: a slide's level-0 microns per pixel, for files that lack it.
-            max_pages: most pages of a PDF (default 20; longer ones are refused).
-            pdf_text: also send a PDF's text layer (before the question).
-            imaging: reading limits and policies (:class:`ImagingOptions`); the slide and PDF
-                arguments above are set on top of it.
+            imaging: how inputs are read (:class:`ImagingOptions`); ``max_patches`` ..
+                ``pdf_text`` are set on top of it (:func:`imaging_options`).
             **generation: GenerationOptions fields set on top of ``options`` (max_new_tokens,
                 temperature, top_p, seed, stop, think); None leaves a field as it is.
 
@@ -210,12 +206,12 @@ class MedGemma:
             MedgemError subclasses: bad input, with what to do.
         """
         options = GenerationOptions.of(options, **generation)
-        imaging = replace(
-            imaging or ImagingOptions(), max_patches=max_patches or 125, patch_seed=options.seed or 0,
-            magnification=magnification, mpp=mpp, max_pages=max_pages or 20, pdf_text=pdf_text,
-        )
+        if not isinstance(images, Inputs):
+            images = read_inputs(images, imaging_options(
+                imaging, max_patches=max_patches, patch_seed=patch_seed,
+                magnification=magnification, mpp=mpp, max_pages=max_pages, pdf_text=pdf_text))
         return request_for_inputs(
-            question, load_inputs(images, imaging), system=system, chat=self.chat_model,
+            question, images, system=system, chat=self.chat_model,
             variant=self.variant, history=history, options=options,
         )
 
@@ -295,7 +291,7 @@ class MedGemma:
         if len(images) <= 1:
             raise ContextLengthError(message, "shorten the question, send fewer images or slices")
         fit = self._images_that_fit(request, prompt_tokens, limit)
-        patches = images[0].source.startswith("patch")
+        patches = request.layout == "slide"
         raise ContextLengthError(
             f"{message}: {fit} of {len(images)} {'patches' if patches else 'images'} fit",
             f"use --max-patches {fit}" if patches else "send fewer images or slices",
@@ -375,6 +371,28 @@ class MedGemma:
     def close(self) -> None:
         self.batcher.close()
         self.engine.close()
+
+
+def imaging_options(base: ImagingOptions | None = None, *, max_patches: int | None = None,
+                    patch_seed: int | None = None, magnification: float | None = None,
+                    mpp: float | None = None, max_pages: int | None = None,
+                    pdf_text: bool | None = None,
+                    cancelled: Callable[[], bool] | None = None) -> ImagingOptions:
+    """``ImagingOptions`` from keyword arguments (the Python API, HTTP bodies): ``base`` (or
+    ``ImagingOptions()``'s defaults) with each field given set on top; None keeps ``base``'s.
+    ``patch_seed`` draws a slide's patches (not the generation seed); ``cancelled`` stops
+    reading when it returns True (the server: "has the client left?").
+
+    Raises:
+        ImageInputError: a value out of range.
+    """
+    given: dict[str, Any] = {
+        "max_patches": max_patches, "patch_seed": patch_seed, "magnification": magnification,
+        "mpp": mpp, "max_pages": max_pages, "pdf_text": pdf_text, "cancelled": cancelled}
+    try:
+        return replace(base or ImagingOptions(), **{k: v for k, v in given.items() if v is not None})
+    except ValueError as exc:
+        raise ImageInputError(str(exc), "check the imaging options") from None
 
 
 def _trail(audit: AuditStore | str | os.PathLike[str] | bool, surface: str) -> AuditTrail | None:

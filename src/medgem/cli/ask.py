@@ -13,15 +13,13 @@ from medgem.cli.common import (
     add_limit_flags,
     add_model_flags,
     add_slide_flags,
-    check_paths_exist,
     generation_options,
-    limit_options,
+    imaging_from_args,
     load_model,
     print_label_first,
     render,
-    slide_kwargs,
 )
-from medgem.inputs import ImagingOptions
+from medgem.inputs import Inputs, read_inputs
 
 
 def add_parser(subparsers: Any) -> None:
@@ -58,22 +56,23 @@ def add_image_flags(parser: argparse.ArgumentParser) -> None:
     add_limit_flags(parser)
 
 
-def run(args: argparse.Namespace, question: str | None = None) -> int:
+def run(args: argparse.Namespace, question: str | None = None, inputs: Inputs | None = None) -> int:
+    """Answer the question; ``inputs`` are the --image files when the caller already read them
+    (describe), so each file is read once per command."""
     text = question if question is not None else _question(args.question)
-    check_paths_exist(args.image)  # before the model loads
+    if inputs is None:
+        inputs = read_inputs(args.image, imaging_from_args(args))  # before the model loads
     check_before_load(args, text)
     if args.save_preprocessed:
-        _save_preprocessed(args, args.save_preprocessed)
+        _save_preprocessed(inputs, args.save_preprocessed)
     model = from_running_server(args) or load_model(args)
-    request = model.request(text, images=[str(p) for p in args.image], system=args.system,
-                            options=generation_options(args),
-                            imaging=ImagingOptions(**limit_options(args)),  # type: ignore[arg-type]
-                            **slide_kwargs(args))  # type: ignore[arg-type]
+    request = model.request(text, images=inputs, system=args.system,
+                            options=generation_options(args))
     if not args.json:
         print_label_first(model)
     answer = render(model.generate(request), as_json=args.json, show_thinking=args.show_thinking)
     if args.boxes:
-        _draw_boxes(answer.text, args.image, args.boxes)
+        _draw_boxes(answer.text, inputs, args.boxes)
     return 0
 
 
@@ -138,29 +137,23 @@ def _question(raw: str) -> str:
     return sys.stdin.read() if raw == "-" else raw
 
 
-def _save_preprocessed(args: argparse.Namespace, folder: Path) -> None:
+def _save_preprocessed(inputs: Inputs, folder: Path) -> None:
     """The images as the model gets them, named as `medgem inspect --save-preprocessed` names
     them (``01_chest.png``, ``01_ct_slice_001.png``), written before the model loads."""
-    from medgem.inputs.load import load_medical_inputs
     from medgem.inputs.preview import save_preprocessed
 
-    options = ImagingOptions(max_patches=args.max_patches or 125, patch_seed=args.seed or 0,
-                             magnification=args.magnification, mpp=args.mpp,
-                             max_pages=args.max_pages or 20, pdf_text=args.pdf_text,
-                             **limit_options(args))  # type: ignore[arg-type]
-    written = save_preprocessed(load_medical_inputs(list(args.image), options), folder)
+    written = save_preprocessed(inputs.items, folder)
     print(f"medgem: wrote {len(written)} preprocessed image(s) to {folder}", file=sys.stderr)
 
 
-def _draw_boxes(answer: str, images: list[Path], target: Path) -> None:
+def _draw_boxes(answer: str, inputs: Inputs, target: Path) -> None:
     from medgem.errors import InputError
 
-    if len(images) != 1:
+    if len(inputs.items) != 1:
         raise InputError("--boxes needs exactly one --image")
     from medgem.answer.boxes import draw_boxes, parse_boxes
-    from medgem.inputs import read_images
 
-    image = read_images([images[0]]).images[0]
+    image = inputs.images[0]
     boxes = parse_boxes(answer, image.size)
     draw_boxes(image, boxes, target)
     print(f"medgem: drew {len(boxes)} box(es) on {target}", file=sys.stderr)

@@ -9,12 +9,13 @@ import shlex
 from typing import Any
 
 from medgem.errors import InputError
+from medgem.inputs.options import ImagingOptions
 from medgem.request.variants import VARIANTS, find_variant
 
 IMAGE_TOKENS = 256  # soft tokens per image in Gemma 3's vision encoder
 # The most images one prompt of the variant needs: a CT/MR volume is 85 slices, a slide up to
 # 125 patches (MedGemma 1.5); the other image models take a few pictures (a prior, a comparison).
-SLIDE_PATCHES = 125
+SLIDE_PATCHES = ImagingOptions.max_patches
 FEW_IMAGES = 16
 
 

@@ -114,10 +114,10 @@ class _Chat:
 
     def attach(self, path: Path) -> None:
         """Read the image now, so a bad file is refused here and not at every later turn."""
-        from medgem.inputs import read_images
+        from medgem.inputs import read_inputs
 
         try:
-            read_images([path])
+            read_inputs([path])
         except MedgemError as exc:
             print(f"medgem: error: {exc} (not attached)", file=sys.stderr)
             return

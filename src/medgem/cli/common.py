@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
@@ -92,24 +93,52 @@ def generation_options(args: argparse.Namespace) -> GenerationOptions:
                              think=args.think)
 
 
-def add_slide_flags(parser: argparse.ArgumentParser, *, with_seed: bool = False) -> None:
-    """Flags for whole-slide images and PDFs (ask, describe and inspect).
+_IMAGING_DEFAULTS = ImagingOptions()
 
-    ``--seed`` (the generation flag, or added here with ``with_seed``) also draws the patches.
-    """
+
+def parse_window(text: str) -> tuple[float, float]:
+    """Parse "C,W" (centre, width), e.g. "40,400"."""
+    try:
+        centre, width = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--window wants CENTRE,WIDTH like 40,400, got {text!r}") from None
+    if width <= 0:
+        raise argparse.ArgumentTypeError(f"--window width must be positive, got {width:g}")
+    return centre, width
+
+
+def add_imaging_flags(parser: argparse.ArgumentParser) -> None:
+    """How a volume or series is turned into images: series, windows, frame, slices, modality."""
+    parser.add_argument("--series", help="series to use from a folder/zip: its UID or the short UID listed")
+    parser.add_argument(
+        "--window", type=parse_window, action="append", metavar="C,W",
+        help="window centre,width (HU for CT); once = one grey window, three times = the CT "
+             "red, green, blue windows",
+    )
+    parser.add_argument("--frame", type=int, help="use this frame (0-based) of a multi-frame file as one image")
+    parser.add_argument("--max-slices", type=int, default=_IMAGING_DEFAULTS.max_slices,
+                        help=f"most slices sent from a volume (default {_IMAGING_DEFAULTS.max_slices})")
+    parser.add_argument("--modality", help="modality for inputs that carry none (NIfTI, PNG): CT or MR")
+
+
+def add_slide_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags for whole-slide images and PDFs (ask, describe and inspect)."""
     group = parser.add_argument_group("slides and documents")
-    group.add_argument("--max-patches", type=int, default=125,
-                       help="most 896-px tissue patches sent from a slide (default 125)")
+    group.add_argument("--max-patches", type=int, default=_IMAGING_DEFAULTS.max_patches,
+                       help="most 896-px tissue patches sent from a slide "
+                            f"(default {_IMAGING_DEFAULTS.max_patches})")
+    group.add_argument("--patch-seed", type=int, default=_IMAGING_DEFAULTS.patch_seed,
+                       help="seed of the patch sample: the same seed, the same patches "
+                            f"(default {_IMAGING_DEFAULTS.patch_seed})")
     group.add_argument("--magnification", type=float,
                        help="objective magnification of the patches (default 10, about 1 um/px)")
     group.add_argument("--mpp", type=float,
                        help="microns per pixel of the slide's full resolution, when the file lacks it")
-    group.add_argument("--max-pages", type=int, default=20,
-                       help="most pages of a PDF (longer ones are refused; default 20)")
+    group.add_argument("--max-pages", type=int, default=_IMAGING_DEFAULTS.max_pages,
+                       help="most pages of a PDF (longer ones are refused; "
+                            f"default {_IMAGING_DEFAULTS.max_pages})")
     group.add_argument("--pdf-text", action="store_true",
                        help="also send a PDF's text layer with the page images")
-    if with_seed:
-        group.add_argument("--seed", type=int, help="seed of the patch sample (default 0)")
 
 
 def _env_int(environ: Mapping[str, str], name: str, default: int) -> int:
@@ -134,13 +163,12 @@ _LIMIT_FLAGS: dict[str, tuple[str, str, int]] = {
 def add_limit_flags(parser: argparse.ArgumentParser, environ: Mapping[str, str] | None = None) -> None:
     """The reading limits as flags (defaults from MEDGEM_* environment variables, else
     ``ImagingOptions``'s), plus the policies that refuse non-image objects and burned-in text.
-    Any subcommand that reads inputs may add them and pass ``limit_options(args)`` on."""
+    Any subcommand that reads inputs may add them; ``imaging_from_args(args)`` reads them."""
     environ = os.environ if environ is None else environ
-    base = ImagingOptions()
     group = parser.add_argument_group("reading limits (checked while reading, before decoding)")
     for name, (what, metavar, scale) in _LIMIT_FLAGS.items():
         flag, env = LIMITS[name]
-        default = getattr(base, name) // scale
+        default = getattr(_IMAGING_DEFAULTS, name) // scale
         group.add_argument(flag, type=int, metavar=metavar, dest=name,
                            default=_env_int(environ, env, default),
                            help=f"{what} (default {default:,}; ${env})")
@@ -151,18 +179,31 @@ def add_limit_flags(parser: argparse.ArgumentParser, environ: Mapping[str, str] 
                        help="read DICOM images that declare Burned In Annotation = YES")
 
 
-def limit_options(args: argparse.Namespace) -> dict[str, object]:
-    """The limit flags as ``ImagingOptions`` keyword arguments ({} when they were not added)."""
-    if not hasattr(args, "slice_limit"):
-        return {}
-    limits = {name: getattr(args, name) * scale for name, (_, _, scale) in _LIMIT_FLAGS.items()}
-    return {**limits, "allow_non_image": args.allow_non_image, "allow_burned_in": args.allow_burned_in}
+def imaging_from_args(args: argparse.Namespace) -> ImagingOptions:
+    """The one ``ImagingOptions`` of a command, from whichever imaging, slide and limit flag
+    groups its parser added (the defaults for those it did not).
 
-
-def slide_kwargs(args: argparse.Namespace) -> dict[str, object]:
-    """The slide/PDF flags as keyword arguments of ``MedGemma.request``."""
-    return {"max_patches": args.max_patches, "magnification": args.magnification,
-            "mpp": args.mpp, "max_pages": args.max_pages, "pdf_text": args.pdf_text}
+    Raises:
+        ImageInputError: two --window values (one or three are meaningful), or a value out of range.
+    """
+    given: dict[str, object] = {}
+    windows: list[tuple[float, float]] = getattr(args, "window", None) or []
+    if len(windows) == 1:
+        given["window"] = windows[0]
+    elif len(windows) == 3:
+        given["ct_windows"] = tuple((c - w / 2.0, c + w / 2.0) for c, w in windows)
+    elif windows:
+        raise ImageInputError(f"--window was given {len(windows)} times",
+                              "give it once (a grey window) or three times (CT red, green, blue)")
+    names = ("series", "frame", "max_slices", "modality", "max_patches", "patch_seed",
+             "magnification", "mpp", "max_pages", "pdf_text", "allow_non_image", "allow_burned_in")
+    given.update({name: getattr(args, name) for name in names if hasattr(args, name)})
+    given.update({name: getattr(args, name) * scale for name, (_, _, scale) in _LIMIT_FLAGS.items()
+                  if hasattr(args, name)})
+    try:
+        return replace(_IMAGING_DEFAULTS, **given)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ImageInputError(str(exc), "check the imaging flags") from None
 
 
 def add_audit_flags(parser: argparse.ArgumentParser) -> None:
@@ -294,18 +335,3 @@ def print_label_first(model: MedGemma, err: TextIO = sys.stderr) -> None:
     if label:
         err.write(f"[{label}]\n")
         err.flush()
-
-
-def check_paths_exist(paths: Iterable[object]) -> None:
-    """Refuse a missing input before any model loads (a 4B model takes minutes to load on a CPU).
-
-    Raises:
-        ImageInputError: naming the first missing path.
-    """
-    from pathlib import Path
-
-    from medgem.errors import ImageInputError
-
-    for path in paths:
-        if not Path(str(path)).exists():
-            raise ImageInputError(f"no image at '{path}'", "check the path")

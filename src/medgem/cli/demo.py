@@ -53,10 +53,10 @@ def run(args: argparse.Namespace) -> int:
     request = model.request("Describe this X-ray", images=[str(radiograph)],
                             system=RADIOLOGIST_SYSTEM, max_new_tokens=args.max_new_tokens)
     if args.save_preprocessed:  # named as `inspect` and `ask` name it: 01_RG1_UNCR.png
-        from medgem.inputs.load import load_medical_inputs
+        from medgem.inputs import read_inputs
         from medgem.inputs.preview import save_preprocessed
 
-        save_preprocessed(load_medical_inputs([radiograph]), args.save_preprocessed)
+        save_preprocessed(read_inputs([radiograph]).items, args.save_preprocessed)
     first = render(model.generate(request), as_json=args.json, show_thinking=False)
     err.write("\n2) Text question\n")
     second = render(model.stream("How do you differentiate bacterial from viral pneumonia?",

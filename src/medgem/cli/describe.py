@@ -28,13 +28,14 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medgem.cli.common import limit_options
-    from medgem.inputs import ImagingOptions, read_images
+    """Read the image (and any --image priors) once, pick the question for its modality and ask."""
+    from medgem.cli.common import imaging_from_args
+    from medgem.inputs import read_inputs
 
-    loaded = read_images([args.target], ImagingOptions(max_patches=1, max_pages=args.max_pages,
-                                                       **limit_options(args)))  # type: ignore[arg-type]
-    modality = loaded.volume_modality or next((m for m in loaded.modalities if m), None)
     args.image = [args.target, *args.image]  # --image adds priors for a comparison
-    if args.system is None and loaded.volume_modality is None:
+    inputs = read_inputs(args.image, imaging_from_args(args))
+    target = [item for item in inputs.items if item.source == args.target.name] or inputs.items
+    modality = inputs.volume_modality or next((m.modality for m in target if m.modality), None)
+    if args.system is None and inputs.layout != "volume":
         args.system = RADIOLOGIST_SYSTEM
-    return ask.run(args, question=args.prompt or describe_prompt(modality))
+    return ask.run(args, question=args.prompt or describe_prompt(modality), inputs=inputs)

@@ -15,61 +15,10 @@ import os
 import sys
 from pathlib import Path
 
-from medgem.cli.common import add_limit_flags, add_slide_flags, limit_options
-from medgem.errors import ImageInputError
-from medgem.inputs.inspect import inspect_input
-from medgem.inputs.options import ImagingOptions, MedicalInput
+from medgem.cli.common import add_imaging_flags, add_limit_flags, add_slide_flags, imaging_from_args
+from medgem.inputs.facts import inspect_input
+from medgem.inputs.options import MedicalInput
 from medgem.inputs.preview import save_preprocessed
-
-
-def parse_window(text: str) -> tuple[float, float]:
-    """Parse "C,W" (centre, width), e.g. "40,400"."""
-    try:
-        centre, width = (float(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--window wants CENTRE,WIDTH like 40,400, got {text!r}") from None
-    if width <= 0:
-        raise argparse.ArgumentTypeError(f"--window width must be positive, got {width:g}")
-    return centre, width
-
-
-def add_imaging_arguments(parser: argparse.ArgumentParser) -> None:
-    """The imaging flags (shared with any subcommand that takes --image)."""
-    parser.add_argument("--series", help="series to use from a folder/zip: its UID or the short UID listed")
-    parser.add_argument(
-        "--window", type=parse_window, action="append", metavar="C,W",
-        help="window centre,width (HU for CT); once = one grey window, three times = the CT "
-             "red, green, blue windows",
-    )
-    parser.add_argument("--frame", type=int, help="use this frame (0-based) of a multi-frame file as one image")
-    parser.add_argument("--max-slices", type=int, default=85, help="most slices sent from a volume (default 85)")
-    parser.add_argument("--modality", help="modality for inputs that carry none (NIfTI, PNG): CT or MR")
-
-
-def options_from_args(args: argparse.Namespace) -> ImagingOptions:
-    """Build ``ImagingOptions`` from the imaging flags.
-
-    Raises:
-        ImageInputError: two --window values (one or three are meaningful).
-    """
-    windows: list[tuple[float, float]] = args.window or []
-    extra: dict[str, object] = {}
-    if len(windows) == 1:
-        extra["window"] = windows[0]
-    elif len(windows) == 3:
-        extra["ct_windows"] = tuple((c - w / 2.0, c + w / 2.0) for c, w in windows)
-    elif windows:
-        raise ImageInputError(f"--window was given {len(windows)} times",
-                              "give it once (a grey window) or three times (CT red, green, blue)")
-    slide = {"max_patches": args.max_patches, "patch_seed": args.seed or 0,
-             "magnification": args.magnification, "mpp": args.mpp, "max_pages": args.max_pages,
-             "pdf_text": args.pdf_text} if hasattr(args, "max_patches") else {}
-    extra.update(limit_options(args))
-    try:
-        return ImagingOptions(series=args.series, frame=args.frame, max_slices=args.max_slices,
-                              modality=args.modality, **extra, **slide)  # type: ignore[arg-type]
-    except ValueError as exc:
-        raise ImageInputError(str(exc), "check the imaging flags") from None
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -91,9 +40,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
                         help="a llama.cpp model (GGUF) to estimate the time to first token with, "
                              "from the speeds measured with it on this machine (default "
                              "$MEDGEM_MODEL; the model is not loaded)")
-    add_imaging_arguments(parser)
+    add_imaging_flags(parser)
     add_limit_flags(parser)
-    add_slide_flags(parser, with_seed=True)
+    add_slide_flags(parser)
     parser.set_defaults(func=run)
 
 
@@ -209,8 +158,7 @@ def run(args: argparse.Namespace) -> int:
     Raises:
         ImageInputError: unreadable input (the CLI prints it on one line).
     """
-    options = options_from_args(args)
-    report, item = inspect_input(args.path, options)
+    report, item = inspect_input(args.path, imaging_from_args(args))
     if item is not None:
         report["instruction"] = model_instruction(item)
         model = args.model or os.environ.get("MEDGEM_MODEL")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from medgem.cli.common import add_limit_flags, add_model_flags, limit_options, load_model
+from medgem.cli.common import add_limit_flags, add_model_flags, imaging_from_args, load_model
 
 
 def add_parser(subparsers: Any) -> None:
@@ -48,7 +48,6 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from medgem.audit import default_audit_path
-    from medgem.inputs import ImagingOptions
     from medgem.server.app import create_app
     from medgem.server.auth import default_key_file
     from medgem.server.config import ServerConfig
@@ -63,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         audit_path=Path(args.audit_db) if args.audit_db else default_audit_path(),
         log_prompts=args.log_prompts, cors_origins=tuple(args.cors_origin),
         drain_timeout_s=args.drain_timeout, max_previews=args.max_previews,
-        imaging=ImagingOptions(**limit_options(args)),  # type: ignore[arg-type]
+        imaging=imaging_from_args(args),
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model = load_model(args, audit=False)  # the server's own store: see Serving

@@ -1,10 +1,11 @@
-"""The one front door for inputs: paths, uploaded bytes, data URLs and PIL images become the RGB
-images the model gets, through the imaging readers (the same pixels whichever surface they came
-in by), with DICOM de-identified before anything is kept.
+"""The one front door for inputs: ``read_inputs`` turns paths, data URLs, uploaded bytes and
+PIL images into the RGB images the model gets (an ``Inputs``), through the readers' table (the
+same pixels whichever surface they came in by), with DICOM de-identified before anything is kept.
 
-Every surface uses these functions: the Python API and the CLI (paths, PIL images), the OpenAI
-endpoint (data URLs and allowed local paths), the web page (uploads), the evaluation harness
-(dataset images) and the audit trail (what may be stored).
+Every surface uses it: the Python API and the CLI (paths, PIL images), the OpenAI endpoint
+(data URLs and allowed local paths), the web page (uploads), the evaluation harness and tuning
+(dataset images). The audit trail uses ``try_data_url`` and ``deidentify_upload`` (what may be
+stored).
 """
 
 from __future__ import annotations
@@ -13,112 +14,179 @@ import base64
 import binascii
 import io
 import logging
+import os
 import re
 import tempfile
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypeAlias
 
 from medgem.errors import ImageInputError, UnsupportedInputError
+from medgem.inputs.options import ImagingOptions, Layout, MedicalInput
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from medgem.inputs.options import ImagingOptions
-
 log = logging.getLogger("medgem")
 
-
-@dataclass
-class LoadedImages:
-    """What an input became: RGB images in order, a display name per image (never PHI), the
-    volume modality when the input was a CT/MR volume, and each image's modality."""
-
-    images: list[Image.Image] = field(default_factory=list)
-    sources: list[str] = field(default_factory=list)
-    volume_modality: str | None = None
-    modalities: list[str | None] = field(default_factory=list)
-    #: "slide" when the images are a whole-slide image's patches (pathology prompt layout).
-    layout: str | None = None
-    #: text that goes with the images (a PDF's text layer when asked for).
-    text: str | None = None
+#: The MIME types a data URL may declare (None: none declared, the content decides).
+DATA_URL_TYPES = frozenset({None, "image/png", "image/jpeg", "image/jpg", "image/webp", "image/gif",
+                            "application/dicom", "application/zip", "application/octet-stream",
+                            "application/pdf", "image/tiff"})
 
 
-def read_images(paths: Sequence[Path], options: ImagingOptions | None = None) -> LoadedImages:
-    """Read pictures, DICOM files, DICOM folders/zips, NIfTI volumes, slides and PDFs.
+@dataclass(frozen=True)
+class Upload:
+    """Bytes sent in (a web upload, a dataset image): the format is found from the content.
 
-    Several inputs are ordered by study date when the files carry one (longitudinal studies).
-    ``options`` carries the imaging choices (patches, seed, magnification, page limit).
-
-    Raises:
-        ImageInputError: a missing or unreadable file, with what to do.
+    Attributes:
+        data: the file's bytes.
+        mime: the type the sender declared (not trusted; the content decides).
+        name: the name errors and display names use (directories are dropped).
     """
-    from medgem.inputs.load import load_medical_inputs
 
-    for path in paths:
-        if not path.exists():
-            raise ImageInputError(f"no image at '{path}'", "check the path")
-    loaded = LoadedImages()
-    for item in load_medical_inputs(list(paths), options):
-        if item.kind == "volume":
-            loaded.volume_modality = item.modality or "CT"
-        if item.kind == "slide":
-            loaded.layout = "slide"
-        if item.text:
-            loaded.text = item.text if loaded.text is None else f"{loaded.text}\n\n{item.text}"
-        loaded.images.extend(item.images)
-        loaded.sources.extend([item.source] * len(item.images))
-        loaded.modalities.extend([item.modality] * len(item.images))
-    return loaded
+    data: bytes
+    mime: str | None = None
+    name: str = "upload"
 
 
-def images_from_bytes(data: bytes, mime: str | None = None, name: str = "upload",
-                      options: ImagingOptions | None = None) -> LoadedImages:
-    """Decode uploaded bytes (a picture, a DICOM file or a zipped DICOM series) through the same
-    readers as files: the format is found from the content, the upload keeps its own name."""
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).name) or "upload"
-    with tempfile.TemporaryDirectory(prefix="medgem-upload-") as folder:
-        path = Path(folder) / safe
-        path.write_bytes(data)
-        return read_images([path], options)
+#: What the door takes: a path, a ``data:`` URL (a str), uploaded bytes or a PIL image.
+InputItem: TypeAlias = "str | os.PathLike[str] | Upload | Image.Image"
 
 
-def from_pil(image: Image.Image) -> Image.Image:
-    """A PIL image as the readers would give it (16-bit grey stretched, alpha on black)."""
-    from medgem.inputs.picture import picture_to_rgb
+@dataclass(frozen=True)
+class Inputs:
+    """What the inputs became, with the prompt layout they take.
 
-    return picture_to_rgb(image)
+    Attributes:
+        items: each input as its reader prepared it, in prompt order: PIL images first, then
+            the others by study date (oldest first; undated ones after, in the order given).
+        layout: "images" (each image as it is, a PDF's text before the question), "volume"
+            (one CT/MR volume or cine loop: an instruction, then each slice and ``SLICE n``) or
+            "slide" (one whole-slide image's patches after the pathology instruction).
+    """
+
+    items: tuple[MedicalInput, ...] = ()
+    layout: Layout = "images"
+
+    @property
+    def images(self) -> list[Image.Image]:
+        return [image for item in self.items for image in item.images]
+
+    @property
+    def sources(self) -> list[str]:
+        """A display name per image (a file name or "image n", never PHI)."""
+        return [item.source for item in self.items for _ in item.images]
+
+    @property
+    def modalities(self) -> list[str | None]:
+        return [item.modality for item in self.items for _ in item.images]
+
+    @property
+    def volume_modality(self) -> str | None:
+        """The modality a volume layout is introduced with (CT when the file names none)."""
+        return (self.items[0].modality or "CT") if self.layout == "volume" else None
+
+    @property
+    def text(self) -> str | None:
+        """Text that goes with the images (PDF text layers, when asked for), or None."""
+        texts = [item.text for item in self.items if item.text]
+        return "\n\n".join(texts) if texts else None
 
 
-def load_inputs(items: Sequence[Any], options: ImagingOptions | None = None) -> LoadedImages:
-    """PIL images and paths together, in order: what ``MedGemma.ask(images=...)`` takes.
+def read_inputs(items: Sequence[InputItem], options: ImagingOptions | None = None, *,
+                allowed_dirs: Sequence[Path] | None = None) -> Inputs:
+    """Read pictures, DICOM files, DICOM folders/zips, NIfTI volumes, slides and PDFs, given as
+    paths, ``data:`` URLs, ``Upload`` bytes or PIL images: each file is read once.
+
+    Args:
+        items: the inputs; a str is a path (``file://`` allowed) unless it starts with
+            ``data:``; http(s) URLs are refused (nothing is fetched).
+        options: the imaging choices and reading limits (default ``ImagingOptions()``).
+        allowed_dirs: folders paths may be read from; None allows any (local use), an empty
+            list forbids every path (the server's default). Data URLs and uploads always pass.
+
+    Returns:
+        The images and their prompt layout.
 
     Raises:
-        UnsupportedInputError: a CT/MR volume or a whole-slide image mixed with other images.
-        ImageInputError: an unreadable input.
+        ImageInputError: a missing, forbidden or unreadable input, with what to do.
+        UnsupportedInputError: a CT/MR volume or a whole-slide image mixed with other inputs.
     """
     from PIL import Image
 
-    pictures = [from_pil(item) for item in items if isinstance(item, Image.Image)]
-    paths = [Path(item) for item in items if not isinstance(item, Image.Image)]
-    loaded = LoadedImages(pictures, [f"image {i + 1}" for i in range(len(pictures))], None,
-                          [None] * len(pictures))
-    if not paths:
-        return loaded
-    read = read_images(paths, options)
-    alone = read.volume_modality is not None or read.layout is not None
-    if alone and (pictures or len(paths) > 1):
-        what = "a whole-slide image" if read.layout else "a CT/MR volume"
-        raise UnsupportedInputError(
-            f"{what} cannot be combined with other images in one question",
-            "ask about it on its own",
-        )
+    options = options or ImagingOptions()
+    pictures = [_from_pil(item, n) for n, item in
+                enumerate((i for i in items if isinstance(i, Image.Image)), start=1)]
+    others = [_source(item, allowed_dirs) for item in items if not isinstance(item, Image.Image)]
+    for path in others:
+        if isinstance(path, Path) and not path.exists():
+            raise ImageInputError(f"no image at '{path}': the path does not exist", "check the path")
+    read = sorted((_read(source, options) for source in others),
+                  key=lambda item: (item.study_date is None, item.study_date or ""))
+    alone = [item for item in read if item.kind in ("volume", "slide")]
+    if alone and len(items) > 1:
+        what = "a whole-slide image" if alone[0].kind == "slide" else "a CT/MR volume"
+        raise UnsupportedInputError(f"{what} cannot be combined with other images in one question",
+                                    "ask about it on its own")
+    layout: Layout = "images"
     if alone:
-        return read
-    return LoadedImages(loaded.images + read.images, loaded.sources + read.sources, None,
-                        loaded.modalities + read.modalities, text=read.text)
+        layout = "slide" if alone[0].kind == "slide" else "volume"
+    return Inputs((*pictures, *read), layout)
+
+
+def _from_pil(image: Image.Image, number: int) -> MedicalInput:
+    from medgem.inputs.picture import picture_to_rgb
+
+    rgb = picture_to_rgb(image)
+    return MedicalInput(kind="image", images=[rgb], modality=None, study_date=None,
+                        description=f"picture: {rgb.width}x{rgb.height}", source=f"image {number}")
+
+
+def _source(item: str | os.PathLike[str] | Upload, allowed_dirs: Sequence[Path] | None) -> Path | Upload:
+    """A path (checked against ``allowed_dirs``) or the bytes of an upload or data URL."""
+    if isinstance(item, Upload):
+        return item
+    if isinstance(item, str) and item.startswith("data:"):
+        data, mime = decode_data_url(item)
+        if mime not in DATA_URL_TYPES:
+            raise ImageInputError(f"image type '{mime}' is not supported", "send PNG, JPEG or DICOM")
+        return Upload(data, mime)
+    if isinstance(item, str) and item.startswith(("http://", "https://")):
+        raise ImageInputError("remote image URLs are not fetched",
+                              "send the image inline as a base64 data URL")
+    text = os.fspath(item)
+    return _allowed_path(Path(text[len("file://"):] if text.startswith("file://") else text),
+                         allowed_dirs)
+
+
+def _allowed_path(path: Path, allowed_dirs: Sequence[Path] | None) -> Path:
+    if allowed_dirs is None:
+        return path
+    resolved = path.expanduser().resolve()
+    for folder in allowed_dirs:
+        if resolved.is_relative_to(folder.resolve()):
+            return resolved
+    raise ImageInputError(
+        f"reading '{path.name}' from disk is not allowed",
+        "send the image as a data URL, or ask the operator to allow its folder",
+    )
+
+
+def _read(source: Path | Upload, options: ImagingOptions) -> MedicalInput:
+    """One input through the readers' table; an upload goes through a private temporary file
+    under its own (sanitised) name."""
+    from medgem.inputs.readers import READERS, detect_format
+
+    if isinstance(source, Path):
+        return READERS[detect_format(source)](source, options)
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", Path(source.name).name) or "upload"
+    with tempfile.TemporaryDirectory(prefix="medgem-upload-") as folder:
+        path = Path(folder) / safe
+        path.write_bytes(source.data)
+        return READERS[detect_format(path)](path, options)
 
 
 def decode_data_url(url: str) -> tuple[bytes, str | None]:
@@ -202,7 +270,6 @@ def _deidentify_zip(data: bytes, policy: _Policy, limits: ImagingOptions | None)
     """Each member de-identified, under the same limits as reading (count, declared and
     inflated bytes), so a zip bomb costs nothing here either."""
     from medgem.inputs.limits import CountingReader, ReadBudget
-    from medgem.inputs.options import ImagingOptions
 
     budget = ReadBudget(limits or ImagingOptions(), "the upload")
     out = io.BytesIO()

@@ -30,6 +30,11 @@ def raise_hint(limit: str) -> str:
     flag, env = LIMITS[limit]
     return f"raise it with {flag} ({env}, ImagingOptions.{limit}) if the input is genuine"
 
+#: How the prompt lays out what the inputs became: "images" as they are, "volume" (slices or
+#: frames, each followed by its marker, after an instruction), "slide" (patches after the
+#: pathology instruction).
+Layout = Literal["images", "volume", "slide"]
+
 #: A display window as (low, high) in the image's own units (Hounsfield units for CT).
 WindowRange = tuple[float, float]
 

@@ -66,7 +66,8 @@ def read_dicom_file(path: Path, options: ImagingOptions) -> MedicalInput:
     )
 
 
-def _read_headers(headers: list[Header], options: ImagingOptions, where: str) -> MedicalInput:
+def read_chosen_series(headers: list[Header], options: ImagingOptions, where: str) -> MedicalInput:
+    """A folder's or zip's DICOM headers (already read under the limits): the chosen series."""
     series = group_series(headers)
     chosen = choose_series(series, options.series, where)
     if len(chosen.members) == 1:
@@ -78,13 +79,13 @@ def _read_headers(headers: list[Header], options: ImagingOptions, where: str) ->
 
 def read_dicom_folder(path: Path, options: ImagingOptions) -> MedicalInput:
     """A folder of DICOM files (searched recursively): one series, sorted and sampled."""
-    return _read_headers(folder_headers(path, options), options, path.name)
+    return read_chosen_series(folder_headers(path, options), options, path.name)
 
 
 def read_dicom_zip(path: Path, options: ImagingOptions) -> MedicalInput:
     """A zip of DICOM files, streamed: headers first under the limits, then like a folder
     (only the sampled slices are inflated again to be decoded)."""
-    return _read_headers(zip_headers(path, options), options, path.name)
+    return read_chosen_series(zip_headers(path, options), options, path.name)
 
 
 def read_slide_lazily(path: Path, options: ImagingOptions) -> MedicalInput:
@@ -107,13 +108,11 @@ READERS: dict[str, Reader] = {
 
 
 def detect_format(path: Path) -> str:
-    """Which reader handles ``path``.
+    """Which reader handles ``path`` (which the caller has found to exist).
 
     Raises:
-        ImageInputError: the path does not exist, or a ``.dcm`` file is not DICOM.
+        ImageInputError: a ``.dcm`` file is not DICOM.
     """
-    if not path.exists():
-        raise ImageInputError(f"{path.name} does not exist", "check the path")
     from medgem.inputs.slide_detect import is_dicom_wsi, is_slide_file
 
     if path.is_dir():

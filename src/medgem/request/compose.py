@@ -17,7 +17,7 @@ from medgem.request.variants import InputKind, Variant, default_budget
 if TYPE_CHECKING:
     from PIL import Image
 
-    from medgem.inputs import LoadedImages
+    from medgem.inputs import Inputs
 
 RADIOLOGIST_SYSTEM = "You are an expert radiologist."
 ASSISTANT_SYSTEM = "You are a helpful medical assistant."
@@ -192,22 +192,22 @@ def build_volume_request(question: str, slices: Sequence[Image.Image], *,
     for number, image in enumerate(slices, start=1):
         parts += [ImagePart(image, f"{marker.lower()} {number}"), TextPart(f"{marker} {number}")]
     parts.append(TextPart(text))
-    return Request((Message("user", tuple(parts)),), options)
+    return Request((Message("user", tuple(parts)),), options, layout="volume")
 
 
-def request_for_inputs(question: str, loaded: LoadedImages, *, system: str | None = None,
+def request_for_inputs(question: str, loaded: Inputs, *, system: str | None = None,
                        chat: bool = True, variant: Variant | None = None,
                        history: Sequence[Message] = (),
                        options: GenerationOptions | None = None) -> Request:
-    """The Request for a question about what the inputs front door read: the volume layout
-    for a CT/MR volume, the pathology layout for a slide's patches, the image layout otherwise
-    (one place for every surface). Text the inputs carry (a PDF's text layer) goes before the
-    question."""
+    """The Request for a question about what the inputs front door read, in the layout it
+    carries: the pathology layout for a slide's patches, the volume layout for a CT/MR volume
+    or cine loop, the image layout otherwise (one place for every surface). Text the inputs
+    carry (a PDF's text layer) goes before the question."""
     if loaded.layout == "slide":
         return build_slide_request(question, loaded.images, variant=variant, options=options)
     if loaded.text:
         question = f"{loaded.text}\n\n{question}"
-    if loaded.volume_modality is not None:
+    if loaded.layout == "volume":
         return build_volume_request(question, loaded.images, modality=loaded.volume_modality,
                                     variant=variant, options=options)
     return build_request(question, images=loaded.images, sources=loaded.sources, system=system,
@@ -239,4 +239,4 @@ def build_slide_request(question: str, patches: Sequence[Image.Image], *,
         lead = f"{THINK_INSTRUCTION} {lead}"
     parts: list[Part] = [TextPart(f"{lead}\n\n{text}")]
     parts += [ImagePart(image, f"patch {n}") for n, image in enumerate(patches, start=1)]
-    return Request((Message("user", tuple(parts)),), options)
+    return Request((Message("user", tuple(parts)),), options, layout="slide")

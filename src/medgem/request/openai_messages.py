@@ -9,14 +9,7 @@ from typing import Any
 from PIL import Image
 
 from medgem.errors import ImageInputError, InputError
-from medgem.inputs import (
-    ImagingOptions,
-    LoadedImages,
-    decode_data_url,
-    from_pil,
-    images_from_bytes,
-    read_images,
-)
+from medgem.inputs import ImagingOptions, InputItem, Inputs, read_inputs
 from medgem.request import GenerationOptions, ImagePart, Message, Part, Request, TextPart
 from medgem.request.compose import build_slide_request, check_think, resolve_options, system_text
 from medgem.request.variants import InputKind, Variant
@@ -52,7 +45,7 @@ def request_from_openai(messages: Sequence[dict[str, Any]], *, variant: Variant 
     system_parts: list[str] = []
     turns: list[Message] = []
     image_count = 0
-    slides: list[LoadedImages] = []
+    slides: list[Inputs] = []
     for index, raw in enumerate(messages):
         if not isinstance(raw, dict):
             raise InputError(f"messages[{index}] is not an object")
@@ -90,7 +83,7 @@ def request_from_openai(messages: Sequence[dict[str, Any]], *, variant: Variant 
 
 
 def _parts(content: Any, index: int, allowed_dirs: Sequence[Path] | None,
-           slides: list[LoadedImages], imaging: ImagingOptions | None) -> Iterator[Part]:
+           slides: list[Inputs], imaging: ImagingOptions | None) -> Iterator[Part]:
     if isinstance(content, str):
         yield TextPart(content)
         return
@@ -113,60 +106,29 @@ def _parts(content: Any, index: int, allowed_dirs: Sequence[Path] | None,
             url = spec.get("url") if isinstance(spec, dict) else spec
             if not isinstance(url, str):
                 raise InputError(f"{where}.image_url.url must be a string")
-            yield from _image_parts(_from_url(url, allowed_dirs, imaging), where, slides)
+            yield from _image_parts(url, where, slides, allowed_dirs, imaging)
         elif kind == "image":
-            yield from _image_parts(_from_object(part.get("image"), allowed_dirs, imaging), where, slides)
+            image = part.get("image")
+            if not isinstance(image, (str, Path, Image.Image)):
+                raise InputError("an image part must hold a PIL image or a file path")
+            # a str here is a path, never a data URL
+            path_or_image = Path(image) if isinstance(image, str) else image
+            yield from _image_parts(path_or_image, where, slides, allowed_dirs, imaging)
         else:
             raise InputError(f"{where}.type {kind!r} is not supported", "use text or image_url parts")
 
 
-def _image_parts(loaded: LoadedImages, where: str, slides: list[LoadedImages]) -> Iterator[ImagePart]:
+def _image_parts(item: InputItem, where: str, slides: list[Inputs],
+                 allowed_dirs: Sequence[Path] | None, imaging: ImagingOptions | None
+                 ) -> Iterator[ImagePart]:
+    loaded = read_inputs([item], imaging, allowed_dirs=allowed_dirs)
     if loaded.layout == "slide":  # its patches are laid out once the whole request is read
         slides.append(loaded)
         return
-    if loaded.volume_modality is not None:
+    if loaded.layout == "volume":
         raise ImageInputError(
             f"{where} is a CT/MR volume; volumes are not accepted inside chat messages",
             "use `medgem ask --image SERIES` or the web page for volumes",
         )
     for image, source in zip(loaded.images, loaded.sources, strict=True):
         yield ImagePart(image, source)
-
-
-def _from_url(url: str, allowed_dirs: Sequence[Path] | None,
-              imaging: ImagingOptions | None = None) -> LoadedImages:
-    if url.startswith("data:"):
-        data, mime = decode_data_url(url)
-        if mime not in (None, "image/png", "image/jpeg", "image/jpg", "image/webp", "image/gif",
-                        "application/dicom", "application/zip", "application/octet-stream",
-                        "application/pdf", "image/tiff"):
-            raise ImageInputError(f"image type '{mime}' is not supported", "send PNG, JPEG or DICOM")
-        return images_from_bytes(data, mime, options=imaging)
-    if url.startswith(("http://", "https://")):
-        raise ImageInputError(
-            "remote image URLs are not fetched", "send the image inline as a base64 data URL"
-        )
-    path = url[len("file://") :] if url.startswith("file://") else url
-    return read_images([_allowed_path(Path(path), allowed_dirs)], imaging)
-
-
-def _from_object(value: Any, allowed_dirs: Sequence[Path] | None,
-                 imaging: ImagingOptions | None = None) -> LoadedImages:
-    if isinstance(value, Image.Image):
-        return LoadedImages([from_pil(value)], ["image"], None, [None])
-    if isinstance(value, (str, Path)):
-        return read_images([_allowed_path(Path(value), allowed_dirs)], imaging)
-    raise InputError("an image part must hold a PIL image or a file path")
-
-
-def _allowed_path(path: Path, allowed_dirs: Sequence[Path] | None) -> Path:
-    if allowed_dirs is None:
-        return path
-    resolved = path.expanduser().resolve()
-    for folder in allowed_dirs:
-        if resolved.is_relative_to(folder.resolve()):
-            return resolved
-    raise ImageInputError(
-        f"reading '{path.name}' from disk is not allowed",
-        "send the image as a data URL, or ask the operator to allow its folder",
-    )

@@ -14,6 +14,8 @@ from medgem.errors import InputError
 if TYPE_CHECKING:
     from PIL import Image
 
+    from medgem.inputs.options import Layout
+
 Role = Literal["system", "user", "assistant"]
 
 
@@ -119,11 +121,14 @@ class Request:
         options: how to generate (max_new_tokens filled in).
         template: "chat" renders with the checkpoint's (or the shipped Gemma 3) chat template;
             "completion" feeds the raw text, images marked with ``<start_of_image>``.
+        layout: how the images are laid out ("slide": patches, "volume": slices or frames,
+            "images" otherwise), e.g. for what a context error advises.
     """
 
     messages: tuple[Message, ...]
     options: GenerationOptions
     template: Literal["chat", "completion"] = "chat"
+    layout: Layout = "images"
 
     @property
     def images(self) -> tuple[ImagePart, ...]:

@@ -31,12 +31,9 @@ def load_image(ref: bytes | Path | str) -> Any:
         ImageInputError: an unreadable image.
     """
     from medgem.errors import DatasetError
-    from medgem.inputs import images_from_bytes, read_images
+    from medgem.inputs import Upload, read_inputs
 
-    if isinstance(ref, bytes):
-        loaded = images_from_bytes(ref, name="dataset-image")
-    else:
-        loaded = read_images([Path(ref)])
+    loaded = read_inputs([Upload(ref, name="dataset-image") if isinstance(ref, bytes) else Path(ref)])
     if loaded.volume_modality is not None or len(loaded.images) != 1:
         raise DatasetError(f"'{ref if isinstance(ref, Path) else 'an image'}' holds "
                            f"{len(loaded.images)} images (a series or volume)",

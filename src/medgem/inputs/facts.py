@@ -4,23 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medgem.inputs.load import load_medical_input
+from medgem.errors import ImageInputError
 from medgem.inputs.options import ImagingOptions, MedicalInput
 from medgem.inputs.preview import MODEL_IMAGE_SIDE
-from medgem.inputs.readers import detect_format
+from medgem.inputs.readers import READERS, detect_format, read_chosen_series
 from medgem.inputs.series import Series, folder_headers, group_series, zip_headers
-
-
-def list_series(path: str | Path, options: ImagingOptions | None = None) -> list[Series]:
-    """The series in a folder or zip of DICOM files (headers only), or [] for other inputs."""
-    path = Path(path)
-    options = options or ImagingOptions()
-    kind = detect_format(path)
-    if kind == "dicom-folder":
-        return group_series(folder_headers(path, options))
-    if kind == "dicom-zip":
-        return group_series(zip_headers(path, options))
-    return []
 
 
 def describe_sent(item: MedicalInput) -> str:
@@ -61,14 +49,21 @@ def inspect_input(path: str | Path, options: ImagingOptions | None = None) -> tu
     """
     path = Path(path)
     options = options or ImagingOptions()
-    series = list_series(path, options)
-    report: dict[str, object] = {"source": path.name, "format": detect_format(path)}
-    if len(series) > 1:
-        report["series"] = series_report(series)
-        if options.series is None:
-            report["choose"] = "several series: pass --series UID (the short UID shown is enough)"
-            return report, None
-    item = load_medical_input(path, options)
+    if not path.exists():
+        raise ImageInputError(f"no image at '{path}': the path does not exist", "check the path")
+    kind = detect_format(path)
+    report: dict[str, object] = {"source": path.name, "format": kind}
+    if kind not in ("dicom-folder", "dicom-zip"):
+        item = READERS[kind](path, options)
+    else:  # each header read once: for the listing and for the series chosen
+        headers = (folder_headers if kind == "dicom-folder" else zip_headers)(path, options)
+        series = group_series(headers)
+        if len(series) > 1:
+            report["series"] = series_report(series)
+            if options.series is None:
+                report["choose"] = "several series: pass --series UID (the short UID shown is enough)"
+                return report, None
+        item = read_chosen_series(headers, options, path.name)
     report.update(
         kind=item.kind,
         modality=item.modality,
