@@ -26,7 +26,7 @@ from medgem.errors import DatasetError, InputError, MedgemError
 from medgem.evaluate.datasets import read_records
 from medgem.evaluate.results import MANIFEST_FILE, RESULTS_FILE, ResultLog, read_results
 from medgem.evaluate.tasks import EvalItem, LoadedData, Task, TaskOptions, get_task
-from medgem.inputs import images_from_bytes
+from medgem.inputs import Upload, read_inputs
 from medgem.request import GenerationOptions, Request
 
 if TYPE_CHECKING:
@@ -225,7 +225,7 @@ def _scored(task: Task, item: EvalItem, answer: Answer, seconds: float) -> dict[
 
 def _open_image(ref: str | bytes) -> Any:
     if isinstance(ref, bytes):
-        return images_from_bytes(ref, name="dataset-image").images[0]
+        return read_inputs([Upload(ref, name="dataset-image")]).images[0]
     return Path(ref)
 
 
