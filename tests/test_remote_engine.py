@@ -82,8 +82,8 @@ def test_errors_say_what_to_do(scripted_server: tuple[str, ScriptedEngine], tmp_
     assert refused.value.status == 400
     keys = KeyStore(tmp_path / "keys.json")
     key = keys.add("cluster")
-    app = create_app(ServerConfig(api_key_file=tmp_path / "keys.json"), MedGemma(ScriptedEngine()),  # type: ignore[arg-type]
-                     store=open_store(":memory:"))
+    app = create_app(ServerConfig(api_key_file=tmp_path / "keys.json"),
+                     audited(MedGemma(ScriptedEngine()), open_store(":memory:")))  # type: ignore[arg-type]
     with serve_in_thread(app) as base:
         with pytest.raises(RemoteError, match="api-key") as denied:
             RemoteEngine(SCRIPTED_ID, base)

@@ -171,3 +171,16 @@ def test_sigkill_mid_load_loses_no_acknowledged_record(tmp_path: Path) -> None:
     missing = [record_id for record_id in acknowledged if store.get(record_id) is None]
     assert missing == []
     assert store.verify().ok
+
+
+def test_a_warm_up_runs_before_serving_and_leaves_no_trace() -> None:
+    engine = ScriptedEngine()
+    store = open_store(":memory:")
+    app = create_app(ServerConfig(), audited(MedGemma(engine), store))  # type: ignore[arg-type]
+    assert app.state.serving.health().status == "warming" and engine.calls == 0
+    with serve_in_thread(app) as base:
+        assert engine.calls == 1  # one tiny request, before the first user's
+        assert httpx.get(base + "/healthz").json()["status"] == "ok"
+        metrics = httpx.get(base + "/metrics").text
+    assert store.count() == 0  # nobody's request: no audit record
+    assert "medgem_requests_total{" not in metrics and 'medgem_tokens_total{kind="completion"} 0.0' in metrics

@@ -41,8 +41,7 @@ def create_app(config: ServerConfig, model: MedGemma, *, keys: KeyStore | None =
         keys: an API key store (default: from ``config.api_key_file``).
 
     Raises:
-        InputError: binding beyond loopback without any active API key.
-        ApiError: a model without an audit trail.
+        InputError: binding beyond loopback without any active API key, or a model without an audit trail.
     """
     if keys is None and config.api_key_file is not None:
         keys = KeyStore(config.api_key_file)

@@ -6,6 +6,7 @@ caller through one dependency, refusals raised to the app's one exception handle
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Coroutine
 from importlib import resources
 from typing import Annotated, Any
@@ -20,6 +21,7 @@ from starlette.staticfiles import StaticFiles
 
 from medgem.audit import add_review
 from medgem.errors import ApiError, MedgemError
+from medgem.request import Request
 from medgem.request.openai_messages import request_from_openai
 from medgem.server import protocol as p
 from medgem.server.serving import Serving
@@ -117,7 +119,7 @@ async def chat_completions(body: p.ChatCompletionRequest, http: HttpRequest, use
                            code="unsupported_parameter", param="logprobs")
         serving.check_budget(body.budget())
 
-    def build(gone: Any) -> Any:
+    def build(gone: threading.Event) -> Request:
         return request_from_openai(
             messages, variant=serving.model.variant, chat=serving.model.chat_model,
             options=body.generation_options(), allowed_dirs=list(serving.config.allowed_dirs),

@@ -31,6 +31,7 @@ from medgem.errors import (
     AuthError,
     ClientDisconnectedError,
     InputCancelled,
+    InputError,
     MedgemError,
     error_body,
 )
@@ -54,8 +55,8 @@ class Serving:
 
     def __init__(self, config: ServerConfig, model: MedGemma, keys: KeyStore | None, metrics: Metrics) -> None:
         if model.audit is None:
-            raise ApiError(500, "the server needs a model with an audit trail",
-                           "load it with an audit store (MedGemma.load(..., audit=PATH))")
+            raise InputError("the server records every answer, and this model has no audit trail",
+                             "load it with one: MedGemma.load(..., audit=PATH or store)")
         self.config = config
         self.model = model
         # The model writes each answer's record (one writer for every surface) to its own
