@@ -116,8 +116,8 @@ def test_one_front_two_backends_survives_one_killed_mid_load(gguf: Path, tmp_pat
     holds one record per request, and the restarted backend gets requests again."""
     from medgem.audit import open_store
     from medgem.server.app import create_app
-    from medgem.server.config import ServerConfig
-    from test_server_helpers import serve_in_thread
+    from medgem.server.server_config import ServerConfig
+    from test_server_helpers import audited, serve_in_thread
 
     port_a = free_port()
     statuses: list[int] = []
@@ -131,7 +131,7 @@ def test_one_front_two_backends_survives_one_killed_mid_load(gguf: Path, tmp_pat
         engine = front.engine
         store = open_store(tmp_path / "front.sqlite")
         try:
-            with serve_in_thread(create_app(ServerConfig(max_queue=16), front, store=store)) as base:
+            with serve_in_thread(create_app(ServerConfig(max_queue=16), audited(front, store))) as base:
                 def client(requests: int) -> None:
                     for index in range(requests):
                         body = {"model": MODEL, "max_tokens": 6,

@@ -259,8 +259,8 @@ def test_server_with_parallel_answers_concurrent_clients(gguf_270m: Path, tmp_pa
 
     from medgem.audit import open_store
     from medgem.server.app import create_app
-    from medgem.server.config import ServerConfig
-    from test_server_helpers import serve_in_thread
+    from medgem.server.server_config import ServerConfig
+    from test_server_helpers import audited, serve_in_thread
 
     model = MedGemma.load(gguf_270m, n_ctx=512, parallel=4, audit=False)
     store = open_store(tmp_path / "audit.sqlite")
@@ -274,7 +274,7 @@ def test_server_with_parallel_answers_concurrent_clients(gguf_270m: Path, tmp_pa
                         if response.status_code == 200 else response.text))
 
     try:
-        with serve_in_thread(create_app(ServerConfig(max_queue=8), model, store=store)) as base:
+        with serve_in_thread(create_app(ServerConfig(max_queue=8), audited(model, store))) as base:
             health = httpx.get(base + "/healthz").json()
             assert health["running"] == 0
             threads = [threading.Thread(target=ask, args=(p,)) for p in PROMPTS * 2]
@@ -296,18 +296,16 @@ def test_a_remote_front_sends_its_parallel_requests_at_once(gguf_270m: Path, tmp
 
     from medgem.audit import open_store
     from medgem.server.app import create_app
-    from medgem.server.config import ServerConfig
-    from test_server_helpers import serve_in_thread
+    from medgem.server.server_config import ServerConfig
+    from test_server_helpers import audited, serve_in_thread
 
     backend = MedGemma.load(gguf_270m, n_ctx=512, parallel=4, audit=False)
     statuses: list[int] = []
     try:
-        with serve_in_thread(create_app(ServerConfig(), backend,
-                                        store=open_store(tmp_path / "back.sqlite"))) as back:
+        with serve_in_thread(create_app(ServerConfig(), audited(backend, open_store(tmp_path / "back.sqlite")))) as back:
             front = MedGemma.load(backend.engine.info.id, engine="remote", base_url=back + "/v1",
                                   parallel=4, audit=False)
-            with serve_in_thread(create_app(ServerConfig(), front,
-                                            store=open_store(tmp_path / "front.sqlite"))) as base:
+            with serve_in_thread(create_app(ServerConfig(), audited(front, open_store(tmp_path / "front.sqlite")))) as base:
                 def ask(text: str) -> None:
                     body = {"model": front.engine.info.id, "max_tokens": 24,
                             "messages": [{"role": "user", "content": text}]}

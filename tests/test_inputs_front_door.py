@@ -20,8 +20,8 @@ from medgem.inputs import Upload, read_inputs
 from medgem.inputs.picture import picture_to_rgb
 from medgem.request.openai_messages import request_from_openai
 from medgem.server.app import create_app
-from medgem.server.config import ServerConfig
-from test_server_helpers import scripted_model, serve_in_thread
+from medgem.server.server_config import ServerConfig
+from test_server_helpers import audited, scripted_model, serve_in_thread
 
 
 def _pictures(folder: Path) -> dict[str, Path]:
@@ -67,7 +67,7 @@ def test_the_expected_pixels_are_stretched_and_composited(pictures: dict[str, Pa
 
 
 def test_every_surface_gives_the_same_pixels(pictures: dict[str, Path]) -> None:
-    with serve_in_thread(create_app(ServerConfig(), scripted_model(), store=open_store(":memory:"))) as base:
+    with serve_in_thread(create_app(ServerConfig(), audited(scripted_model(), open_store(":memory:")))) as base:
         for name, path in pictures.items():
             expected = _pixels(picture_to_rgb(Image.open(path)))
             data_url = _data_url(path)

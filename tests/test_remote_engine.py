@@ -17,14 +17,14 @@ from medgem.engines.remote import RemoteEngine
 from medgem.errors import EngineUnavailableError, RemoteError
 from medgem.server.app import create_app
 from medgem.server.auth import KeyStore
-from medgem.server.config import ServerConfig
-from test_server_helpers import SCRIPTED_ID, ScriptedEngine, free_port, serve_in_thread
+from medgem.server.server_config import ServerConfig
+from test_server_helpers import SCRIPTED_ID, ScriptedEngine, audited, free_port, serve_in_thread
 
 
 @pytest.fixture(scope="module")
 def scripted_server() -> Iterator[tuple[str, ScriptedEngine]]:
     engine = ScriptedEngine(" ".join(f"w{i}" for i in range(100)), delay=0.01)
-    app = create_app(ServerConfig(), MedGemma(engine), store=open_store(":memory:"))  # type: ignore[arg-type]
+    app = create_app(ServerConfig(), audited(MedGemma(engine), open_store(":memory:")))  # type: ignore[arg-type]
     with serve_in_thread(app) as base:
         yield base, engine
 
@@ -82,8 +82,8 @@ def test_errors_say_what_to_do(scripted_server: tuple[str, ScriptedEngine], tmp_
     assert refused.value.status == 400
     keys = KeyStore(tmp_path / "keys.json")
     key = keys.add("cluster")
-    app = create_app(ServerConfig(api_key_file=tmp_path / "keys.json"), MedGemma(ScriptedEngine()),  # type: ignore[arg-type]
-                     store=open_store(":memory:"))
+    app = create_app(ServerConfig(api_key_file=tmp_path / "keys.json"),
+                     audited(MedGemma(ScriptedEngine()), open_store(":memory:")))  # type: ignore[arg-type]
     with serve_in_thread(app) as base:
         with pytest.raises(RemoteError, match="api-key") as denied:
             RemoteEngine(SCRIPTED_ID, base)
@@ -105,7 +105,7 @@ def test_remote_is_a_registered_engine_and_knows_the_variant(
 
     served = ScriptedEngine()
     served.info = dataclasses.replace(served.info, variant="4b-it")
-    app = create_app(ServerConfig(), MedGemma(served), store=open_store(":memory:"))  # type: ignore[arg-type]
+    app = create_app(ServerConfig(), audited(MedGemma(served), open_store(":memory:")))  # type: ignore[arg-type]
     with serve_in_thread(app) as base:
         model = MedGemma.load(SCRIPTED_ID, engine="remote", base_url=base)
         assert model.variant is not None and model.variant.key == "4b-it"
@@ -118,7 +118,7 @@ def test_remote_gives_the_local_greedy_tokens(tiny_vlm_checkpoint: Path) -> None
     try:
         image = Image.new("RGB", (64, 64), (120, 120, 120))
         expected = local.ask("Describe this X-ray", images=[image], max_new_tokens=10)
-        with serve_in_thread(create_app(ServerConfig(), local, store=open_store(":memory:"))) as base:
+        with serve_in_thread(create_app(ServerConfig(), audited(local, open_store(":memory:")))) as base:
             remote = MedGemma.load("medgem-test-vlm", engine="remote", base_url=base + "/v1")
             got = remote.ask("Describe this X-ray", images=[image], max_new_tokens=10)
     finally:

@@ -11,8 +11,8 @@ import httpx
 from medgem.audit import open_store
 from medgem.server.app import create_app
 from medgem.server.auth import KeyStore
-from medgem.server.config import ServerConfig
-from test_server_helpers import SCRIPTED_ID, scripted_model, serve_in_thread
+from medgem.server.server_config import ServerConfig
+from test_server_helpers import SCRIPTED_ID, audited, scripted_model, serve_in_thread
 
 BODY = {"model": SCRIPTED_ID, "messages": [{"role": "user", "content": "Any effusion?"}]}
 
@@ -26,7 +26,7 @@ def test_keys_see_their_own_records_and_auditors_see_all(tmp_path: Path) -> None
     alice, bob, carol = keys.add("alice"), keys.add("bob"), keys.add("carol", "auditor")
     store = open_store(tmp_path / "audit.sqlite")
     config = ServerConfig(api_key_file=tmp_path / "keys.json")
-    with serve_in_thread(create_app(config, scripted_model(), store=store)) as base:
+    with serve_in_thread(create_app(config, audited(scripted_model(), store))) as base:
         record_id = httpx.post(base + "/v1/chat/completions", json=BODY, headers=_as(alice)).json()["id"]
         url = f"{base}/api/records/{record_id}"
         assert httpx.get(url, headers=_as(alice)).status_code == 200
@@ -49,7 +49,7 @@ def test_a_broken_key_file_is_a_503_without_its_path(tmp_path: Path) -> None:
     keys = KeyStore(key_file)
     alice = keys.add("alice")
     config = ServerConfig(api_key_file=key_file)
-    with serve_in_thread(create_app(config, scripted_model(), store=open_store(":memory:"))) as base:
+    with serve_in_thread(create_app(config, audited(scripted_model(), open_store(":memory:")))) as base:
         key_file.write_text("{ not json")
         response = httpx.post(base + "/v1/chat/completions", json=BODY, headers=_as(alice))
         assert response.status_code == 503 and response.json()["error"]["code"] == "auth_unavailable"

@@ -14,8 +14,8 @@ from medgem.audit import AuditStore, open_store, sha256_hex
 from medgem.errors import InputError
 from medgem.server.app import create_app
 from medgem.server.auth import KeyStore
-from medgem.server.config import ServerConfig
-from test_server_helpers import SCRIPTED_ID, png_data_url, scripted_model, serve_in_thread
+from medgem.server.server_config import ServerConfig
+from test_server_helpers import SCRIPTED_ID, audited, png_data_url, scripted_model, serve_in_thread
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def allowed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(tmp_path_factory: pytest.TempPathFactory, allowed: Path) -> Iterator[tuple[str, AuditStore]]:
     store = open_store(tmp_path_factory.mktemp("audit") / "audit.sqlite")
     config = ServerConfig(max_images=2, max_new_tokens=1000, allowed_dirs=(allowed,), max_body_bytes=2_000_000)
-    with serve_in_thread(create_app(config, scripted_model(), store=store)) as base:
+    with serve_in_thread(create_app(config, audited(scripted_model(), store))) as base:
         yield base, store
 
 
@@ -182,7 +182,7 @@ def test_api_keys_are_required_named_and_revocable(tmp_path: Path) -> None:
     assert alice.startswith("mg-") and alice not in (tmp_path / "keys.json").read_text()
     store = open_store(":memory:")
     config = ServerConfig(api_key_file=tmp_path / "keys.json")
-    with serve_in_thread(create_app(config, scripted_model(), store=store)) as base:
+    with serve_in_thread(create_app(config, audited(scripted_model(), store))) as base:
         body = {"model": SCRIPTED_ID, "messages": [{"role": "user", "content": "hi"}]}
         assert httpx.post(base + "/v1/chat/completions", json=body).json()["error"]["code"] == "invalid_api_key"
         wrong = httpx.post(base + "/v1/chat/completions", json=body, headers={"Authorization": "Bearer mg-nope"})
@@ -201,16 +201,15 @@ def test_api_keys_are_required_named_and_revocable(tmp_path: Path) -> None:
 
 def test_binding_beyond_loopback_needs_keys(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="API keys"):
-        create_app(ServerConfig(host="0.0.0.0"), scripted_model(), store=open_store(":memory:"))
+        create_app(ServerConfig(host="0.0.0.0"), audited(scripted_model(), open_store(":memory:")))
     KeyStore(tmp_path / "keys.json").add("ops")
-    app = create_app(ServerConfig(host="0.0.0.0", api_key_file=tmp_path / "keys.json"), scripted_model(),
-                     store=open_store(":memory:"))
+    app = create_app(ServerConfig(host="0.0.0.0", api_key_file=tmp_path / "keys.json"), audited(scripted_model(), open_store(":memory:")))
     assert app.state.serving.keys is not None
 
 
 def test_cors_is_opt_in() -> None:
     config = ServerConfig(cors_origins=("http://ris.local",))
-    with serve_in_thread(create_app(config, scripted_model(), store=open_store(":memory:"))) as base:
+    with serve_in_thread(create_app(config, audited(scripted_model(), open_store(":memory:")))) as base:
         allowed = httpx.options(base + "/v1/chat/completions", headers={
             "Origin": "http://ris.local", "Access-Control-Request-Method": "POST"})
         assert allowed.headers["access-control-allow-origin"] == "http://ris.local"
@@ -227,7 +226,7 @@ def test_log_prompts_keeps_text_and_deidentified_dicom(tmp_path: Path) -> None:
     assert b"CompressedSamples" in dicom  # the test file's patient name
     store = open_store(tmp_path / "audit.sqlite")
     config = ServerConfig(log_prompts=True)
-    with serve_in_thread(create_app(config, scripted_model(), store=store)) as base:
+    with serve_in_thread(create_app(config, audited(scripted_model(), store))) as base:
         client = openai.OpenAI(base_url=base + "/v1", api_key="x", max_retries=0)
         url = "data:application/dicom;base64," + base64.b64encode(dicom).decode()
         completion = client.chat.completions.create(model=SCRIPTED_ID, messages=_image_message("Any bleed?", url))  # type: ignore[arg-type]

@@ -24,8 +24,8 @@ from medgem.api import MedGemma
 from medgem.audit import AuditStore, open_store
 from medgem.errors import ClientDisconnectedError
 from medgem.server.app import create_app
-from medgem.server.config import ServerConfig
-from test_server_helpers import serve_in_thread
+from medgem.server.server_config import ServerConfig
+from test_server_helpers import audited, serve_in_thread
 
 MODEL = "medgem-test-vlm"
 
@@ -102,7 +102,7 @@ def _probe_while_running(base: str, max_tokens: int) -> tuple[int, float]:
 
 
 def test_retry_after_grows_with_the_measured_service_time(vlm: MedGemma) -> None:
-    app = create_app(ServerConfig(max_queue=0, max_new_tokens=2000), vlm, store=open_store(":memory:"))
+    app = create_app(ServerConfig(max_queue=0, max_new_tokens=2000), audited(vlm, open_store(":memory:")))
     with serve_in_thread(app) as base:
         # ~4 s on a quiet 2-core machine: long enough that the old estimate (an average that
         # started at 1 s and moved a fifth of the way) fell short of the measured time.
@@ -115,7 +115,7 @@ def test_retry_after_grows_with_the_measured_service_time(vlm: MedGemma) -> None
 
 
 def test_previews_run_in_a_bounded_pool_and_the_rest_get_429(vlm: MedGemma) -> None:
-    app = create_app(ServerConfig(max_previews=2), vlm, store=open_store(":memory:"))
+    app = create_app(ServerConfig(max_previews=2), audited(vlm, open_store(":memory:")))
     body = json.dumps({"image": _png_url(2048)}).encode()
     with serve_in_thread(app) as base:
         # Two previews under way (their uploads half sent); two more arrive meanwhile.
@@ -156,7 +156,7 @@ def _wait_for_record(store: AuditStore, timeout: float = 120) -> list[Any]:
 def test_a_client_that_leaves_while_its_images_are_read_never_reaches_the_model(
         vlm: MedGemma, tmp_path: Path) -> None:
     store = open_store(tmp_path / "audit.sqlite")
-    app = create_app(ServerConfig(), vlm, store=store)
+    app = create_app(ServerConfig(), audited(vlm, store))
     image = {"type": "image_url", "image_url": {"url": _png_url(4096)}}  # ~0.3 s each to read
     body = json.dumps({"model": MODEL, "max_tokens": 200, "messages": [
         {"role": "user", "content": [image] * 8 + [{"type": "text", "text": "Compare them."}]}]}).encode()
@@ -196,7 +196,7 @@ def test_a_base_gguf_is_not_served_as_a_thinking_medgemma(llamacpp_runs: None) -
 
     model = MedGemma.load(demo_gguf_path(), engine="llamacpp", n_ctx=512, audit=False, progress=False)
     try:
-        with serve_in_thread(create_app(ServerConfig(), model, store=open_store(":memory:"))) as base:
+        with serve_in_thread(create_app(ServerConfig(), audited(model, open_store(":memory:")))) as base:
             card = httpx.get(base + "/v1/models").json()["data"][0]["medgem"]
             answer = httpx.post(base + "/v1/chat/completions", timeout=120, json={
                 "model": card["id"], "max_tokens": 4,

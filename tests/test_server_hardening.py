@@ -10,8 +10,8 @@ import pytest
 
 from medgem.audit import open_store
 from medgem.server.app import create_app
-from medgem.server.config import ServerConfig
-from test_server_helpers import SCRIPTED_ID, scripted_model, serve_in_thread
+from medgem.server.server_config import ServerConfig
+from test_server_helpers import SCRIPTED_ID, audited, scripted_model, serve_in_thread
 
 HI = [{"role": "user", "content": "hi"}]
 IMAGE = [{"role": "user", "content": [{"type": "image_url",
@@ -32,7 +32,7 @@ def _raw(body: dict[str, object]) -> bytes:
 @pytest.mark.parametrize("where", list(BODIES))
 def test_a_lone_surrogate_is_a_400_that_is_audited(where: str, tmp_path: Path) -> None:
     store = open_store(tmp_path / "audit.sqlite")
-    with serve_in_thread(create_app(ServerConfig(), scripted_model(), store=store)) as base:
+    with serve_in_thread(create_app(ServerConfig(), audited(scripted_model(), store))) as base:
         response = httpx.post(base + "/v1/chat/completions", content=_raw(BODIES[where]),
                               headers={"content-type": "application/json"})
         assert response.status_code == 400, response.text
@@ -51,7 +51,7 @@ def test_a_lone_surrogate_is_a_400_that_is_audited(where: str, tmp_path: Path) -
 
 def test_logprobs_is_refused_not_silently_null(tmp_path: Path) -> None:
     store = open_store(tmp_path / "audit.sqlite")
-    with serve_in_thread(create_app(ServerConfig(), scripted_model(), store=store)) as base:
+    with serve_in_thread(create_app(ServerConfig(), audited(scripted_model(), store))) as base:
         response = httpx.post(base + "/v1/chat/completions", json={
             "model": SCRIPTED_ID, "messages": HI, "logprobs": True})
         assert response.status_code == 400

@@ -22,6 +22,8 @@ from pathlib import Path
 import httpx
 
 from medgem.api import MedGemma
+from medgem.audit import AuditStore, open_store
+from medgem.audit.trail import AuditTrail
 from medgem.engines.base import (
     Capabilities,
     EngineEvent,
@@ -106,6 +108,12 @@ def scripted_model(**kwargs: object) -> MedGemma:
     return MedGemma(ScriptedEngine(**kwargs))  # type: ignore[arg-type]
 
 
+def audited(model: MedGemma, store: AuditStore) -> MedGemma:
+    """The model, writing its answers' records to ``store`` (a server reads its model's store)."""
+    model.audit = AuditTrail(store, surface="server")
+    return model
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -182,7 +190,7 @@ def main() -> None:
     import uvicorn
 
     from medgem.server.app import create_app
-    from medgem.server.config import ServerConfig
+    from medgem.server.server_config import ServerConfig
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
@@ -191,10 +199,10 @@ def main() -> None:
     parser.add_argument("--max-queue", type=int, default=64)
     parser.add_argument("--words", type=int, default=0)
     args = parser.parse_args()
-    config = ServerConfig(port=args.port, audit_path=args.audit, max_queue=args.max_queue, drain_timeout_s=30)
+    config = ServerConfig(port=args.port, max_queue=args.max_queue, drain_timeout_s=30)
     reply = " ".join(f"word{i}" for i in range(args.words)) if args.words else None
     model = scripted_model(delay=args.delay, **({"reply": reply} if reply else {}))
-    app = create_app(config, model)
+    app = create_app(config, audited(model, open_store(args.audit)))
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", timeout_graceful_shutdown=30)
 
 

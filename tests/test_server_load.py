@@ -15,8 +15,14 @@ import pytest
 from medgem.api import MedGemma
 from medgem.audit import open_store
 from medgem.server.app import create_app
-from medgem.server.config import ServerConfig
-from test_server_helpers import SCRIPTED_ID, ScriptedEngine, serve_in_process, serve_in_thread
+from medgem.server.server_config import ServerConfig
+from test_server_helpers import (
+    SCRIPTED_ID,
+    ScriptedEngine,
+    audited,
+    serve_in_process,
+    serve_in_thread,
+)
 
 LONG = " ".join(f"word{i}" for i in range(200))  # 200 tokens of scripted answer
 
@@ -44,7 +50,7 @@ def _stream(base: str, results: list[tuple[int, str | None]], timeout: float = 6
 def test_full_queue_answers_429_with_retry_after() -> None:
     engine = ScriptedEngine(LONG, delay=0.01)
     store = open_store(":memory:")
-    app = create_app(ServerConfig(max_queue=1), MedGemma(engine), store=store)  # type: ignore[arg-type]
+    app = create_app(ServerConfig(max_queue=1), audited(MedGemma(engine), store))  # type: ignore[arg-type]
     with serve_in_thread(app) as base:
         results: list[tuple[int, str | None]] = []
         threads = [threading.Thread(target=_stream, args=(base, results)) for _ in range(2)]
@@ -64,7 +70,7 @@ def test_full_queue_answers_429_with_retry_after() -> None:
 def test_disconnecting_mid_stream_frees_the_engine() -> None:
     engine = ScriptedEngine(LONG, delay=0.05)  # 10 s if nobody stops it
     store = open_store(":memory:")
-    app = create_app(ServerConfig(), MedGemma(engine), store=store)  # type: ignore[arg-type]
+    app = create_app(ServerConfig(), audited(MedGemma(engine), store))  # type: ignore[arg-type]
     with serve_in_thread(app) as base:
         started = time.monotonic()
         with httpx.stream("POST", base + "/v1/chat/completions", json=_body(True)) as response:
@@ -86,8 +92,9 @@ def test_disconnecting_mid_stream_frees_the_engine() -> None:
 
 def test_disconnecting_while_queued_never_runs_the_request() -> None:
     engine = ScriptedEngine(LONG, delay=0.01)
-    app = create_app(ServerConfig(max_queue=4), MedGemma(engine), store=open_store(":memory:"))  # type: ignore[arg-type]
+    app = create_app(ServerConfig(max_queue=4), audited(MedGemma(engine), open_store(":memory:")))  # type: ignore[arg-type]
     with serve_in_thread(app) as base:
+        warm_up = engine.calls  # the server's own request at start-up
         results: list[tuple[int, str | None]] = []
         first = threading.Thread(target=_stream, args=(base, results))
         first.start()
@@ -96,7 +103,7 @@ def test_disconnecting_while_queued_never_runs_the_request() -> None:
             httpx.post(base + "/v1/chat/completions", json=_body(), timeout=0.5)
         first.join()
         time.sleep(1.0)
-        assert engine.calls == 1  # the abandoned request was dropped, not run
+        assert engine.calls == warm_up + 1  # the abandoned request was dropped, not run
 
 
 def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
@@ -164,3 +171,16 @@ def test_sigkill_mid_load_loses_no_acknowledged_record(tmp_path: Path) -> None:
     missing = [record_id for record_id in acknowledged if store.get(record_id) is None]
     assert missing == []
     assert store.verify().ok
+
+
+def test_a_warm_up_runs_before_serving_and_leaves_no_trace() -> None:
+    engine = ScriptedEngine()
+    store = open_store(":memory:")
+    app = create_app(ServerConfig(), audited(MedGemma(engine), store))  # type: ignore[arg-type]
+    assert app.state.serving.health().status == "warming" and engine.calls == 0
+    with serve_in_thread(app) as base:
+        assert engine.calls == 1  # one tiny request, before the first user's
+        assert httpx.get(base + "/healthz").json()["status"] == "ok"
+        metrics = httpx.get(base + "/metrics").text
+    assert store.count() == 0  # nobody's request: no audit record
+    assert "medgem_requests_total{" not in metrics and 'medgem_tokens_total{kind="completion"} 0.0' in metrics

@@ -15,8 +15,8 @@ import pytest
 from medgem.api import MedGemma
 from medgem.audit import open_store
 from medgem.server.app import create_app
-from medgem.server.config import ServerConfig
-from test_server_helpers import serve_in_thread
+from medgem.server.server_config import ServerConfig
+from test_server_helpers import audited, serve_in_thread
 
 schemathesis = pytest.importorskip("schemathesis")
 hypothesis = pytest.importorskip("hypothesis")
@@ -32,7 +32,7 @@ def base(tiny_vlm_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) ->
     # Short answers keep the fuzzing quick; a longer max_tokens is a documented 400.
     config = ServerConfig(max_new_tokens=8)
     try:
-        with serve_in_thread(create_app(config, model, store=store)) as url:
+        with serve_in_thread(create_app(config, audited(model, store))) as url:
             yield url
     finally:
         model.close()

@@ -14,14 +14,14 @@ import pytest
 
 from medgem.audit import AuditStore, open_store
 from medgem.server.app import create_app
-from medgem.server.config import ServerConfig
-from test_server_helpers import SCRIPTED_ID, png_data_url, scripted_model, serve_in_thread
+from medgem.server.server_config import ServerConfig
+from test_server_helpers import SCRIPTED_ID, audited, png_data_url, scripted_model, serve_in_thread
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, AuditStore]]:
     store = open_store(tmp_path_factory.mktemp("audit") / "audit.sqlite")
-    with serve_in_thread(create_app(ServerConfig(), scripted_model(), store=store)) as base:
+    with serve_in_thread(create_app(ServerConfig(), audited(scripted_model(), store))) as base:
         yield base, store
 
 

@@ -19,8 +19,8 @@ import pytest
 from medgem.api import MedGemma
 from medgem.audit import AuditStore, open_store
 from medgem.server.app import create_app
-from medgem.server.config import ServerConfig
-from test_server_helpers import free_port, png_data_url, serve_in_thread, wait_healthy
+from medgem.server.server_config import ServerConfig
+from test_server_helpers import audited, free_port, png_data_url, serve_in_thread, wait_healthy
 
 QUESTION = "Describe this chest X-ray."
 
@@ -35,7 +35,7 @@ def vlm(tiny_vlm_checkpoint: Path) -> Iterator[MedGemma]:
 @pytest.fixture(scope="module")
 def server(vlm: MedGemma, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, AuditStore]]:
     store = open_store(tmp_path_factory.mktemp("audit") / "audit.sqlite")
-    with serve_in_thread(create_app(ServerConfig(), vlm, store=store)) as base:
+    with serve_in_thread(create_app(ServerConfig(), audited(vlm, store))) as base:
         yield base, store
 
 
@@ -92,7 +92,7 @@ def test_image_over_http_streaming_and_not(client: openai.OpenAI, server: tuple[
 def test_images_to_a_text_model_are_refused(tiny_text_checkpoint: Path) -> None:
     model = MedGemma.load(tiny_text_checkpoint, engine="hf", device="cpu", progress=False)
     try:
-        with serve_in_thread(create_app(ServerConfig(), model, store=open_store(":memory:"))) as base:
+        with serve_in_thread(create_app(ServerConfig(), audited(model, open_store(":memory:")))) as base:
             client = openai.OpenAI(base_url=base + "/v1", api_key="local", max_retries=0)
             with pytest.raises(openai.BadRequestError, match="text-only"):
                 client.chat.completions.create(model="medgem-test-text", messages=_image_message(png_data_url()))  # type: ignore[arg-type]

@@ -17,8 +17,8 @@ from medgem.api import MedGemma
 from medgem.audit import AuditStore, open_store
 from medgem.request.variants import find_variant
 from medgem.server.app import create_app
-from medgem.server.config import ServerConfig
-from test_server_helpers import ScriptedEngine, serve_in_thread
+from medgem.server.server_config import ServerConfig
+from test_server_helpers import ScriptedEngine, audited, serve_in_thread
 
 pytestmark = pytest.mark.browser
 CHROMIUM = "/usr/bin/chromium"
@@ -107,7 +107,7 @@ def test_page_with_the_real_tiny_model(browser: object, tiny_vlm_checkpoint: Pat
     model = MedGemma.load(tiny_vlm_checkpoint, engine="hf", device="cpu", progress=False)
     store = open_store(":memory:")
     try:
-        with serve_in_thread(create_app(ServerConfig(), model, store=store)) as base:
+        with serve_in_thread(create_app(ServerConfig(), audited(model, store))) as base:
             page = _page(browser, base)
             assert "TEST MODEL" in page.inner_text("#demo-label")  # type: ignore[attr-defined]
             page.fill("#max-tokens", "12")  # type: ignore[attr-defined]
@@ -124,7 +124,7 @@ def test_page_streams_shows_reasoning_and_keeps_the_caveat_visible(browser: obje
     store = open_store(":memory:")
     engine = ScriptedEngine(REPLY, thought=THOUGHT, delay=0.08)
     model = MedGemma(engine, variant=find_variant("1.5-4b-it"))  # type: ignore[arg-type]  # a thinking variant
-    with serve_in_thread(create_app(ServerConfig(), model, store=store)) as base:
+    with serve_in_thread(create_app(ServerConfig(), audited(model, store))) as base:
         page = _page(browser, base)
         caveat = page.locator("#caveat")  # type: ignore[attr-defined]
         assert caveat.is_visible() and "must not directly inform diagnosis" in caveat.inner_text()
@@ -162,7 +162,7 @@ def test_page_shows_errors_and_asks_for_a_key(browser: object, tmp_path: Path) -
 
     KeyStore(tmp_path / "keys.json").add("ward")
     config = ServerConfig(api_key_file=tmp_path / "keys.json")
-    with serve_in_thread(create_app(config, MedGemma(ScriptedEngine()), store=open_store(":memory:"))) as base:  # type: ignore[arg-type]
+    with serve_in_thread(create_app(config, audited(MedGemma(ScriptedEngine()), open_store(":memory:")))) as base:  # type: ignore[arg-type]
         page = _page(browser, base)
         assert page.locator("#apikey").is_visible()  # type: ignore[attr-defined]
         page.fill("#question", "Hello?")  # type: ignore[attr-defined]
@@ -177,7 +177,7 @@ def test_with_keys_the_page_shows_the_model_only_after_a_key(browser: object, tm
 
     key = KeyStore(tmp_path / "keys.json").add("ward")
     config = ServerConfig(api_key_file=tmp_path / "keys.json")
-    with serve_in_thread(create_app(config, MedGemma(ScriptedEngine()), store=open_store(":memory:"))) as base:  # type: ignore[arg-type]
+    with serve_in_thread(create_app(config, audited(MedGemma(ScriptedEngine()), open_store(":memory:")))) as base:  # type: ignore[arg-type]
         page = _page(browser, base)
         assert page.inner_text("#model-name") == "enter an API key"  # type: ignore[attr-defined]
         page.fill("#apikey", key)  # type: ignore[attr-defined]

@@ -11,8 +11,8 @@ import pytest
 from medgem.api import MedGemma
 from medgem.audit import open_store
 from medgem.server.app import create_app
-from medgem.server.config import ServerConfig
-from test_server_helpers import ScriptedEngine, serve_in_thread
+from medgem.server.server_config import ServerConfig
+from test_server_helpers import ScriptedEngine, audited, serve_in_thread
 from test_web_page import ARTIFACTS, REPLY, _page, browser, xray_png  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.browser
@@ -23,7 +23,7 @@ def test_a_non_image_upload_is_named_and_clears_the_last_answer(
     notes = tmp_path / "ward-notes.jsonl"
     notes.write_text('{"question": "Is this pneumonia?"}\n')
     engine = ScriptedEngine(REPLY)
-    with serve_in_thread(create_app(ServerConfig(), MedGemma(engine), store=open_store(":memory:"))) as base:  # type: ignore[arg-type]
+    with serve_in_thread(create_app(ServerConfig(), audited(MedGemma(engine), open_store(":memory:")))) as base:  # type: ignore[arg-type]
         page: object = _page(browser, base)
         p: object = page
         p.set_input_files("#file", str(xray_png))  # type: ignore[attr-defined]

@@ -19,8 +19,8 @@ import pytest
 from medgem.audit import AuditStore, open_store
 from medgem.errors import ImageInputError
 from medgem.server.app import create_app
-from medgem.server.config import ServerConfig
-from test_server_helpers import png_data_url, scripted_model, serve_in_thread
+from medgem.server.server_config import ServerConfig
+from test_server_helpers import audited, png_data_url, scripted_model, serve_in_thread
 
 pytest.importorskip("openslide")
 pytest.importorskip("pypdfium2")
@@ -46,7 +46,7 @@ def server(tmp_path_factory: pytest.TempPathFactory,
     db = tmp_path_factory.mktemp("audit") / "audit.sqlite"
     store = open_store(db)
     config = ServerConfig(log_prompts=True, allowed_dirs=(allowed,))  # riskiest: inputs are kept
-    with serve_in_thread(create_app(config, scripted_model(context_length=8192), store=store)) as base:
+    with serve_in_thread(create_app(config, audited(scripted_model(context_length=8192), store))) as base:
         yield base, store, db
 
 

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from medgem.audit import default_audit_path
     from medgem.server.app import create_app
     from medgem.server.auth import default_key_file
-    from medgem.server.config import ServerConfig
+    from medgem.server.server_config import ServerConfig
 
     key_file = args.api_key_file
     if key_file is None and default_key_file().exists():
@@ -59,19 +59,19 @@ def run(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, model_name=args.served_name, max_queue=args.max_queue,
         max_body_bytes=args.max_body_mb * 1024 * 1024, max_images=args.max_images,
         allowed_dirs=tuple(p.expanduser().resolve() for p in args.allow_dir), api_key_file=key_file,
-        audit_path=Path(args.audit_db) if args.audit_db else default_audit_path(),
         log_prompts=args.log_prompts, cors_origins=tuple(args.cors_origin),
         drain_timeout_s=args.drain_timeout, max_previews=args.max_previews,
         imaging=imaging_from_args(args),
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    model = load_model(args, audit=False)  # the server's own store: see Serving
+    model = load_model(args)  # it writes each answer's record to --audit-db (or the default store)
+    audit = args.audit_db or default_audit_path()
     state: Path | None = None
     try:
         app = create_app(config, model)
         state = _announce(args, config.host, config.port, app.state.serving, model)
         print(f"medgem: serving {app.state.serving.served_name} on http://{config.host}:{config.port} "
-              f"(audit: {config.audit_path}{', keys required' if app.state.serving.keys else ''})", file=sys.stderr)
+              f"(audit: {audit}{', keys required' if app.state.serving.keys else ''})", file=sys.stderr)
         # access_log off: URLs and client addresses only, but prompts must never reach logs.
         uvicorn.run(app, host=config.host, port=config.port, log_level="info", access_log=False,
                     timeout_graceful_shutdown=int(config.drain_timeout_s))

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from medgem.server.errors import BusyError
+from medgem.server.http_errors import BusyError
 
 MAX_RETRY_AFTER_S = 600
 

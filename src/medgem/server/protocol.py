@@ -9,13 +9,49 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from medgem.request import GenerationOptions
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class _Body(_Strict):
+    """A whole request body: besides the fields, every string must be encodable text."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _encodable(cls, data: Any) -> Any:
+        where = _lone_surrogate(data, "")
+        if where is not None:
+            raise PydanticCustomError("invalid_unicode", "a lone UTF-16 surrogate at {where}", {"where": where})
+        return data
+
+
+def _lone_surrogate(value: Any, path: str) -> str | None:
+    """The JSON path of the first string (key or value) that is not encodable text, or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if _lone_surrogate(key, path) is not None:
+                return path
+            found = _lone_surrogate(item, f"{path}.{key}" if path else str(key))
+            if found is not None:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _lone_surrogate(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
 
 
 # --- chat completions: request -------------------------------------------------------------
@@ -52,7 +88,7 @@ class StreamOptions(_Strict):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(_Strict):
+class ChatCompletionRequest(_Body):
     """``POST /v1/chat/completions``. ``think`` is medgem's: ask a thinking model to think."""
 
     model: str
@@ -201,9 +237,9 @@ class ErrorBody(BaseModel):
 
 
 class Health(BaseModel):
-    """``GET /healthz``: 200 while serving, 503 while draining."""
+    """``GET /healthz``: 200 while serving; 503 while warming up or draining."""
 
-    status: Literal["ok", "draining"]
+    status: Literal["ok", "warming", "draining"]
     model: str
     waiting: int
     busy: bool
@@ -214,7 +250,7 @@ class Health(BaseModel):
 # --- the web page's own endpoints ------------------------------------------------------------
 
 
-class AskRequest(_Strict):
+class AskRequest(_Body):
     """``POST /api/ask``: one question, optionally about one upload (image, DICOM, zip)."""
 
     question: str = Field(min_length=1, max_length=20000)
@@ -234,7 +270,7 @@ def _stops(stop: str | list[str] | None) -> tuple[str, ...]:
     return (stop,) if isinstance(stop, str) else tuple(stop or ())
 
 
-class PreviewRequest(_Strict):
+class PreviewRequest(_Body):
     """``POST /api/preview``: the images the model would see for an upload."""
 
     image: str
@@ -283,7 +319,7 @@ class Record(BaseModel):
     reviews: list[Record] | None = None
 
 
-class ReviewRequest(_Strict):
+class ReviewRequest(_Body):
     """``POST /api/reviews``: a clinician's verdict on an answer."""
 
     record_id: str = Field(min_length=1, max_length=200)

@@ -25,7 +25,6 @@ class ServerConfig:
         max_new_tokens: the largest ``max_tokens`` a client may ask for.
         allowed_dirs: folders a request may name files from; empty forbids local files.
         api_key_file: the named, hashed key store; None means no keys (loopback only).
-        audit_path: the SQLite audit database; None keeps an in-memory store (tests only).
         log_prompts: also store prompt text and (de-identified) inputs in the audit store.
         cors_origins: origins allowed cross-site; empty turns CORS off.
         max_previews: /api/preview requests decoding uploads at once; one more is a 429.
@@ -44,7 +43,6 @@ class ServerConfig:
     max_new_tokens: int = MAX_OUTPUT_TOKENS
     allowed_dirs: tuple[Path, ...] = ()
     api_key_file: Path | None = None
-    audit_path: Path | None = None
     log_prompts: bool = False
     cors_origins: tuple[str, ...] = ()
     max_previews: int = 2

@@ -1,0 +1,81 @@
+"""HTTP-side errors and their OpenAI-style bodies: ``{"error": {message, type, param, code}}``.
+
+:func:`as_api_error` is the one mapping from what can go wrong before or inside a handler
+(FastAPI's body validation, the body-size limit, medgem's own errors) to the error answered.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import JSONResponse
+
+from medgem.errors import ApiError, ClientDisconnectedError, MedgemError, QueueFullError, error_body
+
+MIB = 1024 * 1024
+
+
+class BusyError(ApiError):
+    """A 429 with a Retry-After: a bounded pool (such as the previews') is full."""
+
+    def __init__(self, message: str, retry_after: int, *, code: str) -> None:
+        super().__init__(429, message, f"retry after {retry_after} s", code=code)
+        self.retry_after = retry_after
+
+
+class BodyTooLarge(HTTPException):
+    """Raised while a body is received past the limit (an HTTPException, so FastAPI's body
+    reading lets it through to the exception handler)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is over the {limit // MIB} MiB limit")
+
+
+def as_api_error(exc: Exception) -> Exception:
+    """The error to answer with: validation and body problems as 4xx ApiErrors, medgem's
+    errors as they are; anything else stays itself (a 500)."""
+    if isinstance(exc, MedgemError):
+        return exc
+    if isinstance(exc, RequestValidationError):
+        return request_validation_error(exc.errors())
+    if isinstance(exc, BodyTooLarge):
+        return ApiError(413, str(exc.detail), "send smaller or fewer images", code="request_too_large")
+    if isinstance(exc, HTTPException) and isinstance(exc.__cause__, ClientDisconnect):
+        return ClientDisconnectedError("the client disconnected while sending its body")
+    if isinstance(exc, HTTPException) and exc.status_code == 400:  # FastAPI could not decode the body
+        return ApiError(400, "the body is not valid JSON (or not UTF-8)", "send a JSON object",
+                        code="invalid_json")
+    if isinstance(exc, HTTPException):
+        return ApiError(exc.status_code, str(exc.detail))
+    return exc
+
+
+def request_validation_error(errors: Any) -> ApiError:
+    """The first problem of a body, named by its JSON path."""
+    first = errors[0]
+    kind = first.get("type")
+    loc = tuple(first.get("loc", ()))
+    if kind == "json_invalid":
+        detail = (first.get("ctx") or {}).get("error", "")
+        return ApiError(400, f"the body is not valid JSON ({detail})", "send a JSON object", code="invalid_json")
+    if loc == ("body",) and kind in ("missing", "model_attributes_type", "dict_type", "model_type"):
+        return ApiError(400, "the body must be a JSON object", "send a JSON object", code="invalid_json")
+    if kind == "invalid_unicode":  # JSON allows "\ud800"; nothing downstream can encode it
+        where = (first.get("ctx") or {}).get("where") or None
+        return ApiError(400, f"{where or 'the body'} holds a lone UTF-16 surrogate, which is not text",
+                        "send valid Unicode (surrogates only in pairs)", code="invalid_unicode", param=where)
+    param = ".".join(str(p) for p in loc[1:] if loc and loc[0] == "body") or None
+    message = "unknown field" if kind == "extra_forbidden" else str(first.get("msg", "invalid value"))
+    where = f"'{param}': " if param else ""
+    return ApiError(400, f"{where}{message}", "check the request against the API", code="invalid_value", param=param)
+
+
+def error_response(exc: BaseException) -> JSONResponse:
+    status, body = error_body(exc)
+    headers = {}
+    if isinstance(exc, (QueueFullError, BusyError)):
+        headers["Retry-After"] = str(exc.retry_after)
+    return JSONResponse(body, status_code=status, headers=headers)
