@@ -10,12 +10,11 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
-from medgem.api import MedGemma
+from medgem.api import MedGemma, imaging_options
 from medgem.errors import ImageInputError
-from medgem.inputs import ImagingOptions, LoadedImages, decode_data_url, images_from_bytes
+from medgem.inputs import ImagingOptions, Inputs, Upload, decode_data_url, read_inputs
 from medgem.request import Request
 from medgem.request.compose import request_for_inputs
 from medgem.server import protocol as p
@@ -29,17 +28,17 @@ _UPLOAD_TYPES = frozenset({"application/dicom", "application/zip", "application/
 
 def reading_options(config: ServerConfig, cancelled: Callable[[], bool] | None = None) -> ImagingOptions:
     """The server's reading limits; ``cancelled`` (a client that left) stops the reading."""
-    return config.imaging if cancelled is None else replace(config.imaging, cancelled=cancelled)
+    return imaging_options(config.imaging, cancelled=cancelled)
 
 
-def read_upload(url: str, name: str | None, options: ImagingOptions) -> LoadedImages:
+def read_upload(url: str, name: str | None, options: ImagingOptions) -> Inputs:
     """The upload's images; messages name the file as the user knows it (``name``)."""
     data, mime = decode_data_url(url)
     shown = name or "the upload"
     if mime and not (mime.startswith("image/") or mime in _UPLOAD_TYPES):
         raise ImageInputError(f"{shown} is a '{mime}' file: that type is not supported",
                               "attach a PNG, JPEG, DICOM or a zipped DICOM series")
-    loaded = images_from_bytes(data, mime, name=name or "upload", options=options)
+    loaded = read_inputs([Upload(data, mime, name or "upload")], options)
     if not loaded.images:
         raise ImageInputError(f"{shown} holds no image", "attach a PNG, JPEG, DICOM or a zipped DICOM series")
     return loaded
@@ -50,8 +49,8 @@ def ask_request(body: p.AskRequest, model: MedGemma, config: ServerConfig,
     """The Request for the page's question about its upload (if any)."""
     options = body.generation_options()  # a bad stop string is refused before any reading
     loaded = (read_upload(body.image, body.name, reading_options(config, cancelled))
-              if body.image is not None else LoadedImages())
-    alone = loaded.volume_modality is not None or loaded.layout is not None
+              if body.image is not None else Inputs())
+    alone = loaded.layout != "images"  # a volume or a slide is one input, however many images
     if not alone and len(loaded.images) > config.max_images:
         raise ImageInputError(f"{len(loaded.images)} images sent, the limit is {config.max_images}")
     return request_for_inputs(body.question, loaded, system=body.system, chat=model.chat_model,
