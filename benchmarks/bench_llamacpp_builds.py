@@ -40,7 +40,7 @@ NATIVE = "-DGGML_NATIVE=ON"
 
 def child(folder: Path, new_tokens: int) -> dict[str, Any]:
     from medgem.engines import EngineOptions, load_engine
-    from medgem.engines.llamacpp_native import cpu_variants, kernel_features, use_extra_buffers
+    from medgem.engines.llamacpp.native import cpu_variants, kernel_features, use_extra_buffers
     from medgem.resolve import resolve_checkpoint
 
     began = time.perf_counter()

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("llamacpp_runs")
 MODEL = "gemma-3-270m"
 SERVER = """
 import runpy, sys
-from medgem.engines.llamacpp_native import import_llama_cpp
+from medgem.engines.llamacpp.native import import_llama_cpp
 import_llama_cpp()
 sys.argv = ["llama_cpp.server", *sys.argv[1:]]
 runpy.run_module("llama_cpp.server", run_name="__main__")

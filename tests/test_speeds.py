@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from medgem.engines import speeds
+from medgem.engines.llamacpp import speeds
 
 
 def test_figures_are_the_median_of_the_last_runs(tmp_path: Path) -> None:

@@ -214,7 +214,7 @@ def test_llama_cpp_refuses_a_gguf_that_is_not_a_lora(cue_run: Any, tmp_path: Pat
                                                      tiny_text_checkpoint: Path) -> None:
     pytest.importorskip("llama_cpp")
     from medgem.engines.gguf.convert import convert_checkpoint
-    from medgem.engines.llamacpp_lora import read_lora_header
+    from medgem.engines.llamacpp.lora import read_lora_header
     from medgem.errors import AdapterError
 
     base = convert_checkpoint(tiny_text_checkpoint, "f16", tmp_path / "base", verify=False)
