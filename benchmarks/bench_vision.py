@@ -33,7 +33,7 @@ def child(vision: str) -> None:
     from medgem.api import MedGemma
 
     began = time.perf_counter()
-    model = MedGemma.load(FOLDER, engine="llamacpp", n_ctx=2048, vision=vision, audit=False)
+    model = MedGemma.load(FOLDER, engine="llamacpp", options={"n_ctx": 2048, "vision": vision}, audit=False)
     load_s = time.perf_counter() - began
     image = Image.linear_gradient("L").resize((896, 896)).convert("RGB")
     rows = []
