@@ -119,13 +119,14 @@ class MedGemma:
             from medgem.engines.remote import RemoteEngine
 
             built = _engine_options("remote", options)
+            parallel = _parallel(built)
             remote = load_engine("remote", str(model), built)
             # The server names the variant; its thinking and budgets apply here too.
             known = find_variant(variant or remote.info.variant or "")
             # ``parallel`` is per backend: the front runs that many for each server it has.
             servers = len(remote.backends) if isinstance(remote, RemoteEngine) else 1
             return cls(remote, variant=known, caveat=caveat, audit=_trail(audit, surface),
-                       parallel=_parallel(built) * servers)
+                       parallel=parallel * servers)
         checkpoint = resolve_checkpoint(model, variant=variant, mmproj=mmproj, revision=revision)
         name = engine_key(engine) if engine != "auto" else choose_engine(checkpoint)
         built = _engine_options(name, options)
