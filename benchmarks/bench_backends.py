@@ -26,7 +26,7 @@ import httpx
 
 SERVER = """
 import runpy, sys
-from medgem.engines.llamacpp_native import import_llama_cpp
+from medgem.engines.llamacpp.native import import_llama_cpp
 import_llama_cpp()
 sys.argv = ["llama_cpp.server", *sys.argv[1:]]
 runpy.run_module("llama_cpp.server", run_name="__main__")

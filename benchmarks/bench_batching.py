@@ -126,7 +126,7 @@ def main() -> int:
 
     from medgem.api import MedGemma
 
-    model = MedGemma.load(args.model, engine="llamacpp", n_ctx=args.n_ctx, parallel=8, audit=False)
+    model = MedGemma.load(args.model, engine="llamacpp", options={"n_ctx": args.n_ctx, "parallel": 8}, audit=False)
     curve_point(model, 1, 4)  # warm-up
     rows, decode = [], []
     for n in (1, 2, 4, 8):

@@ -37,7 +37,7 @@ def child(model: str, tokens: int) -> None:
     threads = None
     if os.environ.get("BENCH_THREADS") == "-1":
         threads = max(1, len(os.sched_getaffinity(0)) - 1)
-    mg = MedGemma.load(model, engine="llamacpp", n_ctx=1024, threads=threads, audit=False)
+    mg = MedGemma.load(model, engine="llamacpp", options={"n_ctx": 1024, "threads": threads}, audit=False)
     request = Request((Message("user", (TextPart("The patient presents with"),)),),
                       GenerationOptions(max_new_tokens=tokens), template="completion")
     list(mg.engine.generate(request))  # warm-up

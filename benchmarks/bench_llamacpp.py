@@ -97,12 +97,12 @@ def finish(engine: Any, request: Any) -> Any:
 def child_transformers(checkpoint: Path, new_tokens: int) -> dict[str, Any]:
     import torch
 
-    from medgem.engines import EngineOptions, load_engine
+    from medgem.engines import HFOptions, load_engine
     from medgem.resolve import resolve_checkpoint
 
     began = time.perf_counter()
     engine: Any = load_engine("hf", resolve_checkpoint(checkpoint),
-                              EngineOptions(dtype="bfloat16", progress=False, check_memory=False))
+                              HFOptions(dtype="bfloat16", progress=False, check_memory=False))
     result = measure_text(engine, new_tokens, time.perf_counter() - began)
     # The vision tower (27 SigLIP layers on 4096 patches): float32 in full; bf16 on its first
     # 3 layers only (the full bf16 tower takes ~4 minutes here) and scaled by the per-layer ratio.
@@ -146,12 +146,12 @@ def _timed(work: Any) -> float:
 def child_llamacpp(folder: Path, new_tokens: int) -> dict[str, Any]:
     from PIL import Image
 
-    from medgem.engines import EngineOptions, load_engine
+    from medgem.engines import LlamaCppOptions, load_engine
     from medgem.request import GenerationOptions, ImagePart, Message, Request, TextPart
     from medgem.resolve import resolve_checkpoint
 
     began = time.perf_counter()
-    engine: Any = load_engine("llamacpp", resolve_checkpoint(folder), EngineOptions())
+    engine: Any = load_engine("llamacpp", resolve_checkpoint(folder), LlamaCppOptions())
     result = measure_text(engine, new_tokens, time.perf_counter() - began)
     if engine.capabilities.images:
         image = Image.linear_gradient("L").resize((896, 896)).convert("RGB")
@@ -199,8 +199,9 @@ def ensure_gguf(checkpoint: Path, quant: str) -> Path:
     out = checkpoint.parent / f"{checkpoint.name}-gguf-{quant}"
     if not (out / "model.gguf").exists():
         from medgem.engines.gguf.convert import convert_checkpoint
+        from medgem.engines.llamacpp.verify import check_conversion
 
-        convert_checkpoint(checkpoint, quant, out, progress=True)
+        convert_checkpoint(checkpoint, quant, out, progress=True, verify=check_conversion)
     return out
 
 

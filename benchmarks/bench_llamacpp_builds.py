@@ -39,12 +39,12 @@ NATIVE = "-DGGML_NATIVE=ON"
 
 
 def child(folder: Path, new_tokens: int) -> dict[str, Any]:
-    from medgem.engines import EngineOptions, load_engine
-    from medgem.engines.llamacpp_native import cpu_variants, kernel_features, use_extra_buffers
+    from medgem.engines import LlamaCppOptions, load_engine
+    from medgem.engines.llamacpp.native import cpu_variants, kernel_features, use_extra_buffers
     from medgem.resolve import resolve_checkpoint
 
     began = time.perf_counter()
-    engine: Any = load_engine("llamacpp", resolve_checkpoint(folder / "model.gguf"), EngineOptions())
+    engine: Any = load_engine("llamacpp", resolve_checkpoint(folder / "model.gguf"), LlamaCppOptions())
     result = measure_text(engine, new_tokens, time.perf_counter() - began)
     engine.close()
     kernels = kernel_features()

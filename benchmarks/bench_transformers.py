@@ -44,7 +44,7 @@ def measure(engine: str, checkpoint: Path, new_tokens: int, image_tokens: int, d
     from medgem import MedGemma
 
     started = time.perf_counter()
-    model = MedGemma.load(checkpoint, engine=engine, progress=False, dtype=dtype)
+    model = MedGemma.load(checkpoint, engine=engine, options={"progress": False, "dtype": dtype})
     load_s = time.perf_counter() - started
     question = "How do you differentiate bacterial from viral pneumonia? " * 4
     text = model.ask(question, max_new_tokens=new_tokens)

@@ -33,7 +33,7 @@ def child(vision: str) -> None:
     from medgem.api import MedGemma
 
     began = time.perf_counter()
-    model = MedGemma.load(FOLDER, engine="llamacpp", n_ctx=2048, vision=vision, audit=False)
+    model = MedGemma.load(FOLDER, engine="llamacpp", options={"n_ctx": 2048, "vision": vision}, audit=False)
     load_s = time.perf_counter() - began
     image = Image.linear_gradient("L").resize((896, 896)).convert("RGB")
     rows = []
@@ -56,7 +56,7 @@ def main() -> int:
         return 0
     if not (FOLDER / "model.gguf").exists():
         raise SystemExit(f"no {FOLDER}/model.gguf: run benchmarks/bench_llamacpp.py first")
-    from medgem.engines.vision_torch import choose_vision
+    from medgem.engines.llamacpp.vision_torch import choose_vision
     from medgem.hardware import cpu_flags
 
     flags = sorted(f for f in cpu_flags() if f.startswith(("avx512", "amx", "avx2", "avx_vnni")))

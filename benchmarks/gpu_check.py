@@ -30,7 +30,7 @@ def tiny_checks(root: Path, device: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     answers = {}
     for engine in ("hf", "hf-pipeline"):
-        model = MedGemma.load(vlm, engine=engine, device=device, progress=False)
+        model = MedGemma.load(vlm, engine=engine, options={"device": device, "progress": False})
         answers[engine] = (
             model.ask("Describe this X-ray", images=[image], system="You are an expert radiologist.",
                   max_new_tokens=16).raw,
@@ -41,7 +41,7 @@ def tiny_checks(root: Path, device: str) -> dict[str, Any]:
     out["paths_identical"] = answers["hf"] == answers["hf-pipeline"]
     for quantize in ("4bit", "8bit"):
         try:
-            model = MedGemma.load(vlm, device=device, quantize=quantize, progress=False)
+            model = MedGemma.load(vlm, options={"device": device, "quantize": quantize, "progress": False})
             answer = model.ask("Describe this X-ray", images=[image], max_new_tokens=8)
             out[f"{quantize}"] = {"ok": True, "completion_tokens": answer.usage.completion_tokens,
                                   "quantization": model.engine.info.quantization}
@@ -71,7 +71,7 @@ def four_b(root: Path, device: str) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         try:
-            model = MedGemma.load(folder, engine=engine, device=device, quantize=quantize, progress=False)
+            model = MedGemma.load(folder, engine=engine, options={"device": device, "quantize": quantize, "progress": False})
         except Exception as exc:
             results[label] = {"error": f"{type(exc).__name__}: {exc}"}
             continue

@@ -39,7 +39,7 @@ else
 fi
 python -m pip install --quiet "$wheel"
 python -m pip install --quiet -e ".[${extras}]"
-if ! python -c "from medgem.engines.llamacpp_native import cpu_variants; raise SystemExit(not cpu_variants())"; then
+if ! python -c "from medgem.engines.llamacpp.native import cpu_variants; raise SystemExit(not cpu_variants())"; then
   echo "error: llama-cpp-python has no runtime CPU dispatch (one CPU backend only); remove $wheels and run this script again" >&2
   exit 1
 fi

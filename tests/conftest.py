@@ -180,7 +180,7 @@ def reference_270m(gemma3_base: Path) -> Path:
 def llamacpp_probe() -> object:
     """llama.cpp's kernels run on this CPU, proved in a child process (never in pytest's own)."""
     pytest.importorskip("llama_cpp")
-    from medgem.engines.llamacpp_probe import probe
+    from medgem.engines.llamacpp.probe import probe
 
     return probe(use_cache=False)
 

@@ -49,7 +49,7 @@ def test_no_audit_is_explicit_and_writes_nothing(tiny_text_checkpoint: Path, tmp
 
 def test_python_api_records_answers_and_failures(tiny_text_checkpoint: Path, tmp_path: Path) -> None:
     db = tmp_path / "audit.sqlite"
-    model = MedGemma.load(tiny_text_checkpoint, engine="hf", progress=False, audit=db)
+    model = MedGemma.load(tiny_text_checkpoint, engine="hf", options={"progress": False}, audit=db)
     try:
         answer = model.ask("What is sepsis?", max_new_tokens=2)
         with pytest.raises(UnsupportedInputError) as refused:

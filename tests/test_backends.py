@@ -28,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("llamacpp_runs")
 MODEL = "gemma-3-270m"
 SERVER = """
 import runpy, sys
-from medgem.engines.llamacpp_native import import_llama_cpp
+from medgem.engines.llamacpp.native import import_llama_cpp
 import_llama_cpp()
 sys.argv = ["llama_cpp.server", *sys.argv[1:]]
 runpy.run_module("llama_cpp.server", run_name="__main__")
@@ -74,7 +74,7 @@ def backend(gguf: Path) -> Iterator[str]:
 
 
 def test_answers_plain_and_streamed_with_usage_from_a_non_medgem_server(backend: str) -> None:
-    model = MedGemma.load(MODEL, engine="remote", base_url=backend, audit=False)
+    model = MedGemma.load(MODEL, engine="remote", options={"base_url": backend}, audit=False)
     try:
         messages = [{"role": "user", "content": "List three symptoms of pneumonia."}]
         answer = model.chat(messages, max_new_tokens=12)
@@ -92,7 +92,7 @@ def test_answers_plain_and_streamed_with_usage_from_a_non_medgem_server(backend:
 
 
 def test_stop_strings_and_errors_from_a_non_medgem_server(backend: str) -> None:
-    model = MedGemma.load(MODEL, engine="remote", base_url=backend, audit=False)
+    model = MedGemma.load(MODEL, engine="remote", options={"base_url": backend}, audit=False)
     try:
         messages = [{"role": "user", "content": "Count from one to twenty in words, with commas."}]
         full = model.chat(messages, max_new_tokens=24)
@@ -107,7 +107,7 @@ def test_stop_strings_and_errors_from_a_non_medgem_server(backend: str) -> None:
     finally:
         model.close()
     with pytest.raises(RemoteError, match=f"does not serve 'medgemma-4b-it'.*it serves: {MODEL}"):
-        MedGemma.load("medgemma-4b-it", engine="remote", base_url=backend, audit=False)
+        MedGemma.load("medgemma-4b-it", engine="remote", options={"base_url": backend}, audit=False)
 
 
 def test_one_front_two_backends_survives_one_killed_mid_load(gguf: Path, tmp_path: Path) -> None:
@@ -125,8 +125,7 @@ def test_one_front_two_backends_survives_one_killed_mid_load(gguf: Path, tmp_pat
     lock = threading.Lock()
     with llama_server(gguf, port_a) as (process_a, url_a), llama_server(gguf) as (_, url_b):
         # one request at a time to each (llama.cpp's server runs one at a time)
-        front = MedGemma.load(MODEL, engine="remote", base_url=f"{url_a},{url_b}", parallel=1,
-                              audit=False)
+        front = MedGemma.load(MODEL, engine="remote", options={"base_url": f"{url_a},{url_b}", "parallel": 1}, audit=False)
         assert front.batcher.parallel == 2
         engine = front.engine
         store = open_store(tmp_path / "front.sqlite")
@@ -181,7 +180,7 @@ def test_eval_spreads_its_questions_over_two_backends(gguf: Path, tmp_path: Path
 
     data = Path(__file__).parent / "data" / "eval" / "medqa.jsonl"
     with llama_server(gguf) as (_, url_a), llama_server(gguf) as (_, url_b):
-        model = MedGemma.load(MODEL, engine="remote", base_url=f"{url_a},{url_b}", audit=False)
+        model = MedGemma.load(MODEL, engine="remote", options={"base_url": f"{url_a},{url_b}"}, audit=False)
         try:
             config = EvalConfig(task="mcq", data=str(data), concurrency=2, max_new_tokens=6,
                                 options=TaskOptions())

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import run_cli
 from medgem.api import MedGemma
-from medgem.engines import EngineOptions, load_engine
+from medgem.engines import LlamaCppOptions, load_engine
 from medgem.engines.base import Finished, TextDelta
 from medgem.errors import InputError, ResourceError
 from medgem.request import GenerationOptions, ImagePart, Message, Request, TextPart
@@ -77,8 +77,8 @@ def gguf_270m() -> Path:
 @pytest.fixture(scope="module")
 def llama_pair(gguf_270m: Path, llamacpp_runs: None) -> Iterator[tuple[MedGemma, MedGemma]]:
     checkpoint = resolve_checkpoint(gguf_270m)
-    one = MedGemma(load_engine("llamacpp", checkpoint, EngineOptions(n_ctx=512)))
-    four = MedGemma(load_engine("llamacpp", checkpoint, EngineOptions(n_ctx=512, parallel=4)),
+    one = MedGemma(load_engine("llamacpp", checkpoint, LlamaCppOptions(n_ctx=512)))
+    four = MedGemma(load_engine("llamacpp", checkpoint, LlamaCppOptions(n_ctx=512, parallel=4)),
                     parallel=4)
     yield one, four
     one.close()
@@ -190,22 +190,22 @@ def test_a_prompt_too_long_for_a_slot_is_refused_alone(llama_pair: tuple[MedGemm
 def test_parallel_the_machine_cannot_hold_is_refused_before_loading(gguf_270m: Path) -> None:
     started = time.perf_counter()
     with pytest.raises(ResourceError, match=r"--parallel 100000 at --n-ctx 32768 needs .* KV cache"):
-        MedGemma.load(gguf_270m, n_ctx=32768, parallel=100_000, audit=False)
+        MedGemma.load(gguf_270m, options={"n_ctx": 32768, "parallel": 100_000}, audit=False)
     assert time.perf_counter() - started < 5
 
 
 def test_parallel_is_refused_where_the_engine_cannot_batch(tiny_text_checkpoint: Path) -> None:
-    with pytest.raises(InputError, match="--parallel does not apply to the hf-pipeline engine"):
-        MedGemma.load(tiny_text_checkpoint, engine="hf-pipeline", parallel=2, audit=False)
+    with pytest.raises(InputError, match="parallel does not apply to the hf-pipeline engine"):
+        MedGemma.load(tiny_text_checkpoint, engine="hf-pipeline", options={"parallel": 2}, audit=False)
     with pytest.raises(InputError, match="at least 1"):
-        MedGemma.load(tiny_text_checkpoint, parallel=0, audit=False)
+        MedGemma.load(tiny_text_checkpoint, options={"parallel": 0}, audit=False)
 
 
 def test_images_in_a_batch_match_serial(converted_vlm: Path, llamacpp_runs: None) -> None:
     checkpoint = resolve_checkpoint(converted_vlm)
     requests = [image_question(1, 12), image_question(2, 12), image_question(1, 6)]
-    one = MedGemma(load_engine("llamacpp", checkpoint, EngineOptions(n_ctx=1024)))
-    three = MedGemma(load_engine("llamacpp", checkpoint, EngineOptions(n_ctx=1024, parallel=3)),
+    one = MedGemma(load_engine("llamacpp", checkpoint, LlamaCppOptions(n_ctx=1024)))
+    three = MedGemma(load_engine("llamacpp", checkpoint, LlamaCppOptions(n_ctx=1024, parallel=3)),
                      parallel=3)
     try:
         assert answers(three, requests) == serial(one, requests)
@@ -218,9 +218,8 @@ def test_images_in_a_batch_match_serial(converted_vlm: Path, llamacpp_runs: None
 
 
 def test_transformers_padded_batch_matches_serial(tiny_vlm_checkpoint: Path) -> None:
-    one = MedGemma.load(tiny_vlm_checkpoint, engine="hf", device="cpu", progress=False, audit=False)
-    three = MedGemma.load(tiny_vlm_checkpoint, engine="hf", device="cpu", progress=False,
-                          audit=False, parallel=3)
+    one = MedGemma.load(tiny_vlm_checkpoint, engine="hf", options={"device": "cpu", "progress": False}, audit=False)
+    three = MedGemma.load(tiny_vlm_checkpoint, engine="hf", options={"device": "cpu", "progress": False, "parallel": 3}, audit=False)
     requests = [image_question(1, 10), completion("The lungs are", 6), image_question(2, 14)]
     try:
         assert three.engine.capabilities.batching == "static"
@@ -262,7 +261,7 @@ def test_server_with_parallel_answers_concurrent_clients(gguf_270m: Path, tmp_pa
     from medgem.server.server_config import ServerConfig
     from test_server_helpers import audited, serve_in_thread
 
-    model = MedGemma.load(gguf_270m, n_ctx=512, parallel=4, audit=False)
+    model = MedGemma.load(gguf_270m, options={"n_ctx": 512, "parallel": 4}, audit=False)
     store = open_store(tmp_path / "audit.sqlite")
     replies: list[tuple[int, str]] = []
 
@@ -299,12 +298,12 @@ def test_a_remote_front_sends_its_parallel_requests_at_once(gguf_270m: Path, tmp
     from medgem.server.server_config import ServerConfig
     from test_server_helpers import audited, serve_in_thread
 
-    backend = MedGemma.load(gguf_270m, n_ctx=512, parallel=4, audit=False)
+    backend = MedGemma.load(gguf_270m, options={"n_ctx": 512, "parallel": 4}, audit=False)
     statuses: list[int] = []
     try:
         with serve_in_thread(create_app(ServerConfig(), audited(backend, open_store(tmp_path / "back.sqlite")))) as back:
-            front = MedGemma.load(backend.engine.info.id, engine="remote", base_url=back + "/v1",
-                                  parallel=4, audit=False)
+            front = MedGemma.load(backend.engine.info.id, engine="remote",
+                                  options={"base_url": back + "/v1", "parallel": 4}, audit=False)
             with serve_in_thread(create_app(ServerConfig(), audited(front, open_store(tmp_path / "front.sqlite")))) as base:
                 def ask(text: str) -> None:
                     body = {"model": front.engine.info.id, "max_tokens": 24,

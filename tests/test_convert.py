@@ -21,6 +21,7 @@ pytestmark = pytest.mark.usefixtures("llamacpp_runs")
 
 from medgem.engines.gguf.convert import convert_checkpoint  # noqa: E402
 from medgem.engines.gguf.write import read_sentencepiece  # noqa: E402
+from medgem.engines.llamacpp.verify import check_conversion  # noqa: E402
 from medgem.errors import InputError, NotACheckpointError  # noqa: E402
 
 
@@ -56,7 +57,8 @@ def official() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def converted(tiny_vlm_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return convert_checkpoint(tiny_vlm_checkpoint, "f16", tmp_path_factory.mktemp("f16"))
+    return convert_checkpoint(tiny_vlm_checkpoint, "f16", tmp_path_factory.mktemp("f16"),
+                              verify=check_conversion)
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +142,7 @@ def test_q4_k_m_really_quantizes_with_llama_cpp(tmp_path: Path) -> None:
     shape = Shape(hidden=256, intermediate=512, heads=2, kv_heads=1, head_dim=128,
                   vision_hidden=64, vision_intermediate=128)
     folder = build_checkpoint(tmp_path / "ckpt", shape=shape, dtype="bfloat16")
-    result = convert_checkpoint(folder, "q4_k_m", tmp_path / "out")
+    result = convert_checkpoint(folder, "q4_k_m", tmp_path / "out", verify=check_conversion)
     kinds = tensor_types(result.model)
     assert kinds["blk.0.ffn_gate.weight"] == "Q4_K"
     assert kinds["token_embd.weight"] == "Q6_K"

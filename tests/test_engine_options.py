@@ -7,29 +7,30 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from medgem.engines import HONOURED, EngineOptions, check_options
+from medgem.cli.common import flag_options
+from medgem.engines import OPTIONS
 from medgem.errors import InputError
 
 
 def test_each_engine_refuses_what_it_cannot_honour() -> None:
     with pytest.raises(InputError, match=r"--n-ctx does not apply to the hf engine.*--engine llamacpp"):
-        check_options("hf", EngineOptions(n_ctx=4096))
+        flag_options("hf", {"n_ctx": 4096})
     with pytest.raises(InputError, match="--quantize does not apply to the llamacpp engine"):
-        check_options("llamacpp", EngineOptions(quantize="4bit"))
+        flag_options("llamacpp", {"quantize": "4bit"})
     with pytest.raises(InputError, match="--device does not apply to the llamacpp engine"):
-        check_options("llamacpp", EngineOptions(device="cuda"))
+        flag_options("llamacpp", {"device": "cuda"})
     with pytest.raises(InputError, match="--base-url does not apply to the hf-pipeline engine"):
-        check_options("hf-pipeline", EngineOptions(base_url="http://127.0.0.1:1/v1"))
+        flag_options("hf-pipeline", {"base_url": "http://127.0.0.1:1/v1"})
     with pytest.raises(InputError, match="--threads does not apply to the remote engine"):
-        check_options("remote", EngineOptions(threads=2))
+        flag_options("remote", {"threads": 2})
 
 
 def test_defaults_and_honoured_options_pass() -> None:
-    for name in HONOURED:
-        check_options(name, EngineOptions())
-    check_options("llamacpp", EngineOptions(n_ctx=2048, threads=1, device="cpu"))
-    check_options("hf", EngineOptions(device="cpu", dtype="float32"))
-    check_options("remote", EngineOptions(base_url="http://127.0.0.1:1/v1", api_key="k"))
+    for name in OPTIONS:
+        flag_options(name, {})
+    flag_options("llamacpp", {"n_ctx": 2048, "threads": 1, "device": "cpu"})
+    flag_options("hf", {"device": "cpu", "dtype": "float32"})
+    flag_options("remote", {"base_url": "http://127.0.0.1:1/v1", "api_key": "k"})
 
 
 def test_cli_n_ctx_under_transformers_is_one_line_before_loading(tiny_vlm_checkpoint: Path) -> None:

@@ -18,12 +18,12 @@ XRAY = Image.linear_gradient("L").resize((96, 80)).convert("RGB")
 
 @pytest.fixture(scope="module")
 def direct(tiny_vlm_checkpoint: Path) -> MedGemma:
-    return MedGemma.load(tiny_vlm_checkpoint, engine="hf", progress=False)
+    return MedGemma.load(tiny_vlm_checkpoint, engine="hf", options={"progress": False})
 
 
 @pytest.fixture(scope="module")
 def pipeline(tiny_vlm_checkpoint: Path) -> MedGemma:
-    return MedGemma.load(tiny_vlm_checkpoint, engine="hf-pipeline", progress=False)
+    return MedGemma.load(tiny_vlm_checkpoint, engine="hf-pipeline", options={"progress": False})
 
 
 def tokens_of(model: MedGemma, text: str) -> list[int]:
@@ -94,7 +94,7 @@ def test_text_question_to_a_multimodal_model_works(direct: MedGemma) -> None:
 
 
 def test_image_to_a_text_model_is_a_clear_error(tiny_text_checkpoint: Path) -> None:
-    model = MedGemma.load(tiny_text_checkpoint, progress=False)
+    model = MedGemma.load(tiny_text_checkpoint, options={"progress": False})
     assert not model.engine.capabilities.images
     with pytest.raises(UnsupportedInputError, match="text-only model"):
         model.ask("Describe", images=[XRAY])
@@ -102,13 +102,13 @@ def test_image_to_a_text_model_is_a_clear_error(tiny_text_checkpoint: Path) -> N
 
 
 def test_text_model_pipeline_matches_direct(tiny_text_checkpoint: Path) -> None:
-    a = MedGemma.load(tiny_text_checkpoint, engine="hf", progress=False).ask("Why?", max_new_tokens=8)
-    b = MedGemma.load(tiny_text_checkpoint, engine="hf-pipeline", progress=False).ask("Why?", max_new_tokens=8)
+    a = MedGemma.load(tiny_text_checkpoint, engine="hf", options={"progress": False}).ask("Why?", max_new_tokens=8)
+    b = MedGemma.load(tiny_text_checkpoint, engine="hf-pipeline", options={"progress": False}).ask("Why?", max_new_tokens=8)
     assert a.raw == b.raw and a.usage == b.usage
 
 
 def test_pretrained_checkpoint_gets_a_completion_prompt(tiny_pt_checkpoint: Path) -> None:
-    model = MedGemma.load(tiny_pt_checkpoint, progress=False)
+    model = MedGemma.load(tiny_pt_checkpoint, options={"progress": False})
     assert not model.chat_model
     request = model.request("findings:", images=[XRAY], system="ignored")
     assert request.template == "completion"
@@ -118,7 +118,7 @@ def test_pretrained_checkpoint_gets_a_completion_prompt(tiny_pt_checkpoint: Path
     assert tokenizer.convert_tokens_to_ids("<start_of_turn>") not in ids  # no chat format
     assert ids.count(262144) == 4  # the image's soft tokens
     assert model.ask("findings:", images=[XRAY], max_new_tokens=3).usage.completion_tokens == 3
-    pipe = MedGemma.load(tiny_pt_checkpoint, engine="hf-pipeline", progress=False)
+    pipe = MedGemma.load(tiny_pt_checkpoint, engine="hf-pipeline", options={"progress": False})
     assert pipe.ask("findings:", images=[XRAY], max_new_tokens=5).raw == model.ask(
         "findings:", images=[XRAY], max_new_tokens=5).raw
 
@@ -126,7 +126,7 @@ def test_pretrained_checkpoint_gets_a_completion_prompt(tiny_pt_checkpoint: Path
 def test_checkpoint_without_template_gets_the_shipped_one(tiny_pt_checkpoint: Path) -> None:
     from medgem.request.compose import shipped_chat_template
 
-    model = MedGemma.load(tiny_pt_checkpoint, progress=False)
+    model = MedGemma.load(tiny_pt_checkpoint, options={"progress": False})
     assert model.engine.processor.chat_template == shipped_chat_template()  # type: ignore[attr-defined]
 
 
@@ -155,7 +155,7 @@ def test_cancel_stops_generation(direct: MedGemma) -> None:
 
 def test_quantization_on_cpu_points_at_gguf(tiny_vlm_checkpoint: Path) -> None:
     with pytest.raises(EngineUnavailableError, match=r"needs a CUDA GPU.*medgem convert"):
-        MedGemma.load(tiny_vlm_checkpoint, quantize="4bit", device="cpu", progress=False)
+        MedGemma.load(tiny_vlm_checkpoint, options={"quantize": "4bit", "device": "cpu", "progress": False})
 
 
 def test_chat_with_openai_messages_builds_the_same_prompt_as_ask(direct: MedGemma) -> None:

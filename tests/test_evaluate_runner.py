@@ -45,7 +45,7 @@ class ScriptedEngine:
     """An Engine whose reply is a function of the request (the user text, or the first image)."""
 
     name = "scripted"
-    capabilities = Capabilities(images=True, thinking=True)
+    capabilities = Capabilities(images=True)
 
     def __init__(self, reply: Callable[[Request], str], variant: str = "4b-it",
                  model_id: str = "scripted-model", delay: float = 0.0) -> None:

@@ -23,8 +23,7 @@ def test_think_auto_sends_no_thinking_instruction_to_a_model_without_thinking(
     from medgem import MedGemma
     from medgem.evaluate import EvalConfig, prepare, run_evaluation
 
-    mg = MedGemma.load(str(tiny_text_checkpoint), engine="hf", device="cpu", audit=False,
-                       progress=False)
+    mg = MedGemma.load(str(tiny_text_checkpoint), engine="hf", options={"device": "cpu", "progress": False}, audit=False)
     sent: list[Any] = []
     real_prepare = mg.engine.prepare
 

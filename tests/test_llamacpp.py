@@ -22,7 +22,8 @@ pytest.importorskip("llama_cpp")
 pytestmark = pytest.mark.usefixtures("llamacpp_runs")
 torch = pytest.importorskip("torch")
 
-from medgem.engines import EngineOptions, load_engine  # noqa: E402
+from medgem.engine_env import engine_environment  # noqa: E402
+from medgem.engines import LlamaCppOptions, load_engine  # noqa: E402
 from medgem.engines.base import Finished, TextDelta  # noqa: E402
 from medgem.errors import NotACheckpointError, UnsupportedInputError  # noqa: E402
 from medgem.request import GenerationOptions, ImagePart, Message, Request, TextPart  # noqa: E402
@@ -61,7 +62,7 @@ def gguf_270m() -> Path:
 
 @pytest.fixture(scope="module")
 def engine_270m(gguf_270m: Path) -> Any:
-    engine = load_engine("llamacpp", resolve_checkpoint(gguf_270m), EngineOptions(n_ctx=2048))
+    engine = load_engine("llamacpp", resolve_checkpoint(gguf_270m), LlamaCppOptions(n_ctx=2048))
     yield engine
     engine.close()
 
@@ -199,7 +200,7 @@ def test_image_answer_matches_transformers_greedy(tiny_vlm_checkpoint: Path, con
     with torch.inference_mode():
         reference = model.generate(**inputs, max_new_tokens=16, do_sample=False, top_k=None,
                                    top_p=None)[0, inputs["input_ids"].shape[1]:].tolist()
-    engine = load_engine("llamacpp", resolve_checkpoint(converted_vlm), EngineOptions())
+    engine = load_engine("llamacpp", resolve_checkpoint(converted_vlm), LlamaCppOptions())
     try:
         events = list(engine.generate(image_question(image, 16)))
         image_id = processor.tokenizer.convert_tokens_to_ids("<image_soft_token>")
@@ -213,7 +214,7 @@ def test_image_answer_matches_transformers_greedy(tiny_vlm_checkpoint: Path, con
 
 
 def test_follow_up_on_the_same_image_skips_the_vision_pass(converted_vlm: Path) -> None:
-    engine = load_engine("llamacpp", resolve_checkpoint(converted_vlm), EngineOptions())
+    engine = load_engine("llamacpp", resolve_checkpoint(converted_vlm), LlamaCppOptions())
     try:
         image = noise_image(64, seed=1)
         first = list(engine.generate(image_question(image, 4)))[-1]
@@ -231,8 +232,8 @@ def test_follow_up_on_the_same_image_skips_the_vision_pass(converted_vlm: Path) 
 def test_an_image_seen_before_is_not_encoded_again_in_another_conversation(converted_vlm: Path) -> None:
     """The embedding cache: a new question about the same pixels (a fresh conversation, its
     cache prefix gone) skips the vision tower and gives the answer a fresh engine gives."""
-    engine = load_engine("llamacpp", resolve_checkpoint(converted_vlm), EngineOptions())
-    fresh = load_engine("llamacpp", resolve_checkpoint(converted_vlm), EngineOptions())
+    engine = load_engine("llamacpp", resolve_checkpoint(converted_vlm), LlamaCppOptions())
+    fresh = load_engine("llamacpp", resolve_checkpoint(converted_vlm), LlamaCppOptions())
     try:
         image = noise_image(64, seed=3)
         first = list(engine.generate(image_question(image, 4)))[-1]
@@ -254,14 +255,15 @@ def test_an_image_seen_before_is_not_encoded_again_in_another_conversation(conve
 
 def test_the_embedding_cache_on_disk_serves_the_next_process(converted_vlm: Path, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """MEDGEM_EMBED_CACHE_DIR: an engine loaded later (as the next `medgem ask` would be) skips
+    """embed_cache_dir (MEDGEM_EMBED_CACHE_DIR): an engine loaded later (as the next `medgem ask` would be) skips
     the tower for pixels an earlier one encoded and answers the same; another tower (PyTorch)
     keeps its own files."""
     monkeypatch.setenv("MEDGEM_EMBED_CACHE_DIR", str(tmp_path / "embeddings"))
+    cache = engine_environment("llamacpp")
     image = noise_image(64, seed=5)
     answers = []
     for _ in range(2):
-        engine = load_engine("llamacpp", resolve_checkpoint(converted_vlm), EngineOptions())
+        engine = load_engine("llamacpp", resolve_checkpoint(converted_vlm), cache)
         try:
             events = list(engine.generate(image_question(image, 5)))
         finally:
@@ -276,7 +278,7 @@ def test_the_embedding_cache_on_disk_serves_the_next_process(converted_vlm: Path
     stored = list((tmp_path / "embeddings").rglob("*.f32"))
     assert len(stored) == 1 and stored[0].stat().st_size > 0
     pytest.importorskip("torch")
-    torch_engine = load_engine("llamacpp", resolve_checkpoint(converted_vlm), EngineOptions(vision="torch"))
+    torch_engine = load_engine("llamacpp", resolve_checkpoint(converted_vlm), {**cache, "vision": "torch"})
     try:
         final = list(torch_engine.generate(image_question(image, 5)))[-1]
     finally:
@@ -292,7 +294,7 @@ def test_each_request_is_tokenized_once_and_freed(converted_vlm: Path,
     from medgem import MedGemma
     from medgem.errors import ContextLengthError
 
-    model = MedGemma.load(converted_vlm, n_ctx=512)
+    model = MedGemma.load(converted_vlm, options={"n_ctx": 512})
     try:
         engine: Any = model.engine
         built: list[Any] = []
@@ -332,23 +334,23 @@ def _write_llama_gguf(path: Path) -> Path:
 def test_a_gguf_that_is_not_gemma3_is_refused(tmp_path: Path) -> None:
     path = _write_llama_gguf(tmp_path / "llama.gguf")
     with pytest.raises(NotACheckpointError, match="'llama' GGUF, not MedGemma"):
-        load_engine("llamacpp", resolve_checkpoint(path), EngineOptions())
+        load_engine("llamacpp", resolve_checkpoint(path), LlamaCppOptions())
 
 
 def test_corrupt_and_truncated_files_are_refused(tmp_path: Path, converted_vlm: Path) -> None:
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"not a model at all" * 100)
     with pytest.raises(NotACheckpointError, match="not a readable GGUF"):
-        load_engine("llamacpp", resolve_checkpoint(junk), EngineOptions())
+        load_engine("llamacpp", resolve_checkpoint(junk), LlamaCppOptions())
     truncated = tmp_path / "truncated.gguf"
     data = (converted_vlm / "model.gguf").read_bytes()
     truncated.write_bytes(data[: len(data) // 2])
     with pytest.raises(NotACheckpointError, match="corrupt"):
-        load_engine("llamacpp", resolve_checkpoint(truncated), EngineOptions())
+        load_engine("llamacpp", resolve_checkpoint(truncated), LlamaCppOptions())
     header_only = tmp_path / "header.gguf"
     header_only.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 10**6, 5))
     with pytest.raises(NotACheckpointError, match="not a readable GGUF"):
-        load_engine("llamacpp", resolve_checkpoint(header_only), EngineOptions())
+        load_engine("llamacpp", resolve_checkpoint(header_only), LlamaCppOptions())
 
 
 def test_an_mmproj_from_another_model_is_refused(converted_vlm: Path, tmp_path: Path) -> None:
@@ -356,14 +358,14 @@ def test_an_mmproj_from_another_model_is_refused(converted_vlm: Path, tmp_path: 
     from medgem.engines.gguf.convert import convert_checkpoint
 
     wider = build_checkpoint(tmp_path / "wider", shape=Shape(hidden=96, head_dim=48))
-    other = convert_checkpoint(wider, "f16", tmp_path / "wider-gguf", verify=False)
+    other = convert_checkpoint(wider, "f16", tmp_path / "wider-gguf", verify=None)
     assert other.mmproj is not None
     checkpoint = resolve_checkpoint(converted_vlm / "model.gguf", mmproj=other.mmproj)
     with pytest.raises(NotACheckpointError, match="96-wide embeddings but the model's are 64-wide"):
-        load_engine("llamacpp", checkpoint, EngineOptions())
+        load_engine("llamacpp", checkpoint, LlamaCppOptions())
     as_projector = resolve_checkpoint(converted_vlm / "model.gguf", mmproj=converted_vlm / "model.gguf")
     with pytest.raises(NotACheckpointError, match="not a vision projector"):
-        load_engine("llamacpp", as_projector, EngineOptions())
+        load_engine("llamacpp", as_projector, LlamaCppOptions())
 
 
 def test_an_image_to_a_gguf_without_mmproj_is_refused(engine_270m: Any) -> None:

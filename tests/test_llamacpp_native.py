@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 from conftest import run_cli
-from medgem.engines.llamacpp_native import cpu_features, describe_cpu_features, use_extra_buffers
-from medgem.engines.llamacpp_probe import _read_child
+from medgem.engine_env import engine_environment
+from medgem.engines.llamacpp.native import cpu_features, describe_cpu_features, use_extra_buffers
+from medgem.engines.llamacpp.probe import _read_child
 from medgem.hardware import cpu_flags
 
 SAPPHIRE_RAPIDS = {"avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile",
@@ -39,9 +40,9 @@ def test_extra_buffers_are_off_exactly_on_amx_cpus(monkeypatch: pytest.MonkeyPat
     assert use_extra_buffers(ZEN3) is True
     assert use_extra_buffers(ZEN3 | {"avx512f", "avx512_bf16"}) is True
     monkeypatch.setenv("MEDGEM_LLAMA_REPACK", "on")
-    assert use_extra_buffers(SAPPHIRE_RAPIDS) is True
+    assert use_extra_buffers(SAPPHIRE_RAPIDS, engine_environment("llamacpp").get("repack")) is True
     monkeypatch.setenv("MEDGEM_LLAMA_REPACK", "off")
-    assert use_extra_buffers(ZEN3) is False
+    assert use_extra_buffers(ZEN3, engine_environment("llamacpp").get("repack")) is False
 
 
 def test_cpu_features_are_named_as_users_know_them() -> None:
@@ -74,14 +75,14 @@ llama_cpp_installed = pytest.mark.skipif(
 @llama_cpp_installed
 def test_the_installed_build_dispatches_at_run_time() -> None:
     """scripts/install.sh builds one CPU backend per x86-64 level, so the wheel is portable."""
-    from medgem.engines.llamacpp_native import cpu_variants
+    from medgem.engines.llamacpp.native import cpu_variants
 
     variants = cpu_variants()
     assert {"x64", "haswell", "skylakex", "zen4", "sapphirerapids"} <= set(variants), variants
 
 
 def _probe_in_child(env: dict[str, str]) -> dict[str, Any]:
-    child = subprocess.run([sys.executable, "-m", "medgem.engines.llamacpp_probe"],
+    child = subprocess.run([sys.executable, "-m", "medgem.engines.llamacpp.probe"],
                            capture_output=True, text=True, timeout=300, check=False,
                            env={**os.environ, **env})
     assert child.returncode == 0, (child.returncode, child.stderr[-2000:])

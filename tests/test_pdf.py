@@ -121,7 +121,7 @@ def test_a_pdf_question_sends_pages_in_order_and_the_text_before_the_question(
 ) -> None:
     from medgem import MedGemma
 
-    model = MedGemma.load(tiny_vlm_checkpoint, progress=False)
+    model = MedGemma.load(tiny_vlm_checkpoint, options={"progress": False})
     question = "List the lab values as JSON"
     request = model.request(question, images=[str(report)], pdf_text=True)
     pages = read_inputs([report]).items[0].images

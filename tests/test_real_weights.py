@@ -28,7 +28,7 @@ def test_demo_model_carries_the_real_270m_weights(demo_checkpoint: Path,
     from medgem.demo.build import gemma3_tokenizer_dir
 
     prompt = "The capital of France is"
-    model = MedGemma.load(demo_checkpoint, progress=False)
+    model = MedGemma.load(demo_checkpoint, options={"progress": False})
     request = Request((Message("user", (TextPart(prompt),)),), GenerationOptions(max_new_tokens=12),
                       template="completion")
     answer = list(model.generate(request))[-1].answer  # type: ignore[union-attr]

@@ -36,7 +36,7 @@ def test_model_info_comes_from_the_server(scripted_server: tuple[str, ScriptedEn
 
 
 def test_thinking_is_rewrapped_and_split_again(scripted_server: tuple[str, ScriptedEngine]) -> None:
-    model = MedGemma.load(SCRIPTED_ID, engine="remote", base_url=scripted_server[0] + "/v1")
+    model = MedGemma.load(SCRIPTED_ID, engine="remote", options={"base_url": scripted_server[0] + "/v1"})
     answer = model.ask("Describe this", images=[Image.new("RGB", (32, 32))], think=True, max_new_tokens=200)
     assert answer.thinking == "The lungs look clear on both sides."
     assert answer.text.startswith("Seen 1 image(s). w0 w1") and answer.finish_reason == "stop"
@@ -47,7 +47,7 @@ def test_thinking_is_rewrapped_and_split_again(scripted_server: tuple[str, Scrip
 
 
 def test_budget_gives_length(scripted_server: tuple[str, ScriptedEngine]) -> None:
-    model = MedGemma.load(SCRIPTED_ID, engine="remote", base_url=scripted_server[0])
+    model = MedGemma.load(SCRIPTED_ID, engine="remote", options={"base_url": scripted_server[0]})
     answer = model.ask("q", max_new_tokens=5)
     assert answer.finish_reason == "length" and answer.usage.completion_tokens == 5
 
@@ -95,11 +95,11 @@ def test_remote_is_a_registered_engine_and_knows_the_variant(
         scripted_server: tuple[str, ScriptedEngine]) -> None:
     """The registry builds it like any engine, and a served variant that cannot think refuses
     --think here as it does locally (the server named the variant)."""
-    from medgem.engines import EngineOptions, engine_names, load_engine
+    from medgem.engines import RemoteOptions, engine_names, load_engine
     from medgem.errors import UnsupportedInputError
 
     assert "remote" in engine_names()
-    engine = load_engine("remote", SCRIPTED_ID, EngineOptions(base_url=scripted_server[0]))
+    engine = load_engine("remote", SCRIPTED_ID, RemoteOptions(base_url=scripted_server[0]))
     assert engine.info.engine == "remote"
     import dataclasses
 
@@ -107,19 +107,19 @@ def test_remote_is_a_registered_engine_and_knows_the_variant(
     served.info = dataclasses.replace(served.info, variant="4b-it")
     app = create_app(ServerConfig(), audited(MedGemma(served), open_store(":memory:")))  # type: ignore[arg-type]
     with serve_in_thread(app) as base:
-        model = MedGemma.load(SCRIPTED_ID, engine="remote", base_url=base)
+        model = MedGemma.load(SCRIPTED_ID, engine="remote", options={"base_url": base})
         assert model.variant is not None and model.variant.key == "4b-it"
         with pytest.raises(UnsupportedInputError, match="does not support thinking"):
             model.ask("q", think=True, max_new_tokens=5)
 
 
 def test_remote_gives_the_local_greedy_tokens(tiny_vlm_checkpoint: Path) -> None:
-    local = MedGemma.load(tiny_vlm_checkpoint, engine="hf", device="cpu", progress=False)
+    local = MedGemma.load(tiny_vlm_checkpoint, engine="hf", options={"device": "cpu", "progress": False})
     try:
         image = Image.new("RGB", (64, 64), (120, 120, 120))
         expected = local.ask("Describe this X-ray", images=[image], max_new_tokens=10)
         with serve_in_thread(create_app(ServerConfig(), audited(local, open_store(":memory:")))) as base:
-            remote = MedGemma.load("medgem-test-vlm", engine="remote", base_url=base + "/v1")
+            remote = MedGemma.load("medgem-test-vlm", engine="remote", options={"base_url": base + "/v1"})
             got = remote.ask("Describe this X-ray", images=[image], max_new_tokens=10)
     finally:
         local.close()

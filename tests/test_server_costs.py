@@ -32,7 +32,7 @@ MODEL = "medgem-test-vlm"
 
 @pytest.fixture(scope="module")
 def vlm(tiny_vlm_checkpoint: Path) -> Iterator[MedGemma]:
-    model = MedGemma.load(tiny_vlm_checkpoint, engine="hf", device="cpu", progress=False, audit=False)
+    model = MedGemma.load(tiny_vlm_checkpoint, engine="hf", options={"device": "cpu", "progress": False}, audit=False)
     yield model
     model.close()
 
@@ -194,7 +194,7 @@ def test_a_request_cancelled_before_prefill_is_recorded_and_not_run(vlm: MedGemm
 def test_a_base_gguf_is_not_served_as_a_thinking_medgemma(llamacpp_runs: None) -> None:
     from medgem.demo.build import demo_gguf_path
 
-    model = MedGemma.load(demo_gguf_path(), engine="llamacpp", n_ctx=512, audit=False, progress=False)
+    model = MedGemma.load(demo_gguf_path(), engine="llamacpp", options={"n_ctx": 512, "progress": False}, audit=False)
     try:
         with serve_in_thread(create_app(ServerConfig(), audited(model, open_store(":memory:")))) as base:
             card = httpx.get(base + "/v1/models").json()["data"][0]["medgem"]

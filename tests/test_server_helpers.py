@@ -54,9 +54,12 @@ class ScriptedEngine:
         self.delay = delay
         self.info = ModelInfo(SCRIPTED_ID, "0" * 40, None, "scripted", "float32", demo=True,
                               context_length=context_length)
-        self.capabilities = Capabilities(images=images, thinking=True)
+        self.capabilities = Capabilities(images=images)
         self.calls = 0
         self.cancelled = 0
+
+    def health(self) -> dict[str, object]:
+        return {}
 
     def _text(self, request: Request) -> str:
         thinks = any(THINK_INSTRUCTION in m.text for m in request.messages)

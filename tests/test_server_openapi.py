@@ -27,7 +27,7 @@ EXAMPLES = int(os.environ.get("MEDGEM_FUZZ_EXAMPLES", "12"))
 
 @pytest.fixture(scope="module")
 def base(tiny_vlm_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    model = MedGemma.load(tiny_vlm_checkpoint, engine="hf", device="cpu", progress=False, audit=False)
+    model = MedGemma.load(tiny_vlm_checkpoint, engine="hf", options={"device": "cpu", "progress": False}, audit=False)
     store = open_store(tmp_path_factory.mktemp("audit") / "audit.sqlite")
     # Short answers keep the fuzzing quick; a longer max_tokens is a documented 400.
     config = ServerConfig(max_new_tokens=8)

@@ -27,7 +27,7 @@ QUESTION = "Describe this chest X-ray."
 
 @pytest.fixture(scope="module")
 def vlm(tiny_vlm_checkpoint: Path) -> Iterator[MedGemma]:
-    model = MedGemma.load(tiny_vlm_checkpoint, engine="hf", device="cpu", progress=False)
+    model = MedGemma.load(tiny_vlm_checkpoint, engine="hf", options={"device": "cpu", "progress": False})
     yield model
     model.close()
 
@@ -90,7 +90,7 @@ def test_image_over_http_streaming_and_not(client: openai.OpenAI, server: tuple[
 
 
 def test_images_to_a_text_model_are_refused(tiny_text_checkpoint: Path) -> None:
-    model = MedGemma.load(tiny_text_checkpoint, engine="hf", device="cpu", progress=False)
+    model = MedGemma.load(tiny_text_checkpoint, engine="hf", options={"device": "cpu", "progress": False})
     try:
         with serve_in_thread(create_app(ServerConfig(), audited(model, open_store(":memory:")))) as base:
             client = openai.OpenAI(base_url=base + "/v1", api_key="local", max_retries=0)

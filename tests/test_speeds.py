@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from medgem.engines import speeds
+from medgem.engines.llamacpp import speeds
 
 
 def test_figures_are_the_median_of_the_last_runs(tmp_path: Path) -> None:
@@ -46,14 +46,14 @@ def test_an_image_question_records_what_inspect_estimates_from(
         converted_vlm: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from PIL import Image
 
-    from medgem.engines import EngineOptions, load_engine
+    from medgem.engines import LlamaCppOptions, load_engine
     from medgem.request import GenerationOptions, ImagePart, Message, Request, TextPart
     from medgem.resolve import resolve_checkpoint
 
     monkeypatch.setenv("MEDGEM_CACHE", str(tmp_path))
     checkpoint = resolve_checkpoint(converted_vlm)
     assert speeds.estimate_first_token(checkpoint.path, checkpoint.mmproj, 85) == (None, None)
-    engine: Any = load_engine("llamacpp", checkpoint, EngineOptions(vision="llamacpp", threads=2))
+    engine: Any = load_engine("llamacpp", checkpoint, LlamaCppOptions(vision="llamacpp", threads=2))
     try:
         image = Image.fromarray(np.random.default_rng(3).integers(0, 255, (64, 64, 3), dtype=np.uint8))
         text = "Describe this X-ray in detail, " * 12  # a text batch long enough to time

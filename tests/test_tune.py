@@ -87,8 +87,7 @@ def test_answers_from_the_tuned_model_carry_adapter_name_and_hash(
     _, outcome, _ = cue_run
     adapter = outcome.adapter
     db = tmp_path / "audit.sqlite"
-    mg = MedGemma.load(tiny_text_checkpoint, engine="hf", device="cpu", progress=False,
-                       adapter=adapter.path.parent, audit=str(db))
+    mg = MedGemma.load(tiny_text_checkpoint, engine="hf", options={"device": "cpu", "progress": False, "adapter": adapter.path.parent}, audit=str(db))
     try:
         answer = mg.ask(QUESTION, max_new_tokens=6)
     finally:
@@ -110,8 +109,7 @@ def test_the_merged_checkpoint_answers_as_the_adapter_does(cue_run: Any, tmp_pat
         outcome.adapter.sha256
     answers = []
     for spec, adapter in ((plan.config.model, outcome.adapter.path), (merged, None)):
-        mg = MedGemma.load(spec, engine="hf", device="cpu", progress=False, adapter=adapter,
-                           audit=False)
+        mg = MedGemma.load(spec, engine="hf", options={"device": "cpu", "progress": False, "adapter": adapter}, audit=False)
         try:
             replies = [mg.ask(e.item.question, max_new_tokens=6) for e in plan.data.validation[:4]]
         finally:
@@ -173,7 +171,7 @@ def test_gguf_lora_gives_llama_cpp_the_greedy_tokens_of_peft(
     from medgem.engines.gguf.read import read_header
 
     _, outcome, _ = cue_run
-    base = convert_checkpoint(tiny_text_checkpoint, "f16", tmp_path / "base", verify=False)
+    base = convert_checkpoint(tiny_text_checkpoint, "f16", tmp_path / "base", verify=None)
     result = run_cli("convert", "--adapter", str(outcome.adapter.path.parent),
                      "--out", str(tmp_path / "lora"), "--json")
     assert result.returncode == 0, result.stderr
@@ -188,8 +186,7 @@ def test_gguf_lora_gives_llama_cpp_the_greedy_tokens_of_peft(
     assert {n.rsplit(".", 1)[0] for n in lora_names} <= model_names
     assert "blk.0.attn_q.weight.lora_a" in lora_names and "blk.1.ffn_down.weight.lora_b" in lora_names
 
-    mg = MedGemma.load(tiny_text_checkpoint, engine="hf", device="cpu", progress=False,
-                       adapter=outcome.adapter.path, audit=False)
+    mg = MedGemma.load(tiny_text_checkpoint, engine="hf", options={"device": "cpu", "progress": False, "adapter": outcome.adapter.path}, audit=False)
     try:
         peft_tokens = mg.engine.tokenizer(mg.ask(QUESTION, max_new_tokens=6).text,
                                           add_special_tokens=False).input_ids
@@ -197,8 +194,7 @@ def test_gguf_lora_gives_llama_cpp_the_greedy_tokens_of_peft(
         mg.close()
     tokens, models = {}, {}
     for adapter in (None, lora):
-        mg = MedGemma.load(base.model, engine="llamacpp", adapter=adapter, n_ctx=512, threads=1,
-                           progress=False, audit=False)
+        mg = MedGemma.load(base.model, engine="llamacpp", options={"adapter": adapter, "n_ctx": 512, "threads": 1, "progress": False}, audit=False)
         try:
             models[adapter] = mg.ask(QUESTION, max_new_tokens=6).model
             tokens[adapter] = [t for t in mg.engine.last_tokens if t not in (1, 106)]
@@ -214,10 +210,10 @@ def test_llama_cpp_refuses_a_gguf_that_is_not_a_lora(cue_run: Any, tmp_path: Pat
                                                      tiny_text_checkpoint: Path) -> None:
     pytest.importorskip("llama_cpp")
     from medgem.engines.gguf.convert import convert_checkpoint
-    from medgem.engines.llamacpp_lora import read_lora_header
+    from medgem.engines.llamacpp.lora import read_lora_header
     from medgem.errors import AdapterError
 
-    base = convert_checkpoint(tiny_text_checkpoint, "f16", tmp_path / "base", verify=False)
+    base = convert_checkpoint(tiny_text_checkpoint, "f16", tmp_path / "base", verify=None)
     with pytest.raises(AdapterError, match="not a LoRA adapter"):
         read_lora_header(base.model)
     with pytest.raises(AdapterError, match="no GGUF adapter"):

@@ -158,7 +158,7 @@ def test_training_prompt_is_the_prompt_the_harness_asks(tmp_path: Path, tiny_vlm
     assert item is not None
     batch = vlm_collator(examples)
     answer_tokens = int((batch["labels"][0] != IGNORE_INDEX).sum())
-    mg = MedGemma.load(tiny_vlm_checkpoint, engine="hf", device="cpu", progress=False, audit=False)
+    mg = MedGemma.load(tiny_vlm_checkpoint, engine="hf", options={"device": "cpu", "progress": False}, audit=False)
     try:
         request = mg.request(item.question, images=[_open_image(r) for r in item.images],
                              system=item.system)

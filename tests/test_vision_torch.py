@@ -18,9 +18,9 @@ pytest.importorskip("llama_cpp")
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.usefixtures("llamacpp_runs")
 
-from medgem.engines import EngineOptions, load_engine  # noqa: E402
+from medgem.engines import LlamaCppOptions, load_engine  # noqa: E402
 from medgem.engines.base import Finished, TextDelta  # noqa: E402
-from medgem.engines.vision_torch import TorchTower, choose_vision  # noqa: E402
+from medgem.engines.llamacpp.vision_torch import TorchTower, choose_vision  # noqa: E402
 from medgem.errors import InputError  # noqa: E402
 from medgem.request import GenerationOptions, ImagePart, Message, Request, TextPart  # noqa: E402
 from medgem.resolve import resolve_checkpoint  # noqa: E402
@@ -49,7 +49,7 @@ def clip_embeddings(engine: Any, image: Any) -> Any:
 def test_torch_tower_gives_llama_cpp_s_embeddings(converted_vlm: Path) -> None:
     """float32 PyTorch against llama.cpp's f16 clip: within 1e-3 relative (f16 weights)."""
     tower = TorchTower(converted_vlm / "mmproj.gguf", dtype="float32")
-    engine = load_engine("llamacpp", resolve_checkpoint(converted_vlm), EngineOptions(vision="llamacpp"))
+    engine = load_engine("llamacpp", resolve_checkpoint(converted_vlm), LlamaCppOptions(vision="llamacpp"))
     try:
         for seed in (1, 2):
             ours = tower.embed(picture(seed))
@@ -66,7 +66,7 @@ def test_greedy_answers_agree_between_the_two_vision_paths(converted_vlm: Path) 
     checkpoint = resolve_checkpoint(converted_vlm)
     answers = {}
     for path in ("llamacpp", "torch"):
-        engine = load_engine("llamacpp", checkpoint, EngineOptions(vision=path))
+        engine = load_engine("llamacpp", checkpoint, LlamaCppOptions(vision=path))
         try:
             assert engine.vision[0] == path  # type: ignore[attr-defined]
             for seed in (1, 2, 3):

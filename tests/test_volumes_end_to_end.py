@@ -26,7 +26,7 @@ def ct_series(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_ct_series_becomes_85_slices_with_the_volume_prompt_layout(
     tiny_vlm_checkpoint: Path, ct_series: Path
 ) -> None:
-    model = MedGemma.load(tiny_vlm_checkpoint, progress=False)
+    model = MedGemma.load(tiny_vlm_checkpoint, options={"progress": False})
     request = model.request("Is there a fracture?", images=[str(ct_series)])
     (user,) = request.messages  # no system turn for volumes
     assert len(request.images) == 85

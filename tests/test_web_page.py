@@ -104,7 +104,7 @@ def _ask_and_review(page: object, store: AuditStore, png: Path, *, think: bool) 
 
 
 def test_page_with_the_real_tiny_model(browser: object, tiny_vlm_checkpoint: Path, xray_png: Path) -> None:
-    model = MedGemma.load(tiny_vlm_checkpoint, engine="hf", device="cpu", progress=False)
+    model = MedGemma.load(tiny_vlm_checkpoint, engine="hf", options={"device": "cpu", "progress": False})
     store = open_store(":memory:")
     try:
         with serve_in_thread(create_app(ServerConfig(), audited(model, store))) as base:

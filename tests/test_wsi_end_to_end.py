@@ -47,7 +47,7 @@ def short_context_vlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_prompt_is_instruction_then_one_image_per_patch_in_reading_order(
     tiny_vlm_checkpoint: Path, slide: Path
 ) -> None:
-    model = MedGemma.load(tiny_vlm_checkpoint, progress=False)
+    model = MedGemma.load(tiny_vlm_checkpoint, options={"progress": False})
     request = model.request(QUESTION, images=[str(slide)], max_patches=6, patch_seed=2)
     (user,) = request.messages  # no system turn, as in the pathology notebook
     assert user.parts[0] == TextPart(f"{PATHOLOGY_INSTRUCTION}\n\n{QUESTION}")
@@ -79,7 +79,7 @@ def _check(model: MedGemma, request: Request) -> None:
 
 
 def test_context_check_says_how_many_patches_fit(short_context_vlm: Path, slide: Path) -> None:
-    model = MedGemma.load(short_context_vlm, progress=False)
+    model = MedGemma.load(short_context_vlm, options={"progress": False})
     request = model.request(QUESTION, images=[str(slide)])
     assert len(request.images) == 20
     with pytest.raises(ContextLengthError, match=r"(\d+) of 20 patches fit") as caught:
@@ -134,7 +134,7 @@ def vlm_gguf(tiny_vlm_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 def test_llamacpp_prompt_carries_every_patch(vlm_gguf: Path, slide: Path, llamacpp_runs: None) -> None:
-    model = MedGemma.load(vlm_gguf, engine="llamacpp", progress=False)
+    model = MedGemma.load(vlm_gguf, engine="llamacpp", options={"progress": False})
     try:
         request = model.request(QUESTION, images=[str(slide)], max_patches=6, patch_seed=2)
         list(model.generate(request))
@@ -147,7 +147,7 @@ def test_llamacpp_prompt_carries_every_patch(vlm_gguf: Path, slide: Path, llamac
 
 def test_llamacpp_context_check_says_how_many_patches_fit(vlm_gguf: Path, slide: Path,
                                                            llamacpp_runs: None) -> None:
-    model = MedGemma.load(vlm_gguf, engine="llamacpp", n_ctx=160, progress=False)
+    model = MedGemma.load(vlm_gguf, engine="llamacpp", options={"n_ctx": 160, "progress": False})
     try:
         request = model.request(QUESTION, images=[str(slide)])
         with pytest.raises(ContextLengthError, match=r"(\d+) of 20 patches fit") as caught:

@@ -28,7 +28,8 @@ from medgem.answer import (
 from medgem.answer.stops import apply_stops
 from medgem.audit import AuditStore, open_store
 from medgem.audit.trail import AuditTrail
-from medgem.engines import EngineOptions, choose_engine, load_engine
+from medgem.engine_env import engine_environment
+from medgem.engines import EngineOptions, choose_engine, engine_key, load_engine, options_for
 from medgem.engines.batching import Batcher
 from medgem.errors import (
     ClientDisconnectedError,
@@ -83,24 +84,13 @@ class MedGemma:
         model: str | os.PathLike[str],
         *,
         engine: str = "auto",
-        device: str = "auto",
-        dtype: str = "auto",
-        quantize: str | None = None,
+        options: EngineOptions | Mapping[str, Any] | None = None,
         variant: str | None = None,
         mmproj: str | os.PathLike[str] | None = None,
         revision: str | None = None,
         caveat: str | None = INTENDED_USE_CAVEAT,
-        progress: bool = True,
-        check_memory: bool = True,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        n_ctx: int | None = None,
-        threads: int | None = None,
         audit: AuditStore | str | os.PathLike[str] | bool = True,
         surface: str = "python",
-        adapter: str | os.PathLike[str] | None = None,
-        parallel: int = 1,
-        vision: str | None = None,
     ) -> MedGemma:
         """Resolve a checkpoint and load it on an engine.
 
@@ -108,49 +98,41 @@ class MedGemma:
             model: a folder, a .gguf, a variant key ("4b-it") or a hub id; for the remote engine,
                 the model name the server knows.
             engine: "auto", "hf", "hf-pipeline", "llamacpp" or "remote".
-            device: "auto", "cpu", "cuda" or "cuda:N".
-            dtype: "auto" (bf16 on GPUs with bf16, float32 on CPUs without it), or a torch dtype.
-            quantize: "4bit" or "8bit" (bitsandbytes, CUDA only).
+            options: how to run it: the engine's options object (``HFOptions``,
+                ``LlamaCppOptions``, ``RemoteOptions``, ``PipelineOptions`` from
+                ``medgem.engines``) or a mapping of its fields (handy with ``engine="auto"``),
+                e.g. ``{"n_ctx": 16384, "parallel": 4}``. The environment's MEDGEM_* settings
+                (``medgem.engine_env``) fill what it leaves unset. ``parallel``: requests
+                decoded together (llama.cpp: one KV-cache slot of ``n_ctx`` each; transformers:
+                batches of waiting requests; remote: requests in flight to each server).
             variant: force the MedGemma variant when it cannot be read from the files.
             caveat: the intended-use caveat attached to answers; "" turns it off.
-            check_memory: refuse to load weights that do not fit.
-            n_ctx: llama.cpp context window (default 8192; CT volumes need ~23000).
-            threads: llama.cpp threads (default: all cores this process may use).
             audit: where every answer's record goes: True for the local default store
                 ($MEDGEM_AUDIT_DB or ~/.local/share/medgem/audit.sqlite), a path or an open
                 store; False turns the audit trail off (an explicit choice).
             surface: the name records give for where the question came from.
-            adapter: a LoRA adapter to apply: a `medgem tune` folder or PEFT adapter (hf), or a
-                GGUF LoRA from `medgem convert --adapter` (llamacpp). Answers carry its name
-                and content hash.
-            parallel: requests decoded together (llama.cpp: one KV-cache slot of ``n_ctx``
-                each, a new request joins the running batch; transformers: batches of waiting
-                requests; remote: requests in flight to the server). Refused before loading
-                when the machine cannot hold it.
-            vision: llama.cpp: where the image encoder runs: "llamacpp" (its clip, f16),
-                "torch" (PyTorch, bf16 on CPUs with native bf16) or "auto" (by the CPU).
 
         Raises:
+            OptionsError: an option the engine does not take, before anything loads.
             MedgemError subclasses with a message and what to do.
         """
-        options = EngineOptions(
-            device=device, dtype=dtype, quantize=quantize, progress=progress,
-            check_memory=check_memory, base_url=base_url, api_key=api_key, n_ctx=n_ctx,
-            threads=threads, adapter=str(adapter) if adapter is not None else None,
-            parallel=parallel, vision=vision,
-        )
-        if parallel < 1:
-            raise InputError(f"--parallel must be at least 1, got {parallel}")
         if engine == "remote":
-            remote = load_engine("remote", str(model), options)
+            from medgem.engines.remote import RemoteEngine
+
+            built = _engine_options("remote", options)
+            parallel = _parallel(built)
+            remote = load_engine("remote", str(model), built)
             # The server names the variant; its thinking and budgets apply here too.
             known = find_variant(variant or remote.info.variant or "")
             # ``parallel`` is per backend: the front runs that many for each server it has.
+            servers = len(remote.backends) if isinstance(remote, RemoteEngine) else 1
             return cls(remote, variant=known, caveat=caveat, audit=_trail(audit, surface),
-                       parallel=parallel * len(getattr(remote, "backends", [None])))
+                       parallel=parallel * servers)
         checkpoint = resolve_checkpoint(model, variant=variant, mmproj=mmproj, revision=revision)
-        name = engine if engine != "auto" else choose_engine(checkpoint)
-        loaded = load_engine(name, checkpoint, options)
+        name = engine_key(engine) if engine != "auto" else choose_engine(checkpoint)
+        built = _engine_options(name, options)
+        parallel = _parallel(built)
+        loaded = load_engine(name, checkpoint, built)
         return cls(
             loaded,
             variant=checkpoint.variant,
@@ -393,6 +375,23 @@ def imaging_options(base: ImagingOptions | None = None, *, max_patches: int | No
         return replace(base or ImagingOptions(), **{k: v for k, v in given.items() if v is not None})
     except ValueError as exc:
         raise ImageInputError(str(exc), "check the imaging options") from None
+
+
+def _engine_options(engine: str, options: EngineOptions | Mapping[str, Any] | None) -> EngineOptions:
+    """The engine's options object: what was given, over the environment's settings."""
+    return options_for(engine, options, engine_environment(engine))
+
+
+def _parallel(options: EngineOptions) -> int:
+    """Requests run together (engines without batching take no ``parallel``: one).
+
+    Raises:
+        InputError: fewer than one.
+    """
+    parallel = int(getattr(options, "parallel", 1))
+    if parallel < 1:
+        raise InputError(f"--parallel must be at least 1, got {parallel}")
+    return parallel
 
 
 def _trail(audit: AuditStore | str | os.PathLike[str] | bool, surface: str) -> AuditTrail | None:

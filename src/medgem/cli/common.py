@@ -14,7 +14,8 @@ from typing import TextIO
 from medgem.answer import Answer, AnswerChunk, FinalChunk, StreamChunk, ThinkingChunk
 from medgem.api import MedGemma
 from medgem.cli.progress import Waiting, until_first
-from medgem.errors import ImageInputError
+from medgem.engines.options import EngineOptions, LlamaCppOptions, OptionsError, options_for
+from medgem.errors import ImageInputError, InputError
 from medgem.inputs.options import LIMITS, ImagingOptions
 from medgem.request import GenerationOptions
 
@@ -228,31 +229,71 @@ def load_model(args: argparse.Namespace, *, audit: bool = True) -> MedGemma:
         return _load(args, store)
 
 
+# Flags that set engine options (dest = the field's name) -> their values when not given: the
+# engine's own default applies then, and an engine that does not take the field is not asked.
+_ENGINE_FLAGS: dict[str, tuple[object, ...]] = {
+    "device": ("auto",), "dtype": ("auto",), "quantize": (None,), "adapter": (None,),
+    "n_ctx": (None,), "threads": (None,), "vision": (None, "auto"), "api_key": (None,),
+}
+
+
+def engine_fields(args: argparse.Namespace) -> dict[str, object]:
+    """The engine flags that were given, as option fields (the engine is not known yet under
+    ``--engine auto``: ``MedGemma.load`` builds its options object from these)."""
+    fields = {name: getattr(args, name) for name, unset in _ENGINE_FLAGS.items()
+              if getattr(args, name, None) not in unset}
+    urls = [*getattr(args, "backend", []), *([args.base_url] if args.base_url else [])]
+    parallel = getattr(args, "parallel", None) or getattr(args, "concurrency", None) or 1
+    return fields | ({"base_url": ",".join(urls)} if urls else {}) | (
+        {"parallel": parallel} if parallel != 1 else {}) | {
+        "progress": False}  # the stage line (Waiting) says what loads: no library bars under it
+
+
+def as_flag_error(error: OptionsError) -> InputError:
+    """An option the engine does not take, said as the flag that set it."""
+    flag = "--" + error.field.replace("_", "-")
+    return InputError(f"{flag} does not apply to the {error.engine} engine",
+                      f"drop {flag}" + (f", or use --engine {' or '.join(error.takers)}"
+                                        if error.takers else ""))
+
+
+def flag_options(engine: str, fields: Mapping[str, object]) -> EngineOptions:
+    """The named engine's options from flag values (:func:`engine_fields`).
+
+    Raises:
+        InputError: a flag the engine does not take, naming the engines that do.
+    """
+    try:
+        return options_for(engine, fields)
+    except OptionsError as exc:
+        raise as_flag_error(exc) from None
+
+
+def llamacpp_settings() -> LlamaCppOptions:
+    """llama.cpp's options as the environment sets them, for commands that run its native
+    code without loading a model (doctor, convert, inspect's estimates)."""
+    from medgem.engine_env import engine_environment
+
+    return LlamaCppOptions.model_validate(engine_environment("llamacpp"))
+
+
 def _load(args: argparse.Namespace, store: str | bool) -> MedGemma:
     from medgem.answer import INTENDED_USE_CAVEAT
 
-    return MedGemma.load(
-        args.model,
-        audit=store,
-        surface=f"cli:{getattr(args, 'command', None) or 'medgem'}",
-        engine="remote" if getattr(args, "backend", []) and args.engine == "auto" else args.engine,
-        device=args.device,
-        dtype=args.dtype,
-        quantize=args.quantize,
-        variant=args.variant,
-        mmproj=args.mmproj,
-        revision=args.revision,
-        caveat="" if args.no_caveat else INTENDED_USE_CAVEAT,
-        progress=False,  # the stage line (Waiting) says what loads; no library bars under it
-        base_url=",".join([*getattr(args, "backend", []), *([args.base_url] if args.base_url else [])])
-        or None,
-        api_key=args.api_key,
-        n_ctx=args.n_ctx,
-        threads=args.threads,
-        adapter=args.adapter,
-        parallel=getattr(args, "parallel", None) or getattr(args, "concurrency", None) or 1,
-        vision=args.vision,
-    )
+    try:
+        return MedGemma.load(
+            args.model,
+            engine="remote" if getattr(args, "backend", []) and args.engine == "auto" else args.engine,
+            options=engine_fields(args),
+            variant=args.variant,
+            mmproj=args.mmproj,
+            revision=args.revision,
+            caveat="" if args.no_caveat else INTENDED_USE_CAVEAT,
+            audit=store,
+            surface=f"cli:{getattr(args, 'command', None) or 'medgem'}",
+        )
+    except OptionsError as exc:
+        raise as_flag_error(exc) from None
 
 
 def render(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from dataclasses import asdict
@@ -34,8 +35,10 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from medgem.cli.common import llamacpp_settings
     from medgem.cli.progress import Waiting
     from medgem.engines.gguf.convert import convert_checkpoint
+    from medgem.engines.llamacpp.verify import check_conversion
     from medgem.errors import InputError
 
     if args.adapter is not None:
@@ -47,8 +50,10 @@ def run(args: argparse.Namespace) -> int:
 
     # Bars with ETA for writing and quantizing; a stage line for the steps between them.
     with Waiting(f"converting {Path(args.checkpoint).name or args.checkpoint}"):
+        native = llamacpp_settings()
+        verify = None if args.no_check else functools.partial(check_conversion, options=native)
         result = convert_checkpoint(args.checkpoint, args.quant, args.out, progress=True,
-                                    verify=not args.no_check, threads=args.threads)
+                                    verify=verify, threads=args.threads, llamacpp=native)
     from medgem.catalog import record_converted
 
     record_converted([p for p in (result.model, result.mmproj) if p])  # its name, and `medgem rm`

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     err = sys.stderr
     err.write("medgem demo: preparing the demo model (first run builds it, about a minute)\n")
-    model = MedGemma.load(str(demo_checkpoint()), engine=args.engine, progress=False)
+    model = MedGemma.load(str(demo_checkpoint()), engine=args.engine, options={"progress": False})
     radiograph = chest_radiograph()
     print_label_first(model)
     err.write(f"\n1) Image question: {radiograph.name} (CR chest radiograph, DICOM)\n")

@@ -90,22 +90,24 @@ def add_parser(subparsers: Any) -> None:
 
 def llamacpp_report() -> dict[str, Any]:
     """Whether llama.cpp runs on this CPU (proved in a child process) and with which kernels."""
-    from medgem.engines.llamacpp_native import cpu_variants, use_extra_buffers
-    from medgem.engines.llamacpp_probe import probe
-    from medgem.engines.vision_torch import choose_vision
+    from medgem.cli.common import llamacpp_settings
+    from medgem.engines.llamacpp.native import cpu_variants, use_extra_buffers
+    from medgem.engines.llamacpp.probe import probe
+    from medgem.engines.llamacpp.vision_torch import choose_vision
 
     if importlib.util.find_spec("llama_cpp") is None:
         return {"installed": False, "runs_here": False}
+    settings = llamacpp_settings()
     variants = cpu_variants()
-    result = probe()
+    result = probe(cpu_variant=settings.cpu_variant, repack=settings.repack)
     compiled = [name for name, value in result.kernels.items() if value == "1"]
     return {"installed": True,
             "build": (f"runtime CPU dispatch ({len(variants)} CPU variants)" if variants
                       else "single build for one CPU (not portable)"),
             "variants": variants, "runs_here": result.ok,
             "detail": result.message() if not result.ok else "", "kernels": compiled,
-            "weight_repacking": use_extra_buffers(),
-            "vision": dict(zip(("path", "why"), choose_vision(), strict=True))}
+            "weight_repacking": use_extra_buffers(repack=settings.repack),
+            "vision": dict(zip(("path", "why"), choose_vision(settings.vision), strict=True))}
 
 
 def plan(variant: Variant, hardware: Hardware, engines: dict[str, bool], bandwidth_gbs: float
@@ -169,8 +171,8 @@ def _measured_lines(plans: dict[str, dict[str, Any]]) -> list[str]:
 def measured_here() -> list[dict[str, object]]:
     """What the llama.cpp engine measured on this CPU (the speeds store): per model file,
     projector, vision path and thread count."""
-    from medgem.engines import speeds
-    from medgem.engines.llamacpp_probe import cpu_name
+    from medgem.engines.llamacpp import speeds
+    from medgem.engines.llamacpp.probe import cpu_name
 
     rows: list[dict[str, object]] = []
     for key in speeds.measured_keys():
@@ -186,7 +188,7 @@ def measured_here() -> list[dict[str, object]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medgem.engines.llamacpp_native import cpu_features, describe_cpu_features
+    from medgem.engines.llamacpp.native import cpu_features, describe_cpu_features
 
     hardware = detect_hardware()
     engines = {name: all(importlib.util.find_spec(module) is not None for module in modules)

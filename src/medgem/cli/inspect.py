@@ -122,7 +122,8 @@ def model_instruction(item: MedicalInput) -> str | None:
 def first_token_estimate(model: str, item: MedicalInput, instruction: object) -> dict[str, object]:
     """How long this input would take to its first token with ``model`` here, from the speeds
     the llama.cpp engine measured with the same files, tower and thread count on this CPU."""
-    from medgem.engines.speeds import estimate_first_token
+    from medgem.cli.common import llamacpp_settings
+    from medgem.engines.llamacpp.speeds import estimate_first_token
     from medgem.resolve import resolve_checkpoint
 
     checkpoint = resolve_checkpoint(model, offline=True)
@@ -131,7 +132,8 @@ def first_token_estimate(model: str, item: MedicalInput, instruction: object) ->
     images = len(item.images)
     # the question and template, the instruction, and a marker after each image of a sequence
     text_tokens = 48 + len(str(instruction or "")) // 4 + (4 * images if item.kind == "volume" else 0)
-    seconds, measured = estimate_first_token(checkpoint.path, checkpoint.mmproj, images, text_tokens)
+    seconds, measured = estimate_first_token(checkpoint.path, checkpoint.mmproj, images, text_tokens,
+                                             vision=llamacpp_settings().vision)
     if seconds is None or measured is None:
         return {"seconds": None, "text": f"not measured with {checkpoint.path.name} on this machine "
                 "yet: ask it one question with an image and medgem records its speeds"}

@@ -3,7 +3,9 @@
 An engine prepares a Request once (render, tokenize, preprocess images: the token count the
 context check needs) and turns the prepared request into a stream of events: raw text deltas
 (thinking markers included; the answer stage splits them) and one final Finished event with
-usage and timings.
+usage and timings. Engines that run several requests at once add one of the batching
+contracts (:class:`ContinuousBatching`, :class:`StaticBatching`), as
+``Capabilities.batching`` says; ``medgem.engines.batching`` drives them.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from medgem.request import Request
 
@@ -21,15 +23,13 @@ Batching = Literal["continuous", "static", "concurrent"]
 
 @dataclass(frozen=True)
 class Capabilities:
+    #: whether the model takes images (MedGemma.generate refuses them otherwise)
     images: bool
-    thinking: bool
-    streaming: bool = True
     #: how the engine runs several requests at once (medgem.engines.batching reads it):
-    #: "continuous" (start/step: a request joins the running batch), "static" (generate_batch:
-    #: a batch runs to its end), "concurrent" (generate is thread-safe: a remote server batches),
-    #: or None (one at a time).
+    #: "continuous" (:class:`ContinuousBatching`: a request joins the running batch), "static"
+    #: (:class:`StaticBatching`: a batch runs to its end), "concurrent" (generate is
+    #: thread-safe: a remote server batches), or None (one at a time).
     batching: Batching | None = None
-    chat: bool = True
 
 
 @dataclass(frozen=True)
@@ -161,4 +161,51 @@ class Engine(Protocol):
 
     def close(self) -> None:
         """Free the weights."""
+        ...
+
+    def health(self) -> dict[str, object]:
+        """What a health check reports beyond "up" (the remote engine: each backend's URL,
+        health and load); {} when there is nothing more."""
+        ...
+
+
+class RunningSequence(Protocol):
+    """One request inside a continuous batch: the events its steps made (an error ends it)."""
+
+    events: list[EngineEvent | BaseException]
+    done: bool
+
+
+S = TypeVar("S", bound=RunningSequence)
+
+
+class ContinuousBatching(Engine, Protocol[S]):
+    """``Capabilities.batching == "continuous"``: requests join and leave a running batch."""
+
+    def start(self, prepared: Prepared, cancel: threading.Event | None = None,
+              started: float | None = None) -> S:
+        """Take a prepared request into the batch; nothing runs until :meth:`step`.
+
+        Raises:
+            ContextLengthError: the prompt does not fit.
+            ResourceError: the batch is full.
+        """
+        ...
+
+    def step(self, sequences: list[S]) -> None:
+        """Advance every running sequence once; events (and errors) collect on each, ``done``
+        marks the finished ones (their places are free again)."""
+        ...
+
+    def abandon(self, sequence: S) -> None:
+        """Drop a sequence after an engine fault and free its place."""
+        ...
+
+
+class StaticBatching(Engine, Protocol):
+    """``Capabilities.batching == "static"``: requests that sample alike run as one batch."""
+
+    def generate_batch(self, items: list[Prepared],
+                       cancels: list[threading.Event]) -> Iterator[tuple[int, EngineEvent]]:
+        """Run the batch to its end: (row, event) pairs, each row ending with one Finished."""
         ...

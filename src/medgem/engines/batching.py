@@ -24,9 +24,17 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from medgem.engines.base import Engine, EngineEvent, Finished, Prepared
+from medgem.engines.base import (
+    ContinuousBatching,
+    Engine,
+    EngineEvent,
+    Finished,
+    Prepared,
+    RunningSequence,
+    StaticBatching,
+)
 
 log = logging.getLogger("medgem")
 
@@ -123,8 +131,8 @@ class Batcher:
                 log.exception("the batch worker failed")
 
     def _continuous(self) -> bool:
-        engine: Any = self.engine
-        running: list[tuple[_Ticket, Any]] = []
+        engine = cast("ContinuousBatching[RunningSequence]", self.engine)
+        running: list[tuple[_Ticket, RunningSequence]] = []
         while True:
             tickets = self._next(len(running))
             if tickets is None:
@@ -163,7 +171,7 @@ class Batcher:
         batch = [t for t in tickets if _sampling(t) == key]
         with self._wake:
             self._waiting.extendleft(reversed([t for t in tickets if _sampling(t) != key]))
-        engine: Any = self.engine
+        engine = cast(StaticBatching, self.engine)
         self._count(len(batch))
         try:
             for index, event in engine.generate_batch([t.prepared for t in batch],

@@ -15,10 +15,12 @@ from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 from medgem.adapters import attach_adapter, find_adapter
-from medgem.engines import EngineOptions, base
-from medgem.errors import EngineUnavailableError, InputError, NotACheckpointError, require
+from medgem.engines import base
+from medgem.engines.options import HFOptions, PipelineOptions
+from medgem.engines.placement import placement, quantization_config
+from medgem.errors import InputError, NotACheckpointError, require
 from medgem.hardware import cpu_has_native_bf16, detect_hardware
-from medgem.memory import check_fits, count_parameters, estimate
+from medgem.memory import check_fits, count_parameters
 from medgem.request import Request, TextPart
 from medgem.request.compose import shipped_chat_template
 from medgem.resolve import Checkpoint
@@ -26,14 +28,15 @@ from medgem.resolve import Checkpoint
 Mode = Literal["direct", "pipeline"]
 
 
-def load_pipeline(checkpoint: Checkpoint, options: EngineOptions) -> HFEngine:
+def load_pipeline(checkpoint: Checkpoint, options: PipelineOptions) -> HFEngine:
     return HFEngine(checkpoint, options, mode="pipeline")
 
 
 class HFEngine:
     """MedGemma on transformers (any Gemma 3 checkpoint, multimodal or text-only, pt or it)."""
 
-    def __init__(self, checkpoint: Checkpoint, options: EngineOptions, mode: Mode = "direct") -> None:
+    def __init__(self, checkpoint: Checkpoint, options: HFOptions | PipelineOptions,
+                 mode: Mode = "direct") -> None:
         if checkpoint.format != "hf":
             raise InputError(
                 f"'{checkpoint.path.name}' is a GGUF file; transformers needs a checkpoint folder",
@@ -46,8 +49,8 @@ class HFEngine:
         self.checkpoint = checkpoint
         self._torch = torch
         self._lock = threading.Lock()
-        self.device, self.dtype = _placement(options, checkpoint)
-        quant_config = _quantization(options.quantize, self.device)
+        self.device, self.dtype = placement(options.device, options.dtype, checkpoint)
+        quant_config = quantization_config(options.quantize, self.device)
         if options.check_memory:
             precision = options.quantize or str(self.dtype).removeprefix("torch.")
             check_fits(count_parameters(checkpoint.path), precision, self.device, detect_hardware())
@@ -100,18 +103,14 @@ class HFEngine:
             engine=self.name,
             dtype=str(self.dtype).removeprefix("torch."),
             quantization=options.quantize,
-            demo=checkpoint.demo or options.demo,
+            demo=checkpoint.demo,
             context_length=int(getattr(text_config, "max_position_embeddings", 131072)),
             path=path,
             adapter=self.adapter.name if self.adapter else merged.get("name"),
             adapter_sha256=self.adapter.sha256 if self.adapter else merged.get("sha256"),
         )
         self.capabilities = base.Capabilities(
-            images=self.multimodal,
-            thinking=checkpoint.variant.thinking if checkpoint.variant else True,
-            batching="static" if self.mode == "direct" else None,
-            chat=checkpoint.instruction_tuned,
-        )
+            images=self.multimodal, batching="static" if self.mode == "direct" else None)
 
     # --- prompt rendering ----------------------------------------------------------------------
 
@@ -291,6 +290,9 @@ class HFEngine:
         return base.Finished(reason, base.Usage(item.prompt_tokens, len(tokens)),
                              base.Timings(first, total, len(tokens)))
 
+    def health(self) -> dict[str, object]:
+        return {}
+
     def close(self) -> None:
         self._pipeline = None
         del self.model
@@ -363,59 +365,6 @@ class _TokenStreamer:
     def __iter__(self) -> Iterator[tuple[int, str | None]]:
         while (item := self._queue.get()) is not None:
             yield item
-
-
-def _placement(options: EngineOptions, checkpoint: Checkpoint) -> tuple[str, Any]:
-    """(device, torch dtype): bf16 on GPUs that have it, float32 on CPUs without native bf16."""
-    import torch
-
-    device = options.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise EngineUnavailableError(
-            "--device cuda was asked for but no CUDA GPU is available",
-            "use --device cpu (or a GGUF with --engine llamacpp for speed)",
-        )
-    if options.dtype != "auto":
-        dtype = getattr(torch, options.dtype, None)
-        if not isinstance(dtype, torch.dtype):
-            raise InputError(f"unknown dtype '{options.dtype}'", "use bfloat16, float16 or float32")
-        return device, dtype
-    if device.startswith("cuda"):
-        return device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    # CPUs: float32 when it fits. bf16 matmuls are emulated on most CPUs (measured 213 s for the
-    # 4B vision tower alone) and even with AVX512-BF16 PyTorch falls back for many ops.
-    need = estimate(count_parameters(checkpoint.path), "float32").total_bytes
-    if need <= detect_hardware().ram_available:
-        return device, torch.float32
-    return device, torch.bfloat16
-
-
-def _quantization(quantize: str | None, device: str) -> Any:
-    if quantize is None:
-        return None
-    if quantize not in ("4bit", "8bit"):
-        raise InputError(f"unknown quantization '{quantize}'", "use --quantize 4bit or 8bit")
-    if not device.startswith("cuda"):
-        raise EngineUnavailableError(
-            f"--quantize {quantize} uses bitsandbytes, which needs a CUDA GPU",
-            "on a CPU, convert to GGUF instead: medgem convert CHECKPOINT --quant q4_k_m, then "
-            "run the .gguf (engine llamacpp)",
-        )
-    require("bitsandbytes", "cuda", f"--quantize {quantize}")
-    import torch
-    import transformers
-
-    if quantize == "4bit":
-        return transformers.BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
-            bnb_4bit_quant_storage=torch.bfloat16,
-        )
-    return transformers.BitsAndBytesConfig(load_in_8bit=True)
 
 
 def _vision_in_float32(model: Any) -> None:

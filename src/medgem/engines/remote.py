@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import io
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -33,7 +32,7 @@ from medgem.request.thinking import THOUGHT_CLOSE, THOUGHT_OPEN
 from medgem.request.variants import find_variant
 
 if TYPE_CHECKING:
-    from medgem.engines import EngineOptions
+    from medgem.engines.options import RemoteOptions
 
 log = logging.getLogger("medgem")
 
@@ -44,25 +43,20 @@ _TOKENS_PER_IMAGE = 256
 _REASONING_FIELDS = ("reasoning_content", "reasoning")
 
 
-def load_remote(model: str, options: EngineOptions) -> RemoteEngine:
+def load_remote(model: str, options: RemoteOptions) -> RemoteEngine:
     """Connect to one or more OpenAI-compatible servers and check that they serve ``model``.
 
     Args:
         model: the model id the servers know.
-        options: ``base_url``: one URL, or several separated by commas (``--backend`` given more
-            than once; default $MEDGEM_BASE_URL, $OPENAI_BASE_URL or 127.0.0.1:8000/v1);
-            ``api_key`` (default $MEDGEM_API_KEY or $OPENAI_API_KEY); ``parallel``: requests in
-            flight to each backend.
+        options: ``base_url``: one URL, or several separated by commas (default
+            127.0.0.1:8000/v1); ``api_key``; ``parallel``: requests in flight to each backend.
 
     Raises:
         EngineUnavailableError: no server can be reached.
         RemoteError: a server refused (wrong key, unknown model).
     """
-    base_url = (options.base_url or os.environ.get("MEDGEM_BASE_URL")
-                or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL)
-    api_key = options.api_key or os.environ.get("MEDGEM_API_KEY") or os.environ.get("OPENAI_API_KEY")
-    urls = [url.strip() for url in base_url.split(",") if url.strip()]
-    return RemoteEngine(str(model), urls, api_key, per_backend=max(1, options.parallel))
+    urls = [url.strip() for url in (options.base_url or DEFAULT_BASE_URL).split(",") if url.strip()]
+    return RemoteEngine(str(model), urls, options.api_key, per_backend=max(1, options.parallel))
 
 
 @dataclass(eq=False)
@@ -138,7 +132,7 @@ class RemoteEngine:
             path=",".join(b.url for b in self._backends),
         )
         self.capabilities = base.Capabilities(
-            images=bool(meta.get("images", True)), thinking=bool(meta.get("thinking", True)),
+            images=bool(meta.get("images", True)),
             batching="concurrent",  # the servers batch what they are sent at once
         )
         self._stop = threading.Event()
@@ -163,6 +157,10 @@ class RemoteEngine:
         """Each backend's URL, health and load (for /healthz and tests)."""
         return [{"url": b.url, "healthy": b.healthy, "in_flight": b.in_flight,
                  "answered": b.answered} for b in self._backends]
+
+    def health(self) -> dict[str, object]:
+        """The backends: each one's URL, health and load (what /healthz reports)."""
+        return {"backends": self.backends}
 
     def _check_health(self, interval: float) -> None:
         while not self._stop.wait(interval):

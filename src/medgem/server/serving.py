@@ -310,7 +310,8 @@ class Serving:
 
 def engine_health(model: MedGemma) -> list[Any] | None:
     """What the engine says of its own health: a remote front's servers, or None."""
-    return getattr(model.engine, "backends", None)
+    backends = model.engine.health().get("backends")
+    return list(backends) if isinstance(backends, list) else None
 
 
 class ClientWatch:

@@ -6,7 +6,7 @@ Typical use::
     outcome = train(plan)
     comparison = compare_base_and_tuned(plan, outcome.adapter)
 
-Then ``MedGemma.load("4b-it", adapter="adapters/cxr")`` answers with the adapter, and every
+Then ``MedGemma.load("4b-it", options={"adapter": "adapters/cxr"})`` answers with the adapter, and every
 answer names it and its hash.
 """
 

@@ -44,6 +44,7 @@ def compare_base_and_tuned(plan: TunePlan, adapter: AdapterInfo, *,
         which no task scores (the validation losses are the comparison then).
     """
     from medgem.api import MedGemma
+    from medgem.engines.options import HFOptions
     from medgem.evaluate import (
         EvalConfig,
         TaskOptions,
@@ -73,9 +74,9 @@ def compare_base_and_tuned(plan: TunePlan, adapter: AdapterInfo, *,
         run_folder = folder / label
         if run_folder.exists():
             shutil.rmtree(run_folder)  # a re-run compares afresh, never half of an older run
-        model = MedGemma.load(config.model, engine="hf", device=plan.device,
-                              dtype=str(plan.dtype).removeprefix("torch."),
-                              quantize=config.quantize, progress=False, adapter=adapter_path,
+        model = MedGemma.load(config.model, engine="hf", options=HFOptions(
+            device=plan.device, dtype=str(plan.dtype).removeprefix("torch."),
+            quantize=config.quantize, progress=False, adapter=adapter_path),
                               audit=config.audit, surface="cli:tune")
         try:
             run_evaluation(model, prepared, run_folder, progress=progress)

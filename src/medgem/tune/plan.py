@@ -119,8 +119,7 @@ def plan_tuning(config: TuneConfig) -> TunePlan:
         ResourceError: the run is predicted not to fit in memory.
         InputError: a bad setting.
     """
-    from medgem.engines import EngineOptions
-    from medgem.engines.hf import _placement, _quantization
+    from medgem.engines.placement import placement, quantization_config
     from medgem.resolve import resolve_checkpoint
 
     for name, value in (("--batch-size", config.batch_size), ("--grad-accum", config.grad_accum),
@@ -148,9 +147,9 @@ def plan_tuning(config: TuneConfig) -> TunePlan:
             f"'{checkpoint.model_id}' is a text-only model but {first.where} has images",
             "train an image model (such as 4b-it) on image data, or use text-only rows",
         )
-    device, dtype = _placement(EngineOptions(device=config.device, dtype=config.dtype), checkpoint)
+    device, dtype = placement(config.device, config.dtype, checkpoint)
     if config.quantize:
-        _quantization(config.quantize, device)  # refuses CPUs and a missing bitsandbytes
+        quantization_config(config.quantize, device)  # refuses CPUs and a missing bitsandbytes
     per_step = config.batch_size * config.grad_accum
     steps = config.max_steps or max(1, math.ceil(len(train) * config.epochs / per_step))
     plan = TunePlan(config, checkpoint, data, device, dtype, steps, _fingerprint(train, held))

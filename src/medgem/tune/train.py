@@ -62,7 +62,7 @@ def load_for_training(plan: TunePlan) -> tuple[Any, Any]:
     """(model, processor-or-tokenizer) placed and typed for training, gradient-ready."""
     import transformers
 
-    from medgem.engines.hf import _quantization
+    from medgem.engines.placement import quantization_config
     from medgem.request.compose import shipped_chat_template
 
     path = str(plan.checkpoint.path)
@@ -74,7 +74,7 @@ def load_for_training(plan: TunePlan) -> tuple[Any, Any]:
         if multimodal:
             processor.tokenizer.chat_template = processor.chat_template
     kwargs: dict[str, Any] = {"dtype": plan.dtype}
-    quant = _quantization(plan.config.quantize, plan.device)
+    quant = quantization_config(plan.config.quantize, plan.device)
     if quant is not None:
         kwargs |= {"quantization_config": quant, "device_map": {"": plan.device}}
     elif plan.device.startswith("cuda"):

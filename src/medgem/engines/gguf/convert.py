@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from medgem.engines.gguf.write import PlannedTensor, gguf_target, read_tokenizer, write_gguf
+from medgem.engines.options import LlamaCppOptions
 from medgem.errors import ConversionError, InputError, NotACheckpointError, require
 
 stages = logging.getLogger("medgem.progress")  # a terminal's stage line shows these
@@ -44,8 +45,10 @@ class ConversionResult:
 
 
 def convert_checkpoint(spec: str | os.PathLike[str], quant: str = "q4_k_m", out: Path | None = None,
-                       *, progress: bool = False, verify: bool = True,
-                       threads: int | None = None) -> ConversionResult:
+                       *, progress: bool = False,
+                       verify: Callable[[Path, Path, Path | None], str] | None = None,
+                       threads: int | None = None,
+                       llamacpp: LlamaCppOptions | None = None) -> ConversionResult:
     """Convert a MedGemma / Gemma 3 checkpoint to GGUF.
 
     Args:
@@ -53,8 +56,11 @@ def convert_checkpoint(spec: str | os.PathLike[str], quant: str = "q4_k_m", out:
         quant: "q4_k_m", "q8_0" or "f16".
         out: output folder (default: ``<checkpoint name>-gguf-<quant>`` in the working folder).
         progress: show progress bars with ETA on stderr (only when it is a terminal).
-        verify: load the result with llama.cpp and check it.
+        verify: checks the result, given (checkpoint folder, model.gguf, mmproj.gguf or None),
+            and says how it went (``medgem convert`` passes llama.cpp's
+            ``medgem.engines.llamacpp.verify.check_conversion``); None: not checked.
         threads: quantizer threads (default: all cores).
+        llamacpp: the native settings the quantizer runs with (CPU backend, probe).
 
     Raises:
         InputError: an unknown quantization, or a GGUF given as input.
@@ -88,16 +94,17 @@ def convert_checkpoint(spec: str | os.PathLike[str], quant: str = "q4_k_m", out:
                text_plan, _tensor_bar(progress, raw_path.name, len(text_plan)))
     if (quant_code := QUANTS[quant]) is not None:
         n_params = sum(math.prod(t.shape) for t in text_plan)
-        _quantize(raw_path, model_path, quant_code, n_params, threads, progress, quant)
+        _quantize(raw_path, model_path, quant_code, n_params, threads, progress, quant,
+                  llamacpp or LlamaCppOptions())
         raw_path.unlink()
     mmproj_path: Path | None = None
     if vision_plan:
         mmproj_path = out / "mmproj.gguf"
         write_gguf(mmproj_path, "clip", lambda w: _vision_metadata(w, folder, config),
                    vision_plan, _tensor_bar(progress, mmproj_path.name, len(vision_plan)))
-    if verify:
+    if verify is not None:
         stages.debug("checking the result: the tokenizer and one step on llama.cpp")
-    check = verify_conversion(folder, model_path, mmproj_path) if verify else "not checked"
+    check = verify(folder, model_path, mmproj_path) if verify is not None else "not checked"
     return ConversionResult(
         model=model_path, mmproj=mmproj_path, quant=quant,
         seconds=time.perf_counter() - started, model_bytes=model_path.stat().st_size,
@@ -328,13 +335,15 @@ def _tensor_bar(progress: bool, label: str, total: int) -> Callable[[int, int, s
 
 
 def _quantize(source: Path, target: Path, ftype: int, n_params: int, threads: int | None,
-              progress: bool, quant: str) -> None:
+              progress: bool, quant: str, native: LlamaCppOptions) -> None:
     """llama.cpp's quantizer, its output's growth shown as a bar against the expected size."""
-    from medgem.engines.llamacpp_native import import_llama_cpp
-    from medgem.engines.llamacpp_probe import ensure_runs_here
+    from medgem.engines.llamacpp.native import import_llama_cpp
+    from medgem.engines.llamacpp.probe import ensure_runs_here
 
-    ensure_runs_here()  # the quantizer is native code too: prove it runs here in a child first
-    llama_cpp, _ = import_llama_cpp()  # its per-tensor log is silenced; the bar shows progress
+    if native.probe:  # the quantizer is native code too: prove it runs here in a child first
+        ensure_runs_here(cpu_variant=native.cpu_variant, repack=native.repack)
+    # its per-tensor log is silenced; the bar shows progress
+    llama_cpp, _ = import_llama_cpp(native.cpu_variant, logs=native.native_logs)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = threads or len(os.sched_getaffinity(0))
@@ -363,43 +372,3 @@ def _quantize(source: Path, target: Path, ftype: int, n_params: int, threads: in
     if status != 0:
         raise ConversionError(f"llama.cpp's quantizer failed (status {status})",
                               "check free disk space, or try --quant f16")
-
-
-def verify_conversion(folder: Path, model: Path, mmproj: Path | None) -> str:
-    """Load the GGUF pair with the llama.cpp engine; the tokenizer must tokenize like the
-    checkpoint's, and one greedy step (with an image when there is an mmproj) must run.
-
-    Raises:
-        ConversionError: any mismatch.
-    """
-    from transformers import AutoTokenizer
-
-    from medgem.engines import EngineOptions
-    from medgem.engines.llamacpp import LlamaCppEngine
-    from medgem.request import GenerationOptions, ImagePart, Message, Request, TextPart
-    from medgem.resolve import resolve_checkpoint
-
-    engine = LlamaCppEngine(resolve_checkpoint(model, mmproj=mmproj), EngineOptions(n_ctx=1024))
-    try:
-        probe = ("<start_of_turn>user\nPneumothorax? 12 mm, left apex;  café 😀\n"
-                 "<end_of_turn>\n<start_of_turn>model\n<unused94>thought\n")
-        reference = AutoTokenizer.from_pretrained(str(folder))(probe, add_special_tokens=False).input_ids
-        got = engine.tokenize(probe)
-        if got != list(reference):
-            raise ConversionError(
-                "the GGUF tokenizer does not tokenize like the checkpoint's "
-                f"({len(got)} vs {len(reference)} tokens for a probe text)",
-                "report this with the checkpoint's tokenizer files",
-            )
-        parts: list[Any] = [TextPart("Describe this.")]
-        if mmproj is not None:
-            from PIL import Image
-
-            parts.insert(0, ImagePart(Image.new("RGB", (32, 32), (90, 90, 90))))
-        request = Request((Message("user", tuple(parts)),), GenerationOptions(max_new_tokens=1))
-        events = list(engine.generate(request))
-        prompt_tokens = events[-1].usage.prompt_tokens  # type: ignore[union-attr]
-    finally:
-        engine.close()
-    image_note = " with an image" if mmproj is not None else ""
-    return f"tokenizer matches the checkpoint; one step ran{image_note} ({prompt_tokens} prompt tokens)"

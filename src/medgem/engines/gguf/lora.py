@@ -247,5 +247,5 @@ def _merge_and_convert(adapter: AdapterInfo, base: str, out: Path, quant: str, p
         for name in ("chat_template.jinja", "generation_config.json"):
             if (checkpoint.path / name).is_file() and not (merged_dir / name).exists():
                 shutil.copy2(checkpoint.path / name, merged_dir / name)
-        result = convert_checkpoint(merged_dir, quant, out, progress=progress, verify=False)
+        result = convert_checkpoint(merged_dir, quant, out, progress=progress)
     return AdapterConversion(None, result.mmproj, result.model, 0, time.perf_counter() - started)

@@ -14,7 +14,6 @@ the projector is stored as 1 + w and is read back as w.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ VISION_PATHS = ("auto", "llamacpp", "torch")
 def choose_vision(asked: str | None = None) -> tuple[str, str]:
     """(path, why): where this machine runs the vision tower.
 
-    ``asked`` (--vision, else $MEDGEM_VISION) forces "llamacpp" or "torch". "auto" keeps
+    ``asked`` (the ``vision`` option) forces "llamacpp" or "torch". "auto" keeps
     llama.cpp's clip: measured on an AVX512-BF16 CPU (Zen 5, 2 cores, 4B shape), the tower in
     PyTorch bf16 took 19.9 s against the clip's 19.2 s and twice the resident memory
     (benchmarks/bench_vision.py). On CPUs without native bf16, PyTorch would run float32
@@ -38,7 +37,7 @@ def choose_vision(asked: str | None = None) -> tuple[str, str]:
     """
     from medgem.hardware import cpu_flags
 
-    choice = (asked or os.environ.get("MEDGEM_VISION") or "auto").lower()
+    choice = (asked or "auto").lower()
     if choice not in VISION_PATHS:
         raise InputError(f"unknown vision path '{choice}'", "use --vision auto, llamacpp or torch")
     if choice == "torch":
@@ -119,8 +118,7 @@ class TorchTower:
                 state[name] = value - 1.0 if target.gemma_norm else value
             module.load_state_dict(state)
         native = cpu_has_native_bf16()
-        self.dtype = dtype or os.environ.get("MEDGEM_VISION_DTYPE") or (
-            "bfloat16" if native else "float32")
+        self.dtype = dtype or ("bfloat16" if native else "float32")
         torch_dtype = getattr(torch, self.dtype)
         self.tower.to(torch_dtype)
         self.projector.to(torch_dtype)

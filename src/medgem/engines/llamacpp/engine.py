@@ -6,7 +6,7 @@ run the vision tower again), they sample with repetition penalties (greedy here 
 transformers' greedy), and they detokenize without special tokens (MedGemma's thinking markers
 ``<unused94>``/``<unused95>`` are control tokens and would vanish).
 
-The prompt side (chat template, libmtmd chunks) is in ``llamacpp_prompt``. The context is kept
+The prompt side (chat template, libmtmd chunks) is in ``prompt``. The context is kept
 between requests: the longest common prefix of units (text tokens, and images by pixel digest)
 stays in each slot's KV cache and only the rest is evaluated.
 """
@@ -22,10 +22,8 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from medgem.engines import EngineOptions, speeds
 from medgem.engines.base import (
     Capabilities,
     EngineEvent,
@@ -44,14 +42,15 @@ from medgem.engines.gguf.read import (
     file_type_name,
     read_header,
 )
-from medgem.engines.llamacpp_memory import EmbeddingCache, check_kv_memory
-from medgem.engines.llamacpp_native import (
+from medgem.engines.llamacpp import speeds
+from medgem.engines.llamacpp.memory import EmbeddingCache, check_kv_memory
+from medgem.engines.llamacpp.native import (
     import_llama_cpp,
     llama_context_params,
     llama_model_params,
 )
-from medgem.engines.llamacpp_probe import ensure_runs_here
-from medgem.engines.llamacpp_prompt import Prompt, PromptBuilder, Unit
+from medgem.engines.llamacpp.prompt import Prompt, PromptBuilder, Unit
+from medgem.engines.options import LlamaCppOptions
 from medgem.errors import (
     ContextLengthError,
     EngineUnavailableError,
@@ -67,7 +66,7 @@ stages = logging.getLogger("medgem.progress")  # a terminal's stage line shows t
 DEFAULT_N_CTX = 8192
 
 
-def load_llamacpp(checkpoint: Checkpoint, options: EngineOptions) -> LlamaCppEngine:
+def load_llamacpp(checkpoint: Checkpoint, options: LlamaCppOptions) -> LlamaCppEngine:
     return LlamaCppEngine(checkpoint, options)
 
 
@@ -125,7 +124,7 @@ class LlamaCppEngine:
 
     name = "llamacpp"
 
-    def __init__(self, checkpoint: Checkpoint, options: EngineOptions) -> None:
+    def __init__(self, checkpoint: Checkpoint, options: LlamaCppOptions) -> None:
         if checkpoint.format != "gguf":
             raise InputError(
                 f"'{checkpoint.path.name}' is not a GGUF file; llama.cpp needs one",
@@ -139,8 +138,11 @@ class LlamaCppEngine:
         self.image_size = 0
         if checkpoint.mmproj is not None:
             self.image_size = check_mmproj(read_header(checkpoint.mmproj, "vision projector"), self._embd)
-        ensure_runs_here()  # a child process proves the kernels run on this CPU first
-        llama_cpp, mtmd = import_llama_cpp()
+        if options.probe:  # a child process proves the kernels run on this CPU first
+            from medgem.engines.llamacpp.probe import ensure_runs_here
+
+            ensure_runs_here(cpu_variant=options.cpu_variant, repack=options.repack)
+        llama_cpp, mtmd = import_llama_cpp(options.cpu_variant, logs=options.native_logs)
         self._llama_cpp = llama_cpp
         self._mtmd = mtmd
         self.checkpoint = checkpoint
@@ -157,7 +159,7 @@ class LlamaCppEngine:
         # count (5.0 GB RSS for Q4_K_M 4B vs 3.6 GB). Flash attention: faster prefill and decode
         # on CPUs (measured 42 vs 32 tok/s prefill on a 4B shape).
         self._model = llama_cpp.llama_model_load_from_file(
-            str(checkpoint.path).encode(), llama_model_params(llama_cpp))
+            str(checkpoint.path).encode(), llama_model_params(llama_cpp, repack=options.repack))
         if not self._model:
             raise NotACheckpointError(
                 f"llama.cpp could not load '{checkpoint.path.name}'",
@@ -180,7 +182,7 @@ class LlamaCppEngine:
         if header.get("medgem.adapter.sha256"):  # a model GGUF with an adapter merged in
             adapter = (str(header.get("medgem.adapter.name")), str(header.get("medgem.adapter.sha256")))
         if options.adapter:  # a GGUF LoRA from `medgem convert --adapter`, before any decode
-            from medgem.engines.llamacpp_lora import apply_lora, load_lora, lora_identity
+            from medgem.engines.llamacpp.lora import apply_lora, load_lora, lora_identity
 
             try:
                 adapter = lora_identity(options.adapter)
@@ -212,21 +214,22 @@ class LlamaCppEngine:
         self._tower: Any = None
         self.vision = ("none", "no vision projector")
         if self._mtmd_ctx is not None:
-            from medgem.engines.vision_torch import TorchTower, choose_vision
+            from medgem.engines.llamacpp.vision_torch import TorchTower, choose_vision
 
             self.vision = choose_vision(options.vision)
             if self.vision[0] == "torch":
-                self._tower = TorchTower(checkpoint.mmproj, threads=threads)  # type: ignore[arg-type]
+                self._tower = TorchTower(checkpoint.mmproj, threads=threads,  # type: ignore[arg-type]
+                                         dtype=options.vision_dtype)
         self._speed_key = speeds.speed_key(checkpoint.path, checkpoint.mmproj, self.vision[0], threads)
         # Image embeddings by pixel digest: a second question about the same study (another
-        # conversation, another slot) skips the vision tower. Bounded; MEDGEM_EMBED_CACHE_MB.
-        # On disk too with MEDGEM_EMBED_CACHE_DIR (per projector and tower, so embeddings from
-        # another model or path are never mixed in).
-        folder = os.environ.get("MEDGEM_EMBED_CACHE_DIR")
+        # conversation, another slot) skips the vision tower. Bounded (embed_cache_mb); on disk
+        # too with embed_cache_dir (per projector and tower, so embeddings from another model
+        # or path are never mixed in).
+        folder = options.embed_cache_dir
         self._embeddings = EmbeddingCache(
-            int(os.environ.get("MEDGEM_EMBED_CACHE_MB", "512")) << 20,
-            Path(folder) / self._embedding_namespace() if folder and checkpoint.mmproj else None,
-            int(os.environ.get("MEDGEM_EMBED_CACHE_DISK_MB", "4096")) << 20)
+            options.embed_cache_mb << 20,
+            folder / self._embedding_namespace() if folder and checkpoint.mmproj else None,
+            options.embed_cache_disk_mb << 20)
         template = header.get("tokenizer.chat_template")
         if not isinstance(template, str) or not template:
             from medgem.request.compose import shipped_chat_template
@@ -252,19 +255,13 @@ class LlamaCppEngine:
             engine=self.name,
             dtype=file_type,
             quantization=None if file_type in ("f16", "bf16", "f32") else file_type,
-            demo=checkpoint.demo or options.demo or bool(demo_id),
+            demo=checkpoint.demo or bool(demo_id),
             context_length=self.n_ctx,  # the window this engine holds, not the model's maximum
             path=str(checkpoint.path),
             adapter=adapter[0] if adapter else None,
             adapter_sha256=adapter[1] if adapter else None,
         )
-        self.capabilities = Capabilities(
-            images=self._mtmd_ctx is not None,
-            thinking=variant.thinking if variant else True,
-            streaming=True,
-            batching="continuous",
-            chat=variant.instruction_tuned if variant else True,
-        )
+        self.capabilities = Capabilities(images=self._mtmd_ctx is not None, batching="continuous")
 
     def _embedding_namespace(self) -> str:
         """The projector file (name, size, modification time) and the tower that ran it."""
@@ -590,6 +587,9 @@ class LlamaCppEngine:
                         self._finish(sequence, "cancelled")
         finally:
             prepared.release()
+
+    def health(self) -> dict[str, object]:
+        return {}
 
     def close(self) -> None:
         if self._mtmd_ctx is not None:

@@ -4,16 +4,14 @@ A llama.cpp build made for one CPU dies with SIGILL on another, and even a match
 fault in one kernel family (ggml's AMX extra buffer type faults in ``ggml_backend_amx_mul_mat``
 on this project's 2-core VMs). A signal kills the whole Python process, so: ``scripts/install.sh``
 builds every x86-64 CPU backend (``GGML_BACKEND_DL`` + ``GGML_CPU_ALL_VARIANTS``) and
-:func:`import_llama_cpp` loads the best one this CPU runs (``MEDGEM_LLAMA_CPU_VARIANT`` forces
-one); :func:`llama_model_params` turns the extra buffer types off on AMX CPUs; and
-``llamacpp_probe.ensure_runs_here`` runs the same kernels in a child process first.
+:func:`import_llama_cpp` loads the best one this CPU runs (``cpu_variant`` forces one); :func:`llama_model_params` turns the extra buffer types off on AMX CPUs; and
+``probe.ensure_runs_here`` runs the same kernels in a child process first.
 """
 
 from __future__ import annotations
 
 import ctypes
 import importlib.util
-import os
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +38,7 @@ def describe_cpu_features(flags: set[str] | None = None) -> str:
     return " ".join(f"{name} {'✓' if features[name] else '✗'}" for name in shown)
 
 
-def use_extra_buffers(flags: set[str] | None = None) -> bool:
+def use_extra_buffers(flags: set[str] | None = None, repack: bool | None = None) -> bool:
     """Whether llama.cpp may repack weights into its extra buffer types (AMX tiles, CPU repack).
 
     Off on CPUs with AMX: the AMX kernels fault there, and turning them off cost nothing
@@ -48,13 +46,10 @@ def use_extra_buffers(flags: set[str] | None = None) -> bool:
     decode: with the AVX2 backend 10.9 vs 9.6 tok/s, with AVX-512 12.2 vs 10.0 tok/s (4B
     Q4_K_M, 2 cores, benchmarks/bench_llamacpp_builds.py). Repacking slows prefill there (75 vs
     120 tok/s with AVX-512), which only wins for very long prompts (CT volumes).
-    ``MEDGEM_LLAMA_REPACK=on|off`` overrides.
+    ``repack`` (the ``repack`` option, ``MEDGEM_LLAMA_REPACK=on|off``) overrides.
     """
-    override = os.environ.get("MEDGEM_LLAMA_REPACK", "").strip().lower()
-    if override in ("on", "1", "yes"):
-        return True
-    if override in ("off", "0", "no"):
-        return False
+    if repack is not None:
+        return repack
     present = cpu_flags() if flags is None else flags
     return not (AMX_FLAGS & present)
 
@@ -81,8 +76,10 @@ def cpu_variants(lib_dir: Path | None = None) -> list[str]:
     return sorted(name[len("libggml-cpu-"):-len(".so")] for name in names)
 
 
-def import_llama_cpp() -> tuple[Any, Any]:
-    """llama_cpp and its libmtmd bindings, with the best CPU backend for this processor loaded.
+def import_llama_cpp(cpu_variant: str | None = None, *, logs: bool = False) -> tuple[Any, Any]:
+    """llama_cpp and its libmtmd bindings, with the best CPU backend for this processor loaded
+    (``cpu_variant``: that one). The first call in a process decides; ``logs`` keeps llama.cpp's
+    own log on stderr.
 
     Raises:
         MissingDependencyError: llama-cpp-python is not installed.
@@ -94,10 +91,11 @@ def import_llama_cpp() -> tuple[Any, Any]:
     except ImportError as exc:
         raise MissingDependencyError("llama-cpp-python", "llamacpp", "the llama.cpp engine") from exc
     if "ggml" not in _LOADED:
-        silence_logs(llama_cpp, mtmd)
+        if not logs:
+            silence_logs(llama_cpp, mtmd)
         lib_dir = Path(llama_cpp.__file__).parent / "lib"
         ggml = ctypes.CDLL(str(_mapped_ggml(lib_dir)))
-        forced = os.environ.get("MEDGEM_LLAMA_CPU_VARIANT", "").strip()
+        forced = cpu_variant
         variants = cpu_variants(lib_dir)
         if forced:
             if forced not in variants:
@@ -166,11 +164,11 @@ def kernel_features() -> dict[str, str]:
     return found
 
 
-def llama_model_params(llama_cpp: Any, *, use_mmap: bool = False) -> Any:
+def llama_model_params(llama_cpp: Any, *, repack: bool | None = None, use_mmap: bool = False) -> Any:
     """Model parameters for the CPU: all layers on the CPU, the extra-buffer policy applied."""
     params = llama_cpp.llama_model_default_params()
     params.n_gpu_layers = 0
-    params.use_extra_bufts = use_extra_buffers()
+    params.use_extra_bufts = use_extra_buffers(repack=repack)
     params.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP if use_mmap else llama_cpp.LLAMA_LOAD_MODE_NONE
     return params
 
@@ -195,7 +193,7 @@ _LOG_CALLBACKS: list[Any] = []  # keep the ctypes callbacks alive
 
 def silence_logs(llama_cpp: Any, mtmd: Any) -> None:
     """llama.cpp and libmtmd log every load step to stderr; medgem reports errors itself."""
-    if _LOG_CALLBACKS or os.environ.get("MEDGEM_LLAMA_LOGS"):
+    if _LOG_CALLBACKS:
         return
 
     @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]

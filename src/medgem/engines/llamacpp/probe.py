@@ -8,7 +8,8 @@ single-token paths), and encodes an image through a tiny Gemma 3 vision projecto
 same backend and settings as the engine. A pass is cached per build, CPU and settings; a failure
 becomes one :class:`EngineUnavailableError` naming the signal and the CPU features.
 
-``python -m medgem.engines.llamacpp_probe`` is that child: it prints one JSON line.
+``python -m medgem.engines.llamacpp.probe [SETTINGS]`` is that child: it prints one JSON line
+(``SETTINGS``: the parent's native settings as JSON; without them, the environment's).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from medgem.config import cache_dir
-from medgem.engines.llamacpp_native import (
+from medgem.engines.llamacpp.native import (
     describe_cpu_features,
     import_llama_cpp,
     kernel_features,
@@ -73,7 +74,7 @@ def cpu_name() -> str:
     return "unknown CPU"
 
 
-def _cache_file() -> Path | None:
+def _cache_file(cpu_variant: str | None, repack: bool | None) -> Path | None:
     """One file per llama.cpp build, CPU and settings: a pass is trusted only for the same ones."""
     lib_dir = library_dir()
     if lib_dir is None or not lib_dir.is_dir():
@@ -83,29 +84,31 @@ def _cache_file() -> Path | None:
         stat = path.stat()
         digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
     digest.update(" ".join(sorted(cpu_flags())).encode())
-    forced = os.environ.get("MEDGEM_LLAMA_CPU_VARIANT", "")
-    digest.update(f"{cpu_name()}|{use_extra_buffers()}|{forced}|{PROBE_VERSION}".encode())
+    forced = cpu_variant or ""
+    digest.update(f"{cpu_name()}|{use_extra_buffers(repack=repack)}|{forced}|{PROBE_VERSION}".encode())
     return cache_dir() / "llamacpp-probe" / f"{digest.hexdigest()[:24]}.json"
 
 
-def probe(timeout: float = PROBE_TIMEOUT_S, use_cache: bool = True) -> ProbeResult:
-    """Run a tiny model through llama.cpp's kernels in a child process.
+def probe(timeout: float = PROBE_TIMEOUT_S, use_cache: bool = True, *,
+          cpu_variant: str | None = None, repack: bool | None = None) -> ProbeResult:
+    """Run a tiny model through llama.cpp's kernels in a child process, with the CPU backend
+    and repacking the engine would use (``cpu_variant``, ``repack``: as the options say).
 
     A pass is cached per build and CPU (``MEDGEM_CACHE``); a failure is never cached, so a
     reinstall is picked up at once. ``use_cache=False`` runs the child whatever the cache says.
     """
-    cache = _cache_file()
+    cache = _cache_file(cpu_variant, repack)
     if use_cache and cache is not None and cache.is_file():
         try:
             data = json.loads(cache.read_text())
             return ProbeResult(**{**data, "cached": True, "seconds": 0.0})
         except (OSError, ValueError, TypeError):
             pass
-    env = {**os.environ, "MEDGEM_LLAMA_PROBE": "0"}
+    settings = json.dumps({"cpu_variant": cpu_variant, "repack": repack})
     started = time.perf_counter()
     try:
-        child = subprocess.run([sys.executable, "-m", "medgem.engines.llamacpp_probe"],
-                               capture_output=True, text=True, timeout=timeout, env=env)
+        child = subprocess.run([sys.executable, "-m", "medgem.engines.llamacpp.probe", settings],
+                               capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return ProbeResult(False, f"did not finish a tiny model in {timeout:.0f} s")
     seconds = time.perf_counter() - started
@@ -139,18 +142,15 @@ def _read_child(returncode: int, stdout: str, stderr: str, seconds: float) -> Pr
                        seconds=seconds)
 
 
-def ensure_runs_here() -> ProbeResult | None:
-    """Raise before llama.cpp runs in this process if its kernels crash on this CPU.
-
-    ``MEDGEM_LLAMA_PROBE=0`` skips the check (the probe's own child sets it).
+def ensure_runs_here(*, cpu_variant: str | None = None, repack: bool | None = None) -> ProbeResult:
+    """Raise before llama.cpp runs in this process if its kernels crash on this CPU (the
+    ``probe`` option, ``MEDGEM_LLAMA_PROBE=0``, skips calling it).
 
     Raises:
         EngineUnavailableError: the probe crashed or failed; the message names the signal and
             the CPU features, the hint what to do.
     """
-    if os.environ.get("MEDGEM_LLAMA_PROBE", "1") == "0":
-        return None
-    result = probe()
+    result = probe(cpu_variant=cpu_variant, repack=repack)
     if not result.ok:
         raise EngineUnavailableError(
             result.message(),
@@ -276,18 +276,20 @@ def _threads() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
-def _load_model(llama_cpp: Any, path: Path) -> Any:
-    model = llama_cpp.llama_model_load_from_file(str(path).encode(), llama_model_params(llama_cpp))
+def _load_model(llama_cpp: Any, path: Path, repack: bool | None) -> Any:
+    model = llama_cpp.llama_model_load_from_file(str(path).encode(),
+                                                 llama_model_params(llama_cpp, repack=repack))
     if not model:
         raise RuntimeError(f"llama.cpp could not load {path.name}")
     return model
 
 
-def _encode_tiny_image(llama_cpp: Any, mtmd: Any, model_path: Path, mmproj: Path) -> int:
+def _encode_tiny_image(llama_cpp: Any, mtmd: Any, model_path: Path, mmproj: Path,
+                       repack: bool | None) -> int:
     """Run the vision projector on one 64-px image; returns the soft tokens it made."""
     import numpy as np
 
-    model = _load_model(llama_cpp, model_path)
+    model = _load_model(llama_cpp, model_path, repack)
     params = mtmd.mtmd_context_params_default()
     params.use_gpu = params.print_timings = params.warmup = False
     params.n_threads = _threads()
@@ -326,11 +328,11 @@ def _encode_tiny_image(llama_cpp: Any, mtmd: Any, model_path: Path, mmproj: Path
         llama_cpp.llama_model_free(model)
 
 
-def _decode_tiny(llama_cpp: Any, path: Path) -> list[int]:
+def _decode_tiny(llama_cpp: Any, path: Path, repack: bool | None) -> list[int]:
     """Load, prefill 8 tokens (matrix-matrix kernels), decode 4 (matrix-vector); greedy ids."""
     import numpy as np
 
-    model = _load_model(llama_cpp, path)
+    model = _load_model(llama_cpp, path, repack)
     context = llama_cpp.llama_init_from_model(model, llama_context_params(llama_cpp, 64, 16, _threads()))
     if not context:
         llama_cpp.llama_model_free(model)
@@ -354,18 +356,18 @@ def _decode_tiny(llama_cpp: Any, path: Path) -> list[int]:
         llama_cpp.llama_model_free(model)
 
 
-def _child() -> int:
+def _child(settings: dict[str, Any]) -> int:
     from medgem.errors import MedgemError
 
     try:
-        return _run_probe()
+        return _run_probe(settings.get("cpu_variant"), settings.get("repack"))
     except (MedgemError, RuntimeError, OSError) as exc:
         print(str(exc), file=sys.stderr)  # the parent quotes this last line
         return 1
 
 
-def _run_probe() -> int:
-    llama_cpp, mtmd = import_llama_cpp()
+def _run_probe(cpu_variant: str | None, repack: bool | None) -> int:
+    llama_cpp, mtmd = import_llama_cpp(cpu_variant)
     with tempfile.TemporaryDirectory(prefix="medgem-probe-") as folder:
         source = write_tiny_gguf(Path(folder) / "f32.gguf")
         runs: dict[str, list[int]] = {}
@@ -377,13 +379,15 @@ def _run_probe() -> int:
             if llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(),
                                               ctypes.byref(params)) != 0:
                 raise RuntimeError(f"llama.cpp could not quantize the probe model to {name}")
-            runs[name] = _decode_tiny(llama_cpp, target)
+            runs[name] = _decode_tiny(llama_cpp, target, repack)
         mmproj = write_tiny_mmproj(Path(folder) / "mmproj.gguf")
-        image_tokens = _encode_tiny_image(llama_cpp, mtmd, Path(folder) / "f16.gguf", mmproj)
+        image_tokens = _encode_tiny_image(llama_cpp, mtmd, Path(folder) / "f16.gguf", mmproj, repack)
     print(json.dumps({"ok": True, "kernels": kernel_features(), "runs": runs,
-                      "image_tokens": image_tokens, "extra_buffers": use_extra_buffers()}))
+                      "image_tokens": image_tokens, "extra_buffers": use_extra_buffers(repack=repack)}))
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(_child())
+if __name__ == "__main__":  # the child: its own edge, so the environment is read here
+    from medgem.engine_env import engine_environment
+
+    sys.exit(_child(json.loads(sys.argv[1]) if len(sys.argv) > 1 else engine_environment("llamacpp")))

@@ -35,7 +35,7 @@ def speed_key(model: Path, mmproj: Path | None, vision: str, threads: int) -> st
     def ident(path: Path | None) -> str:
         return f"{path.name}:{path.stat().st_size}" if path is not None and path.exists() else "-"
 
-    from medgem.engines.llamacpp_probe import cpu_name
+    from medgem.engines.llamacpp.probe import cpu_name
 
     return f"{ident(model)}|{ident(mmproj)}|{vision}|{threads}t|{cpu_name()}"
 
@@ -108,7 +108,7 @@ def estimate_first_token(model: Path, mmproj: Path | None, images: int, text_tok
     """Seconds to the first token for ``images`` images and ~``text_tokens`` of text with this
     GGUF on this machine, from the figures measured here: (None, None) when none were."""
     from medgem.engines.gguf.read import read_header
-    from medgem.engines.vision_torch import choose_vision
+    from medgem.engines.llamacpp.vision_torch import choose_vision
 
     threads = threads or max(1, len(os.sched_getaffinity(0)))
     where = choose_vision(vision)[0] if mmproj is not None else "none"

@@ -1,0 +1,12 @@
+"""The llama.cpp engine: GGUF weights and the mmproj vision projector, on any x86-64 CPU.
+
+``engine`` (slots and the step loop), ``prompt`` (template, tokens, libmtmd chunks), ``memory``
+(KV admission, the image-embedding cache), ``native`` (portable loading of the CPU backends),
+``probe`` (the child-process proof that they run here), ``vision_torch`` (the tower in PyTorch),
+``speeds`` (speeds measured here, for estimates before a run), ``lora``, ``verify`` (a converted
+GGUF loaded back and checked).
+"""
+
+from medgem.engines.llamacpp.engine import LlamaCppEngine, load_llamacpp
+
+__all__ = ["LlamaCppEngine", "load_llamacpp"]
