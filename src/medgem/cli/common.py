@@ -229,23 +229,17 @@ def load_model(args: argparse.Namespace, *, audit: bool = True) -> MedGemma:
         return _load(args, store)
 
 
-# Flags that set engine options (dest = the field's name) -> their values when not given: the
-# engine's own default applies then, and an engine that does not take the field is not asked.
-_ENGINE_FLAGS: dict[str, tuple[object, ...]] = {
-    "device": ("auto",), "dtype": ("auto",), "quantize": (None,), "adapter": (None,),
-    "n_ctx": (None,), "threads": (None,), "vision": (None, "auto"), "api_key": (None,),
-}
+# Flags that set engine options, by dest (= the field's name); one not given is None.
+_ENGINE_FLAGS = ("device", "dtype", "quantize", "adapter", "n_ctx", "threads", "vision", "api_key")
 
 
 def engine_fields(args: argparse.Namespace) -> dict[str, object]:
     """The engine flags that were given, as option fields (the engine is not known yet under
     ``--engine auto``: ``MedGemma.load`` builds its options object from these)."""
-    fields = {name: getattr(args, name) for name, unset in _ENGINE_FLAGS.items()
-              if getattr(args, name, None) not in unset}
     urls = [*getattr(args, "backend", []), *([args.base_url] if args.base_url else [])]
-    parallel = getattr(args, "parallel", None) or getattr(args, "concurrency", None) or 1
-    return fields | ({"base_url": ",".join(urls)} if urls else {}) | (
-        {"parallel": parallel} if parallel != 1 else {}) | {
+    return {name: getattr(args, name) for name in _ENGINE_FLAGS} | {
+        "base_url": ",".join(urls) or None,
+        "parallel": getattr(args, "parallel", None) or getattr(args, "concurrency", None) or 1,
         "progress": False}  # the stage line (Waiting) says what loads: no library bars under it
 
 

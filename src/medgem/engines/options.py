@@ -35,8 +35,10 @@ class EngineOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     engine: ClassVar[str]
-    #: values of fields the engine does not take that ask for nothing it does not do anyway
-    same_as_unset: ClassVar[dict[str, tuple[object, ...]]] = {}
+    #: values of fields an engine does not take that ask for nothing it does not do anyway
+    #: (llama.cpp and remote servers run where they run: device "cpu" asks nothing of them)
+    same_as_unset: ClassVar[dict[str, tuple[object, ...]]] = {
+        "device": ("auto", "cpu"), "dtype": ("auto",), "parallel": (1,), "vision": ("auto",)}
 
     progress: bool = True  # load progress bars where the engine has them (transformers)
 
@@ -44,7 +46,8 @@ class EngineOptions(BaseModel):
     @classmethod
     def _refuse_unknown(cls, data: Any) -> Any:
         if isinstance(data, Mapping):
-            data = {k: v for k, v in data.items() if v not in cls.same_as_unset.get(k, ())}
+            data = {k: v for k, v in data.items() if v is not None and (
+                k in cls.model_fields or v not in cls.same_as_unset.get(k, ()))}
             unknown = sorted(set(data) - set(cls.model_fields))
             if unknown:
                 raise OptionsError(unknown[0], cls.engine, sorted(cls.model_fields),
@@ -78,7 +81,6 @@ class LlamaCppOptions(EngineOptions):
     """llama.cpp on the CPU (the native settings also apply to ``medgem convert``'s quantizer)."""
 
     engine = "llamacpp"
-    same_as_unset = {"device": ("cpu",)}  # it runs on the CPU
     n_ctx: int | None = None  # tokens per sequence (default 8192; a CT volume needs ~23000)
     threads: int | None = None  # default: all cores this process may use
     parallel: int = 1  # sequences in one context, one KV-cache slot of n_ctx each
@@ -124,8 +126,10 @@ def options_for(engine: str, options: EngineOptions | Mapping[str, Any] | None =
         return options
     given = options.model_dump(exclude_unset=True) if isinstance(options, EngineOptions) else options
     fields = {k: v for k, v in (defaults or {}).items() if k in model.model_fields}
+    # None is "not given": the default (or the environment's setting) stands
+    fields |= {k: v for k, v in (given or {}).items() if v is not None}
     try:
-        return model.model_validate({**fields, **(given or {})})
+        return model.model_validate(fields)
     except ValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(str(part) for part in error["loc"])
