@@ -71,7 +71,8 @@ def _bash_complete(script: Path, *words: str) -> list[str]:
     """What bash offers for the command line ``words`` (the last one being completed)."""
     quoted = " ".join(f"'{w}'" for w in words)
     probe = (f"source {script}\nCOMP_WORDS=({quoted}); COMP_CWORD={len(words) - 1}\n"
-             "_medgem; printf '%s\\n' \"${COMPREPLY[@]}\"\n")
+             f"COMP_LINE=\"{' '.join(words)}\"; COMP_POINT=${{#COMP_LINE}}\n"
+             "_shtab_medgem; printf '%s\\n' \"${COMPREPLY[@]}\"\n")
     done = subprocess.run(["bash", "--norc", "-c", probe], capture_output=True, text=True,
                           check=True)
     assert done.stderr == ""
@@ -90,18 +91,20 @@ def test_bash_completion_from_the_parser(tmp_path: Path) -> None:
     assert _bash_complete(script, "medgem", "eval", "mcq", "d.jsonl", "--think", "o") == ["on", "off"]
     assert "--save-preprocessed" in _bash_complete(script, "medgem", "ask", "--s")
     assert _bash_complete(script, "medgem", "ask", "--image", "") == []  # file names (-o default)
-    assert _bash_complete(script, "medgem", "completion", "") == ["bash", "zsh"]
+    assert _bash_complete(script, "medgem", "completion", "") == ["bash", "zsh", "tcsh"]
 
 
-def test_zsh_completion_is_made_from_the_same_tables() -> None:
+def test_zsh_completion_is_made_from_the_same_parser() -> None:
     generated = run_cli("completion", "zsh")
     assert generated.returncode == 0, generated.stderr
     script = generated.stdout
-    assert script.startswith("#compdef medgem") and "compdef _medgem medgem" in script
-    assert "'medgem convert' '--help --adapter --merge --quant" in script
-    assert "'medgem convert --quant' 'q4_k_m q8_0 f16'" in script
+    assert script.startswith("#compdef medgem")
+    assert "--quant" in script and "(q4_k_m q8_0 f16)" in script  # convert's choices
+    assert "--save-preprocessed" in script
     if shutil.which("zsh"):  # the syntax, where zsh is installed
         subprocess.run(["zsh", "-n", "-c", script], check=True)
+    unknown = run_cli("completion", "fish")
+    assert unknown.returncode == 2 and "invalid choice: 'fish'" in unknown.stderr
 
 
 def test_chat_json_prints_each_answer_as_json(tiny_text_checkpoint: Path) -> None:

@@ -111,6 +111,8 @@ def test_the_line_steps_aside_for_a_bar_and_library_bars_come_back_after() -> No
 
     from medgem.cli.progress import STAGES, Waiting
 
+    was_off = hub.are_progress_bars_disabled()
+    hub.enable_progress_bars()  # as a fresh process has them
     screen = _Terminal()
     with Waiting("converting x", screen, interval=0.01) as waiting:
         assert hub.are_progress_bars_disabled()  # the hub's own bars are off while it shows
@@ -122,5 +124,7 @@ def test_the_line_steps_aside_for_a_bar_and_library_bars_come_back_after() -> No
         STAGES.debug("checking the result")
         assert waiting.label == "checking the result"
         assert "checking the result" in screen.getvalue()[aside:]  # drawn again from the next stage
-    assert not hub.are_progress_bars_disabled()
+    assert not hub.are_progress_bars_disabled()  # back as they were
     assert STAGES.level == logging.NOTSET
+    if was_off:
+        hub.disable_progress_bars()
