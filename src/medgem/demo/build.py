@@ -17,6 +17,7 @@ from typing import Any
 from medgem.config import cache_dir
 from medgem.errors import require
 from medgem.request.compose import shipped_chat_template
+from medgem.request.variants import GEMMA3_CONTEXT
 
 IMAGE_TOKEN = "<image_soft_token>"
 BOI_ID, EOI_ID, IMAGE_ID = 255999, 256000, 262144
@@ -93,7 +94,7 @@ class Shape:
 TINY = Shape()
 # MedGemma 4B's shapes (MEDGEMMA-FACTS.md), for benchmarks with random weights.
 MEDGEMMA_4B = Shape(
-    hidden=2560, intermediate=10240, layers=34, heads=8, kv_heads=4, head_dim=256, context=131072,
+    hidden=2560, intermediate=10240, layers=34, heads=8, kv_heads=4, head_dim=256, context=GEMMA3_CONTEXT,
     sliding_window=1024, vision_hidden=1152, vision_intermediate=4304, vision_layers=27,
     vision_heads=16, image_size=896, patch_size=14, mm_tokens=256, query_pre_attn_scalar=256,
 )

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from medgem.request import Request
+from medgem.request.variants import GEMMA3_CONTEXT
 
 FinishReason = Literal["stop", "length", "cancelled"]
 Batching = Literal["continuous", "static", "concurrent"]
@@ -56,7 +57,7 @@ class ModelInfo:
     dtype: str
     quantization: str | None = None
     demo: bool = False
-    context_length: int = 131072
+    context_length: int = GEMMA3_CONTEXT
     path: str | None = None
     adapter: str | None = None
     adapter_sha256: str | None = None

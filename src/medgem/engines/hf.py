@@ -23,6 +23,7 @@ from medgem.hardware import cpu_has_native_bf16, detect_hardware
 from medgem.memory import check_fits, count_parameters
 from medgem.request import Request, TextPart
 from medgem.request.compose import shipped_chat_template
+from medgem.request.variants import GEMMA3_CONTEXT
 from medgem.resolve import Checkpoint
 
 Mode = Literal["direct", "pipeline"]
@@ -104,7 +105,7 @@ class HFEngine:
             dtype=str(self.dtype).removeprefix("torch."),
             quantization=options.quantize,
             demo=checkpoint.demo,
-            context_length=int(getattr(text_config, "max_position_embeddings", 131072)),
+            context_length=int(getattr(text_config, "max_position_embeddings", GEMMA3_CONTEXT)),
             path=path,
             adapter=self.adapter.name if self.adapter else merged.get("name"),
             adapter_sha256=self.adapter.sha256 if self.adapter else merged.get("sha256"),

@@ -29,7 +29,7 @@ from medgem.errors import (
 )
 from medgem.request import ImagePart, Request, TextPart
 from medgem.request.thinking import THOUGHT_CLOSE, THOUGHT_OPEN
-from medgem.request.variants import find_variant
+from medgem.request.variants import GEMMA3_CONTEXT, find_variant
 
 if TYPE_CHECKING:
     from medgem.engines.options import RemoteOptions
@@ -128,7 +128,7 @@ class RemoteEngine:
             id=model, revision=meta.get("revision"), variant=variant, engine="remote",
             dtype=str(meta.get("dtype") or "remote"), quantization=meta.get("quantization"),
             demo=bool(meta.get("demo", False)),
-            context_length=int(context or 131072),
+            context_length=int(context or GEMMA3_CONTEXT),
             path=",".join(b.url for b in self._backends),
         )
         self.capabilities = base.Capabilities(

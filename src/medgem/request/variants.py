@@ -8,6 +8,11 @@ from typing import Literal
 InputKind = Literal["text", "image", "volume", "longitudinal"]
 
 
+#: Gemma 3's context window (prompt + answer tokens): every MedGemma variant's, and the fallback
+#: when a checkpoint or server does not say its own.
+GEMMA3_CONTEXT = 131072
+
+
 @dataclass(frozen=True)
 class Variant:
     """One MedGemma checkpoint family member.
@@ -33,7 +38,7 @@ class Variant:
     params_b: float
     inputs: str
     thinks_unprompted: bool = False
-    context_length: int = 131072
+    context_length: int = GEMMA3_CONTEXT
     max_output_tokens: int = 8192
 
 

@@ -59,6 +59,7 @@ from medgem.errors import (
     ResourceError,
 )
 from medgem.request import GenerationOptions, Request
+from medgem.request.variants import GEMMA3_CONTEXT
 from medgem.resolve import Checkpoint
 
 stages = logging.getLogger("medgem.progress")  # a terminal's stage line shows these
@@ -149,7 +150,7 @@ class LlamaCppEngine:
         self._lock = threading.Lock()  # one generate() at a time (the batcher runs several)
         self._mtmd_lock = threading.Lock()
         threads = options.threads or max(1, len(os.sched_getaffinity(0)))
-        context_length = int(header.get("gemma3.context_length", 131072))
+        context_length = int(header.get("gemma3.context_length", GEMMA3_CONTEXT))
         self.n_ctx = min(options.n_ctx or DEFAULT_N_CTX, context_length)  # per sequence
         self.n_batch = 512
         parallel = max(1, options.parallel)
