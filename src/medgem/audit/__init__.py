@@ -23,24 +23,20 @@ from medgem.config import audit_path
 from medgem.errors import InputError
 
 __all__ = ["VERDICTS", "AuditRecord", "AuditStore", "VerifyReport", "add_review", "canonical_json",
-           "default_audit_path", "open_store", "review_body", "sha256_hex"]
-
-
-def default_audit_path() -> Path:
-    """``$MEDGEM_AUDIT_DB`` or ``$XDG_DATA_HOME/medgem/audit.sqlite`` (~/.local/share)."""
-    return audit_path()
+           "open_store", "review_body", "sha256_hex"]
 
 
 def open_store(location: str | Path | None = None) -> AuditStore:
     """Open an audit store.
 
     Args:
-        location: a file path, ``sqlite:///path``, ":memory:", or None for the default path.
+        location: a file path, ``sqlite:///path``, ":memory:", or None for the default path
+            (``medgem.config.audit_path``).
 
     Raises:
         InputError: a database URL whose backend is not built in.
     """
-    text = str(location if location is not None else default_audit_path())
+    text = str(location if location is not None else audit_path())
     if "://" in text and not text.startswith("sqlite:///"):
         raise InputError(
             f"no audit backend for '{text.split('://')[0]}://' URLs",

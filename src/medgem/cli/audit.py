@@ -59,10 +59,10 @@ def _existing_store(db: str | None) -> str:
     Raises:
         InputError: no store at that path.
     """
-    from medgem.audit import default_audit_path
+    from medgem.config import audit_path
     from medgem.errors import InputError
 
-    text = str(db) if db is not None else str(default_audit_path())
+    text = str(db) if db is not None else str(audit_path())
     if text == ":memory:" or ("://" in text and not text.startswith("sqlite:///")):
         return text  # open_store names what it cannot open
     path = Path(text.removeprefix("sqlite:///")).expanduser()

@@ -26,9 +26,10 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medgem.server.auth import KeyStore, default_key_file
+    from medgem.config import key_file_path
+    from medgem.server.auth import KeyStore
 
-    store = KeyStore(args.file or default_key_file())
+    store = KeyStore(args.file or key_file_path())
     if args.action == "add":
         key = store.add(args.name, args.role)
         print(key)

@@ -47,14 +47,13 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from medgem.audit import default_audit_path
+    from medgem.config import audit_path, key_file_path
     from medgem.server.app import create_app
-    from medgem.server.auth import default_key_file
     from medgem.server.server_config import ServerConfig
 
     key_file = args.api_key_file
-    if key_file is None and default_key_file().exists():
-        key_file = default_key_file()
+    if key_file is None and key_file_path().exists():
+        key_file = key_file_path()
     config = ServerConfig(
         host=args.host, port=args.port, model_name=args.served_name, max_queue=args.max_queue,
         max_body_bytes=args.max_body_mb * 1024 * 1024, max_images=args.max_images,
@@ -65,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model = load_model(args)  # it writes each answer's record to --audit-db (or the default store)
-    audit = args.audit_db or default_audit_path()
+    audit = args.audit_db or audit_path()
     state: Path | None = None
     try:
         app = create_app(config, model)

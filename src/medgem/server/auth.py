@@ -18,16 +18,10 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from medgem.config import key_file_path
 from medgem.errors import InputError
 
 KEY_PREFIX = "mg-"
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
-
-
-def default_key_file() -> Path:
-    """``$MEDGEM_API_KEYS`` or ``~/.config/medgem/api-keys.json``."""
-    return key_file_path()
 
 
 def hash_key(key: str) -> str:
