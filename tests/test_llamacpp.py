@@ -22,7 +22,7 @@ pytest.importorskip("llama_cpp")
 pytestmark = pytest.mark.usefixtures("llamacpp_runs")
 torch = pytest.importorskip("torch")
 
-from medgem.engine_env import engine_environment  # noqa: E402
+from medgem.config import load_settings  # noqa: E402
 from medgem.engines import LlamaCppOptions, load_engine  # noqa: E402
 from medgem.engines.base import Finished, TextDelta  # noqa: E402
 from medgem.errors import NotACheckpointError, UnsupportedInputError  # noqa: E402
@@ -259,7 +259,7 @@ def test_the_embedding_cache_on_disk_serves_the_next_process(converted_vlm: Path
     the tower for pixels an earlier one encoded and answers the same; another tower (PyTorch)
     keeps its own files."""
     monkeypatch.setenv("MEDGEM_EMBED_CACHE_DIR", str(tmp_path / "embeddings"))
-    cache = engine_environment("llamacpp")
+    cache = load_settings().engine_fields("llamacpp")
     image = noise_image(64, seed=5)
     answers = []
     for _ in range(2):

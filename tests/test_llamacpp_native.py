@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from conftest import run_cli
-from medgem.engine_env import engine_environment
+from medgem.config import load_settings
 from medgem.engines.llamacpp.native import cpu_features, describe_cpu_features, use_extra_buffers
 from medgem.engines.llamacpp.probe import _read_child
 from medgem.hardware import cpu_flags
@@ -40,9 +40,9 @@ def test_extra_buffers_are_off_exactly_on_amx_cpus(monkeypatch: pytest.MonkeyPat
     assert use_extra_buffers(ZEN3) is True
     assert use_extra_buffers(ZEN3 | {"avx512f", "avx512_bf16"}) is True
     monkeypatch.setenv("MEDGEM_LLAMA_REPACK", "on")
-    assert use_extra_buffers(SAPPHIRE_RAPIDS, engine_environment("llamacpp").get("repack")) is True
+    assert use_extra_buffers(SAPPHIRE_RAPIDS, load_settings().engine_fields("llamacpp").get("repack")) is True
     monkeypatch.setenv("MEDGEM_LLAMA_REPACK", "off")
-    assert use_extra_buffers(ZEN3, engine_environment("llamacpp").get("repack")) is False
+    assert use_extra_buffers(ZEN3, load_settings().engine_fields("llamacpp").get("repack")) is False
 
 
 def test_cpu_features_are_named_as_users_know_them() -> None:

@@ -28,7 +28,7 @@ from medgem.answer import (
 from medgem.answer.stops import apply_stops
 from medgem.audit import AuditStore, open_store
 from medgem.audit.trail import AuditTrail
-from medgem.engine_env import engine_environment
+from medgem.config import load_settings
 from medgem.engines import EngineOptions, choose_engine, engine_key, load_engine, options_for
 from medgem.engines.batching import Batcher
 from medgem.errors import (
@@ -101,8 +101,8 @@ class MedGemma:
             options: how to run it: the engine's options object (``HFOptions``,
                 ``LlamaCppOptions``, ``RemoteOptions``, ``PipelineOptions`` from
                 ``medgem.engines``) or a mapping of its fields (handy with ``engine="auto"``),
-                e.g. ``{"n_ctx": 16384, "parallel": 4}``. The environment's MEDGEM_* settings
-                (``medgem.engine_env``) fill what it leaves unset. ``parallel``: requests
+                e.g. ``{"n_ctx": 16384, "parallel": 4}``. The settings (``medgem.config.Settings``:
+                MEDGEM_* variables, the file's tables) fill what it leaves unset. ``parallel``: requests
                 decoded together (llama.cpp: one KV-cache slot of ``n_ctx`` each; transformers:
                 batches of waiting requests; remote: requests in flight to each server).
             variant: force the MedGemma variant when it cannot be read from the files.
@@ -378,8 +378,8 @@ def imaging_options(base: ImagingOptions | None = None, *, max_patches: int | No
 
 
 def _engine_options(engine: str, options: EngineOptions | Mapping[str, Any] | None) -> EngineOptions:
-    """The engine's options object: what was given, over the environment's settings."""
-    return options_for(engine, options, engine_environment(engine))
+    """The engine's options object: what was given, over the settings (environment, file)."""
+    return options_for(engine, options, load_settings().engine_fields(engine))
 
 
 def _parallel(options: EngineOptions) -> int:

@@ -5,9 +5,14 @@ The settings file is ``$MEDGEM_CONFIG`` or ``<config dir>/medgem/config.toml``::
     model = "demo"                       # the default --model
     model_dirs = ["~/models", "/data/checkpoints"]   # searched by name, listed by `medgem models`
 
+    [llamacpp]                           # the engines' settings (see EngineSettings)
+    vision_dtype = "float32"
+
 Precedence, for each setting: a flag (applied by the caller), then the environment
-(``MEDGEM_MODEL``, ``MEDGEM_MODEL_DIRS`` separated by ``:``), then the file. One
-pydantic-settings model, :class:`Settings`, holds the result.
+(``MEDGEM_MODEL``, ``MEDGEM_MODEL_DIRS`` separated by ``:``, the engines' variables listed in
+:class:`LlamaCppSettings` and :class:`RemoteSettings`), then the file. One pydantic-settings
+model, :class:`Settings`, holds the result; no module under ``medgem.engines`` reads the
+environment: the edges pass :meth:`Settings.engine_fields` on inside the engine's options.
 
 The folders follow the platform's conventions (platformdirs: ``XDG_*`` on Linux), each with a
 ``MEDGEM_*`` override: the config folder, the cache (``MEDGEM_CACHE``: the demo model, records of
@@ -23,7 +28,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import platformdirs
-from pydantic import ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -72,6 +77,68 @@ def key_file_path() -> Path:
     return _override("MEDGEM_API_KEYS") or config_dir() / "api-keys.json"
 
 
+def _switch(value: object) -> object:
+    """on/1/yes, off/0/no (any case) as a bool; anything else is left for validation to refuse."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        return True if text in ("on", "1", "yes", "true") else False if text in (
+            "off", "0", "no", "false") else value
+    return value
+
+
+class LlamaCppSettings(BaseModel):
+    """The llama.cpp engine's settings from the environment or the file's ``[llamacpp]`` table:
+    ``MEDGEM_VISION``, ``MEDGEM_VISION_DTYPE``, ``MEDGEM_EMBED_CACHE_DIR``,
+    ``MEDGEM_EMBED_CACHE_MB``, ``MEDGEM_EMBED_CACHE_DISK_MB``, ``MEDGEM_LLAMA_CPU_VARIANT``,
+    ``MEDGEM_LLAMA_REPACK=on|off``, ``MEDGEM_LLAMA_LOGS`` (any value: on),
+    ``MEDGEM_LLAMA_PROBE=0`` (off). The engine's options model checks the values."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    vision: str | None = None
+    vision_dtype: str | None = None
+    embed_cache_dir: str | None = None
+    embed_cache_mb: str | None = None
+    embed_cache_disk_mb: str | None = None
+    cpu_variant: str | None = None
+    repack: bool | None = None
+    native_logs: bool | None = None
+    probe: bool | None = None
+
+    @field_validator("repack", "native_logs", "probe", mode="before")
+    @classmethod
+    def _switches(cls, value: object) -> object:
+        return _switch(value)
+
+
+class RemoteSettings(BaseModel):
+    """The remote engine's server and key: ``MEDGEM_BASE_URL`` (else ``OPENAI_BASE_URL``),
+    ``MEDGEM_API_KEY`` (else ``OPENAI_API_KEY``), or the file's ``[remote]`` table."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_url: str | None = None
+    api_key: str | None = None
+
+
+# variable -> (engine table, field, how its text reads); for each field the first one set wins
+_ENGINE_VARIABLES: tuple[tuple[str, str, str, Any], ...] = (
+    ("MEDGEM_VISION", "llamacpp", "vision", str),
+    ("MEDGEM_VISION_DTYPE", "llamacpp", "vision_dtype", str),
+    ("MEDGEM_EMBED_CACHE_DIR", "llamacpp", "embed_cache_dir", str),
+    ("MEDGEM_EMBED_CACHE_MB", "llamacpp", "embed_cache_mb", str),
+    ("MEDGEM_EMBED_CACHE_DISK_MB", "llamacpp", "embed_cache_disk_mb", str),
+    ("MEDGEM_LLAMA_CPU_VARIANT", "llamacpp", "cpu_variant", str.strip),
+    ("MEDGEM_LLAMA_REPACK", "llamacpp", "repack", str),
+    ("MEDGEM_LLAMA_LOGS", "llamacpp", "native_logs", lambda text: True),
+    ("MEDGEM_LLAMA_PROBE", "llamacpp", "probe", lambda text: text.strip() != "0"),
+    ("MEDGEM_BASE_URL", "remote", "base_url", str),
+    ("OPENAI_BASE_URL", "remote", "base_url", str),
+    ("MEDGEM_API_KEY", "remote", "api_key", str),
+    ("OPENAI_API_KEY", "remote", "api_key", str),
+)
+
+
 class _SettingsFile(PydanticBaseSettingsSource):
     """The TOML file as a settings source, checked with messages that say how to fix it."""
 
@@ -88,13 +155,20 @@ class _SettingsFile(PydanticBaseSettingsSource):
 
 class _Environment(EnvSettingsSource):
     """MEDGEM_* variables; an empty MEDGEM_MODEL means "not set" (the file may still name one),
-    while an empty MEDGEM_MODEL_DIRS means "no folders"."""
+    while an empty MEDGEM_MODEL_DIRS means "no folders"; the engines' variables fill their
+    tables (unset and empty ones set nothing; pydantic-settings merges them over the file's
+    tables field by field)."""
 
     def __call__(self) -> dict[str, Any]:
         values = super().__call__()
         if not values.get("model"):
             values.pop("model", None)
-        return values
+        tables: dict[str, dict[str, object]] = {}
+        for variable, table, field, parse in _ENGINE_VARIABLES:
+            text = os.environ.get(variable, "")
+            if text.strip() and field not in tables.setdefault(table, {}):
+                tables[table][field] = parse(text)
+        return values | {table: fields for table, fields in tables.items() if fields}
 
 
 class Settings(BaseSettings):
@@ -104,6 +178,7 @@ class Settings(BaseSettings):
         model: the default model name or path; None when neither says.
         model_dirs: folders holding local checkpoints, searched by name.
         source: where ``model`` came from ("MEDGEM_MODEL", the file's path, or None).
+        llamacpp, remote: the engines' settings (options set explicitly win over them).
     """
 
     model_config = SettingsConfigDict(env_prefix="MEDGEM_", frozen=True, extra="ignore",
@@ -112,6 +187,13 @@ class Settings(BaseSettings):
     model: str | None = None
     model_dirs: Annotated[tuple[Path, ...], NoDecode] = ()
     source: str | None = None
+    llamacpp: LlamaCppSettings = LlamaCppSettings()
+    remote: RemoteSettings = RemoteSettings()
+
+    def engine_fields(self, engine: str) -> dict[str, object]:
+        """The option fields the settings set for ``engine`` (a registry name)."""
+        table = {"llamacpp": self.llamacpp, "remote": self.remote}.get(engine)
+        return table.model_dump(exclude_none=True) if table is not None else {}
 
     @field_validator("model", mode="before")
     @classmethod
@@ -159,6 +241,9 @@ def read_file(path: Path | None = None) -> dict[str, object]:
     if unknown:
         raise InputError(f"the config file '{path}' has unknown setting(s) {', '.join(unknown)}",
                          f"the settings are: {', '.join(sorted(known))}")
+    for table in ("llamacpp", "remote"):
+        if table in data and not isinstance(data[table], dict):
+            raise InputError(f"'{table}' in '{path}' must be a table", f"write [{table}] on its own line")
     if "model" in data and not isinstance(data["model"], str):
         raise InputError(f"'model' in '{path}' must be a string", 'write model = "4b-it"')
     dirs = data.get("model_dirs", [])

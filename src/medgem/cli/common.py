@@ -264,11 +264,11 @@ def flag_options(engine: str, fields: Mapping[str, object]) -> EngineOptions:
 
 
 def llamacpp_settings() -> LlamaCppOptions:
-    """llama.cpp's options as the environment sets them, for commands that run its native
-    code without loading a model (doctor, convert, inspect's estimates)."""
-    from medgem.engine_env import engine_environment
+    """llama.cpp's options as the settings (environment, file) set them, for commands that run
+    its native code without loading a model (doctor, convert, inspect's estimates)."""
+    from medgem.config import load_settings
 
-    return LlamaCppOptions.model_validate(engine_environment("llamacpp"))
+    return LlamaCppOptions.model_validate(load_settings().engine_fields("llamacpp"))
 
 
 def _load(args: argparse.Namespace, store: str | bool) -> MedGemma:

@@ -1,6 +1,6 @@
 """Each engine's options: one strict pydantic model per engine, built once at the edge (CLI
-flags, the Python API, eval and tune configs; the environment through ``medgem.engine_env``) and
-only read inside. A field an engine does not take is refused in one line naming what it takes
+flags, the Python API, eval and tune configs; the settings file and environment through
+``medgem.config.Settings``) and only read inside. A field an engine does not take is refused in one line naming what it takes
 and which engines would take it, so a setting is never silently ignored.
 """
 

@@ -388,6 +388,7 @@ def _run_probe(cpu_variant: str | None, repack: bool | None) -> int:
 
 
 if __name__ == "__main__":  # the child: its own edge, so the environment is read here
-    from medgem.engine_env import engine_environment
+    from medgem.config import load_settings
 
-    sys.exit(_child(json.loads(sys.argv[1]) if len(sys.argv) > 1 else engine_environment("llamacpp")))
+    sys.exit(_child(json.loads(sys.argv[1]) if len(sys.argv) > 1
+                    else load_settings().engine_fields("llamacpp")))
