@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
@@ -18,6 +18,57 @@ from medgem.engines.options import EngineOptions, LlamaCppOptions, OptionsError,
 from medgem.errors import ImageInputError, InputError
 from medgem.inputs.options import LIMITS, ImagingOptions
 from medgem.request import GenerationOptions
+
+
+def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number in [low, high]. argparse names the flag the user
+    typed in its one-line error (``argument --max-new-tokens: must be at least 1, got -5``),
+    so a bad value is refused while the flags are read, before anything loads."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"wants a whole number, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            wanted = f"at least {low}" if high is None else f"from {low} to {high}"
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {value}")
+        return value
+
+    parse.__name__ = "whole number"  # argparse's own message for a non-number names the type
+    return parse
+
+
+def number_in(low: float, high: float | None = None, *, open_low: bool = False) -> Callable[[str], float]:
+    """An argparse ``type``: a number >= low (> low when ``open_low``) and <= high."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"wants a number, got {text!r}") from None
+        if value != value or value < low or (open_low and value == low) or (
+                high is not None and value > high):
+            left = "(" if open_low else "["
+            wanted = f"in {left}{low:g}, {high:g}]" if high is not None else (
+                f"{'above' if open_low else 'at least'} {low:g}")
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+NO_MODEL = ("no model given: try --model demo (the demo model), see `medgem models` for the "
+            "others, or set MEDGEM_MODEL")
+
+
+def require_model(args: argparse.Namespace, command: str) -> None:
+    """A command whose --model is optional at parse time (``--server URL`` names none) stops
+    here, as argparse would, in one line that says how to name a model."""
+    if args.model is None and not getattr(args, "server", None):
+        sys.stderr.write(f"medgem {command}: error: {NO_MODEL} (see medgem {command} --help)\n")
+        raise SystemExit(2)
 
 
 def add_model_flags(parser: argparse.ArgumentParser, *, model_required: bool = True) -> None:
@@ -41,9 +92,9 @@ def add_model_flags(parser: argparse.ArgumentParser, *, model_required: bool = T
                        help="LoRA adapter: a `medgem tune` folder (hf engine) or a GGUF LoRA "
                             "from `medgem convert --adapter` (llamacpp)")
     group.add_argument("--mmproj", help="GGUF vision projector (llamacpp engine)")
-    group.add_argument("--n-ctx", type=int,
+    group.add_argument("--n-ctx", type=whole_number(1),
                        help="llama.cpp context window (default 8192; a CT volume needs ~23000)")
-    group.add_argument("--threads", type=int, help="llama.cpp threads (default: all cores)")
+    group.add_argument("--threads", type=whole_number(1), help="llama.cpp threads (default: all cores)")
     group.add_argument("--vision", choices=["auto", "llamacpp", "torch"],
                        help="where llama.cpp's image encoder runs: its own clip (f16), or PyTorch "
                        "(bf16 on CPUs with AVX512-BF16/AMX); default auto ($MEDGEM_VISION)")
@@ -78,9 +129,11 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--system", help="system prompt")
     group.add_argument("--think", action="store_true", help="ask thinking variants to reason first")
     group.add_argument("--show-thinking", action="store_true", help="print the reasoning (stderr)")
-    group.add_argument("--max-new-tokens", type=int, help="answer budget (default per variant)")
-    group.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (with --temperature)")
+    group.add_argument("--max-new-tokens", type=whole_number(1),
+                       help="answer budget (default per variant)")
+    group.add_argument("--temperature", type=number_in(0.0), default=0.0, help="0 = greedy (default)")
+    group.add_argument("--top-p", type=number_in(0.0, 1.0, open_low=True), default=1.0,
+                       help="nucleus sampling (with --temperature)")
     group.add_argument("--seed", type=int, help="makes sampling repeatable")
     group.add_argument("--stop", action="append", default=[], metavar="TEXT",
                        help="end the answer at this text (repeatable)")
@@ -116,8 +169,8 @@ def add_imaging_flags(parser: argparse.ArgumentParser) -> None:
         help="window centre,width (HU for CT); once = one grey window, three times = the CT "
              "red, green, blue windows",
     )
-    parser.add_argument("--frame", type=int, help="use this frame (0-based) of a multi-frame file as one image")
-    parser.add_argument("--max-slices", type=int, default=_IMAGING_DEFAULTS.max_slices,
+    parser.add_argument("--frame", type=whole_number(0), help="use this frame (0-based) of a multi-frame file as one image")
+    parser.add_argument("--max-slices", type=whole_number(1), default=_IMAGING_DEFAULTS.max_slices,
                         help=f"most slices sent from a volume (default {_IMAGING_DEFAULTS.max_slices})")
     parser.add_argument("--modality", help="modality for inputs that carry none (NIfTI, PNG): CT or MR")
 
@@ -125,17 +178,17 @@ def add_imaging_flags(parser: argparse.ArgumentParser) -> None:
 def add_slide_flags(parser: argparse.ArgumentParser) -> None:
     """Flags for whole-slide images and PDFs (ask, describe and inspect)."""
     group = parser.add_argument_group("slides and documents")
-    group.add_argument("--max-patches", type=int, default=_IMAGING_DEFAULTS.max_patches,
+    group.add_argument("--max-patches", type=whole_number(1), default=_IMAGING_DEFAULTS.max_patches,
                        help="most 896-px tissue patches sent from a slide "
                             f"(default {_IMAGING_DEFAULTS.max_patches})")
     group.add_argument("--patch-seed", type=int, default=_IMAGING_DEFAULTS.patch_seed,
                        help="seed of the patch sample: the same seed, the same patches "
                             f"(default {_IMAGING_DEFAULTS.patch_seed})")
-    group.add_argument("--magnification", type=float,
+    group.add_argument("--magnification", type=number_in(0.0, open_low=True),
                        help="objective magnification of the patches (default 10, about 1 um/px)")
-    group.add_argument("--mpp", type=float,
+    group.add_argument("--mpp", type=number_in(0.0, open_low=True),
                        help="microns per pixel of the slide's full resolution, when the file lacks it")
-    group.add_argument("--max-pages", type=int, default=_IMAGING_DEFAULTS.max_pages,
+    group.add_argument("--max-pages", type=whole_number(1), default=_IMAGING_DEFAULTS.max_pages,
                        help="most pages of a PDF (longer ones are refused; "
                             f"default {_IMAGING_DEFAULTS.max_pages})")
     group.add_argument("--pdf-text", action="store_true",
@@ -170,7 +223,7 @@ def add_limit_flags(parser: argparse.ArgumentParser, environ: Mapping[str, str] 
     for name, (what, metavar, scale) in _LIMIT_FLAGS.items():
         flag, env = LIMITS[name]
         default = getattr(_IMAGING_DEFAULTS, name) // scale
-        group.add_argument(flag, type=int, metavar=metavar, dest=name,
+        group.add_argument(flag, type=whole_number(1), metavar=metavar, dest=name,
                            default=_env_int(environ, env, default),
                            help=f"{what} (default {default:,}; ${env})")
     group.add_argument("--allow-non-image", action="store_true",

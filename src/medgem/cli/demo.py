@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from medgem.cli.common import print_label_first, render
+from medgem.cli.common import print_label_first, render, whole_number
 from medgem.errors import MissingDependencyError
 from medgem.request.compose import ASSISTANT_SYSTEM, RADIOLOGIST_SYSTEM
 
@@ -20,7 +20,7 @@ from medgem.request.compose import ASSISTANT_SYSTEM, RADIOLOGIST_SYSTEM
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("demo", help="run the pipeline end to end on the demo model")
     parser.add_argument("--engine", default="hf", help="hf or hf-pipeline (default hf)")
-    parser.add_argument("--max-new-tokens", type=int, default=24,
+    parser.add_argument("--max-new-tokens", type=whole_number(1), default=24,
                         help="answer budget of each demo question (default 24)")
     parser.add_argument("--save-preprocessed", type=Path, metavar="DIR",
                         help="write the radiograph exactly as the model gets it (PNG)")
