@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 from medgem.cli.common import (
+    Shown,
     add_audit_flags,
     add_generation_flags,
     add_limit_flags,
@@ -17,6 +19,7 @@ from medgem.cli.common import (
     imaging_from_args,
     load_model,
     print_label_first,
+    record_cancelled,
     render,
     require_model,
 )
@@ -77,7 +80,19 @@ def run(args: argparse.Namespace, question: str | None = None, inputs: Inputs | 
     request = model.request(text, images=inputs, system=args.system, options=options)
     if not args.json:
         print_label_first(model)
-    answer = render(model.generate(request), as_json=args.json, show_thinking=args.show_thinking)
+    cancel = threading.Event()
+    chunks = model.generate(request, cancel)
+    shown = Shown()
+    try:
+        answer = render(chunks, as_json=args.json, show_thinking=args.show_thinking, shown=shown)
+    except KeyboardInterrupt:  # the caveat and a record of what was said, then out
+        cancel.set()
+        close = getattr(chunks, "close", None)  # a generator: stop it where it stands
+        if close is not None:
+            close()
+        sys.stdout.write("\n")
+        record_cancelled(model, request, shown)
+        return 130
     if args.boxes:
         _draw_boxes(answer.text, inputs, args.boxes)
     return 0
