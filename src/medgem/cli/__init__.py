@@ -25,6 +25,8 @@ COMMANDS: dict[str, str] = {
     "inspect": "medgem.cli.inspect",
     "eval": "medgem.cli.eval",
     "serve": "medgem.cli.serve",
+    "ps": "medgem.cli.ps",
+    "stop": "medgem.cli.stop",
     "audit": "medgem.cli.audit",
     "keys": "medgem.cli.keys",
     "convert": "medgem.cli.convert",
@@ -48,7 +50,12 @@ class _Parser(argparse.ArgumentParser):
             close = difflib.get_close_matches(wrong.group(1), choices, n=1, cutoff=0.6)
             if close:
                 message += f" — did you mean '{close[0]}'?"
-        super().error(message)
+        if re.search(r"required: .*--model", message):
+            from medgem.cli.common import NO_MODEL
+
+            message = NO_MODEL
+        # One line, not the whole usage: the flag and what is wrong with it, and where help is.
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 from medgem.cli.common import (
+    Shown,
     add_audit_flags,
     add_generation_flags,
     add_limit_flags,
@@ -17,7 +19,9 @@ from medgem.cli.common import (
     imaging_from_args,
     load_model,
     print_label_first,
+    record_cancelled,
     render,
+    require_model,
 )
 from medgem.inputs import Inputs, read_inputs
 
@@ -29,7 +33,7 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("question", help="the question ('-' reads stdin)")
     add_image_flags(parser)
-    add_model_flags(parser)
+    add_model_flags(parser, model_required=False)  # --server names none
     add_server_flag(parser)
     add_audit_flags(parser)
     add_generation_flags(parser)
@@ -37,9 +41,14 @@ def add_parser(subparsers: Any) -> None:
 
 
 def add_server_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--no-server", action="store_true",
-                        help="load the model here even when a `medgem serve` of it is running "
-                        "(by default the question goes to that server)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--no-server", action="store_true",
+                       help="load the model here even when a `medgem serve` of it is running "
+                       "(by default the question goes to your server of the same model that "
+                       "writes to the same audit store; see `medgem ps`)")
+    group.add_argument("--server", metavar="URL",
+                       help="send the question to this medgem server (e.g. http://127.0.0.1:8000); "
+                       "it writes the audit record")
 
 
 def add_image_flags(parser: argparse.ArgumentParser) -> None:
@@ -59,18 +68,31 @@ def add_image_flags(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, question: str | None = None, inputs: Inputs | None = None) -> int:
     """Answer the question; ``inputs`` are the --image files when the caller already read them
     (describe), so each file is read once per command."""
+    require_model(args, getattr(args, "command", None) or "ask")
     text = question if question is not None else _question(args.question)
     if inputs is None:
         inputs = read_inputs(args.image, imaging_from_args(args))  # before the model loads
     check_before_load(args, text)
+    options = generation_options(args)  # a bad value is refused here, not after the load
     if args.save_preprocessed:
         _save_preprocessed(inputs, args.save_preprocessed)
     model = from_running_server(args) or load_model(args)
-    request = model.request(text, images=inputs, system=args.system,
-                            options=generation_options(args))
+    request = model.request(text, images=inputs, system=args.system, options=options)
     if not args.json:
         print_label_first(model)
-    answer = render(model.generate(request), as_json=args.json, show_thinking=args.show_thinking)
+    cancel = threading.Event()
+    chunks = model.generate(request, cancel)
+    shown = Shown()
+    try:
+        answer = render(chunks, as_json=args.json, show_thinking=args.show_thinking, shown=shown)
+    except KeyboardInterrupt:  # the caveat and a record of what was said, then out
+        cancel.set()
+        close = getattr(chunks, "close", None)  # a generator: stop it where it stands
+        if close is not None:
+            close()
+        sys.stdout.write("\n")
+        record_cancelled(model, request, shown)
+        return 130
     if args.boxes:
         _draw_boxes(answer.text, inputs, args.boxes)
     return 0
@@ -89,7 +111,7 @@ def check_before_load(args: argparse.Namespace, text: str) -> None:
         return
     try:
         checkpoint = resolve_checkpoint(args.model, variant=args.variant, mmproj=args.mmproj,
-                                        revision=args.revision)
+                                        revision=args.revision, offline=True)
     except MedgemError:
         return
     if args.image and not checkpoint.multimodal:
@@ -100,37 +122,78 @@ def check_before_load(args: argparse.Namespace, text: str) -> None:
 
 
 def from_running_server(args: argparse.Namespace) -> Any:
-    """The model through a running `medgem serve` of the same checkpoint, or None.
+    """The model through a running `medgem serve` (``--server URL``, or this user's server of
+    the same checkpoint writing to the same audit store), or None to load it here.
 
-    Only when nothing asks for a load of its own: no remote flags, no engine settings the
-    server may not share (dtype, quantization, context, threads, vision path).
+    The server writes each answer's audit record, so nothing is recorded here as well (one
+    record per question). A server is found only when nothing asks for a load of its own: no
+    remote flags, no engine settings the server may not share (dtype, quantization, context,
+    threads, vision path), and the audit on.
     """
     import os
 
-    from medgem.cli.running import find_server, identity
+    from medgem.cli.running import find_server, identity, store_location
     from medgem.errors import MedgemError
     from medgem.resolve import resolve_checkpoint
 
+    if getattr(args, "server", None):
+        return _through_server(args, args.server.rstrip("/"), f"medgem: using the server at "
+                               f"{args.server} (it writes the audit record)")
     own_load = (args.quantize, args.n_ctx, args.threads, args.vision, args.base_url)
-    if (args.no_server or args.backend or any(v is not None for v in own_load)
+    if (args.no_server or args.backend or any(v is not None for v in own_load) or args.no_audit
             or args.engine == "remote" or args.dtype != "auto" or args.device != "auto"):
         return None
     try:
         checkpoint = resolve_checkpoint(args.model, variant=args.variant, mmproj=args.mmproj,
-                                        revision=args.revision)
+                                        revision=args.revision, offline=True)
     except MedgemError:
         return None  # the load reports it, as without a server
+    store = store_location(args.audit_db)
     server = find_server(identity(checkpoint.path, checkpoint.revision, args.adapter),
-                         engine=args.engine,
+                         engine=args.engine, audit=store,
                          have_key=bool(args.api_key or os.environ.get("MEDGEM_API_KEY")))
     if server is None:
         return None
-    sys.stderr.write(f"medgem: using the running server at {server.url} (pid {server.pid})\n")
+    return _through_server(
+        args, server.url, f"medgem: using your running server at {server.url} (pid {server.pid}, "
+        f"audit {store}); --no-server loads the model here", served=server.served_name,
+        variant=server.variant)
+
+
+def _through_server(args: argparse.Namespace, url: str, line: str, *, served: str | None = None,
+                    variant: str | None = None) -> Any:
+    """The remote engine on a medgem server, its answers recorded by that server only."""
     remote = argparse.Namespace(**vars(args))
-    remote.engine, remote.base_url, remote.model = "remote", server.url, server.served_name
-    remote.variant = args.variant or server.variant
+    remote.engine, remote.base_url, remote.backend = "remote", url, []
+    remote.model = served or _served_name(url, args.api_key)
+    remote.variant = args.variant or variant
     remote.adapter = None  # the server applies its own
-    return load_model(remote)
+    remote.no_audit = False
+    sys.stderr.write(line + "\n")
+    return load_model(remote, audit=False)
+
+
+def _served_name(url: str, api_key: str | None) -> str:
+    """The model id a server answers to (its /v1/models).
+
+    Raises:
+        InputError: nothing answers there, or it is not an OpenAI-compatible server.
+    """
+    import json
+    import os
+    import urllib.request
+
+    from medgem.errors import InputError
+
+    key = api_key or os.environ.get("MEDGEM_API_KEY")
+    asked = urllib.request.Request(f"{url}/v1/models",
+                                   headers={"Authorization": f"Bearer {key}"} if key else {})
+    try:
+        with urllib.request.urlopen(asked, timeout=10) as response:
+            return str(json.loads(response.read())["data"][0]["id"])
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+        raise InputError(f"no medgem server answers at {url} ({exc})",
+                         "check --server (see `medgem ps`), or drop it to load the model here") from None
 
 
 def _question(raw: str) -> str:

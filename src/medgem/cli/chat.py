@@ -26,7 +26,7 @@ HELP = ("commands: /image PATH, /system TEXT, /think on|off, /save FILE, /reset,
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("chat", help="a multi-turn conversation in the terminal")
-    common.add_model_flags(parser)
+    common.add_model_flags(parser, model_required=False)  # --server names none
     ask.add_server_flag(parser)
     common.add_audit_flags(parser)
     common.add_generation_flags(parser)
@@ -37,7 +37,9 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    common.require_model(args, "chat")
     _line_editing()
+    common.generation_options(args)  # a bad value is refused before the model loads
     model = ask.from_running_server(args) or common.load_model(args)
     common.print_label_first(model)
     print(f"medgem chat with {model.engine.info.id} — {HELP}", file=sys.stderr)

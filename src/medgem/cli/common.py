@@ -6,10 +6,10 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from medgem.answer import Answer, AnswerChunk, FinalChunk, StreamChunk, ThinkingChunk
 from medgem.api import MedGemma
@@ -18,6 +18,57 @@ from medgem.engines.options import EngineOptions, LlamaCppOptions, OptionsError,
 from medgem.errors import ImageInputError, InputError
 from medgem.inputs.options import LIMITS, ImagingOptions
 from medgem.request import GenerationOptions
+
+
+def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number in [low, high]. argparse names the flag the user
+    typed in its one-line error (``argument --max-new-tokens: must be at least 1, got -5``),
+    so a bad value is refused while the flags are read, before anything loads."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"wants a whole number, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            wanted = f"at least {low}" if high is None else f"from {low} to {high}"
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {value}")
+        return value
+
+    parse.__name__ = "whole number"  # argparse's own message for a non-number names the type
+    return parse
+
+
+def number_in(low: float, high: float | None = None, *, open_low: bool = False) -> Callable[[str], float]:
+    """An argparse ``type``: a number >= low (> low when ``open_low``) and <= high."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"wants a number, got {text!r}") from None
+        if value != value or value < low or (open_low and value == low) or (
+                high is not None and value > high):
+            left = "(" if open_low else "["
+            wanted = f"in {left}{low:g}, {high:g}]" if high is not None else (
+                f"{'above' if open_low else 'at least'} {low:g}")
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+NO_MODEL = ("no model given: try --model demo (the demo model), see `medgem models` for the "
+            "others, or set MEDGEM_MODEL")
+
+
+def require_model(args: argparse.Namespace, command: str) -> None:
+    """A command whose --model is optional at parse time (``--server URL`` names none) stops
+    here, as argparse would, in one line that says how to name a model."""
+    if args.model is None and not getattr(args, "server", None):
+        sys.stderr.write(f"medgem {command}: error: {NO_MODEL} (see medgem {command} --help)\n")
+        raise SystemExit(2)
 
 
 def add_model_flags(parser: argparse.ArgumentParser, *, model_required: bool = True) -> None:
@@ -41,9 +92,9 @@ def add_model_flags(parser: argparse.ArgumentParser, *, model_required: bool = T
                        help="LoRA adapter: a `medgem tune` folder (hf engine) or a GGUF LoRA "
                             "from `medgem convert --adapter` (llamacpp)")
     group.add_argument("--mmproj", help="GGUF vision projector (llamacpp engine)")
-    group.add_argument("--n-ctx", type=int,
+    group.add_argument("--n-ctx", type=whole_number(1),
                        help="llama.cpp context window (default 8192; a CT volume needs ~23000)")
-    group.add_argument("--threads", type=int, help="llama.cpp threads (default: all cores)")
+    group.add_argument("--threads", type=whole_number(1), help="llama.cpp threads (default: all cores)")
     group.add_argument("--vision", choices=["auto", "llamacpp", "torch"],
                        help="where llama.cpp's image encoder runs: its own clip (f16), or PyTorch "
                        "(bf16 on CPUs with AVX512-BF16/AMX); default auto ($MEDGEM_VISION)")
@@ -78,9 +129,11 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--system", help="system prompt")
     group.add_argument("--think", action="store_true", help="ask thinking variants to reason first")
     group.add_argument("--show-thinking", action="store_true", help="print the reasoning (stderr)")
-    group.add_argument("--max-new-tokens", type=int, help="answer budget (default per variant)")
-    group.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (with --temperature)")
+    group.add_argument("--max-new-tokens", type=whole_number(1),
+                       help="answer budget (default per variant)")
+    group.add_argument("--temperature", type=number_in(0.0), default=0.0, help="0 = greedy (default)")
+    group.add_argument("--top-p", type=number_in(0.0, 1.0, open_low=True), default=1.0,
+                       help="nucleus sampling (with --temperature)")
     group.add_argument("--seed", type=int, help="makes sampling repeatable")
     group.add_argument("--stop", action="append", default=[], metavar="TEXT",
                        help="end the answer at this text (repeatable)")
@@ -116,8 +169,8 @@ def add_imaging_flags(parser: argparse.ArgumentParser) -> None:
         help="window centre,width (HU for CT); once = one grey window, three times = the CT "
              "red, green, blue windows",
     )
-    parser.add_argument("--frame", type=int, help="use this frame (0-based) of a multi-frame file as one image")
-    parser.add_argument("--max-slices", type=int, default=_IMAGING_DEFAULTS.max_slices,
+    parser.add_argument("--frame", type=whole_number(0), help="use this frame (0-based) of a multi-frame file as one image")
+    parser.add_argument("--max-slices", type=whole_number(1), default=_IMAGING_DEFAULTS.max_slices,
                         help=f"most slices sent from a volume (default {_IMAGING_DEFAULTS.max_slices})")
     parser.add_argument("--modality", help="modality for inputs that carry none (NIfTI, PNG): CT or MR")
 
@@ -125,17 +178,17 @@ def add_imaging_flags(parser: argparse.ArgumentParser) -> None:
 def add_slide_flags(parser: argparse.ArgumentParser) -> None:
     """Flags for whole-slide images and PDFs (ask, describe and inspect)."""
     group = parser.add_argument_group("slides and documents")
-    group.add_argument("--max-patches", type=int, default=_IMAGING_DEFAULTS.max_patches,
+    group.add_argument("--max-patches", type=whole_number(1), default=_IMAGING_DEFAULTS.max_patches,
                        help="most 896-px tissue patches sent from a slide "
                             f"(default {_IMAGING_DEFAULTS.max_patches})")
     group.add_argument("--patch-seed", type=int, default=_IMAGING_DEFAULTS.patch_seed,
                        help="seed of the patch sample: the same seed, the same patches "
                             f"(default {_IMAGING_DEFAULTS.patch_seed})")
-    group.add_argument("--magnification", type=float,
+    group.add_argument("--magnification", type=number_in(0.0, open_low=True),
                        help="objective magnification of the patches (default 10, about 1 um/px)")
-    group.add_argument("--mpp", type=float,
+    group.add_argument("--mpp", type=number_in(0.0, open_low=True),
                        help="microns per pixel of the slide's full resolution, when the file lacks it")
-    group.add_argument("--max-pages", type=int, default=_IMAGING_DEFAULTS.max_pages,
+    group.add_argument("--max-pages", type=whole_number(1), default=_IMAGING_DEFAULTS.max_pages,
                        help="most pages of a PDF (longer ones are refused; "
                             f"default {_IMAGING_DEFAULTS.max_pages})")
     group.add_argument("--pdf-text", action="store_true",
@@ -170,7 +223,7 @@ def add_limit_flags(parser: argparse.ArgumentParser, environ: Mapping[str, str] 
     for name, (what, metavar, scale) in _LIMIT_FLAGS.items():
         flag, env = LIMITS[name]
         default = getattr(_IMAGING_DEFAULTS, name) // scale
-        group.add_argument(flag, type=int, metavar=metavar, dest=name,
+        group.add_argument(flag, type=whole_number(1), metavar=metavar, dest=name,
                            default=_env_int(environ, env, default),
                            help=f"{what} (default {default:,}; ${env})")
     group.add_argument("--allow-non-image", action="store_true",
@@ -290,6 +343,19 @@ def _load(args: argparse.Namespace, store: str | bool) -> MedGemma:
         raise as_flag_error(exc) from None
 
 
+class Shown:
+    """What :func:`render` has written so far: the answer and thought pieces, and when it began
+    (what a cancelled answer's record keeps)."""
+
+    def __init__(self) -> None:
+        import time
+
+        self.answer: list[str] = []
+        self.thinking: list[str] = []
+        self.started = time.monotonic()
+        self.first: float | None = None
+
+
 def render(
     chunks: Iterable[StreamChunk],
     *,
@@ -298,16 +364,22 @@ def render(
     out: TextIO = sys.stdout,
     err: TextIO = sys.stderr,
     prefix: str = "",
+    shown: Shown | None = None,
 ) -> Answer:
     """Stream an answer to the terminal (or collect it for --json) and return it.
 
     Until the first chunk comes (the prompt and its images being read) a stage line waits on
     ``err`` when it is a terminal; ``prefix`` (chat's ``medgemma> ``) is written to ``out``
-    once that line is gone.
+    once that line is gone. ``shown`` collects what was written (for a Ctrl-C's record).
     """
+    import time
+
+    shown = shown if shown is not None else Shown()
     answer: Answer | None = None
     thinking_open = False
     for chunk in until_first(iter(chunks), "reading the prompt", err):
+        if shown.first is None:
+            shown.first = time.monotonic()
         if prefix and not as_json:
             out.write(prefix)
             out.flush()
@@ -316,13 +388,17 @@ def render(
             answer = chunk.answer
             continue
         if isinstance(chunk, ThinkingChunk):
+            shown.thinking.append(chunk.text)
             if show_thinking and not as_json:
                 if not thinking_open:
                     err.write("[thinking]\n")
                     thinking_open = True
                 err.write(chunk.text)
                 err.flush()
-        elif isinstance(chunk, AnswerChunk) and not as_json:
+        elif isinstance(chunk, AnswerChunk):
+            shown.answer.append(chunk.text)
+            if as_json:
+                continue
             if thinking_open:
                 err.write("\n[/thinking]\n")
                 err.flush()
@@ -334,6 +410,13 @@ def render(
         out.write(json.dumps(answer.to_dict(), ensure_ascii=False, indent=2) + "\n")
         return answer
     out.write("\n")
+    if show_thinking and not answer.thinking:
+        err.write("medgem: no thinking: the model wrote no thought before its answer "
+                  "(--think asks a thinking variant to think first)\n")
+    if not answer.text.strip():
+        err.write(f"medgem: the answer is empty (the model ended after "
+                  f"{answer.usage.completion_tokens} token(s) with no text; finish reason: "
+                  f"{answer.finish_reason})\n")
     if answer.thought_truncated:
         err.write(
             "medgem: the answer budget ran out while the model was thinking; raise "
@@ -349,17 +432,57 @@ def render(
     return answer
 
 
+def speed_words(answer: Answer) -> str:
+    """The decode speed as words that do not lie: a one-token answer has none, and an answer
+    whose tokens all came at the end (no text before it) was not measured."""
+    tokens = answer.usage.completion_tokens
+    t = answer.timings
+    decode = t.total_s - t.first_token_s
+    if tokens <= 1:
+        return "no decode speed (one token)" if tokens == 1 else "no tokens"
+    if decode <= 0:
+        return "decode speed not measured (no text before the end)"
+    return f"{(tokens - 1) / decode:.1f} tok/s"
+
+
 def _stats(answer: Answer) -> str:
     t = answer.timings
+    tokens = answer.usage.completion_tokens
     return (
         f"[{answer.model.id}"
         + (f" + adapter {answer.model.adapter}@{answer.model.adapter_sha256[:12]}"
            if answer.model.adapter and answer.model.adapter_sha256 else "")
         + f" · {answer.model.engine} · {answer.usage.prompt_tokens} prompt + "
-        f"{answer.usage.completion_tokens} answer tokens · first token {t.first_token_s:.2f} s · "
-        f"{t.decode_tokens_per_s:.1f} tok/s · {answer.finish_reason}"
+        f"{tokens} answer token{'' if tokens == 1 else 's'} · first token {t.first_token_s:.2f} s · "
+        f"{speed_words(answer)} · {answer.finish_reason}"
         + (f" · audit {answer.audit_id}" if answer.audit_id else "") + "]"
     )
+
+
+def record_cancelled(model: MedGemma, request: Any, shown: Shown, err: TextIO = sys.stderr) -> None:
+    """After Ctrl-C: the answer so far recorded as cancelled (when this process audits), said
+    on ``err`` with the caveat and the label, as a finished answer is."""
+    import time
+
+    from medgem.answer import label_for
+    from medgem.engines.base import Timings, Usage
+
+    now = time.monotonic()
+    first = (shown.first or now) - shown.started
+    answer = Answer(text="".join(shown.answer).strip(), thinking="".join(shown.thinking).strip(),
+                    finish_reason="cancelled", usage=Usage(0, 0),
+                    timings=Timings(first, now - shown.started), model=model.engine.info,
+                    caveat=model.caveat, label=label_for(model.engine.info))
+    record = None
+    if model.audit is not None:
+        record = model.audit.answer(request, answer, model.engine.info, {})
+    err.write("\nmedgem: stopped (Ctrl-C)" + (f"; the answer so far is recorded as cancelled "
+              f"(audit {record})" if record else "") + "\n")
+    if answer.caveat:
+        err.write(f"\n⚠ {answer.caveat}\n")
+    if answer.label:
+        err.write(f"[{answer.label}]\n")
+    err.flush()
 
 
 def print_label_first(model: MedGemma, err: TextIO = sys.stderr) -> None:

@@ -20,7 +20,7 @@ def add_parser(subparsers: Any) -> None:
                         help="image, DICOM file/folder/zip or NIfTI")
     parser.add_argument("--prompt", help="override the default question for the modality")
     ask.add_image_flags(parser)
-    add_model_flags(parser)
+    add_model_flags(parser, model_required=False)  # --server names none
     ask.add_server_flag(parser)
     add_audit_flags(parser)
     add_generation_flags(parser)
@@ -29,9 +29,10 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Read the image (and any --image priors) once, pick the question for its modality and ask."""
-    from medgem.cli.common import imaging_from_args
+    from medgem.cli.common import imaging_from_args, require_model
     from medgem.inputs import read_inputs
 
+    require_model(args, "describe")
     args.image = [args.target, *args.image]  # --image adds priors for a comparison
     inputs = read_inputs(args.image, imaging_from_args(args))
     target = [item for item in inputs.items if item.source == args.target.name] or inputs.items

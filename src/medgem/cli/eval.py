@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from medgem.cli.common import add_audit_flags, add_model_flags
+from medgem.cli.common import add_audit_flags, add_model_flags, whole_number
 
 
 def add_parser(subparsers: Any) -> None:
@@ -44,10 +44,10 @@ def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("evaluation")
     group.add_argument("--out", type=Path, help="run folder (default: medgem-eval/<task>-<data>-<model>)")
     group.add_argument("--resume", action="store_true", help="continue the run in --out")
-    group.add_argument("--limit", type=int, help="evaluate this many items")
+    group.add_argument("--limit", type=whole_number(1), help="evaluate this many items")
     group.add_argument("--seed", type=int, help="random subset for --limit; generation seed")
-    group.add_argument("--concurrency", type=int, default=1, help="questions in flight, decoded together by the engine (default 1)")
-    group.add_argument("--max-new-tokens", type=int, help="answer budget (default per variant)")
+    group.add_argument("--concurrency", type=whole_number(1), default=1, help="questions in flight, decoded together by the engine (default 1)")
+    group.add_argument("--max-new-tokens", type=whole_number(1), help="answer budget (default per variant)")
     group.add_argument("--think", choices=["auto", "on", "off"], default="auto",
                        help="thinking instruction: auto = the official prompt on thinking variants")
     group.add_argument("--benchmark", help="benchmark for the model-card lookup (detected from the format)")

@@ -1,15 +1,23 @@
-"""Running `medgem serve` processes, so `ask` and `describe` reuse a loaded model (as Ollama does).
+"""Running `medgem serve` processes: seen by `medgem ps`, ended by `medgem stop`, and reused by
+`ask`, `describe` and `chat` so a loaded model answers the next command (as Ollama does).
 
-``serve`` writes a small state file (pid, address, served name, the checkpoint's identity) into
-``<medgem cache>/servers/`` once the model is loaded, and removes it when it stops. A command
-that would load the same checkpoint sends its question to that server instead. A state file
-whose process is gone (a killed server) is ignored and removed.
+``serve`` holds its port from before the model loads and writes a small state file (pid, user,
+address, served name, the checkpoint's identity, the audit store) into ``<medgem cache>/servers/``
+once it is loaded; it removes the file on every way out (a normal end, SIGTERM or SIGINT, an
+error at start-up). A state file is never trusted on its word: one whose process is gone, or
+whose port does not answer, is stale and removed; one another user wrote is ignored. A command
+reuses a server only when it is the same user's and writes to the same audit store, so each
+question leaves exactly one record where the user expects it.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import socket
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +30,19 @@ _LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0", "::"}
 
 @dataclass(frozen=True)
 class RunningServer:
+    """One live server, as its state file and its answers describe it."""
+
     pid: int
     url: str  # the API root, without /v1
     served_name: str
     keys_required: bool
     variant: str | None
+    port: int = 0
+    model_id: str = ""
+    audit: str = ""
+    started: float = 0.0
+    engine: str = ""
+    path: Path | None = None  # the state file
 
 
 def state_dir() -> Path:
@@ -39,50 +55,204 @@ def identity(path: Path | str, revision: str | None, adapter: str | None) -> dic
             "adapter": str(Path(adapter).resolve()) if adapter else None}
 
 
+def store_location(spec: str | Path | None) -> str:
+    """An audit store's place, spelled one way (``sqlite:///x``, ``x`` and ``./x`` are the same
+    store); None is the default store."""
+    from medgem.config import audit_path
+
+    text = str(spec) if spec else str(audit_path())
+    if text == ":memory:" or ("://" in text and not text.startswith("sqlite:///")):
+        return text
+    return str(Path(text.removeprefix("sqlite:///")).expanduser().resolve())
+
+
 def write_state(*, host: str, port: int, served_name: str, model_identity: dict[str, str | None],
-                engine: str, keys_required: bool, variant: str | None) -> Path:
+                engine: str, keys_required: bool, variant: str | None, model_id: str = "",
+                audit: str = "") -> Path:
     """Announce this serving process; returns the file to remove when it stops."""
     folder = state_dir()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{os.getpid()}.json"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({
-        "pid": os.getpid(), "host": host, "port": port, "served_name": served_name,
-        "model": model_identity, "engine": engine, "keys_required": keys_required,
-        "variant": variant,
+        "pid": os.getpid(), "uid": os.getuid(), "host": host, "port": port,
+        "served_name": served_name, "model_id": model_id or served_name, "model": model_identity,
+        "engine": engine, "keys_required": keys_required, "variant": variant, "audit": audit,
+        "started": time.time(),
     }))
     tmp.replace(path)
     return path
 
 
-def find_server(model_identity: dict[str, str | None], *, engine: str = "auto",
-                have_key: bool = False) -> RunningServer | None:
-    """A live local server running this model, or None. Stale state files are removed."""
+def running_servers() -> list[tuple[RunningServer, dict[str, Any]]]:
+    """This user's live servers with their state, oldest first. Stale state files (the process
+    gone, or its port not answering) are removed; other users' files are left alone, unread."""
     folder = state_dir()
     if not folder.is_dir():
-        return None
+        return []
+    found: list[tuple[RunningServer, dict[str, Any]]] = []
     for path in sorted(folder.glob("*.json")):
         try:
+            if path.stat().st_uid != os.getuid():
+                continue
             state: dict[str, Any] = json.loads(path.read_text())
             pid = int(state["pid"])
+            port = int(state["port"])
         except (OSError, ValueError, KeyError, TypeError):
+            path.unlink(missing_ok=True)  # half-written or not ours to read: never trusted
             continue
-        if not _alive(pid):
+        if int(state.get("uid", -1)) != os.getuid():
+            continue
+        url = _url(str(state.get("host", "127.0.0.1")), port)
+        if not _alive(pid) or not _answers(url):
             path.unlink(missing_ok=True)
             continue
+        found.append((RunningServer(
+            pid, url, str(state.get("served_name", "")), bool(state.get("keys_required")),
+            state.get("variant"), port, str(state.get("model_id", state.get("served_name", ""))),
+            str(state.get("audit", "")), float(state.get("started", 0.0)),
+            str(state.get("engine", "")), path), state))
+    return sorted(found, key=lambda pair: pair[0].started)
+
+
+def find_server(model_identity: dict[str, str | None], *, engine: str = "auto",
+                have_key: bool = False, audit: str | None = None) -> RunningServer | None:
+    """A live local server of this user running this model and writing to the ``audit`` store
+    (:func:`store_location`), or None."""
+    for server, state in running_servers():
         if state.get("model") != model_identity or state.get("host") not in _LOOPBACK:
             continue
         if engine not in ("auto", state.get("engine")):
             continue
         if state.get("keys_required") and not have_key:
             continue
-        host = state["host"]
-        host = "127.0.0.1" if host in ("0.0.0.0", "localhost") else ("[::1]" if ":" in host else host)
-        url = f"http://{host}:{int(state['port'])}"
-        if _healthy(url):
-            return RunningServer(pid, url, str(state["served_name"]), bool(state.get("keys_required")),
-                                 state.get("variant"))
+        if audit is not None and state.get("audit") != audit:
+            continue
+        if _healthy(server.url):
+            return server
     return None
+
+
+def server_on_port(port: int) -> RunningServer | None:
+    """This user's live medgem server on ``port``, or None."""
+    return next((server for server, _ in running_servers() if server.port == port), None)
+
+
+def requests_served(url: str) -> int | None:
+    """The answers and refusals a server counted (its /metrics), or None when it does not say."""
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except (OSError, ValueError):
+        return None
+    counts = re.findall(r"^medgem_requests_total\{[^}]*\} ([0-9.e+]+)$", text, re.M)
+    return int(sum(float(c) for c in counts))
+
+
+def health(url: str) -> dict[str, Any] | None:
+    """The server's /healthz body (ok, warming, draining), or None when it does not answer."""
+    import urllib.error
+
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
+            body = json.loads(response.read())
+    except urllib.error.HTTPError as exc:  # 503 while warming up or draining: a body too
+        try:
+            body = json.loads(exc.read())
+        except ValueError:
+            return None
+    except (OSError, ValueError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+# --- the port ----------------------------------------------------------------------------------
+
+
+def hold_port(host: str, port: int) -> socket.socket:
+    """Bind and listen on the port now, before any model loads, so a taken port is said at once
+    and nobody takes it during the load (uvicorn serves on this very socket).
+
+    Raises:
+        InputError: the port is taken (naming what holds it) or the address cannot be bound.
+    """
+    from medgem.errors import InputError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            holder, hint = port_holder(port)
+            raise InputError(f"port {port} is already in use by {holder}", hint) from None
+        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                         "check --host (an address of this machine) and --port") from None
+    sock.set_inheritable(False)
+    return sock
+
+
+def port_holder(port: int) -> tuple[str, str]:
+    """What holds ``port`` (words for "in use by ..."), and what the user can do about it."""
+    other = "pick another --port"
+    server = server_on_port(port)
+    if server is not None:
+        return (f"your medgem server of {server.model_id or server.served_name} (pid {server.pid})",
+                f"reuse it: `medgem ask ... --server {server.url}` (or the same --model, which "
+                f"finds it), stop it with `medgem stop {port}`, or {other}")
+    pid = _listener_pid(port)
+    if pid is None:
+        return "another program (not visible to you: another user's)", other
+    command = _command_line(pid)
+    if "medgem" in command and " serve" in command:
+        return (f"a medgem server (pid {pid}) that is not yours or is still starting",
+                f"wait for it, ask its owner, or {other}")
+    return f"pid {pid} ({command[:60] or 'unknown program'})", other
+
+
+def _listener_pid(port: int) -> int | None:
+    """The pid with a listening socket on ``port`` (Linux /proc; None where it cannot be seen)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    if not inodes:
+        return None
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                if os.readlink(fd) in wanted:
+                    return int(proc.name)
+        except OSError:
+            continue
+    return None
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
+
+
+# --- liveness ----------------------------------------------------------------------------------
+
+
+def _url(host: str, port: int) -> str:
+    host = "127.0.0.1" if host in ("0.0.0.0", "localhost") else ("[::1]" if ":" in host else host)
+    return f"http://{host}:{port}"
 
 
 def _alive(pid: int) -> bool:
@@ -93,6 +263,17 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # another user's process: alive, but not ours to use
         return True
     return True
+
+
+def _answers(url: str) -> bool:
+    """Something accepts connections at the URL's port (a server still loading does: it holds
+    its listening socket from before the load)."""
+    host, _, port = url.removeprefix("http://").rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
+            return True
+    except OSError:
+        return False
 
 
 def _healthy(url: str) -> bool:

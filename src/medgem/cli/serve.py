@@ -8,7 +8,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from medgem.cli.common import add_limit_flags, add_model_flags, imaging_from_args, load_model
+from medgem.cli.common import (
+    add_limit_flags,
+    add_model_flags,
+    imaging_from_args,
+    load_model,
+    number_in,
+    whole_number,
+)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -20,14 +27,14 @@ def add_parser(subparsers: Any) -> None:
     add_model_flags(parser)
     group = parser.add_argument_group("server")
     group.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    group.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    group.add_argument("--port", type=whole_number(1, 65535), default=8000, help="port (default 8000)")
     group.add_argument("--served-name", help="model id clients send (default: the model's id)")
-    group.add_argument("--parallel", type=int, default=1,
+    group.add_argument("--parallel", type=whole_number(1), default=1,
                        help="requests decoded together (llama.cpp: one KV-cache slot of --n-ctx each; "
                        "default 1)")
-    group.add_argument("--max-queue", type=int, default=8, help="requests that may wait for the engine (default 8)")
-    group.add_argument("--max-body-mb", type=int, default=64, help="largest request body in MiB (default 64)")
-    group.add_argument("--max-images", type=int, default=16, help="most images per request (default 16)")
+    group.add_argument("--max-queue", type=whole_number(0), default=8, help="requests that may wait for the engine (default 8)")
+    group.add_argument("--max-body-mb", type=whole_number(1), default=64, help="largest request body in MiB (default 64)")
+    group.add_argument("--max-images", type=whole_number(1), default=16, help="most images per request (default 16)")
     group.add_argument("--allow-dir", action="append", default=[], type=Path, metavar="DIR",
                        help="a folder requests may name image files from (repeatable; default none)")
     group.add_argument("--api-key-file", type=Path, help="key file made by `medgem keys add` (required off loopback)")
@@ -37,8 +44,8 @@ def add_parser(subparsers: Any) -> None:
                        help="also keep prompt text and inputs in the audit store (DICOM de-identified); off by default")
     group.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                        help="allow this browser origin cross-site (repeatable; default: CORS off)")
-    group.add_argument("--drain-timeout", type=float, default=60.0, help="seconds SIGTERM waits for requests (default 60)")
-    group.add_argument("--max-previews", type=int, default=2,
+    group.add_argument("--drain-timeout", type=number_in(0.0), default=60.0, help="seconds SIGTERM waits for requests (default 60)")
+    group.add_argument("--max-previews", type=whole_number(1), default=2,
                        help="/api/preview requests decoding uploads at once; one more is a 429 (default 2)")
     add_limit_flags(parser)
     parser.set_defaults(func=run)
@@ -47,10 +54,12 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from medgem.config import audit_path, key_file_path
+    from medgem.cli.running import hold_port, store_location
+    from medgem.config import key_file_path
     from medgem.server.app import create_app
     from medgem.server.server_config import ServerConfig
 
+    _stop_on_sigterm()  # from here on SIGTERM unwinds (the state file goes), even mid-load
     key_file = args.api_key_file
     if key_file is None and key_file_path().exists():
         key_file = key_file_path()
@@ -62,34 +71,58 @@ def run(args: argparse.Namespace) -> int:
         drain_timeout_s=args.drain_timeout, max_previews=args.max_previews,
         imaging=imaging_from_args(args),
     )
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    model = load_model(args)  # it writes each answer's record to --audit-db (or the default store)
-    audit = args.audit_db or audit_path()
+    listening = hold_port(config.host, config.port)  # a taken port is said before any load
     state: Path | None = None
+    model = None
     try:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        model = load_model(args)  # it writes each answer's record to --audit-db (or the default store)
+        audit = store_location(args.audit_db)
         app = create_app(config, model)
-        state = _announce(args, config.host, config.port, app.state.serving, model)
+        state = _announce(args, config.host, config.port, app.state.serving, model, audit)
         print(f"medgem: serving {app.state.serving.served_name} on http://{config.host}:{config.port} "
-              f"(audit: {audit}{', keys required' if app.state.serving.keys else ''})", file=sys.stderr)
+              f"(audit: {audit}{', keys required' if app.state.serving.keys else ''}; "
+              f"`medgem stop {config.port}` ends it)", file=sys.stderr)
         # access_log off: URLs and client addresses only, but prompts must never reach logs.
-        uvicorn.run(app, host=config.host, port=config.port, log_level="info", access_log=False,
-                    timeout_graceful_shutdown=int(config.drain_timeout_s))
+        server = uvicorn.Server(uvicorn.Config(
+            app, log_level="info", access_log=False,
+            timeout_graceful_shutdown=int(config.drain_timeout_s)))
+        server.run(sockets=[listening])
     finally:
         if state is not None:
             state.unlink(missing_ok=True)
-        model.close()
+        listening.close()
+        if model is not None:
+            model.close()
     return 0
 
 
-def _announce(args: argparse.Namespace, host: str, port: int, serving: Any, model: Any) -> Path | None:
-    """The state file `ask` and `describe` read to reuse this loaded model (see cli/running.py)."""
+class Stopped(SystemExit):
+    """SIGTERM: `medgem stop` or a service manager asked this server to end."""
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM raises :class:`Stopped` (exit 0), so every ``finally`` runs. uvicorn catches
+    SIGTERM itself while it serves (it drains first) and raises it again once done; with the
+    default handler that second raise would kill the process before its state file is removed."""
+    import signal
+
+    def stop(signum: int, frame: object) -> None:
+        raise Stopped(0)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def _announce(args: argparse.Namespace, host: str, port: int, serving: Any, model: Any,
+              audit: str) -> Path | None:
+    """The state file `ps`, `stop`, `ask` and `describe` read (see cli/running.py)."""
     from medgem.cli.running import identity, write_state
 
     checkpoint = model.checkpoint
-    if checkpoint is None:  # a remote front: it has no checkpoint of its own to share
-        return None
     return write_state(
         host=host, port=port, served_name=serving.served_name,
-        model_identity=identity(checkpoint.path, checkpoint.revision, args.adapter),
+        model_identity=(identity(checkpoint.path, checkpoint.revision, args.adapter)
+                        if checkpoint is not None else {"remote": str(args.model)}),
         engine=str(getattr(model.engine, "name", args.engine)), keys_required=bool(serving.keys),
-        variant=checkpoint.variant.key if checkpoint.variant else None)
+        variant=checkpoint.variant.key if checkpoint is not None and checkpoint.variant else None,
+        model_id=serving.info.id, audit=audit)

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from medgem.cli.common import add_audit_flags
+from medgem.cli.common import add_audit_flags, number_in, whole_number
 
 
 def add_parser(subparsers: Any) -> None:
@@ -30,19 +30,19 @@ def add_parser(subparsers: Any) -> None:
     data.add_argument("--task", default="auto",
                       help="auto (from the fields), chat, mcq, pubmedqa, vqa, report or cxr-labels")
     data.add_argument("--split", help="split to read from a datasets folder")
-    data.add_argument("--validation", type=float, default=0.1,
+    data.add_argument("--validation", type=number_in(0.0, 1.0), default=0.1,
                       help="fraction held out for validation and the closing evaluation (default 0.1)")
     data.add_argument("--validation-data", type=Path, help="held-out rows from a separate file instead")
     data.add_argument("--image-root", type=Path, help="folder image paths are relative to")
     training = parser.add_argument_group("training (defaults: the official notebook's)")
-    training.add_argument("--epochs", type=float, default=1.0, help="passes over the data (default 1)")
-    training.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
-    training.add_argument("--batch-size", type=int, default=4, help="examples per forward pass (default 4)")
-    training.add_argument("--grad-accum", type=int, default=4, help="passes per optimizer step (default 4)")
-    training.add_argument("--learning-rate", type=float, default=2e-4, help="default 2e-4")
-    training.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default 16)")
-    training.add_argument("--lora-alpha", type=int, default=16, help="LoRA alpha (default 16)")
-    training.add_argument("--lora-dropout", type=float, default=0.05, help="default 0.05")
+    training.add_argument("--epochs", type=number_in(0.0, open_low=True), default=1.0, help="passes over the data (default 1)")
+    training.add_argument("--max-steps", type=whole_number(1), help="optimizer steps (overrides --epochs)")
+    training.add_argument("--batch-size", type=whole_number(1), default=4, help="examples per forward pass (default 4)")
+    training.add_argument("--grad-accum", type=whole_number(1), default=4, help="passes per optimizer step (default 4)")
+    training.add_argument("--learning-rate", type=number_in(0.0, open_low=True), default=2e-4, help="default 2e-4")
+    training.add_argument("--lora-r", type=whole_number(1), default=16, help="LoRA rank (default 16)")
+    training.add_argument("--lora-alpha", type=whole_number(1), default=16, help="LoRA alpha (default 16)")
+    training.add_argument("--lora-dropout", type=number_in(0.0, 1.0), default=0.05, help="default 0.05")
     training.add_argument("--no-save-embeddings", action="store_true",
                           help="pure LoRA: do not train lm_head/embed_tokens whole (smaller; "
                                "llama.cpp applies it directly)")
@@ -51,13 +51,13 @@ def add_parser(subparsers: Any) -> None:
     training.add_argument("--dtype", default="auto", help="auto (bf16 on GPUs, float32 on CPUs), bfloat16, float32")
     training.add_argument("--gradient-checkpointing", action="store_true", help="less memory, ~30%% slower")
     training.add_argument("--seed", type=int, default=0, help="split, initialisation and data order (default 0)")
-    training.add_argument("--save-steps", type=int, default=50, help="checkpoint every N steps (default 50)")
+    training.add_argument("--save-steps", type=whole_number(1), default=50, help="checkpoint every N steps (default 50)")
     training.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     after = parser.add_argument_group("after training")
     after.add_argument("--name", help="the adapter's name in answers and audit records (default: --out's name)")
     after.add_argument("--merge", action="store_true", help="also write a merged checkpoint to OUT/merged")
     after.add_argument("--no-eval", action="store_true", help="skip the base-vs-tuned comparison")
-    after.add_argument("--eval-max-new-tokens", type=int,
+    after.add_argument("--eval-max-new-tokens", type=whole_number(1),
                        help="answer budget there (default: the longest held-out answer + 8)")
     add_audit_flags(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -24,6 +24,7 @@ from medgem.errors import InputError, MedgemError
 from medgem.server.auth import KeyStore
 from medgem.server.metrics import Metrics
 from medgem.server.middleware import BodyLimit, SecurityHeaders
+from medgem.server.ollama import router as ollama_router
 from medgem.server.routes import router
 from medgem.server.server_config import ServerConfig
 from medgem.server.serving import Serving
@@ -64,6 +65,7 @@ def create_app(config: ServerConfig, model: MedGemma, *, keys: KeyStore | None =
                   description="medgem's OpenAI-compatible API and its web page's endpoints. "
                               "Every refusal is an OpenAI-style error body.")
     app.state.serving = serving
+    app.include_router(ollama_router)  # before routes.py's catch-all 404
     app.include_router(router)
     app.openapi = lambda: _without_422(app)  # type: ignore[method-assign]
     for kind in (RequestValidationError, HTTPException, MedgemError):

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from fastapi.exceptions import RequestValidationError
 from sse_starlette import EventSourceResponse
@@ -46,8 +46,22 @@ from medgem.server.queue import Completed, EngineQueue, Failed, Job, JobItem, St
 from medgem.server.server_config import ServerConfig
 
 log = logging.getLogger("medgem.server")
-AUDITED = frozenset({"/v1/chat/completions", "/api/ask"})  # their refusals get a record
+AUDITED = frozenset({"/v1/chat/completions", "/api/ask", "/api/chat", "/api/generate"})  # their refusals get a record
 COUNTED = AUDITED | {"/api/preview", "/api/reviews"}  # medgem_requests counts their answers
+# Ollama's routes (server/ollama.py) refuse in Ollama's shape: {"error": "..."}.
+OLLAMA = frozenset({"/api/chat", "/api/generate", "/api/show", "/api/tags", "/api/ps"})
+
+
+class Replies(Protocol):
+    """How an answer is shaped on the wire, for routes that speak another API than OpenAI's
+    (Ollama's): a stream, one whole body, a refusal. The skeleton is :meth:`Serving.answer`."""
+
+    def stream(self, serving: Serving, job: Job, record_id: str, created: int) -> Response: ...
+
+    def whole(self, serving: Serving, item: Completed, job: Job, record_id: str,
+              created: int) -> Response: ...
+
+    def error(self, exc: BaseException) -> Response: ...
 
 
 class Serving:
@@ -157,6 +171,10 @@ class Serving:
                 log.exception("could not audit a rejected request")
         if endpoint in COUNTED:
             self.metrics.count_request(endpoint, error_body(error)[0])
+        if endpoint in OLLAMA:
+            from medgem.server.ollama import plain_error
+
+            return plain_error(error)
         return error_response(error)
 
     # --- the handler skeleton ----------------------------------------------------------------
@@ -164,6 +182,7 @@ class Serving:
     async def answer(
         self, http: HttpRequest, *, user: str, messages: list[dict[str, Any]], check: Callable[[], None],
         build: Callable[[threading.Event], Request], stream: bool, include_usage: bool,
+        replies: Replies | None = None,
     ) -> Response:
         """Run one question on the engine, as every generating route does: the route's
         dependency authenticated and FastAPI read the body; here the inputs are digested (a
@@ -173,7 +192,9 @@ class Serving:
 
         Args:
             build: makes the Request; the event is set once the client left (stop reading).
+            replies: the answer's shape when it is not OpenAI's (Ollama's routes).
         """
+        refused = replies.error if replies is not None else error_response
         http.state.inputs = inputs = digest_inputs(messages)
         check()
         async with ClientWatch(http) as watch:
@@ -189,10 +210,12 @@ class Serving:
                 return Response(status_code=499)
             if isinstance(first, Failed):  # recorded by the model or by finalize
                 self.metrics.count_request(endpoint, error_body(first.error)[0])
-                return error_response(first.error)
+                return refused(first.error)
             assert isinstance(first, Started)
             self.metrics.count_request(endpoint, 200)
             created = int(time.time())
+            if stream and replies is not None:
+                return replies.stream(self, job, record_id, created)
             if stream:  # sse-starlette frames the events and stops the job when the client leaves
                 return EventSourceResponse(
                     self._events(job, record_id, created, include_usage), sep="\n",
@@ -202,7 +225,9 @@ class Serving:
                 if item is None:
                     return Response(status_code=499)
                 if isinstance(item, Failed):
-                    return error_response(item.error)
+                    return refused(item.error)
+                if isinstance(item, Completed) and replies is not None:
+                    return replies.whole(self, item, job, record_id, created)
                 if isinstance(item, Completed):
                     return JSONResponse(self._completion(item, job, record_id, created).model_dump())
 

@@ -1,0 +1,401 @@
+"""Ollama's API on medgem's server, for the clients that speak it (Open WebUI, Enchanted, editor
+plugins, the `ollama` Python client): ``/api/tags``, ``/api/show``, ``/api/ps``, ``/api/version``,
+``/api/chat`` and ``/api/generate`` (NDJSON streams, or one body with ``stream: false``).
+
+The generating routes run through the same skeleton as the OpenAI routes
+(:meth:`Serving.answer`): the same API keys, body limits, image limits, token budget, queue,
+audit record and refusal records; only the shape of the answer differs (:class:`OllamaReplies`).
+Every answer carries medgem's caveat and demo label in a ``medgem`` object, as the OpenAI
+routes do. Refusals are Ollama's ``{"error": "..."}`` bodies. ``format`` (structured output) is
+refused with a 400: this server has no structured output yet. Ollama's options that change the
+answer and that medgem cannot honour (``top_k``, ``repeat_penalty``, ...) are refused by name;
+its runtime hints (``num_ctx``, ``num_thread``, ``keep_alive``, ...) are accepted and have no
+effect (the model and its context are set when the server starts). ``/api/ask`` is medgem's own
+route (the web page), not Ollama's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.routing import APIRoute
+from pydantic import Field
+from starlette.requests import Request as HttpRequest
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from medgem import __version__
+from medgem.answer import Answer, AnswerChunk, ThinkingChunk
+from medgem.errors import ApiError, error_body
+from medgem.request import GenerationOptions, Request
+from medgem.request.openai_messages import request_from_openai
+from medgem.server.protocol import _Body, _Strict
+from medgem.server.queue import Completed, Failed, Job
+from medgem.server.routes import ServingDep, User
+from medgem.server.serving import Serving
+from medgem.server.uploads import reading_options
+
+
+class _JsonBodies(APIRoute):
+    """Ollama's own examples post JSON with `curl -d`, which labels it a form: its bodies are
+    read as JSON whatever the label says (Ollama does the same)."""
+
+    def get_route_handler(self) -> Callable[[HttpRequest], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+
+        async def as_json(http: HttpRequest) -> Response:
+            if http.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+                http.scope["headers"] = [(k, v) for k, v in http.scope["headers"]
+                                         if k != b"content-type"] + [(b"content-type", b"application/json")]
+                http = HttpRequest(http.scope, http.receive)
+            return await handle(http)
+
+        return as_json
+
+
+# Ollama's published API is these routes' contract, not medgem's OpenAPI document (which the
+# suite fuzzes against medgem's own shapes): they are tested with Ollama's official client.
+router = APIRouter(strict_content_type=False, route_class=_JsonBodies, include_in_schema=False)
+NDJSON = "application/x-ndjson"
+#: Ollama options that only steer where and how the model runs (set at `medgem serve` here).
+RUNTIME_HINTS = frozenset({"num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread", "use_mmap",
+                           "use_mlock", "numa", "low_vram", "vocab_only", "num_keep"})
+ANSWER_OPTIONS = ("num_predict", "temperature", "top_p", "seed", "stop")
+
+
+# --- bodies ------------------------------------------------------------------------------------
+
+
+class OllamaMessage(_Strict):
+    role: str
+    content: str | None = None
+    images: list[str] | None = None  # base64, as Ollama sends them
+    thinking: str | None = None  # an earlier answer's thought, echoed back: not sent to the model
+    tool_calls: list[Any] | None = None
+    tool_name: str | None = None
+
+
+class _Generating(_Body):
+    model: str
+    stream: bool = True
+    think: bool | str | None = None
+    format: Any = None
+    options: dict[str, Any] | None = None
+    keep_alive: float | str | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+
+
+class OllamaChatRequest(_Generating):
+    """``POST /api/chat``."""
+
+    messages: list[OllamaMessage] = Field(min_length=1)
+    tools: list[Any] | None = None
+
+
+class OllamaGenerateRequest(_Generating):
+    """``POST /api/generate``."""
+
+    prompt: str | None = None
+    suffix: str | None = None
+    system: str | None = None
+    template: str | None = None
+    context: list[int] | None = None
+    raw: bool | None = None
+    images: list[str] | None = None
+
+
+class ShowRequest(_Body):
+    model: str | None = None
+    name: str | None = None  # what older clients send
+    verbose: bool | None = None
+
+
+# --- turning a body into the one request --------------------------------------------------
+
+
+def generation_options(body: _Generating) -> GenerationOptions:
+    """Ollama's ``options`` and ``think`` as medgem's options (medgem's defaults, greedy
+    decoding among them, where the body says nothing).
+
+    Raises:
+        ApiError: ``format``, log-probabilities, or an option medgem cannot honour.
+    """
+    if body.format not in (None, ""):
+        raise ApiError(400, "structured output (format) is not available on this server",
+                       "drop format and ask for JSON in the prompt", code="unsupported_parameter",
+                       param="format")
+    if body.logprobs or body.top_logprobs:
+        raise ApiError(400, "log-probabilities are not available from medgem", "drop logprobs",
+                       code="unsupported_parameter", param="logprobs")
+    options = dict(body.options or {})
+    unknown = sorted(set(options) - RUNTIME_HINTS - set(ANSWER_OPTIONS))
+    if unknown:
+        raise ApiError(400, f"option '{unknown[0]}' is not supported by medgem",
+                       f"drop it; medgem takes {', '.join(ANSWER_OPTIONS)}",
+                       code="unsupported_parameter", param=f"options.{unknown[0]}")
+    budget = options.get("num_predict")
+    stop = options.get("stop")
+    try:
+        return GenerationOptions(
+            max_new_tokens=None if budget is None or int(budget) < 0 else int(budget),
+            temperature=float(options.get("temperature", 0.0)),
+            top_p=float(options.get("top_p", 1.0)),
+            seed=None if options.get("seed") is None else int(options["seed"]),
+            stop=tuple([stop] if isinstance(stop, str) else stop or ()),
+            think=bool(body.think) and body.think not in ("false", "off", "none"))
+    except (TypeError, ValueError) as exc:
+        raise ApiError(400, f"an option is not a number: {exc}", "check options",
+                       code="invalid_value", param="options") from None
+    except Exception as exc:  # GenerationOptions' own range checks (InputError)
+        raise ApiError(400, str(exc).replace("max_new_tokens", "options.num_predict"),
+                       "check options", code="invalid_value", param="options") from None
+
+
+def _image_parts(images: list[str] | None) -> list[dict[str, Any]]:
+    # The readers sniff the bytes (PNG, JPEG, DICOM...): the MIME type is not needed.
+    return [{"type": "image_url", "image_url": {"url": f"data:application/octet-stream;base64,{data}"}}
+            for data in images or []]
+
+
+def chat_messages(body: OllamaChatRequest) -> list[dict[str, Any]]:
+    """Ollama's messages as the OpenAI messages ``request_from_openai`` reads.
+
+    Raises:
+        ApiError: tools, tool turns or an unknown role.
+    """
+    if body.tools:
+        raise ApiError(400, "tools are not available from medgem", "drop tools",
+                       code="unsupported_parameter", param="tools")
+    messages: list[dict[str, Any]] = []
+    for index, message in enumerate(body.messages):
+        if message.role not in ("system", "user", "assistant") or message.tool_calls:
+            raise ApiError(400, f"messages[{index}]: role '{message.role}' or tool calls are not "
+                           "available from medgem", "send system, user and assistant turns",
+                           code="invalid_value", param=f"messages[{index}].role")
+        text = message.content or ""
+        parts = _image_parts(message.images)
+        if parts:
+            messages.append({"role": message.role, "content": [*parts, {"type": "text", "text": text}]})
+        else:
+            messages.append({"role": message.role, "content": text})
+    return messages
+
+
+def generate_messages(body: OllamaGenerateRequest) -> list[dict[str, Any]]:
+    """``/api/generate``'s prompt (with its images and system) as one user turn.
+
+    Raises:
+        ApiError: raw prompts, templates, suffixes or a context from an earlier answer (medgem
+            builds MedGemma's own prompt and keeps no token context between requests).
+    """
+    for name in ("raw", "template", "suffix", "context"):
+        if getattr(body, name):
+            raise ApiError(400, f"{name} is not available from medgem (it builds MedGemma's own "
+                           "prompt)", f"drop {name}; use /api/chat for a conversation",
+                           code="unsupported_parameter", param=name)
+    parts = _image_parts(body.images)
+    user: dict[str, Any] = ({"role": "user", "content": [*parts, {"type": "text", "text": body.prompt or ""}]}
+                            if parts else {"role": "user", "content": body.prompt or ""})
+    return ([{"role": "system", "content": body.system}] if body.system else []) + [user]
+
+
+# --- answers in Ollama's shape ---------------------------------------------------------------
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _ns(seconds: float) -> int:
+    return max(0, int(seconds * 1e9))
+
+
+class OllamaReplies:
+    """Answers shaped as Ollama's: ``message`` pieces (chat) or ``response`` pieces (generate),
+    a last object with ``done: true``, the counts and durations, and medgem's caveat."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind  # "chat" or "generate"
+
+    def _piece(self, serving: Serving, text: str = "", thinking: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": serving.served_name, "created_at": _now()}
+        if self.kind == "chat":
+            body["message"] = {"role": "assistant", "content": text} | (
+                {"thinking": thinking} if thinking is not None else {})
+        else:
+            body["response"] = text
+            if thinking is not None:
+                body["thinking"] = thinking
+        return body | {"done": False}
+
+    def _last(self, serving: Serving, item: Completed, job: Job, text: str = "",
+              thinking: str | None = None) -> dict[str, Any]:
+        answer: Answer = item.answer
+        t = answer.timings
+        extra = serving._extra(item, job)  # the OpenAI routes' medgem object, the same fields
+        return self._piece(serving, text, thinking) | {
+            "done": True, "done_reason": "length" if answer.finish_reason == "length" else "stop",
+            "total_duration": _ns(t.total_s + job.queue_s), "load_duration": 0,
+            "prompt_eval_count": answer.usage.prompt_tokens, "prompt_eval_duration": _ns(t.first_token_s),
+            "eval_count": answer.usage.completion_tokens,
+            "eval_duration": _ns(t.total_s - t.first_token_s),
+            "medgem": extra.model_dump(),
+        }
+
+    def whole(self, serving: Serving, item: Completed, job: Job, record_id: str, created: int) -> Response:
+        answer = item.answer
+        return JSONResponse(self._last(serving, item, job, answer.text, answer.thinking or None))
+
+    def stream(self, serving: Serving, job: Job, record_id: str, created: int) -> Response:
+        async def lines() -> AsyncIterator[str]:
+            try:
+                while True:
+                    item = await job.out.get()
+                    if isinstance(item, ThinkingChunk):
+                        yield json.dumps(self._piece(serving, "", item.text)) + "\n"
+                    elif isinstance(item, AnswerChunk):
+                        yield json.dumps(self._piece(serving, item.text)) + "\n"
+                    elif isinstance(item, Completed):
+                        yield json.dumps(self._last(serving, item, job)) + "\n"
+                        return
+                    elif isinstance(item, Failed):
+                        yield json.dumps(plain_error_body(item.error)) + "\n"
+                        return
+            finally:  # done, or the client left: stop the job
+                job.cancel.set()
+
+        return StreamingResponse(lines(), media_type=NDJSON, headers={"Cache-Control": "no-cache"})
+
+    def error(self, exc: BaseException) -> Response:
+        return plain_error(exc)
+
+
+def plain_error_body(exc: BaseException) -> dict[str, Any]:
+    """Ollama's error body: one string (what happened — what to do), plus medgem's code."""
+    _, body = error_body(exc)
+    return {"error": body["error"]["message"], "code": body["error"]["code"]}
+
+
+def plain_error(exc: BaseException) -> Response:
+    from medgem.server.http_errors import error_response
+
+    response = error_response(exc)  # the status and Retry-After of the OpenAI routes
+    return JSONResponse(plain_error_body(exc), status_code=response.status_code,
+                        headers={k: v for k, v in response.headers.items() if k == "retry-after"})
+
+
+# --- what is served --------------------------------------------------------------------------
+
+
+def _details(serving: Serving) -> dict[str, Any]:
+    info = serving.info
+    checkpoint = serving.model.checkpoint
+    return {"parent_model": "", "format": "gguf" if checkpoint is not None and checkpoint.format == "gguf"
+            else "safetensors", "family": "gemma3", "families": ["gemma3"],
+            "parameter_size": "", "quantization_level": (info.quantization or info.dtype or "").upper()}
+
+
+def _size(serving: Serving) -> int:
+    checkpoint = serving.model.checkpoint
+    if checkpoint is None:
+        return 0
+    path = Path(checkpoint.path)
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files)
+
+
+def _entry(serving: Serving) -> dict[str, Any]:
+    info = serving.info
+    digest = hashlib.sha256(f"{info.id}@{info.revision}".encode()).hexdigest()
+    return {"name": serving.served_name, "model": serving.served_name,
+            "modified_at": datetime.fromtimestamp(serving.created, UTC).isoformat().replace("+00:00", "Z"),
+            "size": _size(serving), "digest": digest, "details": _details(serving)}
+
+
+def _check_model(serving: Serving, name: str | None) -> None:
+    served = (serving.served_name, serving.info.id)
+    if name not in served and (name or "").removesuffix(":latest") not in served:
+        raise ApiError(404, f"model '{name}' is not served here",
+                       f"use '{serving.served_name}' (see /api/tags)", code="model_not_found",
+                       param="model")
+
+
+@router.get("/api/version", summary="Ollama: the server's version (medgem's)")
+async def version() -> Response:
+    return JSONResponse({"version": __version__, "server": "medgem"})
+
+
+@router.get("/api/tags", summary="Ollama: the served model")
+async def tags(user: User, serving: ServingDep) -> Response:
+    return JSONResponse({"models": [_entry(serving)]})
+
+
+@router.get("/api/ps", summary="Ollama: the model loaded now (always the served one)")
+async def loaded(user: User, serving: ServingDep) -> Response:
+    entry = _entry(serving) | {"expires_at": "9999-12-31T23:59:59Z", "size_vram": 0,
+                               "context_length": serving.info.context_length}
+    return JSONResponse({"models": [entry]})
+
+
+@router.post("/api/show", summary="Ollama: the served model's details, capabilities and caveat")
+async def show(body: ShowRequest, user: User, serving: ServingDep) -> Response:
+    _check_model(serving, body.model or body.name)
+    card = serving.model_card()
+    capabilities = ["completion"] + (["vision"] if card.medgem["images"] else []) + (
+        ["thinking"] if card.medgem["thinking"] else [])
+    return JSONResponse({
+        "modelfile": f"# served by medgem {__version__}; not an Ollama model file\nFROM {serving.info.id}\n",
+        "parameters": "", "template": "", "details": _details(serving),
+        "model_info": {"general.architecture": "gemma3",
+                       "gemma3.context_length": serving.info.context_length},
+        "capabilities": capabilities,
+        "modified_at": _entry(serving)["modified_at"],
+        "medgem": {"label": card.medgem["label"], "caveat": card.medgem["caveat"],
+                   "revision": serving.info.revision, "engine": serving.info.engine},
+    })
+
+
+@router.post("/api/chat", summary="Ollama: chat (an NDJSON stream, or one body with stream: false)")
+async def chat(body: OllamaChatRequest, http: HttpRequest, user: User, serving: ServingDep) -> Response:
+    messages = chat_messages(body)
+    return await _answer(serving, http, user, body, messages, OllamaReplies("chat"))
+
+
+@router.post("/api/generate", summary="Ollama: one prompt (an NDJSON stream, or one body with stream: false)")
+async def generate(body: OllamaGenerateRequest, http: HttpRequest, user: User,
+                   serving: ServingDep) -> Response:
+    if not body.prompt and not body.images:  # Ollama's "load the model" call: it is loaded
+        _check_model(serving, body.model)
+        return JSONResponse({"model": serving.served_name, "created_at": _now(), "response": "",
+                             "done": True, "done_reason": "load"})
+    messages = generate_messages(body)
+    return await _answer(serving, http, user, body, messages, OllamaReplies("generate"))
+
+
+async def _answer(serving: Serving, http: HttpRequest, user: str, body: _Generating,
+                  messages: list[dict[str, Any]], replies: OllamaReplies) -> Response:
+    options = generation_options(body)
+
+    def check() -> None:
+        _check_model(serving, body.model)
+        limit = serving.config.max_new_tokens
+        if options.max_new_tokens is not None and options.max_new_tokens > limit:
+            raise ApiError(400, f"options.num_predict {options.max_new_tokens} is over this "
+                           f"server's limit of {limit}", "ask for fewer tokens",
+                           code="invalid_value", param="options.num_predict")
+
+    def build(gone: threading.Event) -> Request:
+        return request_from_openai(
+            messages, variant=serving.model.variant, chat=serving.model.chat_model, options=options,
+            allowed_dirs=list(serving.config.allowed_dirs), max_images=serving.config.max_images,
+            imaging=reading_options(serving.config, gone.is_set))
+
+    return await serving.answer(http, user=user, messages=messages, check=check, build=build,
+                                stream=body.stream, include_usage=False, replies=replies)
