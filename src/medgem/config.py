@@ -104,6 +104,8 @@ class Settings(BaseSettings):
         model: the default model name or path; None when neither says.
         model_dirs: folders holding local checkpoints, searched by name.
         source: where ``model`` came from ("MEDGEM_MODEL", the file's path, or None).
+        dicomweb_token: the bearer token sent to DICOMweb PACS (``--dicomweb-token`` wins).
+        fhir_token: the bearer token sent to FHIR servers (``--fhir-token`` wins).
     """
 
     model_config = SettingsConfigDict(env_prefix="MEDGEM_", frozen=True, extra="ignore",
@@ -112,6 +114,8 @@ class Settings(BaseSettings):
     model: str | None = None
     model_dirs: Annotated[tuple[Path, ...], NoDecode] = ()
     source: str | None = None
+    dicomweb_token: str | None = None
+    fhir_token: str | None = None
 
     @field_validator("model", mode="before")
     @classmethod

@@ -13,13 +13,14 @@ from medgem.cli.common import (
     add_limit_flags,
     add_model_flags,
     add_slide_flags,
+    add_study_flags,
     generation_options,
-    imaging_from_args,
     load_model,
     print_label_first,
+    read_command_inputs,
     render,
 )
-from medgem.inputs import Inputs, read_inputs
+from medgem.inputs import Inputs
 
 
 def add_parser(subparsers: Any) -> None:
@@ -54,6 +55,7 @@ def add_image_flags(parser: argparse.ArgumentParser) -> None:
                        help="draw box_2d localizations from the answer on the image")
     add_slide_flags(parser)
     add_limit_flags(parser)
+    add_study_flags(parser)
 
 
 def run(args: argparse.Namespace, question: str | None = None, inputs: Inputs | None = None) -> int:
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace, question: str | None = None, inputs: Inputs | 
     (describe), so each file is read once per command."""
     text = question if question is not None else _question(args.question)
     if inputs is None:
-        inputs = read_inputs(args.image, imaging_from_args(args))  # before the model loads
+        inputs = read_command_inputs(args, text)  # before the model loads
     check_before_load(args, text)
     if args.save_preprocessed:
         _save_preprocessed(inputs, args.save_preprocessed)
@@ -92,7 +94,7 @@ def check_before_load(args: argparse.Namespace, text: str) -> None:
                                         revision=args.revision)
     except MedgemError:
         return
-    if args.image and not checkpoint.multimodal:
+    if (args.image or getattr(args, "study", None)) and not checkpoint.multimodal:
         raise UnsupportedInputError(
             f"'{checkpoint.model_id}' is a text-only model and cannot read images",
             "drop --image, or use an image model such as google/medgemma-4b-it")
