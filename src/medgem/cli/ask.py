@@ -9,6 +9,7 @@ from typing import Any
 
 from medgem.cli.common import (
     add_audit_flags,
+    add_fhir_flags,
     add_generation_flags,
     add_limit_flags,
     add_model_flags,
@@ -16,6 +17,7 @@ from medgem.cli.common import (
     add_study_flags,
     generation_options,
     load_model,
+    patient_context,
     print_label_first,
     read_command_inputs,
     render,
@@ -56,6 +58,7 @@ def add_image_flags(parser: argparse.ArgumentParser) -> None:
     add_slide_flags(parser)
     add_limit_flags(parser)
     add_study_flags(parser)
+    add_fhir_flags(parser)
 
 
 def run(args: argparse.Namespace, question: str | None = None, inputs: Inputs | None = None) -> int:
@@ -65,6 +68,9 @@ def run(args: argparse.Namespace, question: str | None = None, inputs: Inputs | 
     if inputs is None:
         inputs = read_command_inputs(args, text)  # before the model loads
     check_before_load(args, text)
+    context = patient_context(args, text)
+    if context is not None:
+        text = context.prompt(text)  # type: ignore[attr-defined]
     if args.save_preprocessed:
         _save_preprocessed(inputs, args.save_preprocessed)
     model = from_running_server(args) or load_model(args)
@@ -73,6 +79,8 @@ def run(args: argparse.Namespace, question: str | None = None, inputs: Inputs | 
     if not args.json:
         print_label_first(model)
     answer = render(model.generate(request), as_json=args.json, show_thinking=args.show_thinking)
+    if context is not None:
+        _cite(args, context, answer.audit_id)
     if args.boxes:
         _draw_boxes(answer.text, inputs, args.boxes)
     return 0
@@ -133,6 +141,23 @@ def from_running_server(args: argparse.Namespace) -> Any:
     remote.variant = args.variant or server.variant
     remote.adapter = None  # the server applies its own
     return load_model(remote)
+
+
+def _cite(args: argparse.Namespace, context: Any, audit_id: str | None) -> None:
+    """Which FHIR resources the answer was given: on stderr, and in the audit trail as a
+    child of the answer's record."""
+    cited = ", ".join(context.cited[:12]) + (" …" if len(context.cited) > 12 else "")
+    print(f"medgem: patient record from {context.source}: {len(context.cited)} of "
+          f"{context.total} FHIR resources sent ({cited})", file=sys.stderr)
+    if audit_id is None or args.no_audit:
+        return
+    from medgem.audit import open_store
+
+    store = open_store(args.audit_db or None)
+    try:
+        store.append("fhir_context", context.audit_fields(), parent=audit_id)
+    finally:
+        store.close()
 
 
 def _question(raw: str) -> str:

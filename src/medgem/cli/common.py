@@ -181,6 +181,36 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
                                             "UID or the short UID `medgem inspect` lists")
 
 
+def add_fhir_flags(parser: argparse.ArgumentParser) -> None:
+    """Patient context from FHIR R4: a bundle file or a server's Patient URL."""
+    group = parser.add_argument_group("patient record (FHIR R4)")
+    group.add_argument("--fhir", metavar="BUNDLE_OR_URL",
+                       help="a FHIR Bundle JSON file, or https://HOST/fhir/Patient/ID: its "
+                            "conditions, medications, observations and reports go before the "
+                            "question, most relevant first, each cited by resource id")
+    group.add_argument("--fhir-token", metavar="TOKEN",
+                       help="bearer token for the FHIR server (default: $MEDGEM_FHIR_TOKEN or "
+                            "fhir_token in the config file)")
+    group.add_argument("--fhir-budget", type=int, default=1500, metavar="TOKENS",
+                       help="most tokens of patient record in the prompt (default 1500)")
+
+
+def patient_context(args: argparse.Namespace, question: str) -> object:
+    """The ``--fhir`` record for this question, or None without the flag.
+
+    Raises:
+        PacsError: a record that is not FHIR, or a FHIR server that refuses or is down.
+    """
+    if not getattr(args, "fhir", None):
+        return None
+    from medgem.config import load_settings
+    from medgem.inputs.fhir import load_context
+
+    token = args.fhir_token or (load_settings().fhir_token if args.fhir.startswith("http") else None)
+    return load_context(args.fhir, question, token=token, timeout=getattr(args, "pacs_timeout", 30.0),
+                        budget_chars=4 * args.fhir_budget)
+
+
 def study_references(args: argparse.Namespace) -> list[object]:
     """The ``--study`` values as references carrying the token (flag, else the settings) and
     timeout.
