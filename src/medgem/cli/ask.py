@@ -55,6 +55,12 @@ def add_image_flags(parser: argparse.ArgumentParser) -> None:
                        help="write the images exactly as the model gets them (PNG per image/slice)")
     group.add_argument("--boxes", type=Path, metavar="PNG",
                        help="draw box_2d localizations from the answer on the image")
+    group.add_argument("--send-back", action="store_true",
+                       help="store the answer on the --study's PACS as a DICOM SR (STOW-RS or "
+                            "C-STORE) referencing the images it saw, boxes as coordinates")
+    group.add_argument("--send-back-unreviewed", action="store_true",
+                       help="allow --send-back for an answer no clinician reviewed yet (it goes "
+                            "as a preliminary, unverified report)")
     add_slide_flags(parser)
     add_limit_flags(parser)
     add_study_flags(parser)
@@ -65,6 +71,11 @@ def run(args: argparse.Namespace, question: str | None = None, inputs: Inputs | 
     """Answer the question; ``inputs`` are the --image files when the caller already read them
     (describe), so each file is read once per command."""
     text = question if question is not None else _question(args.question)
+    if getattr(args, "send_back", False):  # refused before anything is fetched or generated
+        from medgem.sendback import check_send_back
+
+        check_send_back(studies=len(getattr(args, "study", []) or []), reviewed=False,
+                        allow_unreviewed=args.send_back_unreviewed)
     if inputs is None:
         inputs = read_command_inputs(args, text)  # before the model loads
     check_before_load(args, text)
@@ -81,6 +92,8 @@ def run(args: argparse.Namespace, question: str | None = None, inputs: Inputs | 
     answer = render(model.generate(request), as_json=args.json, show_thinking=args.show_thinking)
     if context is not None:
         _cite(args, context, answer.audit_id)
+    if getattr(args, "send_back", False):
+        _send_back(args, answer, inputs)
     if args.boxes:
         _draw_boxes(answer.text, inputs, args.boxes)
     return 0
@@ -141,6 +154,39 @@ def from_running_server(args: argparse.Namespace) -> Any:
     remote.variant = args.variant or server.variant
     remote.adapter = None  # the server applies its own
     return load_model(remote)
+
+
+def _send_back(args: argparse.Namespace, answer: Any, inputs: Inputs) -> None:
+    """The answer as an SR on the study's PACS; the send (or its failure) audited as a child of
+    the answer's record. Boxes go with it when the model saw one image."""
+    from medgem.answer.boxes import parse_boxes
+    from medgem.audit import open_store
+    from medgem.sendback import send_report
+
+    (study,) = inputs.studies
+    boxes = []
+    if len(inputs.images) == 1:
+        boxes = [(b.label, b.x0, b.y0, b.x1, b.y1) for b in parse_boxes(answer.text, inputs.images[0].size)]
+    store = None if args.no_audit else open_store(args.audit_db or None)
+    try:
+        try:
+            sr, body = send_report(study, answer=answer.text, model=answer.model.id,
+                                   model_version=f"{answer.model.revision or 'unknown'} ({answer.model.engine})",
+                                   caveat=answer.caveat or "", audit_id=answer.audit_id, reviewed=None,
+                                   boxes=boxes)
+        except Exception as exc:
+            if store is not None:
+                store.append("pacs_send", {**study.reference.audit_fields(), "status": "failed",
+                                           "error": str(exc)}, parent=answer.audit_id)
+            raise
+        if store is not None:
+            store.append("pacs_send", body, parent=answer.audit_id)
+    finally:
+        if store is not None:
+            store.close()
+    print(f"medgem: sent the answer to {study.reference.where} as a preliminary DICOM SR "
+          f"(series …{str(sr.SeriesInstanceUID)[-12:]}, {len(study.instances)} image reference(s), "
+          f"{len(boxes)} box(es))", file=sys.stderr)
 
 
 def _cite(args: argparse.Namespace, context: Any, audit_id: str | None) -> None:
