@@ -123,7 +123,8 @@ async def chat_completions(body: p.ChatCompletionRequest, http: HttpRequest, use
         return request_from_openai(
             messages, variant=serving.model.variant, chat=serving.model.chat_model,
             options=body.generation_options(), allowed_dirs=list(serving.config.allowed_dirs),
-            max_images=serving.config.max_images, imaging=reading_options(serving.config, gone.is_set))
+            max_images=serving.config.max_images, imaging=reading_options(serving.config, gone.is_set),
+            allowed_pacs=serving.config.allowed_pacs)
 
     return await serving.answer(http, user=user, messages=messages, check=check, build=build, stream=body.stream,
                                 include_usage=bool(body.stream_options and body.stream_options.include_usage))
