@@ -24,12 +24,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # imaging + PACS fixtures
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from imaging_fixtures import write_ct_series  # noqa: E402
-from medgem.inputs import ImagingOptions, read_inputs  # noqa: E402
-from medgem.inputs.pacs import parse_study_reference  # noqa: E402
-from pacs_fixtures import start_orthanc  # noqa: E402
+from imaging_fixtures import write_ct_series
+from medgem.inputs import ImagingOptions, read_inputs
+from medgem.inputs.pacs import parse_study_reference
+from pacs_fixtures import start_orthanc
 
 BOUND = 0.35
 
