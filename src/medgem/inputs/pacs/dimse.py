@@ -7,6 +7,7 @@ become one-line ``PacsError``s.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -51,12 +52,12 @@ class DimseClient:
         ae.add_requested_context(Find)
         assoc = self._associate(ae)
         found: list[Any] = []
+        started = time.monotonic()
         try:
             for status, identifier in assoc.send_c_find(query, Find):
                 code = int(getattr(status, "Status", -1)) if status else -1
                 if code == -1:
-                    raise PacsError(f"{self.reference.where} stopped answering a C-FIND",
-                                    "check that the PACS is up, or raise --pacs-timeout")
+                    raise self._silent(assoc, "C-FIND", started)
                 if code in (0xFF00, 0xFF01) and identifier is not None:
                     found.append(identifier)
                 elif code != 0x0000:
@@ -65,6 +66,19 @@ class DimseClient:
         finally:
             assoc.release()
         return found
+
+    def _silent(self, assoc: Any, what: str, started: float) -> PacsError:
+        """A request that got no status: the peer dropped it at once (refusing medgem's AE
+        title is the usual reason: Orthanc closes the connection) or went quiet past the
+        timeout."""
+        ref = self.reference
+        if assoc.is_aborted or time.monotonic() - started < 0.9 * ref.timeout:
+            return PacsError(f"{ref.where} dropped the {what}: it may not let AE title "
+                             f"{ref.calling_ae} {'query' if what == 'C-FIND' else 'retrieve'}",
+                             "ask its administrator to add medgem's AE title as a known modality, "
+                             "or pass the one it knows with --pacs-aet")
+        return PacsError(f"{ref.where} did not answer the {what} within {ref.timeout:g} s",
+                         "check that the PACS is up, or raise --pacs-timeout")
 
     def series(self, study: str) -> list[Any]:
         from pydicom import Dataset
@@ -120,12 +134,11 @@ class DimseClient:
                 query.QueryRetrieveLevel = "IMAGE"
                 query.StudyInstanceUID, query.SeriesInstanceUID = study, series
                 query.SOPInstanceUID = uid
-                code = -1
+                code, started = -1, time.monotonic()
                 for status, _ in assoc.send_c_get(query, Get):
                     code = int(getattr(status, "Status", -1)) if status else -1
                 if code == -1:
-                    raise PacsError(f"{self.reference.where} stopped answering a C-GET",
-                                    "check that the PACS is up, or raise --pacs-timeout")
+                    raise self._silent(assoc, "C-GET", started)
                 if code not in (0x0000, 0xB000) or not received:
                     raise PacsError(f"{self.reference.where} failed a C-GET (status 0x{code:04X})",
                                     "check the UIDs and that medgem's AE title may retrieve")
