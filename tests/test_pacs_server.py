@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from medgem.audit import open_store
+from medgem.inputs.pacs import uid_hash
 from medgem.server.app import create_app
 from medgem.server.server_config import ServerConfig
 from pacs_fixtures import Orthanc
@@ -68,6 +69,10 @@ def test_image_dicom_from_an_allowed_pacs_reaches_the_model(orthanc: Orthanc, tm
                              json=_body(f"{orthanc.dicomweb}/studies/1.2.3.4"), timeout=60)
         assert unknown.status_code == 400 and "is not on" in unknown.json()["error"]["message"]
         assert httpx.get(base + "/healthz").status_code == 200  # still serving
+    fetches = list(store.records(kind="pacs_fetch"))
+    assert len(fetches) == 4  # one + two listed + the MR series, each an event
+    assert {f.body["study"] for f in fetches} == {uid_hash(uids["cr_study"]), uid_hash(uids["study"])}
+    assert all(f.body["endpoint"] == "/v1/chat/completions" for f in fetches)
 
 
 def test_image_dicom_outside_the_allowlist_is_403_and_nothing_is_fetched(

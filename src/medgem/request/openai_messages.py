@@ -27,7 +27,8 @@ def request_from_openai(messages: Sequence[dict[str, Any]], *, variant: Variant 
                         chat: bool = True, options: GenerationOptions | None = None,
                         allowed_dirs: Sequence[Path] | None = None,
                         max_images: int = MAX_IMAGES, imaging: ImagingOptions | None = None,
-                        allowed_pacs: Sequence[str] | None = None) -> Request:
+                        allowed_pacs: Sequence[str] | None = None,
+                        fetched: list[Any] | None = None) -> Request:
     """Convert OpenAI chat messages (text, ``image_url`` data URLs, local images) to a Request.
 
     Args:
@@ -47,6 +48,8 @@ def request_from_openai(messages: Sequence[dict[str, Any]], *, variant: Variant 
             None allows any (local use), empty forbids all (the server's default). Every part
             is checked before anything is fetched; a series of CT/MR slices must be the only
             image, in one user turn, and gets the volume layout.
+        fetched: a list that receives what each ``image_dicom`` part fetched
+            (``medgem.inputs.pacs.FetchedStudy``), for the caller's audit trail.
 
     Raises:
         InputError / ImageInputError: malformed messages or images.
@@ -66,7 +69,7 @@ def request_from_openai(messages: Sequence[dict[str, Any]], *, variant: Variant 
         role = raw.get("role")
         if role not in ("system", "developer", "user", "assistant"):
             raise InputError(f"messages[{index}].role must be system, user or assistant, got {role!r}")
-        parts = list(_parts(raw.get("content"), index, allowed_dirs, slides, imaging))
+        parts = list(_parts(raw.get("content"), index, allowed_dirs, slides, imaging, fetched))
         image_count += sum(isinstance(p, ImagePart) for p in parts)
         if role in ("system", "developer"):
             system_parts.append("".join(p.text for p in parts if isinstance(p, TextPart)))
@@ -100,7 +103,8 @@ def request_from_openai(messages: Sequence[dict[str, Any]], *, variant: Variant 
 
 
 def _parts(content: Any, index: int, allowed_dirs: Sequence[Path] | None,
-           slides: list[Inputs], imaging: ImagingOptions | None) -> Iterator[Part]:
+           slides: list[Inputs], imaging: ImagingOptions | None,
+           fetched: list[Any] | None = None) -> Iterator[Part]:
     if isinstance(content, str):
         yield TextPart(content)
         return
@@ -133,17 +137,19 @@ def _parts(content: Any, index: int, allowed_dirs: Sequence[Path] | None,
             yield from _image_parts(path_or_image, where, slides, allowed_dirs, imaging)
         elif kind == "image_dicom":
             for reference in _dicom_references(part.get("image_dicom"), where):
-                yield from _image_parts(reference, where, slides, allowed_dirs, imaging)
+                yield from _image_parts(reference, where, slides, allowed_dirs, imaging, fetched)
         else:
             raise InputError(f"{where}.type {kind!r} is not supported", "use text or image_url parts")
 
 
 def _image_parts(item: InputItem, where: str, slides: list[Inputs],
-                 allowed_dirs: Sequence[Path] | None, imaging: ImagingOptions | None
-                 ) -> Iterator[ImagePart]:
+                 allowed_dirs: Sequence[Path] | None, imaging: ImagingOptions | None,
+                 fetched: list[Any] | None = None) -> Iterator[ImagePart]:
     from medgem.inputs.pacs import StudyReference
 
     loaded = read_inputs([item], imaging, allowed_dirs=allowed_dirs)
+    if fetched is not None:
+        fetched.extend(loaded.studies)
     if loaded.layout == "slide" or (loaded.layout == "volume" and isinstance(item, StudyReference)):
         slides.append(loaded)  # laid out once the whole request is read: it must be alone
         return
