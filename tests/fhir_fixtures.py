@@ -75,6 +75,7 @@ class _Handler(BaseHTTPRequestHandler):
     resources: ClassVar[list[dict[str, Any]]] = []
     token: ClassVar[str | None] = None
     seen: ClassVar[list[str]] = []
+    posted: ClassVar[list[dict[str, Any]]] = []
 
     def _json(self, status: int, body: Any) -> None:
         data = json.dumps(body).encode()
@@ -112,14 +113,33 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._json(404, {"resourceType": "OperationOutcome"})
 
+    def do_POST(self) -> None:
+        if self.token and self.headers.get("Authorization") != f"Bearer {self.token}":
+            self._json(401, {"resourceType": "OperationOutcome"})
+            return
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+        kind = urlsplit(self.path).path.rstrip("/").rsplit("/", 1)[-1]
+        body["id"] = f"{kind.lower()}-{len(self.posted) + 1}"
+        self.posted.append(body)
+        data = json.dumps(body).encode()
+        self.send_response(201)
+        self.send_header("Location", f"http://{self.headers['Host']}/fhir/{kind}/{body['id']}/_history/1")
+        self.send_header("Content-Type", "application/fhir+json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
     def log_message(self, *args: object) -> None:
         return None
 
 
-def serve_fhir(bundle: dict[str, Any], token: str | None = None) -> Iterator[str]:
-    """Serve ``bundle``'s resources on a free loopback port; yields the base URL (…/fhir)."""
+def serve_fhir(bundle: dict[str, Any], token: str | None = None,
+               posted: list[dict[str, Any]] | None = None) -> Iterator[str]:
+    """Serve ``bundle``'s resources on a free loopback port; yields the base URL (…/fhir).
+    Resources POSTed to it are appended to ``posted``."""
     handler = type("Handler", (_Handler,), {"resources": [e["resource"] for e in bundle["entry"]],
-                                             "token": token, "seen": []})
+                                             "token": token, "seen": [],
+                                             "posted": posted if posted is not None else []})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()

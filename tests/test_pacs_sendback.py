@@ -133,3 +133,29 @@ def test_the_fhir_report_is_preliminary_until_reviewed() -> None:
     reviewed = diagnostic_report(patient="p1", study_uid=None, answer="x", model="m", caveat="c",
                                  audit_id=None, reviewed="dr.who: agree")
     assert reviewed["status"] == "final" and "dr.who" in reviewed["text"]["div"]
+
+
+def test_cli_send_back_also_posts_a_preliminary_diagnostic_report_to_the_fhir_server(
+        orthanc: Orthanc, tiny_vlm_checkpoint: Path, tmp_path: Path) -> None:
+    from fhir_fixtures import serve_fhir, synthea_bundle
+    from medgem.audit import open_store
+
+    uids = orthanc.uids
+    url = f"{orthanc.dicomweb}/studies/{uids['cr_study']}/series/{uids['cr_series']}/instances/{uids['cr_instance']}"
+    audit = tmp_path / "audit.sqlite"
+    posted: list[dict[str, Any]] = []
+    for base in serve_fhir(synthea_bundle(), token="fhir-ok", posted=posted):
+        result = run_cli("ask", "Pneumothorax?", "--study", url, "--fhir", f"{base}/Patient/p1",
+                         "--fhir-token", "fhir-ok", "--send-back", "--send-back-unreviewed", "--json",
+                         "--model", str(tiny_vlm_checkpoint), "--max-new-tokens", "3", "--no-server",
+                         "--audit-db", str(audit))
+        assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    (report,) = posted
+    assert report["resourceType"] == "DiagnosticReport" and report["status"] == "preliminary"
+    assert report["subject"] == {"reference": "Patient/p1"}
+    assert report["conclusion"] == (answer["answer"] or "(empty answer)")
+    assert answer["audit_id"] in report["text"]["div"]
+    kinds = {r.kind: r.body for r in open_store(audit).children(answer["audit_id"])}
+    assert set(kinds) == {"fhir_context", "pacs_send", "fhir_send"}
+    assert kinds["fhir_send"]["id"] == "diagnosticreport-1"

@@ -187,6 +187,31 @@ def _send_back(args: argparse.Namespace, answer: Any, inputs: Inputs) -> None:
     print(f"medgem: sent the answer to {study.reference.where} as a preliminary DICOM SR "
           f"(series …{str(sr.SeriesInstanceUID)[-12:]}, {len(study.instances)} image reference(s), "
           f"{len(boxes)} box(es))", file=sys.stderr)
+    if getattr(args, "fhir", None) and args.fhir.startswith(("http://", "https://")):
+        _send_fhir_report(args, answer, study)
+
+
+def _send_fhir_report(args: argparse.Namespace, answer: Any, study: Any) -> None:
+    """The answer as a preliminary DiagnosticReport to the FHIR server the patient came from."""
+    import re
+
+    from medgem.audit import open_store
+    from medgem.config import load_settings
+    from medgem.sendback.fhir_report import diagnostic_report, post_report
+
+    patient = re.sub(r"^.*/Patient/([^/]+)/?$", r"\1", args.fhir.strip())
+    report = diagnostic_report(patient=patient, study_uid=study.reference.study, answer=answer.text,
+                               model=answer.model.id, caveat=answer.caveat or "",
+                               audit_id=answer.audit_id)
+    body = post_report(args.fhir, report, token=args.fhir_token or load_settings().fhir_token,
+                       timeout=args.pacs_timeout)
+    if not args.no_audit:
+        store = open_store(args.audit_db or None)
+        try:
+            store.append("fhir_send", body, parent=answer.audit_id)
+        finally:
+            store.close()
+    print(f"medgem: sent a preliminary DiagnosticReport to {body['server']}", file=sys.stderr)
 
 
 def _cite(args: argparse.Namespace, context: Any, audit_id: str | None) -> None:

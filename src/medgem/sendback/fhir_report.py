@@ -23,7 +23,7 @@ def diagnostic_report(*, patient: str | None, study_uid: str | None, answer: str
         code={"coding": [{"system": "http://loinc.org", "code": "18748-4",
                           "display": "Diagnostic imaging study"}], "text": "AI-generated imaging answer"},
         subject={"reference": f"Patient/{patient}"} if patient else None,
-        conclusion=answer,
+        conclusion=answer or "(empty answer)",
         text={"status": "generated", "div": f'<div xmlns="http://www.w3.org/1999/xhtml">{_escape(note)}</div>'},
         imagingStudy=[{"identifier": {"system": "urn:dicom:uid", "value": f"urn:oid:{study_uid}"}}]
         if study_uid else None,
@@ -35,3 +35,36 @@ def diagnostic_report(*, patient: str | None, study_uid: str | None, answer: str
 
 def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def post_report(patient_url: str, report: dict[str, Any], *, token: str | None = None,
+                timeout: float = 30.0) -> dict[str, object]:
+    """POST the report to the FHIR server the patient came from (``…/Patient/ID`` -> its base's
+    ``DiagnosticReport``); returns the audit event's body (server, status, the new id).
+
+    Raises:
+        PacsError: the server refused the report, is down, or answered outside 2xx.
+    """
+    import re
+    from urllib.parse import urlsplit
+
+    import requests
+
+    from medgem.errors import PacsError
+
+    base = re.sub(r"/Patient/[^/]+/?$", "", patient_url.strip())
+    where = f"{urlsplit(base).scheme}://{urlsplit(base).netloc}"
+    headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        answer = requests.post(f"{base}/DiagnosticReport", json=report, headers=headers, timeout=timeout)
+    except requests.RequestException:
+        raise PacsError(f"cannot send the report to the FHIR server {where}",
+                        "check that it is up; the DICOM SR, if any, was stored") from None
+    if not 200 <= answer.status_code < 300:
+        raise PacsError(f"the FHIR server {where} refused the report ({answer.status_code})",
+                        "check the token (--fhir-token) and that it accepts DiagnosticReport")
+    created = answer.headers.get("Location", "")
+    return {"server": where, "status": answer.status_code, "kind": "fhir-diagnostic-report",
+            "id": created.split("/_history")[0].rsplit("/", 1)[-1] if created else None}
