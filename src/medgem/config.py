@@ -103,9 +103,9 @@ class Settings(BaseSettings):
     Attributes:
         model: the default model name or path; None when neither says.
         model_dirs: folders holding local checkpoints, searched by name.
-        source: where ``model`` came from ("MEDGEM_MODEL", the file's path, or None).
         dicomweb_token: the bearer token sent to DICOMweb PACS (``--dicomweb-token`` wins).
         fhir_token: the bearer token sent to FHIR servers (``--fhir-token`` wins).
+        source: where ``model`` came from ("MEDGEM_MODEL", the file's path, or None).
     """
 
     model_config = SettingsConfigDict(env_prefix="MEDGEM_", frozen=True, extra="ignore",
@@ -113,9 +113,9 @@ class Settings(BaseSettings):
 
     model: str | None = None
     model_dirs: Annotated[tuple[Path, ...], NoDecode] = ()
-    source: str | None = None
     dicomweb_token: str | None = None
     fhir_token: str | None = None
+    source: str | None = None
 
     @field_validator("model", mode="before")
     @classmethod
