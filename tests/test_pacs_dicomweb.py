@@ -257,3 +257,18 @@ def test_cli_ask_by_study_answers_and_records_the_fetch_without_phi(
     assert len(bad.stderr.strip().splitlines()) == 1
     failed = [r for r in store.records(kind="pacs_fetch") if r.body.get("status") == "failed"]
     assert len(failed) == 1 and store.count("answer") == 1
+
+
+def test_the_reading_limits_stop_a_fetch_and_nothing_half_fetched_stays(orthanc: Orthanc) -> None:
+    from medgem.errors import ImageInputError
+    from medgem.inputs.options import ImagingOptions
+
+    before = _leftovers()
+    ref = parse_study_reference(f"{orthanc.dicomweb}/studies/{orthanc.uids['study']}/series/{orthanc.uids['ct_series']}")
+    with pytest.raises(ImageInputError, match="more than 200,000 bytes"):  # stopped mid-download
+        read_inputs([ref], ImagingOptions(max_archive_bytes=200_000))
+    with pytest.raises(ImageInputError, match="--slice-limit"):  # refused from the listing alone
+        read_inputs([ref], ImagingOptions(slice_limit=100))
+    with pytest.raises(ImageInputError, match="--max-total-pixels"):
+        read_inputs([ref], ImagingOptions(max_total_pixels=1000))
+    assert _leftovers() == before

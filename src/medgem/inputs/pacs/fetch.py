@@ -245,7 +245,7 @@ def _read(client: PacsClient, reference: StudyReference, options: ImagingOptions
         for number, ds in enumerate(client.retrieve(reference.study, chosen.uid, uids)):
             options.check_cancelled()
             if client.bytes_moved > options.max_archive_bytes:
-                raise ImageInputError(f"{where}: fetching moved more than {options.max_archive_bytes // 2**20} MiB",
+                raise ImageInputError(f"{where}: fetching moved more than {options.max_archive_bytes:,} bytes",
                                       raise_hint("max_archive_bytes"))
             if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
                 raise PacsError(f"{where} holds instances without pixel data (not an image)",
