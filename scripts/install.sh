@@ -51,4 +51,12 @@ if [ ! -x /usr/bin/chromium ]; then
     echo "note: install Debian's chromium (sudo apt-get install chromium) for the browser tests"
   fi
 fi
+# A real PACS for the PACS tests: Debian's Orthanc with its DICOMweb plugin (bookworm: 1.10 and 1.7).
+if [ ! -x /usr/sbin/Orthanc ] || [ ! -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null
+  else
+    echo "note: install Debian's Orthanc (sudo apt-get install orthanc orthanc-dicomweb) for the PACS tests"
+  fi
+fi
 echo "medgem installed in $venv: activate with '. $venv/bin/activate'"

@@ -18,6 +18,7 @@ import pytest
 
 import built_assets
 import cli_zygote
+from pacs_fixtures import orthanc, orthanc_locked  # noqa: F401  (the session's real PACS)
 
 # Under pytest-xdist (scripts/test.sh runs one worker per core, up to four) each worker and every
 # process it starts gets its own share of the cores: torch's and llama.cpp's thread pools size

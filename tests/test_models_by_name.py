@@ -134,4 +134,4 @@ def test_a_broken_config_file_is_one_line(medgem_cache: Path, tmp_path: Path) ->
     assert result.returncode == 1
     assert result.stderr.strip() == (
         f"medgem: error: the config file '{config}' has unknown setting(s) modle — the "
-        "settings are: llamacpp, model, model_dirs, remote")
+        "settings are: dicomweb_token, fhir_token, llamacpp, model, model_dirs, remote")

@@ -177,6 +177,8 @@ class Settings(BaseSettings):
     Attributes:
         model: the default model name or path; None when neither says.
         model_dirs: folders holding local checkpoints, searched by name.
+        dicomweb_token: the bearer token sent to DICOMweb PACS (``--dicomweb-token`` wins).
+        fhir_token: the bearer token sent to FHIR servers (``--fhir-token`` wins).
         source: where ``model`` came from ("MEDGEM_MODEL", the file's path, or None).
         llamacpp, remote: the engines' settings (options set explicitly win over them).
     """
@@ -186,6 +188,8 @@ class Settings(BaseSettings):
 
     model: str | None = None
     model_dirs: Annotated[tuple[Path, ...], NoDecode] = ()
+    dicomweb_token: str | None = None
+    fhir_token: str | None = None
     source: str | None = None
     llamacpp: LlamaCppSettings = LlamaCppSettings()
     remote: RemoteSettings = RemoteSettings()

@@ -137,6 +137,15 @@ class DatasetError(InputError):
     """The evaluation data is missing, in the wrong format, or a row lacks a field."""
 
 
+class PacsError(InputError, code="pacs_error"):
+    """A study reference that is malformed, unknown to its PACS, not an image, or a PACS that
+    is down, slow or refuses medgem (DICOMweb, DIMSE, FHIR alike)."""
+
+
+class PacsForbiddenError(PacsError, status=403, code="pacs_not_allowed"):
+    """A study reference outside the operator's allowlist (``serve --allow-pacs``)."""
+
+
 class RemoteError(MedgemError):
     """An OpenAI-compatible server refused a request; status and code are the server's."""
 

@@ -11,19 +11,22 @@ from typing import Any
 from medgem.cli.common import (
     Shown,
     add_audit_flags,
+    add_fhir_flags,
     add_generation_flags,
     add_limit_flags,
     add_model_flags,
     add_slide_flags,
+    add_study_flags,
     generation_options,
-    imaging_from_args,
     load_model,
+    patient_context,
     print_label_first,
+    read_command_inputs,
     record_cancelled,
     render,
     require_model,
 )
-from medgem.inputs import Inputs, read_inputs
+from medgem.inputs import Inputs
 
 
 def add_parser(subparsers: Any) -> None:
@@ -61,8 +64,16 @@ def add_image_flags(parser: argparse.ArgumentParser) -> None:
                        help="write the images exactly as the model gets them (PNG per image/slice)")
     group.add_argument("--boxes", type=Path, metavar="PNG",
                        help="draw box_2d localizations from the answer on the image")
+    group.add_argument("--send-back", action="store_true",
+                       help="store the answer on the --study's PACS as a DICOM SR (STOW-RS or "
+                            "C-STORE) referencing the images it saw, boxes as coordinates")
+    group.add_argument("--send-back-unreviewed", action="store_true",
+                       help="allow --send-back for an answer no clinician reviewed yet (it goes "
+                            "as a preliminary, unverified report)")
     add_slide_flags(parser)
     add_limit_flags(parser)
+    add_study_flags(parser)
+    add_fhir_flags(parser)
 
 
 def run(args: argparse.Namespace, question: str | None = None, inputs: Inputs | None = None) -> int:
@@ -70,10 +81,18 @@ def run(args: argparse.Namespace, question: str | None = None, inputs: Inputs | 
     (describe), so each file is read once per command."""
     require_model(args, getattr(args, "command", None) or "ask")
     text = question if question is not None else _question(args.question)
+    if getattr(args, "send_back", False):  # refused before anything is fetched or generated
+        from medgem.sendback import check_send_back
+
+        check_send_back(studies=len(getattr(args, "study", []) or []), reviewed=False,
+                        allow_unreviewed=args.send_back_unreviewed)
     if inputs is None:
-        inputs = read_inputs(args.image, imaging_from_args(args))  # before the model loads
+        inputs = read_command_inputs(args, text)  # before the model loads
     check_before_load(args, text)
     options = generation_options(args)  # a bad value is refused here, not after the load
+    context = patient_context(args, text)
+    if context is not None:
+        text = context.prompt(text)  # type: ignore[attr-defined]
     if args.save_preprocessed:
         _save_preprocessed(inputs, args.save_preprocessed)
     model = from_running_server(args) or load_model(args)
@@ -93,6 +112,10 @@ def run(args: argparse.Namespace, question: str | None = None, inputs: Inputs | 
         sys.stdout.write("\n")
         record_cancelled(model, request, shown)
         return 130
+    if context is not None:
+        _cite(args, context, answer.audit_id)
+    if getattr(args, "send_back", False):
+        _send_back(args, answer, inputs)
     if args.boxes:
         _draw_boxes(answer.text, inputs, args.boxes)
     return 0
@@ -114,7 +137,7 @@ def check_before_load(args: argparse.Namespace, text: str) -> None:
                                         revision=args.revision, offline=True)
     except MedgemError:
         return
-    if args.image and not checkpoint.multimodal:
+    if (args.image or getattr(args, "study", None)) and not checkpoint.multimodal:
         raise UnsupportedInputError(
             f"'{checkpoint.model_id}' is a text-only model and cannot read images",
             "drop --image, or use an image model such as google/medgemma-4b-it")
@@ -194,6 +217,81 @@ def _served_name(url: str, api_key: str | None) -> str:
     except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
         raise InputError(f"no medgem server answers at {url} ({exc})",
                          "check --server (see `medgem ps`), or drop it to load the model here") from None
+
+
+def _send_back(args: argparse.Namespace, answer: Any, inputs: Inputs) -> None:
+    """The answer as an SR on the study's PACS; the send (or its failure) audited as a child of
+    the answer's record. Boxes go with it when the model saw one image."""
+    from medgem.answer.boxes import parse_boxes
+    from medgem.audit import open_store
+    from medgem.sendback import send_report
+
+    (study,) = inputs.studies
+    boxes = []
+    if len(inputs.images) == 1:
+        boxes = [(b.label, b.x0, b.y0, b.x1, b.y1) for b in parse_boxes(answer.text, inputs.images[0].size)]
+    store = None if args.no_audit else open_store(args.audit_db or None)
+    try:
+        try:
+            sr, body = send_report(study, answer=answer.text, model=answer.model.id,
+                                   model_version=f"{answer.model.revision or 'unknown'} ({answer.model.engine})",
+                                   caveat=answer.caveat or "", audit_id=answer.audit_id, reviewed=None,
+                                   boxes=boxes)
+        except Exception as exc:
+            if store is not None:
+                store.append("pacs_send", {**study.reference.audit_fields(), "status": "failed",
+                                           "error": str(exc)}, parent=answer.audit_id)
+            raise
+        if store is not None:
+            store.append("pacs_send", body, parent=answer.audit_id)
+    finally:
+        if store is not None:
+            store.close()
+    print(f"medgem: sent the answer to {study.reference.where} as a preliminary DICOM SR "
+          f"(series …{str(sr.SeriesInstanceUID)[-12:]}, {len(study.instances)} image reference(s), "
+          f"{len(boxes)} box(es))", file=sys.stderr)
+    if getattr(args, "fhir", None) and args.fhir.startswith(("http://", "https://")):
+        _send_fhir_report(args, answer, study)
+
+
+def _send_fhir_report(args: argparse.Namespace, answer: Any, study: Any) -> None:
+    """The answer as a preliminary DiagnosticReport to the FHIR server the patient came from."""
+    import re
+
+    from medgem.audit import open_store
+    from medgem.config import load_settings
+    from medgem.sendback.fhir_report import diagnostic_report, post_report
+
+    patient = re.sub(r"^.*/Patient/([^/]+)/?$", r"\1", args.fhir.strip())
+    report = diagnostic_report(patient=patient, study_uid=study.reference.study, answer=answer.text,
+                               model=answer.model.id, caveat=answer.caveat or "",
+                               audit_id=answer.audit_id)
+    body = post_report(args.fhir, report, token=args.fhir_token or load_settings().fhir_token,
+                       timeout=args.pacs_timeout)
+    if not args.no_audit:
+        store = open_store(args.audit_db or None)
+        try:
+            store.append("fhir_send", body, parent=answer.audit_id)
+        finally:
+            store.close()
+    print(f"medgem: sent a preliminary DiagnosticReport to {body['server']}", file=sys.stderr)
+
+
+def _cite(args: argparse.Namespace, context: Any, audit_id: str | None) -> None:
+    """Which FHIR resources the answer was given: on stderr, and in the audit trail as a
+    child of the answer's record."""
+    cited = ", ".join(context.cited[:12]) + (" …" if len(context.cited) > 12 else "")
+    print(f"medgem: patient record from {context.source}: {len(context.cited)} of "
+          f"{context.total} FHIR resources sent ({cited})", file=sys.stderr)
+    if audit_id is None or args.no_audit:
+        return
+    from medgem.audit import open_store
+
+    store = open_store(args.audit_db or None)
+    try:
+        store.append("fhir_context", context.audit_fields(), parent=audit_id)
+    finally:
+        store.close()
 
 
 def _question(raw: str) -> str:

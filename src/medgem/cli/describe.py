@@ -33,6 +33,11 @@ def run(args: argparse.Namespace) -> int:
     from medgem.inputs import read_inputs
 
     require_model(args, "describe")
+    if args.study:
+        from medgem.errors import InputError
+
+        raise InputError("describe takes a local file; a study on a PACS goes through ask",
+                         'use medgem ask "Describe this study" --study REF')
     args.image = [args.target, *args.image]  # --image adds priors for a comparison
     inputs = read_inputs(args.image, imaging_from_args(args))
     target = [item for item in inputs.items if item.source == args.target.name] or inputs.items

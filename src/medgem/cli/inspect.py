@@ -15,7 +15,13 @@ import os
 import sys
 from pathlib import Path
 
-from medgem.cli.common import add_imaging_flags, add_limit_flags, add_slide_flags, imaging_from_args
+from medgem.cli.common import (
+    add_imaging_flags,
+    add_limit_flags,
+    add_slide_flags,
+    add_study_flags,
+    imaging_from_args,
+)
 from medgem.inputs.facts import inspect_input
 from medgem.inputs.options import MedicalInput
 from medgem.inputs.preview import save_preprocessed
@@ -31,8 +37,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
                     "tissue and patches; a PDF's pages. Nothing shown holds patient names, IDs, "
                     "dates or full UIDs.",
     )
-    parser.add_argument("path", type=Path, metavar="FILE_OR_DIR",
-                        help="image, DICOM file, DICOM folder or .zip, NIfTI, slide or PDF")
+    parser.add_argument("path", type=Path, metavar="FILE_OR_DIR", nargs="?",
+                        help="image, DICOM file, DICOM folder or .zip, NIfTI, slide or PDF "
+                             "(or --study for a study on a PACS)")
     parser.add_argument("--save-preprocessed", type=Path, metavar="DIR",
                         help="write one PNG per image or slice, exactly what the model gets")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -43,6 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     add_imaging_flags(parser)
     add_limit_flags(parser)
     add_slide_flags(parser)
+    add_study_flags(parser)
     parser.set_defaults(func=run)
 
 
@@ -53,7 +61,8 @@ def _text(report: dict[str, object]) -> str:
     for row in rows:
         number = f"#{row['number']} " if row.get("number") is not None else ""
         description = f" '{row['description']}'" if row.get("description") else ""
-        lines.append(f"series:             {number}{row['series']} {row['modality'] or '?'}{description}, "
+        part = f" {row['body_part']}" if row.get("body_part") else ""
+        lines.append(f"series:             {number}{row['series']} {row['modality'] or '?'}{part}{description}, "
                      f"{row['slices']} slices")
     if "choose" in report:
         lines.append(f"next:               {report['choose']}")
@@ -69,6 +78,10 @@ def _text(report: dict[str, object]) -> str:
             lines.append(f"{key + ':':<20}{metadata[key]}")
     lines += _slide_lines(metadata)
     lines.append(f"sends:              {report['sends']}")
+    fetched = report.get("fetched")
+    if isinstance(fetched, dict):
+        lines.append(f"fetched:            {fetched['instances']} of {fetched['of']} instances, "
+                     f"{fetched['bytes']:,} bytes")
     if report.get("instruction"):
         lines.append(f"instruction:        {report['instruction']}")
     estimate = report.get("first_token")
@@ -160,7 +173,26 @@ def run(args: argparse.Namespace) -> int:
     Raises:
         ImageInputError: unreadable input (the CLI prints it on one line).
     """
-    report, item = inspect_input(args.path, imaging_from_args(args))
+    from medgem.errors import InputError
+
+    if (args.path is None) == (not args.study):
+        raise InputError("inspect takes a FILE_OR_DIR or one --study", "give one of them")
+    if args.study:
+        from medgem.cli.common import record_fetches, study_references
+        from medgem.inputs.pacs.fetch import inspect_study
+
+        references = study_references(args)
+        if len(references) > 1:
+            raise InputError("inspect takes one --study at a time", "inspect them one by one")
+        try:
+            report, item, fetched = inspect_study(references[0], imaging_from_args(args))  # type: ignore[arg-type]
+        except Exception as exc:
+            record_fetches(args, references, error=exc)
+            raise
+        if fetched is not None:
+            record_fetches(args, [fetched])
+    else:
+        report, item = inspect_input(args.path, imaging_from_args(args))
     if item is not None:
         report["instruction"] = model_instruction(item)
         model = args.model or os.environ.get("MEDGEM_MODEL")

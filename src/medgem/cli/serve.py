@@ -37,6 +37,9 @@ def add_parser(subparsers: Any) -> None:
     group.add_argument("--max-images", type=whole_number(1), default=16, help="most images per request (default 16)")
     group.add_argument("--allow-dir", action="append", default=[], type=Path, metavar="DIR",
                        help="a folder requests may name image files from (repeatable; default none)")
+    group.add_argument("--allow-pacs", action="append", default=[], metavar="URL",
+                       help="a DICOMweb root (https://pacs/dicom-web) or dimse://AE@host:port that "
+                            "image_dicom parts may fetch from (repeatable; default none)")
     group.add_argument("--api-key-file", type=Path, help="key file made by `medgem keys add` (required off loopback)")
     group.add_argument("--audit-db", help="audit store: SQLite path or sqlite:/// URL (default: $MEDGEM_AUDIT_DB "
                        "or ~/.local/share/medgem/audit.sqlite)")
@@ -67,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, model_name=args.served_name, max_queue=args.max_queue,
         max_body_bytes=args.max_body_mb * 1024 * 1024, max_images=args.max_images,
         allowed_dirs=tuple(p.expanduser().resolve() for p in args.allow_dir), api_key_file=key_file,
+        allowed_pacs=tuple(args.allow_pacs),
         log_prompts=args.log_prompts, cors_origins=tuple(args.cors_origin),
         drain_timeout_s=args.drain_timeout, max_previews=args.max_previews,
         imaging=imaging_from_args(args),

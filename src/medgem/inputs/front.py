@@ -29,6 +29,8 @@ from medgem.inputs.options import ImagingOptions, Layout, MedicalInput
 if TYPE_CHECKING:
     from PIL import Image
 
+    from medgem.inputs.pacs import FetchedStudy, StudyReference
+
 log = logging.getLogger("medgem")
 
 #: The MIME types a data URL may declare (None: none declared, the content decides).
@@ -52,8 +54,9 @@ class Upload:
     name: str = "upload"
 
 
-#: What the door takes: a path, a ``data:`` URL (a str), uploaded bytes or a PIL image.
-InputItem: TypeAlias = "str | os.PathLike[str] | Upload | Image.Image"
+#: What the door takes: a path, a ``data:`` URL (a str), uploaded bytes, a PIL image or a
+#: study on a PACS (``medgem.inputs.pacs.StudyReference``).
+InputItem: TypeAlias = "str | os.PathLike[str] | Upload | Image.Image | StudyReference"
 
 
 @dataclass(frozen=True)
@@ -66,10 +69,13 @@ class Inputs:
         layout: "images" (each image as it is, a PDF's text before the question), "volume"
             (one CT/MR volume or cine loop: an instruction, then each slice and ``SLICE n``) or
             "slide" (one whole-slide image's patches after the pathology instruction).
+        studies: what was fetched from a PACS for these items (original UIDs, in memory only),
+            for the audit trail and for sending a report back.
     """
 
     items: tuple[MedicalInput, ...] = ()
     layout: Layout = "images"
+    studies: tuple[FetchedStudy, ...] = ()
 
     @property
     def images(self) -> list[Image.Image]:
@@ -97,7 +103,7 @@ class Inputs:
 
 
 def read_inputs(items: Sequence[InputItem], options: ImagingOptions | None = None, *,
-                allowed_dirs: Sequence[Path] | None = None) -> Inputs:
+                allowed_dirs: Sequence[Path] | None = None, question: str | None = None) -> Inputs:
     """Read pictures, DICOM files, DICOM folders/zips, NIfTI volumes, slides and PDFs, given as
     paths, ``data:`` URLs, ``Upload`` bytes or PIL images: each file is read once.
 
@@ -107,6 +113,7 @@ def read_inputs(items: Sequence[InputItem], options: ImagingOptions | None = Non
         options: the imaging choices and reading limits (default ``ImagingOptions()``).
         allowed_dirs: folders paths may be read from; None allows any (local use), an empty
             list forbids every path (the server's default). Data URLs and uploads always pass.
+        question: the question asked, whose words choose among a remote study's series.
 
     Returns:
         The images and their prompt layout.
@@ -117,14 +124,19 @@ def read_inputs(items: Sequence[InputItem], options: ImagingOptions | None = Non
     """
     from PIL import Image
 
+    from medgem.inputs.pacs import StudyReference, read_study
+
     options = options or ImagingOptions()
     pictures = [_from_pil(item, n) for n, item in
                 enumerate((i for i in items if isinstance(i, Image.Image)), start=1)]
-    others = [_source(item, allowed_dirs) for item in items if not isinstance(item, Image.Image)]
+    remote = [item for item in items if isinstance(item, StudyReference)]
+    others = [_source(item, allowed_dirs) for item in items
+              if not isinstance(item, (Image.Image, StudyReference))]
     for path in others:
         if isinstance(path, Path) and not path.exists():
             raise ImageInputError(f"no image at '{path}': the path does not exist", "check the path")
-    read = sorted((_read(source, options) for source in others),
+    fetched = [read_study(ref, options, prefer=(question or "",)) for ref in remote]
+    read = sorted([*(_read(source, options) for source in others), *(item for item, _ in fetched)],
                   key=lambda item: (item.study_date is None, item.study_date or ""))
     alone = [item for item in read if item.kind in ("volume", "slide")]
     if alone and len(items) > 1:
@@ -134,7 +146,7 @@ def read_inputs(items: Sequence[InputItem], options: ImagingOptions | None = Non
     layout: Layout = "images"
     if alone:
         layout = "slide" if alone[0].kind == "slide" else "volume"
-    return Inputs((*pictures, *read), layout)
+    return Inputs((*pictures, *read), layout, tuple(study for _, study in fetched))
 
 
 def _from_pil(image: Image.Image, number: int) -> MedicalInput:

@@ -11,7 +11,13 @@ from PIL import Image
 from medgem.errors import ImageInputError, InputError
 from medgem.inputs import ImagingOptions, InputItem, Inputs, read_inputs
 from medgem.request import GenerationOptions, ImagePart, Message, Part, Request, TextPart
-from medgem.request.compose import build_slide_request, check_think, resolve_options, system_text
+from medgem.request.compose import (
+    build_slide_request,
+    build_volume_request,
+    check_think,
+    resolve_options,
+    system_text,
+)
 from medgem.request.variants import InputKind, Variant
 
 MAX_IMAGES = 16
@@ -20,7 +26,9 @@ MAX_IMAGES = 16
 def request_from_openai(messages: Sequence[dict[str, Any]], *, variant: Variant | None = None,
                         chat: bool = True, options: GenerationOptions | None = None,
                         allowed_dirs: Sequence[Path] | None = None,
-                        max_images: int = MAX_IMAGES, imaging: ImagingOptions | None = None) -> Request:
+                        max_images: int = MAX_IMAGES, imaging: ImagingOptions | None = None,
+                        allowed_pacs: Sequence[str] | None = None,
+                        fetched: list[Any] | None = None) -> Request:
     """Convert OpenAI chat messages (text, ``image_url`` data URLs, local images) to a Request.
 
     Args:
@@ -34,6 +42,14 @@ def request_from_openai(messages: Sequence[dict[str, Any]], *, variant: Variant 
             the only image, in a single user turn, and is laid out as the pathology notebook does
             (a system message, if any, replaces the instructor framing).
         imaging: how images are read (limits; ``cancelled`` stops reading when the client left).
+        allowed_pacs: DICOMweb roots and ``dimse://AE@host:port`` peers that ``image_dicom``
+            parts ({"type": "image_dicom", "image_dicom": {"dicom_source": URI or [URI, ...],
+            "access_credential": bearer token}}, Google's serving container's shape) may name;
+            None allows any (local use), empty forbids all (the server's default). Every part
+            is checked before anything is fetched; a series of CT/MR slices must be the only
+            image, in one user turn, and gets the volume layout.
+        fetched: a list that receives what each ``image_dicom`` part fetched
+            (``medgem.inputs.pacs.FetchedStudy``), for the caller's audit trail.
 
     Raises:
         InputError / ImageInputError: malformed messages or images.
@@ -46,13 +62,14 @@ def request_from_openai(messages: Sequence[dict[str, Any]], *, variant: Variant 
     turns: list[Message] = []
     image_count = 0
     slides: list[Inputs] = []
+    _check_pacs(messages, allowed_pacs)  # before any part is read: a refusal fetches nothing
     for index, raw in enumerate(messages):
         if not isinstance(raw, dict):
             raise InputError(f"messages[{index}] is not an object")
         role = raw.get("role")
         if role not in ("system", "developer", "user", "assistant"):
             raise InputError(f"messages[{index}].role must be system, user or assistant, got {role!r}")
-        parts = list(_parts(raw.get("content"), index, allowed_dirs, slides, imaging))
+        parts = list(_parts(raw.get("content"), index, allowed_dirs, slides, imaging, fetched))
         image_count += sum(isinstance(p, ImagePart) for p in parts)
         if role in ("system", "developer"):
             system_parts.append("".join(p.text for p in parts if isinstance(p, TextPart)))
@@ -65,6 +82,9 @@ def request_from_openai(messages: Sequence[dict[str, Any]], *, variant: Variant 
         if len(slides) > 1 or image_count or len(turns) != 1:
             raise ImageInputError("a whole-slide image must be the only image, in one user message",
                                   "ask about the slide on its own, in a new conversation")
+        if slides[0].layout == "volume":
+            return build_volume_request(turns[0].text, slides[0].images, modality=slides[0].volume_modality,
+                                        variant=variant, options=options)
         return build_slide_request(turns[0].text, slides[0].images, instruction=system,
                                    variant=variant, options=options)
     if image_count > max_images:
@@ -83,7 +103,8 @@ def request_from_openai(messages: Sequence[dict[str, Any]], *, variant: Variant 
 
 
 def _parts(content: Any, index: int, allowed_dirs: Sequence[Path] | None,
-           slides: list[Inputs], imaging: ImagingOptions | None) -> Iterator[Part]:
+           slides: list[Inputs], imaging: ImagingOptions | None,
+           fetched: list[Any] | None = None) -> Iterator[Part]:
     if isinstance(content, str):
         yield TextPart(content)
         return
@@ -114,16 +135,23 @@ def _parts(content: Any, index: int, allowed_dirs: Sequence[Path] | None,
             # a str here is a path, never a data URL
             path_or_image = Path(image) if isinstance(image, str) else image
             yield from _image_parts(path_or_image, where, slides, allowed_dirs, imaging)
+        elif kind == "image_dicom":
+            for reference in _dicom_references(part.get("image_dicom"), where):
+                yield from _image_parts(reference, where, slides, allowed_dirs, imaging, fetched)
         else:
             raise InputError(f"{where}.type {kind!r} is not supported", "use text or image_url parts")
 
 
 def _image_parts(item: InputItem, where: str, slides: list[Inputs],
-                 allowed_dirs: Sequence[Path] | None, imaging: ImagingOptions | None
-                 ) -> Iterator[ImagePart]:
+                 allowed_dirs: Sequence[Path] | None, imaging: ImagingOptions | None,
+                 fetched: list[Any] | None = None) -> Iterator[ImagePart]:
+    from medgem.inputs.pacs import StudyReference
+
     loaded = read_inputs([item], imaging, allowed_dirs=allowed_dirs)
-    if loaded.layout == "slide":  # its patches are laid out once the whole request is read
-        slides.append(loaded)
+    if fetched is not None:
+        fetched.extend(loaded.studies)
+    if loaded.layout == "slide" or (loaded.layout == "volume" and isinstance(item, StudyReference)):
+        slides.append(loaded)  # laid out once the whole request is read: it must be alone
         return
     if loaded.layout == "volume":
         raise ImageInputError(
@@ -132,3 +160,43 @@ def _image_parts(item: InputItem, where: str, slides: list[Inputs],
         )
     for image, source in zip(loaded.images, loaded.sources, strict=True):
         yield ImagePart(image, source)
+
+
+def _dicom_references(spec: Any, where: str) -> list[Any]:
+    """An ``image_dicom`` part's URIs as study references carrying its bearer token."""
+    from medgem.inputs.pacs import parse_study_reference
+
+    if not isinstance(spec, dict) or not spec.get("dicom_source"):
+        raise InputError(f"{where}.image_dicom must be an object with dicom_source",
+                         'send {"dicom_source": "https://…/studies/…/series/…", "access_credential": "TOKEN"}')
+    sources = spec["dicom_source"]
+    sources = [sources] if isinstance(sources, str) else sources
+    token = spec.get("access_credential")
+    if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources) or (
+            token is not None and not isinstance(token, str)):
+        raise InputError(f"{where}.image_dicom.dicom_source must be a URI or a list of URIs, "
+                         "access_credential a string")
+    return [parse_study_reference(source).with_access(token) for source in sources]
+
+
+def _check_pacs(messages: Sequence[Any], allowed: Sequence[str] | None) -> None:
+    """Refuse, before anything is fetched, every ``image_dicom`` URI outside the allowlist.
+
+    Raises:
+        PacsForbiddenError: a URI the operator did not allow (403).
+    """
+    from medgem.errors import PacsForbiddenError
+    from medgem.inputs.pacs import is_allowed
+
+    if allowed is None:
+        return
+    for index, raw in enumerate(messages):
+        content = raw.get("content") if isinstance(raw, dict) else None
+        for number, part in enumerate(content if isinstance(content, list) else []):
+            if not isinstance(part, dict) or part.get("type") != "image_dicom":
+                continue
+            for reference in _dicom_references(part.get("image_dicom"), f"messages[{index}].content[{number}]"):
+                if not is_allowed(reference, list(allowed)):
+                    raise PacsForbiddenError(
+                        f"{reference.where} is not a PACS this server may fetch from",
+                        "ask the operator to allow it (medgem serve --allow-pacs URL)")

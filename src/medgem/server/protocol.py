@@ -72,7 +72,20 @@ class ImageUrlContent(_Strict):
     image_url: ImageUrl
 
 
-ContentPart = Annotated[TextContent | ImageUrlContent, Field(discriminator="type")]
+class ImageDicom(_Strict):
+    """Google's serving container's shape: a DICOMweb (or dimse://) instance/series URI or a
+    list of them, and the bearer token the PACS wants."""
+
+    dicom_source: str | list[str]
+    access_credential: str | None = None
+
+
+class ImageDicomContent(_Strict):
+    type: Literal["image_dicom"]
+    image_dicom: ImageDicom
+
+
+ContentPart = Annotated[TextContent | ImageUrlContent | ImageDicomContent, Field(discriminator="type")]
 
 
 class ChatMessage(_Strict):

@@ -120,10 +120,16 @@ async def chat_completions(body: p.ChatCompletionRequest, http: HttpRequest, use
         serving.check_budget(body.budget())
 
     def build(gone: threading.Event) -> Request:
-        return request_from_openai(
+        fetched: list[Any] = []
+        request = request_from_openai(
             messages, variant=serving.model.variant, chat=serving.model.chat_model,
             options=body.generation_options(), allowed_dirs=list(serving.config.allowed_dirs),
-            max_images=serving.config.max_images, imaging=reading_options(serving.config, gone.is_set))
+            max_images=serving.config.max_images, imaging=reading_options(serving.config, gone.is_set),
+            allowed_pacs=serving.config.allowed_pacs, fetched=fetched)
+        for study in fetched:  # every PACS fetch is an audit event (UIDs hashed)
+            serving.store.append("pacs_fetch", {"user": user, "endpoint": "/v1/chat/completions",
+                                                **study.audit_fields()})
+        return request
 
     return await serving.answer(http, user=user, messages=messages, check=check, build=build, stream=body.stream,
                                 include_usage=bool(body.stream_options and body.stream_options.include_usage))

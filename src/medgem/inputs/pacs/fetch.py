@@ -1,0 +1,339 @@
+"""A study reference -> the series to read -> only the instances the prompt needs -> the
+existing readers.
+
+The order matters for what leaves the PACS: the series are listed (QIDO-RS / C-FIND) and one is
+chosen; its instance headers are listed and sorted, and the slices to send are sampled from
+that list exactly as a local folder is sampled (``series.sort_slices`` + ``sample_indices``);
+only then are those instances retrieved, each de-identified (PS3.15) before it is written to a
+private temporary folder that the folder reader reads and that is removed afterwards, whether
+the read worked or not.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medgem.errors import ImageInputError, PacsError
+from medgem.inputs.dicom import NON_IMAGE_MODALITIES, DicomSource
+from medgem.inputs.limits import ReadBudget
+from medgem.inputs.options import ImagingOptions, MedicalInput, raise_hint
+from medgem.inputs.pacs.client import PacsClient, open_client
+from medgem.inputs.pacs.reference import StudyReference, uid_hash
+from medgem.inputs.series import Series, sample_indices, sort_slices
+
+#: Modalities of series that hold no picture of the patient (reports, key objects, states,
+#: RT plans and structures, masks): never chosen for a question.
+NOT_IMAGE_SERIES = frozenset({"SR", "KO", "PR", "DOC", "RTPLAN", "RTRECORD", "PLAN", *NON_IMAGE_MODALITIES})
+
+
+@dataclass(frozen=True)
+class RemoteSeries:
+    """One series of a remote study as listed (no pixels): what choosing and listing need."""
+
+    uid: str
+    modality: str
+    body_part: str
+    number: int | None
+    description: str
+    instances: int | None
+
+    @property
+    def short_uid(self) -> str:
+        return ("…" + self.uid[-12:]) if len(self.uid) > 12 else self.uid
+
+    def summary(self) -> str:
+        """One line without free text (the description may hold names)."""
+        number = f"#{self.number} " if self.number is not None else ""
+        part = f" {self.body_part}" if self.body_part else ""
+        count = f": {self.instances} instances" if self.instances is not None else ""
+        return f"{number}{self.short_uid} {self.modality or '?'}{part}{count}"
+
+
+@dataclass(frozen=True)
+class FetchedStudy:
+    """What was fetched, kept in memory beside the images (never written to disk): the
+    original UIDs the answer refers to and the source headers a report back needs.
+
+    Attributes:
+        reference: where it came from (token included, for sending back).
+        series: the chosen series' UID.
+        instances: the SOPInstanceUIDs sent to the model, in prompt order.
+        headers: those instances' original headers, pixel data removed (SR evidence).
+        total_instances: how many instances the series has.
+        bytes_moved: bytes that crossed the wire to fetch them (listings included).
+    """
+
+    reference: StudyReference
+    series: str
+    instances: tuple[str, ...]
+    headers: tuple[Any, ...] = field(repr=False)
+    total_instances: int
+    bytes_moved: int
+
+    def audit_fields(self) -> dict[str, object]:
+        """The fetch as an audit event's body: the PACS, hashed UIDs, counts, bytes."""
+        return {**self.reference.audit_fields(), "series": uid_hash(self.series),
+                "instances": [uid_hash(uid) for uid in self.instances],
+                "total_instances": self.total_instances, "bytes": self.bytes_moved}
+
+
+def _text(ds: Any, name: str) -> str:
+    value = ds.get(name)
+    return str(value).strip() if value not in (None, "") else ""
+
+
+def _int(ds: Any, name: str) -> int | None:
+    value = ds.get(name)
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def list_series(reference: StudyReference, client: PacsClient | None = None) -> list[RemoteSeries]:
+    """The study's series, by series number then UID.
+
+    Raises:
+        PacsError: the PACS is down, refuses medgem, or does not know the study.
+    """
+    own = client is None
+    client = client or open_client(reference)
+    try:
+        found = client.series(reference.study)
+    finally:
+        if own:
+            client.close()
+    if not found:
+        raise PacsError(f"study …{reference.study[-12:]} is not on {reference.where}",
+                        "check the StudyInstanceUID")
+    series = [RemoteSeries(_text(ds, "SeriesInstanceUID"), _text(ds, "Modality").upper(),
+                           _text(ds, "BodyPartExamined").upper(), _int(ds, "SeriesNumber"),
+                           _text(ds, "SeriesDescription"), _int(ds, "NumberOfSeriesRelatedInstances"))
+              for ds in found]
+    return sorted(series, key=lambda s: (s.number is None, s.number or 0, s.uid))
+
+
+def choose_remote_series(series: list[RemoteSeries], reference: StudyReference,
+                         options: ImagingOptions, prefer: Sequence[str] = ()) -> RemoteSeries:
+    """The series to read: the one the reference or ``--series`` names; else among the image
+    series the only one, or the one whose modality or body part the question (``prefer``,
+    its words) or ``--modality`` names.
+
+    Raises:
+        PacsError: the named series is not in the study, the study has no image series, or
+            several fit equally (listing them, so ``--series`` can pick one).
+    """
+    where = f"study …{reference.study[-12:]} on {reference.where}"
+    listing = "; ".join(s.summary() for s in series)
+    wanted = reference.series or options.series
+    if wanted:
+        key = wanted.strip().lstrip("…").lstrip("#")
+        matches = [s for s in series if s.uid == key]
+        if not matches and key.isdigit():  # a series number as listed (#5)
+            matches = [s for s in series if s.number == int(key)]
+        matches = matches or [s for s in series if key and key in s.uid]
+        if len(matches) != 1:
+            problem = "matches no series" if not matches else f"matches {len(matches)} series"
+            raise PacsError(f"series {wanted[-16:]} {problem} in {where}: {listing}",
+                            "give the series UID listed by `medgem inspect --study`")
+        return matches[0]
+    images = [s for s in series if s.modality not in NOT_IMAGE_SERIES]
+    if not images:
+        raise PacsError(f"{where} holds no image series ({listing})",
+                        "ask about a study with CT, MR, X-ray or other images")
+    if len(images) == 1:
+        return images[0]
+    words = {w.upper() for w in prefer for w in re.findall(r"[A-Za-z]+", w)}
+    if options.modality:
+        words.add(options.modality.upper())
+    words |= {"MR" for w in list(words) if w in ("MRI",)} | {"CHEST" for w in list(words) if w in ("LUNG", "LUNGS", "THORAX")}
+    scores = [(s.modality in words) + (bool(s.body_part) and s.body_part in words) for s in images]
+    best = max(scores)
+    top = [s for s, score in zip(images, scores, strict=True) if score == best]
+    if best > 0 and len(top) == 1:
+        return top[0]
+    raise PacsError(f"{where} holds {len(images)} image series: "
+                    + "; ".join(s.summary() for s in images),
+                    "choose one with --series UID (the short UID shown is enough), or name its "
+                    "modality or body part in the question")
+
+
+def _sampled(instances: list[Any], options: ImagingOptions, where: str) -> tuple[list[Any], list[int], Series]:
+    """Sort the instance headers as a local folder is sorted and pick the slices to send."""
+    listed = Series("", "", "", None, [(DicomSource(name=_text(ds, "SOPInstanceUID")), ds)
+                                         for ds in instances])
+    sort_slices(listed)
+    frames = [_int(ds, "NumberOfFrames") or 1 for _, ds in listed.members]
+    if len(listed.members) == 1 or max(frames) > 1:
+        picked = list(range(len(listed.members))) if len(listed.members) == 1 else [0]
+    else:
+        picked = sample_indices(len(listed.members), options.max_slices)
+    chosen = [listed.members[i][1] for i in picked]
+    pixels = sum((_int(ds, "Rows") or 0) * (_int(ds, "Columns") or 0) * f
+                 for ds, f in zip(chosen, (frames[i] for i in picked), strict=True))
+    if pixels > options.max_total_pixels:
+        raise ImageInputError(f"{where}: the {len(picked)} instances to fetch declare {pixels:,} pixels, over "
+                              f"{options.max_total_pixels:,}", raise_hint("max_total_pixels"))
+    return chosen, picked, listed
+
+
+def read_study(reference: StudyReference, options: ImagingOptions, *,
+               prefer: Sequence[str] = ()) -> tuple[MedicalInput, FetchedStudy]:
+    """Fetch what the prompt needs of a remote study and read it like local files.
+
+    Args:
+        reference: the study, series or instance and how to reach it.
+        options: the imaging choices and limits (``slice_limit`` bounds the series' instance
+            count, ``max_archive_bytes`` the bytes fetched, ``max_total_pixels`` the pixels the
+            sampled headers declare).
+        prefer: words of the question, used to choose among several image series.
+
+    Returns:
+        The input as the folder or file reader made it (slice counts and sampled indices of
+        the whole series), and what was fetched.
+
+    Raises:
+        PacsError: a bad or unknown reference, a PACS that is down, slow or refuses medgem, a
+            series that is not an image.
+        ImageInputError: over a reading limit, or an instance the readers refuse.
+    """
+    client = open_client(reference)
+    try:
+        return _read(client, reference, options, prefer)
+    finally:
+        client.close()
+
+
+def _read(client: PacsClient, reference: StudyReference, options: ImagingOptions,
+          prefer: Sequence[str]) -> tuple[MedicalInput, FetchedStudy]:
+    import pydicom
+
+    from medgem.inputs.deid import deidentify
+    from medgem.inputs.readers import READERS
+
+    series_list = list_series(reference, client)
+    chosen = choose_remote_series(series_list, reference, options, prefer)
+    where = f"series {chosen.short_uid} on {reference.where}"
+    if chosen.modality in NOT_IMAGE_SERIES and not options.allow_non_image:
+        raise PacsError(f"{where} is a {chosen.modality} series, not images of the patient",
+                        "choose an image series (medgem inspect --study lists them)")
+    instances = client.instances(reference.study, chosen.uid)
+    if reference.instance:
+        instances = [ds for ds in instances if _text(ds, "SOPInstanceUID") == reference.instance]
+        if not instances:
+            raise PacsError(f"instance …{reference.instance[-12:]} is not in {where}",
+                            "check the SOPInstanceUID")
+    if not instances:
+        raise PacsError(f"{where} lists no instances", "choose another series")
+    budget = ReadBudget(options, where)
+    budget.files(len(instances))
+    wanted, picked, listed = _sampled(instances, options, where)
+    uids = [_text(ds, "SOPInstanceUID") for ds in wanted]
+    key = os.urandom(32)  # pseudonyms for this read only: nothing links it to another
+    headers: list[Any] = []
+    with tempfile.TemporaryDirectory(prefix="medgem-pacs-") as folder:
+        study_dir = Path(folder) / f"study-{uid_hash(reference.study)[:8]}"
+        study_dir.mkdir()
+        for number, ds in enumerate(client.retrieve(reference.study, chosen.uid, uids)):
+            options.check_cancelled()
+            if client.bytes_moved > options.max_archive_bytes:
+                raise ImageInputError(f"{where}: fetching moved more than {options.max_archive_bytes:,} bytes",
+                                      raise_hint("max_archive_bytes"))
+            if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+                raise PacsError(f"{where} holds instances without pixel data (not an image)",
+                                "choose an image series")
+            header = pydicom.Dataset()  # the same elements, less the pixels (ds stays whole)
+            for element in ds:
+                if element.keyword not in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+                    header.add(element)
+            header.file_meta = getattr(ds, "file_meta", pydicom.dataset.FileMetaDataset())
+            headers.append(header)
+            clean = _deidentified(ds, key, options, deidentify)
+            clean.save_as(study_dir / f"{number:05d}.dcm", enforce_file_format=True)
+        flat = replace(options, series=None)
+        if len(uids) == 1:
+            item = READERS["dicom"](study_dir / "00000.dcm", flat)
+            item = replace(item, source=study_dir.name)
+        else:
+            item = READERS["dicom-folder"](study_dir, flat)
+    item = _whole_series_facts(item, chosen, listed, picked, len(series_list))
+    fetched = FetchedStudy(reference, chosen.uid, tuple(uids), tuple(headers), len(instances),
+                           client.bytes_moved)
+    return item, fetched
+
+
+def _deidentified(ds: Any, key: bytes, options: ImagingOptions, deidentify: Any) -> Any:
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    if not hasattr(ds, "file_meta") or "TransferSyntaxUID" not in ds.file_meta:
+        meta = FileMetaDataset()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.file_meta = meta
+    try:
+        return deidentify(ds, key, allow_burned_in=options.allow_burned_in)
+    except ImageInputError:
+        raise
+    except ValueError as exc:
+        raise ImageInputError(f"an instance could not be de-identified ({exc})", "check the study") from None
+
+
+def _whole_series_facts(item: MedicalInput, chosen: RemoteSeries, listed: Series,
+                        picked: list[int], series_count: int) -> MedicalInput:
+    """The facts of the whole remote series (its slice count, the indices sent, its spacing),
+    as a local read of all its files would give them."""
+    total = len(listed.members)
+    facts = dict(item.metadata, series=chosen.short_uid, series_count=series_count)
+    description = item.description
+    if item.kind == "volume" and "slices_total" in facts and total > 1:
+        facts.update(slices_total=total, sampled_indices=picked)
+        sent = len(picked)
+        description = description.replace(f"{sent} of {sent} slices", f"{sent} of {total} slices")
+        positions = [ds.get("ImagePositionPatient") for _, ds in listed.members]
+        if all(p is not None and len(p) == 3 for p in positions):
+            steps = np.linalg.norm(np.diff(np.asarray(positions, dtype=float), axis=0), axis=1)
+            facts["slice_spacing_mm"] = round(float(np.median(steps)), 4)
+    return replace(item, metadata=facts, description=description)
+
+
+def inspect_study(reference: StudyReference, options: ImagingOptions
+                  ) -> tuple[dict[str, object], MedicalInput | None, FetchedStudy | None]:
+    """What ``medgem inspect --study`` reports: the study's series (listed without fetching a
+    pixel), and, when one series is chosen (the reference or ``--series`` names it, or the
+    study has one image series), that series read as the model would get it.
+
+    Raises:
+        PacsError: as ``read_study``.
+    """
+    from medgem.inputs.facts import describe_sent
+
+    series = list_series(reference)
+    report: dict[str, object] = {
+        "source": f"study …{reference.study[-12:]} on {reference.where}", "format": reference.protocol,
+        "series": [{"series": s.short_uid, "number": s.number, "modality": s.modality or None,
+                    "slices": s.instances, "description": s.description or None,
+                    "body_part": s.body_part or None} for s in series]}
+    try:
+        choose_remote_series(series, reference, options)
+    except PacsError as exc:
+        if reference.series or options.series:
+            raise
+        report["choose"] = f"{exc.message}: pass --series UID (the short UID shown is enough)"
+        return report, None, None
+    item, fetched = read_study(reference, options)
+    report.update(kind=item.kind, modality=item.modality, description=item.description,
+                  sends=describe_sent(item), metadata=item.metadata,
+                  study_date_present=item.study_date is not None, warnings=list(item.warnings),
+                  fetched={"instances": len(fetched.instances), "of": fetched.total_instances,
+                           "bytes": fetched.bytes_moved})
+    return report, item, fetched

@@ -1,0 +1,217 @@
+"""A real PACS for the tests: Debian's Orthanc with its DICOMweb plugin, started on 127.0.0.1
+on free ports with a temporary configuration and storage, loaded with real DICOM files.
+
+``orthanc`` (session scope) holds one study with a CT series (120 slices), an MR series and an
+SR series; a CR chest film (pydicom-data's RG1_UNCR) in a second study; and a study with only a
+structured report (not an image). medgem's own AE title is a known modality, so DIMSE C-FIND,
+C-GET and C-STORE from it are allowed. ``orthanc_locked`` is a second Orthanc that wants HTTP
+credentials (every unauthenticated request: 401).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from pydicom.uid import generate_uid
+
+from imaging_fixtures import mr_slice, write_ct_series
+
+ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+AET = "ORTHANC"
+MEDGEM_AET = "MEDGEM"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Orthanc:
+    """A running Orthanc and what it was loaded with."""
+
+    http_port: int
+    dicom_port: int
+    folder: Path
+    process: subprocess.Popen[bytes]
+    files: dict[str, list[Path]] = field(default_factory=dict)
+    uids: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def dicomweb(self) -> str:
+        return f"{self.url}/dicom-web"
+
+    def dimse(self, path: str) -> str:
+        return f"dimse://{AET}@127.0.0.1:{self.dicom_port}/{path}"
+
+    def upload(self, paths: list[Path], auth: tuple[str, str] | None = None) -> None:
+        for path in paths:
+            answer = requests.post(f"{self.url}/instances", data=path.read_bytes(), timeout=30,
+                                   auth=auth)
+            answer.raise_for_status()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def start_orthanc(folder: Path, *, users: dict[str, str] | None = None) -> Orthanc:
+    """Start Orthanc on free loopback ports with its storage in ``folder``; returns when its
+    REST API answers.
+
+    Raises:
+        RuntimeError: Orthanc did not come up within 30 s (its log is in the message).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    http_port, dicom_port = free_port(), free_port()
+    config = {
+        "Name": "medgem-tests", "StorageDirectory": str(folder / "db"),
+        "IndexDirectory": str(folder / "db"), "HttpPort": http_port, "DicomPort": dicom_port,
+        "DicomAet": AET, "HttpBindAddress": "127.0.0.1", "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": bool(users), "RegisteredUsers": users or {},
+        "Plugins": [str(DICOMWEB_PLUGIN)],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        # medgem's AE title as a known modality: allowed to C-FIND, C-GET and C-STORE (the
+        # C-GET answers on the same association, so the port here is never dialled).
+        "DicomModalities": {"medgem": [MEDGEM_AET, "127.0.0.1", free_port()]},
+        "DicomCheckCalledAet": False, "StableAge": 1, "HttpTimeout": 30,
+        "DicomScpTimeout": 30,
+    }
+    (folder / "orthanc.json").write_text(json.dumps(config))
+    log = (folder / "orthanc.log").open("wb")
+    process = subprocess.Popen([ORTHANC, str(folder / "orthanc.json")], stdout=log,
+                               stderr=subprocess.STDOUT, cwd=folder)
+    server = Orthanc(http_port, dicom_port, folder, process)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            break
+        try:
+            requests.get(f"{server.url}/system", timeout=1)
+            return server
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    server.stop()
+    raise RuntimeError(f"Orthanc did not start: {(folder / 'orthanc.log').read_text()[-2000:]}")
+
+
+def ct_volume(slices: int, rows: int = 16, cols: int = 16) -> np.ndarray:
+    """An (S, H, W) HU volume whose every slice differs (so order and sampling show)."""
+    grid = np.arange(rows * cols, dtype=np.int64).reshape(rows, cols) % 200
+    return np.stack([grid - 1000 + 13 * s for s in range(slices)])
+
+
+def write_mr_series(folder: Path, count: int, study_uid: str) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    series_uid = generate_uid()
+    paths = []
+    for n in range(count):
+        values = (np.arange(16 * 16).reshape(16, 16) * (n + 1)) % 4000
+        ds = mr_slice(values, instance=n + 1, series_uid=series_uid, study_uid=study_uid)
+        ds.BodyPartExamined = "HEAD"
+        path = folder / f"MR{n:03d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def write_sr(path: Path, study_uid: str) -> Path:
+    """A tiny Basic Text SR: a DICOM object that is not an image."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = BasicTextSRStorage
+    ds.SOPClassUID = BasicTextSRStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, generate_uid()
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "SR", 9, 1
+    ds.PatientName, ds.PatientID = "Doe^Jane^Quincy", "MRN-99887766"
+    ds.ValueType, ds.ContinuityOfContent = "CONTAINER", "SEPARATE"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def load_studies(server: Orthanc, folder: Path) -> None:
+    """The tests' studies, written as DICOM files under ``folder`` and stored in Orthanc."""
+    from pydicom.data import get_testdata_file
+
+    study = generate_uid()
+    ct = write_ct_series(folder / "ct", ct_volume(120), study_uid=study)
+    for path in ct:  # a body part, so the question can choose the series
+        import pydicom
+
+        ds = pydicom.dcmread(path)
+        ds.BodyPartExamined = "CHEST"
+        ds.save_as(path, enforce_file_format=True)
+    mr = write_mr_series(folder / "mr", 6, study)
+    sr = [write_sr(folder / "sr.dcm", study)]
+    cr_path = folder / "cr" / "RG1_UNCR.dcm"
+    cr_path.parent.mkdir()
+    shutil.copy(get_testdata_file("RG1_UNCR.dcm", download=False), cr_path)
+    lone_sr = [write_sr(folder / "lone_sr.dcm", generate_uid())]
+    server.upload([*ct, *mr, *sr, cr_path, *lone_sr])
+    import pydicom
+
+    def uid(path: Path, name: str) -> str:
+        return str(pydicom.dcmread(path, stop_before_pixels=True).get(name))
+
+    server.files.update(ct=ct, mr=mr, cr=[cr_path], sr=sr, lone_sr=lone_sr)
+    server.uids.update(study=study, ct_series=uid(ct[0], "SeriesInstanceUID"),
+                       mr_series=uid(mr[0], "SeriesInstanceUID"),
+                       sr_series=uid(sr[0], "SeriesInstanceUID"),
+                       cr_study=uid(cr_path, "StudyInstanceUID"),
+                       cr_series=uid(cr_path, "SeriesInstanceUID"),
+                       cr_instance=uid(cr_path, "SOPInstanceUID"),
+                       lone_sr_study=uid(lone_sr[0], "StudyInstanceUID"))
+
+
+def orthanc_available() -> bool:
+    return Path(ORTHANC).exists() and DICOMWEB_PLUGIN.exists()
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
+    """One Orthanc for the session, loaded with the tests' studies."""
+    if not orthanc_available():
+        pytest.fail("Orthanc is not installed: run scripts/install.sh (apt-get install orthanc orthanc-dicomweb)")
+    root = tmp_path_factory.mktemp("orthanc")
+    server = start_orthanc(root / "server")
+    try:
+        load_studies(server, root / "files")
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def orthanc_locked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
+    """An Orthanc that wants credentials: medgem's requests without them get 401."""
+    if not orthanc_available():
+        pytest.fail("Orthanc is not installed: run scripts/install.sh")
+    server = start_orthanc(tmp_path_factory.mktemp("orthanc-locked"), users={"clinic": "s3cret"})
+    try:
+        yield server
+    finally:
+        server.stop()
