@@ -208,7 +208,7 @@ class HFEngine:
             import transformers
 
             kwargs["logits_processor"] = transformers.LogitsProcessorList(
-                [GuidedRows(guides, self._grammars, streamer.end_ids)])
+                [GuidedRows(guides, self._grammars, streamer.end_ids, first.options.greedy)])
         if self.mode == "direct":
             inputs = items[0].state if len(items) == 1 else self._pad_left([i.state for i in items])
 

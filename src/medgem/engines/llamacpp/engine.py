@@ -45,7 +45,7 @@ from medgem.engines.gguf.read import (
     file_type_name,
     read_header,
 )
-from medgem.engines.grammar import Grammars, RowGuide, apply_bitmask
+from medgem.engines.grammar import Grammars, RowGuide, allows, apply_bitmask
 from medgem.engines.llamacpp import speeds
 from medgem.engines.llamacpp.memory import EmbeddingCache, check_kv_memory
 from medgem.engines.llamacpp.native import (
@@ -568,7 +568,8 @@ class LlamaCppEngine:
     def _sample(self, sequence: Sequence, index: int) -> int:
         """Draw the next token from the logits of batch entry ``index`` (-1: the last), with a
         constrained sequence's disallowed tokens masked out first (in place, in llama.cpp's
-        own logits buffer, which its sampler chain then reads)."""
+        own logits buffer, which its sampler chain then reads). Greedy: when the best token is
+        allowed already the buffer is left as it is (the same draw, without the full mask)."""
         lib = self._llama_cpp
         guide = sequence.guide
         if guide is not None and guide.constrains:
@@ -576,7 +577,8 @@ class LlamaCppEngine:
             guide.fill(mask, 0)
             # shape: (n_vocab,) float32, a view of llama.cpp's buffer
             logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(self._ctx, index), shape=(self._n_vocab,))
-            apply_bitmask(logits, mask[0])
+            if not (sequence.prepared.request.options.greedy and allows(mask[0], int(logits.argmax()))):
+                apply_bitmask(logits, mask[0])
         return int(lib.llama_sampler_sample(sequence.sampler, self._ctx, index))
 
     def _lltokenizer(self) -> Any:

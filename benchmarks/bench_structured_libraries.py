@@ -5,7 +5,7 @@ compile each built-in schema (plus a nested one) for Gemma 3's 262k-token vocabu
 per-token cost of computing the next-token mask while walking a valid answer token by token.
 Prints a table and each library's ratio to llguidance (the one medgem uses).
 
-    python benchmarks/structured_libraries.py --tokenizer PATH_TO_A_GEMMA3_CHECKPOINT
+    python benchmarks/bench_structured_libraries.py --tokenizer PATH_TO_A_GEMMA3_CHECKPOINT
 """
 
 from __future__ import annotations
