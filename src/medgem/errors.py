@@ -133,6 +133,15 @@ class AuthError(ApiError):
         super().__init__(401, message, hint, code="invalid_api_key")
 
 
+class SchemaError(InputError, code="invalid_schema"):
+    """A JSON schema for a constrained answer is invalid, or uses a feature medgem cannot
+    constrain decoding to (the message names it)."""
+
+
+class StructuredOutputError(MedgemError, status=502, code="invalid_structured_output"):
+    """A finished answer is not valid JSON for its schema (cut off by the budget, or malformed)."""
+
+
 class DatasetError(InputError):
     """The evaluation data is missing, in the wrong format, or a row lacks a field."""
 

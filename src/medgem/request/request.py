@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from medgem.errors import InputError
+from medgem.structured import Constraint
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -62,6 +63,8 @@ class GenerationOptions:
         seed: makes sampling repeatable.
         stop: strings that end the answer (cut in the answer stage, for every engine).
         think: ask for MedGemma's silent thinking (thinking variants only).
+        constraint: the JSON the answer must be (``medgem.structured.Constraint``); engines
+            constrain decoding to it (after the thought when thinking) or refuse the request.
 
     Raises:
         InputError: a value out of range.
@@ -73,6 +76,7 @@ class GenerationOptions:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     think: bool = False
+    constraint: Constraint | None = None
 
     def __post_init__(self) -> None:
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
@@ -85,6 +89,9 @@ class GenerationOptions:
         if any(not isinstance(s, str) or not s for s in stop):
             raise InputError("stop strings must be non-empty text")
         object.__setattr__(self, "stop", stop)
+        if self.constraint is not None and not isinstance(self.constraint, Constraint):
+            raise InputError("constraint must be a medgem.structured.Constraint",
+                             "build one with Constraint.from_schema(schema) or Constraint.json_object()")
 
     @property
     def greedy(self) -> bool:

@@ -1,0 +1,74 @@
+"""Schemas for MedGemma's own structured tasks, in the shapes its official prompts ask for.
+
+``BOXES`` is the localization answer (``[{"box_2d": [y0, x0, y1, x1], "label": ...}]``, 0-1000 of
+the image padded to a square, see ``medgem.answer.boxes``); ``LAB_VALUES`` the lab report ->
+JSON list of the lab-extraction task; ``CXR_FINDINGS`` a chest X-ray findings list.
+"""
+
+from __future__ import annotations
+
+from medgem.structured.constraint import Constraint
+
+_COORDINATE = {"type": "integer", "minimum": 0, "maximum": 1000}
+
+BOXES = Constraint.from_schema({
+    "title": "boxes",
+    "description": "Labelled boxes, [y0, x0, y1, x1] normalised to 0-1000 of the padded square.",
+    "type": "array",
+    "items": {
+        "type": "object",
+        "properties": {
+            "box_2d": {"type": "array", "items": _COORDINATE, "minItems": 4, "maxItems": 4},
+            "label": {"type": "string"},
+        },
+        "required": ["box_2d", "label"],
+        "additionalProperties": False,
+    },
+}, name="boxes")
+
+LAB_VALUES = Constraint.from_schema({
+    "title": "lab_values",
+    "description": "Every lab value of a report; keys the report does not give are left out.",
+    "type": "array",
+    "items": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "value": {"type": ["number", "string"]},
+            "unit": {"type": "string"},
+            "reference_range": {"type": "string"},
+            "flag": {"type": "string"},
+            "specimen": {"type": "string"},
+            "collection_time": {"type": "string"},
+        },
+        "required": ["name", "value"],
+        "additionalProperties": False,
+    },
+}, name="lab_values")
+
+CXR_FINDINGS = Constraint.from_schema({
+    "title": "cxr_findings",
+    "description": "The findings a chest X-ray shows, each with where and how certain.",
+    "type": "object",
+    "properties": {
+        "findings": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "finding": {"type": "string"},
+                    "location": {"type": "string"},
+                    "certainty": {"enum": ["definite", "probable", "possible"]},
+                },
+                "required": ["finding", "certainty"],
+                "additionalProperties": False,
+            },
+        },
+        "impression": {"type": "string"},
+    },
+    "required": ["findings"],
+    "additionalProperties": False,
+}, name="cxr_findings")
+
+#: Built-in schemas by the name the CLI (``--json-schema NAME``) and ``schema=`` take.
+BUILTINS: dict[str, Constraint] = {"boxes": BOXES, "lab-values": LAB_VALUES, "cxr-findings": CXR_FINDINGS}
