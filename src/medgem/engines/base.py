@@ -31,6 +31,9 @@ class Capabilities:
     #: (:class:`StaticBatching`: a batch runs to its end), "concurrent" (generate is
     #: thread-safe: a remote server batches), or None (one at a time).
     batching: Batching | None = None
+    #: whether decoding can be constrained to a JSON schema (``GenerationOptions.constraint``);
+    #: MedGemma.generate refuses a constrained request otherwise
+    constrained: bool = False
 
 
 @dataclass(frozen=True)
