@@ -34,10 +34,11 @@ class Study(BaseModel):
     findings: list[Finding]
 
 
-def test_schema_is_canonical_frozen_and_hashable() -> None:
-    a = Constraint.from_schema({"type": "object", "required": ["x"], "properties": {"x": {"type": "string"}}})
-    b = Constraint.from_schema({"properties": {"x": {"type": "string"}}, "required": ["x"], "type": "object"})
+def test_schema_is_frozen_hashable_and_keeps_property_order() -> None:
+    a = Constraint.from_schema({"type": "object", "properties": {"y": {}, "x": {"type": "string"}}})
+    b = Constraint.from_schema({"type": "object", "properties": {"y": {}, "x": {"type": "string"}}})
     assert a == b and hash(a) == hash(b) and a.digest == b.digest
+    assert list(a.schema["properties"]) == ["y", "x"]  # the order the model writes them in
     schema = a.schema
     schema["type"] = "array"  # a copy: the constraint does not change
     assert a.schema["type"] == "object"

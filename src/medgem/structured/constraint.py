@@ -77,11 +77,13 @@ class Constraint:
     """The JSON an answer must be: built once at the edge, read by every engine.
 
     Build it with ``from_schema``, ``json_object`` or ``from_model``; the schema is stored as
-    canonical JSON so the constraint is immutable and hashable (``schema`` gives a fresh dict).
+    compact JSON so the constraint is immutable and hashable (``schema`` gives a fresh dict).
+    Key order is kept: the model writes an object's properties in the order the schema lists
+    them.
 
     Attributes:
         kind: "json_object" (any JSON object) or "json_schema".
-        schema_json: the schema, canonical JSON (sorted keys).
+        schema_json: the schema as compact JSON, key order kept.
         name: a name for the schema (OpenAI's ``json_schema.name``).
         strict: OpenAI's ``strict``; medgem always constrains, and always validates.
     """
@@ -99,7 +101,7 @@ class Constraint:
 
     @property
     def digest(self) -> str:
-        """sha256 of the canonical schema: names the constraint in logs and reports."""
+        """sha256 of the compact schema: names the constraint in logs and reports."""
         return hashlib.sha256(self.schema_json.encode()).hexdigest()
 
     @classmethod
@@ -119,7 +121,7 @@ class Constraint:
             raise SchemaError("a JSON schema must be a JSON object",
                               'give an object such as {"type": "object", "properties": {...}}')
         try:
-            text = json.dumps(schema, sort_keys=True, ensure_ascii=False, allow_nan=False)
+            text = json.dumps(schema, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
         except (TypeError, ValueError) as exc:
             raise SchemaError(f"the JSON schema is not plain JSON ({exc})") from exc
         plain: dict[str, Any] = json.loads(text)

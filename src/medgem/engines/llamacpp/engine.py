@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import ctypes
 import hashlib
+import importlib.util
 import logging
 import os
 import threading
@@ -23,6 +24,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from medgem.engines.base import (
     Capabilities,
@@ -42,6 +45,7 @@ from medgem.engines.gguf.read import (
     file_type_name,
     read_header,
 )
+from medgem.engines.grammar import Grammars, RowGuide, apply_bitmask
 from medgem.engines.llamacpp import speeds
 from medgem.engines.llamacpp.memory import EmbeddingCache, check_kv_memory
 from medgem.engines.llamacpp.native import (
@@ -95,6 +99,7 @@ class Sequence:
     position: int  # the next KV position
     next_unit: int  # prefill progress
     decoder: Any
+    guide: RowGuide | None = None  # the JSON constraint, when the request has one
     tokens: list[int] = field(default_factory=list)
     events: list[EngineEvent | BaseException] = field(default_factory=list)
     pending: int | None = None  # sampled and sent, decoded in the next step
@@ -244,6 +249,7 @@ class LlamaCppEngine:
         self.last_tokens: list[int] = []  # the last answer's token ids (for checks and tests)
         markers = (self._token_id("<unused94>"), self._token_id("<unused95>"))
         self._thinking_ids = {token for token in markers if token >= 0}
+        self._grammars = Grammars(self._lltokenizer, *markers)
         file_type = file_type_name(int(header.get("general.file_type", -1)))
         variant = checkpoint.variant
         demo_id = str(header.get("medgem.demo", ""))
@@ -262,7 +268,8 @@ class LlamaCppEngine:
             adapter=adapter[0] if adapter else None,
             adapter_sha256=adapter[1] if adapter else None,
         )
-        self.capabilities = Capabilities(images=self._mtmd_ctx is not None, batching="continuous")
+        self.capabilities = Capabilities(images=self._mtmd_ctx is not None, batching="continuous",
+                                         constrained=importlib.util.find_spec("llguidance") is not None)
 
     def _embedding_namespace(self) -> str:
         """The projector file (name, size, modification time) and the tower that ran it."""
@@ -291,6 +298,8 @@ class LlamaCppEngine:
 
     def prepare(self, request: Request) -> Prepared:
         """Render and tokenize once (libmtmd preprocesses and hashes the images here)."""
+        if request.options.constraint is not None:  # a schema llguidance refuses fails here
+            self._grammars.compile(request.options.constraint)
         prompt = self._prompts.build(request)
         return Prepared(request, len(prompt.tokens), prompt, lambda: self._prompts.free(prompt))
 
@@ -353,6 +362,7 @@ class LlamaCppEngine:
             sampler=self._sampler(options), budget=min(options.budget, self.n_ctx - n_prompt),
             reused=reused, position=reused, next_unit=len(slot.cached),
             decoder=codecs.getincrementaldecoder("utf-8")(errors="replace"),
+            guide=self._grammars.guide(options.constraint, options.think),
         )
         slot.sequence = sequence
         self.last_prompt_tokens = prompt.tokens
@@ -402,8 +412,7 @@ class LlamaCppEngine:
             sequence.slot.cached.append(Unit(sequence.pending, 1))
             sequence.position += 1
             sequence.pending = None
-            self._accept(sequence, int(self._llama_cpp.llama_sampler_sample(
-                sequence.sampler, self._ctx, index)))
+            self._accept(sequence, self._sample(sequence, index))
 
     def _prefill_piece(self, sequence: Sequence) -> None:
         """Evaluate the next text chunk (up to n_batch tokens) or image of a prompt."""
@@ -444,8 +453,7 @@ class LlamaCppEngine:
         elif sequence.cancel is not None and sequence.cancel.is_set():
             self._finish(sequence, "cancelled")
         else:
-            self._accept(sequence, int(self._llama_cpp.llama_sampler_sample(
-                sequence.sampler, self._ctx, -1)))
+            self._accept(sequence, self._sample(sequence, -1))
 
     def _image(self, sequence: Sequence, unit_index: int) -> None:
         """An image's soft tokens into the sequence: from the embedding cache when these pixels
@@ -505,6 +513,8 @@ class LlamaCppEngine:
         if self._llama_cpp.llama_vocab_is_eog(self._vocab, token):
             self._finish(sequence, "stop")
             return
+        if sequence.guide is not None:
+            sequence.guide.accept(token)
         text = sequence.decoder.decode(self._piece(token))
         if text:
             sequence.events.append(TextDelta(text))
@@ -554,6 +564,49 @@ class LlamaCppEngine:
         sequence.prepared.release()
 
     # --- generation ----------------------------------------------------------------------------
+
+    def _sample(self, sequence: Sequence, index: int) -> int:
+        """Draw the next token from the logits of batch entry ``index`` (-1: the last), with a
+        constrained sequence's disallowed tokens masked out first (in place, in llama.cpp's
+        own logits buffer, which its sampler chain then reads)."""
+        lib = self._llama_cpp
+        guide = sequence.guide
+        if guide is not None and guide.constrains:
+            mask = self._grammars.bitmask(1)
+            guide.fill(mask, 0)
+            # shape: (n_vocab,) float32, a view of llama.cpp's buffer
+            logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(self._ctx, index), shape=(self._n_vocab,))
+            apply_bitmask(logits, mask[0])
+        return int(lib.llama_sampler_sample(sequence.sampler, self._ctx, index))
+
+    def _lltokenizer(self) -> Any:
+        """llguidance's view of this GGUF's vocabulary (as ``llguidance.llamacpp`` builds it,
+        through the non-deprecated attribute call): every token's bytes, control tokens marked
+        with a leading 0xff; the end tokens are eos and end of turn."""
+        import llguidance
+
+        lib = self._llama_cpp
+        control = lib.LLAMA_TOKEN_ATTR_CONTROL
+        user = lib.LLAMA_TOKEN_ATTR_USER_DEFINED
+        tokens = []
+        for token in range(self._n_vocab):
+            piece = self._piece_special(token)
+            attr = int(lib.llama_vocab_get_attr(self._vocab, token))
+            if attr & control or (attr & user and piece.startswith(b"<") and piece.endswith(b">")):
+                piece = b"\xff" + piece
+            tokens.append(piece)
+        ends = [t for t in (int(lib.llama_vocab_eos(self._vocab)), int(lib.llama_vocab_eot(self._vocab))) if t >= 0]
+        tokenize = ctypes.cast(lib.llama_cpp._lib.llama_tokenize, ctypes.c_void_p).value
+        return llguidance.LLTokenizer.from_llamacpp(  # type: ignore[attr-defined]
+            tokens=tokens, vocab_ptr=self._vocab, tokenize_fptr=tokenize, eos_token=ends)
+
+    def _piece_special(self, token: int) -> bytes:
+        buffer = ctypes.create_string_buffer(256)
+        count = self._llama_cpp.llama_token_to_piece(self._vocab, token, buffer, 256, 0, True)
+        if count < 0:
+            buffer = ctypes.create_string_buffer(-count)
+            count = self._llama_cpp.llama_token_to_piece(self._vocab, token, buffer, -count, 0, True)
+        return buffer.raw[:count]
 
     def _sampler(self, options: GenerationOptions) -> Any:
         """llama.cpp's own sampler chain: greedy (argmax, as transformers' greedy search), or
