@@ -161,3 +161,49 @@ def apply_bitmask(logits: np.ndarray, bitmask: np.ndarray) -> None:
     n = min(logits.shape[0], allowed.shape[0])
     logits[:n][allowed[:n] == 0] = -np.inf
     logits[n:] = -np.inf
+
+
+class GuidedRows:
+    """A transformers logits processor for a static batch: row i follows ``guides[i]`` (None: a
+    free row, never touched). Before each draw it advances every guide past the token its row
+    drew last, then masks the constrained rows' scores; a row that has ended (an end token) is
+    left alone, as generate() pads it from then on.
+
+    Args:
+        guides: one per batch row.
+        grammars: their vocabulary.
+        end_ids: the tokens that end a row.
+    """
+
+    def __init__(self, guides: list[RowGuide | None], grammars: Grammars, end_ids: set[int]) -> None:
+        self.guides = guides
+        self.grammars = grammars
+        self.end_ids = end_ids
+        self._length: int | None = None  # input_ids' width at the last call
+        self._ended = [guide is None for guide in guides]
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        # input_ids: (rows, prompt + drawn so far) int64; scores: (rows, vocab) float
+        import torch
+
+        width = int(input_ids.shape[1])
+        if self._length is not None and width > self._length:
+            for row, token in enumerate(input_ids[:, -1].tolist()):
+                guide = self.guides[row]
+                if guide is None or self._ended[row]:
+                    continue
+                if token in self.end_ids:
+                    self._ended[row] = True
+                else:
+                    guide.accept(int(token))
+        self._length = width
+        mask = self.grammars.bitmask(len(self.guides))
+        for row, guide in enumerate(self.guides):
+            if guide is None or self._ended[row] or not guide.fill(mask, row):
+                continue
+            allowed = np.unpackbits(mask[row].view(np.uint8), bitorder="little")  # (32 * words,)
+            keep = torch.zeros(scores.shape[-1], dtype=torch.bool)
+            n = min(scores.shape[-1], allowed.shape[0])
+            keep[:n] = torch.from_numpy(allowed[:n].astype(bool))
+            scores[row].masked_fill_(~keep.to(scores.device), float("-inf"))
+        return scores

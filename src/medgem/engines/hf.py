@@ -8,6 +8,7 @@ both paths stream, count tokens exactly and stop when the caller cancels.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import queue
 import threading
 import time
@@ -16,6 +17,7 @@ from typing import Any, Literal
 
 from medgem.adapters import attach_adapter, find_adapter
 from medgem.engines import base
+from medgem.engines.grammar import Grammars, GuidedRows
 from medgem.engines.options import HFOptions, PipelineOptions
 from medgem.engines.placement import placement, quantization_config
 from medgem.errors import InputError, NotACheckpointError, require
@@ -23,6 +25,7 @@ from medgem.hardware import cpu_has_native_bf16, detect_hardware
 from medgem.memory import check_fits, count_parameters
 from medgem.request import Request, TextPart
 from medgem.request.compose import shipped_chat_template
+from medgem.request.thinking import THOUGHT_CLOSE, THOUGHT_OPEN
 from medgem.request.variants import GEMMA3_CONTEXT
 from medgem.resolve import Checkpoint
 
@@ -110,8 +113,13 @@ class HFEngine:
             adapter=self.adapter.name if self.adapter else merged.get("name"),
             adapter_sha256=self.adapter.sha256 if self.adapter else merged.get("sha256"),
         )
+        markers = [self.tokenizer.convert_tokens_to_ids(m) for m in (THOUGHT_OPEN, THOUGHT_CLOSE)]
+        self._grammars = Grammars(self._lltokenizer, *(m if isinstance(m, int) else -1 for m in markers))
+        # Constrained decoding is a logits processor on the direct path (the pipeline's own
+        # generate call is not ours to hand one to).
         self.capabilities = base.Capabilities(
-            images=self.multimodal, batching="static" if self.mode == "direct" else None)
+            images=self.multimodal, batching="static" if self.mode == "direct" else None,
+            constrained=self.mode == "direct" and importlib.util.find_spec("llguidance") is not None)
 
     # --- prompt rendering ----------------------------------------------------------------------
 
@@ -153,6 +161,8 @@ class HFEngine:
     def prepare(self, request: Request) -> base.Prepared:
         """Encode once. The direct path keeps the tensors for generate; the pipeline path
         keeps only the count (the pipeline API takes the messages and encodes them itself)."""
+        if request.options.constraint is not None:  # a schema llguidance refuses fails here
+            self._grammars.compile(request.options.constraint)
         inputs = self.encode(request)
         count = int(inputs["input_ids"].shape[-1])
         return base.Prepared(request, count, inputs if self.mode == "direct" else None)
@@ -192,6 +202,13 @@ class HFEngine:
         if first.options.seed is not None:
             self._torch.manual_seed(first.options.seed)
         kwargs = self._generate_kwargs(first, streamer)
+        guides = [self._grammars.guide(item.request.options.constraint, item.request.options.think)
+                  for item in items]
+        if any(guides):
+            import transformers
+
+            kwargs["logits_processor"] = transformers.LogitsProcessorList(
+                [GuidedRows(guides, self._grammars, streamer.end_ids)])
         if self.mode == "direct":
             inputs = items[0].state if len(items) == 1 else self._pad_left([i.state for i in items])
 
@@ -223,6 +240,13 @@ class HFEngine:
         if images:
             batch["pixel_values"] = torch.cat(images)
         return batch
+
+    def _lltokenizer(self) -> Any:
+        """llguidance's view of the tokenizer, sized to the model's logits, ending at its end ids."""
+        from llguidance.hf import from_tokenizer
+
+        vocab = int(self.model.config.get_text_config().vocab_size)
+        return from_tokenizer(self.tokenizer, n_vocab=vocab, eos_token=sorted(self._end_ids()))
 
     def _end_ids(self) -> set[int]:
         eos = self.model.generation_config.eos_token_id
