@@ -44,6 +44,7 @@ from medgem.request.compose import request_for_inputs
 from medgem.request.openai_messages import request_from_openai
 from medgem.request.variants import Variant, find_variant
 from medgem.resolve import Checkpoint, resolve_checkpoint
+from medgem.structured import Constraint
 
 if TYPE_CHECKING:
     from medgem.engines.base import Engine
@@ -166,6 +167,7 @@ class MedGemma:
         mpp: float | None = None,
         max_pages: int | None = None,
         pdf_text: bool | None = None,
+        schema: Constraint | Mapping[str, Any] | type[Any] | str | None = None,
         **generation: Any,
     ) -> Request:
         """Build the Request for a question; images may be PIL images, files, folders or zips.
@@ -180,14 +182,18 @@ class MedGemma:
             options: how to generate (:class:`GenerationOptions`).
             imaging: how inputs are read (:class:`ImagingOptions`); ``max_patches`` ..
                 ``pdf_text`` are set on top of it (:func:`imaging_options`).
+            schema: constrain the answer to JSON: a JSON schema dict, a pydantic model class, a
+                :class:`medgem.structured.Constraint`, "json" (any object) or a built-in name
+                ("boxes", "lab-values", "cxr-findings"); ``Answer.parsed`` then holds it.
             **generation: GenerationOptions fields set on top of ``options`` (max_new_tokens,
                 temperature, top_p, seed, stop, think); None leaves a field as it is.
 
         Raises:
             TypeError: an unknown generation field.
+            SchemaError: an invalid or unsupported schema (before anything runs).
             MedgemError subclasses: bad input, with what to do.
         """
-        options = GenerationOptions.of(options, **generation)
+        options = GenerationOptions.of(options, constraint=Constraint.of(schema), **generation)
         if not isinstance(images, Inputs):
             images = read_inputs(images, imaging_options(
                 imaging, max_patches=max_patches, patch_seed=patch_seed,
@@ -219,6 +225,10 @@ class MedGemma:
                     f"'{self.engine.info.id}' is a text-only model and cannot read images",
                     "drop --image, or use an image model such as google/medgemma-4b-it",
                 )
+            if request.options.constraint is not None and not self.engine.capabilities.constrained:
+                raise UnsupportedInputError(
+                    f"the {self.engine.info.engine} engine cannot constrain its answer to a JSON schema",
+                    "use --engine hf, llamacpp or remote, or drop the schema")
             prepared = self.engine.prepare(request)
             try:
                 self.check_context(prepared.prompt_tokens, request)
@@ -232,7 +242,7 @@ class MedGemma:
             raise
         cancel = cancel or threading.Event()  # set by a stop string, or by the caller
         events = apply_stops(self.batcher.generate(prepared, cancel), request.options.stop, cancel)
-        chunks = assemble(events, self.engine.info, self.caveat)
+        chunks = assemble(events, self.engine.info, self.caveat, request.options.constraint)
         return chunks if self.audit is None else self._audited(request, chunks, context)
 
     def _audited(self, request: Request, chunks: Iterator[StreamChunk],
@@ -314,10 +324,13 @@ class MedGemma:
 
     def stream_chat(self, messages: Sequence[dict[str, Any]], *,
                     options: GenerationOptions | None = None,
+                    schema: Constraint | Mapping[str, Any] | type[Any] | str | None = None,
                     **generation: Any) -> Iterator[StreamChunk]:
-        """Like :meth:`chat`, yielding chunks as they come, then FinalChunk."""
+        """Like :meth:`chat`, yielding chunks as they come, then FinalChunk (``schema`` as in
+        :meth:`request`)."""
+        options = GenerationOptions.of(options, constraint=Constraint.of(schema), **generation)
         request = request_from_openai(messages, variant=self.variant, chat=self.chat_model,
-                                      options=GenerationOptions.of(options, **generation))
+                                      options=options)
         return self.generate(request)
 
     def ask_many(self, requests: Iterable[Request], *, concurrency: int | None = None,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from medgem.engines import base
 from medgem.request.thinking import ThinkingSplitter
+from medgem.structured import Constraint
 
 INTENDED_USE_CAVEAT = (
     "MedGemma output is for research and development only: it has not been validated for "
@@ -56,6 +58,10 @@ class Answer:
         label: the demo/test-model label, "" for real MedGemma weights.
         audit_id: the audit record written for this answer (None when audit is off).
         served_by: the backend server that answered (remote engine), else None.
+        parsed: with a JSON constraint, the answer parsed and validated against its schema;
+            None when there was no constraint or the answer is not valid for it.
+        structured_error: with a constraint, why the answer is not valid data (cut by the
+            budget, not JSON, not the schema) in one line; None when it is valid.
     """
 
     text: str
@@ -69,6 +75,8 @@ class Answer:
     raw: str = field(default="", repr=False)
     audit_id: str | None = None
     served_by: str | None = None
+    parsed: Any = None
+    structured_error: str | None = None
 
     @property
     def thought_truncated(self) -> bool:
@@ -82,6 +90,7 @@ class Answer:
             "answer": self.text, "thinking": self.thinking, "finish_reason": self.finish_reason,
             "usage": usage, "timings": timings, "model": asdict(self.model), "caveat": self.caveat,
             "label": self.label, "audit_id": self.audit_id, "served_by": self.served_by,
+            "parsed": self.parsed, "structured_error": self.structured_error,
         }
 
 
@@ -102,8 +111,10 @@ def label_for(model: base.ModelInfo) -> str:
 
 
 def assemble(events: Iterator[base.EngineEvent], model: base.ModelInfo,
-             caveat: str = INTENDED_USE_CAVEAT) -> Iterator[StreamChunk]:
-    """Split an engine stream into thinking and answer chunks, ending with the final Answer."""
+             caveat: str = INTENDED_USE_CAVEAT,
+             constraint: Constraint | None = None) -> Iterator[StreamChunk]:
+    """Split an engine stream into thinking and answer chunks, ending with the final Answer;
+    with a ``constraint``, the answer (thought removed) is parsed and validated against it."""
     splitter = ThinkingSplitter()
     thinking: list[str] = []
     answer: list[str] = []
@@ -125,8 +136,12 @@ def assemble(events: Iterator[base.EngineEvent], model: base.ModelInfo,
                 yield AnswerChunk(piece.text)
     if finished is None:
         finished = base.Finished("cancelled", base.Usage(0, 0), base.Timings(0.0, 0.0))
+    text = "".join(answer).strip()
+    checked = constraint.result(text, finished.finish_reason) if constraint is not None else None
     yield FinalChunk(Answer(
-        text="".join(answer).strip(), thinking="".join(thinking).strip(),
+        text=text, thinking="".join(thinking).strip(),
         finish_reason=finished.finish_reason, usage=finished.usage, timings=finished.timings,
         model=model, caveat=caveat, label=label_for(model), raw="".join(raw),
-        served_by=finished.served_by))
+        served_by=finished.served_by,
+        parsed=checked.value if checked is not None else None,
+        structured_error=checked.error if checked is not None else None))

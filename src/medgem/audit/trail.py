@@ -37,7 +37,8 @@ def settings_fields(request: Request) -> dict[str, Any]:
     options = request.options
     return {"max_new_tokens": options.max_new_tokens, "temperature": options.temperature,
             "top_p": options.top_p, "seed": options.seed, "stop": list(options.stop),
-            "think": options.think, "template": request.template, "images": len(request.images)}
+            "think": options.think, "template": request.template, "images": len(request.images),
+            "constraint": options.constraint.record() if options.constraint is not None else None}
 
 
 def answer_fields(answer: Answer, queue_s: float) -> dict[str, Any]:
@@ -48,7 +49,9 @@ def answer_fields(answer: Answer, queue_s: float) -> dict[str, Any]:
                     "first_token_s": round(answer.timings.first_token_s, 4),
                     "total_s": round(answer.timings.total_s, 4)},
         "caveat": answer.caveat, "label": answer.label,
-    } | ({"served_by": answer.served_by} if answer.served_by else {})
+    } | ({"served_by": answer.served_by} if answer.served_by else {}) | (
+        {"parsed": answer.parsed, "structured_error": answer.structured_error}
+        if answer.parsed is not None or answer.structured_error is not None else {})
 
 
 def request_digests(request: Request) -> list[dict[str, Any]]:

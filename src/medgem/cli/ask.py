@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from medgem.cli.common import (
     render,
 )
 from medgem.inputs import Inputs, read_inputs
+from medgem.request import GenerationOptions
 
 
 def add_parser(subparsers: Any) -> None:
@@ -62,29 +64,38 @@ def run(args: argparse.Namespace, question: str | None = None, inputs: Inputs | 
     text = question if question is not None else _question(args.question)
     if inputs is None:
         inputs = read_inputs(args.image, imaging_from_args(args))  # before the model loads
-    check_before_load(args, text)
+    options = generation_options(args)  # a bad --json-schema is refused before any load
+    check_before_load(args, text, options)
     if args.save_preprocessed:
         _save_preprocessed(inputs, args.save_preprocessed)
     model = from_running_server(args) or load_model(args)
-    request = model.request(text, images=inputs, system=args.system,
-                            options=generation_options(args))
+    if args.boxes and options.constraint is None and model.engine.capabilities.constrained:
+        from medgem.structured.builtin import BOXES
+
+        options = replace(options, constraint=BOXES)  # boxes as JSON, not read back by a regex
+    request = model.request(text, images=inputs, system=args.system, options=options)
     if not args.json:
         print_label_first(model)
     answer = render(model.generate(request), as_json=args.json, show_thinking=args.show_thinking)
     if args.boxes:
         _draw_boxes(answer.text, inputs, args.boxes)
-    return 0
+    return 1 if answer.structured_error else 0
 
 
-def check_before_load(args: argparse.Namespace, text: str) -> None:
+def check_before_load(args: argparse.Namespace, text: str,
+                      options: GenerationOptions | None = None) -> None:
     """What the flags and the checkpoint's own files can refuse, refused before any weight loads:
-    an empty question, images for a text-only model, --think for a variant that cannot think.
-    A model medgem cannot resolve here (remote, not downloaded) is left to the load to report."""
+    an empty question, images for a text-only model, --think for a variant that cannot think,
+    a schema for the pipeline path (it cannot constrain). A model medgem cannot resolve here
+    (remote, not downloaded) is left to the load to report."""
     from medgem.errors import MedgemError, UnsupportedInputError
     from medgem.request.compose import check_question, check_think
     from medgem.resolve import resolve_checkpoint
 
     check_question(text)
+    if options is not None and options.constraint is not None and args.engine in ("hf-pipeline", "pipeline"):
+        raise UnsupportedInputError("the hf-pipeline engine cannot constrain its answer to a JSON schema",
+                                    "use --engine hf or llamacpp, or drop --json-schema / --format")
     if args.engine == "remote" or args.backend or args.base_url or args.model is None:
         return
     try:

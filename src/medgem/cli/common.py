@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from medgem.answer import Answer, AnswerChunk, FinalChunk, StreamChunk, ThinkingChunk
 from medgem.api import MedGemma
@@ -18,6 +19,7 @@ from medgem.engines.options import EngineOptions, LlamaCppOptions, OptionsError,
 from medgem.errors import ImageInputError, InputError
 from medgem.inputs.options import LIMITS, ImagingOptions
 from medgem.request import GenerationOptions
+from medgem.structured import Constraint
 
 
 def add_model_flags(parser: argparse.ArgumentParser, *, model_required: bool = True) -> None:
@@ -85,13 +87,56 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--stop", action="append", default=[], metavar="TEXT",
                        help="end the answer at this text (repeatable)")
     group.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    group.add_argument("--json-schema", metavar="FILE|NAME",
+                       help="constrain the answer to JSON valid for this schema (a .json file, or "
+                       "a built-in: boxes, lab-values, cxr-findings)")
+    group.add_argument("--format", choices=["json"],
+                       help="json: constrain the answer to a JSON object (any keys)")
 
 
 def generation_options(args: argparse.Namespace) -> GenerationOptions:
-    """The generation flags as the one options object every later stage reads."""
+    """The generation flags as the one options object every later stage reads.
+
+    Raises:
+        SchemaError: --json-schema names no readable, valid, supported schema.
+    """
     return GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                              top_p=args.top_p, seed=args.seed, stop=tuple(args.stop),
-                             think=args.think)
+                             think=args.think, constraint=constraint_from_args(args))
+
+
+def constraint_from_args(args: argparse.Namespace) -> Constraint | None:
+    """--json-schema FILE|NAME or --format json as a Constraint (None without either)."""
+    from medgem.errors import SchemaError
+    from medgem.structured.builtin import BUILTINS
+
+    source, fmt = getattr(args, "json_schema", None), getattr(args, "format", None)
+    if source and fmt:
+        raise SchemaError("--json-schema and --format json are two constraints", "give one of them")
+    if fmt == "json":
+        return Constraint.json_object()
+    if not source:
+        return None
+    if source in BUILTINS:
+        return BUILTINS[source]
+    path = Path(source)
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SchemaError(f"--json-schema: no file {source}",
+                          f"give a .json schema file or a built-in: {', '.join(BUILTINS)}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SchemaError(f"--json-schema: cannot read {source} ({exc})") from None
+    except ValueError as exc:
+        raise SchemaError(f"--json-schema: {source} is not JSON ({exc})") from None
+    return Constraint.from_schema(schema, name=_schema_name(schema, path))
+
+
+def _schema_name(schema: Any, path: Path) -> str | None:
+    if isinstance(schema, dict) and schema.get("title"):
+        return None  # from_schema names it by its title
+    name = re.sub(r"[^A-Za-z0-9_-]+", "_", path.stem)[:64]
+    return name or None
 
 
 _IMAGING_DEFAULTS = ImagingOptions()
@@ -341,6 +386,8 @@ def render(
         )
     elif answer.finish_reason == "length":
         err.write("medgem: the answer was cut at --max-new-tokens\n")
+    if answer.structured_error:
+        err.write(f"medgem: not valid JSON for the schema: {answer.structured_error}\n")
     if answer.caveat:
         err.write(f"\n⚠ {answer.caveat}\n")
     if answer.label:
