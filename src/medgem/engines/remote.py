@@ -134,6 +134,8 @@ class RemoteEngine:
         self.capabilities = base.Capabilities(
             images=bool(meta.get("images", True)),
             batching="concurrent",  # the servers batch what they are sent at once
+            # passed on as OpenAI's response_format; the answer is validated when it is back
+            constrained=True,
         )
         self._stop = threading.Event()
         if health_interval > 0 and len(self._backends) > 1:
@@ -340,6 +342,8 @@ class RemoteEngine:
             body["seed"] = options.seed
         if options.stop:
             body["stop"] = list(options.stop)
+        if options.constraint is not None:
+            body["response_format"] = options.constraint.response_format()
         return body
 
 
