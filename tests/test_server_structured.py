@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 import httpx
@@ -147,6 +148,8 @@ def test_json_schema_strict_answers_validate(name: str, client: openai.OpenAI,
                                    "valid": True, "error": None, "parsed": value}
     body = answer_record(served[2], whole.id)
     assert body["output"] == choice.message.content and body["finish_reason"] == "stop"
+    assert body["parsed"] == value and body["structured_error"] is None
+    assert body["settings"]["constraint"] == constraint.record()
 
 
 @pytest.mark.parametrize("name", ["nested", "findings"])
@@ -159,7 +162,8 @@ def test_streamed_json_schema_answers_validate(name: str, served: tuple[str, str
     assert finish == "stop"
     value = Constraint.from_schema(SCHEMAS[name]).check(content)
     assert extra["structured"]["valid"] is True and extra["structured"]["parsed"] == value
-    assert answer_record(store, chunks[0]["id"])["output"] == content
+    body = answer_record(store, chunks[0]["id"])
+    assert body["output"] == content and body["parsed"] == value
 
 
 def test_json_object_is_held_to_an_object_and_a_cut_one_is_never_data(
@@ -228,7 +232,9 @@ def test_api_ask_takes_a_schema_a_builtin_name_and_format_json(served: tuple[str
         structured = extra["structured"]
         assert structured["valid"] is True and structured["name"] == constraint.name
         assert structured["parsed"] == constraint.check(content)
-        assert answer_record(store, chunks[0]["id"])["endpoint"] == "/api/ask"
+        body = answer_record(store, chunks[0]["id"])
+        assert body["endpoint"] == "/api/ask" and body["parsed"] == structured["parsed"]
+        assert body["settings"]["constraint"]["name"] == constraint.name
     # format "json": any object (this base model never closes a free one: see json_object above)
     content, finish, extra = streamed_parts(stream_chat(
         base, {"question": QUESTION, "max_tokens": 12, "format": "json"}, path="/api/ask"))
@@ -251,7 +257,9 @@ def test_a_reply_cut_by_max_tokens_is_length_and_invalid(client: openai.OpenAI,
     assert "token budget" in structured["error"]
     with pytest.raises(ValueError):
         json.loads(whole.choices[0].message.content or "")
-    assert answer_record(store, whole.id)["finish_reason"] == "length"
+    body = answer_record(store, whole.id)
+    assert body["finish_reason"] == "length" and body["parsed"] is None
+    assert body["structured_error"] == structured["error"]  # invalid on the record too
     content, finish, extra = streamed_parts(stream_chat(base, {
         "model": model, "stream": True, "max_tokens": 5, "messages": messages,
         "response_format": json_schema("boxes", BOXES.schema)}))
@@ -339,3 +347,27 @@ def test_a_schema_for_an_engine_that_cannot_constrain_is_refused_before_it_runs(
             "model": "medgem-test-scripted", "messages": [{"role": "user", "content": "hi"}],
             "response_format": {"type": "text"}})
         assert free.status_code == 200 and engine.calls == before + 1
+
+
+def test_a_schema_for_the_pipeline_engine_is_refused_over_http(tiny_text_checkpoint: Path) -> None:
+    """transformers' ``pipeline`` path cannot take a logits processor per row: a real engine
+    that cannot constrain, refused at the edge with nothing on the record but the refusal."""
+    from medgem.api import MedGemma
+
+    store = open_store(":memory:")
+    model = MedGemma.load(tiny_text_checkpoint, engine="hf-pipeline",
+                          options={"device": "cpu", "progress": False}, audit=False)
+    try:
+        assert not model.engine.capabilities.constrained
+        with serve_in_thread(create_app(ServerConfig(), audited(model, store))) as base:
+            answers = store.count("answer")  # the warm-up writes none
+            response = httpx.post(base + "/v1/chat/completions", timeout=120, json={
+                "model": "medgem-test-text", "messages": [{"role": "user", "content": "hi"}],
+                "response_format": json_schema("scores", SCORES)})
+            assert response.status_code == 400, response.text
+            error = response.json()["error"]
+            assert error["code"] == "unsupported_parameter" and error["param"] == "response_format"
+            assert "hf-pipeline engine" in error["message"]
+            assert store.count("answer") == answers and store.count("rejected") == 1
+    finally:
+        model.close()

@@ -68,13 +68,15 @@ def require_constrained(model: MedGemma, constraint: Constraint | None, param: s
 
 
 def structured_answer(constraint: Constraint | None, answer: Answer) -> p.StructuredAnswer | None:
-    """A constrained answer read against its constraint: the parsed JSON when it holds, else why
-    not (a reply the budget cut is invalid, never data); None for a free answer."""
+    """What the response says of a constrained answer, from what the Answer carries (the answer
+    stage read it against the constraint): the parsed JSON when it holds, else why not (a reply
+    the budget cut is invalid, never data); None for a free answer."""
     if constraint is None:
         return None
-    checked = constraint.result(answer.text, answer.finish_reason)
+    valid = answer.structured_error is None
     return p.StructuredAnswer(kind=constraint.kind, name=constraint.name, sha256=constraint.digest,
-                              valid=checked.valid, error=checked.error, parsed=checked.value)
+                              valid=valid, error=answer.structured_error,
+                              parsed=answer.parsed if valid else None)
 
 
 @contextmanager
