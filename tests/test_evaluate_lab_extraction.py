@@ -116,6 +116,7 @@ def test_cli_end_to_end_on_the_tiny_vlm(dataset: Path, tiny_vlm_checkpoint: Path
     assert result.returncode == 0, result.stderr
     assert "lab-extraction: macro_f1" in result.stdout and "note: replies read as" in result.stdout
     report = check_run_report(out, 2, schema=LAB_VALUES)
+    assert report["run"]["constraint"]["name"] == "lab_values"  # transformers constrains decoding
     scores = [r["score"] for r in results(out).values()]
     assert report["metrics"]["macro_f1"]["value"] == pytest.approx(100 * sum(scores) / 2)
 

@@ -243,7 +243,7 @@ def _scored(task: Task, item: EvalItem, answer: Answer, seconds: float) -> dict[
         "prompt_tokens": answer.usage.prompt_tokens,
         "completion_tokens": answer.usage.completion_tokens,
         "seconds": round(seconds, 3),
-    }
+    } | ({"structured_error": answer.structured_error} if answer.structured_error else {})
 
 
 def _open_image(ref: str | bytes) -> Any:
