@@ -16,6 +16,7 @@ from pydicom.uid import generate_uid
 from conftest import run_cli
 from imaging_fixtures import mr_slice, write_ct_series
 from medgem.request import Request, TextPart
+from medgem.structured import Constraint
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -63,20 +64,39 @@ def eval_cli(task: str, data: Path, checkpoint: Path, out: Path, *extra: str) ->
                    "--no-audit", *extra)
 
 
-def check_run_report(out: Path, items: int, concurrency: int = 1) -> dict[str, Any]:
-    """The report of a finished CLI run: every item scored, how it ran recorded, compare works
-    (a run against itself: no difference). Returns report.json."""
+def check_run_report(out: Path, items: int, concurrency: int = 1,
+                     schema: Constraint | None = None) -> dict[str, Any]:
+    """The report of a finished CLI run: every item scored, how it ran recorded (the task's
+    built-in ``schema`` as the constraint when the engine constrained to it, else "none" and the
+    reason), compare works (a run against itself: no difference). Returns report.json."""
     report = json.loads((out / "report.json").read_text())
     assert report["n_total"] == items and report["n_scored"] == items and report["n_failed"] == 0
     run = report["run"]
-    assert run["engine"] == "hf" and run["concurrency"] == concurrency and run["constraint"] == "none"
+    assert run["engine"] == "hf" and run["concurrency"] == concurrency
     assert run["wall_seconds"] > 0 and run["items_per_minute"] == round(60 * items / run["wall_seconds"], 2)
     markdown = (out / "report.md").read_text()
-    assert "How it ran: wall time" in markdown and "constraint `none`" in markdown
+    assert "How it ran: wall time" in markdown
+    check_constraint(report, markdown, schema)
     compared = run_cli("eval", "compare", str(out), str(out), "--json")
     assert compared.returncode == 0, compared.stderr
     assert json.loads(compared.stdout)["p_value"] == 1.0
     return report
+
+
+def check_constraint(report: dict[str, Any], markdown: str, schema: Constraint | None) -> None:
+    """The run's constraint in report.json and report.md: ``schema`` (name, kind, digest and the
+    schema itself) when decoding was constrained to it, "none" with the reason when the task has
+    a schema the engine could not constrain to, plain "none" for a task without one."""
+    run = report["run"]
+    if schema is None:
+        assert run["constraint"] == "none" and run["constraint_note"] is None
+        assert "constraint `none`" in markdown
+    elif run["constraint"] == "none":
+        assert f"cannot constrain to the {schema.name} schema" in run["constraint_note"]
+        assert "constraint `none`" in markdown and run["constraint_note"] in markdown
+    else:
+        assert run["constraint"] == schema.record() and run["constraint_note"] is None
+        assert f"constraint `{schema.name}` (json_schema, sha256 {schema.digest[:12]})" in markdown
 
 
 def results(folder: Path) -> dict[str, dict[str, Any]]:

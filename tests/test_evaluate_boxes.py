@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from eval_card_fixtures import (
+    check_constraint,
     check_run_report,
     eval_cli,
     question_of,
@@ -16,11 +17,12 @@ from eval_card_fixtures import (
     write_jsonl,
     write_png,
 )
-from medgem.errors import DatasetError
+from medgem.errors import DatasetError, InputError
 from medgem.evaluate import EvalConfig, compare_runs, prepare, run_evaluation, write_report
 from medgem.evaluate.metrics import box_iou
 from medgem.evaluate.tasks.boxes import predicted_box
 from medgem.request import Request
+from medgem.structured.builtin import BOXES
 from test_evaluate_runner import model
 
 
@@ -67,12 +69,46 @@ def test_scores_by_hand(dataset: Path, tmp_path: Path) -> None:
                    tmp_path / "run", progress=False)
     assert len(engine.requests[0].images) == 1
     assert '"box_2d": [y0, x0, y1, x1]' in question_of(engine.requests[0])
-    report = json.loads(write_report(tmp_path / "run")["json"].read_text())
+    assert all(r.options.constraint is None for r in engine.requests)  # the engine cannot constrain
+    paths = write_report(tmp_path / "run")
+    report = json.loads(paths["json"].read_text())
     # IoU 1, 1/7, 0 (no box: unparseable) -> mean 8/21; one of three above 0.5
     assert report["metrics"]["iou"]["value"] == pytest.approx(100 * 8 / 21)
     assert report["metrics"]["iou_above_50"]["value"] == pytest.approx(100 / 3)
     assert report["n_unparseable"] == 1 and report["model_card"]["value"] == 38.0
     assert results(tmp_path / "run")["partial"]["score"] == pytest.approx(1 / 7)
+    assert report["run"]["constraint"] == "none"
+    check_constraint(report, paths["markdown"].read_text(), BOXES)
+
+
+def constrained_reply(request: Request) -> str:
+    """What decoding constrained to BOXES gives: bare JSON, a box even where free text had none."""
+    question = question_of(request)
+    label = next(name for name in ("right lung", "left lung", "trachea") if name in question)
+    box = [0, 0, 10, 10] if label == "trachea" else [100, 100, 300, 300]
+    return json.dumps([{"box_2d": box, "label": label}])
+
+
+def test_an_engine_that_constrains_gets_the_boxes_schema_and_the_report_says_so(
+        dataset: Path, tmp_path: Path) -> None:
+    mg, engine = model(constrained_reply, variant="1.5-4b-it", constrained=True)
+    run_evaluation(mg, prepare(EvalConfig(task="boxes", data=str(dataset), benchmark="chest-imagenome")),
+                   tmp_path / "run", progress=False)
+    assert [r.options.constraint for r in engine.requests] == [BOXES] * 3
+    assert '"box_2d": [y0, x0, y1, x1]' in question_of(engine.requests[0])  # the official prompt
+    paths = write_report(tmp_path / "run")
+    report = json.loads(paths["json"].read_text())
+    # IoU 1, 1/7, 0 (a box far from the trachea's: parsed, no overlap) -> mean 8/21
+    assert report["metrics"]["iou"]["value"] == pytest.approx(100 * 8 / 21)
+    assert report["metrics"]["iou_above_50"]["value"] == pytest.approx(100 / 3)
+    assert report["n_unparseable"] == 0
+    assert report["run"]["constraint"]["name"] == "boxes"
+    check_constraint(report, paths["markdown"].read_text(), BOXES)
+    # a resumed run must be the same experiment: not constrained one session and free the next
+    free, _ = model(constrained_reply, variant="1.5-4b-it")
+    with pytest.raises(InputError, match="different constraint"):
+        run_evaluation(free, prepare(EvalConfig(task="boxes", data=str(dataset), benchmark="chest-imagenome")),
+                       tmp_path / "run", resume=True, progress=False)
 
 
 def test_a_box_outside_0_1000_names_the_row(tmp_path: Path) -> None:
@@ -87,8 +123,13 @@ def test_cli_end_to_end_on_the_tiny_vlm(dataset: Path, tiny_vlm_checkpoint: Path
                       "--variant", "1.5-4b-it")
     assert result.returncode == 0, result.stderr
     assert "boxes: iou" in result.stdout
-    report = check_run_report(out, 3)
+    report = check_run_report(out, 3, schema=BOXES)
     scores = [r["score"] for r in results(out).values()]
+    assert report["run"]["constraint"]["name"] == "boxes"  # transformers constrains decoding
+    # in 4 tokens a reply is valid JSON for the schema (an empty list fits) or cut and marked so
+    for row in results(out).values():
+        assert ("token budget" in row["structured_error"] if "structured_error" in row
+                else BOXES.result(row["reply"]).valid), row
     assert report["metrics"]["iou"]["value"] == pytest.approx(100 * sum(scores) / 3)
 
 

@@ -8,12 +8,20 @@ from pathlib import Path
 
 import pytest
 
-from eval_card_fixtures import check_run_report, eval_cli, results, write_jsonl, write_png
+from eval_card_fixtures import (
+    check_constraint,
+    check_run_report,
+    eval_cli,
+    results,
+    write_jsonl,
+    write_png,
+)
 from medgem.evaluate import EvalConfig, prepare, run_evaluation, write_report
 from medgem.evaluate.extract import first_json_value
 from medgem.evaluate.metrics import f1_counts, match_counts
 from medgem.evaluate.tasks.lab_extraction import facts, lab_values, normalize_number, normalize_unit
 from medgem.request import Request
+from medgem.structured.builtin import LAB_VALUES
 from test_evaluate_runner import model
 
 wsi_fixtures = pytest.importorskip("wsi_fixtures")
@@ -95,7 +103,8 @@ def test_scores_by_hand_and_the_pdf_pages_reach_the_model(dataset: Path, tmp_pat
     # pooled: tp 5, fp 1, fn 4 -> 10 / 15
     assert report["metrics"]["micro_f1"]["value"] == pytest.approx(100 * 10 / 15)
     assert report["model_card"]["value"] == 91.0 and report["run"]["constraint"] == "none"
-    assert any("constraint: none" in note for note in report["notes"])
+    assert all(r.options.constraint is None for r in engine.requests)  # the engine cannot constrain
+    check_constraint(report, (tmp_path / "run" / "report.md").read_text(), LAB_VALUES)
     rows = results(tmp_path / "run")
     assert rows["pdf"]["category"] == "pdf" and rows["png"]["category"] == "image"
     assert rows["png"]["parsed"] is False
@@ -106,7 +115,31 @@ def test_cli_end_to_end_on_the_tiny_vlm(dataset: Path, tiny_vlm_checkpoint: Path
     result = eval_cli("lab-extraction", dataset, tiny_vlm_checkpoint, out, "--benchmark", "lab-report-pdf")
     assert result.returncode == 0, result.stderr
     assert "lab-extraction: macro_f1" in result.stdout and "note: replies read as" in result.stdout
-    report = check_run_report(out, 2)
+    report = check_run_report(out, 2, schema=LAB_VALUES)
+    assert report["run"]["constraint"]["name"] == "lab_values"  # transformers constrains decoding
     scores = [r["score"] for r in results(out).values()]
     assert report["metrics"]["macro_f1"]["value"] == pytest.approx(100 * sum(scores) / 2)
-    assert "constraint: none" in (out / "report.md").read_text()
+
+
+def constrained_reply(request: Request) -> str:
+    """What decoding constrained to LAB_VALUES gives: bare JSON in the schema's keys."""
+    if len(request.images) == 2:
+        return json.dumps([{"name": "haemoglobin", "value": "13.20", "unit": "g/dl"},
+                           {"name": "Sodium", "value": "141", "unit": "mmol/l", "flag": "H"}])
+    return json.dumps([])
+
+
+def test_an_engine_that_constrains_gets_the_lab_values_schema_and_the_report_says_so(
+        dataset: Path, tmp_path: Path) -> None:
+    mg, engine = model(constrained_reply, variant="1.5-4b-it", constrained=True)
+    run_evaluation(mg, prepare(EvalConfig(task="lab-extraction", data=str(dataset),
+                                          benchmark="lab-report-pdf")), tmp_path / "run", progress=False)
+    assert [r.options.constraint for r in engine.requests] == [LAB_VALUES] * 2
+    assert all(LAB_VALUES.check(constrained_reply(r)) is not None for r in engine.requests)
+    report = json.loads(write_report(tmp_path / "run")["json"].read_text())
+    # the same facts as the free-text run: pdf 10/12, png 0 (an empty list: nothing found)
+    assert report["metrics"]["macro_f1"]["value"] == pytest.approx(100 * (10 / 12) / 2)
+    assert report["metrics"]["micro_f1"]["value"] == pytest.approx(100 * 10 / 15)
+    assert report["run"]["constraint"]["name"] == "lab_values"
+    assert report["run"]["constraint"]["schema"] == LAB_VALUES.schema
+    check_constraint(report, (tmp_path / "run" / "report.md").read_text(), LAB_VALUES)

@@ -48,9 +48,11 @@ class ScriptedEngine:
     capabilities = Capabilities(images=True)
 
     def __init__(self, reply: Callable[[Request], str], variant: str = "4b-it",
-                 model_id: str = "scripted-model", delay: float = 0.0) -> None:
+                 model_id: str = "scripted-model", delay: float = 0.0, constrained: bool = False) -> None:
         self.reply = reply
         self.delay = delay
+        # says it constrains decoding (the harness's choice is tested; the reply stays scripted)
+        self.capabilities = Capabilities(images=True, constrained=constrained)
         self.info = ModelInfo(id=model_id, revision="rev1", variant=variant, engine="scripted",
                               dtype="float32")
         self.requests: list[Request] = []
@@ -349,5 +351,5 @@ def test_run_stats_add_up_over_a_resumed_run(tmp_path: Path) -> None:
     assert second["items_timed"] == 6 and second["wall_seconds"] >= first["wall_seconds"] + 0.2
     stats = json.loads(write_report(out)["json"].read_text())["run"]
     assert stats == {"wall_seconds": second["wall_seconds"], "engine": "scripted", "concurrency": 1,
-                     "constraint": "none",
+                     "constraint": "none", "constraint_note": None,
                      "items_per_minute": round(60 * 6 / second["wall_seconds"], 2)}

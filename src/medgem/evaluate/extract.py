@@ -162,7 +162,8 @@ def first_json_value(text: str) -> object | None:
     """The first JSON object or array in a reply: inside a ```json fence or bare in prose,
     forgiving trailing commas; None when there is none (or it was cut off before it closed).
 
-    No decoding constraint is applied yet, so free text is read as it comes.
+    A run whose engine cannot constrain decoding gets free text, read as it comes; a constrained
+    reply is bare JSON and reads the same way.
     """
     reply = answer_part(text)
     decoder = json.JSONDecoder()

@@ -77,7 +77,15 @@ def run_stats(manifest: dict[str, Any]) -> dict[str, Any]:
     rate = round(60 * timed / seconds, 2) if seconds and timed else None
     return {"wall_seconds": seconds, "items_per_minute": rate,
             "engine": (manifest.get("model") or {}).get("engine"),
-            "concurrency": manifest.get("concurrency"), "constraint": manifest.get("constraint", "none")}
+            "concurrency": manifest.get("concurrency"), "constraint": manifest.get("constraint", "none"),
+            "constraint_note": manifest.get("constraint_note") or None}
+
+
+def constraint_text(constraint: Any) -> str:
+    """The constraint as report.md shows it: `none`, or the schema's name, kind and digest."""
+    if not isinstance(constraint, dict):
+        return f"`{constraint}`"
+    return f"`{constraint.get('name')}` ({constraint.get('kind')}, sha256 {str(constraint.get('sha256'))[:12]})"
 
 
 def model_label(manifest: dict[str, Any]) -> str:
@@ -149,7 +157,9 @@ def markdown(manifest: dict[str, Any], summary: Summary) -> str:
     wall = f"{stats['wall_seconds']:.1f} s" if stats["wall_seconds"] is not None else "not recorded"
     rate = f"{stats['items_per_minute']:.1f}" if stats["items_per_minute"] is not None else "n/a"
     lines.append(f"- How it ran: wall time {wall}, {rate} items/min, engine `{stats['engine']}`, "
-                 f"concurrency {stats['concurrency']}, constraint `{stats['constraint']}`")
+                 f"concurrency {stats['concurrency']}, constraint {constraint_text(stats['constraint'])}")
+    if stats["constraint_note"]:
+        lines.append(f"- Note: {stats['constraint_note']}")
     if settings.get("think_note"):
         lines.append(f"- Note: {settings['think_note']}")
     lines += [f"- Note: {note}" for note in summary.notes]

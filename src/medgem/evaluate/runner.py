@@ -28,6 +28,7 @@ from medgem.evaluate.results import MANIFEST_FILE, RESULTS_FILE, ResultLog, read
 from medgem.evaluate.tasks import EvalItem, LoadedData, Task, TaskOptions, get_task
 from medgem.inputs import Upload, read_inputs
 from medgem.request import GenerationOptions, Request
+from medgem.structured import Constraint
 
 if TYPE_CHECKING:
     from medgem.answer import Answer
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 
 MANIFEST_VERSION = 1
 # Keys of run.json that must match for a resume to continue the same experiment.
-_RESUME_KEYS = ("task", "benchmark", "data_fingerprint", "seed", "settings")
+_RESUME_KEYS = ("task", "benchmark", "data_fingerprint", "seed", "settings", "constraint")
 _MODEL_KEYS = ("id", "revision", "engine", "quantization", "dtype", "adapter_sha256")
 
 
@@ -69,11 +70,12 @@ class EvalConfig:
     think: str = "auto"
     options: TaskOptions = field(default_factory=TaskOptions)
 
-    def generation_options(self, think: bool) -> GenerationOptions:
+    def generation_options(self, think: bool, constraint: Constraint | None = None) -> GenerationOptions:
         """The run's generation options: greedy (temperature 0, as the model card evaluates),
-        this budget and seed, and thinking as :func:`choose_think` decided."""
+        this budget and seed, thinking as :func:`choose_think` decided, and the decoding
+        constraint :func:`choose_constraint` chose."""
         return GenerationOptions(max_new_tokens=self.max_new_tokens, temperature=0.0,
-                                 seed=self.seed, think=think)
+                                 seed=self.seed, think=think, constraint=constraint)
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,28 @@ def choose_think(mg: MedGemma, task: Task, wanted: str) -> tuple[bool, str]:
     return True, ""
 
 
-def manifest_for(prepared: PreparedRun, mg: MedGemma, think: bool, think_note: str) -> dict[str, Any]:
+def choose_constraint(mg: MedGemma, task: Task) -> tuple[Constraint | None, str]:
+    """The schema to constrain decoding to, and a note for the manifest when it had to be dropped.
+
+    A task with a built-in schema (boxes, lab-extraction) is constrained to it when the engine
+    can constrain decoding; otherwise the reply is free text, read as before, and the run says so.
+    """
+    if task.schema is None:
+        return None, ""
+    if not mg.engine.capabilities.constrained:
+        return None, (f"decoding not constrained: the {mg.engine.info.engine} engine cannot constrain "
+                      f"to the {task.schema.name} schema, so replies were read from free text")
+    return task.schema, ""
+
+
+def constraint_record(constraint: Constraint | None) -> dict[str, Any] | str:
+    """What run.json and the reports record of the constraint: "none", or its kind, name,
+    strictness, sha256 and schema."""
+    return "none" if constraint is None else constraint.record()
+
+
+def manifest_for(prepared: PreparedRun, mg: MedGemma, think: bool, think_note: str,
+                 constraint: Constraint | None = None, constraint_note: str = "") -> dict[str, Any]:
     """What run.json records: enough to reproduce the numbers."""
     info = mg.engine.info
     variant = prepared.config.variant or (mg.variant.key if mg.variant else info.variant)
@@ -167,7 +190,8 @@ def manifest_for(prepared: PreparedRun, mg: MedGemma, think: bool, think_note: s
         "limit": prepared.config.limit,
         "seed": prepared.config.seed,
         "concurrency": prepared.config.concurrency,
-        "constraint": prepared.task.constraint,
+        "constraint": constraint_record(constraint),
+        "constraint_note": constraint_note,
         "variant": variant,
         "model": asdict(info),
         "settings": {
@@ -195,10 +219,9 @@ def check_resumable(old: dict[str, Any], new: dict[str, Any], folder: Path) -> N
         )
 
 
-def _ask(mg: MedGemma, item: EvalItem, think: bool, config: EvalConfig) -> Request:
+def _ask(mg: MedGemma, item: EvalItem, options: GenerationOptions) -> Request:
     images = [_open_image(ref) for ref in item.images]
-    return mg.request(item.question, images=images, system=item.system,
-                      options=config.generation_options(think))
+    return mg.request(item.question, images=images, system=item.system, options=options)
 
 
 def _failed(item: EvalItem, error: BaseException) -> dict[str, Any]:
@@ -220,7 +243,7 @@ def _scored(task: Task, item: EvalItem, answer: Answer, seconds: float) -> dict[
         "prompt_tokens": answer.usage.prompt_tokens,
         "completion_tokens": answer.usage.completion_tokens,
         "seconds": round(seconds, 3),
-    }
+    } | ({"structured_error": answer.structured_error} if answer.structured_error else {})
 
 
 def _open_image(ref: str | bytes) -> Any:
@@ -264,7 +287,8 @@ def run_evaluation(
     out.mkdir(parents=True, exist_ok=True)
     log = ResultLog(out / RESULTS_FILE)
     think, think_note = choose_think(mg, prepared.task, prepared.config.think)
-    manifest = manifest_for(prepared, mg, think, think_note)
+    constraint, constraint_note = choose_constraint(mg, prepared.task)
+    manifest = manifest_for(prepared, mg, think, think_note, constraint, constraint_note)
     manifest_path = out / MANIFEST_FILE
     if (log.path.exists() and log.path.stat().st_size > 0) or manifest_path.exists():
         if not resume:
@@ -286,7 +310,8 @@ def run_evaluation(
                disable=not progress, dynamic_ncols=True)
     started, finished = time.perf_counter(), 0
     try:
-        for result in _results(mg, prepared, todo, think):
+        options = prepared.config.generation_options(think, constraint)
+        for result in _results(mg, prepared, todo, options):
             log.append(result)
             finished += 1
             failed += result["status"] != "ok"
@@ -305,7 +330,7 @@ def run_evaluation(
     return RunOutcome(out, len(todo), len(prepared.items) - len(todo), failed)
 
 
-def _results(mg: MedGemma, prepared: PreparedRun, todo: list[EvalItem], think: bool) -> Any:
+def _results(mg: MedGemma, prepared: PreparedRun, todo: list[EvalItem], options: GenerationOptions) -> Any:
     """Results in completion order, ``concurrency`` questions in flight through
     ``MedGemma.ask_many`` (batched on the engine); an item that fails is a failed result with
     the reason, and the run goes on."""
@@ -316,7 +341,7 @@ def _results(mg: MedGemma, prepared: PreparedRun, todo: list[EvalItem], think: b
     def requests() -> Iterator[Request]:
         for item in todo:
             try:
-                request = _ask(mg, item, think, config)
+                request = _ask(mg, item, options)
             except Exception as exc:  # a bad image on one item must not end a long run
                 unreadable.append(_failed(item, exc))
                 continue

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from medgem.request import GenerationOptions
+from medgem.structured import Constraint
 
 
 class _Strict(BaseModel):
@@ -101,6 +102,34 @@ class StreamOptions(_Strict):
     include_usage: bool = False
 
 
+class ResponseFormatText(_Strict):
+    type: Literal["text"]
+
+
+class ResponseFormatJsonObject(_Strict):
+    type: Literal["json_object"]
+
+
+class JsonSchemaFormat(_Strict):
+    """OpenAI's ``json_schema`` object; ``schema`` is checked when the Constraint is built (a
+    400 naming an unsupported feature)."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormatJsonSchema(_Strict):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaFormat
+
+
+#: ``response_format``: text (free), any JSON object, or JSON for a schema; other types refused.
+ResponseFormat = Annotated[ResponseFormatText | ResponseFormatJsonObject | ResponseFormatJsonSchema,
+                           Field(discriminator="type")]
+
+
 class ChatCompletionRequest(_Body):
     """``POST /v1/chat/completions``. ``think`` is medgem's: ask a thinking model to think."""
 
@@ -121,15 +150,18 @@ class ChatCompletionRequest(_Body):
     frequency_penalty: float | None = Field(default=None, ge=0.0, le=0.0)
     logprobs: bool | None = Field(default=None, strict=True)
     stop: str | list[str] | None = None
+    response_format: ResponseFormat | None = None
 
     def budget(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
-    def generation_options(self) -> GenerationOptions:
-        """The body's generation fields as the one options object the request carries."""
+    def generation_options(self, constraint: Constraint | None = None) -> GenerationOptions:
+        """The body's generation fields as the one options object the request carries, with
+        the constraint built from ``response_format`` (``medgem.server.structured``)."""
         return GenerationOptions(
             max_new_tokens=self.budget(), temperature=self.temperature or 0.0,
-            top_p=self.top_p or 1.0, seed=self.seed, stop=_stops(self.stop), think=self.think)
+            top_p=self.top_p or 1.0, seed=self.seed, stop=_stops(self.stop), think=self.think,
+            constraint=constraint)
 
     def openai_messages(self) -> list[dict[str, Any]]:
         """The messages as plain dicts, the shape ``request_from_openai`` reads."""
@@ -146,6 +178,18 @@ class UsageBody(BaseModel):
     total_tokens: int
 
 
+class StructuredAnswer(BaseModel):
+    """A constrained answer read against its schema: ``parsed`` is the JSON when ``valid``, and
+    null otherwise (``error`` says why: the budget cut it, or it does not match)."""
+
+    kind: Literal["json_object", "json_schema"]
+    name: str
+    sha256: str
+    valid: bool
+    error: str | None = None
+    parsed: Any = None
+
+
 class MedgemExtra(BaseModel):
     """What every medgem answer carries besides OpenAI's fields."""
 
@@ -157,6 +201,7 @@ class MedgemExtra(BaseModel):
     total_s: float | None = None
     adapter: str | None = None  # the LoRA adapter that answered, and its content hash
     adapter_sha256: str | None = None
+    structured: StructuredAnswer | None = None  # a constrained answer, read against its schema
 
 
 class AssistantMessage(BaseModel):
@@ -215,8 +260,8 @@ class ChatCompletionChunk(BaseModel):
 
 class ModelCard(BaseModel):
     """One served model. ``medgem`` holds its facts: id, revision, variant, engine, dtype,
-    ``label`` and ``caveat``, ``images``, ``thinking`` (trained to think) and ``medgemma`` (a
-    recognised MedGemma variant)."""
+    ``label`` and ``caveat``, ``images``, ``thinking`` (trained to think), ``constrained``
+    (``response_format`` JSON works) and ``medgemma`` (a recognised MedGemma variant)."""
 
     id: str
     object: Literal["model"] = "model"
@@ -273,10 +318,14 @@ class AskRequest(_Body):
     max_tokens: int | None = Field(default=None, ge=1)
     system: str | None = Field(default=None, max_length=20000)
     stop: str | list[str] | None = None
+    # The answer as JSON: a JSON schema, or a built-in schema's name ("boxes", "lab-values",
+    # "cxr-findings"); or ``format: "json"`` for any JSON object.
+    schema_: dict[str, Any] | str | None = Field(default=None, alias="schema")
+    format: Literal["json"] | None = None
 
-    def generation_options(self) -> GenerationOptions:
+    def generation_options(self, constraint: Constraint | None = None) -> GenerationOptions:
         return GenerationOptions(max_new_tokens=self.max_tokens, stop=_stops(self.stop),
-                                 think=self.think)
+                                 think=self.think, constraint=constraint)
 
 
 def _stops(stop: str | list[str] | None) -> tuple[str, ...]:

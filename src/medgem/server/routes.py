@@ -6,6 +6,7 @@ caller through one dependency, refusals raised to the app's one exception handle
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections.abc import Callable, Coroutine
 from importlib import resources
@@ -24,6 +25,7 @@ from medgem.errors import ApiError, MedgemError
 from medgem.request import Request
 from medgem.request.openai_messages import request_from_openai
 from medgem.server import protocol as p
+from medgem.server import structured
 from medgem.server.serving import Serving
 from medgem.server.uploads import ask_messages, ask_request, preview, reading_options
 
@@ -109,6 +111,7 @@ router = APIRouter(strict_content_type=False)
              responses=_doc({200: {"model": p.ChatCompletion, "content": dict(_SSE)}}, 400, 401, 404, 413, 429, 503, 507))
 async def chat_completions(body: p.ChatCompletionRequest, http: HttpRequest, user: User, serving: ServingDep) -> Response:
     messages = body.openai_messages()
+    constraint = functools.cache(lambda: structured.chat_constraint(body.response_format))
 
     def check() -> None:
         if body.model not in (serving.served_name, serving.info.id):
@@ -118,12 +121,13 @@ async def chat_completions(body: p.ChatCompletionRequest, http: HttpRequest, use
             raise ApiError(400, "logprobs are not available from medgem", "drop logprobs",
                            code="unsupported_parameter", param="logprobs")
         serving.check_budget(body.budget())
+        structured.require_constrained(serving.model, constraint(), "response_format")
 
     def build(gone: threading.Event) -> Request:
         fetched: list[Any] = []
         request = request_from_openai(
             messages, variant=serving.model.variant, chat=serving.model.chat_model,
-            options=body.generation_options(), allowed_dirs=list(serving.config.allowed_dirs),
+            options=body.generation_options(constraint()), allowed_dirs=list(serving.config.allowed_dirs),
             max_images=serving.config.max_images, imaging=reading_options(serving.config, gone.is_set),
             allowed_pacs=serving.config.allowed_pacs, fetched=fetched)
         for study in fetched:  # every PACS fetch is an audit event (UIDs hashed)
@@ -138,9 +142,15 @@ async def chat_completions(body: p.ChatCompletionRequest, http: HttpRequest, use
 @router.post("/api/ask", summary="The web page's question about one upload, streamed as chunks",
              responses=_doc({200: {"content": dict(_SSE)}}, 400, 401, 413, 429, 503, 507))
 async def ask(body: p.AskRequest, http: HttpRequest, user: User, serving: ServingDep) -> Response:
+    constraint = functools.cache(lambda: structured.ask_constraint(body))
+
+    def check() -> None:
+        serving.check_budget(body.max_tokens)
+        structured.require_constrained(serving.model, constraint(), "schema")
+
     return await serving.answer(
-        http, user=user, messages=ask_messages(body), check=lambda: serving.check_budget(body.max_tokens),
-        build=lambda gone: ask_request(body, serving.model, serving.config, gone.is_set),
+        http, user=user, messages=ask_messages(body), check=check,
+        build=lambda gone: ask_request(body, serving.model, serving.config, gone.is_set, constraint()),
         stream=True, include_usage=True)
 
 

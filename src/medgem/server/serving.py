@@ -44,6 +44,7 @@ from medgem.server.input_digests import capture_inputs, digest_inputs
 from medgem.server.metrics import Metrics
 from medgem.server.queue import Completed, EngineQueue, Failed, Job, JobItem, Started
 from medgem.server.server_config import ServerConfig
+from medgem.server.structured import structured_answer
 
 log = logging.getLogger("medgem.server")
 AUDITED = frozenset({"/v1/chat/completions", "/api/ask", "/api/chat", "/api/generate"})  # their refusals get a record
@@ -309,7 +310,8 @@ class Serving:
         return p.MedgemExtra(caveat=answer.caveat, label=answer.label, audit_id=item.record_id,
                              queue_s=round(job.queue_s, 4), first_token_s=round(answer.timings.first_token_s, 4),
                              total_s=round(answer.timings.total_s, 4),
-                             adapter=answer.model.adapter, adapter_sha256=answer.model.adapter_sha256)
+                             adapter=answer.model.adapter, adapter_sha256=answer.model.adapter_sha256,
+                             structured=structured_answer(job.request.options.constraint, answer))
 
     # --- what the server is ------------------------------------------------------------------
 
@@ -322,6 +324,7 @@ class Serving:
             medgem=model_fields(self.info) | {
                 "label": label_for(self.info), "caveat": self.model.caveat,
                 "images": caps.images, "thinking": self.model.can_think,
+                "constrained": caps.constrained,  # response_format json_object / json_schema works
                 "medgemma": self.model.variant is not None,
             },
         )

@@ -19,6 +19,7 @@ from medgem.request import Request
 from medgem.request.compose import request_for_inputs
 from medgem.server import protocol as p
 from medgem.server.server_config import ServerConfig
+from medgem.structured import Constraint
 
 PREVIEW_SIDE = 448  # px; the model sees 896, the page shows half
 PREVIEW_MAX = 6  # images shown for a series
@@ -45,9 +46,10 @@ def read_upload(url: str, name: str | None, options: ImagingOptions) -> Inputs:
 
 
 def ask_request(body: p.AskRequest, model: MedGemma, config: ServerConfig,
-                cancelled: Callable[[], bool]) -> Request:
-    """The Request for the page's question about its upload (if any)."""
-    options = body.generation_options()  # a bad stop string is refused before any reading
+                cancelled: Callable[[], bool], constraint: Constraint | None = None) -> Request:
+    """The Request for the page's question about its upload (if any), its answer constrained
+    to ``constraint`` when given."""
+    options = body.generation_options(constraint)  # a bad stop string is refused before any reading
     loaded = (read_upload(body.image, body.name, reading_options(config, cancelled))
               if body.image is not None else Inputs())
     alone = loaded.layout != "images"  # a volume or a slide is one input, however many images

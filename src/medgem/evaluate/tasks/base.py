@@ -15,6 +15,7 @@ from typing import Any
 from medgem.errors import DatasetError
 from medgem.evaluate.datasets import Record, row_error
 from medgem.evaluate.metrics import Interval, bootstrap_interval, wilson_interval
+from medgem.structured import Constraint
 
 ImageRef = str | bytes  # a path (relative to the image root) or encoded image bytes
 
@@ -117,7 +118,9 @@ class Task:
     description: str
     primary_metric = "accuracy"
     think = False  # ask thinking variants to think (the official MedQA prompt)
-    constraint = "none"  # how decoding is constrained to a schema; no task constrains it yet
+    # The built-in schema decoding is constrained to when the engine can (the prompt stays the
+    # official one either way); None: free text.
+    schema: Constraint | None = None
     right_or_wrong = True  # each item scores exactly 1 or 0 (compare: McNemar, else bootstrap)
 
     def load(self, records: Sequence[Record], options: TaskOptions) -> LoadedData:

@@ -18,6 +18,7 @@ from medgem.evaluate.datasets import Record, row_error
 from medgem.evaluate.extract import answer_part, normalize_text
 from medgem.evaluate.metrics import Interval, box_iou
 from medgem.evaluate.tasks import base
+from medgem.structured.builtin import BOXES
 
 
 def question(label: str) -> str:
@@ -60,6 +61,7 @@ class BoxesTask(base.Task):
                    "(--benchmark chest-imagenome for the card)")
     primary_metric = "iou"
     right_or_wrong = False
+    schema = BOXES
 
     def load(self, records: Sequence[Record], options: base.TaskOptions) -> base.LoadedData:
         items = []

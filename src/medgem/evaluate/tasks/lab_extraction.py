@@ -21,6 +21,7 @@ from medgem.evaluate.datasets import Record, row_error
 from medgem.evaluate.extract import first_json_value, normalize_text
 from medgem.evaluate.metrics import Interval, bootstrap_interval, f1_counts, match_counts
 from medgem.evaluate.tasks import base
+from medgem.structured.builtin import LAB_VALUES
 
 PROMPT = ("Extract every lab value in this report as a ```json list of objects with the keys "
           '"name", "value", "unit", "reference_range", "flag", "specimen" and "collection_time" '
@@ -113,6 +114,7 @@ class LabExtractionTask(base.Task):
     description = ("lab report PDF or image -> JSON vs expected values: field-level macro/micro F1 "
                    "(--benchmark lab-report-pdf or lab-report-png for the card)")
     primary_metric = "macro_f1"
+    schema = LAB_VALUES
     right_or_wrong = False
 
     def load(self, records: Sequence[Record], options: base.TaskOptions) -> base.LoadedData:
@@ -161,8 +163,8 @@ class LabExtractionTask(base.Task):
                 "exact_documents": base.proportion([s.correct for s in scored])}
 
     def notes(self) -> list[str]:
-        return ["replies read as the first JSON value in the text (constraint: none; no "
-                "structured decoding yet)"]
+        return ["replies read as the first JSON value in the text (decoding constrained to the "
+                "lab_values schema when the engine can: see the run's constraint)"]
 
 
 TASK = LabExtractionTask()
