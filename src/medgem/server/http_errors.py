@@ -34,6 +34,13 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"the request body is over the {limit // MIB} MiB limit")
 
 
+class BodyTooDeep(HTTPException):
+    """Raised while a body is received once its JSON nests past the limit."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(400, f"the body's JSON nests more than {limit} levels deep")
+
+
 def as_api_error(exc: Exception) -> Exception:
     """The error to answer with: validation and body problems as 4xx ApiErrors, medgem's
     errors as they are; anything else stays itself (a 500)."""
@@ -43,6 +50,8 @@ def as_api_error(exc: Exception) -> Exception:
         return request_validation_error(exc.errors())
     if isinstance(exc, BodyTooLarge):
         return ApiError(413, str(exc.detail), "send smaller or fewer images", code="request_too_large")
+    if isinstance(exc, BodyTooDeep):
+        return ApiError(400, str(exc.detail), "send a flatter JSON object", code="invalid_json")
     if isinstance(exc, HTTPException) and isinstance(exc.__cause__, ClientDisconnect):
         return ClientDisconnectedError("the client disconnected while sending its body")
     if isinstance(exc, HTTPException) and exc.status_code == 400:  # FastAPI could not decode the body
