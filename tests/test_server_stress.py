@@ -5,17 +5,21 @@ serving."""
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import signal
+import struct
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from test_server_helpers import free_port, wait_healthy
+from test_server_helpers import free_port, png_data_url, wait_healthy
 
 MODEL = "medgem-test-vlm"
 # What one refused body may add to the server's peak RSS: far below what decoding the images
@@ -39,7 +43,8 @@ def served(tiny_vlm_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
     folder = tmp_path_factory.mktemp("stress")
     port = free_port()
     audit = folder / "audit.sqlite"
-    process = subprocess.Popen(serve_command(tiny_vlm_checkpoint, audit, port, "--max-images", "4"),
+    process = subprocess.Popen(serve_command(tiny_vlm_checkpoint, audit, port, "--max-images", "4",
+                                             "--max-total-pixels", "50000000"),
                                env=serve_env(folder), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -88,3 +93,75 @@ def test_a_body_nested_100000_levels_deep_is_a_400_at_bounded_cost(
     assert text.status_code == 200, text.text
     assert peak_rss(process.pid) - before < BOUNDED_GROWTH
     _still_serving(base)
+
+
+def big_png_url(side: int = 4000) -> str:
+    """A real, decodable side x side PNG (48 MB as RGB pixels) of a few kilobytes."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (90, 90, 90)).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def declared_png_url(width: int, height: int) -> str:
+    """A PNG whose header declares width x height over one tiny (truncated) data chunk."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _images(urls: list[str]) -> list[dict[str, object]]:
+    return [{"role": "user", "content": [*({"type": "image_url", "image_url": {"url": u}} for u in urls),
+                                         {"type": "text", "text": "Describe."}]}]
+
+
+def test_40_images_are_counted_before_one_is_decoded(served: tuple[subprocess.Popen[bytes], str, Path]) -> None:
+    process, base, _ = served
+    url = big_png_url()
+    before = peak_rss(process.pid)
+    response = httpx.post(base + "/v1/chat/completions", timeout=120,
+                          json={"model": MODEL, "max_tokens": 2, "messages": _images([url] * 40)})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["message"].startswith("40 images sent, the limit is 4")
+    # Decoding them would take 40 x 48 MB; refusing them takes the body's few hundred kB.
+    assert peak_rss(process.pid) - before < BOUNDED_GROWTH
+    _still_serving(base)
+
+
+def test_image_headers_are_checked_together_before_any_pixel(
+        served: tuple[subprocess.Popen[bytes], str, Path]) -> None:
+    process, base, _ = served
+    before = peak_rss(process.pid)
+    # Four real 4000x4000 pictures: 64 M pixels together, over this server's 50 M.
+    response = httpx.post(base + "/v1/chat/completions", timeout=120,
+                          json={"model": MODEL, "max_tokens": 2, "messages": _images([big_png_url()] * 4)})
+    assert response.status_code == 400, response.text
+    message = response.json()["error"]["message"]
+    assert "declare more than 50,000,000 pixels together (by messages[0].content[3])" in message
+    assert peak_rss(process.pid) - before < BOUNDED_GROWTH
+    # One header declaring a bomb behind a valid first picture: refused by its header, named.
+    bomb = httpx.post(base + "/v1/chat/completions", timeout=120, json={
+        "model": MODEL, "messages": _images([png_data_url(), declared_png_url(12000, 12000)])})
+    assert bomb.status_code == 400
+    assert bomb.json()["error"]["message"].startswith("messages[0].content[1] declares 12000x12000 pixels")
+    # The web page's upload: the same header check.
+    page = httpx.post(base + "/api/ask", timeout=120, json={
+        "question": "What is it?", "image": declared_png_url(12000, 12000), "name": "x.png"})
+    assert page.status_code == 400 and "x.png declares 12000x12000" in page.json()["error"]["message"]
+    _still_serving(base)
+
+
+def test_an_image_in_a_system_message_is_refused_with_a_reason(
+        served: tuple[subprocess.Popen[bytes], str, Path]) -> None:
+    _, base, _ = served
+    response = httpx.post(base + "/v1/chat/completions", timeout=120, json={"model": MODEL, "messages": [
+        {"role": "system", "content": [{"type": "text", "text": "Be brief."},
+                                       {"type": "image_url", "image_url": {"url": png_data_url()}}]},
+        {"role": "user", "content": "Describe."}]})
+    assert response.status_code == 400
+    error = response.json()["error"]["message"]
+    assert error.startswith("messages[0].content[1] is an image in a system message")
