@@ -75,7 +75,7 @@ def main() -> None:
     for count in args.counts:
         rows = {way: run_case(args.side, count, way) for way in ("before", "after")}
         for way, row in rows.items():
-            print(f"{count:>6} {row['body'] / mib:>9.1f} {way:>7} {str(bool(row['refused'])):>7} "
+            print(f"{count:>6} {row['body'] / mib:>9.1f} {way:>7} {bool(row['refused'])!s:>7} "
                   f"{row['added'] / mib:>10.1f} {row['seconds']:>9.3f}")
         before, after = rows["before"], rows["after"]
         print(f"{count:>6} {'':>9} {'ratio':>7} {'':>7} "
