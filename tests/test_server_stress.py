@@ -12,6 +12,7 @@ import signal
 import struct
 import subprocess
 import sys
+import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,7 +45,7 @@ def served(tiny_vlm_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
     port = free_port()
     audit = folder / "audit.sqlite"
     process = subprocess.Popen(serve_command(tiny_vlm_checkpoint, audit, port, "--max-images", "4",
-                                             "--max-total-pixels", "50000000"),
+                                             "--max-total-pixels", "50000000", "--slice-limit", "5"),
                                env=serve_env(folder), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -165,3 +166,43 @@ def test_an_image_in_a_system_message_is_refused_with_a_reason(
     assert response.status_code == 400
     error = response.json()["error"]["message"]
     assert error.startswith("messages[0].content[1] is an image in a system message")
+
+
+def _zip_url(files: int) -> str:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for number in range(files):
+            archive.writestr(f"Doe^Jane/IM_{number:04d}.dcm", b"\x00" * 16)
+    return "data:application/zip;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def test_an_upload_name_never_reaches_the_audit_store(served: tuple[subprocess.Popen[bytes], str, Path]) -> None:
+    _, base, audit = served
+    name = "Doe_Jane_MRN123456.zip"
+    refused = httpx.post(base + "/api/ask", timeout=120, json={"question": "Any bleed?", "image": _zip_url(10), "name": name})
+    assert refused.status_code == 400
+    assert refused.json()["error"]["message"].startswith(f"{name} holds 10 files, over the limit of 5")  # its own answer
+    spaced = httpx.post(base + "/api/ask", timeout=120, json={"question": "Any bleed?", "image": _zip_url(10),
+                                                               "name": "Doe Jane MRN123456.zip"})
+    assert spaced.status_code == 400 and "Doe_Jane_MRN123456.zip holds" in spaced.json()["error"]["message"]
+    answered = httpx.post(base + "/api/ask", timeout=120, json={
+        "question": "What is it?", "image": png_data_url(), "name": "Doe_Jane_MRN123456.png", "max_tokens": 2})
+    assert answered.status_code == 200 and "[DONE]" in answered.text
+    stored = b"".join(path.read_bytes() for path in audit.parent.glob(audit.name + "*"))
+    for secret in (b"Doe", b"Jane", b"MRN123456"):
+        assert secret not in stored
+    from medgem.audit import open_store
+    from medgem.audit.records import file_name_fields
+
+    store = open_store(audit)
+    try:
+        rejected = [r for r in store.records(kind="rejected") if r.body.get("endpoint") == "/api/ask"]
+        messages = [r.body["error"]["message"] for r in rejected]
+        assert any(m.startswith(f"file:{file_name_fields(name)['name_sha256'][:12]}.zip holds 10 files")
+                   for m in messages), messages
+        answers = [r for r in store.records(kind="answer") if r.body.get("endpoint") == "/api/ask"]
+        image = next(entry for entry in answers[-1].body["inputs"] if entry["kind"] == "image")
+        assert image["name_sha256"] == file_name_fields("Doe_Jane_MRN123456.png")["name_sha256"]
+        assert image["extension"] == ".png"
+    finally:
+        store.close()

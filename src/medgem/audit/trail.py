@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from medgem.audit.records import AuditStore, sha256_hex
+from medgem.audit.records import AuditStore, redacted_error, sha256_hex
 from medgem.errors import error_body
 from medgem.request import ImagePart, Part, Request
 
@@ -23,8 +23,10 @@ if TYPE_CHECKING:
     from medgem.engines.base import ModelInfo
 
 # Context keys a surface may give; others are refused so a typo cannot hide a field.
+# ``file_names`` (the names a client gave its uploads) are never stored: they are redacted
+# from a failure's error text.
 CONTEXT_KEYS = frozenset({"record_id", "user", "endpoint", "inputs", "served_as", "prompt",
-                          "queue_s"})
+                          "queue_s", "file_names"})
 
 
 def model_fields(info: ModelInfo) -> dict[str, Any]:
@@ -98,7 +100,8 @@ class AuditTrail:
         """Record a request that failed inside generation: "rejected" for 4xx-kind errors
         (bad input, context too long), "error" otherwise; the error as the server answers it."""
         status, detail = error_body(error)
-        body = self._body(request, info, context) | {"status": status, "error": detail["error"]}
+        error_json = redacted_error(detail["error"], context.get("file_names") or ())
+        body = self._body(request, info, context) | {"status": status, "error": error_json}
         kind = "rejected" if status < 500 else "error"
         return self.store.append(kind, body, record_id=context.get("record_id")).id
 

@@ -135,7 +135,7 @@ async def ask(body: p.AskRequest, http: HttpRequest, user: User, serving: Servin
     return await serving.answer(
         http, user=user, messages=ask_messages(body), check=lambda: serving.check_budget(body.max_tokens),
         build=lambda gone: ask_request(body, serving.model, serving.config, gone.is_set),
-        stream=True, include_usage=True)
+        stream=True, include_usage=True, names=(body.name,) if body.name else ())
 
 
 @router.get("/v1/models", summary="The served model, with its label, caveat and capabilities",

@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse, Response
 
 from medgem.answer import Answer, AnswerChunk, ThinkingChunk
 from medgem.api import MedGemma
+from medgem.audit.records import file_name_fields, redacted_error
 from medgem.audit.trail import model_fields, settings_fields
 from medgem.errors import (
     ApiError,
@@ -149,7 +150,9 @@ class Serving:
                 error = auth
         if user is not None and endpoint in AUDITED and isinstance(error, MedgemError):
             status, body = error_body(error)
-            record = {"user": user, "endpoint": endpoint, "status": status, "error": body["error"],
+            names = getattr(http.state, "names", ())
+            record = {"user": user, "endpoint": endpoint, "status": status,
+                      "error": redacted_error(body["error"], names),
                       "inputs": getattr(http.state, "inputs", None) or []}
             try:
                 await asyncio.to_thread(self.store.append, "rejected", record)
@@ -164,6 +167,7 @@ class Serving:
     async def answer(
         self, http: HttpRequest, *, user: str, messages: list[dict[str, Any]], check: Callable[[], None],
         build: Callable[[threading.Event], Request], stream: bool, include_usage: bool,
+        names: tuple[str, ...] = (),
     ) -> Response:
         """Run one question on the engine, as every generating route does: the route's
         dependency authenticated and FastAPI read the body; here the inputs are digested (a
@@ -173,8 +177,15 @@ class Serving:
 
         Args:
             build: makes the Request; the event is set once the client left (stop reading).
+            names: the file names the client gave its uploads: records keep their hashes and
+                extensions, and errors are recorded without them (the client's own answer
+                still names them).
         """
+        http.state.names = names
         http.state.inputs = inputs = digest_inputs(messages)
+        images = [entry for entry in inputs if entry["kind"] in ("image", "image_ref")]
+        for entry, name in zip(images, names, strict=False):
+            entry.update(file_name_fields(name))
         check()
         async with ClientWatch(http) as watch:
             request = await asyncio.to_thread(_build, build, watch.gone)
@@ -182,7 +193,7 @@ class Serving:
             endpoint = str(http.scope["route"].path)
             check_present(watch.gone, "while its inputs were read")  # the engine is never reached
             job = self.queue.submit(request, self.finalize, cancel=watch.gone, record_id=record_id, user=user,
-                                    endpoint=endpoint, inputs=inputs,
+                                    endpoint=endpoint, inputs=inputs, names=names,
                                     messages=messages if self.config.log_prompts else [])
             first = await watch.next(job)
             if first is None:
@@ -211,6 +222,7 @@ class Serving:
         context: dict[str, Any] = {
             "record_id": ctx["record_id"], "user": ctx["user"], "endpoint": ctx["endpoint"],
             "inputs": ctx["inputs"], "served_as": self.served_name, "queue_s": job.queue_s,
+            "file_names": ctx["names"],
         }
         if self.config.log_prompts:
             context["prompt"] = capture_inputs(self.store, ctx["messages"], self.deid_key)
@@ -235,7 +247,7 @@ class Serving:
         body: dict[str, Any] = {
             "user": ctx["user"], "endpoint": ctx["endpoint"], "model": model_fields(self.info),
             "served_as": self.served_name, "settings": settings_fields(job.request),
-            "inputs": ctx["inputs"], "status": status, "error": error_json["error"],
+            "inputs": ctx["inputs"], "status": status, "error": redacted_error(error_json["error"], ctx["names"]),
         }
         kind = "rejected" if status < 500 else "error"
         self.store.append(kind, body, record_id=ctx["record_id"])
