@@ -206,3 +206,89 @@ def test_an_upload_name_never_reaches_the_audit_store(served: tuple[subprocess.P
         assert image["extension"] == ".png"
     finally:
         store.close()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "medgem", *args], capture_output=True, text=True, timeout=120)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_sigkill_with_requests_accepted_leaves_every_one_in_the_audit(tiny_vlm_checkpoint: Path, tmp_path: Path) -> None:
+    import threading
+    import time
+
+    from medgem.audit import open_store
+
+    accepted_n = 4
+    audit = tmp_path / "audit.sqlite"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    command = serve_command(tiny_vlm_checkpoint, audit, port)
+    process = subprocess.Popen(command, env=serve_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    body = {"model": MODEL, "max_tokens": 4000, "stream": True,
+            "messages": [{"role": "user", "content": "Write a long report."}]}
+
+    def client() -> None:
+        try:
+            with httpx.stream("POST", base + "/v1/chat/completions", json=body, timeout=120) as response:
+                for _ in response.iter_lines():
+                    pass
+        except httpx.HTTPError:
+            pass  # the server died under us
+
+    try:
+        wait_healthy(base, process, timeout=180)
+        threads = [threading.Thread(target=client) for _ in range(accepted_n)]
+        for thread in threads:
+            thread.start()
+        store = open_store(audit)
+        deadline = time.monotonic() + 120
+        while store.count("accepted") < accepted_n:  # one runs, three wait: all acknowledged
+            assert time.monotonic() < deadline, "the requests were not accepted"
+            time.sleep(0.05)
+        process.kill()
+        process.wait(30)
+        for thread in threads:
+            thread.join(60)
+        store.close()
+        assert _cli("audit", "--db", str(audit), "verify").returncode == 0
+        restarted = subprocess.Popen(command, env=serve_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            wait_healthy(base, restarted, timeout=180)  # it marks the unfinished ones on start
+        finally:
+            _stop(restarted)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    listed = _cli("audit", "--db", str(audit), "list")
+    assert listed.returncode == 0, listed.stderr
+    store = open_store(audit)
+    try:
+        request_ids = [r.body["request_id"] for r in store.records(kind="accepted")]
+        assert len(request_ids) == accepted_n
+        outcomes = {r.parent: r for r in store.records() if r.kind in ("answer", "interrupted", "rejected", "error")}
+        accepts = {r.id: r.body["request_id"] for r in store.records(kind="accepted")}
+        assert set(outcomes) == set(accepts)  # every accepted request has its one outcome
+        interrupted = [r for r in outcomes.values() if r.kind == "interrupted"]
+        assert len(interrupted) >= accepted_n - 1  # at most the running one could have ended
+        for record in interrupted:
+            assert record.id == accepts[record.parent]  # under the id its client was given
+            assert record.body["error"]["code"] == "interrupted"
+        for request_id in request_ids:
+            assert request_id in listed.stdout
+        assert listed.stdout.count("\tinterrupted\t") == len(interrupted)
+        assert store.unfinished() == []  # type: ignore[attr-defined]
+    finally:
+        store.close()
+    verified = _cli("audit", "--db", str(audit), "verify")
+    assert verified.returncode == 0 and verified.stdout.startswith(f"OK: {accepted_n + len(outcomes)} records")

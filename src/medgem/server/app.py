@@ -54,6 +54,7 @@ def create_app(config: ServerConfig, model: MedGemma, *, keys: KeyStore | None =
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(serving.mark_interrupted)
         await asyncio.to_thread(serving.warm_up)
         yield
         log.info("draining the engine queue")

@@ -58,6 +58,12 @@ JobItem = Started | StreamChunk | Completed | Failed
 FinalizeFn = Callable[["Job", Answer | None, BaseException | None], str | None]
 
 
+def _set_event() -> threading.Event:
+    event = threading.Event()
+    event.set()
+    return event
+
+
 @dataclass
 class Job:
     """One request on its way through the engine."""
@@ -70,6 +76,8 @@ class Job:
     enqueued: float = field(default_factory=time.monotonic)
     started: float | None = None
     context: dict[str, Any] = field(default_factory=dict)
+    # Set once the request's accept record is durable: a worker waits for it before running.
+    accepted: threading.Event = field(default_factory=_set_event)
 
     def push(self, item: JobItem) -> None:
         try:
@@ -124,11 +132,14 @@ class EngineQueue:
         return self._draining
 
     def submit(self, request: Request, finalize: FinalizeFn, *,
-               cancel: threading.Event | None = None, **context: Any) -> Job:
+               cancel: threading.Event | None = None, accepted: threading.Event | None = None,
+               **context: Any) -> Job:
         """Queue a request (call on the event loop).
 
         Args:
             cancel: the job's cancel event (set when its client leaves); a new one if None.
+            accepted: an event the caller sets once it recorded the request as accepted (no
+                worker runs the job before); None: already accepted.
             **context: what ``finalize`` and the audit record need (kept on the job).
 
         Raises:
@@ -138,6 +149,8 @@ class EngineQueue:
         job = Job(request, finalize, asyncio.get_running_loop(), context=context)
         if cancel is not None:
             job.cancel = cancel
+        if accepted is not None:
+            job.accepted = accepted
         with self._lock:
             if self._draining:
                 raise DrainingError("the server is shutting down", "retry on another instance")
@@ -189,6 +202,7 @@ class EngineQueue:
                     self._running_since.pop(id(job), None)
 
     def _serve(self, job: Job) -> None:
+        job.accepted.wait()
         job.started = time.monotonic()
         if job.cancel.is_set():
             self._finish(job, None, ClientDisconnectedError("the client disconnected while waiting",

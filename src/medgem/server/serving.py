@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import threading
 import time
 import uuid
@@ -26,7 +27,7 @@ from starlette.responses import JSONResponse, Response
 from medgem.answer import Answer, AnswerChunk, ThinkingChunk
 from medgem.api import MedGemma
 from medgem.audit.records import file_name_fields, redacted_error
-from medgem.audit.trail import model_fields, settings_fields
+from medgem.audit.trail import model_fields, settings_fields, unfinished_requests
 from medgem.errors import (
     ApiError,
     AuthError,
@@ -70,6 +71,9 @@ class Serving:
         self.created = int(time.time())
         self.deid_key = config.deid_key or os.urandom(32)
         self.ready = False  # set by warm_up
+        # Who accepted a request, in its accept record: a restart marks only its own
+        # machine's dead servers' unfinished requests as interrupted.
+        self.instance = {"host": socket.gethostname(), "pid": os.getpid(), "instance": uuid.uuid4().hex}
         self.queue = EngineQueue(
             lambda job: model.generate(job.request, job.cancel, audit_context=self._audit_context(job)),
             max_waiting=config.max_queue, min_retry_after=config.retry_after_s,
@@ -98,6 +102,39 @@ class Serving:
         except Exception:
             log.warning("the warm-up request failed; serving anyway", exc_info=True)
         self.ready = True
+
+    def mark_interrupted(self) -> int:
+        """At start-up: append an "interrupted" outcome to every request a server on this
+        machine accepted and never finished (it was killed, or its drain timed out). Requests
+        of servers still running (another process on the same store) are left alone. Returns
+        how many were marked."""
+        marked = 0
+        for accepted in unfinished_requests(self.store):
+            server = accepted.body.get("server") or {}
+            if server.get("host") != self.instance["host"] or server.get("instance") == self.instance["instance"]:
+                continue
+            pid = server.get("pid")
+            if pid != os.getpid() and _process_alive(pid):
+                continue
+            request_id = accepted.body.get("request_id")
+            body = {key: accepted.body.get(key) for key in ("user", "endpoint", "request_id", "server")} | {
+                "status": None, "error": {"message": "the server stopped before this request ended",
+                                          "type": "server_error", "param": None, "code": "interrupted"}}
+            free = isinstance(request_id, str) and self.store.get(request_id) is None
+            self.store.append("interrupted", body, record_id=request_id if free else None, parent=accepted.id)
+            marked += 1
+        if marked:
+            log.warning("%d accepted request(s) never ended (the server stopped): recorded as interrupted", marked)
+        return marked
+
+    def _accept(self, job: Job) -> str:
+        """The request's accept record (durable on return): who asked, through which endpoint,
+        the inputs' digests, the settings; its outcome will name it as parent."""
+        ctx = job.context
+        body = {"user": ctx["user"], "endpoint": ctx["endpoint"], "request_id": ctx["record_id"],
+                "model": model_fields(self.info), "served_as": self.served_name,
+                "settings": settings_fields(job.request), "inputs": ctx["inputs"], "server": self.instance}
+        return self.store.append("accepted", body).id
 
     # --- who asks ----------------------------------------------------------------------------
 
@@ -192,9 +229,16 @@ class Serving:
             record_id = f"chatcmpl-{uuid.uuid4().hex}"
             endpoint = str(http.scope["route"].path)
             check_present(watch.gone, "while its inputs were read")  # the engine is never reached
-            job = self.queue.submit(request, self.finalize, cancel=watch.gone, record_id=record_id, user=user,
-                                    endpoint=endpoint, inputs=inputs, names=names,
+            job = self.queue.submit(request, self.finalize, cancel=watch.gone, accepted=threading.Event(),
+                                    record_id=record_id, user=user, endpoint=endpoint, inputs=inputs, names=names,
                                     messages=messages if self.config.log_prompts else [])
+            try:  # no worker runs the job before its accept record is durable
+                job.context["accepted"] = await asyncio.to_thread(self._accept, job)
+            except BaseException:
+                job.cancel.set()
+                raise
+            finally:
+                job.accepted.set()
             first = await watch.next(job)
             if first is None:
                 return Response(status_code=499)
@@ -222,7 +266,7 @@ class Serving:
         context: dict[str, Any] = {
             "record_id": ctx["record_id"], "user": ctx["user"], "endpoint": ctx["endpoint"],
             "inputs": ctx["inputs"], "served_as": self.served_name, "queue_s": job.queue_s,
-            "file_names": ctx["names"],
+            "file_names": ctx["names"], "accepted": ctx.get("accepted"),
         }
         if self.config.log_prompts:
             context["prompt"] = capture_inputs(self.store, ctx["messages"], self.deid_key)
@@ -250,7 +294,7 @@ class Serving:
             "inputs": ctx["inputs"], "status": status, "error": redacted_error(error_json["error"], ctx["names"]),
         }
         kind = "rejected" if status < 500 else "error"
-        self.store.append(kind, body, record_id=ctx["record_id"])
+        self.store.append(kind, body, record_id=ctx["record_id"], parent=ctx.get("accepted"))
         return str(ctx["record_id"])
 
     # --- answers -----------------------------------------------------------------------------
@@ -362,6 +406,18 @@ class ClientWatch:
         getter.cancel()
         job.cancel.set()
         return None
+
+
+def _process_alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def _build(build: Callable[[threading.Event], Request], gone: threading.Event) -> Request:
