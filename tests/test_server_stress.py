@@ -292,3 +292,60 @@ def test_sigkill_with_requests_accepted_leaves_every_one_in_the_audit(tiny_vlm_c
         store.close()
     verified = _cli("audit", "--db", str(audit), "verify")
     assert verified.returncode == 0 and verified.stdout.startswith(f"OK: {accepted_n + len(outcomes)} records")
+
+
+def test_sigterm_refuses_what_the_drain_cannot_finish_with_503s_not_empty_answers(
+        tiny_vlm_checkpoint: Path, tmp_path: Path) -> None:
+    import json
+    import threading
+    import time
+
+    from medgem.audit import open_store
+
+    audit = tmp_path / "audit.sqlite"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(serve_command(tiny_vlm_checkpoint, audit, port, "--drain-timeout", "4"),
+                               env=serve_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    long = {"model": MODEL, "max_tokens": 4000, "messages": [{"role": "user", "content": "Write a long report."}]}
+    results: dict[str, tuple[int, dict[str, str], str]] = {}
+
+    def client(name: str, body: dict[str, object]) -> None:
+        with httpx.stream("POST", base + "/v1/chat/completions", json=body, timeout=120) as response:
+            results[name] = (response.status_code, dict(response.headers), response.read().decode())
+
+    try:
+        wait_healthy(base, process, timeout=180)
+        store = open_store(audit)
+        threads = []
+        for name, body in (("running", long | {"stream": True}), ("queued", long), ("queued-stream", long | {"stream": True})):
+            threads.append(threading.Thread(target=client, args=(name, body)))
+            threads[-1].start()
+            deadline = time.monotonic() + 60
+            while store.count("accepted") < len(threads):  # in this order: the first one runs
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        store.close()
+        process.send_signal(signal.SIGTERM)
+        for thread in threads:
+            thread.join(60)
+        assert process.wait(60) in (0, -signal.SIGTERM)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    for name in ("queued", "queued-stream"):  # never reached the engine: a 503 to retry
+        status, headers, text = results[name]
+        assert status == 503, (name, status, text)
+        assert int(headers["retry-after"]) >= 1
+        assert json.loads(text)["error"]["code"] == "server_shutting_down"
+    status, _, text = results["running"]  # cut mid-stream: it ends with an error event, not [DONE]
+    assert status == 200
+    events = [line.removeprefix("data:").strip() for line in text.splitlines() if line.startswith("data:")]
+    assert events[-1] != "[DONE]" and json.loads(events[-1])["error"]["code"] == "server_shutting_down"
+    store = open_store(audit)
+    try:
+        assert store.count("accepted") == 3 and store.unfinished() == []  # type: ignore[attr-defined]
+        assert store.count("error") == 2 and store.verify().ok
+    finally:
+        store.close()

@@ -13,7 +13,14 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 
-from medgem.errors import ApiError, ClientDisconnectedError, MedgemError, QueueFullError, error_body
+from medgem.errors import (
+    ApiError,
+    ClientDisconnectedError,
+    DrainingError,
+    MedgemError,
+    QueueFullError,
+    error_body,
+)
 
 MIB = 1024 * 1024
 
@@ -23,6 +30,15 @@ class BusyError(ApiError):
 
     def __init__(self, message: str, retry_after: int, *, code: str) -> None:
         super().__init__(429, message, f"retry after {retry_after} s", code=code)
+        self.retry_after = retry_after
+
+
+class DrainedError(DrainingError):
+    """A 503 with a Retry-After: the server shut down before this request could run (or end)."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("the server shut down before this request could be answered",
+                         f"retry in {retry_after} s, here once it is back or on another instance")
         self.retry_after = retry_after
 
 
@@ -85,6 +101,6 @@ def request_validation_error(errors: Any) -> ApiError:
 def error_response(exc: BaseException) -> JSONResponse:
     status, body = error_body(exc)
     headers = {}
-    if isinstance(exc, (QueueFullError, BusyError)):
+    if isinstance(exc, (QueueFullError, BusyError, DrainedError)):
         headers["Retry-After"] = str(exc.retry_after)
     return JSONResponse(body, status_code=status, headers=headers)

@@ -114,6 +114,7 @@ class EngineQueue:
         # Seconds from a worker taking a job to its answer, for the last few answered jobs.
         self._services: deque[float] = deque(maxlen=RECENT_SERVICES)
         self._running_since: dict[int, float] = {}  # id(job) -> when a worker took it
+        self._running_jobs: dict[int, Job] = {}
         self._threads = [threading.Thread(target=self._work, name=f"medgem-engine-{n}", daemon=True)
                          for n in range(self._workers)]
         for thread in self._threads:
@@ -172,6 +173,38 @@ class EngineQueue:
         estimate = max(mean, oldest) * (self._waiting + 1) / self._workers
         return max(self._min_retry_after, min(MAX_RETRY_AFTER_S, math.ceil(estimate)))
 
+    def stop_accepting(self) -> None:
+        """Refuse new jobs from now on (503); queued and running ones go on."""
+        with self._lock:
+            self._draining = True
+
+    def expire(self, error: Callable[[], BaseException]) -> tuple[int, int]:
+        """The drain deadline: every job still waiting fails with ``error()`` (finalize records
+        it), every running one is told to stop (``context["drained"]``, its cancel event set),
+        so that no client is left to a cut connection. Returns (failed, stopped)."""
+        dropped: list[Job] = []
+        sentinels = 0
+        while True:
+            try:
+                item = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                sentinels += 1
+            else:
+                dropped.append(item)
+        for _ in range(sentinels):
+            self._jobs.put(None)
+        with self._lock:
+            self._waiting -= len(dropped)
+            running = list(self._running_jobs.values())
+        for job in running:
+            job.context["drained"] = True
+            job.cancel.set()
+        for job in dropped:
+            self._finish(job, None, error())
+        return len(dropped), len(running)
+
     def close(self, timeout: float | None = None) -> bool:
         """Refuse new jobs, let queued and running ones finish; True when the workers ended."""
         with self._lock:
@@ -194,12 +227,14 @@ class EngineQueue:
                 self._waiting -= 1
                 self._running += 1
                 self._running_since[id(job)] = time.monotonic()
+                self._running_jobs[id(job)] = job
             try:
                 self._serve(job)
             finally:
                 with self._lock:
                     self._running -= 1
                     self._running_since.pop(id(job), None)
+                    self._running_jobs.pop(id(job), None)
 
     def _serve(self, job: Job) -> None:
         job.accepted.wait()

@@ -41,7 +41,7 @@ from medgem.request import GenerationOptions, Request
 from medgem.server import protocol as p
 from medgem.server.admission import Slots
 from medgem.server.auth import KeyStore, bearer_token
-from medgem.server.http_errors import BusyError, as_api_error, error_response
+from medgem.server.http_errors import BusyError, DrainedError, as_api_error, error_response
 from medgem.server.input_digests import capture_inputs, digest_inputs
 from medgem.server.metrics import Metrics
 from medgem.server.queue import Completed, EngineQueue, Failed, Job, JobItem, Started
@@ -102,6 +102,26 @@ class Serving:
         except Exception:
             log.warning("the warm-up request failed; serving anyway", exc_info=True)
         self.ready = True
+
+    def begin_drain(self) -> None:
+        """Shutting down (SIGTERM or SIGINT; call on the event loop): no new request is taken,
+        and at the drain deadline (shortly before the server stops waiting) the requests
+        still queued get a 503 with Retry-After and the running ones are stopped with an
+        error (an SSE error event for streams): no client is left with an empty answer."""
+        if self.queue.draining:
+            return
+        self.queue.stop_accepting()
+        timeout = self.config.drain_timeout_s
+        deadline = max(0.0, timeout - min(5.0, timeout / 4))
+        timer = threading.Timer(deadline, self._expire)
+        timer.daemon = True
+        timer.start()
+        log.info("draining: requests still waiting in %.0f s will be refused", deadline)
+
+    def _expire(self) -> None:
+        failed, stopped = self.queue.expire(lambda: DrainedError(self.config.retry_after_s))
+        if failed or stopped:
+            log.warning("drain deadline: %d queued request(s) refused, %d running one(s) stopped", failed, stopped)
 
     def mark_interrupted(self) -> int:
         """At start-up: append an "interrupted" outcome to every request a server on this
@@ -258,6 +278,8 @@ class Serving:
                     return Response(status_code=499)
                 if isinstance(item, Failed):
                     return error_response(item.error)
+                if isinstance(item, Completed) and _drained(item, job):
+                    return error_response(DrainedError(self.config.retry_after_s))
                 if isinstance(item, Completed):
                     return JSONResponse(self._completion(item, job, record_id, created).model_dump())
 
@@ -322,6 +344,9 @@ class Serving:
                     yield chunk(p.Delta(reasoning_content=item.text, reasoning=item.text))
                 elif isinstance(item, AnswerChunk):
                     yield chunk(p.Delta(content=item.text))
+                elif isinstance(item, Completed) and _drained(item, job):  # cut by the drain deadline
+                    yield json.dumps(error_body(DrainedError(self.config.retry_after_s))[1])
+                    return
                 elif isinstance(item, Completed):
                     yield chunk(p.Delta(), _finish(item.answer), medgem=self._extra(item, job))
                     if include_usage:
@@ -406,6 +431,11 @@ class ClientWatch:
         getter.cancel()
         job.cancel.set()
         return None
+
+
+def _drained(item: Completed, job: Job) -> bool:
+    """An answer the drain deadline cut short: its client gets an error, not a partial answer."""
+    return bool(job.context.get("drained")) and item.answer.finish_reason == "cancelled"
 
 
 def _process_alive(pid: object) -> bool:
