@@ -349,3 +349,46 @@ def test_sigterm_refuses_what_the_drain_cannot_finish_with_503s_not_empty_answer
         assert store.count("error") == 2 and store.verify().ok
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(("field", "value", "says"), [
+    ("max_tokens", "4", "valid integer"), ("max_tokens", True, "valid integer"), ("max_tokens", 4.0, "valid integer"),
+    ("stream", "yes", "valid boolean"), ("seed", "7", "valid integer"), ("temperature", "0.5", "valid number")])
+def test_numbers_and_booleans_are_strict(served: tuple[subprocess.Popen[bytes], str, Path],
+                                         field: str, value: object, says: str) -> None:
+    _, base, _ = served
+    response = httpx.post(base + "/v1/chat/completions", timeout=60, json={
+        "model": MODEL, field: value, "messages": [{"role": "user", "content": "hi"}]})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == field and says in error["message"]
+
+
+def test_a_nan_temperature_must_be_a_finite_number(served: tuple[subprocess.Popen[bytes], str, Path]) -> None:
+    _, base, _ = served
+    for value in (b"NaN", b"Infinity"):
+        response = httpx.post(base + "/v1/chat/completions", timeout=60, headers={"content-type": "application/json"},
+                              content=b'{"model": "%s", "temperature": %s, "messages": [{"role": "user", "content": "hi"}]}'
+                              % (MODEL.encode(), value))
+        assert response.status_code == 400
+        assert response.json()["error"]["message"].startswith("'temperature': Input should be a finite number")
+
+
+def test_schema_and_handlers_agree_on_empty_inputs_and_methods(served: tuple[subprocess.Popen[bytes], str, Path]) -> None:
+    _, base, _ = served
+    document = httpx.get(base + "/openapi.json").json()
+    schemas = document["components"]["schemas"]
+    assert schemas["PreviewRequest"]["properties"]["image"]["minLength"] == 1  # "" is outside the schema
+    assert "content" in schemas["UserMessage"]["required"]  # a user turn without content too
+    empty = httpx.post(base + "/api/preview", json={"image": ""}, timeout=60)
+    assert empty.status_code == 400 and empty.json()["error"]["param"] == "image"
+    silent = httpx.post(base + "/v1/chat/completions", timeout=60, json={"model": MODEL, "messages": [{"role": "user"}]})
+    assert silent.status_code == 400 and silent.json()["error"]["param"] == "messages.0.content"
+    answer_back = httpx.post(base + "/v1/chat/completions", timeout=120, json={"model": MODEL, "max_tokens": 2, "messages": [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": None}, {"role": "user", "content": "again"}]})
+    assert answer_back.status_code == 200, answer_back.text
+    put = httpx.put(base + "/v1/chat/completions", json={})
+    assert put.status_code == 405 and put.headers["allow"] == "POST"
+    assert put.json()["error"]["code"] == "method_not_allowed"
+    assert httpx.delete(base + "/api/records/abc").headers["allow"] == "GET"
+    assert httpx.put(base + "/no/such/route").status_code == 404

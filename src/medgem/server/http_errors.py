@@ -23,6 +23,7 @@ from medgem.errors import (
 )
 
 MIB = 1024 * 1024
+_ROLES = frozenset({"user", "system", "developer", "assistant"})
 
 
 class BusyError(ApiError):
@@ -92,6 +93,8 @@ def request_validation_error(errors: Any) -> ApiError:
         where = (first.get("ctx") or {}).get("where") or None
         return ApiError(400, f"{where or 'the body'} holds a lone UTF-16 surrogate, which is not text",
                         "send valid Unicode (surrogates only in pairs)", code="invalid_unicode", param=where)
+    if len(loc) > 3 and loc[:2] == ("body", "messages") and loc[3] in _ROLES:  # the union's tag
+        loc = loc[:3] + loc[4:]
     param = ".".join(str(p) for p in loc[1:] if loc and loc[0] == "body") or None
     message = "unknown field" if kind == "extra_forbidden" else str(first.get("msg", "invalid value"))
     where = f"'{param}': " if param else ""
