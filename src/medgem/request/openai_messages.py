@@ -16,6 +16,7 @@ from medgem.request.compose import build_slide_request, check_think, resolve_opt
 from medgem.request.variants import InputKind, Variant
 
 MAX_IMAGES = 16
+SYSTEM_SEPARATOR = "\n\n"  # what Gemma 3's template puts between the system text and the question
 
 
 def request_from_openai(messages: Sequence[dict[str, Any]], *, variant: Variant | None = None,
@@ -57,12 +58,13 @@ def request_from_openai(messages: Sequence[dict[str, Any]], *, variant: Variant 
         parts = list(_parts(raw.get("content"), index, allowed_dirs, slides, imaging))
         image_count += sum(isinstance(p, ImagePart) for p in parts)
         if role in ("system", "developer"):
-            system_parts.append("".join(p.text for p in parts if isinstance(p, TextPart)))
+            # parts joined as system turns are: by the blank line Gemma 3's template puts after one
+            system_parts.append(SYSTEM_SEPARATOR.join(p.text for p in parts if isinstance(p, TextPart) and p.text))
             continue
         if role == "assistant" and any(isinstance(p, ImagePart) for p in parts):
             raise InputError(f"messages[{index}]: assistant messages cannot hold images")
         turns.append(Message(role, tuple(parts)))
-    system = "\n\n".join(s for s in system_parts if s) or None
+    system = SYSTEM_SEPARATOR.join(s for s in system_parts if s) or None
     if slides:
         if len(slides) > 1 or image_count or len(turns) != 1:
             raise ImageInputError("a whole-slide image must be the only image, in one user message",
