@@ -168,6 +168,22 @@ def burned_in(ds: Any) -> bool:
     return str(ds.get("BurnedInAnnotation", "") or "").strip().upper() == "YES"
 
 
+#: Modalities whose images often carry text burned into the pixels (ultrasound machines,
+#: screen captures, angiography): without a Burned In Annotation tag, the user is warned.
+BURNED_IN_MODALITIES = frozenset({"US", "SC", "XA"})
+
+
+def burned_in_warning(ds: Any, options: ImagingOptions) -> str | None:
+    """A warning for an image of a modality known to carry burned-in text whose header does
+    not say whether it does (no Burned In Annotation), unless ``options.allow_burned_in``."""
+    modality = str(ds.get("Modality", "") or "").upper()
+    if options.allow_burned_in or "BurnedInAnnotation" in ds or modality not in BURNED_IN_MODALITIES:
+        return None
+    return (f"{modality} images often carry text burned into the pixels (names, dates, IDs) and "
+            "this file does not say whether it does (no Burned In Annotation): check the images "
+            "before sharing answers, or pass --allow-burned-in to accept it")
+
+
 def check_image_header(ds: Any, name: str, options: ImagingOptions) -> None:
     """Refuse headers without an image, non-image objects (dose grids, masks) unless forced,
     burned-in annotation unless allowed, and more pixels than the limits allow.

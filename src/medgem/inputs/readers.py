@@ -14,6 +14,7 @@ from pathlib import Path
 from medgem.errors import ImageInputError
 from medgem.inputs.dicom import (
     DicomSource,
+    burned_in_warning,
     check_image_header,
     decode_frames,
     frame_count,
@@ -58,6 +59,7 @@ def read_dicom_file(path: Path, options: ImagingOptions) -> MedicalInput:
         facts["frame"] = index
     modality = options.modality or facts.get("modality")
     rows, cols = rgb.shape[:2]
+    unsaid = burned_in_warning(ds, options)
     return MedicalInput(
         kind="image",
         images=to_images(rgb[None]),
@@ -66,6 +68,7 @@ def read_dicom_file(path: Path, options: ImagingOptions) -> MedicalInput:
         description=f"{modality or 'unknown'} image: {cols}x{rows}, {used}",
         source=path.name,
         metadata=facts,
+        warnings=[unsaid] if unsaid else [],
     )
 
 
