@@ -67,7 +67,7 @@ def test_audit_verify_reads_the_store_serve_wrote(tiny_text_checkpoint: Path,
 
     verified = _medgem(env, "audit", "verify")
     assert verified.returncode == 0, verified.stderr
-    assert verified.stdout.startswith("OK: 1 records, head ") and f"({store})" in verified.stdout
+    assert verified.stdout.startswith("OK: 2 records, head ")  # accepted, answered and f"({store})" in verified.stdout
 
 
 def test_a_mistyped_or_empty_store_is_named_not_verified(tmp_path: Path) -> None:

@@ -137,3 +137,40 @@ def test_missing_decoder_names_the_package() -> None:
     assert result.returncode != 0
     assert "ImageInputError" in result.stderr and "pylibjpeg-libjpeg" in result.stderr
     assert "JPEG Lossless" in result.stderr
+
+
+def test_12_bit_jpeg_extended_decodes_when_libjpeg_refuses_it() -> None:
+    """JPEG-lossy.dcm (12-bit JPEG Extended) has scan headers libjpeg rejects, and Pillow and
+    GDCM take no 12-bit JPEG; imagecodecs decodes it to the stored values of JPGExtended.dcm
+    (the same image, encoded so that libjpeg reads it), within the IDCT's rounding (1 of 4096).
+    In a child: native decoders."""
+    script = (
+        "import numpy as np, pydicom\n"
+        "from medgem.inputs import read_inputs\n"
+        "from medgem.inputs.dicom import decode_frames\n"
+        f"hard = decode_frames(pydicom.dcmread({data('JPEG-lossy.dcm')!r}), 'hard').astype(int)\n"
+        f"easy = decode_frames(pydicom.dcmread({data('JPGExtended.dcm')!r}), 'easy').astype(int)\n"
+        f"item = read_inputs([{data('JPEG-lossy.dcm')!r}]).items[0]\n"
+        "print(item.metadata['transfer_syntax'], item.images[0].size, hard.shape == easy.shape,"
+        " int(np.abs(hard - easy).max()), int(easy.max()))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "JPEG Extended (Process 2 and 4) (256, 1024) True 1 264"
+
+
+@pytest.mark.parametrize("name", ["old.dcm", "old"])
+def test_a_file_without_file_meta_is_read_whatever_its_first_element(tmp_path: Path, name: str) -> None:
+    ds = pydicom.dcmread(data("CT_small.dcm"))
+    for tag in [element.tag for element in ds if element.tag.group < 0x0010]:  # it now starts at (0010,0010)
+        del ds[tag]
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.preamble = None
+    pydicom.filewriter.dcmwrite(tmp_path / name, ds, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    assert (tmp_path / name).read_bytes()[:4] == b"\x10\x00\x10\x00"  # no preamble, no DICM, group 0010 first
+    item = read_inputs([tmp_path / name]).items[0]
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    pydicom.filewriter.dcmwrite(tmp_path / "with_meta.dcm", ds, implicit_vr=False, little_endian=True)
+    expected = read_inputs([tmp_path / "with_meta.dcm"]).items[0]
+    assert item.metadata["transfer_syntax"] == "Implicit VR Little Endian"
+    assert np.array_equal(np.asarray(item.images[0]), np.asarray(expected.images[0]))

@@ -24,6 +24,7 @@ from medgem.request.compose import request_for_inputs
 US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"
 RT_DOSE = "1.2.840.10008.5.1.4.1.1.481.2"
 SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
 def multiframe(path: Path, *, sop_class: str, modality: str, frames: int, colour: bool = False,
@@ -151,7 +152,27 @@ def test_12_bit_jpeg_extended_names_the_decoder_really_missing() -> None:
         assert "pip install pylibjpeg-libjpeg" not in message  # it is installed here
         for plugin in decoder.available_plugins:
             assert plugin in message  # the installed decoders are named with why they failed
-        if any(m.startswith("gdcm") for m in decoder.missing_dependencies):
-            assert "pip install python-gdcm" in message
-    else:  # an installed plugin decoded it
-        assert item.images and item.images[0].size == (256, 256)
+        assert "imagecodecs" in message  # what decodes it (GDCM refuses 12-bit JPEG too)
+    else:  # decoded (imagecodecs, when pydicom's plugins refuse it): 256 columns, 1024 rows
+        assert item.images and item.images[0].size == (256, 1024)
+
+
+def test_ultrasound_frames_are_saved_as_frames_not_slices(tmp_path: Path) -> None:
+    from medgem.inputs import save_preprocessed
+
+    cine = read_inputs([multiframe(tmp_path / "cine.dcm", sop_class=US_MULTIFRAME, modality="US", frames=3,
+                                   burned_in="NO")]).items[0]
+    assert [p.name for p in save_preprocessed([cine], tmp_path / "out")] == [
+        "01_cine_frame_001.png", "01_cine_frame_002.png", "01_cine_frame_003.png"]
+
+
+def test_modalities_known_for_burned_in_text_warn_when_the_header_does_not_say(tmp_path: Path) -> None:
+    unsaid = read_inputs([multiframe(tmp_path / "us.dcm", sop_class=US_MULTIFRAME, modality="US", frames=3)]).items[0]
+    assert any("no Burned In Annotation" in w and "--allow-burned-in" in w for w in unsaid.warnings)
+    allowed = read_inputs([tmp_path / "us.dcm"], ImagingOptions(allow_burned_in=True)).items[0]
+    assert not any("no Burned In Annotation" in w for w in allowed.warnings)
+    said = read_inputs([multiframe(tmp_path / "no.dcm", sop_class=US_MULTIFRAME, modality="US", frames=3,
+                                   burned_in="NO")]).items[0]
+    assert not any("Burned In" in w for w in said.warnings)
+    ct = read_inputs([multiframe(tmp_path / "ct.dcm", sop_class=CT_IMAGE, modality="CT", frames=3)]).items[0]
+    assert not any("Burned In" in w for w in ct.warnings)  # CT consoles do not write on the pixels

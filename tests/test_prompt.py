@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from PIL import Image
 
@@ -93,3 +95,66 @@ def test_shipped_template_folds_system_into_first_user_turn() -> None:
         "<end_of_turn>\n<start_of_turn>model\nNormal.<end_of_turn>\n<start_of_turn>user\nSure?"
         "<end_of_turn>\n<start_of_turn>model\n"
     )
+
+
+# --- parity with Google's Gemma 3 template (issue 25) -------------------------------------------
+# tests/data/gemma3_it_chat_template.jinja is google/gemma-3-4b-it's chat template
+# (tokenizer_config.json), the reference: medgem's prompts and its shipped fallback must render
+# as it does.
+REAL_TEMPLATE = Path(__file__).parent / "data" / "gemma3_it_chat_template.jinja"
+
+
+def _render(template_text: str, request: object) -> str:
+    from jinja2 import Environment
+
+    def fail(message: str) -> None:
+        raise ValueError(message)
+
+    template = Environment().from_string(template_text)
+    messages = [{"role": "assistant" if m.role == "assistant" else m.role,  # type: ignore[attr-defined]
+                 "content": [{"type": "text", "text": p.text} if isinstance(p, TextPart) else {"type": "image"}
+                             for p in m.parts]} for m in request.messages]  # type: ignore[attr-defined]
+    return template.render(bos_token="<bos>", add_generation_prompt=True, messages=messages, raise_exception=fail)
+
+
+def _both(request: object) -> tuple[str, str]:
+    from medgem.request.compose import shipped_chat_template
+
+    return _render(REAL_TEMPLATE.read_text(), request), _render(shipped_chat_template(), request)
+
+
+def test_a_system_prompt_keeps_its_trailing_newline_with_thinking_on() -> None:
+    variant = find_variant("27b-text-it")
+    request = build_request("Q?", system="You are a helpful medical assistant.\n", variant=variant,
+                            options=GenerationOptions(think=True))
+    real, shipped = _both(request)
+    assert real == shipped
+    assert "You are a helpful medical assistant.\n\n\nQ?" in real  # the newline, then the blank line
+
+
+def test_the_shipped_template_does_not_trim_system_text() -> None:
+    request = build_request("Describe this X-ray", images=[IMG], system="  You are an expert radiologist.\n")
+    real, shipped = _both(request)
+    assert shipped == real
+    assert real.startswith("<bos><start_of_turn>user\n  You are an expert radiologist.\n\n\n<start_of_image>")
+
+
+def test_two_system_text_parts_are_joined_by_the_templates_separator() -> None:
+    from medgem.request.openai_messages import request_from_openai
+
+    request = request_from_openai([
+        {"role": "system", "content": [{"type": "text", "text": "You are X."}, {"type": "text", "text": "Be brief."}]},
+        {"role": "user", "content": "Hi"}])
+    assert request.messages[0].text == "You are X.\n\nBe brief."
+    real, shipped = _both(request)
+    assert real == shipped and "You are X.\n\nBe brief.\n\nHi<end_of_turn>" in real
+
+
+def test_an_image_in_a_system_message_is_refused_not_dropped() -> None:
+    from medgem.errors import ImageInputError
+    from medgem.request.openai_messages import request_from_openai
+
+    with pytest.raises(ImageInputError, match=r"messages\[0\]\.content\[1\] is an image in a system message"):
+        request_from_openai([
+            {"role": "system", "content": [{"type": "text", "text": "You are X."}, {"type": "image", "image": IMG}]},
+            {"role": "user", "content": "Hi"}])

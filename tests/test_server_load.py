@@ -129,7 +129,9 @@ def test_sigterm_drains_in_flight_requests(tmp_path: Path) -> None:
         record = store.get(record_id)  # type: ignore[arg-type]
         assert record is not None and record.body["finish_reason"] == "stop"
         assert record.body["usage"]["completion_tokens"] == 63
-    assert store.count() == 3 and store.verify().ok
+    # each request: its accept record, then its answer (the accept record its parent)
+    assert store.count("answer") == 3 and store.count("accepted") == 3 and store.verify().ok
+    assert store.unfinished() == []  # type: ignore[attr-defined]
 
 
 def _post(base: str, body: dict[str, object]) -> tuple[int, str | None]:

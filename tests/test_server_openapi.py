@@ -91,3 +91,30 @@ def test_a_seed_beyond_what_the_engines_take_is_a_400_not_a_500(base: str) -> No
         "model": "medgem-test-vlm", "seed": 2**64 - 1, "max_tokens": 2,
         "messages": [{"role": "user", "content": "hi"}]})
     assert ok.status_code == 200
+
+
+def test_hostile_examples_answer_as_the_schema_says(base: str) -> None:
+    """The fuzzer's blind spots, by hand (issue 25): a body nested 100,000 levels deep and one
+    with 40 images; each a 4xx the schema documents, with a schema-valid error body."""
+    import base64
+    import io
+
+    from PIL import Image
+    from schemathesis import checks
+
+    schema = schemathesis.openapi.from_url(base + "/openapi.json")
+    operation = schema["/v1/chat/completions"]["POST"]
+    wanted = [checks.not_a_server_error, checks.status_code_conformance, checks.content_type_conformance,
+              checks.response_schema_conformance]
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(buffer, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    many = {"model": "medgem-test-vlm", "messages": [{"role": "user", "content": [
+        *({"type": "image_url", "image_url": {"url": url}} for _ in range(40)), {"type": "text", "text": "Compare."}]}]}
+    case = operation.Case(body=many, media_type="application/json")
+    response = case.call_and_validate(base_url=base, checks=wanted, timeout=60)
+    assert response.status_code == 400 and "40 images" in response.json()["error"]["message"]
+    deep = b'{"model": "medgem-test-vlm", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    raw = httpx.post(base + "/v1/chat/completions", content=deep, headers={"content-type": "application/json"}, timeout=60)
+    operation.Case(body={}, media_type="application/json").validate_response(raw, checks=wanted)
+    assert raw.status_code == 400 and raw.json()["error"]["code"] == "invalid_json"

@@ -128,7 +128,7 @@ def test_serve_command_answers_drains_on_sigterm_and_audits(tiny_vlm_checkpoint:
     output = process.stdout.read().decode() if process.stdout else ""
     assert QUESTION not in output and "base64" not in output  # prompts never reach the log
     verified = _cli("audit", "--db", str(audit), "verify")
-    assert verified.returncode == 0 and verified.stdout.startswith("OK: 1 records")
+    assert verified.returncode == 0 and verified.stdout.startswith("OK: 2 records")  # accepted, answered
     assert answer.id in _cli("audit", "--db", str(audit), "list").stdout
 
 

@@ -299,3 +299,23 @@ def test_ome_tiff_pyramid_in_subifds_is_read_through_tifffile(tmp_path: Path) ->
         expected = image[row * 896:(row + 1) * 896, col * 896:(col + 1) * 896]
         assert np.array_equal(np.asarray(patch), expected)  # lossless tiles: exact pixels
     assert wsi_fixtures.PLANTED_NAME not in json.dumps(facts) + item.description
+
+
+def test_a_plain_tiff_with_subifd_levels_is_read_beside_page_chain_pyramids(tmp_path: Path) -> None:
+    """`vips tiffsave --subifd` / tifffile `subifds=` without OME: OpenSlide sees one level
+    (12288x8192 in the issue: "no low-resolution level"); tifffile reads the SubIFD levels,
+    and the patches are the pixels a page-chain pyramid of the same slide gives."""
+    import tifffile
+
+    image = wsi_fixtures.slide_pixels((4, 3), 896, PLANTED)
+    path = wsi_fixtures.write_subifd(tmp_path / "case.tif", image)
+    with tifffile.TiffFile(str(path)) as tif:  # the fixture is what the issue describes
+        assert len(tif.pages) == 1 and not tif.is_ome and len(tif.series[0].levels) == 3
+    item = read_inputs([path]).items[0]
+    chain = read_inputs([wsi_fixtures.write_generic(tmp_path / "chain.tif", image)]).items[0]
+    facts = item.metadata
+    assert facts["vendor"] == "tiff-subifd" and facts["mpp"] == 1.0 and len(facts["levels"]) == 3
+    assert facts["mask_level"] == 2
+    assert _cells(item) == _cells(chain) == _reading_order(PLANTED)
+    for patch, same in zip(item.images, chain.images, strict=True):
+        assert np.array_equal(np.asarray(patch), np.asarray(same))

@@ -237,6 +237,21 @@ def write_dicom_wsi(folder: Path, image: NDArray[np.uint8], mpp: float = 4.0,
     return folder
 
 
+def write_subifd(path: Path, image: NDArray[np.uint8], mpp: float = 1.0,
+                 factors: Sequence[int] = (1, 4, 16)) -> Path:
+    """A plain (not OME) tiled TIFF whose reduced levels are SubIFDs of the first page, as
+    ``vips tiffsave --subifd`` writes: resolution in the TIFF tags, one top-level IFD."""
+    levels = _levels(image, factors)
+    per_cm = [10_000.0 / (mpp * factor) for factor in factors]
+    with tifffile.TiffWriter(path, ome=False) as tif:
+        tif.write(levels[0], tile=(256, 256), subifds=len(levels) - 1, photometric="rgb", compression="zlib",
+                  resolution=(per_cm[0], per_cm[0]), resolutionunit="CENTIMETER", metadata=None)
+        for level, resolution in zip(levels[1:], per_cm[1:], strict=True):
+            tif.write(level, tile=(256, 256), subfiletype=1, photometric="rgb", compression="zlib",
+                      resolution=(resolution, resolution), resolutionunit="CENTIMETER", metadata=None)
+    return path
+
+
 def write_ome(path: Path, image: NDArray[np.uint8], mpp: float = 1.0,
               factors: Sequence[int] = (1, 4, 16)) -> Path:
     """An OME-TIFF: pixel size in the OME-XML, reduced levels in SubIFDs (OpenSlide sees only one)."""

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from pathlib import PurePath
 from typing import Any, Protocol
 
 from medgem.errors import InputError
@@ -32,6 +34,40 @@ def sha256_hex(data: bytes | str) -> str:
 def utc_now() -> str:
     """ISO 8601 UTC with milliseconds."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# A word that ends like a file medgem reads: in hospitals file names carry patient names and
+# record numbers (``Doe_Jane_MRN123456.zip``), so no such name goes into a record verbatim.
+_FILE_WORD = (r"[^\s'\"`()<>,;:]+\.(?:zip|dcm|dicom|dic|ima|png|jpe?g|gif|webp|bmp|tiff?|svs|ndpi|scn|"
+              r"mrxs|vms|bif|pdf|nii\.gz|nii|gz)(?![A-Za-z0-9])")
+
+
+def file_name_fields(name: str) -> dict[str, str]:
+    """What a record keeps of a file name: its sha256 and its extension."""
+    return {"name_sha256": sha256_hex(name), "extension": PurePath(name).suffix.lower()}
+
+
+def file_token(name: str) -> str:
+    """A file name as a record spells it: ``file:<first 12 hex of its sha256><extension>``."""
+    fields = file_name_fields(name)
+    return f"file:{fields['name_sha256'][:12]}{fields['extension']}"
+
+
+def redact_file_names(text: str, names: Iterable[str] = ()) -> str:
+    """``text`` with each of ``names`` (the file names the request gave) and every other word
+    that looks like a file name replaced by its :func:`file_token`."""
+    given = [n for n in names if n]
+    # the readers see an upload under its name made file-safe (spaces and the like as "_")
+    known = sorted({*given, *(re.sub(r"[^A-Za-z0-9._-]", "_", n) for n in given)}, key=len, reverse=True)
+    pattern = "|".join([*(re.escape(n) for n in known), _FILE_WORD])
+    return re.sub(pattern, lambda m: file_token(m.group(0)), text, flags=re.IGNORECASE)
+
+
+def redacted_error(error: dict[str, Any], names: Iterable[str] = ()) -> dict[str, Any]:
+    """An OpenAI-style error object as a record keeps it: file names redacted from its text."""
+    names = list(names)
+    return {key: redact_file_names(value, names) if isinstance(value, str) else value
+            for key, value in error.items()}
 
 
 @dataclass(frozen=True)

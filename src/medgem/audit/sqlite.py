@@ -154,6 +154,12 @@ class SQLiteAuditStore:
         where, params = (" WHERE kind = ?", (kind,)) if kind else ("", ())
         return int(self._query("SELECT COUNT(*) FROM records" + where, params)[0][0])
 
+    def unfinished(self) -> list[AuditRecord]:
+        """The "accepted" records that no record names as its parent (no outcome yet)."""
+        rows = self._query(f"SELECT {_COLUMNS} FROM records AS a WHERE kind = 'accepted' AND NOT EXISTS "
+                           "(SELECT 1 FROM records AS c WHERE c.parent = a.id) ORDER BY seq", ())
+        return [_record(row) for row in rows]
+
     def get_blob(self, sha256: str) -> tuple[bytes, str] | None:
         rows = self._query("SELECT data, mime FROM blobs WHERE sha256 = ?", (sha256,))
         return (bytes(rows[0][0]), str(rows[0][1])) if rows else None

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from medgem.audit.records import AuditStore, sha256_hex
+from medgem.audit.records import AuditRecord, AuditStore, redacted_error, sha256_hex
 from medgem.errors import error_body
 from medgem.request import ImagePart, Part, Request
 
@@ -23,8 +23,11 @@ if TYPE_CHECKING:
     from medgem.engines.base import ModelInfo
 
 # Context keys a surface may give; others are refused so a typo cannot hide a field.
+# ``file_names`` (the names a client gave its uploads) are never stored: they are redacted
+# from a failure's error text.
+# ``accepted`` is the id of the request's accept record: the outcome's parent.
 CONTEXT_KEYS = frozenset({"record_id", "user", "endpoint", "inputs", "served_as", "prompt",
-                          "queue_s"})
+                          "queue_s", "file_names", "accepted"})
 
 
 def model_fields(info: ModelInfo) -> dict[str, Any]:
@@ -94,16 +97,27 @@ class AuditTrail:
         """Record an answer durably; returns the record id."""
         body = self._body(request, info, context) | answer_fields(
             answer, float(context.get("queue_s", 0.0)))
-        return self.store.append("answer", body, record_id=context.get("record_id")).id
+        return self.store.append("answer", body, record_id=context.get("record_id"),
+                                 parent=context.get("accepted")).id
 
     def failure(self, request: Request, error: BaseException, info: ModelInfo,
                 context: Mapping[str, Any]) -> str:
         """Record a request that failed inside generation: "rejected" for 4xx-kind errors
         (bad input, context too long), "error" otherwise; the error as the server answers it."""
         status, detail = error_body(error)
-        body = self._body(request, info, context) | {"status": status, "error": detail["error"]}
+        error_json = redacted_error(detail["error"], context.get("file_names") or ())
+        body = self._body(request, info, context) | {"status": status, "error": error_json}
         kind = "rejected" if status < 500 else "error"
-        return self.store.append(kind, body, record_id=context.get("record_id")).id
+        return self.store.append(kind, body, record_id=context.get("record_id"),
+                                 parent=context.get("accepted")).id
+
+
+def unfinished_requests(store: AuditStore) -> list[AuditRecord]:
+    """The "accepted" records no outcome (answer, rejected, error, interrupted) followed."""
+    finder = getattr(store, "unfinished", None)
+    if callable(finder):
+        return list(finder())
+    return [record for record in store.records(kind="accepted") if not store.children(record.id)]
 
 
 def _local_user() -> str:

@@ -20,7 +20,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--db", help="audit store (default: $MEDGEM_AUDIT_DB or ~/.local/share/medgem/audit.sqlite)")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     listing = actions.add_parser("list", help="newest records first")
-    listing.add_argument("--kind", choices=["answer", "review", "rejected", "error"],
+    listing.add_argument("--kind", choices=["accepted", "answer", "review", "rejected", "error", "interrupted"],
                          help="only records of this kind")
     listing.add_argument("--limit", type=int, default=50, help="most records shown (default 50)")
     show = actions.add_parser("show", help="one record with its reviews, as JSON")
@@ -92,6 +92,10 @@ def _detail(record: AuditRecord) -> str:
         return f"{body.get('model', {}).get('id')} {body.get('finish_reason')} {usage.get('completion_tokens', 0)} tok"
     if record.kind == "review":
         return f"{body.get('verdict')} of {record.parent} by {body.get('reviewer') or '-'}"
+    if record.kind == "accepted":
+        return f"request {body.get('request_id')} via {body.get('endpoint')}"
+    if record.kind == "interrupted":
+        return f"request {body.get('request_id')} never ended: the server stopped"
     error = body.get("error") or {}
     return f"{body.get('status')} {error.get('code')}"
 

@@ -382,7 +382,7 @@ def add_limit_flags(parser: argparse.ArgumentParser, environ: Mapping[str, str] 
                        help="send DICOM objects that are not images (RT dose grids, segmentation "
                             "masks) as grey images anyway")
     group.add_argument("--allow-burned-in", action="store_true",
-                       help="read DICOM images that declare Burned In Annotation = YES")
+                       help="read DICOM images that declare Burned In Annotation = YES (and no warning for US/SC/XA images that do not say)")
 
 
 def imaging_from_args(args: argparse.Namespace) -> ImagingOptions:

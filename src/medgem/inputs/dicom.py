@@ -85,11 +85,25 @@ def _pixels() -> Any:
     return require("pydicom.pixels", "imaging", "Decoding DICOM pixel data", "pydicom")
 
 
-def read_header(source: DicomSource, *, pixels: bool = False, handle: IO[bytes] | None = None
-                ) -> Any:
+def parses_as_dicom(path: Path) -> bool:
+    """Whether a file without the 'DICM' marker still holds a DICOM data set (an old file with
+    no File Meta header, starting at any group, either byte order): pydicom, forced, finds the
+    elements an object has (SOP class, modality, or image rows)."""
+    pydicom: Any = require("pydicom", "imaging", "Reading DICOM files")
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    except Exception:  # anything that is not DICOM may fail in any way here
+        return False
+    return any(key in ds for key in ("SOPClassUID", "Modality", "Rows"))
+
+
+def read_header(source: DicomSource, *, pixels: bool = False, handle: IO[bytes] | None = None,
+                force: bool = False) -> Any:
     """Parse a DICOM file into a pydicom ``Dataset``, stopping before the pixel data unless
     ``pixels`` (then the still-encoded pixel data is read too). ``handle``: an already open
     stream of the source's bytes (a zip member being scanned), read instead of opening it.
+    ``force``: the caller found the file to be DICOM (:func:`parses_as_dicom`), so a file
+    without File Meta header is parsed whatever its first element.
 
     Raises:
         ImageInputError: not a DICOM file, or a file too damaged to parse.
@@ -99,9 +113,10 @@ def read_header(source: DicomSource, *, pixels: bool = False, handle: IO[bytes] 
         with handle if handle is not None else source.open() as stream:
             head = stream.read(132)
             stream.seek(0)
-            # Old files without a preamble are parsed only when their first element looks DICOM.
-            force = head[128:132] != b"DICM" and looks_like_dicom(head)
-            ds = pydicom.dcmread(stream, stop_before_pixels=not pixels, force=force)
+            # Old files without a preamble are parsed only when their first element looks DICOM
+            # (or the caller found them to be).
+            forced = head[128:132] != b"DICM" and (force or looks_like_dicom(head))
+            ds = pydicom.dcmread(stream, stop_before_pixels=not pixels, force=forced)
     except pydicom.errors.InvalidDicomError as exc:
         raise ImageInputError(
             f"{source.name} is not a DICOM file (no 'DICM' marker at byte 128)",
@@ -151,6 +166,22 @@ def non_image_kind(ds: Any) -> str | None:
 def burned_in(ds: Any) -> bool:
     """Whether the header declares text burned into the pixels (Burned In Annotation = YES)."""
     return str(ds.get("BurnedInAnnotation", "") or "").strip().upper() == "YES"
+
+
+#: Modalities whose images often carry text burned into the pixels (ultrasound machines,
+#: screen captures, angiography): without a Burned In Annotation tag, the user is warned.
+BURNED_IN_MODALITIES = frozenset({"US", "SC", "XA"})
+
+
+def burned_in_warning(ds: Any, options: ImagingOptions) -> str | None:
+    """A warning for an image of a modality known to carry burned-in text whose header does
+    not say whether it does (no Burned In Annotation), unless ``options.allow_burned_in``."""
+    modality = str(ds.get("Modality", "") or "").upper()
+    if options.allow_burned_in or "BurnedInAnnotation" in ds or modality not in BURNED_IN_MODALITIES:
+        return None
+    return (f"{modality} images often carry text burned into the pixels (names, dates, IDs) and "
+            "this file does not say whether it does (no Burned In Annotation): check the images "
+            "before sharing answers, or pass --allow-burned-in to accept it")
 
 
 def check_image_header(ds: Any, name: str, options: ImagingOptions) -> None:
@@ -218,7 +249,8 @@ def missing_decoder(syntax: str, failure: str = "") -> tuple[str, str]:
     installed (and failed) and those whose package is absent. Returns (problem, hint).
 
     The installed plugins are named with their own reasons (a 12-bit JPEG Extended file that
-    pylibjpeg-libjpeg rejects and Pillow cannot read at 12 bits needs GDCM, not libjpeg again).
+    pylibjpeg-libjpeg rejects and Pillow cannot read at 12 bits needs imagecodecs, which
+    :func:`decode_frames` tries next; GDCM refuses 12-bit JPEG too).
     """
     try:
         from pydicom.pixels.decoders.base import get_decoder
@@ -262,8 +294,13 @@ def decode_frames(ds: Any, name: str, index: int | None = None) -> NDArray[Any]:
     try:
         array = pixels.pixel_array(ds, index=index)  # type: ignore[attr-defined]
     except (RuntimeError, NotImplementedError) as exc:
+        fallback = _jpeg_extended_frames(ds, index) if syntax == JPEG_EXTENDED else None
+        if fallback is not None:
+            return fallback
         syntax_name = getattr(getattr(ds, "file_meta", {}).get("TransferSyntaxUID"), "name", syntax)
         problem, hint = missing_decoder(syntax, str(exc))
+        if syntax == JPEG_EXTENDED and int(ds.get("BitsStored", 8) or 8) > 8:
+            hint = "install imagecodecs (pip install 'medgem[imaging]'), which decodes 12-bit JPEG Extended"
         raise ImageInputError(
             f"{name} uses {syntax_name or 'an unknown transfer syntax'} "
             f"(bits stored {ds.get('BitsStored', '?')}), and {problem}", hint,
@@ -274,6 +311,34 @@ def decode_frames(ds: Any, name: str, index: int | None = None) -> NDArray[Any]:
             "copy the file again from the archive or PACS",
         ) from exc
     return np.asarray(array)
+
+
+JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"  # JPEG Extended (Process 2 and 4): 12-bit lossy
+
+
+def _jpeg_extended_frames(ds: Any, index: int | None) -> NDArray[Any] | None:
+    """12-bit JPEG Extended grey frames that pydicom's plugins refuse (libjpeg rejects some
+    encoders' scan headers, Pillow and GDCM take no 12-bit JPEG), decoded by imagecodecs'
+    libjpeg-turbo: (F, H, W), or (H, W) for one frame. None when it is not that case (colour,
+    signed, imagecodecs missing) or imagecodecs cannot read it either."""
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1 or int(ds.get("PixelRepresentation", 0) or 0) != 0:
+        return None
+    try:
+        import imagecodecs
+        from pydicom.encaps import generate_frames
+    except ImportError:
+        return None
+    frames = frame_count(ds)
+    try:
+        decoded = [np.asarray(imagecodecs.jpeg8_decode(data)) for number, data in
+                   enumerate(generate_frames(ds.PixelData, number_of_frames=frames))
+                   if index is None or number == index]
+    except Exception:  # imagecodecs.JpegError and the like: report pydicom's own error
+        return None
+    if not decoded or any(frame.ndim != 2 for frame in decoded):
+        return None
+    stack = np.stack(decoded).astype(np.uint16)
+    return stack[0] if index is not None or frames == 1 else stack
 
 
 def _functional_group_rescale(ds: Any, index: int) -> tuple[float, float] | None:

@@ -7,7 +7,10 @@ so a hostile upload is refused after reading a few headers, never after decoding
 
 from __future__ import annotations
 
+import io
+import warnings
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import IO, Any
@@ -100,6 +103,62 @@ class ReadBudget:
                 f"(rows x columns x frames) by {name}",
                 f"pass fewer files, or {raise_hint('max_total_pixels')}",
             )
+
+
+def picture_size(data: bytes, name: str) -> tuple[int, int] | None:
+    """A picture's declared (width, height), read from its header without decoding a pixel;
+    None for bytes Pillow does not recognise (DICOM, zip, PDF: their readers check their own
+    headers).
+
+    Raises:
+        ImageInputError: the header declares a size Pillow itself refuses to open (a bomb).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:  # lazy: reads the header only
+                width, height = image.size
+                return int(width), int(height)
+    except Image.DecompressionBombError as exc:
+        raise ImageInputError(f"{name} is too large to open safely ({exc})",
+                              f"send a smaller image, or {raise_hint('max_pixels')}") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return None
+
+
+def check_declared_pictures(pictures: Sequence[tuple[str, bytes]], options: ImagingOptions) -> None:
+    """Refuse pictures whose headers declare too many pixels, one by one (``max_pixels``) and
+    together (``max_total_pixels``), before any of them is decoded. Slides and documents are
+    left to their own readers (a slide's first level is meant to be huge).
+
+    Args:
+        pictures: (display name, bytes) per picture, in the order sent.
+
+    Raises:
+        ImageInputError: a picture, or all of them together, over the limit.
+    """
+    from medgem.inputs.slide_detect import is_slide_or_document_upload
+
+    total = 0
+    for name, data in pictures:
+        options.check_cancelled()
+        if is_slide_or_document_upload(data):
+            continue
+        size = picture_size(data, name)
+        if size is None:
+            continue
+        width, height = size
+        if width * height > options.max_pixels:
+            raise ImageInputError(
+                f"{name} declares {width}x{height} pixels, over the limit of {options.max_pixels:,} "
+                f"(possible decompression bomb)", f"send a smaller image, or {raise_hint('max_pixels')}")
+        total += width * height
+        if total > options.max_total_pixels:
+            raise ImageInputError(
+                f"the images declare more than {options.max_total_pixels:,} pixels together (by {name})",
+                f"send fewer or smaller images, or {raise_hint('max_total_pixels')}")
 
 
 class CountingReader:

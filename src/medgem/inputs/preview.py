@@ -32,7 +32,8 @@ def save_preprocessed(inputs: Sequence[MedicalInput], directory: str | Path) -> 
     """Write one PNG per image or slice, exactly the pixels the model gets, with no metadata.
 
     Names are ``NN_<source>.png`` for images, ``NN_<source>_slice_SSS.png`` for volume slices
-    (SSS counts from 1, as in the prompt's ``SLICE n``), ``NN_<source>_patch_PPP.png`` for slide
+    (SSS counts from 1, as in the prompt's ``SLICE n``), ``NN_<source>_frame_FFF.png`` for the
+    frames of a cine loop (ultrasound, angiography: ``FRAME n``), ``NN_<source>_patch_PPP.png`` for slide
     patches (plus ``NN_<source>_overview.png``: tissue and patch grid drawn on the slide) and
     ``NN_<source>_page_PPP.png`` for PDF pages.
 
@@ -52,7 +53,7 @@ def save_preprocessed(inputs: Sequence[MedicalInput], directory: str | Path) -> 
         if item.overview is not None:
             pictures.insert(0, (0, item.overview))
         for index, image in pictures:
-            target = out / _name(stem, item.kind, index)
+            target = out / _name(stem, item.kind, index, frames=item.metadata.get("sequence") == "frames")
             # A fresh image carries no text chunks: nothing from the source header is written.
             Image.frombytes("RGB", image.size, image.convert("RGB").tobytes()).save(
                 target, "PNG", compress_level=PNG_COMPRESS_LEVEL)
@@ -60,12 +61,13 @@ def save_preprocessed(inputs: Sequence[MedicalInput], directory: str | Path) -> 
     return written
 
 
-def _name(stem: str, kind: str, index: int) -> str:
+def _name(stem: str, kind: str, index: int, *, frames: bool = False) -> str:
     if kind == "image":
         return f"{stem}.png"
     if index == 0:
         return f"{stem}_overview.png"
-    word = {"volume": "slice", "slide": "patch", "document": "page"}[kind]
+    # a cine loop's images are frames in time, as its prompt says (FRAME n), not slices
+    word = "frame" if frames else {"volume": "slice", "slide": "patch", "document": "page"}[kind]
     return f"{stem}_{word}_{index:03d}.png"
 
 

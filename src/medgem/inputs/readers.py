@@ -14,12 +14,14 @@ from pathlib import Path
 from medgem.errors import ImageInputError
 from medgem.inputs.dicom import (
     DicomSource,
+    burned_in_warning,
     check_image_header,
     decode_frames,
     frame_count,
     frame_to_rgb,
     header_facts,
     looks_like_dicom,
+    parses_as_dicom,
     read_header,
     study_date,
 )
@@ -33,12 +35,14 @@ from medgem.inputs.volume import multiframe_to_input, series_to_input, to_images
 Reader = Callable[[Path, ImagingOptions], MedicalInput]
 
 DICOM_SUFFIXES = {".dcm", ".dicom", ".dic", ".ima"}
+# What the pictures Pillow reads start with (PNG, JPEG, GIF, BMP, TIFF, WebP's RIFF, ICO)
+_PICTURE_MAGIC = (b"\x89PNG", b"\xff\xd8", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF", b"\x00\x00\x01\x00")
 
 
 def read_dicom_file(path: Path, options: ImagingOptions) -> MedicalInput:
     """One DICOM file: one image, one chosen frame, or (multi-frame, no frame chosen) a volume."""
     source = DicomSource(name=path.name, path=path)
-    ds = read_header(source, pixels=True)
+    ds = read_header(source, pixels=True, force=True)  # detect_format found it to be DICOM
     check_image_header(ds, path.name, options)
     frames = frame_count(ds)
     if frames > 1 and options.frame is None:
@@ -55,6 +59,7 @@ def read_dicom_file(path: Path, options: ImagingOptions) -> MedicalInput:
         facts["frame"] = index
     modality = options.modality or facts.get("modality")
     rows, cols = rgb.shape[:2]
+    unsaid = burned_in_warning(ds, options)
     return MedicalInput(
         kind="image",
         images=to_images(rgb[None]),
@@ -63,6 +68,7 @@ def read_dicom_file(path: Path, options: ImagingOptions) -> MedicalInput:
         description=f"{modality or 'unknown'} image: {cols}x{rows}, {used}",
         source=path.name,
         metadata=facts,
+        warnings=[unsaid] if unsaid else [],
     )
 
 
@@ -130,10 +136,14 @@ def detect_format(path: Path) -> str:
     if path.suffix.lower() in DICOM_SUFFIXES:
         if not head:
             raise ImageInputError(f"{path.name} is empty (0 bytes)", "copy the file again")
+        if parses_as_dicom(path):  # an old file without File Meta header
+            return "dicom"
         raise ImageInputError(
             f"{path.name} is named like DICOM but is not a DICOM file (no 'DICM' marker at byte 128)",
             "check the file; if it is a PNG or JPEG, give it its real extension",
         )
     if zipfile.is_zipfile(path):
         return "slide" if is_dicom_wsi(path) else "dicom-zip"
+    if not head.startswith(_PICTURE_MAGIC) and parses_as_dicom(path):  # no File Meta, no .dcm name
+        return "dicom"
     return "picture"

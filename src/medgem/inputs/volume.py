@@ -157,6 +157,9 @@ def multiframe_to_input(ds: Any, options: ImagingOptions, source: str) -> Medica
         what = f"{modality or 'unknown'} volume"
     if dicom.burned_in(ds):
         warnings.append("Burned In Annotation = YES: text may be burned into the pixels")
+    unsaid = dicom.burned_in_warning(ds, options)
+    if unsaid:
+        warnings.append(unsaid)
     return MedicalInput(
         kind="volume", images=to_images(rgb), modality=modality, study_date=dicom.study_date(ds),
         description=f"{what}: {len(picked)} of {count} frames, {cols}x{rows}, {used}",

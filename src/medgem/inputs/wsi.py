@@ -155,14 +155,16 @@ def _open_wsidicom(path: Path) -> SlideReader:
     return SlideReader("dicom", levels, read, wsi.close)
 
 
-def _is_ome_tiff(path: Path) -> bool:
-    """OME-TIFF keeps its pyramid in SubIFDs that OpenSlide does not see: read it with tifffile."""
+def _pyramid_in_subifds(path: Path) -> bool:
+    """OME-TIFF, and TIFFs written with SubIFD levels (bfconvert, ``vips tiffsave --subifd``,
+    tifffile's ``subifds=``), keep their pyramid in SubIFDs, which OpenSlide does not see (it
+    reads one IFD chain): read them with tifffile, which exposes them as ``series[0].levels``."""
     if not path.name.lower().endswith((".ome.tif", ".ome.tiff", ".tif", ".tiff")):
         return False
     tifffile: Any = require("tifffile", "pathology", "reading TIFF slides")
     try:
         with tifffile.TiffFile(str(path)) as tif:
-            return bool(tif.is_ome)
+            return bool(tif.is_ome or (tif.pages[0].subifds and len(tif.series[0].levels) > 1))
     except Exception:
         return False
 
@@ -172,7 +174,7 @@ def _open_tifffile(path: Path) -> SlideReader:
 
     tif, sizes, mpp, read = open_tifffile_pyramid(path)
     levels = [Level(w, h, d, mpp * d if mpp else None) for w, h, d in sizes]
-    return SlideReader("ome-tiff", levels, read, tif.close)
+    return SlideReader("ome-tiff" if tif.is_ome else "tiff-subifd", levels, read, tif.close)
 
 
 @contextlib.contextmanager
@@ -189,7 +191,7 @@ def open_slide(path: Path, options: ImagingOptions) -> Iterator[SlideReader]:
             finally:
                 reader.close()
             return
-    elif _is_ome_tiff(path):
+    elif _pyramid_in_subifds(path):
         reader = _open_tifffile(path)
     else:
         reader = _open_openslide(path)

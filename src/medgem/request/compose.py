@@ -87,10 +87,11 @@ def describe_prompt(modality: str | None) -> str:
 
 
 def system_text(system: str | None, think: bool) -> str | None:
-    """The system turn's text, with the thinking instruction in front when asked."""
+    """The system turn's text, with the thinking instruction in front when asked. The text is
+    kept as given (a trailing newline too): Gemma 3's template does not trim the system turn."""
     if not think:
         return system or None
-    return f"{THINK_INSTRUCTION} {system}".strip() if system else THINK_INSTRUCTION
+    return f"{THINK_INSTRUCTION} {system.lstrip()}" if system else THINK_INSTRUCTION
 
 
 def check_think(variant: Variant | None, think: bool) -> None:

@@ -9,7 +9,8 @@ from typing import Any
 from PIL import Image
 
 from medgem.errors import ImageInputError, InputError
-from medgem.inputs import ImagingOptions, InputItem, Inputs, read_inputs
+from medgem.inputs import ImagingOptions, InputItem, Inputs, read_inputs, try_data_url
+from medgem.inputs.limits import check_declared_pictures
 from medgem.request import GenerationOptions, ImagePart, Message, Part, Request, TextPart
 from medgem.request.compose import (
     build_slide_request,
@@ -21,6 +22,7 @@ from medgem.request.compose import (
 from medgem.request.variants import InputKind, Variant
 
 MAX_IMAGES = 16
+SYSTEM_SEPARATOR = "\n\n"  # what Gemma 3's template puts between the system text and the question
 
 
 def request_from_openai(messages: Sequence[dict[str, Any]], *, variant: Variant | None = None,
@@ -58,6 +60,7 @@ def request_from_openai(messages: Sequence[dict[str, Any]], *, variant: Variant 
         raise InputError("messages is empty", "send at least one user message")
     options = options or GenerationOptions()
     check_think(variant, options.think)
+    check_declared_images(messages, max_images, imaging or ImagingOptions())
     system_parts: list[str] = []
     turns: list[Message] = []
     image_count = 0
@@ -72,12 +75,13 @@ def request_from_openai(messages: Sequence[dict[str, Any]], *, variant: Variant 
         parts = list(_parts(raw.get("content"), index, allowed_dirs, slides, imaging, fetched))
         image_count += sum(isinstance(p, ImagePart) for p in parts)
         if role in ("system", "developer"):
-            system_parts.append("".join(p.text for p in parts if isinstance(p, TextPart)))
+            # parts joined as system turns are: by the blank line Gemma 3's template puts after one
+            system_parts.append(SYSTEM_SEPARATOR.join(p.text for p in parts if isinstance(p, TextPart) and p.text))
             continue
         if role == "assistant" and any(isinstance(p, ImagePart) for p in parts):
             raise InputError(f"messages[{index}]: assistant messages cannot hold images")
         turns.append(Message(role, tuple(parts)))
-    system = "\n\n".join(s for s in system_parts if s) or None
+    system = SYSTEM_SEPARATOR.join(s for s in system_parts if s) or None
     if slides:
         if len(slides) > 1 or image_count or len(turns) != 1:
             raise ImageInputError("a whole-slide image must be the only image, in one user message",
@@ -100,6 +104,42 @@ def request_from_openai(messages: Sequence[dict[str, Any]], *, variant: Variant 
     sys_text = system_text(system, options.think)
     head = (Message("system", (TextPart(sys_text),)),) if sys_text else ()
     return Request((*head, *turns), options)
+
+
+_IMAGE_PARTS = ("image_url", "image")
+
+
+def check_declared_images(messages: Sequence[dict[str, Any]], max_images: int, imaging: ImagingOptions) -> None:
+    """What the messages declare, checked before any image is decoded: no image in a system
+    turn, at most ``max_images`` image parts, then each data URL picture's header size (and
+    their sum) against the reading limits. An archive that expands to more images is counted
+    again once read.
+
+    Raises:
+        ImageInputError: an image in a system message, too many images, or too many pixels.
+    """
+    count = 0
+    urls: list[tuple[str, str]] = []
+    for index, raw in enumerate(messages):
+        content = raw.get("content") if isinstance(raw, dict) else None
+        if not isinstance(content, list):
+            continue
+        for number, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") not in _IMAGE_PARTS:
+                continue
+            where = f"messages[{index}].content[{number}]"
+            if raw.get("role") in ("system", "developer"):
+                raise ImageInputError(f"{where} is an image in a system message, which the model's template "
+                                      "has no place for", "put the images in a user message")
+            count += 1
+            spec = part.get("image_url")
+            url = spec.get("url") if isinstance(spec, dict) else spec
+            if isinstance(url, str) and url.startswith("data:"):
+                urls.append((where, url))
+    if count > max_images:  # before even the base64 is decoded
+        raise ImageInputError(f"{count} images sent, the limit is {max_images}", "send fewer images")
+    pictures = [(where, decoded[0]) for where, url in urls if (decoded := try_data_url(url)) is not None]
+    check_declared_pictures(pictures, imaging)
 
 
 def _parts(content: Any, index: int, allowed_dirs: Sequence[Path] | None,

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -55,6 +57,9 @@ def create_app(config: ServerConfig, model: MedGemma, *, keys: KeyStore | None =
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(serving.mark_interrupted)
+        loop = asyncio.get_running_loop()
+        _on_shutdown_signal(lambda: loop.call_soon_threadsafe(serving.begin_drain))
         await asyncio.to_thread(serving.warm_up)
         yield
         log.info("draining the engine queue")
@@ -77,6 +82,25 @@ def create_app(config: ServerConfig, model: MedGemma, *, keys: KeyStore | None =
                            allow_methods=["GET", "POST"], allow_headers=["authorization", "content-type"])
     app.add_middleware(SecurityHeaders)
     return app
+
+
+def _on_shutdown_signal(hook: Callable[[], object]) -> None:
+    """Call ``hook`` first when SIGTERM or SIGINT arrives, then the handler the ASGI server
+    installed (uvicorn's, which starts its graceful shutdown and restores the old handlers
+    when it ends). Only the main thread can take signals: elsewhere (a server in a thread)
+    this does nothing and the queue drains at shutdown as before."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for number in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(number)
+        if not callable(previous):
+            continue
+
+        def handler(signum: int, frame: object, previous: Callable[..., object] = previous) -> None:
+            hook()
+            previous(signum, frame)
+
+        signal.signal(number, handler)
 
 
 def _without_422(app: FastAPI) -> dict[str, Any]:

@@ -13,9 +13,17 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 
-from medgem.errors import ApiError, ClientDisconnectedError, MedgemError, QueueFullError, error_body
+from medgem.errors import (
+    ApiError,
+    ClientDisconnectedError,
+    DrainingError,
+    MedgemError,
+    QueueFullError,
+    error_body,
+)
 
 MIB = 1024 * 1024
+_ROLES = frozenset({"user", "system", "developer", "assistant"})
 
 
 class BusyError(ApiError):
@@ -23,6 +31,15 @@ class BusyError(ApiError):
 
     def __init__(self, message: str, retry_after: int, *, code: str) -> None:
         super().__init__(429, message, f"retry after {retry_after} s", code=code)
+        self.retry_after = retry_after
+
+
+class DrainedError(DrainingError):
+    """A 503 with a Retry-After: the server shut down before this request could run (or end)."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("the server shut down before this request could be answered",
+                         f"retry in {retry_after} s, here once it is back or on another instance")
         self.retry_after = retry_after
 
 
@@ -34,6 +51,13 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"the request body is over the {limit // MIB} MiB limit")
 
 
+class BodyTooDeep(HTTPException):
+    """Raised while a body is received once its JSON nests past the limit."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(400, f"the body's JSON nests more than {limit} levels deep")
+
+
 def as_api_error(exc: Exception) -> Exception:
     """The error to answer with: validation and body problems as 4xx ApiErrors, medgem's
     errors as they are; anything else stays itself (a 500)."""
@@ -43,6 +67,8 @@ def as_api_error(exc: Exception) -> Exception:
         return request_validation_error(exc.errors())
     if isinstance(exc, BodyTooLarge):
         return ApiError(413, str(exc.detail), "send smaller or fewer images", code="request_too_large")
+    if isinstance(exc, BodyTooDeep):
+        return ApiError(400, str(exc.detail), "send a flatter JSON object", code="invalid_json")
     if isinstance(exc, HTTPException) and isinstance(exc.__cause__, ClientDisconnect):
         return ClientDisconnectedError("the client disconnected while sending its body")
     if isinstance(exc, HTTPException) and exc.status_code == 400:  # FastAPI could not decode the body
@@ -67,6 +93,8 @@ def request_validation_error(errors: Any) -> ApiError:
         where = (first.get("ctx") or {}).get("where") or None
         return ApiError(400, f"{where or 'the body'} holds a lone UTF-16 surrogate, which is not text",
                         "send valid Unicode (surrogates only in pairs)", code="invalid_unicode", param=where)
+    if len(loc) > 3 and loc[:2] == ("body", "messages") and loc[3] in _ROLES:  # the union's tag
+        loc = loc[:3] + loc[4:]
     param = ".".join(str(p) for p in loc[1:] if loc and loc[0] == "body") or None
     message = "unknown field" if kind == "extra_forbidden" else str(first.get("msg", "invalid value"))
     where = f"'{param}': " if param else ""
@@ -76,6 +104,6 @@ def request_validation_error(errors: Any) -> ApiError:
 def error_response(exc: BaseException) -> JSONResponse:
     status, body = error_body(exc)
     headers = {}
-    if isinstance(exc, (QueueFullError, BusyError)):
+    if isinstance(exc, (QueueFullError, BusyError, DrainedError)):
         headers["Retry-After"] = str(exc.retry_after)
     return JSONResponse(body, status_code=status, headers=headers)

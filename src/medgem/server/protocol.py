@@ -89,17 +89,37 @@ class ImageDicomContent(_Strict):
 ContentPart = Annotated[TextContent | ImageUrlContent | ImageDicomContent, Field(discriminator="type")]
 
 
-class ChatMessage(_Strict):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[ContentPart] | None = None
+class _Message(_Strict):
     name: str | None = None
     # Clients echo earlier answers back with their thought; it is not sent to the model.
     reasoning_content: str | None = None
     reasoning: str | None = None
 
 
+class UserMessage(_Message):
+    """A user turn: it has content (text, or at least one part), as OpenAI requires."""
+
+    role: Literal["user"]
+    content: Annotated[str, Field(min_length=1)] | Annotated[list[ContentPart], Field(min_length=1)]
+
+
+class SystemMessage(_Message):
+    role: Literal["system", "developer"]
+    content: str | list[ContentPart]
+
+
+class AssistantTurn(_Message):
+    """An earlier answer sent back (its content may be null, as OpenAI allows)."""
+
+    role: Literal["assistant"]
+    content: str | list[ContentPart] | None = None
+
+
+ChatMessage = Annotated[UserMessage | SystemMessage | AssistantTurn, Field(discriminator="role")]
+
+
 class StreamOptions(_Strict):
-    include_usage: bool = False
+    include_usage: bool = Field(default=False, strict=True)
 
 
 class ResponseFormatText(_Strict):
@@ -135,19 +155,20 @@ class ChatCompletionRequest(_Body):
 
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
-    stream: bool = False
+    # Numbers and booleans are strict (no "4" or true for a count) and finite (no NaN).
+    stream: bool = Field(default=False, strict=True)
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)  # what torch and llama.cpp take
-    n: int | None = Field(default=None, ge=1, le=1)
+    max_tokens: int | None = Field(default=None, ge=1, strict=True)
+    max_completion_tokens: int | None = Field(default=None, ge=1, strict=True)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0, strict=True, allow_inf_nan=False)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0, strict=True, allow_inf_nan=False)
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1, strict=True)  # what torch and llama.cpp take
+    n: int | None = Field(default=None, ge=1, le=1, strict=True)
     user: str | None = None
-    think: bool = False
+    think: bool = Field(default=False, strict=True)
     # Accepted at their neutral values only, so OpenAI clients that always send them work.
-    presence_penalty: float | None = Field(default=None, ge=0.0, le=0.0)
-    frequency_penalty: float | None = Field(default=None, ge=0.0, le=0.0)
+    presence_penalty: float | None = Field(default=None, ge=0.0, le=0.0, strict=True, allow_inf_nan=False)
+    frequency_penalty: float | None = Field(default=None, ge=0.0, le=0.0, strict=True, allow_inf_nan=False)
     logprobs: bool | None = Field(default=None, strict=True)
     stop: str | list[str] | None = None
     response_format: ResponseFormat | None = None
@@ -312,10 +333,10 @@ class AskRequest(_Body):
     """``POST /api/ask``: one question, optionally about one upload (image, DICOM, zip)."""
 
     question: str = Field(min_length=1, max_length=20000)
-    image: str | None = None  # a data URL
+    image: str | None = Field(default=None, min_length=1)  # a data URL
     name: str | None = Field(default=None, max_length=255)  # the upload's file name, for messages
-    think: bool = False
-    max_tokens: int | None = Field(default=None, ge=1)
+    think: bool = Field(default=False, strict=True)
+    max_tokens: int | None = Field(default=None, ge=1, strict=True)
     system: str | None = Field(default=None, max_length=20000)
     stop: str | list[str] | None = None
     # The answer as JSON: a JSON schema, or a built-in schema's name ("boxes", "lab-values",
@@ -335,7 +356,7 @@ def _stops(stop: str | list[str] | None) -> tuple[str, ...]:
 class PreviewRequest(_Body):
     """``POST /api/preview``: the images the model would see for an upload."""
 
-    image: str
+    image: str = Field(min_length=1)  # a data URL
     name: str | None = Field(default=None, max_length=255)  # the upload's file name, for messages
 
 

@@ -58,6 +58,12 @@ JobItem = Started | StreamChunk | Completed | Failed
 FinalizeFn = Callable[["Job", Answer | None, BaseException | None], str | None]
 
 
+def _set_event() -> threading.Event:
+    event = threading.Event()
+    event.set()
+    return event
+
+
 @dataclass
 class Job:
     """One request on its way through the engine."""
@@ -70,6 +76,8 @@ class Job:
     enqueued: float = field(default_factory=time.monotonic)
     started: float | None = None
     context: dict[str, Any] = field(default_factory=dict)
+    # Set once the request's accept record is durable: a worker waits for it before running.
+    accepted: threading.Event = field(default_factory=_set_event)
 
     def push(self, item: JobItem) -> None:
         try:
@@ -106,6 +114,7 @@ class EngineQueue:
         # Seconds from a worker taking a job to its answer, for the last few answered jobs.
         self._services: deque[float] = deque(maxlen=RECENT_SERVICES)
         self._running_since: dict[int, float] = {}  # id(job) -> when a worker took it
+        self._running_jobs: dict[int, Job] = {}
         self._threads = [threading.Thread(target=self._work, name=f"medgem-engine-{n}", daemon=True)
                          for n in range(self._workers)]
         for thread in self._threads:
@@ -124,11 +133,14 @@ class EngineQueue:
         return self._draining
 
     def submit(self, request: Request, finalize: FinalizeFn, *,
-               cancel: threading.Event | None = None, **context: Any) -> Job:
+               cancel: threading.Event | None = None, accepted: threading.Event | None = None,
+               **context: Any) -> Job:
         """Queue a request (call on the event loop).
 
         Args:
             cancel: the job's cancel event (set when its client leaves); a new one if None.
+            accepted: an event the caller sets once it recorded the request as accepted (no
+                worker runs the job before); None: already accepted.
             **context: what ``finalize`` and the audit record need (kept on the job).
 
         Raises:
@@ -138,6 +150,8 @@ class EngineQueue:
         job = Job(request, finalize, asyncio.get_running_loop(), context=context)
         if cancel is not None:
             job.cancel = cancel
+        if accepted is not None:
+            job.accepted = accepted
         with self._lock:
             if self._draining:
                 raise DrainingError("the server is shutting down", "retry on another instance")
@@ -158,6 +172,38 @@ class EngineQueue:
         oldest = max((now - since for since in list(self._running_since.values())), default=0.0)
         estimate = max(mean, oldest) * (self._waiting + 1) / self._workers
         return max(self._min_retry_after, min(MAX_RETRY_AFTER_S, math.ceil(estimate)))
+
+    def stop_accepting(self) -> None:
+        """Refuse new jobs from now on (503); queued and running ones go on."""
+        with self._lock:
+            self._draining = True
+
+    def expire(self, error: Callable[[], BaseException]) -> tuple[int, int]:
+        """The drain deadline: every job still waiting fails with ``error()`` (finalize records
+        it), every running one is told to stop (``context["drained"]``, its cancel event set),
+        so that no client is left to a cut connection. Returns (failed, stopped)."""
+        dropped: list[Job] = []
+        sentinels = 0
+        while True:
+            try:
+                item = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                sentinels += 1
+            else:
+                dropped.append(item)
+        for _ in range(sentinels):
+            self._jobs.put(None)
+        with self._lock:
+            self._waiting -= len(dropped)
+            running = list(self._running_jobs.values())
+        for job in running:
+            job.context["drained"] = True
+            job.cancel.set()
+        for job in dropped:
+            self._finish(job, None, error())
+        return len(dropped), len(running)
 
     def close(self, timeout: float | None = None) -> bool:
         """Refuse new jobs, let queued and running ones finish; True when the workers ended."""
@@ -181,14 +227,17 @@ class EngineQueue:
                 self._waiting -= 1
                 self._running += 1
                 self._running_since[id(job)] = time.monotonic()
+                self._running_jobs[id(job)] = job
             try:
                 self._serve(job)
             finally:
                 with self._lock:
                     self._running -= 1
                     self._running_since.pop(id(job), None)
+                    self._running_jobs.pop(id(job), None)
 
     def _serve(self, job: Job) -> None:
+        job.accepted.wait()
         job.started = time.monotonic()
         if job.cancel.is_set():
             self._finish(job, None, ClientDisconnectedError("the client disconnected while waiting",

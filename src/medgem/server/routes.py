@@ -151,7 +151,7 @@ async def ask(body: p.AskRequest, http: HttpRequest, user: User, serving: Servin
     return await serving.answer(
         http, user=user, messages=ask_messages(body), check=check,
         build=lambda gone: ask_request(body, serving.model, serving.config, gone.is_set, constraint()),
-        stream=True, include_usage=True)
+        stream=True, include_usage=True, names=(body.name,) if body.name else ())
 
 
 @router.get("/v1/models", summary="The served model, with its label, caveat and capabilities",
@@ -233,5 +233,12 @@ router.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
 
 @router.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"], include_in_schema=False)
 async def not_found(path: str) -> Response:
+    """404 for a path no route has; 405 (with Allow) for a real route asked with another method."""
+    allowed = sorted({method for route in router.routes if isinstance(route, APIRoute) and route.path != "/{path:path}"
+                      and route.path_regex.match("/" + path) for method in route.methods or ()})
+    if allowed:
+        return JSONResponse({"error": {"message": f"/{path} takes {', '.join(allowed)}", "type": "invalid_request_error",
+                                       "param": None, "code": "method_not_allowed"}},
+                            status_code=405, headers={"Allow": ", ".join(allowed)})
     return JSONResponse({"error": {"message": f"no route /{path}", "type": "not_found_error",
                                    "param": None, "code": "not_found"}}, status_code=404)

@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import threading
 import time
 import uuid
@@ -25,7 +26,8 @@ from starlette.responses import JSONResponse, Response
 
 from medgem.answer import Answer, AnswerChunk, ThinkingChunk
 from medgem.api import MedGemma
-from medgem.audit.trail import model_fields, settings_fields
+from medgem.audit.records import file_name_fields, redacted_error
+from medgem.audit.trail import model_fields, settings_fields, unfinished_requests
 from medgem.errors import (
     ApiError,
     AuthError,
@@ -39,7 +41,7 @@ from medgem.request import GenerationOptions, Request
 from medgem.server import protocol as p
 from medgem.server.admission import Slots
 from medgem.server.auth import KeyStore, bearer_token
-from medgem.server.http_errors import BusyError, as_api_error, error_response
+from medgem.server.http_errors import BusyError, DrainedError, as_api_error, error_response
 from medgem.server.input_digests import capture_inputs, digest_inputs
 from medgem.server.metrics import Metrics
 from medgem.server.queue import Completed, EngineQueue, Failed, Job, JobItem, Started
@@ -84,6 +86,9 @@ class Serving:
         self.created = int(time.time())
         self.deid_key = config.deid_key or os.urandom(32)
         self.ready = False  # set by warm_up
+        # Who accepted a request, in its accept record: a restart marks only its own
+        # machine's dead servers' unfinished requests as interrupted.
+        self.instance = {"host": socket.gethostname(), "pid": os.getpid(), "instance": uuid.uuid4().hex}
         self.queue = EngineQueue(
             lambda job: model.generate(job.request, job.cancel, audit_context=self._audit_context(job)),
             max_waiting=config.max_queue, min_retry_after=config.retry_after_s,
@@ -112,6 +117,59 @@ class Serving:
         except Exception:
             log.warning("the warm-up request failed; serving anyway", exc_info=True)
         self.ready = True
+
+    def begin_drain(self) -> None:
+        """Shutting down (SIGTERM or SIGINT; call on the event loop): no new request is taken,
+        and at the drain deadline (shortly before the server stops waiting) the requests
+        still queued get a 503 with Retry-After and the running ones are stopped with an
+        error (an SSE error event for streams): no client is left with an empty answer."""
+        if self.queue.draining:
+            return
+        self.queue.stop_accepting()
+        timeout = self.config.drain_timeout_s
+        deadline = max(0.0, timeout - min(5.0, timeout / 4))
+        timer = threading.Timer(deadline, self._expire)
+        timer.daemon = True
+        timer.start()
+        log.info("draining: requests still waiting in %.0f s will be refused", deadline)
+
+    def _expire(self) -> None:
+        failed, stopped = self.queue.expire(lambda: DrainedError(self.config.retry_after_s))
+        if failed or stopped:
+            log.warning("drain deadline: %d queued request(s) refused, %d running one(s) stopped", failed, stopped)
+
+    def mark_interrupted(self) -> int:
+        """At start-up: append an "interrupted" outcome to every request a server on this
+        machine accepted and never finished (it was killed, or its drain timed out). Requests
+        of servers still running (another process on the same store) are left alone. Returns
+        how many were marked."""
+        marked = 0
+        for accepted in unfinished_requests(self.store):
+            server = accepted.body.get("server") or {}
+            if server.get("host") != self.instance["host"] or server.get("instance") == self.instance["instance"]:
+                continue
+            pid = server.get("pid")
+            if pid != os.getpid() and _process_alive(pid):
+                continue
+            request_id = accepted.body.get("request_id")
+            body = {key: accepted.body.get(key) for key in ("user", "endpoint", "request_id", "server")} | {
+                "status": None, "error": {"message": "the server stopped before this request ended",
+                                          "type": "server_error", "param": None, "code": "interrupted"}}
+            free = isinstance(request_id, str) and self.store.get(request_id) is None
+            self.store.append("interrupted", body, record_id=request_id if free else None, parent=accepted.id)
+            marked += 1
+        if marked:
+            log.warning("%d accepted request(s) never ended (the server stopped): recorded as interrupted", marked)
+        return marked
+
+    def _accept(self, job: Job) -> str:
+        """The request's accept record (durable on return): who asked, through which endpoint,
+        the inputs' digests, the settings; its outcome will name it as parent."""
+        ctx = job.context
+        body = {"user": ctx["user"], "endpoint": ctx["endpoint"], "request_id": ctx["record_id"],
+                "model": model_fields(self.info), "served_as": self.served_name,
+                "settings": settings_fields(job.request), "inputs": ctx["inputs"], "server": self.instance}
+        return self.store.append("accepted", body).id
 
     # --- who asks ----------------------------------------------------------------------------
 
@@ -164,7 +222,9 @@ class Serving:
                 error = auth
         if user is not None and endpoint in AUDITED and isinstance(error, MedgemError):
             status, body = error_body(error)
-            record = {"user": user, "endpoint": endpoint, "status": status, "error": body["error"],
+            names = getattr(http.state, "names", ())
+            record = {"user": user, "endpoint": endpoint, "status": status,
+                      "error": redacted_error(body["error"], names),
                       "inputs": getattr(http.state, "inputs", None) or []}
             try:
                 await asyncio.to_thread(self.store.append, "rejected", record)
@@ -183,7 +243,7 @@ class Serving:
     async def answer(
         self, http: HttpRequest, *, user: str, messages: list[dict[str, Any]], check: Callable[[], None],
         build: Callable[[threading.Event], Request], stream: bool, include_usage: bool,
-        replies: Replies | None = None,
+        replies: Replies | None = None, names: tuple[str, ...] = (),
     ) -> Response:
         """Run one question on the engine, as every generating route does: the route's
         dependency authenticated and FastAPI read the body; here the inputs are digested (a
@@ -194,18 +254,32 @@ class Serving:
         Args:
             build: makes the Request; the event is set once the client left (stop reading).
             replies: the answer's shape when it is not OpenAI's (Ollama's routes).
+            names: the file names the client gave its uploads: records keep their hashes and
+                extensions, and errors are recorded without them (the client's own answer
+                still names them).
         """
         refused = replies.error if replies is not None else error_response
+        http.state.names = names
         http.state.inputs = inputs = digest_inputs(messages)
+        images = [entry for entry in inputs if entry["kind"] in ("image", "image_ref")]
+        for entry, name in zip(images, names, strict=False):
+            entry.update(file_name_fields(name))
         check()
         async with ClientWatch(http) as watch:
             request = await asyncio.to_thread(_build, build, watch.gone)
             record_id = f"chatcmpl-{uuid.uuid4().hex}"
             endpoint = str(http.scope["route"].path)
             check_present(watch.gone, "while its inputs were read")  # the engine is never reached
-            job = self.queue.submit(request, self.finalize, cancel=watch.gone, record_id=record_id, user=user,
-                                    endpoint=endpoint, inputs=inputs,
+            job = self.queue.submit(request, self.finalize, cancel=watch.gone, accepted=threading.Event(),
+                                    record_id=record_id, user=user, endpoint=endpoint, inputs=inputs, names=names,
                                     messages=messages if self.config.log_prompts else [])
+            try:  # no worker runs the job before its accept record is durable
+                job.context["accepted"] = await asyncio.to_thread(self._accept, job)
+            except BaseException:
+                job.cancel.set()
+                raise
+            finally:
+                job.accepted.set()
             first = await watch.next(job)
             if first is None:
                 return Response(status_code=499)
@@ -227,6 +301,8 @@ class Serving:
                     return Response(status_code=499)
                 if isinstance(item, Failed):
                     return refused(item.error)
+                if isinstance(item, Completed) and _drained(item, job):
+                    return refused(DrainedError(self.config.retry_after_s))
                 if isinstance(item, Completed) and replies is not None:
                     return replies.whole(self, item, job, record_id, created)
                 if isinstance(item, Completed):
@@ -237,6 +313,7 @@ class Serving:
         context: dict[str, Any] = {
             "record_id": ctx["record_id"], "user": ctx["user"], "endpoint": ctx["endpoint"],
             "inputs": ctx["inputs"], "served_as": self.served_name, "queue_s": job.queue_s,
+            "file_names": ctx["names"], "accepted": ctx.get("accepted"),
         }
         if self.config.log_prompts:
             context["prompt"] = capture_inputs(self.store, ctx["messages"], self.deid_key)
@@ -261,10 +338,10 @@ class Serving:
         body: dict[str, Any] = {
             "user": ctx["user"], "endpoint": ctx["endpoint"], "model": model_fields(self.info),
             "served_as": self.served_name, "settings": settings_fields(job.request),
-            "inputs": ctx["inputs"], "status": status, "error": error_json["error"],
+            "inputs": ctx["inputs"], "status": status, "error": redacted_error(error_json["error"], ctx["names"]),
         }
         kind = "rejected" if status < 500 else "error"
-        self.store.append(kind, body, record_id=ctx["record_id"])
+        self.store.append(kind, body, record_id=ctx["record_id"], parent=ctx.get("accepted"))
         return str(ctx["record_id"])
 
     # --- answers -----------------------------------------------------------------------------
@@ -292,6 +369,9 @@ class Serving:
                     yield chunk(p.Delta(reasoning_content=item.text, reasoning=item.text))
                 elif isinstance(item, AnswerChunk):
                     yield chunk(p.Delta(content=item.text))
+                elif isinstance(item, Completed) and _drained(item, job):  # cut by the drain deadline
+                    yield json.dumps(error_body(DrainedError(self.config.retry_after_s))[1])
+                    return
                 elif isinstance(item, Completed):
                     yield chunk(p.Delta(), _finish(item.answer), medgem=self._extra(item, job))
                     if include_usage:
@@ -378,6 +458,23 @@ class ClientWatch:
         getter.cancel()
         job.cancel.set()
         return None
+
+
+def _drained(item: Completed, job: Job) -> bool:
+    """An answer the drain deadline cut short: its client gets an error, not a partial answer."""
+    return bool(job.context.get("drained")) and item.answer.finish_reason == "cancelled"
+
+
+def _process_alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def _build(build: Callable[[threading.Event], Request], gone: threading.Event) -> Request:

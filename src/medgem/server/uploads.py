@@ -15,6 +15,7 @@ from typing import Any
 from medgem.api import MedGemma, imaging_options
 from medgem.errors import ImageInputError
 from medgem.inputs import ImagingOptions, Inputs, Upload, decode_data_url, read_inputs
+from medgem.inputs.limits import check_declared_pictures
 from medgem.request import Request
 from medgem.request.compose import request_for_inputs
 from medgem.server import protocol as p
@@ -39,6 +40,7 @@ def read_upload(url: str, name: str | None, options: ImagingOptions) -> Inputs:
     if mime and not (mime.startswith("image/") or mime in _UPLOAD_TYPES):
         raise ImageInputError(f"{shown} is a '{mime}' file: that type is not supported",
                               "attach a PNG, JPEG, DICOM or a zipped DICOM series")
+    check_declared_pictures([(shown, data)], options)  # the header's size, before any pixel
     loaded = read_inputs([Upload(data, mime, name or "upload")], options)
     if not loaded.images:
         raise ImageInputError(f"{shown} holds no image", "attach a PNG, JPEG, DICOM or a zipped DICOM series")
