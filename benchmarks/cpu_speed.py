@@ -242,8 +242,7 @@ def raw_llamacpp(gguf: Path, streams: int, tokens: int, rounds: int, unified: bo
     lib, _ = import_llama_cpp()
     model = lib.llama_model_load_from_file(str(gguf).encode(), llama_model_params(lib))
     threads = len(os.sched_getaffinity(0))
-    params = llama_context_params(lib, n_ctx * streams, 512, threads, streams)
-    params.kv_unified = unified
+    params = llama_context_params(lib, n_ctx * streams, 512, threads, streams, unified=unified)
     ctx = lib.llama_init_from_model(model, params)
     vocab = lib.llama_model_get_vocab(model)
     sampler = lib.llama_sampler_init_greedy()

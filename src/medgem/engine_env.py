@@ -28,6 +28,7 @@ _VARIABLES: dict[str, dict[str, tuple[tuple[str, ...], Callable[[str], object]]]
         "embed_cache_disk_mb": (("MEDGEM_EMBED_CACHE_DISK_MB",), str),
         "cpu_variant": (("MEDGEM_LLAMA_CPU_VARIANT",), str.strip),
         "repack": (("MEDGEM_LLAMA_REPACK",), _switch),
+        "kv_unified": (("MEDGEM_LLAMA_KV_UNIFIED",), _switch),
         "native_logs": (("MEDGEM_LLAMA_LOGS",), lambda text: True),
         "probe": (("MEDGEM_LLAMA_PROBE",), lambda text: text.strip() != "0"),
     },
