@@ -335,6 +335,34 @@ def medgem_batched(gguf: Path, streams: int, tokens: int, rounds: int, n_ctx: in
     return statistics.median(rates[1:])
 
 
+def in_child(kind: str, streams: int, tokens: int, rounds: int) -> float:
+    """One batching measurement in a fresh process: what ran before in this one (another model's
+    load and free, llama.cpp's and torch's thread pools) moved the figures here by up to 6x, in
+    either direction, so raw and medgem each start from the same clean state."""
+    import json
+    import subprocess
+
+    command = [sys.executable, __file__, "--child", kind, str(streams), str(tokens), str(rounds)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        raise SystemExit(f"{kind} child failed:\n{done.stderr[-3000:]}")
+    return float(json.loads(lines[-1][7:]))
+
+
+def child(kind: str, streams: int, tokens: int, rounds: int) -> None:
+    import json
+
+    from medgem.demo.build import demo_gguf_path
+
+    gguf = demo_gguf_path()
+    if kind == "medgem":
+        rate = medgem_batched(gguf, streams, tokens, rounds, 512)
+    else:
+        rate = raw_llamacpp(gguf, streams, tokens, rounds, kind == "unified", 512)
+    print("RESULT " + json.dumps(rate))
+
+
 # --- the run ---------------------------------------------------------------------------------------
 
 
@@ -343,7 +371,11 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="minutes: a 2-layer tower, 4 slices, 1 round")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: tower,first,batch")
     parser.add_argument("--tokens", type=int, default=32, help="new tokens per stream")
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        child(args.child[0], *(int(x) for x in args.child[1:]))
+        return 0
     skip = set(filter(None, args.skip.split(",")))
     import tempfile
 
@@ -420,13 +452,14 @@ def main() -> int:
         rounds = 1 if args.quick else 3
         tokens = min(args.tokens, 16) if args.quick else args.tokens
         print(f"\n## Batched whole answers on {gguf.name} (prefill + {tokens} tokens per stream, new "
-              f"prompts each round, greedy, median of {rounds} round(s)), aggregate tok/s")
+              f"prompts each round, greedy, median of {rounds} round(s) after a warm-up round, each "
+              "cell in its own process), aggregate tok/s")
         print(f"{'streams':>7} | {'raw separate KV':>15} | {'raw unified KV':>14} | {'medgem':>7} | "
               f"{'medgem / raw best':>17}")
         for streams in STREAMS:
-            separate = raw_llamacpp(gguf, streams, tokens, rounds, False, 512)
-            unified = raw_llamacpp(gguf, streams, tokens, rounds, True, 512)
-            ours = medgem_batched(gguf, streams, tokens, rounds, 512)
+            separate = in_child("separate", streams, tokens, rounds)
+            unified = in_child("unified", streams, tokens, rounds)
+            ours = in_child("medgem", streams, tokens, rounds)
             print(f"{streams:>7} | {separate:>15.1f} | {unified:>14.1f} | {ours:>7.1f} | "
                   f"{ours / max(separate, unified):>17.2f}", flush=True)
         print("target: medgem >= 0.95 x raw llama.cpp's best at every stream count")
