@@ -85,23 +85,47 @@ def llama_pair(gguf_270m: Path, llamacpp_runs: None) -> Iterator[tuple[MedGemma,
     four.close()
 
 
+@pytest.fixture(scope="module")
+def four_separate(gguf_270m: Path, llamacpp_runs: None) -> Iterator[MedGemma]:
+    """Four slots with a KV buffer each (the default is one buffer for all: see the engine)."""
+    engine = load_engine("llamacpp", resolve_checkpoint(gguf_270m),
+                         LlamaCppOptions(n_ctx=512, parallel=4, kv_unified=False))
+    model = MedGemma(engine, parallel=4)
+    yield model
+    model.close()
+
+
+@pytest.mark.parametrize("layout", ["unified", "separate"])
 def test_llamacpp_batch_agrees_with_serial_greedy_up_to_near_ties(
-        llama_pair: tuple[MedGemma, MedGemma], reference_270m: Path) -> None:
+        llama_pair: tuple[MedGemma, MedGemma], four_separate: MedGemma, reference_270m: Path,
+        layout: str) -> None:
     """Four sequences decoded in one batch against each alone, on the real Q4_K_M weights.
 
     Not bit-identical, and llama.cpp does not promise it: a batch of four runs the quantized
     matmuls through other kernels than one token does (measured: four copies of one prompt in
     one batch gave two different answers). The bound is the engine tests' own near tie: where a
     batched answer leaves the serial one, the float32 logits of the two candidates are within
-    0.5 (measured here: one of four prompts parts, at token 3, gap 0.12).
+    0.5 (measured here: one of four prompts parts, at token 3, gap 0.12). It holds for both KV
+    layouts (one buffer shared by the sequences, the default, and one each): on 24 prompts each
+    layout parted from serial once, at token 3 (gap 0.05) and token 5 (gap 0.13).
     """
     from transformers import AutoModelForCausalLM
 
     one, four = llama_pair
-    assert four.engine.capabilities.batching == "continuous"
-    requests = [completion(p, 24) for p in PROMPTS]
+    if layout == "separate":
+        four = four_separate
     engine: Any = four.engine
-    sequences = [engine.start(engine.prepare(r)) for r in requests]
+    assert engine.capabilities.batching == "continuous"
+    assert engine.kv_unified == (layout == "unified")
+    requests = [completion(p, 24) for p in PROMPTS]
+    # Staggered starts: later prompts are prefilled in the same llama_decode as the earlier
+    # ones' next tokens and, with one buffer, their cells land among the others' (the layout
+    # that moved an eval's first token by rounding).
+    sequences = [engine.start(engine.prepare(requests[0]))]
+    engine.step(sequences)
+    for request in requests[1:]:
+        sequences.append(engine.start(engine.prepare(request)))
+        engine.step(sequences)
     while not all(s.done for s in sequences):
         engine.step(sequences)
     batched = [s.tokens for s in sequences]
@@ -121,6 +145,37 @@ def test_llamacpp_batch_agrees_with_serial_greedy_up_to_near_ties(
             logits = model(torch.tensor([ids])).logits[0, -1]
         gap = abs(float(logits[theirs[split]] - logits[ours[split]]))
         assert gap < 0.5, (prompt, split, gap)
+
+
+def test_a_new_prompt_is_prefilled_in_the_running_sequences_decode(
+        llama_pair: tuple[MedGemma, MedGemma]) -> None:
+    """llama-server's way: the step after a request arrives runs ONE llama_decode holding the
+    running sequence's next token and the new prompt, and both come out of it with a token."""
+    _, four = llama_pair
+    engine: Any = four.engine
+    running = engine.start(engine.prepare(completion("A cough that lasts three weeks", 8)))
+    engine.step([running])  # its prompt: one batch of its own
+    assert running.pending is not None and len(running.tokens) == 1
+    new = engine.start(engine.prepare(completion("Sepsis is first treated with", 8)))
+    to_prefill = len(new.prompt.units) - new.next_unit  # less what its slot already held
+    assert to_prefill > 3
+    batches: list[int] = []
+    real_batch = engine._batch
+
+    def counted(entries: list[tuple[int, int, int, bool]]) -> None:
+        batches.append(len(entries))
+        real_batch(entries)
+
+    engine._batch = counted
+    try:
+        engine.step([running, new])
+    finally:
+        del engine._batch  # the bound method again
+    assert batches == [1 + to_prefill]
+    assert len(running.tokens) == 2 and len(new.tokens) == 1 and not new.prefilling
+    while not (running.done and new.done):
+        engine.step([s for s in (running, new) if not s.done])
+    assert len(running.tokens) == len(new.tokens) == 8
 
 
 def test_a_request_joins_the_running_batch(llama_pair: tuple[MedGemma, MedGemma]) -> None:

@@ -90,7 +90,8 @@ class LlamaCppSettings(BaseModel):
     """The llama.cpp engine's settings from the environment or the file's ``[llamacpp]`` table:
     ``MEDGEM_VISION``, ``MEDGEM_VISION_DTYPE``, ``MEDGEM_EMBED_CACHE_DIR``,
     ``MEDGEM_EMBED_CACHE_MB``, ``MEDGEM_EMBED_CACHE_DISK_MB``, ``MEDGEM_LLAMA_CPU_VARIANT``,
-    ``MEDGEM_LLAMA_REPACK=on|off``, ``MEDGEM_LLAMA_LOGS`` (any value: on),
+    ``MEDGEM_LLAMA_REPACK=on|off``, ``MEDGEM_LLAMA_KV_UNIFIED=on|off``,
+    ``MEDGEM_LLAMA_LOGS`` (any value: on),
     ``MEDGEM_LLAMA_PROBE=0`` (off). The engine's options model checks the values."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -102,10 +103,11 @@ class LlamaCppSettings(BaseModel):
     embed_cache_disk_mb: str | None = None
     cpu_variant: str | None = None
     repack: bool | None = None
+    kv_unified: bool | None = None
     native_logs: bool | None = None
     probe: bool | None = None
 
-    @field_validator("repack", "native_logs", "probe", mode="before")
+    @field_validator("repack", "kv_unified", "native_logs", "probe", mode="before")
     @classmethod
     def _switches(cls, value: object) -> object:
         return _switch(value)
@@ -130,6 +132,7 @@ _ENGINE_VARIABLES: tuple[tuple[str, str, str, Any], ...] = (
     ("MEDGEM_EMBED_CACHE_DISK_MB", "llamacpp", "embed_cache_disk_mb", str),
     ("MEDGEM_LLAMA_CPU_VARIANT", "llamacpp", "cpu_variant", str.strip),
     ("MEDGEM_LLAMA_REPACK", "llamacpp", "repack", str),
+    ("MEDGEM_LLAMA_KV_UNIFIED", "llamacpp", "kv_unified", str),
     ("MEDGEM_LLAMA_LOGS", "llamacpp", "native_logs", lambda text: True),
     ("MEDGEM_LLAMA_PROBE", "llamacpp", "probe", lambda text: text.strip() != "0"),
     ("MEDGEM_BASE_URL", "remote", "base_url", str),

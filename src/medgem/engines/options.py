@@ -93,6 +93,7 @@ class LlamaCppOptions(EngineOptions):
     embed_cache_disk_mb: int = 4096
     cpu_variant: str | None = None  # force one CPU backend of a runtime-dispatch build
     repack: bool | None = None  # weight repacking into extra buffer types (None: by the CPU)
+    kv_unified: bool | None = None  # one KV buffer for every sequence (None: the engine's default)
     native_logs: bool = False  # let llama.cpp and libmtmd log to stderr
     probe: bool = True  # prove the kernels in a child process before running them here
 

@@ -69,6 +69,16 @@ from medgem.resolve import Checkpoint
 stages = logging.getLogger("medgem.progress")  # a terminal's stage line shows these
 
 DEFAULT_N_CTX = 8192
+# One KV buffer for every sequence (llama-server's default): decode of 4 streams on the 4B shape
+# went from 1.29x to 1.76x one stream's tok/s against a buffer per sequence (Zen 5, 2 cores).
+# It was once turned off because a batched eval's answer changed from its first token. Why: a
+# sequence's cells then sit among other sequences' (masked) cells, and where they sit changes
+# the order of flash attention's sums, so logits move by rounding -- llama.cpp's own finding
+# (ggml-org/llama.cpp#4113, #7347: "the insertion of masked values ... changes the rounding
+# error"). It is the batch-kernel rounding the engine tests already bound, not a wrong cache:
+# greedy answers leave the serial ones only at near ties (tests/test_batching.py checks both
+# layouts, first token included, against float32 logits). kv_unified=False gives a buffer each.
+DEFAULT_KV_UNIFIED = True
 
 
 def load_llamacpp(checkpoint: Checkpoint, options: LlamaCppOptions) -> LlamaCppEngine:
@@ -172,9 +182,11 @@ class LlamaCppEngine:
                 "the file is corrupt, incomplete or from a newer llama.cpp: convert or download "
                 "it again",
             )
+        self.kv_unified = DEFAULT_KV_UNIFIED if options.kv_unified is None else options.kv_unified
         self._ctx = llama_cpp.llama_init_from_model(
             self._model,
-            llama_context_params(llama_cpp, self.n_ctx * parallel, self.n_batch, threads, parallel))
+            llama_context_params(llama_cpp, self.n_ctx * parallel, self.n_batch, threads, parallel,
+                                 unified=self.kv_unified))
         if not self._ctx:
             llama_cpp.llama_model_free(self._model)
             raise ResourceError(
@@ -370,19 +382,36 @@ class LlamaCppEngine:
         return sequence
 
     def step(self, sequences: list[Sequence]) -> None:
-        """One step for the running sequences: one batch with the next token of every decoding
-        sequence, then one prefill piece (a text chunk or an image) of the oldest prefilling
-        one, so a long prompt does not stall the others' answers. Events (and errors) collect
-        on each sequence; ``done`` marks the finished ones."""
+        """One step for the running sequences, llama-server's way: one ``llama_decode`` with the
+        next token of every decoding sequence and, in the room left of ``n_batch``, the next
+        text piece of each prefilling one (oldest first), so a new question neither stalls the
+        others' answers nor waits for a step of its own. An image (the vision tower, then its
+        soft tokens through libmtmd's own non-causal decode) runs after the batch: the oldest
+        prompt's that waits on one, one image per step.
+        Events (and errors) collect on each sequence; ``done`` marks the finished ones."""
         for sequence in sequences:
             if not sequence.done and sequence.cancel is not None and sequence.cancel.is_set():
                 self._finish(sequence, "cancelled")
         decoding = [s for s in sequences if not s.done and s.pending is not None]
-        if decoding:
-            self._decode_next(decoding)
-        prefilling = [s for s in sequences if not s.done and s.prefilling]
-        if prefilling:
-            self._prefill_piece(prefilling[0])
+        pieces: list[tuple[Sequence, int, int]] = []  # (sequence, first unit, end unit)
+        room = self.n_batch - len(decoding)
+        image: Sequence | None = None
+        for sequence in (s for s in sequences if not s.done and s.prefilling):
+            units, first = sequence.prompt.units, sequence.next_unit
+            if not isinstance(units[first].key, int):
+                image = image or sequence  # the oldest waiting image; the others next steps
+                continue
+            if room <= 0:
+                continue
+            last = first
+            while last < len(units) and isinstance(units[last].key, int) and last - first < room:
+                last += 1
+            pieces.append((sequence, first, last))
+            room -= last - first
+        if decoding or pieces:
+            self._decode_batch(decoding, pieces)
+        if image is not None and not image.done:
+            self._prefill_image(image)
 
     def _batch(self, entries: list[tuple[int, int, int, bool]]) -> None:
         """llama_decode one batch of (token, position, sequence id, wants logits)."""
@@ -400,50 +429,59 @@ class LlamaCppEngine:
             raise EngineUnavailableError(f"llama.cpp failed to evaluate the prompt (status {status})",
                                          "retry with a shorter prompt")
 
-    def _decode_next(self, sequences: list[Sequence]) -> None:
+    def _decode_batch(self, decoding: list[Sequence], pieces: list[tuple[Sequence, int, int]]) -> None:
+        """One llama_decode: the decoding sequences' pending tokens, then the prefill pieces;
+        logits for every decoded token and for the last token of a prompt that ends here."""
+        entries = [(s.pending, s.position, s.slot.seq_id, True) for s in decoding]
+        ends: list[int | None] = []  # per piece: the batch row of its prompt's last token
+        for sequence, first, last in pieces:
+            units = sequence.prompt.units
+            if stages.isEnabledFor(logging.DEBUG):
+                stages.debug(f"reading the prompt ({sum(isinstance(u.key, int) for u in units)} tokens)")
+            ending = last == len(units)
+            entries += [(int(units[i].key), sequence.position + i - first, sequence.slot.seq_id,
+                         ending and i == last - 1) for i in range(first, last)]
+            ends.append(len(entries) - 1 if ending else None)
+        began = time.perf_counter()
         try:
-            self._batch([(s.pending, s.position, s.slot.seq_id, True) for s in sequences])  # type: ignore[misc]
+            self._batch(entries)  # type: ignore[arg-type]
         except EngineUnavailableError as exc:
-            for sequence in sequences:
+            for sequence in [*decoding, *(piece[0] for piece in pieces)]:
                 self._fail(sequence, exc)
             return
-        for index, sequence in enumerate(sequences):
+        elapsed = time.perf_counter() - began
+        for index, sequence in enumerate(decoding):
             assert sequence.pending is not None
             sequence.slot.cached.append(Unit(sequence.pending, 1))
             sequence.position += 1
             sequence.pending = None
             self._accept(sequence, self._sample(sequence, index))
+        for (sequence, first, last), row in zip(pieces, ends, strict=True):
+            sequence.position += last - first
+            # The prefill rate is timed on batches of one prompt's piece alone (see speeds).
+            if len(pieces) == 1 and not decoding and last - first >= 32:
+                sequence.lm_tokens += last - first
+                sequence.lm_s += elapsed
+            self._prefilled(sequence, first, last, row)
 
-    def _prefill_piece(self, sequence: Sequence) -> None:
-        """Evaluate the next text chunk (up to n_batch tokens) or image of a prompt."""
+    def _prefill_image(self, sequence: Sequence) -> None:
+        """The next unit of a prompt, an image: its soft tokens into the sequence."""
         units = sequence.prompt.units
         first = sequence.next_unit
         if stages.isEnabledFor(logging.DEBUG):
             images = [i for i, unit in enumerate(units) if not isinstance(unit.key, int)]
-            stages.debug(f"encoding image {images.index(first) + 1}/{len(images)}" if first in images
-                         else f"reading the prompt ({len(units) - len(images)} tokens)")
+            stages.debug(f"encoding image {images.index(first) + 1}/{len(images)}")
         try:
-            if isinstance(units[first].key, int):
-                last = first
-                while (last < len(units) and isinstance(units[last].key, int)
-                       and last - first < self.n_batch):
-                    last += 1
-                ends = last == len(units)
-                began = time.perf_counter()
-                self._batch([(int(units[i].key), sequence.position + i - first,
-                              sequence.slot.seq_id, ends and i == last - 1)
-                             for i in range(first, last)])
-                sequence.position += last - first
-                if last - first >= 32:  # long enough to time the prefill rate by
-                    sequence.lm_tokens += last - first
-                    sequence.lm_s += time.perf_counter() - began
-            else:
-                last = first + 1
-                self._image(sequence, first)
+            self._image(sequence, first)
         except EngineUnavailableError as exc:
             self._fail(sequence, exc)
             return
-        sequence.slot.cached.extend(units[first:last])
+        self._prefilled(sequence, first, first + 1, -1)
+
+    def _prefilled(self, sequence: Sequence, first: int, last: int, row: int | None) -> None:
+        """Units ``first``..``last`` are in the KV cache; at the prompt's end, the first token
+        (sampled from batch row ``row``; -1: the last decode's last output)."""
+        sequence.slot.cached.extend(sequence.prompt.units[first:last])
         sequence.next_unit = last
         if sequence.prefilling:
             return
@@ -453,7 +491,7 @@ class LlamaCppEngine:
         elif sequence.cancel is not None and sequence.cancel.is_set():
             self._finish(sequence, "cancelled")
         else:
-            self._accept(sequence, self._sample(sequence, -1))
+            self._accept(sequence, self._sample(sequence, -1 if row is None else row))
 
     def _image(self, sequence: Sequence, unit_index: int) -> None:
         """An image's soft tokens into the sequence: from the embedding cache when these pixels

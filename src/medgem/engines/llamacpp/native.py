@@ -174,17 +174,16 @@ def llama_model_params(llama_cpp: Any, *, repack: bool | None = None, use_mmap: 
 
 
 def llama_context_params(llama_cpp: Any, n_ctx: int, n_batch: int, threads: int,
-                         n_seq_max: int = 1) -> Any:
-    """Context parameters: flash attention (faster on CPUs), sliding-window cache kept small."""
+                         n_seq_max: int = 1, unified: bool = False) -> Any:
+    """Context parameters: flash attention (faster on CPUs), sliding-window cache kept small,
+    and ``unified``: one KV buffer shared by the ``n_seq_max`` sequences instead of one each
+    (see ``LlamaCppEngine`` for which the engine uses and why)."""
     params = llama_cpp.llama_context_default_params()
     params.n_ctx, params.n_batch, params.n_ubatch, params.n_seq_max = n_ctx, n_batch, n_batch, n_seq_max
     params.n_threads = params.n_threads_batch = threads
     params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
     params.swa_full, params.no_perf = False, True
-    # One KV buffer per sequence. A unified buffer decoded 4 streams faster on the 4B shape
-    # (1.76x vs 1.29x one stream) but changed a batched eval's answers from the first token on
-    # (tests/test_batching.py), so it is not used until that is understood.
-    params.kv_unified = False
+    params.kv_unified = unified and n_seq_max > 1
     return params
 
 

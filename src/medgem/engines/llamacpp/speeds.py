@@ -69,13 +69,7 @@ def record(key: str, vision_s_per_image: float | None = None,
             if value is not None and value > 0:
                 entry[name] = ([*entry.get(name, []), round(value, 4)])[-KEEP:]
         entry["date"] = date.today().isoformat()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as out:
-                json.dump(data, out, indent=1, sort_keys=True)
-            os.replace(out.name, path)
-        except OSError:
-            pass
+        _write(path, data)
 
 
 def lookup(key: str, path: Path | None = None) -> Speeds | None:
@@ -87,6 +81,17 @@ def lookup(key: str, path: Path | None = None) -> Speeds | None:
     return Speeds(statistics.median(vision) if vision else None,
                   statistics.median(prefill) if prefill else None,
                   max(len(vision), len(prefill)), str(entry.get("date", "")))
+
+
+def _write(path: Path, data: dict[str, dict]) -> None:  # type: ignore[type-arg]
+    """Replace the store atomically; an unwritable cache is skipped (best effort)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as out:
+            json.dump(data, out, indent=1, sort_keys=True)
+        os.replace(out.name, path)
+    except OSError:
+        pass
 
 
 def measured_keys(path: Path | None = None) -> list[str]:
@@ -121,3 +126,53 @@ def estimate_first_token(model: Path, mmproj: Path | None, images: int, text_tok
         side = int(header.get("clip.vision.image_size", 0)) // int(header.get("clip.vision.patch_size", 1))
         tokens_per_image = (side // int(header.get("clip.vision.projector.scale_factor", 1))) ** 2
     return measured.first_token_s(images, tokens_per_image, text_tokens), measured
+
+
+# --- kernels chosen by measuring them here once ------------------------------------------------
+
+
+def kernel_store_path() -> Path:
+    return cache_dir() / "kernels.json"
+
+
+def cpu_kind() -> str:
+    """The CPU as far as kernel speed goes: its name and the matrix/vector units it has."""
+    from medgem.engines.llamacpp.probe import cpu_name
+    from medgem.hardware import cpu_flags
+
+    flags = cpu_flags()
+    units = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16") if f in flags]
+    return f"{cpu_name()} [{' '.join(units) or 'no avx2'}]"
+
+
+def attention_key(tokens: int, heads: int, head_dim: int, dtype: str, threads: int) -> str:
+    import torch
+
+    return (f"attention|{tokens}x{heads}x{head_dim}|{dtype}|{threads}t|torch {torch.__version__}"
+            f"|{cpu_kind()}")
+
+
+def choose_attention(tokens: int, heads: int, head_dim: int, dtype: str, threads: int,
+                     path: Path | None = None) -> tuple[str, dict[str, float]]:
+    """The fastest attention for a vision tower of this shape on this CPU: (name, seconds per
+    candidate), measured once (~0.1-2 s: see ``engines.attention.measure_attention``) and kept
+    in ``kernels.json`` beside the speeds, per CPU kind, torch version, dtype and threads.
+
+    An unwritable cache only costs the measurement again in the next process.
+    """
+    from medgem.engines.attention import measure_attention
+
+    path = path or kernel_store_path()
+    key = attention_key(tokens, heads, head_dim, dtype, threads)
+    with _lock:
+        entry = _read(path).get(key)
+    if entry and isinstance(entry.get("times"), dict) and entry.get("choice") in entry["times"]:
+        return str(entry["choice"]), {k: float(v) for k, v in entry["times"].items()}
+    times = measure_attention(tokens, heads, head_dim, dtype)
+    choice = min(times, key=times.__getitem__)
+    with _lock:
+        data = _read(path)
+        data[key] = {"choice": choice, "times": {k: round(v, 6) for k, v in times.items()},
+                     "date": date.today().isoformat()}
+        _write(path, data)
+    return choice, times

@@ -57,6 +57,30 @@ def _torch_installed() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
+def _medgem_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
+                      scaling: float | None = None, dropout: float = 0.0, **_: Any) -> tuple[Any, None]:
+    """transformers' attention interface around ``engines.attention``: (batch, heads, tokens,
+    head_dim) in, (batch, tokens, heads, head_dim) out as its SDPA gives; SigLIP has no mask."""
+    from medgem.engines.attention import run_attention
+
+    if attention_mask is not None or dropout:
+        raise ValueError("medgem's vision attention takes no mask and no dropout")
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    out = run_attention(module.medgem_attention, query, key, value, scale)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _use_attention(tower: Any, choice: str) -> None:
+    """Run ``tower``'s attention layers through ``choice`` ("sdpa" or a blocking's name)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register("medgem", _medgem_attention)  # idempotent: the same function
+    for module in tower.modules():
+        if type(module).__name__ == "SiglipAttention":
+            module.medgem_attention = choice
+    tower.set_attn_implementation("medgem")
+
+
 class TorchTower:
     """The mmproj's vision tower + projector as transformers modules.
 
@@ -65,9 +89,13 @@ class TorchTower:
         dtype: "bfloat16" or "float32" (default: $MEDGEM_VISION_DTYPE, else bf16 where the CPU
             has it natively).
         threads: torch threads (default: torch's own).
+        attention: "sdpa" (PyTorch's kernel) or a blocked GEMM attention's name
+            (``engines.attention``); default: whichever measured fastest at this tower's shape
+            on this CPU (measured once, kept in the medgem cache: ``speeds.choose_attention``).
     """
 
-    def __init__(self, mmproj: Path, dtype: str | None = None, threads: int | None = None) -> None:
+    def __init__(self, mmproj: Path, dtype: str | None = None, threads: int | None = None,
+                 attention: str | None = None) -> None:
         torch: Any = require("torch", "hf", "the PyTorch vision tower")
         import gguf
         from transformers import Gemma3Config, SiglipVisionConfig, SiglipVisionModel
@@ -122,6 +150,16 @@ class TorchTower:
         torch_dtype = getattr(torch, self.dtype)
         self.tower.to(torch_dtype)
         self.projector.to(torch_dtype)
+        tokens = (image_size // patch_size) ** 2
+        head_dim = vision.hidden_size // vision.num_attention_heads
+        self.attention_times: dict[str, float] = {}
+        if attention is None:
+            from medgem.engines.llamacpp.speeds import choose_attention
+
+            attention, self.attention_times = choose_attention(
+                tokens, vision.num_attention_heads, head_dim, self.dtype, torch.get_num_threads())
+        self.attention = attention
+        _use_attention(self.tower, attention)
         self.image_size = image_size
         self.mean = [float(x) for x in field("clip.vision.image_mean")]
         self.std = [float(x) for x in field("clip.vision.image_std")]
