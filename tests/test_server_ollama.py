@@ -140,9 +140,20 @@ def test_generate_whole_and_streamed_with_an_image(served: Served) -> None:
     assert loaded.done and loaded.done_reason == "load"
 
 
+def test_format_constrains_the_answer_to_the_schema(served: Served) -> None:
+    schema = {"type": "object", "properties": {"finding": {"type": "string", "enum": ["normal", "abnormal"]},
+                                                "certain": {"type": "boolean"}},
+              "required": ["finding", "certain"], "additionalProperties": False}
+    answer = served.client().chat(model=served.name, messages=[{"role": "user", "content": "Normal?"}],
+                                  format=schema, options={"num_predict": 48}, stream=False)
+    parsed = json.loads(answer.message.content)  # random demo weights: only the constraint shapes it
+    assert parsed["finding"] in ("normal", "abnormal") and isinstance(parsed["certain"], bool)
+    assert set(parsed) == {"finding", "certain"}
+
+
 @pytest.mark.parametrize(("call", "status", "words"), [
-    ({"format": "json"}, 400, "structured output (format) is not available on this server"),
-    ({"format": {"type": "object"}}, 400, "structured output (format) is not available"),
+    ({"format": {"type": "object", "properties": {"a": {"type": "texte"}}}}, 400, "not a valid JSON schema"),
+    ({"format": {"type": "object", "patternProperties": {"^a": {}}}}, 400, "patternProperties"),
     ({"options": {"top_k": 40}}, 400, "option 'top_k' is not supported by medgem"),
     ({"options": {"num_predict": 100000}}, 400, "options.num_predict 100000 is over this server's limit"),
     ({"model": "llama3"}, 404, "model 'llama3' is not served here"),

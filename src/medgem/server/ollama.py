@@ -32,14 +32,16 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from medgem import __version__
 from medgem.answer import Answer, AnswerChunk, ThinkingChunk
-from medgem.errors import ApiError, error_body
+from medgem.errors import ApiError, SchemaError, error_body
 from medgem.request import GenerationOptions, Request
 from medgem.request.openai_messages import request_from_openai
 from medgem.server.protocol import _Body, _Strict
 from medgem.server.queue import Completed, Failed, Job
 from medgem.server.routes import ServingDep, User
 from medgem.server.serving import Serving
+from medgem.server.structured import require_constrained
 from medgem.server.uploads import reading_options
+from medgem.structured import Constraint
 
 
 class _JsonBodies(APIRoute):
@@ -120,17 +122,35 @@ class ShowRequest(_Body):
 # --- turning a body into the one request --------------------------------------------------
 
 
+def _format_constraint(value: Any) -> Constraint | None:
+    """Ollama's ``format``: "json" (any JSON object) or a JSON schema (an object).
+
+    Raises:
+        ApiError: 400 on ``format``: another value, or a schema that is invalid or unsupported.
+    """
+    if value in (None, ""):
+        return None
+    if value == "json":
+        return Constraint.json_object()
+    if not isinstance(value, dict):
+        raise ApiError(400, f"format must be \"json\" or a JSON schema, not {value!r}",
+                       'use format: "json", or a schema such as {"type": "object", ...}',
+                       code="invalid_value", param="format")
+    try:
+        return Constraint.from_schema(value)
+    except SchemaError as exc:
+        raise ApiError(400, exc.message, exc.hint, code=exc.code, param="format") from exc
+
+
 def generation_options(body: _Generating) -> GenerationOptions:
     """Ollama's ``options`` and ``think`` as medgem's options (medgem's defaults, greedy
     decoding among them, where the body says nothing).
 
     Raises:
-        ApiError: ``format``, log-probabilities, or an option medgem cannot honour.
+        ApiError: a ``format`` that is neither "json" nor a usable JSON schema,
+            log-probabilities, or an option medgem cannot honour.
     """
-    if body.format not in (None, ""):
-        raise ApiError(400, "structured output (format) is not available on this server",
-                       "drop format and ask for JSON in the prompt", code="unsupported_parameter",
-                       param="format")
+    constraint = _format_constraint(body.format)
     if body.logprobs or body.top_logprobs:
         raise ApiError(400, "log-probabilities are not available from medgem", "drop logprobs",
                        code="unsupported_parameter", param="logprobs")
@@ -149,7 +169,8 @@ def generation_options(body: _Generating) -> GenerationOptions:
             top_p=float(options.get("top_p", 1.0)),
             seed=None if options.get("seed") is None else int(options["seed"]),
             stop=tuple([stop] if isinstance(stop, str) else stop or ()),
-            think=bool(body.think) and body.think not in ("false", "off", "none"))
+            think=bool(body.think) and body.think not in ("false", "off", "none"),
+            constraint=constraint)
     except (TypeError, ValueError) as exc:
         raise ApiError(400, f"an option is not a number: {exc}", "check options",
                        code="invalid_value", param="options") from None
@@ -385,6 +406,7 @@ async def _answer(serving: Serving, http: HttpRequest, user: str, body: _Generat
 
     def check() -> None:
         _check_model(serving, body.model)
+        require_constrained(serving.model, options.constraint, "format")
         limit = serving.config.max_new_tokens
         if options.max_new_tokens is not None and options.max_new_tokens > limit:
             raise ApiError(400, f"options.num_predict {options.max_new_tokens} is over this "
