@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from pathlib import Path
 
 import httpx
@@ -131,7 +132,10 @@ def test_describe_with_previews_and_boxes_reads_the_file_once(
     code = main(["describe", target, "--model", str(tiny_vlm_checkpoint), "--max-new-tokens", "2",
                  "--json", "--no-audit", "--no-server", "--debug",
                  "--save-preprocessed", str(tmp_path / "seen"), "--boxes", str(tmp_path / "boxes.png")])
-    assert code == 0, capsys.readouterr().err
+    # --boxes constrains the answer to the boxes schema; 2 tokens cannot close it: said, exit 1
+    said = capsys.readouterr()
+    assert code == 1, said
+    assert "token budget" in json.loads(said.out)["structured_error"], said.out
     assert len(list((tmp_path / "seen").glob("*.png"))) == 1 and (tmp_path / "boxes.png").is_file()
     # one existence check, one sniff of the first bytes, one read of the whole file
     assert counts == {"exists": 1, "sniffed": 1, "read": 1, "opened": 2}, counts

@@ -27,6 +27,8 @@ README = REPO / "README.md"
 SET_ASIDE = {
     "medgem serve --model medgemma-1.5-4b-it --backend": "needs two vLLM GPU servers",
     "medgem inspect ct_series/ --model medgemma-4b-q4/": "needs MedGemma 4B weights and speeds measured with them",
+    "medgem inspect --study http://127.0.0.1:": "needs the test session's Orthanc (tests/test_pacs_dicomweb.py "
+                                                 "runs this listing against it)",
 }
 
 

@@ -513,8 +513,8 @@ def render(
     *,
     as_json: bool,
     show_thinking: bool,
-    out: TextIO = sys.stdout,
-    err: TextIO = sys.stderr,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
     prefix: str = "",
     shown: Shown | None = None,
 ) -> Answer:
@@ -523,8 +523,12 @@ def render(
     Until the first chunk comes (the prompt and its images being read) a stage line waits on
     ``err`` when it is a terminal; ``prefix`` (chat's ``medgemma> ``) is written to ``out``
     once that line is gone. ``shown`` collects what was written (for a Ctrl-C's record).
+    ``out``/``err`` default to the streams current at the call (not at import).
     """
     import time
+
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
 
     shown = shown if shown is not None else Shown()
     answer: Answer | None = None
