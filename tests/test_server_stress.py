@@ -52,13 +52,7 @@ def served(tiny_vlm_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
         wait_healthy(base, process, timeout=180)
         yield process, base, audit
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        _stop(process)
 
 
 def peak_rss(pid: int) -> int:

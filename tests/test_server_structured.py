@@ -29,22 +29,13 @@ from medgem.server.app import create_app
 from medgem.server.server_config import ServerConfig
 from medgem.structured import Constraint
 from medgem.structured.builtin import BOXES, CXR_FINDINGS
+from structured_schemas import NESTED_SCHEMA
 from test_server_helpers import ScriptedEngine, audited, free_port, serve_in_thread, wait_healthy
 
 pytest.importorskip("llama_cpp")
 
 QUESTION = "Findings of the chest X-ray, as JSON:"
-NESTED = {  # nested objects, an enum, an integer range, a boolean
-    "type": "object",
-    "properties": {
-        "patient": {"type": "object", "properties": {
-            "age": {"type": "integer", "minimum": 0, "maximum": 120},
-            "sex": {"enum": ["female", "male", "unknown"]}},
-            "required": ["age", "sex"], "additionalProperties": False},
-        "urgent": {"type": "boolean"},
-    },
-    "required": ["patient", "urgent"], "additionalProperties": False,
-}
+NESTED = NESTED_SCHEMA
 FINDINGS = {  # an array of objects with enums, 1 to 3 of them
     "type": "array", "minItems": 1, "maxItems": 3,
     "items": {"type": "object", "properties": {

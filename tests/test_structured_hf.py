@@ -23,6 +23,7 @@ from medgem.request import GenerationOptions, Message, Request, TextPart  # noqa
 from medgem.request.thinking import split_thinking  # noqa: E402
 from medgem.resolve import resolve_checkpoint  # noqa: E402
 from medgem.structured import Constraint  # noqa: E402
+from structured_schemas import NESTED_SCHEMA  # noqa: E402
 
 
 class Triage(BaseModel):
@@ -34,17 +35,7 @@ class Triage(BaseModel):
 
 
 # Random weights never choose to close a free string: every string here has a maxLength.
-NESTED = Constraint.from_schema({
-    "type": "object",
-    "properties": {
-        "patient": {"type": "object", "properties": {
-            "age": {"type": "integer", "minimum": 0, "maximum": 120},
-            "sex": {"enum": ["female", "male", "unknown"]}},
-            "required": ["age", "sex"], "additionalProperties": False},
-        "urgent": {"type": "boolean"},
-    },
-    "required": ["patient", "urgent"], "additionalProperties": False,
-}, name="nested")
+NESTED = Constraint.from_schema(NESTED_SCHEMA, name="nested")
 ENUM_ARRAY = Constraint.from_schema({
     "type": "array", "items": {"enum": ["atelectasis", "cardiomegaly", "effusion"]},
     "minItems": 1, "maxItems": 3,

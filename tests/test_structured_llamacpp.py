@@ -25,6 +25,7 @@ from medgem.request.thinking import THOUGHT_CLOSE, THOUGHT_OPEN, split_thinking 
 from medgem.resolve import resolve_checkpoint  # noqa: E402
 from medgem.structured import Constraint  # noqa: E402
 from medgem.structured.builtin import BOXES, CXR_FINDINGS, LAB_VALUES  # noqa: E402
+from structured_schemas import NESTED_SCHEMA  # noqa: E402
 
 
 class Vitals(BaseModel):
@@ -33,17 +34,7 @@ class Vitals(BaseModel):
     rhythm: str = Field(pattern="^(sinus|af|flutter)$")
 
 
-NESTED = Constraint.from_schema({
-    "type": "object",
-    "properties": {
-        "patient": {"type": "object", "properties": {
-            "age": {"type": "integer", "minimum": 0, "maximum": 120},
-            "sex": {"enum": ["female", "male", "unknown"]}},
-            "required": ["age", "sex"], "additionalProperties": False},
-        "urgent": {"type": "boolean"},
-    },
-    "required": ["patient", "urgent"], "additionalProperties": False,
-}, name="nested")
+NESTED = Constraint.from_schema(NESTED_SCHEMA, name="nested")
 ENUM_ARRAY = Constraint.from_schema({
     "type": "array", "items": {"enum": ["atelectasis", "cardiomegaly", "effusion", "edema"]},
     "minItems": 1, "maxItems": 3,
