@@ -56,7 +56,7 @@ def main() -> int:
         return 0
     if not (FOLDER / "model.gguf").exists():
         raise SystemExit(f"no {FOLDER}/model.gguf: run benchmarks/bench_llamacpp.py first")
-    from medgem.engines.llamacpp.vision_torch import choose_vision
+    from medgem.engines.llamacpp.speeds import choose_vision
     from medgem.hardware import cpu_flags
 
     flags = sorted(f for f in cpu_flags() if f.startswith(("avx512", "amx", "avx2", "avx_vnni")))

@@ -16,7 +16,7 @@ from pathlib import Path
 from conftest import REPO, run_cli
 from medgem.answer import AnswerChunk, FinalChunk
 from medgem.answer.chunks import Answer
-from medgem.cli.common import render, speed_words
+from medgem.cli.terminal import render, speed_words
 from medgem.engines.base import ModelInfo, Timings, Usage
 
 INFO = ModelInfo(id="medgem-test-vlm", revision="r", variant=None, engine="hf", dtype="float32", demo=True)

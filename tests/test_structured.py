@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from medgem.errors import InputError
 from medgem.request.request import GenerationOptions
 from medgem.structured import Constraint, SchemaError, StructuredOutputError
-from medgem.structured.builtin import BOXES, BUILTINS, CXR_FINDINGS, LAB_VALUES
+from medgem.structured.builtin import BOXES, BUILTINS, CXR_FINDINGS, LAB_VALUES, as_constraint
 
 NESTED = {
     "type": "object",
@@ -140,16 +140,16 @@ def test_pydantic_model_class() -> None:
 
 
 def test_of_takes_every_form_the_api_accepts() -> None:
-    assert Constraint.of(None) is None
-    assert Constraint.of(BOXES) is BOXES
-    assert Constraint.of("json") == Constraint.json_object()
-    assert Constraint.of("boxes") is BOXES
-    assert Constraint.of(NESTED) == Constraint.from_schema(NESTED)
-    assert Constraint.of(Study) == Constraint.from_model(Study)
+    assert as_constraint(None) is None
+    assert as_constraint(BOXES) is BOXES
+    assert as_constraint("json") == Constraint.json_object()
+    assert as_constraint("boxes") is BOXES
+    assert as_constraint(NESTED) == Constraint.from_schema(NESTED)
+    assert as_constraint(Study) == Constraint.from_model(Study)
     with pytest.raises(SchemaError, match="unknown schema name"):
-        Constraint.of("yaml")
+        as_constraint("yaml")
     with pytest.raises(SchemaError, match="not int"):
-        Constraint.of(3)  # type: ignore[arg-type]
+        as_constraint(3)  # type: ignore[arg-type]
 
 
 def test_builtins_accept_the_official_shapes() -> None:

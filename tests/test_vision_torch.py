@@ -20,7 +20,8 @@ pytestmark = pytest.mark.usefixtures("llamacpp_runs")
 
 from medgem.engines import LlamaCppOptions, load_engine  # noqa: E402
 from medgem.engines.base import Finished, TextDelta  # noqa: E402
-from medgem.engines.llamacpp.vision_torch import TorchTower, choose_vision  # noqa: E402
+from medgem.engines.llamacpp.speeds import choose_vision  # noqa: E402
+from medgem.engines.llamacpp.vision_torch import TorchTower  # noqa: E402
 from medgem.errors import InputError  # noqa: E402
 from medgem.request import GenerationOptions, ImagePart, Message, Request, TextPart  # noqa: E402
 from medgem.resolve import resolve_checkpoint  # noqa: E402

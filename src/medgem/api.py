@@ -45,6 +45,7 @@ from medgem.request.openai_messages import request_from_openai
 from medgem.request.variants import Variant, find_variant
 from medgem.resolve import Checkpoint, resolve_checkpoint
 from medgem.structured import Constraint
+from medgem.structured.builtin import as_constraint
 
 if TYPE_CHECKING:
     from medgem.engines.base import Engine
@@ -193,7 +194,7 @@ class MedGemma:
             SchemaError: an invalid or unsupported schema (before anything runs).
             MedgemError subclasses: bad input, with what to do.
         """
-        options = GenerationOptions.of(options, constraint=Constraint.of(schema), **generation)
+        options = GenerationOptions.of(options, constraint=as_constraint(schema), **generation)
         if not isinstance(images, Inputs):
             images = read_inputs(images, imaging_options(
                 imaging, max_patches=max_patches, patch_seed=patch_seed,
@@ -328,7 +329,7 @@ class MedGemma:
                     **generation: Any) -> Iterator[StreamChunk]:
         """Like :meth:`chat`, yielding chunks as they come, then FinalChunk (``schema`` as in
         :meth:`request`)."""
-        options = GenerationOptions.of(options, constraint=Constraint.of(schema), **generation)
+        options = GenerationOptions.of(options, constraint=as_constraint(schema), **generation)
         request = request_from_openai(messages, variant=self.variant, chat=self.chat_model,
                                       options=options)
         return self.generate(request)

@@ -9,24 +9,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from medgem.cli.clinic import add_fhir_flags, add_study_flags, patient_context, read_command_inputs
 from medgem.cli.common import (
-    Shown,
     add_audit_flags,
-    add_fhir_flags,
     add_generation_flags,
     add_limit_flags,
     add_model_flags,
     add_slide_flags,
-    add_study_flags,
     generation_options,
     load_model,
-    patient_context,
-    print_label_first,
-    read_command_inputs,
-    record_cancelled,
-    render,
     require_model,
 )
+from medgem.cli.terminal import Shown, print_label_first, record_cancelled, render
 from medgem.inputs import Inputs
 from medgem.request import GenerationOptions
 

@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from medgem.cli import ask, common
+from medgem.cli import ask, common, terminal
 from medgem.errors import MedgemError
 from medgem.request import Message, TextPart
 
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     _line_editing()
     common.generation_options(args)  # a bad value is refused before the model loads
     model = ask.from_running_server(args) or common.load_model(args)
-    common.print_label_first(model)
+    terminal.print_label_first(model)
     print(f"medgem chat with {model.engine.info.id} — {HELP}", file=sys.stderr)
     chat = _Chat(model, args)
     while True:
@@ -135,7 +135,7 @@ class _Chat:
             chunks = self.model.generate(request, cancel)
             try:
                 # The stage line ("reading the prompt … 3 s") waits where the answer will start.
-                answer = common.render(chunks, as_json=self.args.json,
+                answer = terminal.render(chunks, as_json=self.args.json,
                                        show_thinking=self.args.show_thinking, prefix="medgemma> ")
             except KeyboardInterrupt:  # Ctrl-C stops this answer; the chat goes on
                 cancel.set()

@@ -1,4 +1,5 @@
-"""Flags and output shared by the commands that run a model (ask, describe, chat)."""
+"""Flags shared by the commands that run a model (ask, describe, chat, serve, eval): each options
+object built once from them; ``terminal.py`` shows the answer, ``clinic.py`` adds PACS and FHIR."""
 
 from __future__ import annotations
 
@@ -7,17 +8,15 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-from medgem.answer import Answer, AnswerChunk, FinalChunk, StreamChunk, ThinkingChunk
 from medgem.api import MedGemma
-from medgem.cli.progress import Waiting, until_first
+from medgem.cli.progress import Waiting
 from medgem.engines.options import EngineOptions, LlamaCppOptions, OptionsError, options_for
 from medgem.errors import ImageInputError, InputError
-from medgem.inputs import Inputs
 from medgem.inputs.options import LIMITS, ImagingOptions
 from medgem.request import GenerationOptions
 from medgem.structured import Constraint
@@ -260,112 +259,6 @@ _LIMIT_FLAGS: dict[str, tuple[str, str, int]] = {
 }
 
 
-def add_study_flags(parser: argparse.ArgumentParser) -> None:
-    """Studies from a PACS: ``--study`` (DICOMweb URL or ``dimse://``), its token and timeout."""
-    group = parser.add_argument_group("studies from a PACS")
-    group.add_argument("--study", action="append", default=[], metavar="REF",
-                       help="a study, series or instance on a PACS: "
-                            "https://HOST/dicom-web/studies/UID[/series/UID[/instances/UID]] or "
-                            "dimse://AE@HOST:PORT/StudyUID[/SeriesUID]; only the slices sent are fetched")
-    group.add_argument("--dicomweb-token", metavar="TOKEN",
-                       help="bearer token for the DICOMweb server (default: $MEDGEM_DICOMWEB_TOKEN "
-                            "or dicomweb_token in the config file)")
-    group.add_argument("--pacs-timeout", type=float, default=30.0, metavar="S",
-                       help="seconds one PACS request may take (default 30)")
-    group.add_argument("--pacs-aet", default="MEDGEM", metavar="AE",
-                       help="medgem's own AE title for DIMSE (default MEDGEM)")
-    if "--series" not in parser._option_string_actions:  # inspect has it with the imaging flags
-        group.add_argument("--series", help="series to use from the study (or a folder/zip): its "
-                                            "UID or the short UID `medgem inspect` lists")
-
-
-def add_fhir_flags(parser: argparse.ArgumentParser) -> None:
-    """Patient context from FHIR R4: a bundle file or a server's Patient URL."""
-    group = parser.add_argument_group("patient record (FHIR R4)")
-    group.add_argument("--fhir", metavar="BUNDLE_OR_URL",
-                       help="a FHIR Bundle JSON file, or https://HOST/fhir/Patient/ID: its "
-                            "conditions, medications, observations and reports go before the "
-                            "question, most relevant first, each cited by resource id")
-    group.add_argument("--fhir-token", metavar="TOKEN",
-                       help="bearer token for the FHIR server (default: $MEDGEM_FHIR_TOKEN or "
-                            "fhir_token in the config file)")
-    group.add_argument("--fhir-budget", type=int, default=1500, metavar="TOKENS",
-                       help="most tokens of patient record in the prompt (default 1500)")
-
-
-def patient_context(args: argparse.Namespace, question: str) -> object:
-    """The ``--fhir`` record for this question, or None without the flag.
-
-    Raises:
-        PacsError: a record that is not FHIR, or a FHIR server that refuses or is down.
-    """
-    if not getattr(args, "fhir", None):
-        return None
-    from medgem.config import load_settings
-    from medgem.inputs.fhir import load_context
-
-    token = args.fhir_token or (load_settings().fhir_token if args.fhir.startswith("http") else None)
-    return load_context(args.fhir, question, token=token, timeout=getattr(args, "pacs_timeout", 30.0),
-                        budget_chars=4 * args.fhir_budget)
-
-
-def study_references(args: argparse.Namespace) -> list[object]:
-    """The ``--study`` values as references carrying the token (flag, else the settings) and
-    timeout.
-
-    Raises:
-        PacsError: a value that is not a study reference.
-    """
-    from medgem.config import load_settings
-    from medgem.inputs.pacs import parse_study_reference
-
-    texts = getattr(args, "study", None) or []
-    if not texts:
-        return []
-    token = getattr(args, "dicomweb_token", None) or load_settings().dicomweb_token
-    return [parse_study_reference(text).with_access(token, args.pacs_timeout, args.pacs_aet)
-            for text in texts]
-
-
-def record_fetches(args: argparse.Namespace, fetched: Iterable[object], *,
-                   error: BaseException | None = None) -> None:
-    """One audit event per PACS fetch ("pacs_fetch": who, from where, hashed UIDs, bytes), or
-    per reference that failed (with the error's one line); none under ``--no-audit``."""
-    from medgem.audit import open_store
-    from medgem.audit.trail import _local_user
-
-    if getattr(args, "no_audit", False):
-        return
-    store = open_store(getattr(args, "audit_db", None) or None)
-    try:
-        for item in fetched:
-            body: dict[str, object] = {"user": _local_user(),
-                                       "endpoint": f"cli:{getattr(args, 'command', None) or 'medgem'}"}
-            body |= item.audit_fields()  # type: ignore[attr-defined]
-            if error is not None:
-                body |= {"status": "failed", "error": str(error)}
-            store.append("pacs_fetch", body)
-    finally:
-        store.close()
-
-
-def read_command_inputs(args: argparse.Namespace, question: str | None = None) -> Inputs:
-    """A command's ``--image`` files and ``--study`` references through the one inputs door,
-    each PACS fetch (or failed fetch) recorded in the audit trail."""
-    from medgem.inputs import read_inputs
-
-    references = study_references(args)
-    try:
-        inputs = read_inputs([*args.image, *references], imaging_from_args(args),  # type: ignore[list-item]
-                             question=question)
-    except Exception as exc:
-        if references:
-            record_fetches(args, references, error=exc)
-        raise
-    record_fetches(args, inputs.studies)
-    return inputs
-
-
 def add_limit_flags(parser: argparse.ArgumentParser, environ: Mapping[str, str] | None = None) -> None:
     """The reading limits as flags (defaults from MEDGEM_* environment variables, else
     ``ImagingOptions``'s), plus the policies that refuse non-image objects and burned-in text.
@@ -493,161 +386,3 @@ def _load(args: argparse.Namespace, store: str | bool) -> MedGemma:
         )
     except OptionsError as exc:
         raise as_flag_error(exc) from None
-
-
-class Shown:
-    """What :func:`render` has written so far: the answer and thought pieces, and when it began
-    (what a cancelled answer's record keeps)."""
-
-    def __init__(self) -> None:
-        import time
-
-        self.answer: list[str] = []
-        self.thinking: list[str] = []
-        self.started = time.monotonic()
-        self.first: float | None = None
-
-
-def render(
-    chunks: Iterable[StreamChunk],
-    *,
-    as_json: bool,
-    show_thinking: bool,
-    out: TextIO | None = None,
-    err: TextIO | None = None,
-    prefix: str = "",
-    shown: Shown | None = None,
-) -> Answer:
-    """Stream an answer to the terminal (or collect it for --json) and return it.
-
-    Until the first chunk comes (the prompt and its images being read) a stage line waits on
-    ``err`` when it is a terminal; ``prefix`` (chat's ``medgemma> ``) is written to ``out``
-    once that line is gone. ``shown`` collects what was written (for a Ctrl-C's record).
-    ``out``/``err`` default to the streams current at the call (not at import).
-    """
-    import time
-
-    out = out if out is not None else sys.stdout
-    err = err if err is not None else sys.stderr
-
-    shown = shown if shown is not None else Shown()
-    answer: Answer | None = None
-    thinking_open = False
-    for chunk in until_first(iter(chunks), "reading the prompt", err):
-        if shown.first is None:
-            shown.first = time.monotonic()
-        if prefix and not as_json:
-            out.write(prefix)
-            out.flush()
-            prefix = ""
-        if isinstance(chunk, FinalChunk):
-            answer = chunk.answer
-            continue
-        if isinstance(chunk, ThinkingChunk):
-            shown.thinking.append(chunk.text)
-            if show_thinking and not as_json:
-                if not thinking_open:
-                    err.write("[thinking]\n")
-                    thinking_open = True
-                err.write(chunk.text)
-                err.flush()
-        elif isinstance(chunk, AnswerChunk):
-            shown.answer.append(chunk.text)
-            if as_json:
-                continue
-            if thinking_open:
-                err.write("\n[/thinking]\n")
-                err.flush()
-                thinking_open = False
-            out.write(chunk.text)
-            out.flush()
-    assert answer is not None  # assemble() always ends with a FinalChunk
-    if as_json:
-        out.write(json.dumps(answer.to_dict(), ensure_ascii=False, indent=2) + "\n")
-        return answer
-    out.write("\n")
-    if show_thinking and not answer.thinking:
-        err.write("medgem: no thinking: the model wrote no thought before its answer "
-                  "(--think asks a thinking variant to think first)\n")
-    if not answer.text.strip():
-        err.write(f"medgem: the answer is empty (the model ended after "
-                  f"{answer.usage.completion_tokens} token(s) with no text; finish reason: "
-                  f"{answer.finish_reason})\n")
-    if answer.thought_truncated:
-        err.write(
-            "medgem: the answer budget ran out while the model was thinking; raise "
-            "--max-new-tokens for an answer\n"
-        )
-    elif answer.finish_reason == "length":
-        err.write("medgem: the answer was cut at --max-new-tokens\n")
-    if answer.structured_error:
-        err.write(f"medgem: not valid JSON for the schema: {answer.structured_error}\n")
-    if answer.caveat:
-        err.write(f"\n⚠ {answer.caveat}\n")
-    if answer.label:
-        err.write(f"[{answer.label}]\n")
-    err.write(_stats(answer) + "\n")
-    return answer
-
-
-def speed_words(answer: Answer) -> str:
-    """The decode speed as words that do not lie: a one-token answer has none, and an answer
-    whose tokens all came at the end (no text before it) was not measured."""
-    tokens = answer.usage.completion_tokens
-    t = answer.timings
-    decode = t.total_s - t.first_token_s
-    if tokens <= 1:
-        return "no decode speed (one token)" if tokens == 1 else "no tokens"
-    if decode <= 0:
-        return "decode speed not measured (no text before the end)"
-    return f"{(tokens - 1) / decode:.1f} tok/s"
-
-
-def _stats(answer: Answer) -> str:
-    t = answer.timings
-    tokens = answer.usage.completion_tokens
-    return (
-        f"[{answer.model.id}"
-        + (f" + adapter {answer.model.adapter}@{answer.model.adapter_sha256[:12]}"
-           if answer.model.adapter and answer.model.adapter_sha256 else "")
-        + f" · {answer.model.engine} · {answer.usage.prompt_tokens} prompt + "
-        f"{tokens} answer token{'' if tokens == 1 else 's'} · first token {t.first_token_s:.2f} s · "
-        f"{speed_words(answer)} · {answer.finish_reason}"
-        + (f" · audit {answer.audit_id}" if answer.audit_id else "") + "]"
-    )
-
-
-def record_cancelled(model: MedGemma, request: Any, shown: Shown, err: TextIO = sys.stderr) -> None:
-    """After Ctrl-C: the answer so far recorded as cancelled (when this process audits), said
-    on ``err`` with the caveat and the label, as a finished answer is."""
-    import time
-
-    from medgem.answer import label_for
-    from medgem.engines.base import Timings, Usage
-
-    now = time.monotonic()
-    first = (shown.first or now) - shown.started
-    answer = Answer(text="".join(shown.answer).strip(), thinking="".join(shown.thinking).strip(),
-                    finish_reason="cancelled", usage=Usage(0, 0),
-                    timings=Timings(first, now - shown.started), model=model.engine.info,
-                    caveat=model.caveat, label=label_for(model.engine.info))
-    record = None
-    if model.audit is not None:
-        record = model.audit.answer(request, answer, model.engine.info, {})
-    err.write("\nmedgem: stopped (Ctrl-C)" + (f"; the answer so far is recorded as cancelled "
-              f"(audit {record})" if record else "") + "\n")
-    if answer.caveat:
-        err.write(f"\n⚠ {answer.caveat}\n")
-    if answer.label:
-        err.write(f"[{answer.label}]\n")
-    err.flush()
-
-
-def print_label_first(model: MedGemma, err: TextIO = sys.stderr) -> None:
-    """Demo and test models say so before any of their output appears."""
-    from medgem.answer import label_for
-
-    label = label_for(model.engine.info)
-    if label:
-        err.write(f"[{label}]\n")
-        err.flush()

@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from medgem.cli.common import print_label_first, render, whole_number
+from medgem.cli.common import whole_number
+from medgem.cli.terminal import print_label_first, render
 from medgem.errors import MissingDependencyError
 from medgem.request.compose import ASSISTANT_SYSTEM, RADIOLOGIST_SYSTEM
 

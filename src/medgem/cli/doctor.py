@@ -93,7 +93,7 @@ def llamacpp_report() -> dict[str, Any]:
     from medgem.cli.common import llamacpp_settings
     from medgem.engines.llamacpp.native import cpu_variants, use_extra_buffers
     from medgem.engines.llamacpp.probe import probe
-    from medgem.engines.llamacpp.vision_torch import choose_vision
+    from medgem.engines.llamacpp.speeds import choose_vision
 
     if importlib.util.find_spec("llama_cpp") is None:
         return {"installed": False, "runs_here": False}

@@ -15,13 +15,8 @@ import os
 import sys
 from pathlib import Path
 
-from medgem.cli.common import (
-    add_imaging_flags,
-    add_limit_flags,
-    add_slide_flags,
-    add_study_flags,
-    imaging_from_args,
-)
+from medgem.cli.clinic import add_study_flags
+from medgem.cli.common import add_imaging_flags, add_limit_flags, add_slide_flags, imaging_from_args
 from medgem.inputs.facts import inspect_input
 from medgem.inputs.options import MedicalInput
 from medgem.inputs.preview import save_preprocessed
@@ -178,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
     if (args.path is None) == (not args.study):
         raise InputError("inspect takes a FILE_OR_DIR or one --study", "give one of them")
     if args.study:
-        from medgem.cli.common import record_fetches, study_references
+        from medgem.cli.clinic import record_fetches, study_references
         from medgem.inputs.pacs.fetch import inspect_study
 
         references = study_references(args)

@@ -103,7 +103,22 @@ def request_validation_error(errors: Any) -> ApiError:
 
 def error_response(exc: BaseException) -> JSONResponse:
     status, body = error_body(exc)
-    headers = {}
+    return JSONResponse(body, status_code=status, headers=_retry_after(exc))
+
+
+def ollama_error_body(exc: BaseException) -> dict[str, Any]:
+    """Ollama's error body: one string (what happened — what to do), plus medgem's code."""
+    _, body = error_body(exc)
+    return {"error": body["error"]["message"], "code": body["error"]["code"]}
+
+
+def ollama_error_response(exc: BaseException) -> JSONResponse:
+    """The same refusal in Ollama's shape: the status and Retry-After of the OpenAI routes."""
+    status, _ = error_body(exc)
+    return JSONResponse(ollama_error_body(exc), status_code=status, headers=_retry_after(exc))
+
+
+def _retry_after(exc: BaseException) -> dict[str, str]:
     if isinstance(exc, (QueueFullError, BusyError, DrainedError)):
-        headers["Retry-After"] = str(exc.retry_after)
-    return JSONResponse(body, status_code=status, headers=headers)
+        return {"Retry-After": str(exc.retry_after)}
+    return {}

@@ -32,9 +32,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from medgem import __version__
 from medgem.answer import Answer, AnswerChunk, ThinkingChunk
-from medgem.errors import ApiError, SchemaError, error_body
+from medgem.errors import ApiError, SchemaError
 from medgem.request import GenerationOptions, Request
 from medgem.request.openai_messages import request_from_openai
+from medgem.server.http_errors import ollama_error_body, ollama_error_response
 from medgem.server.protocol import _Body, _Strict
 from medgem.server.queue import Completed, Failed, Job
 from medgem.server.routes import ServingDep, User
@@ -287,7 +288,7 @@ class OllamaReplies:
                         yield json.dumps(self._last(serving, item, job)) + "\n"
                         return
                     elif isinstance(item, Failed):
-                        yield json.dumps(plain_error_body(item.error)) + "\n"
+                        yield json.dumps(ollama_error_body(item.error)) + "\n"
                         return
             finally:  # done, or the client left: stop the job
                 job.cancel.set()
@@ -295,21 +296,7 @@ class OllamaReplies:
         return StreamingResponse(lines(), media_type=NDJSON, headers={"Cache-Control": "no-cache"})
 
     def error(self, exc: BaseException) -> Response:
-        return plain_error(exc)
-
-
-def plain_error_body(exc: BaseException) -> dict[str, Any]:
-    """Ollama's error body: one string (what happened — what to do), plus medgem's code."""
-    _, body = error_body(exc)
-    return {"error": body["error"]["message"], "code": body["error"]["code"]}
-
-
-def plain_error(exc: BaseException) -> Response:
-    from medgem.server.http_errors import error_response
-
-    response = error_response(exc)  # the status and Retry-After of the OpenAI routes
-    return JSONResponse(plain_error_body(exc), status_code=response.status_code,
-                        headers={k: v for k, v in response.headers.items() if k == "retry-after"})
+        return ollama_error_response(exc)
 
 
 # --- what is served --------------------------------------------------------------------------

@@ -41,7 +41,13 @@ from medgem.request import GenerationOptions, Request
 from medgem.server import protocol as p
 from medgem.server.admission import Slots
 from medgem.server.auth import KeyStore, bearer_token
-from medgem.server.http_errors import BusyError, DrainedError, as_api_error, error_response
+from medgem.server.http_errors import (
+    BusyError,
+    DrainedError,
+    as_api_error,
+    error_response,
+    ollama_error_response,
+)
 from medgem.server.input_digests import capture_inputs, digest_inputs
 from medgem.server.metrics import Metrics
 from medgem.server.queue import Completed, EngineQueue, Failed, Job, JobItem, Started
@@ -232,11 +238,7 @@ class Serving:
                 log.exception("could not audit a rejected request")
         if endpoint in COUNTED:
             self.metrics.count_request(endpoint, error_body(error)[0])
-        if endpoint in OLLAMA:
-            from medgem.server.ollama import plain_error
-
-            return plain_error(error)
-        return error_response(error)
+        return ollama_error_response(error) if endpoint in OLLAMA else error_response(error)
 
     # --- the handler skeleton ----------------------------------------------------------------
 

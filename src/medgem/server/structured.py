@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from medgem.errors import ApiError, SchemaError
 from medgem.server import protocol as p
 from medgem.structured import Constraint
+from medgem.structured.builtin import as_constraint
 
 if TYPE_CHECKING:
     from medgem.answer import Answer
@@ -50,7 +51,7 @@ def ask_constraint(body: p.AskRequest) -> Constraint | None:
     if body.format == "json":
         return Constraint.json_object()
     with _refused_as("schema"):
-        return Constraint.of(body.schema_)
+        return as_constraint(body.schema_)
 
 
 def require_constrained(model: MedGemma, constraint: Constraint | None, param: str) -> None:

@@ -7,6 +7,10 @@ JSON list of the lab-extraction task; ``CXR_FINDINGS`` a chest X-ray findings li
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+from medgem.errors import SchemaError
 from medgem.structured.constraint import Constraint
 
 _COORDINATE = {"type": "integer", "minimum": 0, "maximum": 1000}
@@ -72,3 +76,28 @@ CXR_FINDINGS = Constraint.from_schema({
 
 #: Built-in schemas by the name the CLI (``--json-schema NAME``) and ``schema=`` take.
 BUILTINS: dict[str, Constraint] = {"boxes": BOXES, "lab-values": LAB_VALUES, "cxr-findings": CXR_FINDINGS}
+
+
+def as_constraint(value: Constraint | Mapping[str, Any] | type[Any] | str | None) -> Constraint | None:
+    """What the Python API's ``schema=`` (and the CLI's ``--json-schema NAME``) takes: a
+    Constraint, a schema dict, a pydantic model class, "json" (any JSON object), a built-in
+    name ("boxes", "lab-values", "cxr-findings"), or None.
+
+    Raises:
+        SchemaError: anything else, or an unsupported schema.
+    """
+    if value is None or isinstance(value, Constraint):
+        return value
+    if isinstance(value, str):
+        if value == "json":
+            return Constraint.json_object()
+        if value in BUILTINS:
+            return BUILTINS[value]
+        raise SchemaError(f"unknown schema name {value!r}",
+                          f"use 'json' or one of: {', '.join(sorted(BUILTINS))}, or pass a schema")
+    if isinstance(value, Mapping):
+        return Constraint.from_schema(value)
+    if isinstance(value, type):
+        return Constraint.from_model(value)
+    raise SchemaError(f"schema= takes a dict, a pydantic model class, a Constraint or 'json', "
+                      f"not {type(value).__name__}")

@@ -155,33 +155,6 @@ class Constraint:
                               "pass a pydantic BaseModel subclass, a JSON schema dict or a Constraint")
         return cls.from_schema(make(), name=name or model.__name__, strict=strict)
 
-    @classmethod
-    def of(cls, value: Constraint | Mapping[str, Any] | type[Any] | str | None) -> Constraint | None:
-        """What the Python API's ``schema=`` takes: a Constraint, a schema dict, a pydantic model
-        class, "json" (any JSON object), a built-in name ("boxes", "lab-values",
-        "cxr-findings"), or None.
-
-        Raises:
-            SchemaError: anything else, or an unsupported schema.
-        """
-        if value is None or isinstance(value, Constraint):
-            return value
-        if isinstance(value, str):
-            from medgem.structured.builtin import BUILTINS
-
-            if value == "json":
-                return cls.json_object()
-            if value in BUILTINS:
-                return BUILTINS[value]
-            raise SchemaError(f"unknown schema name {value!r}",
-                              f"use 'json' or one of: {', '.join(sorted(BUILTINS))}, or pass a schema")
-        if isinstance(value, Mapping):
-            return cls.from_schema(value)
-        if isinstance(value, type):
-            return cls.from_model(value)
-        raise SchemaError(f"schema= takes a dict, a pydantic model class, a Constraint or 'json', "
-                          f"not {type(value).__name__}")
-
     def validator(self) -> jsonschema_rs.Validator:
         """The compiled validator (cached per schema)."""
         return _validator(self.schema_json)

@@ -232,7 +232,8 @@ class LlamaCppEngine:
         self._tower: Any = None
         self.vision = ("none", "no vision projector")
         if self._mtmd_ctx is not None:
-            from medgem.engines.llamacpp.vision_torch import TorchTower, choose_vision
+            from medgem.engines.llamacpp.speeds import choose_vision
+            from medgem.engines.llamacpp.vision_torch import TorchTower
 
             self.vision = choose_vision(options.vision)
             if self.vision[0] == "torch":

@@ -20,6 +20,7 @@ from datetime import date
 from pathlib import Path
 
 from medgem.config import cache_dir
+from medgem.errors import InputError
 
 KEEP = 5  # runs kept per figure; the median of them is reported
 _lock = threading.Lock()
@@ -107,13 +108,49 @@ def _read(path: Path) -> dict[str, dict]:  # type: ignore[type-arg]
     return data if isinstance(data, dict) else {}
 
 
+VISION_PATHS = ("auto", "llamacpp", "torch")
+
+
+def choose_vision(asked: str | None = None) -> tuple[str, str]:
+    """(path, why): where this machine runs the vision tower.
+
+    ``asked`` (the ``vision`` option) forces "llamacpp" or "torch". "auto" keeps
+    llama.cpp's clip: measured on an AVX512-BF16 CPU (Zen 5, 2 cores, 4B shape), the tower in
+    PyTorch bf16 took 19.9 s against the clip's 19.2 s and twice the resident memory
+    (benchmarks/bench_vision.py). On CPUs without native bf16, PyTorch would run float32
+    (31.6 s there). AMX CPUs are not measured yet: `--vision torch` is there to try.
+
+    Raises:
+        InputError: an unknown choice, or torch asked for without PyTorch.
+    """
+    from medgem.hardware import cpu_flags
+
+    choice = (asked or "auto").lower()
+    if choice not in VISION_PATHS:
+        raise InputError(f"unknown vision path '{choice}'", "use --vision auto, llamacpp or torch")
+    if choice == "torch":
+        if not _torch_installed():
+            raise InputError("--vision torch needs PyTorch", "pip install 'medgem[hf]'")
+        return "torch", "asked for"
+    if choice == "llamacpp":
+        return "llamacpp", "asked for"
+    if "amx_bf16" in cpu_flags():
+        return "llamacpp", "llama.cpp's clip (AMX is not measured yet: try --vision torch)"
+    return "llamacpp", "llama.cpp's clip: as fast as PyTorch bf16 where measured, half the memory"
+
+
+def _torch_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
 def estimate_first_token(model: Path, mmproj: Path | None, images: int, text_tokens: int = 64,
                          threads: int | None = None, vision: str | None = None,
                          path: Path | None = None) -> tuple[float | None, Speeds | None]:
     """Seconds to the first token for ``images`` images and ~``text_tokens`` of text with this
     GGUF on this machine, from the figures measured here: (None, None) when none were."""
     from medgem.engines.gguf.read import read_header
-    from medgem.engines.llamacpp.vision_torch import choose_vision
 
     threads = threads or max(1, len(os.sched_getaffinity(0)))
     where = choose_vision(vision)[0] if mmproj is not None else "none"

@@ -4,7 +4,7 @@ engine: the image's soft tokens come from here and go into llama.cpp's text mode
 Why: the tower (SigLIP, 27 layers, 4,096 patches for an 896-px image, ~4 TFLOP) is
 compute-bound, and llama.cpp's clip code runs it in f16 without the matrix units CPUs have for
 bf16 (AVX512-BF16, AMX), which PyTorch reaches through oneDNN. Measured on an AVX512-BF16 CPU,
-that did not pay (see ``choose_vision``); ``benchmarks/bench_vision.py`` measures both on any
+that did not pay (see ``speeds.choose_vision``); ``benchmarks/bench_vision.py`` measures both on any
 machine, and ``--vision torch`` runs this path.
 
 The weights are the mmproj's own (the ones llama.cpp would use), mapped back to transformers'
@@ -19,42 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from medgem.errors import InputError, require
-
-VISION_PATHS = ("auto", "llamacpp", "torch")
-
-
-def choose_vision(asked: str | None = None) -> tuple[str, str]:
-    """(path, why): where this machine runs the vision tower.
-
-    ``asked`` (the ``vision`` option) forces "llamacpp" or "torch". "auto" keeps
-    llama.cpp's clip: measured on an AVX512-BF16 CPU (Zen 5, 2 cores, 4B shape), the tower in
-    PyTorch bf16 took 19.9 s against the clip's 19.2 s and twice the resident memory
-    (benchmarks/bench_vision.py). On CPUs without native bf16, PyTorch would run float32
-    (31.6 s there). AMX CPUs are not measured yet: `--vision torch` is there to try.
-
-    Raises:
-        InputError: an unknown choice, or torch asked for without PyTorch.
-    """
-    from medgem.hardware import cpu_flags
-
-    choice = (asked or "auto").lower()
-    if choice not in VISION_PATHS:
-        raise InputError(f"unknown vision path '{choice}'", "use --vision auto, llamacpp or torch")
-    if choice == "torch":
-        if not _torch_installed():
-            raise InputError("--vision torch needs PyTorch", "pip install 'medgem[hf]'")
-        return "torch", "asked for"
-    if choice == "llamacpp":
-        return "llamacpp", "asked for"
-    if "amx_bf16" in cpu_flags():
-        return "llamacpp", "llama.cpp's clip (AMX is not measured yet: try --vision torch)"
-    return "llamacpp", "llama.cpp's clip: as fast as PyTorch bf16 where measured, half the memory"
-
-
-def _torch_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("torch") is not None
 
 
 def _medgem_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,

@@ -25,7 +25,8 @@ from medgem.errors import ImageInputError, PacsError
 from medgem.inputs.dicom import NON_IMAGE_MODALITIES, DicomSource
 from medgem.inputs.limits import ReadBudget
 from medgem.inputs.options import ImagingOptions, MedicalInput, raise_hint
-from medgem.inputs.pacs.client import PacsClient, open_client
+from medgem.inputs.pacs.client import PacsClient
+from medgem.inputs.pacs.connect import open_client
 from medgem.inputs.pacs.reference import StudyReference, uid_hash
 from medgem.inputs.series import Series, sample_indices, sort_slices
 
