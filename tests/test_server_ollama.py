@@ -19,12 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import ollama  # the official client: a dev dependency, never skipped
 import pytest
 from PIL import Image
 
 from conftest import REPO, run_cli
-
-ollama = pytest.importorskip("ollama")
 
 
 def _free_port() -> int:

@@ -14,7 +14,6 @@ import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("llguidance")
 
 from medgem.engines import HFOptions, load_engine  # noqa: E402
 from medgem.engines.base import Finished, TextDelta  # noqa: E402
