@@ -78,8 +78,9 @@ def main() -> None:
             print(f"{count:>6} {row['body'] / mib:>9.1f} {way:>7} {bool(row['refused'])!s:>7} "
                   f"{row['added'] / mib:>10.1f} {row['seconds']:>9.3f}")
         before, after = rows["before"], rows["after"]
-        print(f"{count:>6} {'':>9} {'ratio':>7} {'':>7} "
-              f"{before['added'] / max(after['added'], 1):>9.0f}x {before['seconds'] / max(after['seconds'], 1e-6):>8.0f}x")
+        # after / before: the share of the old cost the refusal still pays (0 = nothing decoded)
+        print(f"{count:>6} {'':>9} {'a/b':>7} {'':>7} "
+              f"{after['added'] / max(before['added'], 1):>10.4f} {after['seconds'] / max(before['seconds'], 1e-9):>9.4f}")
 
 
 if __name__ == "__main__":
