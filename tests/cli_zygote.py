@@ -46,6 +46,7 @@ def child(job):
     import atexit, runpy
     os.chdir(job["cwd"])
     os.environ.clear(); os.environ.update(job["env"])
+    import tempfile; tempfile.tempdir = None  # read again from this run's TMPDIR, not the zygote's
     for fd, path, mode in ((0, job["stdin"], os.O_RDONLY), (1, job["stdout"], os.O_WRONLY),
                            (2, job["stderr"], os.O_WRONLY)):
         os.dup2(os.open(path, mode), fd)

@@ -40,6 +40,16 @@ def _texts(inputs: Inputs, question: str) -> list[str]:
             if isinstance(part, TextPart)]
 
 
+@pytest.fixture(autouse=True)
+def _private_tmp(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fetch's temporary folders land in a folder of this test's own, so another test file
+    fetching from a PACS at the same time (another xdist worker, another run on the machine)
+    never shows up among this one's leftovers."""
+    private = tmp_path_factory.mktemp("pacs-tmp")
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+    monkeypatch.setenv("TMPDIR", str(private))
+
+
 def _leftovers() -> set[str]:
     return set(glob.glob(os.path.join(tempfile.gettempdir(), "medgem-pacs-*")))
 
