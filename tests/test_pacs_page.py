@@ -1,7 +1,8 @@
 """The page's PACS browser: the routes over real HTTP against the real Orthanc (DICOMweb and
 DIMSE), the allowlist (403, nothing asked), a PACS that is down, slow or locked (502/504, one
 line, bounded), the audit events (hashed UIDs; no name in the SQLite file), and the page in a
-real chromium: search, choose a study or a series, ask, an answer with its caveat.
+real chromium: search, choose a study or a series, ask, an answer with its caveat (saves
+artifacts/pacs-page.png).
 """
 
 from __future__ import annotations
@@ -274,6 +275,7 @@ def test_with_api_keys_browsing_needs_a_key(orthanc: Orthanc, tmp_path: Path) ->
 # --- the page in a real browser ------------------------------------------------------------
 
 CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 
@@ -338,6 +340,8 @@ def test_the_page_searches_the_pacs_chooses_a_series_and_asks(
     assert [(f["study"], f["series"]) for f in fetches] == [
         (uid_hash(orthanc.uids["study"]), uid_hash(orthanc.uids["mr_series"]))]
     assert [r.body["level"] for r in store.records(kind="pacs_query") if r.seq > before] == ["series"]
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "pacs-page.png"), full_page=True)
 
     # A whole study with one image series: chosen as it is, asked about, the file input cleared.
     page.get_by_label("Patient name").fill("")
