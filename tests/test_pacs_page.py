@@ -20,7 +20,8 @@ import pytest
 import requests
 
 from medgem.audit import AuditStore, open_store
-from medgem.inputs.pacs import uid_hash
+from medgem.inputs.pacs import is_allowed, parse_study_reference, uid_hash
+from medgem.inputs.pacs.browse import StudyQuery, pacs_sources, person_name
 from medgem.server.app import create_app
 from medgem.server.server_config import ServerConfig
 from pacs_fixtures import Orthanc, free_port
@@ -31,8 +32,8 @@ NAME_PARTS = ("Doe", "DOE", "Jane", "Quincy", "MRN-99887766")  # the fixtures' p
 
 class _Front(BaseHTTPRequestHandler):
     """A loopback front: ``/count`` answers 500 and counts (a PACS no one allowed), ``/slow``
-    answers nothing for 5 s, ``/guarded`` wants ``Bearer good`` (else 401) and forwards to the
-    Orthanc."""
+    answers nothing for 5 s, ``/html`` a login page, ``/guarded`` wants ``Bearer good`` (else
+    401) and forwards to the Orthanc."""
 
     upstream = ""
     hits: ClassVar[list[str]] = []
@@ -47,6 +48,13 @@ class _Front(BaseHTTPRequestHandler):
             threading.Event().wait(5)
         elif self.path.startswith("/guarded"):
             self._guarded()
+        elif self.path.startswith("/html"):  # a login page where a PACS should be
+            body = b"<html><body>Please sign in</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
     def _guarded(self) -> None:
         self.tokens.append(self.headers.get("Authorization", ""))
@@ -74,6 +82,35 @@ def front(orthanc: Orthanc) -> Iterator[str]:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
+
+
+def test_a_query_becomes_the_matching_keys_and_the_audit_only_their_names() -> None:
+    query = StudyQuery(patient_name=" doe ", patient_id="MRN-1", date_from="2023-03-01",
+                       date_to="20230331", modality="ct")
+    assert query.filters() == {"PatientName": "doe*", "PatientID": "MRN-1",
+                               "StudyDate": "20230301-20230331", "ModalitiesInStudy": "CT"}
+    assert query.audit_fields() == {"searched": ["ModalitiesInStudy", "PatientID", "PatientName", "StudyDate"],
+                                    "limit": 50}
+    assert StudyQuery(patient_name="DOE^J?NE").filters() == {"PatientName": "DOE^J?NE"}  # wildcards kept
+    assert StudyQuery(date_from="20230314", date_to="2023-03-14").filters() == {"StudyDate": "20230314"}
+    assert StudyQuery(date_from="20230314").filters() == {"StudyDate": "20230314-"}
+    assert StudyQuery(date_to="20230314").filters() == {"StudyDate": "-20230314"}
+    assert StudyQuery().filters() == {}
+    assert person_name("DOE^JANE^Q^DR") == "DOE, JANE Q" and person_name("DOE") == "DOE"
+    assert person_name(None) == "" and person_name("^JANE") == ", JANE"
+
+
+def test_the_browsable_sources_are_the_allowlists_roots() -> None:
+    sources = pacs_sources(["https://pacs.local/dicom-web/", "dimse://PACS@10.0.0.5:104",
+                            "https://pacs.local/dicom-web/studies/1.2.3",  # one study: fetch only
+                            "ftp://pacs.local/x", "dimse://nope"])
+    assert [(s.entry, s.protocol, s.where) for s in sources] == [
+        ("https://pacs.local/dicom-web", "dicomweb", "https://pacs.local/dicom-web"),
+        ("dimse://PACS@10.0.0.5:104", "dimse", "PACS@10.0.0.5:104")]
+    web, dimse = sources
+    assert web.uri("1.2", "3.4") == "https://pacs.local/dicom-web/studies/1.2/series/3.4"
+    assert dimse.uri("1.2", "3.4") == "dimse://PACS@10.0.0.5:104/1.2/3.4" and dimse.uri("1.2").endswith(":104/1.2")
+    assert is_allowed(parse_study_reference(dimse.uri("1.2")), ["dimse://PACS@10.0.0.5:104"])
 
 
 def _dimse_root(orthanc: Orthanc) -> str:
@@ -221,13 +258,14 @@ def test_a_pacs_outside_the_allowlist_is_403_and_nothing_is_asked(
 def test_a_pacs_down_slow_or_locked_is_a_gateway_error_in_one_line(
         orthanc_locked: Orthanc, front: str, tmp_path: Path) -> None:
     down = f"http://127.0.0.1:{free_port()}/dicom-web"
-    slow = f"{front}/slow/dicom-web"
+    slow, html = f"{front}/slow/dicom-web", f"{front}/html/dicom-web"
     store = open_store(tmp_path / "audit.sqlite")
-    config = ServerConfig(allowed_pacs=(down, slow, orthanc_locked.dicomweb), pacs_browse_timeout_s=1.0)
+    config = ServerConfig(allowed_pacs=(down, slow, html, orthanc_locked.dicomweb), pacs_browse_timeout_s=1.0)
     with serve_in_thread(create_app(config, audited(scripted_model(), store))) as base:
         for source, status, code, words in [
                 (down, 502, "pacs_unavailable", "cannot reach"),
                 (slow, 504, "pacs_timeout", "did not answer within 1 s"),
+                (html, 502, "pacs_unavailable", "not a DICOMweb listing"),
                 (orthanc_locked.dicomweb, 502, "pacs_refused", "refused medgem (401)")]:
             started = time.monotonic()
             answer = _post(base, "/api/pacs/studies", source=source, patient_name="doe", access_credential="wrong")
@@ -237,10 +275,13 @@ def test_a_pacs_down_slow_or_locked_is_a_gateway_error_in_one_line(
             assert error["code"] == code and words in error["message"] and "\n" not in error["message"]
         series = _post(base, "/api/pacs/series", source=orthanc_locked.dicomweb, study_uid="1.2.3")
         assert series.status_code == 502 and "PACS token" in series.json()["error"]["message"]
+        login = _post(base, "/api/pacs/series", source=html, study_uid="1.2.3")
+        assert login.status_code == 502 and "not a DICOMweb listing" in login.json()["error"]["message"]
         assert httpx.get(base + "/healthz").status_code == 200
     events = [r.body for r in store.records(kind="pacs_query")]
     assert [(e["status"], e["error"]) for e in events] == [
-        (502, "pacs_unavailable"), (504, "pacs_timeout"), (502, "pacs_refused"), (502, "pacs_refused")]
+        (502, "pacs_unavailable"), (504, "pacs_timeout"), (502, "pacs_unavailable"), (502, "pacs_refused"),
+        (502, "pacs_refused"), (502, "pacs_unavailable")]
     assert "wrong" not in str(events)  # the token is never recorded
 
 

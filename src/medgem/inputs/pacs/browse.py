@@ -260,13 +260,13 @@ class DicomwebBrowser(DicomwebClient):
                   ("limit", str(limit))]
         url = f"{self.reference.root}/studies?{urlencode(params, safe='*?')}"
 
-        def get() -> Any:
+        def get() -> list[Any]:
             response = self._client._session.get(url, headers={"Accept": "application/dicom+json"},
                                                  timeout=self.reference.timeout)
             response.raise_for_status()
-            return response.json() if response.content else []
+            return [Dataset.from_json(item) for item in (response.json() if response.content else [])]
 
-        return [Dataset.from_json(item) for item in self._call(get, "the studies")]
+        return self._call(get, "the studies")
 
     def _call(self, action: Callable[[], _T], what: str) -> _T:
         import requests
@@ -290,6 +290,11 @@ class DicomwebBrowser(DicomwebClient):
         except requests.ConnectionError:
             raise PacsUnavailableError(f"cannot reach {where} (connection failed)",
                                        "check that the PACS is up and its URL is right") from None
+        except (requests.RequestException, ValueError, TypeError, KeyError):
+            # not DICOM JSON (an HTML login page, a proxy's error) or a broken connection
+            raise PacsUnavailableError(f"{where} answered something that is not a DICOMweb listing "
+                                       f"while listing {what}",
+                                       "check that the allowlisted URL is the PACS's DICOMweb root") from None
 
 
 class DimseBrowser(DimseClient):
