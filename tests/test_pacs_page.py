@@ -247,7 +247,7 @@ def test_a_pacs_outside_the_allowlist_is_403_and_nothing_is_asked(
         for source in (orthanc.dicomweb, f"{front}/count/dicom-web-evil", f"{front}/count",
                        _dimse_root(orthanc)):
             for path, body in (("/api/pacs/studies", {}), ("/api/pacs/series", {"study_uid": "1.2.3"})):
-                refused = _post(base, path, source=source, **body)
+                refused = httpx.post(base + path, json={"source": source, **body}, timeout=30)
                 assert refused.status_code == 403, refused.text
                 error = refused.json()["error"]
                 assert error["code"] == "pacs_not_allowed" and "--allow-pacs" in error["message"]
