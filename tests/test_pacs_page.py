@@ -27,7 +27,8 @@ from medgem.server.server_config import ServerConfig
 from pacs_fixtures import Orthanc, free_port
 from test_server_helpers import audited, scripted_model, serve_in_thread
 
-NAME_PARTS = ("Doe", "DOE", "Jane", "Quincy", "MRN-99887766")  # the fixtures' patient (imaging_fixtures.PHI)
+# The fixtures' patient as the browse list shows it (imaging_fixtures.PHI): never in the audit.
+NAME_PARTS = ("Doe", "DOE", "Jane", "Quincy", "MRN-99887766", "ACC-5544332")
 
 
 class _Front(BaseHTTPRequestHandler):
@@ -365,7 +366,7 @@ def test_the_page_searches_the_pacs_chooses_a_series_and_asks(
     mr_row = page.locator(f"#pacs-series tr[data-series='{orthanc.uids['mr_series']}']")
     mr_row.wait_for()
     sr_row = page.locator(f"#pacs-series tr[data-series='{orthanc.uids['sr_series']}']")
-    assert sr_row.get_by_role("button").is_disabled()  # a report: nothing to ask about
+    assert sr_row.get_by_role("button", name="is not an image").is_disabled()  # a report: nothing to ask about
     assert "whole study" in page.inner_text("#pacs-chosen-text")
     mr_row.get_by_role("button").click()
     assert "MR" in page.inner_text("#pacs-chosen-text")

@@ -3,7 +3,8 @@
 // clearFile and resetAnswer. Names and IDs from the PACS go in through textContent only.
 "use strict";
 
-const pacs = { studies: [], study: null };
+// source: the PACS the listed studies came from (the select may have changed since).
+const pacs = { source: "", study: null };
 
 function showPacsError(text) {
   $("pacs-error").textContent = text;
@@ -67,7 +68,7 @@ async function searchStudies(event) {
   };
   try {
     const found = await pacsPost("/api/pacs/studies", body);
-    pacs.studies = found.studies;
+    pacs.source = found.source;
     showStudies(found);
   } catch (error) {
     $("pacs-status").textContent = "";
@@ -126,7 +127,7 @@ async function chooseStudy(study, row) {
   const table = $("pacs-series");
   table.hidden = true;
   try {
-    const found = await pacsPost("/api/pacs/series", { source: $("pacs-source").value, study_uid: study.study_uid });
+    const found = await pacsPost("/api/pacs/series", { source: pacs.source, study_uid: study.study_uid });
     if (pacs.study !== study) return;  // another study was chosen meanwhile
     showSeries(study, found.series);
   } catch (error) {
@@ -148,7 +149,7 @@ function showSeries(study, series) {
     cell(row, item.description);
     cell(row, item.instances);
     const name = "series " + (item.number === null ? item.series_uid.slice(-8) : "#" + item.number) + " " + item.modality;
-    actionCell(row, item.image ? "Choose" : "Not an image", "Choose " + name, () => {
+    actionCell(row, item.image ? "Choose" : "Not an image", item.image ? "Choose " + name : name + " is not an image", () => {
       markChosen(row);
       attachReference(item.dicom_source, describeStudy(study) + " · " + name);
     }, item.image);
