@@ -24,7 +24,7 @@ import pytest
 import requests
 from pydicom.uid import generate_uid
 
-from imaging_fixtures import mr_slice, write_ct_series
+from imaging_fixtures import PHI, mr_slice, write_ct_series
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -134,8 +134,9 @@ def write_mr_series(folder: Path, count: int, study_uid: str) -> list[Path]:
     return paths
 
 
-def write_sr(path: Path, study_uid: str) -> Path:
-    """A tiny Basic Text SR: a DICOM object that is not an image."""
+def write_sr(path: Path, study_uid: str, study: dict[str, str] | None = None) -> Path:
+    """A tiny Basic Text SR: a DICOM object that is not an image; ``study`` holds the study
+    attributes its images carry (a PACS may answer a study search from any one instance)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian
 
@@ -149,6 +150,8 @@ def write_sr(path: Path, study_uid: str) -> Path:
     ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "SR", 9, 1
     ds.PatientName, ds.PatientID = "Doe^Jane^Quincy", "MRN-99887766"
     ds.ValueType, ds.ContinuityOfContent = "CONTAINER", "SEPARATE"
+    for name, value in (study or {}).items():
+        setattr(ds, name, value)
     ds.save_as(path, enforce_file_format=True)
     return path
 
@@ -166,7 +169,8 @@ def load_studies(server: Orthanc, folder: Path) -> None:
         ds.BodyPartExamined = "CHEST"
         ds.save_as(path, enforce_file_format=True)
     mr = write_mr_series(folder / "mr", 6, study)
-    sr = [write_sr(folder / "sr.dcm", study)]
+    sr = [write_sr(folder / "sr.dcm", study, {name: PHI[name] for name in (
+        "StudyDate", "StudyTime", "AccessionNumber", "StudyID", "ReferringPhysicianName")})]
     cr_path = folder / "cr" / "RG1_UNCR.dcm"
     cr_path.parent.mkdir()
     shutil.copy(get_testdata_file("RG1_UNCR.dcm", download=False), cr_path)

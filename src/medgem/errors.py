@@ -155,6 +155,20 @@ class PacsForbiddenError(PacsError, status=403, code="pacs_not_allowed"):
     """A study reference outside the operator's allowlist (``serve --allow-pacs``)."""
 
 
+class PacsUnavailableError(PacsError, status=502, code="pacs_unavailable"):
+    """Browsing a PACS for the page: it could not be reached or answered with an error (the
+    server is a gateway here, so its caller gets a 502, not a 400 about its own request)."""
+
+
+class PacsRefusedError(PacsUnavailableError, code="pacs_refused"):
+    """Browsing a PACS: it refused medgem's credentials (its 401/403; a 502 here, so the page
+    does not take it for a bad medgem API key)."""
+
+
+class PacsTimeoutError(PacsUnavailableError, status=504, code="pacs_timeout"):
+    """Browsing a PACS: it did not answer within the bounded browse timeout."""
+
+
 class RemoteError(MedgemError):
     """An OpenAI-compatible server refused a request; status and code are the server's."""
 

@@ -40,6 +40,8 @@ def add_parser(subparsers: Any) -> None:
     group.add_argument("--allow-pacs", action="append", default=[], metavar="URL",
                        help="a DICOMweb root (https://pacs/dicom-web) or dimse://AE@host:port that "
                             "image_dicom parts may fetch from (repeatable; default none)")
+    group.add_argument("--pacs-browse-timeout", type=number_in(0, open_low=True), default=10.0, metavar="S",
+                       help="seconds one web-page PACS search may take before it is a 504 (default 10)")
     group.add_argument("--api-key-file", type=Path, help="key file made by `medgem keys add` (required off loopback)")
     group.add_argument("--audit-db", help="audit store: SQLite path or sqlite:/// URL (default: $MEDGEM_AUDIT_DB "
                        "or ~/.local/share/medgem/audit.sqlite)")
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, model_name=args.served_name, max_queue=args.max_queue,
         max_body_bytes=args.max_body_mb * 1024 * 1024, max_images=args.max_images,
         allowed_dirs=tuple(p.expanduser().resolve() for p in args.allow_dir), api_key_file=key_file,
-        allowed_pacs=tuple(args.allow_pacs),
+        allowed_pacs=tuple(args.allow_pacs), pacs_browse_timeout_s=args.pacs_browse_timeout,
         log_prompts=args.log_prompts, cors_origins=tuple(args.cors_origin),
         drain_timeout_s=args.drain_timeout, max_previews=args.max_previews,
         imaging=imaging_from_args(args),

@@ -24,8 +24,9 @@ from medgem.audit import add_review
 from medgem.errors import ApiError, MedgemError
 from medgem.request import Request
 from medgem.request.openai_messages import request_from_openai
+from medgem.server import pacs_browse, structured
+from medgem.server import pacs_protocol as pp
 from medgem.server import protocol as p
-from medgem.server import structured
 from medgem.server.serving import Serving
 from medgem.server.uploads import ask_messages, ask_request, preview, reading_options
 
@@ -37,10 +38,13 @@ STATIC = resources.files("medgem.server") / "static"
 _ERROR_TEXT = {
     400: "The request is invalid (bad JSON, unknown or out-of-range field, bad input file).",
     401: "An API key is required, or it is not valid.",
+    403: "The PACS named is not one the operator allowed (nothing was asked of it).",
     404: "No such model or record.",
     413: "The body is over the server's size limit.",
     429: "The engine's line (or the preview pool) is full; retry after Retry-After seconds.",
+    502: "The PACS could not be reached, refused medgem's credentials, or answered an error.",
     503: "The server is shutting down, or cannot check API keys right now.",
+    504: "The PACS did not answer in time.",
     507: "The machine cannot hold this request.",
 }
 _RETRY_AFTER = {"Retry-After": {"description": "Whole seconds, estimated from measured service times",
@@ -208,6 +212,26 @@ async def info(user: Annotated[str | None, Depends(caller_if_any)], serving: Ser
         "engine": serving.info.engine, "revision": serving.info.revision, "auth_required": serving.keys is not None,
         "limits": {"max_body_bytes": serving.config.max_body_bytes, "max_new_tokens": serving.config.max_new_tokens},
     })
+
+
+@router.get("/api/pacs/sources", summary="The PACS the page may browse (empty: none allowed)",
+            responses=_doc({200: {"model": pp.PacsSources}}, 401, 503))
+async def pacs_sources(user: User, serving: ServingDep) -> Response:
+    return JSONResponse(pacs_browse.list_sources(serving.config).model_dump())
+
+
+@router.post("/api/pacs/studies", summary="Search an allowed PACS's studies (QIDO-RS / C-FIND), audited",
+             responses=_doc({200: {"model": pp.StudyList}}, 400, 401, 403, 413, 502, 503, 504))
+async def pacs_studies(body: pp.StudySearch, user: User, serving: ServingDep) -> Response:
+    found = await asyncio.to_thread(pacs_browse.find_studies, serving.config, serving.store, user, body)
+    return JSONResponse(found.model_dump())
+
+
+@router.post("/api/pacs/series", summary="List a study's series on an allowed PACS, audited",
+             responses=_doc({200: {"model": pp.SeriesList}}, 400, 401, 403, 413, 502, 503, 504))
+async def pacs_series(body: pp.SeriesSearch, user: User, serving: ServingDep) -> Response:
+    found = await asyncio.to_thread(pacs_browse.find_series, serving.config, serving.store, user, body)
+    return JSONResponse(found.model_dump())
 
 
 @router.get("/healthz", summary="Liveness and the engine queue (503 while warming up or draining)",

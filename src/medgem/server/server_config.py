@@ -25,7 +25,9 @@ class ServerConfig:
         max_new_tokens: the largest ``max_tokens`` a client may ask for.
         allowed_dirs: folders a request may name files from; empty forbids local files.
         allowed_pacs: DICOMweb roots / ``dimse://AE@host:port`` peers ``image_dicom`` parts
-            may name; empty forbids every PACS reference (403, nothing fetched).
+            may name; empty forbids every PACS reference (403, nothing fetched). The page
+            browses the same list (``/api/pacs/...``).
+        pacs_browse_timeout_s: seconds one browse request to a PACS may take (then a 504).
         api_key_file: the named, hashed key store; None means no keys (loopback only).
         log_prompts: also store prompt text and (de-identified) inputs in the audit store.
         cors_origins: origins allowed cross-site; empty turns CORS off.
@@ -45,6 +47,7 @@ class ServerConfig:
     max_new_tokens: int = MAX_OUTPUT_TOKENS
     allowed_dirs: tuple[Path, ...] = ()
     allowed_pacs: tuple[str, ...] = ()
+    pacs_browse_timeout_s: float = 10.0
     api_key_file: Path | None = None
     log_prompts: bool = False
     cors_origins: tuple[str, ...] = ()

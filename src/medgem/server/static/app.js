@@ -3,7 +3,8 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { upload: null, uploadName: "", recordId: null, verdict: null, controller: null, authRequired: false };
+// dicom: a PACS study or series chosen in the PACS panel (pacs.js), sent as an image_dicom part.
+const state = { upload: null, uploadName: "", dicom: null, model: "", recordId: null, verdict: null, controller: null, authRequired: false };
 
 function headers() {
   const h = { "Content-Type": "application/json" };
@@ -43,6 +44,7 @@ async function loadInfo() {
   }
   if (!response.ok) return;
   const info = await response.json();
+  state.model = info.model;
   $("model-name").textContent = info.model;
   $("model-engine").textContent = "· " + info.engine + (info.revision ? " · " + info.revision.slice(0, 12) : "");
   if (info.caveat) $("caveat-text").textContent = info.caveat;
@@ -52,6 +54,7 @@ async function loadInfo() {
   $("apikey").value = sessionStorage.getItem("medgem-key") || "";
   if (!info.thinking) $("think-box").hidden = true;
   if (!info.images) $("dropzone").hidden = true;
+  document.dispatchEvent(new CustomEvent("medgem:info", { detail: info }));  // pacs.js looks for a PACS
 }
 
 function mimeFor(file) {
@@ -79,6 +82,7 @@ function readAsDataUrl(file) {
 async function attach(file) {
   resetAnswer();  // an answer about the previous file does not belong beside this one
   setStatus("", "");
+  document.dispatchEvent(new Event("medgem:file"));  // a file replaces a study chosen from the PACS
   state.upload = await readAsDataUrl(file);
   state.uploadName = file.name;
   $("file-name").textContent = file.name + " (" + Math.round(file.size / 1024) + " KB)";
@@ -125,6 +129,7 @@ function resetAnswer() {
   $("reasoning").open = false;
   $("meta").hidden = true;
   $("answer-label").hidden = true;
+  $("answer-caveat").hidden = true;
   $("review").hidden = true;
   $("review-log").replaceChildren();
   state.recordId = null;
@@ -143,6 +148,7 @@ function finish(chunk, usage) {
   const extra = chunk.medgem || {};
   state.recordId = extra.audit_id || chunk.id;
   if (extra.label) { $("answer-label").textContent = extra.label; $("answer-label").hidden = false; }
+  if (extra.caveat) { $("answer-caveat").textContent = extra.caveat; $("answer-caveat").hidden = false; }
   $("meta").replaceChildren();
   addMeta("Finish", chunk.choices[0].finish_reason === "length" ? "token budget reached (answer may be cut off)" : "complete");
   if (usage) addMeta("Tokens", usage.prompt_tokens + " prompt · " + usage.completion_tokens + " answer");
@@ -150,6 +156,26 @@ function finish(chunk, usage) {
   addMeta("Audit record", state.recordId);
   $("meta").hidden = false;
   $("review").hidden = false;
+}
+
+function askAboutUpload(question, budget) {
+  const body = { question, think: $("think").checked };
+  if (state.upload) { body.image = state.upload; body.name = state.uploadName; }
+  if (budget > 0) body.max_tokens = budget;
+  return ["/api/ask", body];
+}
+
+// A study from the PACS goes as the OpenAI chat request any client sends: the server checks
+// its allowlist, fetches only the slices it needs, de-identifies them and answers (streamed).
+function chatAboutStudy(question, budget) {
+  const reference = { dicom_source: state.dicom.source };
+  if (state.dicom.credential) reference.access_credential = state.dicom.credential;
+  const body = {
+    model: state.model, stream: true, stream_options: { include_usage: true }, think: $("think").checked,
+    messages: [{ role: "user", content: [{ type: "image_dicom", image_dicom: reference }, { type: "text", text: question }] }],
+  };
+  if (budget > 0) body.max_tokens = budget;
+  return ["/v1/chat/completions", body];
 }
 
 async function ask() {
@@ -162,13 +188,11 @@ async function ask() {
   $("ask").disabled = true;
   $("stop").disabled = false;
   state.controller = new AbortController();
-  const body = { question, think: $("think").checked };
-  if (state.upload) { body.image = state.upload; body.name = state.uploadName; }
   const budget = parseInt($("max-tokens").value, 10);
-  if (budget > 0) body.max_tokens = budget;
+  const [url, body] = state.dicom ? chatAboutStudy(question, budget) : askAboutUpload(question, budget);
   let final = null, usage = null;
   try {
-    const response = await fetch("/api/ask", { method: "POST", headers: headers(), body: JSON.stringify(body), signal: state.controller.signal });
+    const response = await fetch(url, { method: "POST", headers: headers(), body: JSON.stringify(body), signal: state.controller.signal });
     if (!response.ok) throw new Error(await errorMessage(response));
     setStatus("streaming", "streaming");
     const reader = response.body.getReader();
