@@ -168,10 +168,11 @@ WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 
 
 def _dicom_wsi_instance(path: Path, image: NDArray[np.uint8], mpp: float, uids: tuple[str, str, str],
-                        number: int, flavor: str, tile: int = 256) -> None:
-    """One TILED_FULL VL Whole Slide Microscopy instance (uncompressed RGB frames), via pydicom."""
+                        number: int, flavor: str, tile: int = 256, jpeg: bool = False) -> None:
+    """One TILED_FULL VL Whole Slide Microscopy instance (uncompressed RGB frames, or JPEG
+    baseline ones encoded by Pillow), via pydicom."""
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 
     height, width = image.shape[:2]
     frames = []
@@ -185,7 +186,7 @@ def _dicom_wsi_instance(path: Path, image: NDArray[np.uint8], mpp: float, uids: 
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = WSI_SOP_CLASS
     ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit if jpeg else ExplicitVRLittleEndian
     ds.SOPClassUID, ds.SOPInstanceUID = WSI_SOP_CLASS, ds.file_meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = uids
     ds.Modality, ds.PatientName, ds.PatientID = "SM", PLANTED_NAME, "MRN-99887766"
@@ -214,23 +215,42 @@ def _dicom_wsi_instance(path: Path, image: NDArray[np.uint8], mpp: float, uids: 
     optical.OpticalPathIdentifier = "1"
     optical.IlluminationTypeCodeSequence, optical.IlluminationColorCodeSequence = [illumination], [colour]
     ds.OpticalPathSequence = [optical]
-    ds.PixelData = np.stack(frames).tobytes()
+    if jpeg:
+        import io
+
+        from PIL import Image
+        from pydicom.encaps import encapsulate
+
+        encoded = []
+        for frame in frames:
+            buffer = io.BytesIO()
+            Image.fromarray(frame).save(buffer, format="JPEG", quality=90, subsampling=1)  # 4:2:2
+            encoded.append(buffer.getvalue())
+        ds.PhotometricInterpretation, ds.LossyImageCompression = "YBR_FULL_422", "01"
+        ds.LossyImageCompressionMethod, ds.LossyImageCompressionRatio = "ISO_10918_1", 10
+        ds.PixelData = encapsulate(encoded)
+        ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
+    else:
+        ds.PixelData = np.stack(frames).tobytes()
     ds.save_as(path, enforce_file_format=True)
 
 
 def write_dicom_wsi(folder: Path, image: NDArray[np.uint8], mpp: float = 4.0,
-                    factors: Sequence[int] = (1, 4)) -> Path:
+                    factors: Sequence[int] = (1, 4), jpeg: bool = False) -> Path:
     """A DICOM WSI folder: one instance per pyramid level plus a label (pure blue) instance.
 
-    Written with pydicom to the VL Whole Slide Microscopy IOD (TILED_FULL, uncompressed) and read
-    back through wsidicom; patient name and container ID carry the planted name.
+    Written with pydicom to the VL Whole Slide Microscopy IOD (TILED_FULL, uncompressed or, with
+    ``jpeg``, JPEG baseline levels) and read back through wsidicom; patient name and container
+    ID carry the planted name.
     """
     from pydicom.uid import generate_uid
 
     folder.mkdir(parents=True, exist_ok=True)
     uids = (generate_uid(), generate_uid(), generate_uid())
     for number, (factor, level) in enumerate(zip(factors, _levels(image, factors), strict=True), 1):
-        _dicom_wsi_instance(folder / f"level{number}.dcm", level, mpp * factor, uids, number, "VOLUME")
+        _dicom_wsi_instance(folder / f"level{number}.dcm", level, mpp * factor, uids, number, "VOLUME",
+                            jpeg=jpeg)
     label = np.empty((128, 256, 3), np.uint8)
     label[:] = LABEL_RGB
     _dicom_wsi_instance(folder / "label.dcm", label, 0.1, uids, len(factors) + 1, "LABEL", tile=256)
