@@ -55,7 +55,7 @@ def main() -> int:
         finally:
             server.stop()
     print(f"slide: {args.cols * 448}x{args.rows * 448} px at 2 um/px, 3 levels, 256-px tiles, "
-          f"{frames.frames_total} frames in {frames.total_instances} instances")
+          f"{frames.frames_total} level frames; {frames.total_instances} instances with the label")
     print(f"{'fetch':<36}{'frames':>8}{'bytes':>14}{'seconds':>10}")
     print(f"{'whole series (WADO-RS instances)':<36}{frames.frames_total:>8}{moved[0]:>14,}{whole_s:>10.2f}"
           f"   ({len(whole)} instances)")
