@@ -233,10 +233,10 @@ class SlideOnPacs:
 
 def load_slide(server: Orthanc, folder: Path, *, cells: tuple[int, int] = (6, 4), cell: int = 448,
                tissue: tuple[tuple[int, int], ...] = ((1, 0), (4, 1), (2, 3), (5, 3)),
-               mpp: float = 2.0, factors: tuple[int, ...] = (1, 4, 16), jpeg: bool = False) -> SlideOnPacs:
+               mpp: float = 2.0, factors: tuple[int, ...] = (1, 4, 16), codec: str = "none") -> SlideOnPacs:
     """Write a TILED_FULL DICOM WSI (``wsi_fixtures.write_dicom_wsi``: one uncompressed
-    instance per level, or JPEG baseline with ``jpeg``; 256-px tiles; plus a label naming the
-    patient) and store it in Orthanc.
+    instance per level, or ``codec`` "jpeg" / "jpeg2000"; 256-px tiles; plus a label naming
+    the patient) and store it in Orthanc.
 
     The defaults: 2688x1792 px at 2 um/px, levels 1, 4 and 16 times smaller, stained tissue in
     four of the 24 cells of 448 px (the 896-px patch at 10x), so a reader that fetches only the
@@ -247,7 +247,7 @@ def load_slide(server: Orthanc, folder: Path, *, cells: tuple[int, int] = (6, 4)
     import wsi_fixtures
 
     image = wsi_fixtures.slide_pixels(cells, cell, tissue)
-    wsi_fixtures.write_dicom_wsi(folder, image, mpp=mpp, factors=factors, jpeg=jpeg)
+    wsi_fixtures.write_dicom_wsi(folder, image, mpp=mpp, factors=factors, codec=codec)
     files = sorted(folder.iterdir())
     server.upload(files)
     levels = sorted((p for p in files if p.name.startswith("level")), key=lambda p: int(p.stem[5:]))

@@ -83,19 +83,29 @@ def test_a_slide_series_gives_the_patches_and_prompt_of_the_same_folder_read_loc
     assert "PixelData" not in fetched.headers[0]
 
 
-def test_the_audit_event_and_inspect_carry_counts_and_hashes_only(orthanc: Orthanc, slide: SlideOnPacs) -> None:
-    remote = read_inputs([parse_study_reference(slide.url(orthanc))])
-    body = remote.studies[0].audit_fields()
-    assert body["series"] == uid_hash(slide.series) and body["frames"] == 25
-    assert body["frames_total"] == 84 and body["bytes"] == remote.studies[0].bytes_moved
-    text = json.dumps(body)
-    assert slide.series not in text and slide.study not in text and wsi_fixtures.PLANTED_NAME not in text
-    result = run_cli("inspect", "--study", slide.url(orthanc), "--json", timeout=120)
+def test_cli_ask_and_inspect_record_frames_and_hashes_only(
+        orthanc: Orthanc, slide: SlideOnPacs, tiny_vlm_checkpoint: Path, tmp_path: Path) -> None:
+    audit = tmp_path / "audit.sqlite"
+    result = run_cli("ask", "Describe the tissue.", "--study", slide.url(orthanc), "--model",
+                     str(tiny_vlm_checkpoint), "--max-new-tokens", "2", "--json", "--no-server",
+                     "--audit-db", str(audit))
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    from medgem.audit import open_store
+
+    store = open_store(audit)
+    (event,) = store.records(kind="pacs_fetch")
+    assert event.body["series"] == uid_hash(slide.series) and event.body["frames"] == 25
+    assert event.body["frames_total"] == 84 and len(event.body["instances"]) == 2
+    text = json.dumps(event.body)
+    assert slide.series not in text and slide.study not in text and wsi_fixtures.PLANTED_NAME not in text
+    assert store.count("answer") == 1
+    assert wsi_fixtures.PLANTED_NAME not in result.stdout + result.stderr
+    listing = run_cli("inspect", "--study", slide.url(orthanc), "--json", timeout=120)
+    assert listing.returncode == 0, listing.stderr
+    report = json.loads(listing.stdout)
     assert report["kind"] == "slide" and report["metadata"]["patches"] == 4
     assert report["fetched"]["frames"] == 25 and report["fetched"]["frames_of"] == 84
-    assert wsi_fixtures.PLANTED_NAME not in result.stdout + result.stderr
+    assert wsi_fixtures.PLANTED_NAME not in listing.stdout + listing.stderr
 
 
 def test_a_slide_over_dimse_is_refused_in_one_line(orthanc: Orthanc, slide: SlideOnPacs) -> None:
@@ -170,16 +180,18 @@ def test_the_byte_limit_stops_a_slide_between_frame_requests(orthanc: Orthanc, s
         read_inputs([ref], ImagingOptions(max_archive_bytes=400_000))
 
 
-def test_jpeg_tiles_are_fetched_as_stored_and_decode_like_the_local_slide(
-        orthanc: Orthanc, tmp_path_factory: pytest.TempPathFactory) -> None:
-    jpeg = load_slide(orthanc, tmp_path_factory.mktemp("pacs-wsi-jpeg") / "slide", jpeg=True)
-    remote = read_inputs([parse_study_reference(jpeg.url(orthanc))])
-    local = read_inputs([jpeg.folder])
+@pytest.mark.parametrize("codec", ["jpeg", "jpeg2000"])
+def test_compressed_tiles_are_fetched_as_stored_and_decode_like_the_local_slide(
+        orthanc: Orthanc, tmp_path_factory: pytest.TempPathFactory, codec: str) -> None:
+    stored = load_slide(orthanc, tmp_path_factory.mktemp(f"pacs-wsi-{codec}") / "slide", codec=codec)
+    remote = read_inputs([parse_study_reference(stored.url(orthanc))])
+    local = read_inputs([stored.folder])
     (item,), (here,) = remote.items, local.items
     assert item.metadata["patch_origins"] == here.metadata["patch_origins"]
+    assert len(item.images) == 4
     for a, b in zip(item.images, here.images, strict=True):
         assert np.array_equal(np.asarray(a), np.asarray(b))
     (fetched,) = remote.studies
     assert fetched.frames == 25
-    # the JPEG bytes themselves crossed, not tiles the server decoded (256 x 256 x 3 each)
-    assert fetched.bytes_moved < 25 * 256 * 256 * 3 / 4
+    # the compressed bytes themselves crossed, not tiles the server decoded (256 x 256 x 3 each)
+    assert fetched.bytes_moved < 25 * 256 * 256 * 3 / 2
