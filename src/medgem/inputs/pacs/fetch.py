@@ -68,7 +68,8 @@ class FetchedStudy:
     Attributes:
         reference: where it came from (token included, for sending back).
         series: the chosen series' UID.
-        instances: the SOPInstanceUIDs sent to the model, in prompt order.
+        instances: the SOPInstanceUIDs sent to the model, in prompt order (for a slide: the
+            patch level's, then the level its tissue was found on, when another).
         headers: those instances' original headers, pixel data removed (SR evidence).
         total_instances: how many instances the series has.
         bytes_moved: bytes that crossed the wire to fetch them (listings included).
