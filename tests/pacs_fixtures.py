@@ -219,3 +219,42 @@ def orthanc_locked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc
         yield server
     finally:
         server.stop()
+
+
+@dataclass
+class SlideOnPacs:
+    """A DICOM whole-slide image stored in Orthanc: its local folder (the same files) and UIDs."""
+
+    folder: Path
+    study: str
+    series: str
+    levels: list[Path]  # the VOLUME instances, level 0 first
+    whole_bytes: int  # the series' files, every level and the label
+
+    def url(self, server: Orthanc) -> str:
+        return f"{server.dicomweb}/studies/{self.study}/series/{self.series}"
+
+
+def load_slide(server: Orthanc, folder: Path, *, cells: tuple[int, int] = (6, 4), cell: int = 448,
+               tissue: tuple[tuple[int, int], ...] = ((1, 0), (4, 1), (2, 3), (5, 3)),
+               mpp: float = 2.0, factors: tuple[int, ...] = (1, 4, 16), codec: str = "none") -> SlideOnPacs:
+    """Write a TILED_FULL DICOM WSI (``wsi_fixtures.write_dicom_wsi``: one uncompressed
+    instance per level, or ``codec`` "jpeg" / "jpeg2000"; 256-px tiles; plus a label naming
+    the patient) and store it in Orthanc.
+
+    The defaults: 2688x1792 px at 2 um/px, levels 1, 4 and 16 times smaller, stained tissue in
+    four of the 24 cells of 448 px (the 896-px patch at 10x), so a reader that fetches only the
+    tiles under the tissue moves a small share of level 0.
+    """
+    import pydicom
+
+    import wsi_fixtures
+
+    image = wsi_fixtures.slide_pixels(cells, cell, tissue)
+    wsi_fixtures.write_dicom_wsi(folder, image, mpp=mpp, factors=factors, codec=codec)
+    files = sorted(folder.iterdir())
+    server.upload(files)
+    levels = sorted((p for p in files if p.name.startswith("level")), key=lambda p: int(p.stem[5:]))
+    head = pydicom.dcmread(levels[0], stop_before_pixels=True)
+    return SlideOnPacs(folder, str(head.StudyInstanceUID), str(head.SeriesInstanceUID), levels,
+                       sum(p.stat().st_size for p in files))

@@ -75,7 +75,8 @@ def _text(report: dict[str, object]) -> str:
     lines.append(f"sends:              {report['sends']}")
     fetched = report.get("fetched")
     if isinstance(fetched, dict):
-        lines.append(f"fetched:            {fetched['instances']} of {fetched['of']} instances, "
+        frames = f" ({fetched['frames']} of {fetched['frames_of']} frames)" if "frames" in fetched else ""
+        lines.append(f"fetched:            {fetched['instances']} of {fetched['of']} instances{frames}, "
                      f"{fetched['bytes']:,} bytes")
     if report.get("instruction"):
         lines.append(f"instruction:        {report['instruction']}")

@@ -272,61 +272,73 @@ def read_slide(path: Path, options: ImagingOptions) -> MedicalInput:
         ImageInputError: no resolution, no pyramid, a corrupt tile, or no tissue found.
     """
     with open_slide(path, options) as slide:
-        mpp0, mpp_from = base_mpp(slide, options, path.name)
-        magnification = options.magnification or 10.0
-        target = MICRONS_AT_1X / magnification
-        cell0 = PATCH_SIDE * target / mpp0
-        base = slide.levels[0]
-        if cell0 > min(base.width, base.height):
-            raise ImageInputError(
-                f"{path.name} is {base.width}x{base.height} px at {mpp0:g} um/px: smaller than one "
-                f"{PATCH_SIDE}-px patch at {magnification:g}x",
-                "pass a higher --magnification, or send it as an ordinary picture")
-        started = time.perf_counter()
-        m_index = mask_level(slide.levels, cell0, path.name)
-        overview = read_level_in_strips(slide, m_index)
-        mask = tissue_mask(overview)
-        mask_s = time.perf_counter() - started
-        m_level = slide.levels[m_index]
-        cells = tissue_cells(mask, m_level.downsample, cell0, base.width, base.height)
-        if not cells:
-            raise ImageInputError(
-                f"no tissue found on {path.name} (no {PATCH_SIDE}-px cell at {magnification:g}x "
-                "is at least a quarter stained tissue)",
-                "check it is the right slide; blank glass has nothing to describe")
-        chosen = sample_cells(cells, options.max_patches, options.patch_seed)
-        p_index = patch_level(slide.levels, mpp0, target)
-        p_level = slide.levels[p_index]
-        side = max(1, round(cell0 / p_level.downsample))
-        started = time.perf_counter()
-        patches = []
-        for c in chosen:
-            region = slide.read(p_index, c.x, c.y, side, side)
-            if region.size != (PATCH_SIDE, PATCH_SIDE):
-                region = region.resize((PATCH_SIDE, PATCH_SIDE), Image.Resampling.BOX)
-            patches.append(region)
-        read_s = time.perf_counter() - started
-        drawn = draw_overview(overview, mask, m_level.downsample, cell0, cells, chosen)
-        facts: dict[str, object] = {
-            "format": "slide",
-            "vendor": slide.vendor,
-            "levels": [{"level": i, "width": lv.width, "height": lv.height,
-                        "downsample": round(lv.downsample, 3),
-                        "mpp": round(mpp0 * lv.downsample, 4)} for i, lv in enumerate(slide.levels)],
-            "mpp": round(mpp0, 4),
-            "mpp_source": mpp_from,
-            "magnification": magnification,
-            "mask_level": m_index,
-            "patch_level": p_index,
-            "patch_region_px": side,
-            "tissue_fraction": round(float(mask.mean()), 4),
-            "tissue_cells": len(cells),
-            "patches": len(chosen),
-            "patch_seed": options.patch_seed,
-            "patch_origins": [[c.x, c.y] for c in chosen],
-            "seconds_tissue": round(mask_s, 3),
-            "seconds_patches": round(read_s, 3),
-        }
+        return slide_to_input(slide, options, path.name)
+
+
+def slide_to_input(slide: SlideReader, options: ImagingOptions, name: str) -> MedicalInput:
+    """An open slide (a local file, or a PACS series read frame by frame) as MedGemma 1.5
+    reads it: one path for both, so the same slide gives the same patches and prompt wherever
+    it lives. Only ``slide.read`` touches pixels: the mask level in strips, then one region
+    per sampled patch.
+
+    Raises:
+        ImageInputError: no resolution, no pyramid, a corrupt tile, or no tissue found.
+    """
+    mpp0, mpp_from = base_mpp(slide, options, name)
+    magnification = options.magnification or 10.0
+    target = MICRONS_AT_1X / magnification
+    cell0 = PATCH_SIDE * target / mpp0
+    base = slide.levels[0]
+    if cell0 > min(base.width, base.height):
+        raise ImageInputError(
+            f"{name} is {base.width}x{base.height} px at {mpp0:g} um/px: smaller than one "
+            f"{PATCH_SIDE}-px patch at {magnification:g}x",
+            "pass a higher --magnification, or send it as an ordinary picture")
+    started = time.perf_counter()
+    m_index = mask_level(slide.levels, cell0, name)
+    overview = read_level_in_strips(slide, m_index)
+    mask = tissue_mask(overview)
+    mask_s = time.perf_counter() - started
+    m_level = slide.levels[m_index]
+    cells = tissue_cells(mask, m_level.downsample, cell0, base.width, base.height)
+    if not cells:
+        raise ImageInputError(
+            f"no tissue found on {name} (no {PATCH_SIDE}-px cell at {magnification:g}x "
+            "is at least a quarter stained tissue)",
+            "check it is the right slide; blank glass has nothing to describe")
+    chosen = sample_cells(cells, options.max_patches, options.patch_seed)
+    p_index = patch_level(slide.levels, mpp0, target)
+    p_level = slide.levels[p_index]
+    side = max(1, round(cell0 / p_level.downsample))
+    started = time.perf_counter()
+    patches = []
+    for c in chosen:
+        region = slide.read(p_index, c.x, c.y, side, side)
+        if region.size != (PATCH_SIDE, PATCH_SIDE):
+            region = region.resize((PATCH_SIDE, PATCH_SIDE), Image.Resampling.BOX)
+        patches.append(region)
+    read_s = time.perf_counter() - started
+    drawn = draw_overview(overview, mask, m_level.downsample, cell0, cells, chosen)
+    facts: dict[str, object] = {
+        "format": "slide",
+        "vendor": slide.vendor,
+        "levels": [{"level": i, "width": lv.width, "height": lv.height,
+                    "downsample": round(lv.downsample, 3),
+                    "mpp": round(mpp0 * lv.downsample, 4)} for i, lv in enumerate(slide.levels)],
+        "mpp": round(mpp0, 4),
+        "mpp_source": mpp_from,
+        "magnification": magnification,
+        "mask_level": m_index,
+        "patch_level": p_index,
+        "patch_region_px": side,
+        "tissue_fraction": round(float(mask.mean()), 4),
+        "tissue_cells": len(cells),
+        "patches": len(chosen),
+        "patch_seed": options.patch_seed,
+        "patch_origins": [[c.x, c.y] for c in chosen],
+        "seconds_tissue": round(mask_s, 3),
+        "seconds_patches": round(read_s, 3),
+    }
     return MedicalInput(
         kind="slide",
         images=patches,
@@ -334,7 +346,7 @@ def read_slide(path: Path, options: ImagingOptions) -> MedicalInput:
         study_date=None,
         description=(f"slide: {len(chosen)} of {len(cells)} tissue patches {PATCH_SIDE}x{PATCH_SIDE} "
                      f"at {magnification:g}x ({target:g} um/px), level {p_index}"),
-        source=path.name,
+        source=name,
         metadata=facts,
         overview=drawn,
     )

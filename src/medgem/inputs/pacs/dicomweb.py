@@ -7,6 +7,7 @@ PACS is down or slow).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -25,6 +26,7 @@ class DicomwebClient:
 
         self.reference = reference
         self.bytes_moved = 0
+        self._content_type = ""  # the last answer's, for the syntax frames came in
         session = requests.Session()
         session.hooks["response"].append(self._count)
         headers = {"Authorization": f"Bearer {reference.token}"} if reference.token else None
@@ -36,6 +38,7 @@ class DicomwebClient:
 
     def _count(self, response: Any, *args: Any, **kwargs: Any) -> None:
         self.bytes_moved += len(response.content)
+        self._content_type = response.headers.get("Content-Type", "")
 
     def series(self, study: str) -> list[Any]:
         found = self._call(lambda: self._client.search_for_series(
@@ -51,6 +54,26 @@ class DicomwebClient:
         for uid in instances:
             yield self._call(lambda uid=uid: self._client.retrieve_instance(study, series, uid),
                              "an instance")
+
+    def series_metadata(self, study: str, series: str) -> list[Any]:
+        """Every instance's header (WADO-RS metadata): no pixels, bulk data left empty."""
+        found = self._call(lambda: self._client.retrieve_series_metadata(study, series),
+                           "the series' metadata")
+        return [_dataset(item, headers_only=True) for item in found]
+
+    def frames(self, study: str, series: str, instance: str, numbers: Sequence[int],
+               media_type: tuple[str, str]) -> tuple[list[bytes], tuple[str, str]]:
+        """Frames of one instance by number (1-based), in one request, asked for as
+        ``media_type`` (media type, transfer syntax; ``*`` for as stored).
+
+        Returns:
+            (the frames' bytes, the (media type, transfer syntax) the answer names).
+        """
+        span = f"{numbers[0]}" if len(numbers) == 1 else f"{min(numbers)}-{max(numbers)}"
+        found = self._call(lambda: self._client.retrieve_instance_frames(
+            study, series, instance, frame_numbers=list(numbers), media_types=(media_type,)),
+            f"frames {span} of slide level …{instance[-12:]}")
+        return list(found), answered_media(self._content_type, media_type)
 
     def store(self, dataset: Any) -> None:
         self._call(lambda: self._client.store_instances([dataset]), "storing the report")
@@ -82,7 +105,34 @@ class DicomwebClient:
                             "check the URL and that the PACS is up") from None
 
 
-def _dataset(item: dict[str, Any]) -> Any:
-    from pydicom import Dataset
+#: The syntax a frame answer is in when its Content-Type names only the media type.
+_DEFAULT_SYNTAX = {"application/octet-stream": "1.2.840.10008.1.2.1", "image/jpeg": "1.2.840.10008.1.2.4.50",
+                   "image/jp2": "1.2.840.10008.1.2.4.90", "image/jls": "1.2.840.10008.1.2.4.80"}
 
-    return Dataset.from_json(item)
+
+def answered_media(content_type: str, asked: tuple[str, str]) -> tuple[str, str]:
+    """(media type, transfer syntax) of a multipart frame answer, read from its Content-Type
+    (``multipart/related; type="image/jpeg"; transfer-syntax=1.2...``, or, as Orthanc writes
+    it, both inside the quoted type); what was asked for where it names neither."""
+    kind = re.search(r'type="?([a-z]+/[a-z0-9.+-]+)', content_type, re.IGNORECASE)
+    syntax = re.search(r"transfer-syntax=\"?([0-9.]+)", content_type, re.IGNORECASE)
+    media = kind.group(1).lower() if kind else asked[0]
+    if syntax:
+        return media, syntax.group(1)
+    return media, asked[1] if asked[1] != "*" else _DEFAULT_SYNTAX.get(media, asked[1])
+
+
+def _dataset(item: dict[str, Any], headers_only: bool = False) -> Any:
+    """A DICOM JSON object as a Dataset; with ``headers_only`` its bulk data (pixel data, ICC
+    profiles) stays empty instead of being fetched from the URIs the metadata names, and the
+    File Meta transfer syntax, when the server lists it, is kept where pydicom reads it."""
+    from pydicom import Dataset
+    from pydicom.dataset import FileMetaDataset
+
+    if not headers_only:
+        return Dataset.from_json(item)
+    meta = {tag: value for tag, value in item.items() if tag.startswith("0002")}
+    body = {tag: value for tag, value in item.items() if not tag.startswith("0002")}
+    ds = Dataset.from_json(body, bulk_data_uri_handler=lambda tag, vr, uri: b"")
+    ds.file_meta = FileMetaDataset(Dataset.from_json(meta)) if meta else FileMetaDataset()
+    return ds

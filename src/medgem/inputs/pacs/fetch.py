@@ -6,7 +6,8 @@ chosen; its instance headers are listed and sorted, and the slices to send are s
 that list exactly as a local folder is sampled (``series.sort_slices`` + ``sample_indices``);
 only then are those instances retrieved, each de-identified (PS3.15) before it is written to a
 private temporary folder that the folder reader reads and that is removed afterwards, whether
-the read worked or not.
+the read worked or not. A whole-slide series is read tile by tile instead (``slide_frames``):
+only the frames its tissue mask and sampled patches need, over DICOMweb.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from medgem.inputs.options import ImagingOptions, MedicalInput, raise_hint
 from medgem.inputs.pacs.client import PacsClient
 from medgem.inputs.pacs.connect import open_client
 from medgem.inputs.pacs.reference import StudyReference, uid_hash
+from medgem.inputs.pacs.slide_frames import is_slide_series
 from medgem.inputs.series import Series, sample_indices, sort_slices
 
 #: Modalities of series that hold no picture of the patient (reports, key objects, states,
@@ -66,10 +68,13 @@ class FetchedStudy:
     Attributes:
         reference: where it came from (token included, for sending back).
         series: the chosen series' UID.
-        instances: the SOPInstanceUIDs sent to the model, in prompt order.
+        instances: the SOPInstanceUIDs sent to the model, in prompt order (for a slide: the
+            patch level's, then the level its tissue was found on, when another).
         headers: those instances' original headers, pixel data removed (SR evidence).
         total_instances: how many instances the series has.
         bytes_moved: bytes that crossed the wire to fetch them (listings included).
+        frames: for a whole-slide image read tile by tile, the frames fetched (else None).
+        frames_total: the frames its pyramid levels hold.
     """
 
     reference: StudyReference
@@ -78,12 +83,17 @@ class FetchedStudy:
     headers: tuple[Any, ...] = field(repr=False)
     total_instances: int
     bytes_moved: int
+    frames: int | None = None
+    frames_total: int | None = None
 
     def audit_fields(self) -> dict[str, object]:
         """The fetch as an audit event's body: the PACS, hashed UIDs, counts, bytes."""
-        return {**self.reference.audit_fields(), "series": uid_hash(self.series),
+        body = {**self.reference.audit_fields(), "series": uid_hash(self.series),
                 "instances": [uid_hash(uid) for uid in self.instances],
                 "total_instances": self.total_instances, "bytes": self.bytes_moved}
+        if self.frames is not None:
+            body.update(frames=self.frames, frames_total=self.frames_total)
+        return body
 
 
 def _text(ds: Any, name: str) -> str:
@@ -227,6 +237,8 @@ def _read(client: PacsClient, reference: StudyReference, options: ImagingOptions
         raise PacsError(f"{where} is a {chosen.modality} series, not images of the patient",
                         "choose an image series (medgem inspect --study lists them)")
     instances = client.instances(reference.study, chosen.uid)
+    if is_slide_series(instances):
+        return _read_slide(client, reference, chosen, instances, options, len(series_list))
     if reference.instance:
         instances = [ds for ds in instances if _text(ds, "SOPInstanceUID") == reference.instance]
         if not instances:
@@ -268,6 +280,32 @@ def _read(client: PacsClient, reference: StudyReference, options: ImagingOptions
     item = _whole_series_facts(item, chosen, listed, picked, len(series_list))
     fetched = FetchedStudy(reference, chosen.uid, tuple(uids), tuple(headers), len(instances),
                            client.bytes_moved)
+    return item, fetched
+
+
+def _read_slide(client: PacsClient, reference: StudyReference, chosen: RemoteSeries,
+                instances: list[Any], options: ImagingOptions, series_count: int
+                ) -> tuple[MedicalInput, FetchedStudy]:
+    """A whole-slide series: only the frames the patches and the tissue mask need
+    (``slide_frames``), never its instances whole. Frames by number are a WADO-RS request, so
+    DIMSE (whose C-GET moves whole instances: every level of the pyramid) is refused."""
+    from medgem.inputs.pacs.dicomweb import DicomwebClient
+    from medgem.inputs.pacs.slide_frames import read_remote_slide
+
+    where = f"series {chosen.short_uid} on {reference.where}"
+    if reference.protocol == "dimse" or not isinstance(client, DicomwebClient):
+        raise PacsError(f"{where} is a whole-slide image: its tiles are fetched by frame, which needs "
+                        "DICOMweb (a DIMSE C-GET would move every pyramid level whole)",
+                        "give the study's DICOMweb URL (https://HOST/dicom-web/studies/UID)")
+    if reference.instance and all(_text(ds, "SOPInstanceUID") != reference.instance for ds in instances):
+        raise PacsError(f"instance …{reference.instance[-12:]} is not in {where}", "check the SOPInstanceUID")
+    ReadBudget(options, where).files(len(instances))
+    item, record, headers = read_remote_slide(client, reference.study, chosen.uid, options, where,
+                                              f"study-{uid_hash(reference.study)[:8]}")
+    item = replace(item, metadata=dict(item.metadata, series=chosen.short_uid, series_count=series_count))
+    fetched = FetchedStudy(reference, chosen.uid, tuple(_text(ds, "SOPInstanceUID") for ds in headers),
+                           tuple(headers), len(instances), client.bytes_moved,
+                           frames=record.frames_moved, frames_total=record.frames_total)
     return item, fetched
 
 
@@ -336,5 +374,7 @@ def inspect_study(reference: StudyReference, options: ImagingOptions
                   sends=describe_sent(item), metadata=item.metadata,
                   study_date_present=item.study_date is not None, warnings=list(item.warnings),
                   fetched={"instances": len(fetched.instances), "of": fetched.total_instances,
-                           "bytes": fetched.bytes_moved})
+                           "bytes": fetched.bytes_moved,
+                           **({"frames": fetched.frames, "frames_of": fetched.frames_total}
+                              if fetched.frames is not None else {})})
     return report, item, fetched
