@@ -26,6 +26,10 @@ class ServerConfig:
         allowed_dirs: folders a request may name files from; empty forbids local files.
         allowed_pacs: DICOMweb roots / ``dimse://AE@host:port`` peers ``image_dicom`` parts
             may name; empty forbids every PACS reference (403, nothing fetched).
+        send_back: store answers to ``image_dicom`` questions on their PACS as DICOM SR once a
+            review (``POST /api/reviews``) accepts or corrects them.
+        send_back_unreviewed: also send each such answer as soon as it is made, as a
+            preliminary, unverified SR (only with ``send_back``).
         api_key_file: the named, hashed key store; None means no keys (loopback only).
         log_prompts: also store prompt text and (de-identified) inputs in the audit store.
         cors_origins: origins allowed cross-site; empty turns CORS off.
@@ -45,6 +49,8 @@ class ServerConfig:
     max_new_tokens: int = MAX_OUTPUT_TOKENS
     allowed_dirs: tuple[Path, ...] = ()
     allowed_pacs: tuple[str, ...] = ()
+    send_back: bool = False
+    send_back_unreviewed: bool = False
     api_key_file: Path | None = None
     log_prompts: bool = False
     cors_origins: tuple[str, ...] = ()
