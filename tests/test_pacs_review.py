@@ -130,6 +130,9 @@ def test_a_corrected_answer_goes_back_with_the_correction_and_the_reviewer(
     assert [f.body["endpoint"] for f in fetches] == ["cli:audit send-back"]
     for record in store.children(answer["audit_id"]):  # UIDs hashed everywhere
         assert uids["cr_study"] not in json.dumps(record.body) and uids["cr_instance"] not in json.dumps(record.body)
+    listed = _audit(audit, "list", "--kind", "pacs_send").stdout
+    assert f"dicom-sr stored to {reference.split('/studies/')[0] if protocol == 'dicomweb' else 'ORTHANC@'}" in listed
+    assert uids["cr_study"] not in listed
     assert _audit(audit, "verify").returncode == 0
 
 

@@ -62,7 +62,8 @@ def add_image_flags(parser: argparse.ArgumentParser) -> None:
                        help="draw box_2d localizations from the answer on the image")
     group.add_argument("--send-back", action="store_true",
                        help="store the answer on the --study's PACS as a DICOM SR (STOW-RS or "
-                            "C-STORE) referencing the images it saw, boxes as coordinates")
+                            "C-STORE) referencing the images it saw, boxes as coordinates (an answer "
+                            "reviewed later: `medgem audit send-back ID --study REF`)")
     group.add_argument("--send-back-unreviewed", action="store_true",
                        help="allow --send-back for an answer no clinician reviewed yet (it goes "
                             "as a preliminary, unverified report)")
