@@ -116,23 +116,27 @@ def test_cli_send_back_is_refused_unreviewed_and_audited_when_allowed(
     (new,) = [ds for ds in stored if _content(ds)["Audit record id"][0].TextValue == answer["audit_id"]]
     assert _content(new)["Finding"][0].TextValue == (answer["answer"] or "(empty answer)")
     assert answer["caveat"] and _content(new)["Comment"][0].TextValue == answer["caveat"]
-    (send,) = store.children(answer["audit_id"])
+    source, send = store.children(answer["audit_id"])  # the study it saw, then the send
+    assert source.kind == "pacs_source" and source.body["study"] == uid_hash(uids["cr_study"])
     assert send.kind == "pacs_send" and send.body["study"] == uid_hash(uids["cr_study"])
     assert send.body["reviewed"] is False and uids["cr_study"] not in json.dumps(send.body)
     no_study = run_cli("ask", "Anything?", "--send-back", "--send-back-unreviewed", *common)
     assert no_study.returncode == 1 and "needs exactly one --study" in no_study.stderr
 
 
-def test_the_fhir_report_is_preliminary_until_reviewed() -> None:
+def test_the_fhir_report_stays_preliminary_once_reviewed_and_names_the_reviewer() -> None:
     report = diagnostic_report(patient="p1", study_uid="1.2.3", answer="No acute findings.",
                                model="medgem-test-vlm", caveat="Not for clinical use.", audit_id="answer-9")
     assert report["resourceType"] == "DiagnosticReport" and report["status"] == "preliminary"
     assert report["conclusion"] == "No acute findings."
     assert "Not for clinical use." in report["text"]["div"] and "answer-9" in report["text"]["div"]
     assert report["imagingStudy"][0]["identifier"]["value"] == "urn:oid:1.2.3"
+    assert "resultsInterpreter" not in report
     reviewed = diagnostic_report(patient="p1", study_uid=None, answer="x", model="m", caveat="c",
-                                 audit_id=None, reviewed="dr.who: agree")
-    assert reviewed["status"] == "final" and "dr.who" in reviewed["text"]["div"]
+                                 audit_id=None, reviewed="dr.who: accepted", reviewer="dr.who")
+    # MedGemma's outputs must not directly inform diagnosis: reviewed or not, never "final"
+    assert reviewed["status"] == "preliminary" and "dr.who" in reviewed["text"]["div"]
+    assert reviewed["resultsInterpreter"] == [{"display": "dr.who"}]
 
 
 def test_cli_send_back_also_posts_a_preliminary_diagnostic_report_to_the_fhir_server(
@@ -157,5 +161,5 @@ def test_cli_send_back_also_posts_a_preliminary_diagnostic_report_to_the_fhir_se
     assert report["conclusion"] == (answer["answer"] or "(empty answer)")
     assert answer["audit_id"] in report["text"]["div"]
     kinds = {r.kind: r.body for r in open_store(audit).children(answer["audit_id"])}
-    assert set(kinds) == {"fhir_context", "pacs_send", "fhir_send"}
+    assert set(kinds) == {"fhir_context", "pacs_source", "pacs_send", "fhir_send"}
     assert kinds["fhir_send"]["id"] == "diagnosticreport-1"

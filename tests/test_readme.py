@@ -29,6 +29,9 @@ SET_ASIDE = {
     "medgem inspect ct_series/ --model medgemma-4b-q4/": "needs MedGemma 4B weights and speeds measured with them",
     "medgem inspect --study http://127.0.0.1:": "needs the test session's Orthanc (tests/test_pacs_dicomweb.py "
                                                  "runs this listing against it)",
+    "medgem audit send-back answer-": "needs an answer about a study on the test session's Orthanc "
+                                      "(tests/test_pacs_review.py refuses, reviews and sends it there)",
+    "medgem audit review answer-": "reviews that answer (tests/test_pacs_review.py)",
 }
 
 
@@ -154,7 +157,7 @@ def test_the_command_table_names_every_command() -> None:
     for words in ("medgem keys", "medgem tune", "medgem ps", "medgem stop"):
         assert f"`{words}" in table
     audit_row = next(line for line in table.splitlines() if line.startswith("| `medgem audit"))
-    assert "review" in audit_row
+    assert "review" in audit_row and "send-back" in audit_row
 
 
 def test_the_pattern_checks_what_it_should() -> None:

@@ -62,7 +62,8 @@ def add_image_flags(parser: argparse.ArgumentParser) -> None:
                        help="draw box_2d localizations from the answer on the image")
     group.add_argument("--send-back", action="store_true",
                        help="store the answer on the --study's PACS as a DICOM SR (STOW-RS or "
-                            "C-STORE) referencing the images it saw, boxes as coordinates")
+                            "C-STORE) referencing the images it saw, boxes as coordinates (an answer "
+                            "reviewed later: `medgem audit send-back ID --study REF`)")
     group.add_argument("--send-back-unreviewed", action="store_true",
                        help="allow --send-back for an answer no clinician reviewed yet (it goes "
                             "as a preliminary, unverified report)")
@@ -114,6 +115,8 @@ def run(args: argparse.Namespace, question: str | None = None, inputs: Inputs | 
         return 130
     if context is not None:
         _cite(args, context, answer.audit_id)
+    if inputs.studies:
+        _record_sources(args, answer.audit_id, inputs)
     if getattr(args, "send_back", False):
         _send_back(args, answer, inputs)
     if args.boxes:
@@ -222,6 +225,23 @@ def _served_name(url: str, api_key: str | None) -> str:
     except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
         raise InputError(f"no medgem server answers at {url} ({exc})",
                          "check --server (see `medgem ps`), or drop it to load the model here") from None
+
+
+def _record_sources(args: argparse.Namespace, audit_id: str | None, inputs: Inputs) -> None:
+    """Which PACS study the answer saw (hashed UIDs), under its record: what a later
+    `medgem audit send-back` follows. Only where the answer's record is (a server of the
+    same store wrote it, or this process did)."""
+    if audit_id is None or args.no_audit:
+        return
+    from medgem.audit import open_store
+    from medgem.sendback.reviewed import record_sources
+
+    store = open_store(args.audit_db or None)
+    try:
+        if store.get(audit_id) is not None:
+            record_sources(store, audit_id, inputs.studies)
+    finally:
+        store.close()
 
 
 def _send_back(args: argparse.Namespace, answer: Any, inputs: Inputs) -> None:

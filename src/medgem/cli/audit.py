@@ -1,4 +1,5 @@
-"""`medgem audit list|show|verify|export|review`: read and check the audit trail."""
+"""`medgem audit list|show|verify|export|review|send-back`: read and check the audit trail,
+review answers, and send a reviewed answer back to the PACS its study came from."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--db", help="audit store (default: $MEDGEM_AUDIT_DB or ~/.local/share/medgem/audit.sqlite)")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     listing = actions.add_parser("list", help="newest records first")
-    listing.add_argument("--kind", choices=["accepted", "answer", "review", "rejected", "error", "interrupted"],
+    listing.add_argument("--kind", choices=["accepted", "answer", "review", "rejected", "error", "interrupted",
+                                            "pacs_fetch", "pacs_source", "pacs_send", "fhir_context", "fhir_send"],
                          help="only records of this kind")
     listing.add_argument("--limit", type=int, default=50, help="most records shown (default 50)")
     show = actions.add_parser("show", help="one record with its reviews, as JSON")
@@ -35,10 +37,40 @@ def add_parser(subparsers: Any) -> None:
     review.add_argument("--correction", help="the corrected text (verdict 'correct')")
     review.add_argument("--note", help="free text kept with the review")
     review.add_argument("--reviewer", required=True, help="who reviews (recorded)")
-    for action in (listing, show, verify, export, review):
+    send_back = _add_send_back(actions)
+    for action in (listing, show, verify, export, review, send_back):
         # `medgem audit verify --db F` reads as naturally as `medgem audit --db F verify`
         action.add_argument("--db", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     parser.set_defaults(func=run)
+
+
+def _add_send_back(actions: Any) -> argparse.ArgumentParser:
+    """`audit send-back`: it sits beside `review` because it acts on what a review decided."""
+    from medgem.cli.common import number_in
+
+    send: argparse.ArgumentParser = actions.add_parser(
+        "send-back", help="store a reviewed answer on its study's PACS as a DICOM SR (and a FHIR report)",
+        description="Send an answer back where clinicians look, once a clinician reviewed it: the "
+        "correction if the verdict was 'correct', the reviewer as the SR's verifying observer. "
+        "The audit store keeps UID hashes only, so --study names the study again; it must be the "
+        "one the answer was about, on the PACS its images came from.")
+    send.add_argument("id", help="the answer's record id")
+    send.add_argument("--study", required=True, metavar="REF",
+                      help="the study the question was about, as given to `ask --study` or in the "
+                           "image_dicom part (DICOMweb URL or dimse://AE@HOST:PORT/StudyUID)")
+    send.add_argument("--allow-unreviewed", action="store_true",
+                      help="send an answer nobody reviewed (as a preliminary, unverified report)")
+    send.add_argument("--dicomweb-token", metavar="TOKEN",
+                      help="bearer token for the DICOMweb server (default: $MEDGEM_DICOMWEB_TOKEN "
+                           "or dicomweb_token in the config file)")
+    send.add_argument("--pacs-timeout", type=number_in(0, open_low=True), default=30.0, metavar="S",
+                      help="seconds one PACS or FHIR request may take (default 30)")
+    send.add_argument("--pacs-aet", default="MEDGEM", metavar="AE", help="medgem's own AE title for DIMSE")
+    send.add_argument("--fhir", metavar="URL", help="also POST a preliminary DiagnosticReport for "
+                                                    "https://HOST/fhir/Patient/ID (the reviewer as its interpreter)")
+    send.add_argument("--fhir-token", metavar="TOKEN",
+                      help="bearer token for the FHIR server (default: $MEDGEM_FHIR_TOKEN or fhir_token)")
+    return send
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,6 +128,14 @@ def _detail(record: AuditRecord) -> str:
         return f"request {body.get('request_id')} via {body.get('endpoint')}"
     if record.kind == "interrupted":
         return f"request {body.get('request_id')} never ended: the server stopped"
+    if record.kind in ("pacs_fetch", "pacs_source"):  # what was read: counts and the PACS, no UID
+        failed = " failed" if body.get("status") == "failed" else ""
+        return f"{len(body.get('instances') or [])} instance(s) on {body.get('pacs')}{failed}"
+    if record.kind == "fhir_context":
+        return f"{len(body.get('cited') or [])} of {body.get('total')} FHIR resources for {record.parent}"
+    if record.kind in ("pacs_send", "fhir_send"):  # what went where, and how it went
+        return (f"{body.get('kind') or record.kind} {body.get('status') or 'stored'} to "
+                f"{body.get('pacs') or body.get('server')} for {record.parent}")
     error = body.get("error") or {}
     return f"{body.get('status')} {error.get('code')}"
 
@@ -142,4 +182,57 @@ def _review(store: AuditStore, args: argparse.Namespace) -> int:
     return 0
 
 
-_ACTIONS = {"list": _list, "show": _show, "verify": _verify, "export": _export, "review": _review}
+def _send_back(store: AuditStore, args: argparse.Namespace) -> int:
+    """Everything the store and the flags can refuse is refused before the PACS is asked
+    (no review, a rejection, no PACS study, another study); then the study is found again
+    from the record's hashes, the SR stored and each step recorded under the answer."""
+    from medgem.audit.trail import _local_user
+    from medgem.cli.clinic import study_references
+    from medgem.config import load_settings
+    from medgem.errors import InputError
+    from medgem.inputs.pacs import StudyReference
+    from medgem.inputs.pacs.fetch import fetch_evidence
+    from medgem.sendback.reviewed import (
+        answer_record,
+        check_reference,
+        decide,
+        send_fhir,
+        send_sr,
+        source_of,
+    )
+
+    answer = answer_record(store, args.id)
+    decision = decide(store, answer, allow_unreviewed=args.allow_unreviewed)
+    source = source_of(store, answer)
+    if args.fhir and not args.fhir.startswith(("http://", "https://")):
+        raise InputError("--fhir takes the patient's URL on a FHIR server",
+                         "give https://HOST/fhir/Patient/ID")
+    args.study = [args.study]
+    reference = study_references(args)[0]  # the token from the flag or the settings, as ask's
+    assert isinstance(reference, StudyReference)
+    check_reference(source, reference)
+    user, endpoint = _local_user(), "cli:audit send-back"
+    try:
+        study = fetch_evidence(reference, str(source.body["series"]), list(source.body["instances"]))
+    except Exception as exc:
+        store.append("pacs_fetch", {"user": user, "endpoint": endpoint, **reference.audit_fields(),
+                                    "status": "failed", "error": str(exc)}, parent=answer.id)
+        raise
+    store.append("pacs_fetch", {"user": user, "endpoint": endpoint, **study.audit_fields()}, parent=answer.id)
+    sr, record = send_sr(store, answer, study, decision, user=user, endpoint=endpoint)
+    state = (f"{'accepted' if decision.verdict == 'accept' else 'corrected'} by {decision.reviewer}"
+             if decision.review_id else "unreviewed, as a preliminary, unverified report")
+    print(f"medgem: sent answer {answer.id} ({state}) to {reference.where} as a DICOM SR "
+          f"(series …{str(sr.SeriesInstanceUID)[-12:]}, {len(study.instances)} image reference(s))",
+          file=sys.stderr)
+    if args.fhir:
+        sent = send_fhir(store, answer, study.reference.study, decision, patient_url=args.fhir,
+                         token=args.fhir_token or load_settings().fhir_token, timeout=args.pacs_timeout,
+                         user=user, endpoint=endpoint)
+        print(f"medgem: sent a preliminary DiagnosticReport to {sent.body.get('server')}", file=sys.stderr)
+    print(record.id)
+    return 0
+
+
+_ACTIONS = {"list": _list, "show": _show, "verify": _verify, "export": _export, "review": _review,
+            "send-back": _send_back}

@@ -42,6 +42,12 @@ def add_parser(subparsers: Any) -> None:
                             "image_dicom parts may fetch from (repeatable; default none)")
     group.add_argument("--pacs-browse-timeout", type=number_in(0, open_low=True), default=10.0, metavar="S",
                        help="seconds one web-page PACS search may take before it is a 504 (default 10)")
+    group.add_argument("--send-back", action="store_true",
+                       help="store answers to image_dicom questions on their PACS as DICOM SR once a "
+                            "review (POST /api/reviews, the page's review) accepts or corrects them")
+    group.add_argument("--send-back-unreviewed", action="store_true",
+                       help="with --send-back: also send each such answer at once, before any review, "
+                            "as a preliminary, unverified SR")
     group.add_argument("--api-key-file", type=Path, help="key file made by `medgem keys add` (required off loopback)")
     group.add_argument("--audit-db", help="audit store: SQLite path or sqlite:/// URL (default: $MEDGEM_AUDIT_DB "
                        "or ~/.local/share/medgem/audit.sqlite)")
@@ -64,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from medgem.server.app import create_app
     from medgem.server.server_config import ServerConfig
 
+    _check_send_back(args)
     _stop_on_sigterm()  # from here on SIGTERM unwinds (the state file goes), even mid-load
     key_file = args.api_key_file
     if key_file is None and key_file_path().exists():
@@ -73,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_mb * 1024 * 1024, max_images=args.max_images,
         allowed_dirs=tuple(p.expanduser().resolve() for p in args.allow_dir), api_key_file=key_file,
         allowed_pacs=tuple(args.allow_pacs), pacs_browse_timeout_s=args.pacs_browse_timeout,
+        send_back=args.send_back, send_back_unreviewed=args.send_back_unreviewed,
         log_prompts=args.log_prompts, cors_origins=tuple(args.cors_origin),
         drain_timeout_s=args.drain_timeout, max_previews=args.max_previews,
         imaging=imaging_from_args(args),
@@ -101,6 +109,23 @@ def run(args: argparse.Namespace) -> int:
         if model is not None:
             model.close()
     return 0
+
+
+def _check_send_back(args: argparse.Namespace) -> None:
+    """Send-back flags that could do nothing, refused before anything loads.
+
+    Raises:
+        InputError: --send-back-unreviewed without --send-back, or --send-back with no PACS
+            allowed (no answer could be about a study).
+    """
+    from medgem.errors import InputError
+
+    if args.send_back_unreviewed and not args.send_back:
+        raise InputError("--send-back-unreviewed only says which answers --send-back sends",
+                         "add --send-back")
+    if args.send_back and not args.allow_pacs:
+        raise InputError("--send-back sends answers back to the PACS their studies came from, and "
+                         "no PACS is allowed", "add --allow-pacs URL for each PACS")
 
 
 class Stopped(SystemExit):

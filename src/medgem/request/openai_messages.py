@@ -152,6 +152,11 @@ def _parts(content: Any, index: int, allowed_dirs: Sequence[Path] | None,
         return
     if not isinstance(content, list):
         raise InputError(f"messages[{index}].content must be a string or a list of parts")
+    # The words asked beside a study choose its series, as `medgem ask --study` does with its
+    # question: the same question about the same study reads the same series. The message's own
+    # text, not the conversation's last turn, so a follow-up keeps the series the first answer saw.
+    question = " ".join(piece["text"] for piece in content if isinstance(piece, dict)
+                        and piece.get("type") == "text" and isinstance(piece.get("text"), str))
     for number, part in enumerate(content):
         where = f"messages[{index}].content[{number}]"
         if not isinstance(part, dict):
@@ -177,17 +182,17 @@ def _parts(content: Any, index: int, allowed_dirs: Sequence[Path] | None,
             yield from _image_parts(path_or_image, where, slides, allowed_dirs, imaging)
         elif kind == "image_dicom":
             for reference in _dicom_references(part.get("image_dicom"), where):
-                yield from _image_parts(reference, where, slides, allowed_dirs, imaging, fetched)
+                yield from _image_parts(reference, where, slides, allowed_dirs, imaging, fetched, question)
         else:
             raise InputError(f"{where}.type {kind!r} is not supported", "use text or image_url parts")
 
 
 def _image_parts(item: InputItem, where: str, slides: list[Inputs],
                  allowed_dirs: Sequence[Path] | None, imaging: ImagingOptions | None,
-                 fetched: list[Any] | None = None) -> Iterator[ImagePart]:
+                 fetched: list[Any] | None = None, question: str | None = None) -> Iterator[ImagePart]:
     from medgem.inputs.pacs import StudyReference
 
-    loaded = read_inputs([item], imaging, allowed_dirs=allowed_dirs)
+    loaded = read_inputs([item], imaging, allowed_dirs=allowed_dirs, question=question)
     if fetched is not None:
         fetched.extend(loaded.studies)
     if loaded.layout == "slide" or (loaded.layout == "volume" and isinstance(item, StudyReference)):

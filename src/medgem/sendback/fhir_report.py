@@ -1,6 +1,8 @@
 """An answer as a FHIR R4 DiagnosticReport (fhir.resources R4B model): status ``preliminary``
-(``final`` only once reviewed), the answer as its conclusion, the caveat, model and audit id in
-its text, the source study as an ImagingStudy reference by its UID."""
+even once a clinician reviewed it (MedGemma's outputs must not directly inform diagnosis: the
+model card's intended use), the reviewer as its ``resultsInterpreter``, the answer (or the
+correction) as its conclusion, the caveat, model and audit id in its text, the source study as
+an ImagingStudy reference by its UID."""
 
 from __future__ import annotations
 
@@ -10,8 +12,14 @@ from medgem.errors import require
 
 
 def diagnostic_report(*, patient: str | None, study_uid: str | None, answer: str, model: str,
-                      caveat: str, audit_id: str | None, reviewed: str | None = None) -> dict[str, Any]:
-    """The DiagnosticReport as FHIR JSON (validated by its model)."""
+                      caveat: str, audit_id: str | None, reviewed: str | None = None,
+                      reviewer: str | None = None) -> dict[str, Any]:
+    """The DiagnosticReport as FHIR JSON (validated by its model).
+
+    Args:
+        reviewed: the review as the report's text says it ("dr.who: accepted"), or None.
+        reviewer: who reviewed it, named (by display) as the results interpreter.
+    """
     require("fhir.resources.R4B", "pacs", "Writing FHIR reports", "fhir.resources")
     from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 
@@ -19,7 +27,7 @@ def diagnostic_report(*, patient: str | None, study_uid: str | None, answer: str
     note += f" Reviewed: {reviewed}." if reviewed else " Not reviewed by a clinician."
     body: dict[str, Any] = dict(
         resourceType="DiagnosticReport",
-        status="final" if reviewed else "preliminary",
+        status="preliminary",
         code={"coding": [{"system": "http://loinc.org", "code": "18748-4",
                           "display": "Diagnostic imaging study"}], "text": "AI-generated imaging answer"},
         subject={"reference": f"Patient/{patient}"} if patient else None,
@@ -28,6 +36,7 @@ def diagnostic_report(*, patient: str | None, study_uid: str | None, answer: str
         imagingStudy=[{"identifier": {"system": "urn:dicom:uid", "value": f"urn:oid:{study_uid}"}}]
         if study_uid else None,
         identifier=[{"system": "urn:medgem:audit", "value": audit_id}] if audit_id else None,
+        resultsInterpreter=[{"display": reviewer}] if reviewer and reviewed else None,
     )
     report = DiagnosticReport.model_validate({k: v for k, v in body.items() if v is not None})
     return dict(report.model_dump(mode="json", exclude_none=True))

@@ -29,13 +29,15 @@ def check_send_back(*, studies: int, reviewed: bool, allow_unreviewed: bool) -> 
     if not reviewed and not allow_unreviewed:
         raise SendBackRefused(
             "an answer nobody reviewed is not sent back to the PACS",
-            "review it first (medgem audit review), or let unreviewed answers go back as "
+            "review it first (medgem audit review ID accept|correct), then send it with "
+            "`medgem audit send-back ID --study REF`; or let unreviewed answers go back as "
             "preliminary reports with --send-back-unreviewed")
 
 
 def send_report(study: FetchedStudy, *, answer: str, model: str, model_version: str, caveat: str,
                 audit_id: str | None, reviewed: str | None,
-                boxes: Sequence[tuple[str, float, float, float, float]] = ()) -> tuple[Any, dict[str, object]]:
+                boxes: Sequence[tuple[str, float, float, float, float]] = (),
+                reviewer: str | None = None) -> tuple[Any, dict[str, object]]:
     """Build the SR for ``study`` and store it on the PACS it came from (STOW-RS for DICOMweb,
     C-STORE for DIMSE).
 
@@ -48,7 +50,7 @@ def send_report(study: FetchedStudy, *, answer: str, model: str, model_version: 
     from medgem.sendback.sr import report_sr
 
     sr = report_sr(study.headers, answer=answer, model=model, model_version=model_version,
-                   caveat=caveat, audit_id=audit_id, reviewed=reviewed, boxes=boxes)
+                   caveat=caveat, audit_id=audit_id, reviewed=reviewed, boxes=boxes, reviewer=reviewer)
     client = open_client(study.reference)
     try:
         client.store(sr)

@@ -38,7 +38,7 @@ def _codes() -> dict[str, Any]:
 def report_sr(headers: Sequence[Any], *, answer: str, model: str, model_version: str, caveat: str,
               audit_id: str | None, reviewed: str | None,
               boxes: Sequence[tuple[str, float, float, float, float]] = (),
-              box_instance: int = 0) -> Any:
+              box_instance: int = 0, reviewer: str | None = None) -> Any:
     """The SR dataset.
 
     Args:
@@ -50,6 +50,8 @@ def report_sr(headers: Sequence[Any], *, answer: str, model: str, model_version:
         reviewed: who reviewed it and their verdict, or None (the SR says "not reviewed" and
             is marked unverified).
         boxes: (label, x0, y0, x1, y1) in the pixels of ``headers[box_instance]``.
+        reviewer: the clinician who reviewed it, the SR's verifying observer (default: the
+            part of ``reviewed`` before its first colon).
 
     Returns:
         A highdicom ``ComprehensiveSR`` (a pydicom Dataset), new series in the source study.
@@ -89,13 +91,16 @@ def report_sr(headers: Sequence[Any], *, answer: str, model: str, model_version:
         evidence=list(headers), content=root, series_instance_uid=hd.UID(), series_number=990,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer="medgem",
         is_complete=True, is_final=False, is_verified=reviewed is not None,
-        verifying_observer_name=_observer(reviewed), verifying_organization="medgem" if reviewed else None)
+        verifying_observer_name=_observer(reviewed, reviewer), verifying_organization="medgem" if reviewed else None)
     sr.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: answers are not ASCII (found by the tests)
     sr.SeriesDescription = "medgem answer (AI)" + ("" if reviewed else ", preliminary")
     return sr
 
 
-def _observer(reviewed: str | None) -> str | None:
+def _observer(reviewed: str | None, reviewer: str | None) -> str | None:
+    """The verifying observer as a DICOM person name: words joined by ``^``, a one-word name
+    with a trailing ``^`` (PS3.5 6.2: otherwise it reads as unformatted), at most 64 characters."""
     if reviewed is None:
         return None
-    return reviewed.split(":")[0].replace(" ", "^") or "reviewer"
+    name = "^".join((reviewer or reviewed.split(":")[0]).replace("^", " ").split())[:63] or "reviewer"
+    return name if "^" in name else name + "^"

@@ -211,6 +211,18 @@ class StructuredAnswer(BaseModel):
     parsed: Any = None
 
 
+class SendBack(BaseModel):
+    """What became of sending an answer back to its PACS (``serve --send-back``): ``stored``
+    (``record_id`` is the ``pacs_send`` record), ``failed`` (recorded too; the answer and the
+    review stand), or ``not_sent`` (rejected, or the server no longer holds the study)."""
+
+    status: Literal["stored", "failed", "not_sent"]
+    message: str | None = None
+    pacs: str | None = None
+    reviewed: bool = False
+    record_id: str | None = None
+
+
 class MedgemExtra(BaseModel):
     """What every medgem answer carries besides OpenAI's fields."""
 
@@ -223,6 +235,7 @@ class MedgemExtra(BaseModel):
     adapter: str | None = None  # the LoRA adapter that answered, and its content hash
     adapter_sha256: str | None = None
     structured: StructuredAnswer | None = None  # a constrained answer, read against its schema
+    send_back: SendBack | None = None  # an image_dicom answer sent at once (--send-back-unreviewed)
 
 
 class AssistantMessage(BaseModel):
@@ -400,6 +413,7 @@ class Record(BaseModel):
     prev_hash: str
     hash: str
     reviews: list[Record] | None = None
+    send_back: SendBack | None = None  # a review's reply under --send-back
 
 
 class ReviewRequest(_Body):

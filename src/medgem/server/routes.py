@@ -127,8 +127,9 @@ async def chat_completions(body: p.ChatCompletionRequest, http: HttpRequest, use
         serving.check_budget(body.budget())
         structured.require_constrained(serving.model, constraint(), "response_format")
 
+    fetched: list[Any] = []  # what image_dicom parts fetched: recorded under the answer, held for send-back
+
     def build(gone: threading.Event) -> Request:
-        fetched: list[Any] = []
         request = request_from_openai(
             messages, variant=serving.model.variant, chat=serving.model.chat_model,
             options=body.generation_options(constraint()), allowed_dirs=list(serving.config.allowed_dirs),
@@ -140,7 +141,8 @@ async def chat_completions(body: p.ChatCompletionRequest, http: HttpRequest, use
         return request
 
     return await serving.answer(http, user=user, messages=messages, check=check, build=build, stream=body.stream,
-                                include_usage=bool(body.stream_options and body.stream_options.include_usage))
+                                include_usage=bool(body.stream_options and body.stream_options.include_usage),
+                                studies=fetched)
 
 
 @router.post("/api/ask", summary="The web page's question about one upload, streamed as chunks",
@@ -176,7 +178,8 @@ router.add_api_route("/api/preview", preview_upload, methods=["POST"], route_cla
                      responses=_doc({200: {"model": p.Preview}}, 400, 401, 413, 429, 503))
 
 
-@router.post("/api/reviews", status_code=201, summary="A clinician's verdict on an answer, appended to the audit trail",
+@router.post("/api/reviews", status_code=201, summary="A clinician's verdict on an answer, appended to the audit trail (under --send-back, "
+             "an accepted or corrected image_dicom answer is then stored on its PACS as DICOM SR)",
              responses=_doc({201: {"model": p.Record}}, 400, 401, 404, 413, 503))
 async def review(body: p.ReviewRequest, user: User, serving: ServingDep) -> Response:
     answer = await asyncio.to_thread(serving.store.get, body.record_id)
@@ -186,8 +189,12 @@ async def review(body: p.ReviewRequest, user: User, serving: ServingDep) -> Resp
     reviewer = user if serving.keys is not None else (body.reviewer or user)
     record = await asyncio.to_thread(add_review, serving.store, body.record_id, body.verdict,
                                      correction=body.correction, note=body.note, reviewer=reviewer, user=user)
+    reply = record.to_dict()
+    if serving.sendbacks is not None:  # --send-back: accepted or corrected answers go to their PACS
+        sent = await asyncio.to_thread(serving.sendbacks.after_review, answer, user)
+        reply |= {"send_back": sent.model_dump()} if sent is not None else {}
     serving.metrics.count_request("/api/reviews", 201)
-    return JSONResponse(record.to_dict(), status_code=201)
+    return JSONResponse(reply, status_code=201)
 
 
 @router.get("/api/records/{record_id}", summary="One audit record with its reviews",

@@ -28,6 +28,10 @@ class ServerConfig:
             may name; empty forbids every PACS reference (403, nothing fetched). The page
             browses the same list (``/api/pacs/...``).
         pacs_browse_timeout_s: seconds one browse request to a PACS may take (then a 504).
+        send_back: store answers to ``image_dicom`` questions on their PACS as DICOM SR once a
+            review (``POST /api/reviews``) accepts or corrects them.
+        send_back_unreviewed: also send each such answer as soon as it is made, as a
+            preliminary, unverified SR (only with ``send_back``).
         api_key_file: the named, hashed key store; None means no keys (loopback only).
         log_prompts: also store prompt text and (de-identified) inputs in the audit store.
         cors_origins: origins allowed cross-site; empty turns CORS off.
@@ -48,6 +52,8 @@ class ServerConfig:
     allowed_dirs: tuple[Path, ...] = ()
     allowed_pacs: tuple[str, ...] = ()
     pacs_browse_timeout_s: float = 10.0
+    send_back: bool = False
+    send_back_unreviewed: bool = False
     api_key_file: Path | None = None
     log_prompts: bool = False
     cors_origins: tuple[str, ...] = ()

@@ -38,6 +38,7 @@ from medgem.errors import (
     error_body,
 )
 from medgem.request import GenerationOptions, Request
+from medgem.sendback.reviewed import record_sources
 from medgem.server import protocol as p
 from medgem.server.admission import Slots
 from medgem.server.auth import KeyStore, bearer_token
@@ -51,6 +52,7 @@ from medgem.server.http_errors import (
 from medgem.server.input_digests import capture_inputs, digest_inputs
 from medgem.server.metrics import Metrics
 from medgem.server.queue import Completed, EngineQueue, Failed, Job, JobItem, Started
+from medgem.server.send_back import SendBacks
 from medgem.server.server_config import ServerConfig
 from medgem.server.structured import structured_answer
 
@@ -101,6 +103,8 @@ class Serving:
             workers=model.batcher.parallel,
         )
         self.previews = Slots(config.max_previews, "previews", config.retry_after_s)
+        # --send-back: image_dicom answers' studies held until their review (server/send_back.py)
+        self.sendbacks = SendBacks(self.store, unreviewed=config.send_back_unreviewed) if config.send_back else None
         metrics.add_gauge("medgem_previews_running", "Previews decoding uploads now.",
                           lambda: float(self.previews.held))
         metrics.add_gauge("medgem_queue_depth", "Requests waiting for the engine.", lambda: self.queue.waiting)
@@ -245,7 +249,7 @@ class Serving:
     async def answer(
         self, http: HttpRequest, *, user: str, messages: list[dict[str, Any]], check: Callable[[], None],
         build: Callable[[threading.Event], Request], stream: bool, include_usage: bool,
-        replies: Replies | None = None, names: tuple[str, ...] = (),
+        replies: Replies | None = None, names: tuple[str, ...] = (), studies: list[Any] | None = None,
     ) -> Response:
         """Run one question on the engine, as every generating route does: the route's
         dependency authenticated and FastAPI read the body; here the inputs are digested (a
@@ -259,6 +263,8 @@ class Serving:
             names: the file names the client gave its uploads: records keep their hashes and
                 extensions, and errors are recorded without them (the client's own answer
                 still names them).
+            studies: the list ``build`` fills with what its ``image_dicom`` parts fetched
+                (``FetchedStudy``): recorded under the answer, held for send-back.
         """
         refused = replies.error if replies is not None else error_response
         http.state.names = names
@@ -274,7 +280,7 @@ class Serving:
             check_present(watch.gone, "while its inputs were read")  # the engine is never reached
             job = self.queue.submit(request, self.finalize, cancel=watch.gone, accepted=threading.Event(),
                                     record_id=record_id, user=user, endpoint=endpoint, inputs=inputs, names=names,
-                                    messages=messages if self.config.log_prompts else [])
+                                    messages=messages if self.config.log_prompts else [], studies=studies or [])
             try:  # no worker runs the job before its accept record is durable
                 job.context["accepted"] = await asyncio.to_thread(self._accept, job)
             except BaseException:
@@ -308,6 +314,7 @@ class Serving:
                 if isinstance(item, Completed) and replies is not None:
                     return replies.whole(self, item, job, record_id, created)
                 if isinstance(item, Completed):
+                    await self._send_unreviewed(item, job)
                     return JSONResponse(self._completion(item, job, record_id, created).model_dump())
 
     def _audit_context(self, job: Job) -> dict[str, Any]:
@@ -326,6 +333,11 @@ class Serving:
         (worker thread, before the last byte goes out): metrics, and the record of a failure
         outside it (a client gone while waiting)."""
         if answer is not None:
+            studies = job.context.get("studies") or []
+            if studies and answer.audit_id is not None:  # the link a later send-back follows
+                record_sources(self.store, answer.audit_id, studies)
+                if self.sendbacks is not None:
+                    self.sendbacks.hold(answer.audit_id, studies)
             self.metrics.record_answer(
                 prompt_tokens=answer.usage.prompt_tokens, completion_tokens=answer.usage.completion_tokens,
                 finish_reason=answer.finish_reason, queue_s=job.queue_s,
@@ -375,6 +387,7 @@ class Serving:
                     yield json.dumps(error_body(DrainedError(self.config.retry_after_s))[1])
                     return
                 elif isinstance(item, Completed):
+                    await self._send_unreviewed(item, job)
                     yield chunk(p.Delta(), _finish(item.answer), medgem=self._extra(item, job))
                     if include_usage:
                         yield p.ChatCompletionChunk(id=record_id, created=created, model=self.served_name,
@@ -387,13 +400,24 @@ class Serving:
         finally:  # done, or the client left (sse-starlette cancels the stream): stop the job
             job.cancel.set()
 
+    async def _send_unreviewed(self, item: Completed, job: Job) -> None:
+        """Under --send-back-unreviewed, an answer about a PACS study goes back at once (off
+        the engine's thread: the PACS may be slow), before its last chunk, which says how it
+        went; an answer cut short by a client that left is not sent."""
+        if (self.sendbacks is None or not self.sendbacks.unreviewed or not job.context.get("studies")
+                or item.record_id is None or item.answer.finish_reason == "cancelled"):
+            return
+        job.context["send_back"] = await asyncio.to_thread(
+            self.sendbacks.send_unreviewed, item.record_id, job.context["user"])
+
     def _extra(self, item: Completed, job: Job) -> p.MedgemExtra:
         answer = item.answer
         return p.MedgemExtra(caveat=answer.caveat, label=answer.label, audit_id=item.record_id,
                              queue_s=round(job.queue_s, 4), first_token_s=round(answer.timings.first_token_s, 4),
                              total_s=round(answer.timings.total_s, 4),
                              adapter=answer.model.adapter, adapter_sha256=answer.model.adapter_sha256,
-                             structured=structured_answer(job.request.options.constraint, answer))
+                             structured=structured_answer(job.request.options.constraint, answer),
+                             send_back=job.context.get("send_back"))
 
     # --- what the server is ------------------------------------------------------------------
 

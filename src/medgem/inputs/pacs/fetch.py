@@ -95,6 +95,15 @@ class FetchedStudy:
             body.update(frames=self.frames, frames_total=self.frames_total)
         return body
 
+    def compact(self) -> FetchedStudy:
+        """The same study holding only what a report back needs: the first header whole
+        (the report's patient and study modules come from it), the others as their UIDs
+        (what an image reference names). What a server keeps until an answer is reviewed."""
+        if not self.headers:
+            return self
+        first = self.headers[0]
+        return replace(self, headers=(first, *(reference_only(ds, first) for ds in self.headers[1:])))
+
 
 def _text(ds: Any, name: str) -> str:
     value = ds.get(name)
@@ -225,8 +234,6 @@ def read_study(reference: StudyReference, options: ImagingOptions, *,
 
 def _read(client: PacsClient, reference: StudyReference, options: ImagingOptions,
           prefer: Sequence[str]) -> tuple[MedicalInput, FetchedStudy]:
-    import pydicom
-
     from medgem.inputs.deid import deidentify
     from medgem.inputs.readers import READERS
 
@@ -263,12 +270,7 @@ def _read(client: PacsClient, reference: StudyReference, options: ImagingOptions
             if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
                 raise PacsError(f"{where} holds instances without pixel data (not an image)",
                                 "choose an image series")
-            header = pydicom.Dataset()  # the same elements, less the pixels (ds stays whole)
-            for element in ds:
-                if element.keyword not in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
-                    header.add(element)
-            header.file_meta = getattr(ds, "file_meta", pydicom.dataset.FileMetaDataset())
-            headers.append(header)
+            headers.append(without_pixels(ds))
             clean = _deidentified(ds, key, options, deidentify)
             clean.save_as(study_dir / f"{number:05d}.dcm", enforce_file_format=True)
         flat = replace(options, series=None)
@@ -307,6 +309,65 @@ def _read_slide(client: PacsClient, reference: StudyReference, chosen: RemoteSer
                            tuple(headers), len(instances), client.bytes_moved,
                            frames=record.frames_moved, frames_total=record.frames_total)
     return item, fetched
+
+
+def without_pixels(ds: Any) -> Any:
+    """The same elements as ``ds``, less the pixels (``ds`` stays whole): what a report back
+    needs of a source instance, kept in memory only."""
+    import pydicom
+
+    header = pydicom.Dataset()
+    for element in ds:
+        if element.keyword not in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+            header.add(element)
+    header.file_meta = getattr(ds, "file_meta", pydicom.dataset.FileMetaDataset())
+    return header
+
+
+def fetch_evidence(reference: StudyReference, series_hash: str,
+                   instance_hashes: Sequence[str]) -> FetchedStudy:
+    """The instances an earlier answer saw, found again from the UID hashes its audit record
+    keeps (the record never holds a UID): the study's series listed and the one whose hash
+    matches chosen, its instances listed and those whose hashes match kept in the recorded
+    order. Only the first is retrieved (pixels and all: the report takes the patient and study
+    modules from it); the others are referenced by the UIDs their listing gives.
+
+    Raises:
+        PacsError: the series or some of the instances are no longer on the PACS, or it is
+            down or refuses medgem.
+    """
+    client = open_client(reference)
+    try:
+        listed = [s for s in list_series(reference, client) if uid_hash(s.uid) == series_hash]
+        where = f"study …{reference.study[-12:]} on {reference.where}"
+        if len(listed) != 1:
+            raise PacsError(f"the series the answer saw is no longer in {where}",
+                            "nothing was sent; check that the study was not changed on the PACS")
+        series = listed[0].uid
+        by_hash = {uid_hash(_text(ds, "SOPInstanceUID")): ds for ds in client.instances(reference.study, series)}
+        found = [by_hash[h] for h in instance_hashes if h in by_hash]
+        if not found or len(found) != len(instance_hashes):
+            raise PacsError(f"{len(instance_hashes) - len(found)} of the {len(instance_hashes)} instances the "
+                            f"answer saw are no longer in {where}", "nothing was sent; check the study on the PACS")
+        uids = [_text(ds, "SOPInstanceUID") for ds in found]
+        (whole,) = client.retrieve(reference.study, series, uids[:1])  # drained: DIMSE releases then
+        first = without_pixels(whole)
+        rest = [reference_only(ds, first) for ds in found[1:]]
+        return FetchedStudy(reference, series, tuple(uids), (first, *rest), len(by_hash), client.bytes_moved)
+    finally:
+        client.close()
+
+
+def reference_only(listed: Any, first: Any) -> Any:
+    """An instance (a header, or a listing's entry) as SR evidence: the four UIDs an image
+    reference names, the study and series taken from ``first``."""
+    import pydicom
+
+    ds = pydicom.Dataset()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = first.StudyInstanceUID, first.SeriesInstanceUID
+    ds.SOPInstanceUID = _text(listed, "SOPInstanceUID")
+    ds.SOPClassUID = _text(listed, "SOPClassUID") or first.SOPClassUID
+    return ds
 
 
 def _deidentified(ds: Any, key: bytes, options: ImagingOptions, deidentify: Any) -> Any:
