@@ -39,7 +39,8 @@ def add_parser(subparsers: Any) -> None:
                        help="a folder requests may name image files from (repeatable; default none)")
     group.add_argument("--allow-pacs", action="append", default=[], metavar="URL",
                        help="a DICOMweb root (https://pacs/dicom-web) or dimse://AE@host:port that "
-                            "image_dicom parts may fetch from (repeatable; default none)")
+                            "image_dicom parts may fetch from (repeatable; default none); "
+                            "dimse://AE@host:port?move=AE@PORT allows C-MOVE to that port")
     group.add_argument("--api-key-file", type=Path, help="key file made by `medgem keys add` (required off loopback)")
     group.add_argument("--audit-db", help="audit store: SQLite path or sqlite:/// URL (default: $MEDGEM_AUDIT_DB "
                        "or ~/.local/share/medgem/audit.sqlite)")
