@@ -4,8 +4,9 @@ on free ports with a temporary configuration and storage, loaded with real DICOM
 ``orthanc`` (session scope) holds one study with a CT series (120 slices), an MR series and an
 SR series; a CR chest film (pydicom-data's RG1_UNCR) in a second study; and a study with only a
 structured report (not an image). medgem's own AE title is a known modality, so DIMSE C-FIND,
-C-GET and C-STORE from it are allowed. ``orthanc_locked`` is a second Orthanc that wants HTTP
-credentials (every unauthenticated request: 401).
+C-GET and C-STORE from it are allowed, and a C-MOVE to it goes to 127.0.0.1 on ``move_port``.
+``orthanc_locked`` is a second Orthanc that wants HTTP credentials (every unauthenticated
+request: 401).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Orthanc:
     process: subprocess.Popen[bytes]
     files: dict[str, list[Path]] = field(default_factory=dict)
     uids: dict[str, str] = field(default_factory=dict)
+    move_port: int = 0  # where Orthanc sends a C-MOVE to medgem's AE title
 
     @property
     def url(self) -> str:
@@ -74,15 +76,16 @@ class Orthanc:
             self.process.kill()
 
 
-def start_orthanc(folder: Path, *, users: dict[str, str] | None = None) -> Orthanc:
+def start_orthanc(folder: Path, *, users: dict[str, str] | None = None,
+                  allow_get: bool = True) -> Orthanc:
     """Start Orthanc on free loopback ports with its storage in ``folder``; returns when its
-    REST API answers.
+    REST API answers. ``allow_get=False`` refuses medgem's C-GET (a PACS that only moves).
 
     Raises:
         RuntimeError: Orthanc did not come up within 30 s (its log is in the message).
     """
     folder.mkdir(parents=True, exist_ok=True)
-    http_port, dicom_port = free_port(), free_port()
+    http_port, dicom_port, move_port = free_port(), free_port(), free_port()
     config = {
         "Name": "medgem-tests", "StorageDirectory": str(folder / "db"),
         "IndexDirectory": str(folder / "db"), "HttpPort": http_port, "DicomPort": dicom_port,
@@ -91,8 +94,9 @@ def start_orthanc(folder: Path, *, users: dict[str, str] | None = None) -> Ortha
         "Plugins": [str(DICOMWEB_PLUGIN)],
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
         # medgem's AE title as a known modality: allowed to C-FIND, C-GET and C-STORE (the
-        # C-GET answers on the same association, so the port here is never dialled).
-        "DicomModalities": {"medgem": [MEDGEM_AET, "127.0.0.1", free_port()]},
+        # C-GET answers on the same association); a C-MOVE to it dials move_port.
+        "DicomModalities": {"medgem": {"AET": MEDGEM_AET, "Host": "127.0.0.1", "Port": move_port,
+                                       "AllowGet": allow_get}},
         "DicomCheckCalledAet": False, "StableAge": 1, "HttpTimeout": 30,
         "DicomScpTimeout": 30,
     }
@@ -100,7 +104,7 @@ def start_orthanc(folder: Path, *, users: dict[str, str] | None = None) -> Ortha
     log = (folder / "orthanc.log").open("wb")
     process = subprocess.Popen([ORTHANC, str(folder / "orthanc.json")], stdout=log,
                                stderr=subprocess.STDOUT, cwd=folder)
-    server = Orthanc(http_port, dicom_port, folder, process)
+    server = Orthanc(http_port, dicom_port, folder, process, move_port=move_port)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -214,3 +214,97 @@ def test_a_dead_servers_state_file_is_ignored_and_removed(
     assert result.returncode == 0, result.stderr
     assert "using your running server" not in result.stderr and "· hf ·" in result.stderr
     assert not state.exists()
+
+
+@pytest.fixture()
+def answering_port() -> Iterator[int]:
+    """A port on 127.0.0.1 whose /healthz says 200, as a live server's does: what took the dead
+    server's port, so that only the pid check is left to tell the state file is stale."""
+    import http.server
+    import threading
+
+    class Healthy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # the name http.server calls
+            body = b'{"status": "ok"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    listener = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Healthy)
+    thread = threading.Thread(target=listener.serve_forever, daemon=True)
+    thread.start()
+    yield int(listener.server_address[1])
+    listener.shutdown()
+    listener.server_close()
+
+
+def test_a_state_file_whose_pid_is_now_another_program_is_never_trusted(
+    tmp_path: Path, tiny_vlm_checkpoint: Path, answering_port: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server died without its clean exit, its pid went to an unrelated program (a `sleep`)
+    and its port answers: ps, ask's routing and stop all leave it alone, and stop kills nothing."""
+    from medgem.cli.running import (
+        find_server,
+        identity,
+        process_mark,
+        running_servers,
+        store_location,
+    )
+
+    env = {"MEDGEM_CACHE": str(tmp_path / "mc"), "MEDGEM_CONFIG": "",
+           "MEDGEM_API_KEYS": str(tmp_path / "no-keys.json")}
+    monkeypatch.setenv("MEDGEM_CACHE", env["MEDGEM_CACHE"])
+    servers = tmp_path / "mc" / "servers"
+    servers.mkdir(parents=True)
+    model = identity(tiny_vlm_checkpoint, None, None)
+    other = subprocess.Popen(["sleep", "300"])
+    try:
+        def state(mark: str | None) -> Path:
+            path = servers / f"{other.pid}.json"
+            path.write_text(json.dumps({
+                "pid": other.pid, "uid": os.getuid(), "host": "127.0.0.1", "port": answering_port,
+                "served_name": "medgem-test-vlm", "model_id": "medgem-test-vlm", "model": model,
+                "engine": "hf", "keys_required": False, "variant": None,
+                "audit": store_location(None), "started": time.time(), "process": mark}))
+            return path
+
+        # The same file with the sleep's own start would be trusted (all else in it holds) ...
+        state(process_mark(other.pid))
+        assert [s.pid for s, _ in running_servers()] == [other.pid]
+        assert find_server(model, engine="hf", audit=store_location(None)) is not None
+        # ... but the server it recorded started at another moment (here: this test's start).
+        dead_server = process_mark(os.getpid())
+        assert dead_server and dead_server != process_mark(other.pid)
+        stale = state(dead_server)
+        assert find_server(model, engine="hf", audit=store_location(None)) is None
+        assert not stale.exists()
+        stale = state(dead_server)
+        listed = run_cli("ps", "--json", env=env)
+        assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed.stderr
+        assert not stale.exists()
+
+        stale = state(dead_server)
+        asked = run_cli("ask", "What is sepsis?", "--model", str(tiny_vlm_checkpoint),
+                        "--max-new-tokens", "3", env=env)
+        assert asked.returncode == 0, asked.stderr
+        assert "using your running server" not in asked.stderr and "· hf ·" in asked.stderr
+        assert not stale.exists()
+
+        for which in ([], ["all"], [str(answering_port)]):
+            stale = state(dead_server)
+            stopped = run_cli("stop", *which, env=env)
+            assert stopped.returncode == (1 if which == [str(answering_port)] else 0), stopped.stderr
+            assert "no medgem server of yours" in stopped.stderr
+            assert not stale.exists()
+        unmarked = state(None)  # a file that names no start (an older medgem's): not trusted either
+        assert running_servers() == [] and not unmarked.exists()
+        assert other.poll() is None  # nothing signalled the unrelated program
+    finally:
+        other.kill()
+        other.wait(10)

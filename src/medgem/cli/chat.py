@@ -128,6 +128,7 @@ class _Chat:
 
     def ask(self, line: str) -> None:
         cancel = threading.Event()
+        shown = terminal.Shown()
         try:
             request = self.model.request(line, images=[str(p) for p in self.pending],
                                          system=self.system, history=self.history,
@@ -135,12 +136,15 @@ class _Chat:
             chunks = self.model.generate(request, cancel)
             try:
                 # The stage line ("reading the prompt … 3 s") waits where the answer will start.
-                answer = terminal.render(chunks, as_json=self.args.json,
-                                       show_thinking=self.args.show_thinking, prefix="medgemma> ")
+                answer = terminal.render(chunks, as_json=self.args.json, shown=shown,
+                                         show_thinking=self.args.show_thinking, prefix="medgemma> ")
             except KeyboardInterrupt:  # Ctrl-C stops this answer; the chat goes on
                 cancel.set()
                 chunks.close()
-                print("\n(answer stopped; it is not kept in the conversation)", file=sys.stderr)
+                sys.stdout.write("\n")
+                # What was said is on the record, with the caveat, as for `ask`.
+                terminal.record_cancelled(self.model, request, shown)
+                print("(answer stopped; it is not kept in the conversation)", file=sys.stderr)
                 return
         except MedgemError as exc:
             print(f"medgem: error: {exc}", file=sys.stderr)

@@ -17,7 +17,8 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--study", action="append", default=[], metavar="REF",
                        help="a study, series or instance on a PACS: "
                             "https://HOST/dicom-web/studies/UID[/series/UID[/instances/UID]] or "
-                            "dimse://AE@HOST:PORT/StudyUID[/SeriesUID]; only the slices sent are fetched")
+                            "dimse://AE@HOST:PORT/StudyUID[/SeriesUID][?move=AE@PORT] (C-GET, or "
+                            "C-MOVE to medgem on PORT); only the slices sent are fetched")
     group.add_argument("--dicomweb-token", metavar="TOKEN",
                        help="bearer token for the DICOMweb server (default: $MEDGEM_DICOMWEB_TOKEN "
                             "or dicomweb_token in the config file)")

@@ -4,8 +4,11 @@
 ``serve`` holds its port from before the model loads and writes a small state file (pid, user,
 address, served name, the checkpoint's identity, the audit store) into ``<medgem cache>/servers/``
 once it is loaded; it removes the file on every way out (a normal end, SIGTERM or SIGINT, an
-error at start-up). A state file is never trusted on its word: one whose process is gone, or
-whose port does not answer, is stale and removed; one another user wrote is ignored. A command
+error at start-up). A state file is never trusted on its word: one whose process is gone, whose
+pid now belongs to another program (the file records the process's start, see
+:func:`process_mark`, and a pid is reused once its process has ended), or whose port does not
+answer, is stale and removed; one another user wrote is ignored. `medgem stop` signals only the
+process the file recorded (:func:`signal_server`). A command
 reuses a server only when it is the same user's and writes to the same audit store, so each
 question leaves exactly one record where the user expects it.
 """
@@ -43,6 +46,7 @@ class RunningServer:
     started: float = 0.0
     engine: str = ""
     path: Path | None = None  # the state file
+    mark: str = ""  # the process's start, as process_mark() says it
 
 
 def state_dir() -> Path:
@@ -78,7 +82,7 @@ def write_state(*, host: str, port: int, served_name: str, model_identity: dict[
         "pid": os.getpid(), "uid": os.getuid(), "host": host, "port": port,
         "served_name": served_name, "model_id": model_id or served_name, "model": model_identity,
         "engine": engine, "keys_required": keys_required, "variant": variant, "audit": audit,
-        "started": time.time(),
+        "started": time.time(), "process": process_mark(os.getpid()),
     }))
     tmp.replace(path)
     return path
@@ -104,14 +108,15 @@ def running_servers() -> list[tuple[RunningServer, dict[str, Any]]]:
         if int(state.get("uid", -1)) != os.getuid():
             continue
         url = _url(str(state.get("host", "127.0.0.1")), port)
-        if not _alive(pid) or not _answers(url):
-            path.unlink(missing_ok=True)
+        mark = str(state.get("process") or "")
+        if not is_recorded_process(pid, mark) or not _answers(url):
+            path.unlink(missing_ok=True)  # gone, or its pid is another program's now
             continue
         found.append((RunningServer(
             pid, url, str(state.get("served_name", "")), bool(state.get("keys_required")),
             state.get("variant"), port, str(state.get("model_id", state.get("served_name", ""))),
             str(state.get("audit", "")), float(state.get("started", 0.0)),
-            str(state.get("engine", "")), path), state))
+            str(state.get("engine", "")), path, mark), state))
     return sorted(found, key=lambda pair: pair[0].started)
 
 
@@ -255,13 +260,68 @@ def _url(host: str, port: int) -> str:
     return f"http://{host}:{port}"
 
 
-def _alive(pid: int) -> bool:
+def process_mark(pid: int) -> str | None:
+    """What tells the process now holding ``pid`` from any other that held or will hold it: the
+    boot and its start in clock ticks since boot (Linux: /proc/sys/kernel/random/boot_id and
+    field 22 of /proc/PID/stat), elsewhere psutil's creation time. None when no such process can
+    be seen (it has ended)."""
+    if Path("/proc/self/stat").is_file():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        except OSError:
+            return None
+        # The command name (field 2) may hold spaces and parentheses: count after its last ')'.
+        fields = stat.rsplit(")", 1)[-1].split()
+        return f"linux:{boot}:{fields[19]}" if len(fields) > 19 else None
+    import psutil
+
     try:
-        os.kill(pid, 0)
+        return f"psutil:{psutil.Process(pid).create_time():.3f}"
+    except (psutil.Error, OSError):
+        return None
+
+
+def is_recorded_process(pid: int, mark: str) -> bool:
+    """The process on ``pid`` is the one a state file recorded (a file without a mark is never
+    taken on trust)."""
+    return bool(mark) and process_mark(pid) == mark
+
+
+def signal_server(server: RunningServer, signum: int) -> bool:
+    """Send ``signum`` to the server's process, and to nothing else: False (nothing sent) when
+    that process has ended, whatever holds its pid now.
+
+    Where Linux gives a process handle (pidfd) the handle is taken first and the process then
+    checked, so the signal cannot reach a program that took the pid in between.
+
+    Raises:
+        PermissionError: the process is not this user's to signal.
+    """
+    import signal
+
+    opener = getattr(os, "pidfd_open", None)
+    sender = getattr(signal, "pidfd_send_signal", None)
+    if opener is None or sender is None:
+        if not is_recorded_process(server.pid, server.mark):
+            return False
+        try:
+            os.kill(server.pid, signum)
+        except ProcessLookupError:
+            return False
+        return True
+    try:
+        handle = opener(server.pid)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's process: alive, but not ours to use
-        return True
+    try:
+        if not is_recorded_process(server.pid, server.mark):
+            return False
+        sender(handle, signum)
+    except ProcessLookupError:
+        return False
+    finally:
+        os.close(handle)
     return True
 
 

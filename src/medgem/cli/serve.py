@@ -39,7 +39,8 @@ def add_parser(subparsers: Any) -> None:
                        help="a folder requests may name image files from (repeatable; default none)")
     group.add_argument("--allow-pacs", action="append", default=[], metavar="URL",
                        help="a DICOMweb root (https://pacs/dicom-web) or dimse://AE@host:port that "
-                            "image_dicom parts may fetch from (repeatable; default none)")
+                            "image_dicom parts may fetch from (repeatable; default none); "
+                            "dimse://AE@host:port?move=AE@PORT allows C-MOVE to that port")
     group.add_argument("--pacs-browse-timeout", type=number_in(0, open_low=True), default=10.0, metavar="S",
                        help="seconds one web-page PACS search may take before it is a 504 (default 10)")
     group.add_argument("--send-back", action="store_true",

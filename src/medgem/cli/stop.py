@@ -4,13 +4,15 @@ flight finish, the state file goes), waiting until each has exited."""
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medgem.errors import InputError
+
+if TYPE_CHECKING:
+    from medgem.cli.running import RunningServer
 
 
 def add_parser(subparsers: Any) -> None:
@@ -26,7 +28,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medgem.cli.running import running_servers
+    from medgem.cli.running import running_servers, signal_server
 
     servers = [server for server, _ in running_servers()]
     if not servers:
@@ -54,14 +56,13 @@ def run(args: argparse.Namespace) -> int:
     failed = 0
     for server in chosen:
         try:
-            os.kill(server.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
+            if not signal_server(server, signal.SIGTERM):
+                continue  # it ended meanwhile: whatever holds its pid now is left alone
         except PermissionError:
             print(f"medgem: error: pid {server.pid} is not yours to stop", file=sys.stderr)
             failed += 1
             continue
-        if _wait_gone(server.pid, args.timeout):
+        if _wait_gone(server, args.timeout):
             print(f"medgem: stopped {server.model_id or server.served_name} on port {server.port} "
                   f"(pid {server.pid})", file=sys.stderr)
         else:
@@ -72,15 +73,14 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _wait_gone(pid: int, timeout: float) -> bool:
-    """True once the process is gone (or only a zombie waiting for its parent)."""
+def _wait_gone(server: RunningServer, timeout: float) -> bool:
+    """True once the server's process is gone (its pid free or another program's, or only a
+    zombie waiting for its parent)."""
+    from medgem.cli.running import is_recorded_process
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        if _zombie(pid):
+        if not is_recorded_process(server.pid, server.mark) or _zombie(server.pid):
             return True
         time.sleep(0.1)
     return False

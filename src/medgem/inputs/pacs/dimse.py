@@ -1,5 +1,12 @@
-"""Classic DIMSE through ``pynetdicom``: C-FIND to find, C-GET to fetch (the peer sends each
-instance back on the same association, so medgem needs no listening port), C-STORE to store.
+"""Classic DIMSE through ``pynetdicom``: C-FIND to find, C-GET or C-MOVE to fetch, C-STORE to
+store.
+
+C-GET is the default: the peer sends each instance back on the same association, so medgem needs
+no listening port. Many hospital PACS refuse C-GET and only move studies to a destination they
+know; a reference with ``?move=AE@PORT`` is fetched by C-MOVE instead, to a storage SCP medgem
+runs on that port for the retrieval alone (stopped on every way out). medgem does not fall back
+from a refused C-GET to a C-MOVE on its own: a move opens a listening port and needs the PACS
+configured for this machine, so the user asks for it; the refusal says how.
 
 Every association is bounded by the reference's timeout; refusals, aborts and failure statuses
 become one-line ``PacsError``s.
@@ -7,8 +14,10 @@ become one-line ``PacsError``s.
 
 from __future__ import annotations
 
+import queue
+import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from medgem.errors import PacsError, require
@@ -23,6 +32,9 @@ class DimseClient:
         require("pynetdicom", "pacs", "Reading studies over DIMSE (C-FIND, C-GET)")
         self.reference = reference
         self.bytes_moved = 0
+        # What a retrieval holds open (its association, the C-MOVE's storage SCP), closed when
+        # it ends and again by close(): a caller that stops reading midway leaves nothing open.
+        self._held: list[Callable[[], None]] = []
 
     def _ae(self) -> Any:
         from pynetdicom import AE
@@ -73,10 +85,12 @@ class DimseClient:
         timeout."""
         ref = self.reference
         if assoc.is_aborted or time.monotonic() - started < 0.9 * ref.timeout:
+            moves = ("; a PACS that retrieves by C-MOVE only is asked with ?move=AE@PORT"
+                     if what == "C-GET" else "")
             return PacsError(f"{ref.where} dropped the {what}: it may not let AE title "
                              f"{ref.calling_ae} {'query' if what == 'C-FIND' else 'retrieve'}",
                              "ask its administrator to add medgem's AE title as a known modality, "
-                             "or pass the one it knows with --pacs-aet")
+                             f"or pass the one it knows with --pacs-aet{moves}")
         return PacsError(f"{ref.where} did not answer the {what} within {ref.timeout:g} s",
                          "check that the PACS is up, or raise --pacs-timeout")
 
@@ -102,8 +116,13 @@ class DimseClient:
         return self._find(query)
 
     def retrieve(self, study: str, series: str, instances: Sequence[str]) -> Iterator[Any]:
+        """The instances, in order: by C-GET, or by C-MOVE when the reference asks for it."""
+        if self.reference.move_port:
+            return self._retrieve_by_move(study, series, instances)
+        return self._retrieve_by_get(study, series, instances)
+
+    def _retrieve_by_get(self, study: str, series: str, instances: Sequence[str]) -> Iterator[Any]:
         """One C-GET per instance on one association, each instance kept as it arrives."""
-        from pydicom import Dataset
         from pynetdicom import build_role, evt
         from pynetdicom.presentation import StoragePresentationContexts
         from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -128,23 +147,129 @@ class DimseClient:
             ae.add_requested_context(context.abstract_syntax)
         roles = [build_role(str(context.abstract_syntax), scp_role=True) for context in contexts]
         assoc = self._associate(ae, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        self._held.append(assoc.release)
         try:
+            self._check_offered(assoc, Get, "C-GET")
             for uid in instances:
-                query = Dataset()
-                query.QueryRetrieveLevel = "IMAGE"
-                query.StudyInstanceUID, query.SeriesInstanceUID = study, series
-                query.SOPInstanceUID = uid
                 code, started = -1, time.monotonic()
-                for status, _ in assoc.send_c_get(query, Get):
+                for status, _ in assoc.send_c_get(_image_query(study, series, uid), Get):
                     code = int(getattr(status, "Status", -1)) if status else -1
                 if code == -1:
                     raise self._silent(assoc, "C-GET", started)
                 if code not in (0x0000, 0xB000) or not received:
                     raise PacsError(f"{self.reference.where} failed a C-GET (status 0x{code:04X})",
-                                    "check the UIDs and that medgem's AE title may retrieve")
+                                    "check the UIDs and that medgem's AE title may retrieve; a PACS "
+                                    "that only moves studies is asked with ?move=AE@PORT")
                 yield received.pop()
         finally:
-            assoc.release()
+            self._close_held()
+
+    def _retrieve_by_move(self, study: str, series: str, instances: Sequence[str]) -> Iterator[Any]:
+        """One C-MOVE per instance on one association, each naming medgem's own storage SCP
+        (started here, for this retrieval only) as destination; each instance kept as the PACS
+        stores it there. Instances that were not asked for (anyone may dial the port while it
+        is open) are refused, not kept."""
+        from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+            StudyRootQueryRetrieveInformationModelMove as Move,
+        )
+
+        ref = self.reference
+        wanted: set[str] = set()
+        arrived: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+        def on_store(event: Any) -> int:
+            ds = event.dataset
+            if str(ds.get("SOPInstanceUID", "")) not in wanted:
+                return 0xC000  # not what this retrieval asked for: nothing of it is kept
+            ds.file_meta = event.file_meta
+            self.bytes_moved += len(event.request.DataSet.getvalue())
+            arrived.put(ds)
+            return 0x0000
+
+        self._start_storage_scp(on_store)
+        try:
+            ae = self._ae()
+            ae.add_requested_context(Move)
+            assoc = self._associate(ae)
+            self._held.append(assoc.release)
+            self._check_offered(assoc, Move, "C-MOVE")
+            for uid in instances:
+                wanted.clear()  # only the instance this C-MOVE names may arrive now
+                wanted.add(uid)
+                code, comment, started = -1, "", time.monotonic()
+                for status, _ in assoc.send_c_move(_image_query(study, series, uid),
+                                                   ref.move_destination, Move):
+                    code = int(getattr(status, "Status", -1)) if status else -1
+                    comment = str(status.get("ErrorComment", "")).strip() if status else ""
+                if code == -1:
+                    raise self._silent(assoc, "C-MOVE", started)
+                self._check_moved(code, comment, arrived.empty())
+                yield arrived.get_nowait()
+        finally:
+            self._close_held()
+
+    def _start_storage_scp(self, on_store: Callable[[Any], int]) -> None:
+        """medgem's storage SCP for a C-MOVE: on the move port, on the address this machine
+        reaches the PACS from, with the reference's timeouts; held until the retrieval ends.
+
+        Raises:
+            PacsError: the port cannot be listened on (taken, or not this user's to open).
+        """
+        from pynetdicom import AE, evt
+        from pynetdicom.presentation import StoragePresentationContexts
+
+        ref = self.reference
+        scp = AE(ae_title=ref.move_destination)
+        scp.acse_timeout = scp.dimse_timeout = scp.network_timeout = ref.timeout
+        scp.supported_contexts = StoragePresentationContexts
+        address = _local_address(ref.host, ref.port)
+        try:
+            server = scp.start_server((address, ref.move_port), block=False,
+                                      evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        except OSError as exc:
+            raise PacsError(f"medgem cannot receive the C-MOVE on {address}:{ref.move_port} "
+                            f"({exc.strerror or exc})",
+                            "free that port or choose another in ?move=AE@PORT (the one the PACS "
+                            "has for medgem's AE title)") from None
+        assert server is not None  # block=False returns the running server
+        self._held.append(server.shutdown)
+
+    def _check_offered(self, assoc: Any, model: Any, what: str) -> None:
+        """The peer accepted the association but may still refuse the retrieve service."""
+        if any(cx.abstract_syntax == model for cx in assoc.accepted_contexts):
+            return
+        ref = self.reference
+        hint = ("if it retrieves by C-MOVE only, add ?move=AE@PORT to the reference (the AE "
+                "title and port it knows for medgem)" if what == "C-GET" else
+                "ask its administrator to let medgem's AE title retrieve, or fetch by C-GET "
+                "(drop ?move=)")
+        raise PacsError(f"{ref.where} does not offer {what} to AE title {ref.calling_ae}", hint)
+
+    def _check_moved(self, code: int, comment: str, nothing: bool) -> None:
+        """A C-MOVE's final status as one line: the destination unknown to the PACS, a
+        failure (the PACS's own comment kept where it gives one; Orthanc answers an unknown
+        destination with a bare 0xC000), or a success that delivered nothing to medgem's port."""
+        ref = self.reference
+        to = f"AE title {ref.move_destination} on port {ref.move_port}"
+        configure = (f"ask its administrator to add AE title {ref.move_destination} at this "
+                     f"machine's address, port {ref.move_port}, as a DICOM modality, or give "
+                     "the AE title it knows in ?move=AE@PORT")
+        said = f": {comment[:120]}" if comment else ""
+        if code == 0xA801:
+            raise PacsError(f"{ref.where} does not know the C-MOVE destination "
+                            f"{ref.move_destination} (status 0xA801{said})", configure)
+        if code not in (0x0000, 0xB000):
+            raise PacsError(f"{ref.where} failed the C-MOVE to {to} (status 0x{code:04X}{said})",
+                            f"it may not know that destination: {configure}; check the UIDs")
+        if nothing:
+            raise PacsError(f"{ref.where} answered the C-MOVE (status 0x{code:04X}) but sent "
+                            f"nothing to {to}",
+                            f"check that it has this machine's address and port {ref.move_port} "
+                            f"for AE title {ref.move_destination}")
+
+    def _close_held(self) -> None:
+        while self._held:
+            self._held.pop()()
 
     def store(self, dataset: Any) -> None:
         from pydicom.filebase import DicomBytesIO
@@ -168,4 +293,28 @@ class DimseClient:
         self.bytes_moved += len(buffer.getvalue())
 
     def close(self) -> None:
-        return None
+        self._close_held()
+
+
+def _image_query(study: str, series: str, instance: str) -> Any:
+    """The identifier of one instance for a C-GET or C-MOVE (study root, IMAGE level)."""
+    from pydicom import Dataset
+
+    query = Dataset()
+    query.QueryRetrieveLevel = "IMAGE"
+    query.StudyInstanceUID, query.SeriesInstanceUID = study, series
+    query.SOPInstanceUID = instance
+    return query
+
+
+def _local_address(host: str, port: int) -> str:
+    """This machine's address on the route to the PACS: where it will connect for a C-MOVE
+    (nothing is sent; a datagram socket's connect only picks the route). All addresses when the
+    route cannot be told."""
+    try:
+        family, kind, proto, _, where = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.connect(where)
+            return str(probe.getsockname()[0])
+    except OSError:
+        return ""

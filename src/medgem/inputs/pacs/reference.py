@@ -5,6 +5,9 @@
 before ``/studies/`` is the service root QIDO-RS and WADO-RS are asked at.
 ``dimse://ORTHANC@pacs.local:4242/1.2.3[/SERIES[/INSTANCE]]`` names the same on a classic DIMSE
 peer (called AE title ``ORTHANC``); medgem calls it as its own AE title (``MEDGEM`` by default).
+It is fetched by C-GET, unless ``?move=PORT`` or ``?move=AE@PORT`` follows: then by C-MOVE to
+medgem's own storage SCP on that port, under that AE title (medgem's own by default), which the
+PACS must know as a modality at this machine's address.
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ class StudyReference:
         calling_ae: medgem's own AE title (DIMSE).
         token: a bearer token passed to the DICOMweb server (never logged).
         timeout: seconds any one request may take before the PACS counts as down.
+        move_port: the port medgem's storage SCP listens on for a C-MOVE (DIMSE); 0 fetches
+            by C-GET.
+        move_ae: the AE title the PACS knows that SCP by; empty means ``calling_ae``.
     """
 
     protocol: Literal["dicomweb", "dimse"]
@@ -58,6 +64,8 @@ class StudyReference:
     calling_ae: str = "MEDGEM"
     token: str | None = field(default=None, repr=False, compare=False)
     timeout: float = 30.0
+    move_port: int = 0
+    move_ae: str = ""
 
     @property
     def host(self) -> str:
@@ -66,6 +74,11 @@ class StudyReference:
     @property
     def port(self) -> int:
         return int(self.root.rsplit(":", 1)[1])
+
+    @property
+    def move_destination(self) -> str:
+        """The AE title a C-MOVE names as destination: medgem's storage SCP as the PACS knows it."""
+        return self.move_ae or self.calling_ae
 
     @property
     def where(self) -> str:
@@ -123,11 +136,13 @@ def parse_study_reference(text: str) -> StudyReference:
 
 
 def _dimse(text: str) -> StudyReference:
-    match = re.match(r"^dimse://([^@/]{1,16})@([^:/]+):(\d{1,5})/(.+)$", text)
+    match = re.match(r"^dimse://([^@/]{1,16})@([^:/]+):(\d{1,5})/([^?]+)(?:\?(.*))?$", text)
     if not match:
         raise PacsError(f"'{text[:80]}' is not a DIMSE reference",
-                        "write dimse://AE_TITLE@HOST:PORT/StudyInstanceUID[/SeriesUID[/SOPInstanceUID]]")
-    ae, host, port, rest = match.groups()
+                        "write dimse://AE_TITLE@HOST:PORT/StudyInstanceUID[/SeriesUID[/SOPInstanceUID]]"
+                        "[?move=AE@PORT]")
+    ae, host, port, rest, query = match.groups()
+    move_ae, move_port = _move(query, text) if query is not None else ("", 0)
     pieces = rest.strip("/").split("/")
     if len(pieces) > 3:
         raise PacsError(f"{text[:100]} has more than study/series/instance after the port",
@@ -135,17 +150,37 @@ def _dimse(text: str) -> StudyReference:
     study = _check_uid(pieces[0], "study", text)
     series = _check_uid(pieces[1], "series", text) if len(pieces) > 1 else None
     instance = _check_uid(pieces[2], "instance", text) if len(pieces) > 2 else None
-    return StudyReference("dimse", f"{host}:{int(port)}", study, series, instance, called_ae=ae)
+    return StudyReference("dimse", f"{host}:{int(port)}", study, series, instance, called_ae=ae,
+                          move_port=move_port, move_ae=move_ae)
+
+
+def _move(query: str, text: str) -> tuple[str, int]:
+    """``move=PORT`` or ``move=AE@PORT`` (the only parameter a DIMSE reference takes)."""
+    match = re.match(r"^move=(?:([^@&=\s\\]{1,16})@)?(\d{1,5})$", query)
+    port = int(match.group(2)) if match else 0
+    if not match or not 0 < port < 65536:
+        raise PacsError(f"'?{query[:40]}' in {text[:80]} is not a C-MOVE destination",
+                        "write ?move=PORT or ?move=AE_TITLE@PORT: the port medgem receives on, "
+                        "and the AE title the PACS knows it by (default medgem's own)")
+    return match.group(1) or "", port
 
 
 def is_allowed(reference: StudyReference, allowed: list[str] | tuple[str, ...]) -> bool:
     """Whether the operator's allowlist (``serve --allow-pacs``) covers ``reference``: a
     DICOMweb root that equals, or is a path prefix of, an allowed URL; a DIMSE peer whose
-    ``dimse://AE@host:port`` is listed."""
+    ``dimse://AE@host:port`` is listed, with the same ``?move=`` when the reference has one (a
+    C-MOVE opens a listening port here, which only the operator may choose)."""
+    peer = f"dimse://{reference.called_ae}@{reference.root}"
+    if reference.move_port:
+        spellings = {f"{peer}?move={reference.move_destination}@{reference.move_port}"}
+        if not reference.move_ae:
+            spellings.add(f"{peer}?move={reference.move_port}")
+    else:
+        spellings = {peer}
     for entry in allowed:
         entry = entry.rstrip("/")
         if reference.protocol == "dimse":
-            if entry == f"dimse://{reference.called_ae}@{reference.root}":
+            if entry in spellings:
                 return True
         elif reference.root == entry or reference.root.startswith(entry + "/"):
             return True
