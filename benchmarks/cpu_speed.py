@@ -8,7 +8,7 @@ same run (issue 27), so the targets hold on every CPU kind (AVX2-only, AVX-512, 
   2. the tower's attention alone at its shape: PyTorch's SDPA against the blocked-GEMM
      attention (``medgem.engines.attention``), GFLOP/s and share of the peak;
   3. the tower per vision path (PyTorch SDPA, PyTorch blocked, in fp32/bf16 and int8, and
-     llama.cpp's clip): seconds per image, GFLOP/s(-equivalent) and share of the float peak
+     llama.cpp's clip, plus its f16 and Q8_0 matrices on random weights): seconds per image, GFLOP/s(-equivalent) and share of the float peak
      (int8 can pass 1.00: that is the point of it on CPUs without fast float matrix units);
   4. the first token for one image and for a CT volume (85 slices in the full run), with the
      estimate `medgem inspect` gives from the figures the engine recorded here;
@@ -32,6 +32,7 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import date
@@ -191,6 +192,25 @@ def torch_tower_rows(mmproj: Path, shape: TowerShape, dtypes: list[str], blocked
             rows.append((f"torch {dtype} {attention}", seconds, shape.flops / seconds / 1e9,
                          shape.flops / seconds / 1e9 / peak))
             del tower
+    return rows
+
+
+def clip_q8_rows(layers: int) -> list[tuple[str, float]]:
+    """llama.cpp's clip with the encoder's matrices in f16 and in Q8_0 (llama.cpp's int8 blocks;
+    the MLP's down projection stays f16: 4304 is not whole 32-value blocks), random weights at
+    the tower's shape, timed as ``speeds.choose_vision`` times the clip (one encode after a
+    warm-up). Not a path the engine runs yet: it loads the mmproj `medgem convert` wrote (f16)."""
+    from medgem.engines.gguf.write import write_random_mmproj
+    from medgem.engines.llamacpp.probe import write_tiny_gguf
+    from medgem.engines.llamacpp.speeds import clip_seconds
+
+    threads = len(os.sched_getaffinity(0))
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        text = write_tiny_gguf(Path(folder) / "text.gguf")
+        for matrices in ("F16", "Q8_0"):
+            mmproj = write_random_mmproj(Path(folder) / f"{matrices}.gguf", layers=layers, matrices=matrices)
+            rows.append((f"clip {matrices.lower()} (random weights)", clip_seconds(text, mmproj, threads)))
     return rows
 
 
@@ -387,8 +407,6 @@ def main() -> int:
         child(args.child[0], *(int(x) for x in args.child[1:]))
         return 0
     skip = set(filter(None, args.skip.split(",")))
-    import tempfile
-
     import torch
 
     from medgem.engines.llamacpp.speeds import cpu_kind as cpu_units
@@ -435,6 +453,9 @@ def main() -> int:
         seconds = clip["image_vision"]
         print(f"{'llama.cpp clip (f16, flash attn)':<32} | {seconds:>8.2f} | "
               f"{shape.flops / seconds / 1e9:>8.1f} | {shape.flops / seconds / 1e9 / peak:>6.2f}")
+        for name, seconds in clip_q8_rows(shape.layers):
+            print(f"{name:<32} | {seconds:>8.2f} | {shape.flops / seconds / 1e9:>8.1f} | "
+                  f"{shape.flops / seconds / 1e9 / peak:>6.2f}")
         print(f"floor at the float peak: {shape.flops / peak / 1e9:.2f} s/image (int8 rows: attention "
               "in fp32, the linear layers in int8; GFLOP/s there are float-equivalent)")
 

@@ -155,13 +155,14 @@ def quantize_linears(module: Any) -> int:
     return replaced
 
 
-def measure_linear(dtypes: tuple[str, ...], rows: int = 512, hidden: int = 1152,
-                   intermediate: int = 4304, repeats: int = 3) -> dict[str, float]:
+def measure_linear(dtypes: tuple[str, ...], rows: int = 1024, hidden: int = 1152,
+                   intermediate: int = 4304, repeats: int = 5) -> dict[str, float]:
     """Seconds per call of the tower's MLP-up layer, (rows, hidden) @ (hidden, intermediate), in
     each precision: best of ``repeats`` after a warm-up (oneDNN builds its kernels on the first
     call). int8's time includes scaling and quantizing the activations and scaling the sums
-    back, as the tower pays them. Every row costs the same, so ``rows`` only bounds the work (512 rows: 5
-    GFLOP, ~0.08 s at 67 GFLOP/s).
+    back, as the tower pays them. Every row costs the same, so ``rows`` only bounds the work (1024 rows: 10
+    GFLOP, ~0.15 s at 67 GFLOP/s). On a busy 2-core Zen 1, 3 repeats at 512 rows once gave int8
+    1.13x where quieter runs gave 1.6-2.3x: hence 5 repeats of 1024.
 
     Returns:
         {"float32": s, "int8": s, ...} for ``dtypes``.
