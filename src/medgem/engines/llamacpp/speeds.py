@@ -191,7 +191,7 @@ def measure_vision_paths(threads: int, layers: int = 1) -> tuple[dict[str, float
     through PyTorch, each the best of two runs after a warm-up one. One layer is 1/27 of the
     tower's work (0.2 TFLOP: ~3 s at 67 GFLOP/s); every layer costs the same, so the ranking
     holds. The whole measurement, with the tower's attention and precision measured on the way,
-    took 69 s on a busy 2-core Zen 1 (once per CPU kind, threads and versions).
+    took 49-69 s on a busy 2-core Zen 1 (once per CPU kind, threads and versions).
 
     Returns:
         ({"llamacpp": s, "torch": s}, the PyTorch tower's dtype as ``choose_tower_dtype`` picked it).
