@@ -2,11 +2,14 @@
 same run (issue 27), so the targets hold on every CPU kind (AVX2-only, AVX-512, AMX):
 
   1. the CPU's GEMM peak at the vision tower's shapes, fp32 and bf16 (bf16 only counts where
-     the CPU has it natively: AVX512-BF16 or AMX; elsewhere it is emulated and never picked);
+     the CPU has it natively: AVX512-BF16 or AMX; elsewhere it is emulated and never picked),
+     and the int8 linear (``vision_torch.int8_linear``, fbgemm: its activation scaling and
+     quantization included) as GFLOP/s-equivalent, the float FLOPs it replaces per second;
   2. the tower's attention alone at its shape: PyTorch's SDPA against the blocked-GEMM
      attention (``medgem.engines.attention``), GFLOP/s and share of the peak;
-  3. the tower per vision path (PyTorch SDPA, PyTorch blocked, llama.cpp's clip): seconds per
-     image, GFLOP/s and share of the peak;
+  3. the tower per vision path (PyTorch SDPA, PyTorch blocked, in fp32/bf16 and int8, and
+     llama.cpp's clip, plus its f16 and Q8_0 matrices on random weights): seconds per image, GFLOP/s(-equivalent) and share of the float peak
+     (int8 can pass 1.00: that is the point of it on CPUs without fast float matrix units);
   4. the first token for one image and for a CT volume (85 slices in the full run), with the
      estimate `medgem inspect` gives from the figures the engine recorded here;
   5. raw llama.cpp (its own batch loop; separate and unified KV) against medgem's batcher, whole
@@ -29,6 +32,7 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import date
@@ -70,18 +74,25 @@ def best_of(work: Any, repeats: int) -> float:
 
 
 def gemm_peak(rows: int, repeats: int) -> dict[str, float]:
-    """GFLOP/s of the tower's three linear shapes (attention projections, MLP up, MLP down)."""
+    """GFLOP/s of the tower's three linear shapes (attention projections, MLP up, MLP down); for
+    int8, GFLOP/s-equivalent of the W8A8 linear the int8 tower runs (quantizing included)."""
     import torch
+
+    from medgem.engines.llamacpp.vision_torch import int8_linear, pack_int8
 
     shapes = [(rows, 1152, 1152), (rows, 1152, 4304), (rows, 4304, 1152)]
     out: dict[str, float] = {}
     with torch.inference_mode():
-        for dtype in ("float32", "bfloat16"):
+        for dtype in ("float32", "bfloat16", "int8"):
             flops = seconds = 0.0
             for m, k, n in shapes:
-                a = torch.randn(m, k).to(getattr(torch, dtype))
-                b = torch.randn(k, n).to(getattr(torch, dtype))
-                seconds += best_of(lambda a=a, b=b: torch.mm(a, b), repeats)
+                if dtype == "int8":
+                    a, packed = torch.randn(m, k), pack_int8(torch.randn(n, k))
+                    seconds += best_of(lambda a=a, b=packed: int8_linear(a, b, None), repeats)
+                else:
+                    a = torch.randn(m, k).to(getattr(torch, dtype))
+                    b = torch.randn(k, n).to(getattr(torch, dtype))
+                    seconds += best_of(lambda a=a, b=b: torch.mm(a, b), repeats)
                 flops += 2.0 * m * k * n
             out[dtype] = flops / seconds / 1e9
     return out
@@ -181,6 +192,25 @@ def torch_tower_rows(mmproj: Path, shape: TowerShape, dtypes: list[str], blocked
             rows.append((f"torch {dtype} {attention}", seconds, shape.flops / seconds / 1e9,
                          shape.flops / seconds / 1e9 / peak))
             del tower
+    return rows
+
+
+def clip_q8_rows(layers: int) -> list[tuple[str, float]]:
+    """llama.cpp's clip with the encoder's matrices in f16 and in Q8_0 (llama.cpp's int8 blocks;
+    the MLP's down projection stays f16: 4304 is not whole 32-value blocks), random weights at
+    the tower's shape, timed as ``speeds.choose_vision`` times the clip (one encode after a
+    warm-up). Not a path the engine runs yet: it loads the mmproj `medgem convert` wrote (f16)."""
+    from medgem.engines.gguf.write import write_random_mmproj
+    from medgem.engines.llamacpp.probe import write_tiny_gguf
+    from medgem.engines.llamacpp.speeds import clip_seconds
+
+    threads = len(os.sched_getaffinity(0))
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        text = write_tiny_gguf(Path(folder) / "text.gguf")
+        for matrices in ("F16", "Q8_0"):
+            mmproj = write_random_mmproj(Path(folder) / f"{matrices}.gguf", layers=layers, matrices=matrices)
+            rows.append((f"clip {matrices.lower()} (random weights)", clip_seconds(text, mmproj, threads)))
     return rows
 
 
@@ -377,8 +407,6 @@ def main() -> int:
         child(args.child[0], *(int(x) for x in args.child[1:]))
         return 0
     skip = set(filter(None, args.skip.split(",")))
-    import tempfile
-
     import torch
 
     from medgem.engines.llamacpp.speeds import cpu_kind as cpu_units
@@ -397,6 +425,8 @@ def main() -> int:
     print("\n## GEMM peak at the tower's linear shapes (torch.mm, best of runs)")
     print(f"fp32 {peaks['float32']:.0f} GFLOP/s | bf16 {peaks['bfloat16']:.0f} GFLOP/s "
           f"({'native' if native_bf16 else 'EMULATED: never used here'}) | peak used below: {peak:.0f}")
+    print(f"int8 (fbgemm) {peaks['int8']:.0f} GFLOP/s-equivalent ({peaks['int8'] / peak:.2f} x the float "
+          "peak; weights per channel, activations per token)")
 
     shape = TowerShape(layers=2 if args.quick else 27)
     blocked = "blocked-q128-kvall"
@@ -416,14 +446,18 @@ def main() -> int:
         print(f"\n## The tower per vision path ({shape.layers} layers at 896 px: "
               f"{shape.flops / 1e12:.2f} TFLOP, attention {shape.attention_flops / shape.flops:.0%})")
         print(f"{'path':<32} | {'s/image':>8} | {'GFLOP/s':>8} | {'x peak':>6}")
-        for name, seconds, gflops, share in torch_tower_rows(mmproj, shape, dtypes, blocked, peak):
+        for name, seconds, gflops, share in torch_tower_rows(mmproj, shape, [*dtypes, "int8"], blocked, peak):
             print(f"{name:<32} | {seconds:>8.2f} | {gflops:>8.1f} | {share:>6.2f}")
         with tempfile.TemporaryDirectory() as cache:
             clip = first_tokens(folder, "llamacpp", 0, Path(cache))
         seconds = clip["image_vision"]
         print(f"{'llama.cpp clip (f16, flash attn)':<32} | {seconds:>8.2f} | "
               f"{shape.flops / seconds / 1e9:>8.1f} | {shape.flops / seconds / 1e9 / peak:>6.2f}")
-        print(f"floor at the peak: {shape.flops / peak / 1e9:.2f} s/image")
+        for name, seconds in clip_q8_rows(shape.layers):
+            print(f"{name:<32} | {seconds:>8.2f} | {shape.flops / seconds / 1e9:>8.1f} | "
+                  f"{shape.flops / seconds / 1e9 / peak:>6.2f}")
+        print(f"floor at the float peak: {shape.flops / peak / 1e9:.2f} s/image (int8 rows: attention "
+              "in fp32, the linear layers in int8; GFLOP/s there are float-equivalent)")
 
     if "first" not in skip:
         slices = 4 if args.quick else 85

@@ -200,7 +200,8 @@ def test_image_answer_matches_transformers_greedy(tiny_vlm_checkpoint: Path, con
     with torch.inference_mode():
         reference = model.generate(**inputs, max_new_tokens=16, do_sample=False, top_k=None,
                                    top_p=None)[0, inputs["input_ids"].shape[1]:].tolist()
-    engine = load_engine("llamacpp", resolve_checkpoint(converted_vlm), LlamaCppOptions())
+    # the clip, whatever "auto" measured here (an int8 PyTorch tower is not bit-close to float32)
+    engine = load_engine("llamacpp", resolve_checkpoint(converted_vlm), LlamaCppOptions(vision="llamacpp"))
     try:
         events = list(engine.generate(image_question(image, 16)))
         image_id = processor.tokenizer.convert_tokens_to_ids("<image_soft_token>")
@@ -259,7 +260,7 @@ def test_the_embedding_cache_on_disk_serves_the_next_process(converted_vlm: Path
     the tower for pixels an earlier one encoded and answers the same; another tower (PyTorch)
     keeps its own files."""
     monkeypatch.setenv("MEDGEM_EMBED_CACHE_DIR", str(tmp_path / "embeddings"))
-    cache = load_settings().engine_fields("llamacpp")
+    cache = {**load_settings().engine_fields("llamacpp"), "vision": "llamacpp"}  # not what auto measured
     image = noise_image(64, seed=5)
     answers = []
     for _ in range(2):

@@ -107,7 +107,8 @@ def llamacpp_report() -> dict[str, Any]:
             "variants": variants, "runs_here": result.ok,
             "detail": result.message() if not result.ok else "", "kernels": compiled,
             "weight_repacking": use_extra_buffers(repack=settings.repack),
-            "vision": dict(zip(("path", "why"), choose_vision(settings.vision), strict=True))}
+            # what the engine measured here (doctor runs no llama.cpp in this process)
+            "vision": dict(zip(("path", "why"), choose_vision(settings.vision, measure=False), strict=True))}
 
 
 def plan(variant: Variant, hardware: Hardware, engines: dict[str, bool], bandwidth_gbs: float

@@ -269,3 +269,86 @@ def write_gguf(path: Path, arch: str, metadata: Callable[[Any], None], tensors: 
         if progress is not None:
             progress(done, len(tensors), tensor.name)
     writer.close()
+
+
+# --- a projector with random weights, for measuring kernels ------------------------------------
+
+
+def write_random_mmproj(path: Path, *, layers: int = 1, hidden: int = 1152, intermediate: int = 4304,
+                        heads: int = 16, image_size: int = 896, patch_size: int = 14,
+                        scale_factor: int = 4, text_hidden: int = 256, matrices: str = "F16",
+                        seed: int = 0) -> Path:
+    """A Gemma 3 vision projector (SigLIP + the pooling projector) with random weights, laid
+    out as ``medgem convert`` writes one; by default one layer of MedGemma's tower at 896 px.
+
+    Why: the vision path and precision are chosen by timing them here, at the real tower's
+    shapes, before a real projector is ever run (``speeds.choose_vision``); layers cost the
+    same, so one stands for 27.
+
+    Args:
+        path: output file.
+        matrices: the encoder's weight matrices in "F16" (what convert writes) or "Q8_0"
+            (llama.cpp's int8 blocks, quantized by the ``gguf`` package; a matrix whose rows
+            are not whole 32-value blocks, the MLP's down projection at 4304, stays F16); the
+            patch embedding and projection stay F16, norms, biases and positions F32.
+
+    Returns:
+        ``path``.
+    """
+    import gguf
+
+    if matrices not in ("F16", "Q8_0"):
+        raise ValueError(f"matrices must be F16 or Q8_0, not {matrices}")
+    rng = np.random.default_rng(seed)
+    patches = (image_size // patch_size) ** 2
+    writer = gguf.GGUFWriter(str(path), "clip")
+    writer.add_name("medgem kernel measurement projector")
+    writer.add_file_type(int(gguf.LlamaFileType.MOSTLY_F16 if matrices == "F16" else gguf.LlamaFileType.MOSTLY_Q8_0))
+    writer.add_string("clip.projector_type", "gemma3")
+    writer.add_bool("clip.has_vision_encoder", True)
+    writer.add_bool("clip.use_gelu", True)
+    for key, value in (("image_size", image_size), ("patch_size", patch_size), ("embedding_length", hidden),
+                       ("feed_forward_length", intermediate), ("block_count", layers),
+                       ("projection_dim", text_hidden), ("attention.head_count", heads),
+                       ("projector.scale_factor", scale_factor)):
+        writer.add_uint32(f"clip.vision.{key}", value)
+    writer.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-6)
+    writer.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
+    writer.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
+
+    def random(*shape: int) -> np.ndarray[Any, Any]:  # numpy (rows, columns) = GGML (ne1, ne0)
+        return (rng.standard_normal(shape) * hidden ** -0.5).astype(np.float32)
+
+    def matrix(name: str, rows: int, columns: int) -> None:
+        values = random(rows, columns)
+        if matrices == "F16" or columns % 32:  # Q8_0 blocks are 32 along a row: 4304 is not
+            writer.add_tensor(name, values.astype(np.float16))
+        else:
+            kind = gguf.GGMLQuantizationType.Q8_0
+            writer.add_tensor(name, gguf.quants.quantize(values, kind), raw_dtype=kind)
+
+    zeros = np.zeros(hidden, dtype=np.float32)
+    writer.add_tensor("v.patch_embd.weight", random(hidden, 3, patch_size, patch_size).astype(np.float16))
+    writer.add_tensor("v.patch_embd.bias", zeros)
+    writer.add_tensor("v.position_embd.weight", random(patches, hidden))
+    for index in range(layers):
+        block = f"v.blk.{index}"
+        for norm in ("ln1", "ln2"):
+            writer.add_tensor(f"{block}.{norm}.weight", np.ones(hidden, dtype=np.float32))
+            writer.add_tensor(f"{block}.{norm}.bias", zeros)
+        for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            matrix(f"{block}.{name}.weight", hidden, hidden)
+            writer.add_tensor(f"{block}.{name}.bias", zeros)
+        matrix(f"{block}.ffn_up.weight", intermediate, hidden)
+        writer.add_tensor(f"{block}.ffn_up.bias", np.zeros(intermediate, dtype=np.float32))
+        matrix(f"{block}.ffn_down.weight", hidden, intermediate)
+        writer.add_tensor(f"{block}.ffn_down.bias", zeros)
+    writer.add_tensor("v.post_ln.weight", np.ones(hidden, dtype=np.float32))
+    writer.add_tensor("v.post_ln.bias", zeros)
+    writer.add_tensor("mm.input_projection.weight", random(hidden, text_hidden).astype(np.float16))
+    writer.add_tensor("mm.soft_emb_norm.weight", np.ones(hidden, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

@@ -15,9 +15,11 @@ import os
 import statistics
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 from medgem.config import cache_dir
 from medgem.errors import InputError
@@ -109,22 +111,28 @@ def _read(path: Path) -> dict[str, dict]:  # type: ignore[type-arg]
 
 
 VISION_PATHS = ("auto", "llamacpp", "torch")
+# PyTorch's tower must beat the clip by this factor to be picked: it holds twice the memory (the
+# weights in torch besides libmtmd's), and int8 costs agreement (see vision_torch).
+TORCH_MARGIN = 1.15
 
 
-def choose_vision(asked: str | None = None) -> tuple[str, str]:
+def choose_vision(asked: str | None = None, measure: bool = True, threads: int | None = None,
+                  path: Path | None = None) -> tuple[str, str]:
     """(path, why): where this machine runs the vision tower.
 
-    ``asked`` (the ``vision`` option) forces "llamacpp" or "torch". "auto" keeps
-    llama.cpp's clip: measured on an AVX512-BF16 CPU (Zen 5, 2 cores, 4B shape), the tower in
-    PyTorch bf16 took 19.9 s against the clip's 19.2 s and twice the resident memory
-    (benchmarks/bench_vision.py). On CPUs without native bf16, PyTorch would run float32
-    (31.6 s there). AMX CPUs are not measured yet: `--vision torch` is there to try.
+    ``asked`` (the ``vision`` option) forces "llamacpp" or "torch". "auto" takes what was
+    measured here once (kept in ``kernels.json`` per CPU kind, threads, torch and llama.cpp
+    versions): one layer of the 4B's tower at 896 px through llama.cpp's clip (f16, flash
+    attention) and through PyTorch in the precision ``choose_tower_dtype`` picked (int8 on CPUs
+    without fast float matrix units); PyTorch only when it is ``TORCH_MARGIN`` faster. Without
+    PyTorch, or with ``measure`` False and nothing kept (``medgem inspect`` runs nothing),
+    llama.cpp's clip. Earlier figures: on an AVX512-BF16 Zen 5 (2 cores, 4B shape) the tower in
+    PyTorch bf16 took 19.9 s against the clip's 19.2 s and twice the memory
+    (benchmarks/bench_vision.py).
 
     Raises:
         InputError: an unknown choice, or torch asked for without PyTorch.
     """
-    from medgem.hardware import cpu_flags
-
     choice = (asked or "auto").lower()
     if choice not in VISION_PATHS:
         raise InputError(f"unknown vision path '{choice}'", "use --vision auto, llamacpp or torch")
@@ -134,9 +142,138 @@ def choose_vision(asked: str | None = None) -> tuple[str, str]:
         return "torch", "asked for"
     if choice == "llamacpp":
         return "llamacpp", "asked for"
-    if "amx_bf16" in cpu_flags():
-        return "llamacpp", "llama.cpp's clip (AMX is not measured yet: try --vision torch)"
-    return "llamacpp", "llama.cpp's clip: as fast as PyTorch bf16 where measured, half the memory"
+    if not _torch_installed():
+        return "llamacpp", "llama.cpp's clip (PyTorch is not installed)"
+    threads = threads or max(1, len(os.sched_getaffinity(0)))
+    key = vision_key(threads)
+    entry = _kept(key, path)
+    if entry is None and not measure:
+        return "llamacpp", "llama.cpp's clip (the PyTorch tower is not measured here yet)"
+    if entry is None:
+        times, dtype = measure_vision_paths(threads)
+        entry = {"choice": pick_vision(times), "times": {k: round(v, 4) for k, v in times.items()},
+                 "torch_dtype": dtype}
+        _keep(key, entry, path)
+    return str(entry["choice"]), _vision_why(entry)
+
+
+def pick_vision(times: dict[str, float]) -> str:
+    """"torch" when its tower layer ran ``TORCH_MARGIN`` faster than the clip's, else "llamacpp".
+
+    Args:
+        times: {"llamacpp": s, "torch": s} from :func:`measure_vision_paths`.
+    """
+    return "torch" if times["torch"] * TORCH_MARGIN <= times["llamacpp"] else "llamacpp"
+
+
+def _vision_why(entry: dict[str, Any]) -> str:
+    times = entry["times"]
+    where = "PyTorch's tower" if entry["choice"] == "torch" else "llama.cpp's clip"
+    return (f"{where}: measured here once, one tower layer at 896 px: clip (f16) "
+            f"{times['llamacpp']:.2f} s, PyTorch ({entry.get('torch_dtype', '?')}) {times['torch']:.2f} s")
+
+
+def vision_key(threads: int) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    try:
+        llama = version("llama-cpp-python")
+    except PackageNotFoundError:
+        llama = "-"
+    return f"vision|1152x4304x16|{threads}t|torch {torch.__version__}|llama.cpp {llama}|{cpu_kind()}"
+
+
+def measure_vision_paths(threads: int, layers: int = 1) -> tuple[dict[str, float], str]:
+    """Seconds per 896-px image of ``layers`` layers of MedGemma's tower (SigLIP so400m: width
+    1152, MLP 4304, 16 heads, 4,096 patches; random weights) through llama.cpp's clip and
+    through PyTorch, each the best of two runs after a warm-up one. One layer is 1/27 of the
+    tower's work (0.2 TFLOP: ~3 s at 67 GFLOP/s); every layer costs the same, so the ranking
+    holds. The whole measurement, with the tower's attention and precision measured on the way,
+    took 49-69 s on a busy 2-core Zen 1 (once per CPU kind, threads and versions).
+
+    Returns:
+        ({"llamacpp": s, "torch": s}, the PyTorch tower's dtype as ``choose_tower_dtype`` picked it).
+    """
+    from medgem.engines.gguf.write import write_random_mmproj
+    from medgem.engines.llamacpp.probe import write_tiny_gguf
+    from medgem.engines.llamacpp.vision_torch import TorchTower
+
+    with tempfile.TemporaryDirectory(prefix="medgem-vision-") as folder:
+        text = write_tiny_gguf(Path(folder) / "text.gguf")  # what libmtmd needs beside it
+        mmproj = write_random_mmproj(Path(folder) / "mmproj.gguf", layers=layers, text_hidden=256)
+        clip = clip_seconds(text, mmproj, threads)
+        tower = TorchTower(mmproj, threads=threads)
+        tower.embed(_noise_image(tower.image_size, 0))  # warm-up: oneDNN builds its kernels
+        seconds = []
+        for seed in (1, 2):
+            began = time.perf_counter()
+            tower.embed(_noise_image(tower.image_size, seed))
+            seconds.append(time.perf_counter() - began)
+        return {"llamacpp": clip, "torch": min(seconds)}, tower.dtype
+
+
+def _noise_image(size: int, seed: int) -> Any:
+    import numpy as np
+    from PIL import Image
+
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8))
+
+
+def clip_seconds(text_model: Path, mmproj: Path, threads: int, runs: int = 2) -> float:
+    """Seconds for one image through libmtmd's clip as the engine runs it (flash attention):
+    the best of ``runs`` encodes after a warm-up one (a busy machine only ever slows a run)."""
+    import ctypes
+
+    import numpy as np
+
+    from medgem.engines.llamacpp.native import import_llama_cpp, llama_model_params
+
+    llama_cpp, mtmd = import_llama_cpp()
+    model = llama_cpp.llama_model_load_from_file(str(text_model).encode(), llama_model_params(llama_cpp))
+    params = mtmd.mtmd_context_params_default()
+    params.use_gpu = params.print_timings = params.warmup = False
+    params.n_threads = threads
+    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+    context = mtmd.mtmd_init_from_file(str(mmproj).encode(), model, params) if model else None
+    if not context:
+        if model:
+            llama_cpp.llama_model_free(model)
+        raise RuntimeError("libmtmd could not load the measurement's projector")
+    size = _read_size(mmproj)
+    pixels = np.asarray(_noise_image(size, 1)).tobytes()
+    bitmap = mtmd.mtmd_bitmap_init(size, size, (ctypes.c_uint8 * len(pixels)).from_buffer_copy(pixels))
+    chunks = mtmd.mtmd_input_chunks_init()
+    try:
+        marker = mtmd.mtmd_default_marker()
+        prompt = mtmd.mtmd_input_text()
+        prompt.text, prompt.text_len = marker, len(marker)
+        prompt.add_special, prompt.parse_special = False, True
+        if mtmd.mtmd_tokenize(context, chunks, ctypes.byref(prompt),
+                              (mtmd.mtmd_bitmap_p_ctypes * 1)(bitmap), 1) != 0:
+            raise RuntimeError("libmtmd could not tokenize the measurement's image")
+        chunk = next(mtmd.mtmd_input_chunks_get(chunks, i) for i in range(mtmd.mtmd_input_chunks_size(chunks))
+                     if mtmd.mtmd_input_chunk_get_type(mtmd.mtmd_input_chunks_get(chunks, i))
+                     != mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT)
+        seconds = []
+        for _ in range(1 + runs):  # the first allocates the compute buffers
+            began = time.perf_counter()
+            if mtmd.mtmd_encode_chunk(context, chunk) != 0:
+                raise RuntimeError("libmtmd could not encode the measurement's image")
+            seconds.append(time.perf_counter() - began)
+        return min(seconds[1:])
+    finally:
+        mtmd.mtmd_input_chunks_free(chunks)
+        mtmd.mtmd_bitmap_free(bitmap)
+        mtmd.mtmd_free(context)
+        llama_cpp.llama_model_free(model)
+
+
+def _read_size(mmproj: Path) -> int:
+    from medgem.engines.gguf.read import read_header
+
+    return int(read_header(mmproj, "vision projector").get("clip.vision.image_size"))
 
 
 def _torch_installed() -> bool:
@@ -153,7 +290,7 @@ def estimate_first_token(model: Path, mmproj: Path | None, images: int, text_tok
     from medgem.engines.gguf.read import read_header
 
     threads = threads or max(1, len(os.sched_getaffinity(0)))
-    where = choose_vision(vision)[0] if mmproj is not None else "none"
+    where = choose_vision(vision, measure=False)[0] if mmproj is not None else "none"
     measured = lookup(speed_key(model, mmproj, where, threads), path)
     if measured is None:
         return None, None
@@ -199,17 +336,70 @@ def choose_attention(tokens: int, heads: int, head_dim: int, dtype: str, threads
     """
     from medgem.engines.attention import measure_attention
 
-    path = path or kernel_store_path()
     key = attention_key(tokens, heads, head_dim, dtype, threads)
+    entry = _kept(key, path)
+    if entry is None:
+        times = measure_attention(tokens, heads, head_dim, dtype)
+        entry = {"choice": min(times, key=times.__getitem__),
+                 "times": {k: round(v, 6) for k, v in times.items()}}
+        _keep(key, entry, path)
+    return str(entry["choice"]), {k: float(v) for k, v in entry["times"].items()}
+
+
+# int8 must beat the fastest float precision by this factor to be picked: it costs agreement
+# (per soft token cosine >= 0.99 against float32, see vision_torch), so a tie goes to float.
+INT8_MARGIN = 1.15
+
+
+def tower_dtype_key(threads: int) -> str:
+    import torch
+
+    return f"tower-dtype|1152x4304|{threads}t|torch {torch.__version__}|{cpu_kind()}"
+
+
+def choose_tower_dtype(threads: int, path: Path | None = None) -> tuple[str, dict[str, float]]:
+    """The PyTorch tower's precision on this CPU: (dtype, seconds per candidate) at the tower's
+    MLP-up shape (``vision_torch.measure_linear``, ~0.5 s), measured once and kept in
+    ``kernels.json``. Candidates: float32; int8 where torch has fbgemm (x86); bfloat16 where
+    the CPU has it natively (AVX512-BF16, AMX; emulated it ran at 0.6 GFLOP/s on an AVX2 Zen 1, so timing it
+    there would cost ~15 s to learn what the flags already say).
+    """
+    from medgem.engines.llamacpp.vision_torch import int8_available, measure_linear
+    from medgem.hardware import cpu_has_native_bf16
+
+    key = tower_dtype_key(threads)
+    entry = _kept(key, path)
+    if entry is None:
+        candidates = ("float32", *(["bfloat16"] if cpu_has_native_bf16() else []),
+                      *(["int8"] if int8_available() else []))
+        times = measure_linear(candidates)
+        entry = {"choice": pick_tower_dtype(times), "times": {k: round(v, 6) for k, v in times.items()}}
+        _keep(key, entry, path)
+    return str(entry["choice"]), {k: float(v) for k, v in entry["times"].items()}
+
+
+def pick_tower_dtype(times: dict[str, float]) -> str:
+    """The fastest float precision, or int8 where it ran ``INT8_MARGIN`` faster than that."""
+    floats = {name: seconds for name, seconds in times.items() if name != "int8"}
+    best = min(floats, key=floats.__getitem__)
+    if "int8" in times and times["int8"] * INT8_MARGIN <= floats[best]:
+        return "int8"
+    return best
+
+
+def _kept(key: str, path: Path | None) -> dict[str, Any] | None:
+    """A kept measurement with a choice among its timed candidates, or None."""
     with _lock:
-        entry = _read(path).get(key)
-    if entry and isinstance(entry.get("times"), dict) and entry.get("choice") in entry["times"]:
-        return str(entry["choice"]), {k: float(v) for k, v in entry["times"].items()}
-    times = measure_attention(tokens, heads, head_dim, dtype)
-    choice = min(times, key=times.__getitem__)
+        entry = _read(path or kernel_store_path()).get(key)
+    if isinstance(entry, dict) and isinstance(entry.get("times"), dict) and entry.get("choice") in entry["times"]:
+        return entry
+    return None
+
+
+def _keep(key: str, entry: dict[str, Any], path: Path | None) -> None:
+    """Add one measurement to ``kernels.json`` (best effort, as the speeds)."""
+    path = path or kernel_store_path()
     with _lock:
         data = _read(path)
-        data[key] = {"choice": choice, "times": {k: round(v, 6) for k, v in times.items()},
-                     "date": date.today().isoformat()}
+        data[key] = {**entry, "date": date.today().isoformat()}
         _write(path, data)
-    return choice, times

@@ -10,10 +10,27 @@ machine, and ``--vision torch`` runs this path.
 The weights are the mmproj's own (the ones llama.cpp would use), mapped back to transformers'
 names through the same ``gguf`` tensor maps ``medgem convert`` writes with; Gemma's RMSNorm of
 the projector is stored as 1 + w and is read back as w.
+
+Precision ("dtype"): float32, bfloat16 (only fast on CPUs with AVX512-BF16 or AMX; emulated
+elsewhere, ~0.6 GFLOP/s on an AVX2 Zen 1), or int8: every linear layer of the encoder through
+fbgemm's dynamic int8 GEMM (weights int8 per output channel; activations quantized at run time,
+each token scaled to its own range), with the attention, norms, patch embedding and projector
+in float32. Why int8: on CPUs without fast floating-point matrix units the fp32 GEMM is the
+tower's floor (~67 GFLOP/s on that Zen 1), and integer GEMMs go below it. Why fbgemm's op and
+not the alternatives, measured at the tower's 4096 x 1152 @ 1152 x 4304 on that (busy) Zen 1:
+``torch._int_mm`` (what torchao's int8 runs on CPU) fell back to a plain loop, 0.8 GFLOP/s,
+against fp32's 23-25 and fbgemm's 48-74 GFLOP/s-equivalent; ``quantize_dynamic`` wraps the same
+fbgemm op in the deprecated ``torch.ao.quantization`` modules, with one activation scale per
+matrix (relative error 0.023 against 0.009-0.01 per token on Gaussian inputs). Which precision
+runs is measured once per CPU (``speeds.choose_tower_dtype``). Agreement with float32, stated and
+tested (tests/test_vision_torch.py, on random-weight towers, not the real one): cosine
+similarity per soft token >= 0.99 and relative L2 <= 0.05. A real tower's outlier channels
+(large in every token) are not helped by per-token scales; that bound is not measured on it.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -45,13 +62,143 @@ def _use_attention(tower: Any, choice: str) -> None:
     tower.set_attn_implementation("medgem")
 
 
+TOWER_DTYPES = ("float32", "bfloat16", "int8")
+INT8_LEVELS = 127  # symmetric: -127..127, so a value and its negation quantize alike
+
+
+def int8_available() -> bool:
+    """Whether this torch has fbgemm's dynamic int8 linear (x86 builds do; others may not)."""
+    import torch
+
+    engines = set(torch.backends.quantized.supported_engines)
+    return bool({"fbgemm", "x86"} & engines) and hasattr(torch.ops.quantized, "linear_dynamic")
+
+
+def pack_int8(weight: Any) -> Any:
+    """fbgemm's packed int8 form of a linear weight, one symmetric scale per output channel.
+
+    Args:
+        weight: (out, in) float.
+
+    Returns:
+        the packed weight for :func:`int8_linear` (no bias: it is added after the rescaling).
+    """
+    import warnings
+
+    import torch
+
+    weight = weight.detach().float()
+    scales = (weight.abs().amax(dim=1).clamp(min=1e-12) / INT8_LEVELS).double()
+    zeros = torch.zeros(weight.shape[0], dtype=torch.int64)
+    with warnings.catch_warnings():  # quantized tensors are deprecated; fbgemm packs from one
+        warnings.simplefilter("ignore")
+        quantized = torch.quantize_per_channel(weight, scales, zeros, 0, torch.qint8)
+        return torch.ops.quantized.linear_prepack(quantized, None)
+
+
+def int8_linear(x: Any, packed: Any, bias: Any | None) -> Any:
+    """x Wᵀ + b through fbgemm's int8 GEMM (vpmaddubsw on AVX2, VNNI where the CPU has it).
+
+    fbgemm quantizes its input with one scale for the whole matrix (and 7 bits on x86, so the
+    u8 x s8 pair sums cannot saturate); each token's row is divided by its own largest magnitude
+    first and multiplied back after, so every token gets the full range of its own scale.
+
+    Args:
+        x: (tokens, in) float32.
+        packed: from :func:`pack_int8`.
+        bias: (out,) float32 or None.
+
+    Returns:
+        (tokens, out) float32.
+    """
+    import torch
+
+    row_max = x.abs().amax(dim=-1, keepdim=True).clamp_(min=1e-12)  # (tokens, 1)
+    out = torch.ops.quantized.linear_dynamic(x / row_max, packed, True).mul_(row_max)
+    return out.add_(bias) if bias is not None else out
+
+
+@functools.cache
+def _int8_module() -> Any:
+    """nn.Module class for :func:`int8_linear` (made on first use: torch is imported lazily)."""
+    import torch
+
+    class Int8Linear(torch.nn.Module):  # type: ignore[misc]
+        """A frozen nn.Linear in int8; same input and output shapes, float32 in and out."""
+
+        def __init__(self, linear: Any) -> None:
+            super().__init__()
+            self.packed = pack_int8(linear.weight)
+            bias = linear.bias.detach().float().clone() if linear.bias is not None else None
+            self.register_buffer("bias", bias)
+            self.in_features, self.out_features = linear.in_features, linear.out_features
+
+        def forward(self, x: Any) -> Any:  # (..., in) -> (..., out)
+            flat = x.reshape(-1, self.in_features)
+            out = int8_linear(flat, self.packed, self.bias)
+            return out.reshape(*x.shape[:-1], self.out_features)
+
+    return Int8Linear
+
+
+def quantize_linears(module: Any) -> int:
+    """Replace every nn.Linear under ``module`` by its W8A8 form, in place; returns how many."""
+    import torch
+
+    int8_type = _int8_module()
+    replaced = 0
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.Linear):
+                setattr(parent, name, int8_type(child))
+                replaced += 1
+    return replaced
+
+
+def measure_linear(dtypes: tuple[str, ...], rows: int = 1024, hidden: int = 1152,
+                   intermediate: int = 4304, repeats: int = 5) -> dict[str, float]:
+    """Seconds per call of the tower's MLP-up layer, (rows, hidden) @ (hidden, intermediate), in
+    each precision: best of ``repeats`` after a warm-up (oneDNN builds its kernels on the first
+    call). int8's time includes scaling and quantizing the activations and scaling the sums
+    back, as the tower pays them. Every row costs the same, so ``rows`` only bounds the work (1024 rows: 10
+    GFLOP, ~0.15 s at 67 GFLOP/s). On a busy 2-core Zen 1, 3 repeats at 512 rows once gave int8
+    1.13x where quieter runs gave 1.6-2.3x: hence 5 repeats of 1024.
+
+    Returns:
+        {"float32": s, "int8": s, ...} for ``dtypes``.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn((rows, hidden), generator=generator)
+    linear = torch.nn.Linear(hidden, intermediate)
+    times: dict[str, float] = {}
+    with torch.inference_mode():
+        for dtype in dtypes:
+            if dtype == "int8":
+                layer, inputs = _int8_module()(linear), x
+            else:
+                layer, inputs = linear.to(getattr(torch, dtype)), x.to(getattr(torch, dtype))
+            layer(inputs)
+            best = float("inf")
+            for _ in range(repeats):
+                began = time.perf_counter()
+                layer(inputs)
+                best = min(best, time.perf_counter() - began)
+            times[dtype] = best
+            linear.float()
+    return times
+
+
 class TorchTower:
     """The mmproj's vision tower + projector as transformers modules.
 
     Args:
         mmproj: the vision projector GGUF.
-        dtype: "bfloat16" or "float32" (default: $MEDGEM_VISION_DTYPE, else bf16 where the CPU
-            has it natively).
+        dtype: "float32", "bfloat16" or "int8" (the encoder's linear layers through fbgemm's
+            int8 GEMM, the rest float32); default: whichever ran the tower's linear shape fastest on this CPU
+            (measured once, kept in the medgem cache: ``speeds.choose_tower_dtype``). The
+            engine passes the ``vision_dtype`` option ($MEDGEM_VISION_DTYPE) here.
         threads: torch threads (default: torch's own).
         attention: "sdpa" (PyTorch's kernel) or a blocked GEMM attention's name
             (``engines.attention``); default: whichever measured fastest at this tower's shape
@@ -66,8 +213,14 @@ class TorchTower:
         from transformers.models.gemma3.modeling_gemma3 import Gemma3MultiModalProjector
 
         from medgem.engines.gguf.write import gguf_target
-        from medgem.hardware import cpu_has_native_bf16
 
+        if dtype is not None and dtype not in TOWER_DTYPES:
+            raise InputError(f"unknown vision dtype '{dtype}'",
+                             f"use one of: {', '.join(TOWER_DTYPES)}")
+        if dtype == "int8" and not int8_available():
+            raise InputError("this PyTorch build has no fbgemm int8 kernels",
+                             "set vision_dtype to float32 (MEDGEM_VISION_DTYPE), or use an x86 "
+                             "build of PyTorch")
         began = time.perf_counter()
         self._torch = torch
         if threads:
@@ -109,11 +262,19 @@ class TorchTower:
                 value = value.reshape(parameter.shape)
                 state[name] = value - 1.0 if target.gemma_norm else value
             module.load_state_dict(state)
-        native = cpu_has_native_bf16()
-        self.dtype = dtype or ("bfloat16" if native else "float32")
-        torch_dtype = getattr(torch, self.dtype)
+        self.dtype_times: dict[str, float] = {}
+        if dtype is None:
+            from medgem.engines.llamacpp.speeds import choose_tower_dtype
+
+            dtype, self.dtype_times = choose_tower_dtype(torch.get_num_threads())
+        self.dtype = dtype
+        # int8 computes in float32 between its integer GEMMs (attention, norms, GELU)
+        self.compute_dtype = "float32" if dtype == "int8" else dtype
+        torch_dtype = getattr(torch, self.compute_dtype)
         self.tower.to(torch_dtype)
         self.projector.to(torch_dtype)
+        encoder = getattr(self.tower, "vision_model", self.tower).encoder  # transformers 4 / 5
+        self.int8_layers = quantize_linears(encoder) if dtype == "int8" else 0
         tokens = (image_size // patch_size) ** 2
         head_dim = vision.hidden_size // vision.num_attention_heads
         self.attention_times: dict[str, float] = {}
@@ -121,7 +282,8 @@ class TorchTower:
             from medgem.engines.llamacpp.speeds import choose_attention
 
             attention, self.attention_times = choose_attention(
-                tokens, vision.num_attention_heads, head_dim, self.dtype, torch.get_num_threads())
+                tokens, vision.num_attention_heads, head_dim, self.compute_dtype,
+                torch.get_num_threads())
         self.attention = attention
         _use_attention(self.tower, attention)
         self.image_size = image_size
@@ -144,7 +306,7 @@ class TorchTower:
         std = np.array(self.std, dtype=np.float32)
         normalised = ((scaled - mean) / std).astype(np.float32)
         batch = torch.from_numpy(normalised.transpose(2, 0, 1).copy())[None]
-        dtype = getattr(torch, self.dtype)
+        dtype = getattr(torch, self.compute_dtype)
         with torch.inference_mode():
             hidden = self.tower(pixel_values=batch.to(dtype)).last_hidden_state
             tokens = self.projector(hidden)
