@@ -49,3 +49,21 @@ def test_llama_cpp_is_neither_ticked_nor_recommended_when_its_probe_fails(tmp_pa
     assert "does not run on this CPU" in result.stdout
     assert "Recommended here" not in result.stdout
     assert not re.search(r"^  \S+\s+yes\s+llamacpp", result.stdout, re.M)
+
+
+def test_measure_keeps_the_vision_choice_that_later_runs_read(tmp_path: Path) -> None:
+    """`doctor --measure` times the clip and PyTorch once (in a child process) and keeps the
+    choice; a later `doctor` (and every engine) reads it back without measuring; before it,
+    the clip, with the hint to measure."""
+    env = {"MEDGEM_CACHE": str(tmp_path)}
+    before = json.loads(run_cli("doctor", "--json", env=env).stdout)["llamacpp"]["vision"]
+    assert before["path"] == "llamacpp" and "doctor --measure" in before["why"]
+    assert not (tmp_path / "kernels.json").exists()
+    measured = run_cli("doctor", "--measure", "--json", env=env, timeout=600)
+    assert measured.returncode == 0, measured.stderr
+    vision = json.loads(measured.stdout)["llamacpp"]["vision"]
+    assert vision["path"] in ("llamacpp", "torch") and "measured here once" in vision["why"]
+    kept = json.loads((tmp_path / "kernels.json").read_text())
+    assert [key for key in kept if key.startswith("vision|")]
+    again = json.loads(run_cli("doctor", "--json", env=env).stdout)["llamacpp"]["vision"]
+    assert again == vision

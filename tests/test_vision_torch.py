@@ -88,7 +88,8 @@ def test_choosing_the_vision_path(tmp_path: Path) -> None:
     # `medgem inspect` never measures: nothing kept means the clip
     store = tmp_path / "kernels.json"
     assert choose_vision("auto", measure=False, path=store) == (
-        "llamacpp", "llama.cpp's clip (the PyTorch tower is not measured here yet)")
+        "llamacpp", "llama.cpp's clip (the PyTorch tower is not measured here yet: "
+                    "`medgem doctor --measure` measures both once)")
     assert not store.exists()
 
 

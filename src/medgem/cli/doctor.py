@@ -85,7 +85,37 @@ def measure_bandwidth_gbs(size_mb: int = 256, repeats: int = 3) -> float:
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("doctor", help="check this machine and what will run on it")
     parser.add_argument("--json", action="store_true", help="print the same facts as JSON")
+    parser.add_argument("--measure", action="store_true",
+                        help="measure once where this CPU runs the vision tower fastest (llama.cpp's "
+                             "clip or PyTorch, and PyTorch's precision: float32, bfloat16 or int8); "
+                             "about a minute on 2 cores, kept for every later run")
     parser.set_defaults(func=run)
+
+
+def measure_vision(asked: str | None) -> tuple[str, str]:
+    """(path, why) from ``speeds.choose_vision``'s one-time measurement, taken in a child
+    process: it runs llama.cpp's clip, and native code runs only where a crash costs one line
+    (the probe has shown llama.cpp runs on this CPU before this is called).
+
+    Raises:
+        EngineUnavailableError: the child failed; its last line says why.
+    """
+    import subprocess
+    import sys
+
+    from medgem.errors import EngineUnavailableError
+
+    code = ("import json, sys; from medgem.engines.llamacpp.speeds import choose_vision; "
+            "print(json.dumps(choose_vision(sys.argv[1] or None, measure=True)))")
+    done = subprocess.run([sys.executable, "-c", code, asked or ""], capture_output=True, text=True,
+                          check=False)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        raise EngineUnavailableError(f"the vision measurement failed: {last}",
+                                     "run `medgem doctor` to see whether llama.cpp runs here")
+    path, why = json.loads(lines[-1])
+    return str(path), str(why)
 
 
 def llamacpp_report() -> dict[str, Any]:
@@ -109,6 +139,13 @@ def llamacpp_report() -> dict[str, Any]:
             "weight_repacking": use_extra_buffers(repack=settings.repack),
             # what the engine measured here (doctor runs no llama.cpp in this process)
             "vision": dict(zip(("path", "why"), choose_vision(settings.vision, measure=False), strict=True))}
+
+
+def llamacpp_settings_vision() -> str | None:
+    """The ``vision`` setting (config file / MEDGEM_VISION), which the measurement honours."""
+    from medgem.cli.common import llamacpp_settings
+
+    return llamacpp_settings().vision
 
 
 def plan(variant: Variant, hardware: Hardware, engines: dict[str, bool], bandwidth_gbs: float
@@ -195,6 +232,12 @@ def run(args: argparse.Namespace) -> int:
     engines = {name: all(importlib.util.find_spec(module) is not None for module in modules)
                for name, modules in ENGINE_PACKAGES.items()}
     llama = llamacpp_report()
+    if args.measure and llama["installed"] and llama["runs_here"]:
+        if not args.json:
+            print("measuring the vision tower here once (llama.cpp's clip and PyTorch; about a "
+                  "minute on 2 cores) ...", flush=True)
+        path, why = measure_vision(llamacpp_settings_vision())
+        llama["vision"] = {"path": path, "why": why}
     # llama.cpp counts as an engine here only when it has been seen to run on this CPU.
     engines["llamacpp (llama-cpp-python)"] = bool(llama["runs_here"])
     bandwidth = measure_bandwidth_gbs()

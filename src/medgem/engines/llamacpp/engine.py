@@ -235,7 +235,9 @@ class LlamaCppEngine:
             from medgem.engines.llamacpp.speeds import choose_vision
             from medgem.engines.llamacpp.vision_torch import TorchTower
 
-            self.vision = choose_vision(options.vision)
+            # What `medgem doctor --measure` measured here, else the clip: a first image
+            # question never waits a minute for a measurement it did not ask for.
+            self.vision = choose_vision(options.vision, measure=False)
             if self.vision[0] == "torch":
                 self._tower = TorchTower(checkpoint.mmproj, threads=threads,  # type: ignore[arg-type]
                                          dtype=options.vision_dtype)

@@ -125,8 +125,9 @@ def choose_vision(asked: str | None = None, measure: bool = True, threads: int |
     versions): one layer of the 4B's tower at 896 px through llama.cpp's clip (f16, flash
     attention) and through PyTorch in the precision ``choose_tower_dtype`` picked (int8 on CPUs
     without fast float matrix units); PyTorch only when it is ``TORCH_MARGIN`` faster. Without
-    PyTorch, or with ``measure`` False and nothing kept (``medgem inspect`` runs nothing),
-    llama.cpp's clip. Earlier figures: on an AVX512-BF16 Zen 5 (2 cores, 4B shape) the tower in
+    PyTorch, or with ``measure`` False and nothing kept, llama.cpp's clip: the engine and
+    ``medgem inspect`` pass False (the measurement takes about a minute on 2 cores, too long
+    for a first question to wait on); ``medgem doctor --measure`` takes it, in a child process. Earlier figures: on an AVX512-BF16 Zen 5 (2 cores, 4B shape) the tower in
     PyTorch bf16 took 19.9 s against the clip's 19.2 s and twice the memory
     (benchmarks/bench_vision.py).
 
@@ -148,7 +149,8 @@ def choose_vision(asked: str | None = None, measure: bool = True, threads: int |
     key = vision_key(threads)
     entry = _kept(key, path)
     if entry is None and not measure:
-        return "llamacpp", "llama.cpp's clip (the PyTorch tower is not measured here yet)"
+        return "llamacpp", ("llama.cpp's clip (the PyTorch tower is not measured here yet: "
+                            "`medgem doctor --measure` measures both once)")
     if entry is None:
         times, dtype = measure_vision_paths(threads)
         entry = {"choice": pick_vision(times), "times": {k: round(v, 4) for k, v in times.items()},
