@@ -15,10 +15,14 @@ import json
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -262,3 +266,50 @@ def load_slide(server: Orthanc, folder: Path, *, cells: tuple[int, int] = (6, 4)
     head = pydicom.dcmread(levels[0], stop_before_pixels=True)
     return SlideOnPacs(folder, str(head.StudyInstanceUID), str(head.SeriesInstanceUID), levels,
                        sum(p.stat().st_size for p in files))
+
+
+class FrontOfOrthanc(BaseHTTPRequestHandler):
+    """A loopback front for an Orthanc that tests subclass to misbehave (slow, locked, losing
+    frames, a login page): ``forward`` passes one GET on to ``upstream`` and relays its answer."""
+
+    upstream = ""
+
+    def forward(self, path: str | None = None) -> None:
+        answer = requests.get(self.upstream + (self.path if path is None else path), timeout=30,
+                              headers={"Accept": self.headers.get("Accept", "*/*")})
+        self.send_response(answer.status_code)
+        if "Content-Type" in answer.headers:
+            self.send_header("Content-Type", answer.headers["Content-Type"])
+        self.send_header("Content-Length", str(len(answer.content)))
+        self.end_headers()
+        self.wfile.write(answer.content)
+
+    def log_message(self, *args: object) -> None:
+        return None
+
+
+@contextmanager
+def serving_front(handler: type[FrontOfOrthanc], upstream: str) -> Iterator[str]:
+    """``handler`` on a free loopback port in front of ``upstream``: its URL while in use."""
+    handler.upstream = upstream
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def stored_reports(pacs: Orthanc, study: str) -> list[Any]:
+    """Every SR medgem stored in the study, read back from Orthanc over WADO-RS."""
+    from dicomweb_client.api import DICOMwebClient
+
+    client = DICOMwebClient(pacs.dicomweb)
+    found = []
+    for series in client.search_for_series(study, search_filters={"Modality": "SR"}):
+        series_uid = series["0020000E"]["Value"][0]
+        for instance in client.search_for_instances(study, series_uid):
+            found.append(client.retrieve_instance(study, series_uid, instance["00080018"]["Value"][0]))
+    return [ds for ds in found if ds.get("Manufacturer") == "medgem"]

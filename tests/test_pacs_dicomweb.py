@@ -10,14 +10,12 @@ import os
 import tempfile
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import pydicom
 import pytest
-import requests
 
 from conftest import run_cli
 from imaging_fixtures import PHI
@@ -27,7 +25,7 @@ from medgem.inputs.pacs import parse_study_reference, uid_hash
 from medgem.inputs.pacs.reference import is_allowed
 from medgem.request.compose import request_for_inputs
 from medgem.request.request import TextPart
-from pacs_fixtures import Orthanc, free_port
+from pacs_fixtures import FrontOfOrthanc, Orthanc, free_port, serving_front
 
 
 def _pixels(inputs: Inputs) -> list[np.ndarray]:
@@ -174,11 +172,10 @@ def test_a_pacs_that_is_down_or_locked_is_refused_in_bounded_time(orthanc_locked
         read_inputs([locked])
 
 
-class _SlowOrGuarded(BaseHTTPRequestHandler):
-    """A loopback front for Orthanc: wants ``Bearer good`` (else 401), then forwards; or, for
-    paths under /slow, answers nothing for 5 s."""
+class _SlowOrGuarded(FrontOfOrthanc):
+    """Wants ``Bearer good`` (else 401), then forwards; or, for paths under /slow, answers
+    nothing for 5 s."""
 
-    upstream = ""
     seen: ClassVar[list[str]] = []
 
     def do_GET(self) -> None:
@@ -190,28 +187,13 @@ class _SlowOrGuarded(BaseHTTPRequestHandler):
             self.send_response(401)
             self.end_headers()
             return
-        answer = requests.get(self.upstream + self.path, headers={"Accept": self.headers.get("Accept", "*/*")},
-                              timeout=30)
-        self.send_response(answer.status_code)
-        for name in ("Content-Type",):
-            if name in answer.headers:
-                self.send_header(name, answer.headers[name])
-        self.send_header("Content-Length", str(len(answer.content)))
-        self.end_headers()
-        self.wfile.write(answer.content)
-
-    def log_message(self, *args: object) -> None:
-        return None
+        self.forward()
 
 
 @pytest.fixture(scope="module")
 def guarded(orthanc: Orthanc) -> Iterator[str]:
-    _SlowOrGuarded.upstream = orthanc.url
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _SlowOrGuarded)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with serving_front(_SlowOrGuarded, orthanc.url) as url:
+        yield url
 
 
 def test_the_bearer_token_reaches_the_pacs_from_the_flag_or_the_config_file(

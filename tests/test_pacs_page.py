@@ -11,32 +11,29 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
 import pytest
-import requests
 
 from medgem.audit import AuditStore, open_store
 from medgem.inputs.pacs import is_allowed, parse_study_reference, uid_hash
 from medgem.inputs.pacs.browse import StudyQuery, pacs_sources, person_name
 from medgem.server.app import create_app
 from medgem.server.server_config import ServerConfig
-from pacs_fixtures import Orthanc, free_port
+from pacs_fixtures import FrontOfOrthanc, Orthanc, free_port, serving_front
 from test_server_helpers import audited, scripted_model, serve_in_thread
 
 # The fixtures' patient as the browse list shows it (imaging_fixtures.PHI): never in the audit.
 NAME_PARTS = ("Doe", "DOE", "Jane", "Quincy", "MRN-99887766", "ACC-5544332")
 
 
-class _Front(BaseHTTPRequestHandler):
+class _Front(FrontOfOrthanc):
     """A loopback front: ``/count`` answers 500 and counts (a PACS no one allowed), ``/slow``
     answers nothing for 5 s, ``/html`` a login page, ``/guarded`` wants ``Bearer good`` (else
     401) and forwards to the Orthanc."""
 
-    upstream = ""
     hits: ClassVar[list[str]] = []
     tokens: ClassVar[list[str]] = []
 
@@ -63,26 +60,13 @@ class _Front(BaseHTTPRequestHandler):
             self.send_response(401)
             self.end_headers()
             return
-        answer = requests.get(self.upstream + self.path.removeprefix("/guarded"), timeout=30,
-                              headers={"Accept": self.headers.get("Accept", "*/*")})
-        self.send_response(answer.status_code)
-        self.send_header("Content-Type", answer.headers.get("Content-Type", "application/octet-stream"))
-        self.send_header("Content-Length", str(len(answer.content)))
-        self.end_headers()
-        self.wfile.write(answer.content)
-
-    def log_message(self, *args: object) -> None:
-        return None
+        self.forward(self.path.removeprefix("/guarded"))
 
 
 @pytest.fixture(scope="module")
 def front(orthanc: Orthanc) -> Iterator[str]:
-    _Front.upstream = orthanc.url
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Front)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with serving_front(_Front, orthanc.url) as url:
+        yield url
 
 
 def test_a_query_becomes_the_matching_keys_and_the_audit_only_their_names() -> None:

@@ -20,26 +20,15 @@ from medgem.audit import open_store
 from medgem.inputs.pacs import uid_hash
 from medgem.server.app import create_app
 from medgem.server.server_config import ServerConfig
-from pacs_fixtures import Orthanc, start_orthanc
+from pacs_fixtures import Orthanc, start_orthanc, stored_reports
 from test_server_helpers import SCRIPTED_ID, audited, scripted_model, serve_in_thread
 
 CORRECTION = "Petit pneumothorax apical gauche ; pas d'épanchement."  # not ASCII
 
 
-def _reports(pacs: Orthanc, study: str) -> list[Any]:
-    """Every SR medgem stored in the study, read back from Orthanc over WADO-RS."""
-    client = DICOMwebClient(pacs.dicomweb)
-    found = []
-    for series in client.search_for_series(study, search_filters={"Modality": "SR"}):
-        series_uid = series["0020000E"]["Value"][0]
-        for instance in client.search_for_instances(study, series_uid):
-            found.append(client.retrieve_instance(study, series_uid, instance["00080018"]["Value"][0]))
-    return [ds for ds in found if ds.get("Manufacturer") == "medgem"]
-
-
 def _about(pacs: Orthanc, study: str, answer_id: str) -> list[Any]:
     """The SRs in the study that name this answer's audit record."""
-    return [ds for ds in _reports(pacs, study) if _content(ds)["Audit record id"][0].TextValue == answer_id]
+    return [ds for ds in stored_reports(pacs, study) if _content(ds)["Audit record id"][0].TextValue == answer_id]
 
 
 def _content(ds: Any) -> dict[str, list[Any]]:
@@ -93,10 +82,10 @@ def test_a_corrected_answer_goes_back_with_the_correction_and_the_reviewer(
     (source,) = [r for r in store.children(answer["audit_id"]) if r.kind == "pacs_source"]
     assert source.body["instances"] == [uid_hash(uids["cr_instance"])]
     assert source.body["study"] == uid_hash(uids["cr_study"]) and uids["cr_study"] not in json.dumps(source.body)
-    before = len(_reports(orthanc, uids["cr_study"]))
+    before = len(stored_reports(orthanc, uids["cr_study"]))
 
     _refused(_audit(audit, "send-back", answer["audit_id"], "--study", reference), "was not reviewed")
-    assert len(_reports(orthanc, uids["cr_study"])) == before  # nothing stored
+    assert len(stored_reports(orthanc, uids["cr_study"])) == before  # nothing stored
 
     review = _audit(audit, "review", answer["audit_id"], "correct", "--correction", CORRECTION,
                     "--reviewer", "Jane Roe")
@@ -106,7 +95,7 @@ def test_a_corrected_answer_goes_back_with_the_correction_and_the_reviewer(
     assert "corrected by Jane Roe" in sent.stderr
 
     (sr,) = _about(orthanc, uids["cr_study"], answer["audit_id"])
-    assert len(_reports(orthanc, uids["cr_study"])) == before + 1
+    assert len(stored_reports(orthanc, uids["cr_study"])) == before + 1
     content = _content(sr)
     assert content["Finding"][0].TextValue == CORRECTION
     assert content["Comment"][0].TextValue == answer["caveat"]
@@ -142,11 +131,11 @@ def test_a_rejected_answer_is_refused_and_the_latest_review_stands(
 
     audit, uids, reference = tmp_path / "audit.sqlite", orthanc.uids, _cr(orthanc)
     answer = _ask(tiny_vlm_checkpoint, audit, "--study", reference)
-    before = len(_reports(orthanc, uids["cr_study"]))
+    before = len(stored_reports(orthanc, uids["cr_study"]))
     assert _audit(audit, "review", answer["audit_id"], "reject", "--reviewer", "Dr House").returncode == 0
     _refused(_audit(audit, "send-back", answer["audit_id"], "--study", reference, "--allow-unreviewed"),
              "was rejected by Dr House")
-    assert len(_reports(orthanc, uids["cr_study"])) == before
+    assert len(stored_reports(orthanc, uids["cr_study"])) == before
 
     assert _audit(audit, "review", answer["audit_id"], "accept", "--reviewer", "Dr House").returncode == 0
     # another study, or the same study on another route than its images came by: refused first
@@ -154,7 +143,7 @@ def test_a_rejected_answer_is_refused_and_the_latest_review_stands(
                     f"{orthanc.dicomweb}/studies/{uids['study']}"), "another study")
     _refused(_audit(audit, "send-back", answer["audit_id"], "--study", orthanc.dimse(uids["cr_study"])),
              "came from")
-    assert len(_reports(orthanc, uids["cr_study"])) == before
+    assert len(stored_reports(orthanc, uids["cr_study"])) == before
 
     posted: list[dict[str, Any]] = []
     for base in serve_fhir(synthea_bundle(), token="fhir-ok", posted=posted):
@@ -223,20 +212,20 @@ def test_the_server_sends_back_on_review_and_says_why_not(
     audit = tmp_path / "audit.sqlite"
     store = open_store(audit)
     config = ServerConfig(allowed_pacs=(orthanc.dicomweb,), send_back=True)
-    before = len(_reports(orthanc, uids["cr_study"]))
+    before = len(stored_reports(orthanc, uids["cr_study"]))
     with serve_in_thread(create_app(config, audited(scripted_model(), store))) as base:
         asked = _chat(base, reference)
         assert asked.status_code == 200, asked.text
         answer_id = asked.json()["medgem"]["audit_id"]
         assert asked.json()["medgem"]["send_back"] is None  # nobody reviewed it: nothing goes
         assert [r.kind for r in store.children(answer_id)] == ["pacs_source"]
-        assert len(_reports(orthanc, uids["cr_study"])) == before
+        assert len(stored_reports(orthanc, uids["cr_study"])) == before
 
         rejected = _review(base, answer_id, "reject", reviewer="Dr Grey")
         assert rejected.status_code == 201, rejected.text
         assert rejected.json()["send_back"]["status"] == "not_sent"
         assert "rejected by Dr Grey" in rejected.json()["send_back"]["message"]
-        assert len(_reports(orthanc, uids["cr_study"])) == before
+        assert len(stored_reports(orthanc, uids["cr_study"])) == before
 
         corrected = _review(base, answer_id, "correct", correction=CORRECTION, reviewer="Dr Grey")
         assert corrected.status_code == 201, corrected.text
@@ -261,7 +250,7 @@ def test_the_server_sends_back_on_review_and_says_why_not(
     by_cli = _audit(audit, "send-back", answer_id, "--study", reference)  # what the reply said to do
     assert by_cli.returncode == 0, by_cli.stderr
     assert len(_about(orthanc, uids["cr_study"], answer_id)) == 2
-    assert len(_reports(orthanc, uids["cr_study"])) == before + 2
+    assert len(stored_reports(orthanc, uids["cr_study"])) == before + 2
 
 
 def _stream_extra(base: str, source: str) -> dict[str, Any]:

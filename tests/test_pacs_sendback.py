@@ -11,25 +11,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from dicomweb_client import DICOMwebClient
 
 from conftest import run_cli
 from medgem.errors import PacsError
 from medgem.inputs import read_inputs
 from medgem.inputs.pacs import parse_study_reference, uid_hash
 from medgem.sendback import diagnostic_report, send_report
-from pacs_fixtures import Orthanc, free_port
-
-
-def _reports(orthanc: Orthanc, study: str) -> list[Any]:
-    """Every SR instance in the study, read back from Orthanc over WADO-RS."""
-    client = DICOMwebClient(orthanc.dicomweb)
-    found = []
-    for series in client.search_for_series(study, search_filters={"Modality": "SR"}):
-        series_uid = series["0020000E"]["Value"][0]
-        for instance in client.search_for_instances(study, series_uid):
-            found.append(client.retrieve_instance(study, series_uid, instance["00080018"]["Value"][0]))
-    return [ds for ds in found if ds.get("Manufacturer") == "medgem"]
+from pacs_fixtures import Orthanc, free_port, stored_reports
 
 
 def _content(ds: Any) -> dict[str, list[Any]]:
@@ -50,12 +38,12 @@ def _cr(orthanc: Orthanc, protocol: str = "dicomweb") -> Any:
 @pytest.mark.parametrize("protocol", ["dicomweb", "dimse"])
 def test_the_sr_is_stored_and_read_back_with_answer_references_and_boxes(orthanc: Orthanc, protocol: str) -> None:
     study = _cr(orthanc, protocol)
-    before = len(_reports(orthanc, orthanc.uids["cr_study"]))
+    before = len(stored_reports(orthanc, orthanc.uids["cr_study"]))
     answer = f"Petit pneumothorax apical gauche, côté gauche ({protocol})."  # not ASCII
     sr, body = send_report(study, answer=answer, model="medgem-test-vlm", model_version="abc (hf)",
                            caveat="Not for clinical use.", audit_id="answer-123", reviewed=None,
                            boxes=[("pneumothorax", 10.0, 20.0, 110.0, 220.0)])
-    stored = _reports(orthanc, orthanc.uids["cr_study"])
+    stored = stored_reports(orthanc, orthanc.uids["cr_study"])
     assert len(stored) == before + 1
     (back,) = [ds for ds in stored if ds.SOPInstanceUID == sr.SOPInstanceUID]
     assert back.StudyInstanceUID == orthanc.uids["cr_study"]  # filed beside its image
@@ -83,12 +71,12 @@ def test_the_sr_is_stored_and_read_back_with_answer_references_and_boxes(orthanc
 
 def test_nothing_is_stored_when_the_pacs_is_down(orthanc: Orthanc) -> None:
     study = _cr(orthanc)
-    before = len(_reports(orthanc, orthanc.uids["cr_study"]))
+    before = len(stored_reports(orthanc, orthanc.uids["cr_study"]))
     gone = dataclasses.replace(study, reference=dataclasses.replace(
         study.reference, root=f"http://127.0.0.1:{free_port()}/dicom-web", timeout=2))
     with pytest.raises(PacsError, match="cannot reach"):
         send_report(gone, answer="x", model="m", model_version="v", caveat="c", audit_id=None, reviewed=None)
-    assert len(_reports(orthanc, orthanc.uids["cr_study"])) == before
+    assert len(stored_reports(orthanc, orthanc.uids["cr_study"])) == before
 
 
 def test_cli_send_back_is_refused_unreviewed_and_audited_when_allowed(
@@ -98,7 +86,7 @@ def test_cli_send_back_is_refused_unreviewed_and_audited_when_allowed(
     audit = tmp_path / "audit.sqlite"
     uids = orthanc.uids
     url = f"{orthanc.dicomweb}/studies/{uids['cr_study']}/series/{uids['cr_series']}/instances/{uids['cr_instance']}"
-    before = len(_reports(orthanc, uids["cr_study"]))
+    before = len(stored_reports(orthanc, uids["cr_study"]))
     common = ["--model", str(tiny_vlm_checkpoint), "--max-new-tokens", "3", "--no-server",
               "--audit-db", str(audit)]
     refused = run_cli("ask", "Pneumothorax?", "--study", url, "--send-back", *common)
@@ -106,12 +94,12 @@ def test_cli_send_back_is_refused_unreviewed_and_audited_when_allowed(
     assert "--send-back-unreviewed" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
     store = open_store(audit)
     assert store.count() == 0  # refused before anything was fetched or generated
-    assert len(_reports(orthanc, uids["cr_study"])) == before
+    assert len(stored_reports(orthanc, uids["cr_study"])) == before
     sent = run_cli("ask", "Pneumothorax?", "--study", url, "--send-back", "--send-back-unreviewed",
                    "--json", *common)
     assert sent.returncode == 0, sent.stderr
     answer = json.loads(sent.stdout)
-    stored = _reports(orthanc, uids["cr_study"])
+    stored = stored_reports(orthanc, uids["cr_study"])
     assert len(stored) == before + 1
     (new,) = [ds for ds in stored if _content(ds)["Audit record id"][0].TextValue == answer["audit_id"]]
     assert _content(new)["Finding"][0].TextValue == (answer["answer"] or "(empty answer)")

@@ -5,16 +5,13 @@ the sampled patches fetched, and every bad case one line."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import pydicom
 import pytest
-import requests
 
 import wsi_fixtures
 from conftest import run_cli
@@ -24,7 +21,7 @@ from medgem.inputs.options import ImagingOptions
 from medgem.inputs.pacs import parse_study_reference, uid_hash
 from medgem.request.compose import request_for_inputs
 from medgem.request.request import TextPart
-from pacs_fixtures import Orthanc, SlideOnPacs, load_slide
+from pacs_fixtures import FrontOfOrthanc, Orthanc, SlideOnPacs, load_slide, serving_front
 
 pytest.importorskip("wsidicom")  # the local side of the comparison reads the folder with it
 
@@ -130,10 +127,9 @@ def test_a_level_without_frames_is_refused_in_one_line(orthanc: Orthanc, tmp_pat
     assert "\n" not in str(caught.value)
 
 
-class _LosesFrames(BaseHTTPRequestHandler):
-    """A loopback front for Orthanc that forwards every request but answers 404 to frames."""
+class _LosesFrames(FrontOfOrthanc):
+    """Forwards every request but answers 404 to frames."""
 
-    upstream = ""
     frames_asked: ClassVar[list[str]] = []
 
     def do_GET(self) -> None:
@@ -143,27 +139,13 @@ class _LosesFrames(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        answer = requests.get(self.upstream + self.path, timeout=30,
-                              headers={"Accept": self.headers.get("Accept", "*/*")})
-        self.send_response(answer.status_code)
-        if "Content-Type" in answer.headers:
-            self.send_header("Content-Type", answer.headers["Content-Type"])
-        self.send_header("Content-Length", str(len(answer.content)))
-        self.end_headers()
-        self.wfile.write(answer.content)
-
-    def log_message(self, *args: object) -> None:
-        return None
+        self.forward()
 
 
 @pytest.fixture(scope="module")
 def loses_frames(orthanc: Orthanc) -> Iterator[str]:
-    _LosesFrames.upstream = orthanc.url
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _LosesFrames)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with serving_front(_LosesFrames, orthanc.url) as url:
+        yield url
 
 
 def test_a_frame_the_pacs_does_not_have_is_one_line(slide: SlideOnPacs, loses_frames: str) -> None:
