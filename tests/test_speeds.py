@@ -74,6 +74,36 @@ def test_an_image_question_records_what_inspect_estimates_from(
 
 
 @pytest.mark.usefixtures("llamacpp_runs")
+def test_pytorch_tower_figures_are_kept_per_precision(converted_vlm: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """An int8 tower and a float32 one run at different speeds: the figures of one never
+    estimate the other."""
+    from PIL import Image
+
+    from medgem.engines import LlamaCppOptions, load_engine
+    from medgem.request import GenerationOptions, ImagePart, Message, Request, TextPart
+    from medgem.resolve import resolve_checkpoint
+
+    monkeypatch.setenv("MEDGEM_CACHE", str(tmp_path))
+    checkpoint = resolve_checkpoint(converted_vlm)
+    engine: Any = load_engine("llamacpp", checkpoint, LlamaCppOptions(vision="torch", vision_dtype="float32",
+                                                                      threads=2))
+    try:
+        image = Image.fromarray(np.random.default_rng(4).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+        request = Request((Message("user", (ImagePart(image), TextPart("Describe this X-ray."))),),
+                          GenerationOptions(max_new_tokens=2))
+        list(engine.generate(request))
+    finally:
+        engine.close()
+    assert any("|torch-float32|" in key for key in speeds.measured_keys())
+    found = speeds.estimate_first_token(checkpoint.path, checkpoint.mmproj, 4, threads=2, vision="torch",
+                                        vision_dtype="float32")
+    assert found[1] is not None and found[1].vision_s_per_image is not None
+    assert speeds.estimate_first_token(checkpoint.path, checkpoint.mmproj, 4, threads=2, vision="torch",
+                                       vision_dtype="int8") == (None, None)
+
+
+@pytest.mark.usefixtures("llamacpp_runs")
 def test_inspect_estimates_a_volume_s_first_token_from_what_was_measured_here(
         converted_vlm: Path, tmp_path: Path) -> None:
     from conftest import run_cli

@@ -141,8 +141,9 @@ def first_token_estimate(model: str, item: MedicalInput, instruction: object) ->
     images = len(item.images)
     # the question and template, the instruction, and a marker after each image of a sequence
     text_tokens = 48 + len(str(instruction or "")) // 4 + (4 * images if item.kind == "volume" else 0)
+    settings = llamacpp_settings()
     seconds, measured = estimate_first_token(checkpoint.path, checkpoint.mmproj, images, text_tokens,
-                                             vision=llamacpp_settings().vision)
+                                             vision=settings.vision, vision_dtype=settings.vision_dtype)
     if seconds is None or measured is None:
         return {"seconds": None, "text": f"not measured with {checkpoint.path.name} on this machine "
                 "yet: ask it one question with an image and medgem records its speeds"}

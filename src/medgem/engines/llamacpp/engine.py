@@ -241,7 +241,9 @@ class LlamaCppEngine:
             if self.vision[0] == "torch":
                 self._tower = TorchTower(checkpoint.mmproj, threads=threads,  # type: ignore[arg-type]
                                          dtype=options.vision_dtype)
-        self._speed_key = speeds.speed_key(checkpoint.path, checkpoint.mmproj, self.vision[0], threads)
+        self._speed_key = speeds.speed_key(
+            checkpoint.path, checkpoint.mmproj,
+            speeds.vision_label(self.vision[0], self._tower.dtype if self._tower is not None else None), threads)
         # Image embeddings by pixel digest: a second question about the same study (another
         # conversation, another slot) skips the vision tower. Bounded (embed_cache_mb); on disk
         # too with embed_cache_dir (per projector and tower, so embeddings from another model

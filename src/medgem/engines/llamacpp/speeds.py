@@ -43,6 +43,21 @@ def speed_key(model: Path, mmproj: Path | None, vision: str, threads: int) -> st
     return f"{ident(model)}|{ident(mmproj)}|{vision}|{threads}t|{cpu_name()}"
 
 
+def vision_label(path: str, torch_dtype: str | None) -> str:
+    """Where the tower runs as the speeds store keys it: PyTorch's figures per precision (an
+    int8 tower and a float32 one are different speeds), the clip's as "llamacpp"."""
+    return f"torch-{torch_dtype}" if path == "torch" and torch_dtype else path
+
+
+def kept_tower_dtype(threads: int, asked: str | None = None, path: Path | None = None) -> str | None:
+    """The PyTorch tower's precision without measuring: ``asked`` (the ``vision_dtype``
+    option), else what ``choose_tower_dtype`` kept here, else None (not measured yet)."""
+    if asked:
+        return asked
+    entry = _kept(tower_dtype_key(threads), path)
+    return str(entry["choice"]) if entry is not None else None
+
+
 @dataclass(frozen=True)
 class Speeds:
     """Median figures for one key; None where that figure was never measured."""
@@ -286,13 +301,17 @@ def _torch_installed() -> bool:
 
 def estimate_first_token(model: Path, mmproj: Path | None, images: int, text_tokens: int = 64,
                          threads: int | None = None, vision: str | None = None,
-                         path: Path | None = None) -> tuple[float | None, Speeds | None]:
+                         path: Path | None = None, vision_dtype: str | None = None
+                         ) -> tuple[float | None, Speeds | None]:
     """Seconds to the first token for ``images`` images and ~``text_tokens`` of text with this
-    GGUF on this machine, from the figures measured here: (None, None) when none were."""
+    GGUF on this machine, from the figures measured here (for PyTorch's tower, those of the
+    precision it would run in): (None, None) when none were."""
     from medgem.engines.gguf.read import read_header
 
     threads = threads or max(1, len(os.sched_getaffinity(0)))
     where = choose_vision(vision, measure=False)[0] if mmproj is not None else "none"
+    if where == "torch":
+        where = vision_label(where, kept_tower_dtype(threads, vision_dtype, path))
     measured = lookup(speed_key(model, mmproj, where, threads), path)
     if measured is None:
         return None, None
