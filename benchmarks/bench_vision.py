@@ -56,12 +56,12 @@ def main() -> int:
         return 0
     if not (FOLDER / "model.gguf").exists():
         raise SystemExit(f"no {FOLDER}/model.gguf: run benchmarks/bench_llamacpp.py first")
-    from medgem.engines.llamacpp.speeds import choose_vision
+    from medgem.engines.llamacpp.vision_measure import measure_vision
     from medgem.hardware import cpu_flags
 
     flags = sorted(f for f in cpu_flags() if f.startswith(("avx512", "amx", "avx2", "avx_vnni")))
     print(f"CPU flags: {' '.join(flags)}; cores: {len(os.sched_getaffinity(0))}")
-    print(f"auto picks: {choose_vision('auto')}")
+    print(f"auto picks: {measure_vision('auto')}")
     results = {}
     import tempfile
 

@@ -3,7 +3,7 @@ same run (issue 27), so the targets hold on every CPU kind (AVX2-only, AVX-512, 
 
   1. the CPU's GEMM peak at the vision tower's shapes, fp32 and bf16 (bf16 only counts where
      the CPU has it natively: AVX512-BF16 or AMX; elsewhere it is emulated and never picked),
-     and the int8 linear (``vision_torch.int8_linear``, fbgemm: its activation scaling and
+     and the int8 linear (``engines.int8.int8_linear``, fbgemm: its activation scaling and
      quantization included) as GFLOP/s-equivalent, the float FLOPs it replaces per second;
   2. the tower's attention alone at its shape: PyTorch's SDPA against the blocked-GEMM
      attention (``medgem.engines.attention``), GFLOP/s and share of the peak;
@@ -78,7 +78,7 @@ def gemm_peak(rows: int, repeats: int) -> dict[str, float]:
     int8, GFLOP/s-equivalent of the W8A8 linear the int8 tower runs (quantizing included)."""
     import torch
 
-    from medgem.engines.llamacpp.vision_torch import int8_linear, pack_int8
+    from medgem.engines.int8 import int8_linear, pack_int8
 
     shapes = [(rows, 1152, 1152), (rows, 1152, 4304), (rows, 4304, 1152)]
     out: dict[str, float] = {}
@@ -198,11 +198,11 @@ def torch_tower_rows(mmproj: Path, shape: TowerShape, dtypes: list[str], blocked
 def clip_q8_rows(layers: int) -> list[tuple[str, float]]:
     """llama.cpp's clip with the encoder's matrices in f16 and in Q8_0 (llama.cpp's int8 blocks;
     the MLP's down projection stays f16: 4304 is not whole 32-value blocks), random weights at
-    the tower's shape, timed as ``speeds.choose_vision`` times the clip (one encode after a
+    the tower's shape, timed as ``vision_measure.measure_vision`` times the clip (one encode after a
     warm-up). Not a path the engine runs yet: it loads the mmproj `medgem convert` wrote (f16)."""
     from medgem.engines.gguf.write import write_random_mmproj
     from medgem.engines.llamacpp.probe import write_tiny_gguf
-    from medgem.engines.llamacpp.speeds import clip_seconds
+    from medgem.engines.llamacpp.vision_measure import clip_seconds
 
     threads = len(os.sched_getaffinity(0))
     rows = []

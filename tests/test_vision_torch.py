@@ -21,6 +21,7 @@ pytestmark = pytest.mark.usefixtures("llamacpp_runs")
 from medgem.engines import LlamaCppOptions, load_engine  # noqa: E402
 from medgem.engines.base import Finished, TextDelta  # noqa: E402
 from medgem.engines.llamacpp.speeds import choose_vision  # noqa: E402
+from medgem.engines.llamacpp.vision_measure import measure_vision  # noqa: E402
 from medgem.engines.llamacpp.vision_torch import TorchTower  # noqa: E402
 from medgem.errors import InputError  # noqa: E402
 from medgem.request import GenerationOptions, ImagePart, Message, Request, TextPart  # noqa: E402
@@ -87,7 +88,7 @@ def test_choosing_the_vision_path(tmp_path: Path) -> None:
         choose_vision("gpu")
     # `medgem inspect` never measures: nothing kept means the clip
     store = tmp_path / "kernels.json"
-    assert choose_vision("auto", measure=False, path=store) == (
+    assert choose_vision("auto", path=store) == (
         "llamacpp", "llama.cpp's clip (the PyTorch tower is not measured here yet: "
                     "`medgem doctor --measure` measures both once)")
     assert not store.exists()
@@ -103,7 +104,7 @@ def test_auto_runs_the_vision_path_measured_here_once(converted_vlm: Path, tmp_p
     from medgem.engines.llamacpp import speeds
 
     monkeypatch.setenv("MEDGEM_CACHE", str(tmp_path))
-    path, why = choose_vision("auto")
+    path, why = measure_vision("auto")
     store = tmp_path / "kernels.json"
     data = json.loads(store.read_text())
     (key, entry), = [(k, v) for k, v in data.items() if k.startswith("vision|")]
@@ -113,7 +114,7 @@ def test_auto_runs_the_vision_path_measured_here_once(converted_vlm: Path, tmp_p
     # on the way: the tower's precision and its attention at the real shape, kept as well
     assert any(k.startswith("tower-dtype|") for k in data)
     assert any(k.startswith("attention|4096x16x72|") for k in data)
-    assert choose_vision("auto", measure=False) == (path, why)  # read back, nothing measured
+    assert choose_vision("auto") == (path, why)  # read back, nothing measured
     other = "torch" if path == "llamacpp" else "llamacpp"
     data[key]["choice"] = other
     store.write_text(json.dumps(data))
@@ -246,7 +247,7 @@ def a_real_picture(size: int) -> Any:
 
 
 def test_weights_pack_to_int8_per_channel_as_computed_by_hand() -> None:
-    from medgem.engines.llamacpp.vision_torch import pack_int8
+    from medgem.engines.int8 import pack_int8
 
     packed = pack_int8(torch.tensor([[1.0, -2.0, 0.5, 0.0], [0.0, 0.0, 0.0, 0.0], [0.1, 0.2, 0.3, 0.4]]))
     weight, bias = torch.ops.quantized.linear_unpack(packed)
@@ -259,7 +260,7 @@ def test_int8_linear_scales_each_token_to_its_own_range() -> None:
     """Close to float32 (one rounding per operand), yet quantized; a token 1000x larger than
     the rest (one scale for the whole matrix would leave the others a few levels) costs the
     others nothing."""
-    from medgem.engines.llamacpp.vision_torch import int8_linear, pack_int8
+    from medgem.engines.int8 import int8_linear, pack_int8
 
     generator = torch.Generator().manual_seed(0)
     x, w = torch.randn((64, 96), generator=generator), torch.randn((80, 96), generator=generator)

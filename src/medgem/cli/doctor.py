@@ -93,7 +93,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def measure_vision(asked: str | None) -> tuple[str, str]:
-    """(path, why) from ``speeds.choose_vision``'s one-time measurement, taken in a child
+    """(path, why) from ``vision_measure.measure_vision``'s one-time measurement, taken in a child
     process: it runs llama.cpp's clip, and native code runs only where a crash costs one line
     (the probe has shown llama.cpp runs on this CPU before this is called).
 
@@ -105,8 +105,8 @@ def measure_vision(asked: str | None) -> tuple[str, str]:
 
     from medgem.errors import EngineUnavailableError
 
-    code = ("import json, sys; from medgem.engines.llamacpp.speeds import choose_vision; "
-            "print(json.dumps(choose_vision(sys.argv[1] or None, measure=True)))")
+    code = ("import json, sys; from medgem.engines.llamacpp.vision_measure import measure_vision; "
+            "print(json.dumps(measure_vision(sys.argv[1] or None)))")
     done = subprocess.run([sys.executable, "-c", code, asked or ""], capture_output=True, text=True,
                           check=False)
     lines = done.stdout.strip().splitlines()
@@ -138,7 +138,7 @@ def llamacpp_report() -> dict[str, Any]:
             "detail": result.message() if not result.ok else "", "kernels": compiled,
             "weight_repacking": use_extra_buffers(repack=settings.repack),
             # what the engine measured here (doctor runs no llama.cpp in this process)
-            "vision": dict(zip(("path", "why"), choose_vision(settings.vision, measure=False), strict=True))}
+            "vision": dict(zip(("path", "why"), choose_vision(settings.vision), strict=True))}
 
 
 def llamacpp_settings_vision() -> str | None:

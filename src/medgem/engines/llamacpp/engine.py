@@ -237,7 +237,7 @@ class LlamaCppEngine:
 
             # What `medgem doctor --measure` measured here, else the clip: a first image
             # question never waits a minute for a measurement it did not ask for.
-            self.vision = choose_vision(options.vision, measure=False)
+            self.vision = choose_vision(options.vision)
             if self.vision[0] == "torch":
                 self._tower = TorchTower(checkpoint.mmproj, threads=threads,  # type: ignore[arg-type]
                                          dtype=options.vision_dtype)

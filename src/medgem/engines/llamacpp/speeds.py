@@ -15,7 +15,6 @@ import os
 import statistics
 import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -131,7 +130,7 @@ VISION_PATHS = ("auto", "llamacpp", "torch")
 TORCH_MARGIN = 1.15
 
 
-def choose_vision(asked: str | None = None, measure: bool = True, threads: int | None = None,
+def choose_vision(asked: str | None = None, threads: int | None = None,
                   path: Path | None = None) -> tuple[str, str]:
     """(path, why): where this machine runs the vision tower.
 
@@ -139,10 +138,10 @@ def choose_vision(asked: str | None = None, measure: bool = True, threads: int |
     measured here once (kept in ``kernels.json`` per CPU kind, threads, torch and llama.cpp
     versions): one layer of the 4B's tower at 896 px through llama.cpp's clip (f16, flash
     attention) and through PyTorch in the precision ``choose_tower_dtype`` picked (int8 on CPUs
-    without fast float matrix units); PyTorch only when it is ``TORCH_MARGIN`` faster. Without
-    PyTorch, or with ``measure`` False and nothing kept, llama.cpp's clip: the engine and
-    ``medgem inspect`` pass False (the measurement takes about a minute on 2 cores, too long
-    for a first question to wait on); ``medgem doctor --measure`` takes it, in a child process. Earlier figures: on an AVX512-BF16 Zen 5 (2 cores, 4B shape) the tower in
+    without fast float matrix units); PyTorch only when it is ``TORCH_MARGIN`` faster. Nothing here
+    measures: ``vision_measure.measure_vision`` does, for ``medgem doctor --measure`` in a child
+    process (about a minute on 2 cores, too long for a first question to wait on); without
+    PyTorch, or with nothing kept, llama.cpp's clip. Earlier figures: on an AVX512-BF16 Zen 5 (2 cores, 4B shape) the tower in
     PyTorch bf16 took 19.9 s against the clip's 19.2 s and twice the memory
     (benchmarks/bench_vision.py).
 
@@ -153,32 +152,40 @@ def choose_vision(asked: str | None = None, measure: bool = True, threads: int |
     if choice not in VISION_PATHS:
         raise InputError(f"unknown vision path '{choice}'", "use --vision auto, llamacpp or torch")
     if choice == "torch":
-        if not _torch_installed():
+        if not torch_installed():
             raise InputError("--vision torch needs PyTorch", "pip install 'medgem[hf]'")
         return "torch", "asked for"
     if choice == "llamacpp":
         return "llamacpp", "asked for"
-    if not _torch_installed():
+    if not torch_installed():
         return "llamacpp", "llama.cpp's clip (PyTorch is not installed)"
     threads = threads or max(1, len(os.sched_getaffinity(0)))
     key = vision_key(threads)
     entry = _kept(key, path)
-    if entry is None and not measure:
+    if entry is None:
         return "llamacpp", ("llama.cpp's clip (the PyTorch tower is not measured here yet: "
                             "`medgem doctor --measure` measures both once)")
-    if entry is None:
-        times, dtype = measure_vision_paths(threads)
-        entry = {"choice": pick_vision(times), "times": {k: round(v, 4) for k, v in times.items()},
-                 "torch_dtype": dtype}
-        _keep(key, entry, path)
     return str(entry["choice"]), _vision_why(entry)
+
+
+def kept_vision(threads: int, path: Path | None = None) -> dict[str, Any] | None:
+    """The kept measurement of both vision paths for this CPU and thread count, or None."""
+    return _kept(vision_key(threads), path)
+
+
+def keep_vision(threads: int, times: dict[str, float], torch_dtype: str, path: Path | None = None) -> None:
+    """Keep a measurement of both vision paths (``vision_measure.measure_vision_paths``) and
+    the choice made from it, for :func:`choose_vision` to read from now on."""
+    entry = {"choice": pick_vision(times), "times": {k: round(v, 4) for k, v in times.items()},
+             "torch_dtype": torch_dtype}
+    _keep(vision_key(threads), entry, path)
 
 
 def pick_vision(times: dict[str, float]) -> str:
     """"torch" when its tower layer ran ``TORCH_MARGIN`` faster than the clip's, else "llamacpp".
 
     Args:
-        times: {"llamacpp": s, "torch": s} from :func:`measure_vision_paths`.
+        times: {"llamacpp": s, "torch": s} from ``vision_measure.measure_vision_paths``.
     """
     return "torch" if times["torch"] * TORCH_MARGIN <= times["llamacpp"] else "llamacpp"
 
@@ -202,98 +209,7 @@ def vision_key(threads: int) -> str:
     return f"vision|1152x4304x16|{threads}t|torch {torch.__version__}|llama.cpp {llama}|{cpu_kind()}"
 
 
-def measure_vision_paths(threads: int, layers: int = 1) -> tuple[dict[str, float], str]:
-    """Seconds per 896-px image of ``layers`` layers of MedGemma's tower (SigLIP so400m: width
-    1152, MLP 4304, 16 heads, 4,096 patches; random weights) through llama.cpp's clip and
-    through PyTorch, each the best of two runs after a warm-up one. One layer is 1/27 of the
-    tower's work (0.2 TFLOP: ~3 s at 67 GFLOP/s); every layer costs the same, so the ranking
-    holds. The whole measurement, with the tower's attention and precision measured on the way,
-    took 49-69 s on a busy 2-core Zen 1 (once per CPU kind, threads and versions).
-
-    Returns:
-        ({"llamacpp": s, "torch": s}, the PyTorch tower's dtype as ``choose_tower_dtype`` picked it).
-    """
-    from medgem.engines.gguf.write import write_random_mmproj
-    from medgem.engines.llamacpp.probe import write_tiny_gguf
-    from medgem.engines.llamacpp.vision_torch import TorchTower
-
-    with tempfile.TemporaryDirectory(prefix="medgem-vision-") as folder:
-        text = write_tiny_gguf(Path(folder) / "text.gguf")  # what libmtmd needs beside it
-        mmproj = write_random_mmproj(Path(folder) / "mmproj.gguf", layers=layers, text_hidden=256)
-        clip = clip_seconds(text, mmproj, threads)
-        tower = TorchTower(mmproj, threads=threads)
-        tower.embed(_noise_image(tower.image_size, 0))  # warm-up: oneDNN builds its kernels
-        seconds = []
-        for seed in (1, 2):
-            began = time.perf_counter()
-            tower.embed(_noise_image(tower.image_size, seed))
-            seconds.append(time.perf_counter() - began)
-        return {"llamacpp": clip, "torch": min(seconds)}, tower.dtype
-
-
-def _noise_image(size: int, seed: int) -> Any:
-    import numpy as np
-    from PIL import Image
-
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8))
-
-
-def clip_seconds(text_model: Path, mmproj: Path, threads: int, runs: int = 2) -> float:
-    """Seconds for one image through libmtmd's clip as the engine runs it (flash attention):
-    the best of ``runs`` encodes after a warm-up one (a busy machine only ever slows a run)."""
-    import ctypes
-
-    import numpy as np
-
-    from medgem.engines.llamacpp.native import import_llama_cpp, llama_model_params
-
-    llama_cpp, mtmd = import_llama_cpp()
-    model = llama_cpp.llama_model_load_from_file(str(text_model).encode(), llama_model_params(llama_cpp))
-    params = mtmd.mtmd_context_params_default()
-    params.use_gpu = params.print_timings = params.warmup = False
-    params.n_threads = threads
-    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
-    context = mtmd.mtmd_init_from_file(str(mmproj).encode(), model, params) if model else None
-    if not context:
-        if model:
-            llama_cpp.llama_model_free(model)
-        raise RuntimeError("libmtmd could not load the measurement's projector")
-    size = _read_size(mmproj)
-    pixels = np.asarray(_noise_image(size, 1)).tobytes()
-    bitmap = mtmd.mtmd_bitmap_init(size, size, (ctypes.c_uint8 * len(pixels)).from_buffer_copy(pixels))
-    chunks = mtmd.mtmd_input_chunks_init()
-    try:
-        marker = mtmd.mtmd_default_marker()
-        prompt = mtmd.mtmd_input_text()
-        prompt.text, prompt.text_len = marker, len(marker)
-        prompt.add_special, prompt.parse_special = False, True
-        if mtmd.mtmd_tokenize(context, chunks, ctypes.byref(prompt),
-                              (mtmd.mtmd_bitmap_p_ctypes * 1)(bitmap), 1) != 0:
-            raise RuntimeError("libmtmd could not tokenize the measurement's image")
-        chunk = next(mtmd.mtmd_input_chunks_get(chunks, i) for i in range(mtmd.mtmd_input_chunks_size(chunks))
-                     if mtmd.mtmd_input_chunk_get_type(mtmd.mtmd_input_chunks_get(chunks, i))
-                     != mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT)
-        seconds = []
-        for _ in range(1 + runs):  # the first allocates the compute buffers
-            began = time.perf_counter()
-            if mtmd.mtmd_encode_chunk(context, chunk) != 0:
-                raise RuntimeError("libmtmd could not encode the measurement's image")
-            seconds.append(time.perf_counter() - began)
-        return min(seconds[1:])
-    finally:
-        mtmd.mtmd_input_chunks_free(chunks)
-        mtmd.mtmd_bitmap_free(bitmap)
-        mtmd.mtmd_free(context)
-        llama_cpp.llama_model_free(model)
-
-
-def _read_size(mmproj: Path) -> int:
-    from medgem.engines.gguf.read import read_header
-
-    return int(read_header(mmproj, "vision projector").get("clip.vision.image_size"))
-
-
-def _torch_installed() -> bool:
+def torch_installed() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("torch") is not None
@@ -309,7 +225,7 @@ def estimate_first_token(model: Path, mmproj: Path | None, images: int, text_tok
     from medgem.engines.gguf.read import read_header
 
     threads = threads or max(1, len(os.sched_getaffinity(0)))
-    where = choose_vision(vision, measure=False)[0] if mmproj is not None else "none"
+    where = choose_vision(vision)[0] if mmproj is not None else "none"
     if where == "torch":
         where = vision_label(where, kept_tower_dtype(threads, vision_dtype, path))
     measured = lookup(speed_key(model, mmproj, where, threads), path)
@@ -380,12 +296,12 @@ def tower_dtype_key(threads: int) -> str:
 
 def choose_tower_dtype(threads: int, path: Path | None = None) -> tuple[str, dict[str, float]]:
     """The PyTorch tower's precision on this CPU: (dtype, seconds per candidate) at the tower's
-    MLP-up shape (``vision_torch.measure_linear``, ~0.5 s), measured once and kept in
+    MLP-up shape (``engines.int8.measure_linear``, ~0.5 s), measured once and kept in
     ``kernels.json``. Candidates: float32; int8 where torch has fbgemm (x86); bfloat16 where
     the CPU has it natively (AVX512-BF16, AMX; emulated it ran at 0.6 GFLOP/s on an AVX2 Zen 1, so timing it
     there would cost ~15 s to learn what the flags already say).
     """
-    from medgem.engines.llamacpp.vision_torch import int8_available, measure_linear
+    from medgem.engines.int8 import int8_available, measure_linear
     from medgem.hardware import cpu_has_native_bf16
 
     key = tower_dtype_key(threads)
