@@ -14,7 +14,7 @@ protocol clients with that mapping and one more question (``studies``).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -264,37 +264,35 @@ class DicomwebBrowser(DicomwebClient):
             response = self._client._session.get(url, headers={"Accept": "application/dicom+json"},
                                                  timeout=self.reference.timeout)
             response.raise_for_status()
-            return [Dataset.from_json(item) for item in (response.json() if response.content else [])]
+            try:
+                return [Dataset.from_json(item) for item in (response.json() if response.content else [])]
+            except (TypeError, KeyError, AttributeError) as exc:  # JSON, but not DICOM JSON
+                raise ValueError("not a DICOM JSON listing") from exc
 
         return self._call(get, "the studies")
 
-    def _call(self, action: Callable[[], _T], what: str) -> _T:
-        import requests
-
+    def _failure(self, kind: str, what: str, status: int = 0) -> PacsError:
+        """The same failures as the page's gateway errors: the PACS's fault is a 502 (its
+        401/403 too, so the page does not take it for a bad medgem key), its silence a 504."""
         where = self.reference.where
-        try:
-            return action()
-        except requests.HTTPError as exc:
-            status = exc.response.status_code if exc.response is not None else 0
-            if status in (401, 403):
-                raise PacsRefusedError(f"{where} refused medgem ({status}) while listing {what}",
-                                       "enter the PACS token in the PACS panel (access_credential)") from None
-            if status == 404:
-                raise PacsError(f"{where} has no {what} asked for (404)",
-                                "check that the allowlisted URL is the DICOMweb root and the UID exists") from None
-            raise PacsUnavailableError(f"{where} answered {status} while listing {what}",
-                                       "check the PACS, then try again") from None
-        except requests.Timeout:
-            raise PacsTimeoutError(f"{where} did not answer within {self.reference.timeout:g} s "
-                                   f"while listing {what}", "check that the PACS is up, then try again") from None
-        except requests.ConnectionError:
-            raise PacsUnavailableError(f"cannot reach {where} (connection failed)",
-                                       "check that the PACS is up and its URL is right") from None
-        except (requests.RequestException, ValueError, TypeError, KeyError):
-            # not DICOM JSON (an HTML login page, a proxy's error) or a broken connection
-            raise PacsUnavailableError(f"{where} answered something that is not a DICOMweb listing "
-                                       f"while listing {what}",
-                                       "check that the allowlisted URL is the PACS's DICOMweb root") from None
+        if kind == "refused":
+            return PacsRefusedError(f"{where} refused medgem ({status}) while listing {what}",
+                                    "enter the PACS token in the PACS panel (access_credential)")
+        if kind == "missing":
+            return PacsError(f"{where} has no {what} asked for (404)",
+                             "check that the allowlisted URL is the DICOMweb root and the UID exists")
+        if kind == "timeout":
+            return PacsTimeoutError(f"{where} did not answer within {self.reference.timeout:g} s "
+                                    f"while listing {what}", "check that the PACS is up, then try again")
+        if kind == "unreachable":
+            return PacsUnavailableError(f"cannot reach {where} (connection failed)",
+                                        "check that the PACS is up and its URL is right")
+        if kind == "garbled":
+            return PacsUnavailableError(f"{where} answered something that is not a DICOMweb listing "
+                                        f"while listing {what}",
+                                        "check that the allowlisted URL is the PACS's DICOMweb root")
+        return PacsUnavailableError(f"{where} answered {status} while listing {what}",
+                                    "check the PACS, then try again")
 
 
 class DimseBrowser(DimseClient):

@@ -82,27 +82,43 @@ class DicomwebClient:
         self._client._session.close()
 
     def _call(self, action: Any, what: str) -> Any:
+        """``action()``, its failures sorted once into kinds and raised as :meth:`_failure`
+        words them (refused, missing, failed, timeout, unreachable, garbled)."""
         import requests
 
-        where = self.reference.where
         try:
             return action()
         except requests.HTTPError as exc:
             status = exc.response.status_code if exc.response is not None else 0
-            if status in (401, 403):
-                raise PacsError(f"{where} refused medgem ({status} {'unauthorized' if status == 401 else 'forbidden'}) while asking for {what}",
-                                "pass a valid token with --dicomweb-token (or dicomweb_token in the config file)") from None
-            if status == 404:
-                raise PacsError(f"{where} does not have {what} asked for (404): the UID is unknown there",
-                                "check the study/series/instance UID (medgem inspect --study lists a study's series)") from None
-            raise PacsError(f"{where} answered {status} while asking for {what}",
-                            "check the PACS, then try again") from None
+            kind = "refused" if status in (401, 403) else "missing" if status == 404 else "failed"
+            raise self._failure(kind, what, status) from None
         except requests.Timeout:
-            raise PacsError(f"{where} did not answer within {self.reference.timeout:g} s ({what})",
-                            "check that the PACS is up, or raise --pacs-timeout") from None
+            raise self._failure("timeout", what) from None
         except requests.ConnectionError:
-            raise PacsError(f"cannot reach {where} (connection failed)",
-                            "check the URL and that the PACS is up") from None
+            raise self._failure("unreachable", what) from None
+        except (requests.RequestException, ValueError):
+            # not DICOM JSON (an HTML login page, a proxy's error) or a broken connection
+            raise self._failure("garbled", what) from None
+
+    def _failure(self, kind: str, what: str, status: int = 0) -> PacsError:
+        """One line for a failed request, as a command line user reads it."""
+        where = self.reference.where
+        if kind == "refused":
+            return PacsError(f"{where} refused medgem ({status} {'unauthorized' if status == 401 else 'forbidden'}) "
+                             f"while asking for {what}",
+                             "pass a valid token with --dicomweb-token (or dicomweb_token in the config file)")
+        if kind == "missing":
+            return PacsError(f"{where} does not have {what} asked for (404): the UID is unknown there",
+                             "check the study/series/instance UID (medgem inspect --study lists a study's series)")
+        if kind == "timeout":
+            return PacsError(f"{where} did not answer within {self.reference.timeout:g} s ({what})",
+                             "check that the PACS is up, or raise --pacs-timeout")
+        if kind == "unreachable":
+            return PacsError(f"cannot reach {where} (connection failed)", "check the URL and that the PACS is up")
+        if kind == "garbled":
+            return PacsError(f"{where} answered something that is not DICOMweb while asking for {what}",
+                             "check that the URL is the PACS's DICOMweb root")
+        return PacsError(f"{where} answered {status} while asking for {what}", "check the PACS, then try again")
 
 
 #: The syntax a frame answer is in when its Content-Type names only the media type.
