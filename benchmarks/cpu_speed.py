@@ -400,6 +400,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="minutes: a 2-layer tower, 4 slices, 1 round")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: tower,first,batch")
+    parser.add_argument("--rounds", type=int, default=0, help="batching rounds (default 1 quick, 3 full)")
     parser.add_argument("--tokens", type=int, default=32, help="new tokens per stream")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -440,8 +441,9 @@ def main() -> int:
         best_dtype = dtypes[-1]
         blocked = max((r for r in rows if r[0] == best_dtype and r[1] != "sdpa"), key=lambda r: r[2])[1]
 
-    folder = ensure_quick_model(2) if args.quick else ensure_full_model()
-    mmproj = folder / "mmproj.gguf"
+    if not {"tower", "first"} <= skip:  # only the batching rows need no tower checkpoint
+        folder = ensure_quick_model(2) if args.quick else ensure_full_model()
+        mmproj = folder / "mmproj.gguf"
     if "tower" not in skip:
         print(f"\n## The tower per vision path ({shape.layers} layers at 896 px: "
               f"{shape.flops / 1e12:.2f} TFLOP, attention {shape.attention_flops / shape.flops:.0%})")
@@ -483,7 +485,7 @@ def main() -> int:
         from medgem.demo.build import demo_gguf_path
 
         gguf = demo_gguf_path()
-        rounds = 1 if args.quick else 3
+        rounds = args.rounds or (1 if args.quick else 3)
         tokens = min(args.tokens, 16) if args.quick else args.tokens
         print(f"\n## Batched whole answers on {gguf.name} (prefill + {tokens} tokens per stream, new "
               f"prompts each round, greedy, median of {rounds} round(s) after a warm-up round, each "
