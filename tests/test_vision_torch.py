@@ -44,7 +44,7 @@ def clip_embeddings(engine: Any, image: Any) -> Any:
     prepared = engine.prepare(question(image, 1))
     key = next(str(u.key) for u in prepared.state.units if isinstance(u.key, str))
     list(engine.generate(prepared))
-    cached = engine._embeddings.get(key)
+    cached = engine._vision._cache.get(key)
     return np.ctypeslib.as_array(cached).reshape(-1, engine._embd).copy()
 
 
@@ -122,7 +122,7 @@ def test_auto_runs_the_vision_path_measured_here_once(converted_vlm: Path, tmp_p
     try:
         assert engine.vision[0] == other and "measured here once" in engine.vision[1]
         if other == "torch":
-            assert engine._tower.dtype == entry["torch_dtype"]
+            assert engine._vision.tower.dtype == entry["torch_dtype"]
     finally:
         engine.close()
 
@@ -324,7 +324,7 @@ def test_the_engine_answers_with_the_int8_tower(converted_vlm: Path) -> None:
     engine: Any = load_engine("llamacpp", resolve_checkpoint(converted_vlm),
                               LlamaCppOptions(vision="torch", vision_dtype="int8"))
     try:
-        assert engine._tower.dtype == "int8"
+        assert engine._vision.tower.dtype == "int8"
         events = list(engine.generate(question(picture(1))))
         final = events[-1]
         assert isinstance(final, Finished) and final.extra["vision_s"] > 0

@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import codecs
 import ctypes
-import hashlib
 import importlib.util
 import logging
 import os
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -45,15 +42,18 @@ from medgem.engines.gguf.read import (
     file_type_name,
     read_header,
 )
-from medgem.engines.grammar import Grammars, RowGuide, allows, apply_bitmask
+from medgem.engines.grammar import Grammars, allows, apply_bitmask
 from medgem.engines.llamacpp import speeds
-from medgem.engines.llamacpp.memory import EmbeddingCache, check_kv_memory
+from medgem.engines.llamacpp.memory import check_kv_memory
 from medgem.engines.llamacpp.native import (
     import_llama_cpp,
     llama_context_params,
     llama_model_params,
 )
 from medgem.engines.llamacpp.prompt import Prompt, PromptBuilder, Unit
+from medgem.engines.llamacpp.sampling import Vocab, sampler_chain
+from medgem.engines.llamacpp.sequence import Sequence, Slot
+from medgem.engines.llamacpp.vision import Vision
 from medgem.engines.options import LlamaCppOptions
 from medgem.errors import (
     ContextLengthError,
@@ -62,7 +62,7 @@ from medgem.errors import (
     NotACheckpointError,
     ResourceError,
 )
-from medgem.request import GenerationOptions, Request
+from medgem.request import Request
 from medgem.request.variants import GEMMA3_CONTEXT
 from medgem.resolve import Checkpoint
 
@@ -83,56 +83,6 @@ DEFAULT_KV_UNIFIED = True
 
 def load_llamacpp(checkpoint: Checkpoint, options: LlamaCppOptions) -> LlamaCppEngine:
     return LlamaCppEngine(checkpoint, options)
-
-
-@dataclass(eq=False)
-class _Slot:
-    """One sequence of the llama.cpp context; its cache outlives a request (prefix reuse)."""
-
-    seq_id: int
-    cached: list[Unit] = field(default_factory=list)  # what its KV cells hold, in order
-    sequence: Sequence | None = None  # the request running in it
-
-
-@dataclass(eq=False)
-class Sequence:
-    """One request in a slot, from prefill to its Finished event (see LlamaCppEngine.step)."""
-
-    prepared: Prepared
-    prompt: Prompt
-    slot: _Slot
-    cancel: threading.Event | None
-    started: float
-    sampler: Any
-    budget: int
-    reused: int
-    position: int  # the next KV position
-    next_unit: int  # prefill progress
-    decoder: Any
-    guide: RowGuide | None = None  # the JSON constraint, when the request has one
-    tokens: list[int] = field(default_factory=list)
-    events: list[EngineEvent | BaseException] = field(default_factory=list)
-    pending: int | None = None  # sampled and sent, decoded in the next step
-    first: float | None = None
-    vision_s: float = 0.0
-    images_cached: int = 0  # images whose embeddings came from the cache
-    images_encoded: int = 0  # images that went through the vision tower
-    prefill_s: float = 0.0
-    lm_tokens: int = 0  # prompt tokens timed alone through the language model (see speeds)
-    lm_s: float = 0.0
-    done: bool = False
-
-    @property
-    def prefilling(self) -> bool:
-        return self.next_unit < len(self.prompt.units)
-
-    def take(self) -> Iterator[EngineEvent]:
-        """The events so far (an error is raised in the caller's thread)."""
-        events, self.events = self.events, []
-        for event in events:
-            if isinstance(event, BaseException):
-                raise event
-            yield event
 
 
 class LlamaCppEngine:
@@ -163,7 +113,6 @@ class LlamaCppEngine:
         self._mtmd = mtmd
         self.checkpoint = checkpoint
         self._lock = threading.Lock()  # one generate() at a time (the batcher runs several)
-        self._mtmd_lock = threading.Lock()
         threads = options.threads or max(1, len(os.sched_getaffinity(0)))
         context_length = int(header.get("gemma3.context_length", GEMMA3_CONTEXT))
         self.n_ctx = min(options.n_ctx or DEFAULT_N_CTX, context_length)  # per sequence
@@ -194,7 +143,7 @@ class LlamaCppEngine:
                 "lower --n-ctx, or free memory",
             )
         # One KV sequence per request in flight; each slot gets n_ctx of its own.
-        self._slots = [_Slot(seq_id) for seq_id in range(parallel)]
+        self._slots = [Slot(seq_id) for seq_id in range(parallel)]
         self._llama_batch = llama_cpp.llama_batch_init(max(self.n_batch, parallel), 0, 1)
         adapter: tuple[str, str] | None = None
         if header.get("medgem.adapter.sha256"):  # a model GGUF with an adapter merged in
@@ -208,65 +157,35 @@ class LlamaCppEngine:
             except Exception:
                 self._free_model()
                 raise
-        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
-        self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
-        self._mtmd_ctx: Any = None
+        self._vocab = Vocab(llama_cpp, llama_cpp.llama_model_get_vocab(self._model))
+        self._vision: Vision | None = None
         if checkpoint.mmproj is not None:
-            params = mtmd.mtmd_context_params_default()
-            params.use_gpu = False
-            params.print_timings = False
-            params.n_threads = threads
-            params.warmup = False
-            # Flash attention in the tower: the 4,096-patch attention is most of its work
-            # (measured, 4B shape, 2 cores: first token 21.9 s with it, 40.3 s without).
-            params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
-            self._mtmd_ctx = mtmd.mtmd_init_from_file(
-                str(checkpoint.mmproj).encode(), self._model, params
-            )
-            if not self._mtmd_ctx:
+            try:
+                self._vision = Vision(llama_cpp, mtmd, self._model, checkpoint.mmproj, options, threads,
+                                      self._embd)
+            except Exception:
                 self._free_model()
-                raise NotACheckpointError(
-                    f"llama.cpp could not load the vision projector '{checkpoint.mmproj.name}'",
-                    "the file is corrupt or does not belong to this model: convert it again",
-                )
-        self._tower: Any = None
-        self.vision = ("none", "no vision projector")
-        if self._mtmd_ctx is not None:
-            from medgem.engines.llamacpp.speeds import choose_vision
-            from medgem.engines.llamacpp.vision_torch import TorchTower
-
-            # What `medgem doctor --measure` measured here, else the clip: a first image
-            # question never waits a minute for a measurement it did not ask for.
-            self.vision = choose_vision(options.vision)
-            if self.vision[0] == "torch":
-                self._tower = TorchTower(checkpoint.mmproj, threads=threads,  # type: ignore[arg-type]
-                                         dtype=options.vision_dtype)
+                raise
+        self.vision = self._vision.choice if self._vision else ("none", "no vision projector")
         self._speed_key = speeds.speed_key(
             checkpoint.path, checkpoint.mmproj,
-            speeds.vision_label(self.vision[0], self._tower.dtype if self._tower is not None else None), threads)
-        # Image embeddings by pixel digest: a second question about the same study (another
-        # conversation, another slot) skips the vision tower. Bounded (embed_cache_mb); on disk
-        # too with embed_cache_dir (per projector and tower, so embeddings from another model
-        # or path are never mixed in).
-        folder = options.embed_cache_dir
-        self._embeddings = EmbeddingCache(
-            options.embed_cache_mb << 20,
-            folder / self._embedding_namespace() if folder and checkpoint.mmproj else None,
-            options.embed_cache_disk_mb << 20)
+            speeds.vision_label(self._vision.path, self._vision.dtype) if self._vision else "none", threads)
         template = header.get("tokenizer.chat_template")
         if not isinstance(template, str) or not template:
             from medgem.request.compose import shipped_chat_template
 
             template = shipped_chat_template()
-        self._prompts = PromptBuilder(llama_cpp, mtmd, self._vocab, self._mtmd_ctx, template,
-                                      self.image_size, checkpoint.path.name, self._mtmd_lock)
+        self._prompts = PromptBuilder(llama_cpp, mtmd, self._vocab.handle,
+                                      self._vision.ctx if self._vision else None, template,
+                                      self.image_size, checkpoint.path.name,
+                                      self._vision.lock if self._vision else threading.Lock())
         self.tokenize = self._prompts.tokenize
         self.render = self._prompts.render
         self.last_prompt_tokens: list[int] = []  # the last prompt (-1 for image positions)
         self.last_tokens: list[int] = []  # the last answer's token ids (for checks and tests)
         markers = (self._token_id("<unused94>"), self._token_id("<unused95>"))
         self._thinking_ids = {token for token in markers if token >= 0}
-        self._grammars = Grammars(self._lltokenizer, *markers)
+        self._grammars = Grammars(self._vocab.lltokenizer, *markers)
         file_type = file_type_name(int(header.get("general.file_type", -1)))
         variant = checkpoint.variant
         demo_id = str(header.get("medgem.demo", ""))
@@ -285,17 +204,8 @@ class LlamaCppEngine:
             adapter=adapter[0] if adapter else None,
             adapter_sha256=adapter[1] if adapter else None,
         )
-        self.capabilities = Capabilities(images=self._mtmd_ctx is not None, batching="continuous",
+        self.capabilities = Capabilities(images=self._vision is not None, batching="continuous",
                                          constrained=importlib.util.find_spec("llguidance") is not None)
-
-    def _embedding_namespace(self) -> str:
-        """The projector file (name, size, modification time) and the tower that ran it."""
-        mmproj = self.checkpoint.mmproj
-        assert mmproj is not None
-        stat = mmproj.stat()
-        dtype = self._tower.dtype if self._tower is not None else ""
-        ident = f"{mmproj.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{self.vision[0]}|{dtype}"
-        return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
     # --- tokens --------------------------------------------------------------------------------
 
@@ -305,13 +215,7 @@ class LlamaCppEngine:
 
     def _piece(self, token: int) -> bytes:
         # Control tokens render as nothing unless asked for; the thinking markers must survive.
-        special = token in self._thinking_ids
-        buffer = ctypes.create_string_buffer(64)
-        count = self._llama_cpp.llama_token_to_piece(self._vocab, token, buffer, 64, 0, special)
-        if count < 0:
-            buffer = ctypes.create_string_buffer(-count)
-            count = self._llama_cpp.llama_token_to_piece(self._vocab, token, buffer, -count, 0, special)
-        return buffer.raw[:count]
+        return self._vocab.piece(token, special=token in self._thinking_ids)
 
     def prepare(self, request: Request) -> Prepared:
         """Render and tokenize once (libmtmd preprocesses and hashes the images here)."""
@@ -322,7 +226,7 @@ class LlamaCppEngine:
 
     # --- slots: one KV-cache sequence per request in flight -----------------------------------
 
-    def _reusable(self, slot: _Slot, units: list[Unit]) -> int:
+    def _reusable(self, slot: Slot, units: list[Unit]) -> int:
         """How many leading units ``slot`` already holds (at least one left to evaluate)."""
         common = 0
         for cached, new in zip(slot.cached, units, strict=False):
@@ -331,7 +235,7 @@ class LlamaCppEngine:
             common += 1
         return min(common, len(units) - 1)
 
-    def _truncate(self, slot: _Slot, keep_units: int) -> int:
+    def _truncate(self, slot: Slot, keep_units: int) -> int:
         """Drop the slot's cache after ``keep_units``; returns the positions kept (0: cleared)."""
         lib = self._llama_cpp
         memory = lib.llama_get_memory(self._ctx)
@@ -344,7 +248,7 @@ class LlamaCppEngine:
         self._clear(slot)
         return 0
 
-    def _clear(self, slot: _Slot) -> None:
+    def _clear(self, slot: Slot) -> None:
         lib = self._llama_cpp
         lib.llama_memory_seq_rm(lib.llama_get_memory(self._ctx), slot.seq_id, -1, -1)
         slot.cached = []
@@ -376,7 +280,7 @@ class LlamaCppEngine:
         sequence = Sequence(
             prepared=prepared, prompt=prompt, slot=slot, cancel=cancel,
             started=time.perf_counter() if started is None else started,
-            sampler=self._sampler(options), budget=min(options.budget, self.n_ctx - n_prompt),
+            sampler=sampler_chain(self._llama_cpp, options), budget=min(options.budget, self.n_ctx - n_prompt),
             reused=reused, position=reused, next_unit=len(slot.cached),
             decoder=codecs.getincrementaldecoder("utf-8")(errors="replace"),
             guide=self._grammars.guide(options.constraint, options.think),
@@ -501,48 +405,27 @@ class LlamaCppEngine:
     def _image(self, sequence: Sequence, unit_index: int) -> None:
         """An image's soft tokens into the sequence: from the embedding cache when these pixels
         were encoded before (any slot, any conversation), else through the vision tower."""
-        mtmd = self._mtmd
+        mtmd, vision = self._mtmd, self._vision
+        assert vision is not None  # a prompt has images only where a projector is loaded
         prompt = sequence.prompt
         chunk = mtmd.mtmd_input_chunks_get(prompt.chunks, prompt.chunk_of_unit[unit_index][0])
         key = str(prompt.units[unit_index].key)
-        embeddings = self._embeddings.get(key)
-        status = 0
-        if embeddings is None and self._tower is not None:
-            began = time.perf_counter()
-            array = self._tower.embed(prompt.pixels[key])
-            if array.shape != (int(mtmd.mtmd_input_chunk_get_n_tokens(chunk)), self._embd):
-                raise EngineUnavailableError(
-                    f"the PyTorch vision tower gave {array.shape} soft tokens, llama.cpp expects "
-                    f"{int(mtmd.mtmd_input_chunk_get_n_tokens(chunk))} x {self._embd}",
-                    "use --vision llamacpp")
-            embeddings = (ctypes.c_float * array.size).from_buffer_copy(array.tobytes())
-            self._embeddings.put(key, embeddings)
-            sequence.vision_s += time.perf_counter() - began
-            sequence.images_encoded += 1
-        elif embeddings is None:
-            began = time.perf_counter()
-            with self._mtmd_lock:  # prepare() on another thread uses the same libmtmd context
-                status = mtmd.mtmd_encode_chunk(self._mtmd_ctx, chunk)  # the vision tower
-                if status == 0:
-                    size = int(mtmd.mtmd_input_chunk_get_n_tokens(chunk)) * self._embd
-                    embeddings = (ctypes.c_float * size)()
-                    ctypes.memmove(embeddings, mtmd.mtmd_get_output_embd(self._mtmd_ctx),
-                                   ctypes.sizeof(embeddings))
-                    self._embeddings.put(key, embeddings)
-            sequence.vision_s += time.perf_counter() - began
-            sequence.images_encoded += 1
-        else:
+        embeddings, seconds = vision.embeddings(chunk, key, prompt.pixels.get(key))
+        if seconds is None:
             sequence.images_cached += 1
-        if status == 0:  # the image's soft tokens through the language model (non-causal)
-            new_position = self._llama_cpp.llama_pos(0)
-            began = time.perf_counter()
-            status = mtmd.mtmd_helper_decode_image_chunk(
-                self._mtmd_ctx, self._ctx, chunk, embeddings,
-                sequence.position, sequence.slot.seq_id, self.n_batch, ctypes.byref(new_position),
-                mtmd.mtmd_helper_post_decode_callback(), None,
-            )
-            sequence.lm_s += time.perf_counter() - began
-            sequence.lm_tokens += int(mtmd.mtmd_input_chunk_get_n_tokens(chunk))
+        else:
+            sequence.vision_s += seconds
+            sequence.images_encoded += 1
+        new_position = self._llama_cpp.llama_pos(0)
+        began = time.perf_counter()
+        # the image's soft tokens through the language model (non-causal)
+        status = mtmd.mtmd_helper_decode_image_chunk(
+            vision.ctx, self._ctx, chunk, embeddings,
+            sequence.position, sequence.slot.seq_id, self.n_batch, ctypes.byref(new_position),
+            mtmd.mtmd_helper_post_decode_callback(), None,
+        )
+        sequence.lm_s += time.perf_counter() - began
+        sequence.lm_tokens += int(mtmd.mtmd_input_chunk_get_n_tokens(chunk))
         if status != 0:
             raise EngineUnavailableError(f"llama.cpp failed to encode an image (status {status})",
                                          "check the image and the mmproj file")
@@ -553,7 +436,7 @@ class LlamaCppEngine:
         sequence.tokens.append(token)
         if sequence.first is None:
             sequence.first = time.perf_counter() - sequence.started
-        if self._llama_cpp.llama_vocab_is_eog(self._vocab, token):
+        if self._vocab.is_end(token):
             self._finish(sequence, "stop")
             return
         if sequence.guide is not None:
@@ -619,54 +502,10 @@ class LlamaCppEngine:
             mask = self._grammars.bitmask(1)
             guide.fill(mask, 0)
             # shape: (n_vocab,) float32, a view of llama.cpp's buffer
-            logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(self._ctx, index), shape=(self._n_vocab,))
+            logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(self._ctx, index), shape=(self._vocab.size,))
             if not (sequence.prepared.request.options.greedy and allows(mask[0], int(logits.argmax()))):
                 apply_bitmask(logits, mask[0])
         return int(lib.llama_sampler_sample(sequence.sampler, self._ctx, index))
-
-    def _lltokenizer(self) -> Any:
-        """llguidance's view of this GGUF's vocabulary (as ``llguidance.llamacpp`` builds it,
-        through the non-deprecated attribute call): every token's bytes, control tokens marked
-        with a leading 0xff; the end tokens are eos and end of turn."""
-        import llguidance
-
-        lib = self._llama_cpp
-        control = lib.LLAMA_TOKEN_ATTR_CONTROL
-        user = lib.LLAMA_TOKEN_ATTR_USER_DEFINED
-        tokens = []
-        for token in range(self._n_vocab):
-            piece = self._piece_special(token)
-            attr = int(lib.llama_vocab_get_attr(self._vocab, token))
-            if attr & control or (attr & user and piece.startswith(b"<") and piece.endswith(b">")):
-                piece = b"\xff" + piece
-            tokens.append(piece)
-        ends = [t for t in (int(lib.llama_vocab_eos(self._vocab)), int(lib.llama_vocab_eot(self._vocab))) if t >= 0]
-        tokenize = ctypes.cast(lib.llama_cpp._lib.llama_tokenize, ctypes.c_void_p).value
-        return llguidance.LLTokenizer.from_llamacpp(  # type: ignore[attr-defined]
-            tokens=tokens, vocab_ptr=self._vocab, tokenize_fptr=tokenize, eos_token=ends)
-
-    def _piece_special(self, token: int) -> bytes:
-        buffer = ctypes.create_string_buffer(256)
-        count = self._llama_cpp.llama_token_to_piece(self._vocab, token, buffer, 256, 0, True)
-        if count < 0:
-            buffer = ctypes.create_string_buffer(-count)
-            count = self._llama_cpp.llama_token_to_piece(self._vocab, token, buffer, -count, 0, True)
-        return buffer.raw[:count]
-
-    def _sampler(self, options: GenerationOptions) -> Any:
-        """llama.cpp's own sampler chain: greedy (argmax, as transformers' greedy search), or
-        top-p then temperature then a seeded draw."""
-        lib = self._llama_cpp
-        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
-        if options.greedy:
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
-            return chain
-        if options.top_p < 1.0:
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(options.top_p, 1))
-        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(options.temperature))
-        seed = lib.LLAMA_DEFAULT_SEED if options.seed is None else options.seed & 0xFFFFFFFF
-        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(seed))
-        return chain
 
     def generate(self, request: Request | Prepared,
                  cancel: threading.Event | None = None) -> Iterator[EngineEvent]:
@@ -691,9 +530,8 @@ class LlamaCppEngine:
         return {}
 
     def close(self) -> None:
-        if self._mtmd_ctx is not None:
-            self._mtmd.mtmd_free(self._mtmd_ctx)
-            self._mtmd_ctx = None
+        if self._vision is not None:
+            self._vision.close()
         self._free_model()
 
     def _free_model(self) -> None:
