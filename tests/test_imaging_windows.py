@@ -8,7 +8,6 @@ import pytest
 from imaging_fixtures import KNOWN_HU_RGB
 from medgem.inputs.options import DEFAULT_CT_WINDOWS, ImagingOptions
 from medgem.inputs.windows import (
-    centre_width_to_range,
     ct_to_rgb,
     grey_to_rgb,
     minmax_to_uint8,
@@ -31,7 +30,6 @@ def test_ct_to_rgb_matches_hand_computed_known_tissues() -> None:
 
 def test_default_windows_are_the_facts_file_values() -> None:
     assert ImagingOptions().ct_windows == ((-1024, 1024), (-135, 215), (0, 80))
-    assert centre_width_to_range(40, 350) == (-135, 215)
 
 
 def test_minmax_spans_full_range_and_warns_on_flat_image() -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -77,13 +77,8 @@ def key_file_path() -> Path:
     return _override("MEDGEM_API_KEYS") or config_dir() / "api-keys.json"
 
 
-def _switch(value: object) -> object:
-    """on/1/yes, off/0/no (any case) as a bool; anything else is left for validation to refuse."""
-    if isinstance(value, str):
-        text = value.strip().lower()
-        return True if text in ("on", "1", "yes", "true") else False if text in (
-            "off", "0", "no", "false") else value
-    return value
+#: on/1/yes, off/0/no (any case, spaces around ignored); anything else is refused
+_Switch = Annotated[bool | None, BeforeValidator(lambda v: v.strip() if isinstance(v, str) else v)]
 
 
 class LlamaCppSettings(BaseModel):
@@ -102,15 +97,10 @@ class LlamaCppSettings(BaseModel):
     embed_cache_mb: str | None = None
     embed_cache_disk_mb: str | None = None
     cpu_variant: str | None = None
-    repack: bool | None = None
-    kv_unified: bool | None = None
-    native_logs: bool | None = None
-    probe: bool | None = None
-
-    @field_validator("repack", "kv_unified", "native_logs", "probe", mode="before")
-    @classmethod
-    def _switches(cls, value: object) -> object:
-        return _switch(value)
+    repack: _Switch = None
+    kv_unified: _Switch = None
+    native_logs: _Switch = None
+    probe: _Switch = None
 
 
 class RemoteSettings(BaseModel):

@@ -42,16 +42,6 @@ def square_padding(width: int, height: int) -> tuple[int, int, int]:
     return side, (side - width) // 2, (side - height) // 2
 
 
-def pad_to_square(image: Image.Image, fill: tuple[int, int, int] = (0, 0, 0)) -> Image.Image:
-    """Pad ``image`` to a centred square, the way the localization notebook prepares it."""
-    side, left, top = square_padding(image.width, image.height)
-    if side == image.width == image.height:
-        return image
-    canvas = Image.new("RGB", (side, side), fill)
-    canvas.paste(image.convert("RGB"), (left, top))
-    return canvas
-
-
 def _items(text: str) -> list[Any]:
     """The JSON values in ```json fences, else the bare list from the first [ to the last ]."""
     start, end = text.find("["), text.rfind("]")

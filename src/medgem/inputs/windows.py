@@ -27,11 +27,6 @@ def window_to_uint8(values: NDArray[np.generic], low: float, high: float) -> NDA
     return out.astype(np.uint8)
 
 
-def centre_width_to_range(centre: float, width: float) -> WindowRange:
-    """Convert a DICOM-style (centre, width) window to (low, high)."""
-    return (centre - width / 2.0, centre + width / 2.0)
-
-
 def ct_to_rgb(hu: NDArray[np.generic], windows: Sequence[WindowRange]) -> NDArray[np.uint8]:
     """Window Hounsfield units (..., H, W) into three channels (..., H, W, 3), one (low, high)
     window each for red, green and blue (MedGemma's CT encoding)."""

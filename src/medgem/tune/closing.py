@@ -97,31 +97,13 @@ def merge_adapter(plan: TunePlan, adapter: AdapterInfo, target: Path | None = No
     Weights are merged in the training dtype (float32 on CPUs); the folder appears only when
     complete. Its config.json names the adapter it holds.
     """
-    import transformers
+    from medgem.engines.gguf.lora import save_merged
 
-    from medgem.adapters import attach_adapter
-
-    path = str(plan.checkpoint.path)
     target = target or plan.config.out / MERGED
     partial = target.with_name(target.name + PARTIAL_SUFFIX)
     shutil.rmtree(partial, ignore_errors=True)
-    multimodal = plan.checkpoint.multimodal
-    model_class: Any = (transformers.AutoModelForImageTextToText if multimodal
-                        else transformers.AutoModelForCausalLM)
     dtype = plan.dtype if not plan.config.quantize else "bfloat16"  # merge into full weights
-    base = model_class.from_pretrained(path, dtype=dtype)
-    merged = attach_adapter(base, adapter).merge_and_unload()
-    merged.save_pretrained(str(partial))
-    processor: Any = (transformers.AutoProcessor if multimodal
-                      else transformers.AutoTokenizer).from_pretrained(path)
-    processor.save_pretrained(str(partial))
-    for name in ("chat_template.jinja", "generation_config.json"):
-        if (plan.checkpoint.path / name).is_file() and not (partial / name).exists():
-            shutil.copy2(plan.checkpoint.path / name, partial / name)
-    config_path = partial / "config.json"
-    config = json.loads(config_path.read_text())
-    config["medgem_adapter"] = {"name": adapter.name, "sha256": adapter.sha256}
-    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    save_merged(adapter, plan.checkpoint.path, plan.checkpoint.multimodal, partial, dtype)
     if target.exists():
         shutil.rmtree(target)
     partial.replace(target)

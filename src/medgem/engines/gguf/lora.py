@@ -224,28 +224,37 @@ def _merged_mmproj(base: str, deltas: dict[str, Any], out: Path, progress: bool)
 
 def _merge_and_convert(adapter: AdapterInfo, base: str, out: Path, quant: str, progress: bool,
                        started: float) -> AdapterConversion:
-    import transformers
-
-    from medgem.adapters import attach_adapter
     from medgem.engines.gguf.convert import convert_checkpoint
     from medgem.resolve import resolve_checkpoint
 
     checkpoint = resolve_checkpoint(base)
-    model_class: Any = (transformers.AutoModelForImageTextToText if checkpoint.multimodal
-                        else transformers.AutoModelForCausalLM)
-    processor_class: Any = (transformers.AutoProcessor if checkpoint.multimodal
-                            else transformers.AutoTokenizer)
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         merged_dir = Path(tmp) / f"{checkpoint.model_id.replace('/', '--')}+{adapter.name}"
-        model = model_class.from_pretrained(str(checkpoint.path), dtype="auto")
-        attach_adapter(model, adapter).merge_and_unload().save_pretrained(str(merged_dir))
-        config_path = merged_dir / "config.json"  # the GGUF keeps naming the adapter it holds
-        config = json.loads(config_path.read_text())
-        config["medgem_adapter"] = {"name": adapter.name, "sha256": adapter.sha256}
-        config_path.write_text(json.dumps(config, indent=2) + "\n")
-        processor_class.from_pretrained(str(checkpoint.path)).save_pretrained(str(merged_dir))
-        for name in ("chat_template.jinja", "generation_config.json"):
-            if (checkpoint.path / name).is_file() and not (merged_dir / name).exists():
-                shutil.copy2(checkpoint.path / name, merged_dir / name)
+        save_merged(adapter, checkpoint.path, checkpoint.multimodal, merged_dir)
         result = convert_checkpoint(merged_dir, quant, out, progress=progress)
     return AdapterConversion(None, result.mmproj, result.model, 0, time.perf_counter() - started)
+
+
+def save_merged(adapter: AdapterInfo, base: Path, multimodal: bool, out: Path,
+                dtype: Any = "auto") -> None:
+    """Write the ``base`` checkpoint with ``adapter`` merged into its weights (loaded in
+    ``dtype``) as the checkpoint folder ``out``, with its processor, chat template and
+    generation config; its config.json names the adapter it holds (and so does a GGUF from it).
+    """
+    import transformers
+
+    from medgem.adapters import attach_adapter
+
+    model_class: Any = (transformers.AutoModelForImageTextToText if multimodal
+                        else transformers.AutoModelForCausalLM)
+    processor_class: Any = transformers.AutoProcessor if multimodal else transformers.AutoTokenizer
+    model = model_class.from_pretrained(str(base), dtype=dtype)
+    attach_adapter(model, adapter).merge_and_unload().save_pretrained(str(out))
+    processor_class.from_pretrained(str(base)).save_pretrained(str(out))
+    for name in ("chat_template.jinja", "generation_config.json"):
+        if (base / name).is_file() and not (out / name).exists():
+            shutil.copy2(base / name, out / name)
+    config_path = out / "config.json"
+    config = json.loads(config_path.read_text())
+    config["medgem_adapter"] = {"name": adapter.name, "sha256": adapter.sha256}
+    config_path.write_text(json.dumps(config, indent=2) + "\n")

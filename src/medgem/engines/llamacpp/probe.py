@@ -222,56 +222,6 @@ def write_tiny_gguf(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def write_tiny_mmproj(path: Path, text_hidden: int = 256, seed: int = 0) -> Path:
-    """A 1-layer Gemma 3 vision projector (64-px images, 16-px patches, 4 soft tokens) in f16,
-    random weights: enough to run libmtmd's clip kernels (conv, attention, pooling)."""
-    import gguf
-    import numpy as np
-
-    hidden, ffn, image, patch = 64, 128, 64, 16
-    n_patches = (image // patch) ** 2
-    rng = np.random.default_rng(seed)
-    writer = gguf.GGUFWriter(str(path), "clip")
-    writer.add_name("medgem llama.cpp probe projector")
-    writer.add_file_type(1)
-    writer.add_string("clip.projector_type", "gemma3")
-    writer.add_bool("clip.has_vision_encoder", True)
-    writer.add_bool("clip.use_gelu", True)
-    for key, value in (("image_size", image), ("patch_size", patch), ("embedding_length", hidden),
-                       ("feed_forward_length", ffn), ("block_count", 1),
-                       ("projection_dim", text_hidden), ("attention.head_count", 2),
-                       ("projector.scale_factor", 2)):
-        writer.add_uint32(f"clip.vision.{key}", value)
-    writer.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-6)
-    writer.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
-    writer.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
-
-    def weight(*shape: int) -> Any:
-        return (rng.standard_normal(shape) * 0.05).astype(np.float16)
-
-    ones, zeros = np.ones(hidden, dtype=np.float32), np.zeros(hidden, dtype=np.float32)
-    writer.add_tensor("v.patch_embd.weight", weight(hidden, 3, patch, patch))
-    writer.add_tensor("v.patch_embd.bias", zeros)
-    writer.add_tensor("v.position_embd.weight", weight(n_patches, hidden).astype(np.float32))
-    for name in ("ln1", "ln2", "attn_q", "attn_k", "attn_v", "attn_out"):
-        norm = name.startswith("ln")
-        writer.add_tensor(f"v.blk.0.{name}.weight", ones if norm else weight(hidden, hidden))
-        writer.add_tensor(f"v.blk.0.{name}.bias", zeros)
-    writer.add_tensor("v.blk.0.ffn_up.weight", weight(ffn, hidden))
-    writer.add_tensor("v.blk.0.ffn_up.bias", np.zeros(ffn, dtype=np.float32))
-    writer.add_tensor("v.blk.0.ffn_down.weight", weight(hidden, ffn))
-    writer.add_tensor("v.blk.0.ffn_down.bias", zeros)
-    writer.add_tensor("v.post_ln.weight", ones)
-    writer.add_tensor("v.post_ln.bias", zeros)
-    writer.add_tensor("mm.input_projection.weight", weight(hidden, text_hidden))
-    writer.add_tensor("mm.soft_emb_norm.weight", ones)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
 def _threads() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
@@ -367,6 +317,8 @@ def _child(settings: dict[str, Any]) -> int:
 
 
 def _run_probe(cpu_variant: str | None, repack: bool | None) -> int:
+    from medgem.engines.gguf.write import write_random_mmproj
+
     llama_cpp, mtmd = import_llama_cpp(cpu_variant)
     with tempfile.TemporaryDirectory(prefix="medgem-probe-") as folder:
         source = write_tiny_gguf(Path(folder) / "f32.gguf")
@@ -380,7 +332,10 @@ def _run_probe(cpu_variant: str | None, repack: bool | None) -> int:
                                               ctypes.byref(params)) != 0:
                 raise RuntimeError(f"llama.cpp could not quantize the probe model to {name}")
             runs[name] = _decode_tiny(llama_cpp, target, repack)
-        mmproj = write_tiny_mmproj(Path(folder) / "mmproj.gguf")
+        # one f16 layer at 64 px, 16-px patches, 4 soft tokens: enough to run libmtmd's clip
+        # kernels (conv, attention, pooling)
+        mmproj = write_random_mmproj(Path(folder) / "mmproj.gguf", hidden=64, intermediate=128,
+                                     heads=2, image_size=64, patch_size=16, scale_factor=2)
         image_tokens = _encode_tiny_image(llama_cpp, mtmd, Path(folder) / "f16.gguf", mmproj, repack)
     print(json.dumps({"ok": True, "kernels": kernel_features(), "runs": runs,
                       "image_tokens": image_tokens, "extra_buffers": use_extra_buffers(repack=repack)}))
