@@ -186,7 +186,7 @@ def _send_back(store: AuditStore, args: argparse.Namespace) -> int:
     """Everything the store and the flags can refuse is refused before the PACS is asked
     (no review, a rejection, no PACS study, another study); then the study is found again
     from the record's hashes, the SR stored and each step recorded under the answer."""
-    from medgem.audit.trail import _local_user
+    from medgem.audit.trail import local_user
     from medgem.cli.clinic import study_references
     from medgem.config import load_settings
     from medgem.errors import InputError
@@ -211,7 +211,7 @@ def _send_back(store: AuditStore, args: argparse.Namespace) -> int:
     reference = study_references(args)[0]  # the token from the flag or the settings, as ask's
     assert isinstance(reference, StudyReference)
     check_reference(source, reference)
-    user, endpoint = _local_user(), "cli:audit send-back"
+    user, endpoint = local_user(), "cli:audit send-back"
     try:
         study = fetch_evidence(reference, str(source.body["series"]), list(source.body["instances"]))
     except Exception as exc:

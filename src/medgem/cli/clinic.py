@@ -84,14 +84,14 @@ def record_fetches(args: argparse.Namespace, fetched: Iterable[object], *,
     """One audit event per PACS fetch ("pacs_fetch": who, from where, hashed UIDs, bytes), or
     per reference that failed (with the error's one line); none under ``--no-audit``."""
     from medgem.audit import open_store
-    from medgem.audit.trail import _local_user
+    from medgem.audit.trail import local_user
 
     if getattr(args, "no_audit", False):
         return
     store = open_store(getattr(args, "audit_db", None) or None)
     try:
         for item in fetched:
-            body: dict[str, object] = {"user": _local_user(),
+            body: dict[str, object] = {"user": local_user(),
                                        "endpoint": f"cli:{getattr(args, 'command', None) or 'medgem'}"}
             body |= item.audit_fields()  # type: ignore[attr-defined]
             if error is not None:
