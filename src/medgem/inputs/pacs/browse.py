@@ -251,7 +251,7 @@ class DicomwebBrowser(DicomwebClient):
     def studies(self, filters: Mapping[str, str], limit: int) -> list[Any]:
         """QIDO-RS ``/studies`` with the wildcards left as they are: ``dicomweb-client``
         percent-encodes ``*`` (``%2A``), which Orthanc then matches as a literal star, so the
-        query goes through the client's own session (its token, its byte count)."""
+        query goes through the session the client was given (its token, its byte count)."""
         from urllib.parse import urlencode
 
         from pydicom import Dataset
@@ -261,8 +261,8 @@ class DicomwebBrowser(DicomwebClient):
         url = f"{self.reference.root}/studies?{urlencode(params, safe='*?')}"
 
         def get() -> list[Any]:
-            response = self._client._session.get(url, headers={"Accept": "application/dicom+json"},
-                                                 timeout=self.reference.timeout)
+            response = self._session.get(url, headers={"Accept": "application/dicom+json"},
+                                          timeout=self.reference.timeout)
             response.raise_for_status()
             try:
                 return [Dataset.from_json(item) for item in (response.json() if response.content else [])]
