@@ -2,7 +2,8 @@
 
 Previews decode a whole upload (a zipped series can expand to hundreds of images) on the
 server's CPUs, beside the engine. They get their own few slots; one more is a 429 whose
-Retry-After comes from how long recent previews took.
+Retry-After comes from how long recent previews took (:class:`RecentDurations`, which the
+engine queue answers its own full line with too).
 """
 
 from __future__ import annotations
@@ -19,6 +20,25 @@ from medgem.server.http_errors import BusyError
 MAX_RETRY_AFTER_S = 600
 
 
+class RecentDurations:
+    """How long the last few holds (previews, engine jobs) took, and the Retry-After that
+    follows: both Slots and the EngineQueue answer a full house from these."""
+
+    def __init__(self, min_retry_after: int = 1, size: int = 16) -> None:
+        self._min_retry_after = min_retry_after
+        self._last: deque[float] = deque(maxlen=size)
+
+    def add(self, seconds: float) -> None:
+        self._last.append(seconds)
+
+    def mean(self) -> float:
+        return sum(self._last) / len(self._last) if self._last else 0.0
+
+    def retry_after(self, seconds: float) -> int:
+        """``seconds`` as a Retry-After: whole seconds in ``[min_retry_after, 600]``."""
+        return max(self._min_retry_after, min(MAX_RETRY_AFTER_S, math.ceil(seconds)))
+
+
 class Slots:
     """At most ``size`` holders at once; :meth:`admit` refuses the next with a BusyError.
 
@@ -31,10 +51,9 @@ class Slots:
     def __init__(self, size: int, what: str, min_retry_after: int = 1) -> None:
         self.size = max(1, size)
         self.what = what
-        self._min_retry_after = min_retry_after
         self._lock = threading.Lock()
         self._held = 0
-        self._durations: deque[float] = deque(maxlen=16)
+        self._durations = RecentDurations(min_retry_after)
 
     @property
     def held(self) -> int:
@@ -58,9 +77,8 @@ class Slots:
         finally:
             with self._lock:
                 self._held -= 1
-                self._durations.append(time.monotonic() - started)
+                self._durations.add(time.monotonic() - started)
 
     def retry_after(self) -> int:
         """Whole seconds until a slot likely frees: the mean of recent holds."""
-        mean = sum(self._durations) / len(self._durations) if self._durations else 0.0
-        return max(self._min_retry_after, min(MAX_RETRY_AFTER_S, math.ceil(mean)))
+        return self._durations.retry_after(self._durations.mean())

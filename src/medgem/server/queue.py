@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,12 +22,11 @@ from typing import Any
 from medgem.answer import Answer, FinalChunk, StreamChunk
 from medgem.errors import ClientDisconnectedError, DrainingError, MedgemError, QueueFullError
 from medgem.request import Request
+from medgem.server.admission import RecentDurations
 
 log = logging.getLogger("medgem.server")
 
 RunFn = Callable[["Job"], Iterator[StreamChunk]]
-RECENT_SERVICES = 16  # service times the Retry-After estimate averages
-MAX_RETRY_AFTER_S = 600
 
 
 @dataclass(frozen=True)
@@ -104,7 +101,6 @@ class EngineQueue:
                  workers: int = 1) -> None:
         self._run = run
         self._max_waiting = max_waiting
-        self._min_retry_after = min_retry_after
         self._workers = max(1, workers)
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._lock = threading.Lock()
@@ -112,7 +108,7 @@ class EngineQueue:
         self._running = 0
         self._draining = False
         # Seconds from a worker taking a job to its answer, for the last few answered jobs.
-        self._services: deque[float] = deque(maxlen=RECENT_SERVICES)
+        self._services = RecentDurations(min_retry_after)
         self._running_since: dict[int, float] = {}  # id(job) -> when a worker took it
         self._running_jobs: dict[int, Job] = {}
         self._threads = [threading.Thread(target=self._work, name=f"medgem-engine-{n}", daemon=True)
@@ -168,10 +164,9 @@ class EngineQueue:
         times the place a new request would take in line, shared by the workers. Bounded to
         ``[min_retry_after, 600]``."""
         now = time.monotonic()
-        mean = sum(self._services) / len(self._services) if self._services else 0.0
         oldest = max((now - since for since in list(self._running_since.values())), default=0.0)
-        estimate = max(mean, oldest) * (self._waiting + 1) / self._workers
-        return max(self._min_retry_after, min(MAX_RETRY_AFTER_S, math.ceil(estimate)))
+        estimate = max(self._services.mean(), oldest) * (self._waiting + 1) / self._workers
+        return self._services.retry_after(estimate)
 
     def stop_accepting(self) -> None:
         """Refuse new jobs from now on (503); queued and running ones go on."""
@@ -261,7 +256,7 @@ class EngineQueue:
             return
         self._finish(job, answer, None)
         if answer.finish_reason != "cancelled":  # a cut-short job says nothing of service time
-            self._services.append(time.monotonic() - job.started)
+            self._services.add(time.monotonic() - job.started)
 
     def _finish(self, job: Job, answer: Answer | None, error: BaseException | None) -> None:
         try:
