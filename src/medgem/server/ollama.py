@@ -36,6 +36,7 @@ from medgem.errors import ApiError, SchemaError
 from medgem.request import GenerationOptions, Request
 from medgem.request.openai_messages import request_from_openai
 from medgem.server.http_errors import ollama_error_body, ollama_error_response
+from medgem.server.openai_answers import medgem_extra
 from medgem.server.protocol import _Body, _Strict
 from medgem.server.queue import Completed, Failed, Job
 from medgem.server.routes import ServingDep, User
@@ -261,7 +262,7 @@ class OllamaReplies:
               thinking: str | None = None) -> dict[str, Any]:
         answer: Answer = item.answer
         t = answer.timings
-        extra = serving._extra(item, job)  # the OpenAI routes' medgem object, the same fields
+        extra = medgem_extra(serving, item, job)  # the OpenAI routes' medgem object, the same fields
         return self._piece(serving, text, thinking) | {
             "done": True, "done_reason": "length" if answer.finish_reason == "length" else "stop",
             "total_duration": _ns(t.total_s + job.queue_s), "load_duration": 0,

@@ -86,6 +86,10 @@ class Job:
     def queue_s(self) -> float:
         return (self.started or time.monotonic()) - self.enqueued
 
+    def drained(self, item: Completed) -> bool:
+        """An answer the drain deadline cut short: its client gets an error, not a partial answer."""
+        return bool(self.context.get("drained")) and item.answer.finish_reason == "cancelled"
+
 
 class EngineQueue:
     """A bounded line in front of the engine workers.
