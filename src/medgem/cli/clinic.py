@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterable
 
-from medgem.cli.common import imaging_from_args, number_in, whole_number
+from medgem.cli.common import audit_store, imaging_from_args, number_in, whole_number
 from medgem.inputs import Inputs
 
 
@@ -83,13 +83,11 @@ def record_fetches(args: argparse.Namespace, fetched: Iterable[object], *,
                    error: BaseException | None = None) -> None:
     """One audit event per PACS fetch ("pacs_fetch": who, from where, hashed UIDs, bytes), or
     per reference that failed (with the error's one line); none under ``--no-audit``."""
-    from medgem.audit import open_store
     from medgem.audit.trail import local_user
 
-    if getattr(args, "no_audit", False):
-        return
-    store = open_store(getattr(args, "audit_db", None) or None)
-    try:
+    with audit_store(args) as store:
+        if store is None:
+            return
         for item in fetched:
             body: dict[str, object] = {"user": local_user(),
                                        "endpoint": f"cli:{getattr(args, 'command', None) or 'medgem'}"}
@@ -97,8 +95,6 @@ def record_fetches(args: argparse.Namespace, fetched: Iterable[object], *,
             if error is not None:
                 body |= {"status": "failed", "error": str(error)}
             store.append("pacs_fetch", body)
-    finally:
-        store.close()
 
 
 def read_command_inputs(args: argparse.Namespace, question: str | None = None) -> Inputs:
