@@ -395,11 +395,7 @@ async def _answer(serving: Serving, http: HttpRequest, user: str, body: _Generat
     def check() -> None:
         _check_model(serving, body.model)
         require_constrained(serving.model, options.constraint, "format")
-        limit = serving.config.max_new_tokens
-        if options.max_new_tokens is not None and options.max_new_tokens > limit:
-            raise ApiError(400, f"options.num_predict {options.max_new_tokens} is over this "
-                           f"server's limit of {limit}", "ask for fewer tokens",
-                           code="invalid_value", param="options.num_predict")
+        serving.check_budget(options.max_new_tokens, "options.num_predict")
 
     def build(gone: threading.Event) -> Request:
         return request_from_openai(

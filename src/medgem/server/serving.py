@@ -168,11 +168,14 @@ class Serving:
     def _accept(self, job: Job) -> str:
         """The request's accept record (durable on return): who asked, through which endpoint,
         the inputs' digests, the settings; its outcome will name it as parent."""
-        ctx = job.context
-        body = {"user": ctx["user"], "endpoint": ctx["endpoint"], "request_id": ctx["record_id"],
-                "model": model_fields(self.info), "served_as": self.served_name,
-                "settings": settings_fields(job.request), "inputs": ctx["inputs"], "server": self.instance}
+        body = self._request_fields(job) | {"request_id": job.context["record_id"], "server": self.instance}
         return self.store.append("accepted", body).id
+
+    def _request_fields(self, job: Job) -> dict[str, Any]:
+        """What both the accept record and an outcome the server writes say of the request."""
+        ctx = job.context
+        return {"user": ctx["user"], "endpoint": ctx["endpoint"], "model": model_fields(self.info),
+                "served_as": self.served_name, "settings": settings_fields(job.request), "inputs": ctx["inputs"]}
 
     # --- who asks ----------------------------------------------------------------------------
 
@@ -200,12 +203,11 @@ class Serving:
             return True
         return any(e.name == user and e.role == "auditor" for e in self.keys.active())
 
-    def check_budget(self, budget: int | None) -> None:
+    def check_budget(self, budget: int | None, param: str = "max_tokens") -> None:
+        """Refuses (400) a token budget over the server's limit; ``param`` is the field that set it."""
         if budget is not None and budget > self.config.max_new_tokens:
-            raise ApiError(
-                400, f"max_tokens {budget} is over this server's limit of {self.config.max_new_tokens}",
-                "ask for fewer tokens", code="invalid_value", param="max_tokens",
-            )
+            raise ApiError(400, f"{param} {budget} is over this server's limit of {self.config.max_new_tokens}",
+                           "ask for fewer tokens", code="invalid_value", param=param)
 
     # --- every refusal -----------------------------------------------------------------------
 
@@ -342,11 +344,8 @@ class Serving:
             return str(recorded)
         ctx = job.context
         status, error_json = error_body(error or RuntimeError())
-        body: dict[str, Any] = {
-            "user": ctx["user"], "endpoint": ctx["endpoint"], "model": model_fields(self.info),
-            "served_as": self.served_name, "settings": settings_fields(job.request),
-            "inputs": ctx["inputs"], "status": status, "error": redacted_error(error_json["error"], ctx["names"]),
-        }
+        body = self._request_fields(job) | {
+            "status": status, "error": redacted_error(error_json["error"], ctx["names"])}
         kind = "rejected" if status < 500 else "error"
         self.store.append(kind, body, record_id=ctx["record_id"], parent=ctx.get("accepted"))
         return str(ctx["record_id"])
