@@ -46,7 +46,7 @@ def add_parser(subparsers: Any) -> None:
 
 def _add_send_back(actions: Any) -> argparse.ArgumentParser:
     """`audit send-back`: it sits beside `review` because it acts on what a review decided."""
-    from medgem.cli.common import number_in
+    from medgem.cli.clinic import add_pacs_access_flags
 
     send: argparse.ArgumentParser = actions.add_parser(
         "send-back", help="store a reviewed answer on its study's PACS as a DICOM SR (and a FHIR report)",
@@ -60,12 +60,7 @@ def _add_send_back(actions: Any) -> argparse.ArgumentParser:
                            "image_dicom part (DICOMweb URL or dimse://AE@HOST:PORT/StudyUID)")
     send.add_argument("--allow-unreviewed", action="store_true",
                       help="send an answer nobody reviewed (as a preliminary, unverified report)")
-    send.add_argument("--dicomweb-token", metavar="TOKEN",
-                      help="bearer token for the DICOMweb server (default: $MEDGEM_DICOMWEB_TOKEN "
-                           "or dicomweb_token in the config file)")
-    send.add_argument("--pacs-timeout", type=number_in(0, open_low=True), default=30.0, metavar="S",
-                      help="seconds one PACS or FHIR request may take (default 30)")
-    send.add_argument("--pacs-aet", default="MEDGEM", metavar="AE", help="medgem's own AE title for DIMSE")
+    add_pacs_access_flags(send)
     send.add_argument("--fhir", metavar="URL", help="also POST a preliminary DiagnosticReport for "
                                                     "https://HOST/fhir/Patient/ID (the reviewer as its interpreter)")
     send.add_argument("--fhir-token", metavar="TOKEN",

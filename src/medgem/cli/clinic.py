@@ -19,16 +19,21 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
                             "https://HOST/dicom-web/studies/UID[/series/UID[/instances/UID]] or "
                             "dimse://AE@HOST:PORT/StudyUID[/SeriesUID][?move=AE@PORT] (C-GET, or "
                             "C-MOVE to medgem on PORT); only the slices sent are fetched")
+    add_pacs_access_flags(group)
+    if "--series" not in parser._option_string_actions:  # inspect has it with the imaging flags
+        group.add_argument("--series", help="series to use from the study (or a folder/zip): its "
+                                            "UID or the short UID `medgem inspect` lists")
+
+
+def add_pacs_access_flags(group: argparse._ActionsContainer) -> None:
+    """How medgem reaches a PACS: the DICOMweb token, the timeout, its own DIMSE AE title."""
     group.add_argument("--dicomweb-token", metavar="TOKEN",
                        help="bearer token for the DICOMweb server (default: $MEDGEM_DICOMWEB_TOKEN "
                             "or dicomweb_token in the config file)")
     group.add_argument("--pacs-timeout", type=number_in(0, open_low=True), default=30.0, metavar="S",
-                       help="seconds one PACS request may take (default 30)")
+                       help="seconds one PACS or FHIR request may take (default 30)")
     group.add_argument("--pacs-aet", default="MEDGEM", metavar="AE",
                        help="medgem's own AE title for DIMSE (default MEDGEM)")
-    if "--series" not in parser._option_string_actions:  # inspect has it with the imaging flags
-        group.add_argument("--series", help="series to use from the study (or a folder/zip): its "
-                                            "UID or the short UID `medgem inspect` lists")
 
 
 def add_fhir_flags(parser: argparse.ArgumentParser) -> None:
