@@ -26,13 +26,10 @@ class RecentDurations:
 
     def __init__(self, min_retry_after: int = 1, size: int = 16) -> None:
         self._min_retry_after = min_retry_after
-        self._last: deque[float] = deque(maxlen=size)
-
-    def add(self, seconds: float) -> None:
-        self._last.append(seconds)
+        self.last: deque[float] = deque(maxlen=size)
 
     def mean(self) -> float:
-        return sum(self._last) / len(self._last) if self._last else 0.0
+        return sum(self.last) / len(self.last) if self.last else 0.0
 
     def retry_after(self, seconds: float) -> int:
         """``seconds`` as a Retry-After: whole seconds in ``[min_retry_after, 600]``."""
@@ -77,7 +74,7 @@ class Slots:
         finally:
             with self._lock:
                 self._held -= 1
-                self._durations.add(time.monotonic() - started)
+                self._durations.last.append(time.monotonic() - started)
 
     def retry_after(self) -> int:
         """Whole seconds until a slot likely frees: the mean of recent holds."""

@@ -260,7 +260,7 @@ class EngineQueue:
             return
         self._finish(job, answer, None)
         if answer.finish_reason != "cancelled":  # a cut-short job says nothing of service time
-            self._services.add(time.monotonic() - job.started)
+            self._services.last.append(time.monotonic() - job.started)
 
     def _finish(self, job: Job, answer: Answer | None, error: BaseException | None) -> None:
         try:

@@ -381,14 +381,9 @@ class Serving:
     def health(self) -> p.Health:
         queue = self.queue
         status: Literal["ok", "warming", "draining"] = "draining" if queue.draining else "ok" if self.ready else "warming"
+        backends = self.model.engine.health().get("backends")  # a remote front's servers
         return p.Health(status=status, model=self.served_name, waiting=queue.waiting, busy=queue.running > 0,
-                        running=queue.running, backends=engine_health(self.model))
-
-
-def engine_health(model: MedGemma) -> list[Any] | None:
-    """What the engine says of its own health: a remote front's servers, or None."""
-    backends = model.engine.health().get("backends")
-    return list(backends) if isinstance(backends, list) else None
+                        running=queue.running, backends=list(backends) if isinstance(backends, list) else None)
 
 
 def _process_alive(pid: object) -> bool:
