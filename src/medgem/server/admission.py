@@ -2,8 +2,7 @@
 
 Previews decode a whole upload (a zipped series can expand to hundreds of images) on the
 server's CPUs, beside the engine. They get their own few slots; one more is a 429 whose
-Retry-After comes from how long recent previews took (:class:`RecentDurations`, which the
-engine queue answers its own full line with too).
+Retry-After comes from how long recent previews took.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from medgem.server.http_errors import BusyError
@@ -20,20 +19,11 @@ from medgem.server.http_errors import BusyError
 MAX_RETRY_AFTER_S = 600
 
 
-class RecentDurations:
-    """How long the last few holds (previews, engine jobs) took, and the Retry-After that
-    follows: both Slots and the EngineQueue answer a full house from these."""
-
-    def __init__(self, min_retry_after: int = 1, size: int = 16) -> None:
-        self._min_retry_after = min_retry_after
-        self.last: deque[float] = deque(maxlen=size)
-
-    def mean(self) -> float:
-        return sum(self.last) / len(self.last) if self.last else 0.0
-
-    def retry_after(self, seconds: float) -> int:
-        """``seconds`` as a Retry-After: whole seconds in ``[min_retry_after, 600]``."""
-        return max(self._min_retry_after, min(MAX_RETRY_AFTER_S, math.ceil(seconds)))
+def retry_after(recent: Sequence[float], least: int, *, at_least: float = 0.0, times: float = 1.0) -> int:
+    """Whole seconds to wait, for the preview slots and the engine queue alike: the mean of the
+    ``recent`` durations (no less than ``at_least``) times ``times``, within ``[least, 600]``."""
+    mean = sum(recent) / len(recent) if recent else 0.0
+    return max(least, min(MAX_RETRY_AFTER_S, math.ceil(max(mean, at_least) * times)))
 
 
 class Slots:
@@ -48,9 +38,10 @@ class Slots:
     def __init__(self, size: int, what: str, min_retry_after: int = 1) -> None:
         self.size = max(1, size)
         self.what = what
+        self._min_retry_after = min_retry_after
         self._lock = threading.Lock()
         self._held = 0
-        self._durations = RecentDurations(min_retry_after)
+        self._durations: deque[float] = deque(maxlen=16)
 
     @property
     def held(self) -> int:
@@ -74,8 +65,8 @@ class Slots:
         finally:
             with self._lock:
                 self._held -= 1
-                self._durations.last.append(time.monotonic() - started)
+                self._durations.append(time.monotonic() - started)
 
     def retry_after(self) -> int:
         """Whole seconds until a slot likely frees: the mean of recent holds."""
-        return self._durations.retry_after(self._durations.mean())
+        return retry_after(self._durations, self._min_retry_after)

@@ -15,6 +15,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,11 +23,12 @@ from typing import Any
 from medgem.answer import Answer, FinalChunk, StreamChunk
 from medgem.errors import ClientDisconnectedError, DrainingError, MedgemError, QueueFullError
 from medgem.request import Request
-from medgem.server.admission import RecentDurations
+from medgem.server.admission import retry_after
 
 log = logging.getLogger("medgem.server")
 
 RunFn = Callable[["Job"], Iterator[StreamChunk]]
+RECENT_SERVICES = 16  # service times the Retry-After estimate averages
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,7 @@ class EngineQueue:
                  workers: int = 1) -> None:
         self._run = run
         self._max_waiting = max_waiting
+        self._min_retry_after = min_retry_after
         self._workers = max(1, workers)
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._lock = threading.Lock()
@@ -112,7 +115,7 @@ class EngineQueue:
         self._running = 0
         self._draining = False
         # Seconds from a worker taking a job to its answer, for the last few answered jobs.
-        self._services = RecentDurations(min_retry_after)
+        self._services: deque[float] = deque(maxlen=RECENT_SERVICES)
         self._running_since: dict[int, float] = {}  # id(job) -> when a worker took it
         self._running_jobs: dict[int, Job] = {}
         self._threads = [threading.Thread(target=self._work, name=f"medgem-engine-{n}", daemon=True)
@@ -169,8 +172,8 @@ class EngineQueue:
         ``[min_retry_after, 600]``."""
         now = time.monotonic()
         oldest = max((now - since for since in list(self._running_since.values())), default=0.0)
-        estimate = max(self._services.mean(), oldest) * (self._waiting + 1) / self._workers
-        return self._services.retry_after(estimate)
+        return retry_after(self._services, self._min_retry_after, at_least=oldest,
+                           times=(self._waiting + 1) / self._workers)
 
     def stop_accepting(self) -> None:
         """Refuse new jobs from now on (503); queued and running ones go on."""
@@ -260,7 +263,7 @@ class EngineQueue:
             return
         self._finish(job, answer, None)
         if answer.finish_reason != "cancelled":  # a cut-short job says nothing of service time
-            self._services.last.append(time.monotonic() - job.started)
+            self._services.append(time.monotonic() - job.started)
 
     def _finish(self, job: Job, answer: Answer | None, error: BaseException | None) -> None:
         try:
