@@ -22,6 +22,7 @@ from medgem.cli.common import (
     require_model,
 )
 from medgem.cli.terminal import Shown, print_label_first, record_cancelled, render
+from medgem.errors import InputError, MedgemError, UnsupportedInputError
 from medgem.inputs import Inputs
 from medgem.request import GenerationOptions
 
@@ -131,7 +132,6 @@ def check_before_load(args: argparse.Namespace, text: str,
     an empty question, images for a text-only model, --think for a variant that cannot think,
     a schema for the pipeline path (it cannot constrain). A model medgem cannot resolve here
     (remote, not downloaded) is left to the load to report."""
-    from medgem.errors import MedgemError, UnsupportedInputError
     from medgem.request.compose import check_question, check_think
     from medgem.resolve import resolve_checkpoint
 
@@ -165,7 +165,6 @@ def from_running_server(args: argparse.Namespace) -> Any:
     import os
 
     from medgem.cli.running import find_server, identity, store_location
-    from medgem.errors import MedgemError
     from medgem.resolve import resolve_checkpoint
 
     if getattr(args, "server", None):
@@ -214,8 +213,6 @@ def _served_name(url: str, api_key: str | None) -> str:
     import json
     import os
     import urllib.request
-
-    from medgem.errors import InputError
 
     key = api_key or os.environ.get("MEDGEM_API_KEY")
     asked = urllib.request.Request(f"{url}/v1/models",
@@ -317,8 +314,6 @@ def _save_preprocessed(inputs: Inputs, folder: Path) -> None:
 
 
 def _draw_boxes(answer: str, inputs: Inputs, target: Path) -> None:
-    from medgem.errors import InputError
-
     if len(inputs.items) != 1:
         raise InputError("--boxes needs exactly one --image")
     from medgem.answer.boxes import draw_boxes, parse_boxes

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from medgem.audit import AuditRecord, AuditStore
+from medgem.errors import InputError
 
 
 def add_parser(subparsers: Any) -> None:
@@ -87,8 +88,6 @@ def _existing_store(db: str | None) -> str:
         InputError: no store at that path.
     """
     from medgem.config import audit_path
-    from medgem.errors import InputError
-
     text = str(db) if db is not None else str(audit_path())
     if text == ":memory:" or ("://" in text and not text.startswith("sqlite:///")):
         return text  # open_store names what it cannot open
@@ -136,8 +135,6 @@ def _detail(record: AuditRecord) -> str:
 
 
 def _show(store: AuditStore, args: argparse.Namespace) -> int:
-    from medgem.errors import InputError
-
     record = store.get(args.id)
     if record is None:
         raise InputError(f"no audit record '{args.id}'", "see `medgem audit list`")
@@ -147,8 +144,6 @@ def _show(store: AuditStore, args: argparse.Namespace) -> int:
 
 
 def _verify(store: AuditStore, args: argparse.Namespace) -> int:
-    from medgem.errors import InputError
-
     report = store.verify()
     if report.ok and report.records == 0:
         raise InputError(f"the audit store {args.store_path} holds no records, so there is "
@@ -184,7 +179,6 @@ def _send_back(store: AuditStore, args: argparse.Namespace) -> int:
     from medgem.audit.trail import local_user
     from medgem.cli.clinic import study_references
     from medgem.config import load_settings
-    from medgem.errors import InputError
     from medgem.inputs.pacs import StudyReference
     from medgem.inputs.pacs.fetch import fetch_evidence
     from medgem.sendback.reviewed import (

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from medgem.api import MedGemma
 from medgem.cli.progress import Waiting
 from medgem.engines.options import LlamaCppOptions, OptionsError
-from medgem.errors import ImageInputError, InputError
+from medgem.errors import ImageInputError, InputError, MedgemError, SchemaError
 from medgem.inputs.options import LIMITS, ImagingOptions
 from medgem.request import GenerationOptions
 from medgem.structured import Constraint
@@ -122,7 +122,6 @@ def default_model() -> str | None:
     settings for itself (resolving a name, `medgem models`).
     """
     from medgem.config import load_settings
-    from medgem.errors import MedgemError
 
     try:
         return load_settings().model
@@ -164,7 +163,6 @@ def generation_options(args: argparse.Namespace) -> GenerationOptions:
 
 def constraint_from_args(args: argparse.Namespace) -> Constraint | None:
     """--json-schema FILE|NAME or --format json as a Constraint (None without either)."""
-    from medgem.errors import SchemaError
     from medgem.structured.builtin import BUILTINS
 
     source, fmt = getattr(args, "json_schema", None), getattr(args, "format", None)
