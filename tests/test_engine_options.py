@@ -7,9 +7,19 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from medgem.cli.common import flag_options
-from medgem.engines import OPTIONS
+from medgem.cli.common import as_flag_error
+from medgem.engines import OPTIONS, EngineOptions
+from medgem.engines.options import OptionsError, options_for
 from medgem.errors import InputError
+
+
+def flag_options(engine: str, fields: dict[str, object]) -> EngineOptions:
+    """The engine's options from flag values, a field it does not take worded as the CLI
+    words it (the refusal MedGemma.load raises, as cli/common.py turns it into a flag)."""
+    try:
+        return options_for(engine, fields)
+    except OptionsError as exc:
+        raise as_flag_error(exc) from None
 
 
 def test_each_engine_refuses_what_it_cannot_honour() -> None:

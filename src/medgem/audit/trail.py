@@ -85,7 +85,7 @@ class AuditTrail:
         if unknown:
             raise ValueError(f"unknown audit context keys: {sorted(unknown)}")
         body: dict[str, Any] = {
-            "user": context.get("user") or _local_user(),
+            "user": context.get("user") or local_user(),
             "endpoint": context.get("endpoint") or self.surface, "model": model_fields(info),
             "settings": settings_fields(request),
             "inputs": context["inputs"] if "inputs" in context else request_digests(request),
@@ -120,7 +120,8 @@ def unfinished_requests(store: AuditStore) -> list[AuditRecord]:
     return [record for record in store.records(kind="accepted") if not store.children(record.id)]
 
 
-def _local_user() -> str:
+def local_user() -> str:
+    """Who asked, for a record made outside the server: "local:<login name>", or "local"."""
     try:
         return f"local:{getpass.getuser()}"
     except (KeyError, OSError):

@@ -16,11 +16,13 @@ from medgem.cli.common import (
     add_limit_flags,
     add_model_flags,
     add_slide_flags,
+    audit_store,
     generation_options,
     load_model,
     require_model,
 )
 from medgem.cli.terminal import Shown, print_label_first, record_cancelled, render
+from medgem.errors import InputError, MedgemError, UnsupportedInputError
 from medgem.inputs import Inputs
 from medgem.request import GenerationOptions
 
@@ -130,7 +132,6 @@ def check_before_load(args: argparse.Namespace, text: str,
     an empty question, images for a text-only model, --think for a variant that cannot think,
     a schema for the pipeline path (it cannot constrain). A model medgem cannot resolve here
     (remote, not downloaded) is left to the load to report."""
-    from medgem.errors import MedgemError, UnsupportedInputError
     from medgem.request.compose import check_question, check_think
     from medgem.resolve import resolve_checkpoint
 
@@ -164,7 +165,6 @@ def from_running_server(args: argparse.Namespace) -> Any:
     import os
 
     from medgem.cli.running import find_server, identity, store_location
-    from medgem.errors import MedgemError
     from medgem.resolve import resolve_checkpoint
 
     if getattr(args, "server", None):
@@ -214,8 +214,6 @@ def _served_name(url: str, api_key: str | None) -> str:
     import os
     import urllib.request
 
-    from medgem.errors import InputError
-
     key = api_key or os.environ.get("MEDGEM_API_KEY")
     asked = urllib.request.Request(f"{url}/v1/models",
                                    headers={"Authorization": f"Bearer {key}"} if key else {})
@@ -231,32 +229,26 @@ def _record_sources(args: argparse.Namespace, audit_id: str | None, inputs: Inpu
     """Which PACS study the answer saw (hashed UIDs), under its record: what a later
     `medgem audit send-back` follows. Only where the answer's record is (a server of the
     same store wrote it, or this process did)."""
-    if audit_id is None or args.no_audit:
+    if audit_id is None:
         return
-    from medgem.audit import open_store
     from medgem.sendback.reviewed import record_sources
 
-    store = open_store(args.audit_db or None)
-    try:
-        if store.get(audit_id) is not None:
+    with audit_store(args) as store:
+        if store is not None and store.get(audit_id) is not None:
             record_sources(store, audit_id, inputs.studies)
-    finally:
-        store.close()
 
 
 def _send_back(args: argparse.Namespace, answer: Any, inputs: Inputs) -> None:
     """The answer as an SR on the study's PACS; the send (or its failure) audited as a child of
     the answer's record. Boxes go with it when the model saw one image."""
     from medgem.answer.boxes import parse_boxes
-    from medgem.audit import open_store
     from medgem.sendback import send_report
 
     (study,) = inputs.studies
     boxes = []
     if len(inputs.images) == 1:
         boxes = [(b.label, b.x0, b.y0, b.x1, b.y1) for b in parse_boxes(answer.text, inputs.images[0].size)]
-    store = None if args.no_audit else open_store(args.audit_db or None)
-    try:
+    with audit_store(args) as store:
         try:
             sr, body = send_report(study, answer=answer.text, model=answer.model.id,
                                    model_version=f"{answer.model.revision or 'unknown'} ({answer.model.engine})",
@@ -269,9 +261,6 @@ def _send_back(args: argparse.Namespace, answer: Any, inputs: Inputs) -> None:
             raise
         if store is not None:
             store.append("pacs_send", body, parent=answer.audit_id)
-    finally:
-        if store is not None:
-            store.close()
     print(f"medgem: sent the answer to {study.reference.where} as a preliminary DICOM SR "
           f"(series …{str(sr.SeriesInstanceUID)[-12:]}, {len(study.instances)} image reference(s), "
           f"{len(boxes)} box(es))", file=sys.stderr)
@@ -283,7 +272,6 @@ def _send_fhir_report(args: argparse.Namespace, answer: Any, study: Any) -> None
     """The answer as a preliminary DiagnosticReport to the FHIR server the patient came from."""
     import re
 
-    from medgem.audit import open_store
     from medgem.config import load_settings
     from medgem.sendback.fhir_report import diagnostic_report, post_report
 
@@ -293,12 +281,9 @@ def _send_fhir_report(args: argparse.Namespace, answer: Any, study: Any) -> None
                                audit_id=answer.audit_id)
     body = post_report(args.fhir, report, token=args.fhir_token or load_settings().fhir_token,
                        timeout=args.pacs_timeout)
-    if not args.no_audit:
-        store = open_store(args.audit_db or None)
-        try:
+    with audit_store(args) as store:
+        if store is not None:
             store.append("fhir_send", body, parent=answer.audit_id)
-        finally:
-            store.close()
     print(f"medgem: sent a preliminary DiagnosticReport to {body['server']}", file=sys.stderr)
 
 
@@ -308,15 +293,11 @@ def _cite(args: argparse.Namespace, context: Any, audit_id: str | None) -> None:
     cited = ", ".join(context.cited[:12]) + (" …" if len(context.cited) > 12 else "")
     print(f"medgem: patient record from {context.source}: {len(context.cited)} of "
           f"{context.total} FHIR resources sent ({cited})", file=sys.stderr)
-    if audit_id is None or args.no_audit:
+    if audit_id is None:
         return
-    from medgem.audit import open_store
-
-    store = open_store(args.audit_db or None)
-    try:
-        store.append("fhir_context", context.audit_fields(), parent=audit_id)
-    finally:
-        store.close()
+    with audit_store(args) as store:
+        if store is not None:
+            store.append("fhir_context", context.audit_fields(), parent=audit_id)
 
 
 def _question(raw: str) -> str:
@@ -333,8 +314,6 @@ def _save_preprocessed(inputs: Inputs, folder: Path) -> None:
 
 
 def _draw_boxes(answer: str, inputs: Inputs, target: Path) -> None:
-    from medgem.errors import InputError
-
     if len(inputs.items) != 1:
         raise InputError("--boxes needs exactly one --image")
     from medgem.answer.boxes import draw_boxes, parse_boxes

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from medgem.audit import AuditRecord, AuditStore
+from medgem.errors import InputError
 
 
 def add_parser(subparsers: Any) -> None:
@@ -46,7 +47,7 @@ def add_parser(subparsers: Any) -> None:
 
 def _add_send_back(actions: Any) -> argparse.ArgumentParser:
     """`audit send-back`: it sits beside `review` because it acts on what a review decided."""
-    from medgem.cli.common import number_in
+    from medgem.cli.clinic import add_pacs_access_flags
 
     send: argparse.ArgumentParser = actions.add_parser(
         "send-back", help="store a reviewed answer on its study's PACS as a DICOM SR (and a FHIR report)",
@@ -60,12 +61,7 @@ def _add_send_back(actions: Any) -> argparse.ArgumentParser:
                            "image_dicom part (DICOMweb URL or dimse://AE@HOST:PORT/StudyUID)")
     send.add_argument("--allow-unreviewed", action="store_true",
                       help="send an answer nobody reviewed (as a preliminary, unverified report)")
-    send.add_argument("--dicomweb-token", metavar="TOKEN",
-                      help="bearer token for the DICOMweb server (default: $MEDGEM_DICOMWEB_TOKEN "
-                           "or dicomweb_token in the config file)")
-    send.add_argument("--pacs-timeout", type=number_in(0, open_low=True), default=30.0, metavar="S",
-                      help="seconds one PACS or FHIR request may take (default 30)")
-    send.add_argument("--pacs-aet", default="MEDGEM", metavar="AE", help="medgem's own AE title for DIMSE")
+    add_pacs_access_flags(send)
     send.add_argument("--fhir", metavar="URL", help="also POST a preliminary DiagnosticReport for "
                                                     "https://HOST/fhir/Patient/ID (the reviewer as its interpreter)")
     send.add_argument("--fhir-token", metavar="TOKEN",
@@ -92,8 +88,6 @@ def _existing_store(db: str | None) -> str:
         InputError: no store at that path.
     """
     from medgem.config import audit_path
-    from medgem.errors import InputError
-
     text = str(db) if db is not None else str(audit_path())
     if text == ":memory:" or ("://" in text and not text.startswith("sqlite:///")):
         return text  # open_store names what it cannot open
@@ -141,8 +135,6 @@ def _detail(record: AuditRecord) -> str:
 
 
 def _show(store: AuditStore, args: argparse.Namespace) -> int:
-    from medgem.errors import InputError
-
     record = store.get(args.id)
     if record is None:
         raise InputError(f"no audit record '{args.id}'", "see `medgem audit list`")
@@ -152,8 +144,6 @@ def _show(store: AuditStore, args: argparse.Namespace) -> int:
 
 
 def _verify(store: AuditStore, args: argparse.Namespace) -> int:
-    from medgem.errors import InputError
-
     report = store.verify()
     if report.ok and report.records == 0:
         raise InputError(f"the audit store {args.store_path} holds no records, so there is "
@@ -186,10 +176,9 @@ def _send_back(store: AuditStore, args: argparse.Namespace) -> int:
     """Everything the store and the flags can refuse is refused before the PACS is asked
     (no review, a rejection, no PACS study, another study); then the study is found again
     from the record's hashes, the SR stored and each step recorded under the answer."""
-    from medgem.audit.trail import _local_user
+    from medgem.audit.trail import local_user
     from medgem.cli.clinic import study_references
     from medgem.config import load_settings
-    from medgem.errors import InputError
     from medgem.inputs.pacs import StudyReference
     from medgem.inputs.pacs.fetch import fetch_evidence
     from medgem.sendback.reviewed import (
@@ -211,7 +200,7 @@ def _send_back(store: AuditStore, args: argparse.Namespace) -> int:
     reference = study_references(args)[0]  # the token from the flag or the settings, as ask's
     assert isinstance(reference, StudyReference)
     check_reference(source, reference)
-    user, endpoint = _local_user(), "cli:audit send-back"
+    user, endpoint = local_user(), "cli:audit send-back"
     try:
         study = fetch_evidence(reference, str(source.body["series"]), list(source.body["instances"]))
     except Exception as exc:

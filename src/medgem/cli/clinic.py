@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterable
 
-from medgem.cli.common import imaging_from_args, number_in, whole_number
+from medgem.cli.common import audit_store, imaging_from_args, number_in, whole_number
 from medgem.inputs import Inputs
 
 
@@ -19,16 +19,21 @@ def add_study_flags(parser: argparse.ArgumentParser) -> None:
                             "https://HOST/dicom-web/studies/UID[/series/UID[/instances/UID]] or "
                             "dimse://AE@HOST:PORT/StudyUID[/SeriesUID][?move=AE@PORT] (C-GET, or "
                             "C-MOVE to medgem on PORT); only the slices sent are fetched")
+    add_pacs_access_flags(group)
+    if "--series" not in parser._option_string_actions:  # inspect has it with the imaging flags
+        group.add_argument("--series", help="series to use from the study (or a folder/zip): its "
+                                            "UID or the short UID `medgem inspect` lists")
+
+
+def add_pacs_access_flags(group: argparse._ActionsContainer) -> None:
+    """How medgem reaches a PACS: the DICOMweb token, the timeout, its own DIMSE AE title."""
     group.add_argument("--dicomweb-token", metavar="TOKEN",
                        help="bearer token for the DICOMweb server (default: $MEDGEM_DICOMWEB_TOKEN "
                             "or dicomweb_token in the config file)")
     group.add_argument("--pacs-timeout", type=number_in(0, open_low=True), default=30.0, metavar="S",
-                       help="seconds one PACS request may take (default 30)")
+                       help="seconds one PACS or FHIR request may take (default 30)")
     group.add_argument("--pacs-aet", default="MEDGEM", metavar="AE",
                        help="medgem's own AE title for DIMSE (default MEDGEM)")
-    if "--series" not in parser._option_string_actions:  # inspect has it with the imaging flags
-        group.add_argument("--series", help="series to use from the study (or a folder/zip): its "
-                                            "UID or the short UID `medgem inspect` lists")
 
 
 def add_fhir_flags(parser: argparse.ArgumentParser) -> None:
@@ -83,22 +88,18 @@ def record_fetches(args: argparse.Namespace, fetched: Iterable[object], *,
                    error: BaseException | None = None) -> None:
     """One audit event per PACS fetch ("pacs_fetch": who, from where, hashed UIDs, bytes), or
     per reference that failed (with the error's one line); none under ``--no-audit``."""
-    from medgem.audit import open_store
-    from medgem.audit.trail import _local_user
+    from medgem.audit.trail import local_user
 
-    if getattr(args, "no_audit", False):
-        return
-    store = open_store(getattr(args, "audit_db", None) or None)
-    try:
+    with audit_store(args) as store:
+        if store is None:
+            return
         for item in fetched:
-            body: dict[str, object] = {"user": _local_user(),
+            body: dict[str, object] = {"user": local_user(),
                                        "endpoint": f"cli:{getattr(args, 'command', None) or 'medgem'}"}
             body |= item.audit_fields()  # type: ignore[attr-defined]
             if error is not None:
                 body |= {"status": "failed", "error": str(error)}
             store.append("pacs_fetch", body)
-    finally:
-        store.close()
 
 
 def read_command_inputs(args: argparse.Namespace, question: str | None = None) -> Inputs:

@@ -8,18 +8,22 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medgem.api import MedGemma
 from medgem.cli.progress import Waiting
-from medgem.engines.options import EngineOptions, LlamaCppOptions, OptionsError, options_for
-from medgem.errors import ImageInputError, InputError
+from medgem.engines.options import LlamaCppOptions, OptionsError
+from medgem.errors import ImageInputError, InputError, MedgemError, SchemaError
 from medgem.inputs.options import LIMITS, ImagingOptions
 from medgem.request import GenerationOptions
 from medgem.structured import Constraint
+
+if TYPE_CHECKING:
+    from medgem.audit import AuditStore
 
 
 def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
@@ -118,7 +122,6 @@ def default_model() -> str | None:
     settings for itself (resolving a name, `medgem models`).
     """
     from medgem.config import load_settings
-    from medgem.errors import MedgemError
 
     try:
         return load_settings().model
@@ -160,7 +163,6 @@ def generation_options(args: argparse.Namespace) -> GenerationOptions:
 
 def constraint_from_args(args: argparse.Namespace) -> Constraint | None:
     """--json-schema FILE|NAME or --format json as a Constraint (None without either)."""
-    from medgem.errors import SchemaError
     from medgem.structured.builtin import BUILTINS
 
     source, fmt = getattr(args, "json_schema", None), getattr(args, "format", None)
@@ -313,6 +315,21 @@ def add_audit_flags(parser: argparse.ArgumentParser) -> None:
                        help="write no audit record (says so on stderr)")
 
 
+@contextmanager
+def audit_store(args: argparse.Namespace) -> Iterator[AuditStore | None]:
+    """The audit store the flags name (closed after the block), or None under ``--no-audit``."""
+    if getattr(args, "no_audit", False):
+        yield None
+        return
+    from medgem.audit import open_store
+
+    store = open_store(getattr(args, "audit_db", None) or None)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
 def load_model(args: argparse.Namespace, *, audit: bool = True) -> MedGemma:
     """The model the flags name, writing each answer's audit record unless ``--no-audit``
     (``audit=False``: the caller writes records itself, as the server does). A stage line
@@ -347,18 +364,6 @@ def as_flag_error(error: OptionsError) -> InputError:
     return InputError(f"{flag} does not apply to the {error.engine} engine",
                       f"drop {flag}" + (f", or use --engine {' or '.join(error.takers)}"
                                         if error.takers else ""))
-
-
-def flag_options(engine: str, fields: Mapping[str, object]) -> EngineOptions:
-    """The named engine's options from flag values (:func:`engine_fields`).
-
-    Raises:
-        InputError: a flag the engine does not take, naming the engines that do.
-    """
-    try:
-        return options_for(engine, fields)
-    except OptionsError as exc:
-        raise as_flag_error(exc) from None
 
 
 def llamacpp_settings() -> LlamaCppOptions:

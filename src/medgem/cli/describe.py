@@ -8,6 +8,7 @@ from typing import Any
 
 from medgem.cli import ask
 from medgem.cli.common import add_audit_flags, add_generation_flags, add_model_flags
+from medgem.errors import InputError
 from medgem.request.compose import RADIOLOGIST_SYSTEM, describe_prompt
 
 
@@ -34,8 +35,6 @@ def run(args: argparse.Namespace) -> int:
 
     require_model(args, "describe")
     if args.study:
-        from medgem.errors import InputError
-
         raise InputError("describe takes a local file; a study on a PACS goes through ask",
                          'use medgem ask "Describe this study" --study REF')
     args.image = [args.target, *args.image]  # --image adds priors for a comparison

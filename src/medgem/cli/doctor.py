@@ -8,6 +8,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from medgem.errors import EngineUnavailableError
 from medgem.hardware import GIB, Hardware, detect_hardware
 from medgem.memory import budget_for, estimate
 from medgem.request.variants import VARIANTS, Variant
@@ -102,8 +103,6 @@ def measure_vision(asked: str | None) -> tuple[str, str]:
     """
     import subprocess
     import sys
-
-    from medgem.errors import EngineUnavailableError
 
     code = ("import json, sys; from medgem.engines.llamacpp.vision_measure import measure_vision; "
             "print(json.dumps(measure_vision(sys.argv[1] or None)))")

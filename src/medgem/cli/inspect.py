@@ -17,6 +17,7 @@ from pathlib import Path
 
 from medgem.cli.clinic import add_study_flags
 from medgem.cli.common import add_imaging_flags, add_limit_flags, add_slide_flags, imaging_from_args
+from medgem.errors import InputError
 from medgem.inputs.facts import inspect_input
 from medgem.inputs.options import MedicalInput
 from medgem.inputs.preview import save_preprocessed
@@ -170,8 +171,6 @@ def run(args: argparse.Namespace) -> int:
     Raises:
         ImageInputError: unreadable input (the CLI prints it on one line).
     """
-    from medgem.errors import InputError
-
     if (args.path is None) == (not args.study):
         raise InputError("inspect takes a FILE_OR_DIR or one --study", "give one of them")
     if args.study:

@@ -85,10 +85,7 @@ class Waiting:
         """Rub the line out and draw nothing until the next stage: a bar has the line."""
         with self._lock:
             self._aside = True
-            if self._drawn:
-                self.stream.write("\r\x1b[K")
-                self.stream.flush()
-                self._drawn = False
+            self._rub_out()
 
     def close(self) -> None:
         """Stop and rub the line out; safe to call twice."""
@@ -103,10 +100,7 @@ class Waiting:
         if self._bars_were_on:
             _library_bars(True)
         with self._lock:
-            if self._drawn:
-                self.stream.write("\r\x1b[K")
-                self.stream.flush()
-                self._drawn = False
+            self._rub_out()
 
     def _spin(self) -> None:
         while not self._stop.wait(self.interval):
@@ -124,6 +118,12 @@ class Waiting:
             self.stream.write(f"\r\x1b[K{frame} {self.label} … {elapsed:.0f} s")
             self.stream.flush()
             self._drawn = True
+
+    def _rub_out(self) -> None:  # under the lock
+        if self._drawn:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self._drawn = False
 
 
 def until_first(items: Iterator[T], label: str, stream: TextIO | None = None) -> Iterator[T]:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from medgem.config import cache_dir
+from medgem.errors import InputError
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0", "::"}
 
@@ -181,8 +182,6 @@ def hold_port(host: str, port: int) -> socket.socket:
     Raises:
         InputError: the port is taken (naming what holds it) or the address cannot be bound.
     """
-    from medgem.errors import InputError
-
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -16,6 +16,7 @@ from medgem.cli.common import (
     number_in,
     whole_number,
 )
+from medgem.errors import InputError
 
 
 def add_parser(subparsers: Any) -> None:
@@ -119,8 +120,6 @@ def _check_send_back(args: argparse.Namespace) -> None:
         InputError: --send-back-unreviewed without --send-back, or --send-back with no PACS
             allowed (no answer could be about a study).
     """
-    from medgem.errors import InputError
-
     if args.send_back_unreviewed and not args.send_back:
         raise InputError("--send-back-unreviewed only says which answers --send-back sends",
                          "add --send-back")

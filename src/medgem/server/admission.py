@@ -11,12 +11,19 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from medgem.server.http_errors import BusyError
 
 MAX_RETRY_AFTER_S = 600
+
+
+def retry_after(recent: Sequence[float], least: int, *, at_least: float = 0.0, times: float = 1.0) -> int:
+    """Whole seconds to wait, for the preview slots and the engine queue alike: the mean of the
+    ``recent`` durations (no less than ``at_least``) times ``times``, within ``[least, 600]``."""
+    mean = sum(recent) / len(recent) if recent else 0.0
+    return max(least, min(MAX_RETRY_AFTER_S, math.ceil(max(mean, at_least) * times)))
 
 
 class Slots:
@@ -62,5 +69,4 @@ class Slots:
 
     def retry_after(self) -> int:
         """Whole seconds until a slot likely frees: the mean of recent holds."""
-        mean = sum(self._durations) / len(self._durations) if self._durations else 0.0
-        return max(self._min_retry_after, min(MAX_RETRY_AFTER_S, math.ceil(mean)))
+        return retry_after(self._durations, self._min_retry_after)

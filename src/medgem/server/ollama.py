@@ -36,6 +36,7 @@ from medgem.errors import ApiError, SchemaError
 from medgem.request import GenerationOptions, Request
 from medgem.request.openai_messages import request_from_openai
 from medgem.server.http_errors import ollama_error_body, ollama_error_response
+from medgem.server.openai_answers import medgem_extra
 from medgem.server.protocol import _Body, _Strict
 from medgem.server.queue import Completed, Failed, Job
 from medgem.server.routes import ServingDep, User
@@ -261,7 +262,7 @@ class OllamaReplies:
               thinking: str | None = None) -> dict[str, Any]:
         answer: Answer = item.answer
         t = answer.timings
-        extra = serving._extra(item, job)  # the OpenAI routes' medgem object, the same fields
+        extra = medgem_extra(serving, item, job)  # the OpenAI routes' medgem object, the same fields
         return self._piece(serving, text, thinking) | {
             "done": True, "done_reason": "length" if answer.finish_reason == "length" else "stop",
             "total_duration": _ns(t.total_s + job.queue_s), "load_duration": 0,
@@ -394,11 +395,7 @@ async def _answer(serving: Serving, http: HttpRequest, user: str, body: _Generat
     def check() -> None:
         _check_model(serving, body.model)
         require_constrained(serving.model, options.constraint, "format")
-        limit = serving.config.max_new_tokens
-        if options.max_new_tokens is not None and options.max_new_tokens > limit:
-            raise ApiError(400, f"options.num_predict {options.max_new_tokens} is over this "
-                           f"server's limit of {limit}", "ask for fewer tokens",
-                           code="invalid_value", param="options.num_predict")
+        serving.check_budget(options.max_new_tokens, "options.num_predict")
 
     def build(gone: threading.Event) -> Request:
         return request_from_openai(

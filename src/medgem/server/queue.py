@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import queue
 import threading
 import time
@@ -24,12 +23,12 @@ from typing import Any
 from medgem.answer import Answer, FinalChunk, StreamChunk
 from medgem.errors import ClientDisconnectedError, DrainingError, MedgemError, QueueFullError
 from medgem.request import Request
+from medgem.server.admission import retry_after
 
 log = logging.getLogger("medgem.server")
 
 RunFn = Callable[["Job"], Iterator[StreamChunk]]
 RECENT_SERVICES = 16  # service times the Retry-After estimate averages
-MAX_RETRY_AFTER_S = 600
 
 
 @dataclass(frozen=True)
@@ -88,6 +87,10 @@ class Job:
     @property
     def queue_s(self) -> float:
         return (self.started or time.monotonic()) - self.enqueued
+
+    def drained(self, item: Completed) -> bool:
+        """An answer the drain deadline cut short: its client gets an error, not a partial answer."""
+        return bool(self.context.get("drained")) and item.answer.finish_reason == "cancelled"
 
 
 class EngineQueue:
@@ -168,10 +171,9 @@ class EngineQueue:
         times the place a new request would take in line, shared by the workers. Bounded to
         ``[min_retry_after, 600]``."""
         now = time.monotonic()
-        mean = sum(self._services) / len(self._services) if self._services else 0.0
         oldest = max((now - since for since in list(self._running_since.values())), default=0.0)
-        estimate = max(mean, oldest) * (self._waiting + 1) / self._workers
-        return max(self._min_retry_after, min(MAX_RETRY_AFTER_S, math.ceil(estimate)))
+        return retry_after(self._services, self._min_retry_after, at_least=oldest,
+                           times=(self._waiting + 1) / self._workers)
 
     def stop_accepting(self) -> None:
         """Refuse new jobs from now on (503); queued and running ones go on."""

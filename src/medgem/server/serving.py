@@ -2,20 +2,20 @@
 handler skeleton that runs a question on the engine, and the one answer to every refusal.
 
 The engine is reached only through :class:`~medgem.api.MedGemma` behind the :class:`EngineQueue`.
+OpenAI's shape of the answer is in ``openai_answers``; a client that leaves is noticed by
+``client_watch``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
-from types import TracebackType
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, Protocol
 
 from fastapi.exceptions import RequestValidationError
@@ -24,24 +24,17 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response
 
-from medgem.answer import Answer, AnswerChunk, ThinkingChunk
+from medgem.answer import Answer
 from medgem.api import MedGemma
 from medgem.audit.records import file_name_fields, redacted_error
 from medgem.audit.trail import model_fields, settings_fields, unfinished_requests
-from medgem.errors import (
-    ApiError,
-    AuthError,
-    ClientDisconnectedError,
-    InputCancelled,
-    InputError,
-    MedgemError,
-    error_body,
-)
+from medgem.errors import ApiError, AuthError, InputError, MedgemError, error_body
 from medgem.request import GenerationOptions, Request
 from medgem.sendback.reviewed import record_sources
 from medgem.server import protocol as p
 from medgem.server.admission import Slots
 from medgem.server.auth import KeyStore, bearer_token
+from medgem.server.client_watch import ClientWatch, check_present, read_inputs
 from medgem.server.http_errors import (
     BusyError,
     DrainedError,
@@ -51,10 +44,10 @@ from medgem.server.http_errors import (
 )
 from medgem.server.input_digests import capture_inputs, digest_inputs
 from medgem.server.metrics import Metrics
-from medgem.server.queue import Completed, EngineQueue, Failed, Job, JobItem, Started
+from medgem.server.openai_answers import completion, events
+from medgem.server.queue import Completed, EngineQueue, Failed, Job, Started
 from medgem.server.send_back import SendBacks
 from medgem.server.server_config import ServerConfig
-from medgem.server.structured import structured_answer
 
 log = logging.getLogger("medgem.server")
 AUDITED = frozenset({"/v1/chat/completions", "/api/ask", "/api/chat", "/api/generate"})  # their refusals get a record
@@ -175,11 +168,14 @@ class Serving:
     def _accept(self, job: Job) -> str:
         """The request's accept record (durable on return): who asked, through which endpoint,
         the inputs' digests, the settings; its outcome will name it as parent."""
-        ctx = job.context
-        body = {"user": ctx["user"], "endpoint": ctx["endpoint"], "request_id": ctx["record_id"],
-                "model": model_fields(self.info), "served_as": self.served_name,
-                "settings": settings_fields(job.request), "inputs": ctx["inputs"], "server": self.instance}
+        body = self._request_fields(job) | {"request_id": job.context["record_id"], "server": self.instance}
         return self.store.append("accepted", body).id
+
+    def _request_fields(self, job: Job) -> dict[str, Any]:
+        """What both the accept record and an outcome the server writes say of the request."""
+        ctx = job.context
+        return {"user": ctx["user"], "endpoint": ctx["endpoint"], "model": model_fields(self.info),
+                "served_as": self.served_name, "settings": settings_fields(job.request), "inputs": ctx["inputs"]}
 
     # --- who asks ----------------------------------------------------------------------------
 
@@ -207,12 +203,11 @@ class Serving:
             return True
         return any(e.name == user and e.role == "auditor" for e in self.keys.active())
 
-    def check_budget(self, budget: int | None) -> None:
+    def check_budget(self, budget: int | None, param: str = "max_tokens") -> None:
+        """Refuses (400) a token budget over the server's limit; ``param`` is the field that set it."""
         if budget is not None and budget > self.config.max_new_tokens:
-            raise ApiError(
-                400, f"max_tokens {budget} is over this server's limit of {self.config.max_new_tokens}",
-                "ask for fewer tokens", code="invalid_value", param="max_tokens",
-            )
+            raise ApiError(400, f"{param} {budget} is over this server's limit of {self.config.max_new_tokens}",
+                           "ask for fewer tokens", code="invalid_value", param=param)
 
     # --- every refusal -----------------------------------------------------------------------
 
@@ -274,7 +269,7 @@ class Serving:
             entry.update(file_name_fields(name))
         check()
         async with ClientWatch(http) as watch:
-            request = await asyncio.to_thread(_build, build, watch.gone)
+            request = await asyncio.to_thread(read_inputs, build, watch.gone)
             record_id = f"chatcmpl-{uuid.uuid4().hex}"
             endpoint = str(http.scope["route"].path)
             check_present(watch.gone, "while its inputs were read")  # the engine is never reached
@@ -301,7 +296,7 @@ class Serving:
                 return replies.stream(self, job, record_id, created)
             if stream:  # sse-starlette frames the events and stops the job when the client leaves
                 return EventSourceResponse(
-                    self._events(job, record_id, created, include_usage), sep="\n",
+                    events(self, job, record_id, created, include_usage), sep="\n",
                     headers={"Cache-Control": "no-cache"}, shutdown_grace_period=self.config.drain_timeout_s)
             while True:
                 item = await watch.next(job)
@@ -309,13 +304,13 @@ class Serving:
                     return Response(status_code=499)
                 if isinstance(item, Failed):
                     return refused(item.error)
-                if isinstance(item, Completed) and _drained(item, job):
+                if isinstance(item, Completed) and job.drained(item):
                     return refused(DrainedError(self.config.retry_after_s))
                 if isinstance(item, Completed) and replies is not None:
                     return replies.whole(self, item, job, record_id, created)
                 if isinstance(item, Completed):
-                    await self._send_unreviewed(item, job)
-                    return JSONResponse(self._completion(item, job, record_id, created).model_dump())
+                    await self.send_unreviewed(item, job)
+                    return JSONResponse(completion(self, item, job, record_id, created).model_dump())
 
     def _audit_context(self, job: Job) -> dict[str, Any]:
         ctx = job.context
@@ -349,58 +344,15 @@ class Serving:
             return str(recorded)
         ctx = job.context
         status, error_json = error_body(error or RuntimeError())
-        body: dict[str, Any] = {
-            "user": ctx["user"], "endpoint": ctx["endpoint"], "model": model_fields(self.info),
-            "served_as": self.served_name, "settings": settings_fields(job.request),
-            "inputs": ctx["inputs"], "status": status, "error": redacted_error(error_json["error"], ctx["names"]),
-        }
+        body = self._request_fields(job) | {
+            "status": status, "error": redacted_error(error_json["error"], ctx["names"])}
         kind = "rejected" if status < 500 else "error"
         self.store.append(kind, body, record_id=ctx["record_id"], parent=ctx.get("accepted"))
         return str(ctx["record_id"])
 
     # --- answers -----------------------------------------------------------------------------
 
-    def _completion(self, item: Completed, job: Job, record_id: str, created: int) -> p.ChatCompletion:
-        answer = item.answer
-        thinking = answer.thinking or None
-        message = p.AssistantMessage(content=answer.text, reasoning_content=thinking, reasoning=thinking)
-        return p.ChatCompletion(id=record_id, created=created, model=self.served_name,
-                                choices=[p.Choice(message=message, finish_reason=_finish(answer))],
-                                usage=_usage(answer), medgem=self._extra(item, job))
-
-    async def _events(self, job: Job, record_id: str, created: int, include_usage: bool) -> AsyncIterator[str]:
-        """The stream's ``data:`` payloads: chat.completion.chunk JSON, then ``[DONE]``."""
-        def chunk(delta: p.Delta, finish_reason: str | None = None, **extra: Any) -> str:
-            body = p.ChatCompletionChunk(id=record_id, created=created, model=self.served_name,
-                                         choices=[p.ChunkChoice(delta=delta, finish_reason=finish_reason)], **extra)
-            return body.model_dump_json(exclude_none=True)
-
-        try:
-            yield chunk(p.Delta(role="assistant", content=""))
-            while True:
-                item = await job.out.get()
-                if isinstance(item, ThinkingChunk):
-                    yield chunk(p.Delta(reasoning_content=item.text, reasoning=item.text))
-                elif isinstance(item, AnswerChunk):
-                    yield chunk(p.Delta(content=item.text))
-                elif isinstance(item, Completed) and _drained(item, job):  # cut by the drain deadline
-                    yield json.dumps(error_body(DrainedError(self.config.retry_after_s))[1])
-                    return
-                elif isinstance(item, Completed):
-                    await self._send_unreviewed(item, job)
-                    yield chunk(p.Delta(), _finish(item.answer), medgem=self._extra(item, job))
-                    if include_usage:
-                        yield p.ChatCompletionChunk(id=record_id, created=created, model=self.served_name,
-                                                    choices=[], usage=_usage(item.answer)).model_dump_json(exclude_none=True)
-                    yield "[DONE]"
-                    return
-                elif isinstance(item, Failed):
-                    yield json.dumps(error_body(item.error)[1])
-                    return
-        finally:  # done, or the client left (sse-starlette cancels the stream): stop the job
-            job.cancel.set()
-
-    async def _send_unreviewed(self, item: Completed, job: Job) -> None:
+    async def send_unreviewed(self, item: Completed, job: Job) -> None:
         """Under --send-back-unreviewed, an answer about a PACS study goes back at once (off
         the engine's thread: the PACS may be slow), before its last chunk, which says how it
         went; an answer cut short by a client that left is not sent."""
@@ -409,15 +361,6 @@ class Serving:
             return
         job.context["send_back"] = await asyncio.to_thread(
             self.sendbacks.send_unreviewed, item.record_id, job.context["user"])
-
-    def _extra(self, item: Completed, job: Job) -> p.MedgemExtra:
-        answer = item.answer
-        return p.MedgemExtra(caveat=answer.caveat, label=answer.label, audit_id=item.record_id,
-                             queue_s=round(job.queue_s, 4), first_token_s=round(answer.timings.first_token_s, 4),
-                             total_s=round(answer.timings.total_s, 4),
-                             adapter=answer.model.adapter, adapter_sha256=answer.model.adapter_sha256,
-                             structured=structured_answer(job.request.options.constraint, answer),
-                             send_back=job.context.get("send_back"))
 
     # --- what the server is ------------------------------------------------------------------
 
@@ -438,57 +381,9 @@ class Serving:
     def health(self) -> p.Health:
         queue = self.queue
         status: Literal["ok", "warming", "draining"] = "draining" if queue.draining else "ok" if self.ready else "warming"
+        backends = self.model.engine.health().get("backends")  # a remote front's servers
         return p.Health(status=status, model=self.served_name, waiting=queue.waiting, busy=queue.running > 0,
-                        running=queue.running, backends=engine_health(self.model))
-
-
-def engine_health(model: MedGemma) -> list[Any] | None:
-    """What the engine says of its own health: a remote front's servers, or None."""
-    backends = model.engine.health().get("backends")
-    return list(backends) if isinstance(backends, list) else None
-
-
-class ClientWatch:
-    """Sets ``gone`` (the job's cancel event, which the engine checks) once the client
-    disconnects. Enter it only after the body was read: it waits on the request's messages."""
-
-    def __init__(self, http: HttpRequest) -> None:
-        self.http = http
-        self.gone = threading.Event()
-        self._left = asyncio.Event()
-        self._task: asyncio.Future[None] | None = None
-
-    async def __aenter__(self) -> ClientWatch:
-        self._task = asyncio.ensure_future(self._watch())
-        return self
-
-    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        assert self._task is not None
-        self._task.cancel()
-
-    async def _watch(self) -> None:
-        while (await self.http.receive())["type"] != "http.disconnect":
-            pass
-        self.gone.set()
-        self._left.set()
-
-    async def next(self, job: Job) -> JobItem | None:
-        """The job's next item, or None (and the job told to stop) once the client left."""
-        getter = asyncio.ensure_future(job.out.get())
-        left = asyncio.ensure_future(self._left.wait())
-        done, _ = await asyncio.wait({getter, left}, return_when=asyncio.FIRST_COMPLETED)
-        left.cancel()
-        if getter in done:
-            return getter.result()
-        getter.cancel()
-        job.cancel.set()
-        return None
-
-
-def _drained(item: Completed, job: Job) -> bool:
-    """An answer the drain deadline cut short: its client gets an error, not a partial answer."""
-    return bool(job.context.get("drained")) and item.answer.finish_reason == "cancelled"
+                        running=queue.running, backends=list(backends) if isinstance(backends, list) else None)
 
 
 def _process_alive(pid: object) -> bool:
@@ -501,29 +396,3 @@ def _process_alive(pid: object) -> bool:
     except PermissionError:  # someone else's process: alive
         return True
     return True
-
-
-def _build(build: Callable[[threading.Event], Request], gone: threading.Event) -> Request:
-    check_present(gone, "before its inputs were read")
-    try:
-        request = build(gone)
-    except InputCancelled:
-        check_present(gone, "while its inputs were read")  # a 499, recorded as the client leaving
-        raise
-    check_present(gone, "while its inputs were read")
-    return request
-
-
-def check_present(gone: threading.Event, when: str) -> None:
-    """Raises ClientDisconnectedError once the client left ("... disconnected {when}")."""
-    if gone.is_set():
-        raise ClientDisconnectedError(f"the client disconnected {when}", "nothing ran on the model")
-
-
-def _finish(answer: Answer) -> str:
-    return "length" if answer.finish_reason == "length" else "stop"
-
-
-def _usage(answer: Answer) -> p.UsageBody:
-    return p.UsageBody(prompt_tokens=answer.usage.prompt_tokens, completion_tokens=answer.usage.completion_tokens,
-                       total_tokens=answer.usage.total_tokens)

@@ -18,16 +18,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from medgem.errors import (
-    PacsError,
-    PacsRefusedError,
-    PacsTimeoutError,
-    PacsUnavailableError,
-)
+from medgem.errors import PacsError, PacsRefusedError, PacsTimeoutError, PacsUnavailableError
 from medgem.inputs.pacs.client import PacsClient
 from medgem.inputs.pacs.dicomweb import DicomwebClient
 from medgem.inputs.pacs.dimse import DimseClient
-from medgem.inputs.pacs.fetch import NOT_IMAGE_SERIES, RemoteSeries, list_series
+from medgem.inputs.pacs.fetch import (
+    NOT_IMAGE_SERIES,
+    RemoteSeries,
+    header_int,
+    header_text,
+    list_series,
+)
 from medgem.inputs.pacs.reference import StudyReference, parse_study_reference, uid_hash
 
 #: Study-level attributes asked for when searching: what a PACS browser's study list shows.
@@ -251,7 +252,7 @@ class DicomwebBrowser(DicomwebClient):
     def studies(self, filters: Mapping[str, str], limit: int) -> list[Any]:
         """QIDO-RS ``/studies`` with the wildcards left as they are: ``dicomweb-client``
         percent-encodes ``*`` (``%2A``), which Orthanc then matches as a literal star, so the
-        query goes through the client's own session (its token, its byte count)."""
+        query goes through the session the client was given (its token, its byte count)."""
         from urllib.parse import urlencode
 
         from pydicom import Dataset
@@ -261,8 +262,8 @@ class DicomwebBrowser(DicomwebClient):
         url = f"{self.reference.root}/studies?{urlencode(params, safe='*?')}"
 
         def get() -> list[Any]:
-            response = self._client._session.get(url, headers={"Accept": "application/dicom+json"},
-                                                 timeout=self.reference.timeout)
+            response = self._session.get(url, headers={"Accept": "application/dicom+json"},
+                                          timeout=self.reference.timeout)
             response.raise_for_status()
             try:
                 return [Dataset.from_json(item) for item in (response.json() if response.content else [])]
@@ -325,10 +326,10 @@ def _study(ds: Any) -> RemoteStudy:
         listed = (modalities,)
     else:
         listed = tuple(str(m) for m in modalities)
-    return RemoteStudy(_text(ds, "StudyInstanceUID"), person_name(ds.get("PatientName")),
-                       _text(ds, "PatientID"), _text(ds, "StudyDate"), _text(ds, "StudyDescription"),
-                       _text(ds, "AccessionNumber"), listed,
-                       _int(ds, "NumberOfStudyRelatedSeries"), _int(ds, "NumberOfStudyRelatedInstances"))
+    return RemoteStudy(header_text(ds, "StudyInstanceUID"), person_name(ds.get("PatientName")),
+                       header_text(ds, "PatientID"), header_text(ds, "StudyDate"), header_text(ds, "StudyDescription"),
+                       header_text(ds, "AccessionNumber"), listed,
+                       header_int(ds, "NumberOfStudyRelatedSeries"), header_int(ds, "NumberOfStudyRelatedInstances"))
 
 
 def person_name(value: Any) -> str:
@@ -338,16 +339,3 @@ def person_name(value: Any) -> str:
     family, _, rest = str(value).partition("^")
     given = " ".join(part for part in rest.split("^")[:2] if part)
     return f"{family}, {given}" if given else family
-
-
-def _text(ds: Any, name: str) -> str:
-    value = ds.get(name)
-    return str(value).strip() if value not in (None, "") else ""
-
-
-def _int(ds: Any, name: str) -> int | None:
-    try:
-        value = ds.get(name)
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
-        return None

@@ -27,7 +27,8 @@ class DicomwebClient:
         self.reference = reference
         self.bytes_moved = 0
         self._content_type = ""  # the last answer's, for the syntax frames came in
-        session = requests.Session()
+        # Our own session: the client sets the token on it, and browse.py queries through it.
+        self._session = session = requests.Session()
         session.hooks["response"].append(self._count)
         headers = {"Authorization": f"Bearer {reference.token}"} if reference.token else None
         self._client = client_module.DICOMwebClient(reference.root, session=session, headers=headers,
@@ -79,7 +80,7 @@ class DicomwebClient:
         self._call(lambda: self._client.store_instances([dataset]), "storing the report")
 
     def close(self) -> None:
-        self._client._session.close()
+        self._session.close()
 
     def _call(self, action: Any, what: str) -> Any:
         """``action()``, its failures sorted once into kinds and raised as :meth:`_failure`

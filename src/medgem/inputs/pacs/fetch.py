@@ -105,14 +105,16 @@ class FetchedStudy:
         return replace(self, headers=(first, *(reference_only(ds, first) for ds in self.headers[1:])))
 
 
-def _text(ds: Any, name: str) -> str:
+def header_text(ds: Any, name: str) -> str:
+    """A header attribute as text, stripped; "" when absent or empty."""
     value = ds.get(name)
     return str(value).strip() if value not in (None, "") else ""
 
 
-def _int(ds: Any, name: str) -> int | None:
-    value = ds.get(name)
+def header_int(ds: Any, name: str) -> int | None:
+    """A header attribute as a whole number; None when absent, empty or not a number."""
     try:
+        value = ds.get(name)
         return int(value) if value not in (None, "") else None
     except (TypeError, ValueError):
         return None
@@ -134,9 +136,9 @@ def list_series(reference: StudyReference, client: PacsClient | None = None) -> 
     if not found:
         raise PacsError(f"study …{reference.study[-12:]} is not on {reference.where}",
                         "check the StudyInstanceUID")
-    series = [RemoteSeries(_text(ds, "SeriesInstanceUID"), _text(ds, "Modality").upper(),
-                           _text(ds, "BodyPartExamined").upper(), _int(ds, "SeriesNumber"),
-                           _text(ds, "SeriesDescription"), _int(ds, "NumberOfSeriesRelatedInstances"))
+    series = [RemoteSeries(header_text(ds, "SeriesInstanceUID"), header_text(ds, "Modality").upper(),
+                           header_text(ds, "BodyPartExamined").upper(), header_int(ds, "SeriesNumber"),
+                           header_text(ds, "SeriesDescription"), header_int(ds, "NumberOfSeriesRelatedInstances"))
               for ds in found]
     return sorted(series, key=lambda s: (s.number is None, s.number or 0, s.uid))
 
@@ -188,16 +190,16 @@ def choose_remote_series(series: list[RemoteSeries], reference: StudyReference,
 
 def _sampled(instances: list[Any], options: ImagingOptions, where: str) -> tuple[list[Any], list[int], Series]:
     """Sort the instance headers as a local folder is sorted and pick the slices to send."""
-    listed = Series("", "", "", None, [(DicomSource(name=_text(ds, "SOPInstanceUID")), ds)
+    listed = Series("", "", "", None, [(DicomSource(name=header_text(ds, "SOPInstanceUID")), ds)
                                          for ds in instances])
     sort_slices(listed)
-    frames = [_int(ds, "NumberOfFrames") or 1 for _, ds in listed.members]
+    frames = [header_int(ds, "NumberOfFrames") or 1 for _, ds in listed.members]
     if len(listed.members) == 1 or max(frames) > 1:
         picked = list(range(len(listed.members))) if len(listed.members) == 1 else [0]
     else:
         picked = sample_indices(len(listed.members), options.max_slices)
     chosen = [listed.members[i][1] for i in picked]
-    pixels = sum((_int(ds, "Rows") or 0) * (_int(ds, "Columns") or 0) * f
+    pixels = sum((header_int(ds, "Rows") or 0) * (header_int(ds, "Columns") or 0) * f
                  for ds, f in zip(chosen, (frames[i] for i in picked), strict=True))
     if pixels > options.max_total_pixels:
         raise ImageInputError(f"{where}: the {len(picked)} instances to fetch declare {pixels:,} pixels, over "
@@ -247,7 +249,7 @@ def _read(client: PacsClient, reference: StudyReference, options: ImagingOptions
     if is_slide_series(instances):
         return _read_slide(client, reference, chosen, instances, options, len(series_list))
     if reference.instance:
-        instances = [ds for ds in instances if _text(ds, "SOPInstanceUID") == reference.instance]
+        instances = [ds for ds in instances if header_text(ds, "SOPInstanceUID") == reference.instance]
         if not instances:
             raise PacsError(f"instance …{reference.instance[-12:]} is not in {where}",
                             "check the SOPInstanceUID")
@@ -256,7 +258,7 @@ def _read(client: PacsClient, reference: StudyReference, options: ImagingOptions
     budget = ReadBudget(options, where)
     budget.files(len(instances))
     wanted, picked, listed = _sampled(instances, options, where)
-    uids = [_text(ds, "SOPInstanceUID") for ds in wanted]
+    uids = [header_text(ds, "SOPInstanceUID") for ds in wanted]
     key = os.urandom(32)  # pseudonyms for this read only: nothing links it to another
     headers: list[Any] = []
     with tempfile.TemporaryDirectory(prefix="medgem-pacs-") as folder:
@@ -299,13 +301,13 @@ def _read_slide(client: PacsClient, reference: StudyReference, chosen: RemoteSer
         raise PacsError(f"{where} is a whole-slide image: its tiles are fetched by frame, which needs "
                         "DICOMweb (a DIMSE C-GET would move every pyramid level whole)",
                         "give the study's DICOMweb URL (https://HOST/dicom-web/studies/UID)")
-    if reference.instance and all(_text(ds, "SOPInstanceUID") != reference.instance for ds in instances):
+    if reference.instance and all(header_text(ds, "SOPInstanceUID") != reference.instance for ds in instances):
         raise PacsError(f"instance …{reference.instance[-12:]} is not in {where}", "check the SOPInstanceUID")
     ReadBudget(options, where).files(len(instances))
     item, record, headers = read_remote_slide(client, reference.study, chosen.uid, options, where,
                                               f"study-{uid_hash(reference.study)[:8]}")
     item = replace(item, metadata=dict(item.metadata, series=chosen.short_uid, series_count=series_count))
-    fetched = FetchedStudy(reference, chosen.uid, tuple(_text(ds, "SOPInstanceUID") for ds in headers),
+    fetched = FetchedStudy(reference, chosen.uid, tuple(header_text(ds, "SOPInstanceUID") for ds in headers),
                            tuple(headers), len(instances), client.bytes_moved,
                            frames=record.frames_moved, frames_total=record.frames_total)
     return item, fetched
@@ -344,12 +346,12 @@ def fetch_evidence(reference: StudyReference, series_hash: str,
             raise PacsError(f"the series the answer saw is no longer in {where}",
                             "nothing was sent; check that the study was not changed on the PACS")
         series = listed[0].uid
-        by_hash = {uid_hash(_text(ds, "SOPInstanceUID")): ds for ds in client.instances(reference.study, series)}
+        by_hash = {uid_hash(header_text(ds, "SOPInstanceUID")): ds for ds in client.instances(reference.study, series)}
         found = [by_hash[h] for h in instance_hashes if h in by_hash]
         if not found or len(found) != len(instance_hashes):
             raise PacsError(f"{len(instance_hashes) - len(found)} of the {len(instance_hashes)} instances the "
                             f"answer saw are no longer in {where}", "nothing was sent; check the study on the PACS")
-        uids = [_text(ds, "SOPInstanceUID") for ds in found]
+        uids = [header_text(ds, "SOPInstanceUID") for ds in found]
         (whole,) = client.retrieve(reference.study, series, uids[:1])  # drained: DIMSE releases then
         first = without_pixels(whole)
         rest = [reference_only(ds, first) for ds in found[1:]]
@@ -365,8 +367,8 @@ def reference_only(listed: Any, first: Any) -> Any:
 
     ds = pydicom.Dataset()
     ds.StudyInstanceUID, ds.SeriesInstanceUID = first.StudyInstanceUID, first.SeriesInstanceUID
-    ds.SOPInstanceUID = _text(listed, "SOPInstanceUID")
-    ds.SOPClassUID = _text(listed, "SOPClassUID") or first.SOPClassUID
+    ds.SOPInstanceUID = header_text(listed, "SOPInstanceUID")
+    ds.SOPClassUID = header_text(listed, "SOPClassUID") or first.SOPClassUID
     return ds
 
 
