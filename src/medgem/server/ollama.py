@@ -262,7 +262,7 @@ class OllamaReplies:
               thinking: str | None = None) -> dict[str, Any]:
         answer: Answer = item.answer
         t = answer.timings
-        extra = medgem_extra(serving, item, job)  # the OpenAI routes' medgem object, the same fields
+        extra = medgem_extra(item, job)  # the OpenAI routes' medgem object, the same fields
         return self._piece(serving, text, thinking) | {
             "done": True, "done_reason": "length" if answer.finish_reason == "length" else "stop",
             "total_duration": _ns(t.total_s + job.queue_s), "load_duration": 0,

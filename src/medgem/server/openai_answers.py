@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from medgem.answer import Answer, AnswerChunk, ThinkingChunk
 from medgem.errors import error_body
@@ -16,8 +16,15 @@ from medgem.server.http_errors import DrainedError
 from medgem.server.queue import Completed, Failed, Job
 from medgem.server.structured import structured_answer
 
-if TYPE_CHECKING:
-    from medgem.server.serving import Serving
+
+class Serving(Protocol):
+    """What the answer shapes read of the server (``medgem.server.serving.Serving``), named
+    here so this module need not import the one that imports it."""
+
+    served_name: str
+    config: Any
+
+    async def send_unreviewed(self, item: Completed, job: Job) -> None: ...
 
 
 def completion(serving: Serving, item: Completed, job: Job, record_id: str, created: int) -> p.ChatCompletion:
@@ -26,7 +33,7 @@ def completion(serving: Serving, item: Completed, job: Job, record_id: str, crea
     message = p.AssistantMessage(content=answer.text, reasoning_content=thinking, reasoning=thinking)
     return p.ChatCompletion(id=record_id, created=created, model=serving.served_name,
                             choices=[p.Choice(message=message, finish_reason=_finish(answer))],
-                            usage=_usage(answer), medgem=medgem_extra(serving, item, job))
+                            usage=_usage(answer), medgem=medgem_extra(item, job))
 
 
 async def events(serving: Serving, job: Job, record_id: str, created: int,
@@ -51,7 +58,7 @@ async def events(serving: Serving, job: Job, record_id: str, created: int,
                 return
             elif isinstance(item, Completed):
                 await serving.send_unreviewed(item, job)
-                yield chunk(p.Delta(), _finish(item.answer), medgem=medgem_extra(serving, item, job))
+                yield chunk(p.Delta(), _finish(item.answer), medgem=medgem_extra(item, job))
                 if include_usage:
                     yield chunk(None, usage=_usage(item.answer))
                 yield "[DONE]"
@@ -63,7 +70,7 @@ async def events(serving: Serving, job: Job, record_id: str, created: int,
         job.cancel.set()
 
 
-def medgem_extra(serving: Serving, item: Completed, job: Job) -> p.MedgemExtra:
+def medgem_extra(item: Completed, job: Job) -> p.MedgemExtra:
     """The answer's ``medgem`` object: caveat, label, audit id, timings, adapter, structured
     output, send-back."""
     answer = item.answer
