@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,3 +140,26 @@ def attach_adapter(model: Any, adapter: AdapterInfo, *, trainable: bool = False)
             f"use the base model it was trained on ({adapter.base_model or 'see its adapter_config.json'})",
         ) from exc
     return wrapped if trainable else wrapped.eval()
+
+
+def save_merged(adapter: AdapterInfo, base: Path, multimodal: bool, out: Path,
+                dtype: Any = "auto") -> None:
+    """Write the ``base`` checkpoint with ``adapter`` merged into its weights (loaded in
+    ``dtype``) as the checkpoint folder ``out``, with its processor, chat template and
+    generation config; its config.json names the adapter it holds (and so does a GGUF from it).
+    """
+    import transformers
+
+    model_class: Any = (transformers.AutoModelForImageTextToText if multimodal
+                        else transformers.AutoModelForCausalLM)
+    processor_class: Any = transformers.AutoProcessor if multimodal else transformers.AutoTokenizer
+    model = model_class.from_pretrained(str(base), dtype=dtype)
+    attach_adapter(model, adapter).merge_and_unload().save_pretrained(str(out))
+    processor_class.from_pretrained(str(base)).save_pretrained(str(out))
+    for name in ("chat_template.jinja", "generation_config.json"):
+        if (base / name).is_file() and not (out / name).exists():
+            shutil.copy2(base / name, out / name)
+    config_path = out / "config.json"
+    config = json.loads(config_path.read_text())
+    config["medgem_adapter"] = {"name": adapter.name, "sha256": adapter.sha256}
+    config_path.write_text(json.dumps(config, indent=2) + "\n")

@@ -97,7 +97,7 @@ def merge_adapter(plan: TunePlan, adapter: AdapterInfo, target: Path | None = No
     Weights are merged in the training dtype (float32 on CPUs); the folder appears only when
     complete. Its config.json names the adapter it holds.
     """
-    from medgem.engines.gguf.lora import save_merged
+    from medgem.adapters import save_merged
 
     target = target or plan.config.out / MERGED
     partial = target.with_name(target.name + PARTIAL_SUFFIX)

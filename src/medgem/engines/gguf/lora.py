@@ -14,10 +14,8 @@ merged into a full checkpoint and converted as a model instead (``merge=True``).
 
 from __future__ import annotations
 
-import json
 import math
 import re
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,7 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from medgem.adapters import AdapterInfo, find_adapter
+from medgem.adapters import AdapterInfo, find_adapter, save_merged
 from medgem.engines.gguf.write import PlannedTensor, gguf_target, write_gguf
 from medgem.errors import AdapterError
 
@@ -234,27 +232,3 @@ def _merge_and_convert(adapter: AdapterInfo, base: str, out: Path, quant: str, p
         result = convert_checkpoint(merged_dir, quant, out, progress=progress)
     return AdapterConversion(None, result.mmproj, result.model, 0, time.perf_counter() - started)
 
-
-def save_merged(adapter: AdapterInfo, base: Path, multimodal: bool, out: Path,
-                dtype: Any = "auto") -> None:
-    """Write the ``base`` checkpoint with ``adapter`` merged into its weights (loaded in
-    ``dtype``) as the checkpoint folder ``out``, with its processor, chat template and
-    generation config; its config.json names the adapter it holds (and so does a GGUF from it).
-    """
-    import transformers
-
-    from medgem.adapters import attach_adapter
-
-    model_class: Any = (transformers.AutoModelForImageTextToText if multimodal
-                        else transformers.AutoModelForCausalLM)
-    processor_class: Any = transformers.AutoProcessor if multimodal else transformers.AutoTokenizer
-    model = model_class.from_pretrained(str(base), dtype=dtype)
-    attach_adapter(model, adapter).merge_and_unload().save_pretrained(str(out))
-    processor_class.from_pretrained(str(base)).save_pretrained(str(out))
-    for name in ("chat_template.jinja", "generation_config.json"):
-        if (base / name).is_file() and not (out / name).exists():
-            shutil.copy2(base / name, out / name)
-    config_path = out / "config.json"
-    config = json.loads(config_path.read_text())
-    config["medgem_adapter"] = {"name": adapter.name, "sha256": adapter.sha256}
-    config_path.write_text(json.dumps(config, indent=2) + "\n")
