@@ -166,7 +166,6 @@ class LlamaCppEngine:
             except Exception:
                 self._free_model()
                 raise
-        self.vision = self._vision.choice if self._vision else ("none", "no vision projector")
         self._speed_key = speeds.speed_key(
             checkpoint.path, checkpoint.mmproj,
             speeds.vision_label(self._vision.path, self._vision.dtype) if self._vision else "none", threads)
@@ -206,6 +205,11 @@ class LlamaCppEngine:
         )
         self.capabilities = Capabilities(images=self._vision is not None, batching="continuous",
                                          constrained=importlib.util.find_spec("llguidance") is not None)
+
+    @property
+    def vision(self) -> tuple[str, str]:
+        """The vision path this engine runs and why (``speeds.choose_vision``)."""
+        return self._vision.choice if self._vision else ("none", "no vision projector")
 
     # --- tokens --------------------------------------------------------------------------------
 
@@ -410,7 +414,7 @@ class LlamaCppEngine:
         prompt = sequence.prompt
         chunk = mtmd.mtmd_input_chunks_get(prompt.chunks, prompt.chunk_of_unit[unit_index][0])
         key = str(prompt.units[unit_index].key)
-        embeddings, seconds = vision.embeddings(chunk, key, prompt.pixels.get(key))
+        embeddings, seconds = vision.embeddings(chunk, key, prompt.pixels[key])
         if seconds is None:
             sequence.images_cached += 1
         else:
