@@ -81,9 +81,10 @@ class Orthanc:
 
 
 def start_orthanc(folder: Path, *, users: dict[str, str] | None = None,
-                  allow_get: bool = True) -> Orthanc:
+                  allow_get: bool = True, scp_timeout: int = 30) -> Orthanc:
     """Start Orthanc on free loopback ports with its storage in ``folder``; returns when its
-    REST API answers. ``allow_get=False`` refuses medgem's C-GET (a PACS that only moves).
+    REST API answers. ``allow_get=False`` refuses medgem's C-GET (a PACS that only moves);
+    ``scp_timeout`` is how many idle seconds it lets an association sit before closing it.
 
     Raises:
         RuntimeError: Orthanc did not come up within 30 s (its log is in the message).
@@ -102,7 +103,7 @@ def start_orthanc(folder: Path, *, users: dict[str, str] | None = None,
         "DicomModalities": {"medgem": {"AET": MEDGEM_AET, "Host": "127.0.0.1", "Port": move_port,
                                        "AllowGet": allow_get}},
         "DicomCheckCalledAet": False, "StableAge": 1, "HttpTimeout": 30,
-        "DicomScpTimeout": 30,
+        "DicomScpTimeout": scp_timeout,
     }
     (folder / "orthanc.json").write_text(json.dumps(config))
     log = (folder / "orthanc.log").open("wb")

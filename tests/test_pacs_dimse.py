@@ -211,3 +211,33 @@ def test_a_pacs_that_refuses_c_get_says_to_move_and_moves(orthanc_moves_only: Or
     local = read_inputs([orthanc.files["cr"][0]])
     assert np.array_equal(np.asarray(moved.images[0]), np.asarray(local.images[0]))
     assert _port_free(orthanc_moves_only.move_port)
+
+
+def test_a_reader_slower_than_the_pacs_idle_timeout_still_gets_every_instance(
+        orthanc: Orthanc, tmp_path: Path) -> None:
+    """A PACS closes an association that sits idle past its own timeout (Orthanc: 1 s here).
+    A caller that takes longer than that between two instances gets the rest all the same,
+    by C-GET and by C-MOVE, on a fresh association, with the move port released after."""
+    import time
+
+    import pydicom
+
+    from medgem.inputs.pacs.dimse import DimseClient
+
+    server = start_orthanc(tmp_path / "impatient", scp_timeout=1)
+    try:
+        server.upload(orthanc.files["mr"][:3])
+        first = pydicom.dcmread(orthanc.files["mr"][0], stop_before_pixels=True)
+        uids = [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
+                for p in orthanc.files["mr"][:3]]
+        study, series = str(first.StudyInstanceUID), str(first.SeriesInstanceUID)
+        for ref in (server.dimse(study), _moved(server, study)):
+            client = DimseClient(parse_study_reference(ref).with_access(timeout=10))
+            got = []
+            for ds in client.retrieve(study, series, uids):
+                got.append(str(ds.SOPInstanceUID))
+                time.sleep(2.5)  # the PACS gives up on the idle association meanwhile
+            assert got == uids, ref
+        assert _port_free(server.move_port)
+    finally:
+        server.stop()

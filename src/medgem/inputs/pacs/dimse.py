@@ -67,7 +67,7 @@ class DimseClient:
         started = time.monotonic()
         try:
             for status, identifier in assoc.send_c_find(query, Find):
-                code = int(getattr(status, "Status", -1)) if status else -1
+                code = _code(status)
                 if code == -1:
                     raise self._silent(assoc, "C-FIND", started)
                 if code in (0xFF00, 0xFF01) and identifier is not None:
@@ -146,14 +146,13 @@ class DimseClient:
         for context in contexts:
             ae.add_requested_context(context.abstract_syntax)
         roles = [build_role(str(context.abstract_syntax), scp_role=True) for context in contexts]
-        assoc = self._associate(ae, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
-        self._held.append(assoc.release)
         try:
-            self._check_offered(assoc, Get, "C-GET")
+            session = _Session(self, ae, Get, "C-GET", ext_neg=roles,
+                               evt_handlers=[(evt.EVT_C_STORE, on_store)])
             for uid in instances:
-                code, started = -1, time.monotonic()
-                for status, _ in assoc.send_c_get(_image_query(study, series, uid), Get):
-                    code = int(getattr(status, "Status", -1)) if status else -1
+                started = time.monotonic()
+                statuses, assoc = session.send("send_c_get", _image_query(study, series, uid), Get)
+                code = _code(statuses[-1] if statuses else None)
                 if code == -1:
                     raise self._silent(assoc, "C-GET", started)
                 if code not in (0x0000, 0xB000) or not received:
@@ -190,17 +189,16 @@ class DimseClient:
         try:
             ae = self._ae()
             ae.add_requested_context(Move)
-            assoc = self._associate(ae)
-            self._held.append(assoc.release)
-            self._check_offered(assoc, Move, "C-MOVE")
+            session = _Session(self, ae, Move, "C-MOVE")
             for uid in instances:
                 wanted.clear()  # only the instance this C-MOVE names may arrive now
                 wanted.add(uid)
-                code, comment, started = -1, "", time.monotonic()
-                for status, _ in assoc.send_c_move(_image_query(study, series, uid),
-                                                   ref.move_destination, Move):
-                    code = int(getattr(status, "Status", -1)) if status else -1
-                    comment = str(status.get("ErrorComment", "")).strip() if status else ""
+                started = time.monotonic()
+                statuses, assoc = session.send("send_c_move", _image_query(study, series, uid),
+                                               ref.move_destination, Move)
+                last = statuses[-1] if statuses else None
+                code = _code(last)
+                comment = str(last.get("ErrorComment", "")).strip() if last else ""
                 if code == -1:
                     raise self._silent(assoc, "C-MOVE", started)
                 self._check_moved(code, comment, arrived.empty())
@@ -282,7 +280,7 @@ class DimseClient:
             status = assoc.send_c_store(dataset)
         finally:
             assoc.release()
-        code = int(getattr(status, "Status", -1)) if status else -1
+        code = _code(status)
         if code != 0x0000:
             raise PacsError(f"{self.reference.where} did not store the report (C-STORE status "
                             f"{'none' if code == -1 else f'0x{code:04X}'})",
@@ -294,6 +292,41 @@ class DimseClient:
 
     def close(self) -> None:
         self._close_held()
+
+
+class _Session:
+    """The one association a retrieval sends its requests on, opened again when the PACS has
+    closed it since the last request: a PACS closes an association left idle past its own
+    timeout (Orthanc's DicomScpTimeout), and a caller may take that long between instances."""
+
+    def __init__(self, client: DimseClient, ae: Any, model: Any, what: str, **kwargs: Any) -> None:
+        self.client, self.ae, self.model, self.what, self.kwargs = client, ae, model, what, kwargs
+        self.assoc = self._open()
+
+    def _open(self) -> Any:
+        assoc = self.client._associate(self.ae, **self.kwargs)
+        self.client._held.append(assoc.release)
+        self.client._check_offered(assoc, self.model, self.what)
+        return assoc
+
+    def send(self, method: str, *args: Any) -> tuple[list[Any], Any]:
+        """Every status the association's ``method`` (``send_c_get``, ``send_c_move``) gets
+        for ``args`` (an empty one where the PACS went silent), and the association used."""
+        for _ in range(2):
+            if not self.assoc.is_established:
+                self.assoc = self._open()
+            try:
+                return [status for status, _ in getattr(self.assoc, method)(*args)], self.assoc
+            except RuntimeError:  # closed between the check and the request: pynetdicom refuses
+                continue
+        raise PacsError(f"{self.client.reference.where} closed the association before the "
+                        f"{self.what} could be sent, twice",
+                        "check that the PACS is up and not overloaded, then run again")
+
+
+def _code(status: Any) -> int:
+    """A DIMSE status's code; -1 for none (an empty dataset: the association went away)."""
+    return int(getattr(status, "Status", -1)) if status else -1
 
 
 def _image_query(study: str, series: str, instance: str) -> Any:
