@@ -73,26 +73,28 @@ def best_of(work: Any, repeats: int) -> float:
     return best
 
 
-def gemm_peak(rows: int, repeats: int) -> dict[str, float]:
+def gemm_peak(rows: int, repeats: int, native_bf16: bool) -> dict[str, float]:
     """GFLOP/s of the tower's three linear shapes (attention projections, MLP up, MLP down); for
-    int8, GFLOP/s-equivalent of the W8A8 linear the int8 tower runs (quantizing included)."""
+    int8, GFLOP/s-equivalent of the W8A8 linear the int8 tower runs (quantizing included).
+    Emulated bf16 (about 1 GFLOP/s) is timed once on 256 rows: at full size it alone took ten
+    minutes, to show a figure nothing below uses."""
     import torch
 
     from medgem.engines.int8 import int8_linear, pack_int8
 
-    shapes = [(rows, 1152, 1152), (rows, 1152, 4304), (rows, 4304, 1152)]
     out: dict[str, float] = {}
     with torch.inference_mode():
         for dtype in ("float32", "bfloat16", "int8"):
+            m, times = (rows, repeats) if dtype != "bfloat16" or native_bf16 else (256, 1)
             flops = seconds = 0.0
-            for m, k, n in shapes:
+            for k, n in ((1152, 1152), (1152, 4304), (4304, 1152)):
                 if dtype == "int8":
                     a, packed = torch.randn(m, k), pack_int8(torch.randn(n, k))
-                    seconds += best_of(lambda a=a, b=packed: int8_linear(a, b, None), repeats)
+                    seconds += best_of(lambda a=a, b=packed: int8_linear(a, b, None), times)
                 else:
                     a = torch.randn(m, k).to(getattr(torch, dtype))
                     b = torch.randn(k, n).to(getattr(torch, dtype))
-                    seconds += best_of(lambda a=a, b=b: torch.mm(a, b), repeats)
+                    seconds += best_of(lambda a=a, b=b: torch.mm(a, b), times)
                 flops += 2.0 * m * k * n
             out[dtype] = flops / seconds / 1e9
     return out
@@ -421,7 +423,7 @@ def main() -> int:
     dtypes = ["float32", "bfloat16"] if native_bf16 else ["float32"]
     repeats = 2 if args.quick else 5
 
-    peaks = gemm_peak(1024 if args.quick else 4096, repeats)
+    peaks = gemm_peak(1024 if args.quick else 4096, repeats, native_bf16)
     peak = max(peaks["float32"], peaks["bfloat16"] if native_bf16 else 0.0)
     print("\n## GEMM peak at the tower's linear shapes (torch.mm, best of runs)")
     print(f"fp32 {peaks['float32']:.0f} GFLOP/s | bf16 {peaks['bfloat16']:.0f} GFLOP/s "
