@@ -60,11 +60,6 @@ class KeyStore:
     def active(self) -> list[KeyEntry]:
         return [e for e in self.entries() if e.revoked is None]
 
-    def check(self, key: str) -> str | None:
-        """The name of the active key matching ``key``, or None."""
-        entry = self.entry(key)
-        return entry.name if entry else None
-
     def entry(self, key: str) -> KeyEntry | None:
         """The active key matching ``key``, or None."""
         digest = hash_key(key)
