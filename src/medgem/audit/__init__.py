@@ -15,7 +15,6 @@ from medgem.audit.records import (
     VerifyReport,
     add_review,
     canonical_json,
-    review_body,
     sha256_hex,
 )
 from medgem.audit.sqlite import SQLiteAuditStore
@@ -23,7 +22,7 @@ from medgem.config import audit_path
 from medgem.errors import InputError
 
 __all__ = ["VERDICTS", "AuditRecord", "AuditStore", "VerifyReport", "add_review", "canonical_json",
-           "open_store", "review_body", "sha256_hex"]
+           "open_store", "sha256_hex"]
 
 
 def open_store(location: str | Path | None = None) -> AuditStore:

@@ -151,33 +151,24 @@ class AuditStore(Protocol):
     def close(self) -> None: ...
 
 
-def review_body(verdict: str, *, correction: str | None = None, note: str | None = None,
-                reviewer: str | None = None, user: str | None = None) -> dict[str, Any]:
-    """Check and build a review's body.
-
-    Raises:
-        InputError: an unknown verdict, or "correct" without corrected text.
-    """
-    if verdict not in VERDICTS:
-        raise InputError(f"verdict must be one of {', '.join(VERDICTS)}, got {verdict!r}")
-    if verdict == "correct" and not (correction or "").strip():
-        raise InputError("a correction needs the corrected text", "write the corrected answer")
-    return {"verdict": verdict,
-            "correction": ((correction or "").strip() or None) if verdict == "correct" else None,
-            "note": (note or "").strip() or None, "reviewer": (reviewer or "").strip() or None,
-            "user": user}
-
-
 def add_review(store: AuditStore, answer_id: str, verdict: str, *, correction: str | None = None,
                note: str | None = None, reviewer: str | None = None,
                user: str | None = None) -> AuditRecord:
-    """Append a review linked to an answer record.
+    """Check a review and append it, linked to its answer record.
 
     Raises:
-        InputError: no answer with that id, or an invalid review.
+        InputError: no answer with that id, an unknown verdict, or "correct" without corrected
+            text.
     """
     answer = store.get(answer_id)
     if answer is None or answer.kind != "answer":
         raise InputError(f"no answer record '{answer_id}'", "see `medgem audit list`")
-    body = review_body(verdict, correction=correction, note=note, reviewer=reviewer, user=user)
+    if verdict not in VERDICTS:
+        raise InputError(f"verdict must be one of {', '.join(VERDICTS)}, got {verdict!r}")
+    if verdict == "correct" and not (correction or "").strip():
+        raise InputError("a correction needs the corrected text", "write the corrected answer")
+    body = {"verdict": verdict,
+            "correction": ((correction or "").strip() or None) if verdict == "correct" else None,
+            "note": (note or "").strip() or None, "reviewer": (reviewer or "").strip() or None,
+            "user": user}
     return store.append("review", body, parent=answer_id)
