@@ -10,8 +10,10 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 from pydantic_core import PydanticCustomError
 
+from medgem.audit import AuditRecord
 from medgem.request import GenerationOptions
 from medgem.structured import Constraint
 
@@ -401,17 +403,10 @@ class Info(BaseModel):
     limits: dict[str, int] | None = None
 
 
-class Record(BaseModel):
+@pydantic_dataclass(frozen=True)
+class Record(AuditRecord):
     """An audit record (``GET /api/records/{id}`` adds its ``reviews``)."""
 
-    seq: int
-    id: str
-    kind: str
-    created: str
-    parent: str | None
-    body: dict[str, Any]
-    prev_hash: str
-    hash: str
     reviews: list[Record] | None = None
     send_back: SendBack | None = None  # a review's reply under --send-back
 
