@@ -112,12 +112,11 @@ class EngineQueue:
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._lock = threading.Lock()
         self._waiting = 0
-        self._running = 0
         self._draining = False
         # Seconds from a worker taking a job to its answer, for the last few answered jobs.
         self._services: deque[float] = deque(maxlen=RECENT_SERVICES)
-        self._running_since: dict[int, float] = {}  # id(job) -> when a worker took it
-        self._running_jobs: dict[int, Job] = {}
+        # id(job) -> (the job, when a worker took it), for each job a worker runs now
+        self._running: dict[int, tuple[Job, float]] = {}
         self._threads = [threading.Thread(target=self._work, name=f"medgem-engine-{n}", daemon=True)
                          for n in range(self._workers)]
         for thread in self._threads:
@@ -129,7 +128,7 @@ class EngineQueue:
 
     @property
     def running(self) -> int:
-        return self._running
+        return len(self._running)
 
     @property
     def draining(self) -> bool:
@@ -159,7 +158,7 @@ class EngineQueue:
             if self._draining:
                 raise DrainingError("the server is shutting down", "retry on another instance")
             if (self._waiting >= self._max_waiting
-                    and self._running + self._waiting >= self._workers):
+                    and len(self._running) + self._waiting >= self._workers):
                 raise QueueFullError(self._waiting, self.retry_after())
             self._waiting += 1
         self._jobs.put(job)
@@ -171,7 +170,7 @@ class EngineQueue:
         times the place a new request would take in line, shared by the workers. Bounded to
         ``[min_retry_after, 600]``."""
         now = time.monotonic()
-        oldest = max((now - since for since in list(self._running_since.values())), default=0.0)
+        oldest = max((now - since for _, since in list(self._running.values())), default=0.0)
         return retry_after(self._services, self._min_retry_after, at_least=oldest,
                            times=(self._waiting + 1) / self._workers)
 
@@ -199,7 +198,7 @@ class EngineQueue:
             self._jobs.put(None)
         with self._lock:
             self._waiting -= len(dropped)
-            running = list(self._running_jobs.values())
+            running = [job for job, _ in self._running.values()]
         for job in running:
             job.context["drained"] = True
             job.cancel.set()
@@ -227,16 +226,12 @@ class EngineQueue:
                 return
             with self._lock:
                 self._waiting -= 1
-                self._running += 1
-                self._running_since[id(job)] = time.monotonic()
-                self._running_jobs[id(job)] = job
+                self._running[id(job)] = (job, time.monotonic())
             try:
                 self._serve(job)
             finally:
                 with self._lock:
-                    self._running -= 1
-                    self._running_since.pop(id(job), None)
-                    self._running_jobs.pop(id(job), None)
+                    self._running.pop(id(job), None)
 
     def _serve(self, job: Job) -> None:
         job.accepted.wait()
