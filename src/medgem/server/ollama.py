@@ -6,8 +6,8 @@ The generating routes run through the same skeleton as the OpenAI routes
 (:meth:`Serving.answer`): the same API keys, body limits, image limits, token budget, queue,
 audit record and refusal records; only the shape of the answer differs (:class:`OllamaReplies`).
 Every answer carries medgem's caveat and demo label in a ``medgem`` object, as the OpenAI
-routes do. Refusals are Ollama's ``{"error": "..."}`` bodies. ``format`` (structured output) is
-refused with a 400: this server has no structured output yet. Ollama's options that change the
+routes do. Refusals are Ollama's ``{"error": "..."}`` bodies. ``format`` ("json" or a JSON
+schema) constrains the answer as ``response_format`` does. Ollama's options that change the
 answer and that medgem cannot honour (``top_k``, ``repeat_penalty``, ...) are refused by name;
 its runtime hints (``num_ctx``, ``num_thread``, ``keep_alive``, ...) are accepted and have no
 effect (the model and its context are set when the server starts). ``/api/ask`` is medgem's own
@@ -31,19 +31,18 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from medgem import __version__
-from medgem.answer import Answer, AnswerChunk, ThinkingChunk
-from medgem.errors import ApiError, SchemaError
+from medgem.answer import AnswerChunk, ThinkingChunk
+from medgem.errors import ApiError
 from medgem.request import GenerationOptions, Request
 from medgem.request.openai_messages import request_from_openai
 from medgem.server.http_errors import ollama_error_body, ollama_error_response
-from medgem.server.openai_answers import medgem_extra
-from medgem.server.protocol import _Body, _Strict
+from medgem.server.openai_answers import finish_reason, medgem_extra
+from medgem.server.protocol import _Body, _Strict, stop_strings
 from medgem.server.queue import Completed, Failed, Job
 from medgem.server.routes import ServingDep, User
 from medgem.server.serving import Serving
-from medgem.server.structured import require_constrained
+from medgem.server.structured import format_constraint, require_constrained
 from medgem.server.uploads import reading_options
-from medgem.structured import Constraint
 
 
 class _JsonBodies(APIRoute):
@@ -124,26 +123,6 @@ class ShowRequest(_Body):
 # --- turning a body into the one request --------------------------------------------------
 
 
-def _format_constraint(value: Any) -> Constraint | None:
-    """Ollama's ``format``: "json" (any JSON object) or a JSON schema (an object).
-
-    Raises:
-        ApiError: 400 on ``format``: another value, or a schema that is invalid or unsupported.
-    """
-    if value in (None, ""):
-        return None
-    if value == "json":
-        return Constraint.json_object()
-    if not isinstance(value, dict):
-        raise ApiError(400, f"format must be \"json\" or a JSON schema, not {value!r}",
-                       'use format: "json", or a schema such as {"type": "object", ...}',
-                       code="invalid_value", param="format")
-    try:
-        return Constraint.from_schema(value)
-    except SchemaError as exc:
-        raise ApiError(400, exc.message, exc.hint, code=exc.code, param="format") from exc
-
-
 def generation_options(body: _Generating) -> GenerationOptions:
     """Ollama's ``options`` and ``think`` as medgem's options (medgem's defaults, greedy
     decoding among them, where the body says nothing).
@@ -152,7 +131,7 @@ def generation_options(body: _Generating) -> GenerationOptions:
         ApiError: a ``format`` that is neither "json" nor a usable JSON schema,
             log-probabilities, or an option medgem cannot honour.
     """
-    constraint = _format_constraint(body.format)
+    constraint = format_constraint(body.format)
     if body.logprobs or body.top_logprobs:
         raise ApiError(400, "log-probabilities are not available from medgem", "drop logprobs",
                        code="unsupported_parameter", param="logprobs")
@@ -163,14 +142,13 @@ def generation_options(body: _Generating) -> GenerationOptions:
                        f"drop it; medgem takes {', '.join(ANSWER_OPTIONS)}",
                        code="unsupported_parameter", param=f"options.{unknown[0]}")
     budget = options.get("num_predict")
-    stop = options.get("stop")
     try:
         return GenerationOptions(
             max_new_tokens=None if budget is None or int(budget) < 0 else int(budget),
             temperature=float(options.get("temperature", 0.0)),
             top_p=float(options.get("top_p", 1.0)),
             seed=None if options.get("seed") is None else int(options["seed"]),
-            stop=tuple([stop] if isinstance(stop, str) else stop or ()),
+            stop=stop_strings(options.get("stop")),
             think=bool(body.think) and body.think not in ("false", "off", "none"),
             constraint=constraint)
     except (TypeError, ValueError) as exc:
@@ -181,10 +159,13 @@ def generation_options(body: _Generating) -> GenerationOptions:
                        "check options", code="invalid_value", param="options") from None
 
 
-def _image_parts(images: list[str] | None) -> list[dict[str, Any]]:
+def _turn(role: str, text: str, images: list[str] | None) -> dict[str, Any]:
+    """One OpenAI message: the text, after its images (base64, as Ollama sends them) if any."""
     # The readers sniff the bytes (PNG, JPEG, DICOM...): the MIME type is not needed.
-    return [{"type": "image_url", "image_url": {"url": f"data:application/octet-stream;base64,{data}"}}
-            for data in images or []]
+    parts = [{"type": "image_url",
+              "image_url": {"url": f"data:application/octet-stream;base64,{data}"}}
+             for data in images or []]
+    return {"role": role, "content": [*parts, {"type": "text", "text": text}] if parts else text}
 
 
 def chat_messages(body: OllamaChatRequest) -> list[dict[str, Any]]:
@@ -196,19 +177,12 @@ def chat_messages(body: OllamaChatRequest) -> list[dict[str, Any]]:
     if body.tools:
         raise ApiError(400, "tools are not available from medgem", "drop tools",
                        code="unsupported_parameter", param="tools")
-    messages: list[dict[str, Any]] = []
     for index, message in enumerate(body.messages):
         if message.role not in ("system", "user", "assistant") or message.tool_calls:
             raise ApiError(400, f"messages[{index}]: role '{message.role}' or tool calls are not "
                            "available from medgem", "send system, user and assistant turns",
                            code="invalid_value", param=f"messages[{index}].role")
-        text = message.content or ""
-        parts = _image_parts(message.images)
-        if parts:
-            messages.append({"role": message.role, "content": [*parts, {"type": "text", "text": text}]})
-        else:
-            messages.append({"role": message.role, "content": text})
-    return messages
+    return [_turn(message.role, message.content or "", message.images) for message in body.messages]
 
 
 def generate_messages(body: OllamaGenerateRequest) -> list[dict[str, Any]]:
@@ -223,9 +197,7 @@ def generate_messages(body: OllamaGenerateRequest) -> list[dict[str, Any]]:
             raise ApiError(400, f"{name} is not available from medgem (it builds MedGemma's own "
                            "prompt)", f"drop {name}; use /api/chat for a conversation",
                            code="unsupported_parameter", param=name)
-    parts = _image_parts(body.images)
-    user: dict[str, Any] = ({"role": "user", "content": [*parts, {"type": "text", "text": body.prompt or ""}]}
-                            if parts else {"role": "user", "content": body.prompt or ""})
+    user = _turn("user", body.prompt or "", body.images)
     return ([{"role": "system", "content": body.system}] if body.system else []) + [user]
 
 
@@ -248,28 +220,23 @@ class OllamaReplies:
         self.kind = kind  # "chat" or "generate"
 
     def _piece(self, serving: Serving, text: str = "", thinking: str | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": serving.served_name, "created_at": _now()}
-        if self.kind == "chat":
-            body["message"] = {"role": "assistant", "content": text} | (
-                {"thinking": thinking} if thinking is not None else {})
-        else:
-            body["response"] = text
-            if thinking is not None:
-                body["thinking"] = thinking
-        return body | {"done": False}
+        body = {"model": serving.served_name, "created_at": _now()}
+        thought = {"thinking": thinking} if thinking is not None else {}
+        if self.kind == "generate":
+            return body | {"response": text} | thought | {"done": False}
+        return body | {"message": {"role": "assistant", "content": text} | thought, "done": False}
 
     def _last(self, serving: Serving, item: Completed, job: Job, text: str = "",
               thinking: str | None = None) -> dict[str, Any]:
-        answer: Answer = item.answer
+        answer = item.answer
         t = answer.timings
-        extra = medgem_extra(item, job)  # the OpenAI routes' medgem object, the same fields
         return self._piece(serving, text, thinking) | {
-            "done": True, "done_reason": "length" if answer.finish_reason == "length" else "stop",
+            "done": True, "done_reason": finish_reason(answer),
             "total_duration": _ns(t.total_s + job.queue_s), "load_duration": 0,
             "prompt_eval_count": answer.usage.prompt_tokens, "prompt_eval_duration": _ns(t.first_token_s),
             "eval_count": answer.usage.completion_tokens,
             "eval_duration": _ns(t.total_s - t.first_token_s),
-            "medgem": extra.model_dump(),
+            "medgem": medgem_extra(item, job).model_dump(),  # the OpenAI routes' medgem object
         }
 
     def whole(self, serving: Serving, item: Completed, job: Job, record_id: str, created: int) -> Response:

@@ -24,9 +24,9 @@ def completion(serving: Serving, item: Completed, job: Job, record_id: str, crea
     answer = item.answer
     thinking = answer.thinking or None
     message = p.AssistantMessage(content=answer.text, reasoning_content=thinking, reasoning=thinking)
+    choice = p.Choice(message=message, finish_reason=finish_reason(answer))
     return p.ChatCompletion(id=record_id, created=created, model=serving.served_name,
-                            choices=[p.Choice(message=message, finish_reason=_finish(answer))],
-                            usage=_usage(answer), medgem=medgem_extra(item, job))
+                            choices=[choice], usage=_usage(answer), medgem=medgem_extra(item, job))
 
 
 async def events(serving: Serving, job: Job, record_id: str, created: int,
@@ -51,7 +51,7 @@ async def events(serving: Serving, job: Job, record_id: str, created: int,
                 return
             elif isinstance(item, Completed):
                 await serving.send_unreviewed(item, job)
-                yield chunk(p.Delta(), _finish(item.answer), medgem=medgem_extra(item, job))
+                yield chunk(p.Delta(), finish_reason(item.answer), medgem=medgem_extra(item, job))
                 if include_usage:
                     yield chunk(None, usage=_usage(item.answer))
                 yield "[DONE]"
@@ -75,7 +75,8 @@ def medgem_extra(item: Completed, job: Job) -> p.MedgemExtra:
                          send_back=job.context.get("send_back"))
 
 
-def _finish(answer: Answer) -> str:
+def finish_reason(answer: Answer) -> str:
+    """What OpenAI (and Ollama's ``done_reason``) call why the answer ended: the budget or not."""
     return "length" if answer.finish_reason == "length" else "stop"
 
 

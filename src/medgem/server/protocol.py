@@ -183,7 +183,7 @@ class ChatCompletionRequest(_Body):
         the constraint built from ``response_format`` (``medgem.server.structured``)."""
         return GenerationOptions(
             max_new_tokens=self.budget(), temperature=self.temperature or 0.0,
-            top_p=self.top_p or 1.0, seed=self.seed, stop=_stops(self.stop), think=self.think,
+            top_p=self.top_p or 1.0, seed=self.seed, stop=stop_strings(self.stop), think=self.think,
             constraint=constraint)
 
     def openai_messages(self) -> list[dict[str, Any]]:
@@ -360,11 +360,12 @@ class AskRequest(_Body):
     format: Literal["json"] | None = None
 
     def generation_options(self, constraint: Constraint | None = None) -> GenerationOptions:
-        return GenerationOptions(max_new_tokens=self.max_tokens, stop=_stops(self.stop),
+        return GenerationOptions(max_new_tokens=self.max_tokens, stop=stop_strings(self.stop),
                                  think=self.think, constraint=constraint)
 
 
-def _stops(stop: str | list[str] | None) -> tuple[str, ...]:
+def stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
+    """``stop`` as OpenAI (and Ollama's ``options``) send it: one string, a list, or nothing."""
     return (stop,) if isinstance(stop, str) else tuple(stop or ())
 
 

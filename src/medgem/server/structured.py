@@ -1,14 +1,15 @@
-"""Structured answers at the HTTP edge: OpenAI's ``response_format`` and ``/api/ask``'s
-``schema`` / ``format`` become one :class:`~medgem.structured.Constraint` on the request's
-options, refused with a 400 before anything runs when the schema is invalid or unsupported or
-the engine cannot constrain decoding; a finished answer is read against it for the response.
+"""Structured answers at the HTTP edge: OpenAI's ``response_format``, ``/api/ask``'s
+``schema`` / ``format`` and Ollama's ``format`` become one
+:class:`~medgem.structured.Constraint` on the request's options, refused with a 400 before
+anything runs when the schema is invalid or unsupported or the engine cannot constrain
+decoding; a finished answer is read against it for the response.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from medgem.errors import ApiError, SchemaError
 from medgem.server import protocol as p
@@ -52,6 +53,25 @@ def ask_constraint(body: p.AskRequest) -> Constraint | None:
         return Constraint.json_object()
     with _refused_as("schema"):
         return as_constraint(body.schema_)
+
+
+def format_constraint(value: Any) -> Constraint | None:
+    """The constraint of Ollama's ``format``: "json" (any JSON object) or a JSON schema (an
+    object); None for absent.
+
+    Raises:
+        ApiError: 400 on ``format``: another value, or a schema that is invalid or unsupported.
+    """
+    if value in (None, ""):
+        return None
+    if value == "json":
+        return Constraint.json_object()
+    if not isinstance(value, dict):
+        raise ApiError(400, f"format must be \"json\" or a JSON schema, not {value!r}",
+                       'use format: "json", or a schema such as {"type": "object", ...}',
+                       code="invalid_value", param="format")
+    with _refused_as("format"):
+        return Constraint.from_schema(value)
 
 
 def require_constrained(model: MedGemma, constraint: Constraint | None, param: str) -> None:
