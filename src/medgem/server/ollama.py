@@ -216,21 +216,22 @@ class OllamaReplies:
     """Answers shaped as Ollama's: ``message`` pieces (chat) or ``response`` pieces (generate),
     a last object with ``done: true``, the counts and durations, and medgem's caveat."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, serving: Serving) -> None:
         self.kind = kind  # "chat" or "generate"
+        self.serving = serving
 
-    def _piece(self, serving: Serving, text: str = "", thinking: str | None = None) -> dict[str, Any]:
-        body = {"model": serving.served_name, "created_at": _now()}
+    def _piece(self, text: str = "", thinking: str | None = None) -> dict[str, Any]:
+        body = {"model": self.serving.served_name, "created_at": _now()}
         thought = {"thinking": thinking} if thinking is not None else {}
         if self.kind == "generate":
             return body | {"response": text} | thought | {"done": False}
         return body | {"message": {"role": "assistant", "content": text} | thought, "done": False}
 
-    def _last(self, serving: Serving, item: Completed, job: Job, text: str = "",
+    def _last(self, item: Completed, job: Job, text: str = "",
               thinking: str | None = None) -> dict[str, Any]:
         answer = item.answer
         t = answer.timings
-        return self._piece(serving, text, thinking) | {
+        return self._piece(text, thinking) | {
             "done": True, "done_reason": finish_reason(answer),
             "total_duration": _ns(t.total_s + job.queue_s), "load_duration": 0,
             "prompt_eval_count": answer.usage.prompt_tokens, "prompt_eval_duration": _ns(t.first_token_s),
@@ -239,21 +240,21 @@ class OllamaReplies:
             "medgem": medgem_extra(item, job).model_dump(),  # the OpenAI routes' medgem object
         }
 
-    def whole(self, serving: Serving, item: Completed, job: Job, record_id: str, created: int) -> Response:
+    def whole(self, item: Completed, job: Job) -> Response:
         answer = item.answer
-        return JSONResponse(self._last(serving, item, job, answer.text, answer.thinking or None))
+        return JSONResponse(self._last(item, job, answer.text, answer.thinking or None))
 
-    def stream(self, serving: Serving, job: Job, record_id: str, created: int) -> Response:
+    def stream(self, job: Job) -> Response:
         async def lines() -> AsyncIterator[str]:
             try:
                 while True:
                     item = await job.out.get()
                     if isinstance(item, ThinkingChunk):
-                        yield json.dumps(self._piece(serving, "", item.text)) + "\n"
+                        yield json.dumps(self._piece("", item.text)) + "\n"
                     elif isinstance(item, AnswerChunk):
-                        yield json.dumps(self._piece(serving, item.text)) + "\n"
+                        yield json.dumps(self._piece(item.text)) + "\n"
                     elif isinstance(item, Completed):
-                        yield json.dumps(self._last(serving, item, job)) + "\n"
+                        yield json.dumps(self._last(item, job)) + "\n"
                         return
                     elif isinstance(item, Failed):
                         yield json.dumps(ollama_error_body(item.error)) + "\n"
@@ -341,7 +342,7 @@ async def show(body: ShowRequest, user: User, serving: ServingDep) -> Response:
 @router.post("/api/chat", summary="Ollama: chat (an NDJSON stream, or one body with stream: false)")
 async def chat(body: OllamaChatRequest, http: HttpRequest, user: User, serving: ServingDep) -> Response:
     messages = chat_messages(body)
-    return await _answer(serving, http, user, body, messages, OllamaReplies("chat"))
+    return await _answer(serving, http, user, body, messages, OllamaReplies("chat", serving))
 
 
 @router.post("/api/generate", summary="Ollama: one prompt (an NDJSON stream, or one body with stream: false)")
@@ -352,7 +353,7 @@ async def generate(body: OllamaGenerateRequest, http: HttpRequest, user: User,
         return JSONResponse({"model": serving.served_name, "created_at": _now(), "response": "",
                              "done": True, "done_reason": "load"})
     messages = generate_messages(body)
-    return await _answer(serving, http, user, body, messages, OllamaReplies("generate"))
+    return await _answer(serving, http, user, body, messages, OllamaReplies("generate", serving))
 
 
 async def _answer(serving: Serving, http: HttpRequest, user: str, body: _Generating,

@@ -60,10 +60,9 @@ class Replies(Protocol):
     """How an answer is shaped on the wire, for routes that speak another API than OpenAI's
     (Ollama's): a stream, one whole body, a refusal. The skeleton is :meth:`Serving.answer`."""
 
-    def stream(self, serving: Serving, job: Job, record_id: str, created: int) -> Response: ...
+    def stream(self, job: Job) -> Response: ...
 
-    def whole(self, serving: Serving, item: Completed, job: Job, record_id: str,
-              created: int) -> Response: ...
+    def whole(self, item: Completed, job: Job) -> Response: ...
 
     def error(self, exc: BaseException) -> Response: ...
 
@@ -293,7 +292,7 @@ class Serving:
             self.metrics.count_request(endpoint, 200)
             created = int(time.time())
             if stream and replies is not None:
-                return replies.stream(self, job, record_id, created)
+                return replies.stream(job)
             if stream:  # sse-starlette frames the events and stops the job when the client leaves
                 return EventSourceResponse(
                     events(self, job, record_id, created, include_usage), sep="\n",
@@ -307,7 +306,7 @@ class Serving:
                 if isinstance(item, Completed) and job.drained(item):
                     return refused(DrainedError(self.config.retry_after_s))
                 if isinstance(item, Completed) and replies is not None:
-                    return replies.whole(self, item, job, record_id, created)
+                    return replies.whole(item, job)
                 if isinstance(item, Completed):
                     await self.send_unreviewed(item, job)
                     return JSONResponse(completion(self, item, job, record_id, created).model_dump())
