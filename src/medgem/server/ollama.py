@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,8 +32,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from medgem import __version__
 from medgem.answer import AnswerChunk, ThinkingChunk
 from medgem.errors import ApiError
-from medgem.request import GenerationOptions, Request
-from medgem.request.openai_messages import request_from_openai
+from medgem.request import GenerationOptions
 from medgem.server.http_errors import ollama_error_body, ollama_error_response
 from medgem.server.openai_answers import finish_reason, medgem_extra
 from medgem.server.protocol import _Body, _Strict, stop_strings
@@ -42,7 +40,6 @@ from medgem.server.queue import Completed, Failed, Job
 from medgem.server.routes import ServingDep, User
 from medgem.server.serving import Serving
 from medgem.server.structured import format_constraint, require_constrained
-from medgem.server.uploads import reading_options
 
 
 class _JsonBodies(APIRoute):
@@ -296,14 +293,6 @@ def _entry(serving: Serving) -> dict[str, Any]:
             "size": _size(serving), "digest": digest, "details": _details(serving)}
 
 
-def _check_model(serving: Serving, name: str | None) -> None:
-    served = (serving.served_name, serving.info.id)
-    if name not in served and (name or "").removesuffix(":latest") not in served:
-        raise ApiError(404, f"model '{name}' is not served here",
-                       f"use '{serving.served_name}' (see /api/tags)", code="model_not_found",
-                       param="model")
-
-
 @router.get("/api/version", summary="Ollama: the server's version (medgem's)")
 async def version() -> Response:
     return JSONResponse({"version": __version__, "server": "medgem"})
@@ -323,7 +312,7 @@ async def loaded(user: User, serving: ServingDep) -> Response:
 
 @router.post("/api/show", summary="Ollama: the served model's details, capabilities and caveat")
 async def show(body: ShowRequest, user: User, serving: ServingDep) -> Response:
-    _check_model(serving, body.model or body.name)
+    serving.check_model(body.model or body.name, "/api/tags", suffix=":latest")
     card = serving.model_card()
     capabilities = ["completion"] + (["vision"] if card.medgem["images"] else []) + (
         ["thinking"] if card.medgem["thinking"] else [])
@@ -349,7 +338,7 @@ async def chat(body: OllamaChatRequest, http: HttpRequest, user: User, serving: 
 async def generate(body: OllamaGenerateRequest, http: HttpRequest, user: User,
                    serving: ServingDep) -> Response:
     if not body.prompt and not body.images:  # Ollama's "load the model" call: it is loaded
-        _check_model(serving, body.model)
+        serving.check_model(body.model, "/api/tags", suffix=":latest")
         return JSONResponse({"model": serving.served_name, "created_at": _now(), "response": "",
                              "done": True, "done_reason": "load"})
     messages = generate_messages(body)
@@ -361,15 +350,11 @@ async def _answer(serving: Serving, http: HttpRequest, user: str, body: _Generat
     options = generation_options(body)
 
     def check() -> None:
-        _check_model(serving, body.model)
+        serving.check_model(body.model, "/api/tags", suffix=":latest")
         require_constrained(serving.model, options.constraint, "format")
         serving.check_budget(options.max_new_tokens, "options.num_predict")
 
-    def build(gone: threading.Event) -> Request:
-        return request_from_openai(
-            messages, variant=serving.model.variant, chat=serving.model.chat_model, options=options,
-            allowed_dirs=list(serving.config.allowed_dirs), max_images=serving.config.max_images,
-            imaging=reading_options(serving.config, gone.is_set))
-
-    return await serving.answer(http, user=user, messages=messages, check=check, build=build,
-                                stream=body.stream, include_usage=False, replies=replies)
+    return await serving.answer(
+        http, user=user, messages=messages, check=check,
+        build=lambda gone: serving.openai_request(messages, options, gone), stream=body.stream,
+        include_usage=False, replies=replies)

@@ -23,12 +23,11 @@ from starlette.staticfiles import StaticFiles
 from medgem.audit import add_review
 from medgem.errors import ApiError, MedgemError
 from medgem.request import Request
-from medgem.request.openai_messages import request_from_openai
 from medgem.server import pacs_browse, structured
 from medgem.server import pacs_protocol as pp
 from medgem.server import protocol as p
 from medgem.server.serving import Serving
-from medgem.server.uploads import ask_messages, ask_request, preview, reading_options
+from medgem.server.uploads import ask_messages, ask_request, preview
 
 _PAGE_HEADERS = {  # SecurityHeaders adds nosniff and no-referrer
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; "
@@ -118,9 +117,7 @@ async def chat_completions(body: p.ChatCompletionRequest, http: HttpRequest, use
     constraint = functools.cache(lambda: structured.chat_constraint(body.response_format))
 
     def check() -> None:
-        if body.model not in (serving.served_name, serving.info.id):
-            raise ApiError(404, f"model '{body.model}' is not served here", f"use '{serving.served_name}' (see /v1/models)",
-                           code="model_not_found", param="model")
+        serving.check_model(body.model, "/v1/models")
         if body.logprobs:  # an OpenAI field medgem cannot fill: refused, not silently null
             raise ApiError(400, "logprobs are not available from medgem", "drop logprobs",
                            code="unsupported_parameter", param="logprobs")
@@ -130,11 +127,8 @@ async def chat_completions(body: p.ChatCompletionRequest, http: HttpRequest, use
     fetched: list[Any] = []  # what image_dicom parts fetched: recorded under the answer, held for send-back
 
     def build(gone: threading.Event) -> Request:
-        request = request_from_openai(
-            messages, variant=serving.model.variant, chat=serving.model.chat_model,
-            options=body.generation_options(constraint()), allowed_dirs=list(serving.config.allowed_dirs),
-            max_images=serving.config.max_images, imaging=reading_options(serving.config, gone.is_set),
-            allowed_pacs=serving.config.allowed_pacs, fetched=fetched)
+        request = serving.openai_request(messages, body.generation_options(constraint()), gone,
+                                         fetched)
         for study in fetched:  # every PACS fetch is an audit event (UIDs hashed)
             serving.store.append("pacs_fetch", {"user": user, "endpoint": "/v1/chat/completions",
                                                 **study.audit_fields()})

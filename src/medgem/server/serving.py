@@ -30,6 +30,7 @@ from medgem.audit.records import file_name_fields, redacted_error
 from medgem.audit.trail import model_fields, settings_fields, unfinished_requests
 from medgem.errors import ApiError, AuthError, InputError, MedgemError, error_body
 from medgem.request import GenerationOptions, Request
+from medgem.request.openai_messages import request_from_openai
 from medgem.sendback.reviewed import record_sources
 from medgem.server import protocol as p
 from medgem.server.admission import Slots
@@ -48,6 +49,7 @@ from medgem.server.openai_answers import completion, events
 from medgem.server.queue import Completed, EngineQueue, Failed, Job, Started
 from medgem.server.send_back import SendBacks
 from medgem.server.server_config import ServerConfig
+from medgem.server.uploads import reading_options
 
 log = logging.getLogger("medgem.server")
 AUDITED = frozenset({"/v1/chat/completions", "/api/ask", "/api/chat", "/api/generate"})  # their refusals get a record
@@ -202,11 +204,30 @@ class Serving:
             return True
         return any(e.name == user and e.role == "auditor" for e in self.keys.active())
 
+    def check_model(self, name: str | None, listing: str, *, suffix: str = "") -> None:
+        """Refuses (404) a ``model`` this server does not serve (its name or the model's id, and
+        ``suffix``, Ollama's ":latest", may follow); ``listing`` is the route that lists it."""
+        served = (self.served_name, self.info.id)
+        if name not in served and (name or "").removesuffix(suffix) not in served:
+            raise ApiError(404, f"model '{name}' is not served here",
+                           f"use '{self.served_name}' (see {listing})", code="model_not_found",
+                           param="model")
+
     def check_budget(self, budget: int | None, param: str = "max_tokens") -> None:
         """Refuses (400) a token budget over the server's limit; ``param`` is the field that set it."""
         if budget is not None and budget > self.config.max_new_tokens:
             raise ApiError(400, f"{param} {budget} is over this server's limit of {self.config.max_new_tokens}",
                            "ask for fewer tokens", code="invalid_value", param=param)
+
+    def openai_request(self, messages: list[dict[str, Any]], options: GenerationOptions,
+                       gone: threading.Event, fetched: list[Any] | None = None) -> Request:
+        """The Request for OpenAI-shaped messages, read within this server's limits (files,
+        images, PACS); ``gone`` stops the reading, ``fetched`` receives what PACS parts fetched."""
+        return request_from_openai(
+            messages, variant=self.model.variant, chat=self.model.chat_model, options=options,
+            allowed_dirs=list(self.config.allowed_dirs), max_images=self.config.max_images,
+            imaging=reading_options(self.config, gone.is_set),
+            allowed_pacs=self.config.allowed_pacs, fetched=fetched)
 
     # --- every refusal -----------------------------------------------------------------------
 
