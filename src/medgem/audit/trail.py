@@ -80,7 +80,10 @@ class AuditTrail:
         self.store = store
         self.surface = surface
 
-    def _body(self, request: Request, info: ModelInfo, context: Mapping[str, Any]) -> dict[str, Any]:
+    def request_fields(self, request: Request, info: ModelInfo,
+                       context: Mapping[str, Any]) -> dict[str, Any]:
+        """What every record of a request says of it: who asked, where, the model, the
+        settings and the inputs' digests (and what else of ``context`` a record keeps)."""
         unknown = set(context) - CONTEXT_KEYS
         if unknown:
             raise ValueError(f"unknown audit context keys: {sorted(unknown)}")
@@ -95,7 +98,7 @@ class AuditTrail:
     def answer(self, request: Request, answer: Answer, info: ModelInfo,
                context: Mapping[str, Any]) -> str:
         """Record an answer durably; returns the record id."""
-        body = self._body(request, info, context) | answer_fields(
+        body = self.request_fields(request, info, context) | answer_fields(
             answer, float(context.get("queue_s", 0.0)))
         return self.store.append("answer", body, record_id=context.get("record_id"),
                                  parent=context.get("accepted")).id
@@ -106,7 +109,7 @@ class AuditTrail:
         (bad input, context too long), "error" otherwise; the error as the server answers it."""
         status, detail = error_body(error)
         error_json = redacted_error(detail["error"], context.get("file_names") or ())
-        body = self._body(request, info, context) | {"status": status, "error": error_json}
+        body = self.request_fields(request, info, context) | {"status": status, "error": error_json}
         kind = "rejected" if status < 500 else "error"
         return self.store.append(kind, body, record_id=context.get("record_id"),
                                  parent=context.get("accepted")).id

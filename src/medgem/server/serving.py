@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response
 from medgem.answer import Answer
 from medgem.api import MedGemma
 from medgem.audit.records import file_name_fields, redacted_error
-from medgem.audit.trail import model_fields, settings_fields, unfinished_requests
+from medgem.audit.trail import model_fields, unfinished_requests
 from medgem.errors import ApiError, AuthError, InputError, MedgemError, error_body
 from medgem.request import GenerationOptions, Request
 from medgem.request.openai_messages import request_from_openai
@@ -80,6 +80,7 @@ class Serving:
         self.model = model
         # The model writes each answer's record (one writer for every surface) to its own
         # store; the server adds who asked, through which endpoint, the inputs as sent.
+        self.trail = model.audit
         self.store = model.audit.store
         self.keys = keys
         self.metrics = metrics
@@ -169,14 +170,10 @@ class Serving:
     def _accept(self, job: Job) -> str:
         """The request's accept record (durable on return): who asked, through which endpoint,
         the inputs' digests, the settings; its outcome will name it as parent."""
-        body = self._request_fields(job) | {"request_id": job.context["record_id"], "server": self.instance}
+        context = self._audit_context(job, prompt=False)
+        body = self.trail.request_fields(job.request, self.info, context) | {
+            "request_id": job.context["record_id"], "server": self.instance}
         return self.store.append("accepted", body).id
-
-    def _request_fields(self, job: Job) -> dict[str, Any]:
-        """What both the accept record and an outcome the server writes say of the request."""
-        ctx = job.context
-        return {"user": ctx["user"], "endpoint": ctx["endpoint"], "model": model_fields(self.info),
-                "served_as": self.served_name, "settings": settings_fields(job.request), "inputs": ctx["inputs"]}
 
     # --- who asks ----------------------------------------------------------------------------
 
@@ -332,14 +329,16 @@ class Serving:
                     await self.send_unreviewed(item, job)
                     return JSONResponse(completion(self, item, job, record_id, created).model_dump())
 
-    def _audit_context(self, job: Job) -> dict[str, Any]:
+    def _audit_context(self, job: Job, *, prompt: bool = True) -> dict[str, Any]:
+        """What the server adds to the request's records; the prompt (--log-prompts) only to
+        the record the model writes."""
         ctx = job.context
         context: dict[str, Any] = {
             "record_id": ctx["record_id"], "user": ctx["user"], "endpoint": ctx["endpoint"],
             "inputs": ctx["inputs"], "served_as": self.served_name, "queue_s": job.queue_s,
             "file_names": ctx["names"], "accepted": ctx.get("accepted"),
         }
-        if self.config.log_prompts:
+        if prompt and self.config.log_prompts:
             context["prompt"] = capture_inputs(self.store, ctx["messages"], self.deid_key)
         return context
 
@@ -362,13 +361,9 @@ class Serving:
         recorded = getattr(error, "audit_id", None)
         if recorded is not None:
             return str(recorded)
-        ctx = job.context
-        status, error_json = error_body(error or RuntimeError())
-        body = self._request_fields(job) | {
-            "status": status, "error": redacted_error(error_json["error"], ctx["names"])}
-        kind = "rejected" if status < 500 else "error"
-        self.store.append(kind, body, record_id=ctx["record_id"], parent=ctx.get("accepted"))
-        return str(ctx["record_id"])
+        # the same record as a failure inside generation, without the prompt
+        return self.trail.failure(job.request, error or RuntimeError(), self.info,
+                                  self._audit_context(job, prompt=False))
 
     # --- answers -----------------------------------------------------------------------------
 
