@@ -57,12 +57,6 @@ JobItem = Started | StreamChunk | Completed | Failed
 FinalizeFn = Callable[["Job", Answer | None, BaseException | None], str | None]
 
 
-def _set_event() -> threading.Event:
-    event = threading.Event()
-    event.set()
-    return event
-
-
 @dataclass
 class Job:
     """One request on its way through the engine."""
@@ -70,13 +64,13 @@ class Job:
     request: Request
     finalize: FinalizeFn
     loop: asyncio.AbstractEventLoop
+    cancel: threading.Event  # set when the client leaves (or the drain deadline stops the job)
     out: asyncio.Queue[JobItem] = field(default_factory=asyncio.Queue)
-    cancel: threading.Event = field(default_factory=threading.Event)
     enqueued: float = field(default_factory=time.monotonic)
     started: float | None = None
     context: dict[str, Any] = field(default_factory=dict)
-    # Set once the request's accept record is durable: a worker waits for it before running.
-    accepted: threading.Event = field(default_factory=_set_event)
+    # Set by the submitter once the request's accept record is durable: a worker waits for it.
+    accepted: threading.Event = field(default_factory=threading.Event)
 
     def push(self, item: JobItem) -> None:
         try:
@@ -135,25 +129,19 @@ class EngineQueue:
         return self._draining
 
     def submit(self, request: Request, finalize: FinalizeFn, *,
-               cancel: threading.Event | None = None, accepted: threading.Event | None = None,
-               **context: Any) -> Job:
-        """Queue a request (call on the event loop).
+               cancel: threading.Event, **context: Any) -> Job:
+        """Queue a request (call on the event loop); no worker runs it before the caller sets
+        its ``accepted`` event, once it recorded the request as accepted.
 
         Args:
-            cancel: the job's cancel event (set when its client leaves); a new one if None.
-            accepted: an event the caller sets once it recorded the request as accepted (no
-                worker runs the job before); None: already accepted.
+            cancel: the job's cancel event (set when its client leaves).
             **context: what ``finalize`` and the audit record need (kept on the job).
 
         Raises:
             QueueFullError: the line is full.
             DrainingError: the server is shutting down.
         """
-        job = Job(request, finalize, asyncio.get_running_loop(), context=context)
-        if cancel is not None:
-            job.cancel = cancel
-        if accepted is not None:
-            job.accepted = accepted
+        job = Job(request, finalize, asyncio.get_running_loop(), cancel, context=context)
         with self._lock:
             if self._draining:
                 raise DrainingError("the server is shutting down", "retry on another instance")

@@ -290,7 +290,7 @@ class Serving:
             record_id = f"chatcmpl-{uuid.uuid4().hex}"
             endpoint = str(http.scope["route"].path)
             check_present(watch.gone, "while its inputs were read")  # the engine is never reached
-            job = self.queue.submit(request, self.finalize, cancel=watch.gone, accepted=threading.Event(),
+            job = self.queue.submit(request, self.finalize, cancel=watch.gone,
                                     record_id=record_id, user=user, endpoint=endpoint, inputs=inputs, names=names,
                                     messages=messages if self.config.log_prompts else [], studies=studies or [])
             try:  # no worker runs the job before its accept record is durable
