@@ -81,5 +81,4 @@ def finish_reason(answer: Answer) -> str:
 
 
 def _usage(answer: Answer) -> p.UsageBody:
-    return p.UsageBody(prompt_tokens=answer.usage.prompt_tokens, completion_tokens=answer.usage.completion_tokens,
-                       total_tokens=answer.usage.total_tokens)
+    return p.UsageBody.model_validate(answer.usage, from_attributes=True)  # total_tokens included
