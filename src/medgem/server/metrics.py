@@ -18,6 +18,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from medgem.answer import Answer
+
 LATENCY_BUCKETS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -50,14 +52,14 @@ class Metrics:
     def count_request(self, endpoint: str, status: int) -> None:
         self._requests.labels(endpoint, str(status)).inc()
 
-    def record_answer(self, *, prompt_tokens: int, completion_tokens: int, finish_reason: str,
-                      queue_s: float, first_token_s: float, total_s: float) -> None:
-        self._tokens.labels("prompt").inc(prompt_tokens)
-        self._tokens.labels("completion").inc(completion_tokens)
-        self._answers.labels(finish_reason).inc()
+    def record_answer(self, answer: Answer, queue_s: float) -> None:
+        """An answer's tokens and finish reason, and how long it waited and took."""
+        self._tokens.labels("prompt").inc(answer.usage.prompt_tokens)
+        self._tokens.labels("completion").inc(answer.usage.completion_tokens)
+        self._answers.labels(answer.finish_reason).inc()
         self._queue_wait.observe(queue_s)
-        self._first_token.observe(first_token_s)
-        self._duration.observe(queue_s + total_s)
+        self._first_token.observe(answer.timings.first_token_s)
+        self._duration.observe(queue_s + answer.timings.total_s)
 
     def render(self) -> bytes:
         """The exposition text (Prometheus text format, CONTENT_TYPE_LATEST)."""

@@ -352,11 +352,7 @@ class Serving:
                 record_sources(self.store, answer.audit_id, studies)
                 if self.sendbacks is not None:
                     self.sendbacks.hold(answer.audit_id, studies)
-            self.metrics.record_answer(
-                prompt_tokens=answer.usage.prompt_tokens, completion_tokens=answer.usage.completion_tokens,
-                finish_reason=answer.finish_reason, queue_s=job.queue_s,
-                first_token_s=answer.timings.first_token_s, total_s=answer.timings.total_s,
-            )
+            self.metrics.record_answer(answer, job.queue_s)
             return answer.audit_id
         recorded = getattr(error, "audit_id", None)
         if recorded is not None:
