@@ -50,10 +50,6 @@ class SendBacks:
             while len(self._held) > HELD:
                 self._held.popitem(last=False)
 
-    def _study(self, answer_id: str) -> FetchedStudy | None:
-        with self._lock:
-            return self._held.get(answer_id)
-
     def send_unreviewed(self, answer_id: str, user: str) -> p.SendBack | None:
         """Send a just-made answer before any review (the operator allowed it); None when it
         was about no PACS study."""
@@ -78,7 +74,8 @@ class SendBacks:
             decision: Decision = decide(self.store, answer, allow_unreviewed=allow_unreviewed)
         except SendBackRefused as exc:
             return p.SendBack(status="not_sent", message=exc.message)
-        study = self._study(answer.id)
+        with self._lock:
+            study = self._held.get(answer.id)
         if study is None:
             return p.SendBack(status="not_sent", pacs=str(source.body.get("pacs")), message=(
                 "this server no longer holds the study the answer saw (it restarted since, or the "
