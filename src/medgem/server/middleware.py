@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from medgem.server.http_errors import BodyTooDeep, BodyTooLarge
@@ -103,12 +104,10 @@ class SecurityHeaders:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                names = {name.lower() for name, _ in headers}
-                for name, value in (("x-content-type-options", "nosniff"), ("referrer-policy", "no-referrer")):
-                    if name.encode() not in names:
-                        headers.append((name.encode(), value.encode()))
-                message["headers"] = headers
+                headers = MutableHeaders(raw=list(message.get("headers", [])))
+                headers.setdefault("x-content-type-options", "nosniff")
+                headers.setdefault("referrer-policy", "no-referrer")
+                message["headers"] = headers.raw
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
