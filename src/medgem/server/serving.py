@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response
 
-from medgem.answer import Answer
+from medgem.answer import Answer, label_for
 from medgem.api import MedGemma
 from medgem.audit.records import file_name_fields, redacted_error
 from medgem.audit.trail import model_fields, unfinished_requests
@@ -376,8 +376,6 @@ class Serving:
     # --- what the server is ------------------------------------------------------------------
 
     def model_card(self) -> p.ModelCard:
-        from medgem.answer import label_for
-
         caps = self.model.engine.capabilities
         return p.ModelCard(
             id=self.served_name, created=self.created, max_model_len=self.info.context_length,
