@@ -33,9 +33,8 @@ RECENT_SERVICES = 16  # service times the Retry-After estimate averages
 
 @dataclass(frozen=True)
 class Started:
-    """The engine accepted the request (context checked); ``queue_s`` seconds were spent waiting."""
-
-    queue_s: float
+    """The engine accepted the request (context checked); the job's ``queue_s`` says how long
+    it waited."""
 
 
 @dataclass(frozen=True)
@@ -230,7 +229,7 @@ class EngineQueue:
             return
         try:
             chunks = self._run(job)
-            job.push(Started(job.queue_s))
+            job.push(Started())
             answer: Answer | None = None
             for chunk in chunks:
                 if isinstance(chunk, FinalChunk):
