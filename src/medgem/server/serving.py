@@ -25,7 +25,7 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response
 
 from medgem.answer import Answer, label_for
-from medgem.api import MedGemma
+from medgem.api import MedGemma, imaging_options
 from medgem.audit.records import file_name_fields, redacted_error
 from medgem.audit.trail import model_fields, unfinished_requests
 from medgem.errors import ApiError, AuthError, InputError, MedgemError, error_body
@@ -49,7 +49,6 @@ from medgem.server.openai_answers import completion, events
 from medgem.server.queue import Completed, EngineQueue, Failed, Job, Started
 from medgem.server.send_back import SendBacks
 from medgem.server.server_config import ServerConfig
-from medgem.server.uploads import reading_options
 
 log = logging.getLogger("medgem.server")
 AUDITED = frozenset({"/v1/chat/completions", "/api/ask", "/api/chat", "/api/generate"})  # their refusals get a record
@@ -223,7 +222,7 @@ class Serving:
         return request_from_openai(
             messages, variant=self.model.variant, chat=self.model.chat_model, options=options,
             allowed_dirs=list(self.config.allowed_dirs), max_images=self.config.max_images,
-            imaging=reading_options(self.config, gone.is_set),
+            imaging=imaging_options(self.config.imaging, cancelled=gone.is_set),
             allowed_pacs=self.config.allowed_pacs, fetched=fetched)
 
     # --- every refusal -----------------------------------------------------------------------

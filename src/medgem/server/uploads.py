@@ -1,8 +1,7 @@
 """What the web page sends: one upload (photo, DICOM, zipped series, PDF) as a data URL.
 
-The server reaches medgem's inputs door only here: :func:`reading_options` is the one place the
-server's reading limits become an ImagingOptions, and :func:`read_upload` the one call that
-reads an upload. ``/api/ask`` takes volumes too, which chat messages cannot carry.
+:func:`read_upload` is the one call that reads an upload, within the server's reading limits
+(``ServerConfig.imaging``). ``/api/ask`` takes volumes too, which chat messages cannot carry.
 """
 
 from __future__ import annotations
@@ -28,11 +27,6 @@ _UPLOAD_TYPES = frozenset({"application/dicom", "application/zip", "application/
                            "application/octet-stream", "application/pdf"})
 
 
-def reading_options(config: ServerConfig, cancelled: Callable[[], bool] | None = None) -> ImagingOptions:
-    """The server's reading limits; ``cancelled`` (a client that left) stops the reading."""
-    return imaging_options(config.imaging, cancelled=cancelled)
-
-
 def read_upload(url: str, name: str | None, options: ImagingOptions) -> Inputs:
     """The upload's images; messages name the file as the user knows it (``name``)."""
     data, mime = decode_data_url(url)
@@ -52,8 +46,8 @@ def ask_request(body: p.AskRequest, model: MedGemma, config: ServerConfig,
     """The Request for the page's question about its upload (if any), its answer constrained
     to ``constraint`` when given."""
     options = body.generation_options(constraint)  # a bad stop string is refused before any reading
-    loaded = (read_upload(body.image, body.name, reading_options(config, cancelled))
-              if body.image is not None else Inputs())
+    reading = imaging_options(config.imaging, cancelled=cancelled)
+    loaded = read_upload(body.image, body.name, reading) if body.image is not None else Inputs()
     alone = loaded.layout != "images"  # a volume or a slide is one input, however many images
     if not alone and len(loaded.images) > config.max_images:
         raise ImageInputError(f"{len(loaded.images)} images sent, the limit is {config.max_images}")
@@ -63,7 +57,7 @@ def ask_request(body: p.AskRequest, model: MedGemma, config: ServerConfig,
 
 def preview(body: p.PreviewRequest, config: ServerConfig) -> p.Preview:
     """The preprocessed images (as PNG data URLs) the model will see for an upload."""
-    loaded = read_upload(body.image, body.name, reading_options(config))
+    loaded = read_upload(body.image, body.name, config.imaging)
     count = len(loaded.images)
     step = max(1, count / PREVIEW_MAX)
     picked = sorted({min(count - 1, int(i * step + step / 2)) for i in range(min(count, PREVIEW_MAX))}) if count > 1 else [0]
