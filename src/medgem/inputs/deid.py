@@ -31,6 +31,7 @@ from typing import Any
 
 from medgem.errors import ImageInputError, require
 from medgem.inputs.deid_profile import PROFILE, PROFILE_OPTIONS
+from medgem.inputs.dicom import burned_in
 
 #: Value representations emptied wherever the profile does not name the attribute.
 EMPTIED_VRS: frozenset[str] = frozenset({"PN", "DA", "DT", "TM", "LT", "ST", "UT"})
@@ -109,10 +110,7 @@ class _Cleaner:
 
     def clean(self, dataset: Any) -> None:
         for element in list(dataset):
-            if element.tag.is_private:
-                del dataset[element.tag]
-                continue
-            if 0x5000 <= element.tag.group <= 0x50FF:  # curve data (retired): X
+            if element.tag.is_private or 0x5000 <= element.tag.group <= 0x50FF:  # curve data: X
                 del dataset[element.tag]
                 continue
             action = self.action(element.keyword)
@@ -238,7 +236,7 @@ def deidentify(dataset: Any, key: bytes, options: Iterable[str] = (), *,
     if not key:
         raise ValueError("deidentify needs a non-empty key")
     chosen = check_options(options)
-    if str(dataset.get("BurnedInAnnotation", "") or "").strip().upper() == "YES" and not allow_burned_in:
+    if burned_in(dataset) and not allow_burned_in:
         raise BurnedInAnnotationError(
             "the image declares Burned In Annotation = YES: text in its pixels cannot be removed",
             "mask the text first, or allow burned-in annotation explicitly")

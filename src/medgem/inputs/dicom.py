@@ -139,20 +139,59 @@ def read_header(source: DicomSource, *, pixels: bool = False, handle: IO[bytes] 
     return ds
 
 
+#: The elements that hold an image's pixels (integer, float and double-float pixel data).
+PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+def has_pixel_data(ds: Any) -> bool:
+    """Whether the dataset holds pixel data (of any of the three kinds)."""
+    return any(keyword in ds for keyword in PIXEL_KEYWORDS)
+
+
 def has_pixels(ds: Any) -> bool:
     """Whether the dataset declares an image (pixel data present or dimensions in the header)."""
-    return any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")) or (
-        "Rows" in ds and "Columns" in ds
-    )
+    return has_pixel_data(ds) or ("Rows" in ds and "Columns" in ds)
+
+
+def without_pixels(ds: Any) -> Any:
+    """The same elements as ``ds``, less the pixels (``ds`` stays whole): what a report back
+    needs of a source instance, kept in memory only."""
+    import pydicom
+
+    header = pydicom.Dataset()
+    for element in ds:
+        if element.keyword not in PIXEL_KEYWORDS:
+            header.add(element)
+    header.file_meta = getattr(ds, "file_meta", pydicom.dataset.FileMetaDataset())
+    return header
+
+
+def header_text(ds: Any, name: str) -> str:
+    """A header attribute as text, stripped; "" when absent or empty."""
+    value = ds.get(name)
+    return str(value).strip() if value not in (None, "") else ""
+
+
+def header_int(ds: Any, name: str) -> int | None:
+    """A header attribute as a whole number; None when absent, empty or not a number."""
+    try:
+        value = ds.get(name)
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def header_values(ds: Any, name: str) -> list[str]:
+    """A multi-valued attribute (``ModalitiesInStudy``, ``ImageType``) as a list of text, one
+    entry for a single value, [] when absent or empty."""
+    value = ds.get(name) or []
+    return [str(value)] if isinstance(value, str) else [str(item) for item in value]
 
 
 def frame_count(ds: Any) -> int:
-    """Number of frames the dataset declares (1 when NumberOfFrames is absent or empty)."""
-    value = ds.get("NumberOfFrames", 1)
-    try:
-        return max(1, int(value or 1))
-    except (TypeError, ValueError):
-        return 1
+    """Number of frames the dataset declares (1 when NumberOfFrames is absent, empty or not a
+    positive number)."""
+    return max(1, header_int(ds, "NumberOfFrames") or 1)
 
 
 def non_image_kind(ds: Any) -> str | None:
@@ -238,10 +277,8 @@ def check_image_header(ds: Any, name: str, options: ImagingOptions) -> None:
 
 def decoder_package(transfer_syntax: str) -> str | None:
     """The PyPI package that decodes ``transfer_syntax``, or None when numpy alone suffices."""
-    for prefix, package in DECODER_PACKAGES.items():
-        if transfer_syntax.startswith(prefix):
-            return package
-    return None
+    return next((package for prefix, package in DECODER_PACKAGES.items()
+                 if transfer_syntax.startswith(prefix)), None)
 
 
 def missing_decoder(syntax: str, failure: str = "") -> tuple[str, str]:
@@ -260,13 +297,9 @@ def missing_decoder(syntax: str, failure: str = "") -> tuple[str, str]:
         absent = [entry.split(" - ")[0].strip() for entry in decoder.missing_dependencies]
     except (ImportError, NotImplementedError, ValueError):
         tried, absent = [], []
-    packages = []
-    for plugin in absent:
-        package = PLUGIN_PACKAGES.get(plugin)
-        if plugin == "pylibjpeg":
-            package = f"pylibjpeg {decoder_package(syntax) or ''}".strip()
-        if package:
-            packages.append(package)
+    # pylibjpeg's own plugin package depends on the syntax
+    named = {**PLUGIN_PACKAGES, "pylibjpeg": f"pylibjpeg {decoder_package(syntax) or ''}".strip()}
+    packages = [named[plugin] for plugin in absent if plugin in named]
     reasons = [line.strip() for line in failure.splitlines()[1:] if ":" in line]
     if tried:
         problem = (f"the installed decoders ({', '.join(tried)}) could not read it: "

@@ -27,6 +27,13 @@ def describe_sent(item: MedicalInput) -> str:
             f"{MODEL_IMAGE_SIDE}x{MODEL_IMAGE_SIDE} by the model's processor){tail}")
 
 
+def item_report(item: MedicalInput) -> dict[str, object]:
+    """The PHI-free facts ``medgem inspect`` prints about a prepared input (local or fetched)."""
+    return {"kind": item.kind, "modality": item.modality, "description": item.description,
+            "sends": describe_sent(item), "metadata": item.metadata,
+            "study_date_present": item.study_date is not None, "warnings": list(item.warnings)}
+
+
 def series_report(series: list[Series]) -> list[dict[str, object]]:
     """PHI-free rows for a series listing (short UID only)."""
     return [
@@ -64,13 +71,5 @@ def inspect_input(path: str | Path, options: ImagingOptions | None = None) -> tu
                 report["choose"] = "several series: pass --series UID (the short UID shown is enough)"
                 return report, None
         item = read_chosen_series(headers, options, path.name)
-    report.update(
-        kind=item.kind,
-        modality=item.modality,
-        description=item.description,
-        sends=describe_sent(item),
-        metadata=item.metadata,
-        study_date_present=item.study_date is not None,
-        warnings=list(item.warnings),
-    )
+    report.update(item_report(item))
     return report, item

@@ -89,6 +89,12 @@ class PatientContext:
         return {"source": self.source, "cited": list(self.cited), "total": self.total}
 
 
+def server_origin(url: str) -> str:
+    """A FHIR server as messages and the audit trail name it: scheme and host, no patient id."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 def _not_fhir(where: str, why: str) -> PacsError:
     return PacsError(f"{where} is not a FHIR R4 record ({why})",
                      'give a FHIR Bundle (JSON with "resourceType": "Bundle") or a FHIR server\'s '
@@ -253,7 +259,7 @@ def read_patient(url: str, token: str | None = None, timeout: float = 30.0,
     if not match:
         raise PacsError(f"'{url[:80]}' is not a FHIR Patient URL", "give https://HOST/fhir/Patient/ID")
     base, patient = match.groups()
-    where = f"{urlsplit(base).scheme}://{urlsplit(base).netloc}"
+    where = server_origin(base)
     session = requests.Session()
     session.headers["Accept"] = "application/fhir+json"
     if token:
@@ -302,7 +308,7 @@ def load_context(source: str, question: str, *, token: str | None = None, timeou
     """``--fhir SOURCE`` (a bundle file or a Patient URL) as the prompt's patient context."""
     if source.startswith(("http://", "https://")):
         lines = read_patient(source, token, timeout)
-        shown = f"{urlsplit(source).scheme}://{urlsplit(source).netloc}"
+        shown = server_origin(source)
     else:
         lines = read_bundle(Path(source).expanduser())
         shown = Path(source).name

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import io
 import logging
 import os
 import re
 import tempfile
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
@@ -252,33 +253,32 @@ def deidentify_upload(data: bytes, mime: str, key: bytes, *, profile_options: Se
     is_zip = zipfile.is_zipfile(io.BytesIO(data))
     if not (is_zip or looks_like_dicom(data[:132]) or mime == "application/dicom"):
         return data, mime
-    policy = (key, tuple(profile_options), allow_burned_in)
+    clean = functools.partial(_deidentify_dicom, key=key, profile_options=profile_options,
+                              allow_burned_in=allow_burned_in)
     try:
         if is_zip:
-            return _deidentify_zip(data, policy, limits), "application/zip"
-        return _deidentify_dicom(data, policy), "application/dicom"
+            return _deidentify_zip(data, clean, limits), "application/zip"
+        return clean(data), "application/dicom"
     except Exception:  # never store what could not be cleaned
         log.warning("a DICOM input could not be de-identified; it is not kept")
         return None, mime
 
 
-_Policy = tuple[bytes, tuple[str, ...], bool]
-
-
-def _deidentify_dicom(data: bytes, policy: _Policy) -> bytes:
+def _deidentify_dicom(data: bytes, *, key: bytes, profile_options: Sequence[str],
+                      allow_burned_in: bool) -> bytes:
     import pydicom
 
     from medgem.inputs.deid import deidentify
 
-    key, options, allow_burned_in = policy
     dataset = pydicom.dcmread(io.BytesIO(data), force=True)
-    cleaned = deidentify(dataset, key, options, allow_burned_in=allow_burned_in)
+    cleaned = deidentify(dataset, key, profile_options, allow_burned_in=allow_burned_in)
     out = io.BytesIO()
     cleaned.save_as(out)
     return out.getvalue()
 
 
-def _deidentify_zip(data: bytes, policy: _Policy, limits: ImagingOptions | None) -> bytes:
+def _deidentify_zip(data: bytes, clean: Callable[[bytes], bytes],
+                    limits: ImagingOptions | None) -> bytes:
     """Each member de-identified, under the same limits as reading (count, declared and
     inflated bytes), so a zip bomb costs nothing here either."""
     from medgem.inputs.limits import CountingReader, ReadBudget
@@ -293,5 +293,5 @@ def _deidentify_zip(data: bytes, policy: _Policy, limits: ImagingOptions | None)
             budget.options.check_cancelled()
             with CountingReader(source.open(info), budget) as stream:
                 member = stream.read()
-            target.writestr(f"{number:05d}.dcm", _deidentify_dicom(member, policy))
+            target.writestr(f"{number:05d}.dcm", clean(member))
     return out.getvalue()

@@ -16,6 +16,7 @@ from pathlib import PurePosixPath
 from typing import IO, Any
 
 from medgem.errors import ImageInputError
+from medgem.inputs.dicom import frame_count
 from medgem.inputs.options import ImagingOptions, raise_hint
 
 
@@ -91,12 +92,7 @@ class ReadBudget:
             ImageInputError: the input declares more pixels than ``max_total_pixels``.
         """
         self.options.check_cancelled()
-        frames = ds.get("NumberOfFrames", 1)
-        try:
-            frames = max(1, int(frames or 1))
-        except (TypeError, ValueError):
-            frames = 1
-        self.pixels += int(ds.get("Rows") or 0) * int(ds.get("Columns") or 0) * frames
+        self.pixels += int(ds.get("Rows") or 0) * int(ds.get("Columns") or 0) * frame_count(ds)
         if self.pixels > self.options.max_total_pixels:
             raise ImageInputError(
                 f"{self.where} declares more than {self.options.max_total_pixels:,} pixels "

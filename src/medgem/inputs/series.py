@@ -15,7 +15,13 @@ from typing import Any
 import numpy as np
 
 from medgem.errors import ImageInputError, NotAnImageError
-from medgem.inputs.dicom import DicomSource, check_image_header, looks_like_dicom, read_header
+from medgem.inputs.dicom import (
+    DicomSource,
+    check_image_header,
+    header_int,
+    looks_like_dicom,
+    read_header,
+)
 from medgem.inputs.limits import CountingReader, ReadBudget, describe_files
 from medgem.inputs.options import ImagingOptions
 
@@ -66,10 +72,18 @@ def _is_candidate(name: str) -> bool:
 Header = tuple[DicomSource, Any]
 
 
-def _no_images(where: str, names: list[str], what: str) -> ImageInputError:
+def _found(found: list[Header], refused: list[ImageInputError], where: str, names: list[str],
+           what: str) -> list[Header]:
+    """The image headers a scan found; when none, the first non-image object's error, else
+    what the folder or zip holds instead."""
+    if found:
+        return found
+    if refused:
+        raise refused[0]
     if not names:
-        return ImageInputError(f"{what} {where} is empty", f"pass a {what} holding DICOM files")
-    return ImageInputError(
+        raise ImageInputError(f"{what} {where} is empty", f"pass a {what} holding DICOM files")
+    raise ImageInputError(
+
         f"{what} {where} holds no images ({describe_files(names)}; none is DICOM)",
         "pass a folder or zip of DICOM files (with the 'DICM' marker), or pictures one by one",
     )
@@ -113,11 +127,8 @@ def folder_headers(folder: Path, options: ImagingOptions) -> list[Header]:
         ds = read_header(source)
         if _accept(ds, source, options, budget, refused):
             found.append((source, ds))
-    if not found:
-        if refused:
-            raise refused[0]
-        raise _no_images(folder.name, [str(p.relative_to(folder)) for p in every], "folder")
-    return found
+    names = [str(p.relative_to(folder)) for p in every]
+    return _found(found, refused, folder.name, names, "folder")
 
 
 def zip_headers(archive: Path, options: ImagingOptions) -> list[Header]:
@@ -152,11 +163,7 @@ def zip_headers(archive: Path, options: ImagingOptions) -> list[Header]:
                     found.append((source, ds))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as exc:
         raise ImageInputError(f"{archive.name} is not a readable zip ({exc})", "re-create the archive") from exc
-    if not found:
-        if refused:
-            raise refused[0]
-        raise _no_images(archive.name, [i.filename for i in every], "zip")
-    return found
+    return _found(found, refused, archive.name, [i.filename for i in every], "zip")
 
 
 def group_series(headers: list[Header]) -> list[Series]:
@@ -165,10 +172,9 @@ def group_series(headers: list[Header]) -> list[Series]:
     for source, ds in headers:
         uid = str(ds.get("SeriesInstanceUID", "") or "")
         if uid not in groups:
-            number = ds.get("SeriesNumber")
             groups[uid] = Series(uid, str(ds.get("Modality", "") or ""),
                                  str(ds.get("SeriesDescription", "") or ""),
-                                 int(number) if number not in (None, "") else None)
+                                 header_int(ds, "SeriesNumber"))
         groups[uid].members.append((source, ds))
     return sorted(groups.values(), key=lambda s: (s.number is None, s.number or 0, s.uid))
 
@@ -212,13 +218,9 @@ def _position_along_normal(ds: Any) -> float | None:
 def sort_slices(series: Series) -> str:
     """Sort members by InstanceNumber, else by position along the slice normal, else file name;
     returns which ("instance number", "position", "file name")."""
-    def number(ds: Any) -> int | None:
-        value = ds.get("InstanceNumber")
-        return int(value) if value not in (None, "") else None
-
-    numbers = [number(ds) for _, ds in series.members]
+    numbers = [header_int(ds, "InstanceNumber") for _, ds in series.members]
     if all(n is not None for n in numbers) and len(set(numbers)) == len(numbers):
-        series.members.sort(key=lambda m: number(m[1]) or 0)
+        series.members.sort(key=lambda m: header_int(m[1], "InstanceNumber") or 0)
         return "instance number"
     positions = [_position_along_normal(ds) for _, ds in series.members]
     if all(p is not None for p in positions) and len(set(positions)) == len(positions):

@@ -50,22 +50,29 @@ def _sop_class(data: bytes | Path) -> str | None:
     return str(getattr(ds, "SOPClassUID", "") or "") or None
 
 
-def is_dicom_wsi(path: Path) -> bool:
-    """A folder or zip whose first DICOM files are whole-slide microscopy instances."""
+def _zip_holds_wsi(archive: Path | io.BytesIO) -> bool:
+    """Whether one of a zip's first members is a whole-slide microscopy instance (each read
+    up to its first 64 KiB, where the SOP class is)."""
     try:
-        if path.is_dir():
-            files = [p for p in sorted(path.rglob("*")) if p.is_file()][:_PEEK_FILES]
-            return any(_sop_class(p) == WSI_SOP_CLASS for p in files)
-        with zipfile.ZipFile(path) as archive:
-            members = [m for m in archive.infolist() if not m.is_dir()][:_PEEK_FILES]
-            for member in members:
-                with archive.open(member) as handle:
-                    head = handle.read(64 * 1024)
-                if _sop_class(head) == WSI_SOP_CLASS:
-                    return True
+        with zipfile.ZipFile(archive) as opened:
+            for member in [m for m in opened.infolist() if not m.is_dir()][:_PEEK_FILES]:
+                with opened.open(member) as handle:
+                    if _sop_class(handle.read(64 * 1024)) == WSI_SOP_CLASS:
+                        return True
     except (OSError, zipfile.BadZipFile):
         return False
     return False
+
+
+def is_dicom_wsi(path: Path) -> bool:
+    """A folder or zip whose first DICOM files are whole-slide microscopy instances."""
+    if not path.is_dir():
+        return _zip_holds_wsi(path)
+    try:
+        files = [p for p in sorted(path.rglob("*")) if p.is_file()][:_PEEK_FILES]
+    except OSError:
+        return False
+    return any(_sop_class(p) == WSI_SOP_CLASS for p in files)
 
 
 def is_slide_or_document_upload(data: bytes) -> bool:
@@ -74,14 +81,4 @@ def is_slide_or_document_upload(data: bytes) -> bool:
     glass label), alone or in a zip."""
     if data[128:132] == b"DICM":  # first: a DICOM preamble may itself look like a TIFF header
         return _sop_class(data) == WSI_SOP_CLASS
-    if data[:4] in TIFF_MAGIC or b"%PDF-" in data[:1024]:
-        return True
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            for member in [m for m in archive.infolist() if not m.is_dir()][:_PEEK_FILES]:
-                with archive.open(member) as handle:
-                    if _sop_class(handle.read(64 * 1024)) == WSI_SOP_CLASS:
-                        return True
-    except (OSError, zipfile.BadZipFile):
-        return False
-    return False
+    return data[:4] in TIFF_MAGIC or b"%PDF-" in data[:1024] or _zip_holds_wsi(io.BytesIO(data))

@@ -67,10 +67,8 @@ class Cell:
     tissue: float
 
 
-def tissue_cells(
-    mask: NDArray[np.bool_], mask_downsample: float, cell: float, width: int, height: int,
-    min_tissue: float = MIN_CELL_TISSUE,
-) -> list[Cell]:
+def tissue_cells(mask: NDArray[np.bool_], mask_downsample: float, cell: float, width: int,
+                 height: int) -> list[Cell]:
     """Non-overlapping cells of side ``cell`` (level-0 px) over the slide that hold tissue.
 
     Args:
@@ -79,7 +77,7 @@ def tissue_cells(
         width, height: level-0 size; only whole cells are used.
 
     Returns:
-        Cells with at least ``min_tissue`` tissue, in reading order (row by row, left to right).
+        Cells at least ``MIN_CELL_TISSUE`` of tissue, in reading order (row by row, left to right).
     """
     cells: list[Cell] = []
     rows, cols = int(height // cell), int(width // cell)
@@ -91,7 +89,7 @@ def tissue_cells(
             right = max(left + 1, int((x0 + cell) / mask_downsample))
             window = mask[top:bottom, left:right]
             share = float(window.mean()) if window.size else 0.0
-            if share >= min_tissue:
+            if share >= MIN_CELL_TISSUE:
                 cells.append(Cell(round(x0), round(y0), share))
     return cells
 

@@ -46,7 +46,9 @@ def to_images(rgb: NDArray[np.uint8]) -> list[Image.Image]:
     return [Image.fromarray(np.ascontiguousarray(frame), mode="RGB") for frame in rgb]
 
 
-def _slice_spacing(series: Series) -> float | None:
+def slice_spacing(series: Series) -> float | None:
+    """The median distance between neighbouring slices' positions (mm), or None when a slice
+    has no position."""
     positions = [ds.get("ImagePositionPatient") for _, ds in series.members]
     if len(positions) < 2 or any(not p or len(p) != 3 for p in positions):
         return None
@@ -95,7 +97,7 @@ def series_to_input(series: Series, options: ImagingOptions, source: str, series
         slices_total=len(series.members), slices_sent=len(picked), sampled_indices=picked,
         sorted_by=sorted_by, window=used, series=series.short_uid, series_count=series_count,
     )
-    spacing = _slice_spacing(series)
+    spacing = slice_spacing(series)
     if spacing is not None:
         facts["slice_spacing_mm"] = spacing
     kind: Literal["image", "volume"] = "volume" if len(picked) > 1 else "image"

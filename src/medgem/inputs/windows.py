@@ -35,15 +35,13 @@ def ct_to_rgb(hu: NDArray[np.generic], windows: Sequence[WindowRange]) -> NDArra
     return np.stack([window_to_uint8(hu, low, high) for low, high in windows], axis=-1)
 
 
-def minmax_to_uint8(values: NDArray[np.generic], low: float | None = None,
-                    high: float | None = None) -> NDArray[np.uint8]:
-    """Scale ``values`` so that ``low`` (default: their minimum) is 0 and ``high`` (default: their
-    maximum) is 255; pass a whole MR volume so its slices share one scale.
+def minmax_to_uint8(values: NDArray[np.generic]) -> NDArray[np.uint8]:
+    """Scale ``values`` so that their minimum is 0 and their maximum 255; pass a whole MR volume
+    so its slices share one scale.
 
     A constant image (no range) becomes all zeros, with a warning, rather than dividing by zero.
     """
-    lo = float(np.min(values)) if low is None else low
-    hi = float(np.max(values)) if high is None else high
+    lo, hi = float(np.min(values)), float(np.max(values))
     if hi <= lo:
         warnings.warn("image has a single intensity; it is shown black", stacklevel=2)
         return np.zeros(values.shape, dtype=np.uint8)

@@ -179,26 +179,21 @@ def _open_tifffile(path: Path) -> SlideReader:
 
 @contextlib.contextmanager
 def open_slide(path: Path, options: ImagingOptions) -> Iterator[SlideReader]:
-    """Open a slide file, DICOM WSI folder, or zip of DICOM WSI files; close it afterwards."""
-    if path.is_dir():
-        reader = _open_wsidicom(path)
-    elif zipfile.is_zipfile(path):
-        with tempfile.TemporaryDirectory(prefix="medgem-wsi-") as tmp:
-            _extract(path, Path(tmp), options)
-            reader = _open_wsidicom(Path(tmp))
-            try:
-                yield reader
-            finally:
-                reader.close()
-            return
-    elif _pyramid_in_subifds(path):
-        reader = _open_tifffile(path)
-    else:
-        reader = _open_openslide(path)
-    try:
+    """Open a slide file, DICOM WSI folder, or zip of DICOM WSI files; close it afterwards
+    (a zip's files are extracted to a temporary folder, removed after the slide is closed)."""
+    with contextlib.ExitStack() as stack:
+        if path.is_dir():
+            reader = _open_wsidicom(path)
+        elif zipfile.is_zipfile(path):
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="medgem-wsi-")))
+            _extract(path, folder, options)
+            reader = _open_wsidicom(folder)
+        elif _pyramid_in_subifds(path):
+            reader = _open_tifffile(path)
+        else:
+            reader = _open_openslide(path)
+        stack.callback(reader.close)
         yield reader
-    finally:
-        reader.close()
 
 
 def _extract(path: Path, target: Path, options: ImagingOptions) -> None:

@@ -5,10 +5,11 @@ anything is fetched or generated, so a refusal costs nothing and sends nothing."
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import closing
 from typing import Any
 
 from medgem.errors import InputError
-from medgem.inputs.pacs.connect import open_client
+from medgem.inputs.pacs.client import open_client
 from medgem.inputs.pacs.fetch import FetchedStudy
 from medgem.inputs.pacs.reference import uid_hash
 
@@ -51,11 +52,8 @@ def send_report(study: FetchedStudy, *, answer: str, model: str, model_version: 
 
     sr = report_sr(study.headers, answer=answer, model=model, model_version=model_version,
                    caveat=caveat, audit_id=audit_id, reviewed=reviewed, boxes=boxes, reviewer=reviewer)
-    client = open_client(study.reference)
-    try:
+    with closing(open_client(study.reference)) as client:
         client.store(sr)
-    finally:
-        client.close()
     body: dict[str, object] = {
         **study.reference.audit_fields(), "series": uid_hash(study.series),
         "report": uid_hash(str(sr.SOPInstanceUID)), "references": [uid_hash(u) for u in study.instances],

@@ -61,16 +61,12 @@ def report_sr(headers: Sequence[Any], *, answer: str, model: str, model_version:
     hd: Any = require("highdicom", "pacs", "Writing DICOM structured reports")
     codes = _codes()
     R = hd.sr.RelationshipTypeValues
-    items: list[Any] = [
-        hd.sr.TextContentItem(codes["finding"], answer or "(empty answer)", relationship_type=R.CONTAINS),
-        hd.sr.TextContentItem(codes["caveat"], caveat or "no caveat", relationship_type=R.CONTAINS),
-        hd.sr.TextContentItem(codes["algorithm"], model, relationship_type=R.CONTAINS),
-        hd.sr.TextContentItem(codes["version"], model_version or "unknown", relationship_type=R.CONTAINS),
-        hd.sr.TextContentItem(codes["review"], reviewed or "not reviewed by a clinician (preliminary)",
-                              relationship_type=R.CONTAINS),
-    ]
-    if audit_id:
-        items.append(hd.sr.TextContentItem(codes["audit"], audit_id, relationship_type=R.CONTAINS))
+    texts = {"finding": answer or "(empty answer)", "caveat": caveat or "no caveat",
+             "algorithm": model, "version": model_version or "unknown",
+             "review": reviewed or "not reviewed by a clinician (preliminary)",
+             "audit": audit_id or None}  # no audit item for an answer without a record
+    items: list[Any] = [hd.sr.TextContentItem(codes[name], text, relationship_type=R.CONTAINS)
+                        for name, text in texts.items() if text is not None]
     for ds in headers:
         items.append(hd.sr.ImageContentItem(codes["source"], ds.SOPClassUID, ds.SOPInstanceUID,
                                             relationship_type=R.CONTAINS))

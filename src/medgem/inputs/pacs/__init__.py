@@ -2,8 +2,9 @@
 
 ``reference.py`` parses ``--study`` values and ``image_dicom`` URIs (and the server's
 allowlist check); ``client.py`` is the one Protocol both protocols implement (``dicomweb.py``,
-``dimse.py``; ``connect.py`` picks one); ``fetch.py`` lists, chooses, samples before fetching, de-identifies and hands the
-files to the existing readers. ``medgem.inputs.read_inputs`` is the door that calls it.
+``dimse.py``; its ``open_client`` picks one); ``fetch.py`` lists, chooses, samples before
+fetching, de-identifies and hands the files to the existing readers.
+``medgem.inputs.read_inputs`` is the door that calls it.
 """
 
 from medgem.inputs.pacs.fetch import FetchedStudy, RemoteSeries, list_series, read_study

@@ -15,20 +15,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from medgem.errors import PacsError, PacsRefusedError, PacsTimeoutError, PacsUnavailableError
+from medgem.inputs.dicom import header_int, header_text, header_values
 from medgem.inputs.pacs.client import PacsClient
 from medgem.inputs.pacs.dicomweb import DicomwebClient
-from medgem.inputs.pacs.dimse import DimseClient
-from medgem.inputs.pacs.fetch import (
-    NOT_IMAGE_SERIES,
-    RemoteSeries,
-    header_int,
-    header_text,
-    list_series,
-)
+from medgem.inputs.pacs.dimse import DimseClient, find_query
+from medgem.inputs.pacs.fetch import NOT_IMAGE_SERIES, RemoteSeries, list_series
 from medgem.inputs.pacs.reference import StudyReference, parse_study_reference, uid_hash
 
 #: Study-level attributes asked for when searching: what a PACS browser's study list shows.
@@ -124,10 +120,9 @@ class StudyQuery:
         name = self.patient_name.strip()
         if name:
             found["PatientName"] = name if re.search(r"[*?]", name) else name + "*"
-        if self.patient_id.strip():
-            found["PatientID"] = self.patient_id.strip()
-        if self.accession.strip():
-            found["AccessionNumber"] = self.accession.strip()
+        for key, value in (("PatientID", self.patient_id), ("AccessionNumber", self.accession)):
+            if value.strip():
+                found[key] = value.strip()
         start, end = _date(self.date_from), _date(self.date_to)
         if start or end:
             found["StudyDate"] = start if start == end else f"{start}-{end}"
@@ -208,12 +203,9 @@ def search_studies(source: PacsSource, query: StudyQuery, *, token: str | None,
         PacsTimeoutError: it did not answer within ``timeout`` (504).
     """
     # The clients are made from a reference; a search names no study, so any UID stands in.
-    client = open_browser(source.reference("1", token=token, timeout=timeout))
-    try:
-        limit = max(1, min(query.limit, MAX_STUDIES))
+    limit = max(1, min(query.limit, MAX_STUDIES))
+    with closing(open_browser(source.reference("1", token=token, timeout=timeout))) as client:
         found = client.studies(query.filters(), limit + 1)  # one more says "there are more"
-    finally:
-        client.close()
     studies = sorted((_study(ds) for ds in found), key=lambda s: (s.date, s.uid), reverse=True)
     return StudyListing(tuple(studies[:limit]), len(studies) > limit, client.bytes_moved)
 
@@ -227,11 +219,8 @@ def browse_series(source: PacsSource, study: str, *, token: str | None,
         PacsUnavailableError: as :func:`search_studies`.
     """
     reference = source.reference(study, token=token, timeout=timeout)
-    client = open_browser(reference)
-    try:
+    with closing(open_browser(reference)) as client:
         series = list_series(reference, client)
-    finally:
-        client.close()
     return SeriesListing(study, tuple(series), client.bytes_moved)
 
 
@@ -241,9 +230,7 @@ def open_browser(reference: StudyReference) -> BrowseClient:
     Raises:
         MissingDependencyError: the ``pacs`` extra is not installed.
     """
-    if reference.protocol == "dimse":
-        return DimseBrowser(reference)
-    return DicomwebBrowser(reference)
+    return DimseBrowser(reference) if reference.protocol == "dimse" else DicomwebBrowser(reference)
 
 
 class DicomwebBrowser(DicomwebClient):
@@ -301,12 +288,7 @@ class DimseBrowser(DimseClient):
     silent peer reads the same as one that refused medgem's AE title, so no 504 here)."""
 
     def studies(self, filters: Mapping[str, str], limit: int) -> list[Any]:
-        from pydicom import Dataset
-
-        query = Dataset()
-        query.QueryRetrieveLevel = "STUDY"
-        for name in STUDY_FIELDS:
-            setattr(query, name, filters.get(name))
+        query = find_query("STUDY", {name: filters.get(name) for name in STUDY_FIELDS})
         return self._find(query)[:limit]
 
     def _find(self, query: Any) -> list[Any]:
@@ -319,17 +301,12 @@ class DimseBrowser(DimseClient):
 
 
 def _study(ds: Any) -> RemoteStudy:
-    modalities = ds.get("ModalitiesInStudy")
-    if modalities is None or modalities == "":
-        listed: tuple[str, ...] = ()
-    elif isinstance(modalities, str):
-        listed = (modalities,)
-    else:
-        listed = tuple(str(m) for m in modalities)
-    return RemoteStudy(header_text(ds, "StudyInstanceUID"), person_name(ds.get("PatientName")),
-                       header_text(ds, "PatientID"), header_text(ds, "StudyDate"), header_text(ds, "StudyDescription"),
-                       header_text(ds, "AccessionNumber"), listed,
-                       header_int(ds, "NumberOfStudyRelatedSeries"), header_int(ds, "NumberOfStudyRelatedInstances"))
+    return RemoteStudy(
+        header_text(ds, "StudyInstanceUID"), person_name(ds.get("PatientName")),
+        header_text(ds, "PatientID"), header_text(ds, "StudyDate"),
+        header_text(ds, "StudyDescription"), header_text(ds, "AccessionNumber"),
+        tuple(header_values(ds, "ModalitiesInStudy")), header_int(ds, "NumberOfStudyRelatedSeries"),
+        header_int(ds, "NumberOfStudyRelatedInstances"))
 
 
 def person_name(value: Any) -> str:

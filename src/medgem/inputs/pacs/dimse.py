@@ -17,7 +17,7 @@ from __future__ import annotations
 import queue
 import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from medgem.errors import PacsError, require
@@ -95,25 +95,13 @@ class DimseClient:
                          "check that the PACS is up, or raise --pacs-timeout")
 
     def series(self, study: str) -> list[Any]:
-        from pydicom import Dataset
-
-        query = Dataset()
-        query.QueryRetrieveLevel = "SERIES"
-        query.StudyInstanceUID = study
-        for name in SERIES_FIELDS:
-            setattr(query, name, None)
-        return self._find(query)
+        return self._find(find_query("SERIES", {"StudyInstanceUID": study,
+                                                **dict.fromkeys(SERIES_FIELDS)}))
 
     def instances(self, study: str, series: str) -> list[Any]:
-        from pydicom import Dataset
-
-        query = Dataset()
-        query.QueryRetrieveLevel = "IMAGE"
-        query.StudyInstanceUID = study
-        query.SeriesInstanceUID = series
-        for name in INSTANCE_FIELDS:
-            setattr(query, name, None)
-        return self._find(query)
+        return self._find(find_query("IMAGE", {"StudyInstanceUID": study,
+                                               "SeriesInstanceUID": series,
+                                               **dict.fromkeys(INSTANCE_FIELDS)}))
 
     def retrieve(self, study: str, series: str, instances: Sequence[str]) -> Iterator[Any]:
         """The instances, in order: by C-GET, or by C-MOVE when the reference asks for it."""
@@ -329,15 +317,22 @@ def _code(status: Any) -> int:
     return int(getattr(status, "Status", -1)) if status else -1
 
 
-def _image_query(study: str, series: str, instance: str) -> Any:
-    """The identifier of one instance for a C-GET or C-MOVE (study root, IMAGE level)."""
+def find_query(level: str, values: Mapping[str, Any]) -> Any:
+    """A study-root identifier at ``level`` ("STUDY", "SERIES", "IMAGE") with each named
+    attribute set to its value (None: a return key the answer fills in)."""
     from pydicom import Dataset
 
     query = Dataset()
-    query.QueryRetrieveLevel = "IMAGE"
-    query.StudyInstanceUID, query.SeriesInstanceUID = study, series
-    query.SOPInstanceUID = instance
+    query.QueryRetrieveLevel = level
+    for name, value in values.items():
+        setattr(query, name, value)
     return query
+
+
+def _image_query(study: str, series: str, instance: str) -> Any:
+    """The identifier of one instance for a C-GET or C-MOVE (study root, IMAGE level)."""
+    return find_query("IMAGE", {"StudyInstanceUID": study, "SeriesInstanceUID": series,
+                                "SOPInstanceUID": instance})
 
 
 def _local_address(host: str, port: int) -> str:

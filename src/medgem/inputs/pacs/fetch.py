@@ -16,21 +16,27 @@ import os
 import re
 import tempfile
 from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from medgem.errors import ImageInputError, PacsError
-from medgem.inputs.dicom import NON_IMAGE_MODALITIES, DicomSource
+from medgem.inputs.dicom import (
+    NON_IMAGE_MODALITIES,
+    DicomSource,
+    has_pixel_data,
+    header_int,
+    header_text,
+    without_pixels,
+)
 from medgem.inputs.limits import ReadBudget
 from medgem.inputs.options import ImagingOptions, MedicalInput, raise_hint
-from medgem.inputs.pacs.client import PacsClient
-from medgem.inputs.pacs.connect import open_client
+from medgem.inputs.pacs.client import PacsClient, open_client
 from medgem.inputs.pacs.reference import StudyReference, uid_hash
 from medgem.inputs.pacs.slide_frames import is_slide_series
 from medgem.inputs.series import Series, sample_indices, sort_slices
+from medgem.inputs.volume import slice_spacing
 
 #: Modalities of series that hold no picture of the patient (reports, key objects, states,
 #: RT plans and structures, masks): never chosen for a question.
@@ -105,34 +111,17 @@ class FetchedStudy:
         return replace(self, headers=(first, *(reference_only(ds, first) for ds in self.headers[1:])))
 
 
-def header_text(ds: Any, name: str) -> str:
-    """A header attribute as text, stripped; "" when absent or empty."""
-    value = ds.get(name)
-    return str(value).strip() if value not in (None, "") else ""
-
-
-def header_int(ds: Any, name: str) -> int | None:
-    """A header attribute as a whole number; None when absent, empty or not a number."""
-    try:
-        value = ds.get(name)
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
-
-
 def list_series(reference: StudyReference, client: PacsClient | None = None) -> list[RemoteSeries]:
     """The study's series, by series number then UID.
 
     Raises:
         PacsError: the PACS is down, refuses medgem, or does not know the study.
     """
-    own = client is None
-    client = client or open_client(reference)
-    try:
+    if client is None:
+        with closing(open_client(reference)) as own:
+            found = own.series(reference.study)
+    else:
         found = client.series(reference.study)
-    finally:
-        if own:
-            client.close()
     if not found:
         raise PacsError(f"study …{reference.study[-12:]} is not on {reference.where}",
                         "check the StudyInstanceUID")
@@ -195,7 +184,7 @@ def _sampled(instances: list[Any], options: ImagingOptions, where: str) -> tuple
     sort_slices(listed)
     frames = [header_int(ds, "NumberOfFrames") or 1 for _, ds in listed.members]
     if len(listed.members) == 1 or max(frames) > 1:
-        picked = list(range(len(listed.members))) if len(listed.members) == 1 else [0]
+        picked = [0]  # one instance, or a multi-frame series: its first instance holds the frames
     else:
         picked = sample_indices(len(listed.members), options.max_slices)
     chosen = [listed.members[i][1] for i in picked]
@@ -227,11 +216,8 @@ def read_study(reference: StudyReference, options: ImagingOptions, *,
             series that is not an image.
         ImageInputError: over a reading limit, or an instance the readers refuse.
     """
-    client = open_client(reference)
-    try:
+    with closing(open_client(reference)) as client:
         return _read(client, reference, options, prefer)
-    finally:
-        client.close()
 
 
 def _read(client: PacsClient, reference: StudyReference, options: ImagingOptions,
@@ -247,7 +233,7 @@ def _read(client: PacsClient, reference: StudyReference, options: ImagingOptions
                         "choose an image series (medgem inspect --study lists them)")
     instances = client.instances(reference.study, chosen.uid)
     if is_slide_series(instances):
-        return _read_slide(client, reference, chosen, instances, options, len(series_list))
+        return _read_slide(client, reference, chosen, instances, options, len(series_list), where)
     if reference.instance:
         instances = [ds for ds in instances if header_text(ds, "SOPInstanceUID") == reference.instance]
         if not instances:
@@ -269,7 +255,7 @@ def _read(client: PacsClient, reference: StudyReference, options: ImagingOptions
             if client.bytes_moved > options.max_archive_bytes:
                 raise ImageInputError(f"{where}: fetching moved more than {options.max_archive_bytes:,} bytes",
                                       raise_hint("max_archive_bytes"))
-            if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+            if not has_pixel_data(ds):
                 raise PacsError(f"{where} holds instances without pixel data (not an image)",
                                 "choose an image series")
             headers.append(without_pixels(ds))
@@ -288,7 +274,7 @@ def _read(client: PacsClient, reference: StudyReference, options: ImagingOptions
 
 
 def _read_slide(client: PacsClient, reference: StudyReference, chosen: RemoteSeries,
-                instances: list[Any], options: ImagingOptions, series_count: int
+                instances: list[Any], options: ImagingOptions, series_count: int, where: str
                 ) -> tuple[MedicalInput, FetchedStudy]:
     """A whole-slide series: only the frames the patches and the tissue mask need
     (``slide_frames``), never its instances whole. Frames by number are a WADO-RS request, so
@@ -296,7 +282,6 @@ def _read_slide(client: PacsClient, reference: StudyReference, chosen: RemoteSer
     from medgem.inputs.pacs.dicomweb import DicomwebClient
     from medgem.inputs.pacs.slide_frames import read_remote_slide
 
-    where = f"series {chosen.short_uid} on {reference.where}"
     if reference.protocol == "dimse" or not isinstance(client, DicomwebClient):
         raise PacsError(f"{where} is a whole-slide image: its tiles are fetched by frame, which needs "
                         "DICOMweb (a DIMSE C-GET would move every pyramid level whole)",
@@ -313,19 +298,6 @@ def _read_slide(client: PacsClient, reference: StudyReference, chosen: RemoteSer
     return item, fetched
 
 
-def without_pixels(ds: Any) -> Any:
-    """The same elements as ``ds``, less the pixels (``ds`` stays whole): what a report back
-    needs of a source instance, kept in memory only."""
-    import pydicom
-
-    header = pydicom.Dataset()
-    for element in ds:
-        if element.keyword not in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
-            header.add(element)
-    header.file_meta = getattr(ds, "file_meta", pydicom.dataset.FileMetaDataset())
-    return header
-
-
 def fetch_evidence(reference: StudyReference, series_hash: str,
                    instance_hashes: Sequence[str]) -> FetchedStudy:
     """The instances an earlier answer saw, found again from the UID hashes its audit record
@@ -338,8 +310,7 @@ def fetch_evidence(reference: StudyReference, series_hash: str,
         PacsError: the series or some of the instances are no longer on the PACS, or it is
             down or refuses medgem.
     """
-    client = open_client(reference)
-    try:
+    with closing(open_client(reference)) as client:
         listed = [s for s in list_series(reference, client) if uid_hash(s.uid) == series_hash]
         where = f"study …{reference.study[-12:]} on {reference.where}"
         if len(listed) != 1:
@@ -356,8 +327,6 @@ def fetch_evidence(reference: StudyReference, series_hash: str,
         first = without_pixels(whole)
         rest = [reference_only(ds, first) for ds in found[1:]]
         return FetchedStudy(reference, series, tuple(uids), (first, *rest), len(by_hash), client.bytes_moved)
-    finally:
-        client.close()
 
 
 def reference_only(listed: Any, first: Any) -> Any:
@@ -384,8 +353,6 @@ def _deidentified(ds: Any, key: bytes, options: ImagingOptions, deidentify: Any)
         ds.file_meta = meta
     try:
         return deidentify(ds, key, allow_burned_in=options.allow_burned_in)
-    except ImageInputError:
-        raise
     except ValueError as exc:
         raise ImageInputError(f"an instance could not be de-identified ({exc})", "check the study") from None
 
@@ -401,10 +368,9 @@ def _whole_series_facts(item: MedicalInput, chosen: RemoteSeries, listed: Series
         facts.update(slices_total=total, sampled_indices=picked)
         sent = len(picked)
         description = description.replace(f"{sent} of {sent} slices", f"{sent} of {total} slices")
-        positions = [ds.get("ImagePositionPatient") for _, ds in listed.members]
-        if all(p is not None and len(p) == 3 for p in positions):
-            steps = np.linalg.norm(np.diff(np.asarray(positions, dtype=float), axis=0), axis=1)
-            facts["slice_spacing_mm"] = round(float(np.median(steps)), 4)
+        spacing = slice_spacing(listed)
+        if spacing is not None:
+            facts["slice_spacing_mm"] = spacing
     return replace(item, metadata=facts, description=description)
 
 
@@ -417,7 +383,7 @@ def inspect_study(reference: StudyReference, options: ImagingOptions
     Raises:
         PacsError: as ``read_study``.
     """
-    from medgem.inputs.facts import describe_sent
+    from medgem.inputs.facts import item_report
 
     series = list_series(reference)
     report: dict[str, object] = {
@@ -433,9 +399,7 @@ def inspect_study(reference: StudyReference, options: ImagingOptions
         report["choose"] = f"{exc.message}: pass --series UID (the short UID shown is enough)"
         return report, None, None
     item, fetched = read_study(reference, options)
-    report.update(kind=item.kind, modality=item.modality, description=item.description,
-                  sends=describe_sent(item), metadata=item.metadata,
-                  study_date_present=item.study_date is not None, warnings=list(item.warnings),
+    report.update(item_report(item),
                   fetched={"instances": len(fetched.instances), "of": fetched.total_instances,
                            "bytes": fetched.bytes_moved,
                            **({"frames": fetched.frames, "frames_of": fetched.frames_total}

@@ -170,6 +170,10 @@ def is_allowed(reference: StudyReference, allowed: list[str] | tuple[str, ...]) 
     DICOMweb root that equals, or is a path prefix of, an allowed URL; a DIMSE peer whose
     ``dimse://AE@host:port`` is listed, with the same ``?move=`` when the reference has one (a
     C-MOVE opens a listening port here, which only the operator may choose)."""
+    entries = [entry.rstrip("/") for entry in allowed]
+    if reference.protocol == "dicomweb":
+        return any(reference.root == entry or reference.root.startswith(entry + "/")
+                   for entry in entries)
     peer = f"dimse://{reference.called_ae}@{reference.root}"
     if reference.move_port:
         spellings = {f"{peer}?move={reference.move_destination}@{reference.move_port}"}
@@ -177,11 +181,4 @@ def is_allowed(reference: StudyReference, allowed: list[str] | tuple[str, ...]) 
             spellings.add(f"{peer}?move={reference.move_port}")
     else:
         spellings = {peer}
-    for entry in allowed:
-        entry = entry.rstrip("/")
-        if reference.protocol == "dimse":
-            if entry in spellings:
-                return True
-        elif reference.root == entry or reference.root.startswith(entry + "/"):
-            return True
-    return False
+    return any(entry in spellings for entry in entries)

@@ -33,6 +33,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from medgem.errors import ImageInputError, PacsError, require
+from medgem.inputs.dicom import burned_in, header_values, without_pixels
 from medgem.inputs.options import ImagingOptions, MedicalInput, raise_hint
 from medgem.inputs.slide_detect import WSI_SOP_CLASS
 from medgem.inputs.wsi import Level, SlideReader, slide_to_input
@@ -114,7 +115,6 @@ class SlideFetch:
 
     levels: list[RemoteLevel]
     fetched: dict[str, set[int]] = field(default_factory=dict)  # instance UID -> frame numbers
-    requests: int = 0
 
     @property
     def frames_moved(self) -> int:
@@ -128,12 +128,6 @@ class SlideFetch:
 def is_slide_series(instances: Sequence[Any]) -> bool:
     """Whether a series' instance listing (QIDO-RS) is a whole-slide image."""
     return any(str(ds.get("SOPClassUID", "") or "") == WSI_SOP_CLASS for ds in instances)
-
-
-def _image_type(ds: Any) -> str:
-    value = ds.get("ImageType") or []
-    values = [value] if isinstance(value, str) else list(value)
-    return str(values[2]).upper() if len(values) > 2 else ""
 
 
 def _mpp(ds: Any) -> float | None:
@@ -196,7 +190,7 @@ def slide_levels(headers: Sequence[Any], where: str, options: ImagingOptions) ->
             declares burned-in annotation when that is not allowed.
     """
     volumes = [ds for ds in headers if str(ds.get("SOPClassUID", "")) == WSI_SOP_CLASS
-               and _image_type(ds) == "VOLUME"]
+               and [kind.upper() for kind in header_values(ds, "ImageType")[2:3]] == ["VOLUME"]]
     if not volumes:
         raise ImageInputError(f"{where} holds no VOLUME instance (only label or overview images)",
                               "choose the slide's image series")
@@ -207,7 +201,7 @@ def slide_levels(headers: Sequence[Any], where: str, options: ImagingOptions) ->
     from medgem.inputs.deid import BurnedInAnnotationError
 
     for level in by_size.values():
-        if str(level.header.get("BurnedInAnnotation", "") or "").upper() == "YES" and not options.allow_burned_in:
+        if burned_in(level.header) and not options.allow_burned_in:
             raise BurnedInAnnotationError(f"{where}: a level declares Burned In Annotation = YES: text in "
                                           "its pixels cannot be removed", "allow burned-in annotation explicitly")
     return sorted(by_size.values(), key=lambda lv: -lv.width * lv.height)
@@ -331,7 +325,6 @@ class FrameReader:
         asked = self._asked.get(index, level.media_type)
         self.options.check_cancelled()
         data, answered = self.client.frames(self.study, self.series, level.uid, batch, asked)
-        self.record.requests += 1
         if self.client.bytes_moved > self.options.max_archive_bytes:
             raise ImageInputError(f"{self.where}: fetching moved more than "
                                   f"{self.options.max_archive_bytes:,} bytes", raise_hint("max_archive_bytes"))
@@ -383,11 +376,3 @@ def read_remote_slide(client: FrameSource, study: str, series: str, options: Ima
     order = [levels[int(str(item.metadata["patch_level"]))], levels[int(str(item.metadata["mask_level"]))]]
     used = [level for level in dict.fromkeys(order) if level.uid in reader.record.fetched]
     return item, reader.record, [without_pixels(level.header) for level in used]
-
-
-def without_pixels(ds: Any) -> Any:
-    """A header with the pixel data element removed (metadata names it by bulk-data URI)."""
-    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
-        if keyword in ds:
-            delattr(ds, keyword)
-    return ds
