@@ -52,6 +52,13 @@ class ResultLog:
             os.fsync(handle.fileno())
 
 
+def write_json(path: Path, value: dict[str, Any]) -> None:
+    """Write atomically: a crash leaves the old file or the new one, never half of one."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.replace(path)
+
+
 def read_results(path: Path) -> dict[str, dict[str, Any]]:
     """id -> latest result for that id, in first-seen order; unreadable lines are skipped."""
     latest: dict[str, dict[str, Any]] = {}

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from medgem import __version__
 from medgem.errors import DatasetError, InputError, MedgemError
 from medgem.evaluate.datasets import read_records
-from medgem.evaluate.results import MANIFEST_FILE, RESULTS_FILE, ResultLog, read_results
+from medgem.evaluate.results import MANIFEST_FILE, RESULTS_FILE, ResultLog, read_results, write_json
 from medgem.evaluate.tasks import EvalItem, LoadedData, Task, TaskOptions, get_task
 from medgem.inputs import Upload, read_inputs
 from medgem.request import GenerationOptions, Request
@@ -69,13 +69,6 @@ class EvalConfig:
     max_new_tokens: int | None = None
     think: str = "auto"
     options: TaskOptions = field(default_factory=TaskOptions)
-
-    def generation_options(self, think: bool, constraint: Constraint | None = None) -> GenerationOptions:
-        """The run's generation options: greedy (temperature 0, as the model card evaluates),
-        this budget and seed, thinking as :func:`choose_think` decided, and the decoding
-        constraint :func:`choose_constraint` chose."""
-        return GenerationOptions(max_new_tokens=self.max_new_tokens, temperature=0.0,
-                                 seed=self.seed, think=think, constraint=constraint)
 
 
 @dataclass(frozen=True)
@@ -165,12 +158,6 @@ def choose_constraint(mg: MedGemma, task: Task) -> tuple[Constraint | None, str]
     return task.schema, ""
 
 
-def constraint_record(constraint: Constraint | None) -> dict[str, Any] | str:
-    """What run.json and the reports record of the constraint: "none", or its kind, name,
-    strictness, sha256 and schema."""
-    return "none" if constraint is None else constraint.record()
-
-
 def manifest_for(prepared: PreparedRun, mg: MedGemma, think: bool, think_note: str,
                  constraint: Constraint | None = None, constraint_note: str = "") -> dict[str, Any]:
     """What run.json records: enough to reproduce the numbers."""
@@ -190,7 +177,8 @@ def manifest_for(prepared: PreparedRun, mg: MedGemma, think: bool, think_note: s
         "limit": prepared.config.limit,
         "seed": prepared.config.seed,
         "concurrency": prepared.config.concurrency,
-        "constraint": constraint_record(constraint),
+        # "none", or the constraint's kind, name, strictness, sha256 and schema
+        "constraint": "none" if constraint is None else constraint.record(),
         "constraint_note": constraint_note,
         "variant": variant,
         "model": asdict(info),
@@ -217,11 +205,6 @@ def check_resumable(old: dict[str, Any], new: dict[str, Any], folder: Path) -> N
             f"{folder} holds a run with different {', '.join(diffs)}",
             "resume with the same data, model and settings, or choose another --out",
         )
-
-
-def _ask(mg: MedGemma, item: EvalItem, options: GenerationOptions) -> Request:
-    images = [_open_image(ref) for ref in item.images]
-    return mg.request(item.question, images=images, system=item.system, options=options)
 
 
 def _failed(item: EvalItem, error: BaseException) -> dict[str, Any]:
@@ -300,7 +283,7 @@ def run_evaluation(
         manifest["wall_seconds"] = old.get("wall_seconds", 0.0)
         manifest["items_timed"] = old.get("items_timed", 0)
         manifest["resumed"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    _write_json(manifest_path, manifest)
+    write_json(manifest_path, manifest)
     log.repair()
     done = {i for i, r in read_results(log.path).items() if r.get("status") == "ok"}
     todo = [item for item in prepared.items if item.id not in done]
@@ -310,7 +293,9 @@ def run_evaluation(
                disable=not progress, dynamic_ncols=True)
     started, finished = time.perf_counter(), 0
     try:
-        options = prepared.config.generation_options(think, constraint)
+        # greedy, as the model card evaluates
+        options = GenerationOptions(max_new_tokens=prepared.config.max_new_tokens, temperature=0.0,
+                                    seed=prepared.config.seed, think=think, constraint=constraint)
         for result in _results(mg, prepared, todo, options):
             log.append(result)
             finished += 1
@@ -326,7 +311,7 @@ def run_evaluation(
         manifest["wall_seconds"] = round(manifest.get("wall_seconds", 0.0)
                                          + time.perf_counter() - started, 3)
         manifest["items_timed"] = manifest.get("items_timed", 0) + finished
-        _write_json(manifest_path, manifest)
+        write_json(manifest_path, manifest)
     return RunOutcome(out, len(todo), len(prepared.items) - len(todo), failed)
 
 
@@ -341,7 +326,9 @@ def _results(mg: MedGemma, prepared: PreparedRun, todo: list[EvalItem], options:
     def requests() -> Iterator[Request]:
         for item in todo:
             try:
-                request = _ask(mg, item, options)
+                images = [_open_image(ref) for ref in item.images]
+                request = mg.request(item.question, images=images, system=item.system,
+                                     options=options)
             except Exception as exc:  # a bad image on one item must not end a long run
                 unreadable.append(_failed(item, exc))
                 continue
@@ -361,10 +348,3 @@ def _results(mg: MedGemma, prepared: PreparedRun, todo: list[EvalItem], options:
 def _drain(items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     while items:
         yield items.pop(0)
-
-
-def _write_json(path: Path, value: dict[str, Any]) -> None:
-    """Write atomically: a crash leaves the old file or the new one, never half of one."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
-    tmp.replace(path)

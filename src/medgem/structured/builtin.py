@@ -14,65 +14,43 @@ from medgem.errors import SchemaError
 from medgem.structured.constraint import Constraint
 
 _COORDINATE = {"type": "integer", "minimum": 0, "maximum": 1000}
+_TEXT = {"type": "string"}
+
+
+def _list_of(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    """A JSON list of objects holding only these keys, ``required`` among them."""
+    return {"type": "array", "items": {"type": "object", "properties": properties,
+                                       "required": required, "additionalProperties": False}}
+
 
 BOXES = Constraint.from_schema({
     "title": "boxes",
     "description": "Labelled boxes, [y0, x0, y1, x1] normalised to 0-1000 of the padded square.",
-    "type": "array",
-    "items": {
-        "type": "object",
-        "properties": {
-            "box_2d": {"type": "array", "items": _COORDINATE, "minItems": 4, "maxItems": 4},
-            "label": {"type": "string"},
-        },
-        "required": ["box_2d", "label"],
-        "additionalProperties": False,
-    },
-}, name="boxes")
+    **_list_of({"box_2d": {"type": "array", "items": _COORDINATE, "minItems": 4, "maxItems": 4},
+                "label": _TEXT}, ["box_2d", "label"]),
+})
 
 LAB_VALUES = Constraint.from_schema({
     "title": "lab_values",
     "description": "Every lab value of a report; keys the report does not give are left out.",
-    "type": "array",
-    "items": {
-        "type": "object",
-        "properties": {
-            "name": {"type": "string"},
-            "value": {"type": ["number", "string"]},
-            "unit": {"type": "string"},
-            "reference_range": {"type": "string"},
-            "flag": {"type": "string"},
-            "specimen": {"type": "string"},
-            "collection_time": {"type": "string"},
-        },
-        "required": ["name", "value"],
-        "additionalProperties": False,
-    },
-}, name="lab_values")
+    **_list_of({"name": _TEXT, "value": {"type": ["number", "string"]}, "unit": _TEXT,
+                "reference_range": _TEXT, "flag": _TEXT, "specimen": _TEXT,
+                "collection_time": _TEXT}, ["name", "value"]),
+})
 
 CXR_FINDINGS = Constraint.from_schema({
     "title": "cxr_findings",
     "description": "The findings a chest X-ray shows, each with where and how certain.",
     "type": "object",
     "properties": {
-        "findings": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {
-                    "finding": {"type": "string"},
-                    "location": {"type": "string"},
-                    "certainty": {"enum": ["definite", "probable", "possible"]},
-                },
-                "required": ["finding", "certainty"],
-                "additionalProperties": False,
-            },
-        },
-        "impression": {"type": "string"},
+        "findings": _list_of({"finding": _TEXT, "location": _TEXT,
+                              "certainty": {"enum": ["definite", "probable", "possible"]}},
+                             ["finding", "certainty"]),
+        "impression": _TEXT,
     },
     "required": ["findings"],
     "additionalProperties": False,
-}, name="cxr_findings")
+})
 
 #: Built-in schemas by the name the CLI (``--json-schema NAME``) and ``schema=`` take.
 BUILTINS: dict[str, Constraint] = {"boxes": BOXES, "lab-values": LAB_VALUES, "cxr-findings": CXR_FINDINGS}

@@ -24,28 +24,14 @@ if TYPE_CHECKING:
 
 Kind = Literal["json_object", "json_schema"]
 
-#: Keywords no engine here constrains decoding to, with the name the refusal gives.
-UNSUPPORTED: dict[str, str] = {
-    "patternProperties": "patternProperties",
-    "not": "not",
-    "if": "if/then/else",
-    "then": "if/then/else",
-    "else": "if/then/else",
-    "dependentSchemas": "dependentSchemas",
-    "dependentRequired": "dependentRequired",
-    "dependencies": "dependencies",
-    "multipleOf": "multipleOf",
-    "contains": "contains",
-    "minContains": "minContains",
-    "maxContains": "maxContains",
-    "propertyNames": "propertyNames",
-    "unevaluatedProperties": "unevaluatedProperties",
-    "unevaluatedItems": "unevaluatedItems",
-    "$dynamicRef": "$dynamicRef",
-    "$recursiveRef": "$recursiveRef",
-    "minProperties": "minProperties",
-    "maxProperties": "maxProperties",
-}
+#: Keywords no engine here constrains decoding to, with the name the refusal gives (the keyword
+#: itself, but "if/then/else" for those three).
+UNSUPPORTED: dict[str, str] = {key: key for key in (
+    "patternProperties", "not", "if", "then", "else", "dependentSchemas", "dependentRequired",
+    "dependencies", "multipleOf", "contains", "minContains", "maxContains", "propertyNames",
+    "unevaluatedProperties", "unevaluatedItems", "$dynamicRef", "$recursiveRef", "minProperties",
+    "maxProperties",
+)} | {"if": "if/then/else", "then": "if/then/else", "else": "if/then/else"}
 #: String formats every engine's grammar knows.
 FORMATS = frozenset({"date", "time", "date-time", "uuid"})
 #: Keywords whose value is one subschema / a list of them / a name -> subschema map.

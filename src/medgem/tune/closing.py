@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from medgem.adapters import PARTIAL_SUFFIX, AdapterInfo
-from medgem.tune.plan import TunePlan, closing_task
+from medgem.tune.data import CHAT
+from medgem.tune.plan import TunePlan
 
 EVAL_FOLDER = "eval"
 MERGED = "merged"
@@ -55,13 +56,12 @@ def compare_base_and_tuned(plan: TunePlan, adapter: AdapterInfo, *,
         write_report,
     )
 
-    task = closing_task(plan)
-    if task is None:
+    if plan.data.task == CHAT:
         return None
     config = plan.config
     data = config.validation_data or config.data
     eval_config = EvalConfig(
-        task=task, data=data, split=config.split if not config.validation_data else None,
+        task=plan.data.task, data=data, split=config.split if not config.validation_data else None,
         seed=config.seed, max_new_tokens=answer_budget(plan), think="off",
         options=TaskOptions(image_root=config.image_root),
     )

@@ -16,7 +16,7 @@ from typing import Any
 
 from medgem.evaluate.datasets import DatasetError, Record, read_records, row_error
 from medgem.evaluate.tasks import EvalItem, LoadedData, TaskOptions, get_task, task_names
-from medgem.evaluate.tasks.base import ImageRef, image_ref
+from medgem.evaluate.tasks.base import ImageRef, image_ref, item_id
 from medgem.evaluate.tasks.cxr_labels import FINDINGS
 
 CHAT = "chat"
@@ -68,17 +68,11 @@ class TuneData:
     Attributes:
         task: "chat" or the evaluation task the rows were read as ("mcq").
         train, validation: the split (seeded, disjoint).
-        loaded: what the task loader returned (None for chat), for the harness.
     """
 
     task: str
     train: list[Example]
     validation: list[Example]
-    loaded: LoadedData | None
-
-    @property
-    def has_images(self) -> bool:
-        return any(e.images for e in [*self.train, *self.validation])
 
 
 def target_text(task: str, item: EvalItem) -> str:
@@ -201,9 +195,7 @@ def _chat_example(record: Record, image_root: Path | None) -> Example:
         raise row_error(record, "the last message must be the assistant's (the answer to learn)")
     if any(t.images for t in turns if t.role == "assistant"):
         raise row_error(record, "images can only be in system or user messages")
-    identity = record.data.get("id")
-    ident = str(identity) if identity is not None else f"{record.source.stem}-row-{record.row}"
-    return Example(ident, str(record.source), record.row, tuple(turns))
+    return Example(item_id(record, "id"), str(record.source), record.row, tuple(turns))
 
 
 def _chat_parts(content: Any, record: Record, number: int, root: Path) -> list[str | ImageRef | Path]:

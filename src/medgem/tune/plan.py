@@ -15,7 +15,7 @@ from typing import Any
 
 from medgem.errors import InputError, ResourceError, UnsupportedInputError
 from medgem.resolve import Checkpoint
-from medgem.tune.data import CHAT, Example, TuneData, load_examples, split_examples
+from medgem.tune.data import Example, TuneData, load_examples, split_examples
 
 
 @dataclass(frozen=True)
@@ -129,20 +129,20 @@ def plan_tuning(config: TuneConfig) -> TunePlan:
     if config.quantize not in (None, "4bit"):
         raise InputError(f"--quantize {config.quantize} is not a training mode",
                          "QLoRA trains on 4-bit weights: --quantize 4bit (CUDA only)")
-    task, examples, loaded = load_examples(config.data, config.task, split=config.split,
-                                           image_root=config.image_root)
+    task, examples, _ = load_examples(config.data, config.task, split=config.split,
+                                      image_root=config.image_root)
     if config.validation_data:
-        _, held, loaded = load_examples(config.validation_data, task, image_root=config.image_root)
+        _, held, _ = load_examples(config.validation_data, task, image_root=config.image_root)
         train = examples
     else:
         train, held = split_examples(examples, config.validation, config.seed)
-    data = TuneData(task, train, held, loaded)
+    data = TuneData(task, train, held)
     checkpoint = resolve_checkpoint(config.model)
     if checkpoint.format != "hf":
         raise InputError(f"'{checkpoint.path.name}' is a GGUF file; training needs the "
                          "transformers checkpoint", "give the checkpoint folder or hub id")
-    if data.has_images and not checkpoint.multimodal:
-        first = next(e for e in [*train, *held] if e.images)
+    first = next((e for e in [*train, *held] if e.images), None)
+    if first is not None and not checkpoint.multimodal:
         raise UnsupportedInputError(
             f"'{checkpoint.model_id}' is a text-only model but {first.where} has images",
             "train an image model (such as 4b-it) on image data, or use text-only rows",
@@ -254,8 +254,3 @@ def check_training_fits(plan: TunePlan) -> int:
         f"{budget / GIB:.1f} GiB",
         "try " + ", or ".join(hints),
     )
-
-
-def closing_task(plan: TunePlan) -> str | None:
-    """The evaluation task the closing comparison runs, None for chat data (loss only)."""
-    return None if plan.data.task == CHAT else plan.data.task

@@ -30,6 +30,7 @@ from typing import Any
 
 from medgem.adapters import PARTIAL_SUFFIX, AdapterInfo, find_adapter, write_marker
 from medgem.errors import InputError, MissingDependencyError
+from medgem.evaluate.results import write_json
 from medgem.tune.collate import ChatCollator
 from medgem.tune.plan import TunePlan
 
@@ -141,10 +142,10 @@ def train(plan: TunePlan, *, resume: bool = False,
         train_dataset=plan.data.train, eval_dataset=plan.data.validation, callbacks=[progress],
     )
     trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
-    state = _read_state(out)
+    state = json.loads((out / STATE_FILE).read_text())  # _check_out_folder wrote it
     if last is None:
         state["loss_before"] = float(trainer.evaluate()["eval_loss"])
-        _write_json(out / STATE_FILE, state)
+        write_json(out / STATE_FILE, state)
     resumed_from = int(last.name.split("-")[-1]) if last is not None else 0
     trainer.train(resume_from_checkpoint=str(last) if last is not None else None)
     loss_after = float(trainer.evaluate()["eval_loss"])
@@ -233,7 +234,7 @@ def _check_out_folder(plan: TunePlan, resume: bool) -> Path | None:
     out.mkdir(parents=True, exist_ok=True)
     if last is None:
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        _write_json(state_path, wanted | {"started": started})
+        write_json(state_path, wanted | {"started": started})
     return last
 
 
@@ -260,17 +261,6 @@ def _seal(plan: TunePlan, model: Any, processor: Any, state: dict[str, Any], los
     })
     partial.replace(out / ADAPTER)
     return find_adapter(out / ADAPTER)
-
-
-def _read_state(out: Path) -> dict[str, Any]:
-    path = out / STATE_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _write_json(path: Path, value: dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
-    tmp.replace(path)
 
 
 def _progress_callback(total: int, enabled: bool, on_step: Callable[[int], None] | None) -> Any:

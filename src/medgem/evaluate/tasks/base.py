@@ -7,16 +7,17 @@ A task never runs a model; the runner does. Tasks are plain objects registered b
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from medgem.errors import DatasetError
 from medgem.evaluate.datasets import Record, row_error
 from medgem.evaluate.metrics import Interval, bootstrap_interval, wilson_interval
 from medgem.structured import Constraint
 
+T = TypeVar("T")
 ImageRef = str | bytes  # a path (relative to the image root) or encoded image bytes
 
 
@@ -122,12 +123,24 @@ class Task:
     # official one either way); None: free text.
     schema: Constraint | None = None
     right_or_wrong = True  # each item scores exactly 1 or 0 (compare: McNemar, else bootstrap)
+    benchmark: str | None = None  # the benchmark every dataset of this task's format is
 
     def load(self, records: Sequence[Record], options: TaskOptions) -> LoadedData:
-        """Turn dataset rows into items.
+        """Turn dataset rows into items: one per row by :meth:`item`, unless a task overrides
+        this (to skip rows, expand one row into several, or detect the benchmark).
 
         Raises:
             DatasetError: a row lacks a field or holds a bad value (names file and row).
+        """
+        items = [self.item(record, Path(options.image_root or record.source.parent))
+                 for record in records]
+        return LoadedData(items, self.benchmark)
+
+    def item(self, record: Record, root: Path) -> EvalItem:
+        """One row as an item; ``root`` is where its relative image paths are looked up.
+
+        Raises:
+            DatasetError: the row lacks a field or holds a bad value (names file and row).
         """
         raise NotImplementedError
 
@@ -185,12 +198,21 @@ def proportion(correct: Sequence[bool]) -> Interval:
     return Interval(hits / len(correct) if correct else 0.0, low, high)
 
 
-def mean_with_bootstrap(scores: Sequence[float], seed: int = 0) -> Interval:
-    """Mean with a percentile bootstrap interval."""
-    if not scores:
-        return Interval(0.0, 0.0, 0.0)
-    low, high = bootstrap_interval(scores, lambda xs: sum(xs) / len(xs), seed=seed)
-    return Interval(sum(scores) / len(scores), low, high)
+def bootstrapped(sample: Sequence[T], statistic: Callable[[Sequence[T]], float],
+                 samples: int = 1000) -> Interval:
+    """``statistic`` over ``sample`` with its percentile bootstrap interval."""
+    return Interval(statistic(sample), *bootstrap_interval(sample, statistic, samples=samples))
+
+
+def mean_with_bootstrap(scores: Sequence[float]) -> Interval:
+    """Mean with a percentile bootstrap interval (0 for no scores)."""
+    return bootstrapped(scores, lambda xs: sum(xs) / len(xs) if xs else 0.0)
+
+
+def scored_label(label: str | None, reference: Any) -> Scored:
+    """A reply read as one label (None: nothing read), right when it is the reference."""
+    correct = label == reference
+    return Scored(label, label is not None, correct, float(correct))
 
 
 def image_ref(value: Any, record: Record, root: Path) -> ImageRef:

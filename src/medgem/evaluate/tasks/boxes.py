@@ -63,18 +63,15 @@ class BoxesTask(base.Task):
     right_or_wrong = False
     schema = BOXES
 
-    def load(self, records: Sequence[Record], options: base.TaskOptions) -> base.LoadedData:
-        items = []
-        for record in records:
-            root = Path(options.image_root or record.source.parent)
-            image = base.image_ref(base.field_value(record, "image", "path", "image_path"), record, root)
-            label = str(base.field_value(record, "label", "anatomy", "structure")).strip()
-            box = _reference_box(base.field_value(record, "box", "box_2d", "bbox"), record)
-            items.append(base.EvalItem(
-                base.item_id(record, "id"), str(record.source), record.row, question(label),
-                {"label": label, "box_2d": box}, label.lower(), images=(image,),
-            ))
-        return base.LoadedData(items, None)
+    def item(self, record: Record, root: Path) -> base.EvalItem:
+        image = base.image_ref(base.field_value(record, "image", "path", "image_path"),
+                               record, root)
+        label = str(base.field_value(record, "label", "anatomy", "structure")).strip()
+        box = _reference_box(base.field_value(record, "box", "box_2d", "bbox"), record)
+        return base.EvalItem(
+            base.item_id(record, "id"), str(record.source), record.row, question(label),
+            {"label": label, "box_2d": box}, label.lower(), images=(image,),
+        )
 
     def score(self, item: base.EvalItem, reply: str) -> base.Scored:
         box = predicted_box(reply, item.reference["label"])

@@ -14,7 +14,7 @@ from typing import Any
 from medgem.errors import DatasetError
 from medgem.evaluate.datasets import Record, row_error
 from medgem.evaluate.extract import answer_part, extract_findings
-from medgem.evaluate.metrics import Interval, bootstrap_interval, macro_f1
+from medgem.evaluate.metrics import Interval, macro_f1
 from medgem.evaluate.tasks import base
 from medgem.request.compose import RADIOLOGIST_SYSTEM
 
@@ -104,8 +104,7 @@ class ChestXrayLabelsTask(base.Task):
                          for _, s in sample]
             return macro_f1(truth, predicted)
 
-        low, high = bootstrap_interval(pairs, statistic, samples=500)
-        result = {"macro_f1": Interval(statistic(pairs), low, high)}
+        result = {"macro_f1": base.bootstrapped(pairs, statistic, samples=500)}
         for finding in FINDINGS:
             f1 = statistic(pairs, (finding,))
             result[f"f1_{finding.lower().replace(' ', '_')}"] = Interval(f1, f1, f1)

@@ -11,7 +11,6 @@ normalisation (case, punctuation, articles).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,26 +43,22 @@ class EhrQATask(base.Task):
     name = "ehrqa"
     description = "patient record (text or FHIR bundle) + question: accuracy (--benchmark ehrqa for the card)"
 
-    def load(self, records: Sequence[Record], options: base.TaskOptions) -> base.LoadedData:
-        items = []
-        for record in records:
-            root = Path(options.image_root or record.source.parent)
-            text = base.field_value(record, "record", "ehr", "note", required=False)
-            if text is None:
-                text = _bundle(base.field_value(record, "bundle", "fhir", "record"), record, root)
-            question = str(base.field_value(record, "question"))
-            answer: Any = base.field_value(record, "answer", "label")
-            choices = base.field_value(record, "options", "choices", required=False)
-            mcq = options_from(choices, record) if choices is not None else {}
-            if mcq:
-                question, answer = format_question(question, mcq), as_letter(answer, mcq, record)
-            items.append(base.EvalItem(
-                base.item_id(record, "id", "qid"), str(record.source), record.row,
-                f"Patient record:\n{str(text).strip()}\n\nQuestion: {question}", str(answer),
-                str(base.field_value(record, "category", "type", required=False) or "all"),
-                options=mcq, system=ASSISTANT_SYSTEM,
-            ))
-        return base.LoadedData(items, None)
+    def item(self, record: Record, root: Path) -> base.EvalItem:
+        text = base.field_value(record, "record", "ehr", "note", required=False)
+        if text is None:
+            text = _bundle(base.field_value(record, "bundle", "fhir", "record"), record, root)
+        question = str(base.field_value(record, "question"))
+        answer: Any = base.field_value(record, "answer", "label")
+        choices = base.field_value(record, "options", "choices", required=False)
+        mcq = options_from(choices, record) if choices is not None else {}
+        if mcq:
+            question, answer = format_question(question, mcq), as_letter(answer, mcq, record)
+        return base.EvalItem(
+            base.item_id(record, "id", "qid"), str(record.source), record.row,
+            f"Patient record:\n{str(text).strip()}\n\nQuestion: {question}", str(answer),
+            str(base.field_value(record, "category", "type", required=False) or "all"),
+            options=mcq, system=ASSISTANT_SYSTEM,
+        )
 
     def score(self, item: base.EvalItem, reply: str) -> base.Scored:
         text = answer_part(reply)

@@ -19,7 +19,7 @@ from typing import Any
 
 from medgem.evaluate.datasets import Record, row_error
 from medgem.evaluate.extract import first_json_value, normalize_text
-from medgem.evaluate.metrics import Interval, bootstrap_interval, f1_counts, match_counts
+from medgem.evaluate.metrics import Interval, f1_counts, match_counts
 from medgem.evaluate.tasks import base
 from medgem.structured.builtin import LAB_VALUES
 
@@ -117,23 +117,19 @@ class LabExtractionTask(base.Task):
     schema = LAB_VALUES
     right_or_wrong = False
 
-    def load(self, records: Sequence[Record], options: base.TaskOptions) -> base.LoadedData:
-        items = []
-        for record in records:
-            root = Path(options.image_root or record.source.parent)
-            document = base.image_ref(base.field_value(record, "document", "pdf", "image", "path"),
-                                      record, root)
-            expected = lab_values(base.field_value(record, "expected", "labels", "lab_values"))
-            if not facts(expected):
-                raise row_error(record, "expected holds no lab value with a name",
-                                'give a list like [{"name": "Sodium", "value": 140, "unit": "mmol/L"}]')
-            kind = "pdf" if isinstance(document, str) and document.lower().endswith(".pdf") else "image"
-            items.append(base.EvalItem(
-                base.item_id(record, "id"), str(record.source), record.row,
-                str(base.field_value(record, "prompt", required=False) or PROMPT), expected, kind,
-                images=(document,),
-            ))
-        return base.LoadedData(items, None)
+    def item(self, record: Record, root: Path) -> base.EvalItem:
+        document = base.image_ref(base.field_value(record, "document", "pdf", "image", "path"),
+                                  record, root)
+        expected = lab_values(base.field_value(record, "expected", "labels", "lab_values"))
+        if not facts(expected):
+            raise row_error(record, "expected holds no lab value with a name",
+                            'give a list like [{"name": "Sodium", "value": 140, "unit": "mmol/L"}]')
+        kind = "pdf" if isinstance(document, str) and document.lower().endswith(".pdf") else "image"
+        return base.EvalItem(
+            base.item_id(record, "id"), str(record.source), record.row,
+            str(base.field_value(record, "prompt", required=False) or PROMPT), expected, kind,
+            images=(document,),
+        )
 
     def score(self, item: base.EvalItem, reply: str) -> base.Scored:
         parsed = first_json_value(reply)
@@ -159,7 +155,7 @@ class LabExtractionTask(base.Task):
             return f1_counts(tp, fp, fn)
 
         return {"macro_f1": base.mean_with_bootstrap([s.score for s in scored]),
-                "micro_f1": Interval(micro(pairs), *bootstrap_interval(pairs, micro, samples=500)),
+                "micro_f1": base.bootstrapped(pairs, micro, samples=500),
                 "exact_documents": base.proportion([s.correct for s in scored])}
 
     def notes(self) -> list[str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from medgem.evaluate.datasets import Record, row_error
 from medgem.evaluate.extract import answer_part, normalize_text
-from medgem.evaluate.metrics import Interval, bootstrap_interval, macro_accuracy
+from medgem.evaluate.metrics import Interval, macro_accuracy
 from medgem.evaluate.tasks import base
 from medgem.request.compose import RADIOLOGIST_SYSTEM
 
@@ -53,30 +53,24 @@ class LongitudinalTask(base.Task):
                    "(--benchmark ms-cxr-t for the card)")
     primary_metric = "macro_accuracy"
 
-    def load(self, records: Sequence[Record], options: base.TaskOptions) -> base.LoadedData:
-        items = []
-        for record in records:
-            root = Path(options.image_root or record.source.parent)
-            prior = base.image_ref(base.field_value(record, "prior", "prior_image", "previous"),
-                                   record, root)
-            current = base.image_ref(base.field_value(record, "current", "current_image", "image"),
-                                     record, root)
-            finding = str(base.field_value(record, "finding", "condition", "pathology"))
-            raw = str(base.field_value(record, "label", "change", "progression"))
-            label = SYNONYMS.get(normalize_text(raw))
-            if label is None:
-                raise row_error(record, f"change label {raw!r} is not one of {', '.join(CLASSES)}")
-            items.append(base.EvalItem(
-                base.item_id(record, "id", "study_id"), str(record.source), record.row,
-                question(finding), label, finding.strip().lower(), images=(prior, current),
-                system=RADIOLOGIST_SYSTEM,
-            ))
-        return base.LoadedData(items, None)
+    def item(self, record: Record, root: Path) -> base.EvalItem:
+        prior = base.image_ref(base.field_value(record, "prior", "prior_image", "previous"),
+                               record, root)
+        current = base.image_ref(base.field_value(record, "current", "current_image", "image"),
+                                 record, root)
+        finding = str(base.field_value(record, "finding", "condition", "pathology"))
+        raw = str(base.field_value(record, "label", "change", "progression"))
+        label = SYNONYMS.get(normalize_text(raw))
+        if label is None:
+            raise row_error(record, f"change label {raw!r} is not one of {', '.join(CLASSES)}")
+        return base.EvalItem(
+            base.item_id(record, "id", "study_id"), str(record.source), record.row,
+            question(finding), label, finding.strip().lower(), images=(prior, current),
+            system=RADIOLOGIST_SYSTEM,
+        )
 
     def score(self, item: base.EvalItem, reply: str) -> base.Scored:
-        change = read_change(reply)
-        correct = change == item.reference
-        return base.Scored(change, change is not None, correct, float(correct))
+        return base.scored_label(read_change(reply), item.reference)
 
     def metrics(self, items: Sequence[base.EvalItem], scored: Sequence[base.Scored]) -> dict[str, Interval]:
         pairs = list(zip(items, scored, strict=True))
@@ -84,9 +78,8 @@ class LongitudinalTask(base.Task):
         def statistic(sample: Sequence[tuple[base.EvalItem, base.Scored]]) -> float:
             return macro_accuracy([str(i.reference) for i, _ in sample], [s.correct for _, s in sample])
 
-        result = {"macro_accuracy": Interval(statistic(pairs), *bootstrap_interval(
-            pairs, statistic, samples=500)),
-            "accuracy": base.proportion([s.correct for s in scored])}
+        result = {"macro_accuracy": base.bootstrapped(pairs, statistic, samples=500),
+                  "accuracy": base.proportion([s.correct for s in scored])}
         for change in CLASSES:
             picked = [s.correct for i, s in pairs if i.reference == change]
             if picked:

@@ -134,9 +134,7 @@ class MultipleChoiceTask(base.Task):
                                {"not a multiple-choice row": skipped} if skipped else {}, notes)
 
     def score(self, item: base.EvalItem, reply: str) -> base.Scored:
-        letter = extract_choice(reply, item.options)
-        correct = letter == item.reference
-        return base.Scored(letter, letter is not None, correct, float(correct))
+        return base.scored_label(extract_choice(reply, item.options), item.reference)
 
 
 TASK = MultipleChoiceTask()

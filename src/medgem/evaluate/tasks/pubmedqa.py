@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from medgem.evaluate.datasets import Record, row_error
@@ -28,25 +28,23 @@ class PubMedQATask(base.Task):
     name = "pubmedqa"
     description = "PubMedQA: yes/no/maybe accuracy"
 
-    def load(self, records: Sequence[Record], options: base.TaskOptions) -> base.LoadedData:
-        items = []
-        for record in records:
-            question = str(base.field_value(record, "question"))
-            decision = str(base.field_value(record, "final_decision", "answer", "label")).strip().lower()
-            if decision not in LABELS:
-                raise row_error(record, f"final_decision {decision!r} is not yes, no or maybe")
-            context = base.field_value(record, "contexts", "context", required=False)
-            text = f"Context:\n{_contexts(context)}\n\nQuestion: {question}" if context else question
-            items.append(base.EvalItem(
-                base.item_id(record, "id", "pubid", "pmid"), str(record.source), record.row,
-                f"{text}\n\n{INSTRUCTION}", decision, decision,
-            ))
-        return base.LoadedData(items, "pubmedqa")
+    benchmark = "pubmedqa"
+
+    def item(self, record: Record, root: Path) -> base.EvalItem:
+        question = str(base.field_value(record, "question"))
+        decision = base.field_value(record, "final_decision", "answer", "label")
+        decision = str(decision).strip().lower()
+        if decision not in LABELS:
+            raise row_error(record, f"final_decision {decision!r} is not yes, no or maybe")
+        context = base.field_value(record, "contexts", "context", required=False)
+        text = f"Context:\n{_contexts(context)}\n\nQuestion: {question}" if context else question
+        return base.EvalItem(
+            base.item_id(record, "id", "pubid", "pmid"), str(record.source), record.row,
+            f"{text}\n\n{INSTRUCTION}", decision, decision,
+        )
 
     def score(self, item: base.EvalItem, reply: str) -> base.Scored:
-        label = extract_label(reply, LABELS)
-        correct = label == item.reference
-        return base.Scored(label, label is not None, correct, float(correct))
+        return base.scored_label(extract_label(reply, LABELS), item.reference)
 
 
 TASK = PubMedQATask()

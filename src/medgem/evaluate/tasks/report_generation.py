@@ -12,7 +12,7 @@ from pathlib import Path
 
 from medgem.evaluate.datasets import Record
 from medgem.evaluate.extract import answer_part
-from medgem.evaluate.metrics import Interval, bootstrap_interval, corpus_bleu, rouge_l
+from medgem.evaluate.metrics import Interval, corpus_bleu, rouge_l
 from medgem.evaluate.radgraph_f1 import radgraph_scores, unavailable
 from medgem.evaluate.tasks import base
 from medgem.request.compose import RADIOLOGIST_SYSTEM
@@ -29,20 +29,17 @@ class ReportTask(base.Task):
     primary_metric = "rouge_l"
     right_or_wrong = False
 
-    def load(self, records: Sequence[Record], options: base.TaskOptions) -> base.LoadedData:
-        items = []
-        for record in records:
-            reference = str(base.field_value(record, "findings", "report", "reference", "impression"))
-            prompt = base.field_value(record, "prompt", "instruction", required=False)
-            image = base.field_value(record, "path", "image", "image_path", "dicom_path", required=False)
-            root = Path(options.image_root or record.source.parent)
-            images = (base.image_ref(image, record, root),) if image is not None else ()
-            items.append(base.EvalItem(
-                base.item_id(record, "id", "study_id"), str(record.source), record.row,
-                str(prompt or PROMPT), reference, str(record.data.get("view") or "all"),
-                images=images, system=RADIOLOGIST_SYSTEM,
-            ))
-        return base.LoadedData(items, None)
+    def item(self, record: Record, root: Path) -> base.EvalItem:
+        reference = str(base.field_value(record, "findings", "report", "reference", "impression"))
+        prompt = base.field_value(record, "prompt", "instruction", required=False)
+        image = base.field_value(record, "path", "image", "image_path", "dicom_path",
+                                 required=False)
+        images = (base.image_ref(image, record, root),) if image is not None else ()
+        return base.EvalItem(
+            base.item_id(record, "id", "study_id"), str(record.source), record.row,
+            str(prompt or PROMPT), reference, str(record.data.get("view") or "all"),
+            images=images, system=RADIOLOGIST_SYSTEM,
+        )
 
     def score(self, item: base.EvalItem, reply: str) -> base.Scored:
         text = answer_part(reply)
@@ -53,13 +50,11 @@ class ReportTask(base.Task):
         replies = [str(s.prediction or "") for s in scored]
         references = [str(i.reference) for i in items]
         pairs = list(zip(replies, references, strict=True))
-        bleu = corpus_bleu(replies, references)
-        low, high = bootstrap_interval(
-            pairs, lambda xs: corpus_bleu([p for p, _ in xs], [r for _, r in xs]), samples=200
-        )
         result = {
             "rouge_l": base.mean_with_bootstrap([s.score for s in scored]),
-            "bleu": Interval(bleu, low, high),
+            "bleu": base.bootstrapped(
+                pairs, lambda xs: corpus_bleu([p for p, _ in xs], [r for _, r in xs]), samples=200
+            ),
         }
         radgraph = radgraph_scores(replies, references)
         if radgraph is not None:

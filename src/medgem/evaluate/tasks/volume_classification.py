@@ -18,7 +18,7 @@ from typing import Any
 
 from medgem.evaluate.datasets import Record, row_error
 from medgem.evaluate.extract import answer_part, extract_label
-from medgem.evaluate.metrics import Interval, binary_f1, bootstrap_interval, macro_accuracy
+from medgem.evaluate.metrics import Interval, binary_f1, macro_accuracy
 from medgem.evaluate.tasks import base
 
 YES_NO = ("yes", "no")
@@ -82,9 +82,7 @@ class VolumeClassificationTask(base.Task):
         return base.LoadedData(items, "ct-rate" if ct_rate else None)
 
     def score(self, item: base.EvalItem, reply: str) -> base.Scored:
-        label = extract_label(answer_part(reply), YES_NO)
-        correct = label == item.reference
-        return base.Scored(label, label is not None, correct, float(correct))
+        return base.scored_label(extract_label(answer_part(reply), YES_NO), item.reference)
 
     def metrics(self, items: Sequence[base.EvalItem], scored: Sequence[base.Scored]) -> dict[str, Interval]:
         pairs = list(zip(items, scored, strict=True))
@@ -102,11 +100,9 @@ class VolumeClassificationTask(base.Task):
             present = sorted({i.category for i, _ in sample})
             return sum(f1_of(sample, c) for c in present) / len(present) if present else 0.0
 
-        result = {"macro_accuracy": Interval(accuracy_of(pairs), *bootstrap_interval(
-            pairs, accuracy_of, samples=500))}
-        result["macro_f1"] = Interval(macro_f1_of(pairs), *bootstrap_interval(
-            pairs, macro_f1_of, samples=500))
-        result["accuracy"] = base.proportion([s.correct for s in scored])
+        result = {"macro_accuracy": base.bootstrapped(pairs, accuracy_of, samples=500),
+                  "macro_f1": base.bootstrapped(pairs, macro_f1_of, samples=500),
+                  "accuracy": base.proportion([s.correct for s in scored])}
         for condition in conditions:
             f1 = f1_of(pairs, condition)
             result[f"f1_{_key(condition)}"] = Interval(f1, f1, f1)

@@ -29,19 +29,16 @@ class WsiReportTask(base.Task):
     primary_metric = "rouge_l"
     right_or_wrong = False
 
-    def load(self, records: Sequence[Record], options: base.TaskOptions) -> base.LoadedData:
-        items = []
-        for record in records:
-            root = Path(options.image_root or record.source.parent)
-            slide = base.image_ref(base.field_value(record, "slide", "wsi", "image", "path"), record, root)
-            reference = str(base.field_value(record, "report", "reference", "diagnosis", "text"))
-            prompt = base.field_value(record, "prompt", "instruction", required=False)
-            tissue = base.field_value(record, "tissue", "organ", required=False)
-            items.append(base.EvalItem(
-                base.item_id(record, "id", "slide_id"), str(record.source), record.row,
-                str(prompt or PROMPT), reference, str(tissue or "all").lower(), images=(slide,),
-            ))
-        return base.LoadedData(items, None)
+    def item(self, record: Record, root: Path) -> base.EvalItem:
+        slide = base.image_ref(base.field_value(record, "slide", "wsi", "image", "path"),
+                               record, root)
+        reference = str(base.field_value(record, "report", "reference", "diagnosis", "text"))
+        prompt = base.field_value(record, "prompt", "instruction", required=False)
+        tissue = base.field_value(record, "tissue", "organ", required=False)
+        return base.EvalItem(
+            base.item_id(record, "id", "slide_id"), str(record.source), record.row,
+            str(prompt or PROMPT), reference, str(tissue or "all").lower(), images=(slide,),
+        )
 
     def score(self, item: base.EvalItem, reply: str) -> base.Scored:
         text = answer_part(reply)
