@@ -50,6 +50,16 @@ def cpu_flags() -> set[str]:
     return set((_cpuinfo("flags") or "").split())
 
 
+def cpu_name() -> str:
+    """The CPU's model name, e.g. "AMD EPYC 7B12" ("unknown CPU" off Linux)."""
+    return _cpuinfo("model name") or "unknown CPU"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, not the machine's count)."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
 def cpu_has_native_bf16() -> bool:
     """bf16 matmuls run natively (AVX512-BF16 or AMX); elsewhere they are emulated, slowly."""
     return bool({"avx512_bf16", "amx_bf16"} & cpu_flags()) or platform.machine() == "arm64"

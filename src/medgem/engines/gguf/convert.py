@@ -339,6 +339,7 @@ def _quantize(source: Path, target: Path, ftype: int, n_params: int, threads: in
     """llama.cpp's quantizer, its output's growth shown as a bar against the expected size."""
     from medgem.engines.llamacpp.native import import_llama_cpp
     from medgem.engines.llamacpp.probe import ensure_runs_here
+    from medgem.hardware import usable_cores
 
     if native.probe:  # the quantizer is native code too: prove it runs here in a child first
         ensure_runs_here(cpu_variant=native.cpu_variant, repack=native.repack)
@@ -346,7 +347,7 @@ def _quantize(source: Path, target: Path, ftype: int, n_params: int, threads: in
     llama_cpp, _ = import_llama_cpp(native.cpu_variant, logs=native.native_logs)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
-    params.nthread = threads or len(os.sched_getaffinity(0))
+    params.nthread = threads or usable_cores()
     expected = int(n_params * (5.2 if ftype == 15 else 8.5) / 8)  # bits per weight
     bar = _bar(progress, total=expected, unit="B", unit_scale=True, desc=f"quantizing to {quant}")
     done = threading.Event()

@@ -17,7 +17,6 @@ import codecs
 import ctypes
 import importlib.util
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -62,6 +61,7 @@ from medgem.errors import (
     NotACheckpointError,
     ResourceError,
 )
+from medgem.hardware import usable_cores
 from medgem.request import Request
 from medgem.request.variants import GEMMA3_CONTEXT
 from medgem.resolve import Checkpoint
@@ -113,7 +113,7 @@ class LlamaCppEngine:
         self._mtmd = mtmd
         self.checkpoint = checkpoint
         self._lock = threading.Lock()  # one generate() at a time (the batcher runs several)
-        threads = options.threads or max(1, len(os.sched_getaffinity(0)))
+        threads = options.threads or usable_cores()
         context_length = int(header.get("gemma3.context_length", GEMMA3_CONTEXT))
         self.n_ctx = min(options.n_ctx or DEFAULT_N_CTX, context_length)  # per sequence
         self.n_batch = 512

@@ -8,13 +8,13 @@ because it needs the PyTorch tower, which reads its own choices from ``speeds``.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from medgem.engines.llamacpp import speeds
+from medgem.hardware import usable_cores
 
 
 def measure_vision(asked: str | None = None, threads: int | None = None,
@@ -28,7 +28,7 @@ def measure_vision(asked: str | None = None, threads: int | None = None,
     chosen = speeds.choose_vision(asked, threads, path)
     if chosen[1] == "asked for" or not speeds.torch_installed():
         return chosen
-    threads = threads or max(1, len(os.sched_getaffinity(0)))
+    threads = threads or usable_cores()
     if speeds.kept_vision(threads, path) is None:
         times, dtype = measure_vision_paths(threads)
         speeds.keep_vision(threads, times, dtype, path)
@@ -74,38 +74,12 @@ def _noise_image(size: int, seed: int) -> Any:
 def clip_seconds(text_model: Path, mmproj: Path, threads: int, runs: int = 2) -> float:
     """Seconds for one image through libmtmd's clip as the engine runs it (flash attention):
     the best of ``runs`` encodes after a warm-up one (a busy machine only ever slows a run)."""
-    import ctypes
-
-    import numpy as np
-
-    from medgem.engines.llamacpp.native import import_llama_cpp, llama_model_params
+    from medgem.engines.llamacpp.native import import_llama_cpp
+    from medgem.engines.llamacpp.probe import one_image
 
     llama_cpp, mtmd = import_llama_cpp()
-    model = llama_cpp.llama_model_load_from_file(str(text_model).encode(), llama_model_params(llama_cpp))
-    params = mtmd.mtmd_context_params_default()
-    params.use_gpu = params.print_timings = params.warmup = False
-    params.n_threads = threads
-    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
-    context = mtmd.mtmd_init_from_file(str(mmproj).encode(), model, params) if model else None
-    if not context:
-        if model:
-            llama_cpp.llama_model_free(model)
-        raise RuntimeError("libmtmd could not load the measurement's projector")
     size = _read_size(mmproj)
-    pixels = np.asarray(_noise_image(size, 1)).tobytes()
-    bitmap = mtmd.mtmd_bitmap_init(size, size, (ctypes.c_uint8 * len(pixels)).from_buffer_copy(pixels))
-    chunks = mtmd.mtmd_input_chunks_init()
-    try:
-        marker = mtmd.mtmd_default_marker()
-        prompt = mtmd.mtmd_input_text()
-        prompt.text, prompt.text_len = marker, len(marker)
-        prompt.add_special, prompt.parse_special = False, True
-        if mtmd.mtmd_tokenize(context, chunks, ctypes.byref(prompt),
-                              (mtmd.mtmd_bitmap_p_ctypes * 1)(bitmap), 1) != 0:
-            raise RuntimeError("libmtmd could not tokenize the measurement's image")
-        chunk = next(mtmd.mtmd_input_chunks_get(chunks, i) for i in range(mtmd.mtmd_input_chunks_size(chunks))
-                     if mtmd.mtmd_input_chunk_get_type(mtmd.mtmd_input_chunks_get(chunks, i))
-                     != mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT)
+    with one_image(llama_cpp, mtmd, text_model, mmproj, size, threads) as (context, chunk):
         seconds = []
         for _ in range(1 + runs):  # the first allocates the compute buffers
             began = time.perf_counter()
@@ -113,11 +87,6 @@ def clip_seconds(text_model: Path, mmproj: Path, threads: int, runs: int = 2) ->
                 raise RuntimeError("libmtmd could not encode the measurement's image")
             seconds.append(time.perf_counter() - began)
         return min(seconds[1:])
-    finally:
-        mtmd.mtmd_input_chunks_free(chunks)
-        mtmd.mtmd_bitmap_free(bitmap)
-        mtmd.mtmd_free(context)
-        llama_cpp.llama_model_free(model)
 
 
 def _read_size(mmproj: Path) -> int:
