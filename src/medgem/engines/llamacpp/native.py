@@ -15,7 +15,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from medgem.errors import EngineUnavailableError, MissingDependencyError
+from medgem.errors import EngineUnavailableError, require
 from medgem.hardware import cpu_flags
 
 # The /proc/cpuinfo flags that decide which ggml kernels can run, in the order users know them.
@@ -85,28 +85,25 @@ def import_llama_cpp(cpu_variant: str | None = None, *, logs: bool = False) -> t
         MissingDependencyError: llama-cpp-python is not installed.
         EngineUnavailableError: a runtime-dispatch build holds no backend this CPU can run.
     """
-    try:
-        import llama_cpp
-        import llama_cpp.mtmd_cpp as mtmd
-    except ImportError as exc:
-        raise MissingDependencyError("llama-cpp-python", "llamacpp", "the llama.cpp engine") from exc
+    package = ("llamacpp", "the llama.cpp engine", "llama-cpp-python")
+    llama_cpp: Any = require("llama_cpp", *package)
+    mtmd: Any = require("llama_cpp.mtmd_cpp", *package)
     if "ggml" not in _LOADED:
         if not logs:
             silence_logs(llama_cpp, mtmd)
         lib_dir = Path(llama_cpp.__file__).parent / "lib"
         ggml = ctypes.CDLL(str(_mapped_ggml(lib_dir)))
-        forced = cpu_variant
         variants = cpu_variants(lib_dir)
-        if forced:
-            if forced not in variants:
+        if cpu_variant:
+            if cpu_variant not in variants:
                 raise EngineUnavailableError(
-                    f"MEDGEM_LLAMA_CPU_VARIANT={forced} is not a CPU backend of this llama.cpp "
+                    f"MEDGEM_LLAMA_CPU_VARIANT={cpu_variant} is not a CPU backend of this llama.cpp "
                     "build",
                     f"choose one of: {', '.join(variants) or 'none (a single native build)'}",
                 )
             ggml.ggml_backend_load.restype = ctypes.c_void_p
             ggml.ggml_backend_load.argtypes = [ctypes.c_char_p]
-            ggml.ggml_backend_load(str(lib_dir / f"libggml-cpu-{forced}.so").encode())
+            ggml.ggml_backend_load(str(lib_dir / f"libggml-cpu-{cpu_variant}.so").encode())
         elif variants:
             # Scores every variant against this CPU and loads the best one it can run.
             ggml.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
