@@ -26,6 +26,7 @@ from typing import Any
 from medgem.engines.gguf.write import PlannedTensor, gguf_target, read_tokenizer, write_gguf
 from medgem.engines.options import LlamaCppOptions
 from medgem.errors import ConversionError, InputError, NotACheckpointError, require
+from medgem.resolve import checkpoint_chat_template, resolve_checkpoint
 
 stages = logging.getLogger("medgem.progress")  # a terminal's stage line shows these
 
@@ -68,8 +69,6 @@ def convert_checkpoint(spec: str | os.PathLike[str], quant: str = "q4_k_m", out:
         MissingDependencyError: gguf, safetensors or llama-cpp-python missing.
         ConversionError: the result failed its check.
     """
-    from medgem.resolve import resolve_checkpoint
-
     if quant not in QUANTS:
         raise InputError(f"unknown quantization '{quant}'", f"use one of: {', '.join(QUANTS)}")
     for module in ("gguf", "safetensors", "torch"):
@@ -197,17 +196,6 @@ def _loader(file: Path, name: str, kind: str, gemma_norm: bool) -> Callable[[], 
 # --- metadata ----------------------------------------------------------------------------------
 
 
-def _chat_template(folder: Path) -> str | None:
-    if (folder / "chat_template.jinja").is_file():
-        return (folder / "chat_template.jinja").read_text()
-    for name in ("chat_template.json", "tokenizer_config.json"):
-        if (folder / name).is_file():
-            value = json.loads((folder / name).read_text()).get("chat_template")
-            if isinstance(value, str) and value:
-                return value
-    return None
-
-
 def _text_metadata(writer: Any, folder: Path, config: Any, model_id: str) -> None:
     text = getattr(config, "text_config", config)
     arch = "gemma3"
@@ -260,7 +248,7 @@ def _text_metadata(writer: Any, folder: Path, config: Any, model_id: str) -> Non
     for key, flag in (("bos_token", True), ("sep_token", False), ("eos_token", False),
                       ("space_prefix", False)):
         writer.add_bool(f"tokenizer.ggml.add_{key}", flag)
-    template = _chat_template(folder)
+    template = checkpoint_chat_template(folder)
     if template:
         writer.add_string("tokenizer.chat_template", template)
 
