@@ -200,10 +200,10 @@ def _text_metadata(writer: Any, folder: Path, config: Any, model_id: str) -> Non
     text = getattr(config, "text_config", config)
     arch = "gemma3"
     writer.add_name(model_id)
-    if demo := str((json.loads((folder / "config.json").read_text()).get("medgem_demo") or {})
-                   .get("id", "")):
+    written = json.loads((folder / "config.json").read_text())  # with medgem's own keys
+    if demo := str((written.get("medgem_demo") or {}).get("id", "")):
         writer.add_string("medgem.demo", demo)  # random-weight/demo models stay labelled as such
-    adapter = json.loads((folder / "config.json").read_text()).get("medgem_adapter") or {}
+    adapter = written.get("medgem_adapter") or {}
     if adapter:  # a merged fine-tune keeps naming the adapter it holds (see medgem.adapters)
         writer.add_string("medgem.adapter.name", str(adapter["name"]))
         writer.add_string("medgem.adapter.sha256", str(adapter["sha256"]))
@@ -228,10 +228,9 @@ def _text_metadata(writer: Any, folder: Path, config: Any, model_id: str) -> Non
     if full.get("rope_type") == "linear" and full.get("factor"):
         writer.add_string(f"{arch}.rope.scaling.type", "linear")
         writer.add_float32(f"{arch}.rope.scaling.factor", float(full["factor"]))
-    if getattr(text, "final_logit_softcapping", None):
-        writer.add_float32(f"{arch}.final_logit_softcapping", float(text.final_logit_softcapping))
-    if getattr(text, "attn_logit_softcapping", None):
-        writer.add_float32(f"{arch}.attn_logit_softcapping", float(text.attn_logit_softcapping))
+    for softcapping in ("final_logit_softcapping", "attn_logit_softcapping"):
+        if getattr(text, softcapping, None):
+            writer.add_float32(f"{arch}.{softcapping}", float(getattr(text, softcapping)))
     if int(getattr(text, "query_pre_attn_scalar", text.head_dim)) != int(text.head_dim):
         writer.add_float32(f"{arch}.attention.scale", 1.0 / math.sqrt(float(text.query_pre_attn_scalar)))
     tokenizer = read_tokenizer(folder, int(text.vocab_size))
