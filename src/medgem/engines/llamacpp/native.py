@@ -161,12 +161,13 @@ def kernel_features() -> dict[str, str]:
     return found
 
 
-def llama_model_params(llama_cpp: Any, *, repack: bool | None = None, use_mmap: bool = False) -> Any:
-    """Model parameters for the CPU: all layers on the CPU, the extra-buffer policy applied."""
+def llama_model_params(llama_cpp: Any, *, repack: bool | None = None) -> Any:
+    """Model parameters for the CPU: all layers on the CPU, the extra-buffer policy applied, no
+    mmap (see ``LlamaCppEngine``: repacked weights would count twice)."""
     params = llama_cpp.llama_model_default_params()
     params.n_gpu_layers = 0
     params.use_extra_bufts = use_extra_buffers(repack=repack)
-    params.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP if use_mmap else llama_cpp.LLAMA_LOAD_MODE_NONE
+    params.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE
     return params
 
 
