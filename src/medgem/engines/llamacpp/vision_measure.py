@@ -8,13 +8,13 @@ because it needs the PyTorch tower, which reads its own choices from ``speeds``.
 
 from __future__ import annotations
 
+import functools
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from medgem.engines.llamacpp import speeds
-from medgem.hardware import usable_cores
+from medgem.hardware import best_seconds, usable_cores
 
 
 def measure_vision(asked: str | None = None, threads: int | None = None,
@@ -55,13 +55,9 @@ def measure_vision_paths(threads: int, layers: int = 1) -> tuple[dict[str, float
         mmproj = write_random_mmproj(Path(folder) / "mmproj.gguf", layers=layers, text_hidden=256)
         clip = clip_seconds(text, mmproj, threads)
         tower = TorchTower(mmproj, threads=threads)
-        tower.embed(_noise_image(tower.image_size, 0))  # warm-up: oneDNN builds its kernels
-        seconds = []
-        for seed in (1, 2):
-            began = time.perf_counter()
-            tower.embed(_noise_image(tower.image_size, seed))
-            seconds.append(time.perf_counter() - began)
-        return {"llamacpp": clip, "torch": min(seconds)}, tower.dtype
+        # the warm-up call is where oneDNN builds its kernels
+        embed = functools.partial(tower.embed, _noise_image(tower.image_size, 1))
+        return {"llamacpp": clip, "torch": best_seconds(embed, 2)}, tower.dtype
 
 
 def _noise_image(size: int, seed: int) -> Any:
@@ -80,13 +76,12 @@ def clip_seconds(text_model: Path, mmproj: Path, threads: int, runs: int = 2) ->
     llama_cpp, mtmd = import_llama_cpp()
     size = _read_size(mmproj)
     with one_image(llama_cpp, mtmd, text_model, mmproj, size, threads) as (context, chunk):
-        seconds = []
-        for _ in range(1 + runs):  # the first allocates the compute buffers
-            began = time.perf_counter()
+
+        def encode() -> None:  # the warm-up call allocates the compute buffers
             if mtmd.mtmd_encode_chunk(context, chunk) != 0:
                 raise RuntimeError("libmtmd could not encode the measurement's image")
-            seconds.append(time.perf_counter() - began)
-        return min(seconds[1:])
+
+        return best_seconds(encode, runs)
 
 
 def _read_size(mmproj: Path) -> int:
