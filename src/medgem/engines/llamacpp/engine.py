@@ -41,7 +41,7 @@ from medgem.engines.gguf.read import (
     file_type_name,
     read_header,
 )
-from medgem.engines.grammar import Grammars, allows, apply_bitmask
+from medgem.engines.grammar import Grammars, allowed_tokens, allows
 from medgem.engines.llamacpp import speeds
 from medgem.engines.llamacpp.memory import check_kv_memory
 from medgem.engines.llamacpp.native import (
@@ -508,7 +508,7 @@ class LlamaCppEngine:
             # shape: (n_vocab,) float32, a view of llama.cpp's buffer
             logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(self._ctx, index), shape=(self._vocab.size,))
             if not (sequence.prepared.request.options.greedy and allows(mask[0], int(logits.argmax()))):
-                apply_bitmask(logits, mask[0])
+                logits[~allowed_tokens(mask[0], logits.shape[0])] = -np.inf  # in place
         return int(lib.llama_sampler_sample(sequence.sampler, self._ctx, index))
 
     def generate(self, request: Request | Prepared,
