@@ -32,15 +32,11 @@ from medgem.resolve import Checkpoint
 Mode = Literal["direct", "pipeline"]
 
 
-def load_pipeline(checkpoint: Checkpoint, options: PipelineOptions) -> HFEngine:
-    return HFEngine(checkpoint, options, mode="pipeline")
-
-
 class HFEngine:
-    """MedGemma on transformers (any Gemma 3 checkpoint, multimodal or text-only, pt or it)."""
+    """MedGemma on transformers (any Gemma 3 checkpoint, multimodal or text-only, pt or it):
+    the direct path with ``HFOptions``, the pipeline path with ``PipelineOptions``."""
 
-    def __init__(self, checkpoint: Checkpoint, options: HFOptions | PipelineOptions,
-                 mode: Mode = "direct") -> None:
+    def __init__(self, checkpoint: Checkpoint, options: HFOptions | PipelineOptions) -> None:
         if checkpoint.format != "hf":
             raise InputError(
                 f"'{checkpoint.path.name}' is a GGUF file; transformers needs a checkpoint folder",
@@ -48,8 +44,9 @@ class HFEngine:
             )
         torch: Any = require("torch", "hf", "the transformers engine")
         transformers: Any = require("transformers", "hf", "the transformers engine")
+        mode: Mode = "pipeline" if isinstance(options, PipelineOptions) else "direct"
         self.name = "hf" if mode == "direct" else "hf-pipeline"
-        self.mode: Mode = mode
+        self.mode = mode
         self.checkpoint = checkpoint
         self._torch = torch
         self._lock = threading.Lock()

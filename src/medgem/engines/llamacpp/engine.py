@@ -81,10 +81,6 @@ DEFAULT_N_CTX = 8192
 DEFAULT_KV_UNIFIED = True
 
 
-def load_llamacpp(checkpoint: Checkpoint, options: LlamaCppOptions) -> LlamaCppEngine:
-    return LlamaCppEngine(checkpoint, options)
-
-
 class LlamaCppEngine:
     """MedGemma / Gemma 3 GGUF on llama.cpp, with a vision projector for images."""
 
