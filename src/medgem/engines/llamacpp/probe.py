@@ -81,8 +81,8 @@ def _cache_file(cpu_variant: str | None, repack: bool | None) -> Path | None:
     return cache_dir() / "llamacpp-probe" / f"{digest.hexdigest()[:24]}.json"
 
 
-def probe(timeout: float = PROBE_TIMEOUT_S, use_cache: bool = True, *,
-          cpu_variant: str | None = None, repack: bool | None = None) -> ProbeResult:
+def probe(use_cache: bool = True, *, cpu_variant: str | None = None,
+          repack: bool | None = None) -> ProbeResult:
     """Run a tiny model through llama.cpp's kernels in a child process, with the CPU backend
     and repacking the engine would use (``cpu_variant``, ``repack``: as the options say).
 
@@ -100,9 +100,9 @@ def probe(timeout: float = PROBE_TIMEOUT_S, use_cache: bool = True, *,
     started = time.perf_counter()
     try:
         child = subprocess.run([sys.executable, "-m", "medgem.engines.llamacpp.probe", settings],
-                               capture_output=True, text=True, timeout=timeout)
+                               capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        return ProbeResult(False, f"did not finish a tiny model in {timeout:.0f} s")
+        return ProbeResult(False, f"did not finish a tiny model in {PROBE_TIMEOUT_S:.0f} s")
     seconds = time.perf_counter() - started
     result = _read_child(child.returncode, child.stdout, child.stderr, seconds)
     if result.ok and cache is not None:

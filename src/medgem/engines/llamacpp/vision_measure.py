@@ -35,8 +35,8 @@ def measure_vision(asked: str | None = None, threads: int | None = None,
     return speeds.choose_vision(asked, threads, path)
 
 
-def measure_vision_paths(threads: int, layers: int = 1) -> tuple[dict[str, float], str]:
-    """Seconds per 896-px image of ``layers`` layers of MedGemma's tower (SigLIP so400m: width
+def measure_vision_paths(threads: int) -> tuple[dict[str, float], str]:
+    """Seconds per 896-px image of one layer of MedGemma's tower (SigLIP so400m: width
     1152, MLP 4304, 16 heads, 4,096 patches; random weights) through llama.cpp's clip and
     through PyTorch, each the best of two runs after a warm-up one. One layer is 1/27 of the
     tower's work (0.2 TFLOP: ~3 s at 67 GFLOP/s); every layer costs the same, so the ranking
@@ -52,7 +52,7 @@ def measure_vision_paths(threads: int, layers: int = 1) -> tuple[dict[str, float
 
     with tempfile.TemporaryDirectory(prefix="medgem-vision-") as folder:
         text = write_tiny_gguf(Path(folder) / "text.gguf")  # what libmtmd needs beside it
-        mmproj = write_random_mmproj(Path(folder) / "mmproj.gguf", layers=layers, text_hidden=256)
+        mmproj = write_random_mmproj(Path(folder) / "mmproj.gguf", text_hidden=256)
         clip = clip_seconds(text, mmproj, threads)
         tower = TorchTower(mmproj, threads=threads)
         # the warm-up call is where oneDNN builds its kernels
@@ -67,9 +67,9 @@ def _noise_image(size: int, seed: int) -> Any:
     return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8))
 
 
-def clip_seconds(text_model: Path, mmproj: Path, threads: int, runs: int = 2) -> float:
+def clip_seconds(text_model: Path, mmproj: Path, threads: int) -> float:
     """Seconds for one image through libmtmd's clip as the engine runs it (flash attention):
-    the best of ``runs`` encodes after a warm-up one (a busy machine only ever slows a run)."""
+    the best of two encodes after a warm-up one (a busy machine only ever slows a run)."""
     from medgem.engines.llamacpp.native import import_llama_cpp
     from medgem.engines.llamacpp.probe import one_image
 
@@ -81,7 +81,7 @@ def clip_seconds(text_model: Path, mmproj: Path, threads: int, runs: int = 2) ->
             if mtmd.mtmd_encode_chunk(context, chunk) != 0:
                 raise RuntimeError("libmtmd could not encode the measurement's image")
 
-        return best_seconds(encode, runs)
+        return best_seconds(encode, 2)
 
 
 def _read_size(mmproj: Path) -> int:
