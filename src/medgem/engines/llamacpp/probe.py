@@ -304,16 +304,6 @@ def _decode_tiny(llama_cpp: Any, path: Path, repack: bool | None) -> list[int]:
         llama_cpp.llama_model_free(model)
 
 
-def _child(settings: dict[str, Any]) -> int:
-    from medgem.errors import MedgemError
-
-    try:
-        return _run_probe(settings.get("cpu_variant"), settings.get("repack"))
-    except (MedgemError, RuntimeError, OSError) as exc:
-        print(str(exc), file=sys.stderr)  # the parent quotes this last line
-        return 1
-
-
 def _run_probe(cpu_variant: str | None, repack: bool | None) -> int:
     from medgem.engines.gguf.write import write_random_mmproj
 
@@ -342,6 +332,12 @@ def _run_probe(cpu_variant: str | None, repack: bool | None) -> int:
 
 if __name__ == "__main__":  # the child: its own edge, so the environment is read here
     from medgem.config import load_settings
+    from medgem.errors import MedgemError
 
-    sys.exit(_child(json.loads(sys.argv[1]) if len(sys.argv) > 1
-                    else load_settings().engine_fields("llamacpp")))
+    try:
+        settings: dict[str, Any] = (json.loads(sys.argv[1]) if len(sys.argv) > 1
+                                    else load_settings().engine_fields("llamacpp"))
+        sys.exit(_run_probe(settings.get("cpu_variant"), settings.get("repack")))
+    except (MedgemError, RuntimeError, OSError) as exc:
+        print(str(exc), file=sys.stderr)  # the parent quotes this last line
+        sys.exit(1)
