@@ -23,7 +23,7 @@ from medgem.engines.placement import placement, quantization_config
 from medgem.errors import InputError, NotACheckpointError, require
 from medgem.hardware import cpu_has_native_bf16, detect_hardware
 from medgem.memory import check_fits, count_parameters
-from medgem.request import Request, TextPart
+from medgem.request import Request
 from medgem.request.compose import shipped_chat_template
 from medgem.request.thinking import THOUGHT_CLOSE, THOUGHT_OPEN
 from medgem.request.variants import GEMMA3_CONTEXT
@@ -120,12 +120,6 @@ class HFEngine:
 
     # --- prompt rendering ----------------------------------------------------------------------
 
-    def _hf_messages(self, request: Request) -> list[dict[str, Any]]:
-        return [{"role": message.role, "content": [
-            {"type": "text", "text": part.text} if isinstance(part, TextPart)
-            else {"type": "image", "image": part.image} for part in message.parts
-        ]} for message in request.messages]
-
     def _completion_text(self, request: Request) -> tuple[str, list[Any]]:
         last = request.messages[-1]
         return self.tokenizer.bos_token + last.text, [part.image for part in last.images]
@@ -140,7 +134,7 @@ class HFEngine:
                                     **image_kwargs)
         else:
             inputs = self.processor.apply_chat_template(
-                self._hf_messages(request), add_generation_prompt=True, tokenize=True,
+                request.template_messages(), add_generation_prompt=True, tokenize=True,
                 return_dict=True, return_tensors="pt",
             )
         inputs = inputs.to(self.model.device)
@@ -261,7 +255,7 @@ class HFEngine:
             call |= ({"images": images or None, "processor_kwargs": {"add_special_tokens": False}}
                      if self.multimodal else {"add_special_tokens": False})
         else:
-            prompt = self._hf_messages(request)
+            prompt = request.template_messages()
         if self.multimodal:  # image-text-to-text takes generate's options apart
             self._pipeline(text=prompt, generate_kwargs=kwargs, **call)
         else:

@@ -71,15 +71,9 @@ class PromptBuilder:
             last = request.messages[-1]
             parts = [p.text if isinstance(p, TextPart) else "<start_of_image>" for p in last.parts]
             return "<bos>" + "".join(parts)
-        messages = []
-        for message in request.messages:
-            content = [
-                {"type": "text", "text": p.text} if isinstance(p, TextPart) else {"type": "image"}
-                for p in message.parts
-            ]
-            messages.append({"role": message.role, "content": content})
-        return str(self._template.render(messages=messages, add_generation_prompt=True,
-                                         bos_token="<bos>", eos_token="<eos>"))
+        return str(self._template.render(messages=request.template_messages(),
+                                         add_generation_prompt=True, bos_token="<bos>",
+                                         eos_token="<eos>"))
 
     def build(self, request: Request) -> Prompt:
         """The request as units (free its chunks with ``free`` unless generation does)."""
