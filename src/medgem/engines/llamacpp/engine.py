@@ -63,6 +63,7 @@ from medgem.errors import (
 )
 from medgem.hardware import usable_cores
 from medgem.request import Request
+from medgem.request.compose import shipped_chat_template
 from medgem.request.variants import GEMMA3_CONTEXT
 from medgem.resolve import Checkpoint
 
@@ -167,8 +168,6 @@ class LlamaCppEngine:
             speeds.vision_label(self._vision.path, self._vision.dtype) if self._vision else "none", threads)
         template = header.get("tokenizer.chat_template")
         if not isinstance(template, str) or not template:
-            from medgem.request.compose import shipped_chat_template
-
             template = shipped_chat_template()
         self._prompts = PromptBuilder(llama_cpp, mtmd, self._vocab.handle,
                                       self._vision.ctx if self._vision else None, template,

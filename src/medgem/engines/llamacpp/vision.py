@@ -40,9 +40,8 @@ class Vision:
         # never waits a minute for a measurement it did not ask for.
         self.choice = choose_vision(options.vision)  # (path, why)
         self.path = self.choice[0]
-        self.tower: Any = None
-        if self.path == "torch":
-            self.tower = TorchTower(mmproj, threads=threads, dtype=options.vision_dtype)
+        self.tower = (TorchTower(mmproj, threads=threads, dtype=options.vision_dtype)
+                      if self.path == "torch" else None)
         self.dtype = self.tower.dtype if self.tower is not None else None
         # Bounded (embed_cache_mb); on disk too with embed_cache_dir, per projector and tower,
         # so embeddings from another model or path are never mixed in.
