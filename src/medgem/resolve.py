@@ -191,7 +191,8 @@ def _hf_folder(path: Path, variant: Variant | None) -> Checkpoint:
     return Checkpoint(
         path=path, format="hf", model_id=str(demo_meta.get("id") or path.name),
         revision=_local_revision(path, weights), multimodal=model_type in MULTIMODAL_TYPES,
-        chat_template=checkpoint_chat_template(path) is not None, variant=variant or _variant_from_card(path),
+        chat_template=checkpoint_chat_template(path) is not None,
+        variant=variant or _variant_from_card(path),
         weight_bytes=sum(p.stat().st_size for p in weights), demo=bool(demo_meta),
     )
 

@@ -97,8 +97,8 @@ def import_llama_cpp(cpu_variant: str | None = None, *, logs: bool = False) -> t
         if cpu_variant:
             if cpu_variant not in variants:
                 raise EngineUnavailableError(
-                    f"MEDGEM_LLAMA_CPU_VARIANT={cpu_variant} is not a CPU backend of this llama.cpp "
-                    "build",
+                    f"MEDGEM_LLAMA_CPU_VARIANT={cpu_variant} is not a CPU backend of this "
+                    "llama.cpp build",
                     f"choose one of: {', '.join(variants) or 'none (a single native build)'}",
                 )
             ggml.ggml_backend_load.restype = ctypes.c_void_p

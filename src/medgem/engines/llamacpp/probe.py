@@ -281,7 +281,8 @@ def _decode_tiny(llama_cpp: Any, path: Path, repack: bool | None) -> list[int]:
     import numpy as np
 
     model = _load_model(llama_cpp, path, repack)
-    context = llama_cpp.llama_init_from_model(model, llama_context_params(llama_cpp, 64, 16, usable_cores()))
+    params = llama_context_params(llama_cpp, 64, 16, usable_cores())
+    context = llama_cpp.llama_init_from_model(model, params)
     if not context:
         llama_cpp.llama_model_free(model)
         raise RuntimeError("llama.cpp could not make a context")
