@@ -44,9 +44,8 @@ class HFEngine:
             )
         torch: Any = require("torch", "hf", "the transformers engine")
         transformers: Any = require("transformers", "hf", "the transformers engine")
-        mode: Mode = "pipeline" if isinstance(options, PipelineOptions) else "direct"
-        self.name = "hf" if mode == "direct" else "hf-pipeline"
-        self.mode = mode
+        self.mode: Mode = "pipeline" if isinstance(options, PipelineOptions) else "direct"
+        self.name = "hf" if self.mode == "direct" else "hf-pipeline"
         self.checkpoint = checkpoint
         self._torch = torch
         self._lock = threading.Lock()
@@ -90,7 +89,7 @@ class HFEngine:
             self.adapter = find_adapter(options.adapter)
             self.model = attach_adapter(self.model, self.adapter)
         self._pipeline: Any = None
-        if mode == "pipeline":
+        if self.mode == "pipeline":
             task = "image-text-to-text" if self.multimodal else "text-generation"
             extra = {"processor": self.processor} if self.multimodal else {"tokenizer": self.tokenizer}
             self._pipeline = transformers.pipeline(task, model=self.model, **extra)
