@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medgem.errors import AdapterError, MissingDependencyError
+from medgem.errors import AdapterError, require
 
 MARKER = "medgem-adapter.json"
 PEFT_CONFIG = "adapter_config.json"
@@ -127,12 +127,9 @@ def attach_adapter(model: Any, adapter: AdapterInfo, *, trainable: bool = False)
         MissingDependencyError: peft is not installed.
         AdapterError: the adapter does not fit the model (trained on another architecture).
     """
+    peft: Any = require("peft", "tune", "--adapter")
     try:
-        from peft import PeftModel
-    except ImportError as exc:
-        raise MissingDependencyError("peft", "tune", "--adapter") from exc
-    try:
-        wrapped = PeftModel.from_pretrained(model, str(adapter.path), is_trainable=trainable)
+        wrapped = peft.PeftModel.from_pretrained(model, str(adapter.path), is_trainable=trainable)
     except (RuntimeError, ValueError, KeyError) as exc:
         raise AdapterError(
             f"the adapter '{adapter.name}' does not fit this model ({type(exc).__name__}: "

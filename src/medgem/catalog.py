@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 import struct
 from collections import Counter
@@ -26,6 +27,7 @@ from typing import Literal
 
 from medgem.config import cache_dir
 from medgem.errors import InputError, ModelNotFoundError
+from medgem.memory import safetensors_tensors
 from medgem.request.variants import ALIASES, VARIANTS, Variant
 
 Kind = Literal["variant", "demo", "converted", "pulled", "local"]
@@ -41,7 +43,9 @@ class NamedModel:
         name: what ``--model`` accepts.
         kind: variant, demo, converted, pulled (a hub repo fetched by `medgem pull`) or local.
         path: where it is on this machine; None when it is not here (yet).
-        format: "gguf q4_k_m", "safetensors bf16", ... ("" when not on this machine).
+        format: "safetensors bf16", "pytorch .bin", or "gguf" ("" when not on this machine):
+            a GGUF's quantization is read from its header by the surface that shows it
+            (``cli/models``), since GGUF format code lives in ``engines.gguf`` above this module.
         size_bytes: bytes of its weight files on disk (0 when not here).
         aliases: other names that find it.
         hub_id: the Hugging Face repository, for variants and pulled models.
@@ -138,7 +142,7 @@ def list_models(model_dirs: Iterable[Path] = ()) -> list[NamedModel]:
         if model.is_file():
             files = [Path(str(f)) for f in entry.get("files", [])  # type: ignore[attr-defined]
                      if Path(str(f)).is_file()]
-            found.append(NamedModel(folder.name, "converted", folder, _gguf_format(model),
+            found.append(NamedModel(folder.name, "converted", folder, "gguf",
                                     sum(f.stat().st_size for f in files)))
             seen.add(folder)
     variant_ids = {v.hf_id for v in VARIANTS}
@@ -155,8 +159,7 @@ def list_models(model_dirs: Iterable[Path] = ()) -> list[NamedModel]:
             seen.add(candidate.resolve())
             name = candidate.stem if candidate.is_file() else candidate.name
             weights = _weight_bytes(candidate) if candidate.is_dir() else candidate.stat().st_size
-            fmt = _gguf_format(_single_gguf(candidate)) if _is_gguf_model(candidate) \
-                else _folder_format(candidate)
+            fmt = "gguf" if _is_gguf_model(candidate) else _folder_format(candidate)
             found.append(NamedModel(name, "local", candidate, fmt, weights))
     return found
 
@@ -269,22 +272,12 @@ def _ggufs(folder: Path) -> list[Path]:
                   and ".unquantized." not in p.name)
 
 
-def _single_gguf(path: Path) -> Path:
-    return path if path.is_file() else _ggufs(path)[0]
-
-
 def _weight_files(folder: Path) -> list[Path]:
     return [p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf")]
 
 
 def _weight_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in _weight_files(folder) if p.is_file())
-
-
-def _gguf_format(path: Path) -> str:
-    """"gguf": its quantization is read from the header by the surface that shows it
-    (``cli/models``), since GGUF format code lives in ``engines.gguf`` above this module."""
-    return "gguf"
 
 
 def gguf_file(path: Path) -> Path | None:
@@ -297,23 +290,16 @@ def gguf_file(path: Path) -> Path | None:
 
 def _folder_format(folder: Path) -> str:
     """"safetensors bf16": the dtype that holds most of the weights, from the file headers."""
-    ggufs = _ggufs(folder) if not (folder / "config.json").is_file() else []
-    if ggufs:
-        return _gguf_format(ggufs[0])
+    if not (folder / "config.json").is_file() and _ggufs(folder):
+        return "gguf"
     counts: Counter[str] = Counter()
     for path in sorted(folder.glob("*.safetensors")):
         try:
-            with path.open("rb") as handle:
-                (size,) = struct.unpack("<Q", handle.read(8))
-                header = json.loads(handle.read(size))
+            tensors = safetensors_tensors(path)
         except (OSError, ValueError, struct.error):
             return "safetensors (unreadable)"
-        for key, entry in header.items():
-            if key != "__metadata__":
-                count = 1
-                for dim in entry.get("shape", []):
-                    count *= dim
-                counts[str(entry.get("dtype", "?")).lower()] += count
+        for entry in tensors.values():
+            counts[str(entry.get("dtype", "?")).lower()] += math.prod(entry.get("shape", []))
     if not counts:
         return "pytorch .bin" if any(folder.glob("*.bin")) else "?"
     return "safetensors " + counts.most_common(1)[0][0]

@@ -1,9 +1,12 @@
-"""What this machine has: CPU features, RAM, GPUs and their memory. No model code."""
+"""What this machine has: CPU features, RAM, GPUs and their memory, and how fast it runs a call.
+No model code."""
 
 from __future__ import annotations
 
 import os
 import platform
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,9 +53,31 @@ def cpu_flags() -> set[str]:
     return set((_cpuinfo("flags") or "").split())
 
 
+def cpu_name() -> str:
+    """The CPU's model name, e.g. "AMD EPYC 7B12" ("unknown CPU" off Linux)."""
+    return _cpuinfo("model name") or "unknown CPU"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, not the machine's count)."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
 def cpu_has_native_bf16() -> bool:
     """bf16 matmuls run natively (AVX512-BF16 or AMX); elsewhere they are emulated, slowly."""
     return bool({"avx512_bf16", "amx_bf16"} & cpu_flags()) or platform.machine() == "arm64"
+
+
+def best_seconds(call: Callable[[], object], repeats: int) -> float:
+    """Seconds of the fastest of ``repeats`` calls after a warm-up one (the first builds kernels
+    and allocates buffers; a busy machine only ever slows a run, so the best is the measure)."""
+    call()
+    best = float("inf")
+    for _ in range(repeats):
+        began = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - began)
+    return best
 
 
 def detect_hardware() -> Hardware:

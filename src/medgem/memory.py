@@ -7,6 +7,7 @@ import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from medgem.errors import ResourceError
 from medgem.hardware import GIB, Hardware
@@ -38,16 +39,19 @@ class Estimate:
         return self.total_bytes / GIB
 
 
+def safetensors_tensors(path: Path) -> dict[str, Any]:
+    """A safetensors file's tensors (name -> dtype, shape, offsets), from its header alone."""
+    with path.open("rb") as handle:
+        (size,) = struct.unpack("<Q", handle.read(8))
+        header: dict[str, Any] = json.loads(handle.read(size))
+    header.pop("__metadata__", None)
+    return header
+
+
 def count_parameters(folder: Path) -> int:
     """Parameters in a checkpoint, from the safetensors headers (no tensor is read)."""
-    total = 0
-    for path in sorted(folder.glob("*.safetensors")):
-        with path.open("rb") as handle:
-            (size,) = struct.unpack("<Q", handle.read(8))
-            header = json.loads(handle.read(size))
-        total += sum(math.prod(entry["shape"]) for name, entry in header.items()
-                     if name != "__metadata__")
-    return total
+    return sum(math.prod(entry["shape"]) for path in sorted(folder.glob("*.safetensors"))
+               for entry in safetensors_tensors(path).values())
 
 
 def estimate(parameters: int, precision: str) -> Estimate:

@@ -191,7 +191,8 @@ def _hf_folder(path: Path, variant: Variant | None) -> Checkpoint:
     return Checkpoint(
         path=path, format="hf", model_id=str(demo_meta.get("id") or path.name),
         revision=_local_revision(path, weights), multimodal=model_type in MULTIMODAL_TYPES,
-        chat_template=_has_chat_template(path), variant=variant or _variant_from_card(path),
+        chat_template=checkpoint_chat_template(path) is not None,
+        variant=variant or _variant_from_card(path),
         weight_bytes=sum(p.stat().st_size for p in weights), demo=bool(demo_meta),
     )
 
@@ -211,13 +212,19 @@ def _gguf(path: Path, variant: Variant | None, mmproj: Path | None) -> Checkpoin
     )
 
 
-def _has_chat_template(path: Path) -> bool:
-    if (path / "chat_template.jinja").is_file() or (path / "chat_template.json").is_file():
-        return True
-    try:
-        return bool(json.loads((path / "tokenizer_config.json").read_text()).get("chat_template"))
-    except (OSError, ValueError):
-        return False
+def checkpoint_chat_template(path: Path) -> str | None:
+    """The chat template a checkpoint folder ships: ``chat_template.jinja``, else the
+    ``chat_template`` of ``chat_template.json`` or ``tokenizer_config.json``; None without one."""
+    if (path / "chat_template.jinja").is_file():
+        return (path / "chat_template.jinja").read_text()
+    for name in ("chat_template.json", "tokenizer_config.json"):
+        try:
+            value = json.loads((path / name).read_text()).get("chat_template")
+        except (OSError, ValueError):
+            continue
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 def _variant_from_card(path: Path) -> Variant | None:

@@ -27,9 +27,9 @@ if TYPE_CHECKING:
 # name -> "module:factory". A factory takes (checkpoint, options) and returns an Engine; the
 # remote engine's "checkpoint" is the served model's name.
 ENGINES: dict[str, str] = {
-    "hf": "medgem.engines.hf:HFEngine",  # the direct path is the default mode
-    "hf-pipeline": "medgem.engines.hf:load_pipeline",
-    "llamacpp": "medgem.engines.llamacpp:load_llamacpp",
+    "hf": "medgem.engines.hf:HFEngine",  # the options' type (HFOptions, PipelineOptions)
+    "hf-pipeline": "medgem.engines.hf:HFEngine",  # picks the direct or the pipeline path
+    "llamacpp": "medgem.engines.llamacpp:LlamaCppEngine",
     # The model is the name an OpenAI-compatible server knows, not a local checkpoint.
     "remote": "medgem.engines.remote:load_remote",
 }

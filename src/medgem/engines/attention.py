@@ -18,9 +18,11 @@ PyTorch's own CPU flash kernel does), and a split-key output is accumulated in f
 
 from __future__ import annotations
 
-import time
+import functools
 from dataclasses import dataclass
 from typing import Any
+
+from medgem.hardware import best_seconds
 
 SDPA = "sdpa"
 
@@ -149,11 +151,6 @@ def measure_attention(tokens: int, heads: int, head_dim: int, dtype: str,
     times: dict[str, float] = {}
     with torch.inference_mode():
         for name in (SDPA, *(c.name for c in CANDIDATES)):
-            run_attention(name, query, key, value, scale)
-            best = float("inf")
-            for _ in range(repeats):
-                began = time.perf_counter()
-                run_attention(name, query, key, value, scale)
-                best = min(best, time.perf_counter() - began)
-            times[name] = best
+            call = functools.partial(run_attention, name, query, key, value, scale)
+            times[name] = best_seconds(call, repeats)
     return times

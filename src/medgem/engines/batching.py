@@ -116,8 +116,7 @@ class Batcher:
                     return None
                 self._wake.wait()
             room = self.parallel - running
-            taken = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
-            return taken
+            return [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
 
     def _work(self) -> None:
         while True:

@@ -156,18 +156,18 @@ def allows(bitmask: np.ndarray, token: int) -> bool:
     return bool((int(bitmask.view(np.uint32)[token // 32]) >> (token % 32)) & 1)
 
 
-def apply_bitmask(logits: np.ndarray, bitmask: np.ndarray) -> None:
-    """Set the logits of disallowed tokens to -inf, in place.
+def allowed_tokens(bitmask: np.ndarray, size: int) -> np.ndarray:
+    """(size,) bool: which of a row's ``size`` logits the bitmask allows.
 
     Args:
-        logits: (vocab,) float32, the row to draw from (may be longer than the bitmask covers:
-            the padding tokens past the tokenizer's vocabulary are disallowed).
         bitmask: (ceil(tokenizer vocab / 32),) int32, bit i set = token i allowed.
+        size: the logits' length (may be longer than the bitmask covers: the padding tokens
+            past the tokenizer's vocabulary are disallowed).
     """
-    allowed = np.unpackbits(bitmask.view(np.uint8), bitorder="little")  # (32 * words,)
-    n = min(logits.shape[0], allowed.shape[0])
-    logits[:n][allowed[:n] == 0] = -np.inf
-    logits[n:] = -np.inf
+    allowed = np.zeros(size, dtype=bool)
+    bits = np.unpackbits(bitmask.view(np.uint8), bitorder="little")[:size]  # (32 * words,)
+    allowed[: bits.shape[0]] = bits
+    return allowed
 
 
 class GuidedRows:
@@ -214,9 +214,6 @@ class GuidedRows:
                 continue
             if self.greedy and allows(mask[row], int(scores[row].argmax())):
                 continue
-            allowed = np.unpackbits(mask[row].view(np.uint8), bitorder="little")  # (32 * words,)
-            keep = torch.zeros(scores.shape[-1], dtype=torch.bool)
-            n = min(scores.shape[-1], allowed.shape[0])
-            keep[:n] = torch.from_numpy(allowed[:n].astype(bool))
+            keep = torch.from_numpy(allowed_tokens(mask[row], scores.shape[-1]))
             scores[row].masked_fill_(~keep.to(scores.device), float("-inf"))
         return scores

@@ -23,7 +23,7 @@ from medgem.engines.placement import placement, quantization_config
 from medgem.errors import InputError, NotACheckpointError, require
 from medgem.hardware import cpu_has_native_bf16, detect_hardware
 from medgem.memory import check_fits, count_parameters
-from medgem.request import Request, TextPart
+from medgem.request import Request
 from medgem.request.compose import shipped_chat_template
 from medgem.request.thinking import THOUGHT_CLOSE, THOUGHT_OPEN
 from medgem.request.variants import GEMMA3_CONTEXT
@@ -32,15 +32,11 @@ from medgem.resolve import Checkpoint
 Mode = Literal["direct", "pipeline"]
 
 
-def load_pipeline(checkpoint: Checkpoint, options: PipelineOptions) -> HFEngine:
-    return HFEngine(checkpoint, options, mode="pipeline")
-
-
 class HFEngine:
-    """MedGemma on transformers (any Gemma 3 checkpoint, multimodal or text-only, pt or it)."""
+    """MedGemma on transformers (any Gemma 3 checkpoint, multimodal or text-only, pt or it):
+    the direct path with ``HFOptions``, the pipeline path with ``PipelineOptions``."""
 
-    def __init__(self, checkpoint: Checkpoint, options: HFOptions | PipelineOptions,
-                 mode: Mode = "direct") -> None:
+    def __init__(self, checkpoint: Checkpoint, options: HFOptions | PipelineOptions) -> None:
         if checkpoint.format != "hf":
             raise InputError(
                 f"'{checkpoint.path.name}' is a GGUF file; transformers needs a checkpoint folder",
@@ -48,8 +44,8 @@ class HFEngine:
             )
         torch: Any = require("torch", "hf", "the transformers engine")
         transformers: Any = require("transformers", "hf", "the transformers engine")
-        self.name = "hf" if mode == "direct" else "hf-pipeline"
-        self.mode: Mode = mode
+        self.mode: Mode = "pipeline" if isinstance(options, PipelineOptions) else "direct"
+        self.name = "hf" if self.mode == "direct" else "hf-pipeline"
         self.checkpoint = checkpoint
         self._torch = torch
         self._lock = threading.Lock()
@@ -93,7 +89,7 @@ class HFEngine:
             self.adapter = find_adapter(options.adapter)
             self.model = attach_adapter(self.model, self.adapter)
         self._pipeline: Any = None
-        if mode == "pipeline":
+        if self.mode == "pipeline":
             task = "image-text-to-text" if self.multimodal else "text-generation"
             extra = {"processor": self.processor} if self.multimodal else {"tokenizer": self.tokenizer}
             self._pipeline = transformers.pipeline(task, model=self.model, **extra)
@@ -123,12 +119,6 @@ class HFEngine:
 
     # --- prompt rendering ----------------------------------------------------------------------
 
-    def _hf_messages(self, request: Request) -> list[dict[str, Any]]:
-        return [{"role": message.role, "content": [
-            {"type": "text", "text": part.text} if isinstance(part, TextPart)
-            else {"type": "image", "image": part.image} for part in message.parts
-        ]} for message in request.messages]
-
     def _completion_text(self, request: Request) -> tuple[str, list[Any]]:
         last = request.messages[-1]
         return self.tokenizer.bos_token + last.text, [part.image for part in last.images]
@@ -143,7 +133,7 @@ class HFEngine:
                                     **image_kwargs)
         else:
             inputs = self.processor.apply_chat_template(
-                self._hf_messages(request), add_generation_prompt=True, tokenize=True,
+                request.template_messages(), add_generation_prompt=True, tokenize=True,
                 return_dict=True, return_tensors="pt",
             )
         inputs = inputs.to(self.model.device)
@@ -264,7 +254,7 @@ class HFEngine:
             call |= ({"images": images or None, "processor_kwargs": {"add_special_tokens": False}}
                      if self.multimodal else {"add_special_tokens": False})
         else:
-            prompt = self._hf_messages(request)
+            prompt = request.template_messages()
         if self.multimodal:  # image-text-to-text takes generate's options apart
             self._pipeline(text=prompt, generate_kwargs=kwargs, **call)
         else:

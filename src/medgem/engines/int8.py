@@ -9,8 +9,9 @@ measurement and the tower both use it without importing each other.
 from __future__ import annotations
 
 import functools
-import time
 from typing import Any
+
+from medgem.hardware import best_seconds
 
 INT8_LEVELS = 127  # symmetric: -127..127, so a value and its negation quantize alike
 
@@ -128,12 +129,6 @@ def measure_linear(dtypes: tuple[str, ...], rows: int = 1024, hidden: int = 1152
                 layer, inputs = _int8_module()(linear), x
             else:
                 layer, inputs = linear.to(getattr(torch, dtype)), x.to(getattr(torch, dtype))
-            layer(inputs)
-            best = float("inf")
-            for _ in range(repeats):
-                began = time.perf_counter()
-                layer(inputs)
-                best = min(best, time.perf_counter() - began)
-            times[dtype] = best
+            times[dtype] = best_seconds(functools.partial(layer, inputs), repeats)
             linear.float()
     return times

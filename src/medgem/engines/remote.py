@@ -38,6 +38,7 @@ log = logging.getLogger("medgem")
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 _TOKENS_PER_IMAGE = 256
+HEALTH_INTERVAL_S = 2.0  # between health checks, when there are several backends
 # The reasoning field of a streamed delta: vLLM wrote reasoning_content, and reasoning since
 # late 2025; medgem's own server sends both.
 _REASONING_FIELDS = ("reasoning_content", "reasoning")
@@ -77,7 +78,7 @@ class RemoteEngine:
     With several, each request goes to the least-loaded healthy backend (at most
     ``per_backend`` in flight to each); a backend that fails to connect is taken out and the
     request is retried on another as long as nothing was streamed yet; a health check every
-    ``health_interval`` seconds puts a recovered backend back. Each answer names the backend
+    ``HEALTH_INTERVAL_S`` puts a recovered backend back. Each answer names the backend
     that gave it (``Finished.served_by``, kept in the audit record).
 
     Args:
@@ -87,14 +88,12 @@ class RemoteEngine:
             when there is none).
         timeout: seconds to wait for each read (long prefills of big prompts need minutes).
         per_backend: requests in flight to one backend at once.
-        health_interval: seconds between health checks (0: no checks).
     """
 
     name = "remote"
 
     def __init__(self, model: str, base_urls: str | list[str], api_key: str | None = None, *,
-                 timeout: float = 600.0, per_backend: int = 1,
-                 health_interval: float = 2.0) -> None:
+                 timeout: float = 600.0, per_backend: int = 1) -> None:
         client: Any = require("openai", "remote", "the remote engine")
         self._openai = client
         urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
@@ -138,9 +137,9 @@ class RemoteEngine:
             constrained=True,
         )
         self._stop = threading.Event()
-        if health_interval > 0 and len(self._backends) > 1:
-            threading.Thread(target=self._check_health, args=(health_interval,),
-                             name="medgem-backend-health", daemon=True).start()
+        if len(self._backends) > 1:
+            threading.Thread(target=self._check_health, name="medgem-backend-health",
+                             daemon=True).start()
 
     def _model_card(self, backend: _Backend, model: str) -> dict[str, Any]:
         with self._errors(backend, "cannot reach the server at"):
@@ -164,8 +163,8 @@ class RemoteEngine:
         """The backends: each one's URL, health and load (what /healthz reports)."""
         return {"backends": self.backends}
 
-    def _check_health(self, interval: float) -> None:
-        while not self._stop.wait(interval):
+    def _check_health(self) -> None:
+        while not self._stop.wait(HEALTH_INTERVAL_S):
             for backend in self._backends:
                 healthy = self._answers(backend)
                 if healthy != backend.healthy:

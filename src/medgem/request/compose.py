@@ -86,12 +86,15 @@ def describe_prompt(modality: str | None) -> str:
     return DESCRIBE_PROMPTS.get((modality or "").upper() or None, DESCRIBE_PROMPTS[None])
 
 
-def system_text(system: str | None, think: bool) -> str | None:
-    """The system turn's text, with the thinking instruction in front when asked. The text is
-    kept as given (a trailing newline too): Gemma 3's template does not trim the system turn."""
-    if not think:
-        return system or None
-    return f"{THINK_INSTRUCTION} {system.lstrip()}" if system else THINK_INSTRUCTION
+def chat_request(system: str | None, turns: Sequence[Message],
+                 options: GenerationOptions) -> Request:
+    """A chat Request: the system turn, with the thinking instruction in front when asked (the
+    text kept as given, a trailing newline too: Gemma 3's template does not trim it), then
+    ``turns``; no system turn when there is no text for one."""
+    if options.think:
+        system = f"{THINK_INSTRUCTION} {system.lstrip()}" if system else THINK_INSTRUCTION
+    head = (Message("system", (TextPart(system),)),) if system else ()
+    return Request((*head, *turns), options)
 
 
 def check_think(variant: Variant | None, think: bool) -> None:
@@ -161,13 +164,8 @@ def build_request(question: str, *, images: Sequence[Image.Image] = (), sources:
             parts += [part, TextPart(IMAGE_TOKEN_MARK)]
         parts.append(TextPart(text))
         return Request((Message("user", tuple(parts)),), options, template="completion")
-    messages: list[Message] = []
-    sys_text = system_text(system, options.think)
-    if sys_text:
-        messages.append(Message("system", (TextPart(sys_text),)))
-    messages.extend(history)
-    messages.append(Message("user", (*image_parts, TextPart(text))))
-    return Request(tuple(messages), options)
+    return chat_request(system, (*history, Message("user", (*image_parts, TextPart(text)))),
+                        options)
 
 
 def build_volume_request(question: str, slices: Sequence[Image.Image], *,

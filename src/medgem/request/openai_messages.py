@@ -15,9 +15,9 @@ from medgem.request import GenerationOptions, ImagePart, Message, Part, Request,
 from medgem.request.compose import (
     build_slide_request,
     build_volume_request,
+    chat_request,
     check_think,
     resolve_options,
-    system_text,
 )
 from medgem.request.variants import InputKind, Variant
 
@@ -101,9 +101,7 @@ def request_from_openai(messages: Sequence[dict[str, Any]], *, variant: Variant 
     options = resolve_options(kind, options, variant)
     if not chat:
         return Request((turns[-1],), options, template="completion")
-    sys_text = system_text(system, options.think)
-    head = (Message("system", (TextPart(sys_text),)),) if sys_text else ()
-    return Request((*head, *turns), options)
+    return chat_request(system, turns, options)
 
 
 _IMAGE_PARTS = ("image_url", "image")

@@ -140,3 +140,11 @@ class Request:
     @property
     def images(self) -> tuple[ImagePart, ...]:
         return tuple(img for m in self.messages for img in m.images)
+
+    def template_messages(self) -> list[dict[str, Any]]:
+        """The messages as chat templates (and transformers' processors) take them: role and
+        content parts {"type": "text", "text": ...} or {"type": "image", "image": PIL image}."""
+        return [{"role": message.role, "content": [
+            {"type": "text", "text": part.text} if isinstance(part, TextPart)
+            else {"type": "image", "image": part.image} for part in message.parts
+        ]} for message in self.messages]

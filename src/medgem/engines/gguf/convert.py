@@ -26,6 +26,7 @@ from typing import Any
 from medgem.engines.gguf.write import PlannedTensor, gguf_target, read_tokenizer, write_gguf
 from medgem.engines.options import LlamaCppOptions
 from medgem.errors import ConversionError, InputError, NotACheckpointError, require
+from medgem.resolve import checkpoint_chat_template, resolve_checkpoint
 
 stages = logging.getLogger("medgem.progress")  # a terminal's stage line shows these
 
@@ -68,8 +69,6 @@ def convert_checkpoint(spec: str | os.PathLike[str], quant: str = "q4_k_m", out:
         MissingDependencyError: gguf, safetensors or llama-cpp-python missing.
         ConversionError: the result failed its check.
     """
-    from medgem.resolve import resolve_checkpoint
-
     if quant not in QUANTS:
         raise InputError(f"unknown quantization '{quant}'", f"use one of: {', '.join(QUANTS)}")
     for module in ("gguf", "safetensors", "torch"):
@@ -197,25 +196,14 @@ def _loader(file: Path, name: str, kind: str, gemma_norm: bool) -> Callable[[], 
 # --- metadata ----------------------------------------------------------------------------------
 
 
-def _chat_template(folder: Path) -> str | None:
-    if (folder / "chat_template.jinja").is_file():
-        return (folder / "chat_template.jinja").read_text()
-    for name in ("chat_template.json", "tokenizer_config.json"):
-        if (folder / name).is_file():
-            value = json.loads((folder / name).read_text()).get("chat_template")
-            if isinstance(value, str) and value:
-                return value
-    return None
-
-
 def _text_metadata(writer: Any, folder: Path, config: Any, model_id: str) -> None:
     text = getattr(config, "text_config", config)
     arch = "gemma3"
     writer.add_name(model_id)
-    if demo := str((json.loads((folder / "config.json").read_text()).get("medgem_demo") or {})
-                   .get("id", "")):
+    written = json.loads((folder / "config.json").read_text())  # with medgem's own keys
+    if demo := str((written.get("medgem_demo") or {}).get("id", "")):
         writer.add_string("medgem.demo", demo)  # random-weight/demo models stay labelled as such
-    adapter = json.loads((folder / "config.json").read_text()).get("medgem_adapter") or {}
+    adapter = written.get("medgem_adapter") or {}
     if adapter:  # a merged fine-tune keeps naming the adapter it holds (see medgem.adapters)
         writer.add_string("medgem.adapter.name", str(adapter["name"]))
         writer.add_string("medgem.adapter.sha256", str(adapter["sha256"]))
@@ -240,10 +228,9 @@ def _text_metadata(writer: Any, folder: Path, config: Any, model_id: str) -> Non
     if full.get("rope_type") == "linear" and full.get("factor"):
         writer.add_string(f"{arch}.rope.scaling.type", "linear")
         writer.add_float32(f"{arch}.rope.scaling.factor", float(full["factor"]))
-    if getattr(text, "final_logit_softcapping", None):
-        writer.add_float32(f"{arch}.final_logit_softcapping", float(text.final_logit_softcapping))
-    if getattr(text, "attn_logit_softcapping", None):
-        writer.add_float32(f"{arch}.attn_logit_softcapping", float(text.attn_logit_softcapping))
+    for softcapping in ("final_logit_softcapping", "attn_logit_softcapping"):
+        if getattr(text, softcapping, None):
+            writer.add_float32(f"{arch}.{softcapping}", float(getattr(text, softcapping)))
     if int(getattr(text, "query_pre_attn_scalar", text.head_dim)) != int(text.head_dim):
         writer.add_float32(f"{arch}.attention.scale", 1.0 / math.sqrt(float(text.query_pre_attn_scalar)))
     tokenizer = read_tokenizer(folder, int(text.vocab_size))
@@ -260,7 +247,7 @@ def _text_metadata(writer: Any, folder: Path, config: Any, model_id: str) -> Non
     for key, flag in (("bos_token", True), ("sep_token", False), ("eos_token", False),
                       ("space_prefix", False)):
         writer.add_bool(f"tokenizer.ggml.add_{key}", flag)
-    template = _chat_template(folder)
+    template = checkpoint_chat_template(folder)
     if template:
         writer.add_string("tokenizer.chat_template", template)
 
@@ -339,6 +326,7 @@ def _quantize(source: Path, target: Path, ftype: int, n_params: int, threads: in
     """llama.cpp's quantizer, its output's growth shown as a bar against the expected size."""
     from medgem.engines.llamacpp.native import import_llama_cpp
     from medgem.engines.llamacpp.probe import ensure_runs_here
+    from medgem.hardware import usable_cores
 
     if native.probe:  # the quantizer is native code too: prove it runs here in a child first
         ensure_runs_here(cpu_variant=native.cpu_variant, repack=native.repack)
@@ -346,7 +334,7 @@ def _quantize(source: Path, target: Path, ftype: int, n_params: int, threads: in
     llama_cpp, _ = import_llama_cpp(native.cpu_variant, logs=native.native_logs)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
-    params.nthread = threads or len(os.sched_getaffinity(0))
+    params.nthread = threads or usable_cores()
     expected = int(n_params * (5.2 if ftype == 15 else 8.5) / 8)  # bits per weight
     bar = _bar(progress, total=expected, unit="B", unit_scale=True, desc=f"quantizing to {quant}")
     done = threading.Event()

@@ -7,6 +7,6 @@
 GGUF loaded back and checked).
 """
 
-from medgem.engines.llamacpp.engine import LlamaCppEngine, load_llamacpp
+from medgem.engines.llamacpp.engine import LlamaCppEngine
 
-__all__ = ["LlamaCppEngine", "load_llamacpp"]
+__all__ = ["LlamaCppEngine"]

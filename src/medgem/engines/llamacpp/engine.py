@@ -17,7 +17,6 @@ import codecs
 import ctypes
 import importlib.util
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -42,7 +41,7 @@ from medgem.engines.gguf.read import (
     file_type_name,
     read_header,
 )
-from medgem.engines.grammar import Grammars, allows, apply_bitmask
+from medgem.engines.grammar import Grammars, allowed_tokens, allows
 from medgem.engines.llamacpp import speeds
 from medgem.engines.llamacpp.memory import check_kv_memory
 from medgem.engines.llamacpp.native import (
@@ -62,7 +61,9 @@ from medgem.errors import (
     NotACheckpointError,
     ResourceError,
 )
+from medgem.hardware import usable_cores
 from medgem.request import Request
+from medgem.request.compose import shipped_chat_template
 from medgem.request.variants import GEMMA3_CONTEXT
 from medgem.resolve import Checkpoint
 
@@ -79,10 +80,6 @@ DEFAULT_N_CTX = 8192
 # greedy answers leave the serial ones only at near ties (tests/test_batching.py checks both
 # layouts, first token included, against float32 logits). kv_unified=False gives a buffer each.
 DEFAULT_KV_UNIFIED = True
-
-
-def load_llamacpp(checkpoint: Checkpoint, options: LlamaCppOptions) -> LlamaCppEngine:
-    return LlamaCppEngine(checkpoint, options)
 
 
 class LlamaCppEngine:
@@ -113,7 +110,7 @@ class LlamaCppEngine:
         self._mtmd = mtmd
         self.checkpoint = checkpoint
         self._lock = threading.Lock()  # one generate() at a time (the batcher runs several)
-        threads = options.threads or max(1, len(os.sched_getaffinity(0)))
+        threads = options.threads or usable_cores()
         context_length = int(header.get("gemma3.context_length", GEMMA3_CONTEXT))
         self.n_ctx = min(options.n_ctx or DEFAULT_N_CTX, context_length)  # per sequence
         self.n_batch = 512
@@ -171,8 +168,6 @@ class LlamaCppEngine:
             speeds.vision_label(self._vision.path, self._vision.dtype) if self._vision else "none", threads)
         template = header.get("tokenizer.chat_template")
         if not isinstance(template, str) or not template:
-            from medgem.request.compose import shipped_chat_template
-
             template = shipped_chat_template()
         self._prompts = PromptBuilder(llama_cpp, mtmd, self._vocab.handle,
                                       self._vision.ctx if self._vision else None, template,
@@ -508,7 +503,7 @@ class LlamaCppEngine:
             # shape: (n_vocab,) float32, a view of llama.cpp's buffer
             logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(self._ctx, index), shape=(self._vocab.size,))
             if not (sequence.prepared.request.options.greedy and allows(mask[0], int(logits.argmax()))):
-                apply_bitmask(logits, mask[0])
+                logits[~allowed_tokens(mask[0], logits.shape[0])] = -np.inf  # in place
         return int(lib.llama_sampler_sample(sequence.sampler, self._ctx, index))
 
     def generate(self, request: Request | Prepared,

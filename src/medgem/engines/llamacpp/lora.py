@@ -18,7 +18,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from medgem.errors import AdapterError, MissingDependencyError, NotACheckpointError
+from medgem.errors import AdapterError, NotACheckpointError, require
 
 
 def read_lora_header(path: str | Path) -> dict[str, Any]:
@@ -69,10 +69,7 @@ def load_lora(model: Any, path: str | Path) -> Any:
     Raises:
         AdapterError: not a LoRA GGUF, or llama.cpp refused it (another architecture or shapes).
     """
-    try:
-        import llama_cpp
-    except ImportError as exc:
-        raise MissingDependencyError("llama-cpp-python", "llamacpp", "GGUF adapters") from exc
+    llama_cpp: Any = require("llama_cpp", "llamacpp", "GGUF adapters", "llama-cpp-python")
     header = read_lora_header(path)
     adapter = llama_cpp.llama_adapter_lora_init(model, str(path).encode())
     if not adapter:

@@ -17,12 +17,13 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,10 +36,11 @@ from medgem.engines.llamacpp.native import (
     library_dir,
     llama_context_params,
     llama_model_params,
+    mtmd_context,
     use_extra_buffers,
 )
 from medgem.errors import EngineUnavailableError
-from medgem.hardware import cpu_flags
+from medgem.hardware import cpu_flags, cpu_name, usable_cores
 
 PROBE_VERSION = 3  # bump when the probe exercises something new, so cached passes are redone
 PROBE_TIMEOUT_S = 180.0
@@ -64,16 +66,6 @@ class ProbeResult:
         return f"llama.cpp {self.detail} on this CPU ({cpu_name()}; {describe_cpu_features()})"
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
-
-
 def _cache_file(cpu_variant: str | None, repack: bool | None) -> Path | None:
     """One file per llama.cpp build, CPU and settings: a pass is trusted only for the same ones."""
     lib_dir = library_dir()
@@ -89,8 +81,8 @@ def _cache_file(cpu_variant: str | None, repack: bool | None) -> Path | None:
     return cache_dir() / "llamacpp-probe" / f"{digest.hexdigest()[:24]}.json"
 
 
-def probe(timeout: float = PROBE_TIMEOUT_S, use_cache: bool = True, *,
-          cpu_variant: str | None = None, repack: bool | None = None) -> ProbeResult:
+def probe(use_cache: bool = True, *, cpu_variant: str | None = None,
+          repack: bool | None = None) -> ProbeResult:
     """Run a tiny model through llama.cpp's kernels in a child process, with the CPU backend
     and repacking the engine would use (``cpu_variant``, ``repack``: as the options say).
 
@@ -108,9 +100,9 @@ def probe(timeout: float = PROBE_TIMEOUT_S, use_cache: bool = True, *,
     started = time.perf_counter()
     try:
         child = subprocess.run([sys.executable, "-m", "medgem.engines.llamacpp.probe", settings],
-                               capture_output=True, text=True, timeout=timeout)
+                               capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        return ProbeResult(False, f"did not finish a tiny model in {timeout:.0f} s")
+        return ProbeResult(False, f"did not finish a tiny model in {PROBE_TIMEOUT_S:.0f} s")
     seconds = time.perf_counter() - started
     result = _read_child(child.returncode, child.stdout, child.stderr, seconds)
     if result.ok and cache is not None:
@@ -222,10 +214,6 @@ def write_tiny_gguf(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def _threads() -> int:
-    return max(1, len(os.sched_getaffinity(0)))
-
-
 def _load_model(llama_cpp: Any, path: Path, repack: bool | None) -> Any:
     model = llama_cpp.llama_model_load_from_file(str(path).encode(),
                                                  llama_model_params(llama_cpp, repack=repack))
@@ -234,43 +222,37 @@ def _load_model(llama_cpp: Any, path: Path, repack: bool | None) -> Any:
     return model
 
 
-def _encode_tiny_image(llama_cpp: Any, mtmd: Any, model_path: Path, mmproj: Path,
-                       repack: bool | None) -> int:
-    """Run the vision projector on one 64-px image; returns the soft tokens it made."""
+@contextmanager
+def one_image(llama_cpp: Any, mtmd: Any, text_model: Path, mmproj: Path, size: int,
+              threads: int, repack: bool | None = None) -> Iterator[tuple[Any, Any]]:
+    """libmtmd on ``mmproj`` (and the text model it needs beside it) with one random
+    ``size``-px image tokenized: (libmtmd context, the image's chunk), freed on leaving."""
     import numpy as np
 
-    model = _load_model(llama_cpp, model_path, repack)
-    params = mtmd.mtmd_context_params_default()
-    params.use_gpu = params.print_timings = params.warmup = False
-    params.n_threads = _threads()
-    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED  # as the engine runs it
-    context = mtmd.mtmd_init_from_file(str(mmproj).encode(), model, params)
+    model = _load_model(llama_cpp, text_model, repack)
+    context = mtmd_context(llama_cpp, mtmd, model, mmproj, threads)
     if not context:
         llama_cpp.llama_model_free(model)
-        raise RuntimeError("libmtmd could not load the probe projector")
-    pixels = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8).tobytes()
-    bitmap = mtmd.mtmd_bitmap_init(64, 64, (ctypes.c_uint8 * len(pixels)).from_buffer_copy(pixels))
+        raise RuntimeError(f"libmtmd could not load the projector {mmproj.name}")
+    pixels = np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8).tobytes()
+    buffer = (ctypes.c_uint8 * len(pixels)).from_buffer_copy(pixels)
+    bitmap = mtmd.mtmd_bitmap_init(size, size, buffer)
     chunks = mtmd.mtmd_input_chunks_init()
     try:
-        text = mtmd.mtmd_default_marker()
+        marker = mtmd.mtmd_default_marker()
         prompt = mtmd.mtmd_input_text()
-        prompt.text, prompt.text_len = text, len(text)
+        prompt.text, prompt.text_len = marker, len(marker)
         prompt.add_special, prompt.parse_special = False, True
         array = (mtmd.mtmd_bitmap_p_ctypes * 1)(bitmap)
         if mtmd.mtmd_tokenize(context, chunks, ctypes.byref(prompt), array, 1) != 0:
-            raise RuntimeError("libmtmd could not tokenize the probe image")
-        for index in range(mtmd.mtmd_input_chunks_size(chunks)):
-            chunk = mtmd.mtmd_input_chunks_get(chunks, index)
-            if mtmd.mtmd_input_chunk_get_type(chunk) == mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT:
-                continue
-            if mtmd.mtmd_encode_chunk(context, chunk) != 0:
-                raise RuntimeError("libmtmd could not encode the probe image")
-            tokens = int(mtmd.mtmd_input_chunk_get_n_tokens(chunk))
-            embd = np.ctypeslib.as_array(mtmd.mtmd_get_output_embd(context), shape=(tokens * 256,))
-            if not np.isfinite(embd).all():
-                raise RuntimeError("non-finite image embeddings")
-            return tokens
-        raise RuntimeError("libmtmd made no image chunk")
+            raise RuntimeError("libmtmd could not tokenize a random image")
+        found = (mtmd.mtmd_input_chunks_get(chunks, i)
+                 for i in range(mtmd.mtmd_input_chunks_size(chunks)))
+        text = mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT
+        chunk = next((c for c in found if mtmd.mtmd_input_chunk_get_type(c) != text), None)
+        if chunk is None:
+            raise RuntimeError("libmtmd made no image chunk")
+        yield context, chunk
     finally:
         mtmd.mtmd_input_chunks_free(chunks)
         mtmd.mtmd_bitmap_free(bitmap)
@@ -278,12 +260,29 @@ def _encode_tiny_image(llama_cpp: Any, mtmd: Any, model_path: Path, mmproj: Path
         llama_cpp.llama_model_free(model)
 
 
+def _encode_tiny_image(llama_cpp: Any, mtmd: Any, model_path: Path, mmproj: Path,
+                       repack: bool | None) -> int:
+    """Run the vision projector on one 64-px image; returns the soft tokens it made."""
+    import numpy as np
+
+    with one_image(llama_cpp, mtmd, model_path, mmproj, 64, usable_cores(), repack) as (
+            context, chunk):
+        if mtmd.mtmd_encode_chunk(context, chunk) != 0:
+            raise RuntimeError("libmtmd could not encode the probe image")
+        tokens = int(mtmd.mtmd_input_chunk_get_n_tokens(chunk))
+        embd = np.ctypeslib.as_array(mtmd.mtmd_get_output_embd(context), shape=(tokens * 256,))
+        if not np.isfinite(embd).all():
+            raise RuntimeError("non-finite image embeddings")
+        return tokens
+
+
 def _decode_tiny(llama_cpp: Any, path: Path, repack: bool | None) -> list[int]:
     """Load, prefill 8 tokens (matrix-matrix kernels), decode 4 (matrix-vector); greedy ids."""
     import numpy as np
 
     model = _load_model(llama_cpp, path, repack)
-    context = llama_cpp.llama_init_from_model(model, llama_context_params(llama_cpp, 64, 16, _threads()))
+    params = llama_context_params(llama_cpp, 64, 16, usable_cores())
+    context = llama_cpp.llama_init_from_model(model, params)
     if not context:
         llama_cpp.llama_model_free(model)
         raise RuntimeError("llama.cpp could not make a context")
@@ -304,16 +303,6 @@ def _decode_tiny(llama_cpp: Any, path: Path, repack: bool | None) -> list[int]:
     finally:
         llama_cpp.llama_free(context)
         llama_cpp.llama_model_free(model)
-
-
-def _child(settings: dict[str, Any]) -> int:
-    from medgem.errors import MedgemError
-
-    try:
-        return _run_probe(settings.get("cpu_variant"), settings.get("repack"))
-    except (MedgemError, RuntimeError, OSError) as exc:
-        print(str(exc), file=sys.stderr)  # the parent quotes this last line
-        return 1
 
 
 def _run_probe(cpu_variant: str | None, repack: bool | None) -> int:
@@ -344,6 +333,12 @@ def _run_probe(cpu_variant: str | None, repack: bool | None) -> int:
 
 if __name__ == "__main__":  # the child: its own edge, so the environment is read here
     from medgem.config import load_settings
+    from medgem.errors import MedgemError
 
-    sys.exit(_child(json.loads(sys.argv[1]) if len(sys.argv) > 1
-                    else load_settings().engine_fields("llamacpp")))
+    try:
+        settings: dict[str, Any] = (json.loads(sys.argv[1]) if len(sys.argv) > 1
+                                    else load_settings().engine_fields("llamacpp"))
+        sys.exit(_run_probe(settings.get("cpu_variant"), settings.get("repack")))
+    except (MedgemError, RuntimeError, OSError) as exc:
+        print(str(exc), file=sys.stderr)  # the parent quotes this last line
+        sys.exit(1)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from medgem.errors import InputError, UnsupportedInputError
-from medgem.request import ImagePart, Request, TextPart
+from medgem.request import Request, TextPart
 
 
 @dataclass(frozen=True)
@@ -71,21 +71,14 @@ class PromptBuilder:
             last = request.messages[-1]
             parts = [p.text if isinstance(p, TextPart) else "<start_of_image>" for p in last.parts]
             return "<bos>" + "".join(parts)
-        messages = []
-        for message in request.messages:
-            content = [
-                {"type": "text", "text": p.text} if isinstance(p, TextPart) else {"type": "image"}
-                for p in message.parts
-            ]
-            messages.append({"role": message.role, "content": content})
-        return str(self._template.render(messages=messages, add_generation_prompt=True,
-                                         bos_token="<bos>", eos_token="<eos>"))
+        return str(self._template.render(messages=request.template_messages(),
+                                         add_generation_prompt=True, bos_token="<bos>",
+                                         eos_token="<eos>"))
 
     def build(self, request: Request) -> Prompt:
         """The request as units (free its chunks with ``free`` unless generation does)."""
-        images = [p for m in request.messages for p in m.parts if isinstance(p, ImagePart)]
-        if request.template == "completion":
-            images = [p for p in request.messages[-1].parts if isinstance(p, ImagePart)]
+        turns = request.messages[-1:] if request.template == "completion" else request.messages
+        images = [part.image for message in turns for part in message.images]
         if images and self.mtmd_ctx is None:
             raise UnsupportedInputError(
                 f"'{self._model_name}' has no vision projector, so it cannot take images",
@@ -99,7 +92,7 @@ class PromptBuilder:
                           [(-1, i) for i in range(len(tokens))], tokens)
         framed = text.replace("<start_of_image>", f"\n\n{self._marker}\n\n")
         with self._lock:
-            return self._chunks(framed, [p.image for p in images])
+            return self._chunks(framed, images)
 
     def free(self, prompt: Prompt) -> None:
         if prompt.chunks is not None:

@@ -22,6 +22,7 @@ from typing import Any
 
 from medgem.config import cache_dir
 from medgem.errors import InputError
+from medgem.hardware import cpu_flags, cpu_has_native_bf16, cpu_name, usable_cores
 
 KEEP = 5  # runs kept per figure; the median of them is reported
 _lock = threading.Lock()
@@ -36,8 +37,6 @@ def speed_key(model: Path, mmproj: Path | None, vision: str, threads: int) -> st
     how many threads it had."""
     def ident(path: Path | None) -> str:
         return f"{path.name}:{path.stat().st_size}" if path is not None and path.exists() else "-"
-
-    from medgem.engines.llamacpp.probe import cpu_name
 
     return f"{ident(model)}|{ident(mmproj)}|{vision}|{threads}t|{cpu_name()}"
 
@@ -159,7 +158,7 @@ def choose_vision(asked: str | None = None, threads: int | None = None,
         return "llamacpp", "asked for"
     if not torch_installed():
         return "llamacpp", "llama.cpp's clip (PyTorch is not installed)"
-    threads = threads or max(1, len(os.sched_getaffinity(0)))
+    threads = threads or usable_cores()
     key = vision_key(threads)
     entry = _kept(key, path)
     if entry is None:
@@ -224,7 +223,7 @@ def estimate_first_token(model: Path, mmproj: Path | None, images: int, text_tok
     precision it would run in): (None, None) when none were."""
     from medgem.engines.gguf.read import read_header
 
-    threads = threads or max(1, len(os.sched_getaffinity(0)))
+    threads = threads or usable_cores()
     where = choose_vision(vision)[0] if mmproj is not None else "none"
     if where == "torch":
         where = vision_label(where, kept_tower_dtype(threads, vision_dtype, path))
@@ -248,9 +247,6 @@ def kernel_store_path() -> Path:
 
 def cpu_kind() -> str:
     """The CPU as far as kernel speed goes: its name and the matrix/vector units it has."""
-    from medgem.engines.llamacpp.probe import cpu_name
-    from medgem.hardware import cpu_flags
-
     flags = cpu_flags()
     units = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16") if f in flags]
     return f"{cpu_name()} [{' '.join(units) or 'no avx2'}]"
@@ -302,7 +298,6 @@ def choose_tower_dtype(threads: int, path: Path | None = None) -> tuple[str, dic
     there would cost ~15 s to learn what the flags already say).
     """
     from medgem.engines.int8 import int8_available, measure_linear
-    from medgem.hardware import cpu_has_native_bf16
 
     key = tower_dtype_key(threads)
     entry = _kept(key, path)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from medgem.engines.llamacpp.memory import EmbeddingCache
+from medgem.engines.llamacpp.native import mtmd_context
 from medgem.engines.options import LlamaCppOptions
 from medgem.errors import EngineUnavailableError, NotACheckpointError
 
@@ -29,15 +30,7 @@ class Vision:
         self._mtmd = mtmd
         self._embd = embd
         self.lock = threading.Lock()
-        params = mtmd.mtmd_context_params_default()
-        params.use_gpu = False
-        params.print_timings = False
-        params.n_threads = threads
-        params.warmup = False
-        # Flash attention in the tower: the 4,096-patch attention is most of its work
-        # (measured, 4B shape, 2 cores: first token 21.9 s with it, 40.3 s without).
-        params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
-        self.ctx = mtmd.mtmd_init_from_file(str(mmproj).encode(), model, params)
+        self.ctx = mtmd_context(lib, mtmd, model, mmproj, threads)
         if not self.ctx:
             raise NotACheckpointError(
                 f"llama.cpp could not load the vision projector '{mmproj.name}'",
@@ -47,9 +40,8 @@ class Vision:
         # never waits a minute for a measurement it did not ask for.
         self.choice = choose_vision(options.vision)  # (path, why)
         self.path = self.choice[0]
-        self.tower: Any = None
-        if self.path == "torch":
-            self.tower = TorchTower(mmproj, threads=threads, dtype=options.vision_dtype)
+        self.tower = (TorchTower(mmproj, threads=threads, dtype=options.vision_dtype)
+                      if self.path == "torch" else None)
         self.dtype = self.tower.dtype if self.tower is not None else None
         # Bounded (embed_cache_mb); on disk too with embed_cache_dir, per projector and tower,
         # so embeddings from another model or path are never mixed in.

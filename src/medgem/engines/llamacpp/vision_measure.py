@@ -8,13 +8,13 @@ because it needs the PyTorch tower, which reads its own choices from ``speeds``.
 
 from __future__ import annotations
 
-import os
+import functools
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from medgem.engines.llamacpp import speeds
+from medgem.hardware import best_seconds, usable_cores
 
 
 def measure_vision(asked: str | None = None, threads: int | None = None,
@@ -28,15 +28,15 @@ def measure_vision(asked: str | None = None, threads: int | None = None,
     chosen = speeds.choose_vision(asked, threads, path)
     if chosen[1] == "asked for" or not speeds.torch_installed():
         return chosen
-    threads = threads or max(1, len(os.sched_getaffinity(0)))
+    threads = threads or usable_cores()
     if speeds.kept_vision(threads, path) is None:
         times, dtype = measure_vision_paths(threads)
         speeds.keep_vision(threads, times, dtype, path)
     return speeds.choose_vision(asked, threads, path)
 
 
-def measure_vision_paths(threads: int, layers: int = 1) -> tuple[dict[str, float], str]:
-    """Seconds per 896-px image of ``layers`` layers of MedGemma's tower (SigLIP so400m: width
+def measure_vision_paths(threads: int) -> tuple[dict[str, float], str]:
+    """Seconds per 896-px image of one layer of MedGemma's tower (SigLIP so400m: width
     1152, MLP 4304, 16 heads, 4,096 patches; random weights) through llama.cpp's clip and
     through PyTorch, each the best of two runs after a warm-up one. One layer is 1/27 of the
     tower's work (0.2 TFLOP: ~3 s at 67 GFLOP/s); every layer costs the same, so the ranking
@@ -52,16 +52,12 @@ def measure_vision_paths(threads: int, layers: int = 1) -> tuple[dict[str, float
 
     with tempfile.TemporaryDirectory(prefix="medgem-vision-") as folder:
         text = write_tiny_gguf(Path(folder) / "text.gguf")  # what libmtmd needs beside it
-        mmproj = write_random_mmproj(Path(folder) / "mmproj.gguf", layers=layers, text_hidden=256)
+        mmproj = write_random_mmproj(Path(folder) / "mmproj.gguf", text_hidden=256)
         clip = clip_seconds(text, mmproj, threads)
         tower = TorchTower(mmproj, threads=threads)
-        tower.embed(_noise_image(tower.image_size, 0))  # warm-up: oneDNN builds its kernels
-        seconds = []
-        for seed in (1, 2):
-            began = time.perf_counter()
-            tower.embed(_noise_image(tower.image_size, seed))
-            seconds.append(time.perf_counter() - began)
-        return {"llamacpp": clip, "torch": min(seconds)}, tower.dtype
+        # the warm-up call is where oneDNN builds its kernels
+        embed = functools.partial(tower.embed, _noise_image(tower.image_size, 1))
+        return {"llamacpp": clip, "torch": best_seconds(embed, 2)}, tower.dtype
 
 
 def _noise_image(size: int, seed: int) -> Any:
@@ -71,53 +67,21 @@ def _noise_image(size: int, seed: int) -> Any:
     return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8))
 
 
-def clip_seconds(text_model: Path, mmproj: Path, threads: int, runs: int = 2) -> float:
+def clip_seconds(text_model: Path, mmproj: Path, threads: int) -> float:
     """Seconds for one image through libmtmd's clip as the engine runs it (flash attention):
-    the best of ``runs`` encodes after a warm-up one (a busy machine only ever slows a run)."""
-    import ctypes
-
-    import numpy as np
-
-    from medgem.engines.llamacpp.native import import_llama_cpp, llama_model_params
+    the best of two encodes after a warm-up one (a busy machine only ever slows a run)."""
+    from medgem.engines.llamacpp.native import import_llama_cpp
+    from medgem.engines.llamacpp.probe import one_image
 
     llama_cpp, mtmd = import_llama_cpp()
-    model = llama_cpp.llama_model_load_from_file(str(text_model).encode(), llama_model_params(llama_cpp))
-    params = mtmd.mtmd_context_params_default()
-    params.use_gpu = params.print_timings = params.warmup = False
-    params.n_threads = threads
-    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
-    context = mtmd.mtmd_init_from_file(str(mmproj).encode(), model, params) if model else None
-    if not context:
-        if model:
-            llama_cpp.llama_model_free(model)
-        raise RuntimeError("libmtmd could not load the measurement's projector")
     size = _read_size(mmproj)
-    pixels = np.asarray(_noise_image(size, 1)).tobytes()
-    bitmap = mtmd.mtmd_bitmap_init(size, size, (ctypes.c_uint8 * len(pixels)).from_buffer_copy(pixels))
-    chunks = mtmd.mtmd_input_chunks_init()
-    try:
-        marker = mtmd.mtmd_default_marker()
-        prompt = mtmd.mtmd_input_text()
-        prompt.text, prompt.text_len = marker, len(marker)
-        prompt.add_special, prompt.parse_special = False, True
-        if mtmd.mtmd_tokenize(context, chunks, ctypes.byref(prompt),
-                              (mtmd.mtmd_bitmap_p_ctypes * 1)(bitmap), 1) != 0:
-            raise RuntimeError("libmtmd could not tokenize the measurement's image")
-        chunk = next(mtmd.mtmd_input_chunks_get(chunks, i) for i in range(mtmd.mtmd_input_chunks_size(chunks))
-                     if mtmd.mtmd_input_chunk_get_type(mtmd.mtmd_input_chunks_get(chunks, i))
-                     != mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT)
-        seconds = []
-        for _ in range(1 + runs):  # the first allocates the compute buffers
-            began = time.perf_counter()
+    with one_image(llama_cpp, mtmd, text_model, mmproj, size, threads) as (context, chunk):
+
+        def encode() -> None:  # the warm-up call allocates the compute buffers
             if mtmd.mtmd_encode_chunk(context, chunk) != 0:
                 raise RuntimeError("libmtmd could not encode the measurement's image")
-            seconds.append(time.perf_counter() - began)
-        return min(seconds[1:])
-    finally:
-        mtmd.mtmd_input_chunks_free(chunks)
-        mtmd.mtmd_bitmap_free(bitmap)
-        mtmd.mtmd_free(context)
-        llama_cpp.llama_model_free(model)
+
+        return best_seconds(encode, 2)
 
 
 def _read_size(mmproj: Path) -> int:
