@@ -288,8 +288,11 @@ def test_sigkill_with_requests_accepted_leaves_every_one_in_the_audit(tiny_vlm_c
     assert verified.returncode == 0 and verified.stdout.startswith(f"OK: {accepted_n + len(outcomes)} records")
 
 
+@pytest.mark.parametrize("running_on", ["openai", "ollama"])
 def test_sigterm_refuses_what_the_drain_cannot_finish_with_503s_not_empty_answers(
-        tiny_vlm_checkpoint: Path, tmp_path: Path) -> None:
+        running_on: str, tiny_vlm_checkpoint: Path, tmp_path: Path) -> None:
+    """The answer running when the drain ends is cut with an error as its last event, on the
+    OpenAI stream and on Ollama's (never a done line that looks like a whole answer)."""
     import json
     import threading
     import time
@@ -304,15 +307,21 @@ def test_sigterm_refuses_what_the_drain_cannot_finish_with_503s_not_empty_answer
     long = {"model": MODEL, "max_tokens": 4000, "messages": [{"role": "user", "content": "Write a long report."}]}
     results: dict[str, tuple[int, dict[str, str], str]] = {}
 
+    running = long | {"stream": True}
+    if running_on == "ollama":
+        running = {"model": MODEL, "stream": True, "options": {"num_predict": 4000},
+                   "messages": long["messages"]}
+
     def client(name: str, body: dict[str, object]) -> None:
-        with httpx.stream("POST", base + "/v1/chat/completions", json=body, timeout=120) as response:
+        path = "/api/chat" if name == "running" and running_on == "ollama" else "/v1/chat/completions"
+        with httpx.stream("POST", base + path, json=body, timeout=120) as response:
             results[name] = (response.status_code, dict(response.headers), response.read().decode())
 
     try:
         wait_healthy(base, process, timeout=180)
         store = open_store(audit)
         threads = []
-        for name, body in (("running", long | {"stream": True}), ("queued", long), ("queued-stream", long | {"stream": True})):
+        for name, body in (("running", running), ("queued", long), ("queued-stream", long | {"stream": True})):
             threads.append(threading.Thread(target=client, args=(name, body)))
             threads[-1].start()
             deadline = time.monotonic() + 60
@@ -335,8 +344,13 @@ def test_sigterm_refuses_what_the_drain_cannot_finish_with_503s_not_empty_answer
         assert json.loads(text)["error"]["code"] == "server_shutting_down"
     status, _, text = results["running"]  # cut mid-stream: it ends with an error event, not [DONE]
     assert status == 200
-    events = [line.removeprefix("data:").strip() for line in text.splitlines() if line.startswith("data:")]
-    assert events[-1] != "[DONE]" and json.loads(events[-1])["error"]["code"] == "server_shutting_down"
+    if running_on == "ollama":  # NDJSON: the last line is the error, and no line says done
+        lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+        assert lines[-1]["code"] == "server_shutting_down" and "shut down before" in lines[-1]["error"]
+        assert not any(line.get("done") for line in lines)
+    else:
+        events = [line.removeprefix("data:").strip() for line in text.splitlines() if line.startswith("data:")]
+        assert events[-1] != "[DONE]" and json.loads(events[-1])["error"]["code"] == "server_shutting_down"
     store = open_store(audit)
     try:
         assert store.count("accepted") == 3 and store.unfinished() == []  # type: ignore[attr-defined]
