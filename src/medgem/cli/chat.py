@@ -26,10 +26,7 @@ HELP = ("commands: /image PATH, /system TEXT, /think on|off, /save FILE, /reset,
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("chat", help="a multi-turn conversation in the terminal")
-    common.add_model_flags(parser, model_required=False)  # --server names none
-    ask.add_server_flag(parser)
-    common.add_audit_flags(parser)
-    common.add_generation_flags(parser)
+    ask.add_question_flags(parser)
     for action in parser._actions:
         if action.dest == "json":  # the shared flag's words are for one answer; a chat has many
             action.help = "print each answer as one JSON object (text, thinking, usage, audit id)"
