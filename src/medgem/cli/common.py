@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medgem.answer import INTENDED_USE_CAVEAT
 from medgem.api import MedGemma
 from medgem.cli.progress import Waiting
 from medgem.engines.options import LlamaCppOptions, OptionsError
@@ -340,8 +341,22 @@ def load_model(args: argparse.Namespace, *, audit: bool = True) -> MedGemma:
         store = False
     elif audit and getattr(args, "audit_db", None):
         store = args.audit_db
+    engine = "remote" if getattr(args, "backend", []) and args.engine == "auto" else args.engine
     with Waiting(f"loading {Path(str(args.model)).name or args.model}"):
-        return _load(args, store)
+        try:
+            return MedGemma.load(
+                args.model,
+                engine=engine,
+                options=engine_fields(args),
+                variant=args.variant,
+                mmproj=args.mmproj,
+                revision=args.revision,
+                caveat="" if args.no_caveat else INTENDED_USE_CAVEAT,
+                audit=store,
+                surface=f"cli:{getattr(args, 'command', None) or 'medgem'}",
+            )
+        except OptionsError as exc:
+            raise as_flag_error(exc) from None
 
 
 # Flags that set engine options, by dest (= the field's name); one not given is None.
@@ -372,22 +387,3 @@ def llamacpp_settings() -> LlamaCppOptions:
     from medgem.config import load_settings
 
     return LlamaCppOptions.model_validate(load_settings().engine_fields("llamacpp"))
-
-
-def _load(args: argparse.Namespace, store: str | bool) -> MedGemma:
-    from medgem.answer import INTENDED_USE_CAVEAT
-
-    try:
-        return MedGemma.load(
-            args.model,
-            engine="remote" if getattr(args, "backend", []) and args.engine == "auto" else args.engine,
-            options=engine_fields(args),
-            variant=args.variant,
-            mmproj=args.mmproj,
-            revision=args.revision,
-            caveat="" if args.no_caveat else INTENDED_USE_CAVEAT,
-            audit=store,
-            surface=f"cli:{getattr(args, 'command', None) or 'medgem'}",
-        )
-    except OptionsError as exc:
-        raise as_flag_error(exc) from None
