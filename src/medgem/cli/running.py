@@ -134,14 +134,9 @@ def find_server(model_identity: dict[str, str | None], *, engine: str = "auto",
             continue
         if audit is not None and state.get("audit") != audit:
             continue
-        if _healthy(server.url):
+        if (health(server.url) or {}).get("status") == "ok":  # not warming up or draining
             return server
     return None
-
-
-def server_on_port(port: int) -> RunningServer | None:
-    """This user's live medgem server on ``port``, or None."""
-    return next((server for server, _ in running_servers() if server.port == port), None)
 
 
 def requests_served(url: str) -> int | None:
@@ -202,7 +197,7 @@ def hold_port(host: str, port: int) -> socket.socket:
 def port_holder(port: int) -> tuple[str, str]:
     """What holds ``port`` (words for "in use by ..."), and what the user can do about it."""
     other = "pick another --port"
-    server = server_on_port(port)
+    server = next((server for server, _ in running_servers() if server.port == port), None)
     if server is not None:
         return (f"your medgem server of {server.model_id or server.served_name} (pid {server.pid})",
                 f"reuse it: `medgem ask ... --server {server.url}` (or the same --model, which "
@@ -299,28 +294,21 @@ def signal_server(server: RunningServer, signum: int) -> bool:
     """
     import signal
 
-    opener = getattr(os, "pidfd_open", None)
-    sender = getattr(signal, "pidfd_send_signal", None)
-    if opener is None or sender is None:
+    handle = None
+    try:
+        if hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal"):
+            handle = os.pidfd_open(server.pid)
         if not is_recorded_process(server.pid, server.mark):
             return False
-        try:
+        if handle is None:
             os.kill(server.pid, signum)
-        except ProcessLookupError:
-            return False
-        return True
-    try:
-        handle = opener(server.pid)
-    except ProcessLookupError:
-        return False
-    try:
-        if not is_recorded_process(server.pid, server.mark):
-            return False
-        sender(handle, signum)
+        else:
+            signal.pidfd_send_signal(handle, signum)
     except ProcessLookupError:
         return False
     finally:
-        os.close(handle)
+        if handle is not None:
+            os.close(handle)
     return True
 
 
@@ -332,12 +320,4 @@ def _answers(url: str) -> bool:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
             return True
     except OSError:
-        return False
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
-            return bool(response.status == 200)
-    except (OSError, ValueError):
         return False
