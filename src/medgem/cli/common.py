@@ -8,7 +8,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -243,8 +243,8 @@ def add_slide_flags(parser: argparse.ArgumentParser) -> None:
                        help="also send a PDF's text layer with the page images")
 
 
-def _env_int(environ: Mapping[str, str], name: str, default: int) -> int:
-    text = environ.get(name, "").strip()
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name, "").strip()
     if not text:
         return default
     try:
@@ -262,17 +262,16 @@ _LIMIT_FLAGS: dict[str, tuple[str, str, int]] = {
 }
 
 
-def add_limit_flags(parser: argparse.ArgumentParser, environ: Mapping[str, str] | None = None) -> None:
+def add_limit_flags(parser: argparse.ArgumentParser) -> None:
     """The reading limits as flags (defaults from MEDGEM_* environment variables, else
     ``ImagingOptions``'s), plus the policies that refuse non-image objects and burned-in text.
     Any subcommand that reads inputs may add them; ``imaging_from_args(args)`` reads them."""
-    environ = os.environ if environ is None else environ
     group = parser.add_argument_group("reading limits (checked while reading, before decoding)")
     for name, (what, metavar, scale) in _LIMIT_FLAGS.items():
         flag, env = LIMITS[name]
         default = getattr(_IMAGING_DEFAULTS, name) // scale
         group.add_argument(flag, type=whole_number(1), metavar=metavar, dest=name,
-                           default=_env_int(environ, env, default),
+                           default=_env_int(env, default),
                            help=f"{what} (default {default:,}; ${env})")
     group.add_argument("--allow-non-image", action="store_true",
                        help="send DICOM objects that are not images (RT dose grids, segmentation "
