@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from medgem.cli.common import (
     load_model,
     require_model,
 )
-from medgem.cli.terminal import Shown, print_label_first, record_cancelled, render
+from medgem.cli.terminal import print_label_first, show_answer
 from medgem.errors import InputError, MedgemError, UnsupportedInputError
 from medgem.inputs import Inputs
 from medgem.request import GenerationOptions
@@ -107,18 +106,8 @@ def run(args: argparse.Namespace, question: str | None = None, inputs: Inputs | 
     request = model.request(text, images=inputs, system=args.system, options=options)
     if not args.json:
         print_label_first(model)
-    cancel = threading.Event()
-    chunks = model.generate(request, cancel)
-    shown = Shown()
-    try:
-        answer = render(chunks, as_json=args.json, show_thinking=args.show_thinking, shown=shown)
-    except KeyboardInterrupt:  # the caveat and a record of what was said, then out
-        cancel.set()
-        close = getattr(chunks, "close", None)  # a generator: stop it where it stands
-        if close is not None:
-            close()
-        sys.stdout.write("\n")
-        record_cancelled(model, request, shown)
+    answer = show_answer(model, request, as_json=args.json, show_thinking=args.show_thinking)
+    if answer is None:  # Ctrl-C: the caveat and a record of what was said, then out
         return 130
     if context is not None:
         _cite(args, context, answer.audit_id)
