@@ -213,30 +213,16 @@ def port_holder(port: int) -> tuple[str, str]:
 
 
 def _listener_pid(port: int) -> int | None:
-    """The pid with a listening socket on ``port`` (Linux /proc; None where it cannot be seen)."""
-    inodes: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                inodes.add(fields[9])
-    if not inodes:
+    """The pid with a listening socket on ``port`` (None where it cannot be seen: another
+    user's process, or a system that shows sockets to root only)."""
+    import psutil
+
+    try:
+        sockets = psutil.net_connections(kind="tcp")
+    except (psutil.Error, OSError):
         return None
-    wanted = {f"socket:[{inode}]" for inode in inodes}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            for fd in (proc / "fd").iterdir():
-                if os.readlink(fd) in wanted:
-                    return int(proc.name)
-        except OSError:
-            continue
-    return None
+    return next((sock.pid for sock in sockets if sock.status == psutil.CONN_LISTEN and sock.pid
+                 and sock.laddr and sock.laddr.port == port), None)
 
 
 def _command_line(pid: int) -> str:
