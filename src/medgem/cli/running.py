@@ -126,15 +126,11 @@ def find_server(model_identity: dict[str, str | None], *, engine: str = "auto",
     """A live local server of this user running this model and writing to the ``audit`` store
     (:func:`store_location`), or None."""
     for server, state in running_servers():
-        if state.get("model") != model_identity or state.get("host") not in _LOOPBACK:
-            continue
-        if engine not in ("auto", state.get("engine")):
-            continue
-        if state.get("keys_required") and not have_key:
-            continue
-        if audit is not None and state.get("audit") != audit:
-            continue
-        if (health(server.url) or {}).get("status") == "ok":  # not warming up or draining
+        if (state.get("model") == model_identity and state.get("host") in _LOOPBACK
+                and engine in ("auto", state.get("engine"))
+                and (have_key or not state.get("keys_required"))
+                and audit in (None, state.get("audit"))
+                and (health(server.url) or {}).get("status") == "ok"):  # not warming up or draining
             return server
     return None
 
