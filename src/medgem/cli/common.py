@@ -9,7 +9,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -323,11 +323,8 @@ def audit_store(args: argparse.Namespace) -> Iterator[AuditStore | None]:
         return
     from medgem.audit import open_store
 
-    store = open_store(getattr(args, "audit_db", None) or None)
-    try:
+    with closing(open_store(getattr(args, "audit_db", None) or None)) as store:
         yield store
-    finally:
-        store.close()
 
 
 def load_model(args: argparse.Namespace, *, audit: bool = True) -> MedGemma:
