@@ -121,8 +121,7 @@ class MedGemma:
         if engine == "remote":
             from medgem.engines.remote import RemoteEngine
 
-            built = _engine_options("remote", options)
-            parallel = _parallel(built)
+            built, parallel = _engine_options("remote", options)
             remote = load_engine("remote", str(model), built)
             # The server names the variant; its thinking and budgets apply here too.
             known = find_variant(variant or remote.info.variant or "")
@@ -132,8 +131,7 @@ class MedGemma:
                        parallel=parallel * servers)
         checkpoint = resolve_checkpoint(model, variant=variant, mmproj=mmproj, revision=revision)
         name = engine_key(engine) if engine != "auto" else choose_engine(checkpoint)
-        built = _engine_options(name, options)
-        parallel = _parallel(built)
+        built, parallel = _engine_options(name, options)
         loaded = load_engine(name, checkpoint, built)
         return cls(
             loaded,
@@ -391,21 +389,19 @@ def imaging_options(base: ImagingOptions | None = None, *, max_patches: int | No
         raise ImageInputError(str(exc), "check the imaging options") from None
 
 
-def _engine_options(engine: str, options: EngineOptions | Mapping[str, Any] | None) -> EngineOptions:
-    """The engine's options object: what was given, over the settings (environment, file)."""
-    return options_for(engine, options, load_settings().engine_fields(engine))
-
-
-def _parallel(options: EngineOptions) -> int:
-    """Requests run together (engines without batching take no ``parallel``: one).
+def _engine_options(engine: str, options: EngineOptions | Mapping[str, Any] | None
+                    ) -> tuple[EngineOptions, int]:
+    """The engine's options object (what was given, over the settings: environment, file) and
+    the requests it runs together (engines without batching take no ``parallel``: one).
 
     Raises:
-        InputError: fewer than one.
+        InputError: ``parallel`` below one.
     """
-    parallel = int(getattr(options, "parallel", 1))
+    built = options_for(engine, options, load_settings().engine_fields(engine))
+    parallel = int(getattr(built, "parallel", 1))
     if parallel < 1:
         raise InputError(f"--parallel must be at least 1, got {parallel}")
-    return parallel
+    return built, parallel
 
 
 def _trail(audit: AuditStore | str | os.PathLike[str] | bool, surface: str) -> AuditTrail | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,10 +20,11 @@ from medgem.cli.common import (
     load_model,
     require_model,
 )
-from medgem.cli.terminal import Shown, print_label_first, record_cancelled, render
+from medgem.cli.terminal import print_label_first, show_answer
 from medgem.errors import InputError, MedgemError, UnsupportedInputError
 from medgem.inputs import Inputs
 from medgem.request import GenerationOptions
+from medgem.resolve import Checkpoint, resolve_checkpoint
 
 
 def add_parser(subparsers: Any) -> None:
@@ -34,14 +34,14 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("question", help="the question ('-' reads stdin)")
     add_image_flags(parser)
-    add_model_flags(parser, model_required=False)  # --server names none
-    add_server_flag(parser)
-    add_audit_flags(parser)
-    add_generation_flags(parser)
+    add_question_flags(parser)
     parser.set_defaults(func=run)
 
 
-def add_server_flag(parser: argparse.ArgumentParser) -> None:
+def add_question_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of every command that asks a model (ask, describe, chat): the model, where it
+    runs (here or on a running server), the audit, and how to generate."""
+    add_model_flags(parser, model_required=False)  # --server names none
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--no-server", action="store_true",
                        help="load the model here even when a `medgem serve` of it is running "
@@ -50,6 +50,8 @@ def add_server_flag(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--server", metavar="URL",
                        help="send the question to this medgem server (e.g. http://127.0.0.1:8000); "
                        "it writes the audit record")
+    add_audit_flags(parser)
+    add_generation_flags(parser)
 
 
 def add_image_flags(parser: argparse.ArgumentParser) -> None:
@@ -79,7 +81,9 @@ def run(args: argparse.Namespace, question: str | None = None, inputs: Inputs | 
     """Answer the question; ``inputs`` are the --image files when the caller already read them
     (describe), so each file is read once per command."""
     require_model(args, getattr(args, "command", None) or "ask")
-    text = question if question is not None else _question(args.question)
+    text = question
+    if text is None:
+        text = sys.stdin.read() if args.question == "-" else args.question
     if getattr(args, "send_back", False):  # refused before anything is fetched or generated
         from medgem.sendback import check_send_back
 
@@ -102,18 +106,8 @@ def run(args: argparse.Namespace, question: str | None = None, inputs: Inputs | 
     request = model.request(text, images=inputs, system=args.system, options=options)
     if not args.json:
         print_label_first(model)
-    cancel = threading.Event()
-    chunks = model.generate(request, cancel)
-    shown = Shown()
-    try:
-        answer = render(chunks, as_json=args.json, show_thinking=args.show_thinking, shown=shown)
-    except KeyboardInterrupt:  # the caveat and a record of what was said, then out
-        cancel.set()
-        close = getattr(chunks, "close", None)  # a generator: stop it where it stands
-        if close is not None:
-            close()
-        sys.stdout.write("\n")
-        record_cancelled(model, request, shown)
+    answer = show_answer(model, request, as_json=args.json, show_thinking=args.show_thinking)
+    if answer is None:  # Ctrl-C: the caveat and a record of what was said, then out
         return 130
     if context is not None:
         _cite(args, context, answer.audit_id)
@@ -126,31 +120,37 @@ def run(args: argparse.Namespace, question: str | None = None, inputs: Inputs | 
     return 1 if answer.structured_error else 0
 
 
-def check_before_load(args: argparse.Namespace, text: str,
-                      options: GenerationOptions | None = None) -> None:
+def check_before_load(args: argparse.Namespace, text: str, options: GenerationOptions) -> None:
     """What the flags and the checkpoint's own files can refuse, refused before any weight loads:
     an empty question, images for a text-only model, --think for a variant that cannot think,
     a schema for the pipeline path (it cannot constrain). A model medgem cannot resolve here
     (remote, not downloaded) is left to the load to report."""
     from medgem.request.compose import check_question, check_think
-    from medgem.resolve import resolve_checkpoint
 
     check_question(text)
-    if options is not None and options.constraint is not None and args.engine in ("hf-pipeline", "pipeline"):
+    if options.constraint is not None and args.engine in ("hf-pipeline", "pipeline"):
         raise UnsupportedInputError("the hf-pipeline engine cannot constrain its answer to a JSON schema",
                                     "use --engine hf or llamacpp, or drop --json-schema / --format")
     if args.engine == "remote" or args.backend or args.base_url or args.model is None:
         return
-    try:
-        checkpoint = resolve_checkpoint(args.model, variant=args.variant, mmproj=args.mmproj,
-                                        revision=args.revision, offline=True)
-    except MedgemError:
+    checkpoint = _local_checkpoint(args)
+    if checkpoint is None:
         return
     if (args.image or getattr(args, "study", None)) and not checkpoint.multimodal:
         raise UnsupportedInputError(
             f"'{checkpoint.model_id}' is a text-only model and cannot read images",
             "drop --image, or use an image model such as google/medgemma-4b-it")
     check_think(checkpoint.variant, args.think)
+
+
+def _local_checkpoint(args: argparse.Namespace) -> Checkpoint | None:
+    """The checkpoint --model names, resolved without the network; None when it cannot be
+    (remote, not downloaded): the load reports that, as without these early checks."""
+    try:
+        return resolve_checkpoint(args.model, variant=args.variant, mmproj=args.mmproj,
+                                  revision=args.revision, offline=True)
+    except MedgemError:
+        return None
 
 
 def from_running_server(args: argparse.Namespace) -> Any:
@@ -165,7 +165,6 @@ def from_running_server(args: argparse.Namespace) -> Any:
     import os
 
     from medgem.cli.running import find_server, identity, store_location
-    from medgem.resolve import resolve_checkpoint
 
     if getattr(args, "server", None):
         return _through_server(args, args.server.rstrip("/"), f"medgem: using the server at "
@@ -174,11 +173,9 @@ def from_running_server(args: argparse.Namespace) -> Any:
     if (args.no_server or args.backend or any(v is not None for v in own_load) or args.no_audit
             or args.engine == "remote" or args.dtype != "auto" or args.device != "auto"):
         return None
-    try:
-        checkpoint = resolve_checkpoint(args.model, variant=args.variant, mmproj=args.mmproj,
-                                        revision=args.revision, offline=True)
-    except MedgemError:
-        return None  # the load reports it, as without a server
+    checkpoint = _local_checkpoint(args)
+    if checkpoint is None:
+        return None
     store = store_location(args.audit_db)
     server = find_server(identity(checkpoint.path, checkpoint.revision, args.adapter),
                          engine=args.engine, audit=store,
@@ -298,10 +295,6 @@ def _cite(args: argparse.Namespace, context: Any, audit_id: str | None) -> None:
     with audit_store(args) as store:
         if store is not None:
             store.append("fhir_context", context.audit_fields(), parent=audit_id)
-
-
-def _question(raw: str) -> str:
-    return sys.stdin.read() if raw == "-" else raw
 
 
 def _save_preprocessed(inputs: Inputs, folder: Path) -> None:

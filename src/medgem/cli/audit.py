@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -73,11 +73,8 @@ def run(args: argparse.Namespace) -> int:
     from medgem.audit import open_store
 
     args.store_path = _existing_store(args.db)
-    store = open_store(args.db)
-    try:
+    with closing(open_store(args.db)) as store:
         return _ACTIONS[args.action](store, args)
-    finally:
-        store.close()
 
 
 def _existing_store(db: str | None) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,10 +25,7 @@ HELP = ("commands: /image PATH, /system TEXT, /think on|off, /save FILE, /reset,
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("chat", help="a multi-turn conversation in the terminal")
-    common.add_model_flags(parser, model_required=False)  # --server names none
-    ask.add_server_flag(parser)
-    common.add_audit_flags(parser)
-    common.add_generation_flags(parser)
+    ask.add_question_flags(parser)
     for action in parser._actions:
         if action.dest == "json":  # the shared flag's words are for one answer; a chat has many
             action.help = "print each answer as one JSON object (text, thinking, usage, audit id)"
@@ -127,27 +123,19 @@ class _Chat:
         print(f"(attached {path.name} to the next question)", file=sys.stderr)
 
     def ask(self, line: str) -> None:
-        cancel = threading.Event()
-        shown = terminal.Shown()
         try:
             request = self.model.request(line, images=[str(p) for p in self.pending],
                                          system=self.system, history=self.history,
                                          options=self.options)
-            chunks = self.model.generate(request, cancel)
-            try:
-                # The stage line ("reading the prompt … 3 s") waits where the answer will start.
-                answer = terminal.render(chunks, as_json=self.args.json, shown=shown,
-                                         show_thinking=self.args.show_thinking, prefix="medgemma> ")
-            except KeyboardInterrupt:  # Ctrl-C stops this answer; the chat goes on
-                cancel.set()
-                chunks.close()
-                sys.stdout.write("\n")
-                # What was said is on the record, with the caveat, as for `ask`.
-                terminal.record_cancelled(self.model, request, shown)
-                print("(answer stopped; it is not kept in the conversation)", file=sys.stderr)
-                return
+            # The stage line ("reading the prompt … 3 s") waits where the answer will start.
+            answer = terminal.show_answer(self.model, request, as_json=self.args.json,
+                                          show_thinking=self.args.show_thinking,
+                                          prefix="medgemma> ")
         except MedgemError as exc:
             print(f"medgem: error: {exc}", file=sys.stderr)
+            return
+        if answer is None:  # Ctrl-C stopped it (on the record, as for `ask`); the chat goes on
+            print("(answer stopped; it is not kept in the conversation)", file=sys.stderr)
             return
         # The user turn as sent (images included) and the answer without its thought.
         self.history.append(request.messages[-1])

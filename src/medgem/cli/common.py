@@ -8,12 +8,13 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medgem.answer import INTENDED_USE_CAVEAT
 from medgem.api import MedGemma
 from medgem.cli.progress import Waiting
 from medgem.engines.options import LlamaCppOptions, OptionsError
@@ -242,8 +243,8 @@ def add_slide_flags(parser: argparse.ArgumentParser) -> None:
                        help="also send a PDF's text layer with the page images")
 
 
-def _env_int(environ: Mapping[str, str], name: str, default: int) -> int:
-    text = environ.get(name, "").strip()
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name, "").strip()
     if not text:
         return default
     try:
@@ -261,17 +262,16 @@ _LIMIT_FLAGS: dict[str, tuple[str, str, int]] = {
 }
 
 
-def add_limit_flags(parser: argparse.ArgumentParser, environ: Mapping[str, str] | None = None) -> None:
+def add_limit_flags(parser: argparse.ArgumentParser) -> None:
     """The reading limits as flags (defaults from MEDGEM_* environment variables, else
     ``ImagingOptions``'s), plus the policies that refuse non-image objects and burned-in text.
     Any subcommand that reads inputs may add them; ``imaging_from_args(args)`` reads them."""
-    environ = os.environ if environ is None else environ
     group = parser.add_argument_group("reading limits (checked while reading, before decoding)")
     for name, (what, metavar, scale) in _LIMIT_FLAGS.items():
         flag, env = LIMITS[name]
         default = getattr(_IMAGING_DEFAULTS, name) // scale
         group.add_argument(flag, type=whole_number(1), metavar=metavar, dest=name,
-                           default=_env_int(environ, env, default),
+                           default=_env_int(env, default),
                            help=f"{what} (default {default:,}; ${env})")
     group.add_argument("--allow-non-image", action="store_true",
                        help="send DICOM objects that are not images (RT dose grids, segmentation "
@@ -323,11 +323,8 @@ def audit_store(args: argparse.Namespace) -> Iterator[AuditStore | None]:
         return
     from medgem.audit import open_store
 
-    store = open_store(getattr(args, "audit_db", None) or None)
-    try:
+    with closing(open_store(getattr(args, "audit_db", None) or None)) as store:
         yield store
-    finally:
-        store.close()
 
 
 def load_model(args: argparse.Namespace, *, audit: bool = True) -> MedGemma:
@@ -340,8 +337,22 @@ def load_model(args: argparse.Namespace, *, audit: bool = True) -> MedGemma:
         store = False
     elif audit and getattr(args, "audit_db", None):
         store = args.audit_db
+    engine = "remote" if getattr(args, "backend", []) and args.engine == "auto" else args.engine
     with Waiting(f"loading {Path(str(args.model)).name or args.model}"):
-        return _load(args, store)
+        try:
+            return MedGemma.load(
+                args.model,
+                engine=engine,
+                options=engine_fields(args),
+                variant=args.variant,
+                mmproj=args.mmproj,
+                revision=args.revision,
+                caveat="" if args.no_caveat else INTENDED_USE_CAVEAT,
+                audit=store,
+                surface=f"cli:{getattr(args, 'command', None) or 'medgem'}",
+            )
+        except OptionsError as exc:
+            raise as_flag_error(exc) from None
 
 
 # Flags that set engine options, by dest (= the field's name); one not given is None.
@@ -372,22 +383,3 @@ def llamacpp_settings() -> LlamaCppOptions:
     from medgem.config import load_settings
 
     return LlamaCppOptions.model_validate(load_settings().engine_fields("llamacpp"))
-
-
-def _load(args: argparse.Namespace, store: str | bool) -> MedGemma:
-    from medgem.answer import INTENDED_USE_CAVEAT
-
-    try:
-        return MedGemma.load(
-            args.model,
-            engine="remote" if getattr(args, "backend", []) and args.engine == "auto" else args.engine,
-            options=engine_fields(args),
-            variant=args.variant,
-            mmproj=args.mmproj,
-            revision=args.revision,
-            caveat="" if args.no_caveat else INTENDED_USE_CAVEAT,
-            audit=store,
-            surface=f"cli:{getattr(args, 'command', None) or 'medgem'}",
-        )
-    except OptionsError as exc:
-        raise as_flag_error(exc) from None

@@ -12,6 +12,7 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         chunks = model.generate(request)
         first_chunk = next(chunks)
     times.took("first", time.monotonic() - started)
-    first = render(_again(first_chunk, chunks), as_json=args.json, show_thinking=False)
+    first = render(chain([first_chunk], chunks), as_json=args.json, show_thinking=False)
     err.write("\n2) Text question\n")
     second = render(model.stream("How do you differentiate bacterial from viral pneumonia?",
                                  system=ASSISTANT_SYSTEM, max_new_tokens=args.max_new_tokens),
@@ -92,11 +93,6 @@ def run(args: argparse.Namespace) -> int:
         "get MedGemma weights (README: 'Real MedGemma weights').\n"
     )
     return 0
-
-
-def _again(first: Any, rest: Any) -> Any:
-    yield first
-    yield from rest
 
 
 class Stages:

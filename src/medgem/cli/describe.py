@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from medgem.cli import ask
-from medgem.cli.common import add_audit_flags, add_generation_flags, add_model_flags
 from medgem.errors import InputError
 from medgem.request.compose import RADIOLOGIST_SYSTEM, describe_prompt
 
@@ -21,10 +20,7 @@ def add_parser(subparsers: Any) -> None:
                         help="image, DICOM file/folder/zip or NIfTI")
     parser.add_argument("--prompt", help="override the default question for the modality")
     ask.add_image_flags(parser)
-    add_model_flags(parser, model_required=False)  # --server names none
-    ask.add_server_flag(parser)
-    add_audit_flags(parser)
-    add_generation_flags(parser)
+    ask.add_question_flags(parser)
     parser.set_defaults(func=run)
 
 

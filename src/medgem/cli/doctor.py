@@ -8,6 +8,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from medgem.cli.common import llamacpp_settings
 from medgem.errors import EngineUnavailableError
 from medgem.hardware import GIB, Hardware, detect_hardware
 from medgem.memory import budget_for, estimate
@@ -119,7 +120,6 @@ def measure_vision(asked: str | None) -> tuple[str, str]:
 
 def llamacpp_report() -> dict[str, Any]:
     """Whether llama.cpp runs on this CPU (proved in a child process) and with which kernels."""
-    from medgem.cli.common import llamacpp_settings
     from medgem.engines.llamacpp.native import cpu_variants, use_extra_buffers
     from medgem.engines.llamacpp.probe import probe
     from medgem.engines.llamacpp.speeds import choose_vision
@@ -138,13 +138,6 @@ def llamacpp_report() -> dict[str, Any]:
             "weight_repacking": use_extra_buffers(repack=settings.repack),
             # what the engine measured here (doctor runs no llama.cpp in this process)
             "vision": dict(zip(("path", "why"), choose_vision(settings.vision), strict=True))}
-
-
-def llamacpp_settings_vision() -> str | None:
-    """The ``vision`` setting (config file / MEDGEM_VISION), which the measurement honours."""
-    from medgem.cli.common import llamacpp_settings
-
-    return llamacpp_settings().vision
 
 
 def plan(variant: Variant, hardware: Hardware, engines: dict[str, bool], bandwidth_gbs: float
@@ -235,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             print("measuring the vision tower here once (llama.cpp's clip and PyTorch; about a "
                   "minute on 2 cores) ...", flush=True)
-        path, why = measure_vision(llamacpp_settings_vision())
+        path, why = measure_vision(llamacpp_settings().vision)  # the setting it honours
         llama["vision"] = {"path": path, "why": why}
     # llama.cpp counts as an engine here only when it has been seen to run on this CPU.
     engines["llamacpp (llama-cpp-python)"] = bool(llama["runs_here"])

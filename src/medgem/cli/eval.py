@@ -31,12 +31,12 @@ def add_parser(subparsers: Any) -> None:
         add_model_flags(sub)
         add_audit_flags(sub)
         _add_eval_flags(sub)
-        sub.set_defaults(func=run)
+        sub.set_defaults(func=_evaluate)
     compare = tasks.add_parser("compare", help="paired test between two runs of the same task")
     compare.add_argument("run_a", type=Path, help="first run folder")
     compare.add_argument("run_b", type=Path, help="second run folder")
     compare.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
-    compare.set_defaults(func=run)
+    compare.set_defaults(func=_compare)
     parser.set_defaults(func=run, eval_parser=parser)
 
 
@@ -60,12 +60,9 @@ def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not getattr(args, "eval_task", None):
-        args.eval_parser.print_help()
-        return 2
-    if args.eval_task == "compare":
-        return _compare(args)
-    return _evaluate(args)
+    """`medgem eval` with no task (each task and compare run their own function)."""
+    args.eval_parser.print_help()
+    return 2
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -128,12 +128,8 @@ class Waiting:
 
 def until_first(items: Iterator[T], label: str, stream: TextIO | None = None) -> Iterator[T]:
     """Yield ``items`` unchanged, with a :class:`Waiting` line until the first one arrives."""
-    waiting = Waiting(label, stream)
-    waiting.start()
-    try:
+    with Waiting(label, stream):
         first = next(items, _END)
-    finally:
-        waiting.close()
     if first is _END:
         return
     yield first  # type: ignore[misc]

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     match = next((m for m in models if wanted in {m.name.lower(), *(a.lower() for a in m.aliases)}
                   or (variant is not None and m.name == variant.key)), None)
     if match is None and name in pulled_repos():
-        return _remove_repo(name, name, args.yes, forget)
+        return _remove_repo(name, name, args.yes)
     if match is None:
         if Path(name).expanduser().exists():
             raise InputError(f"'{name}' is a path medgem did not create",
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if match.path is None:
         raise InputError(f"'{name}' is not on this machine", "`medgem models` lists what is")
     if match.kind in ("variant", "pulled"):
-        return _remove_repo(name, match.hub_id or name, args.yes, forget)
+        return _remove_repo(name, match.hub_id or name, args.yes)
     if match.kind == "demo":
         if not _confirm(f"delete the demo model {match.path} ({human_size(match.size_bytes)})?",
                         args.yes):
@@ -84,10 +84,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _remove_repo(name: str, repo_id: str, yes: bool, forget: Any) -> int:
+def _remove_repo(name: str, repo_id: str, yes: bool) -> int:
     from huggingface_hub import scan_cache_dir
 
-    from medgem.catalog import human_size
+    from medgem.catalog import forget, human_size
 
     cache = scan_cache_dir()
     repo = next((r for r in cache.repos if r.repo_id == repo_id and r.repo_type == "model"), None)

@@ -126,22 +126,13 @@ def find_server(model_identity: dict[str, str | None], *, engine: str = "auto",
     """A live local server of this user running this model and writing to the ``audit`` store
     (:func:`store_location`), or None."""
     for server, state in running_servers():
-        if state.get("model") != model_identity or state.get("host") not in _LOOPBACK:
-            continue
-        if engine not in ("auto", state.get("engine")):
-            continue
-        if state.get("keys_required") and not have_key:
-            continue
-        if audit is not None and state.get("audit") != audit:
-            continue
-        if _healthy(server.url):
+        if (state.get("model") == model_identity and state.get("host") in _LOOPBACK
+                and engine in ("auto", state.get("engine"))
+                and (have_key or not state.get("keys_required"))
+                and audit in (None, state.get("audit"))
+                and (health(server.url) or {}).get("status") == "ok"):  # not warming up or draining
             return server
     return None
-
-
-def server_on_port(port: int) -> RunningServer | None:
-    """This user's live medgem server on ``port``, or None."""
-    return next((server for server, _ in running_servers() if server.port == port), None)
 
 
 def requests_served(url: str) -> int | None:
@@ -202,7 +193,7 @@ def hold_port(host: str, port: int) -> socket.socket:
 def port_holder(port: int) -> tuple[str, str]:
     """What holds ``port`` (words for "in use by ..."), and what the user can do about it."""
     other = "pick another --port"
-    server = server_on_port(port)
+    server = next((server for server, _ in running_servers() if server.port == port), None)
     if server is not None:
         return (f"your medgem server of {server.model_id or server.served_name} (pid {server.pid})",
                 f"reuse it: `medgem ask ... --server {server.url}` (or the same --model, which "
@@ -218,30 +209,16 @@ def port_holder(port: int) -> tuple[str, str]:
 
 
 def _listener_pid(port: int) -> int | None:
-    """The pid with a listening socket on ``port`` (Linux /proc; None where it cannot be seen)."""
-    inodes: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                inodes.add(fields[9])
-    if not inodes:
+    """The pid with a listening socket on ``port`` (None where it cannot be seen: another
+    user's process, or a system that shows sockets to root only)."""
+    import psutil
+
+    try:
+        sockets = psutil.net_connections(kind="tcp")
+    except (psutil.Error, OSError):
         return None
-    wanted = {f"socket:[{inode}]" for inode in inodes}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            for fd in (proc / "fd").iterdir():
-                if os.readlink(fd) in wanted:
-                    return int(proc.name)
-        except OSError:
-            continue
-    return None
+    return next((sock.pid for sock in sockets if sock.status == psutil.CONN_LISTEN and sock.pid
+                 and sock.laddr and sock.laddr.port == port), None)
 
 
 def _command_line(pid: int) -> str:
@@ -299,28 +276,21 @@ def signal_server(server: RunningServer, signum: int) -> bool:
     """
     import signal
 
-    opener = getattr(os, "pidfd_open", None)
-    sender = getattr(signal, "pidfd_send_signal", None)
-    if opener is None or sender is None:
+    handle = None
+    try:
+        if hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal"):
+            handle = os.pidfd_open(server.pid)
         if not is_recorded_process(server.pid, server.mark):
             return False
-        try:
+        if handle is None:
             os.kill(server.pid, signum)
-        except ProcessLookupError:
-            return False
-        return True
-    try:
-        handle = opener(server.pid)
-    except ProcessLookupError:
-        return False
-    try:
-        if not is_recorded_process(server.pid, server.mark):
-            return False
-        sender(handle, signum)
+        else:
+            signal.pidfd_send_signal(handle, signum)
     except ProcessLookupError:
         return False
     finally:
-        os.close(handle)
+        if handle is not None:
+            os.close(handle)
     return True
 
 
@@ -332,12 +302,4 @@ def _answers(url: str) -> bool:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
             return True
     except OSError:
-        return False
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
-            return bool(response.status == 200)
-    except (OSError, ValueError):
         return False

@@ -74,9 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
     _check_send_back(args)
     _stop_on_sigterm()  # from here on SIGTERM unwinds (the state file goes), even mid-load
-    key_file = args.api_key_file
-    if key_file is None and key_file_path().exists():
-        key_file = key_file_path()
+    key_file = args.api_key_file or (key_file_path() if key_file_path().exists() else None)
     config = ServerConfig(
         host=args.host, port=args.port, model_name=args.served_name, max_queue=args.max_queue,
         max_body_bytes=args.max_body_mb * 1024 * 1024, max_images=args.max_images,

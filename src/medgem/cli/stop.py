@@ -34,15 +34,12 @@ def run(args: argparse.Namespace) -> int:
     if not servers:
         print("medgem: no medgem server of yours is running", file=sys.stderr)
         return 0 if args.which in (None, "all") else 1
-    if args.which == "all":
-        chosen = servers
-    elif args.which is None:
-        if len(servers) > 1:
-            ports = ", ".join(str(s.port) for s in servers)
-            raise InputError(f"{len(servers)} servers are running (ports {ports})",
-                             "say which: `medgem stop PORT`, or `medgem stop all`")
-        chosen = servers
-    else:
+    ports = ", ".join(str(s.port) for s in servers)
+    chosen = servers  # all, or the only one
+    if args.which is None and len(servers) > 1:
+        raise InputError(f"{len(servers)} servers are running (ports {ports})",
+                         "say which: `medgem stop PORT`, or `medgem stop all`")
+    if args.which not in (None, "all"):
         try:
             port = int(args.which)
         except ValueError:
@@ -50,7 +47,6 @@ def run(args: argparse.Namespace) -> int:
                              "`medgem stop 8000` or `medgem stop all` (see `medgem ps`)") from None
         chosen = [s for s in servers if s.port == port]
         if not chosen:
-            ports = ", ".join(str(s.port) for s in servers)
             raise InputError(f"no medgem server of yours is on port {port}",
                              f"yours are on port(s) {ports} (see `medgem ps`)")
     failed = 0

@@ -135,9 +135,31 @@ def _stats(answer: Answer) -> str:
     )
 
 
-def record_cancelled(model: MedGemma, request: Any, shown: Shown, err: TextIO = sys.stderr) -> None:
+def show_answer(model: MedGemma, request: Any, *, as_json: bool, show_thinking: bool,
+                prefix: str = "") -> Answer | None:
+    """Generate the answer to ``request`` and :func:`render` it; None when Ctrl-C stopped it: the
+    generation stops where it stands and what was said is recorded as cancelled."""
+    import threading
+
+    cancel = threading.Event()
+    chunks = model.generate(request, cancel)
+    shown = Shown()
+    try:
+        return render(chunks, as_json=as_json, show_thinking=show_thinking, prefix=prefix,
+                      shown=shown)
+    except KeyboardInterrupt:
+        cancel.set()
+        close = getattr(chunks, "close", None)  # a generator: stop it where it stands
+        if close is not None:
+            close()
+        sys.stdout.write("\n")
+        _record_cancelled(model, request, shown)
+        return None
+
+
+def _record_cancelled(model: MedGemma, request: Any, shown: Shown) -> None:
     """After Ctrl-C: the answer so far recorded as cancelled (when this process audits), said
-    on ``err`` with the caveat and the label, as a finished answer is."""
+    on stderr with the caveat and the label, as a finished answer is."""
     import time
 
     from medgem.answer import label_for
@@ -152,6 +174,7 @@ def record_cancelled(model: MedGemma, request: Any, shown: Shown, err: TextIO = 
     record = None
     if model.audit is not None:
         record = model.audit.answer(request, answer, model.engine.info, {})
+    err = sys.stderr
     err.write("\nmedgem: stopped (Ctrl-C)" + (f"; the answer so far is recorded as cancelled "
               f"(audit {record})" if record else "") + "\n")
     if answer.caveat:
