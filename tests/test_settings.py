@@ -34,7 +34,7 @@ def test_the_files_engine_tables_reach_the_engines_options(config: Path) -> None
     assert settings.engine_fields("llamacpp") == {"vision_dtype": "float32", "repack": False}
     assert settings.engine_fields("remote") == {"base_url": "http://127.0.0.1:9/v1"}
     assert settings.engine_fields("hf") == {}
-    assert _engine_options("llamacpp", None).vision_dtype == "float32"
+    assert _engine_options("llamacpp", None)[0].vision_dtype == "float32"
 
 
 def test_the_environment_wins_over_the_file_field_by_field(
@@ -54,7 +54,7 @@ def test_the_environment_wins_over_the_file_field_by_field(
 
 def test_explicit_options_win_over_the_settings(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEDGEM_VISION_DTYPE", "bfloat16")
-    assert _engine_options("llamacpp", {"vision_dtype": "float32"}).vision_dtype == "float32"
+    assert _engine_options("llamacpp", {"vision_dtype": "float32"})[0].vision_dtype == "float32"
 
 
 @pytest.mark.parametrize(("text", "says"), [

@@ -20,7 +20,7 @@ from medgem.request.variants import Variant, find_variant
 
 MULTIMODAL_TYPES = {"gemma3"}
 TEXT_TYPES = {"gemma3_text"}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
@@ -99,7 +99,7 @@ def resolve_checkpoint(spec: str | os.PathLike[str], *, variant: str | None = No
         if named is not None:
             return _local(named, forced, mmproj)
     repo_id = known.hf_id if known else text
-    if not _HUB_ID.match(repo_id):
+    if not HUB_ID.match(repo_id):
         from medgem.catalog import refuse_unknown
 
         raise refuse_unknown(text, _dirs(model_dirs))
@@ -145,7 +145,7 @@ def _looks_like_path(text: str) -> bool:
     return (
         text.startswith(("/", ".", "~"))
         or text.endswith(".gguf")
-        or (("/" in text or os.sep in text) and not _HUB_ID.match(text))
+        or (("/" in text or os.sep in text) and not HUB_ID.match(text))
     )
 
 

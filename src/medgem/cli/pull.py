@@ -56,7 +56,7 @@ def repo_for(name: str) -> str:
     from medgem.catalog import DEMO_ALIAS, refuse_unknown
     from medgem.demo.build import DEMO_ID
     from medgem.request.variants import find_variant
-    from medgem.resolve import _HUB_ID
+    from medgem.resolve import HUB_ID
 
     if name.lower() in (DEMO_ALIAS, DEMO_ID):
         raise InputError("the demo model is built on this machine, not downloaded",
@@ -64,7 +64,7 @@ def repo_for(name: str) -> str:
     variant = find_variant(name)
     if variant is not None:
         return variant.hf_id
-    if _HUB_ID.match(name) and not Path(name).exists():
+    if HUB_ID.match(name) and not Path(name).exists():
         return name
     raise refuse_unknown(name)
 
