@@ -63,16 +63,6 @@ def cpu_kind() -> str:
     return "AVX2-only" if "avx2" in flags else "pre-AVX2"
 
 
-def best_of(work: Any, repeats: int) -> float:
-    work()  # warm-up: oneDNN builds its kernels on the first call
-    best = float("inf")
-    for _ in range(repeats):
-        began = time.perf_counter()
-        work()
-        best = min(best, time.perf_counter() - began)
-    return best
-
-
 def gemm_peak(rows: int, repeats: int, native_bf16: bool) -> dict[str, float]:
     """GFLOP/s of the tower's three linear shapes (attention projections, MLP up, MLP down); for
     int8, GFLOP/s-equivalent of the W8A8 linear the int8 tower runs (quantizing included).
@@ -81,6 +71,7 @@ def gemm_peak(rows: int, repeats: int, native_bf16: bool) -> dict[str, float]:
     import torch
 
     from medgem.engines.int8 import int8_linear, pack_int8
+    from medgem.hardware import best_seconds
 
     out: dict[str, float] = {}
     with torch.inference_mode():
@@ -90,11 +81,11 @@ def gemm_peak(rows: int, repeats: int, native_bf16: bool) -> dict[str, float]:
             for k, n in ((1152, 1152), (1152, 4304), (4304, 1152)):
                 if dtype == "int8":
                     a, packed = torch.randn(m, k), pack_int8(torch.randn(n, k))
-                    seconds += best_of(lambda a=a, b=packed: int8_linear(a, b, None), times)
+                    seconds += best_seconds(lambda a=a, b=packed: int8_linear(a, b, None), times)
                 else:
                     a = torch.randn(m, k).to(getattr(torch, dtype))
                     b = torch.randn(k, n).to(getattr(torch, dtype))
-                    seconds += best_of(lambda a=a, b=b: torch.mm(a, b), times)
+                    seconds += best_seconds(lambda a=a, b=b: torch.mm(a, b), times)
                 flops += 2.0 * m * k * n
             out[dtype] = flops / seconds / 1e9
     return out
