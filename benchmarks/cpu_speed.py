@@ -36,6 +36,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from datetime import date
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -81,11 +82,11 @@ def gemm_peak(rows: int, repeats: int, native_bf16: bool) -> dict[str, float]:
             for k, n in ((1152, 1152), (1152, 4304), (4304, 1152)):
                 if dtype == "int8":
                     a, packed = torch.randn(m, k), pack_int8(torch.randn(n, k))
-                    seconds += best_seconds(lambda a=a, b=packed: int8_linear(a, b, None), times)
+                    seconds += best_seconds(partial(int8_linear, a, packed, None), times)
                 else:
                     a = torch.randn(m, k).to(getattr(torch, dtype))
                     b = torch.randn(k, n).to(getattr(torch, dtype))
-                    seconds += best_seconds(lambda a=a, b=b: torch.mm(a, b), times)
+                    seconds += best_seconds(partial(torch.mm, a, b), times)
                 flops += 2.0 * m * k * n
             out[dtype] = flops / seconds / 1e9
     return out
