@@ -9,7 +9,7 @@ from contextlib import closing
 from typing import Any
 
 from medgem.errors import InputError
-from medgem.inputs.pacs.client import open_client
+from medgem.inputs.pacs.connect import open_client
 from medgem.inputs.pacs.fetch import FetchedStudy
 from medgem.inputs.pacs.reference import uid_hash
 

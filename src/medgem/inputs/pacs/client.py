@@ -1,17 +1,15 @@
 """What medgem asks of a PACS, whichever protocol reaches it: find a study's series and a
 series' instances (headers only), retrieve chosen instances, store one object back.
 
-``open_client(reference)`` gives the DICOMweb client (``dicomweb-client``: QIDO-RS, WADO-RS,
-STOW-RS) or the DIMSE one (``pynetdicom``: C-FIND, C-GET, C-STORE) behind this one Protocol;
-it imports them when called, as they import the field lists below.
+``medgem.inputs.pacs.connect.open_client(reference)`` gives the DICOMweb client
+(``dicomweb-client``: QIDO-RS, WADO-RS, STOW-RS) or the DIMSE one (``pynetdicom``: C-FIND,
+C-GET, C-STORE) behind this one Protocol.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
-
-from medgem.inputs.pacs.reference import StudyReference
 
 #: Series-level attributes asked for when listing a study.
 SERIES_FIELDS = ("SeriesInstanceUID", "Modality", "BodyPartExamined", "SeriesNumber",
@@ -45,17 +43,3 @@ class PacsClient(Protocol):
 
     def close(self) -> None: ...
 
-
-def open_client(reference: StudyReference) -> PacsClient:
-    """The client for the reference's protocol, not yet connected (DIMSE associates on use).
-
-    Raises:
-        MissingDependencyError: the ``pacs`` extra is not installed.
-    """
-    if reference.protocol == "dimse":
-        from medgem.inputs.pacs.dimse import DimseClient
-
-        return DimseClient(reference)
-    from medgem.inputs.pacs.dicomweb import DicomwebClient
-
-    return DicomwebClient(reference)

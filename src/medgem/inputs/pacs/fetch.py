@@ -32,7 +32,8 @@ from medgem.inputs.dicom import (
 )
 from medgem.inputs.limits import ReadBudget
 from medgem.inputs.options import ImagingOptions, MedicalInput, raise_hint
-from medgem.inputs.pacs.client import PacsClient, open_client
+from medgem.inputs.pacs.client import PacsClient
+from medgem.inputs.pacs.connect import open_client
 from medgem.inputs.pacs.reference import StudyReference, uid_hash
 from medgem.inputs.pacs.slide_frames import is_slide_series
 from medgem.inputs.series import Series, sample_indices, sort_slices
