@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from medgem.answer import Answer, AnswerChunk, ThinkingChunk
 from medgem.errors import error_body
@@ -16,8 +16,15 @@ from medgem.server.http_errors import DrainedError
 from medgem.server.queue import Completed, Failed, Job
 from medgem.server.structured import structured_answer
 
-if TYPE_CHECKING:  # serving imports this module: the class is only named in annotations
-    from medgem.server.serving import Serving
+
+class Serving(Protocol):
+    """What the answer shapes read of the server (``medgem.server.serving.Serving``), named
+    here so this module need not import the one that imports it."""
+
+    served_name: str
+    config: Any
+
+    async def send_unreviewed(self, item: Completed, job: Job) -> None: ...
 
 
 def completion(serving: Serving, item: Completed, job: Job, record_id: str, created: int) -> p.ChatCompletion:
