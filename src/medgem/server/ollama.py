@@ -33,7 +33,7 @@ from medgem import __version__
 from medgem.answer import AnswerChunk, ThinkingChunk
 from medgem.errors import ApiError
 from medgem.request import GenerationOptions
-from medgem.server.http_errors import DrainedError, ollama_error_body, ollama_error_response
+from medgem.server.http_errors import ollama_error_body, ollama_error_response
 from medgem.server.openai_answers import finish_reason, medgem_extra
 from medgem.server.protocol import _Body, _Strict, stop_strings
 from medgem.server.queue import Completed, Failed, Job
@@ -250,10 +250,6 @@ class OllamaReplies:
                         yield json.dumps(self._piece("", item.text)) + "\n"
                     elif isinstance(item, AnswerChunk):
                         yield json.dumps(self._piece(item.text)) + "\n"
-                    elif isinstance(item, Completed) and job.drained(item):  # cut by the drain
-                        drained = DrainedError(self.serving.config.retry_after_s)
-                        yield json.dumps(ollama_error_body(drained)) + "\n"
-                        return
                     elif isinstance(item, Completed):
                         yield json.dumps(self._last(item, job)) + "\n"
                         return

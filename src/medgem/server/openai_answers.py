@@ -12,7 +12,6 @@ from typing import Any, Protocol
 from medgem.answer import Answer, AnswerChunk, ThinkingChunk
 from medgem.errors import error_body
 from medgem.server import protocol as p
-from medgem.server.http_errors import DrainedError
 from medgem.server.queue import Completed, Failed, Job
 from medgem.server.structured import structured_answer
 
@@ -53,9 +52,6 @@ async def events(serving: Serving, job: Job, record_id: str, created: int,
                 yield chunk(p.Delta(reasoning_content=item.text, reasoning=item.text))
             elif isinstance(item, AnswerChunk):
                 yield chunk(p.Delta(content=item.text))
-            elif isinstance(item, Completed) and job.drained(item):  # cut by the drain deadline
-                yield json.dumps(error_body(DrainedError(serving.config.retry_after_s))[1])
-                return
             elif isinstance(item, Completed):
                 await serving.send_unreviewed(item, job)
                 yield chunk(p.Delta(), finish_reason(item.answer), medgem=medgem_extra(item, job))

@@ -81,10 +81,6 @@ class Job:
     def queue_s(self) -> float:
         return (self.started or time.monotonic()) - self.enqueued
 
-    def drained(self, item: Completed) -> bool:
-        """An answer the drain deadline cut short: its client gets an error, not a partial answer."""
-        return bool(self.context.get("drained")) and item.answer.finish_reason == "cancelled"
-
 
 class EngineQueue:
     """A bounded line in front of the engine workers.
@@ -168,8 +164,9 @@ class EngineQueue:
 
     def expire(self, error: Callable[[], BaseException]) -> tuple[int, int]:
         """The drain deadline: every job still waiting fails with ``error()`` (finalize records
-        it), every running one is told to stop (``context["drained"]``, its cancel event set),
-        so that no client is left to a cut connection. Returns (failed, stopped)."""
+        it), every running one is told to stop (its cancel event set) and its cut answer goes
+        out as ``error()`` too (recorded as cancelled), so that no client takes it for a whole
+        one. Returns (failed, stopped)."""
         dropped: list[Job] = []
         sentinels = 0
         while True:
@@ -187,7 +184,7 @@ class EngineQueue:
             self._waiting -= len(dropped)
             running = [job for job, _ in self._running.values()]
         for job in running:
-            job.context["drained"] = True
+            job.context["drained"] = error
             job.cancel.set()
         for job in dropped:
             self._finish(job, None, error())
@@ -253,5 +250,9 @@ class EngineQueue:
         except Exception as exc:  # the audit write failed: the answer must not go out
             log.exception("could not write the audit record")
             job.push(Failed(exc))
+            return
+        drained = job.context.get("drained")
+        if answer is not None and drained is not None and answer.finish_reason == "cancelled":
+            job.push(Failed(drained()))  # cut by the drain deadline: an error, not a partial answer
             return
         job.push(Completed(answer, record_id) if answer is not None else Failed(error or RuntimeError()))

@@ -320,8 +320,6 @@ class Serving:
                     return Response(status_code=499)
                 if isinstance(item, Failed):
                     return refused(item.error)
-                if isinstance(item, Completed) and job.drained(item):
-                    return refused(DrainedError(self.config.retry_after_s))
                 if isinstance(item, Completed) and replies is not None:
                     return replies.whole(item, job)
                 if isinstance(item, Completed):
