@@ -214,15 +214,25 @@ def test_a_pacs_that_refuses_c_get_says_to_move_and_moves(orthanc_moves_only: Or
 
 
 def test_a_reader_slower_than_the_pacs_idle_timeout_still_gets_every_instance(
-        orthanc: Orthanc, tmp_path: Path) -> None:
+        orthanc: Orthanc, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A PACS closes an association that sits idle past its own timeout (Orthanc: 1 s here).
     A caller that takes longer than that between two instances gets the rest all the same,
-    by C-GET and by C-MOVE, on a fresh association, with the move port released after."""
+    by C-GET and by C-MOVE, each on a fresh association, with the move port released after."""
     import time
 
     import pydicom
 
+    from medgem.inputs.pacs import dimse
     from medgem.inputs.pacs.dimse import DimseClient
+
+    opened: list[str] = []  # each association opened (the real one: this only counts them)
+    real_open = dimse._Session._open
+
+    def counted(session: dimse._Session) -> None:
+        opened.append(session.what)
+        real_open(session)
+
+    monkeypatch.setattr(dimse._Session, "_open", counted)
 
     server = start_orthanc(tmp_path / "impatient", scp_timeout=1)
     try:
@@ -236,8 +246,11 @@ def test_a_reader_slower_than_the_pacs_idle_timeout_still_gets_every_instance(
             got = []
             for ds in client.retrieve(study, series, uids):
                 got.append(str(ds.SOPInstanceUID))
-                time.sleep(2.5)  # the PACS gives up on the idle association meanwhile
+                if len(got) < len(uids):  # the PACS gives up on the idle association meanwhile
+                    time.sleep(2.5)
             assert got == uids, ref
+        # one association per instance: the first, then one after each idle timeout
+        assert opened == ["C-GET"] * len(uids) + ["C-MOVE"] * len(uids)
         assert _port_free(server.move_port)
     finally:
         server.stop()

@@ -138,11 +138,11 @@ class DimseClient:
             session = _Session(self, ae, Get, "C-GET", ext_neg=roles,
                                evt_handlers=[(evt.EVT_C_STORE, on_store)])
             for uid in instances:
+                received.clear()  # a request sent twice may have left its first copy
                 started = time.monotonic()
-                statuses, assoc = session.send("send_c_get", _image_query(study, series, uid), Get)
-                code = _code(statuses[-1] if statuses else None)
+                code = _code(session.send("send_c_get", _image_query(study, series, uid), Get))
                 if code == -1:
-                    raise self._silent(assoc, "C-GET", started)
+                    raise self._silent(session.assoc, "C-GET", started)
                 if code not in (0x0000, 0xB000) or not received:
                     raise PacsError(f"{self.reference.where} failed a C-GET (status 0x{code:04X})",
                                     "check the UIDs and that medgem's AE title may retrieve; a PACS "
@@ -181,14 +181,15 @@ class DimseClient:
             for uid in instances:
                 wanted.clear()  # only the instance this C-MOVE names may arrive now
                 wanted.add(uid)
+                while not arrived.empty():  # a request sent twice may have left its first copy
+                    arrived.get_nowait()
                 started = time.monotonic()
-                statuses, assoc = session.send("send_c_move", _image_query(study, series, uid),
-                                               ref.move_destination, Move)
-                last = statuses[-1] if statuses else None
+                last = session.send("send_c_move", _image_query(study, series, uid),
+                                    ref.move_destination, Move)
                 code = _code(last)
                 comment = str(last.get("ErrorComment", "")).strip() if last else ""
                 if code == -1:
-                    raise self._silent(assoc, "C-MOVE", started)
+                    raise self._silent(session.assoc, "C-MOVE", started)
                 self._check_moved(code, comment, arrived.empty())
                 yield arrived.get_nowait()
         finally:
@@ -284,32 +285,45 @@ class DimseClient:
 
 class _Session:
     """The one association a retrieval sends its requests on, opened again when the PACS has
-    closed it since the last request: a PACS closes an association left idle past its own
-    timeout (Orthanc's DicomScpTimeout), and a caller may take that long between instances."""
+    closed it: a PACS closes an association left idle past its own timeout (Orthanc's
+    DicomScpTimeout), and a caller may take that long between instances."""
 
     def __init__(self, client: DimseClient, ae: Any, model: Any, what: str, **kwargs: Any) -> None:
         self.client, self.ae, self.model, self.what, self.kwargs = client, ae, model, what, kwargs
-        self.assoc = self._open()
+        self.assoc: Any = None
+        client._held.append(self.release)  # whichever association is current when it ends
+        self._open()
 
-    def _open(self) -> Any:
-        assoc = self.client._associate(self.ae, **self.kwargs)
-        self.client._held.append(assoc.release)
-        self.client._check_offered(assoc, self.model, self.what)
-        return assoc
+    def _open(self) -> None:
+        self.assoc = self.client._associate(self.ae, **self.kwargs)
+        self.client._check_offered(self.assoc, self.model, self.what)
 
-    def send(self, method: str, *args: Any) -> tuple[list[Any], Any]:
-        """Every status the association's ``method`` (``send_c_get``, ``send_c_move``) gets
-        for ``args`` (an empty one where the PACS went silent), and the association used."""
-        for _ in range(2):
-            if not self.assoc.is_established:
-                self.assoc = self._open()
-            try:
-                return [status for status, _ in getattr(self.assoc, method)(*args)], self.assoc
-            except RuntimeError:  # closed between the check and the request: pynetdicom refuses
-                continue
-        raise PacsError(f"{self.client.reference.where} closed the association before the "
-                        f"{self.what} could be sent, twice",
-                        "check that the PACS is up and not overloaded, then run again")
+    def release(self) -> None:
+        if self.assoc is not None:
+            self.assoc.release()
+
+    def send(self, method: str, *args: Any) -> Any:
+        """The last status the association's ``method`` (``send_c_get``, ``send_c_move``) gets
+        for ``args``; None where the PACS went silent. A request on an association the PACS
+        has closed since the last one, found before it goes out or by its lost answer, is
+        sent once more on a fresh association (a silent fresh one is the PACS's refusal)."""
+        fresh = not self.assoc.is_established
+        if fresh:
+            self._open()
+        last = self._last_status(method, args)
+        if last is None and not fresh and not self.assoc.is_established:
+            self._open()
+            last = self._last_status(method, args)
+        return last
+
+    def _last_status(self, method: str, args: tuple[Any, ...]) -> Any:
+        last = None
+        try:
+            for status, _ in getattr(self.assoc, method)(*args):
+                last = status or None  # an empty dataset: the association went away
+        except RuntimeError:  # closed between the check and the request: pynetdicom refuses
+            return None
+        return last
 
 
 def _code(status: Any) -> int:
