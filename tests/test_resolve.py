@@ -120,3 +120,21 @@ def test_gated_403_from_a_hub_says_accept_the_terms_and_set_hf_token(tmp_path: P
         server.shutdown()
     assert "GATED" in result.stdout, result.stderr[-2000:]
     assert "Health AI Developer Foundations" in result.stdout and "HF_TOKEN" in result.stdout
+
+
+def test_a_checkpoints_chat_template_in_each_form_it_ships(tmp_path: Path) -> None:
+    """chat_template.jinja first; else chat_template.json or tokenizer_config.json, whose
+    template may be one string or the named list (the "default" entry is the chat template)."""
+    from medgem.resolve import checkpoint_chat_template
+
+    assert checkpoint_chat_template(tmp_path) is None
+    named = [{"name": "tool_use", "template": "{{ tools }}"}, {"name": "default", "template": "{{ m }}"}]
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": named}))
+    assert checkpoint_chat_template(tmp_path) == "{{ m }}"
+    (tmp_path / "chat_template.json").write_text(json.dumps({"chat_template": "{{ json }}"}))
+    assert checkpoint_chat_template(tmp_path) == "{{ json }}"
+    (tmp_path / "chat_template.jinja").write_text("{{ jinja }}")
+    assert checkpoint_chat_template(tmp_path) == "{{ jinja }}"
+    (tmp_path / "chat_template.json").write_text(json.dumps({"chat_template": ""}))
+    (tmp_path / "chat_template.jinja").unlink()
+    assert checkpoint_chat_template(tmp_path) == "{{ m }}"  # an empty one is no template

@@ -222,6 +222,9 @@ def checkpoint_chat_template(path: Path) -> str | None:
             value = json.loads((path / name).read_text()).get("chat_template")
         except (OSError, ValueError):
             continue
+        if isinstance(value, list):  # the named form: [{"name": "default", "template": ...}, ...]
+            value = next((t.get("template") for t in value
+                          if isinstance(t, dict) and t.get("name") == "default"), None)
         if isinstance(value, str) and value:
             return value
     return None
