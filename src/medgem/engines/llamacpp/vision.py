@@ -36,19 +36,23 @@ class Vision:
                 f"llama.cpp could not load the vision projector '{mmproj.name}'",
                 "the file is corrupt or does not belong to this model: convert it again",
             )
-        # What `medgem doctor --measure` measured here, else the clip: a first image question
-        # never waits a minute for a measurement it did not ask for.
-        self.choice = choose_vision(options.vision)  # (path, why)
-        self.path = self.choice[0]
-        self.tower = (TorchTower(mmproj, threads=threads, dtype=options.vision_dtype)
-                      if self.path == "torch" else None)
-        self.dtype = self.tower.dtype if self.tower is not None else None
-        # Bounded (embed_cache_mb); on disk too with embed_cache_dir, per projector and tower,
-        # so embeddings from another model or path are never mixed in.
-        folder = options.embed_cache_dir
-        self._cache = EmbeddingCache(options.embed_cache_mb << 20,
-                                     folder / self._namespace(mmproj) if folder else None,
-                                     options.embed_cache_disk_mb << 20)
+        try:  # a tower or cache that fails to start must not leave the context allocated
+            # What `medgem doctor --measure` measured here, else the clip: a first image question
+            # never waits a minute for a measurement it did not ask for.
+            self.choice = choose_vision(options.vision)  # (path, why)
+            self.path = self.choice[0]
+            self.tower = (TorchTower(mmproj, threads=threads, dtype=options.vision_dtype)
+                          if self.path == "torch" else None)
+            self.dtype = self.tower.dtype if self.tower is not None else None
+            # Bounded (embed_cache_mb); on disk too with embed_cache_dir, per projector and tower,
+            # so embeddings from another model or path are never mixed in.
+            folder = options.embed_cache_dir
+            self._cache = EmbeddingCache(options.embed_cache_mb << 20,
+                                         folder / self._namespace(mmproj) if folder else None,
+                                         options.embed_cache_disk_mb << 20)
+        except Exception:
+            self.close()
+            raise
 
     def _namespace(self, mmproj: Path) -> str:
         """The projector file (name, size, modification time) and the tower that ran it."""
