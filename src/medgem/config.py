@@ -77,7 +77,8 @@ def key_file_path() -> Path:
     return _override("MEDGEM_API_KEYS") or config_dir() / "api-keys.json"
 
 
-#: on/1/yes, off/0/no (any case, spaces around ignored); anything else is refused
+#: pydantic's switch words: on/off, yes/no, y/n, true/false, t/f, 1/0 (any case, spaces around
+#: ignored); anything else is refused
 _Switch = Annotated[bool | None, BeforeValidator(lambda v: v.strip() if isinstance(v, str) else v)]
 
 

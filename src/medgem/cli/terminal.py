@@ -174,14 +174,13 @@ def _record_cancelled(model: MedGemma, request: Any, shown: Shown) -> None:
     record = None
     if model.audit is not None:
         record = model.audit.answer(request, answer, model.engine.info, {})
-    err = sys.stderr
-    err.write("\nmedgem: stopped (Ctrl-C)" + (f"; the answer so far is recorded as cancelled "
-              f"(audit {record})" if record else "") + "\n")
+    sys.stderr.write("\nmedgem: stopped (Ctrl-C)" + (f"; the answer so far is recorded as "
+                     f"cancelled (audit {record})" if record else "") + "\n")
     if answer.caveat:
-        err.write(f"\n⚠ {answer.caveat}\n")
+        sys.stderr.write(f"\n⚠ {answer.caveat}\n")
     if answer.label:
-        err.write(f"[{answer.label}]\n")
-    err.flush()
+        sys.stderr.write(f"[{answer.label}]\n")
+    sys.stderr.flush()
 
 
 def print_label_first(model: MedGemma, err: TextIO = sys.stderr) -> None:
