@@ -40,6 +40,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from medgem.hardware import usable_cores
+
 HERE = Path(__file__).resolve().parent
 QUICK_FOLDER = Path("/tmp/medgem-bench-cpuspeed-quick")
 FULL_CHECKPOINT = Path("/tmp/medgem-bench-4b")  # bench_llamacpp.py's
@@ -192,13 +194,13 @@ def torch_tower_rows(mmproj: Path, shape: TowerShape, dtypes: list[str], blocked
 def clip_q8_rows(layers: int) -> list[tuple[str, float]]:
     """llama.cpp's clip with the encoder's matrices in f16 and in Q8_0 (llama.cpp's int8 blocks;
     the MLP's down projection stays f16: 4304 is not whole 32-value blocks), random weights at
-    the tower's shape, timed as ``vision_measure.measure_vision`` times the clip (one encode after a
-    warm-up). Not a path the engine runs yet: it loads the mmproj `medgem convert` wrote (f16)."""
+    the tower's shape, timed as ``vision_measure.measure_vision`` times the clip (the best of two
+    encodes after a warm-up). Not a path the engine runs yet: it loads the mmproj `medgem convert` wrote (f16)."""
     from medgem.engines.gguf.write import write_random_mmproj
     from medgem.engines.llamacpp.probe import write_tiny_gguf
     from medgem.engines.llamacpp.vision_measure import clip_seconds
 
-    threads = len(os.sched_getaffinity(0))
+    threads = usable_cores()
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         text = write_tiny_gguf(Path(folder) / "text.gguf")
@@ -266,7 +268,7 @@ def raw_llamacpp(gguf: Path, streams: int, tokens: int, rounds: int, unified: bo
 
     lib, _ = import_llama_cpp()
     model = lib.llama_model_load_from_file(str(gguf).encode(), llama_model_params(lib))
-    threads = len(os.sched_getaffinity(0))
+    threads = usable_cores()
     params = llama_context_params(lib, n_ctx * streams, 512, threads, streams, unified=unified)
     ctx = lib.llama_init_from_model(model, params)
     vocab = lib.llama_model_get_vocab(model)
@@ -407,7 +409,7 @@ def main() -> int:
     from medgem.engines.llamacpp.speeds import cpu_kind as cpu_units
     from medgem.hardware import cpu_has_native_bf16
 
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()
     mode = "quick (2-layer tower, 4 slices, 1 round)" if args.quick else "full (4B shape, 85 slices)"
     print(f"# cpu_speed.py, {cpu_kind()}: {cpu_units()}, {cores} cores, {mode}, torch "
           f"{torch.__version__}, {date.today().isoformat()}", flush=True)
