@@ -62,11 +62,12 @@ if "MEDGEM_CACHE" not in os.environ:
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _in_child(code: str, cache: Path) -> None:
-    """Run a medgem build in a child process whose medgem cache is ``cache``."""
+def _in_child(code: str, cache: Path) -> str:
+    """Run a medgem build in a child process whose medgem cache is ``cache``; its stderr."""
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env={**os.environ, "MEDGEM_CACHE": str(cache)}, cwd=REPO)
     assert result.returncode == 0, result.stderr
+    return result.stderr
 
 
 def _link(target: Path, link: Path) -> Path:
@@ -143,7 +144,8 @@ def demo_checkpoint(gemma3_base: Path) -> Path:
     def build(folder: Path) -> None:
         for name in ("gguf", "gemma3-tokenizer-v2"):
             (folder / name).symlink_to(gemma3_base / name)
-        _in_child("from medgem.demo.build import demo_checkpoint as d; d()", folder)
+        err = _in_child("from medgem.demo.build import demo_checkpoint as d; d()", folder)
+        assert "it/s]" not in err and "GGUF tensors" not in err, err[-2000:]  # no library bars
 
     demo = built_assets.built("demo", built_assets.CHECKPOINT_SOURCES, DEMO_ID, build)
     return _link(demo / DEMO_ID, _run_cache() / DEMO_ID)

@@ -7,9 +7,12 @@ exactly the code users run. Random-weight checkpoints test plumbing and speed, n
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,7 +230,8 @@ def demo_checkpoint() -> Path:
     from transformers import AutoModelForCausalLM
 
     gguf = demo_gguf_path()
-    causal = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    with quiet_library_bars():
+        causal = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     text = causal.config
     shape = Shape(
         hidden=text.hidden_size, intermediate=text.intermediate_size,
@@ -245,10 +249,38 @@ def demo_checkpoint() -> Path:
         },
     )
     tmp = Path(tempfile.mkdtemp(dir=cache_root()))
-    build_checkpoint(
-        tmp, shape=shape, multimodal=True, chat_template=True, model_id=DEMO_ID,
-        language_weights=causal.model.state_dict(), dtype="bfloat16",
-    )
+    with quiet_library_bars():
+        build_checkpoint(
+            tmp, shape=shape, multimodal=True, chat_template=True, model_id=DEMO_ID,
+            language_weights=causal.model.state_dict(), dtype="bfloat16",
+        )
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     return folder
+
+
+@contextmanager
+def quiet_library_bars() -> Iterator[None]:
+    """No transformers progress bars while the demo model is built, on a terminal or not.
+
+    The build is one stage the caller already names (``medgem demo`` says it and spins on a
+    terminal); the libraries' bars for its inner steps ("Converting and de-quantizing GGUF
+    tensors", "Loading weights", "Writing model shards") went to stderr even into a file or a
+    pipe. transformers' own bars obey its switch; its GGUF reader uses tqdm directly, so that
+    module's ``tqdm`` is swapped for one that is off, for the build only.
+    """
+    from transformers import modeling_gguf_pytorch_utils as gguf_reader
+    from transformers.utils import logging
+
+    were_on = logging.is_progress_bar_enabled()
+    reader_bar = getattr(gguf_reader, "tqdm", None)
+    logging.disable_progress_bar()
+    if reader_bar is not None:
+        gguf_reader.tqdm = functools.partial(reader_bar, disable=True)
+    try:
+        yield
+    finally:
+        if reader_bar is not None:
+            gguf_reader.tqdm = reader_bar
+        if were_on:
+            logging.enable_progress_bar()
