@@ -3,6 +3,7 @@ same greedy tokens as the local transformers engine when the server runs the tin
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,6 +45,19 @@ def test_thinking_is_rewrapped_and_split_again(scripted_server: tuple[str, Scrip
     raw = "".join(e.text for e in RemoteEngine(SCRIPTED_ID, scripted_server[0]).generate(
         model.request("q", think=True, max_new_tokens=200)) if isinstance(e, TextDelta))
     assert raw.startswith("<unused94>thought\nThe lungs") and "<unused95>Seen 0" in raw
+
+
+def test_the_servers_audit_record_is_named_on_the_answer() -> None:
+    """A medgem server audits what it answers; the answer read through it names that record (so
+    `medgem ask` through a running server prints the id to review), with no local trail."""
+    store = open_store(":memory:")
+    app = create_app(ServerConfig(), audited(MedGemma(ScriptedEngine("w0 w1 w2")), store))  # type: ignore[arg-type]
+    with serve_in_thread(app) as base:
+        model = MedGemma.load(SCRIPTED_ID, engine="remote", audit=False, options={"base_url": base})
+        answer = model.ask("q", max_new_tokens=3)
+    record = store.get(answer.audit_id or "")
+    assert record is not None and record.kind == "answer"
+    assert answer.text and answer.text in json.dumps(record.body["output"])
 
 
 def test_budget_gives_length(scripted_server: tuple[str, ScriptedEngine]) -> None:

@@ -56,7 +56,8 @@ class Answer:
         model: which model and engine answered.
         caveat: the intended-use caveat ("" only when the operator turned it off).
         label: the demo/test-model label, "" for real MedGemma weights.
-        audit_id: the audit record written for this answer (None when audit is off).
+        audit_id: the audit record written for this answer: by this process, or by the medgem
+            server that answered (remote engine); None when neither audits.
         served_by: the backend server that answered (remote engine), else None.
         parsed: with a JSON constraint, the answer parsed and validated against its schema;
             None when there was no constraint or the answer is not valid for it.
@@ -142,6 +143,6 @@ def assemble(events: Iterator[base.EngineEvent], model: base.ModelInfo,
         text=text, thinking="".join(thinking).strip(),
         finish_reason=finished.finish_reason, usage=finished.usage, timings=finished.timings,
         model=model, caveat=caveat, label=label_for(model), raw="".join(raw),
-        served_by=finished.served_by,
+        served_by=finished.served_by, audit_id=finished.audit_id,
         parsed=checked.value if checked is not None else None,
         structured_error=checked.error if checked is not None else None))

@@ -99,13 +99,15 @@ class TextDelta:
 
 @dataclass(frozen=True)
 class Finished:
-    """The end of a request. ``served_by``: the server that answered (remote engine)."""
+    """The end of a request. ``served_by``: the server that answered (remote engine);
+    ``audit_id``: the audit record that server wrote for it (a medgem server), else None."""
 
     finish_reason: FinishReason
     usage: Usage
     timings: Timings
     extra: dict[str, float] = field(default_factory=dict)
     served_by: str | None = None
+    audit_id: str | None = None
 
 
 EngineEvent = TextDelta | Finished

@@ -248,6 +248,7 @@ class RemoteEngine:
         usage: Any = None
         pieces = 0
         in_thought = False
+        audit_id: str | None = None
         with self._errors(backend, "the connection failed to"):
             stream = backend.client.chat.completions.create(**self._body(request))
             with stream:
@@ -256,6 +257,8 @@ class RemoteEngine:
                         reason = "cancelled"
                         break  # leaving the block closes the connection: the server stops
                     usage = chunk.usage or usage
+                    # A medgem server names the audit record it wrote on its last chunk.
+                    audit_id = _audit_id(chunk.model_extra) or audit_id
                     for choice in chunk.choices:
                         extra = choice.delta.model_extra or {}
                         thought = next((extra[f] for f in _REASONING_FIELDS if extra.get(f)), None)
@@ -287,7 +290,8 @@ class RemoteEngine:
         completion = int(getattr(usage, "completion_tokens", 0) or pieces)
         prompt = int(getattr(usage, "prompt_tokens", 0) or prepared.prompt_tokens)
         yield base.Finished(reason, base.Usage(prompt, completion),
-                            base.Timings(first or total, total, completion), served_by=backend.url)
+                            base.Timings(first or total, total, completion), served_by=backend.url,
+                            audit_id=audit_id)
 
     @contextmanager
     def _errors(self, backend: _Backend, what: str) -> Iterator[None]:
@@ -379,3 +383,10 @@ def _refused(exc: Any) -> RemoteError | ContextLengthError:
         retry = exc.response.headers.get("retry-after", "a few")
         hint = f"the server is busy; retry after {retry} s"
     return RemoteError(status, f"the server refused: {message}", hint, error.get("code"))
+
+
+def _audit_id(extra: dict[str, Any] | None) -> str | None:
+    """The ``medgem.audit_id`` a medgem server puts on a chunk; None from any other server."""
+    medgem = (extra or {}).get("medgem")
+    found = medgem.get("audit_id") if isinstance(medgem, dict) else None
+    return found if isinstance(found, str) and found else None
