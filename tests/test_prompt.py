@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from medgem.errors import InputError, UnsupportedInputError
-from medgem.request import GenerationOptions, ImagePart, TextPart
+from medgem.request import GenerationOptions, ImagePart, Message, TextPart
 from medgem.request.compose import build_request, build_volume_request, describe_prompt
 from medgem.request.thinking import THINK_INSTRUCTION
 from medgem.request.variants import default_budget, find_variant
@@ -158,3 +158,37 @@ def test_an_image_in_a_system_message_is_refused_not_dropped() -> None:
         request_from_openai([
             {"role": "system", "content": [{"type": "text", "text": "You are X."}, {"type": "image", "image": IMG}]},
             {"role": "user", "content": "Hi"}])
+
+
+@pytest.mark.parametrize(("messages", "where"), [
+    ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
+     r"messages\[1\] is a user turn where the assistant's was due"),
+    ([{"role": "system", "content": "S"}, {"role": "assistant", "content": "Hello"},
+      {"role": "user", "content": "b"}],
+     r"messages\[1\] is an assistant turn where the user's was due"),
+    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "x"},
+      {"role": "assistant", "content": "y"}, {"role": "user", "content": "b"}],
+     r"messages\[2\] is an assistant turn where the user's was due"),
+])
+def test_turns_out_of_order_are_refused_before_the_template_raises(
+        messages: list[dict[str, str]], where: str) -> None:
+    """Gemma 3's template raises on turns that do not alternate (the real one as the shipped
+    one); every surface that reads OpenAI-shaped messages says which turn, in one line."""
+    from medgem.request.compose import chat_request, shipped_chat_template
+    from medgem.request.openai_messages import request_from_openai
+
+    with pytest.raises(InputError, match=where):
+        request_from_openai(messages)
+    unchecked = chat_request(None, [Message(m["role"], (TextPart(m["content"]),))
+                                    for m in messages if m["role"] != "system"], GenerationOptions())
+    for template in (REAL_TEMPLATE.read_text(), shipped_chat_template()):
+        with pytest.raises(ValueError, match="alternate"):
+            _render(template, unchecked)
+
+
+def test_pretrained_models_read_only_the_last_turn_so_order_is_not_checked() -> None:
+    from medgem.request.openai_messages import request_from_openai
+
+    request = request_from_openai([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
+                                  chat=False)
+    assert request.template == "completion" and request.messages[0].text == "b"

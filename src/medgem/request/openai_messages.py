@@ -66,6 +66,8 @@ def request_from_openai(messages: Sequence[dict[str, Any]], *, variant: Variant 
     image_count = 0
     slides: list[Inputs] = []
     _check_pacs(messages, allowed_pacs)  # before any part is read: a refusal fetches nothing
+    if chat:
+        check_turns(messages)
     for index, raw in enumerate(messages):
         if not isinstance(raw, dict):
             raise InputError(f"messages[{index}] is not an object")
@@ -105,6 +107,28 @@ def request_from_openai(messages: Sequence[dict[str, Any]], *, variant: Variant 
 
 
 _IMAGE_PARTS = ("image_url", "image")
+
+
+def check_turns(messages: Sequence[Any]) -> None:
+    """Refuse turns that do not alternate user, assistant, user, ... (system turns set aside), as
+    Gemma 3's chat template requires: it raises on anything else, from inside the engine. Read
+    before any part is, so a refusal fetches nothing; a malformed message is left to the reader.
+
+    Raises:
+        InputError: names the first turn out of place.
+    """
+    due = "user"
+    for index, raw in enumerate(messages):
+        role = raw.get("role") if isinstance(raw, dict) else None
+        if role not in ("user", "assistant"):
+            continue
+        if role != due:
+            article = "an" if role == "assistant" else "a"
+            raise InputError(
+                f"messages[{index}] is {article} {role} turn where the {due}'s was due: Gemma 3's "
+                "turns alternate user/assistant, starting with the user",
+                "merge consecutive turns of the same role into one")
+        due = "assistant" if role == "user" else "user"
 
 
 def check_declared_images(messages: Sequence[dict[str, Any]], max_images: int, imaging: ImagingOptions) -> None:
