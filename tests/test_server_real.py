@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,6 +88,26 @@ def test_image_over_http_streaming_and_not(client: openai.OpenAI, server: tuple[
     record = server[1].get(record_id)
     assert record is not None and record.body["settings"]["images"] == 1
     assert server[1].verify().ok
+
+
+def test_a_question_too_long_for_any_context_is_refused_before_the_tokenizer_runs(
+        vlm: MedGemma, client: openai.OpenAI, server: tuple[str, AuditStore]) -> None:
+    # A 50 MB question used to be tokenized whole (136 s on 2 cores, the engine held, every
+    # other request waiting) before its 400; text longer than the context times Gemma 3's
+    # longest token cannot fit, and says so at once.
+    limit = vlm.engine.info.context_length
+    text = "a" * max(limit * 40, 8 * 1024 * 1024)
+    rejected = server[1].count("rejected")
+    started = time.monotonic()
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="medgem-test-vlm", messages=[{"role": "user", "content": text}], max_tokens=2)
+    assert time.monotonic() - started < 5
+    error = refused.value.body
+    assert isinstance(error, dict) and error["code"] == "context_length_exceeded"
+    assert f"{len(text):,} characters" in error["message"] and str(limit) in error["message"]
+    assert server[1].count("rejected") == rejected + 1
+    ok = client.chat.completions.create(model="medgem-test-vlm", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert ok.choices[0].finish_reason in ("length", "stop")  # the server keeps serving
 
 
 def test_images_to_a_text_model_are_refused(tiny_text_checkpoint: Path) -> None:

@@ -28,7 +28,14 @@ from medgem.answer import Answer, label_for
 from medgem.api import MedGemma, imaging_options
 from medgem.audit.records import file_name_fields, redacted_error
 from medgem.audit.trail import model_fields, unfinished_requests
-from medgem.errors import ApiError, AuthError, InputError, MedgemError, error_body
+from medgem.errors import (
+    ApiError,
+    AuthError,
+    ContextLengthError,
+    InputError,
+    MedgemError,
+    error_body,
+)
 from medgem.request import GenerationOptions, Request
 from medgem.request.openai_messages import request_from_openai
 from medgem.sendback.reviewed import record_sources
@@ -55,6 +62,9 @@ AUDITED = frozenset({"/v1/chat/completions", "/api/ask", "/api/chat", "/api/gene
 COUNTED = AUDITED | {"/api/preview", "/api/reviews"}  # medgem_requests counts their answers
 # Ollama's routes (server/ollama.py) refuse in Ollama's shape: {"error": "..."}.
 OLLAMA = frozenset({"/api/chat", "/api/generate", "/api/show", "/api/tags", "/api/ps"})
+# Gemma 3's longest token is 31 characters (a run of spaces, tabs or newlines): text longer than
+# the context times this cannot fit, and is refused before the tokenizer spends minutes on it.
+CHARS_PER_TOKEN_MAX = 32
 
 
 class Replies(Protocol):
@@ -215,6 +225,17 @@ class Serving:
             raise ApiError(400, f"{param} {budget} is over this server's limit of {self.config.max_new_tokens}",
                            "ask for fewer tokens", code="invalid_value", param=param)
 
+    def check_text_fits(self, inputs: list[dict[str, Any]]) -> None:
+        """Refuses (400) text that no tokenization could fit in the model's context, counted
+        from the inputs' digests, so a 50 MB question does not hold the engine while it is
+        tokenized (2 minutes on 2 cores) only to be refused."""
+        chars = sum(entry.get("chars", 0) for entry in inputs if entry["kind"] == "text")
+        limit = self.info.context_length
+        if chars > limit * CHARS_PER_TOKEN_MAX:
+            raise ContextLengthError(
+                f"the messages hold {chars:,} characters of text, more than the model's context of "
+                f"{limit} tokens can hold", "shorten the question")
+
     def openai_request(self, messages: list[dict[str, Any]], options: GenerationOptions,
                        gone: threading.Event, fetched: list[Any] | None = None) -> Request:
         """The Request for OpenAI-shaped messages, read within this server's limits (files,
@@ -284,6 +305,7 @@ class Serving:
         for entry, name in zip(images, names, strict=False):
             entry.update(file_name_fields(name))
         check()
+        self.check_text_fits(inputs)
         async with ClientWatch(http) as watch:
             request = await asyncio.to_thread(read_inputs, build, watch.gone)
             record_id = f"chatcmpl-{uuid.uuid4().hex}"
