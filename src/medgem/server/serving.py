@@ -253,7 +253,7 @@ class Serving:
         counted, and recorded as "rejected" for the generating endpoints. A body refused before
         the auth dependency ran (validation, size, a full preview pool) is checked for a key
         first, so a caller without one learns only that."""
-        error = as_api_error(exc)
+        error = as_api_error(exc, http.headers.get("content-type"))
         route = http.scope.get("route")
         endpoint = str(getattr(route, "path", http.url.path))
         user: str | None = getattr(http.state, "user", None)
