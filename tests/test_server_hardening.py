@@ -60,3 +60,23 @@ def test_logprobs_is_refused_not_silently_null(tmp_path: Path) -> None:
             "model": SCRIPTED_ID, "messages": HI, "logprobs": False})
         assert plain.status_code == 200
     assert store.count("rejected") == 1
+
+
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "text/plain"])
+def test_a_json_body_sent_without_the_json_content_type_is_told_to_send_it(content_type: str, tmp_path: Path) -> None:
+    # `curl -d '{...}'` without -H sends a form type: the answer said "the body must be a JSON
+    # object — send a JSON object" to a caller who had sent exactly that.
+    store = open_store(tmp_path / "audit.sqlite")
+    with serve_in_thread(create_app(ServerConfig(), audited(scripted_model(), store))) as base:
+        body = json.dumps({"model": SCRIPTED_ID, "messages": HI}).encode()
+        for path in ("/v1/chat/completions", "/api/reviews"):
+            response = httpx.post(base + path, content=body, headers={"content-type": content_type})
+            assert response.status_code == 400, response.text
+            error = response.json()["error"]
+            assert error["code"] == "invalid_json"
+            assert f"'{content_type}'" in error["message"] and "Content-Type: application/json" in error["message"]
+        missing = httpx.post(base + "/v1/chat/completions", content=b"", headers={"content-type": "application/json"})
+        assert missing.json()["error"]["message"] == "the body must be a JSON object — send a JSON object"
+        ok = httpx.post(base + "/v1/chat/completions", json={"model": SCRIPTED_ID, "messages": HI})
+        assert ok.status_code == 200
+    assert store.count("rejected") == 2 and store.count("answer") == 1

@@ -10,9 +10,11 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -87,6 +89,50 @@ def test_image_over_http_streaming_and_not(client: openai.OpenAI, server: tuple[
     record = server[1].get(record_id)
     assert record is not None and record.body["settings"]["images"] == 1
     assert server[1].verify().ok
+
+
+def test_a_question_too_long_for_any_context_is_refused_before_the_tokenizer_runs(
+        vlm: MedGemma, client: openai.OpenAI, server: tuple[str, AuditStore]) -> None:
+    # A 50 MB question used to be tokenized whole (136 s on 2 cores, the engine held, every
+    # other request waiting) before its 400; text longer than the context times Gemma 3's
+    # longest token cannot fit, and says so at once.
+    limit = vlm.engine.info.context_length
+    text = "a" * max(limit * 40, 8 * 1024 * 1024)
+    rejected = server[1].count("rejected")
+    started = time.monotonic()
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="medgem-test-vlm", messages=[{"role": "user", "content": text}], max_tokens=2)
+    assert time.monotonic() - started < 5
+    error = refused.value.body
+    assert isinstance(error, dict) and error["code"] == "context_length_exceeded"
+    assert f"{len(text):,} characters" in error["message"] and str(limit) in error["message"]
+    assert server[1].count("rejected") == rejected + 1
+    ok = client.chat.completions.create(model="medgem-test-vlm", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert ok.choices[0].finish_reason in ("length", "stop")  # the server keeps serving
+
+
+@pytest.mark.parametrize(("roles", "wrong"), [(("user", "user"), 1), (("user", "assistant", "assistant", "user"), 2),
+                                              (("system", "assistant", "user"), 1)])
+def test_turns_that_do_not_alternate_are_a_400_not_a_500(roles: tuple[str, ...], wrong: int,
+                                                         server: tuple[str, AuditStore]) -> None:
+    # Gemma 3's template raises on two user (or assistant) turns in a row: that reached the
+    # client as "500 internal error — see the log", on the OpenAI and the Ollama routes.
+    messages = [{"role": role, "content": f"turn {index}"} for index, role in enumerate(roles)]
+    rejected = server[1].count("rejected")
+    openai_route = httpx.post(server[0] + "/v1/chat/completions", json={
+        "model": "medgem-test-vlm", "messages": messages, "max_tokens": 2})
+    assert openai_route.status_code == 400, openai_route.text
+    error = openai_route.json()["error"]
+    assert error["code"] == "invalid_request_error" and "alternate" in error["message"]
+    assert error["param"] == f"messages[{wrong}].role"
+    ollama_route = httpx.post(server[0] + "/api/chat", json={"model": "medgem-test-vlm", "messages": messages, "stream": False})
+    assert ollama_route.status_code == 400 and "alternate" in ollama_route.json()["error"]
+    assert server[1].count("rejected") == rejected + 2
+    ok = httpx.post(server[0] + "/v1/chat/completions", json={
+        "model": "medgem-test-vlm", "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "a"},
+                                                 {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}],
+        "max_tokens": 2})
+    assert ok.status_code == 200  # alternating turns, a system turn first, still answered
 
 
 def test_images_to_a_text_model_are_refused(tiny_text_checkpoint: Path) -> None:

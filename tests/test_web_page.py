@@ -184,3 +184,29 @@ def test_with_keys_the_page_shows_the_model_only_after_a_key(browser: object, tm
         page.dispatch_event("#apikey", "change")  # type: ignore[attr-defined]
         page.wait_for_selector("#model-name:has-text('medgem-test-scripted')")  # type: ignore[attr-defined]
         page.close()  # type: ignore[attr-defined]
+
+
+class _Silent(ScriptedEngine):
+    """A model that writes no answer text (a base model at a short budget, or a thinking model
+    that spends the budget thinking)."""
+
+    def _text(self, request: object) -> str:
+        return ""
+
+
+def test_an_empty_answer_is_said_as_such_and_not_offered_as_the_correction(browser: object) -> None:
+    # The answer box stayed blank under "done", as if the page had failed to show the answer.
+    store = open_store(":memory:")
+    with serve_in_thread(create_app(ServerConfig(), audited(MedGemma(_Silent()), store))) as base:  # type: ignore[arg-type]
+        page = _page(browser, base)
+        page.fill("#question", "Again?")  # type: ignore[attr-defined]
+        page.click("#ask")  # type: ignore[attr-defined]
+        page.wait_for_selector("#review:not([hidden])", timeout=60_000)  # type: ignore[attr-defined]
+        assert page.inner_text("#status") == "done"  # type: ignore[attr-defined]
+        assert "empty answer" in page.inner_text("#answer")  # type: ignore[attr-defined]
+        record_id = page.inner_text("#meta dd:last-of-type").strip()  # type: ignore[attr-defined]
+        record = store.get(record_id)
+        assert record is not None and record.body["output"] == ""
+        page.click("button[data-verdict=correct]")  # type: ignore[attr-defined]
+        assert page.input_value("#correction") == ""  # type: ignore[attr-defined]
+        page.close()  # type: ignore[attr-defined]

@@ -58,13 +58,14 @@ class BodyTooDeep(HTTPException):
         super().__init__(400, f"the body's JSON nests more than {limit} levels deep")
 
 
-def as_api_error(exc: Exception) -> Exception:
+def as_api_error(exc: Exception, content_type: str | None = None) -> Exception:
     """The error to answer with: validation and body problems as 4xx ApiErrors, medgem's
-    errors as they are; anything else stays itself (a 500)."""
+    errors as they are; anything else stays itself (a 500). ``content_type`` is the request's
+    header: a body FastAPI did not read as JSON because of it is told so."""
     if isinstance(exc, MedgemError):
         return exc
     if isinstance(exc, RequestValidationError):
-        return request_validation_error(exc.errors())
+        return request_validation_error(exc.errors(), content_type)
     if isinstance(exc, BodyTooLarge):
         return ApiError(413, str(exc.detail), "send smaller or fewer images", code="request_too_large")
     if isinstance(exc, BodyTooDeep):
@@ -79,8 +80,9 @@ def as_api_error(exc: Exception) -> Exception:
     return exc
 
 
-def request_validation_error(errors: Any) -> ApiError:
-    """The first problem of a body, named by its JSON path."""
+def request_validation_error(errors: Any, content_type: str | None = None) -> ApiError:
+    """The first problem of a body, named by its JSON path; a body that was not read as JSON
+    because its ``content_type`` is not JSON's (``curl -d`` sends a form's) says so."""
     first = errors[0]
     kind = first.get("type")
     loc = tuple(first.get("loc", ()))
@@ -88,6 +90,11 @@ def request_validation_error(errors: Any) -> ApiError:
         detail = (first.get("ctx") or {}).get("error", "")
         return ApiError(400, f"the body is not valid JSON ({detail})", "send a JSON object", code="invalid_json")
     if loc == ("body",) and kind in ("missing", "model_attributes_type", "dict_type", "model_type"):
+        sent = (content_type or "").split(";", 1)[0].strip().lower()
+        if sent and sent != "application/json" and not sent.endswith("+json"):
+            return ApiError(400, f"the body was sent as '{sent}', not as JSON",
+                            "send it with the header 'Content-Type: application/json' "
+                            "(curl: -H 'content-type: application/json')", code="invalid_json")
         return ApiError(400, "the body must be a JSON object", "send a JSON object", code="invalid_json")
     if kind == "invalid_unicode":  # JSON allows "\ud800"; nothing downstream can encode it
         where = (first.get("ctx") or {}).get("where") or None

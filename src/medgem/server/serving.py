@@ -28,7 +28,14 @@ from medgem.answer import Answer, label_for
 from medgem.api import MedGemma, imaging_options
 from medgem.audit.records import file_name_fields, redacted_error
 from medgem.audit.trail import model_fields, unfinished_requests
-from medgem.errors import ApiError, AuthError, InputError, MedgemError, error_body
+from medgem.errors import (
+    ApiError,
+    AuthError,
+    ContextLengthError,
+    InputError,
+    MedgemError,
+    error_body,
+)
 from medgem.request import GenerationOptions, Request
 from medgem.request.openai_messages import request_from_openai
 from medgem.sendback.reviewed import record_sources
@@ -55,6 +62,9 @@ AUDITED = frozenset({"/v1/chat/completions", "/api/ask", "/api/chat", "/api/gene
 COUNTED = AUDITED | {"/api/preview", "/api/reviews"}  # medgem_requests counts their answers
 # Ollama's routes (server/ollama.py) refuse in Ollama's shape: {"error": "..."}.
 OLLAMA = frozenset({"/api/chat", "/api/generate", "/api/show", "/api/tags", "/api/ps"})
+# Gemma 3's longest token is 31 characters (a run of spaces, tabs or newlines): text longer than
+# the context times this cannot fit, and is refused before the tokenizer spends minutes on it.
+CHARS_PER_TOKEN_MAX = 32
 
 
 class Replies(Protocol):
@@ -215,6 +225,32 @@ class Serving:
             raise ApiError(400, f"{param} {budget} is over this server's limit of {self.config.max_new_tokens}",
                            "ask for fewer tokens", code="invalid_value", param=param)
 
+    def check_text_fits(self, inputs: list[dict[str, Any]]) -> None:
+        """Refuses (400) text that no tokenization could fit in the model's context, counted
+        from the inputs' digests, so a 50 MB question does not hold the engine while it is
+        tokenized (2 minutes on 2 cores) only to be refused."""
+        chars = sum(entry.get("chars", 0) for entry in inputs if entry["kind"] == "text")
+        limit = self.info.context_length
+        if chars > limit * CHARS_PER_TOKEN_MAX:
+            raise ContextLengthError(
+                f"the messages hold {chars:,} characters of text, more than the model's context of "
+                f"{limit} tokens can hold", "shorten the question")
+
+    @staticmethod
+    def check_turns(messages: list[dict[str, Any]]) -> None:
+        """Refuses (400) turns that do not alternate user, assistant, user, ... once the system
+        turns are set aside, as Gemma 3's chat template requires (it raises, which was a 500)."""
+        turns = [(index, m.get("role")) for index, m in enumerate(messages) if m.get("role") not in ("system", "developer")]
+        if not turns or turns[-1][1] != "user":
+            return  # the request's own check says the last turn must be the user's
+        for place, (index, role) in enumerate(turns):
+            expected = "user" if place % 2 == 0 else "assistant"
+            if role != expected:
+                raise ApiError(400, f"messages[{index}] is a{'n' if role == 'assistant' else ''} {role} turn where "
+                               f"the {expected}'s was due: Gemma 3's turns must alternate user/assistant, "
+                               "starting with the user", "merge consecutive turns of the same role into one",
+                               code="invalid_request_error", param=f"messages[{index}].role")
+
     def openai_request(self, messages: list[dict[str, Any]], options: GenerationOptions,
                        gone: threading.Event, fetched: list[Any] | None = None) -> Request:
         """The Request for OpenAI-shaped messages, read within this server's limits (files,
@@ -232,7 +268,7 @@ class Serving:
         counted, and recorded as "rejected" for the generating endpoints. A body refused before
         the auth dependency ran (validation, size, a full preview pool) is checked for a key
         first, so a caller without one learns only that."""
-        error = as_api_error(exc)
+        error = as_api_error(exc, http.headers.get("content-type"))
         route = http.scope.get("route")
         endpoint = str(getattr(route, "path", http.url.path))
         user: str | None = getattr(http.state, "user", None)
@@ -284,6 +320,8 @@ class Serving:
         for entry, name in zip(images, names, strict=False):
             entry.update(file_name_fields(name))
         check()
+        self.check_turns(messages)
+        self.check_text_fits(inputs)
         async with ClientWatch(http) as watch:
             request = await asyncio.to_thread(read_inputs, build, watch.gone)
             record_id = f"chatcmpl-{uuid.uuid4().hex}"

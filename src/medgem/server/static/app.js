@@ -4,7 +4,7 @@
 
 const $ = (id) => document.getElementById(id);
 // dicom: a PACS study or series chosen in the PACS panel (pacs.js), sent as an image_dicom part.
-const state = { upload: null, uploadName: "", dicom: null, model: "", recordId: null, verdict: null, controller: null, authRequired: false };
+const state = { upload: null, uploadName: "", dicom: null, model: "", recordId: null, verdict: null, controller: null, authRequired: false, answerText: "" };
 
 function headers() {
   const h = { "Content-Type": "application/json" };
@@ -133,6 +133,7 @@ function resetAnswer() {
   $("review").hidden = true;
   $("review-log").replaceChildren();
   state.recordId = null;
+  state.answerText = "";
   selectVerdict(null);
 }
 
@@ -147,10 +148,18 @@ function addMeta(term, value) {
 function finish(chunk, usage) {
   const extra = chunk.medgem || {};
   state.recordId = extra.audit_id || chunk.id;
+  state.answerText = $("answer").textContent;
+  const cut = chunk.choices[0].finish_reason === "length";
+  if (!state.answerText.trim()) {  // said, not left blank as if the page had failed to show it
+    const empty = document.createElement("p");
+    empty.className = "placeholder muted";
+    empty.textContent = "(empty answer: the model wrote no text" + (cut ? " before the token budget ran out)" : ")");
+    $("answer").appendChild(empty);
+  }
   if (extra.label) { $("answer-label").textContent = extra.label; $("answer-label").hidden = false; }
   if (extra.caveat) { $("answer-caveat").textContent = extra.caveat; $("answer-caveat").hidden = false; }
   $("meta").replaceChildren();
-  addMeta("Finish", chunk.choices[0].finish_reason === "length" ? "token budget reached (answer may be cut off)" : "complete");
+  addMeta("Finish", cut ? "token budget reached (answer may be cut off)" : "complete");
   if (usage) addMeta("Tokens", usage.prompt_tokens + " prompt · " + usage.completion_tokens + " answer");
   if (extra.total_s !== undefined) addMeta("Time", extra.total_s.toFixed(2) + " s (first token " + extra.first_token_s.toFixed(2) + " s)");
   addMeta("Audit record", state.recordId);
@@ -246,7 +255,7 @@ function selectVerdict(verdict) {
   const correcting = verdict === "correct";
   $("correction").hidden = !correcting;
   $("correction-label").hidden = !correcting;
-  if (correcting && !$("correction").value) $("correction").value = $("answer").textContent;
+  if (correcting && !$("correction").value) $("correction").value = state.answerText;
   $("save-review").disabled = !verdict;
 }
 
