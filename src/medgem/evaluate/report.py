@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from medgem.errors import InputError, require
-from medgem.evaluate.results import MANIFEST_FILE, RESULTS_FILE, Summary, read_results, summarize
+from medgem.evaluate.results import (
+    MANIFEST_FILE,
+    RESULTS_FILE,
+    Summary,
+    read_manifest,
+    read_results,
+    summarize,
+)
 from medgem.evaluate.tasks import get_task
 
 # Metrics already on a 0-100 scale; the rest are fractions shown as percentages.
@@ -23,14 +30,14 @@ def load_run(folder: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """A run folder's manifest and its results (latest line per item).
 
     Raises:
-        InputError: not a run folder.
+        InputError: not a run folder, or its run.json is unreadable.
     """
     path = Path(folder)
     manifest_path = path / MANIFEST_FILE
     if not manifest_path.is_file():
         raise InputError(f"{path} is not an evaluation run (no {MANIFEST_FILE})",
                          "point at the --out folder of `medgem eval`")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_manifest(manifest_path)
     return manifest, list(read_results(path / RESULTS_FILE).values())
 
 
