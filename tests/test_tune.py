@@ -133,6 +133,9 @@ def test_resume_continues_from_the_checkpoint_without_redoing_steps(
     # seeded: the same settings give the same run
     again = train(plan_tuning(config(data, tiny_text_checkpoint, tmp_path / "again", **short)))
     assert again.loss_after == straight.loss_after and again.adapter.sha256 == straight.adapter.sha256
+    # progress=False (`--no-progress`, or a pipe) draws no bar: transformers' "Loading weights"
+    # bar was still drawn by the training load
+    assert "Loading weights" not in capsys.readouterr().err
 
     plan = plan_tuning(config(data, tiny_text_checkpoint, tmp_path / "resumed", **short))
 

@@ -66,6 +66,9 @@ def load_for_training(plan: TunePlan) -> tuple[Any, Any]:
     from medgem.engines.placement import quantization_config
     from medgem.request.compose import shipped_chat_template
 
+    # transformers draws its own "Loading weights" bar: only where medgem's bars are drawn
+    logging = transformers.utils.logging
+    (logging.enable_progress_bar if plan.config.progress else logging.disable_progress_bar)()
     path = str(plan.checkpoint.path)
     multimodal = plan.checkpoint.multimodal
     processor: Any = (transformers.AutoProcessor if multimodal
