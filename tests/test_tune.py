@@ -156,6 +156,12 @@ def test_resume_continues_from_the_checkpoint_without_redoing_steps(
     other = dataclasses.replace(plan.config, learning_rate=5e-3)
     with pytest.raises(InputError, match="different settings"):
         train(dataclasses.replace(plan, config=other), resume=True)
+    # Ctrl-C while a checkpoint was being written leaves its folder without trainer_state.json
+    # (Trainer writes that last); --resume picked it and failed on every try with
+    # "unexpected error: FileNotFoundError: .../trainer_state.json"
+    torn = tmp_path / "resumed" / "checkpoints" / "checkpoint-4"
+    torn.mkdir()
+    (torn / "adapter_model.safetensors").write_bytes(b"half a file")
     steps: list[int] = []
     resumed = train(plan, resume=True, on_step=steps.append)
     assert resumed.resumed_from == 2 and steps == [3, 4, 5, 6] and resumed.steps == 6
