@@ -11,7 +11,7 @@ from typing import Any
 
 from medgem.errors import InputError
 from medgem.evaluate.metrics import mcnemar_exact, paired_bootstrap
-from medgem.evaluate.report import load_run, model_label, percent, summarize_run
+from medgem.evaluate.report import DEMO_NOTE, load_run, model_label, percent, summarize_run
 from medgem.evaluate.tasks import get_task
 
 
@@ -91,6 +91,5 @@ def compare_markdown(result: dict[str, Any]) -> str:
     for side in ("a", "b"):
         manifest = {"model": result[side].get("model") or {}}
         if manifest["model"].get("demo"):
-            lines.append(f"- **Demo/test model: these numbers say nothing about MedGemma.** "
-                         f"(run {side.upper()}: {model_label(manifest)})")
+            lines.append(f"- **{DEMO_NOTE}** (run {side.upper()}: {model_label(manifest)})")
     return "\n".join(lines) + "\n"
