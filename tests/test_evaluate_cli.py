@@ -22,6 +22,8 @@ def test_eval_mcq_end_to_end_on_the_hf_engine(tiny_text_checkpoint: Path, tmp_pa
     first = run_cli(*common, "--limit", "3")
     assert first.returncode == 0, first.stderr
     assert "mcq: accuracy" in first.stdout and "3/3 scored" in first.stdout
+    # the numbers printed are labelled as a test model's (only report.md said so)
+    assert "note: Demo/test model: these numbers say nothing about MedGemma" in first.stdout
     assert len((out / "results.jsonl").read_text().splitlines()) == 3
 
     again = run_cli(*common)

@@ -36,6 +36,11 @@ OPTIONS = {"A": "Aspirin", "B": "Metformin", "C": "Insulin glargine", "D": "Warf
         # Final letter wins when the reply changes its mind.
         ("At first (A) looks right, but the answer is (D).", "D"),
         ("A patient like this needs insulin. The answer is (C)", "C"),  # article "A" is no answer
+        # "answer is a ..." is the article, not option A: the option named after it is the answer
+        ("The answer is a long-acting insulin: insulin glargine.", "C"),
+        ("The best choice is a vitamin K antagonist, (D) Warfarin", "D"),
+        ("The answer is a biguanide, metformin.", "B"),
+        ("The answer is a.", "A"),
         # Thought blocks: the thought's letters are ignored.
         ("<unused94>thought\nMaybe A? No, B fits.<unused95>The answer is (C)", "C"),
         ("<unused94>thought\nLet me think about (A) and (B).<unused95>**D**", "D"),

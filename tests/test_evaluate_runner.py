@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -353,3 +354,32 @@ def test_run_stats_add_up_over_a_resumed_run(tmp_path: Path) -> None:
     assert stats == {"wall_seconds": second["wall_seconds"], "engine": "scripted", "concurrency": 1,
                      "constraint": "none", "constraint_note": None,
                      "items_per_minute": round(60 * 6 / second["wall_seconds"], 2)}
+
+
+def test_compare_of_demo_model_runs_says_so(tmp_path: Path) -> None:
+    """`medgem eval compare` (and `medgem tune`'s closing table) on demo/test-model runs carried
+    no demo label: its numbers read as if they were a model's."""
+    prepared = prepare(EvalConfig(task="mcq", data=str(DATA / "medqa.jsonl")))
+    mg, engine = model(medqa_reply)
+    engine.info = dataclasses.replace(engine.info, id="medgem-test-scripted", demo=True)
+    run_evaluation(mg, prepared, tmp_path / "a", progress=False)
+    run_evaluation(model(medqa_reply)[0], prepared, tmp_path / "b", progress=False)
+    text = compare_markdown(compare_runs(tmp_path / "a", tmp_path / "b"))
+    assert "Demo/test model: these numbers say nothing about MedGemma" in text
+    assert "TEST MODEL" in text
+    real = compare_markdown(compare_runs(tmp_path / "b", tmp_path / "b"))
+    assert "Demo/test model" not in real
+
+
+def test_unreadable_run_json_is_one_input_error(tmp_path: Path) -> None:
+    """A run.json cut short or hand-edited into something else was a JSONDecodeError (or a
+    TypeError) from `medgem eval compare` and from `--resume`."""
+    prepared = prepare(EvalConfig(task="mcq", data=str(DATA / "medqa.jsonl"), limit=2))
+    mg = model(medqa_reply)[0]
+    run_evaluation(mg, prepared, tmp_path / "a", progress=False)
+    for text in ('{"task": "mcq", "data_fi', "[]"):
+        (tmp_path / "a" / "run.json").write_text(text)
+        with pytest.raises(InputError, match=r"run\.json is not a readable run manifest"):
+            compare_runs(tmp_path / "a", tmp_path / "a")
+        with pytest.raises(InputError, match=r"run\.json is not a readable run manifest"):
+            run_evaluation(mg, prepared, tmp_path / "a", resume=True, progress=False)

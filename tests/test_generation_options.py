@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from medgem.errors import InputError
+from medgem.errors import ImageInputError, InputError
 from medgem.request import GenerationOptions
 from test_server_helpers import scripted_model
 
@@ -61,3 +61,19 @@ def test_cli_stop_cuts_a_real_answer(tiny_text_checkpoint: Path) -> None:
     assert second.returncode == 0, second.stderr
     answer = json.loads(second.stdout)
     assert answer["finish_reason"] == "stop" and answer["answer"] == text[: text.index(cut)].strip()
+
+
+def test_one_image_given_alone_is_one_image(tmp_path: Path) -> None:
+    """``images="chest.png"`` (a str or Path, not a list) is that one file, and raw bytes are an
+    upload: the str was read as its characters ("no image at 't'") and a Path or bytes were a
+    TypeError."""
+    from PIL import Image
+
+    picture = tmp_path / "chest.png"
+    Image.new("RGB", (32, 32), "gray").save(picture)
+    model = scripted_model()
+    for given in (str(picture), picture, picture.read_bytes(), [picture.read_bytes()],
+                  Image.open(picture)):
+        assert len(model.request("q", images=given).images) == 1, type(given)
+    with pytest.raises(ImageInputError, match=r"no image at '.*missing\.png'"):
+        model.request("q", images=str(tmp_path / "missing.png"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pytest
 from pydantic import BaseModel
@@ -137,6 +138,23 @@ def test_pydantic_model_class() -> None:
     assert not constraint.result('{"findings": [{"name": "effusion"}]}').valid
     with pytest.raises(SchemaError, match="pydantic"):
         Constraint.from_model(dict)
+
+
+class WithCallback(BaseModel):
+    on_done: Callable[[], int]
+
+
+class Unfinished(BaseModel):
+    parent: Later  # type: ignore[name-defined]  # noqa: F821 - never defined, on purpose
+
+
+def test_pydantic_model_without_a_json_schema_is_one_schema_error() -> None:
+    # A field JSON Schema cannot express, or a forward reference never defined, made pydantic's
+    # own PydanticInvalidForJsonSchema / PydanticUserError escape the API as a traceback.
+    with pytest.raises(SchemaError, match="WithCallback has no JSON schema"):
+        Constraint.from_model(WithCallback)
+    with pytest.raises(SchemaError, match="Unfinished has no JSON schema"):
+        as_constraint(Unfinished)
 
 
 def test_of_takes_every_form_the_api_accepts() -> None:

@@ -133,6 +133,9 @@ def test_resume_continues_from_the_checkpoint_without_redoing_steps(
     # seeded: the same settings give the same run
     again = train(plan_tuning(config(data, tiny_text_checkpoint, tmp_path / "again", **short)))
     assert again.loss_after == straight.loss_after and again.adapter.sha256 == straight.adapter.sha256
+    # progress=False (`--no-progress`, or a pipe) draws no bar: transformers' "Loading weights"
+    # bar was still drawn by the training load
+    assert "Loading weights" not in capsys.readouterr().err
 
     plan = plan_tuning(config(data, tiny_text_checkpoint, tmp_path / "resumed", **short))
 
@@ -153,6 +156,12 @@ def test_resume_continues_from_the_checkpoint_without_redoing_steps(
     other = dataclasses.replace(plan.config, learning_rate=5e-3)
     with pytest.raises(InputError, match="different settings"):
         train(dataclasses.replace(plan, config=other), resume=True)
+    # Ctrl-C while a checkpoint was being written leaves its folder without trainer_state.json
+    # (Trainer writes that last); --resume picked it and failed on every try with
+    # "unexpected error: FileNotFoundError: .../trainer_state.json"
+    torn = tmp_path / "resumed" / "checkpoints" / "checkpoint-4"
+    torn.mkdir()
+    (torn / "adapter_model.safetensors").write_bytes(b"half a file")
     steps: list[int] = []
     resumed = train(plan, resume=True, on_step=steps.append)
     assert resumed.resumed_from == 2 and steps == [3, 4, 5, 6] and resumed.steps == 6

@@ -38,7 +38,7 @@ from medgem.errors import (
     InputError,
     UnsupportedInputError,
 )
-from medgem.inputs import ImagingOptions, Inputs, read_inputs
+from medgem.inputs import ImagingOptions, Inputs, Upload, read_inputs
 from medgem.request import GenerationOptions, ImagePart, Message, Request
 from medgem.request.compose import request_for_inputs
 from medgem.request.openai_messages import request_from_openai
@@ -173,9 +173,10 @@ class MedGemma:
 
         Args:
             question: the user's text.
-            images: PIL images, or paths to pictures, DICOM files/folders/zips, NIfTI,
+            images: PIL images, image bytes, or paths to pictures, DICOM files/folders/zips, NIfTI,
                 whole-slide images (.svs, .ndpi, .mrxs, .scn, pyramidal/OME TIFF, DICOM WSI
-                folder or zip) or PDFs; or what ``medgem.inputs.read_inputs`` already read.
+                folder or zip) or PDFs (one of them alone is one input); or what
+                ``medgem.inputs.read_inputs`` already read.
             system: the system prompt.
             history: earlier turns (Messages) of a chat.
             options: how to generate (:class:`GenerationOptions`).
@@ -194,7 +195,7 @@ class MedGemma:
         """
         options = GenerationOptions.of(options, constraint=as_constraint(schema), **generation)
         if not isinstance(images, Inputs):
-            images = read_inputs(images, imaging_options(
+            images = read_inputs(_input_items(images), imaging_options(
                 imaging, max_patches=max_patches, patch_seed=patch_seed,
                 magnification=magnification, mpp=mpp, max_pages=max_pages, pdf_text=pdf_text))
         return request_for_inputs(
@@ -387,6 +388,16 @@ def imaging_options(base: ImagingOptions | None = None, *, max_patches: int | No
         return replace(base or ImagingOptions(), **{k: v for k, v in given.items() if v is not None})
     except ValueError as exc:
         raise ImageInputError(str(exc), "check the imaging options") from None
+
+
+def _input_items(images: Any) -> list[Any]:
+    """``images=`` as the list the inputs door reads: one path, PIL image or bytes given alone
+    is that one input (a str is not a sequence of paths), and raw bytes are an upload."""
+    from PIL import Image
+
+    if isinstance(images, str | os.PathLike | bytes | bytearray | Image.Image):
+        images = [images]
+    return [Upload(bytes(item)) if isinstance(item, bytes | bytearray) else item for item in images]
 
 
 def _engine_options(engine: str, options: EngineOptions | Mapping[str, Any] | None

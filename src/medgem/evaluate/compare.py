@@ -11,7 +11,7 @@ from typing import Any
 
 from medgem.errors import InputError
 from medgem.evaluate.metrics import mcnemar_exact, paired_bootstrap
-from medgem.evaluate.report import load_run, percent, summarize_run
+from medgem.evaluate.report import DEMO_NOTE, load_run, model_label, percent, summarize_run
 from medgem.evaluate.tasks import get_task
 
 
@@ -88,4 +88,8 @@ def compare_markdown(result: dict[str, Any]) -> str:
                      f"{result['only_b_correct']}")
     lines.append("- " + ("The difference is significant at 5%." if result["significant"]
                          else "No significant difference at 5%."))
+    for side in ("a", "b"):
+        manifest = {"model": result[side].get("model") or {}}
+        if manifest["model"].get("demo"):
+            lines.append(f"- **{DEMO_NOTE}** (run {side.upper()}: {model_label(manifest)})")
     return "\n".join(lines) + "\n"

@@ -47,8 +47,9 @@ def _letter_patterns(letters: str) -> list[re.Pattern[str]]:
     return [
         # "The answer is (C)", "Final answer: C", "correct option is **C**", "Answer - C."
         re.compile(
+            # (a lower-case "a" then a word is the article: "the answer is a beta blocker")
             rf"(?:answer|option|choice)\s*(?:is|would be|:|-|=)?\s*(?:option\s*|choice\s*)?"
-            rf"{wrapped}(?![A-Za-z0-9])",
+            rf"(?!\s*(?-i:a)\s+[A-Za-z]){wrapped}(?![A-Za-z0-9])",
             re.IGNORECASE,
         ),
         # The whole reply is a letter: "C", "(C)", "C.", "**C**", "C)".

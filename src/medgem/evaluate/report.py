@@ -12,9 +12,18 @@ from pathlib import Path
 from typing import Any
 
 from medgem.errors import InputError, require
-from medgem.evaluate.results import MANIFEST_FILE, RESULTS_FILE, Summary, read_results, summarize
+from medgem.evaluate.results import (
+    MANIFEST_FILE,
+    RESULTS_FILE,
+    Summary,
+    read_manifest,
+    read_results,
+    summarize,
+)
 from medgem.evaluate.tasks import get_task
 
+#: What a report of a demo or test model's run says beside its numbers.
+DEMO_NOTE = "Demo/test model: these numbers say nothing about MedGemma."
 # Metrics already on a 0-100 scale; the rest are fractions shown as percentages.
 HUNDRED_SCALE = frozenset({"bleu"})
 
@@ -23,14 +32,14 @@ def load_run(folder: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """A run folder's manifest and its results (latest line per item).
 
     Raises:
-        InputError: not a run folder.
+        InputError: not a run folder, or its run.json is unreadable.
     """
     path = Path(folder)
     manifest_path = path / MANIFEST_FILE
     if not manifest_path.is_file():
         raise InputError(f"{path} is not an evaluation run (no {MANIFEST_FILE})",
                          "point at the --out folder of `medgem eval`")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_manifest(manifest_path)
     return manifest, list(read_results(path / RESULTS_FILE).values())
 
 
@@ -65,7 +74,9 @@ def summary_json(manifest: dict[str, Any], summary: Summary) -> dict[str, Any]:
         "n_unparseable": len(summary.unparseable), "unparseable": summary.unparseable,
         "failed": summary.failed, "model_card": asdict(summary.card) if summary.card else None,
         "model_card_comparable": summary.card_comparable, "within_ci": summary.within_interval,
-        "scale": "percent (BLEU 0-100)", "run": run_stats(manifest), "notes": list(summary.notes),
+        "scale": "percent (BLEU 0-100)", "run": run_stats(manifest),
+        "notes": [*summary.notes, *([DEMO_NOTE + f" ({model_label(manifest)})"]
+                                    if (manifest.get("model") or {}).get("demo") else [])],
     }
 
 
@@ -164,8 +175,7 @@ def markdown(manifest: dict[str, Any], summary: Summary) -> str:
         lines.append(f"- Note: {settings['think_note']}")
     lines += [f"- Note: {note}" for note in summary.notes]
     if model.get("demo"):
-        lines.append("- **Demo/test model: these numbers say nothing about MedGemma.** "
-                     f"({model_label(manifest)})")
+        lines.append(f"- **{DEMO_NOTE}** ({model_label(manifest)})")
     lines += ["", "## Metrics", "", "| metric | value | 95% CI |", "|---|---:|---|"]
     for name, value in summary.metrics.items():
         lines.append(f"| {name} | {percent(name, value.value):.1f} | "

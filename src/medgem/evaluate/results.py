@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medgem.errors import InputError
 from medgem.evaluate.metrics import Interval
 from medgem.evaluate.model_card import CardResult, published_result
 from medgem.evaluate.tasks import EvalItem, Scored, Task
@@ -57,6 +58,23 @@ def write_json(path: Path, value: dict[str, Any]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
     tmp.replace(path)
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """A run's run.json.
+
+    Raises:
+        InputError: it is not a JSON object (cut short, or edited by hand).
+    """
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        value = exc
+    if not isinstance(value, dict):
+        raise InputError(f"{path} is not a readable run manifest"
+                         + (f" ({value})" if isinstance(value, Exception) else " (not a JSON object)"),
+                         "run the evaluation again into a new --out folder")
+    return value
 
 
 def read_results(path: Path) -> dict[str, dict[str, Any]]:

@@ -24,7 +24,14 @@ from tqdm import tqdm
 from medgem import __version__
 from medgem.errors import DatasetError, InputError, MedgemError
 from medgem.evaluate.datasets import read_records
-from medgem.evaluate.results import MANIFEST_FILE, RESULTS_FILE, ResultLog, read_results, write_json
+from medgem.evaluate.results import (
+    MANIFEST_FILE,
+    RESULTS_FILE,
+    ResultLog,
+    read_manifest,
+    read_results,
+    write_json,
+)
 from medgem.evaluate.tasks import EvalItem, LoadedData, Task, TaskOptions, get_task
 from medgem.inputs import Upload, read_inputs
 from medgem.request import GenerationOptions, Request
@@ -277,7 +284,7 @@ def run_evaluation(
         if not resume:
             raise InputError(f"{out} already holds a run",
                              "add --resume to continue it, or choose another --out")
-        old = json.loads(manifest_path.read_text()) if manifest_path.exists() else manifest
+        old = read_manifest(manifest_path) if manifest_path.exists() else manifest
         check_resumable(old, manifest, out)
         manifest["started"] = old.get("started", manifest["started"])
         manifest["wall_seconds"] = old.get("wall_seconds", 0.0)

@@ -133,13 +133,22 @@ class Constraint:
         """A constraint from a pydantic model class (its ``model_json_schema()``).
 
         Raises:
-            SchemaError: the class is not a pydantic model, or its schema is unsupported.
+            SchemaError: the class is not a pydantic model, pydantic cannot write its JSON
+                schema, or the schema is unsupported.
         """
         make = getattr(model, "model_json_schema", None)
         if not isinstance(model, type) or make is None:
             raise SchemaError(f"{model!r} is not a pydantic model class",
                               "pass a pydantic BaseModel subclass, a JSON schema dict or a Constraint")
-        return cls.from_schema(make(), name=name or model.__name__, strict=strict)
+        try:
+            schema = make()
+        except Exception as exc:  # pydantic's PydanticUserError family, NameError subclasses
+            # A field JSON Schema cannot express (a Callable), or a class not fully defined.
+            raise SchemaError(f"the pydantic model {model.__name__} has no JSON schema: "
+                              f"{' '.join(str(exc).split('For further information')[0].split())}",
+                              "give its fields JSON types (str, int, float, bool, lists, "
+                              "nested models), or pass a JSON schema dict") from exc
+        return cls.from_schema(schema, name=name or model.__name__, strict=strict)
 
     def validator(self) -> jsonschema_rs.Validator:
         """The compiled validator (cached per schema)."""

@@ -66,6 +66,9 @@ def load_for_training(plan: TunePlan) -> tuple[Any, Any]:
     from medgem.engines.placement import quantization_config
     from medgem.request.compose import shipped_chat_template
 
+    # transformers draws its own "Loading weights" bar: only where medgem's bars are drawn
+    logging = transformers.utils.logging
+    (logging.enable_progress_bar if plan.config.progress else logging.disable_progress_bar)()
     path = str(plan.checkpoint.path)
     multimodal = plan.checkpoint.multimodal
     processor: Any = (transformers.AutoProcessor if multimodal
@@ -207,8 +210,6 @@ def _arguments(plan: TunePlan) -> Any:
 
 def _check_out_folder(plan: TunePlan, resume: bool) -> Path | None:
     """The checkpoint to continue from (None for a fresh run); refuses what would mix runs."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     out = plan.config.out
     if (out / ADAPTER).exists():
         raise InputError(f"{out} already holds a finished adapter",
@@ -227,15 +228,26 @@ def _check_out_folder(plan: TunePlan, resume: bool) -> Path | None:
         if diffs:
             raise InputError(f"{out} holds a run with different {', '.join(diffs)}",
                              "resume with the same data, model and settings, or choose another --out")
-        folder = out / CHECKPOINTS
-        found = get_last_checkpoint(str(folder)) if folder.is_dir() else None
-        last = Path(found) if found else None
+        last = _last_complete_checkpoint(out / CHECKPOINTS)
     shutil.rmtree(out / (ADAPTER + PARTIAL_SUFFIX), ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     if last is None:
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         write_json(state_path, wanted | {"started": started})
     return last
+
+
+def _last_complete_checkpoint(folder: Path) -> Path | None:
+    """The newest checkpoint Trainer finished writing; a torn one (Ctrl-C while it was saved:
+    no trainer_state.json, which Trainer writes last) cannot be resumed from and is removed."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    while folder.is_dir() and (found := get_last_checkpoint(str(folder))):
+        checkpoint = Path(found)
+        if (checkpoint / "trainer_state.json").is_file():
+            return checkpoint
+        shutil.rmtree(checkpoint)
+    return None
 
 
 def _seal(plan: TunePlan, model: Any, processor: Any, state: dict[str, Any], loss_after: float,
