@@ -17,6 +17,7 @@ class MedgemError(Exception):
     Args:
         message: what happened.
         hint: what to do about it (appended after " — ").
+        param: the request field at fault (the server's error body names it), if one is.
     """
 
     status: int = 400
@@ -28,9 +29,10 @@ class MedgemError(Exception):
         cls.status = status or cls.status
         cls.code = code or cls.code
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
+    def __init__(self, message: str, hint: str | None = None, *, param: str | None = None) -> None:
         self.message = message.rstrip(".")
         self.hint = hint
+        self.param = param
         super().__init__(self.one_line())
 
     def one_line(self) -> str:
@@ -120,10 +122,9 @@ class ApiError(MedgemError):
 
     def __init__(self, status: int, message: str, hint: str | None = None, *,
                  code: str = "invalid_request_error", param: str | None = None) -> None:
-        super().__init__(message, hint)
+        super().__init__(message, hint, param=param)
         self.status = status
         self.code = code
-        self.param = param
 
 
 class AuthError(ApiError):

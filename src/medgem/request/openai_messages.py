@@ -127,7 +127,7 @@ def check_turns(messages: Sequence[Any]) -> None:
             raise InputError(
                 f"messages[{index}] is {article} {role} turn where the {due}'s was due: Gemma 3's "
                 "turns alternate user/assistant, starting with the user",
-                "merge consecutive turns of the same role into one")
+                "merge consecutive turns of the same role into one", param=f"messages[{index}].role")
         due = "assistant" if role == "user" else "user"
 
 

@@ -37,7 +37,7 @@ from medgem.errors import (
     error_body,
 )
 from medgem.request import GenerationOptions, Request
-from medgem.request.openai_messages import request_from_openai
+from medgem.request.openai_messages import check_turns, request_from_openai
 from medgem.sendback.reviewed import record_sources
 from medgem.server import protocol as p
 from medgem.server.admission import Slots
@@ -236,21 +236,6 @@ class Serving:
                 f"the messages hold {chars:,} characters of text, more than the model's context of "
                 f"{limit} tokens can hold", "shorten the question")
 
-    @staticmethod
-    def check_turns(messages: list[dict[str, Any]]) -> None:
-        """Refuses (400) turns that do not alternate user, assistant, user, ... once the system
-        turns are set aside, as Gemma 3's chat template requires (it raises, which was a 500)."""
-        turns = [(index, m.get("role")) for index, m in enumerate(messages) if m.get("role") not in ("system", "developer")]
-        if not turns or turns[-1][1] != "user":
-            return  # the request's own check says the last turn must be the user's
-        for place, (index, role) in enumerate(turns):
-            expected = "user" if place % 2 == 0 else "assistant"
-            if role != expected:
-                raise ApiError(400, f"messages[{index}] is a{'n' if role == 'assistant' else ''} {role} turn where "
-                               f"the {expected}'s was due: Gemma 3's turns must alternate user/assistant, "
-                               "starting with the user", "merge consecutive turns of the same role into one",
-                               code="invalid_request_error", param=f"messages[{index}].role")
-
     def openai_request(self, messages: list[dict[str, Any]], options: GenerationOptions,
                        gone: threading.Event, fetched: list[Any] | None = None) -> Request:
         """The Request for OpenAI-shaped messages, read within this server's limits (files,
@@ -320,7 +305,7 @@ class Serving:
         for entry, name in zip(images, names, strict=False):
             entry.update(file_name_fields(name))
         check()
-        self.check_turns(messages)
+        check_turns(messages)  # before any image is read: a refusal fetches nothing
         self.check_text_fits(inputs)
         async with ClientWatch(http) as watch:
             request = await asyncio.to_thread(read_inputs, build, watch.gone)
