@@ -83,6 +83,21 @@ def test_zip_bomb_is_refused_before_expanding(tmp_path: Path) -> None:
         read_inputs([archive], ImagingOptions(max_archive_bytes=1_000_000))
 
 
+def test_truncated_zip_is_named_as_a_damaged_zip(tmp_path: Path) -> None:
+    """A zip cut short (an interrupted download) lacks its central directory: it is a damaged
+    zip, not "an image Pillow cannot read"."""
+    write_ct_series(tmp_path / "s", np.stack([hu_phantom(8, 8)] * 3))
+    whole = tmp_path / "whole.zip"
+    with zipfile.ZipFile(whole, "w") as zf:
+        for path in sorted((tmp_path / "s").iterdir()):
+            zf.write(path, path.name)
+    cut = tmp_path / "series.zip"
+    cut.write_bytes(whole.read_bytes()[:600])
+    with pytest.raises(ImageInputError, match=r"series.zip is a damaged or incomplete zip") as caught:
+        read_inputs([cut])
+    assert "Pillow" not in str(caught.value) and "copy" in str(caught.value)
+
+
 def test_mixed_image_sizes_in_one_series(tmp_path: Path) -> None:
     from pydicom.uid import generate_uid
 

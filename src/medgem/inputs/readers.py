@@ -144,6 +144,10 @@ def detect_format(path: Path) -> str:
         )
     if zipfile.is_zipfile(path):
         return "slide" if is_dicom_wsi(path) else "dicom-zip"
+    if head.startswith(b"PK\x03\x04") or path.suffix.lower() == ".zip":  # cut short: no directory
+        raise ImageInputError(
+            f"{path.name} is a damaged or incomplete zip (its table of contents at the end is missing)",
+            "copy or download it again, or zip the folder again")
     if not head.startswith(_PICTURE_MAGIC) and parses_as_dicom(path):  # no File Meta, no .dcm name
         return "dicom"
     return "picture"
