@@ -91,6 +91,8 @@ def run(args: argparse.Namespace, question: str | None = None, inputs: Inputs | 
                         allow_unreviewed=args.send_back_unreviewed)
     if inputs is None:
         inputs = read_command_inputs(args, text)  # before the model loads
+    if args.boxes and len(inputs.items) != 1:  # drawn after the answer: refused before it
+        raise InputError("--boxes needs exactly one --image", "give the one image to draw the boxes on")
     options = generation_options(args)  # a bad value or --json-schema is refused before any load
     check_before_load(args, text, options)
     context = patient_context(args, text)
@@ -307,8 +309,6 @@ def _save_preprocessed(inputs: Inputs, folder: Path) -> None:
 
 
 def _draw_boxes(answer: str, inputs: Inputs, target: Path) -> None:
-    if len(inputs.items) != 1:
-        raise InputError("--boxes needs exactly one --image")
     from medgem.answer.boxes import draw_boxes, parse_boxes
 
     image = inputs.images[0]
