@@ -82,3 +82,23 @@ def test_a_mistyped_or_empty_store_is_named_not_verified(tmp_path: Path) -> None
     open_store(typo).close()
     empty = _medgem(env, "audit", "verify", "--db", str(typo))
     assert empty.returncode == 1 and "holds no records" in empty.stderr and empty.stdout == ""
+
+
+def test_export_to_a_path_it_cannot_write_is_one_line(tmp_path: Path) -> None:
+    """`audit export -o` onto a folder, or under a file, was "unexpected error:
+    NotADirectoryError / IsADirectoryError"; it is one line naming the path."""
+    from medgem.audit import open_store
+
+    store_path = tmp_path / "audit.sqlite"
+    store = open_store(store_path)
+    store.append("answer", {"user": "alice", "output": "an answer"})
+    store.close()
+    (tmp_path / "notes.txt").write_text("a file")
+    env = _env(tmp_path / "data")
+    for target in (tmp_path, tmp_path / "notes.txt" / "export.jsonl"):
+        result = _medgem(env, "audit", "--db", str(store_path), "export", "-o", str(target))
+        assert result.returncode == 1, result.stderr
+        assert "unexpected error" not in result.stderr, result.stderr
+        assert f"cannot write the export to {target}" in result.stderr, result.stderr
+    written = _medgem(env, "audit", "--db", str(store_path), "export", "-o", str(tmp_path / "out.jsonl"))
+    assert written.returncode == 0 and "an answer" in (tmp_path / "out.jsonl").read_text()

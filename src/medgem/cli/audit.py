@@ -154,7 +154,12 @@ def _verify(store: AuditStore, args: argparse.Namespace) -> int:
 
 
 def _export(store: AuditStore, args: argparse.Namespace) -> int:
-    with args.output.open("w", encoding="utf-8") if args.output else nullcontext(sys.stdout) as out:
+    try:
+        target = args.output.open("w", encoding="utf-8") if args.output else nullcontext(sys.stdout)
+    except OSError as exc:  # a folder, a path under a file, no permission
+        raise InputError(f"cannot write the export to {args.output} ({exc.strerror or exc})",
+                         "give -o a file in a folder that exists, or leave it out for stdout") from None
+    with target as out:
         for record in store.records():
             out.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
     return 0
