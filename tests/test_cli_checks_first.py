@@ -69,6 +69,8 @@ def _refused_before_load(result: object, expected: str) -> str:
     (["ask", "Where is the lesion?", "--boxes", "{boxes}"], "--boxes needs exactly one --image"),
     (["ask", "Where?", "--image", "{png}", "--image", "{png}", "--boxes", "{boxes}"],
      "--boxes needs exactly one --image"),
+    (["ask", "Where?", "--image", "{png}", "--boxes", "{text_png}/boxes.png"],
+     "cannot write the boxes to"),
     (["ask", ""], "the question is empty"),
     (["describe", "{jpeg_dcm}"], "named like DICOM but is not a DICOM file"),
     (["describe", "{text_png}"], "is not an image"),
