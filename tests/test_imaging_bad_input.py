@@ -98,6 +98,14 @@ def test_truncated_zip_is_named_as_a_damaged_zip(tmp_path: Path) -> None:
     assert "Pillow" not in str(caught.value) and "copy" in str(caught.value)
 
 
+def test_frame_of_a_single_frame_dicom_that_does_not_exist(tmp_path: Path) -> None:
+    """--frame 3 on a one-frame CT was ignored: frame 0 was sent without a word."""
+    ct = get_testdata_file("CT_small.dcm", download=False)
+    with pytest.raises(ImageInputError, match=r"CT_small.dcm has 1 frame; --frame 3 does not exist"):
+        read_inputs([ct], ImagingOptions(frame=3))
+    assert len(read_inputs([ct], ImagingOptions(frame=0)).items[0].images) == 1
+
+
 def test_mixed_image_sizes_in_one_series(tmp_path: Path) -> None:
     from pydicom.uid import generate_uid
 

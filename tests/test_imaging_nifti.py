@@ -67,5 +67,8 @@ def test_4d_nifti_sends_one_volume_says_so_and_refuses_one_it_lacks(tmp_path: Pa
     assert any("volume 0 of 3" in w and "--frame" in w for w in item.warnings), item.warnings
     second = read_inputs([path], ImagingOptions(frame=1)).items[0]
     assert any("volume 1 of 3" in w for w in second.warnings), second.warnings
-    with pytest.raises(ImageInputError, match=r"fmri.nii has 3 volumes; --frame 5 does not exist"):
+    with pytest.raises(ImageInputError, match=r"fmri.nii has 3 volume\(s\); --frame 5 does not exist"):
         read_inputs([path], ImagingOptions(frame=5))
+    flat = write_nifti(tmp_path / "t1.nii", data[..., 0])
+    with pytest.raises(ImageInputError, match=r"t1.nii has 1 volume\(s\); --frame 2 does not exist"):
+        read_inputs([flat], ImagingOptions(frame=2))  # a 3-D file: not silently its only volume

@@ -66,11 +66,11 @@ def read_nifti(path: Path, options: ImagingOptions) -> MedicalInput:
                               "copy the file again") from exc
     volumes = int(data.shape[3]) if data.ndim == 4 else 1
     notes: list[str] = []
+    index = options.frame or 0
+    if not 0 <= index < volumes:
+        raise ImageInputError(f"{path.name} has {volumes} volume(s); --frame {index} does not exist",
+                              f"use 0..{volumes - 1}")
     if data.ndim == 4:  # a time series (fMRI, DCE, DWI): one of its 3-D volumes is sent
-        index = options.frame or 0
-        if not 0 <= index < volumes:
-            raise ImageInputError(f"{path.name} has {volumes} volumes; --frame {index} does not exist",
-                                  f"use 0..{volumes - 1}")
         data = data[..., index]
         notes.append(f"{path.name} is 4-D: volume {index} of {volumes} is sent"
                      + ("" if volumes == 1 else f" (--frame N picks another, 0..{volumes - 1})"))

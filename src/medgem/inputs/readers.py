@@ -48,6 +48,9 @@ def read_dicom_file(path: Path, options: ImagingOptions) -> MedicalInput:
     if frames > 1 and options.frame is None:
         return multiframe_to_input(ds, options, path.name)
     index = options.frame if frames > 1 else None
+    if options.frame and frames == 1:  # not silently frame 0 when another was asked for
+        raise ImageInputError(f"{path.name} has 1 frame; --frame {options.frame} does not exist",
+                              "drop --frame, or use --frame 0")
     if index is not None and not 0 <= index < frames:
         raise ImageInputError(f"{path.name} has {frames} frames; --frame {index} does not exist",
                               f"use 0..{frames - 1}")
