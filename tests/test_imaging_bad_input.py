@@ -26,9 +26,12 @@ def test_png_named_dcm(tmp_path: Path) -> None:
 
 
 def test_empty_file(tmp_path: Path) -> None:
-    (tmp_path / "x.dcm").write_bytes(b"")
-    with pytest.raises(ImageInputError, match=r"empty"):
-        read_inputs([tmp_path / "x.dcm"])
+    """An empty file of any name (a failed copy) is said to be empty: not "not an image
+    Pillow can read" (.png, .jpg) nor "a damaged zip"."""
+    for name in ("x.dcm", "photo.png", "scan.jpg", "series.zip", "noext"):
+        (tmp_path / name).write_bytes(b"")
+        with pytest.raises(ImageInputError, match=rf"^{name} is empty \(0 bytes\)"):
+            read_inputs([tmp_path / name])
 
 
 def test_truncated_pixel_data(tmp_path: Path) -> None:

@@ -130,6 +130,8 @@ def detect_format(path: Path) -> str:
         return "nifti"
     with path.open("rb") as handle:
         head = handle.read(132)
+    if not head:  # a failed copy or download, whatever its name
+        raise ImageInputError(f"{path.name} is empty (0 bytes)", "copy the file again")
     if looks_like_dicom(head):
         return "dicom"
     if looks_like_pdf(head):
@@ -137,8 +139,6 @@ def detect_format(path: Path) -> str:
     if is_slide_file(path, head):
         return "slide"
     if path.suffix.lower() in DICOM_SUFFIXES:
-        if not head:
-            raise ImageInputError(f"{path.name} is empty (0 bytes)", "copy the file again")
         if parses_as_dicom(path):  # an old file without File Meta header
             return "dicom"
         raise ImageInputError(
