@@ -125,6 +125,22 @@ def test_doctor_reports_machine_engines_and_a_plan_per_variant() -> None:
     assert "Variants on this machine" in human.stdout
 
 
+def test_chat_slash_mistakes_are_one_line_and_the_chat_goes_on(tiny_text_checkpoint: Path,
+                                                                tmp_path: Path) -> None:
+    """/save to a folder that does not exist ended the whole chat with "unexpected error:
+    FileNotFoundError" (the conversation lost); /image with no path read the current folder
+    as a DICOM series."""
+    script = (f"Hello?\n/save {tmp_path}/no/such/dir/chat.json\n/image\n"
+              f"/save {tmp_path}/chat.json\n/quit\n")
+    result = run_cli("chat", "--model", str(tiny_text_checkpoint), "--engine", "hf", "--no-audit",
+                     "--max-new-tokens", "2", stdin=script, env={"MEDGEM_DEBUG": ""})
+    assert result.returncode == 0, result.stderr
+    assert "unexpected error" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert "cannot save the chat to" in result.stderr, result.stderr
+    assert "/image needs a PATH" in result.stderr and "is empty" not in result.stderr, result.stderr
+    assert json.loads((tmp_path / "chat.json").read_text())["turns"][0]["content"] == "Hello?"
+
+
 def test_chat_keeps_history_across_turns(tiny_vlm_checkpoint: Path, xray_png: Path) -> None:
     script = f"/image {xray_png}\nDescribe this X-ray\nAnd the heart?\n/quit\n"
     result = run_cli("chat", "--model", str(tiny_vlm_checkpoint), "--max-new-tokens", "3", stdin=script)

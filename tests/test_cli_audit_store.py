@@ -82,3 +82,42 @@ def test_a_mistyped_or_empty_store_is_named_not_verified(tmp_path: Path) -> None
     open_store(typo).close()
     empty = _medgem(env, "audit", "verify", "--db", str(typo))
     assert empty.returncode == 1 and "holds no records" in empty.stderr and empty.stdout == ""
+
+
+def test_export_to_a_path_it_cannot_write_is_one_line(tmp_path: Path) -> None:
+    """`audit export -o` onto a folder, or under a file, was "unexpected error:
+    NotADirectoryError / IsADirectoryError"; it is one line naming the path."""
+    from medgem.audit import open_store
+
+    store_path = tmp_path / "audit.sqlite"
+    store = open_store(store_path)
+    store.append("answer", {"user": "alice", "output": "an answer"})
+    store.close()
+    (tmp_path / "notes.txt").write_text("a file")
+    env = _env(tmp_path / "data")
+    for target in (tmp_path, tmp_path / "notes.txt" / "export.jsonl"):
+        result = _medgem(env, "audit", "--db", str(store_path), "export", "-o", str(target))
+        assert result.returncode == 1, result.stderr
+        assert "unexpected error" not in result.stderr, result.stderr
+        assert f"cannot write the export to {target}" in result.stderr, result.stderr
+    written = _medgem(env, "audit", "--db", str(store_path), "export", "-o", str(tmp_path / "out.jsonl"))
+    assert written.returncode == 0 and "an answer" in (tmp_path / "out.jsonl").read_text()
+
+
+def test_a_review_by_a_blank_reviewer_is_refused(tmp_path: Path) -> None:
+    """`--reviewer "  "` recorded a review by nobody (send-back then named the reviewer
+    'None'); it is refused as the flag's error and nothing is recorded."""
+    from medgem.audit import open_store
+
+    store_path = tmp_path / "audit.sqlite"
+    store = open_store(store_path)
+    answer = store.append("answer", {"user": "alice", "output": "an answer"}).id
+    store.close()
+    env = _env(tmp_path / "data")
+    blank = _medgem(env, "audit", "--db", str(store_path), "review", answer, "accept", "--reviewer", "  ")
+    assert blank.returncode == 2 and "argument --reviewer: give the reviewer's name" in blank.stderr
+    listed = _medgem(env, "audit", "--db", str(store_path), "list", "--kind", "review")
+    assert "review-" not in listed.stdout, listed.stdout
+    named = _medgem(env, "audit", "--db", str(store_path), "review", answer, "accept", "--reviewer", " Jane Roe ")
+    assert named.returncode == 0, named.stderr
+    assert "by Jane Roe" in _medgem(env, "audit", "--db", str(store_path), "list", "--kind", "review").stdout

@@ -33,11 +33,13 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("inputs")
     Image.new("RGB", (64, 64), (80, 80, 80)).save(folder / "photo.dcm", format="JPEG")
     (folder / "notes.png").write_text("this is a text file, not an image")
+    Image.new("RGB", (32, 32), (90, 90, 90)).save(folder / "photo.png")
     (folder / "items.jsonl").write_text(json.dumps(
         {"question": "Is sepsis an infection response?", "options": {"A": "yes", "B": "no"},
          "answer": "A"}) + "\n")
     return {"jpeg_dcm": str(folder / "photo.dcm"), "text_png": str(folder / "notes.png"),
-            "data": str(folder / "items.jsonl")}
+            "data": str(folder / "items.jsonl"), "png": str(folder / "photo.png"),
+            "boxes": str(folder / "boxes.png")}
 
 
 @pytest.fixture()
@@ -64,6 +66,11 @@ def _refused_before_load(result: object, expected: str) -> str:
     (["ask", "Describe", "--max-new-tokens", "-5"], "argument --max-new-tokens: must be at least 1, got -5"),
     (["ask", "Describe", "--temperature", "-1"], "argument --temperature"),
     (["ask", "   "], "the question is empty"),
+    (["ask", "Where is the lesion?", "--boxes", "{boxes}"], "--boxes needs exactly one --image"),
+    (["ask", "Where?", "--image", "{png}", "--image", "{png}", "--boxes", "{boxes}"],
+     "--boxes needs exactly one --image"),
+    (["ask", "Where?", "--image", "{png}", "--boxes", "{text_png}/boxes.png"],
+     "cannot write the boxes to"),
     (["ask", ""], "the question is empty"),
     (["describe", "{jpeg_dcm}"], "named like DICOM but is not a DICOM file"),
     (["describe", "{text_png}"], "is not an image"),

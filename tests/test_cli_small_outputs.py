@@ -105,3 +105,12 @@ def test_chat_shows_medgems_stage_line_not_the_librarys_bar(tiny_text_checkpoint
     assert "Loading weights" not in drawn and "it/s]" not in drawn  # transformers' bar stays off
     chat.send("/quit\n")
     assert chat.exit_code() == 0
+
+
+def test_keys_list_with_no_keys_says_so(tmp_path: Path) -> None:
+    """`medgem keys list` with no keys printed nothing at all; it says where it looked and how
+    to add one (on stderr: stdout stays a table for scripts)."""
+    keys = tmp_path / "api-keys.json"
+    result = run_cli("keys", "--file", str(keys), "list")
+    assert result.returncode == 0 and result.stdout == "", result.stderr
+    assert f"no API keys in {keys}" in result.stderr and "medgem keys add NAME" in result.stderr

@@ -26,9 +26,12 @@ def test_png_named_dcm(tmp_path: Path) -> None:
 
 
 def test_empty_file(tmp_path: Path) -> None:
-    (tmp_path / "x.dcm").write_bytes(b"")
-    with pytest.raises(ImageInputError, match=r"empty"):
-        read_inputs([tmp_path / "x.dcm"])
+    """An empty file of any name (a failed copy) is said to be empty: not "not an image
+    Pillow can read" (.png, .jpg) nor "a damaged zip"."""
+    for name in ("x.dcm", "photo.png", "scan.jpg", "series.zip", "noext"):
+        (tmp_path / name).write_bytes(b"")
+        with pytest.raises(ImageInputError, match=rf"^{name} is empty \(0 bytes\)"):
+            read_inputs([tmp_path / name])
 
 
 def test_truncated_pixel_data(tmp_path: Path) -> None:
@@ -81,6 +84,29 @@ def test_zip_bomb_is_refused_before_expanding(tmp_path: Path) -> None:
         zf.writestr("a.dcm", b"\0" * 5_000_000)
     with pytest.raises(ImageInputError, match=r"zip bomb"):
         read_inputs([archive], ImagingOptions(max_archive_bytes=1_000_000))
+
+
+def test_truncated_zip_is_named_as_a_damaged_zip(tmp_path: Path) -> None:
+    """A zip cut short (an interrupted download) lacks its central directory: it is a damaged
+    zip, not "an image Pillow cannot read"."""
+    write_ct_series(tmp_path / "s", np.stack([hu_phantom(8, 8)] * 3))
+    whole = tmp_path / "whole.zip"
+    with zipfile.ZipFile(whole, "w") as zf:
+        for path in sorted((tmp_path / "s").iterdir()):
+            zf.write(path, path.name)
+    cut = tmp_path / "series.zip"
+    cut.write_bytes(whole.read_bytes()[:600])
+    with pytest.raises(ImageInputError, match=r"series.zip is a damaged or incomplete zip") as caught:
+        read_inputs([cut])
+    assert "Pillow" not in str(caught.value) and "copy" in str(caught.value)
+
+
+def test_frame_of_a_single_frame_dicom_that_does_not_exist(tmp_path: Path) -> None:
+    """--frame 3 on a one-frame CT was ignored: frame 0 was sent without a word."""
+    ct = get_testdata_file("CT_small.dcm", download=False)
+    with pytest.raises(ImageInputError, match=r"CT_small.dcm has 1 frame; --frame 3 does not exist"):
+        read_inputs([ct], ImagingOptions(frame=3))
+    assert len(read_inputs([ct], ImagingOptions(frame=0)).items[0].images) == 1
 
 
 def test_mixed_image_sizes_in_one_series(tmp_path: Path) -> None:

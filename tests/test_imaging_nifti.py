@@ -55,3 +55,20 @@ def test_nifti_too_many_slices(tmp_path: Path) -> None:
     path = write_nifti(tmp_path / "tall.nii", np.zeros((2, 2, 30), dtype=np.int16))
     with pytest.raises(ImageInputError, match=r"over the size or slice limits"):
         read_inputs([path], ImagingOptions(slice_limit=10))
+
+
+def test_4d_nifti_sends_one_volume_says_so_and_refuses_one_it_lacks(tmp_path: Path) -> None:
+    """A 4-D NIfTI (three time points): one volume goes to the model and the input says which,
+    how many there are and how to pick another; a --frame past the last is one clear error."""
+    data = np.stack([np.full((3, 3, 2), v, dtype=np.float32) for v in (10, 20, 30)], axis=-1)
+    path = write_nifti(tmp_path / "fmri.nii", data)
+    item = read_inputs([path]).items[0]
+    assert len(item.images) == 2 and item.metadata["volumes"] == 3
+    assert any("volume 0 of 3" in w and "--frame" in w for w in item.warnings), item.warnings
+    second = read_inputs([path], ImagingOptions(frame=1)).items[0]
+    assert any("volume 1 of 3" in w for w in second.warnings), second.warnings
+    with pytest.raises(ImageInputError, match=r"fmri.nii has 3 volume\(s\); --frame 5 does not exist"):
+        read_inputs([path], ImagingOptions(frame=5))
+    flat = write_nifti(tmp_path / "t1.nii", data[..., 0])
+    with pytest.raises(ImageInputError, match=r"t1.nii has 1 volume\(s\); --frame 2 does not exist"):
+        read_inputs([flat], ImagingOptions(frame=2))  # a 3-D file: not silently its only volume

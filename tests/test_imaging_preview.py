@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from conftest import run_cli
 from imaging_fixtures import hu_phantom, write_ct_series
 from medgem.inputs import encode_image, read_inputs, save_preprocessed, to_model_size
 
@@ -29,3 +30,16 @@ def test_to_model_size_and_encode() -> None:
     assert to_model_size(image).size == (896, 896)
     assert encode_image(image, "PNG").startswith(b"\x89PNG")
     assert encode_image(image).startswith(b"\xff\xd8")  # JPEG 95 by default, as served
+
+
+def test_save_preprocessed_onto_a_file_is_one_line(tmp_path: Path) -> None:
+    """--save-preprocessed naming an existing file (or a path under one) was "unexpected error:
+    FileExistsError"; it is one line naming the flag."""
+    Image.new("RGB", (5, 4), (9, 8, 7)).save(tmp_path / "photo.png")
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    for target in (tmp_path / "notes.txt", tmp_path / "notes.txt" / "out"):
+        result = run_cli("inspect", str(tmp_path / "photo.png"), "--save-preprocessed", str(target))
+        assert result.returncode == 1, result.stderr
+        assert "unexpected error" not in result.stderr, result.stderr
+        assert f"cannot write the preprocessed images to {target}" in result.stderr, result.stderr
+        assert "give --save-preprocessed a folder" in result.stderr, result.stderr

@@ -135,3 +135,14 @@ def test_a_broken_config_file_is_one_line(medgem_cache: Path, tmp_path: Path) ->
     assert result.stderr.strip() == (
         f"medgem: error: the config file '{config}' has unknown setting(s) modle — the "
         "settings are: dicomweb_token, fhir_token, llamacpp, model, model_dirs, remote")
+
+
+def test_models_dir_that_is_not_a_folder_is_said(medgem_cache: Path, tmp_path: Path) -> None:
+    """A mistyped `--dir` listed the same table as without it, with no word, so the user's
+    checkpoints seemed not to be there; it is one line naming the path."""
+    (tmp_path / "notes.txt").write_text("a file")
+    for wrong in (tmp_path / "modles", tmp_path / "notes.txt"):
+        result = run_cli("models", "--dir", str(wrong), env=_env(medgem_cache, tmp_path))
+        assert result.returncode == 1, result.stdout
+        assert f"--dir {wrong} is not a folder" in result.stderr, result.stderr
+        assert result.stdout == ""

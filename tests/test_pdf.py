@@ -64,6 +64,19 @@ def test_inspect_shows_pages_and_what_is_sent(report: Path) -> None:
     assert "(sent)" in result.stdout and "one per page in order" in result.stdout
 
 
+def test_pdf_text_on_a_pdf_without_text_says_none_is_sent(tmp_path: Path) -> None:
+    """A scanned report has no text layer: --pdf-text cannot send one, and inspect says so
+    instead of telling the user to pass the --pdf-text they passed."""
+    scan = wsi_fixtures.write_pdf(tmp_path / "scan.pdf", [""])
+    item = read_inputs([scan], ImagingOptions(pdf_text=True)).items[0]
+    assert item.text is None
+    assert any("no text layer" in w for w in item.warnings), item.warnings
+    result = run_cli("inspect", str(scan), "--pdf-text", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "--pdf-text sends it" not in result.stdout, result.stdout
+    assert "no text layer" in result.stdout, result.stdout
+
+
 def test_encrypted_pdf_is_one_clear_error(tmp_path: Path) -> None:
     path = wsi_fixtures.write_encrypted_pdf(tmp_path / "locked.pdf")
     with pytest.raises(ImageInputError, match="password-protected"):

@@ -91,6 +91,10 @@ def run(args: argparse.Namespace, question: str | None = None, inputs: Inputs | 
                         allow_unreviewed=args.send_back_unreviewed)
     if inputs is None:
         inputs = read_command_inputs(args, text)  # before the model loads
+    if args.boxes and len(inputs.items) != 1:  # drawn after the answer: refused before it
+        raise InputError("--boxes needs exactly one --image", "give the one image to draw the boxes on")
+    if args.boxes:
+        _check_writable(args.boxes)
     options = generation_options(args)  # a bad value or --json-schema is refused before any load
     check_before_load(args, text, options)
     context = patient_context(args, text)
@@ -306,9 +310,19 @@ def _save_preprocessed(inputs: Inputs, folder: Path) -> None:
     print(f"medgem: wrote {len(written)} preprocessed image(s) to {folder}", file=sys.stderr)
 
 
+def _check_writable(target: Path) -> None:
+    """The --boxes PNG's folder, made now: a path that cannot be written fails here, not after
+    the answer."""
+    try:
+        if target.is_dir():
+            raise IsADirectoryError(21, "Is a directory")
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot write the boxes to {target} ({exc.strerror or exc})",
+                         "give --boxes a .png path in a folder you can write") from None
+
+
 def _draw_boxes(answer: str, inputs: Inputs, target: Path) -> None:
-    if len(inputs.items) != 1:
-        raise InputError("--boxes needs exactly one --image")
     from medgem.answer.boxes import draw_boxes, parse_boxes
 
     image = inputs.images[0]

@@ -37,7 +37,7 @@ def add_parser(subparsers: Any) -> None:
                         help="accept the answer, correct it (--correction) or reject it")
     review.add_argument("--correction", help="the corrected text (verdict 'correct')")
     review.add_argument("--note", help="free text kept with the review")
-    review.add_argument("--reviewer", required=True, help="who reviews (recorded)")
+    review.add_argument("--reviewer", required=True, type=_reviewer_name, help="who reviews (recorded)")
     send_back = _add_send_back(actions)
     for action in (listing, show, verify, export, review, send_back):
         # `medgem audit verify --db F` reads as naturally as `medgem audit --db F verify`
@@ -153,8 +153,20 @@ def _verify(store: AuditStore, args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _reviewer_name(value: str) -> str:
+    """A blank --reviewer recorded a review by nobody (the SR's verifying observer empty)."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("give the reviewer's name, not a blank")
+    return value.strip()
+
+
 def _export(store: AuditStore, args: argparse.Namespace) -> int:
-    with args.output.open("w", encoding="utf-8") if args.output else nullcontext(sys.stdout) as out:
+    try:
+        target = args.output.open("w", encoding="utf-8") if args.output else nullcontext(sys.stdout)
+    except OSError as exc:  # a folder, a path under a file, no permission
+        raise InputError(f"cannot write the export to {args.output} ({exc.strerror or exc})",
+                         "give -o a file in a folder that exists, or leave it out for stdout") from None
+    with target as out:
         for record in store.records():
             out.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
     return 0

@@ -100,7 +100,10 @@ class _Chat:
             self.options = replace(self.options, think=rest != "off")
             print(f"(thinking {'on' if self.options.think else 'off'})", file=sys.stderr)
         elif command == "/image":
-            self.attach(Path(rest).expanduser())
+            if not rest:  # Path("") is the current folder, which would be read as a series
+                print("medgem: error: /image needs a PATH, e.g. /image chest.dcm", file=sys.stderr)
+            else:
+                self.attach(Path(rest).expanduser())
         elif command == "/system":
             self.system = rest or None
             print(f"(system prompt {'set' if rest else 'cleared'})", file=sys.stderr)
@@ -146,6 +149,11 @@ class _Chat:
         turns = [{"role": m.role, "content": m.text,
                   "images": sum(1 for p in m.parts if not isinstance(p, TextPart))}
                  for m in self.history]
-        path.write_text(json.dumps({"model": self.model.engine.info.id, "system": self.system,
-                                    "turns": turns}, indent=2) + "\n")
+        try:
+            path.write_text(json.dumps({"model": self.model.engine.info.id, "system": self.system,
+                                        "turns": turns}, indent=2) + "\n")
+        except OSError as exc:  # the conversation stays; the user picks another file
+            print(f"medgem: error: cannot save the chat to {path} ({exc.strerror or exc}) — "
+                  "/save to a folder that exists and you can write", file=sys.stderr)
+            return
         print(f"(saved {len(turns)} turns to {path})", file=sys.stderr)

@@ -95,7 +95,9 @@ def _slide_lines(metadata: dict[str, object]) -> list[str]:
     if metadata.get("format") == "pdf":
         return [f"pages:              {metadata['pages']}",
                 f"text layer:         {metadata['text_chars']} characters"
-                + (" (sent)" if metadata.get("text_sent") else " (not sent; --pdf-text sends it)")]
+                + (" (sent)" if metadata.get("text_sent") else
+                   " (no text layer: only the page images are sent)" if not metadata["text_chars"]
+                   else " (not sent; --pdf-text sends it)")]
     if metadata.get("format") != "slide":
         return []
     lines = [f"vendor:             {metadata['vendor']}"]

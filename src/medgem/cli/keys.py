@@ -35,7 +35,11 @@ def run(args: argparse.Namespace) -> int:
         print(key)
         print(f"medgem: key '{args.name}' added to {store.path}; it is shown only now", file=sys.stderr)
     elif args.action == "list":
-        for entry in store.entries():
+        entries = list(store.entries())
+        if not entries:  # an empty table said nothing at all
+            print(f"medgem: no API keys in {store.path} (make one with `medgem keys add NAME`)",
+                  file=sys.stderr)
+        for entry in entries:
             state = f"revoked {entry.revoked}" if entry.revoked else "active"
             print(f"{entry.name}\t{entry.role}\tcreated {entry.created}\t{state}")
     else:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from medgem.errors import InputError
 from medgem.request.variants import VARIANTS, Variant
 
 
@@ -68,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
     from medgem.catalog import human_size, list_models
     from medgem.config import load_settings
 
+    for folder in args.dir:  # a typo would list the table without them, and no word
+        if not folder.expanduser().is_dir():
+            raise InputError(f"--dir {folder} is not a folder",
+                             "give the folder that holds your checkpoint folders or .gguf files")
     dirs = [*args.dir, *load_settings().model_dirs]
     variants = {v.key: v for v in VARIANTS}
     rows: list[dict[str, Any]] = []

@@ -64,12 +64,24 @@ def read_nifti(path: Path, options: ImagingOptions) -> MedicalInput:
     except Exception as exc:
         raise ImageInputError(f"{path.name} has truncated or corrupt voxel data ({exc})",
                               "copy the file again") from exc
-    if data.ndim == 4:
-        data = data[..., options.frame or 0]
+    volumes = int(data.shape[3]) if data.ndim == 4 else 1
+    notes: list[str] = []
+    index = options.frame or 0
+    if not 0 <= index < volumes:
+        raise ImageInputError(f"{path.name} has {volumes} volume(s); --frame {index} does not exist",
+                              f"use 0..{volumes - 1}")
+    if data.ndim == 4:  # a time series (fMRI, DCE, DWI): one of its 3-D volumes is sent
+        data = data[..., index]
+        notes.append(f"{path.name} is 4-D: volume {index} of {volumes} is sent"
+                     + ("" if volumes == 1 else f" (--frame N picks another, 0..{volumes - 1})"))
     volume = axial_slices(data.astype(np.float32, copy=False))
     modality = (options.modality or "").upper() or guess_modality(volume)
     zooms = [round(float(v), 4) for v in img.header.get_zooms()[:3]]
     facts: dict[str, object] = {
         "format": "NIfTI", "voxel_size_mm": zooms, "modality_guessed": options.modality is None,
     }
-    return array_to_input(volume, modality, options, path.name, facts)
+    if len(shape) == 4:
+        facts["volumes"] = volumes
+    prepared = array_to_input(volume, modality, options, path.name, facts)
+    prepared.warnings.extend(notes)
+    return prepared

@@ -87,4 +87,6 @@ def read_pdf(path: Path, options: ImagingOptions) -> MedicalInput:
         metadata={"format": "pdf", "pages": pages, "text_chars": text_chars,
                   "text_sent": text is not None},
         text=text,
+        warnings=[f"--pdf-text: {path.name} has no text layer (a scan?), so only its page images "
+                  "are sent"] if options.pdf_text and not text_chars else [],
     )

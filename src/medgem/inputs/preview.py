@@ -9,6 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from medgem.errors import InputError
 from medgem.inputs.options import MedicalInput
 
 #: MedGemma's vision tower input side; the model's processor resizes to this.
@@ -43,9 +44,16 @@ def save_preprocessed(inputs: Sequence[MedicalInput], directory: str | Path) -> 
 
     Returns:
         The files written, in order.
+
+    Raises:
+        InputError: ``directory`` is a file, or cannot be made.
     """
     out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file by that name, or under one; no permission
+        raise InputError(f"cannot write the preprocessed images to {out} ({exc.strerror or exc})",
+                         "give --save-preprocessed a folder (it is made when missing)") from None
     written: list[Path] = []
     for number, item in enumerate(inputs, start=1):
         stem = f"{number:02d}_{_stem(item.source)}"

@@ -48,6 +48,9 @@ def read_dicom_file(path: Path, options: ImagingOptions) -> MedicalInput:
     if frames > 1 and options.frame is None:
         return multiframe_to_input(ds, options, path.name)
     index = options.frame if frames > 1 else None
+    if options.frame and frames == 1:  # not silently frame 0 when another was asked for
+        raise ImageInputError(f"{path.name} has 1 frame; --frame {options.frame} does not exist",
+                              "drop --frame, or use --frame 0")
     if index is not None and not 0 <= index < frames:
         raise ImageInputError(f"{path.name} has {frames} frames; --frame {index} does not exist",
                               f"use 0..{frames - 1}")
@@ -127,6 +130,8 @@ def detect_format(path: Path) -> str:
         return "nifti"
     with path.open("rb") as handle:
         head = handle.read(132)
+    if not head:  # a failed copy or download, whatever its name
+        raise ImageInputError(f"{path.name} is empty (0 bytes)", "copy the file again")
     if looks_like_dicom(head):
         return "dicom"
     if looks_like_pdf(head):
@@ -134,8 +139,6 @@ def detect_format(path: Path) -> str:
     if is_slide_file(path, head):
         return "slide"
     if path.suffix.lower() in DICOM_SUFFIXES:
-        if not head:
-            raise ImageInputError(f"{path.name} is empty (0 bytes)", "copy the file again")
         if parses_as_dicom(path):  # an old file without File Meta header
             return "dicom"
         raise ImageInputError(
@@ -144,6 +147,10 @@ def detect_format(path: Path) -> str:
         )
     if zipfile.is_zipfile(path):
         return "slide" if is_dicom_wsi(path) else "dicom-zip"
+    if head.startswith(b"PK\x03\x04") or path.suffix.lower() == ".zip":  # cut short: no directory
+        raise ImageInputError(
+            f"{path.name} is a damaged or incomplete zip (its table of contents at the end is missing)",
+            "copy or download it again, or zip the folder again")
     if not head.startswith(_PICTURE_MAGIC) and parses_as_dicom(path):  # no File Meta, no .dcm name
         return "dicom"
     return "picture"
