@@ -212,3 +212,16 @@ def test_audit_command_lists_shows_reviews_exports_and_verifies(db: Path, tmp_pa
     assert bad.returncode == 1 and "edited" in bad.stderr
     missing = _cli("audit", "--db", str(db), "show", "nope")
     assert missing.returncode != 0 and "no audit record" in missing.stderr
+
+
+def test_a_path_that_cannot_hold_a_store_is_one_input_error(tmp_path: Path) -> None:
+    """--audit-db under a file, in a folder that cannot exist, or on a file that is not a
+    database: one line naming the path and the flag, not an OSError or sqlite3 traceback."""
+    a_file = tmp_path / "f"
+    a_file.write_text("")
+    not_a_db = tmp_path / "notdb.sqlite"
+    not_a_db.write_text("garbage " * 200)
+    for path in (a_file / "x.sqlite", Path("/proc/nope/x.sqlite"), not_a_db):
+        with pytest.raises(InputError, match=r"cannot open the audit store at .* --audit-db"):
+            open_store(path)
+    assert not_a_db.read_text().startswith("garbage")  # left as it was

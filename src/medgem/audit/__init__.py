@@ -33,12 +33,21 @@ def open_store(location: str | Path | None = None) -> AuditStore:
             (``medgem.config.audit_path``).
 
     Raises:
-        InputError: a database URL whose backend is not built in.
+        InputError: a database URL whose backend is not built in, or a path that cannot hold
+            an audit store (no such folder, a file where a folder should be, not a database).
     """
+    import sqlite3
+
     text = str(location if location is not None else audit_path())
     if "://" in text and not text.startswith("sqlite:///"):
         raise InputError(
             f"no audit backend for '{text.split('://')[0]}://' URLs",
             "use a SQLite file path, or implement medgem.audit.AuditStore for that database",
         )
-    return SQLiteAuditStore(text.removeprefix("sqlite:///"))
+    path = text.removeprefix("sqlite:///")
+    try:
+        return SQLiteAuditStore(path)
+    except (OSError, sqlite3.Error) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise InputError(f"cannot open the audit store at {path} ({reason})",
+                         "give a writable file path with --audit-db or MEDGEM_AUDIT_DB") from exc
