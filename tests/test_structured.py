@@ -200,3 +200,29 @@ def test_generation_options_carry_a_constraint() -> None:
     hash(options)
     with pytest.raises(InputError, match="Constraint"):
         GenerationOptions(constraint={"type": "object"})  # type: ignore[arg-type]
+
+
+def test_strict_decoding_closes_objects_that_say_nothing_of_other_keys() -> None:
+    """strict (the default): an object schema listing properties takes only those when it does
+    not say otherwise; what it says is kept, data values are left alone, validation reads the
+    schema as given, and strict=False decodes to the schema as given."""
+    schema = {"type": "object", "required": ["a"], "properties": {
+        "a": {"type": "object", "properties": {"b": {"type": "string"}}},
+        "open": {"type": "object", "properties": {"c": {"type": "integer"}},
+                 "additionalProperties": True},
+        "list": {"type": "array", "items": {"$ref": "#/$defs/item"}},
+        "const": {"const": {"properties": {"x": 1}}}},
+        "$defs": {"item": {"anyOf": [{"type": "object", "properties": {"d": {"type": "null"}}},
+                                     {"type": "string"}]}}}
+    closed = json.loads(Constraint.from_schema(schema).decoding_schema_json)
+    assert closed["additionalProperties"] is False
+    assert closed["properties"]["a"]["additionalProperties"] is False
+    assert closed["properties"]["open"]["additionalProperties"] is True
+    assert closed["$defs"]["item"]["anyOf"][0]["additionalProperties"] is False
+    assert closed["properties"]["const"]["const"] == {"properties": {"x": 1}}
+    assert list(closed["properties"]) == ["a", "open", "list", "const"]
+    strict = Constraint.from_schema(schema)
+    assert strict.result('{"a":{"b":"x","extra":1}}').valid  # validation: the schema as given
+    loose = Constraint.from_schema(schema, strict=False)
+    assert loose.decoding_schema_json == loose.schema_json
+    assert Constraint.json_object().decoding_schema_json == Constraint.json_object().schema_json

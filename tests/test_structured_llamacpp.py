@@ -186,3 +186,17 @@ def test_constrained_and_free_requests_share_one_batch(engine: Any) -> None:
     for i in (0, 2):
         assert finished[i] is not None and finished[i].finish_reason == "length"
         assert not texts[i].lstrip().startswith("{"), texts[i]
+
+
+def test_a_strict_schema_that_says_nothing_of_other_keys_gets_none(engine: Any) -> None:
+    """The runaway seen with the demo model: a schema without additionalProperties let the model
+    add keys of its own until its budget ran out. Strict (the default) closes the object, even
+    when the prompt's example shows extra keys."""
+    schema = {"type": "object", "properties": {"diagnosis": {"type": "string", "maxLength": 20},
+                                               "urgent": {"type": "boolean"}},
+              "required": ["diagnosis", "urgent"]}
+    example = '{"diagnosis":"sepsis","urgent":true,"patient_id":1,"patient_name":"x","ward":"b"}'
+    prompt = f"Report 1 as JSON: {example}\nReport 2 as JSON: {example}\nReport 3 as JSON:"
+    text, finished = run(engine, completion(prompt, 60, Constraint.from_schema(schema)))
+    assert finished.finish_reason == "stop", text
+    assert set(json.loads(text)) <= {"diagnosis", "urgent"}

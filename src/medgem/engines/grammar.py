@@ -71,16 +71,17 @@ class Grammars:
         Raises:
             SchemaError: llguidance refuses the schema (the message says why).
         """
-        cached = self._compiled.get(constraint.schema_json)
+        schema = constraint.decoding_schema_json  # strict: undeclared keys closed off
+        cached = self._compiled.get(schema)
         if cached is not None:
             return cached
         ll = import_llguidance()
-        grammar = ll.LLMatcher.grammar_from_json_schema(constraint.schema_json, defaults=JSON_DEFAULTS)
+        grammar = ll.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_DEFAULTS)
         errors = ll.LLMatcher.validate_grammar(grammar, self.tokenizer)
         if errors:
             raise SchemaError(f"the JSON schema cannot be turned into a grammar: {' '.join(errors.split())}",
                               "simplify the schema")
-        self._compiled[constraint.schema_json] = grammar
+        self._compiled[schema] = grammar
         return grammar
 
     def guide(self, constraint: Constraint | None, think: bool) -> RowGuide | None:

@@ -85,6 +85,19 @@ class Constraint:
         value: dict[str, Any] = json.loads(self.schema_json)
         return value
 
+    @functools.cached_property
+    def decoding_schema_json(self) -> str:
+        """The schema the engines decode to. With ``strict``, an object schema that lists its
+        properties and does not say ``additionalProperties`` takes only those, as llama.cpp's
+        and xgrammar's converters read it and as OpenAI's strict mode requires: left open, a
+        model may add keys of its own until its budget runs out (the demo model did). Say
+        ``"additionalProperties": true`` to allow others. Answers are validated against
+        ``schema_json`` as given."""
+        if self.kind != "json_schema" or not self.strict:
+            return self.schema_json
+        return json.dumps(_closed(json.loads(self.schema_json)), ensure_ascii=False,
+                          separators=(",", ":"))
+
     @property
     def digest(self) -> str:
         """sha256 of the compact schema: names the constraint in logs and reports."""
@@ -205,6 +218,26 @@ class Constraint:
             return {"type": "json_object"}
         return {"type": "json_schema",
                 "json_schema": {"name": self.name, "schema": self.schema, "strict": self.strict}}
+
+
+def _closed(node: Any) -> Any:
+    """``node`` with ``additionalProperties: false`` on every object schema that lists
+    properties and says nothing of others; values that are data (enum, const, default) kept."""
+    if isinstance(node, list):
+        return [_closed(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _MAP and isinstance(value, dict):
+            out[key] = {name: _closed(sub) for name, sub in value.items()}
+        elif key in _ONE or key in _LIST:
+            out[key] = _closed(value)
+        else:
+            out[key] = value
+    if isinstance(out.get("properties"), dict) and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    return out
 
 
 def check_schema(schema: Mapping[str, Any]) -> None:
