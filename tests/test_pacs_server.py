@@ -99,3 +99,34 @@ def test_image_dicom_outside_the_allowlist_is_403_and_nothing_is_fetched(
             "model": SCRIPTED_ID, "messages": [{"role": "user", "content": [
                 {"type": "image_dicom", "image_dicom": {"dicom_source": 7}}]}]}, timeout=30)
         assert malformed.status_code in (400, 422)
+
+
+def test_an_allowed_pacs_that_is_down_or_failing_is_the_gateways_502_and_the_server_serves_on(
+        tmp_path: Path) -> None:
+    """The PACS's fault is not the caller's: a 502 names the PACS (as the page's browse routes
+    do), where an unknown UID stays a 400."""
+    import socket
+
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}/dicom-web"
+
+    class _Failing(_Counter):
+        hits: ClassVar[list[str]] = []
+
+    failing = ThreadingHTTPServer(("127.0.0.1", 0), _Failing)
+    threading.Thread(target=failing.serve_forever, daemon=True).start()
+    broken = f"http://127.0.0.1:{failing.server_address[1]}/dicom-web"
+    try:
+        config = ServerConfig(allowed_pacs=(closed, broken))
+        with serve_in_thread(create_app(config, audited(scripted_model(), open_store(tmp_path / "a.sqlite")))) as base:
+            down = httpx.post(base + "/v1/chat/completions", json=_body(f"{closed}/studies/1.2.3"), timeout=60)
+            assert down.status_code == 502, down.text
+            assert down.json()["error"]["code"] == "pacs_unavailable"
+            assert "cannot reach" in down.json()["error"]["message"]
+            error = httpx.post(base + "/v1/chat/completions", json=_body(f"{broken}/studies/1.2.3"), timeout=60)
+            assert error.status_code == 502 and "answered 500" in error.json()["error"]["message"], error.text
+            assert _Failing.hits  # it was asked
+            assert httpx.get(base + "/healthz").status_code == 200
+    finally:
+        failing.shutdown()

@@ -11,7 +11,13 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from medgem.errors import PacsError, require
+from medgem.errors import (
+    PacsError,
+    PacsRefusedError,
+    PacsTimeoutError,
+    PacsUnavailableError,
+    require,
+)
 from medgem.inputs.pacs.client import INSTANCE_FIELDS, SERIES_FIELDS
 from medgem.inputs.pacs.reference import StudyReference
 
@@ -102,24 +108,26 @@ class DicomwebClient:
             raise self._failure("garbled", what) from None
 
     def _failure(self, kind: str, what: str, status: int = 0) -> PacsError:
-        """One line for a failed request, as a command line user reads it."""
+        """One line for a failed request, as a command line user reads it. The PACS's own fault
+        (down, refusing medgem's token, answering garbage) is a gateway error to the server's
+        caller (502; 504 when it is silent); an unknown UID is the caller's (400)."""
         where = self.reference.where
         if kind == "refused":
-            return PacsError(f"{where} refused medgem ({status} {'unauthorized' if status == 401 else 'forbidden'}) "
+            return PacsRefusedError(f"{where} refused medgem ({status} {'unauthorized' if status == 401 else 'forbidden'}) "
                              f"while asking for {what}",
                              "pass a valid token with --dicomweb-token (or dicomweb_token in the config file)")
         if kind == "missing":
             return PacsError(f"{where} does not have {what} asked for (404): the UID is unknown there",
                              "check the study/series/instance UID (medgem inspect --study lists a study's series)")
         if kind == "timeout":
-            return PacsError(f"{where} did not answer within {self.reference.timeout:g} s ({what})",
+            return PacsTimeoutError(f"{where} did not answer within {self.reference.timeout:g} s ({what})",
                              "check that the PACS is up, or raise --pacs-timeout")
         if kind == "unreachable":
-            return PacsError(f"cannot reach {where} (connection failed)", "check the URL and that the PACS is up")
+            return PacsUnavailableError(f"cannot reach {where} (connection failed)", "check the URL and that the PACS is up")
         if kind == "garbled":
-            return PacsError(f"{where} answered something that is not DICOMweb while asking for {what}",
+            return PacsUnavailableError(f"{where} answered something that is not DICOMweb while asking for {what}",
                              "check that the URL is the PACS's DICOMweb root")
-        return PacsError(f"{where} answered {status} while asking for {what}", "check the PACS, then try again")
+        return PacsUnavailableError(f"{where} answered {status} while asking for {what}", "check the PACS, then try again")
 
 
 #: The syntax a frame answer is in when its Content-Type names only the media type.

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from medgem.errors import PacsError, require
+from medgem.errors import PacsError, PacsTimeoutError, PacsUnavailableError, require
 from medgem.inputs.pacs.client import INSTANCE_FIELDS, SERIES_FIELDS
 from medgem.inputs.pacs.reference import StudyReference
 
@@ -50,7 +50,7 @@ class DimseClient:
         assoc = ae.associate(ref.host, ref.port, ae_title=ref.called_ae, **kwargs)
         if not assoc.is_established:
             why = "rejected the association" if assoc.is_rejected else "could not be reached"
-            raise PacsError(f"{ref.where} {why} (DIMSE)",
+            raise PacsUnavailableError(f"{ref.where} {why} (DIMSE)",
                             "check the host, port and AE title, that the PACS is up, and that it "
                             f"knows medgem's AE title {ref.calling_ae}")
         return assoc
@@ -91,7 +91,7 @@ class DimseClient:
                              f"{ref.calling_ae} {'query' if what == 'C-FIND' else 'retrieve'}",
                              "ask its administrator to add medgem's AE title as a known modality, "
                              f"or pass the one it knows with --pacs-aet{moves}")
-        return PacsError(f"{ref.where} did not answer the {what} within {ref.timeout:g} s",
+        return PacsTimeoutError(f"{ref.where} did not answer the {what} within {ref.timeout:g} s",
                          "check that the PACS is up, or raise --pacs-timeout")
 
     def series(self, study: str) -> list[Any]:
