@@ -114,3 +114,16 @@ def test_keys_list_with_no_keys_says_so(tmp_path: Path) -> None:
     result = run_cli("keys", "--file", str(keys), "list")
     assert result.returncode == 0 and result.stdout == "", result.stderr
     assert f"no API keys in {keys}" in result.stderr and "medgem keys add NAME" in result.stderr
+
+
+def test_keys_take_the_file_after_the_action_too(tmp_path: Path) -> None:
+    """`medgem keys add NAME --file PATH` was refused ("unrecognized arguments"): only
+    `keys --file PATH add NAME` worked. Both spellings reach the same file."""
+    keys = tmp_path / "api-keys.json"
+    added = run_cli("keys", "add", "radiology", "--file", str(keys))
+    assert added.returncode == 0, added.stderr
+    assert keys.exists() and str(keys) in added.stderr
+    listed = run_cli("keys", "--file", str(keys), "list")
+    assert listed.stdout.startswith("radiology\tuser\t"), listed.stderr
+    assert run_cli("keys", "revoke", "radiology", "--file", str(keys)).returncode == 0
+    assert "revoked" in run_cli("keys", "list", "--file", str(keys)).stdout

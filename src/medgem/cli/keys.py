@@ -13,15 +13,18 @@ def add_parser(subparsers: Any) -> None:
         "keys", help="manage API keys for `medgem serve`",
         description="API keys are stored as SHA-256 hashes; a new key is printed once.",
     )
-    parser.add_argument("--file", type=Path, help="key file (default: $MEDGEM_API_KEYS or ~/.config/medgem/api-keys.json)")
+    where = "key file (default: $MEDGEM_API_KEYS or ~/.config/medgem/api-keys.json)"
+    parser.add_argument("--file", type=Path, help=where)
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     add = actions.add_parser("add", help="make a key and print it once")
     add.add_argument("name", help="who or what uses the key (recorded in the audit trail)")
     add.add_argument("--role", choices=["user", "auditor"], default="user",
                      help="user: sees its own audit records; auditor: sees every record")
-    actions.add_parser("list", help="list keys (names and dates, never the keys)")
+    listing = actions.add_parser("list", help="list keys (names and dates, never the keys)")
     revoke = actions.add_parser("revoke", help="revoke a key by name (takes effect at once)")
     revoke.add_argument("name", help="the key's name as `medgem keys list` shows it")
+    for action in (add, listing, revoke):  # --file after the action too, where people type it
+        action.add_argument("--file", type=Path, default=argparse.SUPPRESS, help=where)
     parser.set_defaults(func=run)
 
 
