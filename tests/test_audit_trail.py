@@ -70,3 +70,35 @@ def test_python_api_records_answers_and_failures(tiny_text_checkpoint: Path, tmp
         assert store.verify().ok and len(records) == 3
     finally:
         store.close()
+
+
+def test_a_store_that_cannot_open_is_said_before_the_model_loads(
+        tiny_text_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MedGemma.load(audit=<a path under a file>) loaded the whole model, then failed: the
+    store is opened first, so a typo costs no load."""
+    import medgem.api
+    from medgem.errors import InputError
+
+    loads: list[object] = []
+    real = medgem.api.load_engine
+    monkeypatch.setattr(medgem.api, "load_engine", lambda *a, **k: loads.append(a) or real(*a, **k))
+    a_file = tmp_path / "f"
+    a_file.write_text("")
+    with pytest.raises(InputError, match="cannot open the audit store"):
+        MedGemma.load(tiny_text_checkpoint, engine="hf", options={"progress": False}, audit=a_file / "x.sqlite")
+    assert loads == []
+
+
+def test_a_question_that_is_not_text_is_one_input_error(tiny_text_checkpoint: Path) -> None:
+    """ask(None) was an AttributeError from deep inside the prompt builder."""
+    from medgem.errors import InputError
+
+    model = MedGemma.load(tiny_text_checkpoint, engine="hf", options={"progress": False}, audit=False)
+    try:
+        for question in (None, 42, ["What is sepsis?"]):
+            with pytest.raises(InputError, match="the question must be text"):
+                model.ask(question)  # type: ignore[arg-type]
+        with pytest.raises(InputError, match="the question is empty — write what"):
+            model.ask("  ")
+    finally:
+        model.close()

@@ -40,7 +40,7 @@ from medgem.errors import (
 )
 from medgem.inputs import ImagingOptions, Inputs, Upload, read_inputs
 from medgem.request import GenerationOptions, ImagePart, Message, Request
-from medgem.request.compose import request_for_inputs
+from medgem.request.compose import check_question, request_for_inputs
 from medgem.request.openai_messages import request_from_openai
 from medgem.request.variants import Variant, find_variant
 from medgem.resolve import Checkpoint, resolve_checkpoint
@@ -122,16 +122,17 @@ class MedGemma:
             from medgem.engines.remote import RemoteEngine
 
             built, parallel = _engine_options("remote", options)
+            trail = _trail(audit, surface)  # a store that cannot open is said before any load
             remote = load_engine("remote", str(model), built)
             # The server names the variant; its thinking and budgets apply here too.
             known = find_variant(variant or remote.info.variant or "")
             # ``parallel`` is per backend: the front runs that many for each server it has.
             servers = len(remote.backends) if isinstance(remote, RemoteEngine) else 1
-            return cls(remote, variant=known, caveat=caveat, audit=_trail(audit, surface),
-                       parallel=parallel * servers)
+            return cls(remote, variant=known, caveat=caveat, audit=trail, parallel=parallel * servers)
         checkpoint = resolve_checkpoint(model, variant=variant, mmproj=mmproj, revision=revision)
         name = engine_key(engine) if engine != "auto" else choose_engine(checkpoint)
         built, parallel = _engine_options(name, options)
+        trail = _trail(audit, surface)  # a store that cannot open is said before the model loads
         loaded = load_engine(name, checkpoint, built)
         return cls(
             loaded,
@@ -139,7 +140,7 @@ class MedGemma:
             chat_model=checkpoint.instruction_tuned or checkpoint.format == "gguf",
             caveat=caveat,
             checkpoint=checkpoint,
-            audit=_trail(audit, surface),
+            audit=trail,
             parallel=parallel,
         )
 
@@ -193,6 +194,7 @@ class MedGemma:
             SchemaError: an invalid or unsupported schema (before anything runs).
             MedgemError subclasses: bad input, with what to do.
         """
+        check_question(question)  # before any image is read
         options = GenerationOptions.of(options, constraint=as_constraint(schema), **generation)
         if not isinstance(images, Inputs):
             images = read_inputs(_input_items(images), imaging_options(

@@ -107,9 +107,12 @@ def check_think(variant: Variant | None, think: bool) -> None:
 
 
 def check_question(question: str) -> str:
+    if not isinstance(question, str):
+        raise InputError(f"the question must be text, not {type(question).__name__}",
+                         "pass the question as a string")
     text = question.strip()
     if not text:
-        raise InputError("the question is empty", "type a question, e.g. medgem ask \"...\"")
+        raise InputError("the question is empty", "write what you want to ask the model")
     return text
 
 
@@ -202,6 +205,7 @@ def request_for_inputs(question: str, loaded: Inputs, *, system: str | None = No
     carries: the pathology layout for a slide's patches, the volume layout for a CT/MR volume
     or cine loop, the image layout otherwise (one place for every surface). Text the inputs
     carry (a PDF's text layer) goes before the question."""
+    check_question(question)  # before the text layer is put in front of it
     if loaded.layout == "slide":
         return build_slide_request(question, loaded.images, variant=variant, options=options)
     if loaded.text:
