@@ -124,6 +124,13 @@ def test_ask_about_a_dicom_without_an_image_and_bad_reviews(server: tuple[str, A
     verdict = httpx.post(base + "/api/reviews", json={"record_id": text_id, "verdict": "maybe"})
     assert verdict.status_code == 400 and verdict.json()["error"]["param"] == "verdict"
     assert httpx.post(base + "/api/ask", json={"question": ""}).status_code == 400
+    # the page's own fields, not the CLI's or the chat route's, are named
+    blank = httpx.post(base + "/api/ask", json={"question": "   "})
+    assert blank.status_code == 400 and "medgem ask" not in blank.json()["error"]["message"]
+    assert "the question is empty" in blank.json()["error"]["message"]
+    not_url = httpx.post(base + "/api/ask", json={"question": "Any bleed?", "image": "xray.png"})
+    assert not_url.status_code == 400 and not_url.json()["error"]["message"].startswith("image must be a data URL")
+    assert not_url.json()["error"]["param"] == "image"
     assert httpx.get(base + "/api/records/nope").status_code == 404
     assert httpx.get(base + "/no/such/route").json()["error"]["code"] == "not_found"
 

@@ -245,7 +245,7 @@ def test_a_reply_cut_by_max_tokens_is_length_and_invalid(client: openai.OpenAI,
     assert whole.choices[0].finish_reason == "length"
     structured = whole.model_extra["medgem"]["structured"]  # type: ignore[index]
     assert structured["valid"] is False and structured["parsed"] is None
-    assert "token budget" in structured["error"]
+    assert "token budget" in structured["error"] and "max_tokens over HTTP" in structured["error"]
     with pytest.raises(ValueError):
         json.loads(whole.choices[0].message.content or "")
     body = answer_record(store, whole.id)

@@ -202,25 +202,27 @@ def _read(source: Path | Upload, options: ImagingOptions) -> MedicalInput:
         return READERS[detect_format(path)](path, options)
 
 
-def decode_data_url(url: str) -> tuple[bytes, str | None]:
-    """Split a ``data:<mime>;base64,<payload>`` URL.
+def decode_data_url(url: str, field: str = "image_url") -> tuple[bytes, str | None]:
+    """Split a ``data:<mime>;base64,<payload>`` URL; messages name it as ``field`` (the request
+    field it came in).
 
     Raises:
         ImageInputError: not a base64 data URL, or invalid base64.
     """
     if not url.startswith("data:") or "," not in url:
         raise ImageInputError(
-            "image_url must be a data URL (data:image/png;base64,...)",
-            "encode the image as base64 in a data URL",
+            f"{field} must be a data URL (data:image/png;base64,...)",
+            "encode the image as base64 in a data URL", param=field,
         )
     header, payload = url[5:].split(",", 1)
     if not header.endswith(";base64"):
-        raise ImageInputError("image data URLs must be base64-encoded", "use ';base64,'")
+        raise ImageInputError(f"{field}: image data URLs must be base64-encoded", "use ';base64,'", param=field)
     mime = header[: -len(";base64")] or None
     try:
         return base64.b64decode(payload, validate=True), mime
     except (binascii.Error, ValueError) as exc:
-        raise ImageInputError("the image data URL holds invalid base64", "re-encode the image") from exc
+        raise ImageInputError(f"{field}: the image data URL holds invalid base64", "re-encode the image",
+                              param=field) from exc
 
 
 def try_data_url(url: str) -> tuple[bytes, str] | None:

@@ -29,7 +29,7 @@ _UPLOAD_TYPES = frozenset({"application/dicom", "application/zip", "application/
 
 def read_upload(url: str, name: str | None, options: ImagingOptions) -> Inputs:
     """The upload's images; messages name the file as the user knows it (``name``)."""
-    data, mime = decode_data_url(url)
+    data, mime = decode_data_url(url, "image")
     shown = name or "the upload"
     if mime and not (mime.startswith("image/") or mime in _UPLOAD_TYPES):
         raise ImageInputError(f"{shown} is a '{mime}' file: that type is not supported",

@@ -40,6 +40,9 @@ _LIST = ("anyOf", "oneOf", "allOf", "prefixItems")
 _MAP = ("properties", "$defs", "definitions")
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
+#: How to give a cut-off answer more room, on every surface the message may reach.
+_MORE_TOKENS = "raise the budget: max_tokens over HTTP, --max-new-tokens in the CLI, max_new_tokens in Python"
+
 
 @dataclass(frozen=True)
 class Checked:
@@ -183,11 +186,10 @@ class Constraint:
             value = json.loads(body)
         except ValueError as exc:
             if finish_reason == "length":
-                return Checked(error="the answer hit the token budget before the JSON closed "
-                                     "(raise max_new_tokens)")
+                return Checked(error=f"the answer hit the token budget before the JSON closed ({_MORE_TOKENS})")
             return Checked(error=f"the answer is not JSON ({exc})")
         if finish_reason == "length" and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return Checked(error="the answer hit the token budget inside a number (raise max_new_tokens)")
+            return Checked(error=f"the answer hit the token budget inside a number ({_MORE_TOKENS})")
         if self.kind == "json_object" and not isinstance(value, dict):
             return Checked(error=f"the answer is JSON but not an object (a {type(value).__name__})")
         problems = [_error_line(e) for e in self.validator().iter_errors(value)]
