@@ -143,7 +143,7 @@ def ensure_quick_model(layers: int) -> Path:
         return gguf
     from dataclasses import replace
 
-    from medgem.demo.build import MEDGEMMA_4B, TINY, build_checkpoint
+    from medgem.demo.build import MEDGEMMA_4B, TINY, build_checkpoint, quiet_library_bars
     from medgem.engines.gguf.convert import convert_checkpoint
 
     shape = replace(TINY, hidden=256, intermediate=512, heads=2, kv_heads=1, head_dim=128,
@@ -152,7 +152,8 @@ def ensure_quick_model(layers: int) -> Path:
                     vision_heads=MEDGEMMA_4B.vision_heads, image_size=896, patch_size=14,
                     mm_tokens=256, context=32768)
     if not (folder / "config.json").exists():
-        build_checkpoint(folder, shape=shape, model_id="medgem-bench-cpuspeed-quick")
+        with quiet_library_bars():  # the table's lines, not transformers' "Writing model shards"
+            build_checkpoint(folder, shape=shape, model_id="medgem-bench-cpuspeed-quick")
     convert_checkpoint(folder, "f16", gguf, progress=False)
     return gguf
 
