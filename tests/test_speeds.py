@@ -26,6 +26,31 @@ def test_figures_are_the_median_of_the_last_runs(tmp_path: Path) -> None:
     assert measured.first_token_s(85, 256, 64) == pytest.approx(85 * 3.0 + (85 * 256 + 64) / 80.0)
 
 
+def test_the_estimate_s_range_runs_from_the_fastest_kept_figures_to_the_slowest(tmp_path: Path) -> None:
+    """One run gives no range (a point of a spread); from two on, low and high take the fastest
+    tower with the fastest prefill and the slowest with the slowest."""
+    store = tmp_path / "speeds.json"
+    speeds.record("k", vision_s_per_image=3.0, prefill_tokens_per_s=100.0, path=store)
+    single = speeds.lookup("k", store)
+    assert single is not None and single.first_token_range(4, 256, 64) is None
+    speeds.record("k", vision_s_per_image=2.0, prefill_tokens_per_s=80.0, path=store)
+    speeds.record("k", vision_s_per_image=4.0, prefill_tokens_per_s=90.0, path=store)
+    measured = speeds.lookup("k", store)
+    assert measured is not None
+    low, high = measured.first_token_range(4, 256, 64) or (0.0, 0.0)
+    assert low == pytest.approx(4 * 2.0 + (4 * 256 + 64) / 100.0)
+    assert high == pytest.approx(4 * 4.0 + (4 * 256 + 64) / 80.0)
+    assert low < (measured.first_token_s(4, 256, 64) or 0.0) < high
+
+
+def test_a_range_is_written_once_where_both_ends_share_a_unit() -> None:
+    from medgem.cli.inspect import _duration_range
+
+    assert _duration_range(15.2, 16.1) == "15-16 s"
+    assert _duration_range(50.0, 130.0) == "50 s-2 min"
+    assert _duration_range(6000.0, 9000.0) == "1.7-2.5 h"
+
+
 def test_without_a_prefill_rate_there_is_no_estimate(tmp_path: Path) -> None:
     store = tmp_path / "speeds.json"
     speeds.record("k", vision_s_per_image=2.0, path=store)
@@ -129,6 +154,7 @@ def test_inspect_estimates_a_volume_s_first_token_from_what_was_measured_here(
     estimate = json.loads(after.stdout)["first_token"]
     assert estimate["seconds"] > 6 * estimate["vision_s_per_image"] > 0  # six slices, then prefill
     assert "6 image(s) x" in estimate["text"] and "measured here with model.gguf, 1 run(s)" in estimate["text"]
+    assert estimate["range_seconds"] is None and "one run: each question asked here narrows it" in estimate["text"]
 
 
 # --- choices made from measurements (the measurements themselves: tests/test_vision_torch.py) ---

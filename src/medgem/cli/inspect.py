@@ -135,7 +135,7 @@ def first_token_estimate(model: str, item: MedicalInput, instruction: object) ->
     """How long this input would take to its first token with ``model`` here, from the speeds
     the llama.cpp engine measured with the same files, tower and thread count on this CPU."""
     from medgem.cli.common import llamacpp_settings
-    from medgem.engines.llamacpp.speeds import estimate_first_token
+    from medgem.engines.llamacpp.speeds import estimate_first_token, soft_tokens_per_image
     from medgem.resolve import resolve_checkpoint
 
     checkpoint = resolve_checkpoint(model, offline=True)
@@ -152,11 +152,23 @@ def first_token_estimate(model: str, item: MedicalInput, instruction: object) ->
                 "yet: ask it one question with an image and medgem records its speeds"}
     tower = (f"{images} image(s) x {measured.vision_s_per_image:.1f} s in the vision tower + "
              if images and measured.vision_s_per_image is not None else "")
+    spread = measured.first_token_range(images, soft_tokens_per_image(checkpoint.mmproj), text_tokens)
+    # one run is one point of a spread (a shared CPU's identical images differ by 20-40%)
+    reach = (f", {_duration_range(*spread)} over the runs kept" if spread
+             else ", one run: each question asked here narrows it")
     text = (f"~{_duration(seconds)} ({tower}prefill at {measured.prefill_tokens_per_s:.0f} "
-            f"tokens/s; measured here with {checkpoint.path.name}, {measured.runs} run(s), "
+            f"tokens/s; measured here with {checkpoint.path.name}, {measured.runs} run(s){reach}, "
             f"{measured.measured_on})")
-    return {"seconds": seconds, "vision_s_per_image": measured.vision_s_per_image,
+    return {"seconds": seconds, "range_seconds": list(spread) if spread else None,
+            "vision_s_per_image": measured.vision_s_per_image,
             "prefill_tokens_per_s": measured.prefill_tokens_per_s, "text": text}
+
+
+def _duration_range(low: float, high: float) -> str:
+    """"15-18 s", "2-3 min", or "50 s-2 min" where the unit changes."""
+    first, last = _duration(low), _duration(high)
+    unit = first.split(" ")[1]
+    return f"{first.split(' ')[0]}-{last}" if last.endswith(" " + unit) else f"{first}-{last}"
 
 
 def _duration(seconds: float) -> str:

@@ -64,14 +64,35 @@ class Speeds:
     prefill_tokens_per_s: float | None
     runs: int
     measured_on: str
+    # the fastest and slowest of the kept runs: (tower s/image, prefill tokens/s) each
+    fastest: tuple[float | None, float | None] = (None, None)
+    slowest: tuple[float | None, float | None] = (None, None)
 
     def first_token_s(self, images: int, tokens_per_image: int, text_tokens: int) -> float | None:
         """Seconds to the first token: every image through the tower, then every prompt token
         (the images' soft tokens included) through the language model's prefill."""
-        if self.prefill_tokens_per_s is None or (images and self.vision_s_per_image is None):
+        return _first_token(self.vision_s_per_image, self.prefill_tokens_per_s, images,
+                            tokens_per_image, text_tokens)
+
+    def first_token_range(self, images: int, tokens_per_image: int,
+                          text_tokens: int) -> tuple[float, float] | None:
+        """(low, high) seconds to the first token at the fastest and the slowest kept figures;
+        None from fewer than two runs. Identical images on a shared CPU were measured 20-40%
+        apart within one process (benchmarks/results/cpu-speed-avx2.txt, Run 7), so a single
+        figure is a point in a spread, not the spread."""
+        if self.runs < 2:
             return None
-        prefill = (images * tokens_per_image + text_tokens) / self.prefill_tokens_per_s
-        return images * (self.vision_s_per_image or 0.0) + prefill
+        low = _first_token(*self.fastest, images, tokens_per_image, text_tokens)
+        high = _first_token(*self.slowest, images, tokens_per_image, text_tokens)
+        return (low, high) if low is not None and high is not None else None
+
+
+def _first_token(vision_s: float | None, prefill_per_s: float | None, images: int,
+                 tokens_per_image: int, text_tokens: int) -> float | None:
+    if prefill_per_s is None or (images and vision_s is None):
+        return None
+    prefill = (images * tokens_per_image + text_tokens) / prefill_per_s
+    return images * (vision_s or 0.0) + prefill
 
 
 def record(key: str, vision_s_per_image: float | None = None,
@@ -96,7 +117,9 @@ def lookup(key: str, path: Path | None = None) -> Speeds | None:
     vision, prefill = entry.get("vision", []), entry.get("prefill", [])
     return Speeds(statistics.median(vision) if vision else None,
                   statistics.median(prefill) if prefill else None,
-                  max(len(vision), len(prefill)), str(entry.get("date", "")))
+                  max(len(vision), len(prefill)), str(entry.get("date", "")),
+                  fastest=(min(vision) if vision else None, max(prefill) if prefill else None),
+                  slowest=(max(vision) if vision else None, min(prefill) if prefill else None))
 
 
 def _write(path: Path, data: dict[str, dict]) -> None:  # type: ignore[type-arg]
@@ -221,8 +244,6 @@ def estimate_first_token(model: Path, mmproj: Path | None, images: int, text_tok
     """Seconds to the first token for ``images`` images and ~``text_tokens`` of text with this
     GGUF on this machine, from the figures measured here (for PyTorch's tower, those of the
     precision it would run in): (None, None) when none were."""
-    from medgem.engines.gguf.read import read_header
-
     threads = threads or usable_cores()
     where = choose_vision(vision)[0] if mmproj is not None else "none"
     if where == "torch":
@@ -230,12 +251,18 @@ def estimate_first_token(model: Path, mmproj: Path | None, images: int, text_tok
     measured = lookup(speed_key(model, mmproj, where, threads), path)
     if measured is None:
         return None, None
-    tokens_per_image = 0
-    if mmproj is not None:
-        header = read_header(mmproj, "vision projector")
-        side = int(header.get("clip.vision.image_size", 0)) // int(header.get("clip.vision.patch_size", 1))
-        tokens_per_image = (side // int(header.get("clip.vision.projector.scale_factor", 1))) ** 2
-    return measured.first_token_s(images, tokens_per_image, text_tokens), measured
+    return measured.first_token_s(images, soft_tokens_per_image(mmproj), text_tokens), measured
+
+
+def soft_tokens_per_image(mmproj: Path | None) -> int:
+    """How many soft tokens the projector gives one image (256 for MedGemma's), 0 without one."""
+    from medgem.engines.gguf.read import read_header
+
+    if mmproj is None:
+        return 0
+    header = read_header(mmproj, "vision projector")
+    side = int(header.get("clip.vision.image_size", 0)) // int(header.get("clip.vision.patch_size", 1))
+    return (side // int(header.get("clip.vision.projector.scale_factor", 1))) ** 2
 
 
 # --- kernels chosen by measuring them here once ------------------------------------------------
