@@ -59,4 +59,17 @@ if [ ! -x /usr/sbin/Orthanc ] || [ ! -f /usr/share/orthanc/plugins/libOrthancDic
     echo "note: install Debian's Orthanc (sudo apt-get install orthanc orthanc-dicomweb) for the PACS tests"
   fi
 fi
+# Where this CPU runs the image encoder fastest (llama.cpp's clip, or PyTorch and in which
+# precision), measured once now (~25 s on 2 cores) so the first image question already takes it
+# (on an AVX2-only Zen 3: PyTorch int8, 1.3x the clip's speed); until it is measured, `auto` means
+# the clip. Kept per CPU kind in the medgem cache; `medgem doctor --measure` measures again.
+# MEDGEM_MEASURE=0 skips it (an image built on one machine and run on another).
+if [ "${MEDGEM_MEASURE:-1}" != 0 ]; then
+  if encoder=$("$venv/bin/medgem" doctor --measure --json 2>/dev/null \
+        | python -c "import json, sys; v = json.load(sys.stdin)['llamacpp'].get('vision') or {}; print(v.get('why') or '')"); then
+    echo "image encoder here: ${encoder:-not measured (llama.cpp does not run on this CPU)}"
+  else
+    echo "note: the image encoder was not measured here (run 'medgem doctor --measure' to see why); images use llama.cpp's clip"
+  fi
+fi
 echo "medgem installed in $venv: activate with '. $venv/bin/activate'"

@@ -162,7 +162,8 @@ def choose_vision(asked: str | None = None, threads: int | None = None,
     attention) and through PyTorch in the precision ``choose_tower_dtype`` picked (int8 on CPUs
     without fast float matrix units); PyTorch only when it is ``TORCH_MARGIN`` faster. Nothing here
     measures: ``vision_measure.measure_vision`` does, for ``medgem doctor --measure`` in a child
-    process (about a minute on 2 cores, too long for a first question to wait on); without
+    process, which ``scripts/install.sh`` runs once at its end (26 s on a 2-core Zen 3, too long
+    for a first question to wait on); without
     PyTorch, or with nothing kept, llama.cpp's clip. Earlier figures: on an AVX512-BF16 Zen 5 (2 cores, 4B shape) the tower in
     PyTorch bf16 took 19.9 s against the clip's 19.2 s and twice the memory
     (benchmarks/bench_vision.py).
