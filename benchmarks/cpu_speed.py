@@ -20,6 +20,8 @@ same run (issue 27), so the targets hold on every CPU kind (AVX2-only, AVX-512, 
     python benchmarks/cpu_speed.py --quick   # minutes: a 2-layer tower at the 4B width, 4 slices
     python benchmarks/cpu_speed.py           # the 4B shape (bench_llamacpp.py's GGUF, built once
                                              # if missing: ~30 min), 85 slices, 3 rounds
+    python benchmarks/cpu_speed.py --slices 4 --skip batch   # the 4B shape in ~30 min on an
+                                             # AVX2-only 2-core CPU (85 slices there: ~2 h a path)
     python benchmarks/cpu_speed.py > benchmarks/results/cpu-KIND-speed.txt
 
 Run it on a quiet machine: every figure here is a speed, and anything else on the cores changes it.
@@ -241,6 +243,8 @@ def first_tokens(folder: Path, vision: str, slices: int, cache: Path) -> dict[st
             result["estimate"], measured = speeds.estimate_first_token(
                 checkpoint.path, checkpoint.mmproj, slices, text_tokens=slices * 6 + 20, vision=vision)
             result["prefill_rate"] = measured.prefill_tokens_per_s if measured else None
+            result["estimate_85"] = speeds.estimate_first_token(
+                checkpoint.path, checkpoint.mmproj, 85, text_tokens=85 * 6 + 20, vision=vision)[0]
             volume = list(engine.generate(volume_request(slices, 1)))[-1]
             result.update(volume_ttft=volume.timings.first_token_s, volume_vision=volume.extra["vision_s"])
     finally:
@@ -399,6 +403,9 @@ def main() -> int:
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: tower,first,batch")
     parser.add_argument("--rounds", type=int, default=0, help="batching rounds (default 1 quick, 3 full)")
     parser.add_argument("--tokens", type=int, default=32, help="new tokens per stream")
+    parser.add_argument("--slices", type=int, default=0,
+                        help="the volume's slices (default 4 quick, 85 full; the full tower on an "
+                             "AVX2-only 2-core CPU takes ~40 s a slice)")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -411,7 +418,9 @@ def main() -> int:
     from medgem.hardware import cpu_has_native_bf16
 
     cores = usable_cores()
-    mode = "quick (2-layer tower, 4 slices, 1 round)" if args.quick else "full (4B shape, 85 slices)"
+    slices = args.slices or (4 if args.quick else 85)
+    mode = (f"quick (2-layer tower, {slices} slices, 1 round)" if args.quick
+            else f"full (4B shape, {slices} slices)")
     print(f"# cpu_speed.py, {cpu_kind()}: {cpu_units()}, {cores} cores, {mode}, torch "
           f"{torch.__version__}, {date.today().isoformat()}", flush=True)
     native_bf16 = cpu_has_native_bf16()
@@ -459,11 +468,11 @@ def main() -> int:
               "in fp32, the linear layers in int8; GFLOP/s there are float-equivalent)")
 
     if "first" not in skip:
-        slices = 4 if args.quick else 85
         print(f"\n## First token: one image, and a volume of {slices} slices (inspect's estimate "
               "from the figures the first question recorded)")
         print(f"{'vision path':<10} | {'image s':>8} | {'x floor':>7} | {'volume s':>9} | {'tower s':>8} | "
               f"{'estimate s':>10} | {'estimate/measured':>17}")
+        estimates_85: dict[str, float] = {}
         for vision in ("llamacpp", "torch"):
             with tempfile.TemporaryDirectory() as cache:
                 result = first_tokens(folder, vision, slices, Path(cache))
@@ -475,8 +484,13 @@ def main() -> int:
             print(f"{vision:<10} | {result['image_ttft']:>8.2f} | {result['image_ttft'] / floor:>7.2f} | "
                   f"{result['volume_ttft']:>9.2f} | {result['volume_vision']:>8.2f} | "
                   f"{estimate or float('nan'):>10.2f} | {ratio:>17.2f}")
+            if slices != 85 and result.get("estimate_85"):
+                estimates_85[vision] = result["estimate_85"]
         print("targets: image first token <= 1.3 x floor (tower FLOPs at the GEMM peak + prefill at the "
               "measured rate); volume estimate within 20% of measured")
+        if estimates_85:
+            print("inspect's estimate for an 85-slice volume from the same figures (not run here): " +
+                  ", ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in estimates_85.items()))
 
     if "batch" not in skip:
         from medgem.demo.build import demo_gguf_path
