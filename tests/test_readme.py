@@ -26,7 +26,9 @@ README = REPO / "README.md"
 # Shown but not run here, each for a reason this machine cannot change.
 SET_ASIDE = {
     "medgem serve --model medgemma-1.5-4b-it --backend": "needs two vLLM GPU servers",
-    "medgem inspect ct_series/ --model medgemma-4b-q4/": "needs MedGemma 4B weights and speeds measured with them",
+    "medgem inspect ct/ --model /tmp/medgem-bench-cpuspeed-quick/": "needs the benchmark's quick model "
+        "(benchmarks/cpu_speed.py --quick) and two questions recorded with it (tests/test_speeds.py "
+        "checks the estimate, its range and the one-run line)",
     "medgem inspect --study http://127.0.0.1:": "needs the test session's Orthanc (tests/test_pacs_dicomweb.py "
                                                  "runs this listing against it)",
     "medgem audit send-back answer-": "needs an answer about a study on the test session's Orthanc "
