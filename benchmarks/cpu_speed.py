@@ -21,7 +21,7 @@ same run (issue 27), so the targets hold on every CPU kind (AVX2-only, AVX-512, 
     python benchmarks/cpu_speed.py           # the 4B shape (bench_llamacpp.py's GGUF, built once
                                              # if missing: ~30 min), 85 slices, 3 rounds
     python benchmarks/cpu_speed.py --slices 4 --skip batch   # the 4B shape in ~30 min on an
-                                             # AVX2-only 2-core CPU (85 slices there: ~2 h a path)
+                                             # AVX2-only 2-core CPU (85 slices there: 1-1.5 h a path)
     python benchmarks/cpu_speed.py > benchmarks/results/cpu-KIND-speed.txt
 
 Run it on a quiet machine: every figure here is a speed, and anything else on the cores changes it.
@@ -404,8 +404,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=0, help="batching rounds (default 1 quick, 3 full)")
     parser.add_argument("--tokens", type=int, default=32, help="new tokens per stream")
     parser.add_argument("--slices", type=int, default=0,
-                        help="the volume's slices (default 4 quick, 85 full; the full tower on an "
-                             "AVX2-only 2-core CPU takes ~40 s a slice)")
+                        help="the volume's slices (default 4 quick, 85 full; a full-shape slice "
+                             "takes 40-60 s on an AVX2-only 2-core CPU)")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

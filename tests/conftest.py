@@ -56,16 +56,15 @@ if "MEDGEM_CACHE" not in os.environ:
     if _user_cache.is_dir():
         for _entry in _user_cache.iterdir():
             if _entry.name == "kernels.json":
-                # the kernels measured here, less the vision path that install.sh measured: under
-                # "auto" the tests run the clip unless a test measures (and a test's
-                # measurement never lands in the user's own file)
+                # a copy less the vision path install.sh measured: under "auto" the tests run the
+                # clip unless a test measures, and a test's measurement stays out of the user's file
                 try:
                     _kept = json.loads(_entry.read_text())
                 except (OSError, ValueError):
-                    _kept = {}
-                _kept = {k: v for k, v in (_kept if isinstance(_kept, dict) else {}).items()
-                         if not k.startswith("vision|")}
-                (_run_cache / _entry.name).write_text(json.dumps(_kept))
+                    _kept = None
+                _kernels = {k: v for k, v in _kept.items() if not k.startswith("vision|")} \
+                    if isinstance(_kept, dict) else {}
+                (_run_cache / _entry.name).write_text(json.dumps(_kernels))
             elif _entry.name not in ("speeds.json", "models.json", "servers"):
                 (_run_cache / _entry.name).symlink_to(_entry)
     os.environ["MEDGEM_CACHE"] = str(_run_cache)

@@ -153,7 +153,7 @@ def first_token_estimate(model: str, item: MedicalInput, instruction: object) ->
     tower = (f"{images} image(s) x {measured.vision_s_per_image:.1f} s in the vision tower + "
              if images and measured.vision_s_per_image is not None else "")
     spread = measured.first_token_range(images, soft_tokens_per_image(checkpoint.mmproj), text_tokens)
-    # one run is one point of a spread (a shared CPU's identical images differ by 20-40%)
+    # one run is one point of a spread (Speeds.first_token_range)
     reach = (f", {_duration_range(*spread)} over the runs kept" if spread
              else ", one run: each question asked here narrows it")
     text = (f"~{_duration(seconds)} ({tower}prefill at {measured.prefill_tokens_per_s:.0f} "

@@ -58,15 +58,24 @@ def kept_tower_dtype(threads: int, asked: str | None = None, path: Path | None =
 
 @dataclass(frozen=True)
 class Speeds:
-    """Median figures for one key; None where that figure was never measured."""
+    """The figures kept for one key (the last ``KEEP`` runs each); the estimate takes their
+    median, the range their extremes."""
 
-    vision_s_per_image: float | None
-    prefill_tokens_per_s: float | None
-    runs: int
+    vision_runs: tuple[float, ...]  # tower seconds per image
+    prefill_runs: tuple[float, ...]  # prefill tokens per second
     measured_on: str
-    # the fastest and slowest of the kept runs: (tower s/image, prefill tokens/s) each
-    fastest: tuple[float | None, float | None] = (None, None)
-    slowest: tuple[float | None, float | None] = (None, None)
+
+    @property
+    def vision_s_per_image(self) -> float | None:
+        return statistics.median(self.vision_runs) if self.vision_runs else None
+
+    @property
+    def prefill_tokens_per_s(self) -> float | None:
+        return statistics.median(self.prefill_runs) if self.prefill_runs else None
+
+    @property
+    def runs(self) -> int:
+        return max(len(self.vision_runs), len(self.prefill_runs))
 
     def first_token_s(self, images: int, tokens_per_image: int, text_tokens: int) -> float | None:
         """Seconds to the first token: every image through the tower, then every prompt token
@@ -76,14 +85,17 @@ class Speeds:
 
     def first_token_range(self, images: int, tokens_per_image: int,
                           text_tokens: int) -> tuple[float, float] | None:
-        """(low, high) seconds to the first token at the fastest and the slowest kept figures;
-        None from fewer than two runs. Identical images on a shared CPU were measured 20-40%
-        apart within one process (benchmarks/results/cpu-speed-avx2.txt, Run 7), so a single
-        figure is a point in a spread, not the spread."""
+        """(low, high) seconds to the first token: the fastest kept tower with the fastest kept
+        prefill, and the slowest with the slowest; None from fewer than two runs. The same work
+        was measured up to 1.6x apart within one process on a shared 2-core VM
+        (benchmarks/results/cpu-speed-avx2.txt, Run 7): one run is a point of a spread."""
         if self.runs < 2:
             return None
-        low = _first_token(*self.fastest, images, tokens_per_image, text_tokens)
-        high = _first_token(*self.slowest, images, tokens_per_image, text_tokens)
+        vision, prefill = self.vision_runs, self.prefill_runs
+        low = _first_token(min(vision, default=None), max(prefill, default=None), images,
+                           tokens_per_image, text_tokens)
+        high = _first_token(max(vision, default=None), min(prefill, default=None), images,
+                            tokens_per_image, text_tokens)
         return (low, high) if low is not None and high is not None else None
 
 
@@ -114,12 +126,8 @@ def lookup(key: str, path: Path | None = None) -> Speeds | None:
     entry = _read(path or store_path()).get(key)
     if not entry:
         return None
-    vision, prefill = entry.get("vision", []), entry.get("prefill", [])
-    return Speeds(statistics.median(vision) if vision else None,
-                  statistics.median(prefill) if prefill else None,
-                  max(len(vision), len(prefill)), str(entry.get("date", "")),
-                  fastest=(min(vision) if vision else None, max(prefill) if prefill else None),
-                  slowest=(max(vision) if vision else None, min(prefill) if prefill else None))
+    return Speeds(tuple(entry.get("vision", [])), tuple(entry.get("prefill", [])),
+                  str(entry.get("date", "")))
 
 
 def _write(path: Path, data: dict[str, dict]) -> None:  # type: ignore[type-arg]
