@@ -30,6 +30,7 @@ from medgem.audit import AuditStore, open_store
 from medgem.audit.trail import AuditTrail
 from medgem.config import load_settings
 from medgem.engines import EngineOptions, choose_engine, engine_key, load_engine, options_for
+from medgem.engines.base import context_to_hold
 from medgem.engines.batching import Batcher
 from medgem.errors import (
     ClientDisconnectedError,
@@ -280,15 +281,24 @@ class MedGemma:
         limit = self.engine.info.context_length
         if prompt_tokens + 1 <= limit:
             return
-        message = f"the prompt takes {prompt_tokens} tokens but the model's context is {limit}"
+        up_to = self.engine.capabilities.context_up_to
+        message = (f"the prompt takes {prompt_tokens} tokens but the model's context is {limit}"
+                   if up_to is None else
+                   f"the prompt takes {prompt_tokens} tokens but this engine holds a context of {limit}")
+        larger = ""
+        if up_to is not None and prompt_tokens + 1 <= up_to:  # the model's window holds it
+            size = context_to_hold(prompt_tokens + (request.options.max_new_tokens or 1024), up_to)
+            larger = (f", or load the model with a larger context: --n-ctx {size} (medgem ask, "
+                      f"medgem serve), options={{'n_ctx': {size}}} in Python (the model holds up "
+                      f"to {up_to})")
         images = request.images
         if len(images) <= 1:
-            raise ContextLengthError(message, "shorten the question, send fewer images or slices")
+            raise ContextLengthError(message, "shorten the question, send fewer images or slices" + larger)
         fit = self._images_that_fit(request, prompt_tokens, limit)
         patches = request.layout == "slide"
         raise ContextLengthError(
             f"{message}: {fit} of {len(images)} {'patches' if patches else 'images'} fit",
-            f"use --max-patches {fit}" if patches else "send fewer images or slices",
+            (f"use --max-patches {fit}" if patches else "send fewer images or slices") + larger,
         )
 
     def _images_that_fit(self, request: Request, full: int, limit: int) -> int:

@@ -102,7 +102,10 @@ def run(args: argparse.Namespace, question: str | None = None, inputs: Inputs | 
         text = context.prompt(text)  # type: ignore[attr-defined]
     if args.save_preprocessed:
         _save_preprocessed(inputs, args.save_preprocessed)
-    model = from_running_server(args) or load_model(args)
+    model = from_running_server(args)
+    if model is None:
+        size_context(args, text, inputs, options)
+        model = load_model(args)
     if args.boxes and options.constraint is None and model.engine.capabilities.constrained:
         from medgem.structured.builtin import BOXES
 
@@ -145,6 +148,39 @@ def check_before_load(args: argparse.Namespace, text: str, options: GenerationOp
             f"'{checkpoint.model_id}' is a text-only model and cannot read images",
             "drop --image, or use an image model such as google/medgemma-4b-it")
     check_think(checkpoint.variant, args.think)
+
+
+def size_context(args: argparse.Namespace, text: str, inputs: Inputs, options: GenerationOptions) -> None:
+    """Under llama.cpp with no --n-ctx, a context that holds this question: llama.cpp allocates
+    8,192 tokens by default, and a CT volume of 85 slices takes ~22,500 (256 soft tokens a
+    slice). A one-shot load knows its question, so it sizes the context to it (the model's own
+    window at most) and says so, rather than refusing the volume."""
+    from medgem.engines import ALIASES
+
+    engine = ALIASES.get(args.engine, args.engine)
+    if args.n_ctx is not None or len(inputs.images) < 2 or engine not in ("auto", "llamacpp"):
+        return
+    checkpoint = _local_checkpoint(args)
+    if checkpoint is None or checkpoint.format != "gguf" or checkpoint.mmproj is None:
+        return
+    from medgem.engines.base import context_to_hold
+    from medgem.engines.gguf.read import read_header
+    from medgem.engines.llamacpp.engine import DEFAULT_N_CTX
+    from medgem.engines.llamacpp.speeds import prompt_tokens
+    from medgem.request.variants import GEMMA3_CONTEXT, default_budget
+
+    images = len(inputs.images)
+    # the question, system prompt and template (~3 bytes a token, rounded up), "SLICE n" each
+    text_tokens = (len(text.encode()) + len((args.system or "").encode())) // 3 + 64 + 4 * images
+    budget = options.max_new_tokens or default_budget("volume", bool(options.think))
+    need = prompt_tokens(checkpoint.mmproj, images, text_tokens) + budget
+    if need <= DEFAULT_N_CTX:
+        return
+    window = int(read_header(checkpoint.path).get("gemma3.context_length", GEMMA3_CONTEXT))
+    args.n_ctx = context_to_hold(need, window)
+    sys.stderr.write(f"medgem: {images} images need about {need:,} tokens with the answer: "
+                     f"llama.cpp's context is {args.n_ctx:,} for this question, not {DEFAULT_N_CTX:,} "
+                     "(--n-ctx sets it)\n")
 
 
 def _local_checkpoint(args: argparse.Namespace) -> Checkpoint | None:

@@ -21,6 +21,7 @@ from medgem.errors import InputError
 from medgem.inputs.facts import inspect_input
 from medgem.inputs.options import MedicalInput
 from medgem.inputs.preview import save_preprocessed
+from medgem.resolve import Checkpoint
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -84,6 +85,8 @@ def _text(report: dict[str, object]) -> str:
     estimate = report.get("first_token")
     if isinstance(estimate, dict):
         lines.append(f"first token:        {estimate['text']}")
+        if "context_text" in estimate:
+            lines.append(f"context:            {estimate['context_text']}")
     warnings = report.get("warnings") or []
     assert isinstance(warnings, list)
     lines += [f"warning:            {warning}" for warning in warnings]
@@ -145,11 +148,12 @@ def first_token_estimate(model: str, item: MedicalInput, instruction: object) ->
     # the question and template, the instruction, and a marker after each image of a sequence
     text_tokens = 48 + len(str(instruction or "")) // 4 + (4 * images if item.kind == "volume" else 0)
     settings = llamacpp_settings()
+    context = _context(checkpoint, images, text_tokens)
     seconds, measured = estimate_first_token(checkpoint.path, checkpoint.mmproj, images, text_tokens,
                                              vision=settings.vision, vision_dtype=settings.vision_dtype)
     if seconds is None or measured is None:
         return {"seconds": None, "text": f"not measured with {checkpoint.path.name} on this machine "
-                "yet: ask it one question with an image and medgem records its speeds"}
+                "yet: ask it one question with an image and medgem records its speeds", **context}
     tower = (f"{images} image(s) x {measured.vision_s_per_image:.1f} s in the vision tower + "
              if images and measured.vision_s_per_image is not None else "")
     spread = measured.first_token_range(images, soft_tokens_per_image(checkpoint.mmproj), text_tokens)
@@ -161,7 +165,30 @@ def first_token_estimate(model: str, item: MedicalInput, instruction: object) ->
             f"{measured.measured_on})")
     return {"seconds": seconds, "range_seconds": list(spread) if spread else None,
             "vision_s_per_image": measured.vision_s_per_image,
-            "prefill_tokens_per_s": measured.prefill_tokens_per_s, "text": text}
+            "prefill_tokens_per_s": measured.prefill_tokens_per_s, "text": text, **context}
+
+
+def _context(checkpoint: Checkpoint, images: int, text_tokens: int) -> dict[str, object]:
+    """The prompt's tokens, and what llama.cpp's context must hold for it with a volume's
+    answer: past the default 8,192, which surfaces size it and which need --n-ctx."""
+    from medgem.engines.base import context_to_hold
+    from medgem.engines.gguf.read import read_header
+    from medgem.engines.llamacpp.engine import DEFAULT_N_CTX
+    from medgem.engines.llamacpp.speeds import prompt_tokens
+    from medgem.request.variants import GEMMA3_CONTEXT, default_budget
+
+    prompt = prompt_tokens(checkpoint.mmproj, images, text_tokens)
+    window = int(read_header(checkpoint.path).get("gemma3.context_length", GEMMA3_CONTEXT))
+    need = context_to_hold(prompt + default_budget("volume", False), window)
+    if prompt + 1 > window:
+        text = f"~{prompt:,} tokens: more than the model's window of {window:,}; send fewer slices"
+    elif need <= DEFAULT_N_CTX:
+        text = f"~{prompt:,} tokens: within llama.cpp's default context of {DEFAULT_N_CTX:,}"
+    else:
+        text = (f"~{prompt:,} tokens: past llama.cpp's default context of {DEFAULT_N_CTX:,}; "
+                f"`medgem ask` sizes it to the question, a server or Python load needs "
+                f"--n-ctx {need} (options={{'n_ctx': {need}}})")
+    return {"prompt_tokens": prompt, "n_ctx": need, "context_text": text}
 
 
 def _duration_range(low: float, high: float) -> str:

@@ -22,6 +22,12 @@ FinishReason = Literal["stop", "length", "cancelled"]
 Batching = Literal["continuous", "static", "concurrent"]
 
 
+def context_to_hold(tokens: int, up_to: int) -> int:
+    """A context size that holds ``tokens``: a multiple of 1,024, at most ``up_to`` (the
+    model's own window)."""
+    return min(up_to, -(-tokens // 1024) * 1024)
+
+
 @dataclass(frozen=True)
 class Capabilities:
     #: whether the model takes images (MedGemma.generate refuses them otherwise)
@@ -34,6 +40,10 @@ class Capabilities:
     #: whether decoding can be constrained to a JSON schema (``GenerationOptions.constraint``);
     #: MedGemma.generate refuses a constrained request otherwise
     constrained: bool = False
+    #: the longest context the engine could hold, where it holds less than that now (llama.cpp
+    #: allocates ``n_ctx``, not the model's whole window): a longer prompt fits once it is
+    #: loaded with a larger ``n_ctx``. None: ``ModelInfo.context_length`` is already the limit.
+    context_up_to: int | None = None
 
 
 @dataclass(frozen=True)

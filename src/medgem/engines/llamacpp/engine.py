@@ -198,8 +198,10 @@ class LlamaCppEngine:
             adapter=adapter[0] if adapter else None,
             adapter_sha256=adapter[1] if adapter else None,
         )
-        self.capabilities = Capabilities(images=self._vision is not None, batching="continuous",
-                                         constrained=importlib.util.find_spec("llguidance") is not None)
+        self.capabilities = Capabilities(
+            images=self._vision is not None, batching="continuous",
+            constrained=importlib.util.find_spec("llguidance") is not None,
+            context_up_to=context_length if context_length > self.n_ctx else None)
 
     @property
     def vision(self) -> tuple[str, str]:
