@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterable
+from pathlib import Path
 
 from medgem.cli.common import audit_store, imaging_from_args, number_in, whole_number
+from medgem.errors import InputError
 from medgem.inputs import Inputs
 
 
@@ -108,6 +110,11 @@ def read_command_inputs(args: argparse.Namespace, question: str | None = None) -
     from medgem.inputs import read_inputs
 
     references = study_references(args)
+    series = getattr(args, "series", None)
+    if series and not args.image and not references:  # it picks; it reads nothing by itself
+        raise InputError(f"--series {series} picks a series from --image or --study, and neither was given",
+                         f"give the folder as --image {series}" if Path(series).exists()
+                         else "add --image FOLDER_OR_ZIP or --study REF")
     try:
         inputs = read_inputs([*args.image, *references], imaging_from_args(args),  # type: ignore[list-item]
                              question=question)
