@@ -12,10 +12,12 @@ same run (issue 27), so the targets hold on every CPU kind (AVX2-only, AVX-512, 
      (int8 can pass 1.00: that is the point of it on CPUs without fast float matrix units);
   4. the first token for one image and for a CT volume (85 slices in the full run), with the
      estimate `medgem inspect` gives from the figures the engine recorded here;
-  5. raw llama.cpp (its own batch loop; separate and unified KV) against medgem's batcher, whole
+  5. a volume's two stages, tower and prefill, on every core and on half of them: what running
+     slice n's prefill beside slice n+1's tower (each on half the cores) would gain here;
+  6. raw llama.cpp (its own batch loop; separate and unified KV) against medgem's batcher, whole
      answers (prefill + new tokens, new prompts each round, greedy) at 1/2/4/8 streams on the
      real Gemma 3 270M GGUF, with the ratio;
-  6. the GPU bullet: said to be skipped when no GPU is here.
+  7. the GPU bullet: said to be skipped when no GPU is here.
 
     python benchmarks/cpu_speed.py --quick   # minutes: a 2-layer tower at the 4B width, 4 slices
     python benchmarks/cpu_speed.py           # the 4B shape (bench_llamacpp.py's GGUF, built once
@@ -223,7 +225,7 @@ def volume_request(images: int, tokens: int, first_seed: int = 100) -> Any:
     return Request((Message("user", tuple(parts)),), GenerationOptions(max_new_tokens=tokens))
 
 
-def first_tokens(folder: Path, vision: str, slices: int, cache: Path) -> dict[str, Any]:
+def first_tokens(folder: Path, vision: str, slices: int, cache: Path, threads: int = 0) -> dict[str, Any]:
     """One image's and (``slices`` > 0) one volume's time to first token through the engine, and
     what `medgem inspect` estimates for the volume from the figures the first question recorded.
     No embedding cache, and the volume's pictures differ from the image's: every tower runs."""
@@ -233,9 +235,10 @@ def first_tokens(folder: Path, vision: str, slices: int, cache: Path) -> dict[st
 
     os.environ["MEDGEM_CACHE"] = str(cache)  # a fresh speeds store: only this run's figures
     checkpoint = resolve_checkpoint(folder)
-    n_ctx = max(slices, 1) * 256 + 512
+    n_ctx = max(slices, 1) * 280 + 512  # a slice: 256 soft tokens, its image markers and "SLICE n"
     engine: Any = load_engine("llamacpp", checkpoint,
-                              LlamaCppOptions(vision=vision, n_ctx=n_ctx, embed_cache_mb=0))
+                              LlamaCppOptions(vision=vision, n_ctx=n_ctx, embed_cache_mb=0,
+                                              threads=threads or None))
     try:
         one = list(engine.generate(volume_request(1, 1, first_seed=99)))[-1]
         result = {"image_ttft": one.timings.first_token_s, "image_vision": one.extra["vision_s"]}
@@ -250,6 +253,18 @@ def first_tokens(folder: Path, vision: str, slices: int, cache: Path) -> dict[st
     finally:
         engine.close()
     return result
+
+
+def overlap_rows(folder: Path, vision: str, cores: int) -> list[tuple[int, float, float]]:
+    """A slice's tower and its prefill (one image's first token less its tower: the soft tokens
+    and the text) on every core and on half of them: what overlapping slice n's prefill with
+    slice n+1's tower, each stage on its own half of the cores, could gain."""
+    rows = []
+    for threads in sorted({cores, max(1, cores // 2)}, reverse=True):
+        with tempfile.TemporaryDirectory() as cache:
+            result = first_tokens(folder, vision, 0, Path(cache), threads=threads)
+        rows.append((threads, result["image_vision"], result["image_ttft"] - result["image_vision"]))
+    return rows
 
 
 # --- 5. batching: raw llama.cpp against medgem ---------------------------------------------------
@@ -400,18 +415,24 @@ def child(kind: str, streams: int, tokens: int, rounds: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="minutes: a 2-layer tower, 4 slices, 1 round")
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: tower,first,batch")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: tower,first,overlap,batch")
     parser.add_argument("--rounds", type=int, default=0, help="batching rounds (default 1 quick, 3 full)")
     parser.add_argument("--tokens", type=int, default=32, help="new tokens per stream")
     parser.add_argument("--slices", type=int, default=0,
                         help="the volume's slices (default 4 quick, 85 full; a full-shape slice "
                              "takes 40-60 s on an AVX2-only 2-core CPU)")
+    parser.add_argument("--vision", default="llamacpp,torch",
+                        help="the vision paths whose first tokens to time (comma-separated; an 85-slice "
+                             "volume takes 1-1.5 h a path on an AVX2-only 2-core CPU)")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child[0], *(int(x) for x in args.child[1:]))
         return 0
     skip = set(filter(None, args.skip.split(",")))
+    unknown = set(filter(None, args.vision.split(","))) - {"llamacpp", "torch"}
+    if unknown:
+        parser.error(f"unknown vision path {', '.join(sorted(unknown))}: choose llamacpp, torch")
     import torch
 
     from medgem.engines.llamacpp.speeds import cpu_kind as cpu_units
@@ -447,7 +468,7 @@ def main() -> int:
         best_dtype = dtypes[-1]
         blocked = max((r for r in rows if r[0] == best_dtype and r[1] != "sdpa"), key=lambda r: r[2])[1]
 
-    if not {"tower", "first"} <= skip:  # only the batching rows need no tower checkpoint
+    if not {"tower", "first", "overlap"} <= skip:  # only the batching rows need no tower checkpoint
         folder = ensure_quick_model(2) if args.quick else ensure_full_model()
         mmproj = folder / "mmproj.gguf"
     if "tower" not in skip:
@@ -473,7 +494,7 @@ def main() -> int:
         print(f"{'vision path':<10} | {'image s':>8} | {'x floor':>7} | {'volume s':>9} | {'tower s':>8} | "
               f"{'estimate s':>10} | {'estimate/measured':>17}")
         estimates_85: dict[str, float] = {}
-        for vision in ("llamacpp", "torch"):
+        for vision in filter(None, args.vision.split(",")):
             with tempfile.TemporaryDirectory() as cache:
                 result = first_tokens(folder, vision, slices, Path(cache))
             estimate, rate = result["estimate"], result["prefill_rate"]
@@ -491,6 +512,20 @@ def main() -> int:
         if estimates_85:
             print("inspect's estimate for an 85-slice volume from the same figures (not run here): " +
                   ", ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in estimates_85.items()))
+
+    if "overlap" not in skip and cores > 1:
+        vision = args.vision.split(",")[-1]
+        print(f"\n## A volume's two stages on shared cores ({vision} tower): slice n's prefill beside "
+              "slice n+1's tower, each on half the cores, against both in turn on every core")
+        print(f"{'threads':>7} | {'tower s/slice':>13} | {'prefill s/slice':>15}")
+        rows = overlap_rows(folder, vision, cores)
+        for threads, tower, prefill in rows:
+            print(f"{threads:>7} | {tower:>13.2f} | {prefill:>15.2f}", flush=True)
+        (_, tower_all, prefill_all), (_, tower_half, prefill_half) = rows[0], rows[-1]
+        serial, piped = tower_all + prefill_all, max(tower_half, prefill_half)
+        print(f"in turn on {cores} cores: {serial:.2f} s a slice | overlapped on {cores // 2} each: "
+              f"{piped:.2f} s a slice (the slower stage) | overlapped / in turn {piped / serial:.2f} "
+              "(below 1.00 overlapping would pay here)")
 
     if "batch" not in skip:
         from medgem.demo.build import demo_gguf_path
