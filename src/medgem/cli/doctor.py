@@ -123,6 +123,7 @@ def llamacpp_report() -> dict[str, Any]:
     from medgem.engines.llamacpp.native import cpu_variants, use_extra_buffers
     from medgem.engines.llamacpp.probe import probe
     from medgem.engines.llamacpp.speeds import choose_vision
+    from medgem.engines.native import flash_status
 
     if importlib.util.find_spec("llama_cpp") is None:
         return {"installed": False, "runs_here": False}
@@ -137,7 +138,9 @@ def llamacpp_report() -> dict[str, Any]:
             "detail": result.message() if not result.ok else "", "kernels": compiled,
             "weight_repacking": use_extra_buffers(repack=settings.repack),
             # what the engine measured here (doctor runs no llama.cpp in this process)
-            "vision": dict(zip(("path", "why"), choose_vision(settings.vision), strict=True))}
+            "vision": dict(zip(("path", "why"), choose_vision(settings.vision), strict=True)),
+            # medgem's own AVX512-BF16 attention for the PyTorch tower: "ok" or why not here
+            "native_attention": flash_status()}
 
 
 def plan(variant: Variant, hardware: Hardware, engines: dict[str, bool], bandwidth_gbs: float
@@ -271,6 +274,10 @@ def run(args: argparse.Namespace) -> int:
                   f"repacking {'on' if llama['weight_repacking'] else 'off (AMX CPU)'}")
             vision = llama["vision"]
             print(f"  image encoder: {vision['path']} ({vision['why']}; --vision to choose)")
+            native = llama["native_attention"]
+            attention = ("medgem's flash-bf16 kernel runs here (a candidate for bf16 and int8 towers)"
+                         if native == "ok" else f"PyTorch's (medgem's flash-bf16 kernel: {native})")
+            print(f"  PyTorch tower's attention: {attention}")
         else:
             print(f"  ✗ {llama['detail']}")
     print("\nVariants on this machine")

@@ -73,7 +73,8 @@ class TorchTower:
             (measured once, kept in the medgem cache: ``speeds.choose_tower_dtype``). The
             engine passes the ``vision_dtype`` option ($MEDGEM_VISION_DTYPE) here.
         threads: torch threads (default: torch's own).
-        attention: "sdpa" (PyTorch's kernel) or a blocked GEMM attention's name
+        attention: "sdpa" (PyTorch's kernel), "flash-bf16" (medgem's AVX512-BF16 kernel, a
+            candidate for bfloat16 and int8 towers) or a blocked GEMM attention's name
             (``engines.attention``); default: whichever measured fastest at this tower's shape
             on this CPU (measured once, kept in the medgem cache: ``speeds.choose_attention``).
     """
@@ -155,7 +156,7 @@ class TorchTower:
             from medgem.engines.llamacpp.speeds import choose_attention
 
             attention, self.attention_times = choose_attention(
-                tokens, vision.num_attention_heads, head_dim, self.compute_dtype,
+                tokens, vision.num_attention_heads, head_dim, dtype,  # int8: its own key
                 torch.get_num_threads())
         self.attention = attention
         _use_attention(self.tower, attention)
