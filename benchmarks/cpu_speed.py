@@ -6,7 +6,8 @@ same run (issue 27), so the targets hold on every CPU kind (AVX2-only, AVX-512, 
      and the int8 linear (``engines.int8.int8_linear``, fbgemm: its activation scaling and
      quantization included) as GFLOP/s-equivalent, the float FLOPs it replaces per second;
   2. the tower's attention alone at its shape: PyTorch's SDPA against the blocked-GEMM
-     attention (``medgem.engines.attention``), GFLOP/s and share of the peak;
+     attention (``medgem.engines.attention``) and, on AVX512-BF16 CPUs, medgem's native bf16
+     flash kernel (``medgem.engines.native``), GFLOP/s and share of the peak;
   3. the tower per vision path (PyTorch SDPA, PyTorch blocked, in fp32/bf16 and int8, and
      llama.cpp's clip, plus its f16 and Q8_0 matrices on random weights): seconds per image, GFLOP/s(-equivalent) and share of the float peak
      (int8 can pass 1.00: that is the point of it on CPUs without fast float matrix units);
@@ -179,12 +180,16 @@ def picture(seed: int) -> Any:
 
 def torch_tower_rows(mmproj: Path, shape: TowerShape, dtypes: list[str], blocked: str,
                      peak: float) -> list[tuple[str, float, float, float]]:
-    """(path, s per image, GFLOP/s, share) for the PyTorch tower with SDPA and blocked attention."""
+    """(path, s per image, GFLOP/s, share) for the PyTorch tower with SDPA and blocked attention,
+    and medgem's native bf16 attention for the towers that may use it where this CPU runs it."""
+    from medgem.engines.attention import BF16_ATTENTION_OK
     from medgem.engines.llamacpp.vision_torch import TorchTower
+    from medgem.engines.native import FLASH, flash_available
 
     rows = []
     for dtype in dtypes:
-        for attention in ("sdpa", blocked):
+        native = [FLASH] if dtype in BF16_ATTENTION_OK and flash_available() else []
+        for attention in ("sdpa", blocked, *native):
             tower = TorchTower(mmproj, dtype=dtype, attention=attention)
             tower.embed(picture(0))  # warm-up
             began = time.perf_counter()
@@ -416,6 +421,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="minutes: a 2-layer tower, 4 slices, 1 round")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: tower,first,overlap,batch")
+    parser.add_argument("--layers", type=int, default=2,
+                        help="with --quick: the tower's layers (27: the whole 4B tower at 896 px beside "
+                             "a tiny text model, so the first token is the tower's alone)")
     parser.add_argument("--rounds", type=int, default=0, help="batching rounds (default 1 quick, 3 full)")
     parser.add_argument("--tokens", type=int, default=32, help="new tokens per stream")
     parser.add_argument("--slices", type=int, default=0,
@@ -440,7 +448,7 @@ def main() -> int:
 
     cores = usable_cores()
     slices = args.slices or (4 if args.quick else 85)
-    mode = (f"quick (2-layer tower, {slices} slices, 1 round)" if args.quick
+    mode = (f"quick ({args.layers}-layer tower, tiny text model, {slices} slices, 1 round)" if args.quick
             else f"full (4B shape, {slices} slices)")
     print(f"# cpu_speed.py, {cpu_kind()}: {cpu_units()}, {cores} cores, {mode}, torch "
           f"{torch.__version__}, {date.today().isoformat()}", flush=True)
@@ -456,7 +464,7 @@ def main() -> int:
     print(f"int8 (fbgemm) {peaks['int8']:.0f} GFLOP/s-equivalent ({peaks['int8'] / peak:.2f} x the float "
           "peak; weights per channel, activations per token)")
 
-    shape = TowerShape(layers=2 if args.quick else 27)
+    shape = TowerShape(layers=args.layers if args.quick else 27)
     blocked = "blocked-q128-kvall"
     if "tower" not in skip:
         print(f"\n## Tower attention alone (4,096 patches x 16 heads x 72, {256 if args.quick else 1024} "
@@ -466,10 +474,10 @@ def main() -> int:
         for dtype, name, gflops, share in rows:
             print(f"{dtype:<9} | {name:<20} | {gflops:>8.1f} | {share:>6.2f}")
         best_dtype = dtypes[-1]
-        blocked = max((r for r in rows if r[0] == best_dtype and r[1] != "sdpa"), key=lambda r: r[2])[1]
+        blocked = max((r for r in rows if r[0] == best_dtype and r[1].startswith("blocked")), key=lambda r: r[2])[1]
 
     if not {"tower", "first", "overlap"} <= skip:  # only the batching rows need no tower checkpoint
-        folder = ensure_quick_model(2) if args.quick else ensure_full_model()
+        folder = ensure_quick_model(args.layers) if args.quick else ensure_full_model()
         mmproj = folder / "mmproj.gguf"
     if "tower" not in skip:
         print(f"\n## The tower per vision path ({shape.layers} layers at 896 px: "
@@ -486,7 +494,8 @@ def main() -> int:
             print(f"{name:<32} | {seconds:>8.2f} | {shape.flops / seconds / 1e9:>8.1f} | "
                   f"{shape.flops / seconds / 1e9 / peak:>6.2f}")
         print(f"floor at the float peak: {shape.flops / peak / 1e9:.2f} s/image (int8 rows: attention "
-              "in fp32, the linear layers in int8; GFLOP/s there are float-equivalent)")
+              "in fp32, or bf16 in flash-bf16 rows, the linear layers in int8; GFLOP/s there are "
+              "float-equivalent)")
 
     if "first" not in skip:
         print(f"\n## First token: one image, and a volume of {slices} slices (inspect's estimate "
