@@ -163,22 +163,19 @@ def size_context(args: argparse.Namespace, text: str, inputs: Inputs, options: G
     checkpoint = _local_checkpoint(args)
     if checkpoint is None or checkpoint.format != "gguf" or checkpoint.mmproj is None:
         return
-    from medgem.engines.base import context_to_hold
-    from medgem.engines.gguf.read import read_header
     from medgem.engines.llamacpp.engine import DEFAULT_N_CTX
-    from medgem.engines.llamacpp.speeds import prompt_tokens
-    from medgem.request.variants import GEMMA3_CONTEXT, default_budget
+    from medgem.engines.llamacpp.speeds import context_need
+    from medgem.request.variants import default_budget
 
     images = len(inputs.images)
     # the question, system prompt and template (~3 bytes a token, rounded up), "SLICE n" each
     text_tokens = (len(text.encode()) + len((args.system or "").encode())) // 3 + 64 + 4 * images
     budget = options.max_new_tokens or default_budget("volume", bool(options.think))
-    need = prompt_tokens(checkpoint.mmproj, images, text_tokens) + budget
-    if need <= DEFAULT_N_CTX:
+    need = context_need(checkpoint.path, checkpoint.mmproj, images, text_tokens, budget)
+    if need.with_answer <= DEFAULT_N_CTX:
         return
-    window = int(read_header(checkpoint.path).get("gemma3.context_length", GEMMA3_CONTEXT))
-    args.n_ctx = context_to_hold(need, window)
-    sys.stderr.write(f"medgem: {images} images need about {need:,} tokens with the answer: "
+    args.n_ctx = need.n_ctx
+    sys.stderr.write(f"medgem: {images} images need about {need.with_answer:,} tokens with the answer: "
                      f"llama.cpp's context is {args.n_ctx:,} for this question, not {DEFAULT_N_CTX:,} "
                      "(--n-ctx sets it)\n")
 

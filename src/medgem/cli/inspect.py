@@ -171,24 +171,22 @@ def first_token_estimate(model: str, item: MedicalInput, instruction: object) ->
 def _context(checkpoint: Checkpoint, images: int, text_tokens: int) -> dict[str, object]:
     """The prompt's tokens, and what llama.cpp's context must hold for it with a volume's
     answer: past the default 8,192, which surfaces size it and which need --n-ctx."""
-    from medgem.engines.base import context_to_hold
-    from medgem.engines.gguf.read import read_header
     from medgem.engines.llamacpp.engine import DEFAULT_N_CTX
-    from medgem.engines.llamacpp.speeds import prompt_tokens
-    from medgem.request.variants import GEMMA3_CONTEXT, default_budget
+    from medgem.engines.llamacpp.speeds import context_need
+    from medgem.request.variants import default_budget
 
-    prompt = prompt_tokens(checkpoint.mmproj, images, text_tokens)
-    window = int(read_header(checkpoint.path).get("gemma3.context_length", GEMMA3_CONTEXT))
-    need = context_to_hold(prompt + default_budget("volume", False), window)
+    need = context_need(checkpoint.path, checkpoint.mmproj, images, text_tokens,
+                        default_budget("volume", False))
+    prompt, window = need.prompt, need.window
     if prompt + 1 > window:
         text = f"~{prompt:,} tokens: more than the model's window of {window:,}; send fewer slices"
-    elif need <= DEFAULT_N_CTX:
+    elif need.with_answer <= DEFAULT_N_CTX:
         text = f"~{prompt:,} tokens: within llama.cpp's default context of {DEFAULT_N_CTX:,}"
     else:
         text = (f"~{prompt:,} tokens: past llama.cpp's default context of {DEFAULT_N_CTX:,}; "
                 f"`medgem ask` sizes it to the question, a server or Python load needs "
-                f"--n-ctx {need} (options={{'n_ctx': {need}}})")
-    return {"prompt_tokens": prompt, "n_ctx": need, "context_text": text}
+                f"--n-ctx {need.n_ctx} (options={{'n_ctx': {need.n_ctx}}})")
+    return {"prompt_tokens": prompt, "n_ctx": need.n_ctx, "context_text": text}
 
 
 def _duration_range(low: float, high: float) -> str:

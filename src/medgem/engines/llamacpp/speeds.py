@@ -281,6 +281,32 @@ def prompt_tokens(mmproj: Path | None, images: int, text_tokens: int) -> int:
     return images * (soft_tokens_per_image(mmproj) + 6) + text_tokens
 
 
+@dataclass(frozen=True)
+class ContextNeed:
+    """What llama.cpp's context must hold for a prompt of images and text and its answer."""
+
+    prompt: int  # the prompt's tokens (:func:`prompt_tokens`)
+    with_answer: int  # and the answer's budget
+    window: int  # the model's own context window: no n_ctx can pass it
+
+    @property
+    def n_ctx(self) -> int:
+        """The context to load: ``with_answer`` rounded up to 1,024s, the window at most."""
+        from medgem.engines.base import context_to_hold
+
+        return context_to_hold(self.with_answer, self.window)
+
+
+def context_need(model: Path, mmproj: Path | None, images: int, text_tokens: int,
+                 budget: int) -> ContextNeed:
+    from medgem.engines.gguf.read import read_header
+    from medgem.request.variants import GEMMA3_CONTEXT
+
+    prompt = prompt_tokens(mmproj, images, text_tokens)
+    window = int(read_header(model).get("gemma3.context_length", GEMMA3_CONTEXT))
+    return ContextNeed(prompt, prompt + budget, window)
+
+
 # --- kernels chosen by measuring them here once ------------------------------------------------
 
 
