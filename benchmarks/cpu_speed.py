@@ -8,7 +8,7 @@ same run (issue 27), so the targets hold on every CPU kind (AVX2-only, AVX-512, 
   2. the tower's attention alone at its shape: PyTorch's SDPA against the blocked-GEMM
      attention (``medgem.engines.attention``) and, on AVX512-BF16 CPUs, medgem's native bf16
      flash kernel (``medgem.engines.native``), GFLOP/s and share of the peak;
-  3. the tower per vision path (PyTorch SDPA, PyTorch blocked, in fp32/bf16 and int8, and
+  3. the tower per vision path (PyTorch SDPA, PyTorch blocked, flash-bf16 where it runs, in fp32/bf16 and int8, and
      llama.cpp's clip, plus its f16 and Q8_0 matrices on random weights): seconds per image, GFLOP/s(-equivalent) and share of the float peak
      (int8 can pass 1.00: that is the point of it on CPUs without fast float matrix units);
   4. the first token for one image and for a CT volume (85 slices in the full run), with the
@@ -272,7 +272,7 @@ def overlap_rows(folder: Path, vision: str, cores: int) -> list[tuple[int, float
     return rows
 
 
-# --- 5. batching: raw llama.cpp against medgem ---------------------------------------------------
+# --- 6. batching: raw llama.cpp against medgem ---------------------------------------------------
 
 
 def prompts(round_index: int, count: int) -> list[str]:

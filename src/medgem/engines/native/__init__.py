@@ -93,14 +93,14 @@ def _load() -> tuple[Any, str]:
         problem = _build(library)
         if problem is not None:
             return None, problem
-    if not verdict.exists():
+    if verdict.exists():
+        problem = None if verdict.read_text() == "ok" else verdict.read_text()
+    else:
         problem = _prove(library)
         try:
             verdict.write_text(problem or "ok")
         except OSError:
             pass  # an unwritable cache only costs the check again next time
-    else:
-        problem = None if verdict.read_text() == "ok" else verdict.read_text()
     if problem is not None:
         return None, problem
     return _bind(library), "ok"

@@ -24,21 +24,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#ifndef ROWS
-#define ROWS 60        /* query rows per task (a multiple of MR and PMR) */
-#endif
-#ifndef KEYS
-#define KEYS 256       /* keys per block between the two products */
-#endif
-#ifndef MR
-#define MR 4           /* query rows per register tile */
-#endif
-#ifndef PMR
-#define PMR 5          /* query rows per PV register tile: 5 rows x 80 dims = 25 accumulators */
-#endif
-#ifndef NR
-#define NR 4           /* zmm of keys (16 each) per QK tile: 4 rows x 64 keys = 16 accumulators */
-#endif
+#define ROWS 60  /* query rows per task */
+#define KEYS 256 /* keys per block between the two products */
+#define MR 4     /* query rows per QK register tile: 4 rows x NR x 16 keys = 16 accumulators */
+#define NR 4     /* zmm of keys (16 each) per QK tile */
+#define PMR 5    /* query rows per PV register tile: 5 rows x 80 dims = 25 accumulators */
+_Static_assert(ROWS % MR == 0 && ROWS % PMR == 0, "a task's rows split into whole tiles");
+_Static_assert(KEYS % (16 * NR) == 0, "a key block splits into whole QK tiles");
 
 static inline size_t round_up(size_t x, size_t m) { return (x + m - 1) / m * m; }
 
