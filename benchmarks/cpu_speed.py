@@ -17,7 +17,8 @@ same run (issue 27), so the targets hold on every CPU kind (AVX2-only, AVX-512, 
      slice n's prefill beside slice n+1's tower (each on half the cores) would gain here;
   6. raw llama.cpp (its own batch loop; separate and unified KV) against medgem's batcher, whole
      answers (prefill + new tokens, new prompts each round, greedy) at 1/2/4/8 streams on the
-     real Gemma 3 270M GGUF, with the ratio;
+     real Gemma 3 270M GGUF, with the ratio; the three kinds run in turn, pass after pass, so a
+     drift in the machine's speed (one round's cells moved by 10-20% here) meets each of them;
   7. the GPU bullet: said to be skipped when no GPU is here.
 
     python benchmarks/cpu_speed.py --quick   # minutes: a 2-layer tower at the 4B width, 4 slices
@@ -425,6 +426,8 @@ def main() -> int:
                         help="with --quick: the tower's layers (27: the whole 4B tower at 896 px beside "
                              "a tiny text model, so the first token is the tower's alone)")
     parser.add_argument("--rounds", type=int, default=0, help="batching rounds (default 1 quick, 3 full)")
+    parser.add_argument("--passes", type=int, default=0,
+                        help="batching: times each cell runs, the kinds in turn (default 2 quick, 3 full)")
     parser.add_argument("--tokens", type=int, default=32, help="new tokens per stream")
     parser.add_argument("--slices", type=int, default=0,
                         help="the volume's slices (default 4 quick, 85 full; a full-shape slice "
@@ -541,18 +544,24 @@ def main() -> int:
 
         gguf = demo_gguf_path()
         rounds = args.rounds or (1 if args.quick else 3)
+        passes = args.passes or (2 if args.quick else 3)
         tokens = min(args.tokens, 16) if args.quick else args.tokens
         print(f"\n## Batched whole answers on {gguf.name} (prefill + {tokens} tokens per stream, new "
               f"prompts each round, greedy, median of {rounds} round(s) after a warm-up round, each "
-              "cell in its own process), aggregate tok/s")
+              f"cell in its own process; the three kinds run in turn, {passes} passes, each kind's "
+              "median shown), aggregate tok/s")
         print(f"{'streams':>7} | {'raw separate KV':>15} | {'raw unified KV':>14} | {'medgem':>7} | "
-              f"{'medgem / raw best':>17}")
+              f"{'medgem / raw best':>17} | {'pass ratios':>17}")
         for streams in STREAMS:
-            separate = in_child("separate", streams, tokens, rounds)
-            unified = in_child("unified", streams, tokens, rounds)
-            ours = in_child("medgem", streams, tokens, rounds)
+            cells: dict[str, list[float]] = {"separate": [], "unified": [], "medgem": []}
+            for _ in range(passes):  # in turn, so a drift in the machine's speed meets every kind
+                for kind, rates in cells.items():
+                    rates.append(in_child(kind, streams, tokens, rounds))
+            separate, unified, ours = (statistics.median(cells[k]) for k in ("separate", "unified", "medgem"))
+            ratios = [m / max(s, u) for s, u, m in zip(cells["separate"], cells["unified"], cells["medgem"], strict=True)]
+            spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
             print(f"{streams:>7} | {separate:>15.1f} | {unified:>14.1f} | {ours:>7.1f} | "
-                  f"{ours / max(separate, unified):>17.2f}", flush=True)
+                  f"{ours / max(separate, unified):>17.2f} | {spread:>17}", flush=True)
         print("target: medgem >= 0.95 x raw llama.cpp's best at every stream count")
 
     print("\n## GPU")

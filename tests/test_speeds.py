@@ -43,6 +43,79 @@ def test_the_estimate_s_range_runs_from_the_fastest_kept_figures_to_the_slowest(
     assert low < (measured.first_token_s(4, 256, 64) or 0.0) < high
 
 
+def test_attention_work_counts_the_keys_each_position_attends() -> None:
+    """A global layer (one in six) attends every earlier position, a local one the last
+    ``window``: the closed form against the sum it stands for."""
+    window = 7
+
+    def keys(p: int) -> float:
+        return p * speeds.GLOBAL_LAYER_SHARE + min(p, window) * (1 - speeds.GLOBAL_LAYER_SHARE)
+
+    for start, end in ((0, 5), (0, 7), (0, 40), (3, 9), (12, 50)):
+        assert speeds.attention_work(start, end, window) == pytest.approx(sum(keys(p) for p in range(start, end)))
+    # an 85-slice volume's prompt attends ~20x more keys per token than a question's
+    volume, question = 22_470, 300
+    ratio = (speeds.attention_work(0, volume, 1024) / volume) / (speeds.attention_work(0, question, 1024) / question)
+    assert 15 < ratio < 25
+
+
+def test_a_long_prefill_kept_here_carries_its_slowdown_into_long_estimates(tmp_path: Path) -> None:
+    """Short questions give the rate; one long prompt (a volume), slower per token because each
+    token attends more keys, gives what a key costs. The estimate then reproduces the long run,
+    and a short question's estimate barely moves."""
+    store = tmp_path / "speeds.json"
+    for rate in (40.0, 42.0, 41.0):
+        speeds.record("k", vision_s_per_image=14.0, prefill_tokens_per_s=rate, path=store)
+    short = speeds.lookup("k", store)
+    assert short is not None and short.long_prefill is None
+    assert short.prefill_s(22_000) == pytest.approx(22_000 / 41.0)  # nothing long measured: the rate alone
+    tokens, window = 22_000, 1024
+    work = speeds.attention_work(0, tokens, window)
+    seconds = 1.4 * tokens / 41.0  # the volume ran 1.4x slower per token than the questions
+    speeds.record("k", vision_s_per_image=14.5, prefill_tokens_per_s=tokens / seconds, path=store,
+                  prefill=speeds.LongPrefill(tokens, work, seconds, window))
+    measured = speeds.lookup("k", store)
+    assert measured is not None and measured.long_prefill is not None
+    assert measured.prefill_tokens_per_s == pytest.approx(40.5)  # the median of four rates
+    assert measured.prefill_s(tokens, 41.0) == pytest.approx(seconds, rel=1e-3)
+    assert measured.prefill_s(300, 41.0) == pytest.approx(300 / 41.0, rel=0.05)
+    slices = 85
+    assert (measured.first_token_s(slices, 256, 64) or 0.0) > (short.first_token_s(slices, 256, 64) or 0.0)
+    low, high = measured.first_token_range(slices, 256, 64) or (0.0, 0.0)
+    assert low < (measured.first_token_s(slices, 256, 64) or 0.0) < high
+
+
+def test_only_a_long_enough_prefill_replaces_the_kept_one(tmp_path: Path) -> None:
+    store = tmp_path / "speeds.json"
+
+    def kept() -> speeds.LongPrefill | None:
+        found = speeds.lookup("k", store)
+        return found.long_prefill if found else None
+
+    def run(tokens: int, seconds: float) -> None:
+        speeds.record("k", prefill_tokens_per_s=40.0, path=store,
+                      prefill=speeds.LongPrefill(tokens, speeds.attention_work(0, tokens, 64), seconds, 64))
+
+    run(200, 5.0)  # under four windows: a question, not a long prompt
+    assert kept() is None
+    run(10_000, 300.0)
+    assert kept() == speeds.LongPrefill(10_000, round(speeds.attention_work(0, 10_000, 64)), 300.0, 64)
+    run(3_000, 80.0)  # long, but under half the kept one: the longer stays
+    assert (kept() or speeds.LongPrefill(0, 0, 0, 0)).tokens == 10_000
+    run(6_000, 170.0)  # newer, and of its size: it replaces the older figure
+    assert (kept() or speeds.LongPrefill(0, 0, 0, 0)).tokens == 6_000
+
+
+def test_a_malformed_long_prefill_in_the_store_is_ignored(tmp_path: Path) -> None:
+    import json
+
+    store = tmp_path / "speeds.json"
+    store.write_text(json.dumps({"k": {"vision": [2.0], "prefill": [50.0], "long_prefill": ["x", 3]}}))
+    measured = speeds.lookup("k", store)
+    assert measured is not None and measured.long_prefill is None
+    assert measured.first_token_s(2, 256, 64) == pytest.approx(2 * 2.0 + (2 * 256 + 64) / 50.0)
+
+
 def test_a_range_is_written_once_where_both_ends_share_a_unit() -> None:
     from medgem.cli.inspect import _duration_range
 

@@ -71,10 +71,23 @@ def test_a_volume_past_the_default_context_is_answered_with_a_context_sized_to_i
     assert 8192 < prompt < size <= 32768 and size % 1024 == 0  # what it took, and what it held
     assert size - prompt < 4096  # sized to the question, not to the model's whole window
 
+    # the volume's prefill is kept as this model's long one, and the estimate reproduces it
+    from medgem.engines.llamacpp import speeds
+
+    ident = f"{long_window_gguf.name}:{long_window_gguf.stat().st_size}|"
+    kept = [found for key in speeds.measured_keys() if key.startswith(ident)
+            and (found := speeds.lookup(key)) is not None and found.long_prefill is not None]
+    assert len(kept) == 1, speeds.measured_keys()
+    long = kept[0].long_prefill
+    assert long is not None and long.window == 64
+    assert SLICES * 256 <= long.tokens <= prompt  # every slice's soft tokens were timed
+    assert kept[0].prefill_s(long.tokens) == pytest.approx(long.seconds, rel=0.1)
+
     # `medgem inspect` says the same before anything loads, and its count is the prompt's
     looked = run_cli("inspect", str(ct_series), "--model", str(long_window_gguf), "--json")
     assert looked.returncode == 0, looked.stderr
     estimate = json.loads(looked.stdout)["first_token"]
+    assert f"slower as the prompt grows, as a {long.tokens:,}-token prompt ran here" in estimate["text"]
     assert abs(estimate["prompt_tokens"] - prompt) <= 0.03 * prompt, (estimate, prompt)
     assert estimate["n_ctx"] >= prompt and estimate["n_ctx"] % 1024 == 0
     assert estimate["context_text"].endswith(

@@ -160,8 +160,10 @@ def first_token_estimate(model: str, item: MedicalInput, instruction: object) ->
     # one run is one point of a spread (Speeds.first_token_range)
     reach = (f", {_duration_range(*spread)} over the runs kept" if spread
              else ", one run: each question asked here narrows it")
+    long = measured.long_prefill
+    slower = (f", slower as the prompt grows, as a {long.tokens:,}-token prompt ran here" if long else "")
     text = (f"~{_duration(seconds)} ({tower}prefill at {measured.prefill_tokens_per_s:.0f} "
-            f"tokens/s; measured here with {checkpoint.path.name}, {measured.runs} run(s){reach}, "
+            f"tokens/s{slower}; measured here with {checkpoint.path.name}, {measured.runs} run(s){reach}, "
             f"{measured.measured_on})")
     return {"seconds": seconds, "range_seconds": list(spread) if spread else None,
             "vision_s_per_image": measured.vision_s_per_image,

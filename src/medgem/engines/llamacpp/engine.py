@@ -370,8 +370,7 @@ class LlamaCppEngine:
             sequence.position += last - first
             # The prefill rate is timed on batches of one prompt's piece alone (see speeds).
             if len(pieces) == 1 and not decoding and last - first >= 32:
-                sequence.lm_tokens += last - first
-                sequence.lm_s += elapsed
+                self._timed(sequence, sequence.position - (last - first), last - first, elapsed)
             self._prefilled(sequence, first, last, row)
 
     def _prefill_image(self, sequence: Sequence) -> None:
@@ -403,6 +402,13 @@ class LlamaCppEngine:
         else:
             self._accept(sequence, self._sample(sequence, -1 if row is None else row))
 
+    def _timed(self, sequence: Sequence, position: int, tokens: int, seconds: float) -> None:
+        """Count ``tokens`` from ``position`` on, decoded alone in ``seconds``, into the
+        sequence's prefill figures (speeds keeps the rate, and how long prompts slow it)."""
+        sequence.lm_tokens += tokens
+        sequence.lm_s += seconds
+        sequence.lm_work += speeds.attention_work(position, position + tokens, self._window)
+
     def _image(self, sequence: Sequence, unit_index: int) -> None:
         """An image's soft tokens into the sequence: from the embedding cache when these pixels
         were encoded before (any slot, any conversation), else through the vision tower."""
@@ -425,8 +431,8 @@ class LlamaCppEngine:
             sequence.position, sequence.slot.seq_id, self.n_batch, ctypes.byref(new_position),
             mtmd.mtmd_helper_post_decode_callback(), None,
         )
-        sequence.lm_s += time.perf_counter() - began
-        sequence.lm_tokens += int(mtmd.mtmd_input_chunk_get_n_tokens(chunk))
+        self._timed(sequence, sequence.position, int(mtmd.mtmd_input_chunk_get_n_tokens(chunk)),
+                    time.perf_counter() - began)
         if status != 0:
             raise EngineUnavailableError(f"llama.cpp failed to encode an image (status {status})",
                                          "check the image and the mmproj file")
@@ -467,7 +473,9 @@ class LlamaCppEngine:
         if sequence.images_encoded or sequence.lm_tokens:
             speeds.record(self._speed_key,
                           sequence.vision_s / sequence.images_encoded if sequence.images_encoded else None,
-                          sequence.lm_tokens / sequence.lm_s if sequence.lm_s > 0 else None)
+                          sequence.lm_tokens / sequence.lm_s if sequence.lm_s > 0 else None,
+                          prefill=speeds.LongPrefill(sequence.lm_tokens, sequence.lm_work,
+                                                     sequence.lm_s, self._window))
         self._release(sequence)
 
     def abandon(self, sequence: Sequence) -> None:

@@ -48,6 +48,7 @@ class Sequence:
     prefill_s: float = 0.0
     lm_tokens: int = 0  # prompt tokens timed alone through the language model (see speeds)
     lm_s: float = 0.0
+    lm_work: float = 0.0  # keys those tokens attended (speeds.attention_work)
     done: bool = False
 
     @property

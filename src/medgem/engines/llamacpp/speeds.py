@@ -56,6 +56,39 @@ def kept_tower_dtype(threads: int, asked: str | None = None, path: Path | None =
     return str(entry["choice"]) if entry is not None else None
 
 
+# Gemma 3 (MedGemma): of every six decoder layers five attend to a sliding window and one to the
+# whole prompt (llama.cpp's gemma3 SWA pattern); what a prompt token's attention costs follows.
+GLOBAL_LAYER_SHARE = 1 / 6
+# A prompt counts as long, and its prefill is kept to learn how prefill slows with length, from
+# this many windows on: below, the global layers' share of the work is too small to measure.
+LONG_PROMPT_WINDOWS = 4
+
+
+def attention_work(start: int, end: int, window: int) -> float:
+    """Keys attended while prefilling positions ``start`` to ``end``, per layer on average: a
+    global layer attends every earlier position, a local one the last ``window`` (the sum of
+    ``p * GLOBAL_LAYER_SHARE + min(p, window) * (1 - GLOBAL_LAYER_SHARE)`` over the positions)."""
+    def upto(n: int) -> float:
+        full = n * (n - 1) / 2
+        inside = min(n, window)
+        local = inside * (inside - 1) / 2 + max(0, n - window) * window
+        return full * GLOBAL_LAYER_SHARE + local * (1 - GLOBAL_LAYER_SHARE)
+
+    return upto(end) - upto(start)
+
+
+@dataclass(frozen=True)
+class LongPrefill:
+    """The longest prefill kept: ``tokens`` timed through the language model in ``seconds``,
+    attending ``work`` keys per layer on average (:func:`attention_work` over their positions),
+    the model's sliding ``window``: how much slower than the short prompts' rate a long one ran."""
+
+    tokens: int
+    work: float
+    seconds: float
+    window: int
+
+
 @dataclass(frozen=True)
 class Speeds:
     """The figures kept for one key (the last ``KEEP`` runs each); the estimate takes their
@@ -64,6 +97,7 @@ class Speeds:
     vision_runs: tuple[float, ...]  # tower seconds per image
     prefill_runs: tuple[float, ...]  # prefill tokens per second
     measured_on: str
+    long_prefill: LongPrefill | None = None
 
     @property
     def vision_s_per_image(self) -> float | None:
@@ -77,11 +111,37 @@ class Speeds:
     def runs(self) -> int:
         return max(len(self.vision_runs), len(self.prefill_runs))
 
+    def seconds_per_attended_key(self, rate: float | None = None) -> float:
+        """What prefill spends per key attended beyond the per-token cost the kept rate
+        (``rate``, else the median) already holds: learned from the longest prompt kept, 0
+        without one. A volume's prompt attends ~20x more keys per token than a question's
+        (85 slices, ~22,800 tokens, against ~300). Measured (4B Q4_K_M, Zen 4, 2 cores, short
+        prompts at 38.7 tokens/s): an 85-slice volume prefilled at 31.1 (733 s; the rate alone
+        said 589), a 20-slice one (5,120 tokens) at 38.6. So the slowdown comes late: learned
+        from a 20-slice volume it adds ~nothing at 85; learned from an 85-slice one it repeats
+        that volume and puts a 20-slice prefill ~10% over (the work's share there is 0.4 of
+        85 slices'). The long prompt kept is the longest one asked here, where it matters."""
+        rate = rate or self.prefill_tokens_per_s
+        long = self.long_prefill
+        if long is None or not rate:
+            return 0.0
+        return max(0.0, (long.seconds - long.tokens / rate) / long.work) if long.work > 0 else 0.0
+
+    def prefill_s(self, tokens: int, rate: float | None = None) -> float | None:
+        """Seconds to prefill a prompt of ``tokens`` from position 0 at ``rate`` tokens/s (else
+        the median kept), with the slowdown a long prompt showed here."""
+        rate = rate or self.prefill_tokens_per_s
+        if not rate:
+            return None
+        long = self.long_prefill
+        extra = self.seconds_per_attended_key(rate) * attention_work(0, tokens, long.window) if long else 0.0
+        return tokens / rate + extra
+
     def first_token_s(self, images: int, tokens_per_image: int, text_tokens: int) -> float | None:
         """Seconds to the first token: every image through the tower, then every prompt token
         (the images' soft tokens included) through the language model's prefill."""
-        return _first_token(self.vision_s_per_image, self.prefill_tokens_per_s, images,
-                            tokens_per_image, text_tokens)
+        return self._first_token(self.vision_s_per_image, self.prefill_tokens_per_s, images,
+                                 tokens_per_image, text_tokens)
 
     def first_token_range(self, images: int, tokens_per_image: int,
                           text_tokens: int) -> tuple[float, float] | None:
@@ -92,24 +152,27 @@ class Speeds:
         if self.runs < 2:
             return None
         vision, prefill = self.vision_runs, self.prefill_runs
-        low = _first_token(min(vision, default=None), max(prefill, default=None), images,
-                           tokens_per_image, text_tokens)
-        high = _first_token(max(vision, default=None), min(prefill, default=None), images,
-                            tokens_per_image, text_tokens)
+        low = self._first_token(min(vision, default=None), max(prefill, default=None), images,
+                                tokens_per_image, text_tokens)
+        high = self._first_token(max(vision, default=None), min(prefill, default=None), images,
+                                 tokens_per_image, text_tokens)
         return (low, high) if low is not None and high is not None else None
 
-
-def _first_token(vision_s: float | None, prefill_per_s: float | None, images: int,
-                 tokens_per_image: int, text_tokens: int) -> float | None:
-    if prefill_per_s is None or (images and vision_s is None):
-        return None
-    prefill = (images * tokens_per_image + text_tokens) / prefill_per_s
-    return images * (vision_s or 0.0) + prefill
+    def _first_token(self, vision_s: float | None, rate: float | None, images: int,
+                     tokens_per_image: int, text_tokens: int) -> float | None:
+        if rate is None or (images and vision_s is None):
+            return None
+        prefill = self.prefill_s(images * tokens_per_image + text_tokens, rate) or 0.0
+        return images * (vision_s or 0.0) + prefill
 
 
 def record(key: str, vision_s_per_image: float | None = None,
-           prefill_tokens_per_s: float | None = None, path: Path | None = None) -> None:
-    """Add one run's figures (best effort: an unwritable cache never fails a request)."""
+           prefill_tokens_per_s: float | None = None, path: Path | None = None,
+           prefill: LongPrefill | None = None) -> None:
+    """Add one run's figures (best effort: an unwritable cache never fails a request).
+    ``prefill``: the run's timed prefill, kept as the long one when it held
+    ``LONG_PROMPT_WINDOWS`` windows' tokens and at least half the kept one's (so a newer long
+    run replaces an older one of its size, and short questions never do)."""
     path = path or store_path()
     with _lock:
         data = _read(path)
@@ -117,6 +180,12 @@ def record(key: str, vision_s_per_image: float | None = None,
         for name, value in (("vision", vision_s_per_image), ("prefill", prefill_tokens_per_s)):
             if value is not None and value > 0:
                 entry[name] = ([*entry.get(name, []), round(value, 4)])[-KEEP:]
+        if prefill is not None:
+            kept = _long_prefill(entry.get("long_prefill"))
+            if (prefill.seconds > 0 and prefill.tokens >= LONG_PROMPT_WINDOWS * prefill.window
+                    and (kept is None or prefill.tokens >= kept.tokens / 2)):
+                entry["long_prefill"] = [prefill.tokens, round(prefill.work), round(prefill.seconds, 4),
+                                         prefill.window]
         entry["date"] = date.today().isoformat()
         _write(path, data)
 
@@ -127,7 +196,16 @@ def lookup(key: str, path: Path | None = None) -> Speeds | None:
     if not entry:
         return None
     return Speeds(tuple(entry.get("vision", [])), tuple(entry.get("prefill", [])),
-                  str(entry.get("date", "")))
+                  str(entry.get("date", "")), _long_prefill(entry.get("long_prefill")))
+
+
+def _long_prefill(kept: Any) -> LongPrefill | None:
+    """A kept long prefill, or None where there is none or it is malformed (a store by hand)."""
+    try:
+        tokens, work, seconds, window = kept
+        return LongPrefill(int(tokens), float(work), float(seconds), int(window))
+    except (TypeError, ValueError):
+        return None
 
 
 def _write(path: Path, data: dict[str, dict]) -> None:  # type: ignore[type-arg]
