@@ -2,7 +2,9 @@
 
 The llama.cpp engine records, per model file and vision path, what each image question cost:
 seconds in the vision tower per image, and the language model's prefill rate (tokens/s, from
-single-sequence prefill batches, so other requests in a batch do not skew it). ``medgem
+single-sequence prefill batches, so other requests in a batch do not skew it), and the longest
+prefill run here with the keys its tokens attended, so a long prompt's slowdown carries into
+long estimates (:class:`LongPrefill`). ``medgem
 inspect --model M`` reads them to say how long a CT volume will take to its first token on this
 machine. Figures come only from runs here (nothing is assumed from another CPU); the store is a
 small JSON file in the medgem cache (``$MEDGEM_CACHE``), median of the last few runs per figure.
