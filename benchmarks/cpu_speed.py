@@ -26,7 +26,7 @@ same run (issue 27), so the targets hold on every CPU kind (AVX2-only, AVX-512, 
                                              # if missing: ~30 min), 85 slices, 3 rounds
     python benchmarks/cpu_speed.py --slices 4 --skip batch   # the 4B shape in ~30 min on an
                                              # AVX2-only 2-core CPU (85 slices there: 1-1.5 h a path)
-    python benchmarks/cpu_speed.py > benchmarks/results/cpu-KIND-speed.txt
+    python benchmarks/cpu_speed.py > benchmarks/results/cpu-speed-KIND.txt  # avx2, avx512, amx
 
 Run it on a quiet machine: every figure here is a speed, and anything else on the cores changes it.
 The header line names the CPU kind, the cores and the mode, so a saved output is its results file.
@@ -446,7 +446,7 @@ def main() -> int:
         parser.error(f"unknown vision path {', '.join(sorted(unknown))}: choose llamacpp, torch")
     import torch
 
-    from medgem.engines.llamacpp.speeds import cpu_kind as cpu_units
+    from medgem.engines.llamacpp.kernels import cpu_kind as cpu_units
     from medgem.hardware import cpu_has_native_bf16
 
     cores = usable_cores()

@@ -228,34 +228,3 @@ def test_inspect_estimates_a_volume_s_first_token_from_what_was_measured_here(
     assert estimate["seconds"] > 6 * estimate["vision_s_per_image"] > 0  # six slices, then prefill
     assert "6 image(s) x" in estimate["text"] and "measured here with model.gguf, 1 run(s)" in estimate["text"]
     assert estimate["range_seconds"] is None and "one run: each question asked here narrows it" in estimate["text"]
-
-
-# --- choices made from measurements (the measurements themselves: tests/test_vision_torch.py) ---
-
-
-def test_int8_is_picked_only_where_it_is_clearly_faster() -> None:
-    """int8 costs agreement, so it must beat the fastest float precision by INT8_MARGIN (1.15)."""
-    assert speeds.INT8_MARGIN == 1.15
-    assert speeds.pick_tower_dtype({"float32": 1.0, "int8": 0.5}) == "int8"
-    assert speeds.pick_tower_dtype({"float32": 1.0, "int8": 0.9}) == "float32"  # 1.035 > 1.0
-    assert speeds.pick_tower_dtype({"float32": 1.0, "int8": 0.85}) == "int8"  # 0.9775 <= 1.0
-    assert speeds.pick_tower_dtype({"float32": 1.0, "bfloat16": 0.3, "int8": 0.5}) == "bfloat16"
-    assert speeds.pick_tower_dtype({"float32": 1.0, "bfloat16": 0.6, "int8": 0.55}) == "bfloat16"  # 0.63 > 0.6
-    assert speeds.pick_tower_dtype({"float32": 1.0, "bfloat16": 2.0}) == "float32"
-
-
-def test_pytorch_s_tower_is_picked_only_where_it_beats_the_clip_by_the_margin() -> None:
-    assert speeds.pick_vision({"llamacpp": 3.0, "torch": 1.5}) == "torch"
-    assert speeds.pick_vision({"llamacpp": 3.0, "torch": 2.7}) == "llamacpp"  # 3.105 > 3.0
-    assert speeds.pick_vision({"llamacpp": 1.0, "torch": 3.0}) == "llamacpp"
-
-
-def test_a_kept_choice_that_is_not_among_its_candidates_is_measured_again(tmp_path: Path) -> None:
-    import json
-
-    store = tmp_path / "kernels.json"
-    store.write_text(json.dumps({"k": {"choice": "int4", "times": {"float32": 1.0}},
-                                 "ok": {"choice": "int8", "times": {"int8": 1.0}}}))
-    assert speeds._kept("k", store) is None
-    assert speeds._kept("ok", store) == {"choice": "int8", "times": {"int8": 1.0}}
-    assert speeds._kept("missing", store) is None

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("llamacpp_runs")
 
 from medgem.engines import LlamaCppOptions, load_engine  # noqa: E402
 from medgem.engines.base import Finished, TextDelta  # noqa: E402
-from medgem.engines.llamacpp.speeds import choose_vision  # noqa: E402
+from medgem.engines.llamacpp.kernels import choose_vision  # noqa: E402
 from medgem.engines.llamacpp.vision_measure import measure_vision  # noqa: E402
 from medgem.engines.llamacpp.vision_torch import TorchTower  # noqa: E402
 from medgem.errors import InputError  # noqa: E402
@@ -101,7 +101,7 @@ def test_auto_runs_the_vision_path_measured_here_once(converted_vlm: Path, tmp_p
     choice, shown by an edited one."""
     import json
 
-    from medgem.engines.llamacpp import speeds
+    from medgem.engines.llamacpp import kernels
 
     monkeypatch.setenv("MEDGEM_CACHE", str(tmp_path))
     path, why = measure_vision("auto")
@@ -109,7 +109,7 @@ def test_auto_runs_the_vision_path_measured_here_once(converted_vlm: Path, tmp_p
     data = json.loads(store.read_text())
     (key, entry), = [(k, v) for k, v in data.items() if k.startswith("vision|")]
     assert set(entry["times"]) == {"llamacpp", "torch"} and min(entry["times"].values()) > 0
-    assert path == entry["choice"] == speeds.pick_vision(entry["times"])
+    assert path == entry["choice"] == kernels.pick_vision(entry["times"])
     assert f"clip (f16) {entry['times']['llamacpp']:.2f} s" in why and f"({entry['torch_dtype']})" in why
     # on the way: the tower's precision and its attention at the real shape, kept as well
     assert any(k.startswith("tower-dtype|") for k in data)
@@ -210,7 +210,7 @@ def test_tower_embeddings_match_the_sdpa_reference(converted_vlm: Path) -> None:
 def test_the_tower_s_attention_is_measured_once_and_kept(
         converted_vlm: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from medgem.engines.attention import CANDIDATES
-    from medgem.engines.llamacpp import speeds
+    from medgem.engines.llamacpp import kernels
 
     monkeypatch.setenv("MEDGEM_CACHE", str(tmp_path))
     tower = TorchTower(converted_vlm / "mmproj.gguf", dtype="float32")
@@ -229,7 +229,7 @@ def test_the_tower_s_attention_is_measured_once_and_kept(
     store.write_text(json.dumps(data))
     again = TorchTower(converted_vlm / "mmproj.gguf", dtype="float32")
     assert again.attention == other
-    assert speeds.choose_attention(1, 1, 1, "float32", 1, path=store)[0] in names  # another shape: measured
+    assert kernels.choose_attention(1, 1, 1, "float32", 1, path=store)[0] in names  # another shape: measured
 
 
 # --- int8 (W8A8) tower, chosen by measuring it here ---------------------------------------------
@@ -339,14 +339,14 @@ def test_the_tower_s_precision_is_measured_once_and_kept(converted_vlm: Path, tm
     shape (int8 against float32 here, bfloat16 too where native) and kept in kernels.json."""
     import json
 
-    from medgem.engines.llamacpp import speeds
+    from medgem.engines.llamacpp import kernels
     from medgem.hardware import cpu_has_native_bf16
 
     monkeypatch.setenv("MEDGEM_CACHE", str(tmp_path))
     tower = TorchTower(converted_vlm / "mmproj.gguf")
     expected = {"float32", "int8", *(["bfloat16"] if cpu_has_native_bf16() else [])}
     assert set(tower.dtype_times) == expected
-    assert tower.dtype == speeds.pick_tower_dtype(tower.dtype_times)
+    assert tower.dtype == kernels.pick_tower_dtype(tower.dtype_times)
     store = tmp_path / "kernels.json"
     data = json.loads(store.read_text())
     key = next(k for k in data if k.startswith("tower-dtype|"))

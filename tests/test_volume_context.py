@@ -71,7 +71,9 @@ def test_a_volume_past_the_default_context_is_answered_with_a_context_sized_to_i
     assert 8192 < prompt < size <= 32768 and size % 1024 == 0  # what it took, and what it held
     assert size - prompt < 4096  # sized to the question, not to the model's whole window
 
-    # the volume's prefill is kept as this model's long one, and the estimate reproduces it
+    # the volume's prefill is kept as this model's long one, with the keys its timed tokens
+    # attended at the positions they sat at (the few untimed text pieces between slices push
+    # the later ones on: more than from position 0, less than the whole prompt's)
     from medgem.engines.llamacpp import speeds
 
     ident = f"{long_window_gguf.name}:{long_window_gguf.stat().st_size}|"
@@ -81,7 +83,8 @@ def test_a_volume_past_the_default_context_is_answered_with_a_context_sized_to_i
     long = kept[0].long_prefill
     assert long is not None and long.window == 64
     assert SLICES * 256 <= long.tokens <= prompt  # every slice's soft tokens were timed
-    assert kept[0].prefill_s(long.tokens) == pytest.approx(long.seconds, rel=0.1)
+    assert long.seconds > 0
+    assert speeds.attention_work(0, long.tokens, 64) <= long.work <= speeds.attention_work(0, prompt, 64)
 
     # `medgem inspect` says the same before anything loads, and its count is the prompt's
     looked = run_cli("inspect", str(ct_series), "--model", str(long_window_gguf), "--json")

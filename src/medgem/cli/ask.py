@@ -164,14 +164,13 @@ def size_context(args: argparse.Namespace, text: str, inputs: Inputs, options: G
     if checkpoint is None or checkpoint.format != "gguf" or checkpoint.mmproj is None:
         return
     from medgem.engines.llamacpp.engine import DEFAULT_N_CTX
-    from medgem.engines.llamacpp.speeds import context_need
+    from medgem.engines.llamacpp.speeds import context_need, text_tokens
     from medgem.request.variants import default_budget
 
     images = len(inputs.images)
-    # the question, system prompt and template (~3 bytes a token, rounded up), "SLICE n" each
-    text_tokens = (len(text.encode()) + len((args.system or "").encode())) // 3 + 64 + 4 * images
     budget = options.max_new_tokens or default_budget("volume", bool(options.think))
-    need = context_need(checkpoint.path, checkpoint.mmproj, images, text_tokens, budget)
+    need = context_need(checkpoint.path, checkpoint.mmproj, images,
+                        text_tokens(text + (args.system or ""), markers=images), budget)
     if need.with_answer <= DEFAULT_N_CTX:
         return
     args.n_ctx = need.n_ctx

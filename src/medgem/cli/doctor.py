@@ -120,9 +120,9 @@ def measure_vision(asked: str | None) -> tuple[str, str]:
 
 def llamacpp_report() -> dict[str, Any]:
     """Whether llama.cpp runs on this CPU (proved in a child process) and with which kernels."""
+    from medgem.engines.llamacpp.kernels import choose_vision
     from medgem.engines.llamacpp.native import cpu_variants, use_extra_buffers
     from medgem.engines.llamacpp.probe import probe
-    from medgem.engines.llamacpp.speeds import choose_vision
     from medgem.engines.native import flash_status
 
     if importlib.util.find_spec("llama_cpp") is None:

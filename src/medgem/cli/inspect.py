@@ -138,25 +138,29 @@ def first_token_estimate(model: str, item: MedicalInput, instruction: object) ->
     """How long this input would take to its first token with ``model`` here, from the speeds
     the llama.cpp engine measured with the same files, tower and thread count on this CPU."""
     from medgem.cli.common import llamacpp_settings
-    from medgem.engines.llamacpp.speeds import estimate_first_token, soft_tokens_per_image
+    from medgem.engines.llamacpp.speeds import (
+        estimate_first_token,
+        soft_tokens_per_image,
+        text_tokens,
+    )
     from medgem.resolve import resolve_checkpoint
 
     checkpoint = resolve_checkpoint(model, offline=True)
     if checkpoint.format != "gguf":
         return {"seconds": None, "text": "estimated for llama.cpp models (GGUF) only"}
     images = len(item.images)
-    # the question and template, the instruction, and a marker after each image of a sequence
-    text_tokens = 48 + len(str(instruction or "")) // 4 + (4 * images if item.kind == "volume" else 0)
+    # the instruction and template, and a marker after each slice of a volume
+    text_count = text_tokens(str(instruction or ""), markers=images if item.kind == "volume" else 0)
     settings = llamacpp_settings()
-    context = _context(checkpoint, images, text_tokens)
-    seconds, measured = estimate_first_token(checkpoint.path, checkpoint.mmproj, images, text_tokens,
+    context = _context(checkpoint, images, text_count)
+    seconds, measured = estimate_first_token(checkpoint.path, checkpoint.mmproj, images, text_count,
                                              vision=settings.vision, vision_dtype=settings.vision_dtype)
     if seconds is None or measured is None:
         return {"seconds": None, "text": f"not measured with {checkpoint.path.name} on this machine "
                 "yet: ask it one question with an image and medgem records its speeds", **context}
     tower = (f"{images} image(s) x {measured.vision_s_per_image:.1f} s in the vision tower + "
              if images and measured.vision_s_per_image is not None else "")
-    spread = measured.first_token_range(images, soft_tokens_per_image(checkpoint.mmproj), text_tokens)
+    spread = measured.first_token_range(images, soft_tokens_per_image(checkpoint.mmproj), text_count)
     # one run is one point of a spread (Speeds.first_token_range)
     reach = (f", {_duration_range(*spread)} over the runs kept" if spread
              else ", one run: each question asked here narrows it")

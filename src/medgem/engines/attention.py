@@ -9,7 +9,7 @@ when the keys are split into blocks, so the scores never exceed one block in mem
 
 Which is faster depends on the CPU (matrix units, cache sizes, threads), so nothing here picks
 one: :func:`measure_attention` times the candidates once at the tower's own shape and
-``medgem.engines.llamacpp.speeds`` keeps the winner per CPU.
+``medgem.engines.llamacpp.kernels`` keeps the winner per CPU.
 
 A third candidate, where the CPU has AVX512-BF16 and the tower's precision allows bf16
 attention (a bfloat16 or int8 tower, never a float32 one): ``flash-bf16``, medgem's own native

@@ -2,7 +2,7 @@
 matrix units: fbgemm's dynamic int8 GEMM (vpmaddubsw on AVX2, VNNI where the CPU has it), weights
 int8 per output channel, each token's activations scaled to their own range. Why this op and
 what it costs in agreement: see ``engines/llamacpp/vision_torch.py``; the measurement that picks
-it per CPU: ``engines/llamacpp/speeds.choose_tower_dtype``. Kept apart from the tower so the
+it per CPU: ``engines/llamacpp/kernels.choose_tower_dtype``. Kept apart from the tower so the
 measurement and the tower both use it without importing each other.
 """
 

@@ -282,7 +282,7 @@ def write_random_mmproj(path: Path, *, layers: int = 1, hidden: int = 1152, inte
     out as ``medgem convert`` writes one; by default one layer of MedGemma's tower at 896 px.
 
     Why: the vision path and precision are chosen by timing them here, at the real tower's
-    shapes, before a real projector is ever run (``speeds.choose_vision``); layers cost the
+    shapes, before a real projector is ever run (``kernels.choose_vision``); layers cost the
     same, so one stands for 27.
 
     Args:

@@ -3,7 +3,8 @@
 ``engine`` (slots and the step loop), ``prompt`` (template, tokens, libmtmd chunks), ``memory``
 (KV admission, the image-embedding cache), ``native`` (portable loading of the CPU backends),
 ``probe`` (the child-process proof that they run here), ``vision_torch`` (the tower in PyTorch),
-``speeds`` (speeds measured here, for estimates before a run), ``lora``, ``verify`` (a converted
+``speeds`` (speeds measured here, for estimates before a run), ``kernels`` (the vision path,
+tower precision and attention kernel, each measured here once), ``store`` (their JSON files), ``lora``, ``verify`` (a converted
 GGUF loaded back and checked).
 """
 

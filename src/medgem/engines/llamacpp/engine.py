@@ -205,7 +205,7 @@ class LlamaCppEngine:
 
     @property
     def vision(self) -> tuple[str, str]:
-        """The vision path this engine runs and why (``speeds.choose_vision``)."""
+        """The vision path this engine runs and why (``kernels.choose_vision``)."""
         return self._vision.choice if self._vision else ("none", "no vision projector")
 
     # --- tokens --------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ class Vision:
 
     def __init__(self, lib: Any, mtmd: Any, model: Any, mmproj: Path, options: LlamaCppOptions,
                  threads: int, embd: int) -> None:
-        from medgem.engines.llamacpp.speeds import choose_vision
+        from medgem.engines.llamacpp.kernels import choose_vision
         from medgem.engines.llamacpp.vision_torch import TorchTower
 
         self._mtmd = mtmd

@@ -1,9 +1,9 @@
-"""The one-time measurement behind ``speeds.choose_vision``: one layer of MedGemma's vision tower
+"""The one-time measurement behind ``kernels.choose_vision``: one layer of MedGemma's vision tower
 at 896 px through llama.cpp's clip and through PyTorch (in the precision
-``speeds.choose_tower_dtype`` picks), the choice kept in ``kernels.json``. It runs llama.cpp's
+``kernels.choose_tower_dtype`` picks), the choice kept in ``kernels.json``. It runs llama.cpp's
 clip, so medgem takes it only where a crash costs one line: ``medgem doctor --measure`` runs it
-in a child process after the probe showed llama.cpp works on this CPU. Apart from ``speeds``
-because it needs the PyTorch tower, which reads its own choices from ``speeds``.
+in a child process after the probe showed llama.cpp works on this CPU. Apart from ``kernels``
+because it needs the PyTorch tower, which reads its own choices from ``kernels``.
 """
 
 from __future__ import annotations
@@ -13,26 +13,26 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from medgem.engines.llamacpp import speeds
+from medgem.engines.llamacpp import kernels
 from medgem.hardware import best_seconds, usable_cores
 
 
 def measure_vision(asked: str | None = None, threads: int | None = None,
                    path: Path | None = None) -> tuple[str, str]:
-    """(path, why) as ``speeds.choose_vision`` gives it, measuring both paths first when "auto"
+    """(path, why) as ``kernels.choose_vision`` gives it, measuring both paths first when "auto"
     has nothing kept here yet.
 
     Raises:
-        InputError: as ``speeds.choose_vision``.
+        InputError: as ``kernels.choose_vision``.
     """
-    chosen = speeds.choose_vision(asked, threads, path)
-    if chosen[1] == "asked for" or not speeds.torch_installed():
+    chosen = kernels.choose_vision(asked, threads, path)
+    if chosen[1] == "asked for" or not kernels.torch_installed():
         return chosen
     threads = threads or usable_cores()
-    if speeds.kept_vision(threads, path) is None:
+    if kernels.kept_vision(threads, path) is None:
         times, dtype = measure_vision_paths(threads)
-        speeds.keep_vision(threads, times, dtype, path)
-    return speeds.choose_vision(asked, threads, path)
+        kernels.keep_vision(threads, times, dtype, path)
+    return kernels.choose_vision(asked, threads, path)
 
 
 def measure_vision_paths(threads: int) -> tuple[dict[str, float], str]:

@@ -4,7 +4,7 @@ engine: the image's soft tokens come from here and go into llama.cpp's text mode
 Why: the tower (SigLIP, 27 layers, 4,096 patches for an 896-px image, ~4 TFLOP) is
 compute-bound, and llama.cpp's clip code runs it in f16 without the matrix units CPUs have for
 bf16 (AVX512-BF16, AMX), which PyTorch reaches through oneDNN. Measured on an AVX512-BF16 CPU,
-that did not pay (see ``speeds.choose_vision``); ``benchmarks/bench_vision.py`` measures both on any
+that did not pay (see ``kernels.choose_vision``); ``benchmarks/bench_vision.py`` measures both on any
 machine, and ``--vision torch`` runs this path.
 
 The weights are the mmproj's own (the ones llama.cpp would use), mapped back to transformers'
@@ -22,7 +22,7 @@ not the alternatives, measured at the tower's 4096 x 1152 @ 1152 x 4304 on that 
 against fp32's 23-25 and fbgemm's 48-74 GFLOP/s-equivalent; ``quantize_dynamic`` wraps the same
 fbgemm op in the deprecated ``torch.ao.quantization`` modules, with one activation scale per
 matrix (relative error 0.023 against 0.009-0.01 per token on Gaussian inputs). Which precision
-runs is measured once per CPU (``speeds.choose_tower_dtype``). Agreement with float32, stated and
+runs is measured once per CPU (``kernels.choose_tower_dtype``). Agreement with float32, stated and
 tested (tests/test_vision_torch.py, on random-weight towers, not the real one): cosine
 similarity per soft token >= 0.99 and relative L2 <= 0.05. A real tower's outlier channels
 (large in every token) are not helped by per-token scales; that bound is not measured on it.
@@ -70,13 +70,13 @@ class TorchTower:
         mmproj: the vision projector GGUF.
         dtype: "float32", "bfloat16" or "int8" (the encoder's linear layers through fbgemm's
             int8 GEMM, the rest float32); default: whichever ran the tower's linear shape fastest on this CPU
-            (measured once, kept in the medgem cache: ``speeds.choose_tower_dtype``). The
+            (measured once, kept in the medgem cache: ``kernels.choose_tower_dtype``). The
             engine passes the ``vision_dtype`` option ($MEDGEM_VISION_DTYPE) here.
         threads: torch threads (default: torch's own).
         attention: "sdpa" (PyTorch's kernel), "flash-bf16" (medgem's AVX512-BF16 kernel, a
             candidate for bfloat16 and int8 towers) or a blocked GEMM attention's name
             (``engines.attention``); default: whichever measured fastest at this tower's shape
-            on this CPU (measured once, kept in the medgem cache: ``speeds.choose_attention``).
+            on this CPU (measured once, kept in the medgem cache: ``kernels.choose_attention``).
     """
 
     def __init__(self, mmproj: Path, dtype: str | None = None, threads: int | None = None,
@@ -138,7 +138,7 @@ class TorchTower:
             module.load_state_dict(state)
         self.dtype_times: dict[str, float] = {}
         if dtype is None:
-            from medgem.engines.llamacpp.speeds import choose_tower_dtype
+            from medgem.engines.llamacpp.kernels import choose_tower_dtype
 
             dtype, self.dtype_times = choose_tower_dtype(torch.get_num_threads())
         self.dtype = dtype
@@ -153,7 +153,7 @@ class TorchTower:
         head_dim = vision.hidden_size // vision.num_attention_heads
         self.attention_times: dict[str, float] = {}
         if attention is None:
-            from medgem.engines.llamacpp.speeds import choose_attention
+            from medgem.engines.llamacpp.kernels import choose_attention
 
             attention, self.attention_times = choose_attention(
                 tokens, vision.num_attention_heads, head_dim, dtype,  # int8: its own key
